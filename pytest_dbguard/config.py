@@ -1,0 +1,261 @@
+"""Every dbguard setting, resolved once (CLI > environment > ini > default) into a frozen object."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
+
+import pytest
+
+from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.urls import DatabaseURL
+
+T = TypeVar("T")
+
+ISOLATION_CHOICES: Final = ("rollback", "truncate", "none")
+WORKER_ISOLATION_CHOICES: Final = ("auto", "database", "schema")
+NAIVE_DATETIME_CHOICES: Final = ("error", "warn", "off")
+SQLITE_KEYWORD: Final = "sqlite"
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: its CLI flag, environment variable and ini key, and how to parse it."""
+
+    name: str
+    help: str
+    default: str | None = None
+    flag_kind: str = "value"  # "value" or "switch"
+    ini_type: str = "string"  # pytest's addini type
+    env: bool = True
+    cli: bool = True
+
+    @property
+    def flag(self) -> str:
+        return "--dbguard-" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return "dbguard_" + self.name
+
+    @property
+    def ini(self) -> str:
+        return "dbguard_" + self.name
+
+    @property
+    def env_var(self) -> str:
+        return "DBGUARD_" + self.name.upper()
+
+
+OPTIONS: Final[tuple[Option, ...]] = (
+    Option("url", "SQLAlchemy URL of the server to test against; 'sqlite' for SQLite; unset: embedded PostgreSQL."),
+    Option("wait", "Seconds to wait for the server to answer a real query (default 30).", default="30"),
+    Option("reuse", "Keep the embedded cluster and schema template between runs.", flag_kind="switch", ini_type="bool"),
+    Option(
+        "worker_isolation",
+        "How xdist workers are separated: auto (a database each, else a schema each), database, schema.",
+        default="auto",
+    ),
+    Option("isolation", "Default per-test isolation: rollback, truncate or none.", default="rollback"),
+    Option("proxy", "Route the test database URL through dbguard's fault proxy.", flag_kind="switch", ini_type="bool"),
+    Option("metadata", "Schema source: 'package.module:attr', a MetaData or a declarative Base."),
+    Option("alembic_ini", "Schema source: path to alembic.ini; runs 'upgrade head'."),
+    Option("naive_datetime", "Naive datetimes bound as parameters: error, warn or off.", default="warn"),
+    Option("env", "NAME=VALUE lines exported before conftests load; {worker} {run} {url} ... placeholders.",
+           ini_type="linelist", env=False, cli=False),
+    Option("guard_modules", "Modules that must not be imported before dbguard sets the environment.",
+           ini_type="args", env=False, cli=False),
+)
+OPTIONS_BY_NAME: Final = {option.name: option for option in OPTIONS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Resolved settings of one run; ``sources`` says where each value came from, for errors."""
+
+    url: DatabaseURL | None  # None: the embedded default
+    sqlite_requested: bool
+    wait: float
+    reuse: bool
+    worker_isolation: str
+    isolation: str
+    proxy: bool
+    metadata: str | None
+    alembic_ini: str | None
+    naive_datetime: str
+    env_lines: tuple[str, ...]
+    guard_modules: tuple[str, ...]
+    sources: Mapping[str, str]
+
+    def source_of(self, name: str) -> str:
+        """Human wording of where setting ``name`` came from."""
+        return self.sources.get(name, "default")
+
+
+settings_key: Final = pytest.StashKey[Settings]()
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register every dbguard flag and ini key."""
+    group = parser.getgroup("dbguard", "database isolation (pytest-dbguard)")
+    for option in OPTIONS:
+        if option.cli:
+            if option.flag_kind == "switch":
+                group.addoption(option.flag, action="store_true", default=None, dest=option.dest, help=option.help)
+            else:
+                group.addoption(option.flag, action="store", default=None, dest=option.dest, help=option.help)
+        parser.addini(option.ini, option.help, type=option.ini_type, default=_ini_default(option))  # type: ignore[arg-type]
+
+
+def _ini_default(option: Option) -> Any:
+    if option.ini_type in ("linelist", "args"):
+        return []
+    if option.ini_type == "bool":
+        return False
+    return None
+
+
+def _raw(
+    config: pytest.Config, namespace: Any, option: Option, environ: Mapping[str, str]
+) -> tuple[Any, str] | None:
+    """The highest-precedence raw value of ``option`` and a wording of its source."""
+    if option.cli:
+        value = getattr(namespace, option.dest, None)
+        if value is not None:
+            return value, option.flag
+    if option.env and environ.get(option.env_var, "") != "":
+        return environ[option.env_var], f"environment variable {option.env_var}"
+    ini_value = config.getini(option.ini)
+    if ini_value not in (None, "", [], False) and option.ini in ini_keys(config):
+        where = f" in {config.inipath.name}" if config.inipath else ""
+        return ini_value, f"ini {option.ini}{where}"
+    return None
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, str, str], str]:
+    def parse(value: str, name: str, source: str) -> str:
+        text = value.strip().lower()
+        if text not in choices:
+            raise ConfigError(
+                f"{source} = {value!r} is not a valid {name.replace('_', ' ')}; "
+                f"choose one of: {', '.join(choices)}."
+            )
+        return text
+
+    return parse
+
+
+def _seconds(value: str, name: str, source: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ConfigError(f"{source} = {value!r} is not a number of seconds; use e.g. 30 or 2.5.")
+    return seconds
+
+
+def _switch(value: Any, name: str, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{source} = {value!r} is not a switch; use 1/true/yes or 0/false/no.")
+
+
+def _module_attr(value: str, name: str, source: str) -> str:
+    module, sep, attr = value.strip().partition(":")
+    if not sep or not module or not attr or not all(part.isidentifier() for part in module.split(".")):
+        raise ConfigError(
+            f"{source} = {value!r} is not of the form 'package.module:attribute' "
+            "(e.g. 'app.models:Base' or 'app.db:metadata')."
+        )
+    return value.strip()
+
+
+def _text(value: str, name: str, source: str) -> str:
+    return str(value).strip()
+
+
+_PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
+    "wait": _seconds,
+    "reuse": _switch,
+    "proxy": _switch,
+    "worker_isolation": _choice(WORKER_ISOLATION_CHOICES),
+    "isolation": _choice(ISOLATION_CHOICES),
+    "naive_datetime": _choice(NAIVE_DATETIME_CHOICES),
+    "metadata": _module_attr,
+    "alembic_ini": _text,
+}
+
+
+def resolve(config: pytest.Config, namespace: Any, environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting in the order CLI > environment > ini > default; ConfigError on bad values."""
+    environ = os.environ if environ is None else environ
+    _check_unknown_ini_keys(config)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        found = _raw(config, namespace, option, environ)
+        if found is None:
+            raw, source = option.default, "default"
+        else:
+            raw, source = found
+            sources[option.name] = source
+        parse = _PARSERS.get(option.name)
+        values[option.name] = parse(raw, option.name, source) if parse and raw is not None else raw
+
+    url_text: str | None = values["url"]
+    url: DatabaseURL | None = None
+    sqlite_requested = False
+    if url_text is not None and url_text.strip().lower() == SQLITE_KEYWORD:
+        sqlite_requested = True
+    elif url_text:
+        url = DatabaseURL.parse(url_text, source=sources["url"])
+    if values["metadata"] and values["alembic_ini"]:
+        raise ConfigError(
+            f"Both {sources['metadata']} and {sources['alembic_ini']} are set; the schema comes from "
+            "one of them. Keep dbguard_metadata for create_all, or dbguard_alembic_ini for migrations."
+        )
+    return Settings(
+        url=url,
+        sqlite_requested=sqlite_requested,
+        wait=values["wait"],
+        reuse=bool(values["reuse"]),
+        worker_isolation=values["worker_isolation"],
+        isolation=values["isolation"],
+        proxy=bool(values["proxy"]),
+        metadata=values["metadata"],
+        alembic_ini=values["alembic_ini"],
+        naive_datetime=values["naive_datetime"],
+        env_lines=tuple(values["env"] or ()),
+        guard_modules=tuple(values["guard_modules"] or ()),
+        sources=sources,
+    )
+
+
+def ini_keys(config: pytest.Config) -> set[str]:
+    """Keys present in the ini file. pytest 9 deprecates ``config.inicfg``; it keeps ``_inicfg``."""
+    raw = getattr(config, "_inicfg", None)
+    if raw is None:  # pytest 8
+        raw = config.inicfg
+    return set(raw.keys())
+
+
+def _check_unknown_ini_keys(config: pytest.Config) -> None:
+    """A misspelled ``dbguard_*`` ini key is an error, not a silently ignored setting."""
+    known = {option.ini for option in OPTIONS}
+    for key in ini_keys(config):
+        if key.startswith("dbguard") and key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"Unknown ini key {key!r}{' in ' + config.inipath.name if config.inipath else ''}.{hint} "
+                f"Known keys: {', '.join(sorted(known))}."
+            )

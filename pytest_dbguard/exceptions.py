@@ -1,0 +1,35 @@
+"""Every error pytest-dbguard raises, so callers can catch them by type."""
+
+from __future__ import annotations
+
+
+class DbguardError(Exception):
+    """Base class of all pytest-dbguard errors."""
+
+
+class ConfigError(DbguardError):
+    """A setting has a bad value; the message names the setting, its source and the fix."""
+
+
+class ServerError(DbguardError):
+    """The embedded PostgreSQL server could not be found, initialised or started."""
+
+
+class ReadinessError(DbguardError):
+    """The database never answered a real query within the deadline."""
+
+
+class DatabaseSetupError(DbguardError):
+    """A test database or its template could not be created, cloned or dropped."""
+
+
+class SchemaError(DbguardError):
+    """The schema source (metadata or alembic) could not be loaded or applied."""
+
+
+class IsolationError(DbguardError):
+    """Per-test isolation (rollback or truncate) could not be applied."""
+
+
+class EventLoopMismatchError(DbguardError):
+    """An async dbguard fixture was used from an event loop other than the one that made it."""

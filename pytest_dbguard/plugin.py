@@ -1,0 +1,91 @@
+"""pytest wiring: options, ini keys, markers, validation, the header, and the concern modules.
+
+No SQL and no fixture bodies here: each hook hands over to the module that owns the concern.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import pytest
+
+from pytest_dbguard import config as dbguard_config
+from pytest_dbguard import environment, lifecycle
+from pytest_dbguard.exceptions import DbguardError
+
+pytest_plugins = [
+    "pytest_dbguard.isolation",
+    "pytest_dbguard.guards",
+    "pytest_dbguard.faults",
+    "pytest_dbguard.asyncloop",
+]
+
+
+def dbguard(*, isolation: str = "rollback") -> str:
+    """Signature of ``@pytest.mark.dbguard``: per-test isolation override."""
+    if isolation not in dbguard_config.ISOLATION_CHOICES:
+        raise pytest.UsageError(
+            f"@pytest.mark.dbguard(isolation={isolation!r}): choose one of "
+            f"{', '.join(dbguard_config.ISOLATION_CHOICES)}."
+        )
+    return isolation
+
+
+def dbguard_without(*modules: str) -> tuple[str, ...]:
+    """Signature of ``@pytest.mark.dbguard_without``: modules that cannot be imported in the test."""
+    if not modules or not all(isinstance(name, str) and name for name in modules):
+        raise pytest.UsageError(
+            "@pytest.mark.dbguard_without takes one or more module names, "
+            "e.g. @pytest.mark.dbguard_without('debug_toolbar')."
+        )
+    return modules
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    dbguard_config.add_options(parser)
+
+
+# A wrapper runs before every plain implementation, including pytest-env's tryfirst one and
+# the conftest loading itself: the test environment must be in place before either.
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> Generator[None, None, None]:
+    try:
+        environment.prepare(early_config, early_config.known_args_namespace, args)
+    except DbguardError as error:
+        raise pytest.UsageError(str(error)) from None
+    return (yield)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"dbguard(*, isolation='rollback'): {dbguard.__doc__}")
+    config.addinivalue_line("markers", f"dbguard_without(*modules): {dbguard_without.__doc__}")
+    try:
+        # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.
+        environment.prepare(config, config.option, config.args, late=True)
+    except DbguardError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    lifecycle.start(session.config)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return lifecycle.header_lines(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    lifecycle.check_markers(config, items)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    lifecycle.finish(session.config)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    lifecycle.stop(config)
