@@ -33,3 +33,11 @@ class IsolationError(DbguardError):
 
 class EventLoopMismatchError(DbguardError):
     """An async dbguard fixture was used from an event loop other than the one that made it."""
+
+
+class FaultError(DbguardError):
+    """A fault could not be injected or undone, or the target did not recover."""
+
+
+class GuardError(DbguardError):
+    """A guard (naive datetimes, hidden modules, query counts) was misused."""

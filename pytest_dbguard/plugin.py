@@ -10,7 +10,7 @@ from collections.abc import Generator
 import pytest
 
 from pytest_dbguard import config as dbguard_config
-from pytest_dbguard import environment, lifecycle
+from pytest_dbguard import environment, isolation, lifecycle
 from pytest_dbguard.exceptions import DbguardError
 
 pytest_plugins = [
@@ -65,6 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.
         environment.prepare(config, config.option, config.args, late=True)
+        lifecycle.configure(config)
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
 
@@ -80,6 +81,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     lifecycle.check_markers(config, items)
+    isolation.add_truncate_fixture(items)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

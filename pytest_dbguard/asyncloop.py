@@ -1,0 +1,3 @@
+"""(under construction)"""
+
+from __future__ import annotations

@@ -1,0 +1,292 @@
+"""Create, clone and drop test databases (PostgreSQL) and files (SQLite); only marked ones are dropped.
+
+Works without pytest: each worker clones its database from a template that holds the schema,
+built once per run by whichever worker gets there first (a PostgreSQL advisory lock, or a file
+lock for SQLite, makes the others wait and then clone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import shutil
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from pytest_dbguard.exceptions import DatabaseSetupError
+from pytest_dbguard.janitor import make_mark, parse_mark
+from pytest_dbguard.urls import DatabaseURL, is_dbguard_name
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+INTERNAL_OPTIONS: Final = {"dbguard_internal": True}  # guards skip statements carrying this
+SchemaBuild = Callable[["Connection"], None]
+INSUFFICIENT_PRIVILEGE: Final = "42501"
+
+
+@dataclasses.dataclass(frozen=True)
+class Provisioned:
+    """What a worker got: its database (or schema), timings, and whether it built the template."""
+
+    mode: str  # "database", "schema" or "sqlite"
+    database: str
+    url: DatabaseURL
+    template_ms: float
+    clone_ms: float
+    built_template: bool
+    schema: str | None = None
+
+
+def quote_ident(name: str) -> str:
+    """A PostgreSQL identifier, always double-quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def admin_engine(url: DatabaseURL) -> Engine:
+    """An autocommit engine for CREATE/DROP DATABASE, without a pool, tagged as dbguard's own."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    return create_engine(
+        url.sync().render(hide_password=False), poolclass=NullPool, isolation_level="AUTOCOMMIT",
+        execution_options=INTERNAL_OPTIONS,
+    )
+
+
+def engine_for(url: DatabaseURL, **kwargs: object) -> Engine:
+    """A sync engine on ``url``; SQLite gets the documented fix that makes SAVEPOINT work with pysqlite."""
+    from sqlalchemy import create_engine, event
+
+    engine = create_engine(url.sync().render(hide_password=False), **kwargs)  # type: ignore[arg-type]
+    if url.is_sqlite:
+
+        @event.listens_for(engine, "connect")
+        def _no_driver_transactions(dbapi_connection: object, _record: object) -> None:
+            dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
+
+        @event.listens_for(engine, "begin")
+        def _explicit_begin(connection: Connection) -> None:
+            connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def _lock_key(name: str) -> int:
+    return zlib.crc32(("pytest-dbguard:" + name).encode()) - 2**31
+
+
+@contextlib.contextmanager
+def _advisory_lock(connection: Connection, name: str) -> Iterator[None]:
+    from sqlalchemy import text
+
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _lock_key(name)})
+    try:
+        yield
+    finally:
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key(name)})
+
+
+def _exists(connection: Connection, name: str) -> bool:
+    from sqlalchemy import text
+
+    return connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is not None
+
+
+def _mark(connection: Connection, name: str, run: str, worker: str) -> None:
+    comment = make_mark(run, worker).replace("'", "''")
+    connection.exec_driver_sql(f"COMMENT ON DATABASE {quote_ident(name)} IS '{comment}'")
+
+
+def provision_database(
+    server_url: DatabaseURL, database: str, template: str, build: SchemaBuild | None, *, run: str, worker: str
+) -> Provisioned:
+    """Create ``database`` on the server, cloned from ``template`` (built first if nobody has yet)."""
+    from sqlalchemy.exc import DBAPIError
+
+    admin = admin_engine(server_url)
+    template_ms = 0.0
+    built = False
+    try:
+        with admin.connect() as connection:
+            if build is not None:
+                started = time.perf_counter()
+                with _advisory_lock(connection, template):
+                    if not _exists(connection, template):
+                        connection.exec_driver_sql(f"CREATE DATABASE {quote_ident(template)}")
+                        _mark(connection, template, run, "tpl")
+                        _build_in(server_url.with_database(template), build)
+                        built = True
+                template_ms = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            if _exists(connection, database):  # a reused name from a crashed run with the same id
+                drop_database(server_url, database, connection=connection)
+            clone = f" TEMPLATE {quote_ident(template)}" if build is not None else ""
+            connection.exec_driver_sql(f"CREATE DATABASE {quote_ident(database)}{clone}")
+            _mark(connection, database, run, worker)
+            clone_ms = (time.perf_counter() - started) * 1000
+    except DBAPIError as error:
+        raise DatabaseSetupError(_describe(error, server_url, database)) from error
+    finally:
+        admin.dispose()
+    return Provisioned("database", database, server_url.with_database(database), template_ms, clone_ms, built)
+
+
+def _build_in(url: DatabaseURL, build: SchemaBuild) -> None:
+    engine = engine_for(url, execution_options=INTERNAL_OPTIONS)
+    try:
+        with engine.begin() as connection:
+            build(connection)
+    finally:
+        engine.dispose()  # no connection may stay on a template that is about to be cloned
+
+
+def can_create_databases(server_url: DatabaseURL) -> bool:
+    """Whether the URL's role may CREATE DATABASE (superuser or CREATEDB)."""
+    from sqlalchemy import text
+
+    admin = admin_engine(server_url)
+    try:
+        with admin.connect() as connection:
+            row = connection.execute(
+                text("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user")
+            ).first()
+            return bool(row and row[0])
+    finally:
+        admin.dispose()
+
+
+def provision_schema(server_url: DatabaseURL, schema: str, build: SchemaBuild | None, *, run: str, worker: str) -> Provisioned:
+    """Fallback for roles without CREATEDB: one schema per worker in the named database."""
+    from sqlalchemy.exc import DBAPIError
+
+    started = time.perf_counter()
+    engine = engine_for(server_url, poolclass=_null_pool(), execution_options=INTERNAL_OPTIONS)
+    try:
+        with engine.begin() as connection:
+            if _schema_is_ours(connection, schema):  # left by a crashed run with the same id
+                connection.exec_driver_sql(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
+            connection.exec_driver_sql(f"CREATE SCHEMA {quote_ident(schema)}")
+            comment = make_mark(run, worker).replace("'", "''")
+            connection.exec_driver_sql(f"COMMENT ON SCHEMA {quote_ident(schema)} IS '{comment}'")
+            connection.exec_driver_sql(f"SET LOCAL search_path TO {quote_ident(schema)}")
+            if build is not None:
+                build(connection)
+    except DBAPIError as error:
+        raise DatabaseSetupError(_describe(error, server_url, server_url.database or "")) from error
+    finally:
+        engine.dispose()
+    elapsed = (time.perf_counter() - started) * 1000
+    return Provisioned("schema", server_url.database or "", schema_url(server_url, schema), elapsed, 0.0, True, schema)
+
+
+def schema_url(server_url: DatabaseURL, schema: str) -> DatabaseURL:
+    """The named database with ``search_path`` set to the worker's schema (libpq ``options``)."""
+    return server_url.with_query(options=f"-csearch_path={schema}")
+
+
+def _schema_is_ours(connection: Connection, schema: str) -> bool:
+    from sqlalchemy import text
+
+    comment = connection.execute(
+        text("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :n"), {"n": schema}
+    ).scalar()
+    return parse_mark(comment) is not None
+
+
+def drop_schema(server_url: DatabaseURL, schema: str) -> None:
+    """Drop a worker schema, only when it carries dbguard's mark."""
+    engine = engine_for(server_url, poolclass=_null_pool(), execution_options=INTERNAL_OPTIONS)
+    try:
+        with engine.begin() as connection:
+            if _schema_is_ours(connection, schema):
+                connection.exec_driver_sql(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
+    finally:
+        engine.dispose()
+
+
+def _null_pool() -> type:
+    from sqlalchemy.pool import NullPool
+
+    return NullPool
+
+
+def drop_database(server_url: DatabaseURL, name: str, *, connection: Connection | None = None) -> bool:
+    """Drop ``name`` if it carries dbguard's mark and has dbguard's name shape; False when refused."""
+    from sqlalchemy import text
+
+    if connection is None:
+        admin = admin_engine(server_url)
+        try:
+            with admin.connect() as own:
+                return drop_database(server_url, name, connection=own)
+        finally:
+            admin.dispose()
+    comment = connection.execute(
+        text("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n"), {"n": name}
+    ).scalar()
+    if parse_mark(comment) is None or not is_dbguard_name(name):
+        return False
+    connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    return True
+
+
+def drop_run(server_url: DatabaseURL, run: str) -> list[str]:
+    """Drop every marked database of run ``run`` (templates and workers that could not clean up)."""
+    from sqlalchemy import text
+
+    admin = admin_engine(server_url)
+    dropped: list[str] = []
+    try:
+        with admin.connect() as connection:
+            rows = connection.execute(
+                text("SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database")
+            ).all()
+            for name, comment in rows:
+                mark = parse_mark(comment)
+                if mark is not None and mark.run == run and drop_database(server_url, name, connection=connection):
+                    dropped.append(name)
+    finally:
+        admin.dispose()
+    return dropped
+
+
+def _describe(error: Exception, url: DatabaseURL, database: str) -> str:
+    detail = str(getattr(error, "orig", error)).strip().splitlines()[0] if str(error) else type(error).__name__
+    if url.password:
+        detail = detail.replace(url.password, "***")
+    return (
+        f"Could not set up the test database {database!r} on {url.host}:{url.port} "
+        f"(connected as {url.username!r} to {url.database!r}): {detail}"
+    )
+
+
+# SQLite: one file per worker, copied from a template file built once under a file lock.
+
+
+def provision_sqlite(test_url: DatabaseURL, template: Path, build: SchemaBuild | None) -> Provisioned:
+    """Create the worker's SQLite file, copied from the template file (built once per run)."""
+    target = Path(test_url.database or "")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    built = False
+    if build is not None:
+        with open(template.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not template.exists():
+                staging = template.with_suffix(".building")
+                _build_in(dataclasses.replace(test_url, database=str(staging)), build)
+                staging.rename(template)
+                built = True
+    template_ms = (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    if build is not None:
+        shutil.copyfile(template, target)
+    else:
+        target.touch()
+    clone_ms = (time.perf_counter() - started) * 1000
+    return Provisioned("sqlite", str(target), test_url, template_ms, clone_ms, built)

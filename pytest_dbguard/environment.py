@@ -1,0 +1,306 @@
+"""The early environment: decide this process's test database and export it before any conftest.
+
+Runs in ``pytest_load_initial_conftests`` (``-p`` activation) or, for conftest opt-in, as soon as
+the plugin is configured. Decides the run id, the worker, the server and the worker's database
+name (the server may come up later; the name is fixed now), exports ``DBGUARD_*`` and the
+``dbguard_env`` lines, and starts the embedded server in the process that owns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import string
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from pytest_dbguard import config as dbguard_config
+from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.urls import DatabaseURL, database_name
+
+ORIGIN_VAR: Final = "_DBGUARD_ORIGIN"  # the controller's decisions, inherited by xdist workers
+EXPORTED: Final = ("DBGUARD_WORKER", "DBGUARD_RUN", "DBGUARD_URL", "DBGUARD_ASYNC_URL", "DBGUARD_DB")
+PLACEHOLDERS: Final = ("worker", "run", "url", "async_url", "db", "host", "port", "user", "password")
+EMBEDDED_BASE: Final = "postgres"
+SQLITE_BASE: Final = "test"
+GUARD_HINT: Final = (
+    "{module} was imported before pytest-dbguard set the test environment ({variables}), so it "
+    "has already read the values it would use outside tests (a table prefix, a database URL). "
+    "This happens when the plugin is enabled with `pytest_plugins` in a conftest that imports "
+    "{module} at the top. Fix: enable it on the command line instead: `pytest -p pytest_dbguard` "
+    "(or addopts = -p pytest_dbguard in the ini file, or PYTEST_PLUGINS=pytest_dbguard), or move "
+    "the import of {module} into the fixtures and tests that use it."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """Where this process's test database is, decided before anything connects."""
+
+    run: str
+    worker: str
+    owns_server: bool  # the single process or the xdist controller: starts and stops the server
+    embedded: bool
+    server_url: DatabaseURL | None  # maintenance URL of the server (password kept); None for SQLite
+    test_url: DatabaseURL  # this worker's database, sync driver (through the proxy when on)
+    async_url: DatabaseURL
+    database: str
+    template: str
+    sqlite_dir: Path | None
+    origin_pid: int
+    fallback_reason: str | None = None  # why SQLite was chosen over the embedded default
+    schema: str | None = None  # schema-per-worker mode: the worker's schema in the named database
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.server_url is None
+
+
+plan_key: Final = pytest.StashKey[RunPlan]()
+saved_environ_key: Final = pytest.StashKey[dict[str, str | None]]()
+cluster_key: Final = pytest.StashKey[Any]()  # server.EmbeddedCluster, imported lazily
+
+
+def prepare(config: pytest.Config, namespace: Any, args: Sequence[str], *, late: bool = False) -> None:
+    """Resolve settings, decide the run plan, export the environment, start the embedded server."""
+    if plan_key in config.stash:
+        return
+    origin = _inherited_origin()
+    environ = dict(os.environ)
+    if origin is not None and origin.get("environ_url") is not None:
+        environ["DBGUARD_URL"] = origin["environ_url"]  # the controller rewrote it; use the original
+    elif origin is not None:
+        environ.pop("DBGUARD_URL", None)
+    settings = dbguard_config.resolve(config, namespace, environ)
+    config.stash[dbguard_config.settings_key] = settings
+    assignments = parse_env_lines(settings.env_lines)
+    if not late:
+        check_guarded_modules(settings.guard_modules, assignments)
+    plan = _plan(settings, origin)
+    config.stash[plan_key] = plan
+    if plan.owns_server and plan.embedded:
+        from pytest_dbguard import server
+
+        cluster, _adopted = server.prepare_cluster(plan.run, reuse_key=_reuse_key(config) if settings.reuse else None)
+        config.stash[cluster_key] = cluster
+        plan = with_server(plan, cluster.url().resolved())
+        config.stash[plan_key] = plan
+    export(config, plan, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
+    if late:
+        check_guarded_modules(settings.guard_modules, assignments)
+
+
+def _inherited_origin() -> dict[str, Any] | None:
+    """The controller's decisions when this process is one of its xdist workers, else None.
+
+    A nested pytest run started from inside a test inherits the variables too, so a worker is
+    recognised by being the direct child of the process that wrote them.
+    """
+    text = os.environ.get(ORIGIN_VAR)
+    if not text or not os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    try:
+        origin: dict[str, Any] = json.loads(text)
+    except ValueError:
+        return None
+    return origin if origin.get("pid") == os.getppid() else None
+
+
+def _reuse_key(config: pytest.Config) -> str:
+    import hashlib
+
+    return hashlib.sha1(str(config.rootpath).encode()).hexdigest()[:10]
+
+
+def _plan(settings: dbguard_config.Settings, origin: Mapping[str, Any] | None) -> RunPlan:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main") if origin is not None else "main"
+    run = origin["run"] if origin is not None else secrets.token_hex(3)
+    owns_server = origin is None
+    embedded = False
+    fallback: str | None = None
+    server_url: DatabaseURL | None = settings.url
+    if origin is not None and origin.get("server_url"):
+        server_url = DatabaseURL.parse(origin["server_url"])
+        embedded = bool(origin.get("embedded"))
+    elif origin is not None:
+        server_url = None
+    elif settings.url is None and not settings.sqlite_requested:
+        from pytest_dbguard.server import find_bindir
+
+        if find_bindir() is None:
+            fallback = "no PostgreSQL binaries found"
+        else:
+            embedded = True
+            server_url = DatabaseURL("postgresql", None, "postgres", None, "127.0.0.1", 0, EMBEDDED_BASE)
+    if server_url is not None and server_url.is_sqlite:
+        server_url = None
+    if server_url is None:
+        return _sqlite_plan(settings, run, worker, owns_server, origin, fallback)
+    server_url = server_url.resolved()
+    base = server_url.database or EMBEDDED_BASE
+    database = database_name(base, run, worker)
+    template = database_name(base, run, "tpl")
+    origin_pid = os.getpid() if origin is None else int(origin["pid"])
+    if _schema_mode(settings, server_url, embedded, origin):
+        from pytest_dbguard.databases import schema_url
+
+        schema = f"dbg_{run}_{worker}"
+        test_url = schema_url(server_url, schema)
+        return RunPlan(
+            run=run, worker=worker, owns_server=owns_server, embedded=embedded, server_url=server_url,
+            test_url=test_url.sync(), async_url=test_url.with_driver("psycopg"), database=base,
+            template=template, sqlite_dir=None, origin_pid=origin_pid, schema=schema,
+        )
+    test_url = server_url.with_database(database)
+    return RunPlan(
+        run=run, worker=worker, owns_server=owns_server, embedded=embedded,
+        server_url=server_url, test_url=test_url.sync(), async_url=test_url.asynchronous(),
+        database=database, template=template, sqlite_dir=None, origin_pid=origin_pid,
+    )
+
+
+def _schema_mode(
+    settings: dbguard_config.Settings, server_url: DatabaseURL, embedded: bool, origin: Mapping[str, Any] | None
+) -> bool:
+    """One schema per worker when asked, or (auto) when the role may not create databases."""
+    if origin is not None:
+        return bool(origin.get("schema_mode"))
+    if settings.worker_isolation != "auto" or embedded:
+        return settings.worker_isolation == "schema"
+    from pytest_dbguard.databases import can_create_databases
+
+    try:  # a server that is not up yet is waited for later; assume it lets us create databases
+        return not can_create_databases(server_url.with_query(connect_timeout="2"))
+    except Exception:
+        return False
+
+
+def _sqlite_plan(
+    settings: dbguard_config.Settings, run: str, worker: str, owns_server: bool,
+    origin: Mapping[str, Any] | None, fallback: str | None,
+) -> RunPlan:
+    named = settings.url.database if settings.url is not None and settings.url.is_sqlite else None
+    base = Path(named).stem if named else SQLITE_BASE
+    folder = Path(origin["sqlite_dir"]) if origin and origin.get("sqlite_dir") else (
+        Path(tempfile.gettempdir()) / f"pytest-dbguard-{os.geteuid()}" / f"{run}-sqlite"
+    )
+    database = database_name(base, run, worker)
+    url = DatabaseURL("sqlite", None, database=str(folder / f"{database}.db"))
+    return RunPlan(
+        run=run, worker=worker, owns_server=owns_server, embedded=False,
+        server_url=None, test_url=url.sync(), async_url=url.asynchronous(), database=database,
+        template=str(folder / f"{database_name(base, run, 'tpl')}.db"), sqlite_dir=folder,
+        origin_pid=os.getpid() if origin is None else int(origin["pid"]), fallback_reason=fallback,
+    )
+
+
+def with_server(plan: RunPlan, server_url: DatabaseURL) -> RunPlan:
+    """The plan once the embedded server's address is known."""
+    test_url = server_url.with_database(plan.database)
+    return dataclasses.replace(
+        plan, server_url=server_url, test_url=test_url.sync(), async_url=test_url.asynchronous()
+    )
+
+
+def with_test_url(plan: RunPlan, url: DatabaseURL) -> RunPlan:
+    """The plan with this worker's database reached through ``url``'s host and port (the proxy)."""
+    test_url = dataclasses.replace(plan.test_url, host=url.host, port=url.port)
+    return dataclasses.replace(plan, test_url=test_url, async_url=test_url.asynchronous())
+
+
+def values_for(plan: RunPlan) -> dict[str, str]:
+    """The placeholder values of ``dbguard_env`` for this process."""
+    url = plan.test_url
+    return {
+        "worker": plan.worker,
+        "run": plan.run,
+        "url": url.render(hide_password=False),
+        "async_url": plan.async_url.render(hide_password=False),
+        "db": plan.database,
+        "host": url.host or "",
+        "port": str(url.port or ""),
+        "user": url.username or "",
+        "password": url.password or "",
+    }
+
+
+def parse_env_lines(lines: Sequence[str]) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` lines of ``dbguard_env``; ConfigError on a line without ``=`` or a bad placeholder."""
+    assignments: list[tuple[str, str]] = []
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not name or not name.replace("_", "").isalnum():
+            raise ConfigError(
+                f"ini dbguard_env: {line!r} is not a NAME=VALUE line; write e.g. "
+                "'DB_TABLE_PREFIX=test_{worker}' or 'DATABASE_URL={url}'."
+            )
+        try:
+            fields = [field for _, field, _, _ in string.Formatter().parse(value) if field is not None]
+        except ValueError as error:
+            raise ConfigError(f"ini dbguard_env: {line!r}: {error}; write a literal brace as '{{{{' or '}}}}'.") from None
+        for field in fields:
+            if field not in PLACEHOLDERS:
+                raise ConfigError(
+                    f"ini dbguard_env: {line!r} uses the unknown placeholder {{{field}}}; "
+                    f"valid placeholders: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}."
+                )
+        assignments.append((name, value))
+    return assignments
+
+
+def export(
+    config: pytest.Config, plan: RunPlan, assignments: Sequence[tuple[str, str]], *, origin_environ_url: str | None
+) -> None:
+    """Put ``DBGUARD_*`` and the ``dbguard_env`` values into ``os.environ``; saved for restoring at the end."""
+    values = values_for(plan)
+    exported = {
+        "DBGUARD_WORKER": plan.worker,
+        "DBGUARD_RUN": plan.run,
+        "DBGUARD_URL": values["url"],
+        "DBGUARD_ASYNC_URL": values["async_url"],
+        "DBGUARD_DB": plan.database,
+    }
+    for name, template in assignments:
+        exported[name] = template.format(**values)
+    if plan.owns_server:
+        exported[ORIGIN_VAR] = json.dumps({
+            "pid": os.getpid(),
+            "run": plan.run,
+            "server_url": plan.server_url.render(hide_password=False) if plan.server_url else None,
+            "embedded": plan.embedded,
+            "sqlite_dir": str(plan.sqlite_dir) if plan.sqlite_dir else None,
+            "environ_url": origin_environ_url,
+            "schema_mode": plan.schema is not None,
+        })
+    saved = config.stash.setdefault(saved_environ_key, {})
+    for name, value in exported.items():
+        saved.setdefault(name, os.environ.get(name))
+        os.environ[name] = value
+
+
+def restore(config: pytest.Config) -> None:
+    """Give ``os.environ`` back as it was before the run (matters for in-process nested runs)."""
+    for name, value in config.stash.get(saved_environ_key, {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def check_guarded_modules(modules: Sequence[str], assignments: Sequence[tuple[str, str]]) -> None:
+    """Stop the run when a guarded module was imported before the environment was set."""
+    variables = ", ".join([*EXPORTED, *(name for name, _ in assignments)])
+    for module in modules:
+        if module in sys.modules:
+            raise ConfigError(GUARD_HINT.format(module=module, variables=variables))

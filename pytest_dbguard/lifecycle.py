@@ -1,0 +1,252 @@
+"""The session's database lifecycle: wait for the server, provision this worker's database, clean up.
+
+Called from plugin.py hooks. ``start`` runs at session start in every process (the server must
+answer a real query in each), ``finish`` drops this worker's database, ``stop`` stops the
+embedded server and drops what the run left on an external one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+
+from pytest_dbguard import databases, environment, schema
+from pytest_dbguard.config import Settings, settings_key
+from pytest_dbguard.environment import RunPlan, cluster_key, plan_key
+from pytest_dbguard.exceptions import DbguardError
+
+if TYPE_CHECKING:
+    from sqlalchemy import MetaData
+
+    from pytest_dbguard.databases import Provisioned, SchemaBuild
+    from pytest_dbguard.server import EmbeddedCluster
+
+REUSE_RUN: Final = "reuse"  # templates of --dbguard-reuse are marked with this run id and kept
+
+
+@dataclasses.dataclass
+class SessionState:
+    """What this process did at session start, for the header, the fixtures and the cleanup."""
+
+    runs_tests: bool
+    schema_source: str
+    metadata: MetaData | None = None
+    server_version: str = ""
+    ready_attempts: int = 0
+    ready_ms: float = 0.0
+    server_start_ms: float = 0.0
+    provisioned: Provisioned | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+state_key: Final = pytest.StashKey[SessionState]()
+
+
+def plan_of(config: pytest.Config) -> RunPlan:
+    """This process's run plan; only present when dbguard is active."""
+    return config.stash[plan_key]
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return config.pluginmanager.getplugin("dsession") is not None
+
+
+def configure(config: pytest.Config) -> None:
+    """Validate the schema source before anything runs (a bad path is a usage error, not a failed test)."""
+    settings = config.stash[settings_key]
+    state = SessionState(runs_tests=True, schema_source=_schema_source(settings))
+    if settings.metadata:
+        state.metadata = schema.load_metadata(settings.metadata, settings.source_of("metadata"))
+        schema.check_table_prefixes(state.metadata, environment.parse_env_lines(settings.env_lines))
+    elif settings.alembic_ini:
+        schema.alembic_path(settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath)
+    config.stash[state_key] = state
+
+
+def _schema_source(settings: Settings) -> str:
+    if settings.metadata:
+        return f"metadata {settings.metadata}"
+    if settings.alembic_ini:
+        return f"alembic {settings.alembic_ini}"
+    return "no schema"
+
+
+def start(config: pytest.Config) -> None:
+    """Prove the server answers, then create this worker's database from the template."""
+    if plan_key not in config.stash:
+        return
+    plan = plan_of(config)
+    settings = config.stash[settings_key]
+    state = config.stash[state_key]
+    state.runs_tests = not _is_xdist_controller(config)
+    try:
+        if plan.server_url is not None:
+            _wait_ready(config, plan, settings, state)
+        if state.runs_tests:
+            state.provisioned = _provision(config, plan, settings, state)
+    except DbguardError as error:
+        stop(config)
+        raise pytest.UsageError(str(error)) from None
+
+
+def _wait_ready(config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState) -> None:
+    from pytest_dbguard import readiness
+
+    cluster: EmbeddedCluster | None = config.stash.get(cluster_key, None)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def progress(line: str) -> None:
+        if cluster is not None and (died := cluster.exited_early()):
+            from pytest_dbguard.exceptions import ServerError
+
+            raise ServerError(died)
+        if reporter is not None and plan.owns_server:
+            reporter.write_line(f"dbguard: {line}")
+
+    assert plan.server_url is not None
+    result = readiness.wait_until_ready(plan.server_url, timeout=settings.wait, progress=progress)
+    state.ready_attempts = result.attempts
+    state.ready_ms = result.elapsed_ms
+    state.server_version = result.server_version
+    if cluster is not None and cluster.started_at:
+        state.server_start_ms = (time.monotonic() - cluster.started_at) * 1000
+
+
+def _schema_build(config: pytest.Config, settings: Settings, state: SessionState, url: str) -> SchemaBuild | None:
+    if state.metadata is not None:
+        metadata = state.metadata
+        return lambda connection: schema.create_with_metadata(connection, metadata)
+    if settings.alembic_ini:
+        ini = schema.alembic_path(settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath)
+        return lambda connection: schema.upgrade_with_alembic(connection, ini, url)
+    return None
+
+
+def _template_name(config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState) -> tuple[str, str]:
+    """The template's name and the run id its mark carries (reused templates are keyed by schema hash)."""
+    if not settings.reuse or plan.server_url is None:
+        return plan.template, plan.run
+    from pytest_dbguard.urls import database_name
+
+    if state.metadata is not None:
+        fingerprint = schema.fingerprint_metadata(state.metadata, "postgresql")
+    elif settings.alembic_ini:
+        ini = schema.alembic_path(settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath)
+        fingerprint = schema.fingerprint_alembic(ini)
+    else:
+        fingerprint = "000000"
+    return database_name(plan.server_url.database or "postgres", fingerprint, "tpl"), REUSE_RUN
+
+
+def _provision(config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState) -> Provisioned:
+    template, _mark_run = _template_name(config, plan, settings, state)
+    template_url = (
+        plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
+    )
+    build = _schema_build(config, settings, state, template_url.render(hide_password=False))
+    values = environment.values_for(dataclasses.replace(plan, test_url=template_url, database=template))
+    overrides = {name: value.format(**values) for name, value in environment.parse_env_lines(settings.env_lines)}
+    overrides["DBGUARD_URL"] = values["url"]
+    with schema.environ_override(overrides):  # an alembic env.py reading DATABASE_URL builds the template
+        if plan.server_url is None:
+            return databases.provision_sqlite(plan.test_url, Path(plan.template), build)
+        if plan.schema is not None:
+            return databases.provision_schema(plan.server_url, plan.schema, build, run=plan.run, worker=plan.worker)
+        return databases.provision_database(
+            plan.server_url, plan.database, template, build,
+            run=REUSE_RUN if settings.reuse and template != plan.template else plan.run, worker=plan.worker,
+        )
+
+
+def header_lines(config: pytest.Config) -> list[str]:
+    """One line: target, worker databases, schema source, server start and readiness."""
+    if plan_key not in config.stash or state_key not in config.stash:
+        return []
+    plan = plan_of(config)
+    state = config.stash[state_key]
+    settings = config.stash[settings_key]
+    if plan.server_url is None:
+        reason = f" ({plan.fallback_reason})" if plan.fallback_reason else ""
+        target = f"SQLite files in {plan.sqlite_dir}{reason}"
+    elif plan.embedded:
+        reuse = ", reused" if settings.reuse else ""
+        target = f"embedded PostgreSQL {state.server_version} at {plan.server_url.host}:{plan.server_url.port}{reuse}"
+    else:
+        target = f"{plan.server_url} (PostgreSQL {state.server_version})"
+    if plan.schema is not None:
+        layout = f"schemas dbg_{plan.run}_<worker> in {plan.database} (the role may not create databases)"
+    elif state.runs_tests:
+        layout = f"database {plan.database}"
+    else:
+        layout = f"databases {plan.database.rsplit('_', 1)[0]}_<worker>, one per xdist worker"
+    parts = [f"dbguard: {target}", layout, state.schema_source]
+    if plan.server_url is not None:
+        started = f"started in {state.server_start_ms:.0f} ms, " if plan.embedded and state.server_start_ms else ""
+        parts.append(f"{started}ready after {state.ready_attempts} attempt(s), {state.ready_ms:.0f} ms")
+    return ["; ".join(parts), *state.notes]
+
+
+def check_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Validate ``@pytest.mark.dbguard`` arguments at collection, so a typo fails before any test."""
+    from pytest_dbguard.plugin import dbguard
+
+    for item in items:
+        marker = item.get_closest_marker("dbguard")
+        if marker is not None:
+            try:
+                dbguard(*marker.args, **marker.kwargs)
+            except TypeError as error:
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.dbguard{error}".replace("dbguard()", "")) from None
+
+
+def finish(config: pytest.Config) -> None:
+    """Drop this worker's database (best effort: a failure here becomes a warning)."""
+    if plan_key not in config.stash or state_key not in config.stash:
+        return
+    plan = plan_of(config)
+    state = config.stash[state_key]
+    provisioned, state.provisioned = state.provisioned, None
+    if provisioned is None or plan.server_url is None:
+        return
+    if plan.embedded and not config.stash[settings_key].reuse:
+        return  # the whole cluster goes away at the end
+    try:
+        if provisioned.mode == "schema" and provisioned.schema:
+            databases.drop_schema(plan.server_url, provisioned.schema)
+        else:
+            databases.drop_database(plan.server_url, provisioned.database)
+    except Exception as error:  # cleanup must never hide the tests' own outcome
+        warnings.warn(pytest.PytestWarning(f"dbguard could not drop {provisioned.database}: {error}"), stacklevel=1)
+
+
+def stop(config: pytest.Config) -> None:
+    """Stop the embedded server (or drop the run's leftovers on an external one) and restore the environment."""
+    if plan_key not in config.stash:
+        return
+    plan = plan_of(config)
+    settings = config.stash[settings_key]
+    cluster: EmbeddedCluster | None = config.stash.get(cluster_key, None)
+    try:
+        if plan.owns_server:
+            if cluster is not None:
+                if not settings.reuse:
+                    cluster.stop()
+                else:
+                    databases.drop_run(cluster.url().resolved(), plan.run)
+                del config.stash[cluster_key]
+            elif plan.server_url is not None:
+                databases.drop_run(plan.server_url, plan.run)
+            if plan.sqlite_dir is not None:
+                shutil.rmtree(plan.sqlite_dir, ignore_errors=True)
+    except Exception as error:
+        print(f"dbguard: cleanup failed: {error}", file=sys.stderr)
+    finally:
+        environment.restore(config)
+

@@ -1,0 +1,152 @@
+"""The schema source: load ``dbguard_metadata`` or run ``dbguard_alembic_ini``, fingerprint it, check prefixes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_dbguard.exceptions import ConfigError, SchemaError
+
+if TYPE_CHECKING:
+    from sqlalchemy import MetaData
+    from sqlalchemy.engine import Connection
+
+
+def load_metadata(spec: str, source: str) -> MetaData:
+    """Import ``package.module:attr`` and return its MetaData (a declarative Base gives ``.metadata``)."""
+    from sqlalchemy import MetaData
+
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module may fail in any way while importing
+        raise ConfigError(
+            f"{source} = {spec!r}: importing {module_name!r} failed: {type(error).__name__}: {error}. "
+            "Check the module path (it is imported from the rootdir / sys.path) and that it imports cleanly."
+        ) from error
+    target: Any = module
+    for part in attr_path.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(
+                f"{source} = {spec!r}: module {module_name!r} has no attribute {attr_path!r}; "
+                "name a MetaData (e.g. 'app.db:metadata') or a declarative Base (e.g. 'app.models:Base')."
+            )
+        target = getattr(target, part)
+    metadata = getattr(target, "metadata", target)
+    if not isinstance(metadata, MetaData):
+        raise ConfigError(
+            f"{source} = {spec!r} is a {type(target).__name__}, not a MetaData or a declarative Base; "
+            "name a MetaData (e.g. 'app.db:metadata') or a declarative Base (e.g. 'app.models:Base')."
+        )
+    return metadata
+
+
+def alembic_path(path: str, source: str, rootdir: Path) -> Path:
+    """The alembic.ini named by ``path`` (relative to the rootdir), which must exist."""
+    resolved = (rootdir / path).resolve()
+    if not resolved.is_file():
+        raise ConfigError(
+            f"{source} = {path!r}: {resolved} does not exist; give the path of alembic.ini "
+            "relative to the rootdir, e.g. 'alembic.ini' or 'migrations/alembic.ini'."
+        )
+    return resolved
+
+
+def fingerprint_metadata(metadata: MetaData, dialect_name: str) -> str:
+    """A short hash of the DDL the metadata creates: a reused template is rebuilt when it changes."""
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    dialect = postgresql.dialect() if dialect_name == "postgresql" else sqlite.dialect()
+    digest = hashlib.sha1()
+    for table in metadata.sorted_tables:
+        digest.update(str(CreateTable(table).compile(dialect=dialect)).encode())
+        for index in sorted(table.indexes, key=lambda index: str(index.name)):
+            digest.update(str(CreateIndex(index).compile(dialect=dialect)).encode())
+    return digest.hexdigest()[:6]
+
+
+def fingerprint_alembic(ini: Path) -> str:
+    """A short hash of alembic.ini, env.py and every migration file."""
+    digest = hashlib.sha1(ini.read_bytes())
+    script_dirs = [ini.parent / "alembic", ini.parent / "migrations"]
+    for folder in script_dirs:
+        for path in sorted(folder.rglob("*.py")) if folder.is_dir() else []:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:6]
+
+
+def create_with_metadata(connection: Connection, metadata: MetaData) -> None:
+    """Build the schema with ``create_all``."""
+    metadata.create_all(connection)
+
+
+def upgrade_with_alembic(connection: Connection, ini: Path, url: str) -> None:
+    """Run ``alembic upgrade head`` on ``connection`` (shared with env.py via ``config.attributes``)."""
+    try:
+        from alembic import command
+        from alembic.config import Config
+    except ImportError as error:
+        raise SchemaError("dbguard_alembic_ini is set but alembic is not installed: pip install alembic") from error
+    alembic_config = Config(str(ini))
+    alembic_config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    alembic_config.attributes["connection"] = connection
+    with _chdir(ini.parent):  # script_location in alembic.ini is relative to it
+        command.upgrade(alembic_config, "head")
+
+
+@contextlib.contextmanager
+def _chdir(path: Path) -> Iterator[None]:
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+@contextlib.contextmanager
+def environ_override(values: Mapping[str, str]) -> Iterator[None]:
+    """Temporarily set variables (an env.py that reads DATABASE_URL must see the template while it is built)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+PREFIX_MARKERS = ("PREFIX",)
+
+
+def check_table_prefixes(metadata: MetaData, assignments: Sequence[tuple[str, str]]) -> None:
+    """Every table must carry the prefix the tests set (e.g. ``DB_TABLE_PREFIX`` from ``dbguard_env``).
+
+    A table named from the import-time default (the model was imported before the variable was
+    set) is reported before the first test instead of as "relation does not exist" later.
+    """
+    for name, _template in assignments:
+        if not any(marker in name.upper() for marker in PREFIX_MARKERS):
+            continue
+        prefix = os.environ.get(name, "")
+        if not prefix:
+            continue
+        wrong = sorted(table.name for table in metadata.tables.values() if prefix not in table.name)
+        if wrong:
+            raise ConfigError(
+                f"Tables {', '.join(wrong)} do not carry {name}={prefix!r}, which dbguard_env sets for "
+                "the tests: their models were imported before the variable was set, so they took the "
+                "import-time default and the tests would fail with 'relation does not exist'. Enable "
+                "dbguard with `pytest -p pytest_dbguard` (not only pytest_plugins in conftest) and keep "
+                f"{name} out of module-level code that runs before it, or add the module to "
+                "dbguard_guard_modules to catch the early import."
+            )

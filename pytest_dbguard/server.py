@@ -1,0 +1,340 @@
+"""The embedded PostgreSQL cluster: find the binaries, lay out a data folder, start, stop, restart.
+
+Works without pytest. Tuned for tests (no fsync, no synchronous commit, no full page writes),
+kept on RAM-backed storage when there is room, started from a cached, already initialised data
+folder instead of running initdb each time, and run as an unprivileged user when we are root.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Final
+
+from pytest_dbguard.exceptions import ServerError
+from pytest_dbguard.urls import DatabaseURL
+
+SUPERUSER: Final = "postgres"
+RAM_DIR: Final = Path("/dev/shm")
+RAM_MIN_FREE: Final = 512 * 1024 * 1024  # containers often give /dev/shm only 64 MiB
+STALE_AFTER: Final = 60.0  # seconds before an orphaned run folder may be swept
+SERVER_SETTINGS: Final = (
+    "fsync=off",
+    "synchronous_commit=off",
+    "full_page_writes=off",
+    "max_connections=300",
+    "shared_buffers=64MB",
+    "listen_addresses=127.0.0.1",
+    "unix_socket_permissions=0777",
+    "log_min_messages=warning",
+    "autovacuum=off",
+)
+MISSING_BINARIES: Final = (
+    "No PostgreSQL binaries found (looked for initdb and postgres on PATH, in `pg_config --bindir` "
+    "and in /usr/lib/postgresql/*/bin). Install them (e.g. `apt-get install -y postgresql`), or "
+    "point dbguard at a server with --dbguard-url / DBGUARD_URL, or use --dbguard-url sqlite."
+)
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def find_bindir() -> Path | None:
+    """The folder holding ``initdb`` and ``postgres``: PATH, ``pg_config --bindir``, then the newest Debian layout."""
+    return next((c for c in _bindir_candidates() if (c / "initdb").is_file() and (c / "postgres").is_file()), None)
+
+
+def _bindir_candidates() -> Iterator[Path]:
+    on_path = shutil.which("postgres") or shutil.which("initdb")
+    if on_path:
+        yield Path(on_path).resolve().parent
+    pg_config = shutil.which("pg_config")
+    if pg_config:  # only asked when PATH had no server binaries: a subprocess costs ~10 ms
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=5)
+            if out.returncode == 0 and out.stdout.strip():
+                yield Path(out.stdout.strip())
+    yield from sorted(
+        (Path(path) for path in glob.glob("/usr/lib/postgresql/*/bin")),
+        key=lambda path: _version_key(path.parent.name),
+        reverse=True,
+    )
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def server_user() -> tuple[int, int] | None:
+    """(uid, gid) to run PostgreSQL as when we are root (it refuses to run as root), else None."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return entry.pw_uid, entry.pw_gid
+    raise ServerError("Running as root, and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL as.")
+
+
+def _child_setup(user: tuple[int, int] | None, die_with_parent: bool) -> Callable[[], None]:
+    def setup() -> None:
+        if user is not None:
+            os.setgid(user[1])
+            os.setgroups([])
+            os.setuid(user[0])
+        if die_with_parent:
+            # Set after setuid, which clears it: if pytest is killed outright, the server follows.
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGQUIT)
+
+    return setup
+
+
+def storage_root() -> Path:
+    """Where run folders live: RAM-backed /dev/shm when it has room, else the temp folder."""
+    with contextlib.suppress(OSError):
+        stats = os.statvfs(RAM_DIR)
+        if stats.f_bavail * stats.f_frsize >= RAM_MIN_FREE:
+            return RAM_DIR / f"pytest-dbguard-{os.geteuid()}"
+    return Path(tempfile.gettempdir()) / f"pytest-dbguard-{os.geteuid()}"
+
+
+def cache_root() -> Path:
+    """The user's cache folder for initialised data folders and reusable clusters."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pytest-dbguard"
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    # `cp -a` keeps owners and modes and is several times faster than shutil.copytree here.
+    result = subprocess.run(["cp", "-a", f"{source}/.", str(target)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ServerError(f"Could not copy the cached data folder {source} to {target}: {result.stderr.strip()}")
+
+
+@dataclasses.dataclass
+class EmbeddedCluster:
+    """A throwaway PostgreSQL cluster in ``root`` (data folder, socket, log), on a loopback port."""
+
+    bindir: Path
+    root: Path
+    port: int
+    keep: bool = False  # --dbguard-reuse: survive the run, detached from pytest
+    user: tuple[int, int] | None = dataclasses.field(default_factory=server_user)
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    @property
+    def datadir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "server.log"
+
+    def url(self, driver: str | None = None) -> DatabaseURL:
+        """The maintenance URL (database ``postgres``, trust authentication on loopback)."""
+        return DatabaseURL("postgresql", driver, SUPERUSER, None, "127.0.0.1", self.port, "postgres")
+
+    def initialise(self) -> None:
+        """Lay out the data folder: a copy of the cached initdb output, made once per version."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        if self.user is not None:
+            os.chown(self.root, *self.user)
+        cached = self._cached_initdb()
+        self.datadir.mkdir(mode=0o700)
+        _copy_tree(cached, self.datadir)  # the cache is owned by the server user already
+
+    def _cached_initdb(self) -> Path:
+        # Keyed by the binary itself (path, size, mtime): an upgrade gets a fresh cache, and no
+        # `postgres --version` subprocess is needed on the hot path.
+        binary = (self.bindir / "postgres").resolve().stat()
+        key = hashlib.sha1(f"{self.bindir.resolve()}:{binary.st_size}:{binary.st_mtime_ns}".encode()).hexdigest()[:10]
+        cached = cache_root() / f"initdb-{key}-{self.user[0] if self.user else os.geteuid()}"
+        if (cached / "PG_VERSION").exists():
+            return cached
+        # initdb runs as the server user, which cannot enter root's home: build it in our run
+        # folder, then move the finished copy into the cache atomically.
+        scratch = self.root / "initdb"
+        scratch.mkdir(mode=0o700)
+        if self.user is not None:
+            os.chown(scratch, *self.user)
+        result = subprocess.run(
+            [str(self.bindir / "initdb"), "-D", str(scratch), "-U", SUPERUSER, "-A", "trust",
+             "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions", "--wal-segsize=1"],
+            capture_output=True, text=True, preexec_fn=_child_setup(self.user, False),  # noqa: PLW1509
+        )
+        if result.returncode != 0:
+            raise ServerError(f"initdb failed in {scratch}:\n{(result.stdout + result.stderr)[-2000:]}")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=cached.name + ".", dir=cached.parent))
+        _copy_tree(scratch, staging)
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            os.rename(staging, cached)
+        except OSError:  # another run cached it first
+            shutil.rmtree(staging, ignore_errors=True)
+        return cached
+
+    def launch(self) -> None:
+        """Start the server process and return at once; :meth:`wait_started` or a readiness check follows."""
+        command = [str(self.bindir / "postgres"), "-D", str(self.datadir), "-p", str(self.port), "-k", str(self.root)]
+        for setting in SERVER_SETTINGS:
+            command += ["-c", setting]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        try:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_child_setup(self.user, die_with_parent=not self.keep),  # noqa: PLW1509
+                start_new_session=self.keep,
+            )
+        except OSError as error:
+            raise ServerError(f"Could not start {command[0]}: {error}") from error
+        finally:
+            log.close()
+        self.started_at = time.monotonic()
+        self._write_state()
+        if not self.keep:  # last resort when pytest never reaches unconfigure
+            atexit.register(self._stop_at_exit)
+
+    def _stop_at_exit(self) -> None:
+        if self.process is not None:
+            self.stop()
+
+    def exited_early(self) -> str | None:
+        """The log tail if the server process has already died, else None."""
+        if self.process is not None and self.process.poll() is not None:
+            return f"PostgreSQL exited with code {self.process.returncode}. Log tail:\n{self.log_tail()}"
+        return None
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    def postmaster_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.datadir / "postmaster.pid").read_text().splitlines()[0])
+        return None
+
+    def stop(self, *, remove: bool = True, mode: signal.Signals = signal.SIGQUIT) -> None:
+        """Stop the server (immediate shutdown by default: the data is throwaway) and remove its folder."""
+        pid = self.process.pid if self.process is not None else self.postmaster_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, mode)
+            _wait_gone(pid, self.process, timeout=15)
+        self.process = None
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Fast shutdown and start again on the same port; the caller waits for readiness."""
+        self.stop(remove=False, mode=signal.SIGINT)
+        with contextlib.suppress(FileNotFoundError):
+            (self.datadir / "postmaster.pid").unlink()
+        self.launch()
+
+    def _write_state(self) -> None:
+        state = {"port": self.port, "pid": self.process.pid if self.process else None, "root": str(self.root)}
+        (self.root / "dbguard.json").write_text(json.dumps(state))
+
+
+def _wait_gone(pid: int, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None:
+            if process.poll() is not None:
+                return
+        else:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                pass
+        time.sleep(0.005)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def sweep_orphans(root: Path) -> None:
+    """Remove run folders whose server is gone (a run killed with SIGKILL cannot clean up itself)."""
+    if not root.is_dir():
+        return
+    now = time.time()
+    for run_dir in root.iterdir():
+        if run_dir.name.startswith("reuse-") or now - run_dir.stat().st_mtime < STALE_AFTER:
+            continue
+        pid_file = run_dir / "data" / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(pid_file.read_text().splitlines()[0])
+            os.kill(pid, 0)
+            continue  # still running
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def prepare_cluster(run: str, *, reuse_key: str | None) -> tuple[EmbeddedCluster, bool]:
+    """A cluster for this run, launched; with ``reuse_key`` an already running one is adopted.
+
+    Returns the cluster and whether it was adopted (already running from an earlier run).
+    """
+    bindir = find_bindir()
+    if bindir is None:
+        raise ServerError(MISSING_BINARIES)
+    root = storage_root()
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    if reuse_key is None:
+        sweep_orphans(root)
+        cluster = EmbeddedCluster(bindir=bindir, root=root / run, port=free_port())
+        try:
+            cluster.initialise()
+            cluster.launch()
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster, False
+    reuse_root = root / f"reuse-{reuse_key}"
+    adopted = _adopt(bindir, reuse_root)
+    if adopted is not None:
+        return adopted, True
+    shutil.rmtree(reuse_root, ignore_errors=True)
+    cluster = EmbeddedCluster(bindir=bindir, root=reuse_root, port=free_port(), keep=True)
+    cluster.initialise()
+    cluster.launch()
+    return cluster, False
+
+
+def _adopt(bindir: Path, root: Path) -> EmbeddedCluster | None:
+    """The cluster a previous ``--dbguard-reuse`` run left running in ``root``, if it still runs."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        state = json.loads((root / "dbguard.json").read_text())
+        cluster = EmbeddedCluster(bindir=bindir, root=root, port=int(state["port"]), keep=True)
+        pid = cluster.postmaster_pid()
+        if pid is not None:
+            os.kill(pid, 0)
+            with socket.create_connection(("127.0.0.1", cluster.port), timeout=0.5):
+                return cluster
+    return None
