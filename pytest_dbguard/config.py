@@ -64,6 +64,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("metadata", "Schema source: 'package.module:attr', a MetaData or a declarative Base."),
     Option("alembic_ini", "Schema source: path to alembic.ini; runs 'upgrade head'."),
     Option("naive_datetime", "Naive datetimes bound as parameters: error, warn or off.", default="warn"),
+    Option("pg_bindir", "Folder of the PostgreSQL binaries for the embedded server (default: PATH, pg_config, /usr/lib/postgresql/*/bin)."),
     Option("env", "NAME=VALUE lines exported before conftests load; {worker} {run} {url} ... placeholders.",
            ini_type="linelist", env=False, cli=False),
     Option("guard_modules", "Modules that must not be imported before dbguard sets the environment.",
@@ -86,6 +87,7 @@ class Settings:
     metadata: str | None
     alembic_ini: str | None
     naive_datetime: str
+    pg_bindir: str | None
     env_lines: tuple[str, ...]
     guard_modules: tuple[str, ...]
     sources: Mapping[str, str]
@@ -192,6 +194,7 @@ _PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
     "naive_datetime": _choice(NAIVE_DATETIME_CHOICES),
     "metadata": _module_attr,
     "alembic_ini": _text,
+    "pg_bindir": _text,
 }
 
 
@@ -234,6 +237,7 @@ def resolve(config: pytest.Config, namespace: Any, environ: Mapping[str, str] | 
         metadata=values["metadata"],
         alembic_ini=values["alembic_ini"],
         naive_datetime=values["naive_datetime"],
+        pg_bindir=values["pg_bindir"],
         env_lines=tuple(values["env"] or ()),
         guard_modules=tuple(values["guard_modules"] or ()),
         sources=sources,

@@ -88,7 +88,10 @@ def prepare(config: pytest.Config, namespace: Any, args: Sequence[str], *, late:
     if plan.owns_server and plan.embedded:
         from pytest_dbguard import server
 
-        cluster, _adopted = server.prepare_cluster(plan.run, reuse_key=_reuse_key(config) if settings.reuse else None)
+        cluster, _adopted = server.prepare_cluster(
+            plan.run, reuse_key=_reuse_key(config) if settings.reuse else None,
+            bindir=server.find_bindir(settings.pg_bindir),
+        )
         config.stash[cluster_key] = cluster
         plan = with_server(plan, cluster.url().resolved())
         config.stash[plan_key] = plan
@@ -134,8 +137,9 @@ def _plan(settings: dbguard_config.Settings, origin: Mapping[str, Any] | None) -
     elif settings.url is None and not settings.sqlite_requested:
         from pytest_dbguard.server import find_bindir
 
-        if find_bindir() is None:
-            fallback = "no PostgreSQL binaries found"
+        if find_bindir(settings.pg_bindir) is None:
+            where = f" in {settings.pg_bindir}" if settings.pg_bindir else ""
+            fallback = f"no PostgreSQL binaries found{where}"
         else:
             embedded = True
             server_url = DatabaseURL("postgresql", None, "postgres", None, "127.0.0.1", 0, EMBEDDED_BASE)

@@ -10,7 +10,7 @@ from collections.abc import Generator
 import pytest
 
 from pytest_dbguard import config as dbguard_config
-from pytest_dbguard import environment, isolation, lifecycle
+from pytest_dbguard import asyncloop, environment, isolation, lifecycle
 from pytest_dbguard.exceptions import DbguardError
 
 pytest_plugins = [
@@ -66,6 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.
         environment.prepare(config, config.option, config.args, late=True)
         lifecycle.configure(config)
+        asyncloop.register(config)
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
 
@@ -76,7 +77,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return lifecycle.header_lines(config)
+    return [*lifecycle.header_lines(config), *asyncloop.header_lines(config)]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

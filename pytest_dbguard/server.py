@@ -52,9 +52,11 @@ MISSING_BINARIES: Final = (
 _PR_SET_PDEATHSIG: Final = 1
 
 
-def find_bindir() -> Path | None:
-    """The folder holding ``initdb`` and ``postgres``: PATH, ``pg_config --bindir``, then the newest Debian layout."""
-    return next((c for c in _bindir_candidates() if (c / "initdb").is_file() and (c / "postgres").is_file()), None)
+def find_bindir(configured: str | None = None) -> Path | None:
+    """The folder holding ``initdb`` and ``postgres``: the configured one only, else PATH,
+    ``pg_config --bindir``, then the newest Debian layout."""
+    candidates = iter([Path(configured)]) if configured else _bindir_candidates()
+    return next((c for c in candidates if (c / "initdb").is_file() and (c / "postgres").is_file()), None)
 
 
 def _bindir_candidates() -> Iterator[Path]:
@@ -295,12 +297,12 @@ def sweep_orphans(root: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def prepare_cluster(run: str, *, reuse_key: str | None) -> tuple[EmbeddedCluster, bool]:
+def prepare_cluster(run: str, *, reuse_key: str | None, bindir: Path | None = None) -> tuple[EmbeddedCluster, bool]:
     """A cluster for this run, launched; with ``reuse_key`` an already running one is adopted.
 
     Returns the cluster and whether it was adopted (already running from an earlier run).
     """
-    bindir = find_bindir()
+    bindir = bindir or find_bindir()
     if bindir is None:
         raise ServerError(MISSING_BINARIES)
     root = storage_root()

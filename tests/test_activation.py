@@ -1,0 +1,82 @@
+"""Activation is opt-in: -p, PYTEST_PLUGINS, addopts, conftest pytest_plugins; twice is harmless."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import run_dbguard
+
+USES_FIXTURE = """
+    import os
+
+    def test_database(dbguard_url):
+        assert dbguard_url.startswith("sqlite")
+        assert os.environ["DBGUARD_WORKER"] == "main"
+        assert os.environ["DBGUARD_URL"] == dbguard_url
+"""
+
+
+def test_import_loads_no_database_machinery() -> None:
+    code = (
+        "import sys, pytest_dbguard, pytest_dbguard.plugin;"
+        "bad = [m for m in ('sqlalchemy', 'psycopg', 'psycopg2', 'asyncpg', 'asyncio') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_installed_but_not_activated_changes_nothing(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_no_dbguard(request):
+            assert "DBGUARD_URL" not in os.environ
+            assert not request.config.pluginmanager.hasplugin("pytest_dbguard")
+
+        def test_fixture_missing(dbguard_url):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--dbguard-url", "sqlite")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # the option does not even exist
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'dbguard_url' not found*"])
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param("flag", id="-p"),
+        pytest.param("env", id="PYTEST_PLUGINS"),
+        pytest.param("addopts", id="addopts"),
+        pytest.param("conftest", id="conftest-pytest_plugins"),
+        pytest.param("flag+conftest", id="both"),
+    ],
+)
+def test_activation_paths(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    pytester.makepyfile(USES_FIXTURE)
+    args: list[str] = ["--dbguard-url", "sqlite"]
+    if "flag" in how:
+        args = ["-p", "pytest_dbguard", *args]
+    if how == "env":
+        monkeypatch.setenv("PYTEST_PLUGINS", "pytest_dbguard")
+    if how == "addopts":
+        pytester.makeini("[pytest]\naddopts = -p pytest_dbguard\n")
+    if "conftest" in how:
+        pytester.makeconftest('pytest_plugins = ["pytest_dbguard"]\n')
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=1)
+
+
+def test_tox_style_command_with_posargs(pytester: pytest.Pytester) -> None:
+    """tox runs `pytest -p pytest_dbguard {posargs}`; extra flags after it work as usual."""
+    pytester.makepyfile(USES_FIXTURE)
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", "-v", "-k", "database")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["dbguard: SQLite files in *", "*test_database PASSED*"])
