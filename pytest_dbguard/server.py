@@ -182,11 +182,17 @@ class EmbeddedCluster:
         scratch.mkdir(mode=0o700)
         if self.user is not None:
             os.chown(scratch, *self.user)
-        result = subprocess.run(
-            [str(self.bindir / "initdb"), "-D", str(scratch), "-U", SUPERUSER, "-A", "trust",
-             "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions", "--wal-segsize=1"],
-            capture_output=True, text=True, preexec_fn=_child_setup(self.user, False),  # noqa: PLW1509
-        )
+        try:
+            result = subprocess.run(
+                [str(self.bindir / "initdb"), "-D", str(scratch), "-U", SUPERUSER, "-A", "trust",
+                 "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions", "--wal-segsize=1"],
+                capture_output=True, text=True, preexec_fn=_child_setup(self.user, False),  # noqa: PLW1509
+            )
+        except OSError as error:
+            raise ServerError(
+                f"Could not run {self.bindir / 'initdb'}: {error}. The PostgreSQL binaries must be "
+                "executable by the user the server runs as (when pytest runs as root: 'postgres')."
+            ) from error
         if result.returncode != 0:
             raise ServerError(f"initdb failed in {scratch}:\n{(result.stdout + result.stderr)[-2000:]}")
         cached.parent.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,8 @@ def _demote() -> None:
 class TestServer:
     """A running PostgreSQL cluster with password authentication on loopback."""
 
+    __test__ = False  # not a test class, despite the name
+
     bindir: Path
     root: Path
     port: int
@@ -85,13 +87,13 @@ class TestServer:
         return f"postgresql+{driver}://{auth}127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - handed to the child process
-        self.process = subprocess.Popen(
-            [str(self.bindir / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
-             "-k", str(self.root), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-             "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_demote,  # noqa: PLW1509
-        )
+        with open(self.root / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [str(self.bindir / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
+                 "-k", str(self.root), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_demote,  # noqa: PLW1509
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.sql("SELECT 1", check=False).returncode == 0:
@@ -145,4 +147,55 @@ def running_server() -> Iterator[TestServer]:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class DelayedServer:
+    """A cluster whose port is known at once but whose server process starts ``delay`` s later."""
+
+    server: TestServer
+    delay: float
+    launched_at: float | None = None  # time.monotonic() when the postgres process was started
+    error: BaseException | None = None
+
+    def _launch(self) -> None:
+        self.launched_at = time.monotonic()
+        try:
+            self.server.start()
+        except BaseException as error:  # reported by the test, not lost in the timer thread
+            self.error = error
+
+
+@contextlib.contextmanager
+def delayed_server(delay: float) -> Iterator[DelayedServer]:
+    """A fresh password-protected cluster, started by a timer ``delay`` seconds after entry."""
+    import threading
+
+    bindir = find_bindir()
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    root = Path(tempfile.mkdtemp(prefix="dbguard-delayed-", dir=shm))
+    os.chmod(root, 0o755)
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+    pwfile = root / "pw"
+    pwfile.write_text(SUPERUSER_PASSWORD)
+    os.chmod(pwfile, 0o644)
+    initdb = [str(bindir / "initdb"), "-D", str(root / "data"), "-U", "postgres"]
+    initdb += ["--pwfile", str(pwfile), "-A", "scram-sha-256", "--auth-local=trust"]
+    initdb += ["-E", "UTF8", "--locale=C", "--no-sync"]
+    subprocess.run(initdb, check=True, capture_output=True, preexec_fn=_demote)  # noqa: PLW1509
+    pwfile.unlink()
+    delayed = DelayedServer(TestServer(bindir=bindir, root=root, port=free_port()), delay)
+    timer = threading.Timer(delay, delayed._launch)
+    timer.daemon = True
+    try:
+        timer.start()
+        yield delayed
+    finally:
+        timer.cancel()
+        if timer.is_alive():
+            timer.join(60)
+        delayed.server.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,170 @@
+"""The embedded default: one throwaway cluster per run, never left behind, SQLite when no binaries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_dbguard import server
+from tests.conftest import run_dbguard
+
+RECORD_RUN = """
+    import os, pathlib, time
+
+    def test_record(dbguard_engine):
+        from sqlalchemy import text
+        with dbguard_engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+        pathlib.Path("run.txt").write_text(os.environ["DBGUARD_RUN"])
+        {tail}
+"""
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _assert_nothing_left(pytester: pytest.Pytester) -> None:
+    run = (pytester.path / "run.txt").read_text()
+    folder = server.storage_root() / run
+    assert not folder.exists(), f"{folder} was left behind"
+    assert not _processes_mentioning(str(folder)), "a postgres process outlived the run"
+
+
+@pytest.mark.parametrize(
+    "tail, outcome",
+    [
+        pytest.param("", {"passed": 1}, id="passing-run"),
+        pytest.param("assert False, 'boom'", {"failed": 1}, id="failing-run"),
+    ],
+)
+def test_cluster_removed_after_run(pytester: pytest.Pytester, tail: str, outcome: dict[str, int]) -> None:
+    pytester.makepyfile(RECORD_RUN.format(tail=tail))
+    result = run_dbguard(pytester, "-v")
+    result.assert_outcomes(**outcome)
+    result.stdout.fnmatch_lines(["dbguard: embedded PostgreSQL 1* at 127.0.0.1:*; database postgres_dbg_*_main;*"])
+    if os.geteuid() == 0:  # PostgreSQL refuses root; dbguard runs it as an unprivileged user
+        assert "root" not in result.stdout.str().split("dbguard:")[1].split("\n")[0]
+    _assert_nothing_left(pytester)
+
+
+def test_cluster_removed_after_ctrl_c(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(RECORD_RUN.format(tail="time.sleep(60)"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "-q"], cwd=pytester.path,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (pytester.path / "run.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == pytest.ExitCode.INTERRUPTED, output
+    _assert_nothing_left(pytester)
+
+
+def test_cluster_stopped_when_startup_fails(pytester: pytest.Pytester) -> None:
+    """A usage error after the server was launched (bad metadata path) still stops it."""
+    pytester.makeini("[pytest]\ndbguard_metadata = nowhere.models:Base\n")
+    pytester.makepyfile("def test_never(): pass")
+    before = {p.name for p in server.storage_root().iterdir()} if server.storage_root().exists() else set()
+    result = run_dbguard(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*dbguard_metadata*'nowhere.models:Base'*importing 'nowhere.models' failed*"])
+    after = {p.name for p in server.storage_root().iterdir()} if server.storage_root().exists() else set()
+    assert not {name for name in after - before if not name.startswith("reuse-")}
+
+
+def test_server_that_fails_to_start_shows_its_log(pytester: pytest.Pytester) -> None:
+    real = server.find_bindir()
+    assert real is not None
+    # The server runs as an unprivileged user, who must be able to reach the binaries.
+    bindir = Path(tempfile.mkdtemp(prefix="dbguard-badbin-", dir="/dev/shm"))
+    bindir.chmod(0o755)
+    (bindir / "initdb").symlink_to(real / "initdb")
+    # The real postgres, given a setting it rejects: a genuine start failure.
+    (bindir / "postgres").write_text(f'#!/bin/sh\nexec {real / "postgres"} "$@" -c shared_buffers=-5\n')
+    (bindir / "postgres").chmod(0o755)
+    pytester.makepyfile("def test_never(dbguard_engine): pass")
+    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*PostgreSQL exited with code*", "*shared_buffers*"])
+    shutil.rmtree(bindir)
+    assert result.duration < 15  # a dead server is reported at once, not after the whole wait
+
+
+def test_sqlite_fallback_without_binaries(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makepyfile(
+        """
+        def test_sqlite(dbguard_url, dbguard_session):
+            from sqlalchemy import text
+            assert dbguard_url.startswith("sqlite:///")
+            assert dbguard_session.execute(text("SELECT 1")).scalar() == 1
+        """
+    )
+    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(tmp_path / "empty"))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"dbguard: SQLite files in * (no PostgreSQL binaries found in {tmp_path / 'empty'})*"])
+
+
+def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        models="""
+        from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+        class Base(DeclarativeBase):
+            pass
+        class Thing(Base):
+            __tablename__ = "things"
+            id: Mapped[int] = mapped_column(primary_key=True)
+        """,
+        test_things="""
+        def test_things(dbguard_session):
+            from sqlalchemy import text
+            assert dbguard_session.execute(text("SELECT count(*) FROM things")).scalar() == 0
+        """,
+    )
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+    first = run_dbguard(pytester, "--dbguard-reuse", "-v")
+    first.assert_outcomes(passed=1)
+    second = run_dbguard(pytester, "--dbguard-reuse", "-v")
+    second.assert_outcomes(passed=1)
+    port = first.stdout.str().split("127.0.0.1:")[1].split(",")[0]
+    assert f"127.0.0.1:{port}, reused" in second.stdout.str()
+    # The schema changed: the template is rebuilt, and the new column is there.
+    pytester.makepyfile(
+        models="""
+        from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+        class Base(DeclarativeBase):
+            pass
+        class Thing(Base):
+            __tablename__ = "things"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            colour: Mapped[str]
+        """,
+        test_things="""
+        def test_things(dbguard_session):
+            from sqlalchemy import text
+            assert dbguard_session.execute(text("SELECT count(colour) FROM things")).scalar() == 0
+        """,
+    )
+    run_dbguard(pytester, "--dbguard-reuse").assert_outcomes(passed=1)
+    reused = [p for p in server.storage_root().iterdir() if p.name.startswith("reuse-")]
+    for folder in reused:  # leave the machine as we found it
+        cluster = server.EmbeddedCluster(bindir=server.find_bindir() or Path(), root=folder, port=0)
+        cluster.stop()

@@ -1,0 +1,195 @@
+"""Per-test isolation: rollback in both orders, savepoint commits, truncate, none, session data."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import run_dbguard
+from tests.pgserver import TestServer
+
+MODELS = """
+    from sqlalchemy import ForeignKey
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Author(Base):
+        __tablename__ = "authors"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+
+    class Book(Base):
+        __tablename__ = "books"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"))
+        title: Mapped[str]
+"""
+
+ORDERED_TESTS = """
+    from sqlalchemy import func, select, text
+    from models import Author
+
+    def test_{first}_writes(dbguard_session):
+        dbguard_session.add(Author(name="ada"))
+        dbguard_session.commit()  # a savepoint release, not a real commit
+        dbguard_session.add(Author(name="bob"))
+        dbguard_session.commit()
+        assert dbguard_session.scalar(select(func.count()).select_from(Author)) == 2
+
+    def test_{second}_sees_nothing(dbguard_session, dbguard_connection):
+        assert dbguard_session.scalar(select(func.count()).select_from(Author)) == 0
+        assert dbguard_connection.execute(text("SELECT count(*) FROM authors")).scalar() == 0
+"""
+
+
+def _project(pytester: pytest.Pytester, *, url: str | None = None) -> None:
+    pytester.makepyfile(models=MODELS)
+    ini = "[pytest]\ndbguard_metadata = models:Base\n"
+    if url:
+        ini += f"dbguard_url = {url}\n"
+    pytester.makeini(ini)
+
+
+@pytest.mark.parametrize("order", [("a", "b"), ("b", "a")], ids=["write-first", "read-first"])
+@pytest.mark.parametrize("backend", ["embedded", "sqlite"])
+def test_rollback_isolation_both_orders(pytester: pytest.Pytester, order: tuple[str, str], backend: str) -> None:
+    _project(pytester)
+    pytester.makepyfile(test_order=ORDERED_TESTS.format(first=order[0], second=order[1]))
+    args = ["--dbguard-url", "sqlite"] if backend == "sqlite" else []
+    result = run_dbguard(pytester, *args, "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+
+
+def test_commit_in_test_survives_inside_but_not_after(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+    """A real commit through the fixture connection is a savepoint; the server never sees the row."""
+    _project(pytester, url=pg_server.url())
+    pytester.makepyfile(
+        """
+        import os
+        from sqlalchemy import create_engine, text
+        from models import Author
+
+        def test_write(dbguard_session):
+            dbguard_session.add(Author(name="ada"))
+            dbguard_session.commit()
+            other = create_engine(os.environ["DBGUARD_URL"])
+            with other.connect() as conn:  # another connection cannot see uncommitted work
+                assert conn.execute(text("SELECT count(*) FROM authors")).scalar() == 0
+            other.dispose()
+        """
+    )
+    result = run_dbguard(pytester)
+    result.assert_outcomes(passed=1)
+
+
+TRUNCATE_TESTS = """
+    import os
+    import pytest
+    from sqlalchemy import create_engine, text
+
+    ENGINE = create_engine(os.environ["DBGUARD_URL"])
+
+    @pytest.mark.dbguard(isolation="truncate")
+    def test_1_app_commits_with_its_own_connection():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO authors (name) VALUES ('ada'), ('bob')"))
+            conn.execute(text("INSERT INTO books (author_id, title) SELECT id, 't' FROM authors"))
+
+    @pytest.mark.dbguard(isolation="truncate")
+    def test_2_tables_empty_and_ids_restart(dbguard_connection):
+        assert dbguard_connection.execute(text("SELECT count(*) FROM books")).scalar() == 0
+        new_id = dbguard_connection.execute(
+            text("INSERT INTO authors (name) VALUES ('cy') RETURNING id")).scalar()
+        dbguard_connection.commit()
+        assert new_id == 1
+
+    def test_3_after_truncate_test_committed_through_fixture():
+        with ENGINE.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM authors")).scalar() == 0
+
+    @pytest.mark.dbguard(isolation="none")
+    def test_4_none_keeps_commits():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO authors (name) VALUES ('kept')"))
+
+    def test_5_sees_what_none_kept():
+        with ENGINE.connect() as conn:
+            assert conn.execute(text("SELECT name FROM authors")).scalars().all() == ["kept"]
+"""
+
+
+@pytest.mark.parametrize("backend", ["embedded", "sqlite"])
+def test_truncate_and_none_markers(pytester: pytest.Pytester, backend: str) -> None:
+    _project(pytester)
+    pytester.makepyfile(test_truncate=TRUNCATE_TESTS)
+    args = ["--dbguard-url", "sqlite"] if backend == "sqlite" else []
+    result = run_dbguard(pytester, *args, "-p", "no:randomly")
+    result.assert_outcomes(passed=5)
+
+
+def test_default_isolation_from_ini(pytester: pytest.Pytester) -> None:
+    _project(pytester)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\ndbguard_isolation = truncate\n")
+    pytester.makepyfile(
+        """
+        import os
+        from sqlalchemy import create_engine, text
+
+        ENGINE = create_engine(os.environ["DBGUARD_URL"])
+
+        def test_1_commit():
+            with ENGINE.begin() as conn:
+                conn.execute(text("INSERT INTO authors (name) VALUES ('ada')"))
+
+        def test_2_empty():
+            with ENGINE.connect() as conn:
+                assert conn.execute(text("SELECT count(*) FROM authors")).scalar() == 0
+        """
+    )
+    run_dbguard(pytester, "-p", "no:randomly").assert_outcomes(passed=2)
+
+
+def test_session_scoped_data_survives_between_tests(pytester: pytest.Pytester) -> None:
+    _project(pytester)
+    pytester.makeconftest(
+        """
+        import pytest
+        from sqlalchemy import text
+
+        @pytest.fixture(scope="session", autouse=True)
+        def reference_data(dbguard_engine):
+            with dbguard_engine.begin() as conn:
+                conn.execute(text("INSERT INTO authors (name) VALUES ('reference')"))
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+        from sqlalchemy import select
+        from models import Author
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_reference_row_is_there(dbguard_session, n):
+            names = dbguard_session.scalars(select(Author.name)).all()
+            assert names == ["reference"]
+            dbguard_session.add(Author(name=f"temp{n}"))
+            dbguard_session.commit()
+        """
+    )
+    run_dbguard(pytester).assert_outcomes(passed=3)
+
+
+def test_bad_isolation_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.dbguard(isolation="rolback")
+        def test_x():
+            pass
+        """
+    )
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*isolation='rolback'*rollback, truncate, none*"])
