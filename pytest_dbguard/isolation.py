@@ -104,7 +104,9 @@ def _sqlite_clean(engine: Engine) -> list[str]:
 @pytest.fixture(scope="session")
 def dbguard_url(pytestconfig: pytest.Config) -> str:
     """Session: this worker's test database URL (sync driver, password included so it connects)."""
-    return pytestconfig.stash[plan_key].test_url.render(hide_password=False)
+    from pytest_dbguard.urls import SecretURL
+
+    return SecretURL(pytestconfig.stash[plan_key].test_url.render(hide_password=False))
 
 
 @pytest.fixture(scope="session")

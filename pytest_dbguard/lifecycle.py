@@ -41,6 +41,7 @@ class SessionState:
     server_version: str = ""
     ready_attempts: int = 0
     ready_ms: float = 0.0
+    answered: bool = False  # the server answered a query: cleanup may connect
     server_start_ms: float = 0.0
     provisioned: Provisioned | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -112,6 +113,7 @@ def _wait_ready(config: pytest.Config, plan: RunPlan, settings: Settings, state:
 
     assert plan.server_url is not None
     result = readiness.wait_until_ready(plan.server_url, timeout=settings.wait, progress=progress)
+    state.answered = True
     state.ready_attempts = result.attempts
     state.ready_ms = result.elapsed_ms
     state.server_version = result.server_version
@@ -232,17 +234,20 @@ def stop(config: pytest.Config) -> None:
         return
     plan = plan_of(config)
     settings = config.stash[settings_key]
+    state = config.stash.get(state_key, None)
+    answered = state is not None and state.answered
     cluster: EmbeddedCluster | None = config.stash.get(cluster_key, None)
     try:
         if plan.owns_server:
             if cluster is not None:
                 if not settings.reuse:
                     cluster.stop()
-                else:
+                elif answered:
                     databases.drop_run(cluster.url().resolved(), plan.run)
                 del config.stash[cluster_key]
-            elif plan.server_url is not None:
+            elif plan.server_url is not None and answered:
                 databases.drop_run(plan.server_url, plan.run)
+                state.answered = False  # type: ignore[union-attr]  # once is enough
             if plan.sqlite_dir is not None:
                 shutil.rmtree(plan.sqlite_dir, ignore_errors=True)
     except Exception as error:

@@ -182,6 +182,15 @@ def _first_installed(drivers: tuple[str, ...]) -> str | None:
     return next((name for name in drivers if driver_installed(name)), None)
 
 
+class SecretURL(str):
+    """A URL string that connects with its password but shows ``***`` in reprs (tracebacks, -l locals)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(hide_password_in(str.__str__(self)))
+
+
 def hide_password_in(text: str) -> str:
     """Mask the password of a URL-looking string that may not even parse."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", text)
