@@ -103,7 +103,8 @@ def _mark(connection: Connection, name: str, run: str, worker: str) -> None:
 
 
 def provision_database(
-    server_url: DatabaseURL, database: str, template: str, build: SchemaBuild | None, *, run: str, worker: str
+    server_url: DatabaseURL, database: str, template: str, build: SchemaBuild | None, *, run: str, worker: str,
+    template_run: str | None = None,
 ) -> Provisioned:
     """Create ``database`` on the server, cloned from ``template`` (built first if nobody has yet)."""
     from sqlalchemy.exc import DBAPIError
@@ -118,7 +119,7 @@ def provision_database(
                 with _advisory_lock(connection, template):
                     if not _exists(connection, template):
                         connection.exec_driver_sql(f"CREATE DATABASE {quote_ident(template)}")
-                        _mark(connection, template, run, "tpl")
+                        _mark(connection, template, template_run or run, "tpl")
                         _build_in(server_url.with_database(template), build)
                         built = True
                 template_ms = (time.perf_counter() - started) * 1000

@@ -52,7 +52,6 @@ class RunPlan:
     test_url: DatabaseURL  # this worker's database, sync driver (through the proxy when on)
     async_url: DatabaseURL
     database: str
-    template: str
     sqlite_dir: Path | None
     origin_pid: int
     fallback_reason: str | None = None  # why SQLite was chosen over the embedded default
@@ -150,7 +149,6 @@ def _plan(settings: dbguard_config.Settings, origin: Mapping[str, Any] | None) -
     server_url = server_url.resolved()
     base = server_url.database or EMBEDDED_BASE
     database = database_name(base, run, worker)
-    template = database_name(base, run, "tpl")
     origin_pid = os.getpid() if origin is None else int(origin["pid"])
     if _schema_mode(settings, server_url, embedded, origin):
         from pytest_dbguard.databases import schema_url
@@ -160,13 +158,13 @@ def _plan(settings: dbguard_config.Settings, origin: Mapping[str, Any] | None) -
         return RunPlan(
             run=run, worker=worker, owns_server=owns_server, embedded=embedded, server_url=server_url,
             test_url=test_url.sync(), async_url=test_url.with_driver("psycopg"), database=base,
-            template=template, sqlite_dir=None, origin_pid=origin_pid, schema=schema,
+            sqlite_dir=None, origin_pid=origin_pid, schema=schema,
         )
     test_url = server_url.with_database(database)
     return RunPlan(
         run=run, worker=worker, owns_server=owns_server, embedded=embedded,
         server_url=server_url, test_url=test_url.sync(), async_url=test_url.asynchronous(),
-        database=database, template=template, sqlite_dir=None, origin_pid=origin_pid,
+        database=database, sqlite_dir=None, origin_pid=origin_pid,
     )
 
 
@@ -200,7 +198,7 @@ def _sqlite_plan(
     return RunPlan(
         run=run, worker=worker, owns_server=owns_server, embedded=False,
         server_url=None, test_url=url.sync(), async_url=url.asynchronous(), database=database,
-        template=str(folder / f"{database_name(base, run, 'tpl')}.db"), sqlite_dir=folder,
+        sqlite_dir=folder,
         origin_pid=os.getpid() if origin is None else int(origin["pid"]), fallback_reason=fallback,
     )
 

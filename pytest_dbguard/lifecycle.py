@@ -8,6 +8,7 @@ embedded server and drops what the run left on an external one.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import sys
 import time
@@ -131,39 +132,53 @@ def _schema_build(config: pytest.Config, settings: Settings, state: SessionState
     return None
 
 
-def _template_name(config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState) -> tuple[str, str]:
-    """The template's name and the run id its mark carries (reused templates are keyed by schema hash)."""
-    if not settings.reuse or plan.server_url is None:
-        return plan.template, plan.run
+def _fingerprint(config: pytest.Config, settings: Settings, state: SessionState) -> str:
+    """A short hash of the schema this worker needs: workers whose schemas differ (a per-worker
+    table prefix) get different templates, and a reused template is rebuilt when the schema changes."""
+    if state.metadata is not None:
+        return schema.fingerprint_metadata(state.metadata, "postgresql")
+    if settings.alembic_ini:
+        ini = schema.alembic_path(settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath)
+        # Migrations may read dbguard_env values (a prefix); those that name the database do not count.
+        shared = [f"{name}={os.environ.get(name, '')}" for name, template in environment.parse_env_lines(settings.env_lines)
+                  if not any(f"{{{key}}}" in template for key in PER_DATABASE_PLACEHOLDERS)]
+        return schema.fingerprint_alembic(ini, shared)
+    return ""
+
+
+PER_DATABASE_PLACEHOLDERS: Final = ("url", "async_url", "db", "worker")
+
+
+def _template(plan: RunPlan, settings: Settings, fingerprint: str) -> tuple[str, str]:
+    """The template's name and the run id its mark carries (reused templates are kept across runs)."""
     from pytest_dbguard.urls import database_name
 
-    if state.metadata is not None:
-        fingerprint = schema.fingerprint_metadata(state.metadata, "postgresql")
-    elif settings.alembic_ini:
-        ini = schema.alembic_path(settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath)
-        fingerprint = schema.fingerprint_alembic(ini)
-    else:
-        fingerprint = "000000"
-    return database_name(plan.server_url.database or "postgres", fingerprint, "tpl"), REUSE_RUN
+    if plan.server_url is None:
+        assert plan.sqlite_dir is not None
+        base = plan.database.split("_dbg_")[0]
+        return str(plan.sqlite_dir / f"{database_name(base, plan.run, 'tpl' + fingerprint)}.db"), plan.run
+    base = plan.server_url.database or "postgres"
+    if settings.reuse:
+        return database_name(base, fingerprint, "tpl"), REUSE_RUN
+    return database_name(base, plan.run, "tpl" + fingerprint), plan.run
 
 
 def _provision(config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState) -> Provisioned:
-    template, _mark_run = _template_name(config, plan, settings, state)
-    template_url = (
-        plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
-    )
+    fingerprint = _fingerprint(config, settings, state)
+    template, template_run = _template(plan, settings, fingerprint or "000000")
+    template_url = plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
     build = _schema_build(config, settings, state, template_url.render(hide_password=False))
     values = environment.values_for(dataclasses.replace(plan, test_url=template_url, database=template))
     overrides = {name: value.format(**values) for name, value in environment.parse_env_lines(settings.env_lines)}
     overrides["DBGUARD_URL"] = values["url"]
     with schema.environ_override(overrides):  # an alembic env.py reading DATABASE_URL builds the template
         if plan.server_url is None:
-            return databases.provision_sqlite(plan.test_url, Path(plan.template), build)
+            return databases.provision_sqlite(plan.test_url, Path(template), build)
         if plan.schema is not None:
             return databases.provision_schema(plan.server_url, plan.schema, build, run=plan.run, worker=plan.worker)
         return databases.provision_database(
             plan.server_url, plan.database, template, build,
-            run=REUSE_RUN if settings.reuse and template != plan.template else plan.run, worker=plan.worker,
+            run=plan.run, worker=plan.worker, template_run=template_run,
         )
 
 

@@ -71,9 +71,10 @@ def fingerprint_metadata(metadata: MetaData, dialect_name: str) -> str:
     return digest.hexdigest()[:6]
 
 
-def fingerprint_alembic(ini: Path) -> str:
-    """A short hash of alembic.ini, env.py and every migration file."""
+def fingerprint_alembic(ini: Path, settings: Sequence[str] = ()) -> str:
+    """A short hash of alembic.ini, env.py, every migration file and the settings they may read."""
     digest = hashlib.sha1(ini.read_bytes())
+    digest.update("\n".join(settings).encode())
     script_dirs = [ini.parent / "alembic", ini.parent / "migrations"]
     for folder in script_dirs:
         for path in sorted(folder.rglob("*.py")) if folder.is_dir() else []:

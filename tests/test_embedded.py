@@ -82,13 +82,13 @@ def test_cluster_removed_after_ctrl_c(pytester: pytest.Pytester) -> None:
 def test_cluster_stopped_when_startup_fails(pytester: pytest.Pytester) -> None:
     """A usage error after the server was launched (bad metadata path) still stops it."""
     pytester.makeini("[pytest]\ndbguard_metadata = nowhere.models:Base\n")
+    # conftest loads after the server was launched and before the metadata is imported
+    pytester.makeconftest("import os, pathlib\npathlib.Path('run.txt').write_text(os.environ['DBGUARD_RUN'])\n")
     pytester.makepyfile("def test_never(): pass")
-    before = {p.name for p in server.storage_root().iterdir()} if server.storage_root().exists() else set()
     result = run_dbguard(pytester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*dbguard_metadata*'nowhere.models:Base'*importing 'nowhere.models' failed*"])
-    after = {p.name for p in server.storage_root().iterdir()} if server.storage_root().exists() else set()
-    assert not {name for name in after - before if not name.startswith("reuse-")}
+    _assert_nothing_left(pytester)
 
 
 def test_server_that_fails_to_start_shows_its_log(pytester: pytest.Pytester) -> None:
@@ -106,7 +106,8 @@ def test_server_that_fails_to_start_shows_its_log(pytester: pytest.Pytester) -> 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*PostgreSQL exited with code*", "*shared_buffers*"])
     shutil.rmtree(bindir)
-    assert result.duration < 15  # a dead server is reported at once, not after the whole wait
+    # The message is the server's own log, not a readiness time-out: the dead process was noticed.
+    assert "not ready" not in result.stderr.str()
 
 
 def test_sqlite_fallback_without_binaries(pytester: pytest.Pytester, tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""A small file-storage service whose table names come from settings read at import time."""
