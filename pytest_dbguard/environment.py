@@ -65,6 +65,9 @@ class RunPlan:
 plan_key: Final = pytest.StashKey[RunPlan]()
 saved_environ_key: Final = pytest.StashKey[dict[str, str | None]]()
 cluster_key: Final = pytest.StashKey[Any]()  # server.EmbeddedCluster, imported lazily
+proxy_key: Final = pytest.StashKey[Any]()  # proxy.FaultProxy in front of the server, when on
+FAULTS_FIXTURE: Final = "dbguard_faults"
+SCAN_LIMIT: Final = 2000  # test files read when looking for dbguard_faults
 
 
 def prepare(config: pytest.Config, namespace: Any, args: Sequence[str], *, late: bool = False) -> None:
@@ -94,9 +97,53 @@ def prepare(config: pytest.Config, namespace: Any, args: Sequence[str], *, late:
         config.stash[cluster_key] = cluster
         plan = with_server(plan, cluster.url().resolved())
         config.stash[plan_key] = plan
+    if plan.server_url is not None and _wants_proxy(settings, config, args):
+        plan = _bind_proxy(config, plan)
+        config.stash[plan_key] = plan
     export(config, plan, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
     if late:
         check_guarded_modules(settings.guard_modules, assignments)
+
+
+def _wants_proxy(settings: dbguard_config.Settings, config: pytest.Config, args: Sequence[str]) -> bool:
+    """The fault proxy is on with --dbguard-proxy, or when a test file mentions dbguard_faults.
+
+    The URL must point at the proxy before any conftest imports the application, which is before
+    collection can tell which fixtures tests request; a plain-text scan of the test files answers
+    early and cheaply, so runs without fault tests never pay for the extra hop.
+    """
+    if settings.proxy:
+        return True
+    if "proxy" in settings.sources:  # explicitly switched off
+        return False
+    paths = [Path(arg.split("::")[0]) for arg in args if not arg.startswith("-")]
+    paths = [path for path in paths if path.exists()] or [config.rootpath]
+    seen = 0
+    for path in paths:
+        files = [path] if path.is_file() else path.rglob("*.py")
+        for file in files:
+            if seen >= SCAN_LIMIT:
+                return False
+            if any(part.startswith(".") or part in ("node_modules", "site-packages") for part in file.parts):
+                continue
+            seen += 1
+            try:
+                if FAULTS_FIXTURE in file.read_text(errors="ignore"):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def _bind_proxy(config: pytest.Config, plan: RunPlan) -> RunPlan:
+    """Bind (but do not start) the worker's fault proxy and route the test URL through it."""
+    from pytest_dbguard.proxy import FaultProxy
+
+    assert plan.server_url is not None
+    proxy = FaultProxy(plan.server_url.host or "127.0.0.1", plan.server_url.port or 5432)
+    port = proxy.bind()
+    config.stash[proxy_key] = proxy
+    return with_test_url(plan, dataclasses.replace(plan.test_url, host="127.0.0.1", port=port))
 
 
 def _inherited_origin() -> dict[str, Any] | None:
@@ -284,6 +331,8 @@ def export(
             "sqlite_dir": str(plan.sqlite_dir) if plan.sqlite_dir else None,
             "environ_url": origin_environ_url,
             "schema_mode": plan.schema is not None,
+            "embedded_root": str(config.stash[cluster_key].root) if cluster_key in config.stash else None,
+            "bindir": str(config.stash[cluster_key].bindir) if cluster_key in config.stash else None,
         })
     saved = config.stash.setdefault(saved_environ_key, {})
     for name, value in exported.items():

@@ -20,7 +20,7 @@ import pytest
 
 from pytest_dbguard import databases, environment, schema
 from pytest_dbguard.config import Settings, settings_key
-from pytest_dbguard.environment import RunPlan, cluster_key, plan_key
+from pytest_dbguard.environment import RunPlan, cluster_key, plan_key, proxy_key
 from pytest_dbguard.exceptions import DbguardError
 
 if TYPE_CHECKING:
@@ -93,6 +93,10 @@ def start(config: pytest.Config) -> None:
             _wait_ready(config, plan, settings, state)
         if state.runs_tests:
             state.provisioned = _provision(config, plan, settings, state)
+            proxy = config.stash.get(proxy_key, None)
+            if proxy is not None:
+                proxy.start()
+                state.notes.append(f"dbguard: fault proxy on 127.0.0.1:{proxy.port} in front of the server")
     except DbguardError as error:
         stop(config)
         raise pytest.UsageError(str(error)) from None
@@ -252,6 +256,10 @@ def stop(config: pytest.Config) -> None:
     state = config.stash.get(state_key, None)
     answered = state is not None and state.answered
     cluster: EmbeddedCluster | None = config.stash.get(cluster_key, None)
+    proxy = config.stash.get(proxy_key, None)
+    if proxy is not None:
+        proxy.stop()
+        del config.stash[proxy_key]
     try:
         if plan.owns_server:
             if cluster is not None:

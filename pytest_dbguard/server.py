@@ -248,7 +248,11 @@ class EmbeddedCluster:
 
     def stop(self, *, remove: bool = True, mode: signal.Signals = signal.SIGQUIT) -> None:
         """Stop the server (immediate shutdown by default: the data is throwaway) and remove its folder."""
-        pid = self.process.pid if self.process is not None else self.postmaster_pid()
+        # After a restart from an xdist worker our own process handle is stale: ask the pid file.
+        own = self.process is not None and self.process.poll() is None
+        pid = self.process.pid if own and self.process is not None else self.postmaster_pid()
+        if not own:
+            self.process = None
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, mode)
@@ -257,12 +261,21 @@ class EmbeddedCluster:
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def restart(self) -> None:
-        """Fast shutdown and start again on the same port; the caller waits for readiness."""
+    def restart(self, *, die_with_parent: bool = True) -> None:
+        """Fast shutdown and start again on the same port; the caller waits for readiness.
+
+        An xdist worker restarting the controller's server passes ``die_with_parent=False``: the
+        worker may exit before the others are done, and the controller stops the server at the end.
+        """
         self.stop(remove=False, mode=signal.SIGINT)
         with contextlib.suppress(FileNotFoundError):
             (self.datadir / "postmaster.pid").unlink()
-        self.launch()
+        keep = self.keep
+        self.keep = keep or not die_with_parent
+        try:
+            self.launch()
+        finally:
+            self.keep = keep
 
     def _write_state(self) -> None:
         state = {"port": self.port, "pid": self.process.pid if self.process else None, "root": str(self.root)}
@@ -275,16 +288,26 @@ def _wait_gone(pid: int, process: subprocess.Popen[bytes] | None, timeout: float
         if process is not None:
             if process.poll() is not None:
                 return
-        else:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            except PermissionError:
-                pass
+        elif not _alive(pid):
+            return
         time.sleep(0.005)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, not yet reaped by another process) counts as gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status)
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def sweep_orphans(root: Path) -> None:
