@@ -6,12 +6,20 @@ dropped; anything else on the server is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import socket
 import time
-from typing import Final
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+from pytest_dbguard.exceptions import ConfigError, DatabaseSetupError, DbguardError
+from pytest_dbguard.urls import DatabaseURL, is_dbguard_name
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 MARK_PREFIX: Final = "pytest-dbguard "
 
@@ -29,8 +37,13 @@ class Mark:
 
 def make_mark(run: str, worker: str) -> str:
     """The ``COMMENT ON DATABASE`` text for a database this process creates now."""
-    payload = {"run": run, "worker": worker, "created": round(time.time(), 3),
-               "pid": os.getpid(), "host": socket.gethostname()}
+    payload = {
+        "run": run,
+        "worker": worker,
+        "created": round(time.time(), 3),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
     return MARK_PREFIX + json.dumps(payload, separators=(",", ":"))
 
 
@@ -39,8 +52,185 @@ def parse_mark(comment: str | None) -> Mark | None:
     if not comment or not comment.startswith(MARK_PREFIX):
         return None
     try:
-        data = json.loads(comment[len(MARK_PREFIX):])
-        return Mark(run=str(data["run"]), worker=str(data["worker"]), created=float(data["created"]),
-                    pid=int(data["pid"]), host=str(data["host"]))
+        data = json.loads(comment[len(MARK_PREFIX) :])
+        return Mark(
+            run=str(data["run"]),
+            worker=str(data["worker"]),
+            created=float(data["created"]),
+            pid=int(data["pid"]),
+            host=str(data["host"]),
+        )
     except (ValueError, KeyError, TypeError):
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkedDatabase:
+    """A database on the server that carries dbguard's mark and has dbguard's name shape."""
+
+    name: str
+    mark: Mark
+    is_template: bool = False
+
+    @property
+    def age(self) -> float:
+        """Seconds since the run that created it did so."""
+        return max(0.0, time.time() - self.mark.created)
+
+
+@dataclasses.dataclass(frozen=True)
+class Swept:
+    """What a sweep did with one leftover: ``dropped``, ``would drop`` (dry run) or ``failed``."""
+
+    database: MarkedDatabase
+    action: str
+    error: str | None = None
+
+
+MAINTENANCE_DATABASES: Final = ("postgres", "template1")
+_LIST_SQL: Final = (
+    "SELECT datname, datistemplate, shobj_description(oid, 'pg_database') FROM pg_database "
+    "ORDER BY datname"
+)
+_ONE_SQL: Final = (
+    "SELECT datistemplate, shobj_description(oid, 'pg_database') FROM pg_database "
+    "WHERE datname = :name"
+)
+_REFUSED: Final = (
+    "Refusing to drop {name!r} on {server}: {reason}. The janitor drops only databases that "
+    "pytest-dbguard created (a '<name>_dbg_<run>_<worker>' name and a '" + MARK_PREFIX.strip() + " "
+    "{{...}}' comment); drop anything else yourself if you mean it."
+)
+_UNREACHABLE: Final = (
+    "Could not reach {server} to look for dbguard's databases: the {stage} step failed "
+    "({error}). Check the URL, or run 'dbguard wait' first to see the full diagnosis."
+)
+
+
+def list_marked(url: str | DatabaseURL) -> list[MarkedDatabase]:
+    """Every database on the URL's server that dbguard created (mark and name shape both match)."""
+    from sqlalchemy import text
+
+    with _maintenance(url) as connection:
+        rows = connection.execute(text(_LIST_SQL)).all()
+    return [
+        MarkedDatabase(name, mark, bool(is_template))
+        for name, is_template, comment in rows
+        if (mark := parse_mark(comment)) is not None and is_dbguard_name(name)
+    ]
+
+
+def drop_marked(url: str | DatabaseURL, name: str) -> MarkedDatabase:
+    """Drop ``name`` from the URL's server, ``WITH (FORCE)``; DatabaseSetupError if not ours."""
+    with _maintenance(url) as connection:
+        return _drop_checked(connection, _parse(url), name)
+
+
+def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
+    """Drop (``dry_run``: only list) the marked databases at least ``older_than`` seconds old."""
+    parsed = _parse(url)
+    leftovers = [
+        found
+        for found in list_marked(parsed)
+        if found.age >= older_than and found.name != parsed.database
+    ]
+    if dry_run or not leftovers:
+        return [Swept(found, "would drop") for found in leftovers]
+    results: list[Swept] = []
+    with _maintenance(parsed) as connection:
+        for found in leftovers:
+            try:
+                _drop_checked(connection, parsed, found.name)
+            except DbguardError as error:
+                results.append(Swept(found, "failed", str(error)))
+            else:
+                results.append(Swept(found, "dropped"))
+    return results
+
+
+def _parse(url: str | DatabaseURL) -> DatabaseURL:
+    parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
+    if parsed.is_sqlite:
+        raise ConfigError(
+            f"{parsed}: the janitor cleans PostgreSQL servers; dbguard's SQLite files live in "
+            "pytest's temporary folder and go with it."
+        )
+    return parsed
+
+
+def server_of(url: DatabaseURL) -> str:
+    """The URL without its database, password hidden: what the janitor reports it cleaned."""
+    return dataclasses.replace(url, database=None).render(hide_password=True)
+
+
+@contextlib.contextmanager
+def _maintenance(url: str | DatabaseURL) -> Iterator[Connection]:
+    """An autocommit connection to the server's maintenance database, never the URL's own."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.pool import NullPool
+
+    from pytest_dbguard.databases import INTERNAL_OPTIONS
+    from pytest_dbguard.readiness import DATABASE_MISSING, classify_error
+
+    parsed = _parse(url)
+    for index, database in enumerate(MAINTENANCE_DATABASES):
+        engine = create_engine(
+            parsed.sync().with_database(database).render(hide_password=False),
+            poolclass=NullPool,
+            isolation_level="AUTOCOMMIT",
+            execution_options=INTERNAL_OPTIONS,
+        )
+        try:
+            try:
+                connection = engine.connect()
+            except DBAPIError as error:
+                failure = classify_error(error, password=parsed.password)
+                if failure.stage == DATABASE_MISSING and index + 1 < len(MAINTENANCE_DATABASES):
+                    continue  # no 'postgres' database on this server: template1 always exists
+                raise DatabaseSetupError(
+                    _UNREACHABLE.format(
+                        server=server_of(parsed), stage=failure.stage, error=failure.error
+                    )
+                ) from None
+            with connection:
+                yield connection
+            return
+        finally:
+            engine.dispose()
+
+
+def _drop_checked(connection: Connection, url: DatabaseURL, name: str) -> MarkedDatabase:
+    """Re-read the mark of ``name`` on this connection and drop it only if it is dbguard's."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from pytest_dbguard.databases import quote_ident
+    from pytest_dbguard.readiness import classify_error
+
+    row = connection.execute(text(_ONE_SQL), {"name": name}).first()
+    server = server_of(url)
+    if row is None:
+        raise DatabaseSetupError(
+            _REFUSED.format(name=name, server=server, reason="it does not exist")
+        )
+    is_template, comment = row
+    mark = parse_mark(comment)
+    if mark is None:
+        reason = "it does not carry dbguard's mark"
+    elif not is_dbguard_name(name):
+        reason = "its name does not have dbguard's shape"
+    elif name == url.database:
+        reason = "it is the database the URL names, which dbguard never writes to"
+    else:
+        reason = ""
+    if reason or mark is None:
+        raise DatabaseSetupError(_REFUSED.format(name=name, server=server, reason=reason))
+    try:
+        if is_template:  # a template cannot be dropped until it is an ordinary database again
+            connection.exec_driver_sql(f"ALTER DATABASE {quote_ident(name)} IS_TEMPLATE false")
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    except DBAPIError as error:
+        detail = classify_error(error, connected=True, password=url.password).error
+        raise DatabaseSetupError(f"Could not drop {name!r} on {server}: {detail}") from None
+    return MarkedDatabase(name, mark, bool(is_template))

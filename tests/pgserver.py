@@ -185,7 +185,7 @@ def delayed_server(delay: float) -> Iterator[DelayedServer]:
     initdb = [str(bindir / "initdb"), "-D", str(root / "data"), "-U", "postgres"]
     initdb += ["--pwfile", str(pwfile), "-A", "scram-sha-256", "--auth-local=trust"]
     initdb += ["-E", "UTF8", "--locale=C", "--no-sync"]
-    subprocess.run(initdb, check=True, capture_output=True, preexec_fn=_demote)  # noqa: PLW1509
+    subprocess.run(initdb, check=True, capture_output=True, preexec_fn=_demote)
     pwfile.unlink()
     delayed = DelayedServer(TestServer(bindir=bindir, root=root, port=free_port()), delay)
     timer = threading.Timer(delay, delayed._launch)

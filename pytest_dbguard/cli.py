@@ -1,0 +1,170 @@
+"""The ``dbguard`` command (also ``python -m pytest_dbguard``): wait, probe and janitor.
+
+Exit status: 0 success, 1 the database is not ready (or a drop failed), 2 bad usage or a bad URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Final
+
+from pytest_dbguard.exceptions import ConfigError, DbguardError
+from pytest_dbguard.urls import DatabaseURL
+
+URL_ENV: Final = "DBGUARD_URL"
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+_UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_NO_URL: Final = (
+    "no database URL: pass one (e.g. postgresql+psycopg://user:password@localhost:5432/app) "
+    f"or set {URL_ENV}."
+)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s``, ``30m``, ``6h``, ``2d`` or a bare number of seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; use a number with s, m, h or d (e.g. 90s, 30m, 6h, 2d)."
+        )
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse exits on --help and on bad usage
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    text = args.url or os.environ.get(URL_ENV, "")
+    if not text.strip():
+        args.subparser.print_usage(sys.stderr)
+        _error(f"{args.subparser.prog}: {_NO_URL}")
+        return EXIT_USAGE
+    source = "URL argument" if args.url else f"environment variable {URL_ENV}"
+    try:
+        url = DatabaseURL.parse(text, source=source)
+        command: Callable[[argparse.Namespace, DatabaseURL], int] = args.command
+        return command(args, url)
+    except ConfigError as error:
+        _error(f"{args.subparser.prog}: {error}")
+        return EXIT_USAGE
+    except DbguardError as error:
+        _error(f"{args.subparser.prog}: {error}")
+        return EXIT_FAILED
+
+
+def _wait(args: argparse.Namespace, url: DatabaseURL) -> int:
+    from pytest_dbguard.readiness import wait_until_ready
+
+    result = wait_until_ready(
+        url, timeout=args.timeout, progress=lambda line: _error(f"dbguard wait: {line}")
+    )
+    product = "SQLite" if url.is_sqlite else "PostgreSQL"
+    version = f" ({product} {result.server_version})" if result.server_version else ""
+    print(
+        f"ready: {url} answered SELECT 1{version} after {result.attempts} "
+        f"attempt{'' if result.attempts == 1 else 's'}, {result.elapsed_ms:.0f} ms"
+    )
+    return EXIT_OK
+
+
+def _probe(args: argparse.Namespace, url: DatabaseURL) -> int:
+    from pytest_dbguard.readiness import probe
+
+    result = probe(url, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    elif result.status == "ok":
+        print(f"ok: {url} answered in {result.latency_ms:.1f} ms, version {result.server_version}")
+    else:
+        print(f"error: {url}: {result.stage} failed: {result.error} ({result.latency_ms:.1f} ms)")
+    return EXIT_OK if result.status == "ok" else EXIT_FAILED
+
+
+def _janitor(args: argparse.Namespace, url: DatabaseURL) -> int:
+    from pytest_dbguard.janitor import server_of, sweep
+
+    results = sweep(url, older_than=args.older_than, dry_run=args.dry_run)
+    for result in results:
+        found = result.database
+        mark = found.mark
+        line = (
+            f"{result.action} {found.name} (run {mark.run}, worker {mark.worker}, "
+            f"{_age(found.age)} old, from {mark.host} pid {mark.pid})"
+        )
+        print(line + (f": {result.error}" if result.error else ""))
+    if not results:
+        age = _age(args.older_than)
+        print(f"nothing to drop: no dbguard database older than {age} on {server_of(url)}")
+    failed = sum(result.action == "failed" for result in results)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}".removesuffix(".0") + unit
+    return f"{seconds:.0f}s"
+
+
+def _error(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dbguard",
+        description="Database readiness and cleanup for pytest-dbguard, usable on its own in CI.",
+    )
+    commands = parser.add_subparsers(metavar="COMMAND", required=True)
+    url_help = f"SQLAlchemy database URL (default: ${URL_ENV})"
+
+    wait = commands.add_parser(
+        "wait",
+        help="retry SELECT 1 until it succeeds; exit 1 with the failing step otherwise",
+        description="Prove the server answers a real query, retrying with backoff until the "
+        "timeout; for CI steps and compose healthchecks.",
+    )
+    wait.add_argument("url", nargs="?", metavar="URL", help=url_help)
+    wait.add_argument(
+        "--timeout", type=parse_duration, default=30.0, metavar="S", help="give up after S (30)"
+    )
+    wait.set_defaults(command=_wait, subparser=wait)
+
+    check = commands.add_parser(
+        "probe", help="one check: status, latency, version", description="One check, no retries."
+    )
+    check.add_argument("url", nargs="?", metavar="URL", help=url_help)
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.add_argument(
+        "--timeout", type=parse_duration, default=5.0, metavar="S", help="attempt timeout (5)"
+    )
+    check.set_defaults(command=_probe, subparser=check)
+
+    janitor = commands.add_parser(
+        "janitor",
+        help="drop test databases dbguard created and left behind",
+        description="Drop databases left by crashed runs: only those carrying dbguard's mark "
+        "and name shape, created longer ago than --older-than.",
+    )
+    janitor.add_argument("url", nargs="?", metavar="URL", help=url_help)
+    janitor.add_argument(
+        "--older-than",
+        type=parse_duration,
+        default=parse_duration("6h"),
+        metavar="AGE",
+        help="only databases at least this old: 90s, 30m, 6h (default), 2d",
+    )
+    janitor.add_argument("--dry-run", action="store_true", help="list, drop nothing")
+    janitor.set_defaults(command=_janitor, subparser=janitor)
+    return parser

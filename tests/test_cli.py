@@ -1,0 +1,230 @@
+"""``python -m pytest_dbguard``: wait, probe and janitor against a live and a dead server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pytest_dbguard.cli import parse_duration
+from pytest_dbguard.exceptions import ConfigError, DatabaseSetupError
+from pytest_dbguard.janitor import (
+    MARK_PREFIX,
+    drop_marked,
+    list_marked,
+    make_mark,
+    parse_mark,
+    sweep,
+)
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer, free_port
+
+THREE_DAYS = 3 * 86400.0
+
+
+def dbguard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the command line in a subprocess, with DBGUARD_URL only when ``env`` sets it."""
+    environ = {key: value for key, value in os.environ.items() if key != "DBGUARD_URL"}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_dbguard", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+    )
+
+
+def dead_url(pg_server: TestServer) -> str:
+    return pg_server.url().replace(f":{pg_server.port}/", f":{free_port()}/")
+
+
+def old_mark(run: str, worker: str, age: float) -> str:
+    """A mark exactly as dbguard writes it, dated ``age`` seconds ago."""
+    payload = json.loads(make_mark(run, worker)[len(MARK_PREFIX) :])
+    payload["created"] -= age
+    comment = MARK_PREFIX + json.dumps(payload, separators=(",", ":"))
+    assert parse_mark(comment) is not None
+    return comment
+
+
+@pytest.fixture
+def leftovers(pg_server: TestServer) -> Iterator[dict[str, str]]:
+    """A crashed run's marked database, an unmarked look-alike, and a marked non-dbguard name."""
+    databases = {
+        "marked": "x_dbg_abc123_gw0",
+        "unmarked": "x_dbg_abc123_gw1",
+        "foreign": "x_marked_plain",
+    }
+    for name in databases.values():
+        pg_server.sql(f"CREATE DATABASE {name}")
+    for key in ("marked", "foreign"):
+        comment = old_mark("abc123", "gw0", THREE_DAYS)
+        pg_server.sql(f"COMMENT ON DATABASE {databases[key]} IS '{comment}'")
+    yield databases
+    for name in databases.values():
+        pg_server.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_wait_on_a_live_server(pg_server: TestServer) -> None:
+    result = dbguard("wait", pg_server.url(), "--timeout", "10")
+    assert result.returncode == 0, result.stderr
+    assert "ready:" in result.stdout and "1 attempt" in result.stdout
+    assert "PostgreSQL 15" in result.stdout
+    assert SUPERUSER_PASSWORD not in result.stdout + result.stderr
+
+
+def test_wait_reads_the_url_from_the_environment(pg_server: TestServer) -> None:
+    result = dbguard("wait", "--timeout", "10", env={"DBGUARD_URL": pg_server.url()})
+    assert result.returncode == 0, result.stderr
+
+
+def test_wait_on_a_dead_server_gives_the_staged_diagnosis(pg_server: TestServer) -> None:
+    url = dead_url(pg_server)
+    began = time.monotonic()
+    result = dbguard("wait", url, "--timeout", "1.5")
+    assert result.returncode == 1
+    assert time.monotonic() - began < 10
+    assert result.stdout == ""
+    assert "failed step: TCP connect" in result.stderr
+    assert url.split("@")[1].split("/")[0] in result.stderr
+    assert "waiting for" in result.stderr, "progress lines go to stderr"
+    assert SUPERUSER_PASSWORD not in result.stderr
+
+
+def test_probe_json_on_a_live_server(pg_server: TestServer) -> None:
+    result = dbguard("probe", pg_server.url(), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "ok" and report["server_version"].startswith("15")
+    assert isinstance(report["latency_ms"], float) and report["stage"] is None
+
+
+def test_probe_json_on_a_dead_server(pg_server: TestServer) -> None:
+    result = dbguard("probe", dead_url(pg_server), "--json", "--timeout", "2")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert (report["status"], report["stage"]) == ("error", "TCP connect")
+    assert "refused" in report["error"].lower()
+
+
+def test_probe_text_names_the_failing_step(pg_server: TestServer) -> None:
+    result = dbguard("probe", pg_server.url(password="Wr0ng-Pw-Never-Shown"))
+    assert result.returncode == 1
+    assert "authentication failed" in result.stdout
+    assert "Wr0ng-Pw-Never-Shown" not in result.stdout + result.stderr
+
+
+def test_janitor_drops_only_marked_dbguard_databases(
+    pg_server: TestServer, leftovers: dict[str, str]
+) -> None:
+    # Three days old, so nothing another test left on the shared server is touched.
+    dry = dbguard("janitor", pg_server.url(), "--older-than", "2d", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would drop {leftovers['marked']} (run abc123, worker gw0, 3d old" in dry.stdout
+    assert set(leftovers.values()) <= set(pg_server.databases())
+
+    too_young = dbguard("janitor", pg_server.url(), "--older-than", "4d")
+    assert too_young.returncode == 0, too_young.stderr
+    assert "nothing to drop" in too_young.stdout and "older than 4d" in too_young.stdout
+
+    result = dbguard("janitor", pg_server.url(), "--older-than", "2d")
+    assert result.returncode == 0, result.stderr
+    assert f"dropped {leftovers['marked']}" in result.stdout
+    assert leftovers["unmarked"] not in result.stdout
+    assert leftovers["foreign"] not in result.stdout
+    remaining = set(pg_server.databases())
+    assert leftovers["marked"] not in remaining
+    assert {leftovers["unmarked"], leftovers["foreign"], "postgres"} <= remaining
+    assert SUPERUSER_PASSWORD not in result.stdout + result.stderr
+
+
+def test_drop_marked_refuses_what_dbguard_did_not_create(
+    pg_server: TestServer, leftovers: dict[str, str]
+) -> None:
+    for key, reason in [("unmarked", "does not carry"), ("foreign", "name does not have")]:
+        with pytest.raises(DatabaseSetupError, match=reason):
+            drop_marked(pg_server.url(), leftovers[key])
+    with pytest.raises(DatabaseSetupError, match="does not exist"):
+        drop_marked(pg_server.url(), "x_dbg_abc123_gw9")
+    assert {leftovers["unmarked"], leftovers["foreign"]} <= set(pg_server.databases())
+
+
+def test_drop_marked_never_drops_the_database_the_url_names(
+    pg_server: TestServer, leftovers: dict[str, str]
+) -> None:
+    url = pg_server.url(leftovers["marked"])
+    with pytest.raises(DatabaseSetupError, match="the database the URL names"):
+        drop_marked(url, leftovers["marked"])
+    swept = sweep(url, older_than=0, dry_run=True)
+    assert leftovers["marked"] not in [item.database.name for item in swept]
+
+
+def test_list_sweep_and_drop_a_leftover_template(pg_server: TestServer) -> None:
+    name = "x_dbg_def456_tpl"
+    pg_server.sql(f"CREATE DATABASE {name} IS_TEMPLATE true")
+    try:
+        pg_server.sql(f"COMMENT ON DATABASE {name} IS '{old_mark('def456', 'gw0', THREE_DAYS)}'")
+        found = {item.name: item for item in list_marked(pg_server.url())}
+        assert found[name].is_template and found[name].mark.run == "def456"
+        assert found[name].age > THREE_DAYS - 60
+        dry = sweep(pg_server.url(), older_than=2 * 86400, dry_run=True)
+        assert [(item.database.name, item.action) for item in dry] == [(name, "would drop")]
+        assert drop_marked(pg_server.url(), name).name == name
+        assert name not in pg_server.databases()
+    finally:
+        pg_server.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", check=False)
+
+
+def test_janitor_api_refuses_sqlite() -> None:
+    with pytest.raises(ConfigError, match="PostgreSQL"):
+        list_marked("sqlite:///x.db")
+
+
+def test_janitor_on_a_dead_server(pg_server: TestServer) -> None:
+    result = dbguard("janitor", dead_url(pg_server))
+    assert result.returncode == 1
+    assert "TCP connect" in result.stderr and "Connection refused" in result.stderr
+    assert SUPERUSER_PASSWORD not in result.stderr
+
+
+def test_janitor_refuses_sqlite() -> None:
+    result = dbguard("janitor", "sqlite:///x.db")
+    assert result.returncode == 2
+    assert "PostgreSQL" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["wait", "probe", "janitor"])
+def test_no_url_is_a_usage_error(command: str) -> None:
+    result = dbguard(command)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: dbguard")
+    assert "DBGUARD_URL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param(["wait", "mysql://u:pw@h/db"], "supports postgresql", id="unknown-backend"),
+        pytest.param(["probe", "postgresql+nodriver://h/db"], "unknown driver", id="bad-driver"),
+        pytest.param(["wait", "postgresql://h:99999/db"], "port", id="bad-port"),
+        pytest.param(["janitor", "--older-than", "6x", "postgresql://h/db"], "duration", id="age"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(args: list[str], expected: str) -> None:
+    result = dbguard(*args)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90.0), ("30m", 1800.0), ("6h", 21600.0), ("2d", 172800.0), ("0s", 0.0), ("1.5", 1.5)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
