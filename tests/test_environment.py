@@ -1,0 +1,219 @@
+"""The early environment: values exported before any conftest, dbguard_env, guards, prefixes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_dbguard
+
+XDIST = ("xdist.plugin",)
+EXAMPLE = Path(__file__).parent.parent / "examples" / "storage_app"
+
+SETTINGS = """
+    import os
+    table_prefix = os.environ.get("DB_TABLE_PREFIX", "storage_elem_01")
+"""
+MODELS = """
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+    from app import settings
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Wal(Base):
+        __tablename__ = f"{settings.table_prefix}_wal"
+        id: Mapped[int] = mapped_column(primary_key=True)
+"""
+TOP_LEVEL_IMPORT_CONFTEST = "from app.models import Wal  # imported when pytest loads this file\n"
+USES_TABLE = """
+    from sqlalchemy import select, func
+
+    def test_table_found(dbguard_session):
+        from app.models import Wal
+        assert Wal.__tablename__.startswith("test_storage")
+        dbguard_session.add(Wal())
+        dbguard_session.commit()
+        assert dbguard_session.scalar(select(func.count()).select_from(Wal)) == 1
+"""
+INI = """
+[pytest]
+dbguard_metadata = app.models:Base
+dbguard_env =
+    DB_TABLE_PREFIX=test_storage_{worker}
+dbguard_guard_modules = app.settings
+"""
+
+
+def _app(pytester: pytest.Pytester) -> None:
+    pytester.mkpydir("app")
+    pytester.makepyfile(**{"app/settings": SETTINGS, "app/models": MODELS})
+    pytester.makeini(INI)
+
+
+def test_p_activation_with_top_level_model_import_in_conftest(pytester: pytest.Pytester) -> None:
+    _app(pytester)
+    pytester.makeconftest(TOP_LEVEL_IMPORT_CONFTEST)
+    pytester.makepyfile(test_wal=USES_TABLE)
+    run_dbguard(pytester).assert_outcomes(passed=1)
+
+
+def test_conftest_opt_in_with_top_level_import_is_stopped(pytester: pytest.Pytester) -> None:
+    _app(pytester)
+    pytester.makeconftest('pytest_plugins = ["pytest_dbguard"]\n' + TOP_LEVEL_IMPORT_CONFTEST)
+    pytester.makepyfile(test_wal=USES_TABLE)
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([
+        "*app.settings was imported before pytest-dbguard set the test environment*DB_TABLE_PREFIX*"
+        "Fix: enable it on the command line instead: `pytest -p pytest_dbguard`*"
+    ])
+    assert "passed" not in result.stdout.str()
+    assert "does not exist" not in result.stdout.str() + result.stderr.str()
+
+
+def test_conftest_opt_in_without_guard_reports_the_unprefixed_table(pytester: pytest.Pytester) -> None:
+    """Without dbguard_guard_modules the prefix check still stops the run before any test."""
+    _app(pytester)
+    pytester.makeini(INI.replace("dbguard_guard_modules = app.settings\n", ""))
+    pytester.makeconftest('pytest_plugins = ["pytest_dbguard"]\n' + TOP_LEVEL_IMPORT_CONFTEST)
+    pytester.makepyfile(test_wal=USES_TABLE)
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*Tables storage_elem_01_wal do not carry DB_TABLE_PREFIX='test_storage_main'*"])
+
+
+def test_conftest_opt_in_with_imports_inside_tests(pytester: pytest.Pytester) -> None:
+    _app(pytester)
+    pytester.makeini(INI.replace("dbguard_metadata = app.models:Base\n", ""))
+    pytester.makeconftest('pytest_plugins = ["pytest_dbguard"]\n')
+    pytester.makepyfile(
+        test_wal="""
+        import os
+
+        def test_prefix_set_before_import():
+            from app import settings
+            assert settings.table_prefix == "test_storage_main"
+            assert os.environ["DBGUARD_DB"].endswith("_main")
+        """
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_per_worker_prefix_under_xdist(pytester: pytest.Pytester) -> None:
+    _app(pytester)
+    pytester.makeconftest(TOP_LEVEL_IMPORT_CONFTEST)
+    pytester.makepyfile(
+        test_wal="""
+        import os
+        import pytest
+        from sqlalchemy import inspect
+
+        @pytest.mark.parametrize("n", range(6))
+        def test_own_tables(dbguard_engine, n):
+            worker = os.environ["DBGUARD_WORKER"]
+            assert worker.startswith("gw")
+            assert inspect(dbguard_engine).get_table_names() == [f"test_storage_{worker}_wal"]
+        """
+    )
+    result = run_dbguard(pytester, "-n", "2", plugins=XDIST)
+    result.assert_outcomes(passed=6)
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
+def test_pytest_env_entries_see_dbguard_values(pytester: pytest.Pytester, xdist: bool) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        env =
+            APP_PREFIX=test_{DBGUARD_WORKER}
+            APP_DB={DBGUARD_DB}
+        """
+    )
+    pytester.makeconftest("import os\nPREFIX_AT_IMPORT = os.environ['APP_PREFIX']\n")
+    pytester.makepyfile(
+        """
+        import os
+        import pytest
+        import conftest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_env(n):
+            worker = os.environ["DBGUARD_WORKER"]
+            assert conftest.PREFIX_AT_IMPORT == f"test_{worker}"
+            assert os.environ["APP_DB"] == os.environ["DBGUARD_DB"]
+        """
+    )
+    args = ["--dbguard-url", "sqlite"] + (["-n", "2"] if xdist else [])
+    result = run_dbguard(pytester, *args, plugins=("pytest_env.plugin", *(XDIST if xdist else ())))
+    result.assert_outcomes(passed=4)
+
+
+def test_every_placeholder(pytester: pytest.Pytester) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        dbguard_env =
+            X_WORKER={worker}
+            X_RUN={run}
+            X_URL={url}
+            X_ASYNC={async_url}
+            X_DB={db}
+            X_PARTS={user}@{host}:{port}/{db} pw=[{password}]
+            X_BRACES={{literal}}
+        """
+    )
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_values(dbguard_url):
+            env = os.environ
+            assert env["X_WORKER"] == env["DBGUARD_WORKER"] == "main"
+            assert env["X_RUN"] == env["DBGUARD_RUN"] and len(env["X_RUN"]) == 6
+            assert env["X_URL"] == env["DBGUARD_URL"] == dbguard_url
+            assert env["X_ASYNC"] == env["DBGUARD_ASYNC_URL"]
+            assert env["X_ASYNC"].split("://")[0] in ("postgresql+asyncpg", "postgresql+psycopg")
+            assert env["X_DB"] == env["DBGUARD_DB"] and env["X_DB"].endswith("_main")
+            assert env["X_PARTS"] == f"postgres@127.0.0.1:{dbguard_url.split(':')[2].split('/')[0]}/{env['X_DB']} pw=[]"
+            assert env["X_BRACES"] == "{literal}"
+        """
+    )
+    run_dbguard(pytester).assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    "line, pattern",
+    [
+        pytest.param("DB_TABLE_PREFIX=test_{wroker}", "*unknown placeholder {wroker}*valid placeholders: {worker}, {run}*",
+                     id="misspelled-placeholder"),
+        pytest.param("DB_TABLE_PREFIX test", "*'DB_TABLE_PREFIX test' is not a NAME=VALUE line*", id="no-equals"),
+        pytest.param("PREFIX=test_{worker", "*PREFIX=test_{worker*literal brace*", id="unclosed-brace"),
+    ],
+)
+def test_bad_env_lines(pytester: pytest.Pytester, line: str, pattern: str) -> None:
+    pytester.makeini(f"[pytest]\ndbguard_env =\n    {line}\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*ini dbguard_env*{pattern.lstrip('*')}"])
+
+
+def test_environment_is_restored_after_an_in_process_run(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ndbguard_env =\n    MY_APP_URL={url}\n")
+    pytester.makepyfile("def test_x(): pass")
+    import os
+
+    result = pytester.runpytest_inprocess("-p", "pytest_dbguard", "--dbguard-url", "sqlite")
+    result.assert_outcomes(passed=1)
+    assert "MY_APP_URL" not in os.environ and "DBGUARD_URL" not in os.environ
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
+def test_storage_example_runs_as_it_is(pytester: pytest.Pytester, xdist: bool) -> None:
+    shutil.copytree(EXAMPLE, pytester.path, dirs_exist_ok=True)
+    args = ["-n", "2", "-p", "xdist.plugin"] if xdist else []
+    result = pytester.runpytest_subprocess(*args)  # its pytest.ini activates dbguard with addopts
+    result.assert_outcomes(passed=13)
