@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: creates .venv, installs pytest-dbguard with its test
+# extras, finds (or installs) PostgreSQL, then runs what was asked:
+#   ./dev.sh examples   the examples suite under dbguard, on the embedded PostgreSQL
+#   ./dev.sh test       the plugin's whole test suite (serially for the fast part, then -n 2)
+#   ./dev.sh bench      the benchmarks
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+VENV=$ROOT/.venv
+
+pick_python() {
+    for candidate in python3 python3.12 python3.11 python3.13 python3.10; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 13)))' 2>/dev/null; then
+            echo "$candidate"
+            return
+        fi
+    done
+    echo "dev.sh: no Python 3.10-3.13 found on PATH" >&2
+    exit 1
+}
+
+ensure_venv() {
+    local stamp=$VENV/.installed
+    if [[ ! -x $VENV/bin/python ]]; then
+        "$(pick_python)" -m venv "$VENV"
+    fi
+    if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+        touch "$stamp"
+    fi
+}
+
+have_postgres() {
+    command -v postgres >/dev/null 2>&1 && command -v initdb >/dev/null 2>&1 && return 0
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && return 0
+    command -v pg_config >/dev/null 2>&1 && [[ -x "$(pg_config --bindir)/initdb" ]] && return 0
+    return 1
+}
+
+ensure_postgres() {
+    have_postgres && return 0
+    echo "dev.sh: PostgreSQL binaries not found; installing them with apt-get" >&2
+    local sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+    have_postgres || { echo "dev.sh: PostgreSQL could not be installed" >&2; exit 1; }
+}
+
+run_examples() {
+    local failed=0
+    for example in examples/*/; do
+        [[ -f $example/pytest.ini ]] || continue
+        echo "=== $example (embedded PostgreSQL, then -n 2)"
+        (cd "$example" && "$VENV/bin/python" -m pytest -p pytest_dbguard -v -p no:cacheprovider) || failed=1
+        (cd "$example" && "$VENV/bin/python" -m pytest -p pytest_dbguard -p xdist -n 2 -q -p no:cacheprovider) || failed=1
+    done
+    return $failed
+}
+
+run_tests() {
+    # The plugin's own suite: in-process unit tests serially, everything under -n 2.
+    "$VENV/bin/python" -m pytest -p no:cacheprovider -n 2 --durations=10 "$@"
+}
+
+command=${1:-test}
+shift || true
+ensure_venv
+ensure_postgres
+case $command in
+    examples) run_examples ;;
+    test) run_tests "$@" ;;
+    bench) "$VENV/bin/python" benchmarks/run_all.py "$@" ;;
+    *) echo "usage: ./dev.sh examples|test|bench" >&2; exit 2 ;;
+esac
