@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from pytest_dbguard.exceptions import DatabaseSetupError
 from pytest_dbguard.janitor import make_mark, parse_mark
-from pytest_dbguard.urls import DatabaseURL, is_dbguard_name
+from pytest_dbguard.urls import DatabaseURL
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -217,8 +217,8 @@ def _null_pool() -> type:
 
 
 def drop_database(server_url: DatabaseURL, name: str, *, connection: Connection | None = None) -> bool:
-    """Drop ``name`` if it carries dbguard's mark and has dbguard's name shape; False when refused."""
-    from sqlalchemy import text
+    """Drop ``name`` if it is dbguard's (mark and name shape); False when it is not, or is gone."""
+    from pytest_dbguard.janitor import drop_checked
 
     if connection is None:
         admin = admin_engine(server_url)
@@ -227,33 +227,11 @@ def drop_database(server_url: DatabaseURL, name: str, *, connection: Connection 
                 return drop_database(server_url, name, connection=own)
         finally:
             admin.dispose()
-    comment = connection.execute(
-        text("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n"), {"n": name}
-    ).scalar()
-    if parse_mark(comment) is None or not is_dbguard_name(name):
-        return False
-    connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-    return True
-
-
-def drop_run(server_url: DatabaseURL, run: str) -> list[str]:
-    """Drop every marked database of run ``run`` (templates and workers that could not clean up)."""
-    from sqlalchemy import text
-
-    admin = admin_engine(server_url)
-    dropped: list[str] = []
     try:
-        with admin.connect() as connection:
-            rows = connection.execute(
-                text("SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database")
-            ).all()
-            for name, comment in rows:
-                mark = parse_mark(comment)
-                if mark is not None and mark.run == run and drop_database(server_url, name, connection=connection):
-                    dropped.append(name)
-    finally:
-        admin.dispose()
-    return dropped
+        drop_checked(connection, server_url, name)
+    except DatabaseSetupError:
+        return False
+    return True
 
 
 def _describe(error: Exception, url: DatabaseURL, database: str) -> str:

@@ -123,7 +123,17 @@ def list_marked(url: str | DatabaseURL) -> list[MarkedDatabase]:
 def drop_marked(url: str | DatabaseURL, name: str) -> MarkedDatabase:
     """Drop ``name`` from the URL's server, ``WITH (FORCE)``; DatabaseSetupError if not ours."""
     with _maintenance(url) as connection:
-        return _drop_checked(connection, _parse(url), name)
+        return drop_checked(connection, _parse(url), name)
+
+
+def drop_run(url: str | DatabaseURL, run: str) -> list[str]:
+    """Drop every marked database of run ``run`` (its templates, and workers that did not clean up)."""
+    parsed = _parse(url)
+    ours = [found for found in list_marked(parsed) if found.mark.run == run]
+    if not ours:
+        return []
+    with _maintenance(parsed) as connection:
+        return [drop_checked(connection, parsed, found.name).name for found in ours]
 
 
 def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
@@ -140,7 +150,7 @@ def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[S
     with _maintenance(parsed) as connection:
         for found in leftovers:
             try:
-                _drop_checked(connection, parsed, found.name)
+                drop_checked(connection, parsed, found.name)
             except DbguardError as error:
                 results.append(Swept(found, "failed", str(error)))
             else:
@@ -200,7 +210,7 @@ def _maintenance(url: str | DatabaseURL) -> Iterator[Connection]:
             engine.dispose()
 
 
-def _drop_checked(connection: Connection, url: DatabaseURL, name: str) -> MarkedDatabase:
+def drop_checked(connection: Connection, url: DatabaseURL, name: str) -> MarkedDatabase:
     """Re-read the mark of ``name`` on this connection and drop it only if it is dbguard's."""
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError

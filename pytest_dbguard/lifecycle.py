@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from pytest_dbguard import databases, environment, schema
+from pytest_dbguard import databases, environment, janitor, schema
 from pytest_dbguard.config import Settings, settings_key
 from pytest_dbguard.environment import RunPlan, cluster_key, plan_key, proxy_key
 from pytest_dbguard.exceptions import DbguardError
@@ -266,10 +266,10 @@ def stop(config: pytest.Config) -> None:
                 if not settings.reuse:
                     cluster.stop()
                 elif answered:
-                    databases.drop_run(cluster.url().resolved(), plan.run)
+                    janitor.drop_run(cluster.url().resolved(), plan.run)
                 del config.stash[cluster_key]
             elif plan.server_url is not None and answered:
-                databases.drop_run(plan.server_url, plan.run)
+                janitor.drop_run(plan.server_url, plan.run)
                 state.answered = False  # type: ignore[union-attr]  # once is enough
             if plan.sqlite_dir is not None:
                 shutil.rmtree(plan.sqlite_dir, ignore_errors=True)

@@ -1,0 +1,95 @@
+"""Test databases: only dbguard's own are dropped; roles without CREATEDB get a schema per worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_dbguard import databases
+from pytest_dbguard.janitor import make_mark
+from pytest_dbguard.urls import DatabaseURL
+from tests.conftest import run_dbguard
+from tests.pgserver import LIMITED_PASSWORD, LIMITED_USER, SUPERUSER_PASSWORD, TestServer
+
+MODELS = """
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Note(Base):
+        __tablename__ = "notes"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        body: Mapped[str]
+"""
+NOTE_TESTS = """
+    import os
+    import pytest
+    from sqlalchemy import create_engine, text
+    from models import Note
+
+    @pytest.mark.parametrize("n", range(6))
+    def test_notes(dbguard_session, n):
+        dbguard_session.add(Note(body=os.environ["DBGUARD_WORKER"]))
+        dbguard_session.commit()
+        assert [note.body for note in dbguard_session.query(Note)] == [os.environ["DBGUARD_WORKER"]]
+
+    def test_app_engine_sees_the_worker_schema():
+        engine = create_engine(os.environ["DBGUARD_URL"])
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT current_schema()")).scalar().startswith("dbg_")
+            assert conn.execute(text("SELECT count(*) FROM notes")).scalar() == 0
+        engine.dispose()
+"""
+
+
+def test_unmarked_database_is_never_dropped(pg_server: TestServer) -> None:
+    pg_server.sql('CREATE DATABASE "app_dbg_abc123_gw0"')  # dbguard's name shape, but not its mark
+    pg_server.sql('CREATE DATABASE "app_dbg_abc123_gw1"')
+    pg_server.sql(f"COMMENT ON DATABASE \"app_dbg_abc123_gw1\" IS '{make_mark('abc123', 'gw1')}'")
+    url = DatabaseURL.parse(pg_server.url())
+    try:
+        assert databases.drop_database(url, "app_dbg_abc123_gw0") is False
+        assert databases.drop_database(url, "postgres") is False
+        assert "app_dbg_abc123_gw0" in pg_server.databases()
+        assert databases.drop_database(url, "app_dbg_abc123_gw1") is True
+        assert "app_dbg_abc123_gw1" not in pg_server.databases()
+    finally:
+        pg_server.sql('DROP DATABASE IF EXISTS "app_dbg_abc123_gw0"')
+
+
+def test_run_leaves_other_databases_alone(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+    pg_server.sql('CREATE DATABASE "postgres_dbg_zzzzzz_gw0"')
+    try:
+        pytester.makepyfile(models=MODELS, test_notes="def test_x(dbguard_session): pass")
+        pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+        run_dbguard(pytester, "--dbguard-url", pg_server.url()).assert_outcomes(passed=1)
+        names = pg_server.databases()
+        assert "postgres_dbg_zzzzzz_gw0" in names
+        assert [name for name in names if "_dbg_" in name] == ["postgres_dbg_zzzzzz_gw0"]
+    finally:
+        pg_server.sql('DROP DATABASE IF EXISTS "postgres_dbg_zzzzzz_gw0"')
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
+def test_role_without_createdb_gets_a_schema_per_worker(
+    pytester: pytest.Pytester, pg_server: TestServer, xdist: bool
+) -> None:
+    pytester.makepyfile(models=MODELS, test_notes=NOTE_TESTS)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+    url = pg_server.url(database="app_limited", user=LIMITED_USER)
+    args = ["--dbguard-url", url, "-v"] + (["-n", "2"] if xdist else [])
+    result = run_dbguard(pytester, *args, plugins=("xdist.plugin",) if xdist else ())
+    result.assert_outcomes(passed=7)
+    result.stdout.fnmatch_lines(["dbguard: *schemas dbg_*_<worker> in app_limited (the role may not create databases)*"])
+    output = result.stdout.str() + result.stderr.str()
+    assert LIMITED_PASSWORD not in output and SUPERUSER_PASSWORD not in output
+    leftover = pg_server.sql("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'dbg_%'", database="app_limited")
+    assert leftover.stdout.strip() == ""
+    assert not [name for name in pg_server.databases() if "_dbg_" in name]
+
+
+def test_schema_isolation_on_request(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+    pytester.makepyfile(models=MODELS, test_notes=NOTE_TESTS)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\ndbguard_worker_isolation = schema\n")
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url())
+    result.assert_outcomes(passed=7)
