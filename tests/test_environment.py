@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_dbguard
 
 XDIST = ("xdist.plugin",)
-EXAMPLE = Path(__file__).parent.parent / "examples" / "storage_app"
 
 SETTINGS = """
     import os
@@ -209,11 +206,3 @@ def test_environment_is_restored_after_an_in_process_run(pytester: pytest.Pytest
     result = pytester.runpytest_inprocess("-p", "pytest_dbguard", "--dbguard-url", "sqlite")
     result.assert_outcomes(passed=1)
     assert "MY_APP_URL" not in os.environ and "DBGUARD_URL" not in os.environ
-
-
-@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
-def test_storage_example_runs_as_it_is(pytester: pytest.Pytester, xdist: bool) -> None:
-    shutil.copytree(EXAMPLE, pytester.path, dirs_exist_ok=True)
-    args = ["-n", "2", "-p", "xdist.plugin"] if xdist else []
-    result = pytester.runpytest_subprocess(*args)  # its pytest.ini activates dbguard with addopts
-    result.assert_outcomes(passed=13)

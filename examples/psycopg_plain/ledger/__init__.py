@@ -1,0 +1,1 @@
+"""A ledger written with plain psycopg: no ORM, raw SQL, connections opened by the app itself."""
