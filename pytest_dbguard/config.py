@@ -51,24 +51,56 @@ class Option:
 
 
 OPTIONS: Final[tuple[Option, ...]] = (
-    Option("url", "SQLAlchemy URL of the server to test against; 'sqlite' for SQLite; unset: embedded PostgreSQL."),
-    Option("wait", "Seconds to wait for the server to answer a real query (default 30).", default="30"),
-    Option("reuse", "Keep the embedded cluster and schema template between runs.", flag_kind="switch", ini_type="bool"),
+    Option(
+        "url",
+        "SQLAlchemy URL of the server to test against; 'sqlite' for SQLite; unset: embedded PostgreSQL.",
+    ),
+    Option(
+        "wait", "Seconds to wait for the server to answer a real query (default 30).", default="30"
+    ),
+    Option(
+        "reuse",
+        "Keep the embedded cluster and schema template between runs.",
+        flag_kind="switch",
+        ini_type="bool",
+    ),
     Option(
         "worker_isolation",
         "How xdist workers are separated: auto (a database each, else a schema each), database, schema.",
         default="auto",
     ),
-    Option("isolation", "Default per-test isolation: rollback, truncate or none.", default="rollback"),
-    Option("proxy", "Route the test database URL through dbguard's fault proxy.", flag_kind="switch", ini_type="bool"),
+    Option(
+        "isolation", "Default per-test isolation: rollback, truncate or none.", default="rollback"
+    ),
+    Option(
+        "proxy",
+        "Route the test database URL through dbguard's fault proxy.",
+        flag_kind="switch",
+        ini_type="bool",
+    ),
     Option("metadata", "Schema source: 'package.module:attr', a MetaData or a declarative Base."),
     Option("alembic_ini", "Schema source: path to alembic.ini; runs 'upgrade head'."),
-    Option("naive_datetime", "Naive datetimes bound as parameters: error, warn or off.", default="warn"),
-    Option("pg_bindir", "Folder of the PostgreSQL binaries for the embedded server (default: PATH, pg_config, /usr/lib/postgresql/*/bin)."),
-    Option("env", "NAME=VALUE lines exported before conftests load; {worker} {run} {url} ... placeholders.",
-           ini_type="linelist", env=False, cli=False),
-    Option("guard_modules", "Modules that must not be imported before dbguard sets the environment.",
-           ini_type="args", env=False, cli=False),
+    Option(
+        "naive_datetime", "Naive datetimes bound as parameters: error, warn or off.", default="warn"
+    ),
+    Option(
+        "pg_bindir",
+        "Folder of the PostgreSQL binaries for the embedded server (default: PATH, pg_config, /usr/lib/postgresql/*/bin).",
+    ),
+    Option(
+        "env",
+        "NAME=VALUE lines exported before conftests load; {worker} {run} {url} ... placeholders.",
+        ini_type="linelist",
+        env=False,
+        cli=False,
+    ),
+    Option(
+        "guard_modules",
+        "Modules that must not be imported before dbguard sets the environment.",
+        ini_type="args",
+        env=False,
+        cli=False,
+    ),
 )
 OPTIONS_BY_NAME: Final = {option.name: option for option in OPTIONS}
 
@@ -106,9 +138,17 @@ def add_options(parser: pytest.Parser) -> None:
     for option in OPTIONS:
         if option.cli:
             if option.flag_kind == "switch":
-                group.addoption(option.flag, action="store_true", default=None, dest=option.dest, help=option.help)
+                group.addoption(
+                    option.flag,
+                    action="store_true",
+                    default=None,
+                    dest=option.dest,
+                    help=option.help,
+                )
             else:
-                group.addoption(option.flag, action="store", default=None, dest=option.dest, help=option.help)
+                group.addoption(
+                    option.flag, action="store", default=None, dest=option.dest, help=option.help
+                )
         parser.addini(option.ini, option.help, type=option.ini_type, default=_ini_default(option))  # type: ignore[arg-type]
 
 
@@ -173,7 +213,12 @@ def _switch(value: Any, name: str, source: str) -> bool:
 
 def _module_attr(value: str, name: str, source: str) -> str:
     module, sep, attr = value.strip().partition(":")
-    if not sep or not module or not attr or not all(part.isidentifier() for part in module.split(".")):
+    if (
+        not sep
+        or not module
+        or not attr
+        or not all(part.isidentifier() for part in module.split("."))
+    ):
         raise ConfigError(
             f"{source} = {value!r} is not of the form 'package.module:attribute' "
             "(e.g. 'app.models:Base' or 'app.db:metadata')."
@@ -198,7 +243,9 @@ _PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
 }
 
 
-def resolve(config: pytest.Config, namespace: Any, environ: Mapping[str, str] | None = None) -> Settings:
+def resolve(
+    config: pytest.Config, namespace: Any, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Resolve every setting in the order CLI > environment > ini > default; ConfigError on bad values."""
     environ = os.environ if environ is None else environ
     _check_unknown_ini_keys(config)

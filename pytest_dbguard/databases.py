@@ -53,7 +53,9 @@ def admin_engine(url: DatabaseURL) -> Engine:
     from sqlalchemy.pool import NullPool
 
     return create_engine(
-        url.sync().render(hide_password=False), poolclass=NullPool, isolation_level="AUTOCOMMIT",
+        url.sync().render(hide_password=False),
+        poolclass=NullPool,
+        isolation_level="AUTOCOMMIT",
         execution_options=INTERNAL_OPTIONS,
     )
 
@@ -62,7 +64,7 @@ def engine_for(url: DatabaseURL, **kwargs: object) -> Engine:
     """A sync engine on ``url``; SQLite gets the documented fix that makes SAVEPOINT work with pysqlite."""
     from sqlalchemy import create_engine, event
 
-    engine = create_engine(url.sync().render(hide_password=False), **kwargs)  # type: ignore[arg-type]
+    engine = create_engine(url.sync().render(hide_password=False), **kwargs)
     if url.is_sqlite:
 
         @event.listens_for(engine, "connect")
@@ -94,7 +96,12 @@ def _advisory_lock(connection: Connection, name: str) -> Iterator[None]:
 def _exists(connection: Connection, name: str) -> bool:
     from sqlalchemy import text
 
-    return connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is not None
+    return (
+        connection.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).first()
+        is not None
+    )
 
 
 def _mark(connection: Connection, name: str, run: str, worker: str) -> None:
@@ -103,7 +110,13 @@ def _mark(connection: Connection, name: str, run: str, worker: str) -> None:
 
 
 def provision_database(
-    server_url: DatabaseURL, database: str, template: str, build: SchemaBuild | None, *, run: str, worker: str,
+    server_url: DatabaseURL,
+    database: str,
+    template: str,
+    build: SchemaBuild | None,
+    *,
+    run: str,
+    worker: str,
     template_run: str | None = None,
 ) -> Provisioned:
     """Create ``database`` on the server, cloned from ``template`` (built first if nobody has yet)."""
@@ -134,7 +147,9 @@ def provision_database(
         raise DatabaseSetupError(_describe(error, server_url, database)) from error
     finally:
         admin.dispose()
-    return Provisioned("database", database, server_url.with_database(database), template_ms, clone_ms, built)
+    return Provisioned(
+        "database", database, server_url.with_database(database), template_ms, clone_ms, built
+    )
 
 
 def _build_in(url: DatabaseURL, build: SchemaBuild) -> None:
@@ -161,7 +176,9 @@ def can_create_databases(server_url: DatabaseURL) -> bool:
         admin.dispose()
 
 
-def provision_schema(server_url: DatabaseURL, schema: str, build: SchemaBuild | None, *, run: str, worker: str) -> Provisioned:
+def provision_schema(
+    server_url: DatabaseURL, schema: str, build: SchemaBuild | None, *, run: str, worker: str
+) -> Provisioned:
     """Fallback for roles without CREATEDB: one schema per worker in the named database."""
     from sqlalchemy.exc import DBAPIError
 
@@ -182,7 +199,15 @@ def provision_schema(server_url: DatabaseURL, schema: str, build: SchemaBuild | 
     finally:
         engine.dispose()
     elapsed = (time.perf_counter() - started) * 1000
-    return Provisioned("schema", server_url.database or "", schema_url(server_url, schema), elapsed, 0.0, True, schema)
+    return Provisioned(
+        "schema",
+        server_url.database or "",
+        schema_url(server_url, schema),
+        elapsed,
+        0.0,
+        True,
+        schema,
+    )
 
 
 def schema_url(server_url: DatabaseURL, schema: str) -> DatabaseURL:
@@ -194,7 +219,8 @@ def _schema_is_ours(connection: Connection, schema: str) -> bool:
     from sqlalchemy import text
 
     comment = connection.execute(
-        text("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :n"), {"n": schema}
+        text("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :n"),
+        {"n": schema},
     ).scalar()
     return parse_mark(comment) is not None
 
@@ -216,7 +242,9 @@ def _null_pool() -> type:
     return NullPool
 
 
-def drop_database(server_url: DatabaseURL, name: str, *, connection: Connection | None = None) -> bool:
+def drop_database(
+    server_url: DatabaseURL, name: str, *, connection: Connection | None = None
+) -> bool:
     """Drop ``name`` if it is dbguard's (mark and name shape); False when it is not, or is gone."""
     from pytest_dbguard.janitor import drop_checked
 
@@ -235,7 +263,11 @@ def drop_database(server_url: DatabaseURL, name: str, *, connection: Connection 
 
 
 def _describe(error: Exception, url: DatabaseURL, database: str) -> str:
-    detail = str(getattr(error, "orig", error)).strip().splitlines()[0] if str(error) else type(error).__name__
+    detail = (
+        str(getattr(error, "orig", error)).strip().splitlines()[0]
+        if str(error)
+        else type(error).__name__
+    )
     if url.password:
         detail = detail.replace(url.password, "***")
     return (
@@ -247,7 +279,9 @@ def _describe(error: Exception, url: DatabaseURL, database: str) -> str:
 # SQLite: one file per worker, copied from a template file built once under a file lock.
 
 
-def provision_sqlite(test_url: DatabaseURL, template: Path, build: SchemaBuild | None) -> Provisioned:
+def provision_sqlite(
+    test_url: DatabaseURL, template: Path, build: SchemaBuild | None
+) -> Provisioned:
     """Create the worker's SQLite file, copied from the template file (built once per run)."""
     target = Path(test_url.database or "")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,24 @@ from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.urls import DatabaseURL, database_name
 
 ORIGIN_VAR: Final = "_DBGUARD_ORIGIN"  # the controller's decisions, inherited by xdist workers
-EXPORTED: Final = ("DBGUARD_WORKER", "DBGUARD_RUN", "DBGUARD_URL", "DBGUARD_ASYNC_URL", "DBGUARD_DB")
-PLACEHOLDERS: Final = ("worker", "run", "url", "async_url", "db", "host", "port", "user", "password")
+EXPORTED: Final = (
+    "DBGUARD_WORKER",
+    "DBGUARD_RUN",
+    "DBGUARD_URL",
+    "DBGUARD_ASYNC_URL",
+    "DBGUARD_DB",
+)
+PLACEHOLDERS: Final = (
+    "worker",
+    "run",
+    "url",
+    "async_url",
+    "db",
+    "host",
+    "port",
+    "user",
+    "password",
+)
 EMBEDDED_BASE: Final = "postgres"
 SQLITE_BASE: Final = "test"
 GUARD_HINT: Final = (
@@ -70,14 +86,18 @@ FAULTS_FIXTURE: Final = "dbguard_faults"
 SCAN_LIMIT: Final = 2000  # test files read when looking for dbguard_faults
 
 
-def prepare(config: pytest.Config, namespace: Any, args: Sequence[str], *, late: bool = False) -> None:
+def prepare(
+    config: pytest.Config, namespace: Any, args: Sequence[str], *, late: bool = False
+) -> None:
     """Resolve settings, decide the run plan, export the environment, start the embedded server."""
     if plan_key in config.stash:
         return
     origin = _inherited_origin()
     environ = dict(os.environ)
     if origin is not None and origin.get("environ_url") is not None:
-        environ["DBGUARD_URL"] = origin["environ_url"]  # the controller rewrote it; use the original
+        environ["DBGUARD_URL"] = origin[
+            "environ_url"
+        ]  # the controller rewrote it; use the original
     elif origin is not None:
         environ.pop("DBGUARD_URL", None)
     settings = dbguard_config.resolve(config, namespace, environ)
@@ -91,7 +111,8 @@ def prepare(config: pytest.Config, namespace: Any, args: Sequence[str], *, late:
         from pytest_dbguard import server
 
         cluster, _adopted = server.prepare_cluster(
-            plan.run, reuse_key=_reuse_key(config) if settings.reuse else None,
+            plan.run,
+            reuse_key=_reuse_key(config) if settings.reuse else None,
             bindir=server.find_bindir(settings.pg_bindir),
         )
         config.stash[cluster_key] = cluster
@@ -105,7 +126,9 @@ def prepare(config: pytest.Config, namespace: Any, args: Sequence[str], *, late:
         check_guarded_modules(settings.guard_modules, assignments)
 
 
-def _wants_proxy(settings: dbguard_config.Settings, config: pytest.Config, args: Sequence[str]) -> bool:
+def _wants_proxy(
+    settings: dbguard_config.Settings, config: pytest.Config, args: Sequence[str]
+) -> bool:
     """The fault proxy is on with --dbguard-proxy, or when a test file mentions dbguard_faults.
 
     The URL must point at the proxy before any conftest imports the application, which is before
@@ -124,7 +147,10 @@ def _wants_proxy(settings: dbguard_config.Settings, config: pytest.Config, args:
         for file in files:
             if seen >= SCAN_LIMIT:
                 return False
-            if any(part.startswith(".") or part in ("node_modules", "site-packages") for part in file.parts):
+            if any(
+                part.startswith(".") or part in ("node_modules", "site-packages")
+                for part in file.parts
+            ):
                 continue
             seen += 1
             try:
@@ -188,7 +214,9 @@ def _plan(settings: dbguard_config.Settings, origin: Mapping[str, Any] | None) -
             fallback = f"no PostgreSQL binaries found{where}"
         else:
             embedded = True
-            server_url = DatabaseURL("postgresql", None, "postgres", None, "127.0.0.1", 0, EMBEDDED_BASE)
+            server_url = DatabaseURL(
+                "postgresql", None, "postgres", None, "127.0.0.1", 0, EMBEDDED_BASE
+            )
     if server_url is not None and server_url.is_sqlite:
         server_url = None
     if server_url is None:
@@ -203,20 +231,38 @@ def _plan(settings: dbguard_config.Settings, origin: Mapping[str, Any] | None) -
         schema = f"dbg_{run}_{worker}"
         test_url = schema_url(server_url, schema)
         return RunPlan(
-            run=run, worker=worker, owns_server=owns_server, embedded=embedded, server_url=server_url,
-            test_url=test_url.sync(), async_url=test_url.with_driver("psycopg"), database=base,
-            sqlite_dir=None, origin_pid=origin_pid, schema=schema,
+            run=run,
+            worker=worker,
+            owns_server=owns_server,
+            embedded=embedded,
+            server_url=server_url,
+            test_url=test_url.sync(),
+            async_url=test_url.with_driver("psycopg"),
+            database=base,
+            sqlite_dir=None,
+            origin_pid=origin_pid,
+            schema=schema,
         )
     test_url = server_url.with_database(database)
     return RunPlan(
-        run=run, worker=worker, owns_server=owns_server, embedded=embedded,
-        server_url=server_url, test_url=test_url.sync(), async_url=test_url.asynchronous(),
-        database=database, sqlite_dir=None, origin_pid=origin_pid,
+        run=run,
+        worker=worker,
+        owns_server=owns_server,
+        embedded=embedded,
+        server_url=server_url,
+        test_url=test_url.sync(),
+        async_url=test_url.asynchronous(),
+        database=database,
+        sqlite_dir=None,
+        origin_pid=origin_pid,
     )
 
 
 def _schema_mode(
-    settings: dbguard_config.Settings, server_url: DatabaseURL, embedded: bool, origin: Mapping[str, Any] | None
+    settings: dbguard_config.Settings,
+    server_url: DatabaseURL,
+    embedded: bool,
+    origin: Mapping[str, Any] | None,
 ) -> bool:
     """One schema per worker when asked, or (auto) when the role may not create databases."""
     if origin is not None:
@@ -232,21 +278,34 @@ def _schema_mode(
 
 
 def _sqlite_plan(
-    settings: dbguard_config.Settings, run: str, worker: str, owns_server: bool,
-    origin: Mapping[str, Any] | None, fallback: str | None,
+    settings: dbguard_config.Settings,
+    run: str,
+    worker: str,
+    owns_server: bool,
+    origin: Mapping[str, Any] | None,
+    fallback: str | None,
 ) -> RunPlan:
     named = settings.url.database if settings.url is not None and settings.url.is_sqlite else None
     base = Path(named).stem if named else SQLITE_BASE
-    folder = Path(origin["sqlite_dir"]) if origin and origin.get("sqlite_dir") else (
-        Path(tempfile.gettempdir()) / f"pytest-dbguard-{os.geteuid()}" / f"{run}-sqlite"
+    folder = (
+        Path(origin["sqlite_dir"])
+        if origin and origin.get("sqlite_dir")
+        else (Path(tempfile.gettempdir()) / f"pytest-dbguard-{os.geteuid()}" / f"{run}-sqlite")
     )
     database = database_name(base, run, worker)
     url = DatabaseURL("sqlite", None, database=str(folder / f"{database}.db"))
     return RunPlan(
-        run=run, worker=worker, owns_server=owns_server, embedded=False,
-        server_url=None, test_url=url.sync(), async_url=url.asynchronous(), database=database,
+        run=run,
+        worker=worker,
+        owns_server=owns_server,
+        embedded=False,
+        server_url=None,
+        test_url=url.sync(),
+        async_url=url.asynchronous(),
+        database=database,
         sqlite_dir=folder,
-        origin_pid=os.getpid() if origin is None else int(origin["pid"]), fallback_reason=fallback,
+        origin_pid=os.getpid() if origin is None else int(origin["pid"]),
+        fallback_reason=fallback,
     )
 
 
@@ -295,9 +354,13 @@ def parse_env_lines(lines: Sequence[str]) -> list[tuple[str, str]]:
                 "'DB_TABLE_PREFIX=test_{worker}' or 'DATABASE_URL={url}'."
             )
         try:
-            fields = [field for _, field, _, _ in string.Formatter().parse(value) if field is not None]
+            fields = [
+                field for _, field, _, _ in string.Formatter().parse(value) if field is not None
+            ]
         except ValueError as error:
-            raise ConfigError(f"ini dbguard_env: {line!r}: {error}; write a literal brace as '{{{{' or '}}}}'.") from None
+            raise ConfigError(
+                f"ini dbguard_env: {line!r}: {error}; write a literal brace as '{{{{' or '}}}}'."
+            ) from None
         for field in fields:
             if field not in PLACEHOLDERS:
                 raise ConfigError(
@@ -309,7 +372,11 @@ def parse_env_lines(lines: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def export(
-    config: pytest.Config, plan: RunPlan, assignments: Sequence[tuple[str, str]], *, origin_environ_url: str | None
+    config: pytest.Config,
+    plan: RunPlan,
+    assignments: Sequence[tuple[str, str]],
+    *,
+    origin_environ_url: str | None,
 ) -> None:
     """Put ``DBGUARD_*`` and the ``dbguard_env`` values into ``os.environ``; saved for restoring at the end."""
     values = values_for(plan)
@@ -323,17 +390,25 @@ def export(
     for name, template in assignments:
         exported[name] = template.format(**values)
     if plan.owns_server:
-        exported[ORIGIN_VAR] = json.dumps({
-            "pid": os.getpid(),
-            "run": plan.run,
-            "server_url": plan.server_url.render(hide_password=False) if plan.server_url else None,
-            "embedded": plan.embedded,
-            "sqlite_dir": str(plan.sqlite_dir) if plan.sqlite_dir else None,
-            "environ_url": origin_environ_url,
-            "schema_mode": plan.schema is not None,
-            "embedded_root": str(config.stash[cluster_key].root) if cluster_key in config.stash else None,
-            "bindir": str(config.stash[cluster_key].bindir) if cluster_key in config.stash else None,
-        })
+        exported[ORIGIN_VAR] = json.dumps(
+            {
+                "pid": os.getpid(),
+                "run": plan.run,
+                "server_url": plan.server_url.render(hide_password=False)
+                if plan.server_url
+                else None,
+                "embedded": plan.embedded,
+                "sqlite_dir": str(plan.sqlite_dir) if plan.sqlite_dir else None,
+                "environ_url": origin_environ_url,
+                "schema_mode": plan.schema is not None,
+                "embedded_root": str(config.stash[cluster_key].root)
+                if cluster_key in config.stash
+                else None,
+                "bindir": str(config.stash[cluster_key].bindir)
+                if cluster_key in config.stash
+                else None,
+            }
+        )
     saved = config.stash.setdefault(saved_environ_key, {})
     for name, value in exported.items():
         saved.setdefault(name, os.environ.get(name))

@@ -43,11 +43,13 @@ class Truncator:
     def _build_probe(self, connection: Connection) -> str | None:
         from sqlalchemy import text
 
-        rows = connection.execute(text(
-            "SELECT c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname) "
-            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema() ORDER BY 1"
-        )).all()
+        rows = connection.execute(
+            text(
+                "SELECT c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname) "
+                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema() ORDER BY 1"
+            )
+        ).all()
         tables = [(name, qualified) for name, qualified in rows if name not in SKIPPED_TABLES]
         if not tables:
             return None
@@ -73,7 +75,9 @@ class Truncator:
     def clean(self) -> list[str]:
         """Empty every dirty table (``RESTART IDENTITY CASCADE``); returns what was emptied."""
         with self._engine.connect() as connection:
-            connection.exec_driver_sql("SET lock_timeout = '5s'")  # a leaked open transaction must not hang the run
+            connection.exec_driver_sql(
+                "SET lock_timeout = '5s'"
+            )  # a leaked open transaction must not hang the run
             dirty = self.dirty_tables(connection)
             if dirty:
                 connection.exec_driver_sql(f"TRUNCATE {', '.join(dirty)} RESTART IDENTITY CASCADE")
@@ -89,14 +93,21 @@ def _sqlite_clean(engine: Engine) -> list[str]:
     from sqlalchemy import text
 
     with engine.begin() as connection:
-        names = [row[0] for row in connection.execute(text(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        ))]
+        names = [
+            row[0]
+            for row in connection.execute(
+                text(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                )
+            )
+        ]
         connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
         for name in names:
             if name not in SKIPPED_TABLES:
                 connection.exec_driver_sql(f"DELETE FROM {quote_ident(name)}")
-        if connection.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")).first():
+        if connection.execute(
+            text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")
+        ).first():
             connection.exec_driver_sql("DELETE FROM sqlite_sequence")
     return names
 
@@ -127,7 +138,9 @@ def _dbguard_cleaner(dbguard_engine: Engine) -> Iterator[Truncator | None]:
 
 
 @pytest.fixture
-def _dbguard_truncate(request: pytest.FixtureRequest, dbguard_engine: Engine, _dbguard_cleaner: Truncator | None) -> Iterator[None]:
+def _dbguard_truncate(
+    request: pytest.FixtureRequest, dbguard_engine: Engine, _dbguard_cleaner: Truncator | None
+) -> Iterator[None]:
     """Function: after a ``truncate`` test, empties the tables it wrote to."""
     yield
     try:
@@ -136,11 +149,15 @@ def _dbguard_truncate(request: pytest.FixtureRequest, dbguard_engine: Engine, _d
         else:
             _dbguard_cleaner.clean()
     except Exception as error:  # the test's own outcome must not be lost to a cleanup failure
-        request.node.warn(pytest.PytestWarning(f"dbguard could not truncate after {request.node.nodeid}: {error}"))
+        request.node.warn(
+            pytest.PytestWarning(f"dbguard could not truncate after {request.node.nodeid}: {error}")
+        )
 
 
 @pytest.fixture
-def dbguard_connection(request: pytest.FixtureRequest, dbguard_engine: Engine) -> Iterator[Connection]:
+def dbguard_connection(
+    request: pytest.FixtureRequest, dbguard_engine: Engine
+) -> Iterator[Connection]:
     """Function: a Connection inside a transaction that is rolled back after the test.
 
     With ``isolation="truncate"`` or ``"none"`` the connection is plain (commits are real; truncate
@@ -175,14 +192,17 @@ def dbguard_session(dbguard_connection: Connection) -> Iterator[Session]:
     session = Session(bind=dbguard_connection, join_transaction_mode="create_savepoint")
     yield session
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # closing after a failed flush may warn; the test already failed
+        warnings.simplefilter(
+            "ignore"
+        )  # closing after a failed flush may warn; the test already failed
         session.close()
 
 
 def add_truncate_fixture(items: list[pytest.Item]) -> None:
     """Give every ``truncate`` test the cleanup fixture (nothing is added to other tests)."""
     for item in items:
-        if isolation_of(item) == "truncate" and isinstance(item, pytest.Function):
-            if TRUNCATE_FIXTURE not in item.fixturenames:
-                # First in, last out: the cleanup runs after the test's own connections are closed.
-                item.fixturenames.insert(0, TRUNCATE_FIXTURE)
+        if not isinstance(item, pytest.Function) or isolation_of(item) != "truncate":
+            continue
+        if TRUNCATE_FIXTURE not in item.fixturenames:
+            # First in, last out: the cleanup runs after the test's own connections are closed.
+            item.fixturenames.insert(0, TRUNCATE_FIXTURE)

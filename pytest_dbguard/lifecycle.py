@@ -14,7 +14,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import pytest
 
@@ -68,7 +68,9 @@ def configure(config: pytest.Config) -> None:
         state.metadata = schema.load_metadata(settings.metadata, settings.source_of("metadata"))
         schema.check_table_prefixes(state.metadata, environment.parse_env_lines(settings.env_lines))
     elif settings.alembic_ini:
-        schema.alembic_path(settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath)
+        schema.alembic_path(
+            settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
+        )
     config.stash[state_key] = state
 
 
@@ -96,13 +98,17 @@ def start(config: pytest.Config) -> None:
             proxy = config.stash.get(proxy_key, None)
             if proxy is not None:
                 proxy.start()
-                state.notes.append(f"dbguard: fault proxy on 127.0.0.1:{proxy.port} in front of the server")
+                state.notes.append(
+                    f"dbguard: fault proxy on 127.0.0.1:{proxy.port} in front of the server"
+                )
     except DbguardError as error:
         stop(config)
         raise pytest.UsageError(str(error)) from None
 
 
-def _wait_ready(config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState) -> None:
+def _wait_ready(
+    config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState
+) -> None:
     from pytest_dbguard import readiness
 
     cluster: EmbeddedCluster | None = config.stash.get(cluster_key, None)
@@ -121,17 +127,21 @@ def _wait_ready(config: pytest.Config, plan: RunPlan, settings: Settings, state:
     state.answered = True
     state.ready_attempts = result.attempts
     state.ready_ms = result.elapsed_ms
-    state.server_version = result.server_version
+    state.server_version = result.server_version or "?"
     if cluster is not None and cluster.started_at:
         state.server_start_ms = (time.monotonic() - cluster.started_at) * 1000
 
 
-def _schema_build(config: pytest.Config, settings: Settings, state: SessionState, url: str) -> SchemaBuild | None:
+def _schema_build(
+    config: pytest.Config, settings: Settings, state: SessionState, url: str
+) -> SchemaBuild | None:
     if state.metadata is not None:
         metadata = state.metadata
         return lambda connection: schema.create_with_metadata(connection, metadata)
     if settings.alembic_ini:
-        ini = schema.alembic_path(settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath)
+        ini = schema.alembic_path(
+            settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
+        )
         return lambda connection: schema.upgrade_with_alembic(connection, ini, url)
     return None
 
@@ -142,10 +152,15 @@ def _fingerprint(config: pytest.Config, settings: Settings, state: SessionState)
     if state.metadata is not None:
         return schema.fingerprint_metadata(state.metadata, "postgresql")
     if settings.alembic_ini:
-        ini = schema.alembic_path(settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath)
+        ini = schema.alembic_path(
+            settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
+        )
         # Migrations may read dbguard_env values (a prefix); those that name the database do not count.
-        shared = [f"{name}={os.environ.get(name, '')}" for name, template in environment.parse_env_lines(settings.env_lines)
-                  if not any(f"{{{key}}}" in template for key in PER_DATABASE_PLACEHOLDERS)]
+        shared = [
+            f"{name}={os.environ.get(name, '')}"
+            for name, template in environment.parse_env_lines(settings.env_lines)
+            if not any(f"{{{key}}}" in template for key in PER_DATABASE_PLACEHOLDERS)
+        ]
         return schema.fingerprint_alembic(ini, shared)
     return ""
 
@@ -160,29 +175,49 @@ def _template(plan: RunPlan, settings: Settings, fingerprint: str) -> tuple[str,
     if plan.server_url is None:
         assert plan.sqlite_dir is not None
         base = plan.database.split("_dbg_")[0]
-        return str(plan.sqlite_dir / f"{database_name(base, plan.run, 'tpl' + fingerprint)}.db"), plan.run
+        return str(
+            plan.sqlite_dir / f"{database_name(base, plan.run, 'tpl' + fingerprint)}.db"
+        ), plan.run
     base = plan.server_url.database or "postgres"
     if settings.reuse:
         return database_name(base, fingerprint, "tpl"), REUSE_RUN
     return database_name(base, plan.run, "tpl" + fingerprint), plan.run
 
 
-def _provision(config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState) -> Provisioned:
+def _provision(
+    config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState
+) -> Provisioned:
     fingerprint = _fingerprint(config, settings, state)
     template, template_run = _template(plan, settings, fingerprint or "000000")
-    template_url = plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
+    template_url = (
+        plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
+    )
     build = _schema_build(config, settings, state, template_url.render(hide_password=False))
-    values = environment.values_for(dataclasses.replace(plan, test_url=template_url, database=template))
-    overrides = {name: value.format(**values) for name, value in environment.parse_env_lines(settings.env_lines)}
+    values = environment.values_for(
+        dataclasses.replace(plan, test_url=template_url, database=template)
+    )
+    overrides = {
+        name: value.format(**values)
+        for name, value in environment.parse_env_lines(settings.env_lines)
+    }
     overrides["DBGUARD_URL"] = values["url"]
-    with schema.environ_override(overrides):  # an alembic env.py reading DATABASE_URL builds the template
+    with schema.environ_override(
+        overrides
+    ):  # an alembic env.py reading DATABASE_URL builds the template
         if plan.server_url is None:
             return databases.provision_sqlite(plan.test_url, Path(template), build)
         if plan.schema is not None:
-            return databases.provision_schema(plan.server_url, plan.schema, build, run=plan.run, worker=plan.worker)
+            return databases.provision_schema(
+                plan.server_url, plan.schema, build, run=plan.run, worker=plan.worker
+            )
         return databases.provision_database(
-            plan.server_url, plan.database, template, build,
-            run=plan.run, worker=plan.worker, template_run=template_run,
+            plan.server_url,
+            plan.database,
+            template,
+            build,
+            run=plan.run,
+            worker=plan.worker,
+            template_run=template_run,
         )
 
 
@@ -209,8 +244,14 @@ def header_lines(config: pytest.Config) -> list[str]:
         layout = f"databases {plan.database.rsplit('_', 1)[0]}_<worker>, one per xdist worker"
     parts = [f"dbguard: {target}", layout, state.schema_source]
     if plan.server_url is not None:
-        started = f"started in {state.server_start_ms:.0f} ms, " if plan.embedded and state.server_start_ms else ""
-        parts.append(f"{started}ready after {state.ready_attempts} attempt(s), {state.ready_ms:.0f} ms")
+        started = (
+            f"started in {state.server_start_ms:.0f} ms, "
+            if plan.embedded and state.server_start_ms
+            else ""
+        )
+        parts.append(
+            f"{started}ready after {state.ready_attempts} attempt(s), {state.ready_ms:.0f} ms"
+        )
     return ["; ".join(parts), *state.notes]
 
 
@@ -224,7 +265,9 @@ def check_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
             try:
                 dbguard(*marker.args, **marker.kwargs)
             except TypeError as error:
-                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.dbguard{error}".replace("dbguard()", "")) from None
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.dbguard{error}".replace("dbguard()", "")
+                ) from None
 
 
 def finish(config: pytest.Config) -> None:
@@ -244,7 +287,10 @@ def finish(config: pytest.Config) -> None:
         else:
             databases.drop_database(plan.server_url, provisioned.database)
     except Exception as error:  # cleanup must never hide the tests' own outcome
-        warnings.warn(pytest.PytestWarning(f"dbguard could not drop {provisioned.database}: {error}"), stacklevel=1)
+        warnings.warn(
+            pytest.PytestWarning(f"dbguard could not drop {provisioned.database}: {error}"),
+            stacklevel=1,
+        )
 
 
 def stop(config: pytest.Config) -> None:
@@ -277,4 +323,3 @@ def stop(config: pytest.Config) -> None:
         print(f"dbguard: cleanup failed: {error}", file=sys.stderr)
     finally:
         environment.restore(config)
-

@@ -9,8 +9,8 @@ from collections.abc import Generator
 
 import pytest
 
-from pytest_dbguard import config as dbguard_config
 from pytest_dbguard import asyncloop, environment, isolation, lifecycle
+from pytest_dbguard import config as dbguard_config
 from pytest_dbguard.exceptions import DbguardError
 
 pytest_plugins = [

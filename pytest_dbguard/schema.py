@@ -59,10 +59,11 @@ def alembic_path(path: str, source: str, rootdir: Path) -> Path:
 
 def fingerprint_metadata(metadata: MetaData, dialect_name: str) -> str:
     """A short hash of the DDL the metadata creates: a reused template is rebuilt when it changes."""
-    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy import create_mock_engine
     from sqlalchemy.schema import CreateIndex, CreateTable
 
-    dialect = postgresql.dialect() if dialect_name == "postgresql" else sqlite.dialect()
+    # A mock engine gives the dialect without connecting anywhere.
+    dialect = create_mock_engine(f"{dialect_name}://", executor=lambda *_: None).dialect
     digest = hashlib.sha1()
     for table in metadata.sorted_tables:
         digest.update(str(CreateTable(table).compile(dialect=dialect)).encode())
@@ -93,7 +94,9 @@ def upgrade_with_alembic(connection: Connection, ini: Path, url: str) -> None:
         from alembic import command
         from alembic.config import Config
     except ImportError as error:
-        raise SchemaError("dbguard_alembic_ini is set but alembic is not installed: pip install alembic") from error
+        raise SchemaError(
+            "dbguard_alembic_ini is set but alembic is not installed: pip install alembic"
+        ) from error
     alembic_config = Config(str(ini))
     alembic_config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     alembic_config.attributes["connection"] = connection

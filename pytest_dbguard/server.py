@@ -56,7 +56,9 @@ def find_bindir(configured: str | None = None) -> Path | None:
     """The folder holding ``initdb`` and ``postgres``: the configured one only, else PATH,
     ``pg_config --bindir``, then the newest Debian layout."""
     candidates = iter([Path(configured)]) if configured else _bindir_candidates()
-    return next((c for c in candidates if (c / "initdb").is_file() and (c / "postgres").is_file()), None)
+    return next(
+        (c for c in candidates if (c / "initdb").is_file() and (c / "postgres").is_file()), None
+    )
 
 
 def _bindir_candidates() -> Iterator[Path]:
@@ -95,7 +97,9 @@ def server_user() -> tuple[int, int] | None:
         with contextlib.suppress(KeyError):
             entry = pwd.getpwnam(name)
             return entry.pw_uid, entry.pw_gid
-    raise ServerError("Running as root, and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL as.")
+    raise ServerError(
+        "Running as root, and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL as."
+    )
 
 
 def _child_setup(user: tuple[int, int] | None, die_with_parent: bool) -> Callable[[], None]:
@@ -129,9 +133,13 @@ def cache_root() -> Path:
 
 def _copy_tree(source: Path, target: Path) -> None:
     # `cp -a` keeps owners and modes and is several times faster than shutil.copytree here.
-    result = subprocess.run(["cp", "-a", f"{source}/.", str(target)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["cp", "-a", f"{source}/.", str(target)], capture_output=True, text=True
+    )
     if result.returncode != 0:
-        raise ServerError(f"Could not copy the cached data folder {source} to {target}: {result.stderr.strip()}")
+        raise ServerError(
+            f"Could not copy the cached data folder {source} to {target}: {result.stderr.strip()}"
+        )
 
 
 @dataclasses.dataclass
@@ -156,7 +164,9 @@ class EmbeddedCluster:
 
     def url(self, driver: str | None = None) -> DatabaseURL:
         """The maintenance URL (database ``postgres``, trust authentication on loopback)."""
-        return DatabaseURL("postgresql", driver, SUPERUSER, None, "127.0.0.1", self.port, "postgres")
+        return DatabaseURL(
+            "postgresql", driver, SUPERUSER, None, "127.0.0.1", self.port, "postgres"
+        )
 
     def initialise(self) -> None:
         """Lay out the data folder: a copy of the cached initdb output, made once per version."""
@@ -172,7 +182,9 @@ class EmbeddedCluster:
         # Keyed by the binary itself (path, size, mtime): an upgrade gets a fresh cache, and no
         # `postgres --version` subprocess is needed on the hot path.
         binary = (self.bindir / "postgres").resolve().stat()
-        key = hashlib.sha1(f"{self.bindir.resolve()}:{binary.st_size}:{binary.st_mtime_ns}".encode()).hexdigest()[:10]
+        key = hashlib.sha1(
+            f"{self.bindir.resolve()}:{binary.st_size}:{binary.st_mtime_ns}".encode()
+        ).hexdigest()[:10]
         cached = cache_root() / f"initdb-{key}-{self.user[0] if self.user else os.geteuid()}"
         if (cached / "PG_VERSION").exists():
             return cached
@@ -184,9 +196,24 @@ class EmbeddedCluster:
             os.chown(scratch, *self.user)
         try:
             result = subprocess.run(
-                [str(self.bindir / "initdb"), "-D", str(scratch), "-U", SUPERUSER, "-A", "trust",
-                 "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions", "--wal-segsize=1"],
-                capture_output=True, text=True, preexec_fn=_child_setup(self.user, False),  # noqa: PLW1509
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(scratch),
+                    "-U",
+                    SUPERUSER,
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--no-instructions",
+                    "--wal-segsize=1",
+                ],
+                capture_output=True,
+                text=True,
+                preexec_fn=_child_setup(self.user, False),
             )
         except OSError as error:
             raise ServerError(
@@ -194,7 +221,9 @@ class EmbeddedCluster:
                 "executable by the user the server runs as (when pytest runs as root: 'postgres')."
             ) from error
         if result.returncode != 0:
-            raise ServerError(f"initdb failed in {scratch}:\n{(result.stdout + result.stderr)[-2000:]}")
+            raise ServerError(
+                f"initdb failed in {scratch}:\n{(result.stdout + result.stderr)[-2000:]}"
+            )
         cached.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=cached.name + ".", dir=cached.parent))
         _copy_tree(scratch, staging)
@@ -207,14 +236,25 @@ class EmbeddedCluster:
 
     def launch(self) -> None:
         """Start the server process and return at once; :meth:`wait_started` or a readiness check follows."""
-        command = [str(self.bindir / "postgres"), "-D", str(self.datadir), "-p", str(self.port), "-k", str(self.root)]
+        command = [
+            str(self.bindir / "postgres"),
+            "-D",
+            str(self.datadir),
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.root),
+        ]
         for setting in SERVER_SETTINGS:
             command += ["-c", setting]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         try:
             self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_child_setup(self.user, die_with_parent=not self.keep),  # noqa: PLW1509
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_child_setup(self.user, die_with_parent=not self.keep),
                 start_new_session=self.keep,
             )
         except OSError as error:
@@ -278,7 +318,11 @@ class EmbeddedCluster:
             self.keep = keep
 
     def _write_state(self) -> None:
-        state = {"port": self.port, "pid": self.process.pid if self.process else None, "root": str(self.root)}
+        state = {
+            "port": self.port,
+            "pid": self.process.pid if self.process else None,
+            "root": str(self.root),
+        }
         (self.root / "dbguard.json").write_text(json.dumps(state))
 
 
@@ -326,7 +370,9 @@ def sweep_orphans(root: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def prepare_cluster(run: str, *, reuse_key: str | None, bindir: Path | None = None) -> tuple[EmbeddedCluster, bool]:
+def prepare_cluster(
+    run: str, *, reuse_key: str | None, bindir: Path | None = None
+) -> tuple[EmbeddedCluster, bool]:
     """A cluster for this run, launched; with ``reuse_key`` an already running one is adopted.
 
     Returns the cluster and whether it was adopted (already running from an earlier run).

@@ -12,7 +12,14 @@ from tests.pgserver import TestServer, running_server
 pytest_plugins = ["pytester"]
 
 # Inner runs must see only what each test gives them: no variables from the outer run.
-_LEAKY_PREFIXES = ("DBGUARD_", "_DBGUARD_", "PYTEST_XDIST_", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "DB_TABLE_PREFIX")
+_LEAKY_PREFIXES = (
+    "DBGUARD_",
+    "_DBGUARD_",
+    "PYTEST_XDIST_",
+    "PYTEST_ADDOPTS",
+    "PYTEST_PLUGINS",
+    "DB_TABLE_PREFIX",
+)
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +38,9 @@ def _sealed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 
-def run_dbguard(pytester: pytest.Pytester, *args: str, plugins: tuple[str, ...] = ()) -> pytest.RunResult:
+def run_dbguard(
+    pytester: pytest.Pytester, *args: str, plugins: tuple[str, ...] = ()
+) -> pytest.RunResult:
     """Run pytest in a subprocess with dbguard activated by ``-p`` and the named extra plugins."""
     extra: list[str] = []
     for name in plugins:

@@ -79,8 +79,14 @@ class TestServer:
     def datadir(self) -> Path:
         return self.root / "data"
 
-    def url(self, database: str = "postgres", *, user: str = "postgres", password: str | None = None,
-            driver: str = "psycopg") -> str:
+    def url(
+        self,
+        database: str = "postgres",
+        *,
+        user: str = "postgres",
+        password: str | None = None,
+        driver: str = "psycopg",
+    ) -> str:
         secret = SUPERUSER_PASSWORD if password is None and user == "postgres" else password
         secret = LIMITED_PASSWORD if secret is None and user == LIMITED_USER else secret
         auth = f"{user}:{secret}@" if secret else f"{user}@"
@@ -89,25 +95,63 @@ class TestServer:
     def start(self) -> None:
         with open(self.root / "server.log", "ab") as log:
             self.process = subprocess.Popen(
-                [str(self.bindir / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
-                 "-k", str(self.root), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_demote,  # noqa: PLW1509
+                [
+                    str(self.bindir / "postgres"),
+                    "-D",
+                    str(self.datadir),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.root),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=200",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_demote,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.sql("SELECT 1", check=False).returncode == 0:
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"test server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
+        raise RuntimeError(
+            f"test server did not start: {(self.root / 'server.log').read_text()[-2000:]}"
+        )
 
-    def sql(self, statement: str, *, database: str = "postgres",
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+    def sql(
+        self, statement: str, *, database: str = "postgres", check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run one statement through psql as the superuser (over the unix socket)."""
         return subprocess.run(
-            [str(self.bindir / "psql"), "-h", str(self.root), "-p", str(self.port), "-U", "postgres",
-             "-d", database, "-At", "-v", "ON_ERROR_STOP=1", "-c", statement],
-            capture_output=True, text=True, check=check, preexec_fn=_demote,  # noqa: PLW1509
+            [
+                str(self.bindir / "psql"),
+                "-h",
+                str(self.root),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                statement,
+            ],
+            capture_output=True,
+            text=True,
+            check=check,
+            preexec_fn=_demote,
         )
 
     def databases(self) -> list[str]:
@@ -125,7 +169,11 @@ class TestServer:
 def running_server() -> Iterator[TestServer]:
     """Start a fresh cluster with a password-protected superuser and a role without CREATEDB."""
     bindir = find_bindir()
-    root = Path(tempfile.mkdtemp(prefix="dbguard-testserver-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    root = Path(
+        tempfile.mkdtemp(
+            prefix="dbguard-testserver-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+        )
+    )
     os.chmod(root, 0o755)
     if os.geteuid() == 0:
         entry = pwd.getpwnam("postgres")
@@ -134,9 +182,25 @@ def running_server() -> Iterator[TestServer]:
     pwfile.write_text(SUPERUSER_PASSWORD)
     os.chmod(pwfile, 0o644)
     subprocess.run(
-        [str(bindir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--pwfile", str(pwfile),
-         "-A", "scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
-        check=True, capture_output=True, preexec_fn=_demote,  # noqa: PLW1509
+        [
+            str(bindir / "initdb"),
+            "-D",
+            str(root / "data"),
+            "-U",
+            "postgres",
+            "--pwfile",
+            str(pwfile),
+            "-A",
+            "scram-sha-256",
+            "--auth-local=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+        preexec_fn=_demote,
     )
     pwfile.unlink()
     server = TestServer(bindir=bindir, root=root, port=free_port())

@@ -59,7 +59,9 @@ def test_installed_but_not_activated_changes_nothing(pytester: pytest.Pytester) 
         pytest.param("flag+conftest", id="both"),
     ],
 )
-def test_activation_paths(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+def test_activation_paths(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
     pytester.makepyfile(USES_FIXTURE)
     args: list[str] = ["--dbguard-url", "sqlite"]
     if "flag" in how:

@@ -80,16 +80,22 @@ def test_role_without_createdb_gets_a_schema_per_worker(
     args = ["--dbguard-url", url, "-v"] + (["-n", "2"] if xdist else [])
     result = run_dbguard(pytester, *args, plugins=("xdist.plugin",) if xdist else ())
     result.assert_outcomes(passed=7)
-    result.stdout.fnmatch_lines(["dbguard: *schemas dbg_*_<worker> in app_limited (the role may not create databases)*"])
+    result.stdout.fnmatch_lines(
+        ["dbguard: *schemas dbg_*_<worker> in app_limited (the role may not create databases)*"]
+    )
     output = result.stdout.str() + result.stderr.str()
     assert LIMITED_PASSWORD not in output and SUPERUSER_PASSWORD not in output
-    leftover = pg_server.sql("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'dbg_%'", database="app_limited")
+    leftover = pg_server.sql(
+        "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'dbg_%'", database="app_limited"
+    )
     assert leftover.stdout.strip() == ""
     assert not [name for name in pg_server.databases() if "_dbg_" in name]
 
 
 def test_schema_isolation_on_request(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     pytester.makepyfile(models=MODELS, test_notes=NOTE_TESTS)
-    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\ndbguard_worker_isolation = schema\n")
+    pytester.makeini(
+        "[pytest]\ndbguard_metadata = models:Base\ndbguard_worker_isolation = schema\n"
+    )
     result = run_dbguard(pytester, "--dbguard-url", pg_server.url())
     result.assert_outcomes(passed=7)

@@ -33,7 +33,9 @@ def _processes_mentioning(text: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace"
+                ):
                     found.append(int(entry.name))
             except OSError:
                 continue
@@ -54,11 +56,15 @@ def _assert_nothing_left(pytester: pytest.Pytester) -> None:
         pytest.param("assert False, 'boom'", {"failed": 1}, id="failing-run"),
     ],
 )
-def test_cluster_removed_after_run(pytester: pytest.Pytester, tail: str, outcome: dict[str, int]) -> None:
+def test_cluster_removed_after_run(
+    pytester: pytest.Pytester, tail: str, outcome: dict[str, int]
+) -> None:
     pytester.makepyfile(RECORD_RUN.format(tail=tail))
     result = run_dbguard(pytester, "-v")
     result.assert_outcomes(**outcome)
-    result.stdout.fnmatch_lines(["dbguard: embedded PostgreSQL 1* at 127.0.0.1:*; database postgres_dbg_*_main;*"])
+    result.stdout.fnmatch_lines(
+        ["dbguard: embedded PostgreSQL 1* at 127.0.0.1:*; database postgres_dbg_*_main;*"]
+    )
     if os.geteuid() == 0:  # PostgreSQL refuses root; dbguard runs it as an unprivileged user
         assert "root" not in result.stdout.str().split("dbguard:")[1].split("\n")[0]
     _assert_nothing_left(pytester)
@@ -67,8 +73,11 @@ def test_cluster_removed_after_run(pytester: pytest.Pytester, tail: str, outcome
 def test_cluster_removed_after_ctrl_c(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(RECORD_RUN.format(tail="time.sleep(60)"))
     process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "-q"], cwd=pytester.path,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "-q"],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 60
     while not (pytester.path / "run.txt").exists() and time.monotonic() < deadline:
@@ -83,11 +92,15 @@ def test_cluster_stopped_when_startup_fails(pytester: pytest.Pytester) -> None:
     """A usage error after the server was launched (bad metadata path) still stops it."""
     pytester.makeini("[pytest]\ndbguard_metadata = nowhere.models:Base\n")
     # conftest loads after the server was launched and before the metadata is imported
-    pytester.makeconftest("import os, pathlib\npathlib.Path('run.txt').write_text(os.environ['DBGUARD_RUN'])\n")
+    pytester.makeconftest(
+        "import os, pathlib\npathlib.Path('run.txt').write_text(os.environ['DBGUARD_RUN'])\n"
+    )
     pytester.makepyfile("def test_never(): pass")
     result = run_dbguard(pytester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*dbguard_metadata*'nowhere.models:Base'*importing 'nowhere.models' failed*"])
+    result.stderr.fnmatch_lines(
+        ["*dbguard_metadata*'nowhere.models:Base'*importing 'nowhere.models' failed*"]
+    )
     _assert_nothing_left(pytester)
 
 
@@ -99,7 +112,9 @@ def test_server_that_fails_to_start_shows_its_log(pytester: pytest.Pytester) -> 
     bindir.chmod(0o755)
     (bindir / "initdb").symlink_to(real / "initdb")
     # The real postgres, given a setting it rejects: a genuine start failure.
-    (bindir / "postgres").write_text(f'#!/bin/sh\nexec {real / "postgres"} "$@" -c shared_buffers=-5\n')
+    (bindir / "postgres").write_text(
+        f'#!/bin/sh\nexec {real / "postgres"} "$@" -c shared_buffers=-5\n'
+    )
     (bindir / "postgres").chmod(0o755)
     pytester.makepyfile("def test_never(dbguard_engine): pass")
     result = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20")
@@ -121,7 +136,9 @@ def test_sqlite_fallback_without_binaries(pytester: pytest.Pytester, tmp_path: P
     )
     result = run_dbguard(pytester, "--dbguard-pg-bindir", str(tmp_path / "empty"))
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"dbguard: SQLite files in * (no PostgreSQL binaries found in {tmp_path / 'empty'})*"])
+    result.stdout.fnmatch_lines(
+        [f"dbguard: SQLite files in * (no PostgreSQL binaries found in {tmp_path / 'empty'})*"]
+    )
 
 
 def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:

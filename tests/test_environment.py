@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.conftest import run_dbguard
@@ -63,15 +62,19 @@ def test_conftest_opt_in_with_top_level_import_is_stopped(pytester: pytest.Pytes
     pytester.makepyfile(test_wal=USES_TABLE)
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([
-        "*app.settings was imported before pytest-dbguard set the test environment*DB_TABLE_PREFIX*"
-        "Fix: enable it on the command line instead: `pytest -p pytest_dbguard`*"
-    ])
+    result.stderr.fnmatch_lines(
+        [
+            "*app.settings was imported before pytest-dbguard set the test environment*DB_TABLE_PREFIX*"
+            "Fix: enable it on the command line instead: `pytest -p pytest_dbguard`*"
+        ]
+    )
     assert "passed" not in result.stdout.str()
     assert "does not exist" not in result.stdout.str() + result.stderr.str()
 
 
-def test_conftest_opt_in_without_guard_reports_the_unprefixed_table(pytester: pytest.Pytester) -> None:
+def test_conftest_opt_in_without_guard_reports_the_unprefixed_table(
+    pytester: pytest.Pytester,
+) -> None:
     """Without dbguard_guard_modules the prefix check still stops the run before any test."""
     _app(pytester)
     pytester.makeini(INI.replace("dbguard_guard_modules = app.settings\n", ""))
@@ -79,7 +82,9 @@ def test_conftest_opt_in_without_guard_reports_the_unprefixed_table(pytester: py
     pytester.makepyfile(test_wal=USES_TABLE)
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*Tables storage_elem_01_wal do not carry DB_TABLE_PREFIX='test_storage_main'*"])
+    result.stderr.fnmatch_lines(
+        ["*Tables storage_elem_01_wal do not carry DB_TABLE_PREFIX='test_storage_main'*"]
+    )
 
 
 def test_conftest_opt_in_with_imports_inside_tests(pytester: pytest.Pytester) -> None:
@@ -184,10 +189,19 @@ def test_every_placeholder(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     "line, pattern",
     [
-        pytest.param("DB_TABLE_PREFIX=test_{wroker}", "*unknown placeholder {wroker}*valid placeholders: {worker}, {run}*",
-                     id="misspelled-placeholder"),
-        pytest.param("DB_TABLE_PREFIX test", "*'DB_TABLE_PREFIX test' is not a NAME=VALUE line*", id="no-equals"),
-        pytest.param("PREFIX=test_{worker", "*PREFIX=test_{worker*literal brace*", id="unclosed-brace"),
+        pytest.param(
+            "DB_TABLE_PREFIX=test_{wroker}",
+            "*unknown placeholder {wroker}*valid placeholders: {worker}, {run}*",
+            id="misspelled-placeholder",
+        ),
+        pytest.param(
+            "DB_TABLE_PREFIX test",
+            "*'DB_TABLE_PREFIX test' is not a NAME=VALUE line*",
+            id="no-equals",
+        ),
+        pytest.param(
+            "PREFIX=test_{worker", "*PREFIX=test_{worker*literal brace*", id="unclosed-brace"
+        ),
     ],
 )
 def test_bad_env_lines(pytester: pytest.Pytester, line: str, pattern: str) -> None:

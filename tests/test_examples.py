@@ -12,7 +12,9 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 
 @pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
 @pytest.mark.parametrize("example, passed", [("storage_app", 13), ("psycopg_plain", 9)])
-def test_example_runs_as_it_is(pytester: pytest.Pytester, example: str, passed: int, xdist: bool) -> None:
+def test_example_runs_as_it_is(
+    pytester: pytest.Pytester, example: str, passed: int, xdist: bool
+) -> None:
     shutil.copytree(EXAMPLES / example, pytester.path, dirs_exist_ok=True)
     args = ["-n", "2", "-p", "xdist.plugin"] if xdist else []
     result = pytester.runpytest_subprocess(*args)  # each pytest.ini activates dbguard with addopts

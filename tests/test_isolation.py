@@ -53,7 +53,9 @@ def _project(pytester: pytest.Pytester, *, url: str | None = None) -> None:
 
 @pytest.mark.parametrize("order", [("a", "b"), ("b", "a")], ids=["write-first", "read-first"])
 @pytest.mark.parametrize("backend", ["embedded", "sqlite"])
-def test_rollback_isolation_both_orders(pytester: pytest.Pytester, order: tuple[str, str], backend: str) -> None:
+def test_rollback_isolation_both_orders(
+    pytester: pytest.Pytester, order: tuple[str, str], backend: str
+) -> None:
     _project(pytester)
     pytester.makepyfile(test_order=ORDERED_TESTS.format(first=order[0], second=order[1]))
     args = ["--dbguard-url", "sqlite"] if backend == "sqlite" else []
@@ -61,7 +63,9 @@ def test_rollback_isolation_both_orders(pytester: pytest.Pytester, order: tuple[
     result.assert_outcomes(passed=2)
 
 
-def test_commit_in_test_survives_inside_but_not_after(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+def test_commit_in_test_survives_inside_but_not_after(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     """A real commit through the fixture connection is a savepoint; the server never sees the row."""
     _project(pytester, url=pg_server.url())
     pytester.makepyfile(

@@ -95,7 +95,9 @@ def _alembic_project(pytester: pytest.Pytester) -> None:
     (pytester.path / "migrations" / "script.py.mako").write_text(SCRIPT_MAKO)
     (pytester.path / "migrations" / "versions" / "0001_accounts.py").write_text(REVISION_1)
     (pytester.path / "migrations" / "versions" / "0002_active.py").write_text(REVISION_2)
-    pytester.makeini("[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_env =\n    DATABASE_URL={url}\n")
+    pytester.makeini(
+        "[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_env =\n    DATABASE_URL={url}\n"
+    )
     pytester.makepyfile(test_accounts=USES_ACCOUNTS)
 
 
@@ -114,7 +116,9 @@ def test_alembic_on_sqlite(pytester: pytest.Pytester) -> None:
 
 
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2", "asyncpg"])
-def test_every_driver_in_the_url(pytester: pytest.Pytester, pg_server: TestServer, driver: str) -> None:
+def test_every_driver_in_the_url(
+    pytester: pytest.Pytester, pg_server: TestServer, driver: str
+) -> None:
     pytester.makepyfile(
         """
         import os

@@ -28,8 +28,13 @@ SHOW_URL = """
     ],
 )
 def test_url_precedence(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, pg_server: TestServer,
-    flag: str | None, env: str | None, ini: str | None, expected: str,
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    pg_server: TestServer,
+    flag: str | None,
+    env: str | None,
+    ini: str | None,
+    expected: str,
 ) -> None:
     def value(which: str | None) -> str | None:
         return pg_server.url() if which == "pg" else which
@@ -46,7 +51,9 @@ def test_url_precedence(
     assert SUPERUSER_PASSWORD not in result.stdout.str() + result.stderr.str()
 
 
-def test_external_server_password_never_printed(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+def test_external_server_password_never_printed(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     pytester.makepyfile(
         """
         def test_fails(dbguard_url, dbguard_engine):
@@ -56,7 +63,9 @@ def test_external_server_password_never_printed(pytester: pytest.Pytester, pg_se
     )
     result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), "-v", "-rA")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["dbguard: postgresql+psycopg://postgres:***@127.0.0.1:*/postgres (PostgreSQL 15*"])
+    result.stdout.fnmatch_lines(
+        ["dbguard: postgresql+psycopg://postgres:***@127.0.0.1:*/postgres (PostgreSQL 15*"]
+    )
     assert SUPERUSER_PASSWORD not in result.stdout.str() + result.stderr.str()
 
 
@@ -75,8 +84,16 @@ def _usage_error(result: pytest.RunResult, *patterns: str) -> None:
     "url, pattern",
     [
         pytest.param("not a url", "*'not a url' is not a database URL*", id="malformed"),
-        pytest.param("postgresql+pgfast://u:pw@h/db", "*unknown driver 'pgfast'*psycopg*", id="unknown-driver"),
-        pytest.param("mysql://u@h/db", "*names the database 'mysql'*supports postgresql, sqlite*", id="unknown-db"),
+        pytest.param(
+            "postgresql+pgfast://u:pw@h/db",
+            "*unknown driver 'pgfast'*psycopg*",
+            id="unknown-driver",
+        ),
+        pytest.param(
+            "mysql://u@h/db",
+            "*names the database 'mysql'*supports postgresql, sqlite*",
+            id="unknown-db",
+        ),
         pytest.param("postgresql://u:pw@h:99999/db", "*port '99999'*1 to 65535*", id="bad-port"),
     ],
 )
@@ -84,7 +101,11 @@ def test_bad_url(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, where: str, url: str, pattern: str
 ) -> None:
     pytester.makepyfile("def test_x(): pass")
-    source = {"flag": "--dbguard-url", "env": "environment variable DBGUARD_URL", "ini": "ini dbguard_url"}[where]
+    source = {
+        "flag": "--dbguard-url",
+        "env": "environment variable DBGUARD_URL",
+        "ini": "ini dbguard_url",
+    }[where]
     args: list[str] = []
     if where == "flag":
         args = ["--dbguard-url", url]
@@ -98,19 +119,42 @@ def test_bad_url(
 @pytest.mark.parametrize(
     "flag, ini, pattern",
     [
-        pytest.param(("--dbguard-isolation", "rolback"), "dbguard_isolation = rolback",
-                     "*'rolback' is not a valid isolation; choose one of: rollback, truncate, none*", id="isolation"),
-        pytest.param(("--dbguard-wait", "3O"), "dbguard_wait = 3O", "*'3O' is not a number of seconds*", id="wait"),
-        pytest.param(("--dbguard-worker-isolation", "table"), "dbguard_worker_isolation = table",
-                     "*choose one of: auto, database, schema*", id="worker-isolation"),
-        pytest.param(("--dbguard-naive-datetime", "loud"), "dbguard_naive_datetime = loud",
-                     "*choose one of: error, warn, off*", id="naive-datetime"),
-        pytest.param(("--dbguard-metadata", "app.models"), "dbguard_metadata = app.models",
-                     "*'app.models' is not of the form 'package.module:attribute'*", id="metadata-shape"),
+        pytest.param(
+            ("--dbguard-isolation", "rolback"),
+            "dbguard_isolation = rolback",
+            "*'rolback' is not a valid isolation; choose one of: rollback, truncate, none*",
+            id="isolation",
+        ),
+        pytest.param(
+            ("--dbguard-wait", "3O"),
+            "dbguard_wait = 3O",
+            "*'3O' is not a number of seconds*",
+            id="wait",
+        ),
+        pytest.param(
+            ("--dbguard-worker-isolation", "table"),
+            "dbguard_worker_isolation = table",
+            "*choose one of: auto, database, schema*",
+            id="worker-isolation",
+        ),
+        pytest.param(
+            ("--dbguard-naive-datetime", "loud"),
+            "dbguard_naive_datetime = loud",
+            "*choose one of: error, warn, off*",
+            id="naive-datetime",
+        ),
+        pytest.param(
+            ("--dbguard-metadata", "app.models"),
+            "dbguard_metadata = app.models",
+            "*'app.models' is not of the form 'package.module:attribute'*",
+            id="metadata-shape",
+        ),
     ],
 )
 @pytest.mark.parametrize("via", ["cli", "ini"])
-def test_bad_setting_values(pytester: pytest.Pytester, flag: tuple[str, str], ini: str, pattern: str, via: str) -> None:
+def test_bad_setting_values(
+    pytester: pytest.Pytester, flag: tuple[str, str], ini: str, pattern: str, via: str
+) -> None:
     pytester.makepyfile("def test_x(): pass")
     if via == "ini":
         pytester.makeini(f"[pytest]\n{ini}\n")
@@ -124,36 +168,62 @@ def test_bad_setting_values(pytester: pytest.Pytester, flag: tuple[str, str], in
 def test_misspelled_ini_key(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ndbguard_metadta = models:Base\n")
     pytester.makepyfile("def test_x(): pass")
-    _usage_error(run_dbguard(pytester, "--dbguard-url", "sqlite"), "*Unknown ini key 'dbguard_metadta'*Did you mean 'dbguard_metadata'?*")
+    _usage_error(
+        run_dbguard(pytester, "--dbguard-url", "sqlite"),
+        "*Unknown ini key 'dbguard_metadta'*Did you mean 'dbguard_metadata'?*",
+    )
 
 
 @pytest.mark.parametrize(
     "module_text, spec, pattern",
     [
-        pytest.param("x = 1", "nomodule:Base", "*importing 'nomodule' failed: ModuleNotFoundError*", id="missing-module"),
-        pytest.param("raise RuntimeError('settings broken')", "models:Base",
-                     "*importing 'models' failed: RuntimeError: settings broken*", id="module-raises"),
-        pytest.param("x = 1", "models:Base", "*module 'models' has no attribute 'Base'*", id="missing-attr"),
-        pytest.param("Base = 42", "models:Base", "*is a int, not a MetaData or a declarative Base*", id="wrong-type"),
+        pytest.param(
+            "x = 1",
+            "nomodule:Base",
+            "*importing 'nomodule' failed: ModuleNotFoundError*",
+            id="missing-module",
+        ),
+        pytest.param(
+            "raise RuntimeError('settings broken')",
+            "models:Base",
+            "*importing 'models' failed: RuntimeError: settings broken*",
+            id="module-raises",
+        ),
+        pytest.param(
+            "x = 1", "models:Base", "*module 'models' has no attribute 'Base'*", id="missing-attr"
+        ),
+        pytest.param(
+            "Base = 42",
+            "models:Base",
+            "*is a int, not a MetaData or a declarative Base*",
+            id="wrong-type",
+        ),
     ],
 )
 def test_bad_metadata(pytester: pytest.Pytester, module_text: str, spec: str, pattern: str) -> None:
     pytester.makepyfile(models=module_text, test_x="def test_x(): pass")
     pytester.makeini(f"[pytest]\ndbguard_metadata = {spec}\n")
-    _usage_error(run_dbguard(pytester, "--dbguard-url", "sqlite"), f"*ini dbguard_metadata*{pattern.lstrip('*')}")
+    _usage_error(
+        run_dbguard(pytester, "--dbguard-url", "sqlite"),
+        f"*ini dbguard_metadata*{pattern.lstrip('*')}",
+    )
 
 
 def test_alembic_ini_missing(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ndbguard_alembic_ini = migrations/alembic.ini\n")
     pytester.makepyfile("def test_x(): pass")
-    _usage_error(run_dbguard(pytester, "--dbguard-url", "sqlite"),
-                 "*dbguard_alembic_ini*'migrations/alembic.ini'*does not exist*")
+    _usage_error(
+        run_dbguard(pytester, "--dbguard-url", "sqlite"),
+        "*dbguard_alembic_ini*'migrations/alembic.ini'*does not exist*",
+    )
 
 
 def test_both_schema_sources(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_metadata = m:Base\n")
     pytester.makepyfile("def test_x(): pass")
-    _usage_error(run_dbguard(pytester, "--dbguard-url", "sqlite"), "*schema comes from one of them*")
+    _usage_error(
+        run_dbguard(pytester, "--dbguard-url", "sqlite"), "*schema comes from one of them*"
+    )
 
 
 def test_wrong_password(pytester: pytest.Pytester, pg_server: TestServer) -> None:
@@ -172,11 +242,20 @@ def test_missing_database(pytester: pytest.Pytester, pg_server: TestServer) -> N
 
 def test_url_parsing_round_trip() -> None:
     url = DatabaseURL.parse("postgresql+asyncpg://me:p%40ss@db.example:6543/app?sslmode=require")
-    assert (url.username, url.password, url.host, url.port, url.database) == ("me", "p@ss", "db.example", 6543, "app")
+    assert (url.username, url.password, url.host, url.port, url.database) == (
+        "me",
+        "p@ss",
+        "db.example",
+        6543,
+        "app",
+    )
     assert url.render() == "postgresql+asyncpg://me:***@db.example:6543/app?sslmode=require"
     assert DatabaseURL.parse(url.render(hide_password=False)) == url
     assert url.sync().driver in ("psycopg", "psycopg2")
-    assert DatabaseURL.parse("postgresql+psycopg2://u@h/d").asynchronous().driver in ("asyncpg", "psycopg")
+    assert DatabaseURL.parse("postgresql+psycopg2://u@h/d").asynchronous().driver in (
+        "asyncpg",
+        "psycopg",
+    )
     assert DatabaseURL.parse("sqlite:////tmp/x.db").database == "/tmp/x.db"
     with pytest.raises(ConfigError, match="unknown driver"):
         DatabaseURL.parse("postgresql+nope://h/d")

@@ -54,9 +54,15 @@ def _project(pytester: pytest.Pytester) -> None:
 
 
 @pytest.mark.parametrize("backend", ["embedded", "sqlite", "external"])
-def test_each_worker_has_its_own_database(pytester: pytest.Pytester, pg_server: TestServer, backend: str) -> None:
+def test_each_worker_has_its_own_database(
+    pytester: pytest.Pytester, pg_server: TestServer, backend: str
+) -> None:
     _project(pytester)
-    args = {"embedded": [], "sqlite": ["--dbguard-url", "sqlite"], "external": ["--dbguard-url", pg_server.url()]}
+    args = {
+        "embedded": [],
+        "sqlite": ["--dbguard-url", "sqlite"],
+        "external": ["--dbguard-url", pg_server.url()],
+    }
     before = set(pg_server.databases())
     result = run_dbguard(pytester, "-n", "2", *args[backend], plugins=XDIST)
     result.assert_outcomes(passed=12)
@@ -64,14 +70,32 @@ def test_each_worker_has_its_own_database(pytester: pytest.Pytester, pg_server: 
     assert set(pg_server.databases()) == before  # nothing left behind on the external server
 
 
-def test_two_concurrent_runs_on_one_server(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+def test_two_concurrent_runs_on_one_server(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     _project(pytester)
-    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "-p", "xdist.plugin", "-n", "2",
-               "--dbguard-url", pg_server.url(), "-q"]
-    runs = [subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "pytest_dbguard",
+        "-p",
+        "xdist.plugin",
+        "-n",
+        "2",
+        "--dbguard-url",
+        pg_server.url(),
+        "-q",
+    ]
+    runs = [
+        subprocess.Popen(
+            command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
-    for run, output in zip(runs, outputs):
+    for run, output in zip(runs, outputs, strict=False):
         assert run.returncode == 0, output
         assert "12 passed" in output
         assert SUPERUSER_PASSWORD not in output
