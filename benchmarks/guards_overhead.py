@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -90,8 +91,11 @@ def write_suite(root: Path, tests: int, *, queries: bool) -> None:
         (root / f"test_suite_{first // TESTS_PER_FILE:03d}.py").write_text(body)
 
 
-def run(root: Path, url: str, naive: str) -> tuple[float, float]:
-    """One pytest run; returns (wall seconds, pytest's own session seconds)."""
+def run(root: Path, url: str, naive: str) -> tuple[float, float, float]:
+    """One pytest run: wall seconds, pytest's own session seconds, CPU seconds of the process.
+
+    CPU time is the steadier figure on a shared machine: other load stretches wall time only.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DBGUARD_", "PYTEST_"))}
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     command = [
@@ -105,13 +109,16 @@ def run(root: Path, url: str, naive: str) -> tuple[float, float]:
         "no:cacheprovider",
     ]
     command += ["--dbguard-url", url, "--dbguard-naive-datetime", naive]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     summary = re.search(r"(\d+) passed.* in ([\d.]+)s", done.stdout)
     if done.returncode != 0 or summary is None:
         sys.exit(f"run failed in {root} ({naive}):\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
-    return wall, float(summary.group(2))
+    return wall, float(summary.group(2)), cpu
 
 
 def main() -> None:
@@ -126,28 +133,34 @@ def main() -> None:
     configs = [(naive, queries) for queries in (False, True) for naive in ("off", "warn")]
     walls: dict[tuple[str, bool], list[float]] = {config: [] for config in configs}
     sessions: dict[tuple[str, bool], list[float]] = {config: [] for config in configs}
+    cpus: dict[tuple[str, bool], list[float]] = {config: [] for config in configs}
     with tempfile.TemporaryDirectory(prefix="dbguard-bench-") as tmp:
         suites = {queries: Path(tmp) / f"suite_{int(queries)}" for queries in (False, True)}
         for queries, root in suites.items():
             write_suite(root, args.tests, queries=queries)
         for _ in range(args.runs):
             for naive, queries in configs:
-                wall, session = run(suites[queries], args.url, naive)
+                wall, session, cpu = run(suites[queries], args.url, naive)
                 walls[naive, queries].append(wall)
                 sessions[naive, queries].append(session)
+                cpus[naive, queries].append(cpu)
 
     print(f"{args.tests} ORM tests, {args.runs} alternating runs each, --dbguard-url {args.url}")
-    print(f"{'naive_datetime':<16}{'dbguard_queries':<17}{'wall median':>12}{'pytest median':>15}")
+    print(
+        f"{'naive_datetime':<16}{'dbguard_queries':<16}{'wall':>9}{'pytest':>9}{'cpu':>9}"
+        "  (medians)"
+    )
     for naive, queries in configs:
-        wall = statistics.median(walls[naive, queries])
-        session = statistics.median(sessions[naive, queries])
+        figures = [statistics.median(d[naive, queries]) for d in (walls, sessions, cpus)]
         used = "requested" if queries else "not requested"
-        print(f"{naive:<16}{used:<17}{wall:>11.2f}s{session:>14.2f}s")
+        print(f"{naive:<16}{used:<16}" + "".join(f"{value:>8.2f}s" for value in figures))
 
     def ratio(a: tuple[str, bool], b: tuple[str, bool]) -> str:
-        wall = statistics.median(walls[a]) / statistics.median(walls[b])
-        session = statistics.median(sessions[a]) / statistics.median(sessions[b])
-        return f"wall x{wall:.3f}, pytest x{session:.3f}"
+        parts = [
+            f"{label} x{statistics.median(d[a]) / statistics.median(d[b]):.3f}"
+            for label, d in (("wall", walls), ("pytest", sessions), ("cpu", cpus))
+        ]
+        return ", ".join(parts)
 
     print(f"warn vs off (no dbguard_queries): {ratio(('warn', False), ('off', False))}")
     print(f"warn vs off (dbguard_queries):    {ratio(('warn', True), ('off', True))}")
