@@ -8,10 +8,12 @@ name (the server may come up later; the name is fixed now), exports ``DBGUARD_*`
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import secrets
+import shlex
 import string
 import sys
 import tempfile
@@ -84,6 +86,26 @@ cluster_key: Final = pytest.StashKey[Any]()  # server.EmbeddedCluster, imported 
 proxy_key: Final = pytest.StashKey[Any]()  # proxy.FaultProxy in front of the server, when on
 FAULTS_FIXTURE: Final = "dbguard_faults"
 SCAN_LIMIT: Final = 2000  # test files read when looking for dbguard_faults
+
+
+def command_line(config: pytest.Config) -> tuple[argparse.Namespace, list[str]]:
+    """dbguard's own flags, read from the whole command line (ini addopts, PYTEST_ADDOPTS, args).
+
+    At registration pytest has not parsed our flags yet (they did not exist when it parsed), so
+    they are read here with a parser of our own that knows only them.
+    """
+    args = [
+        *config.getini("addopts"),
+        *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+        *config.invocation_params.args,
+    ]
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for option in dbguard_config.OPTIONS:
+        if option.cli:
+            action = "store_true" if option.flag_kind == "switch" else "store"
+            parser.add_argument(option.flag, action=action, default=None, dest=option.dest)
+    namespace, rest = parser.parse_known_args(args)
+    return namespace, rest
 
 
 def prepare(

@@ -5,6 +5,7 @@ No SQL and no fixture bodies here: each hook hands over to the module that owns 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Generator
 
 import pytest
@@ -43,6 +44,22 @@ def dbguard_without(*modules: str) -> tuple[str, ...]:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     dbguard_config.add_options(parser)
+
+
+def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
+    # The earliest moment dbguard exists. With conftest opt-in (pytest_plugins) this is while the
+    # conftests load, after the early hook below has already run: prepare now, so the conftests
+    # loaded after this one see the test environment, and check the guarded modules.
+    if plugin is not sys.modules[__name__]:
+        return
+    config = manager.get_plugin("pytestconfig")
+    if config is None or environment.plan_key in config.stash:
+        return
+    try:
+        namespace, args = environment.command_line(config)
+        environment.prepare(config, namespace, args, late=True)
+    except DbguardError as error:
+        raise pytest.UsageError(str(error)) from None
 
 
 # A wrapper runs before every plain implementation, including pytest-env's tryfirst one and

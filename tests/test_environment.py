@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
 from tests.conftest import run_dbguard
@@ -220,3 +222,15 @@ def test_environment_is_restored_after_an_in_process_run(pytester: pytest.Pytest
     result = pytester.runpytest_inprocess("-p", "pytest_dbguard", "--dbguard-url", "sqlite")
     result.assert_outcomes(passed=1)
     assert "MY_APP_URL" not in os.environ and "DBGUARD_URL" not in os.environ
+
+
+def test_conftest_opt_in_sets_environment_before_deeper_conftests(
+    pytester: pytest.Pytester,
+) -> None:
+    """Registered from the root conftest, dbguard prepares at once: tests/conftest.py sees the values."""
+    _app(pytester)
+    pytester.makeconftest('pytest_plugins = ["pytest_dbguard"]\n')
+    tests = pytester.mkpydir("tests")
+    (tests / "conftest.py").write_text(TOP_LEVEL_IMPORT_CONFTEST)
+    (tests / "test_wal.py").write_text(textwrap.dedent(USES_TABLE))
+    pytester.runpytest_subprocess("tests").assert_outcomes(passed=1)
