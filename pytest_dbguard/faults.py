@@ -2,10 +2,9 @@
 
 ``Faults`` works without pytest (it raises ``FaultError`` where the fixture skips or fails);
 ``dbguard_faults`` wraps it and undoes every fault after each test. ``refuse``, ``latency`` and
-``cut`` act on the worker's ``FaultProxy``; ``terminate`` and ``restart`` on the server itself,
-never through the proxy. Under xdist all workers share one server, so restarts are fenced: every
-test of every worker holds a ``RestartFence`` shared while it runs and ``restart()`` holds it
-exclusively, so no other worker has a test running when the server goes away.
+``cut`` act on the worker's ``FaultProxy``, ``terminate`` and ``restart`` on the server itself.
+xdist workers share one server, so restarts are fenced: every test of every worker holds a
+``RestartFence`` shared while it runs and ``restart()`` holds it exclusively.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
     from pytest_dbguard.server import EmbeddedCluster
 
 GONE_TIMEOUT: Final = 10.0  # seconds for terminated backends to leave pg_stat_activity
-FENCE_TIMEOUT: Final = 120.0  # seconds restart() waits for the other workers' running tests
 MIN_ATTEMPT: Final = 0.05  # seconds an async attempt gets, even at the deadline
 _TERMINATE: Final = (
     "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"
@@ -60,23 +58,15 @@ _NEEDS_PROC: Final = (
     "dbguard_faults.terminate() with a schema per worker ends only this process's backends "
     "(other clients share {database}) and finds them in /proc, which this system lacks."
 )
-_STILL_ALIVE: Final = "terminate(): backends {pids} were still alive after {timeout:g} s."
-_NOT_BACK: Final = "restart(): the embedded server did not come back: {error}\nLog tail:\n{log}"
-_FENCE_WAIT: Final = (
-    "restart() waited {timeout:g} s for the tests running in other xdist workers; one is stuck."
-)
 _NOT_RECOVERED: Final = (
     "{target} did not recover within {within:g} s: SELECT 1 failed {attempts} attempt(s) "
     "in {elapsed:.2f} s. Last error: {error}"
 )
-_LOOP_RUNNING: Final = (
-    "assert_recovers() cannot drive an AsyncEngine while an event loop runs in this thread; "
-    "in an async test use: await dbguard_faults.assert_recovers_async(engine)"
-)
 _BAD_TARGET: Final = (
-    "assert_recovers(): {target!r} is neither an Engine, an AsyncEngine, a connection factory "
-    "nor a callable{hint}."
+    "assert_recovers(): {target!r} is not an Engine, an AsyncEngine, a connection factory or a "
+    "callable{hint}."
 )
+_ASYNC_HINT: Final = ", or it is async: in an async test use await assert_recovers_async()"
 
 
 def _raise(message: str) -> NoReturn:
@@ -93,10 +83,10 @@ class Recovery:
 
 
 class RestartFence:
-    """A reader-writer lock across processes, on two files in the run folder.
+    """A reader-writer lock across processes on two files: tests share it, a restart excludes.
 
-    Tests hold it shared, ``restart()`` exclusively. A writer first closes the gate that every
-    reader passes on its way in, so it waits only for the tests already running.
+    A restart first closes the gate every test passes on its way in, so it waits only for the
+    tests already running, not for a stream of new ones.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -119,35 +109,19 @@ class RestartFence:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def exclusive(self, timeout: float = FENCE_TIMEOUT) -> Iterator[None]:
-        """Held around a restart, from inside ``shared()`` or not; back as it was afterwards."""
-        # Let go first: two restarts each holding shared while waiting at the gate would deadlock.
+    def exclusive(self) -> Iterator[None]:
+        """Held around a restart, from inside ``shared()`` or not; as it was afterwards."""
+        # Let go first: two restarts holding shared while both wait at the gate would deadlock.
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         fcntl.flock(self._gate, fcntl.LOCK_EX)
         try:
-            deadline = time.monotonic() + timeout
-            while not _try_flock(self._lock):  # polled: a stuck test elsewhere becomes a message
-                if time.monotonic() > deadline:
-                    self._resume()
-                    raise FaultError(_FENCE_WAIT.format(timeout=timeout))
-                time.sleep(0.005)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)  # once the tests running elsewhere are done
             try:
                 yield
             finally:
-                self._resume()
+                fcntl.flock(self._lock, fcntl.LOCK_SH if self._shared else fcntl.LOCK_UN)
         finally:
             fcntl.flock(self._gate, fcntl.LOCK_UN)
-
-    def _resume(self) -> None:
-        fcntl.flock(self._lock, fcntl.LOCK_SH if self._shared else fcntl.LOCK_UN)
-
-
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 @dataclasses.dataclass(eq=False, repr=False)
@@ -168,7 +142,7 @@ class Faults:
     fail: Callable[[str], NoReturn] = _raise
     _restarted: bool = dataclasses.field(default=False, init=False)
 
-    def __repr__(self) -> str:  # shown in tracebacks: never the password
+    def __repr__(self) -> str:  # tracebacks show it: never the password
         return f"<Faults on {self.test_url}{' via the fault proxy' if self.proxy else ''}>"
 
     @property
@@ -189,32 +163,42 @@ class Faults:
         server_url = self._postgres("terminate()")
         sql, params = _TERMINATE, dict[str, Any](db=self.database)
         if self.shared_database:
-            ports = _own_ports()
-            if ports is None:
+            if (ports := _own_ports()) is None:
                 self.skip(_NEEDS_PROC.format(database=self.database))
-            sql, params = f"{sql} AND client_port = ANY(:ports)", {**params, "ports": list(ports)}
+            sql, params["ports"] = f"{sql} AND client_port = ANY(:ports)", list(ports)
         engine = admin_engine(server_url.with_query(connect_timeout="10"))
         try:
             with engine.connect() as connection:
                 pids = [pid for pid, ended in connection.execute(text(sql), params) if ended]
                 alive = text("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(:pids)")
                 deadline = time.monotonic() + GONE_TIMEOUT
-                # pg_terminate_backend only signals: the backend may still be running a while.
+                # pg_terminate_backend only signals: the backend exits a little later.
                 while pids and connection.execute(alive, {"pids": pids}).first():
                     if time.monotonic() > deadline:
-                        self.fail(_STILL_ALIVE.format(pids=pids, timeout=GONE_TIMEOUT))
+                        self.fail(
+                            f"terminate(): backends {pids} still alive after {GONE_TIMEOUT} s"
+                        )
                     time.sleep(0.005)
         finally:
             engine.dispose()
         return len(pids)
 
     def close(self, target: Any) -> int:
-        """Close a DBAPI or SQLAlchemy connection, or each idle one of an Engine or pool, from the
-        client side behind SQLAlchemy's back: the next use finds it dead. Returns how many."""
+        """Close a DBAPI or SQLAlchemy connection, or each idle one of an Engine or pool, on the
+        client side behind SQLAlchemy's back, so the next use finds it dead; return how many."""
         __tracebackhide__ = True
         connections = _driver_connections(target)
         for connection in connections:
-            _close_driver(connection)
+            if hasattr(connection, "terminate") and hasattr(connection, "is_closed"):
+                connection.terminate()  # asyncpg: closes the socket at once, nothing to await
+            elif not inspect.iscoroutinefunction(connection.close):
+                connection.close()
+            elif hasattr(connection, "pgconn"):
+                connection.pgconn.finish()  # psycopg's AsyncConnection, without awaiting
+            else:
+                raise FaultError(
+                    f"close(): a {type(connection).__name__} closes only when awaited."
+                )
         return len(connections)
 
     def restart(self) -> float:
@@ -234,8 +218,8 @@ class Faults:
 
     def _restart_now(self) -> None:
         assert self.cluster is not None and self.server_url is not None
-        # PR_SET_PDEATHSIG follows the forking thread: a server started from a thread would die
-        # with that thread.
+        # PR_SET_PDEATHSIG follows the forking thread: a server started from another thread
+        # would die with that thread.
         die = self.die_with_parent and threading.current_thread() is threading.main_thread()
         with self.fence.exclusive() if self.fence else contextlib.nullcontext():
             self._restarted = True
@@ -244,7 +228,9 @@ class Faults:
                 wait_until_ready(self.server_url, timeout=self.wait)
             except DbguardError as error:
                 log = self.cluster.log_tail()
-                raise FaultError(_NOT_BACK.format(error=error, log=log)) from None
+                raise FaultError(
+                    f"restart(): the server did not come back: {error}\n{log}"
+                ) from None
 
     def refuse(self, seconds: float) -> None:
         """New connections are reset at once for ``seconds``, like a server still starting."""
@@ -262,24 +248,27 @@ class Faults:
         return self._proxy("cut()").cut()
 
     def assert_recovers(self, target: Any, within: float = 5.0) -> Recovery:
-        """Run ``SELECT 1`` through ``target`` until it works, else fail with attempts and error."""
+        """Run ``SELECT 1`` through ``target`` until it works, else fail with attempts and error.
+
+        An AsyncEngine is driven on a loop of its own (and disposed after), when none is running.
+        """
         __tracebackhide__ = True
-        if hasattr(target, "sync_engine"):  # an AsyncEngine: its own loop, when none is running
+        if hasattr(target, "sync_engine"):
             import asyncio
 
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop()
-                self.fail(_LOOP_RUNNING)
+                self.fail(_BAD_TARGET.format(target=target, hint=_ASYNC_HINT))
             return asyncio.run(self._recover_on_own_loop(target, within))
-        check, tries = _sync_check(target), _Tries(within)
+        tries = _Tries(within, target)
         while True:
             try:
-                check()
+                _select_one(target.connect() if hasattr(target, "pool") else tries.call())
                 return tries.recovered()
             except Exception as error:
                 pause = tries.failed(error, self.test_url.password)
             if pause is None:  # outside the except block: no chained traceback in the report
-                self.fail(tries.report(target))
+                self.fail(tries.report())
             time.sleep(pause)
 
     async def assert_recovers_async(self, target: Any, within: float = 5.0) -> Recovery:
@@ -287,15 +276,15 @@ class Faults:
         __tracebackhide__ = True
         import asyncio
 
-        check, tries = _async_check(target), _Tries(within)
+        tries = _Tries(within, getattr(target, "connect", None) or target)
         while True:
             try:
-                await asyncio.wait_for(check(), max(tries.left(), MIN_ATTEMPT))
+                await asyncio.wait_for(_select_one_async(tries), max(tries.left(), MIN_ATTEMPT))
                 return tries.recovered()
             except Exception as error:
                 pause = tries.failed(error, self.test_url.password)
             if pause is None:
-                self.fail(tries.report(target))
+                self.fail(tries.report())
             await asyncio.sleep(pause)
 
     async def _recover_on_own_loop(self, engine: Any, within: float) -> Recovery:
@@ -307,7 +296,6 @@ class Faults:
 
     def undo(self) -> list[str]:
         """End refusal and latency, bring a restarted server back; returns what stayed undone."""
-        problems: list[str] = []
         if self.proxy is not None:
             self.proxy.reset()
         restarted, self._restarted = self._restarted, False
@@ -315,8 +303,8 @@ class Faults:
             try:
                 self._restart_now()
             except DbguardError as error:
-                problems.append(str(error))
-        return problems
+                return [str(error)]
+        return []
 
     def _postgres(self, what: str) -> DatabaseURL:
         __tracebackhide__ = True
@@ -333,20 +321,33 @@ class Faults:
 
 
 class _Tries:
-    """The retry bookkeeping that the sync and async ``assert_recovers`` share."""
+    """What the sync and async ``assert_recovers`` share: the target, the clock, the errors."""
 
-    def __init__(self, within: float) -> None:
+    def __init__(self, within: float, target: Any) -> None:
         if not isinstance(within, (int, float)) or not 0 < within < float("inf"):
             raise FaultError(f"assert_recovers(within=...) must be seconds > 0, got {within!r}.")
-        self.within, self.started, self.attempts = float(within), time.monotonic(), 0
+        if not callable(target) and not hasattr(target, "pool"):
+            raise FaultError(_BAD_TARGET.format(target=target, hint=""))
+        self.target, self.within = target, float(within)
+        self.started, self.attempts = time.monotonic(), 0
         self.first_error: str | None = None
         self.last_error = ""
+
+    def call(self) -> Any:
+        """What the factory or callable returns; a coroutine here means the async variant."""
+        result = self.target()
+        if inspect.iscoroutine(result):
+            result.close()
+            raise FaultError(_BAD_TARGET.format(target=self.target, hint=_ASYNC_HINT))
+        return result
 
     def left(self) -> float:
         return self.started + self.within - time.monotonic()
 
     def failed(self, error: BaseException, password: str | None) -> float | None:
-        """Count a failed attempt; the pause before the next one, or None when time is up."""
+        """Count a failed attempt: the pause before the next one, or None when time is up."""
+        if isinstance(error, FaultError):
+            raise error  # a misuse, not a failed attempt
         self.attempts += 1
         lines = str(error).strip().splitlines()
         self.last_error = scrub(f"{type(error).__name__}: {lines[0] if lines else ''}", password)
@@ -355,74 +356,46 @@ class _Tries:
         return None if left <= 0 else min(LOOPBACK_POLICY.delay(self.attempts), left)
 
     def recovered(self) -> Recovery:
-        elapsed = round(time.monotonic() - self.started, 3)
-        return Recovery(self.attempts + 1, elapsed, self.first_error)
+        return Recovery(
+            self.attempts + 1, round(time.monotonic() - self.started, 3), self.first_error
+        )
 
-    def report(self, target: Any) -> str:
-        if not hasattr(target, "pool") and not hasattr(target, "sync_engine"):
-            target = getattr(target, "__qualname__", None) or repr(target)
-        elapsed = time.monotonic() - self.started  # an engine's repr masks the password
+    def report(self) -> str:
+        owner = getattr(self.target, "__self__", None)  # an AsyncEngine's connect
+        target = owner if hasattr(owner, "sync_engine") else self.target
+        if not hasattr(target, "pool") and not hasattr(target, "sync_engine"):  # engines hide
+            target = getattr(target, "__qualname__", None) or repr(target)  # the password
+        elapsed, error = time.monotonic() - self.started, self.last_error
         return _NOT_RECOVERED.format(
-            target=target, within=self.within, attempts=self.attempts, elapsed=elapsed,
-            error=self.last_error,
-        )  # fmt: skip
-
-
-def _sync_check(target: Any) -> Callable[[], None]:
-    from sqlalchemy.engine import Engine
-
-    if isinstance(target, Engine):
-        return lambda: _select_one(target.connect())
-    if not callable(target):
-        raise FaultError(_BAD_TARGET.format(target=target, hint=""))
-
-    def check() -> None:
-        result = target()
-        if inspect.isawaitable(result):
-            if inspect.iscoroutine(result):
-                result.close()
-            hint = "; it returned an awaitable: use await assert_recovers_async()"
-            raise FaultError(_BAD_TARGET.format(target=target, hint=hint))
-        _select_one(result)
-
-    return check
-
-
-def _async_check(target: Any) -> Callable[[], Coroutine[Any, Any, None]]:
-    factory = getattr(target, "connect", None) if hasattr(target, "sync_engine") else target
-    if not callable(factory):
-        raise FaultError(_BAD_TARGET.format(target=target, hint=""))
-
-    async def check() -> None:
-        result = factory()
-        if inspect.isawaitable(result):
-            result = await result
-        # asyncpg's fetchval, SQLAlchemy's and psycopg's async connections' statement methods
-        names = ("fetchval", "exec_driver_sql", "execute")
-        run = next((getattr(result, name) for name in names if hasattr(result, name)), None)
-        if not inspect.iscoroutinefunction(run):
-            _select_one(result)  # a sync connection, or what a plain callable returned
-            return
-        try:
-            await run("SELECT 1")
-        finally:
-            await result.close()
-
-    return check
+            target=target, within=self.within, attempts=self.attempts, elapsed=elapsed, error=error
+        )
 
 
 def _select_one(connection: Any) -> None:
-    """``SELECT 1`` on what a factory returned, then close it; anything else counts as success."""
+    """``SELECT 1`` on a connection, then close it; anything else a callable returns passes."""
     if hasattr(connection, "exec_driver_sql"):  # SQLAlchemy Connection
         with connection:
             connection.exec_driver_sql("SELECT 1").scalar()
     elif hasattr(connection, "cursor") and hasattr(connection, "close"):  # DBAPI connection
         try:
-            cursor = connection.cursor()
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
+            connection.cursor().execute("SELECT 1")
         finally:
             connection.close()
+
+
+async def _select_one_async(tries: _Tries) -> None:
+    result = tries.target()
+    if inspect.isawaitable(result):
+        result = await result
+    # asyncpg's fetchval, or the statement method of SQLAlchemy's or psycopg's async connection
+    names = ("fetchval", "exec_driver_sql", "execute")
+    run = next((getattr(result, name) for name in names if hasattr(result, name)), None)
+    if not inspect.iscoroutinefunction(run):
+        return _select_one(result)  # a sync connection, or what a plain callable returned
+    try:
+        await run("SELECT 1")
+    finally:
+        await result.close()
 
 
 def _driver_connections(target: Any) -> list[Any]:
@@ -431,37 +404,16 @@ def _driver_connections(target: Any) -> list[Any]:
     from sqlalchemy.pool import Pool
 
     target = getattr(target, "sync_engine", None) or getattr(target, "sync_connection", target)
-    if isinstance(target, Engine):
-        target = target.pool
-    if isinstance(target, Pool):
-        records = _idle_records(target)
-        return [record.driver_connection for record in records if record.driver_connection]
-    if isinstance(target, Connection):
-        target = target.connection
-    return [getattr(target, "driver_connection", target)]
-
-
-def _idle_records(pool: Any) -> list[Any]:
-    """The records a pool holds checked in; SQLAlchemy has no public way to list them."""
-    queue = getattr(pool, "_pool", None)  # QueuePool: a Queue; the async one: an asyncio.Queue
-    held = getattr(queue, "queue", None)
-    if held is None and queue is not None:
-        held = getattr(vars(queue).get("_queue"), "_queue", None)  # made on first use only
-    records = [*(held or ()), *getattr(pool, "_all_conns", ())]  # SingletonThreadPool
-    if "connection" in vars(pool):  # StaticPool, once connected
-        records.append(vars(pool)["connection"])
-    return records
-
-
-def _close_driver(connection: Any) -> None:
-    if hasattr(connection, "terminate") and hasattr(connection, "is_closed"):
-        connection.terminate()  # asyncpg: closes the socket at once, nothing to await
-    elif inspect.iscoroutinefunction(getattr(connection, "close", None)):
-        if not hasattr(connection, "pgconn"):
-            raise FaultError(f"close(): cannot close a {type(connection).__name__} synchronously.")
-        connection.pgconn.finish()  # psycopg's AsyncConnection, without awaiting
-    else:
-        connection.close()
+    target = target.pool if isinstance(target, Engine) else target
+    if not isinstance(target, Pool):
+        target = target.connection if isinstance(target, Connection) else target
+        return [getattr(target, "driver_connection", target)]
+    # The records the pool holds checked in: SQLAlchemy has no public way to list them.
+    queue = getattr(target, "_pool", None)  # QueuePool: a Queue; the async one: an asyncio.Queue
+    held: Iterable[Any] = getattr(queue, "queue", None) or ()
+    held = held or getattr(vars(queue or target).get("_queue"), "_queue", ())  # made on first use
+    records = [*held, *getattr(target, "_all_conns", ()), vars(target).get("connection")]
+    return [record.driver_connection for record in records if record and record.driver_connection]
 
 
 def _own_ports() -> set[int] | None:
@@ -473,18 +425,18 @@ def _own_ports() -> set[int] | None:
     inodes = set()
     for fd in fds:
         with contextlib.suppress(OSError):  # the listing's own descriptor is gone already
-            link = os.readlink(f"/proc/self/fd/{fd}")
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
+            inodes.add(os.readlink(f"/proc/self/fd/{fd}"))
     ports: set[int] = set()
     for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as lines:
             rows = [line.split() for line in list(lines)[1:]]
-            ports.update(int(row[1].rsplit(":", 1)[1], 16) for row in rows if row[9] in inodes)
+            ports.update(
+                int(r[1].rsplit(":", 1)[1], 16) for r in rows if f"socket:[{r[9]}]" in inodes
+            )
     return ports
 
 
-# pytest wiring: the fixture, and the fence around each test and the session's database work.
+# pytest wiring: the fixture, and the fence around each test and each worker's cleanup.
 
 _fence_key: Final = pytest.StashKey["RestartFence | None"]()
 _worker_cluster_key: Final = pytest.StashKey["EmbeddedCluster | None"]()
@@ -509,14 +461,17 @@ def _cluster_of(config: pytest.Config) -> EmbeddedCluster | None:
 
         origin = json.loads(os.environ.get(ORIGIN_VAR) or "{}")
         root, bindir, port = origin.get("embedded_root"), origin.get("bindir"), plan.server_url.port
-        reuse = config.stash[settings_key].reuse
-        cluster = EmbeddedCluster(Path(bindir), Path(root), port or 5432, keep=reuse)
-        config.stash[_worker_cluster_key] = cluster if root and bindir else None
+        keep = config.stash[settings_key].reuse
+        config.stash[_worker_cluster_key] = (
+            EmbeddedCluster(Path(bindir), Path(root), port or 5432, keep=keep)
+            if root and bindir
+            else None
+        )
     return config.stash[_worker_cluster_key]
 
 
 def _fence(config: pytest.Config) -> RestartFence | None:
-    """Only where it is needed: an xdist worker of several, faults in play, embedded server."""
+    """Only where needed: in one of several xdist workers, with faults in play, on embedded."""
     if _fence_key not in config.stash:
         plan = config.stash.get(plan_key, None)
         wanted = plan is not None and not plan.owns_server and proxy_key in config.stash
@@ -532,30 +487,36 @@ def _fenced(config: pytest.Config) -> Iterator[None]:
         yield
 
 
+# Session start needs no fence: xdist sends no test before every worker has collected, and each
+# worker provisions its database before it collects.
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(
-    item: pytest.Item, nextitem: pytest.Item | None
-) -> Generator[None, object, object]:
-    # Not needed around session start: xdist sends no test before every worker has collected,
-    # which is after each worker has provisioned its database.
+def pytest_runtest_protocol(item: pytest.Item, nextitem: object) -> Generator[None, object, object]:
     with _fenced(item.config):
         return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_sessionfinish(session: pytest.Session) -> Generator[None, object, object]:
-    with _fenced(session.config):  # with --dbguard-reuse each worker drops its database
+    with _fenced(session.config):  # with --dbguard-reuse each worker drops its database here
         return (yield)
 
 
 def faults_for(config: pytest.Config, **hooks: Callable[[str], NoReturn]) -> Faults:
     """A ``Faults`` on this process's test database; ``skip=`` and ``fail=`` as the fixture's."""
-    plan, settings = config.stash[plan_key], config.stash[settings_key]
+    plan = config.stash[plan_key]
     return Faults(
-        plan.test_url, plan.server_url, plan.database, config.stash.get(proxy_key, None),
-        _cluster_of(config), _fence(config), _workers(), plan.schema is not None, settings.wait,
-        plan.owns_server, **hooks,
-    )  # fmt: skip
+        test_url=plan.test_url,
+        server_url=plan.server_url,
+        database=plan.database,
+        proxy=config.stash.get(proxy_key, None),
+        cluster=_cluster_of(config),
+        fence=_fence(config),
+        workers=_workers(),
+        shared_database=plan.schema is not None,
+        wait=config.stash[settings_key].wait,
+        die_with_parent=plan.owns_server,
+        **hooks,
+    )
 
 
 @pytest.fixture

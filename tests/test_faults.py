@@ -3,9 +3,13 @@ server where stated), real drivers, no mocks."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import psycopg
 import pytest
 
+from pytest_dbguard import server
 from tests.conftest import run_dbguard
 from tests.pgserver import LIMITED_USER, SUPERUSER_PASSWORD, TestServer
 
@@ -177,9 +181,24 @@ RESTART = (
 )
 
 
+def assert_no_server_left(result: pytest.RunResult) -> None:
+    """No process still runs from the run's cluster folder, restarted servers included."""
+    run = re.search(r"_dbg_([0-9a-f]+)_", result.stdout.str())
+    assert run is not None, "the header names no test database"
+    folder = str(server.storage_root() / run.group(1)).encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                assert folder not in (entry / "cmdline").read_bytes(), f"pid {entry.name} is left"
+            except OSError:
+                continue
+
+
 def test_restart_on_the_embedded_server_recovers(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_restart=RESTART)
-    run_dbguard(pytester).assert_outcomes(passed=1)
+    result = run_dbguard(pytester)
+    result.assert_outcomes(passed=1)
+    assert_no_server_left(result)
 
 
 def test_restart_skips_on_an_external_server(
@@ -260,9 +279,10 @@ UNDONE = (
 
 def test_faults_are_undone_after_a_failing_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_undone=UNDONE)
-    result = run_dbguard(pytester, "-p", "no:randomly")
+    result = run_dbguard(pytester)
     result.assert_outcomes(failed=2, passed=2)
     result.stdout.no_fnmatch_line("*could not undo*")
+    assert_no_server_left(result)
 
 
 XDIST_SUITE = (
@@ -295,6 +315,7 @@ def test_faults_under_xdist_keep_the_other_workers_safe(pytester: pytest.Pyteste
     args = ["-n", "2", "--dist", "loadgroup", "-W", "error::pytest.PytestWarning"]
     result = run_dbguard(pytester, *args, plugins=XDIST)
     result.assert_outcomes(passed=13)
+    assert_no_server_left(result)  # restarted by a worker, stopped by the controller
 
 
 ASYNC = """
@@ -336,6 +357,20 @@ ASYNC = """
         recovery = await dbguard_faults.assert_recovers_async(lambda: asyncpg.connect(dsn))
         assert recovery.attempts == 1
 
+    @pytest.mark.asyncio(loop_scope="session")
+    @pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+    async def test_closing_an_async_engine_kills_its_pooled_connections(dbguard_faults, driver):
+        url = make_url(dbguard_faults.async_url).set(drivername=f"postgresql+{driver}")
+        engine = create_async_engine(url)
+        try:
+            assert await select_one(engine) == 1
+            assert dbguard_faults.close(engine) == 1
+            with pytest.raises(DBAPIError) as info:
+                await select_one(engine)
+            assert info.value.connection_invalidated
+        finally:
+            await engine.dispose()
+
     def test_sync_helper_drives_an_async_engine(dbguard_faults):
         engine = create_async_engine(dbguard_faults.async_url)
         dbguard_faults.refuse(0.5)
@@ -345,7 +380,7 @@ ASYNC = """
 
 def test_async_engines_recover_after_terminate(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_async=ASYNC)
-    run_dbguard(pytester, plugins=ASYNCIO).assert_outcomes(passed=4)
+    run_dbguard(pytester, plugins=ASYNCIO).assert_outcomes(passed=6)
 
 
 def test_the_proxy_is_on_only_when_a_test_mentions_dbguard_faults(
