@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from pytest_dbguard.engine_listener import INTERNAL_OPTION
 from pytest_dbguard.exceptions import DatabaseSetupError
 from pytest_dbguard.janitor import make_mark, parse_mark
 from pytest_dbguard.urls import DatabaseURL
@@ -24,7 +25,7 @@ from pytest_dbguard.urls import DatabaseURL
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-INTERNAL_OPTIONS: Final = {"dbguard_internal": True}  # guards skip statements carrying this
+INTERNAL_OPTIONS: Final = {INTERNAL_OPTION: True}  # guards skip statements carrying this
 SchemaBuild = Callable[["Connection"], None]
 INSUFFICIENT_PRIVILEGE: Final = "42501"
 

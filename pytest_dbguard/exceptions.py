@@ -1,6 +1,8 @@
-"""Every error pytest-dbguard raises, so callers can catch them by type."""
+"""Every error and warning pytest-dbguard raises, so callers can catch them by type."""
 
 from __future__ import annotations
+
+import pytest
 
 
 class DbguardError(Exception):
@@ -41,3 +43,15 @@ class FaultError(DbguardError):
 
 class GuardError(DbguardError):
     """A guard (naive datetimes, hidden modules, query counts) was misused."""
+
+
+class NaiveDatetimeError(GuardError):
+    """A naive datetime was bound as a statement parameter (``dbguard_naive_datetime = error``)."""
+
+
+class GuardWarning(pytest.PytestWarning):
+    """Base of the warnings dbguard's guards attach to a test."""
+
+
+class NaiveDatetimeWarning(GuardWarning):
+    """A naive datetime was bound as a statement parameter (``dbguard_naive_datetime = warn``)."""

@@ -1,0 +1,71 @@
+"""One ``before_cursor_execute`` listener on every SQLAlchemy engine, installed on demand.
+
+The base of the statement guards (naive datetimes, query counts). SQLAlchemy is imported when a
+listener is installed, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, ExecutionContext
+
+# dbguard sets this execution option on its own engines: their statements are not checked or counted.
+INTERNAL_OPTION: Final = "dbguard_internal"
+STATEMENT_WIDTH: Final = 120
+
+
+def one_line(statement: str, width: int = STATEMENT_WIDTH) -> str:
+    """The statement on one line, whitespace collapsed, cut to ``width`` characters."""
+    text = " ".join(statement.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+_Listener = TypeVar("_Listener", bound="EngineListener")
+
+
+class EngineListener:
+    """A ``before_cursor_execute`` listener on every ``Engine``, installed and removed on demand.
+
+    One listener on the ``Engine`` class sees every engine, sync or behind an ``AsyncEngine``,
+    existing or future; ``retval=True`` spares SQLAlchemy a wrapper call per statement.
+    """
+
+    installed = False
+
+    def __enter__(self: _Listener) -> _Listener:
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def install(self) -> None:
+        """Start listening."""
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        if not self.installed:
+            event.listen(Engine, "before_cursor_execute", self._listener, retval=True)
+            self.installed = True
+
+    def remove(self) -> None:
+        """Stop listening."""
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        if self.installed:
+            event.remove(Engine, "before_cursor_execute", self._listener)
+            self.installed = False
+
+    def _listener(
+        self,
+        conn: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: ExecutionContext | None,
+        executemany: bool,
+    ) -> tuple[str, Any]:
+        raise NotImplementedError
