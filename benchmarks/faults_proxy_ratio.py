@@ -125,9 +125,8 @@ def main() -> None:
         for index in range(args.runs):
             for proxy in (index % 2 == 0, index % 2 != 0):
                 samples[proxy].append(run(folder, proxy, args.tests))
-    print(
-        f"{args.tests} ORM tests (dbguard_session, 3 tables), {args.runs} alternating runs per mode"
-    )
+    print(f"{args.tests} ORM tests (dbguard_session, 3 tables), {args.runs} runs per mode")
+    print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the end")
     medians = {}
     for proxy, label in ((False, "direct"), (True, "--dbguard-proxy")):
         wall = statistics.median(sample[0] for sample in samples[proxy])

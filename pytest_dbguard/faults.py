@@ -212,9 +212,10 @@ class Faults:
         started = time.monotonic()
         try:
             self._restart_now()
+            return round(time.monotonic() - started, 3)
         except DbguardError as error:
-            self.fail(str(error))
-        return round(time.monotonic() - started, 3)
+            problem = str(error)
+        self.fail(problem)
 
     def _restart_now(self) -> None:
         assert self.cluster is not None and self.server_url is not None
