@@ -1,0 +1,1 @@
+"""A small FastAPI + async SQLAlchemy application, tested with pytest-dbguard."""

@@ -1,0 +1,543 @@
+"""Async support: the async fixtures, the event-loop policy and its diagnosis, clean teardown.
+
+Every run is a subprocess on a real PostgreSQL (the embedded default or the ``pg_server``), or
+SQLite through aiosqlite, with pytest-asyncio loaded explicitly and warnings as errors.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_dbguard
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer
+
+ASYNCIO_VERSION = tuple(
+    int(part) for part in importlib.metadata.version("pytest-asyncio").split(".")[:2]
+)
+# asyncio_default_test_loop_scope exists from pytest-asyncio 0.26 on; 0.24 only has the mark.
+HAS_TEST_SCOPE_INI = ASYNCIO_VERSION >= (0, 26)
+EXAMPLE = Path(__file__).parent.parent / "examples" / "fastapi_app"
+# What a clean exit never prints, whatever the warning filters.
+EXIT_NOISE = (
+    "*Event loop is closed*",
+    "*was never awaited*",
+    "*ResourceWarning*",
+    "*Exception ignored*",
+    "*unclosed*",
+)
+
+MODELS = """
+    from sqlalchemy import String
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+    class Base(DeclarativeBase):
+        pass
+
+
+    class Item(Base):
+        __tablename__ = "items"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(50))
+"""
+INI = """
+    [pytest]
+    dbguard_metadata = models:Base
+    filterwarnings = error
+"""
+WRITER = """
+    @pytest.mark.asyncio
+    async def test_writer(dbguard_async_session):
+        assert dbguard_async_session.bind.dialect.is_async
+        assert dbguard_async_session.bind.dialect.driver == "{driver}"
+        dbguard_async_session.add_all([Item(name="a"), Item(name="b"), Item(name="c")])
+        await dbguard_async_session.commit()  # a savepoint: dbguard's transaction stays open
+        dbguard_async_session.add(Item(name="d"))
+        await dbguard_async_session.rollback()  # back to the last savepoint, not to empty
+        assert await count(dbguard_async_session) == 3
+"""
+READER = """
+    @pytest.mark.asyncio
+    async def test_reader(dbguard_async_session, dbguard_async_engine):
+        assert await count(dbguard_async_session) == 0
+        async with dbguard_async_engine.connect() as other:
+            assert await count(other) == 0
+"""
+ROLLBACK_HEAD = """
+    import pytest
+    from sqlalchemy import func, select
+
+    from models import Item
+
+
+    async def count(session_or_connection):
+        return await session_or_connection.scalar(select(func.count()).select_from(Item))
+"""
+APP_DB = """
+    import os
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    # What an application does: one engine, made at import from the environment.
+    url = make_url(os.environ["DBGUARD_ASYNC_URL"])
+    engine = create_async_engine(url.set(drivername=url.get_backend_name() + "+{driver}"))
+"""
+APP_TESTS = """
+    import pytest
+    from sqlalchemy import func, select, text
+
+    from app_db import engine
+    from models import Item
+
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("n", range(10))
+    async def test_app_engine(n, dbguard_async_session):
+        async with engine.connect() as connection:
+            assert (await connection.execute(text("SELECT CAST(:n AS integer)"), {{"n": n}})).scalar() == n
+        dbguard_async_session.add(Item(name=str(n)))
+        await dbguard_async_session.commit()
+        assert await dbguard_async_session.scalar(select(func.count()).select_from(Item)) == 1
+        assert engine.pool.checkedout() == 0
+"""
+
+
+def run_async(pytester: pytest.Pytester, *args: str, xdist: bool = False) -> pytest.RunResult:
+    """A sealed subprocess run with pytest-asyncio (and xdist) and dbguard activated by ``-p``.
+
+    pytest-asyncio is named first: pytest 8 warns that ``-p asyncio`` "cannot be rewritten"
+    when a plugin loaded before it has imported the asyncio module already.
+    """
+    plugins = ["-p", "asyncio", *(["-p", "xdist"] if xdist else [])]
+    return pytester.runpytest_subprocess(*plugins, "-p", "pytest_dbguard", *args, timeout=300)
+
+
+def source(*parts: str) -> str:
+    """Python source from pieces indented differently."""
+    return "\n".join(textwrap.dedent(part) for part in parts)
+
+
+def write_project(pytester: pytest.Pytester, ini: str = INI, **files: str) -> None:
+    """The models, pytest.ini and the given test modules, in the pytester folder."""
+    pytester.makepyfile(models=textwrap.dedent(MODELS))
+    pytester.makefile(".ini", pytest=textwrap.dedent(ini))
+    if files:
+        pytester.makepyfile(**{name: textwrap.dedent(text) for name, text in files.items()})
+
+
+def target(request: pytest.FixtureRequest, name: str, driver: str = "psycopg") -> list[str]:
+    """Command-line arguments that point dbguard at ``name``: embedded, pg_server or sqlite."""
+    if name == "pg_server":
+        server: TestServer = request.getfixturevalue("pg_server")
+        return ["--dbguard-url", server.url(driver=driver)]
+    if name == "sqlite":
+        return ["--dbguard-url", "sqlite"]
+    return []
+
+
+def assert_quiet_exit(result: pytest.RunResult) -> None:
+    """Nothing from event loops, coroutines or unclosed connections, during the run or at exit."""
+    for pattern in EXIT_NOISE:
+        result.stdout.no_fnmatch_line(pattern)
+        result.stderr.no_fnmatch_line(pattern)
+
+
+@pytest.fixture
+def strict_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs: warnings are errors from interpreter start to exit, in development mode."""
+    monkeypatch.setenv("PYTHONWARNINGS", "error")
+    monkeypatch.setenv("PYTHONDEVMODE", "1")
+
+
+def test_import_loads_no_async_machinery() -> None:
+    code = (
+        "import sys, pytest_dbguard.asyncloop;"
+        "bad = [m for m in ('asyncio', 'pytest_asyncio', 'sqlalchemy') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.usefixtures("strict_warnings")
+@pytest.mark.parametrize(
+    "order",
+    [
+        pytest.param("writer-first", id="writer-first"),
+        pytest.param("reader-first", id="reader-first"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("where", "driver"),
+    [
+        pytest.param("embedded", "psycopg", id="embedded-psycopg"),
+        pytest.param("pg_server", "psycopg", id="pg_server-psycopg"),
+        pytest.param("pg_server", "asyncpg", id="pg_server-asyncpg"),
+        pytest.param("sqlite", "aiosqlite", id="sqlite-aiosqlite"),
+    ],
+)
+def test_async_session_rolls_back(
+    pytester: pytest.Pytester, request: pytest.FixtureRequest, where: str, driver: str, order: str
+) -> None:
+    """Commits inside a test are savepoints; the next test (either order) sees an empty table."""
+    tests = (WRITER, READER) if order == "writer-first" else (READER, WRITER)
+    body = source(ROLLBACK_HEAD, *tests).format(driver=driver)
+    write_project(pytester, test_rollback=body)
+    result = run_async(pytester, *target(request, where, driver), "-v")
+    result.assert_outcomes(passed=2)
+    names = ["*test_writer PASSED*", "*test_reader PASSED*"]
+    result.stdout.fnmatch_lines(names if order == "writer-first" else names[::-1])
+    assert SUPERUSER_PASSWORD not in result.stdout.str()
+    assert_quiet_exit(result)
+
+
+@pytest.mark.usefixtures("strict_warnings")
+@pytest.mark.parametrize(
+    ("where", "driver"),
+    [
+        pytest.param("embedded", "psycopg", id="embedded-psycopg"),
+        pytest.param("embedded", "asyncpg", id="embedded-asyncpg"),
+        pytest.param("pg_server", "psycopg", id="pg_server-psycopg"),
+        pytest.param("pg_server", "asyncpg", id="pg_server-asyncpg"),
+        pytest.param("sqlite", "aiosqlite", id="sqlite-aiosqlite"),
+    ],
+)
+def test_module_level_app_engine_across_ten_tests(
+    pytester: pytest.Pytester, request: pytest.FixtureRequest, where: str, driver: str
+) -> None:
+    """An application's import-time AsyncEngine keeps its pool across tests on the session loop."""
+    write_project(pytester, app_db=APP_DB.format(driver=driver), test_app=APP_TESTS.format())
+    result = run_async(pytester, *target(request, where, driver))
+    result.assert_outcomes(passed=10)
+    result.stdout.fnmatch_lines(["dbguard: asyncio loop scope session for fixtures and tests*"])
+    assert_quiet_exit(result)
+
+
+@pytest.mark.usefixtures("strict_warnings")
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_xdist_two_workers(pytester: pytest.Pytester, driver: str) -> None:
+    """Under -n 2 each worker has its own database, engine and session loop."""
+    rollback = source(ROLLBACK_HEAD, WRITER, READER).format(driver="psycopg")
+    write_project(
+        pytester,
+        app_db=APP_DB.format(driver=driver),
+        test_app=APP_TESTS.format(),
+        test_rollback=rollback,
+        test_worker="""
+            import os
+
+            def test_worker_database(dbguard_url):
+                assert os.environ["DBGUARD_WORKER"] in ("gw0", "gw1")
+                assert os.environ["DBGUARD_WORKER"] in dbguard_url
+        """,
+    )
+    result = run_async(pytester, "-n", "2", xdist=True)
+    result.assert_outcomes(passed=13)
+    assert_quiet_exit(result)
+
+
+ASYNC_FIXTURE_STRICT = """
+    import pytest
+    import pytest_asyncio
+    from sqlalchemy import text
+
+    @pytest_asyncio.fixture
+    async def answer(dbguard_async_session):
+        return (await dbguard_async_session.execute(text("SELECT 42"))).scalar()
+
+    @pytest.mark.asyncio
+    async def test_answer(answer, dbguard_async_session):
+        assert answer == 42
+        assert (await dbguard_async_session.execute(text("SELECT 1"))).scalar() == 1
+"""
+ASYNC_FIXTURE_AUTO = """
+    import pytest
+    from sqlalchemy import text
+
+    @pytest.fixture
+    async def answer(dbguard_async_session):
+        return (await dbguard_async_session.execute(text("SELECT 42"))).scalar()
+
+    async def test_answer(answer, dbguard_async_session):
+        assert answer == 42
+        assert (await dbguard_async_session.execute(text("SELECT 1"))).scalar() == 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "source"),
+    [
+        pytest.param("strict", ASYNC_FIXTURE_STRICT, id="strict"),
+        pytest.param("auto", ASYNC_FIXTURE_AUTO, id="auto"),
+    ],
+)
+def test_asyncio_modes(pytester: pytest.Pytester, mode: str, source: str) -> None:
+    """A user's own async fixture on top of dbguard's works in both modes without loop settings."""
+    write_project(pytester, INI + f"    asyncio_mode = {mode}\n", test_modes=source)
+    result = run_async(pytester)
+    result.assert_outcomes(passed=1)
+    result.stdout.re_match_lines([rf"(?i)asyncio: mode=(mode\.)?{mode}\b.*"])
+
+
+def test_async_fixtures_honour_isolation_marker(pytester: pytest.Pytester) -> None:
+    """isolation="none" commits for real; "truncate" commits and is emptied afterwards."""
+    write_project(
+        pytester,
+        test_isolation=source(
+            ROLLBACK_HEAD,
+            """
+            @pytest.mark.asyncio
+            @pytest.mark.dbguard(isolation="none")
+            async def test_commits_for_real(dbguard_async_session):
+                dbguard_async_session.add(Item(name="kept"))
+                await dbguard_async_session.commit()
+
+            @pytest.mark.asyncio
+            async def test_sees_the_committed_row(dbguard_async_session):
+                assert await count(dbguard_async_session) == 1
+
+            @pytest.mark.asyncio
+            @pytest.mark.dbguard(isolation="truncate")
+            async def test_truncated_afterwards(dbguard_async_session):
+                dbguard_async_session.add(Item(name="gone"))
+                await dbguard_async_session.commit()
+                assert await count(dbguard_async_session) == 2
+
+            @pytest.mark.asyncio
+            async def test_after_truncate(dbguard_async_session):
+                assert await count(dbguard_async_session) == 0
+            """,
+        ),
+    )
+    result = run_async(pytester)
+    result.assert_outcomes(passed=4)
+
+
+@pytest.mark.parametrize("how", [pytest.param("ini", id="ini"), pytest.param("-o", id="cli-o")])
+def test_header_reports_policy(pytester: pytest.Pytester, how: str) -> None:
+    """Unset: dbguard makes the scopes session. Set (ini or -o): the user's values stay."""
+    write_project(pytester, test_plain=source(ROLLBACK_HEAD, READER))
+    result = run_async(pytester)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "dbguard: asyncio loop scope session for fixtures and tests*unset*",
+            "asyncio: *session*",
+        ]
+    )
+    args: list[str] = []
+    if how == "ini":
+        write_project(pytester, INI + "    asyncio_default_fixture_loop_scope = function\n")
+    else:
+        args = ["-o", "asyncio_default_fixture_loop_scope=function"]
+    where = "pytest.ini" if how == "ini" else "-o"
+    result = run_async(pytester, *args)
+    result.stdout.fnmatch_lines(
+        [
+            f"dbguard: asyncio loop scopes as configured (asyncio_default_fixture_loop_scope=function ({where}))*"
+        ]
+    )
+
+
+NARROW_TEST = """
+    import pytest
+    from sqlalchemy import text
+
+    @pytest.mark.asyncio{mark}
+    async def test_uses_session(dbguard_async_session):
+        await dbguard_async_session.execute(text("SELECT 1"))
+
+    @pytest.mark.asyncio(loop_scope="session")
+    async def test_on_session_loop(dbguard_async_session):
+        await dbguard_async_session.execute(text("SELECT 1"))
+"""
+NARROW_CASES = [
+    pytest.param(
+        "", '(loop_scope="function")', '@pytest.mark.asyncio(loop_scope="function")', id="marker"
+    ),
+    pytest.param(
+        "asyncio_default_fixture_loop_scope = session",
+        "",
+        "pytest-asyncio's default",
+        id="only-fixture-scope-set",
+    ),
+]
+if HAS_TEST_SCOPE_INI:
+    NARROW_CASES += [
+        pytest.param(
+            "asyncio_default_fixture_loop_scope = session\n    asyncio_default_test_loop_scope = function",
+            "",
+            "asyncio_default_test_loop_scope = function in pytest.ini",
+            id="ini-test-scope",
+        ),
+        pytest.param(
+            "-o asyncio_default_fixture_loop_scope=session -o asyncio_default_test_loop_scope=function",
+            "",
+            "asyncio_default_test_loop_scope = function in -o",
+            id="cli-test-scope",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("setting", "mark", "source"), NARROW_CASES)
+def test_narrower_test_loop_fails_clearly(
+    pytester: pytest.Pytester, setting: str, mark: str, source: str
+) -> None:
+    """A test on a narrower loop using a dbguard async fixture fails at setup, saying how to fix it."""
+    ini = INI + (f"    {setting}\n" if setting and not setting.startswith("-o") else "")
+    args = setting.split() if setting.startswith("-o") else []
+    write_project(pytester, ini, test_narrow=NARROW_TEST.format(mark=mark))
+    result = run_async(pytester, *args)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_uses_session*",
+            "E   *EventLoopMismatchError: test_narrow.py::test_uses_session uses dbguard_async_engine and "
+            "dbguard_async_session, made on the session-scoped event loop, but the test runs on a "
+            f"function-scoped loop ({source}).*"
+            'Fix: mark the test @pytest.mark.asyncio(loop_scope="session"), or *',
+        ]
+    )
+    result.stdout.no_fnmatch_line("*attached to a different loop*")
+    result.stdout.no_fnmatch_line("*Event loop is closed*")
+
+
+# pytest-asyncio 0.24 itself refuses a function-loop fixture in a session-loop test.
+FIXTURE_LOOPS = ["function", "module"] if HAS_TEST_SCOPE_INI else ["module"]
+
+
+@pytest.mark.parametrize("loop", FIXTURE_LOOPS)
+def test_narrower_fixture_loop_fails_clearly(pytester: pytest.Pytester, loop: str) -> None:
+    """A user's async fixture on a narrower loop that uses dbguard's session is named, with the fix."""
+    write_project(
+        pytester,
+        test_fixture="""
+            import pytest
+            import pytest_asyncio
+            from sqlalchemy import text
+
+            @pytest_asyncio.fixture(loop_scope="LOOP")
+            async def client(dbguard_async_session):
+                yield dbguard_async_session
+
+            @pytest.mark.asyncio(loop_scope="session")
+            async def test_client(client):
+                await client.execute(text("SELECT 1"))
+        """.replace("LOOP", loop),
+    )
+    result = run_async(pytester)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E   *EventLoopMismatchError: test_fixture.py::test_client: the fixture 'client' uses "
+            "dbguard_async_session, made on the session-scoped event loop, but 'client' runs on a "
+            f'{loop}-scoped loop (loop_scope="{loop}").*'
+            '@pytest_asyncio.fixture(loop_scope="session")*',
+        ]
+    )
+    result.stdout.no_fnmatch_line("*attached to a different loop*")
+
+
+def test_app_engine_on_function_loops_is_explained(pytester: pytest.Pytester) -> None:
+    """A pooled asyncpg connection reused on another loop: the raw RuntimeError gets the fix."""
+    write_project(
+        pytester,
+        app_db=APP_DB.format(driver="asyncpg"),
+        test_loops="""
+            import pytest
+            from sqlalchemy import text
+
+            from app_db import engine
+
+            @pytest.mark.asyncio(loop_scope="function")
+            @pytest.mark.parametrize("n", range(2))
+            async def test_app_engine(n):
+                async with engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+        """,
+    )
+    result = run_async(pytester)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E   *EventLoopMismatchError: test_loops.py::test_app_engine[[]1[]]: a database connection "
+            "was used on an event loop other than the one it was made on (*). An engine keeps pooled "
+            "connections across tests*a function-scoped loop*",
+        ]
+    )
+
+
+def test_conftest_opt_in_applies_the_policy_too(pytester: pytest.Pytester) -> None:
+    """With ``pytest_plugins`` in the root conftest, the scopes are set before pytest-asyncio reads them."""
+    write_project(
+        pytester, test_rollback=source(ROLLBACK_HEAD, WRITER, READER).format(driver="aiosqlite")
+    )
+    pytester.makeconftest('pytest_plugins = ["pytest_dbguard"]\n')
+    result = pytester.runpytest_subprocess("-p", "asyncio", "--dbguard-url", "sqlite", timeout=300)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["dbguard: asyncio loop scope session for fixtures and tests*"])
+
+
+def test_explicit_session_scopes_win_and_work(pytester: pytest.Pytester) -> None:
+    """The user's own session settings are kept (not dbguard's), and the fixtures work with them."""
+    settings = "    asyncio_default_fixture_loop_scope = session\n"
+    if HAS_TEST_SCOPE_INI:
+        settings += "    asyncio_default_test_loop_scope = session\n"
+    body = source(ROLLBACK_HEAD, WRITER, READER).format(driver="psycopg")
+    if not HAS_TEST_SCOPE_INI:  # no run-wide setting for tests: each says which loop
+        body = body.replace(
+            "@pytest.mark.asyncio\n", '@pytest.mark.asyncio(loop_scope="session")\n'
+        )
+    write_project(pytester, INI + settings, test_rollback=body)
+    result = run_async(pytester)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["dbguard: asyncio loop scopes as configured (*session (pytest.ini)*"]
+    )
+
+
+def test_without_pytest_asyncio_says_how_to_get_it(pytester: pytest.Pytester) -> None:
+    """No pytest-asyncio in the run: the async fixtures exist and fail with the remedy."""
+    write_project(
+        pytester,
+        test_needs="""
+            def test_needs_async_session(dbguard_async_session):
+                pass
+
+            def test_sync_still_works(dbguard_session):
+                pass
+        """,
+    )
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "dbguard_async_session needs the pytest-asyncio plugin*pip install 'pytest-dbguard[[]async[]]'*"
+        ]
+    )
+    result.stdout.no_fnmatch_line("dbguard: asyncio*")
+
+
+@pytest.mark.usefixtures("strict_warnings")
+@pytest.mark.parametrize(
+    "workers", [pytest.param([], id="serial"), pytest.param(["-n", "2"], id="xdist")]
+)
+def test_fastapi_example_passes_as_it_is(pytester: pytest.Pytester, workers: list[str]) -> None:
+    """examples/fastapi_app on the embedded default, serially and under -n 2."""
+    shutil.copytree(
+        EXAMPLE,
+        pytester.path,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__", ".venv"),
+    )
+    result = run_async(pytester, *workers, xdist=True)
+    result.assert_outcomes(passed=5)
+    assert_quiet_exit(result)
