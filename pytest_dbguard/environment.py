@@ -19,13 +19,16 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
 from pytest_dbguard import config as dbguard_config
 from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.urls import DatabaseURL, database_name
+
+if TYPE_CHECKING:
+    from pytest_dbguard.server import EmbeddedCluster
 
 ORIGIN_VAR: Final = "_DBGUARD_ORIGIN"  # the controller's decisions, inherited by xdist workers
 EXPORTED: Final = (
@@ -452,3 +455,29 @@ def check_guarded_modules(modules: Sequence[str], assignments: Sequence[tuple[st
     for module in modules:
         if module in sys.modules:
             raise ConfigError(GUARD_HINT.format(module=module, variables=variables))
+
+
+_worker_cluster_key: Final = pytest.StashKey[Any]()
+
+
+def embedded_cluster(config: pytest.Config) -> EmbeddedCluster | None:
+    """The embedded server: the owner's own, or in an xdist worker one rebuilt from the origin."""
+    plan = config.stash[plan_key]
+    if not plan.embedded or plan.server_url is None:
+        return None
+    if cluster_key in config.stash:
+        owned: EmbeddedCluster = config.stash[cluster_key]
+        return owned
+    if _worker_cluster_key not in config.stash:  # kept: it holds the process it may restart
+        from pytest_dbguard.server import EmbeddedCluster
+
+        origin = json.loads(os.environ.get(ORIGIN_VAR) or "{}")
+        root, bindir, port = origin.get("embedded_root"), origin.get("bindir"), plan.server_url.port
+        keep = config.stash[dbguard_config.settings_key].reuse
+        config.stash[_worker_cluster_key] = (
+            EmbeddedCluster(Path(bindir), Path(root), port or 5432, keep=keep)
+            if root and bindir
+            else None
+        )
+    rebuilt: EmbeddedCluster | None = config.stash[_worker_cluster_key]
+    return rebuilt

@@ -3,31 +3,30 @@
 ``Faults`` works without pytest (it raises ``FaultError`` where the fixture skips or fails);
 ``dbguard_faults`` wraps it and undoes every fault after each test. ``refuse``, ``latency`` and
 ``cut`` act on the worker's ``FaultProxy``, ``terminate`` and ``restart`` on the server itself.
-xdist workers share one server, so restarts are fenced: every test of every worker holds a
-``RestartFence`` shared while it runs and ``restart()`` holds it exclusively.
+xdist workers share one server, so restarts are fenced (see ``restart_fence``); recovery is
+proved by ``recovery.recover``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import inspect
-import json
 import os
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import pytest
 
 from pytest_dbguard.config import settings_key
 from pytest_dbguard.databases import admin_engine
-from pytest_dbguard.environment import ORIGIN_VAR, cluster_key, plan_key, proxy_key
+from pytest_dbguard.environment import embedded_cluster, plan_key, proxy_key
 from pytest_dbguard.exceptions import DbguardError, FaultError
-from pytest_dbguard.readiness import LOOPBACK_POLICY, probe, scrub, wait_until_ready
+from pytest_dbguard.readiness import probe, wait_until_ready
+from pytest_dbguard.recovery import Recovery, recover, recover_async
+from pytest_dbguard.restart_fence import RestartFence, fence_of, workers
 from pytest_dbguard.urls import DatabaseURL, SecretURL
 
 if TYPE_CHECKING:
@@ -58,70 +57,10 @@ _NEEDS_PROC: Final = (
     "dbguard_faults.terminate() with a schema per worker ends only this process's backends "
     "(other clients share {database}) and finds them in /proc, which this system lacks."
 )
-_NOT_RECOVERED: Final = (
-    "{target} did not recover within {within:g} s: SELECT 1 failed {attempts} attempt(s) "
-    "in {elapsed:.2f} s. Last error: {error}"
-)
-_BAD_TARGET: Final = (
-    "assert_recovers(): {target!r} is not an Engine, an AsyncEngine, a connection factory or a "
-    "callable{hint}."
-)
-_ASYNC_HINT: Final = ", or it is async: in an async test use await assert_recovers_async()"
 
 
 def _raise(message: str) -> NoReturn:
     raise FaultError(message)
-
-
-@dataclasses.dataclass(frozen=True)
-class Recovery:
-    """How a target came back: attempts (the last one worked), seconds, the first error seen."""
-
-    attempts: int
-    seconds: float
-    first_error: str | None = None
-
-
-class RestartFence:
-    """A reader-writer lock across processes on two files: tests share it, a restart excludes.
-
-    A restart first closes the gate every test passes on its way in, so it waits only for the
-    tests already running, not for a stream of new ones.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-        self._gate = os.open(folder / "faults.gate", flags, 0o600)
-        self._lock = os.open(folder / "faults.lock", flags, 0o600)
-        self._shared = False
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        """Held around each test: waits while a restart is pending or running."""
-        fcntl.flock(self._gate, fcntl.LOCK_SH)
-        fcntl.flock(self._lock, fcntl.LOCK_SH)
-        fcntl.flock(self._gate, fcntl.LOCK_UN)
-        self._shared = True
-        try:
-            yield
-        finally:
-            self._shared = False
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Held around a restart, from inside ``shared()`` or not; as it was afterwards."""
-        # Let go first: two restarts holding shared while both wait at the gate would deadlock.
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        fcntl.flock(self._gate, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX)  # once the tests running elsewhere are done
-            try:
-                yield
-            finally:
-                fcntl.flock(self._lock, fcntl.LOCK_SH if self._shared else fcntl.LOCK_UN)
-        finally:
-            fcntl.flock(self._gate, fcntl.LOCK_UN)
 
 
 @dataclasses.dataclass(eq=False, repr=False)
@@ -254,46 +193,12 @@ class Faults:
         An AsyncEngine is driven on a loop of its own (and disposed after), when none is running.
         """
         __tracebackhide__ = True
-        if hasattr(target, "sync_engine"):
-            import asyncio
-
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop()
-                self.fail(_BAD_TARGET.format(target=target, hint=_ASYNC_HINT))
-            return asyncio.run(self._recover_on_own_loop(target, within))
-        tries = _Tries(within, target)
-        while True:
-            try:
-                _select_one(target.connect() if hasattr(target, "pool") else tries.call())
-                return tries.recovered()
-            except Exception as error:
-                pause = tries.failed(error, self.test_url.password)
-            if pause is None:  # outside the except block: no chained traceback in the report
-                self.fail(tries.report())
-            time.sleep(pause)
+        return recover(target, within, password=self.test_url.password, fail=self.fail)
 
     async def assert_recovers_async(self, target: Any, within: float = 5.0) -> Recovery:
         """:meth:`assert_recovers` for async tests: AsyncEngines and async connection factories."""
         __tracebackhide__ = True
-        import asyncio
-
-        tries = _Tries(within, getattr(target, "connect", None) or target)
-        while True:
-            try:
-                await asyncio.wait_for(_select_one_async(tries), max(tries.left(), MIN_ATTEMPT))
-                return tries.recovered()
-            except Exception as error:
-                pause = tries.failed(error, self.test_url.password)
-            if pause is None:
-                self.fail(tries.report())
-            await asyncio.sleep(pause)
-
-    async def _recover_on_own_loop(self, engine: Any, within: float) -> Recovery:
-        try:
-            return await self.assert_recovers_async(engine, within)
-        finally:
-            with contextlib.suppress(Exception):  # its connections belong to a loop about to close
-                await engine.dispose()
+        return await recover_async(target, within, password=self.test_url.password, fail=self.fail)
 
     def undo(self) -> list[str]:
         """End refusal and latency, bring a restarted server back; returns what stayed undone."""
@@ -319,84 +224,6 @@ class Faults:
         if self.proxy is None:
             self.fail(_NEEDS_PROXY.format(what=what))
         return self.proxy
-
-
-class _Tries:
-    """What the sync and async ``assert_recovers`` share: the target, the clock, the errors."""
-
-    def __init__(self, within: float, target: Any) -> None:
-        if not isinstance(within, (int, float)) or not 0 < within < float("inf"):
-            raise FaultError(f"assert_recovers(within=...) must be seconds > 0, got {within!r}.")
-        if not callable(target) and not hasattr(target, "pool"):
-            raise FaultError(_BAD_TARGET.format(target=target, hint=""))
-        self.target, self.within = target, float(within)
-        self.started, self.attempts = time.monotonic(), 0
-        self.first_error: str | None = None
-        self.last_error = ""
-
-    def call(self) -> Any:
-        """What the factory or callable returns; a coroutine here means the async variant."""
-        result = self.target()
-        if inspect.iscoroutine(result):
-            result.close()
-            raise FaultError(_BAD_TARGET.format(target=self.target, hint=_ASYNC_HINT))
-        return result
-
-    def left(self) -> float:
-        return self.started + self.within - time.monotonic()
-
-    def failed(self, error: BaseException, password: str | None) -> float | None:
-        """Count a failed attempt: the pause before the next one, or None when time is up."""
-        if isinstance(error, FaultError):
-            raise error  # a misuse, not a failed attempt
-        self.attempts += 1
-        lines = str(error).strip().splitlines()
-        self.last_error = scrub(f"{type(error).__name__}: {lines[0] if lines else ''}", password)
-        self.first_error = self.first_error or self.last_error
-        left = self.left()
-        return None if left <= 0 else min(LOOPBACK_POLICY.delay(self.attempts), left)
-
-    def recovered(self) -> Recovery:
-        return Recovery(
-            self.attempts + 1, round(time.monotonic() - self.started, 3), self.first_error
-        )
-
-    def report(self) -> str:
-        owner = getattr(self.target, "__self__", None)  # an AsyncEngine's connect
-        target = owner if hasattr(owner, "sync_engine") else self.target
-        if not hasattr(target, "pool") and not hasattr(target, "sync_engine"):  # engines hide
-            target = getattr(target, "__qualname__", None) or repr(target)  # the password
-        elapsed, error = time.monotonic() - self.started, self.last_error
-        return _NOT_RECOVERED.format(
-            target=target, within=self.within, attempts=self.attempts, elapsed=elapsed, error=error
-        )
-
-
-def _select_one(connection: Any) -> None:
-    """``SELECT 1`` on a connection, then close it; anything else a callable returns passes."""
-    if hasattr(connection, "exec_driver_sql"):  # SQLAlchemy Connection
-        with connection:
-            connection.exec_driver_sql("SELECT 1").scalar()
-    elif hasattr(connection, "cursor") and hasattr(connection, "close"):  # DBAPI connection
-        try:
-            connection.cursor().execute("SELECT 1")
-        finally:
-            connection.close()
-
-
-async def _select_one_async(tries: _Tries) -> None:
-    result = tries.target()
-    if inspect.isawaitable(result):
-        result = await result
-    # asyncpg's fetchval, or the statement method of SQLAlchemy's or psycopg's async connection
-    names = ("fetchval", "exec_driver_sql", "execute")
-    run = next((getattr(result, name) for name in names if hasattr(result, name)), None)
-    if not inspect.iscoroutinefunction(run):
-        return _select_one(result)  # a sync connection, or what a plain callable returned
-    try:
-        await run("SELECT 1")
-    finally:
-        await result.close()
 
 
 def _driver_connections(target: Any) -> list[Any]:
@@ -439,68 +266,6 @@ def _own_ports() -> set[int] | None:
 
 # pytest wiring: the fixture, and the fence around each test and each worker's cleanup.
 
-_fence_key: Final = pytest.StashKey["RestartFence | None"]()
-_worker_cluster_key: Final = pytest.StashKey["EmbeddedCluster | None"]()
-
-
-def _workers() -> int:
-    with contextlib.suppress(ValueError):
-        return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return 1
-
-
-def _cluster_of(config: pytest.Config) -> EmbeddedCluster | None:
-    """The embedded server: the owner's own, or in an xdist worker one rebuilt from the origin."""
-    plan = config.stash[plan_key]
-    if not plan.embedded or plan.server_url is None:
-        return None
-    if cluster_key in config.stash:
-        owned: EmbeddedCluster = config.stash[cluster_key]
-        return owned
-    if _worker_cluster_key not in config.stash:  # kept: it holds the process it may restart
-        from pytest_dbguard.server import EmbeddedCluster
-
-        origin = json.loads(os.environ.get(ORIGIN_VAR) or "{}")
-        root, bindir, port = origin.get("embedded_root"), origin.get("bindir"), plan.server_url.port
-        keep = config.stash[settings_key].reuse
-        config.stash[_worker_cluster_key] = (
-            EmbeddedCluster(Path(bindir), Path(root), port or 5432, keep=keep)
-            if root and bindir
-            else None
-        )
-    return config.stash[_worker_cluster_key]
-
-
-def _fence(config: pytest.Config) -> RestartFence | None:
-    """Only where needed: in one of several xdist workers, with faults in play, on embedded."""
-    if _fence_key not in config.stash:
-        plan = config.stash.get(plan_key, None)
-        wanted = plan is not None and not plan.owns_server and proxy_key in config.stash
-        cluster = _cluster_of(config) if wanted and _workers() > 1 else None
-        config.stash[_fence_key] = RestartFence(cluster.root) if cluster is not None else None
-    return config.stash[_fence_key]
-
-
-@contextlib.contextmanager
-def _fenced(config: pytest.Config) -> Iterator[None]:
-    fence = _fence(config)
-    with fence.shared() if fence is not None else contextlib.nullcontext():
-        yield
-
-
-# Session start needs no fence: xdist sends no test before every worker has collected, and each
-# worker provisions its database before it collects.
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: object) -> Generator[None, object, object]:
-    with _fenced(item.config):
-        return (yield)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_sessionfinish(session: pytest.Session) -> Generator[None, object, object]:
-    with _fenced(session.config):  # with --dbguard-reuse each worker drops its database here
-        return (yield)
-
 
 def faults_for(config: pytest.Config, **hooks: Callable[[str], NoReturn]) -> Faults:
     """A ``Faults`` on this process's test database; ``skip=`` and ``fail=`` as the fixture's."""
@@ -510,9 +275,9 @@ def faults_for(config: pytest.Config, **hooks: Callable[[str], NoReturn]) -> Fau
         server_url=plan.server_url,
         database=plan.database,
         proxy=config.stash.get(proxy_key, None),
-        cluster=_cluster_of(config),
-        fence=_fence(config),
-        workers=_workers(),
+        cluster=embedded_cluster(config),
+        fence=fence_of(config),
+        workers=workers(),
         shared_database=plan.schema is not None,
         wait=config.stash[settings_key].wait,
         die_with_parent=plan.owns_server,

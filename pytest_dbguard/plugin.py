@@ -10,7 +10,7 @@ from collections.abc import Generator
 
 import pytest
 
-from pytest_dbguard import asyncloop, environment, isolation, lifecycle
+from pytest_dbguard import asyncloop, environment, isolation, lifecycle, restart_fence
 from pytest_dbguard import config as dbguard_config
 from pytest_dbguard.exceptions import DbguardError
 
@@ -84,6 +84,7 @@ def pytest_configure(config: pytest.Config) -> None:
         environment.prepare(config, config.option, config.args, late=True)
         lifecycle.configure(config)
         asyncloop.register(config)
+        restart_fence.register(config)
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
 
