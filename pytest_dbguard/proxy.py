@@ -166,17 +166,17 @@ class _Pipe:
 
     def _collect(self, src: socket.socket, queue: _Queue) -> None:
         """The latency path, reading side: stamp each chunk with the time it may leave."""
-        recv, delay = src.recv, self._delay
+        recv = src.recv
         try:
             while data := recv(_CHUNK):
                 with self._ready:
-                    queue.append((time.monotonic() + delay, data))
+                    queue.append((time.monotonic() + self._delay, data))
                     self._ready.notify_all()
         except OSError:
             self.abort()
             return
         with self._ready:
-            queue.append((time.monotonic() + delay, None))  # the end of the stream is late too
+            queue.append((time.monotonic() + self._delay, None))  # the end is late too
             self._ready.notify_all()
             self.hung_up |= src is self._client
 
@@ -189,7 +189,7 @@ class _Pipe:
                 if self.aborted:
                     return
                 due, data = queue.popleft()
-                while (left := due - time.monotonic()) > 0 and not self.aborted:
+                while (left := due - time.monotonic()) > 0 and self._delay and not self.aborted:
                     self._ready.wait(left)
                 if self.aborted:
                     return
@@ -201,6 +201,12 @@ class _Pipe:
             except OSError:
                 self.abort()
                 return
+
+    def undelay(self) -> None:
+        """Deliver at once from now on, including what is already waiting (``reset()``)."""
+        with self._ready:
+            self._delay = 0.0
+            self._ready.notify_all()
 
     def _half_close(self, src: socket.socket | None, dst: socket.socket) -> None:
         # An orderly end on one side is passed on as FIN; the other direction runs on.
@@ -406,10 +412,13 @@ class FaultProxy:
         return count
 
     def reset(self) -> None:
-        """Undo every fault for new connections: end the refusal window, no latency."""
+        """Undo every fault: end the refusal window, no latency on new or open connections."""
         with self._lock:
             self._refuse_until = 0.0
             self._delay = 0.0
+            pipes = list(self._pipes)
+        for pipe in pipes:
+            pipe.undelay()
 
     # -- the accept thread -------------------------------------------------------------------
 
