@@ -144,6 +144,11 @@ def header_lines(config: pytest.Config) -> list[str]:
         tests = "tests (by a mark on unscoped async tests)" if policy.marks_tests else "tests"
         unset = f"{FIXTURE_LOOP_SCOPE} and {TEST_LOOP_SCOPE} unset"
         return [f"dbguard: asyncio loop scope session for fixtures and {tests} ({unset})"]
+    if not policy.explicit:  # pytest ignored the seeded values (its internals changed)
+        return [
+            f"dbguard: could not set the asyncio loop scopes; set {FIXTURE_LOOP_SCOPE} and "
+            f"{TEST_LOOP_SCOPE} = session in the ini file"
+        ]
     chosen = ", ".join(f"{name}={config.getini(name)} ({where})" for name, where in policy.explicit)
     return [
         f"dbguard: asyncio loop scopes as configured ({chosen}); dbguard async fixtures are on "
