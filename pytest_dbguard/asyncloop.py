@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import pytest
 
 from pytest_dbguard.config import ini_keys
+from pytest_dbguard.databases import sqlite_savepoints
 from pytest_dbguard.environment import plan_key
 from pytest_dbguard.exceptions import EventLoopMismatchError
 from pytest_dbguard.isolation import isolation_of
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
     from pytest_dbguard.urls import DatabaseURL
@@ -408,21 +408,8 @@ def async_engine_for(url: DatabaseURL, **kwargs: Any) -> AsyncEngine:
 
     engine = create_async_engine(url.asynchronous().render(hide_password=False), **kwargs)
     if url.is_sqlite:
-        _sqlite_savepoints(engine.sync_engine)
+        sqlite_savepoints(engine.sync_engine)
     return engine
-
-
-def _sqlite_savepoints(engine: Engine) -> None:
-    """SQLAlchemy's documented fix that lets SQLite drivers nest SAVEPOINTs in a transaction."""
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _no_driver_transactions(dbapi_connection: Any, _record: object) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _explicit_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
 
 
 async def _dbguard_async_engine(request: pytest.FixtureRequest) -> AsyncIterator[AsyncEngine]:

@@ -15,7 +15,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.engine_listener import INTERNAL_OPTION
 from pytest_dbguard.exceptions import DatabaseSetupError
@@ -61,22 +61,29 @@ def admin_engine(url: DatabaseURL) -> Engine:
     )
 
 
-def engine_for(url: DatabaseURL, **kwargs: object) -> Engine:
+def engine_for(url: DatabaseURL, **kwargs: Any) -> Engine:
     """A sync engine on ``url``; SQLite gets the documented fix that makes SAVEPOINT work with pysqlite."""
-    from sqlalchemy import create_engine, event
+    from sqlalchemy import create_engine
 
     engine = create_engine(url.sync().render(hide_password=False), **kwargs)
     if url.is_sqlite:
-
-        @event.listens_for(engine, "connect")
-        def _no_driver_transactions(dbapi_connection: object, _record: object) -> None:
-            dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
-
-        @event.listens_for(engine, "begin")
-        def _explicit_begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN")
-
+        sqlite_savepoints(engine)
     return engine
+
+
+def sqlite_savepoints(engine: Engine) -> None:
+    """SQLAlchemy's documented fix that lets SQLite drivers nest SAVEPOINTs in a transaction:
+    the driver's own transaction handling off, BEGIN emitted by SQLAlchemy. For an AsyncEngine
+    pass its ``sync_engine``."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection: Any, _record: object) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _explicit_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
 
 
 def _lock_key(name: str) -> int:

@@ -95,6 +95,7 @@ def _hidden_modules(item: pytest.Item) -> HiddenModules | None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    __tracebackhide__ = True
     state = _state(item.config)
     guard = _watch_naive(state, item.nodeid)
     if guard is not None:

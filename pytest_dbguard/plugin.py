@@ -5,6 +5,7 @@ No SQL and no fixture bodies here: each hook hands over to the module that owns 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Generator
 
@@ -50,8 +51,8 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
     # The earliest moment dbguard exists. With conftest opt-in (pytest_plugins) this is while the
     # conftests load, after the early hook below has already run: prepare now, so the conftests
     # loaded after this one see the test environment, and check the guarded modules.
-    if plugin is not sys.modules[__name__]:
-        return
+    if plugin is not sys.modules[__name__] or not _registered_by_a_conftest(manager):
+        return  # with -p, the early hook below does it once every -p plugin is imported
     config = manager.get_plugin("pytestconfig")
     if config is None or environment.plan_key in config.stash:
         return
@@ -60,6 +61,13 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
         environment.prepare(config, namespace, args, late=True)
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
+
+
+def _registered_by_a_conftest(manager: pytest.PytestPluginManager) -> bool:
+    return any(
+        os.path.basename(getattr(plugin, "__file__", None) or "") == "conftest.py"
+        for plugin in manager.get_plugins()
+    )
 
 
 # A wrapper runs before every plain implementation, including pytest-env's tryfirst one and

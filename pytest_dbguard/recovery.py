@@ -6,7 +6,6 @@ the attempts, the time spent and the last error (the password scrubbed out).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import inspect
@@ -47,6 +46,8 @@ def recover(
     """
     __tracebackhide__ = True
     if hasattr(target, "sync_engine"):
+        import asyncio
+
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop()
             fail(BAD_TARGET.format(target=target, hint=ASYNC_HINT))
@@ -68,6 +69,8 @@ async def recover_async(
 ) -> Recovery:
     """:func:`recover` for async code: AsyncEngines and async connection factories."""
     __tracebackhide__ = True
+    import asyncio
+
     tries = Tries(within, getattr(target, "connect", None) or target)
     while True:
         try:

@@ -20,8 +20,11 @@ USES_FIXTURE = """
 
 
 def test_import_loads_no_database_machinery() -> None:
+    # Every module pytest registers with the plugin: importing asyncio here would also break a
+    # later `-p asyncio` (pytest cannot rewrite an already imported plugin).
     code = (
-        "import sys, pytest_dbguard, pytest_dbguard.plugin;"
+        "import importlib, sys, pytest_dbguard, pytest_dbguard.plugin as p;"
+        "[importlib.import_module(name) for name in p.pytest_plugins];"
         "bad = [m for m in ('sqlalchemy', 'psycopg', 'psycopg2', 'asyncpg', 'asyncio') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
