@@ -213,12 +213,8 @@ def _switch(value: Any, name: str, source: str) -> bool:
 
 def _module_attr(value: str, name: str, source: str) -> str:
     module, sep, attr = value.strip().partition(":")
-    if (
-        not sep
-        or not module
-        or not attr
-        or not all(part.isidentifier() for part in module.split("."))
-    ):
+    parts = [*module.split("."), *attr.split(".")]
+    if not sep or not all(part.isidentifier() for part in parts):
         raise ConfigError(
             f"{source} = {value!r} is not of the form 'package.module:attribute' "
             "(e.g. 'app.models:Base' or 'app.db:metadata')."

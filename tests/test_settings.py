@@ -149,6 +149,12 @@ def test_bad_url(
             "*'app.models' is not of the form 'package.module:attribute'*",
             id="metadata-shape",
         ),
+        pytest.param(
+            ("--dbguard-metadata", "app.models:Base # comment"),
+            "dbguard_metadata = app.models:Base # an inline comment",
+            "*is not of the form 'package.module:attribute'*",
+            id="metadata-inline-comment",
+        ),
     ],
 )
 @pytest.mark.parametrize("via", ["cli", "ini"])
