@@ -222,7 +222,12 @@ def _reuse_key(config: pytest.Config) -> str:
 def _plan(settings: dbguard_config.Settings, origin: Mapping[str, Any] | None) -> RunPlan:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main") if origin is not None else "main"
     run = origin["run"] if origin is not None else secrets.token_hex(3)
-    owns_server = origin is None
+    common: dict[str, Any] = {
+        "run": run,
+        "worker": worker,
+        "owns_server": origin is None,
+        "origin_pid": os.getpid() if origin is None else int(origin["pid"]),
+    }
     embedded = False
     fallback: str | None = None
     server_url: DatabaseURL | None = settings.url
@@ -242,44 +247,25 @@ def _plan(settings: dbguard_config.Settings, origin: Mapping[str, Any] | None) -
             server_url = DatabaseURL(
                 "postgresql", None, "postgres", None, "127.0.0.1", 0, EMBEDDED_BASE
             )
-    if server_url is not None and server_url.is_sqlite:
-        server_url = None
-    if server_url is None:
-        return _sqlite_plan(settings, run, worker, owns_server, origin, fallback)
+    if server_url is None or server_url.is_sqlite:
+        return _sqlite_plan(settings, common, origin, fallback)
     server_url = server_url.resolved()
     base = server_url.database or EMBEDDED_BASE
-    database = database_name(base, run, worker)
-    origin_pid = os.getpid() if origin is None else int(origin["pid"])
+    common.update(embedded=embedded, server_url=server_url, sqlite_dir=None)
     if _schema_mode(settings, server_url, embedded, origin):
         from pytest_dbguard.databases import schema_url
 
         schema = f"dbg_{run}_{worker}"
         test_url = schema_url(server_url, schema)
+        # asyncpg cannot take search_path from the URL; psycopg's async driver can.
+        async_url = test_url.with_driver("psycopg")
         return RunPlan(
-            run=run,
-            worker=worker,
-            owns_server=owns_server,
-            embedded=embedded,
-            server_url=server_url,
-            test_url=test_url.sync(),
-            async_url=test_url.with_driver("psycopg"),
-            database=base,
-            sqlite_dir=None,
-            origin_pid=origin_pid,
-            schema=schema,
+            **common, test_url=test_url.sync(), async_url=async_url, database=base, schema=schema
         )
+    database = database_name(base, run, worker)
     test_url = server_url.with_database(database)
     return RunPlan(
-        run=run,
-        worker=worker,
-        owns_server=owns_server,
-        embedded=embedded,
-        server_url=server_url,
-        test_url=test_url.sync(),
-        async_url=test_url.asynchronous(),
-        database=database,
-        sqlite_dir=None,
-        origin_pid=origin_pid,
+        **common, test_url=test_url.sync(), async_url=test_url.asynchronous(), database=database
     )
 
 
@@ -304,12 +290,11 @@ def _schema_mode(
 
 def _sqlite_plan(
     settings: dbguard_config.Settings,
-    run: str,
-    worker: str,
-    owns_server: bool,
+    common: dict[str, Any],
     origin: Mapping[str, Any] | None,
     fallback: str | None,
 ) -> RunPlan:
+    run, worker = common["run"], common["worker"]
     named = settings.url.database if settings.url is not None and settings.url.is_sqlite else None
     base = Path(named).stem if named else SQLITE_BASE
     folder = (
@@ -320,16 +305,13 @@ def _sqlite_plan(
     database = database_name(base, run, worker)
     url = DatabaseURL("sqlite", None, database=str(folder / f"{database}.db"))
     return RunPlan(
-        run=run,
-        worker=worker,
-        owns_server=owns_server,
+        **common,
         embedded=False,
         server_url=None,
         test_url=url.sync(),
         async_url=url.asynchronous(),
         database=database,
         sqlite_dir=folder,
-        origin_pid=os.getpid() if origin is None else int(origin["pid"]),
         fallback_reason=fallback,
     )
 
