@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -182,7 +183,8 @@ def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:
         """,
     )
     run_dbguard(pytester, "--dbguard-reuse").assert_outcomes(passed=1)
-    reused = [p for p in server.storage_root().iterdir() if p.name.startswith("reuse-")]
-    for folder in reused:  # leave the machine as we found it
-        cluster = server.EmbeddedCluster(bindir=server.find_bindir() or Path(), root=folder, port=0)
-        cluster.stop()
+    # Leave the machine as we found it: stop this project's kept cluster (and no other).
+    folder = server.storage_root() / f"reuse-{hashlib.sha1(str(pytester.path).encode()).hexdigest()[:10]}"
+    assert folder.is_dir()
+    server.EmbeddedCluster(bindir=server.find_bindir() or Path(), root=folder, port=0).stop()
+    assert not folder.exists()
