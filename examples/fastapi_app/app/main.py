@@ -1,7 +1,10 @@
-"""The HTTP API: create and list items."""
+"""The HTTP API: create and list items, health checks; startup waits for the database."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI
@@ -9,10 +12,41 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import get_session
+from app import errors, health
+from app.db import engine, get_session
 from app.models import Item
+from app.request_id import RequestIDMiddleware
+from app.settings import settings
+from pytest_dbguard.readiness import Readiness, await_ready
 
-app = FastAPI(title="items")
+logger = logging.getLogger(__name__)
+
+
+async def wait_for_database() -> Readiness:
+    """Retry a real ``SELECT 1`` until it works: a database still starting is not an error.
+
+    Gives up after ``settings.startup_timeout`` with NotReady, which names the failed step
+    (name resolution, TCP connect, authentication, ...) and never the password.
+    """
+    ready = await await_ready(
+        settings.database_url, timeout=settings.startup_timeout, progress=logger.warning
+    )
+    logger.info("database ready after %d attempt(s), %.0f ms", ready.attempts, ready.elapsed_ms)
+    return ready
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Startup waits for the database; shutdown closes the pool."""
+    await wait_for_database()
+    yield
+    await engine.dispose()
+
+
+app = FastAPI(title="items", lifespan=lifespan)
+app.add_middleware(RequestIDMiddleware)
+errors.install(app)
+app.include_router(health.router)
 Session = Annotated[AsyncSession, Depends(get_session)]
 
 
