@@ -7,11 +7,9 @@ SQLite through aiosqlite, with pytest-asyncio loaded explicitly and warnings as 
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +21,6 @@ ASYNCIO_VERSION = tuple(
 )
 # asyncio_default_test_loop_scope exists from pytest-asyncio 0.26 on; 0.24 only has the mark.
 HAS_TEST_SCOPE_INI = ASYNCIO_VERSION >= (0, 26)
-EXAMPLE = Path(__file__).parent.parent / "examples" / "fastapi_app"
 # What a clean exit never prints, whatever the warning filters.
 EXIT_NOISE = (
     "*Event loop is closed*",
@@ -524,20 +521,3 @@ def test_without_pytest_asyncio_says_how_to_get_it(pytester: pytest.Pytester) ->
         ]
     )
     result.stdout.no_fnmatch_line("dbguard: asyncio*")
-
-
-@pytest.mark.usefixtures("strict_warnings")
-@pytest.mark.parametrize(
-    "workers", [pytest.param([], id="serial"), pytest.param(["-n", "2"], id="xdist")]
-)
-def test_fastapi_example_passes_as_it_is(pytester: pytest.Pytester, workers: list[str]) -> None:
-    """examples/fastapi_app on the embedded default, serially and under -n 2."""
-    shutil.copytree(
-        EXAMPLE,
-        pytester.path,
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("__pycache__", ".venv"),
-    )
-    result = run_async(pytester, *workers, xdist=True)
-    result.assert_outcomes(passed=5)
-    assert_quiet_exit(result)
