@@ -107,3 +107,80 @@ def test_table_prefix_recipe(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+GUARD_SUPPORT = """
+import importlib
+from datetime import datetime
+import pytest
+from sqlalchemy import DateTime, ForeignKey, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+import app.settings
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Event(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Author(Base):
+    __tablename__ = "authors"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    books: Mapped[list["Book"]] = relationship()
+
+
+class Book(Base):
+    __tablename__ = "books"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"))
+
+
+def render_author_list(session):
+    authors = session.scalars(select(Author)).all()
+    return [(author.name, len(author.books)) for author in authors]  # lazy loads: N+1
+
+
+@pytest.fixture(autouse=True)
+def some_authors(request):
+    if "dbguard_session" in request.fixturenames:
+        session = request.getfixturevalue("dbguard_session")
+        session.add_all([Author(name=f"a{n}") for n in range(5)])
+        session.flush()
+"""
+SETTINGS = """
+try:
+    import debug_toolbar  # noqa: F401
+    INSTALLED_APPS = ["app", "debug_toolbar"]
+except ImportError:
+    INSTALLED_APPS = ["app"]
+"""
+
+
+def test_guard_recipes(pytester: pytest.Pytester) -> None:
+    """The naive datetime, dbguard_without and query count examples, as the README shows them."""
+    naive, without, queries = blocks("Guards", "python")
+    pytester.mkpydir("app")
+    pytester.makepyfile(**{"app/settings": SETTINGS})
+    pytester.mkpydir("debug_toolbar")  # the dev-only package, installed here as in a dev setup
+    pytester.makepyfile(
+        test_guards=GUARD_SUPPORT + "\n\n" + naive + "\n\n" + without + "\n\n" + queries,
+        conftest="from test_guards import Base  # noqa: F401\n",
+    )
+    pytester.makeini("[pytest]\ndbguard_metadata = test_guards:Base\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "pytest_dbguard", "-W", "ignore::DeprecationWarning"
+    )
+    result.assert_outcomes(passed=2, failed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*expected at most 2 statements inside the block, 6 ran:",
+            "*1. SELECT authors.id, authors.name FROM authors",
+            "*NaiveDatetimeWarning: naive datetime bound as parameter 'at' of 'INSERT INTO events *",
+        ]
+    )
