@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy.orm import Session
-
 from storage.models import StoredFile  # imported as soon as pytest loads this file
 
 

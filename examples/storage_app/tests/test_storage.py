@@ -5,7 +5,6 @@ import os
 import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
-
 from storage import service, settings
 from storage.models import StoredFile, WalEntry
 
