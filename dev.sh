@@ -4,6 +4,7 @@
 #   ./dev.sh examples   the examples suite under dbguard, on the embedded PostgreSQL
 #   ./dev.sh test       the plugin's whole test suite (serially for the fast part, then -n 2)
 #   ./dev.sh bench      the benchmarks
+#   ./dev.sh tox [...]  the tox matrix (Python 3.10-3.13 found on PATH or in pyenv's versions)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -74,5 +75,11 @@ case $command in
     examples) run_examples ;;
     test) run_tests "$@" ;;
     bench) "$VENV/bin/python" benchmarks/run_all.py "$@" ;;
-    *) echo "usage: ./dev.sh examples|test|bench" >&2; exit 2 ;;
+    tox)
+        # tox finds interpreters on PATH; pyenv's shims only answer for the selected version.
+        for bin in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[0-3]*/bin; do
+            [[ -d $bin ]] && PATH="$PATH:$bin"
+        done
+        PATH=$PATH "$VENV/bin/tox" "$@" ;;
+    *) echo "usage: ./dev.sh examples|test|bench|tox" >&2; exit 2 ;;
 esac
