@@ -183,9 +183,11 @@ def bench_fixtures_paired(tmp: Path, runs: int, tests: int) -> None:
 
 # b. Startup ----------------------------------------------------------------------------------
 
+# The same in every run, dbguard or not: what an application on PostgreSQL loads anyway.
 STARTUP_CONFTEST = """
     import psycopg  # noqa: F401
     import sqlalchemy  # noqa: F401
+    import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
     import models  # noqa: F401
 """
@@ -267,7 +269,18 @@ def bench_startup(tmp: Path, runs: int) -> None:
         )
     )
     print(
-        f"{runs} alternating runs each; the schema is the three-table models (template built each run, except reuse)"
+        f"{runs} alternating runs each; the schema is the three-table models "
+        "(template built each run, except reuse)"
+    )
+    own = {
+        key: common.median([first for first, _ in results[name]]) - bare
+        for name in results
+        for key in ("cold", "warm", "reuse")
+        if key in name
+    }
+    print(
+        f"summary: startup, dbguard's own cost: cold {own['cold']:.2f} s (goal <= 0.5), "
+        f"warm {own['warm']:.2f} s, reuse {own['reuse']:.2f} s (goal <= 0.2)"
     )
 
 
@@ -305,13 +318,19 @@ def bench_clone(cluster: Any, runs: int) -> None:
     admin = databases.admin_engine(server)
     reps = max(3, runs * 2)
     rows: list[list[str]] = []
+    summary: list[str] = []
     with admin.connect() as connection:
         for tables in (10, 50):
             rows += _clone_rows(connection, server, tables, reps)
+            clone, create_all = (float(row[2].split()[0]) for row in rows[-5:-3])
+            summary.append(
+                f"{tables} tables: clone {clone:.0f} ms vs create_all {create_all:.0f} ms"
+            )
         version = connection.execute(text("SHOW server_version")).scalar()
     admin.dispose()
     print(common.table(["schema", "how", "ms median (min-max)"], rows))
     print(f"{reps} alternating repetitions each, PostgreSQL {version}, dbguard's embedded settings")
+    print(f"summary: per-worker database, {'; '.join(summary)}")
 
 
 def _clone_rows(connection: Any, server: Any, tables: int, reps: int) -> list[list[str]]:
@@ -482,6 +501,12 @@ def bench_truncate_direct(cluster: Any, runs: int) -> None:
     rows = [[key, common.spread(samples, 1000, 2)] for key, samples in results.items()]
     print(common.table(["per test", "ms median (min-max)"], rows))
     print(f"{reps} alternating repetitions each; goal for truncate: <= 5 ms per test")
+    first = common.median(results["Truncator.clean(), test wrote 2 tables"]) * 1000
+    probe = common.median(results["  of which: the dirty-table probe query"]) * 1000
+    print(
+        f"summary: Truncator.clean() after a test that wrote 2 of {TRUNCATE_TABLES} tables: "
+        f"{first:.1f} ms, of which the probe {probe:.1f} ms (goal <= 5 ms)"
+    )
     engine.dispose()
     databases.drop_database(server, name)
 
@@ -581,7 +606,19 @@ def bench_truncate_suite(tmp: Path, runs: int, tests: int) -> None:
         common.table(["suite", "pytest s median (min-max)", "ms/test", "ms/test vs rollback"], rows)
     )
     print(
-        f"{runs} alternating runs each; 'vs rollback' compares with the rollback suite doing the same writes"
+        f"{runs} alternating runs each; 'vs rollback' compares with the rollback suite "
+        "doing the same writes"
+    )
+    extra = {
+        name: (common.median([r.session for r in results[name]]) - base["nothing" not in name])
+        / tests
+        * 1000
+        for name in ("truncate, writes 2 tables", "truncate, writes nothing")
+    }
+    print(
+        f"summary: truncate isolation in a suite, per test over rollback: "
+        f"+{extra['truncate, writes 2 tables']:.1f} ms (writes 2 tables), "
+        f"+{extra['truncate, writes nothing']:.1f} ms (writes nothing); goal <= 5 ms"
     )
 
 
@@ -632,8 +669,11 @@ def bench_imports(runs: int) -> None:
     pulled = done.stdout.strip() or done.stderr.strip()
     verdict = "OK" if pulled == "none" else "NOT OK"
     print(
-        f"heavy modules imported by `import pytest_dbguard.plugin`: {pulled} ({verdict}: SQLAlchemy, drivers and asyncio must stay lazy)"
+        f"heavy modules imported by `import pytest_dbguard.plugin`: {pulled} "
+        f"({verdict}: SQLAlchemy, drivers and asyncio must stay lazy)"
     )
+    plugin = common.median(results["import pytest_dbguard.plugin (pytest imported first)"])
+    print(f"summary: import pytest_dbguard.plugin {plugin:.0f} ms on top of pytest")
     print(f"{reps} alternating runs each, bytecode cached (PYTHONPYCACHEPREFIX)")
 
 

@@ -69,7 +69,9 @@ def _pg_ctl() -> str:
     return str(folder / "pg_ctl")
 
 
-def bench_pytest_postgresql(tmp: Path, runs: int, tests: int, peer_python: str) -> None:
+def bench_pytest_postgresql(
+    tmp: Path, runs: int, tests: int, peer_python: str, *, tuned: bool = False
+) -> None:
     common.banner(f"1. {tests} ORM tests: pytest-postgresql's per-test database vs dbguard_session")
     user = common.demoted_user()
     reason = common.importable(
@@ -86,25 +88,26 @@ def bench_pytest_postgresql(tmp: Path, runs: int, tests: int, peer_python: str) 
     folder = tmp / "peers"
     base_ini = f"postgresql_exec = {_pg_ctl()}\n"
     suites = {
-        "pytest-postgresql (defaults)": common.write_orm_suite(
+        "pytest-postgresql": common.write_orm_suite(
             folder / "pp", tests, "db_session", ini=base_ini, conftest=PEER_CONFTEST
-        ),
-        "pytest-postgresql (fsync etc. off)": common.write_orm_suite(
-            folder / "pp_tuned",
-            tests,
-            "db_session",
-            conftest=PEER_CONFTEST,
-            ini=base_ini + f"postgresql_postgres_options = {TUNED}\n",
         ),
         "dbguard_session": common.write_orm_suite(
             folder / "dbguard", tests, "dbguard_session", ini="dbguard_metadata = models:Base\n"
         ),
     }
     plugins = {
-        "pytest-postgresql (defaults)": ["pytest_postgresql.plugin"],
-        "pytest-postgresql (fsync etc. off)": ["pytest_postgresql.plugin"],
+        "pytest-postgresql": ["pytest_postgresql.plugin"],
         "dbguard_session": ["pytest_dbguard"],
     }
+    if tuned:  # the server settings dbguard uses, to show where the difference does not come from
+        suites["pytest-postgresql, fsync etc. off"] = common.write_orm_suite(
+            folder / "pp_tuned",
+            tests,
+            "db_session",
+            conftest=PEER_CONFTEST,
+            ini=base_ini + f"postgresql_postgres_options = {TUNED}\n",
+        )
+        plugins["pytest-postgresql, fsync etc. off"] = ["pytest_postgresql.plugin"]
     extra = {
         "HOME": str(folder),
         "XDG_CACHE_HOME": str(folder / "cache"),
@@ -153,6 +156,12 @@ def bench_pytest_postgresql(tmp: Path, runs: int, tests: int, peer_python: str) 
             rows,
         )
     )
+    peer = results["pytest-postgresql"]
+    per_test = common.median([r.session for r in peer]) / dbguard_session
+    print(
+        f"summary: pytest-postgresql / dbguard: per test (pytest time) x{per_test:.1f}, "
+        f"wall x{common.median([r.wall for r in peer]) / dbguard:.1f} (goal >= x10)"
+    )
     who = f" as {user}" if user else ""
     print(
         f"{runs} alternating runs each{who} with {peer_python}; goal: pytest-postgresql / dbguard >= x10"
@@ -182,7 +191,7 @@ def bench_xdist(tmp: Path, runs: int, tests: int) -> None:
         command = common.pytest_command("-n", workers, plugins=["pytest_dbguard", "xdist"])
         return common.run_pytest(suites[name], command)
 
-    results = common.alternate(configs, runs, one)
+    results = common.alternate(configs, runs, one, warmup=configs[:1])  # caches are shared
     rows = []
     speedups = {}
     for name in suites:
@@ -225,6 +234,9 @@ def main() -> None:
         default=os.environ.get("BENCH_PEER_PYTHON") or sys.executable,
         help="interpreter with pytest-postgresql installed (default $BENCH_PEER_PYTHON or this one)",
     )
+    parser.add_argument(
+        "--tuned", action="store_true", help="also run pytest-postgresql with fsync etc. off"
+    )
     parser.add_argument("--only", default="1,2", help="comma-separated parts: 1,2")
     args = parser.parse_args()
     parts = set(args.only.split(","))
@@ -233,7 +245,7 @@ def main() -> None:
         tmp = Path(folder)
         os.chmod(tmp, 0o755)
         if "1" in parts:
-            bench_pytest_postgresql(tmp, args.runs, args.tests, args.peer_python)
+            bench_pytest_postgresql(tmp, args.runs, args.tests, args.peer_python, tuned=args.tuned)
         if "2" in parts:
             bench_xdist(tmp, args.runs, args.xdist_tests)
     print(f"\nmachine: {common.machine_note()}")

@@ -23,11 +23,12 @@ FIRST = ("foundation.py", "peers.py")  # the headline figures, then the rest alp
 MODEST: dict[str, list[str]] = {
     # pytest-postgresql takes ~0.5-0.8 s per test here: 60 tests give its per-test cost well enough.
     "peers.py": ["--tests", "60", "--xdist-tests", "600"],
+    "foundation.py": ["--tests", "300"],
     "guards_overhead.py": ["--tests", "300"],
     "proxy_overhead.py": ["-n", "1000", "--orm", "200"],
     "readiness_lag.py": ["--runs", "5"],
 }
-HEADLINES = ("ratio", "speedup", "lag median", "heavy modules", " vs ")
+HEADLINES = ("summary:", "ratio", "speedup", "lag median", "heavy modules", " vs ", "direct ")
 
 
 def scripts(only: set[str], skip: set[str]) -> list[Path]:
@@ -75,6 +76,13 @@ def run(script: Path, args: list[str]) -> tuple[int, float, list[str]]:
     return code, time.perf_counter() - started, lines
 
 
+def _headline(line: str) -> bool:
+    """A script's conclusion lines (not its tables or section banners)."""
+    if line.startswith("==") or "(min-max)" in line or "ms/test vs" in line:
+        return False
+    return any(word in line for word in HEADLINES)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -99,7 +107,7 @@ def main() -> None:
     for name, code, seconds, lines in outcomes:
         status = "ok" if code == 0 else f"FAILED (exit {code})"
         print(f"{name:<24} {status:<18} {seconds:7.1f} s")
-        for line in [line for line in lines if any(word in line for word in HEADLINES)]:
+        for line in [line for line in lines if _headline(line)]:
             print(f"    {line}")
     print(f"total {time.perf_counter() - started:.0f} s; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     print(f"machine: {common.machine_note()}")
