@@ -43,24 +43,34 @@ class Truncator:
     def _build_probe(self, connection: Connection) -> str | None:
         from sqlalchemy import text
 
+        # Each table with the sequences it owns (serial and identity columns), looked up once.
         rows = connection.execute(
             text(
-                "SELECT c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname) "
+                "SELECT c.relname, c.oid::regclass::text, "
+                "array_remove(array_agg(d.objid::regclass::text), NULL) "
                 "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema() ORDER BY 1"
+                "LEFT JOIN pg_depend d ON d.refobjid = c.oid AND d.classid = 'pg_class'::regclass "
+                "AND d.deptype IN ('a', 'i') AND d.objid IN (SELECT oid FROM pg_class WHERE relkind = 'S') "
+                "WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema() "
+                "GROUP BY c.relname, c.oid ORDER BY 1"
             )
         ).all()
-        tables = [(name, qualified) for name, qualified in rows if name not in SKIPPED_TABLES]
+        tables = [
+            (qualified, sequences)
+            for name, qualified, sequences in rows
+            if name not in SKIPPED_TABLES
+        ]
         if not tables:
             return None
-        # A table is dirty when it has a row, or when one of its sequences has moved since the clone.
+        # A table is dirty when it has a row, or when one of its sequences has moved since the
+        # clone (a test that inserted and deleted again). One planned-once query for all tables.
         parts = [
-            f"SELECT {literal} WHERE EXISTS (SELECT 1 FROM {qualified}) OR EXISTS ("
-            "SELECT 1 FROM pg_depend d JOIN pg_sequences s ON s.schemaname = current_schema() "
-            "AND quote_ident(s.sequencename)::regclass = d.objid "
-            f"WHERE d.refobjid = '{qualified}'::regclass AND d.deptype IN ('a', 'i') AND s.last_value IS NOT NULL)"
-            for name, qualified in tables
-            for literal in [_sql_literal(qualified)]
+            f"SELECT {_sql_literal(qualified)} WHERE EXISTS (SELECT 1 FROM {qualified})"
+            + "".join(
+                f" OR pg_sequence_last_value({_sql_literal(sequence)}::regclass) IS NOT NULL"
+                for sequence in sequences
+            )
+            for qualified, sequences in tables
         ]
         return " UNION ALL ".join(parts)
 

@@ -197,3 +197,40 @@ def test_bad_isolation_marker_is_a_usage_error(pytester: pytest.Pytester) -> Non
     result = run_dbguard(pytester, "--dbguard-url", "sqlite")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*isolation='rolback'*rollback, truncate, none*"])
+
+
+def test_truncator_resets_sequences_of_emptied_tables(pg_server: TestServer) -> None:
+    """A test that inserted and deleted again leaves no row, only a moved sequence: still dirty."""
+    from sqlalchemy import create_engine, text
+
+    from pytest_dbguard.isolation import Truncator
+
+    pg_server.sql("CREATE DATABASE truncator_probe")
+    engine = create_engine(pg_server.url(database="truncator_probe"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE parents (id serial PRIMARY KEY)"))
+            conn.execute(
+                text(
+                    "CREATE TABLE kids (id int GENERATED ALWAYS AS IDENTITY, parent int REFERENCES parents)"
+                )
+            )
+            conn.execute(text("CREATE TABLE untouched (id serial PRIMARY KEY)"))
+        truncator = Truncator(engine)
+        assert truncator.clean() == []
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO parents DEFAULT VALUES"))
+            conn.execute(text("INSERT INTO kids (parent) VALUES (1)"))
+            conn.execute(text("DELETE FROM kids"))
+        assert sorted(truncator.clean()) == ["kids", "parents"]
+        with engine.begin() as conn:
+            assert (
+                conn.execute(text("INSERT INTO kids (parent) VALUES (NULL) RETURNING id")).scalar()
+                == 1
+            )
+            assert (
+                conn.execute(text("INSERT INTO parents DEFAULT VALUES RETURNING id")).scalar() == 1
+            )
+    finally:
+        engine.dispose()
+        pg_server.sql("DROP DATABASE truncator_probe")
