@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -29,37 +28,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-SUMMARY = re.compile(r"(\d+) passed.*? in ([\d.]+)s")
-TESTS_PER_FILE = 20
+from _common import MODELS, SUMMARY, TESTS_PER_FILE  # the same three-table models as foundation.py
 
-MODELS = """
-    from sqlalchemy import ForeignKey, String
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-
-    class Base(DeclarativeBase):
-        pass
-
-
-    class Author(Base):
-        __tablename__ = "authors"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        name: Mapped[str] = mapped_column(String(50))
-
-
-    class Book(Base):
-        __tablename__ = "books"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"), index=True)
-        title: Mapped[str] = mapped_column(String(100))
-
-
-    class Review(Base):
-        __tablename__ = "reviews"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        book_id: Mapped[int] = mapped_column(ForeignKey("books.id"), index=True)
-        stars: Mapped[int]
-"""
 INI = """
     [pytest]
     asyncio_mode = auto
