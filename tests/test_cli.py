@@ -228,3 +228,46 @@ def test_bad_input_exits_2_with_a_clear_message(args: list[str], expected: str) 
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+def test_janitor_cleans_up_after_a_run_killed_with_sigkill(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """A real run killed mid-test cannot drop its database; the janitor can, and nothing else."""
+    import signal
+
+    pg_server.sql('CREATE DATABASE "postgres_dbg_killed_gw9"')  # a lookalike without the mark
+    pytester.makepyfile(
+        """
+        import os, pathlib, time
+
+        def test_hangs(dbguard_engine):
+            pathlib.Path("db.txt").write_text(os.environ["DBGUARD_DB"])
+            time.sleep(120)
+        """
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "--dbguard-url", pg_server.url()],
+        cwd=pytester.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (pytester.path / "db.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        leftover = (pytester.path / "db.txt").read_text()
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait(30)
+    try:
+        assert leftover in pg_server.databases()  # SIGKILL: no cleanup ran
+        result = dbguard("janitor", pg_server.url(), "--older-than", "0s")
+        assert result.returncode == 0, result.stderr
+        assert leftover in result.stdout
+        names = pg_server.databases()
+        assert leftover not in names
+        assert "postgres_dbg_killed_gw9" in names
+        assert not [name for name in names if "_dbg_" in name and name != "postgres_dbg_killed_gw9"]
+    finally:
+        pg_server.sql('DROP DATABASE IF EXISTS "postgres_dbg_killed_gw9"')
