@@ -378,6 +378,21 @@ def parse_env_lines(lines: Sequence[str]) -> list[tuple[str, str]]:
     return assignments
 
 
+def variables(plan: RunPlan, assignments: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """``DBGUARD_*`` and the rendered ``dbguard_env`` lines for ``plan``'s database."""
+    values = values_for(plan)
+    rendered = {
+        "DBGUARD_WORKER": plan.worker,
+        "DBGUARD_RUN": plan.run,
+        "DBGUARD_URL": values["url"],
+        "DBGUARD_ASYNC_URL": values["async_url"],
+        "DBGUARD_DB": plan.database,
+    }
+    for name, template in assignments:
+        rendered[name] = template.format(**values)
+    return rendered
+
+
 def export(
     config: pytest.Config,
     plan: RunPlan,
@@ -386,16 +401,7 @@ def export(
     origin_environ_url: str | None,
 ) -> None:
     """Put ``DBGUARD_*`` and the ``dbguard_env`` values into ``os.environ``; saved for restoring at the end."""
-    values = values_for(plan)
-    exported = {
-        "DBGUARD_WORKER": plan.worker,
-        "DBGUARD_RUN": plan.run,
-        "DBGUARD_URL": values["url"],
-        "DBGUARD_ASYNC_URL": values["async_url"],
-        "DBGUARD_DB": plan.database,
-    }
-    for name, template in assignments:
-        exported[name] = template.format(**values)
+    exported = variables(plan, assignments)
     if plan.owns_server:
         exported[ORIGIN_VAR] = json.dumps(
             {

@@ -39,6 +39,7 @@ class SessionState:
     runs_tests: bool
     schema_source: str
     metadata: MetaData | None = None
+    alembic_ini: Path | None = None  # resolved and checked once, at configure
     server_version: str = ""
     ready_attempts: int = 0
     ready_ms: float = 0.0
@@ -49,6 +50,7 @@ class SessionState:
 
 
 state_key: Final = pytest.StashKey[SessionState]()
+stopped_key: Final = pytest.StashKey[bool]()
 
 
 def plan_of(config: pytest.Config) -> RunPlan:
@@ -68,7 +70,7 @@ def configure(config: pytest.Config) -> None:
         state.metadata = schema.load_metadata(settings.metadata, settings.source_of("metadata"))
         schema.check_table_prefixes(state.metadata, environment.parse_env_lines(settings.env_lines))
     elif settings.alembic_ini:
-        schema.alembic_path(
+        state.alembic_ini = schema.alembic_path(
             settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
         )
     config.stash[state_key] = state
@@ -132,36 +134,29 @@ def _wait_ready(
         state.server_start_ms = (time.monotonic() - cluster.started_at) * 1000
 
 
-def _schema_build(
-    config: pytest.Config, settings: Settings, state: SessionState, url: str
-) -> SchemaBuild | None:
+def _schema_build(state: SessionState, url: str) -> SchemaBuild | None:
     if state.metadata is not None:
         metadata = state.metadata
         return lambda connection: schema.create_with_metadata(connection, metadata)
-    if settings.alembic_ini:
-        ini = schema.alembic_path(
-            settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
-        )
+    if state.alembic_ini is not None:
+        ini = state.alembic_ini
         return lambda connection: schema.upgrade_with_alembic(connection, ini, url)
     return None
 
 
-def _fingerprint(config: pytest.Config, settings: Settings, state: SessionState) -> str:
+def _fingerprint(settings: Settings, state: SessionState) -> str:
     """A short hash of the schema this worker needs: workers whose schemas differ (a per-worker
     table prefix) get different templates, and a reused template is rebuilt when the schema changes."""
     if state.metadata is not None:
         return schema.fingerprint_metadata(state.metadata, "postgresql")
-    if settings.alembic_ini:
-        ini = schema.alembic_path(
-            settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
-        )
+    if state.alembic_ini is not None:
         # Migrations may read dbguard_env values (a prefix); those that name the database do not count.
         shared = [
             f"{name}={os.environ.get(name, '')}"
             for name, template in environment.parse_env_lines(settings.env_lines)
             if not any(f"{{{key}}}" in template for key in PER_DATABASE_PLACEHOLDERS)
         ]
-        return schema.fingerprint_alembic(ini, shared)
+        return schema.fingerprint_alembic(state.alembic_ini, shared)
     return ""
 
 
@@ -187,23 +182,19 @@ def _template(plan: RunPlan, settings: Settings, fingerprint: str) -> tuple[str,
 def _provision(
     config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState
 ) -> Provisioned:
-    fingerprint = _fingerprint(config, settings, state)
+    fingerprint = _fingerprint(settings, state)
     template, template_run = _template(plan, settings, fingerprint or "000000")
     template_url = (
         plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
     )
-    build = _schema_build(config, settings, state, template_url.render(hide_password=False))
-    values = environment.values_for(
-        dataclasses.replace(plan, test_url=template_url, database=template)
+    build = _schema_build(state, template_url.render(hide_password=False))
+    # While the template is built, the exported variables name it: an alembic env.py that reads
+    # DATABASE_URL (or DBGUARD_URL) migrates the template, not the worker's database.
+    template_plan = dataclasses.replace(
+        plan, test_url=template_url, async_url=template_url.asynchronous(), database=template
     )
-    overrides = {
-        name: value.format(**values)
-        for name, value in environment.parse_env_lines(settings.env_lines)
-    }
-    overrides["DBGUARD_URL"] = values["url"]
-    with schema.environ_override(
-        overrides
-    ):  # an alembic env.py reading DATABASE_URL builds the template
+    assignments = environment.parse_env_lines(settings.env_lines)
+    with schema.environ_override(environment.variables(template_plan, assignments)):
         if plan.server_url is None:
             return databases.provision_sqlite(plan.test_url, Path(template), build)
         if plan.schema is not None:
@@ -295,8 +286,9 @@ def finish(config: pytest.Config) -> None:
 
 def stop(config: pytest.Config) -> None:
     """Stop the embedded server (or drop the run's leftovers on an external one) and restore the environment."""
-    if plan_key not in config.stash:
-        return
+    if plan_key not in config.stash or config.stash.get(stopped_key, False):
+        return  # a failed start already stopped; unconfigure comes again
+    config.stash[stopped_key] = True
     plan = plan_of(config)
     settings = config.stash[settings_key]
     state = config.stash.get(state_key, None)
@@ -305,18 +297,12 @@ def stop(config: pytest.Config) -> None:
     proxy = config.stash.get(proxy_key, None)
     if proxy is not None:
         proxy.stop()
-        del config.stash[proxy_key]
     try:
         if plan.owns_server:
-            if cluster is not None:
-                if not settings.reuse:
-                    cluster.stop()
-                elif answered:
-                    janitor.drop_run(cluster.url().resolved(), plan.run)
-                del config.stash[cluster_key]
+            if cluster is not None and not settings.reuse:
+                cluster.stop()
             elif plan.server_url is not None and answered:
                 janitor.drop_run(plan.server_url, plan.run)
-                state.answered = False  # type: ignore[union-attr]  # once is enough
             if plan.sqlite_dir is not None:
                 shutil.rmtree(plan.sqlite_dir, ignore_errors=True)
     except Exception as error:
