@@ -32,14 +32,13 @@ INSUFFICIENT_PRIVILEGE: Final = "42501"
 
 @dataclasses.dataclass(frozen=True)
 class Provisioned:
-    """What a worker got: its database (or schema), timings, and whether it built the template."""
+    """What a worker got: its database (or schema) and how long the template and the clone took."""
 
     mode: str  # "database", "schema" or "sqlite"
     database: str
     url: DatabaseURL
     template_ms: float
     clone_ms: float
-    built_template: bool
     schema: str | None = None
 
 
@@ -132,7 +131,6 @@ def provision_database(
 
     admin = admin_engine(server_url)
     template_ms = 0.0
-    built = False
     try:
         with admin.connect() as connection:
             if build is not None:
@@ -142,7 +140,6 @@ def provision_database(
                         connection.exec_driver_sql(f"CREATE DATABASE {quote_ident(template)}")
                         _mark(connection, template, template_run or run, "tpl")
                         _build_in(server_url.with_database(template), build)
-                        built = True
                 template_ms = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
             if _exists(connection, database):  # a reused name from a crashed run with the same id
@@ -156,7 +153,7 @@ def provision_database(
     finally:
         admin.dispose()
     return Provisioned(
-        "database", database, server_url.with_database(database), template_ms, clone_ms, built
+        "database", database, server_url.with_database(database), template_ms, clone_ms
     )
 
 
@@ -213,7 +210,6 @@ def provision_schema(
         schema_url(server_url, schema),
         elapsed,
         0.0,
-        True,
         schema,
     )
 
@@ -294,7 +290,6 @@ def provision_sqlite(
     target = Path(test_url.database or "")
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    built = False
     if build is not None:
         with open(template.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -302,7 +297,6 @@ def provision_sqlite(
                 staging = template.with_suffix(".building")
                 _build_in(dataclasses.replace(test_url, database=str(staging)), build)
                 staging.rename(template)
-                built = True
     template_ms = (time.perf_counter() - started) * 1000
     started = time.perf_counter()
     if build is not None:
@@ -310,4 +304,4 @@ def provision_sqlite(
     else:
         target.touch()
     clone_ms = (time.perf_counter() - started) * 1000
-    return Provisioned("sqlite", str(target), test_url, template_ms, clone_ms, built)
+    return Provisioned("sqlite", str(target), test_url, template_ms, clone_ms)

@@ -74,7 +74,6 @@ class RunPlan:
     async_url: DatabaseURL
     database: str
     sqlite_dir: Path | None
-    origin_pid: int
     fallback_reason: str | None = None  # why SQLite was chosen over the embedded default
     schema: str | None = None  # schema-per-worker mode: the worker's schema in the named database
 
@@ -226,7 +225,6 @@ def _plan(settings: dbguard_config.Settings, origin: Mapping[str, Any] | None) -
         "run": run,
         "worker": worker,
         "owns_server": origin is None,
-        "origin_pid": os.getpid() if origin is None else int(origin["pid"]),
     }
     embedded = False
     fallback: str | None = None
