@@ -85,9 +85,9 @@ class Truncator:
     def clean(self) -> list[str]:
         """Empty every dirty table (``RESTART IDENTITY CASCADE``); returns what was emptied."""
         with self._engine.connect() as connection:
-            connection.exec_driver_sql(
-                "SET lock_timeout = '5s'"
-            )  # a leaked open transaction must not hang the run
+            # A leaked open transaction must not hang the run. LOCAL: the connection goes back to
+            # dbguard_engine's pool, which the tests' own connections come from.
+            connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
             dirty = self.dirty_tables(connection)
             if dirty:
                 connection.exec_driver_sql(f"TRUNCATE {', '.join(dirty)} RESTART IDENTITY CASCADE")
