@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 
@@ -20,6 +21,33 @@ _LEAKY_PREFIXES = (
     "PYTEST_PLUGINS",
     "DB_TABLE_PREFIX",
 )
+
+# Markers for tests whose inner runs use an optional plugin: marker -> (module, distribution).
+# tox's py313-noxdist-noenv env uninstalls both and deselects these with -m; every other env runs them.
+PLUGIN_MARKERS = {
+    "needs_xdist": ("xdist", "pytest-xdist"),
+    "needs_pytest_env": ("pytest_env", "pytest-env"),
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker, (_, distribution) in PLUGIN_MARKERS.items():
+        config.addinivalue_line(
+            "markers",
+            f"{marker}: the test's inner run uses {distribution}; "
+            f"deselect with -m 'not {marker}' where it is not installed",
+        )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that needs a missing plugin fails: only deselection (-m) may leave it out."""
+    for marker, (module, distribution) in PLUGIN_MARKERS.items():
+        if item.get_closest_marker(marker) and importlib.util.find_spec(module) is None:
+            pytest.fail(
+                f"{item.nodeid} needs {distribution}, which is not installed here: install the "
+                f"test extra (pip install -e '.[test]') or deselect it with -m 'not {marker}'",
+                pytrace=False,
+            )
 
 
 @pytest.fixture(scope="session")

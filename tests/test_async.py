@@ -218,6 +218,7 @@ def test_module_level_app_engine_across_ten_tests(
     assert_quiet_exit(result)
 
 
+@pytest.mark.needs_xdist
 @pytest.mark.usefixtures("strict_warnings")
 @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
 def test_xdist_two_workers(pytester: pytest.Pytester, driver: str) -> None:

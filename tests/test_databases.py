@@ -70,7 +70,9 @@ def test_run_leaves_other_databases_alone(pytester: pytest.Pytester, pg_server: 
         pg_server.sql('DROP DATABASE IF EXISTS "postgres_dbg_zzzzzz_gw0"')
 
 
-@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
+@pytest.mark.parametrize(
+    "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
 def test_role_without_createdb_gets_a_schema_per_worker(
     pytester: pytest.Pytester, pg_server: TestServer, xdist: bool
 ) -> None:

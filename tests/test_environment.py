@@ -106,6 +106,7 @@ def test_conftest_opt_in_with_imports_inside_tests(pytester: pytest.Pytester) ->
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
 
 
+@pytest.mark.needs_xdist
 def test_per_worker_prefix_under_xdist(pytester: pytest.Pytester) -> None:
     _app(pytester)
     pytester.makeconftest(TOP_LEVEL_IMPORT_CONFTEST)
@@ -126,7 +127,10 @@ def test_per_worker_prefix_under_xdist(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=6)
 
 
-@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
+@pytest.mark.needs_pytest_env
+@pytest.mark.parametrize(
+    "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
 def test_pytest_env_entries_see_dbguard_values(pytester: pytest.Pytester, xdist: bool) -> None:
     pytester.makeini(
         """

@@ -10,7 +10,9 @@ import pytest
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
+@pytest.mark.parametrize(
+    "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
 @pytest.mark.parametrize("example, passed", [("storage_app", 13), ("psycopg_plain", 9)])
 def test_example_runs_as_it_is(
     pytester: pytest.Pytester, example: str, passed: int, xdist: bool

@@ -23,7 +23,9 @@ EXIT_NOISE = (
 )
 
 
-@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
+@pytest.mark.parametrize(
+    "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
 def test_fastapi_example_runs_as_it_is(pytester: pytest.Pytester, xdist: bool) -> None:
     shutil.copytree(
         EXAMPLE,

@@ -311,6 +311,7 @@ XDIST_SUITE = (
 )
 
 
+@pytest.mark.needs_xdist
 def test_faults_under_xdist_keep_the_other_workers_safe(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_mixed=XDIST_SUITE)
     args = ["-n", "2", "--dist", "loadgroup", "-W", "error::pytest.PytestWarning"]

@@ -667,6 +667,7 @@ UTCNOW_TEST = f"""
             "",
             "dbguard: 3 datetime.utcnow() deprecation warnings (test_a.py: 2, test_b.py: 1)",
             id="counted-xdist",
+            marks=pytest.mark.needs_xdist,
         ),
         pytest.param("off", ["--dbguard-naive-datetime", "off"], "", None, id="off-cli"),
         pytest.param("off", [], "dbguard_naive_datetime = off\n", None, id="off-ini"),

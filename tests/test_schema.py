@@ -101,7 +101,9 @@ def _alembic_project(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_accounts=USES_ACCOUNTS)
 
 
-@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
+@pytest.mark.parametrize(
+    "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
 def test_alembic_upgrade_head_builds_the_template(pytester: pytest.Pytester, xdist: bool) -> None:
     _alembic_project(pytester)
     args = ["-v", "-n", "2"] if xdist else ["-v"]
