@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,8 @@ import pytest
 
 from tests.conftest import run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
+
+pytestmark = pytest.mark.needs_xdist
 
 XDIST = ("xdist.plugin",)
 
@@ -24,8 +27,9 @@ MODELS = """
         worker: Mapped[str]
 """
 
-# Each test commits for real (truncate isolation is not used, so rows accumulate per database):
-# if two workers shared a database, a worker would see the other's rows.
+# Each test commits for real (isolation "none", so rows accumulate per database), tagged with
+# the tox env (if any) and the worker: if two workers, or two runs, shared a database, a test
+# would see the other's rows. Each test also notes its run id and database in seen-<tag>.txt.
 WORKER_TESTS = """
     import os
     import time
@@ -40,11 +44,14 @@ WORKER_TESTS = """
         worker = os.environ["DBGUARD_WORKER"]
         assert worker == os.environ.get("PYTEST_XDIST_WORKER", "main")
         assert os.environ["DBGUARD_DB"].endswith("_" + worker)
+        tag = os.environ.get("TOX_ENV_NAME", "none") + "-" + worker
         with ENGINE.begin() as conn:
-            conn.execute(text("INSERT INTO visits (worker) VALUES (:w)"), {"w": worker})
+            conn.execute(text("INSERT INTO visits (worker) VALUES (:w)"), {"w": tag})
             time.sleep(0.05)
-            others = conn.execute(text("SELECT count(*) FROM visits WHERE worker <> :w"), {"w": worker}).scalar()
+            others = conn.execute(text("SELECT count(*) FROM visits WHERE worker <> :w"), {"w": tag}).scalar()
         assert others == 0
+        with open(f"seen-{tag}.txt", "a") as seen:
+            seen.write(os.environ["DBGUARD_RUN"] + " " + os.environ["DBGUARD_DB"] + "\\n")
 """
 
 
@@ -70,33 +77,47 @@ def test_each_worker_has_its_own_database(
     assert set(pg_server.databases()) == before  # nothing left behind on the external server
 
 
-def test_two_concurrent_runs_on_one_server(
+def test_two_concurrent_tox_envs_on_one_server(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:
+    """Two runs at once, as two tox envs would start them, each -n 2 against one external server.
+
+    Each gets its own run id and databases, sees only its own rows, and leaves nothing behind.
+    """
     _project(pytester)
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "pytest_dbguard",
-        "-p",
-        "xdist.plugin",
-        "-n",
-        "2",
-        "--dbguard-url",
-        pg_server.url(),
-        "-q",
-    ]
+    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "-p", "xdist.plugin"]
+    command += ["-n", "2", "--dbguard-url", pg_server.url(), "-q"]
+    envs = ("py311", "py312")
     runs = [
         subprocess.Popen(
-            command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            cwd=pytester.path,
+            env={**os.environ, "TOX_ENV_NAME": env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        for _ in range(2)
+        for env in envs
     ]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
-    for run, output in zip(runs, outputs, strict=False):
+    for run, output in zip(runs, outputs, strict=True):
         assert run.returncode == 0, output
         assert "12 passed" in output
         assert SUPERUSER_PASSWORD not in output
     assert not [name for name in pg_server.databases() if "_dbg_" in name]
+    run_ids: dict[str, set[str]] = {}
+    databases: dict[str, set[str]] = {}
+    for env in envs:
+        lines = [
+            line.split()
+            for seen in pytester.path.glob(f"seen-{env}-gw*.txt")
+            for line in seen.read_text().splitlines()
+        ]
+        assert len(lines) == 12  # every test of this run noted what it saw
+        run_ids[env] = {run_id for run_id, _ in lines}
+        databases[env] = {database for _, database in lines}
+        assert len(run_ids[env]) == 1  # one run id shared by both workers of a run
+        assert len(databases[env]) == 2  # a database per worker
+        assert all(f"_dbg_{next(iter(run_ids[env]))}_" in name for name in databases[env])
+    assert run_ids["py311"].isdisjoint(run_ids["py312"])
+    assert databases["py311"].isdisjoint(databases["py312"])
