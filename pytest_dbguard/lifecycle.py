@@ -299,6 +299,8 @@ def stop(config: pytest.Config) -> None:
         proxy.stop()
     try:
         if plan.owns_server:
+            if cluster is not None and answered:
+                cluster.fill_cache()  # a first run's initdb output, for the runs after it
             if cluster is not None and not settings.reuse:
                 cluster.stop()
             elif plan.server_url is not None and answered:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -50,6 +51,10 @@ MISSING_BINARIES: Final = (
     "point dbguard at a server with --dbguard-url / DBGUARD_URL, or use --dbguard-url sqlite."
 )
 _PR_SET_PDEATHSIG: Final = 1
+# The server's process lays out its data folder first (initdb on a cache miss, a copy), then
+# becomes the server (same pid, same parent-death signal): pytest does not wait for either.
+COPY_FAILED: Final = 97
+INITDB_FAILED: Final = 98
 
 
 def find_bindir(configured: str | None = None) -> Path | None:
@@ -153,6 +158,10 @@ class EmbeddedCluster:
     user: tuple[int, int] | None = dataclasses.field(default_factory=server_user)
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
+    # The first launch lays out the data folder in the server's own process: initdb on a cache
+    # miss, then a copy (of the cache, or of that initdb output).
+    _pending_initdb: bool = False
+    _pending_copy: bool = False
 
     @property
     def datadir(self) -> Path:
@@ -169,70 +178,77 @@ class EmbeddedCluster:
         )
 
     def initialise(self) -> None:
-        """Lay out the data folder: a copy of the cached initdb output, made once per version."""
+        """Lay out the run folder and decide where the data folder comes from.
+
+        A copy of the cached initdb output (made once per PostgreSQL binary), or on a cache miss a
+        fresh initdb. Either runs in the server's own process at :meth:`launch`, so pytest goes on
+        importing conftests and collecting meanwhile; :meth:`fill_cache` keeps a fresh initdb.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
-        if self.user is not None:
-            os.chown(self.root, *self.user)
-        cached = self._cached_initdb()
+        self._own(self.root)
         self.datadir.mkdir(mode=0o700)
-        _copy_tree(cached, self.datadir)  # the cache is owned by the server user already
+        self._own(self.datadir)
+        if not (self.initdb_cache / "PG_VERSION").exists():
+            self._scratch.mkdir(mode=0o700)
+            self._own(self._scratch)
+            self._pending_initdb = True
+        self._pending_copy = True
 
-    def _cached_initdb(self) -> Path:
+    def _own(self, folder: Path) -> None:
+        if self.user is not None:
+            os.chown(folder, *self.user)
+
+    @property
+    def _scratch(self) -> Path:
+        # initdb runs as the server user, which cannot write into root's home: it builds here,
+        # and fill_cache moves the untouched result into the cache.
+        return self.root / "initdb"
+
+    @property
+    def initdb_cache(self) -> Path:
         # Keyed by the binary itself (path, size, mtime): an upgrade gets a fresh cache, and no
         # `postgres --version` subprocess is needed on the hot path.
         binary = (self.bindir / "postgres").resolve().stat()
         key = hashlib.sha1(
             f"{self.bindir.resolve()}:{binary.st_size}:{binary.st_mtime_ns}".encode()
         ).hexdigest()[:10]
-        cached = cache_root() / f"initdb-{key}-{self.user[0] if self.user else os.geteuid()}"
-        if (cached / "PG_VERSION").exists():
-            return cached
-        # initdb runs as the server user, which cannot enter root's home: build it in our run
-        # folder, then move the finished copy into the cache atomically.
-        scratch = self.root / "initdb"
-        scratch.mkdir(mode=0o700)
-        if self.user is not None:
-            os.chown(scratch, *self.user)
-        try:
-            result = subprocess.run(
-                [
-                    str(self.bindir / "initdb"),
-                    "-D",
-                    str(scratch),
-                    "-U",
-                    SUPERUSER,
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-sync",
-                    "--no-instructions",
-                    "--wal-segsize=1",
-                ],
-                capture_output=True,
-                text=True,
-                preexec_fn=_child_setup(self.user, False),
-            )
-        except OSError as error:
-            raise ServerError(
-                f"Could not run {self.bindir / 'initdb'}: {error}. The PostgreSQL binaries must be "
-                "executable by the user the server runs as (when pytest runs as root: 'postgres')."
-            ) from error
-        if result.returncode != 0:
-            raise ServerError(
-                f"initdb failed in {scratch}:\n{(result.stdout + result.stderr)[-2000:]}"
-            )
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=cached.name + ".", dir=cached.parent))
-        _copy_tree(scratch, staging)
+        return cache_root() / f"initdb-{key}-{self.user[0] if self.user else os.geteuid()}"
+
+    def fill_cache(self) -> None:
+        """Keep this run's initdb output for later runs (best effort; call once the server answered)."""
+        scratch = self._scratch
+        if not (scratch / "PG_VERSION").exists():
+            return
+        cached = self.initdb_cache
+        with contextlib.suppress(OSError):
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=cached.name + ".", dir=cached.parent))
+            try:
+                _copy_tree(scratch, staging)
+                os.rename(staging, cached)
+            except (OSError, ServerError):  # another run cached it first, or the disk is full
+                shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
-        try:
-            os.rename(staging, cached)
-        except OSError:  # another run cached it first
-            shutil.rmtree(staging, ignore_errors=True)
-        return cached
+
+    def _prelude(self) -> tuple[str, int | None]:
+        """The shell steps that lay out the data folder before the server starts, and the folder
+        descriptor the child must inherit (see :meth:`_copy_source`)."""
+        steps = []
+        source_fd = None
+        if self._pending_initdb:
+            initdb = [
+                str(self.bindir / "initdb"),
+                *("-D", str(self._scratch), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8"),
+                *("--locale=C", "--no-sync", "--no-instructions", "--wal-segsize=1"),
+            ]
+            steps.append(f"{shlex.join(initdb)} || exit {INITDB_FAILED}")
+            source = str(self._scratch)
+        else:
+            source, source_fd = self._copy_source(self.initdb_cache)
+        target = shlex.quote(str(self.datadir))
+        steps.append(f"cp -a -- {shlex.quote(source + '/.')} {target} || exit {COPY_FAILED}")
+        return "; ".join([*steps, 'exec "$@"']), source_fd
 
     def launch(self) -> None:
         """Start the server process and return at once; :meth:`wait_started` or a readiness check follows."""
@@ -247,6 +263,11 @@ class EmbeddedCluster:
         ]
         for setting in SERVER_SETTINGS:
             command += ["-c", setting]
+        server = command[0]
+        source_fd: int | None = None
+        if self._pending_copy:
+            prelude, source_fd = self._prelude()
+            command = ["sh", "-c", prelude, "dbguard-postgres", *command]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         try:
             self.process = subprocess.Popen(
@@ -256,15 +277,27 @@ class EmbeddedCluster:
                 stderr=subprocess.STDOUT,
                 preexec_fn=_child_setup(self.user, die_with_parent=not self.keep),
                 start_new_session=self.keep,
+                pass_fds=() if source_fd is None else (source_fd,),
             )
         except OSError as error:
-            raise ServerError(f"Could not start {command[0]}: {error}") from error
+            raise ServerError(f"Could not start {server}: {error}") from error
         finally:
             log.close()
+            if source_fd is not None:
+                os.close(source_fd)
+        self._pending_copy = self._pending_initdb = False
         self.started_at = time.monotonic()
         self._write_state()
         if not self.keep:  # last resort when pytest never reaches unconfigure
             atexit.register(self._stop_at_exit)
+
+    def _copy_source(self, cached: Path) -> tuple[str, int | None]:
+        """How the server user reaches the cache: its path, or an open folder passed to the child
+        when the cache sits in root's home, which the server user cannot enter."""
+        if self.user is None:
+            return str(cached), None
+        descriptor = os.open(cached, os.O_RDONLY | os.O_DIRECTORY)
+        return f"/proc/self/fd/{descriptor}", descriptor
 
     def _stop_at_exit(self) -> None:
         if self.process is not None:
@@ -273,6 +306,13 @@ class EmbeddedCluster:
     def exited_early(self) -> str | None:
         """The log tail if the server process has already died, else None."""
         if self.process is not None and self.process.poll() is not None:
+            if self.process.returncode == INITDB_FAILED:
+                return f"initdb failed in {self._scratch}. Log tail:\n{self.log_tail()}"
+            if self.process.returncode == COPY_FAILED:
+                return (
+                    f"Could not copy the initialised data folder into {self.datadir}. "
+                    f"Log tail:\n{self.log_tail()}"
+                )
             return f"PostgreSQL exited with code {self.process.returncode}. Log tail:\n{self.log_tail()}"
         return None
 

@@ -126,6 +126,45 @@ def test_server_that_fails_to_start_shows_its_log(pytester: pytest.Pytester) -> 
     assert "not ready" not in result.stderr.str()
 
 
+def test_first_run_fills_the_initdb_cache(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = pytester.path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    pytester.makepyfile(RECORD_RUN.format(tail=""))
+    # Empty cache: initdb runs in the server's own process, then its output is kept.
+    run_dbguard(pytester).assert_outcomes(passed=1)
+    _assert_nothing_left(pytester)
+    kept = list((cache / "pytest-dbguard").glob("initdb-*/PG_VERSION"))
+    assert len(kept) == 1, f"no initdb output cached in {cache}"
+    # The next run copies the cache and does not run initdb again (no scratch folder to fill).
+    run_dbguard(pytester).assert_outcomes(passed=1)
+    assert list((cache / "pytest-dbguard").glob("initdb-*")) == [kept[0].parent]
+    _assert_nothing_left(pytester)
+
+
+def test_initdb_that_fails_shows_its_output(pytester: pytest.Pytester) -> None:
+    real = server.find_bindir()
+    assert real is not None
+    bindir = Path(tempfile.mkdtemp(prefix="dbguard-badinitdb-", dir="/dev/shm"))
+    bindir.chmod(0o755)
+    (bindir / "postgres").symlink_to(real / "postgres")  # a new binary path: a cache miss
+    (bindir / "initdb").write_text("#!/bin/sh\necho 'initdb: disk quota exceeded' >&2\nexit 1\n")
+    (bindir / "initdb").chmod(0o755)
+    pytester.makeconftest(
+        "import os, pathlib\npathlib.Path('run.txt').write_text(os.environ['DBGUARD_RUN'])\n"
+    )
+    pytester.makepyfile("def test_never(dbguard_engine): pass")
+    try:
+        result = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20")
+    finally:
+        shutil.rmtree(bindir)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*initdb failed in *", "*initdb: disk quota exceeded*"])
+    assert "not ready" not in result.stderr.str()
+    _assert_nothing_left(pytester)
+
+
 def test_sqlite_fallback_without_binaries(pytester: pytest.Pytester, tmp_path: Path) -> None:
     pytester.makepyfile(
         """
