@@ -1,8 +1,11 @@
 """The session's database lifecycle: wait for the server, provision this worker's database, clean up.
 
-Called from plugin.py hooks. ``start`` runs at session start in every process (the server must
-answer a real query in each), ``finish`` drops this worker's database, ``stop`` stops the
-embedded server and drops what the run left on an external one.
+Called from plugin.py hooks. The server was launched before the conftests loaded; ``ensure_started``
+waits for it as late as it can: after collection in the processes that run tests (a single run,
+each xdist worker), so the server starts while pytest collects, and at session start in the xdist
+controller, whose header names the server. Every process proves the server answers a real query.
+``finish`` drops this worker's database, ``stop`` stops the embedded server and drops what the
+run left on an external one.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import dataclasses
 import os
 import shutil
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -46,6 +48,7 @@ class SessionState:
     answered: bool = False  # the server answered a query: cleanup may connect
     server_start_ms: float = 0.0
     provisioned: Provisioned | None = None
+    started: bool = False  # ensure_started ran (it runs once)
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -85,13 +88,23 @@ def _schema_source(settings: Settings) -> str:
 
 
 def start(config: pytest.Config) -> None:
-    """Prove the server answers, then create this worker's database from the template."""
+    """At session start: the xdist controller waits for the server now; the others wait late."""
     if plan_key not in config.stash:
+        return
+    state = config.stash[state_key]
+    state.runs_tests = not _is_xdist_controller(config)
+    if not state.runs_tests:
+        ensure_started(config)
+
+
+def ensure_started(config: pytest.Config) -> None:
+    """Prove the server answers, then create this worker's database from the template (once)."""
+    if plan_key not in config.stash or config.stash[state_key].started:
         return
     plan = plan_of(config)
     settings = config.stash[settings_key]
     state = config.stash[state_key]
-    state.runs_tests = not _is_xdist_controller(config)
+    state.started = True
     try:
         if plan.server_url is not None:
             _wait_ready(config, plan, settings, state)
@@ -130,8 +143,8 @@ def _wait_ready(
     state.ready_attempts = result.attempts
     state.ready_ms = result.elapsed_ms
     state.server_version = result.server_version or "?"
-    if cluster is not None and cluster.started_at:
-        state.server_start_ms = (time.monotonic() - cluster.started_at) * 1000
+    if cluster is not None:
+        state.server_start_ms = cluster.start_ms() or 0.0
 
 
 def _schema_build(state: SessionState, url: str) -> SchemaBuild | None:
@@ -213,6 +226,22 @@ def _provision(
 
 
 def header_lines(config: pytest.Config) -> list[str]:
+    """The xdist controller's header line (it waited at session start)."""
+    if state_key not in config.stash or config.stash[state_key].runs_tests:
+        return []
+    return summary_lines(config)
+
+
+def collection_lines(config: pytest.Config) -> list[str]:
+    """A single run's line, printed after collection: it waits for the server only then."""
+    if state_key not in config.stash or not config.stash[state_key].runs_tests:
+        return []
+    if config.get_verbosity() < 0:
+        return []  # -q hides the header; this line stands in for it
+    return summary_lines(config)
+
+
+def summary_lines(config: pytest.Config) -> list[str]:
     """One line: target, worker databases, schema source, server start and readiness."""
     if plan_key not in config.stash or state_key not in config.stash:
         return []

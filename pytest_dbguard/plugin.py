@@ -106,6 +106,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [*lifecycle.header_lines(config), *asyncloop.header_lines(config)]
 
 
+# Wait for the server after collection, not before: it starts while pytest collects. Before the
+# terminal reporter's own hook, which prints the line below.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    lifecycle.ensure_started(session.config)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    return lifecycle.collection_lines(config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    lifecycle.ensure_started(session.config)  # when collection was skipped or its hook not reached
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     lifecycle.check_markers(config, items)
     isolation.add_truncate_fixture(items)

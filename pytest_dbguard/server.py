@@ -157,7 +157,7 @@ class EmbeddedCluster:
     keep: bool = False  # --dbguard-reuse: survive the run, detached from pytest
     user: tuple[int, int] | None = dataclasses.field(default_factory=server_user)
     process: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
+    started_at: float = 0.0  # time.time() of the launch
     # The first launch lays out the data folder in the server's own process: initdb on a cache
     # miss, then a copy (of the cache, or of that initdb output).
     _pending_initdb: bool = False
@@ -286,7 +286,7 @@ class EmbeddedCluster:
             if source_fd is not None:
                 os.close(source_fd)
         self._pending_copy = self._pending_initdb = False
-        self.started_at = time.monotonic()
+        self.started_at = time.time()
         self._write_state()
         if not self.keep:  # last resort when pytest never reaches unconfigure
             atexit.register(self._stop_at_exit)
@@ -320,6 +320,18 @@ class EmbeddedCluster:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return "(no log)"
+
+    def start_ms(self) -> float | None:
+        """Launch to accepting connections (data folder laid out, server up), in ms; None if unknown.
+
+        The server rewrites its pid file when it becomes ready: its mtime is that moment, however
+        late dbguard asked.
+        """
+        with contextlib.suppress(OSError):
+            ready = (self.datadir / "postmaster.pid").stat().st_mtime
+            if self.started_at and ready >= self.started_at:
+                return (ready - self.started_at) * 1000
+        return None
 
     def postmaster_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, IndexError):

@@ -126,6 +126,42 @@ def test_server_that_fails_to_start_shows_its_log(pytester: pytest.Pytester) -> 
     assert "not ready" not in result.stderr.str()
 
 
+def test_server_starts_while_pytest_collects(pytester: pytest.Pytester) -> None:
+    # At collection the server is already up (launched before the conftests), while this
+    # worker's database is only made after collection: dbguard waits late.
+    pytester.makepyfile(
+        """
+        import os, time
+        import psycopg
+        from sqlalchemy import text
+
+        url = os.environ["DBGUARD_URL"].replace("postgresql+psycopg://", "postgresql://")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                psycopg.connect(url).close()
+                AT_COLLECTION = "database exists"
+                break
+            except psycopg.OperationalError as error:
+                if "does not exist" in str(error):
+                    AT_COLLECTION = "server up, database not made yet"
+                    break
+                if time.monotonic() > deadline:
+                    AT_COLLECTION = str(error)
+                    break
+                time.sleep(0.02)
+
+        def test_database_made_after_collection(dbguard_connection):
+            assert AT_COLLECTION == "server up, database not made yet"
+            assert dbguard_connection.execute(text("SELECT 1")).scalar() == 1
+        """
+    )
+    result = run_dbguard(pytester)
+    result.assert_outcomes(passed=1)
+    # The summary line comes once the server answered, after "collected 1 item".
+    result.stdout.fnmatch_lines(["collected 1 item", "dbguard: embedded PostgreSQL *ready after*"])
+
+
 def test_first_run_fills_the_initdb_cache(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
