@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import select
 import shutil
 import time
 import zlib
@@ -68,6 +69,34 @@ def engine_for(url: DatabaseURL, **kwargs: Any) -> Engine:
     if url.is_sqlite:
         sqlite_savepoints(engine)
     return engine
+
+
+def discard_dead_connections(engine: Engine) -> None:
+    """Disconnect handling without pool_pre_ping's round trip per checkout.
+
+    A pooled connection that the server has closed (a terminated backend, a restart, a cut) has a
+    readable socket while idle: the server's last message, or end of file. At checkout such a
+    connection, or one closed on our side, raises SQLAlchemy's ``DisconnectionError``, and the
+    pool discards it and connects anew (SQLAlchemy's documented pessimistic-handling hook).
+    """
+    from sqlalchemy import event, exc
+
+    @event.listens_for(engine, "checkout")
+    def _discard_if_dead(dbapi_connection: Any, _record: object, _proxy: object) -> None:
+        if _looks_dead(dbapi_connection):
+            raise exc.DisconnectionError("the server closed this pooled connection")
+
+
+def _looks_dead(dbapi_connection: Any) -> bool:
+    if getattr(dbapi_connection, "closed", False):  # psycopg: True; psycopg2: a non-zero int
+        return True
+    try:
+        descriptor = dbapi_connection.fileno()
+    except Exception:  # a driver that cannot say, or a connection already broken
+        return True
+    poller = select.poll()
+    poller.register(descriptor, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))  # nothing is due on an idle connection
 
 
 def sqlite_savepoints(engine: Engine) -> None:

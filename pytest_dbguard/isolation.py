@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Final
 import pytest
 
 from pytest_dbguard.config import settings_key
-from pytest_dbguard.databases import INTERNAL_OPTIONS, engine_for, quote_ident
+from pytest_dbguard.databases import (
+    INTERNAL_OPTIONS,
+    discard_dead_connections,
+    engine_for,
+    quote_ident,
+)
 from pytest_dbguard.environment import plan_key
 
 if TYPE_CHECKING:
@@ -141,6 +146,20 @@ def dbguard_engine(dbguard_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
+def _dbguard_connection_engine(dbguard_url: str) -> Iterator[Engine]:
+    """Session: the engine behind ``dbguard_connection``. It skips ``pool_pre_ping``'s round trip
+    on every test: dead pooled connections are found by a look at their socket instead."""
+    from pytest_dbguard.urls import DatabaseURL
+
+    url = DatabaseURL.parse(dbguard_url)
+    engine = engine_for(url)
+    if not url.is_sqlite:
+        discard_dead_connections(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
 def _dbguard_cleaner(dbguard_engine: Engine) -> Iterator[Truncator | None]:
     """Session: the truncator on a small internal pool (its statements are not counted as the test's)."""
     internal = dbguard_engine.execution_options(**INTERNAL_OPTIONS)
@@ -166,14 +185,14 @@ def _dbguard_truncate(
 
 @pytest.fixture
 def dbguard_connection(
-    request: pytest.FixtureRequest, dbguard_engine: Engine
+    request: pytest.FixtureRequest, _dbguard_connection_engine: Engine
 ) -> Iterator[Connection]:
     """Function: a Connection inside a transaction that is rolled back after the test.
 
     With ``isolation="truncate"`` or ``"none"`` the connection is plain (commits are real; truncate
     empties the written tables afterwards).
     """
-    connection = dbguard_engine.connect()
+    connection = _dbguard_connection_engine.connect()
     if isolation_of(request.node) != "rollback":
         yield connection
         connection.close()

@@ -234,3 +234,30 @@ def test_truncator_resets_sequences_of_emptied_tables(pg_server: TestServer) -> 
     finally:
         engine.dispose()
         pg_server.sql("DROP DATABASE truncator_probe")
+
+
+DEAD_POOLED_CONNECTION = """
+    from sqlalchemy import text
+
+    PIDS = []
+
+    def test_1_uses_a_connection(dbguard_connection):
+        PIDS.append(dbguard_connection.execute(text("SELECT pg_backend_pid()")).scalar())
+
+    def test_2_server_ends_the_idle_pooled_connection(dbguard_faults):
+        assert dbguard_faults.terminate() >= 1
+
+    def test_3_gets_a_live_connection(dbguard_connection, dbguard_session):
+        pid = dbguard_connection.execute(text("SELECT pg_backend_pid()")).scalar()
+        assert pid != PIDS[0]
+"""
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_dead_pooled_connection_is_replaced(
+    pytester: pytest.Pytester, pg_server: TestServer, driver: str
+) -> None:
+    # dbguard_connection skips pool_pre_ping's round trip: a pooled connection the server closed
+    # must still never reach a test.
+    pytester.makepyfile(DEAD_POOLED_CONNECTION)
+    run_dbguard(pytester, "--dbguard-url", pg_server.url(driver=driver)).assert_outcomes(passed=3)
