@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import json
+import os
 import re
+import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from pytest_dbguard.config import (
+    ISOLATION_CHOICES,
+    NAIVE_DATETIME_CHOICES,
+    OPTIONS,
+    WORKER_ISOLATION_CHOICES,
+)
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -47,6 +62,18 @@ def blocks(section: str, language: str) -> list[str]:
     return found
 
 
+def as_shown(output: str) -> list[str]:
+    """``fnmatch_lines`` patterns for an output block: numbers, run ids and ``...`` match anything."""
+    patterns = []
+    for line in output.splitlines():
+        line = line.strip()
+        if line and line != "...":
+            line = re.sub(r"_dbg_[0-9a-f]+_", "_dbg_*_", line)
+            line = re.sub(r"\d+(?:\.\d+)*", "*", line).replace("...", "*")
+            patterns.append("*" + line)  # after the indentation or "E" of the report
+    return patterns
+
+
 def test_the_two_commands_come_first() -> None:
     first = re.search(r"```bash\n(.*?)```", README, re.S)
     assert first is not None
@@ -71,11 +98,8 @@ def test_quickstart(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_subprocess("-v")
     result.assert_outcomes(passed=2)  # the second sees nothing of the first: rolled back
-    result.stdout.fnmatch_lines(
-        [
-            "dbguard: embedded PostgreSQL * at 127.0.0.1:*; database *_dbg_*_main; metadata app.models:Base;*"
-        ]
-    )
+    (header,) = blocks("Quickstart", "")
+    result.stdout.fnmatch_lines(as_shown(header))
 
 
 def test_table_prefix_recipe(pytester: pytest.Pytester) -> None:
@@ -165,6 +189,7 @@ except ImportError:
 def test_guard_recipes(pytester: pytest.Pytester) -> None:
     """The naive datetime, dbguard_without and query count examples, as the README shows them."""
     naive, without, queries = blocks("Guards", "python")
+    naive_shown, queries_shown = blocks("Guards", "")
     pytester.mkpydir("app")
     pytester.makepyfile(**{"app/settings": SETTINGS})
     pytester.mkpydir("debug_toolbar")  # the dev-only package, installed here as in a dev setup
@@ -177,10 +202,353 @@ def test_guard_recipes(pytester: pytest.Pytester) -> None:
         "-p", "pytest_dbguard", "-W", "ignore::DeprecationWarning"
     )
     result.assert_outcomes(passed=2, failed=1, warnings=1)
+    # The utcnow() count line is not checked: Python before 3.12 does not warn, and it is ignored here.
+    naive_warning = as_shown(naive_shown.replace("tests/test_events.py", "test_guards.py"))[0]
+    result.stdout.fnmatch_lines([*as_shown(queries_shown), naive_warning])
+
+
+def test_install_line_names_real_extras() -> None:
+    """The pip line is not run (it would fetch from PyPI); its extras must exist."""
+    (install,) = blocks("Quickstart", "bash")
+    named = set(re.findall(r"\[(\w+)\]", install))
+    extras = set(importlib.metadata.metadata("pytest-dbguard").get_all("Provides-Extra") or [])
+    assert named == {"postgres", "async", "xdist"}
+    assert named <= extras
+
+
+def test_reference_table_names_every_option() -> None:
+    """Each row of the settings table is a real option, with its flag, variable, ini key and default."""
+    rows = {}
+    for line in README.split("## Reference", 1)[1].splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        cells[:4] = [cell.strip("`") for cell in cells[:4]]
+        if len(cells) == 5 and cells[2].startswith("dbguard_"):
+            rows[cells[2]] = cells
+    assert set(rows) == {option.ini for option in OPTIONS}
+    choices = {
+        "isolation": ISOLATION_CHOICES,
+        "worker_isolation": WORKER_ISOLATION_CHOICES,
+        "naive_datetime": NAIVE_DATETIME_CHOICES,
+    }
+    for option in OPTIONS:
+        flag, env, _, default, what = rows[option.ini]
+        assert flag.split()[0] == (option.flag if option.cli else "—"), option.name
+        assert env == (option.env_var if option.env else "—"), option.name
+        if option.default is not None:
+            assert default == option.default, option.name
+        named = re.findall(r"`(\w+)`", what)
+        if named and option.name in choices:
+            assert set(named) == set(choices[option.name]), option.name
+
+
+def test_parallel_recipe_is_the_ci_command() -> None:
+    """The xdist recipe's command is the one the CI test runs; its fallback names real values."""
+    text = README.split("### Parallel runs (pytest-xdist)", 1)[1].split("###", 1)[0]
+    (command,) = re.findall(r"`(pytest -p pytest_dbguard -n \d+)`", text)
+    (ci,) = blocks("An external server, CI wait step and compose healthcheck", "bash")
+    assert command in ci.splitlines()
+    flag, value = re.findall(r"`(--dbguard-worker-isolation) (\w+)`", text)[0]
+    assert flag in {option.flag for option in OPTIONS}
+    assert {value, "auto"} <= set(WORKER_ISOLATION_CHOICES)
+
+
+# The README's example credentials, given to a role on the test server so the recipes run as written.
+APP_USER, APP_PASSWORD = "app", "secret"
+
+
+@pytest.fixture
+def app_database(pg_server: TestServer) -> Iterator[TestServer]:
+    """Function: role ``app`` (password ``secret``, CREATEDB) owning database ``app``; dropped after."""
+    pg_server.sql(f"CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD '{APP_PASSWORD}'")
+    pg_server.sql(f"CREATE DATABASE app OWNER {APP_USER}")
+    yield pg_server
+    pg_server.sql("DROP DATABASE IF EXISTS app WITH (FORCE)")
+    for name in pg_server.databases():  # a failed run's leftovers must not block DROP ROLE
+        if name.startswith("app_dbg_"):
+            pg_server.sql(f"DROP DATABASE {name} WITH (FORCE)")
+    pg_server.sql(f"DROP ROLE {APP_USER}")
+
+
+@pytest.fixture
+def venv_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``dbguard`` and ``pytest`` commands of this interpreter come first on PATH."""
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+
+
+WORKER_RECORD = """
+
+@pytest.mark.parametrize("n", range(8))
+def test_worker_database(n, dbguard_session):
+    name = dbguard_session.execute(text("SELECT current_database()")).scalar()
+    assert name == os.environ["DBGUARD_DB"]
+    assert os.environ["DATABASE_URL"] == os.environ["DBGUARD_URL"]
+    with open(f"seen-{os.environ['DBGUARD_WORKER']}.txt", "a") as seen:
+        seen.write(name + "\\n")
+"""
+
+
+@pytest.mark.needs_xdist
+@pytest.mark.usefixtures("venv_on_path")
+def test_ci_wait_step_runs_the_parallel_suite(
+    pytester: pytest.Pytester, app_database: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CI block as a shell script, on the quickstart project: wait, then ``-n 4``."""
+    (script,) = blocks("An external server, CI wait step and compose healthcheck", "bash")
+    assert script.count("@db:5432/") == 1
+    script = script.replace("@db:5432/", f"@127.0.0.1:{app_database.port}/")
+    pytester.mkpydir("app")
+    pytester.makepyfile(**{"app/models": APP_MODELS})
+    pytester.makefile(".ini", pytest=blocks("Quickstart", "ini")[0])
+    pytester.makepyfile(
+        test_users="import os\nimport pytest\nfrom sqlalchemy import text\nfrom app.models import User\n\n"
+        + blocks("Quickstart", "python")[0]
+        + WORKER_RECORD
+    )
+    pytester.makefile(".sh", ci=script)
+    # Users have plugin autoload; the sealed suite names xdist instead, outside the commands.
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p xdist.plugin")
+    result = pytester.run("bash", "-e", "ci.sh", timeout=300)
+    assert result.ret == 0, result.stderr.str()
     result.stdout.fnmatch_lines(
         [
-            "*expected at most 2 statements inside the block, 6 ran:",
-            "*1. SELECT authors.id, authors.name FROM authors",
-            "*NaiveDatetimeWarning: naive datetime bound as parameter 'at' of 'INSERT INTO events *",
+            "ready: postgresql+psycopg://app:***@127.0.0.1:*/app answered SELECT 1 (PostgreSQL *) after 1 attempt, * ms",
+            "*created: 4/4 workers*",
         ]
     )
+    result.assert_outcomes(passed=9)
+    assert f":{APP_PASSWORD}@" not in result.stdout.str() + result.stderr.str()
+
+    seen = {
+        path.stem.removeprefix("seen-"): set(path.read_text().split())
+        for path in pytester.path.glob("seen-*.txt")
+    }
+    assert set(seen) == {"gw0", "gw1", "gw2", "gw3"}
+    runs = set()
+    for worker, names in seen.items():
+        (name,) = names  # one database per worker, the same for all its tests
+        match = re.fullmatch(rf"app_dbg_(\w+)_{worker}", name)
+        assert match, name
+        runs.add(match.group(1))
+    assert len(runs) == 1
+    assert not [name for name in app_database.databases() if name.startswith("app_dbg_")]
+    tables = app_database.sql(
+        "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace", database="app"
+    )
+    assert tables.stdout.strip() == "0"  # dbguard never writes to "app"
+
+
+def mini_yaml(text: str) -> dict[str, Any]:
+    """Block mappings by indentation, with scalar or JSON-style list values: enough for the README."""
+    root: dict[str, Any] = {}
+    stack: list[tuple[int, dict[str, Any]]] = [(-1, root)]
+    for line in text.splitlines():
+        content = line.split(" #", 1)[0].rstrip()  # the README's comments follow a space
+        if not content.strip() or content.lstrip().startswith("#"):
+            continue
+        indent = len(content) - len(content.lstrip())
+        key, _, value = content.strip().partition(":")
+        while stack[-1][0] >= indent:
+            stack.pop()
+        parent = stack[-1][1]
+        value = value.strip()
+        if not value:
+            parent[key] = {}
+            stack.append((indent, parent[key]))
+        else:
+            parent[key] = json.loads(value) if value.startswith("[") else value
+    return root
+
+
+@pytest.mark.usefixtures("venv_on_path")
+def test_compose_healthcheck(pytester: pytest.Pytester, app_database: TestServer) -> None:
+    """The healthcheck's command, run as compose runs it, against a server on localhost."""
+    (compose,) = blocks("An external server, CI wait step and compose healthcheck", "yaml")
+    (ci,) = blocks("An external server, CI wait step and compose healthcheck", "bash")
+    parsed = mini_yaml(compose)
+    try:
+        yaml = importlib.import_module("yaml")
+    except ImportError:
+        pass
+    else:
+        assert yaml.safe_load(compose) == parsed
+    services = parsed["services"]
+    assert services["tests"]["depends_on"] == {"db": {"condition": "service_healthy"}}
+    url = services["tests"]["environment"]["DBGUARD_URL"]
+    assert f"export DBGUARD_URL={url} " in ci  # the same server and test command as the CI step
+    assert services["tests"]["command"] in ci.splitlines()
+    environment = services["db"]["environment"]
+    assert (environment["POSTGRES_USER"], environment["POSTGRES_PASSWORD"]) == (
+        APP_USER,
+        APP_PASSWORD,
+    )
+
+    kind, *command = services["db"]["healthcheck"]["test"]
+    assert kind == "CMD"
+    local = f"@localhost:{app_database.port}/"
+    assert command[2].count("@localhost/") == 1
+    command[2] = command[2].replace("@localhost/", local)
+    healthy = pytester.run(*command, timeout=60)
+    assert healthy.ret == 0, healthy.stderr.str()
+    healthy.stdout.fnmatch_lines(["ready: *answered SELECT 1 (PostgreSQL *) after 1 attempt*"])
+
+    # A wrong password is not something waiting fixes: unhealthy at once, saying why.
+    command[2] = command[2].replace(f":{APP_PASSWORD}@", ":wrong@")
+    unhealthy = pytester.run(*command, timeout=60)
+    assert unhealthy.ret == 1
+    unhealthy.stderr.fnmatch_lines(
+        ["*failed step: authentication*Stopped after 1 attempt*waiting does not fix this*"]
+    )
+    assert ":wrong@" not in unhealthy.stderr.str()
+
+
+ASYNC_MODELS = """
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+"""
+ASYNC_HEAD = """
+import os
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from models import Item
+
+settings = SimpleNamespace(database_url=os.environ["DBGUARD_ASYNC_URL"])
+APP_ENGINE = create_async_engine(os.environ["DBGUARD_ASYNC_URL"])  # made at import, as apps do
+"""
+ASYNC_CHECKS = """
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("n", range(2))
+async def test_app_engine_after_lifespan(n, dbguard_async_session):
+    async with lifespan(app=None):
+        async with APP_ENGINE.connect() as connection:
+            assert (await connection.execute(text("SELECT 1"))).scalar() == 1
+    assert await dbguard_async_session.scalar(select(func.count()).select_from(Item)) == 0
+
+
+@pytest.mark.asyncio(loop_scope="function")
+async def test_on_a_narrower_loop(dbguard_async_session):
+    pass
+"""
+
+
+def test_async_recipe_and_startup_wait(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+    """The async example, then an application engine and the lifespan wait on the same loop."""
+    (test,) = blocks("Async", "python")
+    (lifespan,) = blocks("An external server, CI wait step and compose healthcheck", "python")
+    pytester.makepyfile(models=ASYNC_MODELS)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+    pytester.makepyfile(test_items=ASYNC_HEAD + "\n\n" + test + "\n\n" + lifespan + ASYNC_CHECKS)
+    result = pytester.runpytest_subprocess(
+        "-p", "asyncio", "-p", "pytest_dbguard", "--dbguard-url", pg_server.url(), timeout=300
+    )
+    # The checks after the example see no row: it was rolled back. The narrower loop is refused.
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "dbguard: asyncio loop scope session for fixtures and tests*",
+            "*ERROR at setup of test_on_a_narrower_loop*",
+            "E   *test_on_a_narrower_loop uses *dbguard_async_session, made on the session-scoped "
+            "event loop, but the test runs on a function-scoped loop*Fix: *",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*attached to a different loop*")
+    assert SUPERUSER_PASSWORD not in result.stdout.str()
+
+
+def test_faults_recipe(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+    """The example as written: DBGUARD_URL goes through the proxy, so the cut hits the pool."""
+    (test,) = blocks("Faults: prove that your app recovers", "python")
+    pytester.makepyfile(
+        test_faults="import os\n\nfrom sqlalchemy import create_engine, text\n\n\n" + test
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "pytest_dbguard", "--dbguard-url", pg_server.url(), timeout=300
+    )
+    result.assert_outcomes(passed=1)
+    assert SUPERUSER_PASSWORD not in result.stdout.str()
+
+
+MIGRATED_TESTS = """
+import os
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from app.models import User
+
+ENGINE = create_engine(os.environ["DATABASE_URL"])  # the application's own engine
+
+
+def insert_and_commit(name):
+    with ENGINE.begin() as connection:  # its own connection, committed for real
+        statement = text("INSERT INTO users (name) VALUES (:name) RETURNING id")
+        return connection.execute(statement, {"name": name}).scalar()
+
+
+def names(postgresql):
+    return [row[0] for row in postgresql.execute("SELECT name FROM users ORDER BY id")]
+
+
+def test_session_keeps_its_name(session):
+    session.add(User(name="ada"))
+    session.commit()
+    assert session.query(User).count() == 1
+
+
+def test_postgresql_keeps_its_name(postgresql):
+    with postgresql.cursor() as cursor:
+        cursor.execute("INSERT INTO users (name) VALUES ('ada')")
+    assert names(postgresql) == ["ada"]
+
+
+@pytest.mark.dbguard(isolation="truncate")
+def test_postgresql_commits(postgresql):
+    assert names(postgresql) == []
+    postgresql.execute("INSERT INTO users (name) VALUES ('bob')")
+    postgresql.commit()
+
+
+@pytest.mark.dbguard(isolation="truncate")
+def test_app_commits_on_its_own_connection(postgresql):
+    assert names(postgresql) == []
+    assert insert_and_commit("cy") == 1  # RESTART IDENTITY after the last truncate
+
+
+@pytest.mark.dbguard(isolation="none")
+def test_opted_out():
+    insert_and_commit("kept")
+
+
+def test_only_the_opted_out_row_is_left(postgresql):
+    assert names(postgresql) == ["kept"]
+"""
+
+
+def test_isolation_and_migrating_recipes(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+    """The migration conftest as written, under each isolation the README describes."""
+    (conftest,) = blocks("Migrating", "python")
+    pytester.mkpydir("app")
+    pytester.makepyfile(**{"app/models": APP_MODELS})
+    pytester.makeini(
+        "[pytest]\ndbguard_metadata = app.models:Base\ndbguard_env =\n    DATABASE_URL={url}\n"
+    )
+    pytester.makeconftest(conftest)
+    pytester.makepyfile(test_migrated=MIGRATED_TESTS)
+    result = pytester.runpytest_subprocess(
+        "-p", "pytest_dbguard", "--dbguard-url", pg_server.url(), "-v", timeout=300
+    )
+    result.assert_outcomes(passed=6)
+    assert SUPERUSER_PASSWORD not in result.stdout.str()
