@@ -148,21 +148,22 @@ def _mark(connection: Connection, name: str, run: str, worker: str) -> None:
 def provision_database(
     server_url: DatabaseURL,
     database: str,
-    template: str,
+    template: str | None,
     build: SchemaBuild | None,
     *,
     run: str,
     worker: str,
     template_run: str | None = None,
 ) -> Provisioned:
-    """Create ``database`` on the server, cloned from ``template`` (built first if nobody has yet)."""
+    """Create ``database`` on the server, cloned from ``template`` (built first if nobody has yet),
+    or with no template, built in place."""
     from sqlalchemy.exc import DBAPIError
 
     admin = admin_engine(server_url)
     template_ms = 0.0
     try:
         with admin.connect() as connection:
-            if build is not None:
+            if build is not None and template is not None:
                 started = time.perf_counter()
                 with _advisory_lock(connection, template):
                     if not _exists(connection, template):
@@ -173,10 +174,14 @@ def provision_database(
             started = time.perf_counter()
             if _exists(connection, database):  # a reused name from a crashed run with the same id
                 drop_database(server_url, database, connection=connection)
-            clone = f" TEMPLATE {quote_ident(template)}" if build is not None else ""
+            clone = f" TEMPLATE {quote_ident(template)}" if build and template else ""
             connection.exec_driver_sql(f"CREATE DATABASE {quote_ident(database)}{clone}")
             _mark(connection, database, run, worker)
             clone_ms = (time.perf_counter() - started) * 1000
+        if build is not None and template is None:
+            started = time.perf_counter()
+            _build_in(server_url.with_database(database), build)
+            template_ms = (time.perf_counter() - started) * 1000
     except DBAPIError as error:
         raise DatabaseSetupError(_describe(error, server_url, database)) from error
     finally:

@@ -30,6 +30,7 @@ from pytest_dbguard.urls import DatabaseURL, database_name
 if TYPE_CHECKING:
     from pytest_dbguard.server import EmbeddedCluster
 
+SINGLE_PROCESS: Final = "main"  # the worker name of a run without xdist
 ORIGIN_VAR: Final = "_DBGUARD_ORIGIN"  # the controller's decisions, inherited by xdist workers
 EXPORTED: Final = (
     "DBGUARD_WORKER",
@@ -219,7 +220,11 @@ def _reuse_key(config: pytest.Config) -> str:
 
 
 def _plan(settings: dbguard_config.Settings, origin: Mapping[str, Any] | None) -> RunPlan:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main") if origin is not None else "main"
+    worker = (
+        os.environ.get("PYTEST_XDIST_WORKER", SINGLE_PROCESS)
+        if origin is not None
+        else SINGLE_PROCESS
+    )
     run = origin["run"] if origin is not None else secrets.token_hex(3)
     common: dict[str, Any] = {
         "run": run,

@@ -197,6 +197,15 @@ def _provision(
 ) -> Provisioned:
     fingerprint = _fingerprint(settings, state)
     template, template_run = _template(plan, settings, fingerprint or "000000")
+    # A single run that keeps nothing has no one to share a template with: it builds the schema
+    # in its own database, one CREATE DATABASE (and one DROP) fewer.
+    in_place = (
+        plan.server_url is not None
+        and plan.worker == environment.SINGLE_PROCESS
+        and not settings.reuse
+    )
+    if in_place:
+        template = plan.database
     template_url = (
         plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
     )
@@ -217,7 +226,7 @@ def _provision(
         return databases.provision_database(
             plan.server_url,
             plan.database,
-            template,
+            None if in_place else template,
             build,
             run=plan.run,
             worker=plan.worker,

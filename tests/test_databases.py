@@ -101,3 +101,48 @@ def test_schema_isolation_on_request(pytester: pytest.Pytester, pg_server: TestS
     )
     result = run_dbguard(pytester, "--dbguard-url", pg_server.url())
     result.assert_outcomes(passed=7)
+
+
+ONE_RUNS_DATABASES = """
+    import fnmatch, os
+    from sqlalchemy import text
+
+    def test_databases_of_this_run(dbguard_connection):
+        run = os.environ["DBGUARD_RUN"]
+        names = dbguard_connection.execute(
+            text("SELECT datname FROM pg_database WHERE datname LIKE :pattern ORDER BY 1"),
+            {"pattern": f"%_dbg_{run}_%"},
+        ).scalars().all()
+        expected = os.environ["EXPECTED_DATABASES"].split(",")
+        assert len(names) == len(expected), names
+        assert all(fnmatch.fnmatch(n.rsplit("_", 1)[1], e) for n, e in zip(names, expected)), names
+        assert dbguard_connection.execute(text("SELECT count(*) FROM notes")).scalar() == 0
+"""
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        pytest.param((), "main", id="single-run-builds-in-place"),
+        pytest.param(
+            ("-p", "xdist.plugin", "-n", "1"),
+            "gw0,tpl*",
+            id="xdist-clones-a-template",
+            marks=pytest.mark.needs_xdist,
+        ),
+    ],
+)
+def test_single_run_needs_no_template(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...],
+    expected: str,
+) -> None:
+    # Nobody shares a single run's template: it builds the schema in its own database.
+    pytester.makepyfile(models=MODELS, test_run=ONE_RUNS_DATABASES)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+    monkeypatch.setenv("EXPECTED_DATABASES", expected)
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), *args)
+    result.assert_outcomes(passed=1)
+    assert not [name for name in pg_server.databases() if "_dbg_" in name]
