@@ -105,18 +105,25 @@ def test_cluster_stopped_when_startup_fails(pytester: pytest.Pytester) -> None:
     _assert_nothing_left(pytester)
 
 
-def test_server_that_fails_to_start_shows_its_log(pytester: pytest.Pytester) -> None:
+def _bindir_with(name: str, script: str) -> Path:
+    """A bindir with the real initdb and postgres, but ``name`` replaced by a shell ``script``
+    (``{real}`` is the real binary). A new path, so a cache miss for the initdb cache."""
     real = server.find_bindir()
     assert real is not None
     # The server runs as an unprivileged user, who must be able to reach the binaries.
     bindir = Path(tempfile.mkdtemp(prefix="dbguard-badbin-", dir="/dev/shm"))
     bindir.chmod(0o755)
-    (bindir / "initdb").symlink_to(real / "initdb")
+    for binary in ("initdb", "postgres"):
+        if binary != name:
+            (bindir / binary).symlink_to(real / binary)
+    (bindir / name).write_text("#!/bin/sh\n" + script.format(real=real / name) + "\n")
+    (bindir / name).chmod(0o755)
+    return bindir
+
+
+def test_server_that_fails_to_start_shows_its_log(pytester: pytest.Pytester) -> None:
     # The real postgres, given a setting it rejects: a genuine start failure.
-    (bindir / "postgres").write_text(
-        f'#!/bin/sh\nexec {real / "postgres"} "$@" -c shared_buffers=-5\n'
-    )
-    (bindir / "postgres").chmod(0o755)
+    bindir = _bindir_with("postgres", 'exec {real} "$@" -c shared_buffers=-5')
     pytester.makepyfile("def test_never(dbguard_engine): pass")
     result = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -180,13 +187,7 @@ def test_first_run_fills_the_initdb_cache(
 
 
 def test_initdb_that_fails_shows_its_output(pytester: pytest.Pytester) -> None:
-    real = server.find_bindir()
-    assert real is not None
-    bindir = Path(tempfile.mkdtemp(prefix="dbguard-badinitdb-", dir="/dev/shm"))
-    bindir.chmod(0o755)
-    (bindir / "postgres").symlink_to(real / "postgres")  # a new binary path: a cache miss
-    (bindir / "initdb").write_text("#!/bin/sh\necho 'initdb: disk quota exceeded' >&2\nexit 1\n")
-    (bindir / "initdb").chmod(0o755)
+    bindir = _bindir_with("initdb", "echo 'initdb: disk quota exceeded' >&2; exit 1")
     pytester.makeconftest(
         "import os, pathlib\npathlib.Path('run.txt').write_text(os.environ['DBGUARD_RUN'])\n"
     )
@@ -259,7 +260,10 @@ def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:
     )
     run_dbguard(pytester, "--dbguard-reuse").assert_outcomes(passed=1)
     # Leave the machine as we found it: stop this project's kept cluster (and no other).
-    folder = server.storage_root() / f"reuse-{hashlib.sha1(str(pytester.path).encode()).hexdigest()[:10]}"
+    folder = (
+        server.storage_root()
+        / f"reuse-{hashlib.sha1(str(pytester.path).encode()).hexdigest()[:10]}"
+    )
     assert folder.is_dir()
     server.EmbeddedCluster(bindir=server.find_bindir() or Path(), root=folder, port=0).stop()
     assert not folder.exists()
