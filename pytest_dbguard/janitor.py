@@ -180,8 +180,8 @@ def _maintenance(url: str | DatabaseURL) -> Iterator[Connection]:
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
+    from pytest_dbguard.connect_diagnosis import DATABASE_MISSING, classify_error
     from pytest_dbguard.databases import INTERNAL_OPTIONS
-    from pytest_dbguard.readiness import DATABASE_MISSING, classify_error
 
     parsed = _parse(url)
     for index, database in enumerate(MAINTENANCE_DATABASES):
@@ -215,8 +215,8 @@ def drop_checked(connection: Connection, url: DatabaseURL, name: str) -> MarkedD
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
+    from pytest_dbguard.connect_diagnosis import classify_error
     from pytest_dbguard.databases import quote_ident
-    from pytest_dbguard.readiness import classify_error
 
     row = connection.execute(text(_ONE_SQL), {"name": name}).first()
     server = server_of(url)

@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, NoReturn
 
+from pytest_dbguard.connect_diagnosis import scrub
 from pytest_dbguard.exceptions import FaultError
-from pytest_dbguard.readiness import LOOPBACK_POLICY, scrub
+from pytest_dbguard.readiness import LOOPBACK_POLICY
 
 MIN_ATTEMPT: Final = 0.05  # seconds an async attempt gets, even at the deadline
 NOT_RECOVERED: Final = (

@@ -14,16 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard.exceptions import ConfigError, ReadinessError
-from pytest_dbguard.readiness import (
+from pytest_dbguard.connect_diagnosis import (
     AUTHENTICATION,
     DATABASE_MISSING,
-    LOOPBACK_POLICY,
     NAME_RESOLUTION,
-    REMOTE_POLICY,
     TCP_CONNECT,
     TLS,
     NotReady,
+)
+from pytest_dbguard.exceptions import ConfigError, ReadinessError
+from pytest_dbguard.readiness import (
+    LOOPBACK_POLICY,
+    REMOTE_POLICY,
     RetryPolicy,
     await_ready,
     is_local_host,
