@@ -55,6 +55,10 @@ _PR_SET_PDEATHSIG: Final = 1
 # becomes the server (same pid, same parent-death signal): pytest does not wait for either.
 COPY_FAILED: Final = 97
 INITDB_FAILED: Final = 98
+INITDB_FAILED_MESSAGE: Final = (
+    "initdb failed in {folder}. The PostgreSQL binaries must be executable by the user the server "
+    "runs as (when pytest runs as root: 'postgres'), and the folder writable. Log tail:\n{log}"
+)
 
 
 def find_bindir(configured: str | None = None) -> Path | None:
@@ -296,7 +300,10 @@ class EmbeddedCluster:
         when the cache sits in root's home, which the server user cannot enter."""
         if self.user is None:
             return str(cached), None
-        descriptor = os.open(cached, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            descriptor = os.open(cached, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as error:
+            raise ServerError(f"Could not open the cached data folder {cached}: {error}") from error
         return f"/proc/self/fd/{descriptor}", descriptor
 
     def _stop_at_exit(self) -> None:
@@ -307,7 +314,7 @@ class EmbeddedCluster:
         """The log tail if the server process has already died, else None."""
         if self.process is not None and self.process.poll() is not None:
             if self.process.returncode == INITDB_FAILED:
-                return f"initdb failed in {self._scratch}. Log tail:\n{self.log_tail()}"
+                return INITDB_FAILED_MESSAGE.format(folder=self._scratch, log=self.log_tail())
             if self.process.returncode == COPY_FAILED:
                 return (
                     f"Could not copy the initialised data folder into {self.datadir}. "
