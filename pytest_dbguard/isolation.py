@@ -1,11 +1,13 @@
 """Per-test isolation fixtures: rollback (outer transaction + savepoints), truncate, or none.
 
 ``Truncator`` works without pytest: it finds which tables a test left rows in (one query) and
-empties only those, so a ``truncate`` test that wrote nothing costs a single round trip.
+empties only those (a second round trip), so a ``truncate`` test that wrote nothing costs one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import graphlib
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
@@ -39,65 +41,147 @@ def isolation_of(item: pytest.Item) -> str:
 
 
 class Truncator:
-    """Empties the tables a test wrote to, and resets their sequences, with the fewest statements."""
+    """Empties the tables a test wrote to, and resets their sequences, with the fewest statements.
+
+    The few dirty tables are emptied with ``DELETE`` (children before parents) and their sequences
+    set back in the same round trip: far cheaper than ``TRUNCATE``, which makes new files for every
+    table, index and sequence. Tables with ``DELETE`` triggers of their own, foreign keys in a
+    cycle, or a ``DELETE`` that fails get ``TRUNCATE … RESTART IDENTITY CASCADE``.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._probe: str | None = None
+        self._layout: _Layout | None = None
 
-    def _build_probe(self, connection: Connection) -> str | None:
+    def _read_layout(self, connection: Connection) -> _Layout:
         from sqlalchemy import text
 
-        # Each table with the sequences it owns (serial and identity columns), looked up once.
-        rows = connection.execute(
-            text(
-                "SELECT c.relname, c.oid::regclass::text, "
-                "array_remove(array_agg(d.objid::regclass::text), NULL) "
-                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "LEFT JOIN pg_depend d ON d.refobjid = c.oid AND d.classid = 'pg_class'::regclass "
-                "AND d.deptype IN ('a', 'i') AND d.objid IN (SELECT oid FROM pg_class WHERE relkind = 'S') "
-                "WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema() "
-                "GROUP BY c.relname, c.oid ORDER BY 1"
-            )
-        ).all()
+        in_schema = (
+            "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema() "
+        )
         tables = [
-            (qualified, sequences)
-            for name, qualified, sequences in rows
-            if name not in SKIPPED_TABLES
-        ]
-        if not tables:
-            return None
-        # A table is dirty when it has a row, or when one of its sequences has moved since the
-        # clone (a test that inserted and deleted again). One planned-once query for all tables.
-        parts = [
-            f"SELECT {_sql_literal(qualified)} WHERE EXISTS (SELECT 1 FROM {qualified})"
-            + "".join(
-                f" OR pg_sequence_last_value({_sql_literal(sequence)}::regclass) IS NOT NULL"
-                for sequence in sequences
+            name
+            for (name,) in connection.execute(
+                text(
+                    f"SELECT c.oid::regclass::text FROM pg_class c {in_schema}"
+                    f"WHERE c.relkind IN ('r', 'p') ORDER BY 1"
+                )
             )
-            for qualified, sequences in tables
+            if name.rsplit(".", 1)[-1].strip('"') not in SKIPPED_TABLES
         ]
-        return " UNION ALL ".join(parts)
+        # Serial and identity columns' sequences, with the value each starts from.
+        sequences: dict[str, list[tuple[str, int]]] = {}
+        for table, sequence, start in connection.execute(
+            text(
+                "SELECT c.oid::regclass::text, d.objid::regclass::text, s.seqstart "
+                f"FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid {in_schema}"
+                "JOIN pg_sequence s ON s.seqrelid = d.objid "
+                "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+                "AND d.deptype IN ('a', 'i') ORDER BY 2"
+            )
+        ):
+            sequences.setdefault(table, []).append((sequence, int(start)))
+        references = [
+            (child, parent)
+            for child, parent in connection.execute(
+                text(
+                    "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
+                    "WHERE contype = 'f' AND connamespace = current_schema()::regnamespace"
+                )
+            )
+        ]
+        triggered = {
+            table
+            for (table,) in connection.execute(
+                text(
+                    "SELECT DISTINCT tgrelid::regclass::text FROM pg_trigger "
+                    "WHERE NOT tgisinternal AND tgtype & 8 <> 0"  # 8: a DELETE trigger
+                )
+            )
+        }
+        return _Layout(tables, sequences, references, triggered)
 
     def dirty_tables(self, connection: Connection) -> list[str]:
         """Qualified names of the tables that hold rows or moved sequences."""
-        if self._probe is None:
-            self._probe = self._build_probe(connection) or ""
-        if not self._probe:
+        if self._layout is None:
+            self._layout = self._read_layout(connection)
+        if not self._layout.probe:
             return []
-        return [row[0] for row in connection.exec_driver_sql(self._probe)]
+        return [row[0] for row in connection.exec_driver_sql(self._layout.probe)]
 
     def clean(self) -> list[str]:
-        """Empty every dirty table (``RESTART IDENTITY CASCADE``); returns what was emptied."""
+        """Empty every dirty table and reset its sequences; returns what was emptied."""
+        from sqlalchemy.exc import DBAPIError
+
         with self._engine.connect() as connection:
             # A leaked open transaction must not hang the run. LOCAL: the connection goes back to
             # dbguard_engine's pool, which the tests' own connections come from.
             connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
             dirty = self.dirty_tables(connection)
-            if dirty:
-                connection.exec_driver_sql(f"TRUNCATE {', '.join(dirty)} RESTART IDENTITY CASCADE")
+            if not dirty:
+                connection.commit()
+                return dirty
+            assert self._layout is not None
+            deletes = self._layout.deletes(dirty)
+            if deletes is not None:
+                try:
+                    connection.exec_driver_sql(deletes)
+                    connection.commit()
+                    return dirty
+                except DBAPIError:  # a row elsewhere still refers to one: TRUNCATE cascades
+                    connection.rollback()
+                    connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+            connection.exec_driver_sql(f"TRUNCATE {', '.join(dirty)} RESTART IDENTITY CASCADE")
             connection.commit()
         return dirty
+
+
+@dataclasses.dataclass
+class _Layout:
+    """The tables of the test database as far as cleaning goes, read once per session."""
+
+    tables: list[str]
+    sequences: dict[str, list[tuple[str, int]]]
+    references: list[tuple[str, str]]  # (child, parent) foreign keys
+    triggered: set[str]  # tables with DELETE triggers of their own
+    probe: str = ""
+
+    def __post_init__(self) -> None:
+        # A table is dirty when it has a row, or when one of its sequences has moved since the
+        # clone (a test that inserted and deleted again). One planned-once query for all tables.
+        self.probe = " UNION ALL ".join(
+            f"SELECT {_sql_literal(table)} WHERE EXISTS (SELECT 1 FROM {table})"
+            + "".join(
+                f" OR pg_sequence_last_value({_sql_literal(sequence)}::regclass) IS NOT NULL"
+                for sequence, _ in self.sequences.get(table, [])
+            )
+            for table in self.tables
+        )
+
+    def deletes(self, dirty: list[str]) -> str | None:
+        """One round trip that empties ``dirty`` children first and resets their sequences; None
+        where only TRUNCATE will do (DELETE triggers, a foreign-key cycle)."""
+        if self.triggered.intersection(dirty):
+            return None
+        chosen = set(dirty)
+        # Tables outside ``dirty`` are empty, so only foreign keys among dirty tables matter.
+        parents_after = {table: set[str]() for table in dirty}
+        for child, parent in self.references:
+            if child in chosen and parent in chosen and child != parent:
+                parents_after[parent].add(child)
+        try:
+            order = list(graphlib.TopologicalSorter(parents_after).static_order())
+        except graphlib.CycleError:
+            return None
+        resets = [
+            f"setval({_sql_literal(sequence)}::regclass, {start}, false)"
+            for table in order
+            for sequence, start in self.sequences.get(table, [])
+        ]
+        statements = [f"DELETE FROM {table}" for table in order]
+        if resets:
+            statements.append("SELECT " + ", ".join(resets))
+        return "; ".join(statements)
 
 
 def _sql_literal(value: str) -> str:

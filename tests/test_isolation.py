@@ -236,6 +236,80 @@ def test_truncator_resets_sequences_of_emptied_tables(pg_server: TestServer) -> 
         pg_server.sql("DROP DATABASE truncator_probe")
 
 
+def test_truncator_deletes_children_first_and_truncates_what_delete_cannot(
+    pg_server: TestServer,
+) -> None:
+    """Rows that refer to each other go in foreign-key order; a DELETE trigger or a cycle of
+    foreign keys gets TRUNCATE, so no trigger fires and nothing is left."""
+    from sqlalchemy import create_engine, text
+
+    from pytest_dbguard.isolation import Truncator
+
+    pg_server.sql("CREATE DATABASE truncator_order")
+    engine = create_engine(pg_server.url(database="truncator_order"))
+    schema = [
+        "CREATE TABLE grandparents (id serial PRIMARY KEY)",
+        "CREATE TABLE parents (id serial PRIMARY KEY, up int NOT NULL REFERENCES grandparents)",
+        "CREATE TABLE kids (id serial PRIMARY KEY, up int NOT NULL REFERENCES parents,"
+        " sibling int REFERENCES kids)",
+        "CREATE TABLE audit (id serial PRIMARY KEY, what text)",
+        "CREATE TABLE audited (id serial PRIMARY KEY)",
+        "CREATE FUNCTION log_delete() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN INSERT INTO audit (what) VALUES ('deleted'); RETURN OLD; END $$",
+        "CREATE TRIGGER audited_delete BEFORE DELETE ON audited FOR EACH ROW"
+        " EXECUTE FUNCTION log_delete()",
+        "CREATE TABLE chicken (id serial PRIMARY KEY, egg int)",
+        "CREATE TABLE egg (id serial PRIMARY KEY, chicken int REFERENCES chicken)",
+        "ALTER TABLE chicken ADD FOREIGN KEY (egg) REFERENCES egg DEFERRABLE INITIALLY DEFERRED",
+    ]
+    fill = [
+        "INSERT INTO grandparents DEFAULT VALUES",
+        "INSERT INTO parents (up) VALUES (1)",
+        "INSERT INTO kids (up) VALUES (1)",
+        "INSERT INTO kids (up, sibling) VALUES (1, 1)",
+    ]
+    try:
+        with engine.begin() as conn:
+            for statement in schema:
+                conn.execute(text(statement))
+        truncator = Truncator(engine)
+        # TRUNCATE gives a table a new file, DELETE does not: that tells which one ran.
+        files = text("SELECT pg_relation_filenode('kids')")
+        for extra, emptied, truncated in [
+            ([], ["grandparents", "kids", "parents"], False),  # DELETE, children first
+            (
+                ["INSERT INTO audited DEFAULT VALUES"],
+                ["audited", "grandparents", "kids", "parents"],
+                True,
+            ),
+            (
+                ["INSERT INTO chicken (egg) VALUES (1)", "INSERT INTO egg (chicken) VALUES (1)"],
+                ["chicken", "egg", "grandparents", "kids", "parents"],
+                True,
+            ),
+        ]:
+            with engine.begin() as conn:
+                for statement in fill + extra:
+                    conn.execute(text(statement))
+                before = conn.execute(files).scalar()
+            assert sorted(truncator.clean()) == emptied
+            with engine.begin() as conn:
+                assert (conn.execute(files).scalar() != before) is truncated
+                for table in ["audit", *emptied]:
+                    assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0
+                # Identities start over, as after TRUNCATE ... RESTART IDENTITY.
+                assert (
+                    conn.execute(
+                        text("INSERT INTO grandparents DEFAULT VALUES RETURNING id")
+                    ).scalar()
+                    == 1
+                )
+            truncator.clean()
+    finally:
+        engine.dispose()
+        pg_server.sql("DROP DATABASE truncator_order")
+
+
 DEAD_POOLED_CONNECTION = """
     from sqlalchemy import text
 
