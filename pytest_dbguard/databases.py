@@ -174,7 +174,11 @@ def provision_database(
             started = time.perf_counter()
             if _exists(connection, database):  # a reused name from a crashed run with the same id
                 drop_database(server_url, database, connection=connection)
-            clone = f" TEMPLATE {quote_ident(template)}" if build and template else ""
+            clone = (
+                f" TEMPLATE {quote_ident(template)}"
+                if build is not None and template is not None
+                else ""
+            )
             connection.exec_driver_sql(f"CREATE DATABASE {quote_ident(database)}{clone}")
             _mark(connection, database, run, worker)
             clone_ms = (time.perf_counter() - started) * 1000

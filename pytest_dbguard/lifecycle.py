@@ -195,17 +195,20 @@ def _template(plan: RunPlan, settings: Settings, fingerprint: str) -> tuple[str,
 def _provision(
     config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState
 ) -> Provisioned:
-    fingerprint = _fingerprint(settings, state)
-    template, template_run = _template(plan, settings, fingerprint or "000000")
     # A single run that keeps nothing has no one to share a template with: it builds the schema
-    # in its own database, one CREATE DATABASE (and one DROP) fewer.
+    # in its own database, one CREATE DATABASE (and one DROP) fewer, and needs no fingerprint.
     in_place = (
         plan.server_url is not None
+        and plan.schema is None
         and plan.worker == environment.SINGLE_PROCESS
         and not settings.reuse
     )
     if in_place:
-        template = plan.database
+        template, template_run = plan.database, plan.run
+    else:
+        template, template_run = _template(
+            plan, settings, _fingerprint(settings, state) or "000000"
+        )
     template_url = (
         plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
     )
