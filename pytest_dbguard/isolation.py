@@ -144,7 +144,7 @@ class _Layout:
     sequences: dict[str, list[tuple[str, int]]]
     references: list[tuple[str, str]]  # (child, parent) foreign keys
     triggered: set[str]  # tables with DELETE triggers of their own
-    probe: str = ""
+    probe: str = dataclasses.field(init=False)  # derived from the above, once
 
     def __post_init__(self) -> None:
         # A table is dirty when it has a row, or when one of its sequences has moved since the
