@@ -172,8 +172,8 @@ def provision_database(
                         _build_in(server_url.with_database(template), build)
                 template_ms = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
-            if _exists(connection, database):  # a reused name from a crashed run with the same id
-                drop_database(server_url, database, connection=connection)
+            if _exists(connection, database):  # left by a crashed run that drew the same id
+                _drop_leftover(server_url, database, connection)
             clone = (
                 f" TEMPLATE {quote_ident(template)}"
                 if build is not None and template is not None
@@ -193,6 +193,21 @@ def provision_database(
     return Provisioned(
         "database", database, server_url.with_database(database), template_ms, clone_ms
     )
+
+
+def _drop_leftover(server_url: DatabaseURL, database: str, connection: Connection) -> None:
+    """Drop a same-named leftover, unless a run that is still going uses it (ids are random, so
+    that is two runs drawing one id; never take a live run's database from under it)."""
+    from pytest_dbguard.janitor import in_use
+
+    reason = in_use(connection, database)
+    if reason is not None:
+        raise DatabaseSetupError(
+            f"The test database {database!r} already exists on {server_url.host}:{server_url.port} "
+            f"and another run is using it ({reason}): two runs drew the same run id. Run again; "
+            "a new id is drawn each time."
+        )
+    drop_database(server_url, database, connection=connection)
 
 
 def _build_in(url: DatabaseURL, build: SchemaBuild) -> None:

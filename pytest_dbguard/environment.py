@@ -225,7 +225,8 @@ def _plan(settings: dbguard_config.Settings, origin: Mapping[str, Any] | None) -
         if origin is not None
         else SINGLE_PROCESS
     )
-    run = origin["run"] if origin is not None else secrets.token_hex(3)
+    # 32 random bits: a clash is a one-in-billions event, and provisioning refuses it anyway.
+    run = origin["run"] if origin is not None else secrets.token_hex(4)
     common: dict[str, Any] = {
         "run": run,
         "worker": worker,

@@ -34,6 +34,18 @@ class Mark:
     pid: int
     host: str
 
+    def owner_alive(self) -> bool:
+        """Whether the process that made the mark still runs; False when it ran on another host."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, under another user
+            return True
+        return True
+
 
 def make_mark(run: str, worker: str) -> str:
     """The ``COMMENT ON DATABASE`` text for a database this process creates now."""
@@ -208,6 +220,23 @@ def _maintenance(url: str | DatabaseURL) -> Iterator[Connection]:
             return
         finally:
             engine.dispose()
+
+
+def in_use(connection: Connection, name: str) -> str | None:
+    """Why ``name`` belongs to a run still going (its creator alive, or sessions on it), else None."""
+    from sqlalchemy import text
+
+    row = connection.execute(text(_ONE_SQL), {"name": name}).first()
+    mark = parse_mark(row[1]) if row is not None else None
+    if mark is not None and mark.owner_alive():
+        return f"its creator, process {mark.pid} on {mark.host}, is still running"
+    sessions = connection.execute(
+        text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
+        ),
+        {"name": name},
+    ).scalar_one()
+    return f"{sessions} session(s) are connected to it" if sessions else None
 
 
 def drop_checked(connection: Connection, url: DatabaseURL, name: str) -> MarkedDatabase:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
+import sqlalchemy
 
 from pytest_dbguard import databases
-from pytest_dbguard.janitor import make_mark
+from pytest_dbguard.exceptions import DatabaseSetupError
+from pytest_dbguard.janitor import MARK_PREFIX, make_mark
 from pytest_dbguard.urls import DatabaseURL
 from tests.conftest import run_dbguard
 from tests.pgserver import LIMITED_PASSWORD, LIMITED_USER, SUPERUSER_PASSWORD, TestServer
@@ -55,6 +64,70 @@ def test_unmarked_database_is_never_dropped(pg_server: TestServer) -> None:
         assert "app_dbg_abc123_gw1" not in pg_server.databases()
     finally:
         pg_server.sql('DROP DATABASE IF EXISTS "app_dbg_abc123_gw0"')
+
+
+def _mark_of(pid: int) -> str:
+    payload = {
+        "run": "feed0001",
+        "worker": "gw0",
+        "created": 0,
+        "pid": pid,
+        "host": socket.gethostname(),
+    }
+    return MARK_PREFIX + json.dumps(payload)
+
+
+def _finished_pid() -> int:
+    process = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(process.stdout)
+
+
+def test_same_named_leftover_is_replaced_only_when_its_run_is_over(pg_server: TestServer) -> None:
+    """Two runs that draw one id must not take each other's database; a crashed run's is replaced."""
+    name = "app_dbg_feed0001_gw0"
+    url = DatabaseURL.parse(pg_server.url())
+    provision = functools.partial(
+        databases.provision_database, url, name, None, None, run="feed0001", worker="gw0"
+    )
+    pg_server.sql(f'CREATE DATABASE "{name}"')
+    pg_server.sql("CREATE TABLE left_behind (id int)", database=name)
+    try:
+        pg_server.sql(f"COMMENT ON DATABASE \"{name}\" IS '{make_mark('feed0001', 'gw0')}'")
+        with pytest.raises(
+            DatabaseSetupError, match=r"another run is using it \(its creator, process \d+"
+        ):
+            provision()  # this very process made the mark: a live run
+        assert (
+            pg_server.sql("SELECT count(*) FROM left_behind", database=name).stdout.strip() == "0"
+        )
+
+        pg_server.sql(f"COMMENT ON DATABASE \"{name}\" IS '{_mark_of(_finished_pid())}'")
+        holder = sqlalchemy.create_engine(pg_server.url(name), poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with (
+                holder.connect(),
+                pytest.raises(DatabaseSetupError, match=r"1 session\(s\) are connected to it"),
+            ):
+                provision()
+        finally:
+            holder.dispose()
+
+        assert provision().database == name  # a dead creator, nobody connected: a leftover
+        tables = pg_server.sql(
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'left_behind'", database=name
+        )
+        assert tables.stdout.strip() == "0"
+        comment = pg_server.sql(
+            f"SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{name}'"
+        )
+        assert f'"pid":{os.getpid()}' in comment.stdout
+    finally:
+        pg_server.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_run_leaves_other_databases_alone(pytester: pytest.Pytester, pg_server: TestServer) -> None:
