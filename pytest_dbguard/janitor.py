@@ -36,15 +36,9 @@ class Mark:
 
     def owner_alive(self) -> bool:
         """Whether the process that made the mark still runs; False when it ran on another host."""
-        if self.host != socket.gethostname():
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # alive, under another user
-            return True
-        return True
+        from pytest_dbguard.server import process_alive
+
+        return self.host == socket.gethostname() and process_alive(self.pid)
 
 
 def make_mark(run: str, worker: str) -> str:

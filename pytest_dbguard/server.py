@@ -391,14 +391,14 @@ def _wait_gone(pid: int, process: subprocess.Popen[bytes] | None, timeout: float
         if process is not None:
             if process.poll() is not None:
                 return
-        elif not _alive(pid):
+        elif not process_alive(pid):
             return
         time.sleep(0.005)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs; a zombie (exited, not yet reaped by another process) counts as gone."""
     try:
         with open(f"/proc/{pid}/status") as status:
