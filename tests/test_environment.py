@@ -180,7 +180,7 @@ def test_every_placeholder(pytester: pytest.Pytester) -> None:
         def test_values(dbguard_url):
             env = os.environ
             assert env["X_WORKER"] == env["DBGUARD_WORKER"] == "main"
-            assert env["X_RUN"] == env["DBGUARD_RUN"] and len(env["X_RUN"]) == 6
+            assert env["X_RUN"] == env["DBGUARD_RUN"] and len(env["X_RUN"]) == 8
             assert env["X_URL"] == env["DBGUARD_URL"] == dbguard_url
             assert env["X_ASYNC"] == env["DBGUARD_ASYNC_URL"]
             assert env["X_ASYNC"].split("://")[0] in ("postgresql+asyncpg", "postgresql+psycopg")
