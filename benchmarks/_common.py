@@ -281,7 +281,7 @@ def banner(title: str) -> None:
 
 def bindir() -> Path | None:
     """The PostgreSQL binaries dbguard would use."""
-    from pytest_dbguard.server import find_bindir
+    from pytest_dbguard.machine import find_bindir
 
     return find_bindir()
 
@@ -360,7 +360,8 @@ def stop_reused_cluster(rootpath: Path) -> None:
     import hashlib
     import json
 
-    from pytest_dbguard.server import EmbeddedCluster, find_bindir, storage_root
+    from pytest_dbguard.machine import find_bindir, storage_root
+    from pytest_dbguard.server import EmbeddedCluster
 
     key = hashlib.sha1(str(rootpath).encode()).hexdigest()[:10]
     folder = storage_root() / f"reuse-{key}"

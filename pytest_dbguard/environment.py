@@ -1,9 +1,9 @@
-"""The early environment: decide this process's test database and export it before any conftest.
+"""The early environment: export this process's test database before any conftest is imported.
 
 Runs in ``pytest_load_initial_conftests`` (``-p`` activation) or, for conftest opt-in, as soon as
-the plugin is configured. Decides the run id, the worker, the server and the worker's database
-name (the server may come up later; the name is fixed now), exports ``DBGUARD_*`` and the
-``dbguard_env`` lines, and starts the embedded server in the process that owns it.
+the plugin is configured. Resolves the settings, has ``run_plan`` decide the run id, worker and
+database, starts the embedded server in the process that owns it, binds the fault proxy when a
+test wants it, and exports ``DBGUARD_*`` and the ``dbguard_env`` lines.
 """
 
 from __future__ import annotations
@@ -12,26 +12,23 @@ import argparse
 import dataclasses
 import json
 import os
-import secrets
 import shlex
 import string
 import sys
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
 from pytest_dbguard import config as dbguard_config
+from pytest_dbguard import run_plan
 from pytest_dbguard.exceptions import ConfigError
-from pytest_dbguard.urls import DatabaseURL, database_name
+from pytest_dbguard.run_plan import ORIGIN_VAR, RunPlan
 
 if TYPE_CHECKING:
     from pytest_dbguard.server import EmbeddedCluster
 
-SINGLE_PROCESS: Final = "main"  # the worker name of a run without xdist
-ORIGIN_VAR: Final = "_DBGUARD_ORIGIN"  # the controller's decisions, inherited by xdist workers
 EXPORTED: Final = (
     "DBGUARD_WORKER",
     "DBGUARD_RUN",
@@ -50,8 +47,6 @@ PLACEHOLDERS: Final = (
     "user",
     "password",
 )
-EMBEDDED_BASE: Final = "postgres"
-SQLITE_BASE: Final = "test"
 GUARD_HINT: Final = (
     "{module} was imported before pytest-dbguard set the test environment ({variables}), so it "
     "has already read the values it would use outside tests (a table prefix, a database URL). "
@@ -60,28 +55,6 @@ GUARD_HINT: Final = (
     "(or addopts = -p pytest_dbguard in the ini file, or PYTEST_PLUGINS=pytest_dbguard), or move "
     "the import of {module} into the fixtures and tests that use it."
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class RunPlan:
-    """Where this process's test database is, decided before anything connects."""
-
-    run: str
-    worker: str
-    owns_server: bool  # the single process or the xdist controller: starts and stops the server
-    embedded: bool
-    server_url: DatabaseURL | None  # maintenance URL of the server (password kept); None for SQLite
-    test_url: DatabaseURL  # this worker's database, sync driver (through the proxy when on)
-    async_url: DatabaseURL
-    database: str
-    sqlite_dir: Path | None
-    fallback_reason: str | None = None  # why SQLite was chosen over the embedded default
-    schema: str | None = None  # schema-per-worker mode: the worker's schema in the named database
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.server_url is None
-
 
 plan_key: Final = pytest.StashKey[RunPlan]()
 saved_environ_key: Final = pytest.StashKey[dict[str, str | None]]()
@@ -117,7 +90,7 @@ def prepare(
     """Resolve settings, decide the run plan, export the environment, start the embedded server."""
     if plan_key in config.stash:
         return
-    origin = _inherited_origin()
+    origin = run_plan.inherited_origin()
     environ = dict(os.environ)
     if origin is not None and origin.get("environ_url") is not None:
         environ["DBGUARD_URL"] = origin[
@@ -130,18 +103,18 @@ def prepare(
     assignments = parse_env_lines(settings.env_lines)
     if not late:
         check_guarded_modules(settings.guard_modules, assignments)
-    plan = _plan(settings, origin)
+    plan = run_plan.decide(settings, origin)
     config.stash[plan_key] = plan
     if plan.owns_server and plan.embedded:
-        from pytest_dbguard import server
+        from pytest_dbguard import machine, server
 
         cluster, _adopted = server.prepare_cluster(
             plan.run,
             reuse_key=_reuse_key(config) if settings.reuse else None,
-            bindir=server.find_bindir(settings.pg_bindir),
+            bindir=machine.find_bindir(settings.pg_bindir),
         )
         config.stash[cluster_key] = cluster
-        plan = with_server(plan, cluster.url().resolved())
+        plan = run_plan.with_server(plan, cluster.url().resolved())
         config.stash[plan_key] = plan
     if plan.server_url is not None and _wants_proxy(settings, config, args):
         plan = _bind_proxy(config, plan)
@@ -194,144 +167,15 @@ def _bind_proxy(config: pytest.Config, plan: RunPlan) -> RunPlan:
     proxy = FaultProxy(plan.server_url.host or "127.0.0.1", plan.server_url.port or 5432)
     port = proxy.bind()
     config.stash[proxy_key] = proxy
-    return with_test_url(plan, dataclasses.replace(plan.test_url, host="127.0.0.1", port=port))
-
-
-def _inherited_origin() -> dict[str, Any] | None:
-    """The controller's decisions when this process is one of its xdist workers, else None.
-
-    A nested pytest run started from inside a test inherits the variables too, so a worker is
-    recognised by being the direct child of the process that wrote them.
-    """
-    text = os.environ.get(ORIGIN_VAR)
-    if not text or not os.environ.get("PYTEST_XDIST_WORKER"):
-        return None
-    try:
-        origin: dict[str, Any] = json.loads(text)
-    except ValueError:
-        return None
-    return origin if origin.get("pid") == os.getppid() else None
+    return run_plan.with_test_url(
+        plan, dataclasses.replace(plan.test_url, host="127.0.0.1", port=port)
+    )
 
 
 def _reuse_key(config: pytest.Config) -> str:
     import hashlib
 
     return hashlib.sha1(str(config.rootpath).encode()).hexdigest()[:10]
-
-
-def _plan(settings: dbguard_config.Settings, origin: Mapping[str, Any] | None) -> RunPlan:
-    worker = (
-        os.environ.get("PYTEST_XDIST_WORKER", SINGLE_PROCESS)
-        if origin is not None
-        else SINGLE_PROCESS
-    )
-    # 32 random bits: a clash is a one-in-billions event, and provisioning refuses it anyway.
-    run = origin["run"] if origin is not None else secrets.token_hex(4)
-    common: dict[str, Any] = {
-        "run": run,
-        "worker": worker,
-        "owns_server": origin is None,
-    }
-    embedded = False
-    fallback: str | None = None
-    server_url: DatabaseURL | None = settings.url
-    if origin is not None and origin.get("server_url"):
-        server_url = DatabaseURL.parse(origin["server_url"])
-        embedded = bool(origin.get("embedded"))
-    elif origin is not None:
-        server_url = None
-    elif settings.url is None and not settings.sqlite_requested:
-        from pytest_dbguard.server import find_bindir
-
-        if find_bindir(settings.pg_bindir) is None:
-            where = f" in {settings.pg_bindir}" if settings.pg_bindir else ""
-            fallback = f"no PostgreSQL binaries found{where}"
-        else:
-            embedded = True
-            server_url = DatabaseURL(
-                "postgresql", None, "postgres", None, "127.0.0.1", 0, EMBEDDED_BASE
-            )
-    if server_url is None or server_url.is_sqlite:
-        return _sqlite_plan(settings, common, origin, fallback)
-    server_url = server_url.resolved()
-    base = server_url.database or EMBEDDED_BASE
-    common.update(embedded=embedded, server_url=server_url, sqlite_dir=None)
-    if _schema_mode(settings, server_url, embedded, origin):
-        from pytest_dbguard.databases import schema_url
-
-        schema = f"dbg_{run}_{worker}"
-        test_url = schema_url(server_url, schema)
-        # asyncpg cannot take search_path from the URL; psycopg's async driver can.
-        async_url = test_url.with_driver("psycopg")
-        return RunPlan(
-            **common, test_url=test_url.sync(), async_url=async_url, database=base, schema=schema
-        )
-    database = database_name(base, run, worker)
-    test_url = server_url.with_database(database)
-    return RunPlan(
-        **common, test_url=test_url.sync(), async_url=test_url.asynchronous(), database=database
-    )
-
-
-def _schema_mode(
-    settings: dbguard_config.Settings,
-    server_url: DatabaseURL,
-    embedded: bool,
-    origin: Mapping[str, Any] | None,
-) -> bool:
-    """One schema per worker when asked, or (auto) when the role may not create databases."""
-    if origin is not None:
-        return bool(origin.get("schema_mode"))
-    if settings.worker_isolation != "auto" or embedded:
-        return settings.worker_isolation == "schema"
-    from pytest_dbguard.databases import can_create_databases
-
-    try:  # a server that is not up yet is waited for later; assume it lets us create databases
-        return not can_create_databases(server_url.with_query(connect_timeout="2"))
-    except Exception:
-        return False
-
-
-def _sqlite_plan(
-    settings: dbguard_config.Settings,
-    common: dict[str, Any],
-    origin: Mapping[str, Any] | None,
-    fallback: str | None,
-) -> RunPlan:
-    run, worker = common["run"], common["worker"]
-    named = settings.url.database if settings.url is not None and settings.url.is_sqlite else None
-    base = Path(named).stem if named else SQLITE_BASE
-    folder = (
-        Path(origin["sqlite_dir"])
-        if origin and origin.get("sqlite_dir")
-        else (Path(tempfile.gettempdir()) / f"pytest-dbguard-{os.geteuid()}" / f"{run}-sqlite")
-    )
-    database = database_name(base, run, worker)
-    url = DatabaseURL("sqlite", None, database=str(folder / f"{database}.db"))
-    return RunPlan(
-        **common,
-        embedded=False,
-        server_url=None,
-        test_url=url.sync(),
-        async_url=url.asynchronous(),
-        database=database,
-        sqlite_dir=folder,
-        fallback_reason=fallback,
-    )
-
-
-def with_server(plan: RunPlan, server_url: DatabaseURL) -> RunPlan:
-    """The plan once the embedded server's address is known."""
-    test_url = server_url.with_database(plan.database)
-    return dataclasses.replace(
-        plan, server_url=server_url, test_url=test_url.sync(), async_url=test_url.asynchronous()
-    )
-
-
-def with_test_url(plan: RunPlan, url: DatabaseURL) -> RunPlan:
-    """The plan with this worker's database reached through ``url``'s host and port (the proxy)."""
-    test_url = dataclasses.replace(plan.test_url, host=url.host, port=url.port)
-    return dataclasses.replace(plan, test_url=test_url, async_url=test_url.asynchronous())
 
 
 def values_for(plan: RunPlan) -> dict[str, str]:

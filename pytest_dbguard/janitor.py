@@ -36,7 +36,7 @@ class Mark:
 
     def owner_alive(self) -> bool:
         """Whether the process that made the mark still runs; False when it ran on another host."""
-        from pytest_dbguard.server import process_alive
+        from pytest_dbguard.machine import process_alive
 
         return self.host == socket.gethostname() and process_alive(self.pid)
 

@@ -22,8 +22,9 @@ import pytest
 
 from pytest_dbguard import databases, environment, janitor, schema
 from pytest_dbguard.config import Settings, settings_key
-from pytest_dbguard.environment import RunPlan, cluster_key, plan_key, proxy_key
+from pytest_dbguard.environment import cluster_key, plan_key, proxy_key
 from pytest_dbguard.exceptions import DbguardError
+from pytest_dbguard.run_plan import SINGLE_PROCESS, RunPlan
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
@@ -200,7 +201,7 @@ def _provision(
     in_place = (
         plan.server_url is not None
         and plan.schema is None
-        and plan.worker == environment.SINGLE_PROCESS
+        and plan.worker == SINGLE_PROCESS
         and not settings.reuse
     )
     if in_place:

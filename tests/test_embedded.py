@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard import server
+from pytest_dbguard import machine, server
 from tests.conftest import run_dbguard
 
 RECORD_RUN = """
@@ -45,7 +45,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 def _assert_nothing_left(pytester: pytest.Pytester) -> None:
     run = (pytester.path / "run.txt").read_text()
-    folder = server.storage_root() / run
+    folder = machine.storage_root() / run
     assert not folder.exists(), f"{folder} was left behind"
     assert not _processes_mentioning(str(folder)), "a postgres process outlived the run"
 
@@ -108,7 +108,7 @@ def test_cluster_stopped_when_startup_fails(pytester: pytest.Pytester) -> None:
 def _bindir_with(name: str, script: str) -> Path:
     """A bindir with the real initdb and postgres, but ``name`` replaced by a shell ``script``
     (``{real}`` is the real binary). A new path, so a cache miss for the initdb cache."""
-    real = server.find_bindir()
+    real = machine.find_bindir()
     assert real is not None
     # The server runs as an unprivileged user, who must be able to reach the binaries.
     bindir = Path(tempfile.mkdtemp(prefix="dbguard-badbin-", dir="/dev/shm"))
@@ -261,9 +261,9 @@ def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:
     run_dbguard(pytester, "--dbguard-reuse").assert_outcomes(passed=1)
     # Leave the machine as we found it: stop this project's kept cluster (and no other).
     folder = (
-        server.storage_root()
+        machine.storage_root()
         / f"reuse-{hashlib.sha1(str(pytester.path).encode()).hexdigest()[:10]}"
     )
     assert folder.is_dir()
-    server.EmbeddedCluster(bindir=server.find_bindir() or Path(), root=folder, port=0).stop()
+    server.EmbeddedCluster(bindir=machine.find_bindir() or Path(), root=folder, port=0).stop()
     assert not folder.exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pytest_dbguard import server
+from pytest_dbguard import machine
 from tests.conftest import run_dbguard
 from tests.pgserver import LIMITED_USER, SUPERUSER_PASSWORD, TestServer
 
@@ -186,7 +186,7 @@ def assert_no_server_left(result: pytest.RunResult) -> None:
     """No process still runs from the run's cluster folder, restarted servers included."""
     run = re.search(r"_dbg_([0-9a-f]+)_", result.stdout.str())
     assert run is not None, "the header names no test database"
-    folder = str(server.storage_root() / run.group(1)).encode()
+    folder = str(machine.storage_root() / run.group(1)).encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
