@@ -20,12 +20,29 @@ HELPERS = """
     import time
     import pytest
     from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
     def select_one(engine):
         with engine.connect() as connection:
             return connection.execute(text("SELECT 1")).scalar()
+
+    def settle(dbguard_faults):
+        # An earlier test's closed connections end on the server a moment later, and terminate()
+        # counts every backend on the database: wait until they are gone. Asked from another
+        # database, so the asking connection is not one of them.
+        other = make_url(dbguard_faults.url).set(database="postgres")
+        probe = create_engine(other, poolclass=NullPool)
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND backend_type = 'client backend'"
+        )
+        deadline = time.monotonic() + 10
+        with probe.connect() as connection:
+            while connection.execute(query, {"db": dbguard_faults.database}).scalar():
+                assert time.monotonic() < deadline, "an earlier test's backends never ended"
+                time.sleep(0.01)
+        probe.dispose()
 
     @pytest.fixture
     def engines(dbguard_faults):
@@ -43,6 +60,7 @@ DROPPED = (
     + """
     @pytest.mark.parametrize("fault", ["terminate", "cut"])
     def test_without_pre_ping_the_next_use_fails(dbguard_faults, engines, fault):
+        settle(dbguard_faults)
         engine = engines()
         assert select_one(engine) == 1
         assert getattr(dbguard_faults, fault)() == 1
@@ -53,6 +71,7 @@ DROPPED = (
 
     @pytest.mark.parametrize("fault", ["terminate", "cut"])
     def test_with_pre_ping_the_next_use_works(dbguard_faults, engines, fault):
+        settle(dbguard_faults)
         engine = engines(pool_pre_ping=True)
         assert select_one(engine) == 1
         assert getattr(dbguard_faults, fault)() == 1
@@ -320,12 +339,10 @@ def test_faults_under_xdist_keep_the_other_workers_safe(pytester: pytest.Pyteste
     assert_no_server_left(result)  # restarted by a worker, stopped by the controller
 
 
-ASYNC = """
+ASYNC = (
+    HELPERS
+    + """
     import asyncpg
-    import pytest
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import DBAPIError
     from sqlalchemy.ext.asyncio import create_async_engine
 
     async def select_one(engine):
@@ -336,6 +353,7 @@ ASYNC = """
     @pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
     async def test_async_engine_recovers_after_terminate(dbguard_faults, driver):
         url = make_url(dbguard_faults.async_url).set(drivername=f"postgresql+{driver}")
+        settle(dbguard_faults)
         careful, naive = create_async_engine(url, pool_pre_ping=True), create_async_engine(url)
         try:
             assert await select_one(careful) == await select_one(naive) == 1
@@ -378,6 +396,7 @@ ASYNC = """
         dbguard_faults.refuse(0.5)
         assert dbguard_faults.assert_recovers(engine).seconds >= 0.3
 """
+)
 
 
 def test_async_engines_recover_after_terminate(pytester: pytest.Pytester) -> None:
