@@ -7,9 +7,9 @@
    per-test database), vs ``dbguard_session``. pytest-postgresql runs ``pg_ctl``, which refuses
    root: as root, both sides of this comparison run as the ``postgres`` user (``runuser``), with
    the same interpreter (``--peer-python``, default $BENCH_PEER_PYTHON or this one; it needs
-   pytest-postgresql, psycopg, SQLAlchemy and pytest-dbguard, readable by that user). Its server is
-   measured as configured by default and with the settings dbguard uses (fsync etc. off). Goal:
-   dbguard >= 10x faster.
+   pytest-postgresql, psycopg, SQLAlchemy and pytest-dbguard, readable by that user;
+   ``./dev.sh bench`` makes one). Its server is measured as configured by default and with the
+   settings dbguard uses (fsync etc. off). Goal: dbguard >= 10x faster.
 2. ``-n 2`` vs ``-n 0`` on 600 tests that each do ~10 ms of database work (``pg_sleep(0.01)``
    and three inserts), for ``dbguard_session`` and for the hand-written recipe on dbguard's
    per-worker database (``DBGUARD_URL``). Goal: dbguard's speedup >= the recipe's.
@@ -80,9 +80,10 @@ def bench_pytest_postgresql(
     if reason is not None:
         print(
             f"skipped: {peer_python} cannot import pytest-postgresql and pytest-dbguard"
-            f"{' as ' + user if user else ''} ({reason}). Make a venv that user can read, e.g. "
-            "`/usr/bin/python3 -m venv /tmp/vpp && /tmp/vpp/bin/pip install pytest-postgresql "
-            "'psycopg[binary]' sqlalchemy pytest -e .`, and pass --peer-python /tmp/vpp/bin/python."
+            f"{' as ' + user if user else ''} ({reason}). `./dev.sh bench` makes such a venv; by "
+            "hand: `/usr/bin/python3 -m venv /tmp/vpp && /tmp/vpp/bin/pip install "
+            "pytest-postgresql 'psycopg[binary]' sqlalchemy pytest .`, then --peer-python "
+            "/tmp/vpp/bin/python."
         )
         return
     folder = tmp / "peers"
