@@ -102,7 +102,7 @@ def _janitor(args: argparse.Namespace, url: DatabaseURL) -> int:
             f"{result.action} {found.name} (run {mark.run}, worker {mark.worker}, "
             f"{_age(found.age)} old, from {mark.host} pid {mark.pid})"
         )
-        print(line + (f": {result.error}" if result.error else ""))
+        print(line + (f": {result.detail}" if result.detail else ""))
     if not results:
         age = _age(args.older_than)
         print(f"nothing to drop: no dbguard database older than {age} on {server_of(url)}")

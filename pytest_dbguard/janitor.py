@@ -35,10 +35,16 @@ class Mark:
     host: str
 
     def owner_alive(self) -> bool:
-        """Whether the process that made the mark still runs; False when it ran on another host."""
-        from pytest_dbguard.machine import process_alive
+        """Whether the process that made the mark still runs; False when it ran on another host,
+        or when its pid now belongs to a process started after the mark was made."""
+        from pytest_dbguard.machine import process_alive, process_started_at
 
-        return self.host == socket.gethostname() and process_alive(self.pid)
+        if self.host != socket.gethostname() or not process_alive(self.pid):
+            return False
+        started = process_started_at(self.pid)
+        return (
+            started is None or started <= self.created + 1.0
+        )  # /proc's boot time is whole seconds
 
 
 def make_mark(run: str, worker: str) -> str:
@@ -86,11 +92,12 @@ class MarkedDatabase:
 
 @dataclasses.dataclass(frozen=True)
 class Swept:
-    """What a sweep did with one leftover: ``dropped``, ``would drop`` (dry run) or ``failed``."""
+    """What a sweep did with one leftover: ``dropped``, ``would drop`` (dry run), ``kept`` (a run
+    still going uses it) or ``failed``; ``detail`` says why for the last two."""
 
     database: MarkedDatabase
     action: str
-    error: str | None = None
+    detail: str | None = None
 
 
 MAINTENANCE_DATABASES: Final = ("postgres", "template1")
@@ -143,24 +150,30 @@ def drop_run(url: str | DatabaseURL, run: str) -> list[str]:
 
 
 def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
-    """Drop (``dry_run``: only list) the marked databases at least ``older_than`` seconds old."""
+    """Drop (``dry_run``: only list) the marked databases at least ``older_than`` seconds old,
+    keeping those a run still going uses."""
     parsed = _parse(url)
     leftovers = [
         found
         for found in list_marked(parsed)
         if found.age >= older_than and found.name != parsed.database
     ]
-    if dry_run or not leftovers:
-        return [Swept(found, "would drop") for found in leftovers]
+    if not leftovers:
+        return []
     results: list[Swept] = []
     with _maintenance(parsed) as connection:
         for found in leftovers:
-            try:
-                drop_checked(connection, parsed, found.name)
-            except DbguardError as error:
-                results.append(Swept(found, "failed", str(error)))
+            if (reason := in_use(connection, found.name)) is not None:
+                results.append(Swept(found, "kept", f"in use: {reason}"))
+            elif dry_run:
+                results.append(Swept(found, "would drop"))
             else:
-                results.append(Swept(found, "dropped"))
+                try:
+                    drop_checked(connection, parsed, found.name)
+                except DbguardError as error:
+                    results.append(Swept(found, "failed", str(error)))
+                else:
+                    results.append(Swept(found, "dropped"))
     return results
 
 

@@ -121,3 +121,16 @@ def process_alive(pid: int) -> bool:
         except PermissionError:
             return True
         return True
+
+
+def process_started_at(pid: int) -> float | None:
+    """When ``pid`` started (seconds since the epoch), from /proc; None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # Field 22, counted after the command name, which may itself hold spaces and parens.
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as system:
+            boot = next(int(line.split()[1]) for line in system if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")

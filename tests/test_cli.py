@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from pytest_dbguard.cli import parse_duration
@@ -141,6 +142,41 @@ def test_janitor_drops_only_marked_dbguard_databases(
     assert leftovers["marked"] not in remaining
     assert {leftovers["unmarked"], leftovers["foreign"], "postgres"} <= remaining
     assert SUPERUSER_PASSWORD not in result.stdout + result.stderr
+
+
+def test_janitor_keeps_a_database_a_live_run_uses(
+    pg_server: TestServer, leftovers: dict[str, str]
+) -> None:
+    """Old enough to sweep, but its run is still going: its creator lives, or a session is on it."""
+    name = leftovers["marked"]
+    payload = json.loads(old_mark("abc123", "gw0", 0)[len(MARK_PREFIX) :])
+    payload["pid"] = 1  # alive, and started before a mark dated now
+    pg_server.sql(f"COMMENT ON DATABASE {name} IS '{MARK_PREFIX + json.dumps(payload)}'")
+    # --older-than 0s reaches every marked database on the shared server: list only.
+    dry = dbguard("janitor", pg_server.url(), "--older-than", "0s", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"kept {name} (run abc123, worker gw0" in dry.stdout
+    assert "in use: its creator, process 1 on" in dry.stdout
+
+    # Dated three days ago by this process, which started later: a crashed run's, unless in use.
+    pg_server.sql(f"COMMENT ON DATABASE {name} IS '{old_mark('abc123', 'gw0', THREE_DAYS)}'")
+    holder = psycopg.connect(pg_server.url(name).replace("postgresql+psycopg", "postgresql"))
+    try:
+        kept = dbguard("janitor", pg_server.url(), "--older-than", "2d")
+        assert kept.returncode == 0, kept.stderr
+        assert f"kept {name} (run abc123" in kept.stdout
+        assert "in use: 1 session(s) are connected to it" in kept.stdout
+        assert name in pg_server.databases()
+    finally:
+        holder.close()
+    deadline = time.monotonic() + 10
+    while (dropped := dbguard("janitor", pg_server.url(), "--older-than", "2d")).stdout.startswith(
+        "kept"
+    ):  # the closed session's backend ends a moment later
+        assert time.monotonic() < deadline, dropped.stdout
+        time.sleep(0.05)
+    assert f"dropped {name}" in dropped.stdout
+    assert name not in pg_server.databases()
 
 
 def test_drop_marked_refuses_what_dbguard_did_not_create(
