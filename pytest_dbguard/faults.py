@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 GONE_TIMEOUT: Final = 10.0  # seconds for terminated backends to leave pg_stat_activity
 MIN_ATTEMPT: Final = 0.05  # seconds an async attempt gets, even at the deadline
 _TERMINATE: Final = (
-    "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"
+    "SELECT pid, client_port, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"
     " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
 )
 _NEEDS_POSTGRES: Final = (
@@ -108,7 +108,10 @@ class Faults:
         engine = admin_engine(server_url.with_query(connect_timeout="10"))
         try:
             with engine.connect() as connection:
-                pids = [pid for pid, ended in connection.execute(text(sql), params) if ended]
+                ended = [
+                    (pid, port) for pid, port, ok in connection.execute(text(sql), params) if ok
+                ]
+                pids = [pid for pid, _ in ended]
                 alive = text("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(:pids)")
                 deadline = time.monotonic() + GONE_TIMEOUT
                 # pg_terminate_backend only signals: the backend exits a little later.
@@ -120,6 +123,12 @@ class Faults:
                     time.sleep(0.005)
         finally:
             engine.dispose()
+        # Through the proxy, the clients learn of the ends a moment later: wait for that too.
+        relayed = [port for _, port in ended if port is not None]
+        if self.proxy is not None and not self.proxy.pass_on_server_ends(relayed, GONE_TIMEOUT):
+            self.fail(
+                f"terminate(): the fault proxy had not passed the ends on after {GONE_TIMEOUT} s"
+            )
         return len(pids)
 
     def close(self, target: Any) -> int:

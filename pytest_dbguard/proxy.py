@@ -20,6 +20,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Collection
 from types import TracebackType
 from typing import Final
 
@@ -185,6 +186,28 @@ class FaultProxy:
         with self._lock:
             self._pipes.difference_update(pipe for pipe in pipes if pipe.finished())
         return count
+
+    def pass_on_server_ends(self, ports: Collection[int], timeout: float) -> bool:
+        """Wait until the connections whose server side used ``ports`` (``client_port`` in
+        ``pg_stat_activity``) have passed the server's end on to their clients; False on timeout.
+
+        The pump threads relay a terminated backend's last message and FIN a moment after the
+        backend is gone, and a client that looks in between still sees a live connection.
+        """
+        wanted = set(ports)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = [
+                    pipe
+                    for pipe in self._pipes
+                    if pipe.upstream_port in wanted and not pipe.server_end_passed_on
+                ]
+            if not pending:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
 
     def reset(self) -> None:
         """Undo every fault: end the refusal window, no latency on new or open connections."""

@@ -79,6 +79,7 @@ class Pipe:
         self.aborted = False
         self.closed = False
         self.hung_up = False  # the client ended its side: closing, no longer a live connection
+        self.server_end_relayed = False  # the server ended its side, and the client was told
 
     def start(self) -> None:
         with self._lock:
@@ -196,9 +197,26 @@ class Pipe:
         # An orderly end on one side is passed on as FIN; the other direction runs on.
         with self._lock:
             self.hung_up |= src is self._client
+            self.server_end_relayed |= dst is self._client
             if not self.aborted and not self.closed:
                 with contextlib.suppress(OSError):
                     dst.shutdown(socket.SHUT_WR)
+
+    @property
+    def upstream_port(self) -> int | None:
+        """The local port of the connection to the server (the server's ``client_port``)."""
+        with self._lock:
+            if self._upstream is None or self.closed:
+                return None
+            with contextlib.suppress(OSError):
+                return int(self._upstream.getsockname()[1])
+            return None
+
+    @property
+    def server_end_passed_on(self) -> bool:
+        """Whether the client has been told that the server ended the connection (or is gone)."""
+        with self._lock:
+            return self.server_end_relayed or self.closed or self.aborted
 
     @property
     def live(self) -> bool:

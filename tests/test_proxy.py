@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import gc
 import os
+import select
 import socket
 import threading
 import time
@@ -237,6 +238,34 @@ def test_latency_slows_new_connections_until_reset(
             assert fastest_round_trip(slow) < 0.025
         with connect(proxy, pg_server) as after:
             assert fastest_round_trip(after) < 0.025
+
+
+def test_pass_on_server_ends_waits_until_the_client_is_told(
+    proxy: FaultProxy, pg_server: TestServer
+) -> None:
+    """A backend ended on the server reaches the client later through the proxy (here 300 ms
+    later: latency holds its last message back); the wait covers that gap."""
+    proxy.latency(300)
+    with connect(proxy, pg_server) as client:
+        pid = client.info.backend_pid
+        port = int(
+            pg_server.sql(f"SELECT client_port FROM pg_stat_activity WHERE pid = {pid}").stdout
+        )
+        other = connect(proxy, pg_server)  # a connection nobody ends
+        other_port = int(
+            pg_server.sql(
+                f"SELECT client_port FROM pg_stat_activity WHERE pid = {other.info.backend_pid}"
+            ).stdout
+        )
+        pg_server.sql(f"SELECT pg_terminate_backend({pid}, 5000)")  # returns once it is gone
+        readable = select.poll()
+        readable.register(client.fileno(), select.POLLIN)
+        assert not readable.poll(0), "the proxy held the end back: the client cannot know yet"
+        assert proxy.pass_on_server_ends([port], timeout=0.01) is False
+        assert proxy.pass_on_server_ends([port], timeout=5) is True
+        assert readable.poll(0), "once passed on, the client's socket shows the end"
+        assert proxy.pass_on_server_ends([other_port], timeout=0.05) is False  # still open
+        other.close()
 
 
 @pytest.mark.parametrize("amount", [-1, float("nan"), float("inf")])
