@@ -203,7 +203,9 @@ class EmbeddedCluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=child_setup(self.user, die_with_parent=not self.keep),
-                start_new_session=self.keep,
+                # Its own process group, so stop() reaches the prelude's cp or initdb too; and a
+                # Ctrl-C in the terminal goes to pytest, which stops the server in order.
+                start_new_session=True,
                 pass_fds=() if source_fd is None else (source_fd,),
             )
         except OSError as error:
@@ -275,10 +277,16 @@ class EmbeddedCluster:
         pid = self.process.pid if own and self.process is not None else self.postmaster_pid()
         if not own:
             self.process = None
+        prelude = own and _command_name(pid) == "sh"
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, mode)
+                if prelude:  # still laying out the folder: the copy is throwaway, end it at once
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, mode)
             _wait_gone(pid, self.process, timeout=15)
+            if prelude:  # cp or initdb may outlive the shell by a moment, writing into the folder
+                _wait_group_gone(pid, timeout=15)
         self.process = None
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -306,6 +314,33 @@ class EmbeddedCluster:
             "root": str(self.root),
         }
         (self.root / "dbguard.json").write_text(json.dumps(state))
+
+
+def _command_name(pid: int | None) -> str | None:
+    with contextlib.suppress(OSError, TypeError):
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    return None
+
+
+def _wait_group_gone(group: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of ``group`` still runs (zombies, waiting for init to reap them, do not)."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                state, _parent, process_group = (
+                    Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[:3]
+                )
+                if int(process_group) == group and state != "Z":
+                    return True
+    return False
 
 
 def _wait_gone(pid: int, process: subprocess.Popen[bytes] | None, timeout: float) -> None:

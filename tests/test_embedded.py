@@ -186,6 +186,47 @@ def test_first_run_fills_the_initdb_cache(
     _assert_nothing_left(pytester)
 
 
+@pytest.mark.parametrize("prelude", ["initdb", "copy"])
+def test_stop_while_the_data_folder_is_laid_out_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prelude: str
+) -> None:
+    """A usage error right after launch stops the server while its shell still runs initdb or
+    cp: those must end too, or they write the folder back after it was removed."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    bindir = machine.find_bindir()
+    assert bindir is not None
+    if prelude == "copy":  # fill the cache first, so the next launch copies it
+        warm = server.EmbeddedCluster(
+            bindir, machine.storage_root() / f"warm-{os.getpid()}", machine.free_port()
+        )
+        warm.initialise()
+        warm.launch()
+        deadline = time.monotonic() + 30
+        while warm.start_ms() is None:  # initdb done and the server up
+            assert time.monotonic() < deadline, warm.log_tail()
+            time.sleep(0.02)
+        warm.fill_cache()
+        warm.stop()
+        assert list((tmp_path / "cache").rglob("PG_VERSION"))
+    cluster = server.EmbeddedCluster(
+        bindir, machine.storage_root() / f"stopped-early-{os.getpid()}", machine.free_port()
+    )
+    cluster.initialise()
+    cluster.launch()
+    assert cluster.process is not None
+    group = cluster.process.pid
+    time.sleep(0.05)  # the shell has started its initdb or cp
+    cluster.stop()
+    time.sleep(1.0)  # an initdb or cp left running would have written into the folder by now
+    assert not cluster.root.exists(), f"{cluster.root} came back: the prelude outlived stop()"
+    ps = subprocess.run(
+        ["ps", "-o", "stat=,pid=,args=", "-g", str(group)], capture_output=True, text=True
+    )
+    # Zombies are dead already; reaping orphans is init's job (some container inits are slow to).
+    running = [line for line in ps.stdout.splitlines() if not line.strip().startswith("Z")]
+    assert running == [], f"left running: {running}"
+
+
 def test_initdb_that_fails_shows_its_output(pytester: pytest.Pytester) -> None:
     bindir = _bindir_with("initdb", "echo 'initdb: disk quota exceeded' >&2; exit 1")
     pytester.makeconftest(
