@@ -56,7 +56,11 @@ ensure_postgres() {
 # its own in the temp folder, from the system Python, with this checkout installed as it is now.
 ensure_peer_venv() {
     [[ -n ${BENCH_PEER_PYTHON:-} ]] && return 0
-    local peer=${TMPDIR:-/tmp}/pytest-dbguard-bench-peer python=/usr/bin/python3
+    local peer=${TMPDIR:-/tmp}/pytest-dbguard-bench-peer-$(id -u) python=/usr/bin/python3
+    if [[ -e $peer && ( ! -O $peer || -L $peer ) ]]; then  # never run a venv someone else made
+        echo "dev.sh: $peer is not ours; remove it, or set BENCH_PEER_PYTHON" >&2
+        return 1
+    fi
     if [[ $(id -u) -ne 0 ]] || ! "$python" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 13)))' 2>/dev/null; then
         python=$(pick_python)
     fi

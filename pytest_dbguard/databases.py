@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.engine_listener import INTERNAL_OPTION
 from pytest_dbguard.exceptions import DatabaseSetupError
-from pytest_dbguard.janitor import make_mark, parse_mark
+from pytest_dbguard.janitor import Mark, make_mark, parse_mark
 from pytest_dbguard.urls import DatabaseURL
 
 if TYPE_CHECKING:
@@ -244,7 +244,15 @@ def provision_schema(
     engine = engine_for(server_url, poolclass=_null_pool(), execution_options=INTERNAL_OPTIONS)
     try:
         with engine.begin() as connection:
-            if _schema_is_ours(connection, schema):  # left by a crashed run with the same id
+            if (mark := _schema_mark(connection, schema)) is not None:
+                if mark.owner_alive():  # two runs drew one id: never take a live run's schema
+                    raise DatabaseSetupError(
+                        f"The worker schema {schema!r} already exists in {server_url.database!r} "
+                        f"and another run is using it (its creator, process {mark.pid} on "
+                        f"{mark.host}, is still running): two runs drew the same run id. Run "
+                        "again; a new id is drawn each time."
+                    )
+                # left by a crashed run that drew the same id
                 connection.exec_driver_sql(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
             connection.exec_driver_sql(f"CREATE SCHEMA {quote_ident(schema)}")
             comment = make_mark(run, worker).replace("'", "''")
@@ -272,14 +280,15 @@ def schema_url(server_url: DatabaseURL, schema: str) -> DatabaseURL:
     return server_url.with_query(options=f"-csearch_path={schema}")
 
 
-def _schema_is_ours(connection: Connection, schema: str) -> bool:
+def _schema_mark(connection: Connection, schema: str) -> Mark | None:
+    """The mark on ``schema``: None when it does not exist or is not dbguard's."""
     from sqlalchemy import text
 
     comment = connection.execute(
         text("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :n"),
         {"n": schema},
     ).scalar()
-    return parse_mark(comment) is not None
+    return parse_mark(comment)
 
 
 def drop_schema(server_url: DatabaseURL, schema: str) -> None:
@@ -287,7 +296,7 @@ def drop_schema(server_url: DatabaseURL, schema: str) -> None:
     engine = engine_for(server_url, poolclass=_null_pool(), execution_options=INTERNAL_OPTIONS)
     try:
         with engine.begin() as connection:
-            if _schema_is_ours(connection, schema):
+            if _schema_mark(connection, schema) is not None:
                 connection.exec_driver_sql(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
     finally:
         engine.dispose()

@@ -140,9 +140,16 @@ def drop_marked(url: str | DatabaseURL, name: str) -> MarkedDatabase:
 
 
 def drop_run(url: str | DatabaseURL, run: str) -> list[str]:
-    """Drop every marked database of run ``run`` (its templates, and workers that did not clean up)."""
+    """Drop every marked database of run ``run`` (its templates, and workers that did not clean up),
+    except those whose creator, another process, still runs."""
     parsed = _parse(url)
-    ours = [found for found in list_marked(parsed) if found.mark.run == run]
+    ours = [
+        found
+        for found in list_marked(parsed)
+        if found.mark.run == run
+        # Another run still going that drew the same id keeps its own (our workers have exited).
+        and not (found.mark.pid != os.getpid() and found.mark.owner_alive())
+    ]
     if not ours:
         return []
     with _maintenance(parsed) as connection:
@@ -152,6 +159,8 @@ def drop_run(url: str | DatabaseURL, run: str) -> list[str]:
 def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
     """Drop (``dry_run``: only list) the marked databases at least ``older_than`` seconds old,
     keeping those a run still going uses."""
+    from sqlalchemy.exc import DBAPIError
+
     parsed = _parse(url)
     leftovers = [
         found
@@ -163,18 +172,23 @@ def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[S
     results: list[Swept] = []
     with _maintenance(parsed) as connection:
         for found in leftovers:
-            if (reason := in_use(connection, found.name)) is not None:
-                results.append(Swept(found, "kept", f"in use: {reason}"))
-            elif dry_run:
-                results.append(Swept(found, "would drop"))
-            else:
-                try:
+            try:
+                reason = in_use(connection, found.name)
+                if reason is None and not dry_run:
                     drop_checked(connection, parsed, found.name)
-                except DbguardError as error:
-                    results.append(Swept(found, "failed", str(error)))
-                else:
-                    results.append(Swept(found, "dropped"))
+            except (DbguardError, DBAPIError) as error:
+                detail = str(error) if isinstance(error, DbguardError) else _brief(error, parsed)
+                results.append(Swept(found, "failed", detail))
+            else:
+                action = "kept" if reason else "would drop" if dry_run else "dropped"
+                results.append(Swept(found, action, reason and f"in use: {reason}"))
     return results
+
+
+def _brief(error: Exception, url: DatabaseURL) -> str:
+    from pytest_dbguard.connect_diagnosis import classify_error
+
+    return classify_error(error, connected=True, password=url.password).error
 
 
 def _parse(url: str | DatabaseURL) -> DatabaseURL:
@@ -238,8 +252,9 @@ def in_use(connection: Connection, name: str) -> str | None:
     if mark is not None and mark.owner_alive():
         return f"its creator, process {mark.pid} on {mark.host}, is still running"
     sessions = connection.execute(
-        text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
+        text(  # clients only: autovacuum workers and walsenders do not make a database in use
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = :name"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
         ),
         {"name": name},
     ).scalar_one()

@@ -170,9 +170,11 @@ def test_janitor_keeps_a_database_a_live_run_uses(
     finally:
         holder.close()
     deadline = time.monotonic() + 10
-    while (dropped := dbguard("janitor", pg_server.url(), "--older-than", "2d")).stdout.startswith(
-        "kept"
-    ):  # the closed session's backend ends a moment later
+    # The closed session's backend ends a moment later.
+    while (
+        f"kept {name}"
+        in (dropped := dbguard("janitor", pg_server.url(), "--older-than", "2d")).stdout
+    ):
         assert time.monotonic() < deadline, dropped.stdout
         time.sleep(0.05)
     assert f"dropped {name}" in dropped.stdout

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import sqlalchemy
@@ -128,6 +129,47 @@ def test_same_named_leftover_is_replaced_only_when_its_run_is_over(pg_server: Te
         assert f'"pid":{os.getpid()}' in comment.stdout
     finally:
         pg_server.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_run_teardown_leaves_a_same_id_run_that_is_still_going(pg_server: TestServer) -> None:
+    """drop_run drops its run id's databases, but not those another live process created."""
+    from pytest_dbguard.janitor import drop_run
+
+    theirs, ours = "app_dbg_feed0002_gw0", "app_dbg_feed0002_main"
+    for name in (theirs, ours):
+        pg_server.sql(f'CREATE DATABASE "{name}"')
+    try:
+        live = json.loads(_mark_of(1)[len(MARK_PREFIX) :])  # pid 1: alive, started long before
+        live.update(run="feed0002", created=time.time())
+        pg_server.sql(f"COMMENT ON DATABASE \"{theirs}\" IS '{MARK_PREFIX + json.dumps(live)}'")
+        pg_server.sql(f"COMMENT ON DATABASE \"{ours}\" IS '{make_mark('feed0002', 'main')}'")
+        assert drop_run(pg_server.url(), "feed0002") == [ours]
+        assert theirs in pg_server.databases() and ours not in pg_server.databases()
+    finally:
+        for name in (theirs, ours):
+            pg_server.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_same_named_schema_is_replaced_only_when_its_run_is_over(pg_server: TestServer) -> None:
+    schema = "dbg_feed0003_gw0"
+    url = DatabaseURL.parse(pg_server.url())
+    provision = functools.partial(
+        databases.provision_schema, url, schema, None, run="feed0003", worker="gw0"
+    )
+    pg_server.sql(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.left_behind (id int)")
+    try:
+        pg_server.sql(f"COMMENT ON SCHEMA {schema} IS '{make_mark('feed0003', 'gw0')}'")
+        with pytest.raises(DatabaseSetupError, match=r"another run is using it \(its creator"):
+            provision()  # this very process made the mark: a live run
+        assert pg_server.sql(f"SELECT count(*) FROM {schema}.left_behind").stdout.strip() == "0"
+        pg_server.sql(f"COMMENT ON SCHEMA {schema} IS '{_mark_of(_finished_pid())}'")
+        assert provision().schema == schema  # a crashed run's: replaced
+        tables = pg_server.sql(
+            f"SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}'"
+        ).stdout.strip()
+        assert tables == "0"
+    finally:
+        pg_server.sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def test_run_leaves_other_databases_alone(pytester: pytest.Pytester, pg_server: TestServer) -> None:
