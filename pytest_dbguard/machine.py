@@ -108,27 +108,52 @@ def cache_root() -> Path:
     return Path(base) / "pytest-dbguard"
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, parent, process group,
+    …), which may itself hold spaces and parens; None where it cannot be read."""
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return None
+
+
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs; a zombie (exited, not yet reaped by another process) counts as gone."""
+    fields = _stat_fields(pid)
+    if fields is not None:
+        return fields[0] != "Z"
     try:
-        with open(f"/proc/{pid}/status") as status:
-            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status)
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
         return True
+    return True
+
+
+def group_alive(group: int) -> bool:
+    """Whether a process of process group ``group`` still runs (zombies do not)."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            fields = _stat_fields(entry.name) if entry.name.isdigit() else None
+            if fields is not None and fields[0] != "Z" and fields[2] == str(group):
+                return True
+    return False
+
+
+def command_name(pid: int) -> str | None:
+    """The command ``pid`` runs now (``/proc/<pid>/comm``), or None."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    return None
 
 
 def process_started_at(pid: int) -> float | None:
     """When ``pid`` started (seconds since the epoch), from /proc; None where that cannot be read."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            # Field 22, counted after the command name, which may itself hold spaces and parens.
-            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        ticks = int(fields[19])  # field 22 of the whole line
         with open("/proc/stat") as system:
             boot = next(int(line.split()[1]) for line in system if line.startswith("btime "))
     except (OSError, ValueError, IndexError, StopIteration):

@@ -27,8 +27,10 @@ from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.machine import (
     cache_root,
     child_setup,
+    command_name,
     find_bindir,
     free_port,
+    group_alive,
     process_alive,
     server_user,
     storage_root,
@@ -277,7 +279,7 @@ class EmbeddedCluster:
         pid = self.process.pid if own and self.process is not None else self.postmaster_pid()
         if not own:
             self.process = None
-        prelude = own and _command_name(pid) == "sh"
+        prelude = own and pid is not None and command_name(pid) == "sh"
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 if prelude:  # still laying out the folder: the copy is throwaway, end it at once
@@ -316,31 +318,10 @@ class EmbeddedCluster:
         (self.root / "dbguard.json").write_text(json.dumps(state))
 
 
-def _command_name(pid: int | None) -> str | None:
-    with contextlib.suppress(OSError, TypeError):
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    return None
-
-
 def _wait_group_gone(group: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while _group_alive(group) and time.monotonic() < deadline:
+    while group_alive(group) and time.monotonic() < deadline:
         time.sleep(0.005)
-
-
-def _group_alive(group: int) -> bool:
-    """Whether a process of ``group`` still runs (zombies, waiting for init to reap them, do not)."""
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                state, _parent, process_group = (
-                    Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[:3]
-                )
-                if int(process_group) == group and state != "Z":
-                    return True
-    return False
 
 
 def _wait_gone(pid: int, process: subprocess.Popen[bytes] | None, timeout: float) -> None:

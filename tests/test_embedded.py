@@ -202,7 +202,7 @@ def test_stop_while_the_data_folder_is_laid_out_leaves_nothing(
     assert cluster.process is not None
     group = cluster.process.pid
     time.sleep(0.1)  # initdb is writing
-    assert server._command_name(group) == "sh", "the prelude should still be running"
+    assert machine.command_name(group) == "sh", "the prelude should still be running"
     cluster.stop()
     time.sleep(1.0)  # an initdb left running would have written into the folder by now
     assert not cluster.root.exists(), f"{cluster.root} came back: the prelude outlived stop()"
