@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.engine_listener import INTERNAL_OPTION
 from pytest_dbguard.exceptions import DatabaseSetupError
-from pytest_dbguard.janitor import Mark, make_mark, parse_mark
+from pytest_dbguard.janitor import Mark, creator_running, in_use, make_mark, parse_mark
 from pytest_dbguard.urls import DatabaseURL
 
 if TYPE_CHECKING:
@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 INTERNAL_OPTIONS: Final = {INTERNAL_OPTION: True}  # guards skip statements carrying this
 SchemaBuild = Callable[["Connection"], None]
 INSUFFICIENT_PRIVILEGE: Final = "42501"
+SAME_ID: Final = (
+    "The {what} {name!r} already exists {where} and another run is using it ({reason}): two runs "
+    "drew the same run id. Run again; a new id is drawn each time."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,14 +202,11 @@ def provision_database(
 def _drop_leftover(server_url: DatabaseURL, database: str, connection: Connection) -> None:
     """Drop a same-named leftover, unless a run that is still going uses it (ids are random, so
     that is two runs drawing one id; never take a live run's database from under it)."""
-    from pytest_dbguard.janitor import in_use
-
     reason = in_use(connection, database)
     if reason is not None:
+        where = f"on {server_url.host}:{server_url.port}"
         raise DatabaseSetupError(
-            f"The test database {database!r} already exists on {server_url.host}:{server_url.port} "
-            f"and another run is using it ({reason}): two runs drew the same run id. Run again; "
-            "a new id is drawn each time."
+            SAME_ID.format(what="test database", name=database, where=where, reason=reason)
         )
     drop_database(server_url, database, connection=connection)
 
@@ -245,12 +246,12 @@ def provision_schema(
     try:
         with engine.begin() as connection:
             if (mark := _schema_mark(connection, schema)) is not None:
-                if mark.owner_alive():  # two runs drew one id: never take a live run's schema
+                if (reason := creator_running(mark)) is not None:  # never take a live run's
+                    where = f"in {server_url.database!r}"
                     raise DatabaseSetupError(
-                        f"The worker schema {schema!r} already exists in {server_url.database!r} "
-                        f"and another run is using it (its creator, process {mark.pid} on "
-                        f"{mark.host}, is still running): two runs drew the same run id. Run "
-                        "again; a new id is drawn each time."
+                        SAME_ID.format(
+                            what="worker schema", name=schema, where=where, reason=reason
+                        )
                     )
                 # left by a crashed run that drew the same id
                 connection.exec_driver_sql(f"DROP SCHEMA {quote_ident(schema)} CASCADE")

@@ -243,14 +243,20 @@ def _maintenance(url: str | DatabaseURL) -> Iterator[Connection]:
             engine.dispose()
 
 
+def creator_running(mark: Mark | None) -> str | None:
+    """Why the process that made ``mark`` counts as a run still going, or None."""
+    if mark is not None and mark.owner_alive():
+        return f"its creator, process {mark.pid} on {mark.host}, is still running"
+    return None
+
+
 def in_use(connection: Connection, name: str) -> str | None:
     """Why ``name`` belongs to a run still going (its creator alive, or sessions on it), else None."""
     from sqlalchemy import text
 
     row = connection.execute(text(_ONE_SQL), {"name": name}).first()
-    mark = parse_mark(row[1]) if row is not None else None
-    if mark is not None and mark.owner_alive():
-        return f"its creator, process {mark.pid} on {mark.host}, is still running"
+    if (reason := creator_running(parse_mark(row[1]) if row is not None else None)) is not None:
+        return reason
     sessions = connection.execute(
         text(  # clients only: autovacuum workers and walsenders do not make a database in use
             "SELECT count(*) FROM pg_stat_activity WHERE datname = :name"
