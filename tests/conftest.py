@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Iterator
 
 import pytest
 
+from pytest_dbguard.janitor import MARK_PREFIX, make_mark, parse_mark
 from tests.pgserver import TestServer, running_server
 
 pytest_plugins = ["pytester"]
@@ -74,3 +76,14 @@ def run_dbguard(
     for name in plugins:
         extra += ["-p", name]
     return pytester.runpytest_subprocess("-p", "pytest_dbguard", *extra, *args, timeout=300)
+
+
+def mark_text(run: str, worker: str, *, age: float = 0.0, pid: int | None = None) -> str:
+    """A mark exactly as dbguard writes it, dated ``age`` seconds ago, from ``pid`` (else us)."""
+    payload = json.loads(make_mark(run, worker)[len(MARK_PREFIX) :])
+    payload["created"] -= age
+    if pid is not None:
+        payload["pid"] = pid
+    comment = MARK_PREFIX + json.dumps(payload, separators=(",", ":"))
+    assert parse_mark(comment) is not None
+    return comment

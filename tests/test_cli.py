@@ -14,14 +14,8 @@ import pytest
 
 from pytest_dbguard.cli import parse_duration
 from pytest_dbguard.exceptions import ConfigError, DatabaseSetupError
-from pytest_dbguard.janitor import (
-    MARK_PREFIX,
-    drop_marked,
-    list_marked,
-    make_mark,
-    parse_mark,
-    sweep,
-)
+from pytest_dbguard.janitor import drop_marked, list_marked, sweep
+from tests.conftest import mark_text
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer, free_port
 
 THREE_DAYS = 3 * 86400.0
@@ -44,15 +38,6 @@ def dead_url(pg_server: TestServer) -> str:
     return pg_server.url().replace(f":{pg_server.port}/", f":{free_port()}/")
 
 
-def old_mark(run: str, worker: str, age: float) -> str:
-    """A mark exactly as dbguard writes it, dated ``age`` seconds ago."""
-    payload = json.loads(make_mark(run, worker)[len(MARK_PREFIX) :])
-    payload["created"] -= age
-    comment = MARK_PREFIX + json.dumps(payload, separators=(",", ":"))
-    assert parse_mark(comment) is not None
-    return comment
-
-
 @pytest.fixture
 def leftovers(pg_server: TestServer) -> Iterator[dict[str, str]]:
     """A crashed run's marked database, an unmarked look-alike, and a marked non-dbguard name."""
@@ -64,7 +49,7 @@ def leftovers(pg_server: TestServer) -> Iterator[dict[str, str]]:
     for name in databases.values():
         pg_server.sql(f"CREATE DATABASE {name}")
     for key in ("marked", "foreign"):
-        comment = old_mark("abc123", "gw0", THREE_DAYS)
+        comment = mark_text("abc123", "gw0", age=THREE_DAYS)
         pg_server.sql(f"COMMENT ON DATABASE {databases[key]} IS '{comment}'")
     yield databases
     for name in databases.values():
@@ -149,9 +134,8 @@ def test_janitor_keeps_a_database_a_live_run_uses(
 ) -> None:
     """Old enough to sweep, but its run is still going: its creator lives, or a session is on it."""
     name = leftovers["marked"]
-    payload = json.loads(old_mark("abc123", "gw0", 0)[len(MARK_PREFIX) :])
-    payload["pid"] = 1  # alive, and started before a mark dated now
-    pg_server.sql(f"COMMENT ON DATABASE {name} IS '{MARK_PREFIX + json.dumps(payload)}'")
+    live = mark_text("abc123", "gw0", pid=1)  # pid 1: alive, and started before a mark dated now
+    pg_server.sql(f"COMMENT ON DATABASE {name} IS '{live}'")
     # --older-than 0s reaches every marked database on the shared server: list only.
     dry = dbguard("janitor", pg_server.url(), "--older-than", "0s", "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -159,7 +143,7 @@ def test_janitor_keeps_a_database_a_live_run_uses(
     assert "in use: its creator, process 1 on" in dry.stdout
 
     # Dated three days ago by this process, which started later: a crashed run's, unless in use.
-    pg_server.sql(f"COMMENT ON DATABASE {name} IS '{old_mark('abc123', 'gw0', THREE_DAYS)}'")
+    pg_server.sql(f"COMMENT ON DATABASE {name} IS '{mark_text('abc123', 'gw0', age=THREE_DAYS)}'")
     holder = psycopg.connect(pg_server.url(name).replace("postgresql+psycopg", "postgresql"))
     try:
         kept = dbguard("janitor", pg_server.url(), "--older-than", "2d")
@@ -206,7 +190,9 @@ def test_list_sweep_and_drop_a_leftover_template(pg_server: TestServer) -> None:
     name = "x_dbg_def456_tpl"
     pg_server.sql(f"CREATE DATABASE {name} IS_TEMPLATE true")
     try:
-        pg_server.sql(f"COMMENT ON DATABASE {name} IS '{old_mark('def456', 'gw0', THREE_DAYS)}'")
+        pg_server.sql(
+            f"COMMENT ON DATABASE {name} IS '{mark_text('def456', 'gw0', age=THREE_DAYS)}'"
+        )
         found = {item.name: item for item in list_marked(pg_server.url())}
         assert found[name].is_template and found[name].mark.run == "def456"
         assert found[name].age > THREE_DAYS - 60

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import sqlalchemy
 
 from pytest_dbguard import databases
 from pytest_dbguard.exceptions import DatabaseSetupError
-from pytest_dbguard.janitor import MARK_PREFIX, make_mark
+from pytest_dbguard.janitor import make_mark
 from pytest_dbguard.urls import DatabaseURL
-from tests.conftest import run_dbguard
+from tests.conftest import mark_text, run_dbguard
 from tests.pgserver import LIMITED_PASSWORD, LIMITED_USER, SUPERUSER_PASSWORD, TestServer
 
 MODELS = """
@@ -67,17 +64,6 @@ def test_unmarked_database_is_never_dropped(pg_server: TestServer) -> None:
         pg_server.sql('DROP DATABASE IF EXISTS "app_dbg_abc123_gw0"')
 
 
-def _mark_of(pid: int) -> str:
-    payload = {
-        "run": "feed0001",
-        "worker": "gw0",
-        "created": 0,
-        "pid": pid,
-        "host": socket.gethostname(),
-    }
-    return MARK_PREFIX + json.dumps(payload)
-
-
 def _finished_pid() -> int:
     process = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -107,7 +93,9 @@ def test_same_named_leftover_is_replaced_only_when_its_run_is_over(pg_server: Te
             pg_server.sql("SELECT count(*) FROM left_behind", database=name).stdout.strip() == "0"
         )
 
-        pg_server.sql(f"COMMENT ON DATABASE \"{name}\" IS '{_mark_of(_finished_pid())}'")
+        pg_server.sql(
+            f"COMMENT ON DATABASE \"{name}\" IS '{mark_text('feed0001', 'gw0', pid=_finished_pid())}'"
+        )
         holder = sqlalchemy.create_engine(pg_server.url(name), poolclass=sqlalchemy.pool.NullPool)
         try:
             with (
@@ -139,9 +127,8 @@ def test_run_teardown_leaves_a_same_id_run_that_is_still_going(pg_server: TestSe
     for name in (theirs, ours):
         pg_server.sql(f'CREATE DATABASE "{name}"')
     try:
-        live = json.loads(_mark_of(1)[len(MARK_PREFIX) :])  # pid 1: alive, started long before
-        live.update(run="feed0002", created=time.time())
-        pg_server.sql(f"COMMENT ON DATABASE \"{theirs}\" IS '{MARK_PREFIX + json.dumps(live)}'")
+        live = mark_text("feed0002", "gw0", pid=1)  # pid 1: alive, started long before
+        pg_server.sql(f"COMMENT ON DATABASE \"{theirs}\" IS '{live}'")
         pg_server.sql(f"COMMENT ON DATABASE \"{ours}\" IS '{make_mark('feed0002', 'main')}'")
         assert drop_run(pg_server.url(), "feed0002") == [ours]
         assert theirs in pg_server.databases() and ours not in pg_server.databases()
@@ -162,7 +149,9 @@ def test_same_named_schema_is_replaced_only_when_its_run_is_over(pg_server: Test
         with pytest.raises(DatabaseSetupError, match=r"another run is using it \(its creator"):
             provision()  # this very process made the mark: a live run
         assert pg_server.sql(f"SELECT count(*) FROM {schema}.left_behind").stdout.strip() == "0"
-        pg_server.sql(f"COMMENT ON SCHEMA {schema} IS '{_mark_of(_finished_pid())}'")
+        pg_server.sql(
+            f"COMMENT ON SCHEMA {schema} IS '{mark_text('feed0001', 'gw0', pid=_finished_pid())}'"
+        )
         assert provision().schema == schema  # a crashed run's: replaced
         tables = pg_server.sql(
             f"SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}'"
