@@ -132,8 +132,8 @@ def process_alive(pid: int) -> bool:
 
 def group_alive(group: int) -> bool:
     """Whether a process of process group ``group`` still runs (zombies do not)."""
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
+    with contextlib.suppress(OSError), os.scandir("/proc") as entries:
+        for entry in entries:
             fields = _stat_fields(entry.name) if entry.name.isdigit() else None
             if fields is not None and fields[0] != "Z" and fields[2] == str(group):
                 return True
