@@ -170,10 +170,19 @@ def _raw(
             return value, option.flag
     if option.env and environ.get(option.env_var, "") != "":
         return environ[option.env_var], f"environment variable {option.env_var}"
-    ini_value = config.getini(option.ini)
-    if ini_value not in (None, "", [], False) and option.ini in ini_keys(config):
-        where = f" in {config.inipath.name}" if config.inipath else ""
-        return ini_value, f"ini {option.ini}{where}"
+    if option.ini not in ini_keys(config):
+        return None
+    where = f"ini {option.ini}" + (f" in {config.inipath.name}" if config.inipath else "")
+    try:
+        ini_value = config.getini(option.ini)
+    except (ValueError, pytest.UsageError):
+        # pytest's own "invalid truth value 'maybe'" names neither the key nor the file
+        raise ConfigError(
+            f"{where} = {ini_raw(config, option.ini)!r} is not a switch; "
+            "use true or false (also 1/0, yes/no, on/off)."
+        ) from None
+    if ini_value not in (None, "", [], False):
+        return ini_value, where
     return None
 
 
@@ -264,6 +273,14 @@ def resolve(
         sqlite_requested = True
     elif url_text:
         url = DatabaseURL.parse(url_text, source=sources["url"])
+    elif url_text is not None and sources.get("url") == OPTIONS_BY_NAME["url"].flag:
+        # An empty flag (a CI variable that was never set: --dbguard-url "$DB") would otherwise
+        # silently override the ini file's URL with the embedded server.
+        raise ConfigError(
+            "--dbguard-url is empty. Give a URL (postgresql+psycopg://user:password@host:5432/db), "
+            "'sqlite' for SQLite, or leave the flag out: then DBGUARD_URL, ini dbguard_url or the "
+            "embedded PostgreSQL is used, in that order."
+        )
     if values["metadata"] and values["alembic_ini"]:
         raise ConfigError(
             f"Both {sources['metadata']} and {sources['alembic_ini']} are set; the schema comes from "
@@ -287,12 +304,23 @@ def resolve(
     )
 
 
-def ini_keys(config: pytest.Config) -> set[str]:
-    """Keys present in the ini file. pytest 9 deprecates ``config.inicfg``; it keeps ``_inicfg``."""
+def _inicfg(config: pytest.Config) -> Mapping[str, Any]:
+    """The ini file's raw entries. pytest 9 deprecates ``config.inicfg``; it keeps ``_inicfg``."""
     raw = getattr(config, "_inicfg", None)
     if raw is None:  # pytest 8
         raw = config.inicfg
-    return set(raw.keys())
+    return raw  # type: ignore[no-any-return]
+
+
+def ini_keys(config: pytest.Config) -> set[str]:
+    """Keys present in the ini file."""
+    return set(_inicfg(config).keys())
+
+
+def ini_raw(config: pytest.Config, key: str) -> str:
+    """The text of ini ``key`` as written (pytest 9 wraps it in a ConfigValue)."""
+    value = _inicfg(config).get(key)
+    return str(getattr(value, "value", value))
 
 
 def _check_unknown_ini_keys(config: pytest.Config) -> None:

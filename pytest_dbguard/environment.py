@@ -111,7 +111,7 @@ def prepare(
         cluster, _adopted = server.prepare_cluster(
             plan.run,
             reuse_key=_reuse_key(config) if settings.reuse else None,
-            bindir=machine.find_bindir(settings.pg_bindir),
+            bindir=machine.require_bindir(settings.pg_bindir, settings.source_of("pg_bindir")),
         )
         config.stash[cluster_key] = cluster
         plan = run_plan.with_server(plan, cluster.url().resolved())

@@ -262,8 +262,7 @@ def summary_lines(config: pytest.Config) -> list[str]:
     state = config.stash[state_key]
     settings = config.stash[settings_key]
     if plan.server_url is None:
-        reason = f" ({plan.fallback_reason})" if plan.fallback_reason else ""
-        target = f"SQLite files in {plan.sqlite_dir}{reason}"
+        target = f"SQLite files in {plan.sqlite_dir}"
     elif plan.embedded:
         reuse = ", reused" if settings.reuse else ""
         target = f"embedded PostgreSQL {state.server_version} at {plan.server_url.host}:{plan.server_url.port}{reuse}"

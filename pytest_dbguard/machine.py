@@ -36,21 +36,71 @@ def find_bindir(configured: str | None = None) -> Path | None:
     )
 
 
+MISSING_BINARIES: Final = (
+    "No PostgreSQL binaries for the embedded server: looked for initdb and postgres in {looked}. "
+    "Fix it one of three ways: install PostgreSQL (e.g. `apt-get install -y postgresql`); name the "
+    "folder that holds initdb and postgres with --dbguard-pg-bindir DIR (ini dbguard_pg_bindir); or "
+    "test against a running server with --dbguard-url URL (DBGUARD_URL). dbguard uses SQLite only "
+    "when asked to (--dbguard-url sqlite)."
+)
+BINDIR_LACKS: Final = (
+    "{source} = {folder!r}: {problem}, so the embedded PostgreSQL cannot start. Name the folder "
+    "that holds initdb and postgres (e.g. /usr/lib/postgresql/15/bin; `pg_config --bindir` prints "
+    "it), or leave the setting out to let dbguard look on PATH and in /usr/lib/postgresql/*/bin."
+)
+
+
+def require_bindir(configured: str | None, source: str = "--dbguard-pg-bindir") -> Path:
+    """The binaries' folder, or a ServerError that says where dbguard looked and how to fix it.
+
+    Never a silent substitute: a suite written for PostgreSQL must not quietly run on SQLite.
+    """
+    if configured:
+        folder = Path(configured)
+        missing = [name for name in ("initdb", "postgres") if not (folder / name).is_file()]
+        if not folder.is_dir():
+            problem = "that folder does not exist"
+        elif missing:
+            problem = f"that folder has no {' and no '.join(missing)}"
+        else:
+            return folder
+        raise ServerError(BINDIR_LACKS.format(source=source, folder=configured, problem=problem))
+    found = find_bindir()
+    if found is not None:
+        return found
+    pg_config = _pg_config_bindir()
+    looked = ", ".join(
+        [
+            "PATH",
+            f"`pg_config --bindir` ({pg_config})" if pg_config else "pg_config (not on PATH)",
+            "/usr/lib/postgresql/*/bin",
+        ]
+    )
+    raise ServerError(MISSING_BINARIES.format(looked=looked))
+
+
 def _bindir_candidates() -> Iterator[Path]:
     on_path = shutil.which("postgres") or shutil.which("initdb")
     if on_path:
         yield Path(on_path).resolve().parent
-    pg_config = shutil.which("pg_config")
-    if pg_config:  # only asked when PATH had no server binaries: a subprocess costs ~10 ms
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=5)
-            if out.returncode == 0 and out.stdout.strip():
-                yield Path(out.stdout.strip())
+    pg_config = _pg_config_bindir()  # only asked when PATH had none: a subprocess costs ~10 ms
+    if pg_config:
+        yield Path(pg_config)
     yield from sorted(
         (Path(path) for path in glob.glob("/usr/lib/postgresql/*/bin")),
         key=lambda path: _version_key(path.parent.name),
         reverse=True,
     )
+
+
+def _pg_config_bindir() -> str | None:
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=5)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+    return None
 
 
 def _version_key(text: str) -> tuple[int, ...]:

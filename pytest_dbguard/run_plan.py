@@ -38,7 +38,6 @@ class RunPlan:
     async_url: DatabaseURL
     database: str
     sqlite_dir: Path | None
-    fallback_reason: str | None = None  # why SQLite was chosen over the embedded default
     schema: str | None = None  # schema-per-worker mode: the worker's schema in the named database
 
     @property
@@ -77,7 +76,6 @@ def decide(settings: Settings, origin: Mapping[str, Any] | None) -> RunPlan:
         "owns_server": origin is None,
     }
     embedded = False
-    fallback: str | None = None
     server_url: DatabaseURL | None = settings.url
     if origin is not None and origin.get("server_url"):
         server_url = DatabaseURL.parse(origin["server_url"])
@@ -85,18 +83,15 @@ def decide(settings: Settings, origin: Mapping[str, Any] | None) -> RunPlan:
     elif origin is not None:
         server_url = None
     elif settings.url is None and not settings.sqlite_requested:
-        from pytest_dbguard.machine import find_bindir
+        from pytest_dbguard.machine import require_bindir
 
-        if find_bindir(settings.pg_bindir) is None:
-            where = f" in {settings.pg_bindir}" if settings.pg_bindir else ""
-            fallback = f"no PostgreSQL binaries found{where}"
-        else:
-            embedded = True
-            server_url = DatabaseURL(
-                "postgresql", None, "postgres", None, "127.0.0.1", 0, EMBEDDED_BASE
-            )
+        require_bindir(settings.pg_bindir, settings.source_of("pg_bindir"))
+        embedded = True
+        server_url = DatabaseURL(
+            "postgresql", None, "postgres", None, "127.0.0.1", 0, EMBEDDED_BASE
+        )
     if server_url is None or server_url.is_sqlite:
-        return _sqlite_plan(settings, common, origin, fallback)
+        return _sqlite_plan(settings, common, origin)
     server_url = server_url.resolved()
     base = server_url.database or EMBEDDED_BASE
     common.update(embedded=embedded, server_url=server_url, sqlite_dir=None)
@@ -140,7 +135,6 @@ def _sqlite_plan(
     settings: Settings,
     common: dict[str, Any],
     origin: Mapping[str, Any] | None,
-    fallback: str | None,
 ) -> RunPlan:
     run, worker = common["run"], common["worker"]
     named = settings.url.database if settings.url is not None and settings.url.is_sqlite else None
@@ -160,7 +154,6 @@ def _sqlite_plan(
         async_url=url.asynchronous(),
         database=database,
         sqlite_dir=folder,
-        fallback_reason=fallback,
     )
 
 

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import importlib
 import os
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,8 @@ def load_metadata(spec: str, source: str) -> MetaData:
         module = importlib.import_module(module_name)
     except Exception as error:  # the user's module may fail in any way while importing
         raise ConfigError(
-            f"{source} = {spec!r}: importing {module_name!r} failed: {type(error).__name__}: {error}. "
+            f"{source} = {spec!r}: importing {module_name!r} failed{_where(error)}: "
+            f"{type(error).__name__}: {error}. "
             "Check the module path (it is imported from the rootdir / sys.path) and that it imports cleanly."
         ) from error
     target: Any = module
@@ -44,6 +46,23 @@ def load_metadata(spec: str, source: str) -> MetaData:
             "name a MetaData (e.g. 'app.db:metadata') or a declarative Base (e.g. 'app.models:Base')."
         )
     return metadata
+
+
+def _where(error: BaseException) -> str:
+    """`` at file:line (code)`` of the user's line that raised, so the message leads to it."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f" at {error.filename}:{error.lineno}"
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not frame.filename.startswith(("<", os.path.dirname(__file__)))
+        and "importlib" not in frame.filename
+    ]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    code = f" ({frame.line.strip()})" if frame.line else ""
+    return f" at {frame.filename}:{frame.lineno}{code}"
 
 
 def alembic_path(path: str, source: str, rootdir: Path) -> Path:

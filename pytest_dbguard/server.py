@@ -28,10 +28,10 @@ from pytest_dbguard.machine import (
     cache_root,
     child_setup,
     command_name,
-    find_bindir,
     free_port,
     group_alive,
     process_alive,
+    require_bindir,
     server_user,
     storage_root,
 )
@@ -49,11 +49,6 @@ SERVER_SETTINGS: Final = (
     "unix_socket_permissions=0777",
     "log_min_messages=warning",
     "autovacuum=off",
-)
-MISSING_BINARIES: Final = (
-    "No PostgreSQL binaries found (looked for initdb and postgres on PATH, in `pg_config --bindir` "
-    "and in /usr/lib/postgresql/*/bin). Install them (e.g. `apt-get install -y postgresql`), or "
-    "point dbguard at a server with --dbguard-url / DBGUARD_URL, or use --dbguard-url sqlite."
 )
 # The server's process lays out its data folder first (initdb on a cache miss, a copy), then
 # becomes the server (same pid, same parent-death signal): pytest does not wait for either.
@@ -359,9 +354,7 @@ def prepare_cluster(
 
     Returns the cluster and whether it was adopted (already running from an earlier run).
     """
-    bindir = bindir or find_bindir()
-    if bindir is None:
-        raise ServerError(MISSING_BINARIES)
+    bindir = bindir or require_bindir(None)
     root = storage_root()
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o755)

@@ -69,6 +69,15 @@ class DatabaseURL:
     @classmethod
     def parse(cls, text: str, *, source: str = "URL") -> DatabaseURL:
         """Parse ``text``; a malformed URL or an unknown driver raises ConfigError naming ``source``."""
+        authority = re.split(r"[/?]", text.strip().partition("://")[2], maxsplit=1)[0]
+        if authority.count("@") > 1:
+            # Parsed as is, the password's tail would become the host and show up in messages.
+            raise ConfigError(
+                f"{source}: {hide_password_in(text)!r} has more than one '@' before the host: a "
+                "user name or password that contains '@' (or ':' '/' '?' '#' '%') must be "
+                "URL-encoded, '@' as %40, e.g. 'postgresql://user:p%40ss@host:5432/db' "
+                "(urllib.parse.quote(password, safe='') does it)."
+            )
         match = _URL_PATTERN.match(text.strip())
         if match is None:
             raise ConfigError(
@@ -193,7 +202,8 @@ class SecretURL(str):
 
 def hide_password_in(text: str) -> str:
     """Mask the password of a URL-looking string that may not even parse."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", text)
+    # Up to the last '@' before the path: a raw '@' in the password must not leave its tail visible.
+    return re.sub(r"(://[^:/@]*:)[^/?]*@", r"\1***@", text)
 
 
 def database_name(base: str, run: str, worker: str, *, suffix: str = "") -> str:

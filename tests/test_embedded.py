@@ -1,4 +1,4 @@
-"""The embedded default: one throwaway cluster per run, never left behind, SQLite when no binaries."""
+"""The embedded default: one throwaway cluster per run, never left behind; no binaries is an error."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -230,20 +231,75 @@ def test_initdb_that_fails_shows_its_output(pytester: pytest.Pytester) -> None:
     _assert_nothing_left(pytester)
 
 
-def test_sqlite_fallback_without_binaries(pytester: pytest.Pytester, tmp_path: Path) -> None:
-    pytester.makepyfile(
-        """
-        def test_sqlite(dbguard_url, dbguard_session):
-            from sqlalchemy import text
-            assert dbguard_url.startswith("sqlite:///")
-            assert dbguard_session.execute(text("SELECT 1")).scalar() == 1
-        """
+SQLITE_PROBE = """
+    def test_sqlite(dbguard_url, dbguard_session):
+        from sqlalchemy import text
+        assert dbguard_url.startswith("sqlite:///")
+        assert dbguard_session.execute(text("SELECT 1")).scalar() == 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        pytest.param(lambda path: None, "that folder does not exist", id="missing-folder"),
+        pytest.param(
+            lambda path: path.mkdir(), "that folder has no initdb and no postgres", id="empty"
+        ),
+    ],
+)
+def test_named_bindir_without_binaries_stops_the_run(
+    pytester: pytest.Pytester, tmp_path: Path, make: Callable[[Path], None], problem: str
+) -> None:
+    """Never a silent switch to SQLite: a suite written for PostgreSQL would fail (or pass) for
+    the wrong reasons."""
+    pytester.makepyfile(SQLITE_PROBE)
+    folder = tmp_path / "bin"
+    make(folder)
+    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(folder))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--dbguard-pg-bindir = '{folder}': {problem}*"])
+    assert "SQLite files" not in result.stdout.str()
+
+
+def test_no_binaries_anywhere_says_where_it_looked(pytester: pytest.Pytester) -> None:
+    """With every PostgreSQL folder hidden (a private mount namespace), the run stops before any
+    test with the places looked in and the three fixes; SQLite still works when asked for."""
+    pytester.makepyfile(SQLITE_PROBE)
+    hidden = [
+        folder for folder in ("/usr/lib/postgresql", "/usr/local/pgsql") if Path(folder).is_dir()
+    ]
+    mounts = " && ".join(f"mount -t tmpfs tmpfs {folder}" for folder in hidden) or "true"
+    path = os.pathsep.join(
+        folder
+        for folder in os.environ["PATH"].split(os.pathsep)
+        if not (Path(folder) / "postgres").exists()
     )
-    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(tmp_path / "empty"))
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(
-        [f"dbguard: SQLite files in * (no PostgreSQL binaries found in {tmp_path / 'empty'})*"]
+    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "-p", "no:cacheprovider"]
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.run(
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            f'{mounts} && PATH="{path}" exec "$@"',
+            "sh",
+            *command,
+            *args,
+            timeout=120,
+        )
+
+    result = run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines(
+        [
+            "*No PostgreSQL binaries for the embedded server: looked for initdb and postgres in "
+            "PATH*/usr/lib/postgresql/*/bin*apt-get install -y postgresql*--dbguard-pg-bindir DIR*"
+            "--dbguard-url URL*--dbguard-url sqlite*"
+        ]
     )
+    run("--dbguard-url", "sqlite").assert_outcomes(passed=1)
 
 
 def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:

@@ -95,6 +95,11 @@ def _usage_error(result: pytest.RunResult, *patterns: str) -> None:
             id="unknown-db",
         ),
         pytest.param("postgresql://u:pw@h:99999/db", "*port '99999'*1 to 65535*", id="bad-port"),
+        pytest.param(
+            "postgresql://u:Tail-0f@Pw@127.0.0.1:5432/db",
+            "*'postgresql://u:***@127.0.0.1:5432/db' has more than one '@' before the host*%40*",
+            id="raw-at-in-password",
+        ),
     ],
 )
 def test_bad_url(
@@ -113,7 +118,29 @@ def test_bad_url(
         monkeypatch.setenv("DBGUARD_URL", url)
     else:
         pytester.makeini(f"[pytest]\ndbguard_url = {url}\n")
-    _usage_error(run_dbguard(pytester, *args), f"*{source}*{pattern.lstrip('*')}")
+    result = run_dbguard(pytester, *args)
+    _usage_error(result, f"*{source}*{pattern.lstrip('*')}")
+    assert "Pw@" not in result.stdout.str() + result.stderr.str()  # no password tail as a host
+
+
+def test_empty_url_flag_is_an_error_not_the_embedded_server(pytester: pytest.Pytester) -> None:
+    """`--dbguard-url "$DB"` with DB unset must not silently override the ini file's URL."""
+    pytester.makepyfile("def test_x(): pass")
+    pytester.makeini("[pytest]\ndbguard_url = sqlite\n")
+    _usage_error(
+        run_dbguard(pytester, "--dbguard-url", ""),
+        "*--dbguard-url is empty. Give a URL*'sqlite' for SQLite, or leave the flag out*",
+    )
+
+
+@pytest.mark.parametrize("key", ["dbguard_reuse", "dbguard_proxy"])
+def test_bad_switch_in_ini_names_key_and_file(pytester: pytest.Pytester, key: str) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    pytester.makeini(f"[pytest]\n{key} = maybe\n")
+    _usage_error(
+        run_dbguard(pytester, "--dbguard-url", "sqlite"),
+        f"*ini {key} in tox.ini = 'maybe' is not a switch; use true or false*",
+    )
 
 
 @pytest.mark.parametrize(
@@ -192,8 +219,15 @@ def test_misspelled_ini_key(pytester: pytest.Pytester) -> None:
         pytest.param(
             "raise RuntimeError('settings broken')",
             "models:Base",
-            "*importing 'models' failed: RuntimeError: settings broken*",
+            "*importing 'models' failed at *models.py:1 (raise RuntimeError('settings broken')):"
+            " RuntimeError: settings broken*",
             id="module-raises",
+        ),
+        pytest.param(
+            "x = 1\ndef broken(:\n",
+            "models:Base",
+            "*importing 'models' failed at *models.py:2: SyntaxError*",
+            id="syntax-error",
         ),
         pytest.param(
             "x = 1", "models:Base", "*module 'models' has no attribute 'Base'*", id="missing-attr"
