@@ -309,7 +309,7 @@ def _inicfg(config: pytest.Config) -> Mapping[str, Any]:
     raw = getattr(config, "_inicfg", None)
     if raw is None:  # pytest 8
         raw = config.inicfg
-    return raw  # type: ignore[no-any-return]
+    return raw
 
 
 def ini_keys(config: pytest.Config) -> set[str]:
