@@ -71,7 +71,9 @@ def configure(config: pytest.Config) -> None:
     settings = config.stash[settings_key]
     state = SessionState(runs_tests=True, schema_source=_schema_source(settings))
     if settings.metadata:
-        state.metadata = schema.load_metadata(settings.metadata, settings.source_of("metadata"))
+        state.metadata = schema.load_metadata(
+            settings.metadata, settings.source_of("metadata"), config.rootpath
+        )
         schema.check_table_prefixes(state.metadata, environment.parse_env_lines(settings.env_lines))
     elif settings.alembic_ini:
         state.alembic_ini = schema.alembic_path(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import os
+import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,18 +20,27 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 
-def load_metadata(spec: str, source: str) -> MetaData:
-    """Import ``package.module:attr`` and return its MetaData (a declarative Base gives ``.metadata``)."""
+def load_metadata(spec: str, source: str, rootdir: Path | None = None) -> MetaData:
+    """Import ``package.module:attr`` and return its MetaData (a declarative Base gives ``.metadata``).
+
+    The module is found relative to ``rootdir`` (the ini file's folder) as well as on sys.path,
+    whether pytest runs as ``pytest`` (which does not put the rootdir on sys.path) or as
+    ``python -m pytest``, from the rootdir or a subfolder.
+    """
     from sqlalchemy import MetaData
 
     module_name, _, attr_path = spec.partition(":")
+    if rootdir is not None:
+        find_from_rootdir(module_name, rootdir)
     try:
         module = importlib.import_module(module_name)
     except Exception as error:  # the user's module may fail in any way while importing
+        where = f"the rootdir ({rootdir}) and " if rootdir is not None else ""
         raise ConfigError(
             f"{source} = {spec!r}: importing {module_name!r} failed{_where(error)}: "
-            f"{type(error).__name__}: {error}. "
-            "Check the module path (it is imported from the rootdir / sys.path) and that it imports cleanly."
+            f"{type(error).__name__}: {error}. dbguard imports it from {where}sys.path: check "
+            "the module path and that the module imports cleanly; for a src layout, add "
+            "'pythonpath = src' to the ini file."
         ) from error
     target: Any = module
     for part in attr_path.split("."):
@@ -46,6 +57,16 @@ def load_metadata(spec: str, source: str) -> MetaData:
             "name a MetaData (e.g. 'app.db:metadata') or a declarative Base (e.g. 'app.models:Base')."
         )
     return metadata
+
+
+def find_from_rootdir(module_name: str, rootdir: Path) -> None:
+    """Put ``rootdir`` on sys.path when the module's top package lives there and is not
+    importable otherwise (pytest-django does the same with the folder of manage.py)."""
+    top = module_name.split(".")[0]
+    if not ((rootdir / top).is_dir() or (rootdir / f"{top}.py").is_file()):
+        return
+    if str(rootdir) not in sys.path and importlib.util.find_spec(top) is None:
+        sys.path.insert(0, str(rootdir))
 
 
 def _where(error: BaseException) -> str:
