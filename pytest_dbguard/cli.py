@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Final
 
+from pytest_dbguard import __version__
 from pytest_dbguard.exceptions import ConfigError, DbguardError
 from pytest_dbguard.urls import DatabaseURL
 
@@ -83,11 +84,14 @@ def _probe(args: argparse.Namespace, url: DatabaseURL) -> int:
 
     result = probe(url, timeout=args.timeout)
     if args.json:
-        print(json.dumps(result.as_dict()))
+        print(json.dumps({"url": str(url), **result.as_dict()}))  # str() hides the password
     elif result.status == "ok":
         print(f"ok: {url} answered in {result.latency_ms:.1f} ms, version {result.server_version}")
     else:
-        print(f"error: {url}: {result.stage} failed: {result.error} ({result.latency_ms:.1f} ms)")
+        print(
+            f"error: {url}: failed step: {result.stage}. {result.error} "
+            f"({result.latency_ms:.1f} ms)"
+        )
     return EXIT_OK if result.status == "ok" else EXIT_FAILED
 
 
@@ -126,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="dbguard",
         description="Database readiness and cleanup for pytest-dbguard, usable on its own in CI.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(metavar="COMMAND", required=True)
     url_help = f"SQLAlchemy database URL (default: ${URL_ENV})"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -88,6 +89,8 @@ def test_probe_json_on_a_live_server(pg_server: TestServer) -> None:
     report = json.loads(result.stdout)
     assert report["status"] == "ok" and report["server_version"].startswith("15")
     assert isinstance(report["latency_ms"], float) and report["stage"] is None
+    assert report["url"] == pg_server.url().replace(SUPERUSER_PASSWORD, "***")
+    assert SUPERUSER_PASSWORD not in result.stdout
 
 
 def test_probe_json_on_a_dead_server(pg_server: TestServer) -> None:
@@ -101,8 +104,15 @@ def test_probe_json_on_a_dead_server(pg_server: TestServer) -> None:
 def test_probe_text_names_the_failing_step(pg_server: TestServer) -> None:
     result = dbguard("probe", pg_server.url(password="Wr0ng-Pw-Never-Shown"))
     assert result.returncode == 1
+    assert ": failed step: authentication. " in result.stdout
     assert "authentication failed" in result.stdout
     assert "Wr0ng-Pw-Never-Shown" not in result.stdout + result.stderr
+
+
+def test_version() -> None:
+    result = dbguard("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"dbguard {importlib.metadata.version('pytest-dbguard')}"
 
 
 def test_janitor_drops_only_marked_dbguard_databases(
