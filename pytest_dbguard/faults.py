@@ -187,27 +187,42 @@ class Faults:
         self._proxy("refuse(seconds)").refuse(seconds)
 
     def latency(self, ms: float) -> None:
-        """Every chunk on connections opened from now on is delayed by ``ms``, each way."""
+        """Every chunk on connections opened from now on is delayed by ``ms``, each way (open
+        connections keep their pace: dispose the engine, or connect anew, to feel it)."""
         __tracebackhide__ = True
         self._proxy("latency(ms)").latency(ms)
 
     def cut(self) -> int:
-        """Reset every open connection at the TCP level, with no goodbye; returns how many."""
+        """Reset every open connection at the TCP level, with no goodbye; returns how many.
+
+        That is every connection this worker has open through the proxy: pooled ones of earlier
+        tests and of dbguard's own fixtures count too, so expect ``>= 1``, not an exact number.
+        """
         __tracebackhide__ = True
         return self._proxy("cut()").cut()
 
-    def assert_recovers(self, target: Any, within: float = 5.0) -> Recovery:
+    def assert_recovers(
+        self, target: Any, within: float = 5.0, *, first_try: bool = False
+    ) -> Recovery:
         """Run ``SELECT 1`` through ``target`` until it works, else fail with attempts and error.
 
-        An AsyncEngine is driven on a loop of its own (and disposed after), when none is running.
+        ``first_try=True``: the very first attempt must work (what the application's next request
+        meets), no retries. An AsyncEngine is driven on a loop of its own (and disposed after),
+        when none is running.
         """
         __tracebackhide__ = True
-        return recover(target, within, password=self.test_url.password, fail=self.fail)
+        return recover(
+            target, within, password=self.test_url.password, fail=self.fail, first_try=first_try
+        )
 
-    async def assert_recovers_async(self, target: Any, within: float = 5.0) -> Recovery:
+    async def assert_recovers_async(
+        self, target: Any, within: float = 5.0, *, first_try: bool = False
+    ) -> Recovery:
         """:meth:`assert_recovers` for async tests: AsyncEngines and async connection factories."""
         __tracebackhide__ = True
-        return await recover_async(target, within, password=self.test_url.password, fail=self.fail)
+        return await recover_async(
+            target, within, password=self.test_url.password, fail=self.fail, first_try=first_try
+        )
 
     def undo(self) -> list[str]:
         """End refusal and latency, bring a restarted server back; returns what stayed undone."""

@@ -27,6 +27,12 @@ BAD_TARGET: Final = (
     "callable{hint}."
 )
 ASYNC_HINT: Final = ", or it is async: in an async test use await assert_recovers_async()"
+FIRST_TRY_FAILED: Final = (
+    "{target}: the first SELECT 1 after the fault failed ({error}), so your application's next "
+    "request would fail too, although a retry may work. Make the first request succeed (e.g. "
+    "create_engine(..., pool_pre_ping=True), or Django's CONN_HEALTH_CHECKS = True), or drop "
+    "first_try=True if one failed request is acceptable."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +45,12 @@ class Recovery:
 
 
 def recover(
-    target: Any, within: float, *, password: str | None, fail: Callable[[str], NoReturn]
+    target: Any,
+    within: float,
+    *,
+    password: str | None,
+    fail: Callable[[str], NoReturn],
+    first_try: bool = False,
 ) -> Recovery:
     """``SELECT 1`` through ``target`` until it works; ``fail`` with the story when time is up.
 
@@ -52,8 +63,10 @@ def recover(
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop()
             fail(BAD_TARGET.format(target=target, hint=ASYNC_HINT))
-        return asyncio.run(_recover_on_own_loop(target, within, password=password, fail=fail))
-    tries = Tries(within, target)
+        return asyncio.run(
+            _recover_on_own_loop(target, within, password=password, fail=fail, first_try=first_try)
+        )
+    tries = Tries(within, target, first_try=first_try)
     while True:
         try:
             _select_one(target.connect() if hasattr(target, "pool") else tries.call())
@@ -66,13 +79,18 @@ def recover(
 
 
 async def recover_async(
-    target: Any, within: float, *, password: str | None, fail: Callable[[str], NoReturn]
+    target: Any,
+    within: float,
+    *,
+    password: str | None,
+    fail: Callable[[str], NoReturn],
+    first_try: bool = False,
 ) -> Recovery:
     """:func:`recover` for async code: AsyncEngines and async connection factories."""
     __tracebackhide__ = True
     import asyncio
 
-    tries = Tries(within, getattr(target, "connect", None) or target)
+    tries = Tries(within, getattr(target, "connect", None) or target, first_try=first_try)
     while True:
         try:
             await asyncio.wait_for(_select_one_async(tries), max(tries.left(), MIN_ATTEMPT))
@@ -85,10 +103,17 @@ async def recover_async(
 
 
 async def _recover_on_own_loop(
-    engine: Any, within: float, *, password: str | None, fail: Callable[[str], NoReturn]
+    engine: Any,
+    within: float,
+    *,
+    password: str | None,
+    fail: Callable[[str], NoReturn],
+    first_try: bool,
 ) -> Recovery:
     try:
-        return await recover_async(engine, within, password=password, fail=fail)
+        return await recover_async(
+            engine, within, password=password, fail=fail, first_try=first_try
+        )
     finally:
         with contextlib.suppress(Exception):  # its connections belong to a loop about to close
             await engine.dispose()
@@ -97,12 +122,12 @@ async def _recover_on_own_loop(
 class Tries:
     """What the sync and async ``assert_recovers`` share: the target, the clock, the errors."""
 
-    def __init__(self, within: float, target: Any) -> None:
+    def __init__(self, within: float, target: Any, *, first_try: bool = False) -> None:
         if not isinstance(within, (int, float)) or not 0 < within < float("inf"):
             raise FaultError(f"assert_recovers(within=...) must be seconds > 0, got {within!r}.")
         if not callable(target) and not hasattr(target, "pool"):
             raise FaultError(BAD_TARGET.format(target=target, hint=""))
-        self.target, self.within = target, float(within)
+        self.target, self.within, self.first_try = target, float(within), first_try
         self.started, self.attempts = time.monotonic(), 0
         self.first_error: str | None = None
         self.last_error = ""
@@ -127,7 +152,9 @@ class Tries:
         self.last_error = scrub(f"{type(error).__name__}: {lines[0] if lines else ''}", password)
         self.first_error = self.first_error or self.last_error
         left = self.left()
-        return None if left <= 0 else min(LOOPBACK_POLICY.delay(self.attempts), left)
+        if left <= 0 or self.first_try:
+            return None
+        return min(LOOPBACK_POLICY.delay(self.attempts), left)
 
     def recovered(self) -> Recovery:
         return Recovery(
@@ -140,6 +167,8 @@ class Tries:
         if not hasattr(target, "pool") and not hasattr(target, "sync_engine"):  # engines hide
             target = getattr(target, "__qualname__", None) or repr(target)  # the password
         elapsed, error = time.monotonic() - self.started, self.last_error
+        if self.first_try:
+            return FIRST_TRY_FAILED.format(target=target, error=error)
         return NOT_RECOVERED.format(
             target=target, within=self.within, attempts=self.attempts, elapsed=elapsed, error=error
         )

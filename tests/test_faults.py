@@ -76,6 +76,17 @@ DROPPED = (
         assert select_one(engine) == 1
         assert getattr(dbguard_faults, fault)() == 1
         assert select_one(engine) == 1
+
+    @pytest.mark.parametrize("fault", ["terminate", "cut"])
+    def test_first_try_tells_whether_the_next_request_works(dbguard_faults, engines, fault):
+        settle(dbguard_faults)
+        careless, careful = engines(), engines(pool_pre_ping=True)
+        assert select_one(careless) == select_one(careful) == 1
+        assert getattr(dbguard_faults, fault)() == 2
+        assert dbguard_faults.assert_recovers(careful, first_try=True).attempts == 1
+        with pytest.raises(pytest.fail.Exception, match="the first SELECT 1 after the fault failed"):
+            dbguard_faults.assert_recovers(careless, first_try=True)
+        assert dbguard_faults.assert_recovers(careless, first_try=True).attempts == 1  # replaced
 """
 )
 
@@ -87,7 +98,7 @@ def test_terminate_and_cut_break_an_engine_without_pre_ping(
     pytester.makepyfile(test_dropped=DROPPED)
     args = ["--dbguard-url", pg_server.url()] if backend == "external" else []
     result = run_dbguard(pytester, *args)
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=6)
     assert SUPERUSER_PASSWORD not in result.stdout.str()
 
 

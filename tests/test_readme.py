@@ -419,16 +419,32 @@ def test_async_recipe_and_startup_wait(pytester: pytest.Pytester, pg_server: Tes
     assert SUPERUSER_PASSWORD not in result.stdout.str()
 
 
-def test_faults_recipe(pytester: pytest.Pytester, pg_server: TestServer) -> None:
-    """The example as written: DBGUARD_URL goes through the proxy, so the cut hits the pool."""
+FAULT_NEIGHBOURS = """
+import pytest
+from sqlalchemy import text
+
+@pytest.mark.parametrize("n", range(4))
+def test_busy(dbguard_connection, n):
+    assert dbguard_connection.execute(text("SELECT 1")).scalar() == 1
+"""
+
+
+@pytest.mark.parametrize("backend", ["embedded", "external"])
+@pytest.mark.parametrize("workers", ["serial", pytest.param("n2", marks=pytest.mark.needs_xdist)])
+def test_faults_recipe(
+    pytester: pytest.Pytester, pg_server: TestServer, backend: str, workers: str
+) -> None:
+    """The example as written (imports included), true in a suite of many tests: earlier tests
+    leave pooled connections through the proxy, and cut() ends those too."""
     (test,) = blocks("Faults: prove that your app recovers", "python")
-    pytester.makepyfile(
-        test_faults="import os\n\nfrom sqlalchemy import create_engine, text\n\n\n" + test
+    copies = "\n\n".join(
+        test.replace("def test_survives", f"def test_{n}_survives") for n in range(3)
     )
-    result = pytester.runpytest_subprocess(
-        "-p", "pytest_dbguard", "--dbguard-url", pg_server.url(), timeout=300
-    )
-    result.assert_outcomes(passed=1)
+    pytester.makepyfile(test_a_busy=FAULT_NEIGHBOURS, test_faults=copies)
+    args = ["--dbguard-url", pg_server.url()] if backend == "external" else []
+    args += ["-p", "xdist", "-n", "2"] if workers == "n2" else []
+    result = pytester.runpytest_subprocess("-p", "pytest_dbguard", *args, timeout=300)
+    result.assert_outcomes(passed=7)
     assert SUPERUSER_PASSWORD not in result.stdout.str()
 
 
