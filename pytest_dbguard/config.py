@@ -18,6 +18,8 @@ T = TypeVar("T")
 ISOLATION_CHOICES: Final = ("rollback", "truncate", "none")
 WORKER_ISOLATION_CHOICES: Final = ("auto", "database", "schema")
 NAIVE_DATETIME_CHOICES: Final = ("error", "warn", "off")
+PROXY_CHOICES: Final = ("on", "off", "auto")
+SYNC_DRIVER_CHOICES: Final = ("psycopg", "psycopg2", "pg8000", "psycopg2cffi")
 SQLITE_KEYWORD: Final = "sqlite"
 
 
@@ -32,6 +34,8 @@ class Option:
     ini_type: str = "string"  # pytest's addini type
     env: bool = True
     cli: bool = True
+    bare: str | None = None  # what the flag means without a value (--dbguard-proxy: on)
+    metavar: str | None = None
 
     @property
     def flag(self) -> str:
@@ -74,9 +78,16 @@ OPTIONS: Final[tuple[Option, ...]] = (
     ),
     Option(
         "proxy",
-        "Route the test database URL through dbguard's fault proxy.",
-        flag_kind="switch",
-        ini_type="bool",
+        "Route the test database URL through dbguard's fault proxy: on, off, or auto (on when a "
+        "test file mentions dbguard_faults).",
+        default="auto",
+        bare="on",
+        metavar="on|off|auto",
+    ),
+    Option(
+        "driver",
+        "SQLAlchemy driver of the test URLs: psycopg or psycopg2 (default: the URL's, else the "
+        "one installed, psycopg first).",
     ),
     Option("metadata", "Schema source: 'package.module:attr', a MetaData or a declarative Base."),
     Option("alembic_ini", "Schema source: path to alembic.ini; runs 'upgrade head'."),
@@ -115,7 +126,8 @@ class Settings:
     reuse: bool
     worker_isolation: str
     isolation: str
-    proxy: bool
+    proxy: str  # on, off or auto
+    driver: str | None
     metadata: str | None
     alembic_ini: str | None
     naive_datetime: str
@@ -137,7 +149,18 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("dbguard", "database isolation (pytest-dbguard)")
     for option in OPTIONS:
         if option.cli:
-            if option.flag_kind == "switch":
+            if option.bare is not None:
+                group.addoption(
+                    option.flag,
+                    action="store",
+                    nargs="?",
+                    const=option.bare,
+                    default=None,
+                    dest=option.dest,
+                    metavar=option.metavar,
+                    help=option.help,
+                )
+            elif option.flag_kind == "switch":
                 group.addoption(
                     option.flag,
                     action="store_true",
@@ -220,6 +243,37 @@ def _switch(value: Any, name: str, source: str) -> bool:
     raise ConfigError(f"{source} = {value!r} is not a switch; use 1/true/yes or 0/false/no.")
 
 
+def _proxy(value: Any, name: str, source: str) -> str:
+    # A switch spelling (ini dbguard_proxy = true, DBGUARD_PROXY=0) is read as on/off.
+    text = str(value).strip().lower()
+    if text in PROXY_CHOICES:
+        return text
+    try:
+        return "on" if _switch(value, name, source) else "off"
+    except ConfigError:
+        raise ConfigError(
+            f"{source} = {value!r} is not a valid proxy setting; choose one of: on, off, auto."
+        ) from None
+
+
+def _driver(value: str, name: str, source: str) -> str:
+    from pytest_dbguard.urls import driver_installed
+
+    driver = str(value).strip()
+    if driver not in SYNC_DRIVER_CHOICES:
+        raise ConfigError(
+            f"{source} = {value!r} is not a synchronous PostgreSQL driver SQLAlchemy knows; "
+            f"choose one of: {', '.join(SYNC_DRIVER_CHOICES)}."
+        )
+    if not driver_installed(driver):
+        package = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}.get(driver, driver)
+        raise ConfigError(
+            f"{source} = {driver!r}, but that driver is not installed here: "
+            f"pip install {package!r}, or leave the setting out to use the one installed."
+        )
+    return driver
+
+
 def _module_attr(value: str, name: str, source: str) -> str:
     module, sep, attr = value.strip().partition(":")
     parts = [*module.split("."), *attr.split(".")]
@@ -238,7 +292,8 @@ def _text(value: str, name: str, source: str) -> str:
 _PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
     "wait": _seconds,
     "reuse": _switch,
-    "proxy": _switch,
+    "proxy": _proxy,
+    "driver": _driver,
     "worker_isolation": _choice(WORKER_ISOLATION_CHOICES),
     "isolation": _choice(ISOLATION_CHOICES),
     "naive_datetime": _choice(NAIVE_DATETIME_CHOICES),
@@ -281,6 +336,11 @@ def resolve(
             "'sqlite' for SQLite, or leave the flag out: then DBGUARD_URL, ini dbguard_url or the "
             "embedded PostgreSQL is used, in that order."
         )
+    if values["driver"] and (sqlite_requested or (url is not None and url.is_sqlite)):
+        raise ConfigError(
+            f"{sources['driver']} = {values['driver']!r} names a PostgreSQL driver, but this run "
+            f"uses SQLite ({sources['url']}); drop one of the two."
+        )
     if values["metadata"] and values["alembic_ini"]:
         raise ConfigError(
             f"Both {sources['metadata']} and {sources['alembic_ini']} are set; the schema comes from "
@@ -293,7 +353,8 @@ def resolve(
         reuse=bool(values["reuse"]),
         worker_isolation=values["worker_isolation"],
         isolation=values["isolation"],
-        proxy=bool(values["proxy"]),
+        proxy=values["proxy"],
+        driver=values["driver"],
         metadata=values["metadata"],
         alembic_ini=values["alembic_ini"],
         naive_datetime=values["naive_datetime"],

@@ -78,6 +78,11 @@ def command_line(config: pytest.Config) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for option in dbguard_config.OPTIONS:
         if option.cli:
+            if option.bare is not None:
+                parser.add_argument(
+                    option.flag, nargs="?", const=option.bare, default=None, dest=option.dest
+                )
+                continue
             action = "store_true" if option.flag_kind == "switch" else "store"
             parser.add_argument(option.flag, action=action, default=None, dest=option.dest)
     namespace, rest = parser.parse_known_args(args)
@@ -114,7 +119,7 @@ def prepare(
             bindir=machine.require_bindir(settings.pg_bindir, settings.source_of("pg_bindir")),
         )
         config.stash[cluster_key] = cluster
-        plan = run_plan.with_server(plan, cluster.url().resolved())
+        plan = run_plan.with_server(plan, cluster.url())
         config.stash[plan_key] = plan
     if plan.server_url is not None and _wants_proxy(settings, config, args):
         plan = _bind_proxy(config, plan)
@@ -133,10 +138,8 @@ def _wants_proxy(
     collection can tell which fixtures tests request; a plain-text scan of the test files answers
     early and cheaply, so runs without fault tests never pay for the extra hop.
     """
-    if settings.proxy:
-        return True
-    if "proxy" in settings.sources:  # explicitly switched off
-        return False
+    if settings.proxy != "auto":
+        return settings.proxy == "on"
     paths = [Path(arg.split("::")[0]) for arg in args if not arg.startswith("-")]
     paths = [path for path in paths if path.exists()] or [config.rootpath]
     seen = 0

@@ -267,7 +267,10 @@ def summary_lines(config: pytest.Config) -> list[str]:
         target = f"SQLite files in {plan.sqlite_dir}"
     elif plan.embedded:
         reuse = ", reused" if settings.reuse else ""
-        target = f"embedded PostgreSQL {state.server_version} at {plan.server_url.host}:{plan.server_url.port}{reuse}"
+        target = (
+            f"embedded PostgreSQL {state.server_version} at "
+            f"{plan.server_url.host}:{plan.server_url.port} ({plan.server_url.driver}){reuse}"
+        )
     else:
         target = f"{plan.server_url} (PostgreSQL {state.server_version})"
     if plan.schema is not None:

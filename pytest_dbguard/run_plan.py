@@ -92,6 +92,8 @@ def decide(settings: Settings, origin: Mapping[str, Any] | None) -> RunPlan:
         )
     if server_url is None or server_url.is_sqlite:
         return _sqlite_plan(settings, common, origin)
+    if settings.driver is not None:
+        server_url = server_url.with_driver(settings.driver)
     server_url = server_url.resolved()
     base = server_url.database or EMBEDDED_BASE
     common.update(embedded=embedded, server_url=server_url, sqlite_dir=None)
@@ -158,7 +160,9 @@ def _sqlite_plan(
 
 
 def with_server(plan: RunPlan, server_url: DatabaseURL) -> RunPlan:
-    """The plan once the embedded server's address is known."""
+    """The plan once the embedded server's address is known (the plan's driver kept)."""
+    if plan.server_url is not None and plan.server_url.driver:
+        server_url = server_url.with_driver(plan.server_url.driver)
     test_url = server_url.with_database(plan.database)
     return dataclasses.replace(
         plan, server_url=server_url, test_url=test_url.sync(), async_url=test_url.asynchronous()

@@ -133,7 +133,7 @@ def test_empty_url_flag_is_an_error_not_the_embedded_server(pytester: pytest.Pyt
     )
 
 
-@pytest.mark.parametrize("key", ["dbguard_reuse", "dbguard_proxy"])
+@pytest.mark.parametrize("key", ["dbguard_reuse"])
 def test_bad_switch_in_ini_names_key_and_file(pytester: pytest.Pytester, key: str) -> None:
     pytester.makepyfile("def test_x(): pass")
     pytester.makeini(f"[pytest]\n{key} = maybe\n")
@@ -169,6 +169,24 @@ def test_bad_switch_in_ini_names_key_and_file(pytester: pytest.Pytester, key: st
             "dbguard_naive_datetime = loud",
             "*choose one of: error, warn, off*",
             id="naive-datetime",
+        ),
+        pytest.param(
+            ("--dbguard-proxy", "maybe"),
+            "dbguard_proxy = maybe",
+            "*'maybe' is not a valid proxy setting; choose one of: on, off, auto*",
+            id="proxy",
+        ),
+        pytest.param(
+            ("--dbguard-driver", "mysqlclient"),
+            "dbguard_driver = mysqlclient",
+            "*'mysqlclient' is not a synchronous PostgreSQL driver*psycopg, psycopg2*",
+            id="driver-unknown",
+        ),
+        pytest.param(
+            ("--dbguard-driver", "pg8000"),
+            "dbguard_driver = pg8000",
+            "*'pg8000', but that driver is not installed here: pip install 'pg8000'*",
+            id="driver-not-installed",
         ),
         pytest.param(
             ("--dbguard-metadata", "app.models"),
