@@ -88,6 +88,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Folder of the PostgreSQL binaries for the embedded server (default: PATH, pg_config, /usr/lib/postgresql/*/bin).",
     ),
     Option(
+        "allow_databases",
+        "Databases tests may connect to besides the run's test databases: names or URLs.",
+        ini_type="args",
+        env=False,
+        cli=False,
+    ),
+    Option(
         "env",
         "NAME=VALUE lines exported before conftests load; {worker} {run} {url} ... placeholders.",
         ini_type="linelist",
@@ -120,6 +127,7 @@ class Settings:
     alembic_ini: str | None
     naive_datetime: str
     pg_bindir: str | None
+    allow_databases: tuple[str, ...]
     env_lines: tuple[str, ...]
     guard_modules: tuple[str, ...]
     sources: Mapping[str, str]
@@ -226,6 +234,14 @@ def _text(value: str, name: str, source: str) -> str:
     return str(value).strip()
 
 
+def _databases(value: list[str], name: str, source: str) -> tuple[str, ...]:
+    """Database names or URLs; a URL that does not parse is an error naming ``source``."""
+    for entry in value:
+        if "://" in entry:
+            DatabaseURL.parse(entry, source=source)
+    return tuple(value)
+
+
 _PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
     "wait": _seconds,
     "reuse": _switch,
@@ -233,6 +249,7 @@ _PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
     "worker_isolation": _choice(WORKER_ISOLATION_CHOICES),
     "isolation": _choice(ISOLATION_CHOICES),
     "naive_datetime": _choice(NAIVE_DATETIME_CHOICES),
+    "allow_databases": _databases,
     "metadata": _module_attr,
     "alembic_ini": _text,
     "pg_bindir": _text,
@@ -281,6 +298,7 @@ def resolve(
         alembic_ini=values["alembic_ini"],
         naive_datetime=values["naive_datetime"],
         pg_bindir=values["pg_bindir"],
+        allow_databases=values["allow_databases"] or (),
         env_lines=tuple(values["env"] or ()),
         guard_modules=tuple(values["guard_modules"] or ()),
         sources=sources,

@@ -49,6 +49,10 @@ class NaiveDatetimeError(GuardError):
     """A naive datetime was bound as a statement parameter (``dbguard_naive_datetime = error``)."""
 
 
+class ForeignDatabaseError(GuardError):
+    """A test connected to a database that is not one of the run's test databases."""
+
+
 class GuardWarning(pytest.PytestWarning):
     """Base of the warnings dbguard's guards attach to a test."""
 

@@ -1,0 +1,290 @@
+"""Connection guards: no test reaches a database that is not a test database; leaks are reported."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from pytest_dbguard.foreign_databases import AllowList, Target
+from pytest_dbguard.urls import DatabaseURL
+from tests.conftest import run_dbguard
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer
+
+# The guard reads the keywords each dialect hands its driver: checked against SQLAlchemy itself.
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2", "asyncpg"])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param(
+            "postgresql+{driver}://u:pw@localhost:5433/app",
+            Target("local", 5433, "app"),
+            id="loopback-name",
+        ),
+        pytest.param(
+            "postgresql+{driver}://u:pw@db.example:6000/reports",
+            Target("db.example", 6000, "reports"),
+            id="remote",
+        ),
+        pytest.param(
+            "postgresql+{driver}://u:pw@127.0.0.1/app",
+            Target("local", 5432, "app"),
+            id="default-port",
+        ),
+        pytest.param(
+            "postgresql+{driver}://u:pw@/app?host=/run/postgresql&port=5439",
+            Target("local", 5439, "app"),
+            id="socket-in-query",
+        ),
+    ],
+)
+def test_targets_from_each_drivers_connect_keywords(
+    driver: str, url: str, expected: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PGPORT", raising=False)
+    monkeypatch.delenv("PGHOST", raising=False)
+    text = url.format(driver=driver)
+    engine = create_async_engine(text) if driver == "asyncpg" else create_engine(text)
+    sync = getattr(engine, "sync_engine", engine)
+    _, params = sync.dialect.create_connect_args(sync.url)
+    assert Target.from_params(params) == expected
+    assert Target.from_url(DatabaseURL.parse(text)) == expected
+
+
+def test_allow_list_by_name_by_database_url_and_by_server() -> None:
+    allowed = AllowList.of(
+        ["analytics", "postgresql://u@db.example:6000/reports", "postgresql://u@localhost:5433"]
+    )
+    assert allowed.admits(Target("elsewhere", 1, "analytics"))
+    assert allowed.admits(Target("db.example", 6000, "reports"))
+    assert not allowed.admits(Target("db.example", 6000, "billing"))
+    assert allowed.admits(Target("local", 5433, "anything"))
+    assert not allowed.admits(Target("local", 5432, "anything"))
+
+
+# Whole runs. The "developer's database" is a real database on the password-protected test
+# server, with a table the tests would write to: after each run it must still be empty.
+
+
+@pytest.fixture
+def developer_db(pg_server: TestServer) -> Iterator[str]:
+    """Function: a fresh database on ``pg_server`` with an empty ``notes`` table; dropped after."""
+    name = f"developer_{uuid.uuid4().hex[:8]}"
+    pg_server.sql(f'CREATE DATABASE "{name}"')
+    pg_server.sql("CREATE TABLE notes (id serial PRIMARY KEY, body text)", database=name)
+    yield name
+    pg_server.sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def _notes(pg_server: TestServer, database: str) -> list[str]:
+    out = pg_server.sql("SELECT body FROM notes ORDER BY id", database=database).stdout
+    return out.splitlines()
+
+
+APP_SETTINGS = """
+    import os
+
+    DATABASE_URL = os.environ["DATABASE_URL"]  # read once, at import, as settings modules do
+"""
+APP_DB = """
+    from sqlalchemy import create_engine
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    import app_settings
+
+    ENGINE = create_engine(app_settings.DATABASE_URL)
+    ASYNC_ENGINE = create_async_engine(
+        app_settings.DATABASE_URL.replace("+psycopg", "+asyncpg")
+    )
+"""
+# The issue's reproduction: conftest opt-in, settings imported at the top of the conftest.
+EARLY_CONFTEST = """
+    import app_db  # imports the settings: DATABASE_URL is still the developer's
+
+    pytest_plugins = ["pytest_dbguard"]
+"""
+APP_TESTS = """
+    import asyncio
+    import os
+    from sqlalchemy import text
+    from app_db import ASYNC_ENGINE, ENGINE
+
+    def test_sync_write():
+        assert os.environ["DATABASE_URL"] != ENGINE.url.render_as_string(False)  # read too early
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO notes (body) VALUES ('sync')"))
+
+    def test_async_write():
+        async def write():
+            async with ASYNC_ENGINE.begin() as conn:
+                await conn.execute(text("INSERT INTO notes (body) VALUES ('async')"))
+            await ASYNC_ENGINE.dispose()
+
+        asyncio.run(write())
+"""
+
+
+@pytest.mark.parametrize("server", ["same-server", "other-server"])
+def test_app_engine_reading_settings_too_early_cannot_reach_the_developers_database(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    developer_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+    server: str,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", pg_server.url(developer_db))
+    pytester.makepyfile(app_settings=APP_SETTINGS, app_db=APP_DB, test_app=APP_TESTS)
+    pytester.makeconftest(EARLY_CONFTEST)
+    pytester.makeini("[pytest]\ndbguard_env =\n    DATABASE_URL={url}\n")
+    # same-server: the test databases live on pg_server too; other-server: the embedded default.
+    args = ["--dbguard-url", pg_server.url()] if server == "same-server" else []
+    result = pytester.runpytest_subprocess(*args, "-p", "no:randomly", timeout=300)
+    result.assert_outcomes(failed=2)
+    for test in ("test_sync_write", "test_async_write"):
+        result.stdout.fnmatch_lines(
+            [
+                f"E *ForeignDatabaseError: test_app.py::{test} tried to connect to the database "
+                f"'{developer_db}' on 127.0.0.1:{pg_server.port}, which is not one of this run's "
+                "test databases (this worker's is '*_dbg_*_main' on 127.0.0.1:*); dbguard refused "
+                "the connection, so nothing reached that database. *`-p pytest_dbguard`* "
+                "dbguard_env, e.g. DATABASE_URL={url}. *"
+                f"@pytest.mark.dbguard(allow=?'{developer_db}'?)*dbguard_allow_databases = "
+                f"{developer_db}."
+            ]
+        )
+    assert SUPERUSER_PASSWORD not in result.stdout.str() + result.stderr.str()
+    assert _notes(pg_server, developer_db) == []
+
+
+ALLOW_TESTS = """
+    import asyncio
+    import os
+    import pytest
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from pytest_dbguard.exceptions import ForeignDatabaseError
+
+    ALLOWED = os.environ["ALLOWED_URL"]
+    REFUSED = os.environ["REFUSED_URL"]
+
+    def write(url, body):
+        engine = create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO notes (body) VALUES (:b)"), {"b": body})
+        finally:
+            engine.dispose()
+
+    def write_async(url, body):
+        async def go():
+            engine = create_async_engine(url.replace("+psycopg", "+asyncpg"))
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(text("INSERT INTO notes (body) VALUES (:b)"), {"b": body})
+            finally:
+                await engine.dispose()
+
+        asyncio.run(go())
+
+    @pytest.mark.dbguard(allow=[os.environ["MARKED_DB"]])
+    def test_marker_allows(dbguard_session):
+        write(REFUSED, "marked")
+        write_async(REFUSED, "marked-async")
+
+    def test_ini_allows():
+        write(ALLOWED, "ini")
+        write_async(ALLOWED, "ini-async")
+
+    def test_refused_sync_and_async():
+        with pytest.raises(ForeignDatabaseError, match="tried to connect"):
+            write(REFUSED, "refused")
+        with pytest.raises(ForeignDatabaseError, match="tried to connect"):
+            write_async(REFUSED, "refused-async")
+
+    def test_psycopg2_refused_too():
+        with pytest.raises(ForeignDatabaseError):
+            write(REFUSED.replace("+psycopg", "+psycopg2"), "refused-psycopg2")
+
+    @pytest.mark.dbguard(allow=["some_other_db"])
+    def test_marker_allows_only_what_it_names():
+        with pytest.raises(ForeignDatabaseError):
+            write(REFUSED, "refused-other-name")
+"""
+
+
+@pytest.mark.parametrize("ini_entry", ["name", "url"])
+def test_allow_by_marker_and_by_ini_sync_and_async(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    developer_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+    ini_entry: str,
+) -> None:
+    allowed = f"allowed_{uuid.uuid4().hex[:8]}"
+    pg_server.sql(f'CREATE DATABASE "{allowed}"')
+    try:
+        pg_server.sql("CREATE TABLE notes (id serial PRIMARY KEY, body text)", database=allowed)
+        monkeypatch.setenv("ALLOWED_URL", pg_server.url(allowed))
+        monkeypatch.setenv("REFUSED_URL", pg_server.url(developer_db))
+        monkeypatch.setenv("MARKED_DB", developer_db)
+        entry = allowed if ini_entry == "name" else pg_server.url(allowed, password="")
+        pytester.makeini(f"[pytest]\ndbguard_allow_databases = {entry}\n")
+        pytester.makepyfile(test_allow=ALLOW_TESTS)
+        result = run_dbguard(pytester, "-p", "no:randomly")
+        result.assert_outcomes(passed=5)
+        assert _notes(pg_server, developer_db) == ["marked", "marked-async"]
+        assert _notes(pg_server, allowed) == ["ini", "ini-async"]
+    finally:
+        pg_server.sql(f'DROP DATABASE "{allowed}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize(
+    ("marker", "pattern"),
+    [
+        pytest.param(
+            "allow='reports'", "*allow='reports'): allow takes a list of database names*", id="str"
+        ),
+        pytest.param("allow=[1]", "*allow=?1?): allow takes a list*", id="not-a-name"),
+        pytest.param(
+            "allow=['postgresql://u@h:99999/x']", "*port '99999'*1 to 65535*", id="bad-url"
+        ),
+        pytest.param("alow=['x']", "*unexpected keyword argument 'alow'*", id="misspelled"),
+        pytest.param("isolation='rolback'", "*isolation='rolback'*", id="bad-isolation"),
+    ],
+)
+def test_bad_marker_argument_names_the_test(
+    pytester: pytest.Pytester, marker: str, pattern: str
+) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.dbguard({marker})
+        def test_marked():
+            pass
+        """
+    )
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*test_bad_marker_argument_names_the_test.py::test_marked: {pattern}"]
+    )
+
+
+def test_markers_list_shows_allow(pytester: pytest.Pytester) -> None:
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", "--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.dbguard(*, isolation='rollback', allow=()): *"])
+
+
+def test_bad_allow_url_in_ini_names_the_key(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ndbguard_allow_databases = reports postgresql://u:secret@h:0/x\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini dbguard_allow_databases in tox.ini*port '0'*"])
+    assert "secret" not in result.stderr.str()
