@@ -18,6 +18,7 @@ T = TypeVar("T")
 ISOLATION_CHOICES: Final = ("rollback", "truncate", "none")
 WORKER_ISOLATION_CHOICES: Final = ("auto", "database", "schema")
 NAIVE_DATETIME_CHOICES: Final = ("error", "warn", "off")
+LEAKS_CHOICES: Final = ("warn", "error", "off")
 SQLITE_KEYWORD: Final = "sqlite"
 
 
@@ -88,6 +89,11 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Folder of the PostgreSQL binaries for the embedded server (default: PATH, pg_config, /usr/lib/postgresql/*/bin).",
     ),
     Option(
+        "leaks",
+        "Rows that engines other than dbguard's committed during a rollback test: warn, error or off.",
+        default="warn",
+    ),
+    Option(
         "allow_databases",
         "Databases tests may connect to besides the run's test databases: names or URLs.",
         ini_type="args",
@@ -127,6 +133,7 @@ class Settings:
     alembic_ini: str | None
     naive_datetime: str
     pg_bindir: str | None
+    leaks: str
     allow_databases: tuple[str, ...]
     env_lines: tuple[str, ...]
     guard_modules: tuple[str, ...]
@@ -249,6 +256,7 @@ _PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
     "worker_isolation": _choice(WORKER_ISOLATION_CHOICES),
     "isolation": _choice(ISOLATION_CHOICES),
     "naive_datetime": _choice(NAIVE_DATETIME_CHOICES),
+    "leaks": _choice(LEAKS_CHOICES),
     "allow_databases": _databases,
     "metadata": _module_attr,
     "alembic_ini": _text,
@@ -298,6 +306,7 @@ def resolve(
         alembic_ini=values["alembic_ini"],
         naive_datetime=values["naive_datetime"],
         pg_bindir=values["pg_bindir"],
+        leaks=values["leaks"],
         allow_databases=values["allow_databases"] or (),
         env_lines=tuple(values["env"] or ()),
         guard_modules=tuple(values["guard_modules"] or ()),

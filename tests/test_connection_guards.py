@@ -288,3 +288,173 @@ def test_bad_allow_url_in_ini_names_the_key(pytester: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*ini dbguard_allow_databases in tox.ini*port '0'*"])
     assert "secret" not in result.stderr.str()
+
+
+# Leaks. A seed row is part of the schema (an after_create DDL, as a migration would insert it):
+# it is no leak. The application's engine commits; dbguard's fixtures roll back.
+
+LEAK_MODELS = """
+    from sqlalchemy import DDL, ForeignKey, event
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Author(Base):
+        __tablename__ = "authors"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+
+    class Book(Base):
+        __tablename__ = "books"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"))
+        title: Mapped[str]
+
+    class Untouched(Base):
+        __tablename__ = "untouched"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    event.listen(
+        Author.__table__, "after_create", DDL("INSERT INTO authors (name) VALUES ('seed')")
+    )
+"""
+LEAK_TESTS = """
+    import asyncio
+    import os
+    import pytest
+    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from models import Author
+
+    ENGINE = create_engine(os.environ["DBGUARD_URL"])  # the application's own engine
+
+    def test_1_reads_the_seed_row():
+        with ENGINE.begin() as conn:  # commits, but wrote nothing
+            assert conn.execute(text("SELECT name FROM authors")).scalars().all() == ["seed"]
+
+    def test_2_app_commits():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO authors (name) VALUES ('leaked')"))
+            conn.execute(text("INSERT INTO books (author_id, title) SELECT id, 't' FROM authors"))
+
+    def test_3_fixture_session_rolls_back(dbguard_session):
+        dbguard_session.add(Author(name="rolled back"))
+        dbguard_session.commit()
+        assert dbguard_session.scalar(select(func.count()).select_from(Author)) == 3
+
+    def test_4_app_commits_to_books_only():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO books (author_id, title) VALUES (1, 'again')"))
+
+    def test_5_async_app_engine_commits():
+        async def write():
+            engine = create_async_engine(os.environ["DBGUARD_ASYNC_URL"])
+            async with engine.begin() as conn:
+                await conn.execute(text("UPDATE authors SET name = 'renamed' WHERE name = 'seed'"))
+            await engine.dispose()
+
+        asyncio.run(write())
+
+    @pytest.mark.dbguard(isolation="truncate")
+    def test_6_truncate_is_not_a_leak():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO authors (name) VALUES ('truncated')"))
+"""
+
+
+def _leak_project(pytester: pytest.Pytester, leaks: str | None) -> None:
+    pytester.makepyfile(models=LEAK_MODELS, test_leaks=LEAK_TESTS)
+    ini = "[pytest]\ndbguard_metadata = models:Base\n"
+    if leaks is not None:
+        ini += f"dbguard_leaks = {leaks}\n"
+    pytester.makeini(ini)
+
+
+REPORT = (
+    "*test_leaks.py::test_{test} left rows in {tables}: an engine that is not one of dbguard's "
+    "fixtures (the application's own, for example) committed them, so the rollback after the "
+    "test did not remove them and the next tests see them. Mark the test @pytest.mark.dbguard"
+    '(isolation="truncate") (or set ini dbguard_isolation = truncate) to empty the tables it '
+    "writes to after it; dbguard_leaks = off silences this report."
+)
+
+
+@pytest.mark.parametrize("how", ["default", "ini"])
+def test_leaks_are_warnings_naming_the_tables_and_the_fix(
+    pytester: pytest.Pytester, how: str
+) -> None:
+    _leak_project(pytester, None if how == "default" else "warn")
+    result = run_dbguard(pytester, "-p", "no:randomly")
+    result.assert_outcomes(passed=6, warnings=3)
+    result.stdout.fnmatch_lines(
+        [
+            "test_leaks.py::test_2_app_commits",
+            "*LeakWarning: " + REPORT.format(test="2_app_commits", tables="authors, books"),
+            "test_leaks.py::test_4_app_commits_to_books_only",
+            "*LeakWarning: " + REPORT.format(test="4_app_commits_to_books_only", tables="books"),
+            "test_leaks.py::test_5_async_app_engine_commits",
+            "*LeakWarning: " + REPORT.format(test="5_async_app_engine_commits", tables="authors"),
+        ]
+    )
+    for quiet in ("test_1", "test_3", "test_6"):
+        result.stdout.no_fnmatch_line(f"*::{quiet}_* left rows*")
+
+
+@pytest.mark.parametrize("how", ["ini", "cli", "env"])
+def test_leaks_error_mode_errors_the_test_in_teardown(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    _leak_project(pytester, "error" if how == "ini" else "off")
+    args = ["--dbguard-leaks", "error"] if how == "cli" else []
+    if how == "env":
+        monkeypatch.setenv("DBGUARD_LEAKS", "error")
+    result = run_dbguard(pytester, "-p", "no:randomly", *args)
+    result.assert_outcomes(passed=6, errors=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_2_app_commits*",
+            "E *LeakError: " + REPORT.format(test="2_app_commits", tables="authors, books"),
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "ERROR test_leaks.py::test_2_app_commits - *",
+            "ERROR test_leaks.py::test_4_app_commits_to_books_only - *",
+            "ERROR test_leaks.py::test_5_async_app_engine_commits - *",
+        ]
+    )
+
+
+def test_leaks_off_reports_nothing(pytester: pytest.Pytester) -> None:
+    _leak_project(pytester, "off")
+    result = run_dbguard(pytester, "-p", "no:randomly")
+    result.assert_outcomes(passed=6)
+    result.stdout.no_fnmatch_line("*left rows in*")
+
+
+def test_rollback_test_with_the_session_fixture_reports_nothing(pytester: pytest.Pytester) -> None:
+    """Commits through dbguard's fixtures (savepoints, the session-scoped engine) are no leaks."""
+    pytester.makepyfile(models=LEAK_MODELS)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\ndbguard_leaks = error\n")
+    pytester.makepyfile(
+        """
+        import pytest
+        from sqlalchemy import text
+        from models import Author
+
+        @pytest.fixture(scope="session", autouse=True)
+        def reference(dbguard_engine):
+            with dbguard_engine.begin() as conn:
+                conn.execute(text("INSERT INTO authors (name) VALUES ('reference')"))
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_session(dbguard_session, n):
+            dbguard_session.add(Author(name=f"temp{n}"))
+            dbguard_session.commit()
+            assert dbguard_session.query(Author).count() == 3
+        """
+    )
+    result = run_dbguard(pytester)
+    result.assert_outcomes(passed=3)
+    result.stdout.no_fnmatch_line("*left rows in*")

@@ -144,6 +144,12 @@ def test_bad_url(
             id="naive-datetime",
         ),
         pytest.param(
+            ("--dbguard-leaks", "loud"),
+            "dbguard_leaks = loud",
+            "*'loud' is not a valid leaks; choose one of: warn, error, off*",
+            id="leaks",
+        ),
+        pytest.param(
             ("--dbguard-metadata", "app.models"),
             "dbguard_metadata = app.models",
             "*'app.models' is not of the form 'package.module:attribute'*",
