@@ -9,10 +9,12 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from pytest_dbguard.foreign_databases import AllowList, Target
+from pytest_dbguard.foreign_databases import FOREIGN_MESSAGE, AllowList, Target
+from pytest_dbguard.leaks import LEAK_MESSAGE
 from pytest_dbguard.urls import DatabaseURL
 from tests.conftest import run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
+from tests.test_readme import README, blocks
 
 # The guard reads the keywords each dialect hands its driver: checked against SQLAlchemy itself.
 
@@ -458,3 +460,22 @@ def test_rollback_test_with_the_session_fixture_reports_nothing(pytester: pytest
     result = run_dbguard(pytester)
     result.assert_outcomes(passed=3)
     result.stdout.no_fnmatch_line("*left rows in*")
+
+
+def test_readme_recipe_runs_and_shows_the_real_messages(pytester: pytest.Pytester) -> None:
+    (recipe,) = blocks("Isolation per test", "python")
+    pytester.makepyfile(test_recipe=recipe)
+    run_dbguard(pytester, "--dbguard-url", "sqlite").assert_outcomes(passed=1)
+    section = README.split("### Isolation per test", 1)[1].split("\n### ", 1)[0]
+    shown = [line for line in section.splitlines() if line.startswith(("Foreign", "Leak"))]
+    where = "tests/test_signup.py::test_signup"
+    assert shown == [
+        "ForeignDatabaseError: "
+        + FOREIGN_MESSAGE.format(
+            where=where,
+            database="app",
+            server="127.0.0.1:5432",
+            own="this worker's is 'postgres_dbg_1a2b3c4d_main' on 127.0.0.1:41234",
+        ),
+        "LeakWarning: " + LEAK_MESSAGE.format(where=where, tables="audit_log, users"),
+    ]
