@@ -131,7 +131,10 @@ APP_TESTS = """
 """
 
 
-@pytest.mark.parametrize("server", ["same-server", "other-server"])
+@pytest.mark.parametrize(
+    "server",
+    ["same-server", "other-server", pytest.param("xdist", marks=pytest.mark.needs_xdist)],
+)
 def test_app_engine_reading_settings_too_early_cannot_reach_the_developers_database(
     pytester: pytest.Pytester,
     pg_server: TestServer,
@@ -143,20 +146,30 @@ def test_app_engine_reading_settings_too_early_cannot_reach_the_developers_datab
     pytester.makepyfile(app_settings=APP_SETTINGS, app_db=APP_DB, test_app=APP_TESTS)
     pytester.makeconftest(EARLY_CONFTEST)
     pytester.makeini("[pytest]\ndbguard_env =\n    DATABASE_URL={url}\n")
-    # same-server: the test databases live on pg_server too; other-server: the embedded default.
-    args = ["--dbguard-url", pg_server.url()] if server == "same-server" else []
+    # same-server: the test databases live on pg_server too; other-server: the embedded default;
+    # xdist: the embedded default, a database per worker.
+    args = {
+        "same-server": ["--dbguard-url", pg_server.url()],
+        "other-server": [],
+        "xdist": ["-p", "xdist.plugin", "-n", "2"],
+    }[server]
     result = pytester.runpytest_subprocess(*args, "-p", "no:randomly", timeout=300)
     result.assert_outcomes(failed=2)
+    # Under xdist the workers inherit the controller's exported DATABASE_URL, which names the
+    # controller's own (never created) database: read too early, it is refused just the same.
+    worker, database, port = ("main", developer_db, str(pg_server.port))
+    if server == "xdist":
+        worker, database, port = ("gw?", "*_dbg_*_main", "*")
     for test in ("test_sync_write", "test_async_write"):
         result.stdout.fnmatch_lines(
             [
                 f"E *ForeignDatabaseError: test_app.py::{test} tried to connect to the database "
-                f"'{developer_db}' on 127.0.0.1:{pg_server.port}, which is not one of this run's "
-                "test databases (this worker's is '*_dbg_*_main' on 127.0.0.1:*); dbguard refused "
+                f"'{database}' on 127.0.0.1:{port}, which is not one of this run's test "
+                f"databases (this worker's is '*_dbg_*_{worker}' on 127.0.0.1:*); dbguard refused "
                 "the connection, so nothing reached that database. *`-p pytest_dbguard`* "
                 "dbguard_env, e.g. DATABASE_URL={url}. *"
-                f"@pytest.mark.dbguard(allow=?'{developer_db}'?)*dbguard_allow_databases = "
-                f"{developer_db}."
+                f"@pytest.mark.dbguard(allow=?'{database}'?)*dbguard_allow_databases = "
+                f"{database}."
             ]
         )
     assert SUPERUSER_PASSWORD not in result.stdout.str() + result.stderr.str()
@@ -243,6 +256,37 @@ def test_allow_by_marker_and_by_ini_sync_and_async(
         assert _notes(pg_server, allowed) == ["ini", "ini-async"]
     finally:
         pg_server.sql(f'DROP DATABASE "{allowed}" WITH (FORCE)')
+
+
+def test_on_a_sqlite_run_every_postgresql_database_is_foreign(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    developer_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", pg_server.url(developer_db))
+    pytester.makepyfile(
+        """
+        import os
+        from sqlalchemy import create_engine, text
+
+        def test_write():
+            engine = create_engine(os.environ["DATABASE_URL"])
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO notes (body) VALUES ('sqlite run')"))
+        """
+    )
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"E *ForeignDatabaseError: *::test_write tried to connect to the database "
+            f"'{developer_db}' on 127.0.0.1:{pg_server.port}, which is not one of this run's test "
+            "databases (this run's test databases are SQLite files); *"
+        ]
+    )
+    assert SUPERUSER_PASSWORD not in result.stdout.str()
+    assert _notes(pg_server, developer_db) == []
 
 
 @pytest.mark.parametrize(
@@ -382,12 +426,17 @@ REPORT = (
 )
 
 
-@pytest.mark.parametrize("how", ["default", "ini"])
+@pytest.mark.parametrize(
+    "how", ["default", "ini", pytest.param("xdist", marks=pytest.mark.needs_xdist)]
+)
 def test_leaks_are_warnings_naming_the_tables_and_the_fix(
     pytester: pytest.Pytester, how: str
 ) -> None:
-    _leak_project(pytester, None if how == "default" else "warn")
-    result = run_dbguard(pytester, "-p", "no:randomly")
+    _leak_project(pytester, "warn" if how == "ini" else None)
+    # Under xdist the file stays on one worker (its tests build on each other), the other idles.
+    args = ["-n", "2", "--dist", "loadfile"] if how == "xdist" else []
+    plugins = ("xdist.plugin",) if how == "xdist" else ()
+    result = run_dbguard(pytester, "-p", "no:randomly", *args, plugins=plugins)
     result.assert_outcomes(passed=6, warnings=3)
     result.stdout.fnmatch_lines(
         [
@@ -426,6 +475,41 @@ def test_leaks_error_mode_errors_the_test_in_teardown(
             "ERROR test_leaks.py::test_5_async_app_engine_commits - *",
         ]
     )
+
+
+def test_a_tests_own_allow_marker_keeps_its_class_isolation(
+    pytester: pytest.Pytester, pg_server: TestServer, developer_db: str
+) -> None:
+    """The closest marker that names an isolation wins: allow=[...] alone does not reset it."""
+    pytester.makepyfile(models=LEAK_MODELS)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\ndbguard_leaks = error\n")
+    pytester.makepyfile(
+        f"""
+        import os
+        import pytest
+        from sqlalchemy import create_engine, text
+
+        ENGINE = create_engine(os.environ["DBGUARD_URL"])
+
+        @pytest.mark.dbguard(isolation="truncate")
+        class TestCommits:
+            @pytest.mark.dbguard(allow=[{developer_db!r}])
+            def test_1_commits(self):
+                with ENGINE.begin() as conn:
+                    conn.execute(text("INSERT INTO authors (name) VALUES ('committed')"))
+                other = create_engine({pg_server.url(developer_db)!r})
+                with other.begin() as conn:
+                    conn.execute(text("INSERT INTO notes (body) VALUES ('allowed')"))
+                other.dispose()
+
+        def test_2_emptied_after_the_truncate_test():
+            with ENGINE.connect() as conn:
+                assert conn.execute(text("SELECT count(*) FROM authors")).scalar() == 0
+        """
+    )
+    result = run_dbguard(pytester, "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    assert _notes(pg_server, developer_db) == ["allowed"]
 
 
 def test_leaks_off_reports_nothing(pytester: pytest.Pytester) -> None:
