@@ -546,6 +546,63 @@ def test_rollback_test_with_the_session_fixture_reports_nothing(pytester: pytest
     result.stdout.no_fnmatch_line("*left rows in*")
 
 
+SPY_CONFTEST = """
+    import psycopg
+    import pytest
+
+    SENT = []  # every statement any psycopg cursor sends, dbguard's raw ones included
+    _execute = psycopg.Cursor.execute
+
+    def _spy(self, query, *args, **kwargs):
+        SENT.append(str(query))
+        return _execute(self, query, *args, **kwargs)
+
+    psycopg.Cursor.execute = _spy
+
+    @pytest.fixture
+    def sent():
+        return SENT
+"""
+SPIED_TESTS = """
+    import os
+    from sqlalchemy import create_engine, text
+    from models import Author
+
+    ENGINE = create_engine(os.environ["DBGUARD_URL"])
+    LEAK_QUERIES = ("txid_current_if_assigned", "xmin")
+
+    def test_1_rollback_only(dbguard_session, sent):
+        dbguard_session.add(Author(name="rolled back"))
+        dbguard_session.commit()
+        with ENGINE.connect() as conn:  # the app reads, and does not commit
+            conn.execute(text("SELECT count(*) FROM authors"))
+        sent.clear()
+
+    def test_2_nothing_was_sent_for_test_1(sent):
+        assert not [sql for sql in sent if any(word in sql for word in LEAK_QUERIES)]
+
+    def test_3_app_commits(sent):
+        sent.clear()
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO authors (name) VALUES ('leaked')"))
+
+    def test_4_the_check_ran_for_test_3(sent):
+        assert [word for word in LEAK_QUERIES if any(word in sql for sql in sent)] == list(
+            LEAK_QUERIES
+        )
+"""
+
+
+def test_a_rollback_only_test_sends_no_leak_query(pytester: pytest.Pytester) -> None:
+    """No query is spent on leaks unless an engine that is not dbguard's committed."""
+    pytester.makepyfile(models=LEAK_MODELS, test_spied=SPIED_TESTS)
+    pytester.makeconftest(SPY_CONFTEST)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+    result = run_dbguard(pytester, "-p", "no:randomly")
+    result.assert_outcomes(passed=4, warnings=1)
+    result.stdout.fnmatch_lines(["*test_spied.py::test_3_app_commits left rows in authors: *"])
+
+
 def test_readme_recipe_runs_and_shows_the_real_messages(pytester: pytest.Pytester) -> None:
     (recipe,) = blocks("Isolation per test", "python")
     pytester.makepyfile(test_recipe=recipe)
