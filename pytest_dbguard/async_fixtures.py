@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import pytest
 
 from pytest_dbguard.databases import sqlite_savepoints
+from pytest_dbguard.engine_listener import mark_own
 from pytest_dbguard.environment import plan_key
 from pytest_dbguard.isolation import isolation_of
 from pytest_dbguard.loop_policy import LOOP_SCOPE
@@ -42,10 +43,12 @@ NOT_ACTIVE: Final = (
 
 
 def async_engine_for(url: DatabaseURL, **kwargs: Any) -> AsyncEngine:
-    """An AsyncEngine on ``url`` through its async driver; SQLite (aiosqlite) gets SAVEPOINTs."""
+    """An AsyncEngine of dbguard's own on ``url`` through its async driver; SQLite (aiosqlite)
+    gets SAVEPOINTs."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
     engine = create_async_engine(url.asynchronous().render(hide_password=False), **kwargs)
+    mark_own(engine.sync_engine)
     if url.is_sqlite:
         sqlite_savepoints(engine.sync_engine)
     return engine

@@ -20,6 +20,7 @@ WORKER_ISOLATION_CHOICES: Final = ("auto", "database", "schema")
 NAIVE_DATETIME_CHOICES: Final = ("error", "warn", "off")
 PROXY_CHOICES: Final = ("on", "off", "auto")
 SYNC_DRIVER_CHOICES: Final = ("psycopg", "psycopg2", "pg8000", "psycopg2cffi")
+LEAKS_CHOICES: Final = ("warn", "error", "off")
 SQLITE_KEYWORD: Final = "sqlite"
 
 
@@ -99,6 +100,18 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Folder of the PostgreSQL binaries for the embedded server (default: PATH, pg_config, /usr/lib/postgresql/*/bin).",
     ),
     Option(
+        "leaks",
+        "Rows that engines other than dbguard's committed during a rollback test: warn, error or off.",
+        default="warn",
+    ),
+    Option(
+        "allow_databases",
+        "Databases tests may connect to besides the run's test databases: names or URLs.",
+        ini_type="args",
+        env=False,
+        cli=False,
+    ),
+    Option(
         "env",
         "NAME=VALUE lines exported before conftests load; {worker} {run} {url} ... placeholders.",
         ini_type="linelist",
@@ -132,6 +145,8 @@ class Settings:
     alembic_ini: str | None
     naive_datetime: str
     pg_bindir: str | None
+    leaks: str
+    allow_databases: tuple[str, ...]
     env_lines: tuple[str, ...]
     guard_modules: tuple[str, ...]
     sources: Mapping[str, str]
@@ -209,12 +224,12 @@ def _raw(
     return None
 
 
-def _choice(choices: tuple[str, ...]) -> Callable[[str, str, str], str]:
+def _choice(choices: tuple[str, ...], noun: str | None = None) -> Callable[[str, str, str], str]:
     def parse(value: str, name: str, source: str) -> str:
         text = value.strip().lower()
         if text not in choices:
             raise ConfigError(
-                f"{source} = {value!r} is not a valid {name.replace('_', ' ')}; "
+                f"{source} = {value!r} is not a valid {noun or name.replace('_', ' ')}; "
                 f"choose one of: {', '.join(choices)}."
             )
         return text
@@ -289,6 +304,14 @@ def _text(value: str, name: str, source: str) -> str:
     return str(value).strip()
 
 
+def _databases(value: list[str], name: str, source: str) -> tuple[str, ...]:
+    """Database names or URLs; a URL that does not parse is an error naming ``source``."""
+    for entry in value:
+        if "://" in entry:
+            DatabaseURL.parse(entry, source=source)
+    return tuple(value)
+
+
 _PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
     "wait": _seconds,
     "reuse": _switch,
@@ -297,6 +320,8 @@ _PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
     "worker_isolation": _choice(WORKER_ISOLATION_CHOICES),
     "isolation": _choice(ISOLATION_CHOICES),
     "naive_datetime": _choice(NAIVE_DATETIME_CHOICES),
+    "leaks": _choice(LEAKS_CHOICES, "leak report setting"),
+    "allow_databases": _databases,
     "metadata": _module_attr,
     "alembic_ini": _text,
     "pg_bindir": _text,
@@ -359,6 +384,8 @@ def resolve(
         alembic_ini=values["alembic_ini"],
         naive_datetime=values["naive_datetime"],
         pg_bindir=values["pg_bindir"],
+        leaks=values["leaks"],
+        allow_databases=values["allow_databases"] or (),
         env_lines=tuple(values["env"] or ()),
         guard_modules=tuple(values["guard_modules"] or ()),
         sources=sources,

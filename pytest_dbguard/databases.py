@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from pytest_dbguard.engine_listener import INTERNAL_OPTION
+from pytest_dbguard.engine_listener import INTERNAL_OPTION, mark_own
 from pytest_dbguard.exceptions import DatabaseSetupError
 from pytest_dbguard.janitor import Mark, creator_running, in_use, make_mark, parse_mark
 from pytest_dbguard.urls import DatabaseURL
@@ -57,19 +57,22 @@ def admin_engine(url: DatabaseURL) -> Engine:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    return create_engine(
-        url.sync().render(hide_password=False),
-        poolclass=NullPool,
-        isolation_level="AUTOCOMMIT",
-        execution_options=INTERNAL_OPTIONS,
+    return mark_own(
+        create_engine(
+            url.sync().render(hide_password=False),
+            poolclass=NullPool,
+            isolation_level="AUTOCOMMIT",
+            execution_options=INTERNAL_OPTIONS,
+        )
     )
 
 
 def engine_for(url: DatabaseURL, **kwargs: Any) -> Engine:
-    """A sync engine on ``url``; SQLite gets the documented fix that makes SAVEPOINT work with pysqlite."""
+    """A sync engine of dbguard's own on ``url`` (its connections and commits are not the tests');
+    SQLite gets the documented fix that makes SAVEPOINT work with pysqlite."""
     from sqlalchemy import create_engine
 
-    engine = create_engine(url.sync().render(hide_password=False), **kwargs)
+    engine = mark_own(create_engine(url.sync().render(hide_password=False), **kwargs))
     if url.is_sqlite:
         sqlite_savepoints(engine)
     return engine

@@ -1,15 +1,18 @@
-"""One ``before_cursor_execute`` listener on every SQLAlchemy engine, installed on demand.
+"""One ``before_cursor_execute`` listener on every SQLAlchemy engine, installed on demand, and
+the registry of the engines dbguard made itself.
 
-The base of the statement guards (naive datetimes, query counts). SQLAlchemy is imported when a
-listener is installed, never when this module is imported.
+The base of the statement guards (naive datetimes, query counts) and of the connection guards
+(test databases only, leaks). SQLAlchemy is imported when a listener is installed, never when
+this module is imported.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, ExecutionContext
+    from sqlalchemy.engine import Connection, Dialect, Engine, ExecutionContext
 
 # dbguard sets this execution option on its own engines: their statements are not checked or counted.
 INTERNAL_OPTION: Final = "dbguard_internal"
@@ -20,6 +23,24 @@ def one_line(statement: str, width: int = STATEMENT_WIDTH) -> str:
     """The statement on one line, whitespace collapsed, cut to ``width`` characters."""
     text = " ".join(statement.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# The dialects of the engines dbguard made (each engine has its own dialect, shared only with the
+# engines derived from it by ``execution_options``). Connect-time and commit-time events see the
+# dialect, not the engine: this is how they tell dbguard's own connections from the tests'. A
+# process-wide registry of objects, not a setting: an entry goes away with its engine.
+_OWN_DIALECTS: Final[weakref.WeakSet[Dialect]] = weakref.WeakSet()
+
+
+def mark_own(engine: Engine) -> Engine:
+    """Record ``engine`` (for an AsyncEngine, its ``sync_engine``) as dbguard's own; returns it."""
+    _OWN_DIALECTS.add(engine.dialect)
+    return engine
+
+
+def is_own(dialect: Dialect) -> bool:
+    """Whether ``dialect`` belongs to an engine dbguard made (maintenance, fixtures, cleanup)."""
+    return dialect in _OWN_DIALECTS
 
 
 _Listener = TypeVar("_Listener", bound="EngineListener")

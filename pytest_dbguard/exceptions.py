@@ -49,9 +49,21 @@ class NaiveDatetimeError(GuardError):
     """A naive datetime was bound as a statement parameter (``dbguard_naive_datetime = error``)."""
 
 
+class ForeignDatabaseError(GuardError):
+    """A test connected to a database that is not one of the run's test databases."""
+
+
+class LeakError(GuardError):
+    """A rollback test left committed rows behind (``dbguard_leaks = error``)."""
+
+
 class GuardWarning(pytest.PytestWarning):
     """Base of the warnings dbguard's guards attach to a test."""
 
 
 class NaiveDatetimeWarning(GuardWarning):
     """A naive datetime was bound as a statement parameter (``dbguard_naive_datetime = warn``)."""
+
+
+class LeakWarning(GuardWarning):
+    """A rollback test left committed rows behind (``dbguard_leaks = warn``)."""

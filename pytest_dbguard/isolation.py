@@ -32,10 +32,13 @@ SKIPPED_TABLES: Final = frozenset({"alembic_version"})
 
 
 def isolation_of(item: pytest.Item) -> str:
-    """The test's isolation: its ``@pytest.mark.dbguard(isolation=...)``, else the run's default."""
-    marker = item.get_closest_marker("dbguard")
-    if marker is not None and "isolation" in marker.kwargs:
-        return str(marker.kwargs["isolation"])
+    """The test's isolation: its ``@pytest.mark.dbguard(isolation=...)``, else the run's default.
+
+    The closest marker that names an isolation wins: a test's own ``dbguard(allow=...)`` keeps
+    its class's or module's isolation."""
+    for marker in item.iter_markers("dbguard"):
+        if "isolation" in marker.kwargs:
+            return str(marker.kwargs["isolation"])
     settings = item.config.stash.get(settings_key, None)
     return settings.isolation if settings is not None else "rollback"
 

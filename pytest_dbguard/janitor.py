@@ -215,14 +215,17 @@ def _maintenance(url: str | DatabaseURL) -> Iterator[Connection]:
 
     from pytest_dbguard.connect_diagnosis import DATABASE_MISSING, classify_error
     from pytest_dbguard.databases import INTERNAL_OPTIONS
+    from pytest_dbguard.engine_listener import mark_own
 
     parsed = _parse(url)
     for index, database in enumerate(MAINTENANCE_DATABASES):
-        engine = create_engine(
-            parsed.sync().with_database(database).render(hide_password=False),
-            poolclass=NullPool,
-            isolation_level="AUTOCOMMIT",
-            execution_options=INTERNAL_OPTIONS,
+        engine = mark_own(
+            create_engine(
+                parsed.sync().with_database(database).render(hide_password=False),
+                poolclass=NullPool,
+                isolation_level="AUTOCOMMIT",
+                execution_options=INTERNAL_OPTIONS,
+            )
         )
         try:
             try:

@@ -297,14 +297,15 @@ def check_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
     from pytest_dbguard.plugin import dbguard
 
     for item in items:
-        marker = item.get_closest_marker("dbguard")
-        if marker is not None:
+        for marker in item.iter_markers("dbguard"):
             try:
                 dbguard(*marker.args, **marker.kwargs)
             except TypeError as error:
                 raise pytest.UsageError(
                     f"{item.nodeid}: @pytest.mark.dbguard{error}".replace("dbguard()", "")
                 ) from None
+            except pytest.UsageError as error:
+                raise pytest.UsageError(f"{item.nodeid}: {error}") from None
 
 
 def finish(config: pytest.Config) -> None:

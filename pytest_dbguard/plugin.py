@@ -7,30 +7,43 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Generator
+from collections.abc import Collection, Generator
 
 import pytest
 
 from pytest_dbguard import asyncloop, environment, isolation, lifecycle, restart_fence
 from pytest_dbguard import config as dbguard_config
 from pytest_dbguard.exceptions import DbguardError
+from pytest_dbguard.foreign_databases import AllowList
 
 pytest_plugins = [
     "pytest_dbguard.isolation",
     "pytest_dbguard.guards",
+    "pytest_dbguard.connection_guards",
     "pytest_dbguard.faults",
     "pytest_dbguard.asyncloop",
 ]
 
 
-def dbguard(*, isolation: str = "rollback") -> str:
-    """Signature of ``@pytest.mark.dbguard``: per-test isolation override."""
+def dbguard(
+    *, isolation: str = "rollback", allow: Collection[str] = ()
+) -> tuple[str, tuple[str, ...]]:
+    """Signature of ``@pytest.mark.dbguard``: the test's isolation; databases it may also reach."""
     if isolation not in dbguard_config.ISOLATION_CHOICES:
         raise pytest.UsageError(
             f"@pytest.mark.dbguard(isolation={isolation!r}): choose one of "
             f"{', '.join(dbguard_config.ISOLATION_CHOICES)}."
         )
-    return isolation
+    if isinstance(allow, str) or not all(isinstance(entry, str) and entry for entry in allow):
+        raise pytest.UsageError(
+            f"@pytest.mark.dbguard(allow={allow!r}): allow takes a list of database names or "
+            "URLs, e.g. allow=['analytics'] or allow=['postgresql://reports@db:5432/reports']."
+        )
+    try:
+        AllowList.of(allow, source="@pytest.mark.dbguard(allow=...)")
+    except DbguardError as error:
+        raise pytest.UsageError(str(error)) from None
+    return isolation, tuple(allow)
 
 
 def dbguard_without(*modules: str) -> tuple[str, ...]:
@@ -85,7 +98,9 @@ def pytest_load_initial_conftests(
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", f"dbguard(*, isolation='rollback'): {dbguard.__doc__}")
+    config.addinivalue_line(
+        "markers", f"dbguard(*, isolation='rollback', allow=()): {dbguard.__doc__}"
+    )
     config.addinivalue_line("markers", f"dbguard_without(*modules): {dbguard_without.__doc__}")
     try:
         # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.

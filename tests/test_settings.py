@@ -189,6 +189,12 @@ def test_bad_switch_in_ini_names_key_and_file(pytester: pytest.Pytester, key: st
             id="driver-not-installed",
         ),
         pytest.param(
+            ("--dbguard-leaks", "loud"),
+            "dbguard_leaks = loud",
+            "*'loud' is not a valid leak report setting; choose one of: warn, error, off*",
+            id="leaks",
+        ),
+        pytest.param(
             ("--dbguard-metadata", "app.models"),
             "dbguard_metadata = app.models",
             "*'app.models' is not of the form 'package.module:attribute'*",

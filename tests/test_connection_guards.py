@@ -1,0 +1,622 @@
+"""Connection guards: no test reaches a database that is not a test database; leaks are reported."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from pytest_dbguard.foreign_databases import FOREIGN_MESSAGE, AllowList, Target
+from pytest_dbguard.leaks import LEAK_MESSAGE
+from pytest_dbguard.urls import DatabaseURL
+from tests.conftest import run_dbguard
+from tests.helpers import README, blocks
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer
+
+# The guard reads the keywords each dialect hands its driver: checked against SQLAlchemy itself.
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2", "asyncpg"])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param(
+            "postgresql+{driver}://u:pw@localhost:5433/app",
+            Target("local", 5433, "app"),
+            id="loopback-name",
+        ),
+        pytest.param(
+            "postgresql+{driver}://u:pw@db.example:6000/reports",
+            Target("db.example", 6000, "reports"),
+            id="remote",
+        ),
+        pytest.param(
+            "postgresql+{driver}://u:pw@127.0.0.1/app",
+            Target("local", 5432, "app"),
+            id="default-port",
+        ),
+        pytest.param(
+            "postgresql+{driver}://u:pw@/app?host=/run/postgresql&port=5439",
+            Target("local", 5439, "app"),
+            id="socket-in-query",
+        ),
+    ],
+)
+def test_targets_from_each_drivers_connect_keywords(
+    driver: str, url: str, expected: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PGPORT", raising=False)
+    monkeypatch.delenv("PGHOST", raising=False)
+    text = url.format(driver=driver)
+    engine = create_async_engine(text) if driver == "asyncpg" else create_engine(text)
+    sync = getattr(engine, "sync_engine", engine)
+    _, params = sync.dialect.create_connect_args(sync.url)
+    assert Target.from_params(params) == expected
+    assert Target.from_url(DatabaseURL.parse(text)) == expected
+
+
+def test_allow_list_by_name_by_database_url_and_by_server() -> None:
+    allowed = AllowList.of(
+        ["analytics", "postgresql://u@db.example:6000/reports", "postgresql://u@localhost:5433"]
+    )
+    assert allowed.admits(Target("elsewhere", 1, "analytics"))
+    assert allowed.admits(Target("db.example", 6000, "reports"))
+    assert not allowed.admits(Target("db.example", 6000, "billing"))
+    assert allowed.admits(Target("local", 5433, "anything"))
+    assert not allowed.admits(Target("local", 5432, "anything"))
+
+
+# Whole runs. The "developer's database" is a real database on the password-protected test
+# server, with a table the tests would write to: after each run it must still be empty.
+
+
+@pytest.fixture
+def developer_db(pg_server: TestServer) -> Iterator[str]:
+    """Function: a fresh database on ``pg_server`` with an empty ``notes`` table; dropped after."""
+    name = f"developer_{uuid.uuid4().hex[:8]}"
+    pg_server.sql(f'CREATE DATABASE "{name}"')
+    pg_server.sql("CREATE TABLE notes (id serial PRIMARY KEY, body text)", database=name)
+    yield name
+    pg_server.sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def _notes(pg_server: TestServer, database: str) -> list[str]:
+    out = pg_server.sql("SELECT body FROM notes ORDER BY id", database=database).stdout
+    return out.splitlines()
+
+
+APP_SETTINGS = """
+    import os
+
+    DATABASE_URL = os.environ["DATABASE_URL"]  # read once, at import, as settings modules do
+"""
+APP_DB = """
+    from sqlalchemy import create_engine
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    import app_settings
+
+    ENGINE = create_engine(app_settings.DATABASE_URL)
+    ASYNC_ENGINE = create_async_engine(
+        app_settings.DATABASE_URL.replace("+psycopg", "+asyncpg")
+    )
+"""
+# The issue's reproduction: conftest opt-in, settings imported at the top of the conftest.
+EARLY_CONFTEST = """
+    import app_db  # imports the settings: DATABASE_URL is still the developer's
+
+    pytest_plugins = ["pytest_dbguard"]
+"""
+APP_TESTS = """
+    import asyncio
+    import os
+    from sqlalchemy import text
+    from app_db import ASYNC_ENGINE, ENGINE
+
+    def test_sync_write():
+        assert os.environ["DATABASE_URL"] != ENGINE.url.render_as_string(False)  # read too early
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO notes (body) VALUES ('sync')"))
+
+    def test_async_write():
+        async def write():
+            async with ASYNC_ENGINE.begin() as conn:
+                await conn.execute(text("INSERT INTO notes (body) VALUES ('async')"))
+            await ASYNC_ENGINE.dispose()
+
+        asyncio.run(write())
+"""
+
+
+@pytest.mark.parametrize(
+    "server",
+    ["same-server", "other-server", pytest.param("xdist", marks=pytest.mark.needs_xdist)],
+)
+def test_app_engine_reading_settings_too_early_cannot_reach_the_developers_database(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    developer_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+    server: str,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", pg_server.url(developer_db))
+    pytester.makepyfile(app_settings=APP_SETTINGS, app_db=APP_DB, test_app=APP_TESTS)
+    pytester.makeconftest(EARLY_CONFTEST)
+    pytester.makeini("[pytest]\ndbguard_env =\n    DATABASE_URL={url}\n")
+    # same-server: the test databases live on pg_server too; other-server: the embedded default;
+    # xdist: the embedded default, a database per worker.
+    args = {
+        "same-server": ["--dbguard-url", pg_server.url()],
+        "other-server": [],
+        "xdist": ["-p", "xdist.plugin", "-n", "2"],
+    }[server]
+    result = pytester.runpytest_subprocess(*args, "-p", "no:randomly", timeout=300)
+    result.assert_outcomes(failed=2)
+    # Under xdist the workers inherit the controller's exported DATABASE_URL, which names the
+    # controller's own (never created) database: read too early, it is refused just the same.
+    worker, database, port = ("main", developer_db, str(pg_server.port))
+    if server == "xdist":
+        worker, database, port = ("gw?", "*_dbg_*_main", "*")
+    for test in ("test_sync_write", "test_async_write"):
+        result.stdout.fnmatch_lines(
+            [
+                f"E *ForeignDatabaseError: test_app.py::{test} tried to connect to the database "
+                f"'{database}' on 127.0.0.1:{port}, which is not one of this run's test "
+                f"databases (this worker's is '*_dbg_*_{worker}' on 127.0.0.1:*); dbguard refused "
+                "the connection, so nothing reached that database. *`-p pytest_dbguard`* "
+                "dbguard_env, e.g. DATABASE_URL={url}. *"
+                f"@pytest.mark.dbguard(allow=?'{database}'?)*dbguard_allow_databases = "
+                f"{database}."
+            ]
+        )
+    assert SUPERUSER_PASSWORD not in result.stdout.str() + result.stderr.str()
+    assert _notes(pg_server, developer_db) == []
+
+
+ALLOW_TESTS = """
+    import asyncio
+    import os
+    import pytest
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from pytest_dbguard.exceptions import ForeignDatabaseError
+
+    ALLOWED = os.environ["ALLOWED_URL"]
+    REFUSED = os.environ["REFUSED_URL"]
+
+    def write(url, body):
+        engine = create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO notes (body) VALUES (:b)"), {"b": body})
+        finally:
+            engine.dispose()
+
+    def write_async(url, body):
+        async def go():
+            engine = create_async_engine(url.replace("+psycopg", "+asyncpg"))
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(text("INSERT INTO notes (body) VALUES (:b)"), {"b": body})
+            finally:
+                await engine.dispose()
+
+        asyncio.run(go())
+
+    @pytest.mark.dbguard(allow=[os.environ["MARKED_DB"]])
+    def test_marker_allows(dbguard_session):
+        write(REFUSED, "marked")
+        write_async(REFUSED, "marked-async")
+
+    def test_ini_allows():
+        write(ALLOWED, "ini")
+        write_async(ALLOWED, "ini-async")
+
+    def test_refused_sync_and_async():
+        with pytest.raises(ForeignDatabaseError, match="tried to connect"):
+            write(REFUSED, "refused")
+        with pytest.raises(ForeignDatabaseError, match="tried to connect"):
+            write_async(REFUSED, "refused-async")
+
+    def test_psycopg2_refused_too():
+        with pytest.raises(ForeignDatabaseError):
+            write(REFUSED.replace("+psycopg", "+psycopg2"), "refused-psycopg2")
+
+    @pytest.mark.dbguard(allow=["some_other_db"])
+    def test_marker_allows_only_what_it_names():
+        with pytest.raises(ForeignDatabaseError):
+            write(REFUSED, "refused-other-name")
+"""
+
+
+@pytest.mark.parametrize("ini_entry", ["name", "url"])
+def test_allow_by_marker_and_by_ini_sync_and_async(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    developer_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+    ini_entry: str,
+) -> None:
+    allowed = f"allowed_{uuid.uuid4().hex[:8]}"
+    pg_server.sql(f'CREATE DATABASE "{allowed}"')
+    try:
+        pg_server.sql("CREATE TABLE notes (id serial PRIMARY KEY, body text)", database=allowed)
+        monkeypatch.setenv("ALLOWED_URL", pg_server.url(allowed))
+        monkeypatch.setenv("REFUSED_URL", pg_server.url(developer_db))
+        monkeypatch.setenv("MARKED_DB", developer_db)
+        entry = allowed if ini_entry == "name" else pg_server.url(allowed, password="")
+        pytester.makeini(f"[pytest]\ndbguard_allow_databases = {entry}\n")
+        pytester.makepyfile(test_allow=ALLOW_TESTS)
+        result = run_dbguard(pytester, "-p", "no:randomly")
+        result.assert_outcomes(passed=5)
+        assert _notes(pg_server, developer_db) == ["marked", "marked-async"]
+        assert _notes(pg_server, allowed) == ["ini", "ini-async"]
+    finally:
+        pg_server.sql(f'DROP DATABASE "{allowed}" WITH (FORCE)')
+
+
+def test_on_a_sqlite_run_every_postgresql_database_is_foreign(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    developer_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", pg_server.url(developer_db))
+    pytester.makepyfile(
+        """
+        import os
+        from sqlalchemy import create_engine, text
+
+        def test_write():
+            engine = create_engine(os.environ["DATABASE_URL"])
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO notes (body) VALUES ('sqlite run')"))
+        """
+    )
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"E *ForeignDatabaseError: *::test_write tried to connect to the database "
+            f"'{developer_db}' on 127.0.0.1:{pg_server.port}, which is not one of this run's test "
+            "databases (this run's test databases are SQLite files); *"
+        ]
+    )
+    assert SUPERUSER_PASSWORD not in result.stdout.str()
+    assert _notes(pg_server, developer_db) == []
+
+
+@pytest.mark.parametrize(
+    ("marker", "pattern"),
+    [
+        pytest.param(
+            "allow='reports'", "*allow='reports'): allow takes a list of database names*", id="str"
+        ),
+        pytest.param("allow=[1]", "*allow=?1?): allow takes a list*", id="not-a-name"),
+        pytest.param(
+            "allow=['postgresql://u@h:99999/x']", "*port '99999'*1 to 65535*", id="bad-url"
+        ),
+        pytest.param("alow=['x']", "*unexpected keyword argument 'alow'*", id="misspelled"),
+        pytest.param("isolation='rolback'", "*isolation='rolback'*", id="bad-isolation"),
+    ],
+)
+def test_bad_marker_argument_names_the_test(
+    pytester: pytest.Pytester, marker: str, pattern: str
+) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.dbguard({marker})
+        def test_marked():
+            pass
+        """
+    )
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*test_bad_marker_argument_names_the_test.py::test_marked: {pattern}"]
+    )
+
+
+def test_markers_list_shows_allow(pytester: pytest.Pytester) -> None:
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", "--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.dbguard(*, isolation='rollback', allow=()): *"])
+
+
+def test_bad_allow_url_in_ini_names_the_key(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ndbguard_allow_databases = reports postgresql://u:secret@h:0/x\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini dbguard_allow_databases in tox.ini*port '0'*"])
+    assert "secret" not in result.stderr.str()
+
+
+# Leaks. A seed row is part of the schema (an after_create DDL, as a migration would insert it):
+# it is no leak. The application's engine commits; dbguard's fixtures roll back.
+
+LEAK_MODELS = """
+    from sqlalchemy import DDL, ForeignKey, event
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Author(Base):
+        __tablename__ = "authors"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+
+    class Book(Base):
+        __tablename__ = "books"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"))
+        title: Mapped[str]
+
+    class Untouched(Base):
+        __tablename__ = "untouched"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    event.listen(
+        Author.__table__, "after_create", DDL("INSERT INTO authors (name) VALUES ('seed')")
+    )
+"""
+LEAK_TESTS = """
+    import asyncio
+    import os
+    import pytest
+    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from models import Author
+
+    ENGINE = create_engine(os.environ["DBGUARD_URL"])  # the application's own engine
+
+    def test_1_reads_the_seed_row():
+        with ENGINE.begin() as conn:  # commits, but wrote nothing
+            assert conn.execute(text("SELECT name FROM authors")).scalars().all() == ["seed"]
+
+    def test_2_app_commits():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO authors (name) VALUES ('leaked')"))
+            conn.execute(text("INSERT INTO books (author_id, title) SELECT id, 't' FROM authors"))
+
+    def test_3_fixture_session_rolls_back(dbguard_session):
+        dbguard_session.add(Author(name="rolled back"))
+        dbguard_session.commit()
+        assert dbguard_session.scalar(select(func.count()).select_from(Author)) == 3
+
+    def test_4_app_commits_to_books_only():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO books (author_id, title) VALUES (1, 'again')"))
+
+    def test_5_async_app_engine_commits():
+        async def write():
+            engine = create_async_engine(os.environ["DBGUARD_ASYNC_URL"])
+            async with engine.begin() as conn:
+                await conn.execute(text("UPDATE authors SET name = 'renamed' WHERE name = 'seed'"))
+            await engine.dispose()
+
+        asyncio.run(write())
+
+    @pytest.mark.dbguard(isolation="truncate")
+    def test_6_truncate_is_not_a_leak():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO authors (name) VALUES ('truncated')"))
+"""
+
+
+def _leak_project(pytester: pytest.Pytester, leaks: str | None) -> None:
+    pytester.makepyfile(models=LEAK_MODELS, test_leaks=LEAK_TESTS)
+    ini = "[pytest]\ndbguard_metadata = models:Base\n"
+    if leaks is not None:
+        ini += f"dbguard_leaks = {leaks}\n"
+    pytester.makeini(ini)
+
+
+REPORT = (
+    "*test_leaks.py::test_{test} left rows in {tables}: an engine that is not one of dbguard's "
+    "fixtures (the application's own, for example) committed them, so the rollback after the "
+    "test did not remove them and the next tests see them. Mark the test @pytest.mark.dbguard"
+    '(isolation="truncate") (or set ini dbguard_isolation = truncate) to empty the tables it '
+    "writes to after it; dbguard_leaks = off silences this report."
+)
+
+
+@pytest.mark.parametrize(
+    "how", ["default", "ini", pytest.param("xdist", marks=pytest.mark.needs_xdist)]
+)
+def test_leaks_are_warnings_naming_the_tables_and_the_fix(
+    pytester: pytest.Pytester, how: str
+) -> None:
+    _leak_project(pytester, "warn" if how == "ini" else None)
+    # Under xdist the file stays on one worker (its tests build on each other), the other idles.
+    args = ["-n", "2", "--dist", "loadfile"] if how == "xdist" else []
+    plugins = ("xdist.plugin",) if how == "xdist" else ()
+    result = run_dbguard(pytester, "-p", "no:randomly", *args, plugins=plugins)
+    result.assert_outcomes(passed=6, warnings=3)
+    result.stdout.fnmatch_lines(
+        [
+            "test_leaks.py::test_2_app_commits",
+            "*LeakWarning: " + REPORT.format(test="2_app_commits", tables="authors, books"),
+            "test_leaks.py::test_4_app_commits_to_books_only",
+            "*LeakWarning: " + REPORT.format(test="4_app_commits_to_books_only", tables="books"),
+            "test_leaks.py::test_5_async_app_engine_commits",
+            "*LeakWarning: " + REPORT.format(test="5_async_app_engine_commits", tables="authors"),
+        ]
+    )
+    for quiet in ("test_1", "test_3", "test_6"):
+        result.stdout.no_fnmatch_line(f"*::{quiet}_* left rows*")
+
+
+@pytest.mark.parametrize("how", ["ini", "cli", "env"])
+def test_leaks_error_mode_errors_the_test_in_teardown(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    _leak_project(pytester, "error" if how == "ini" else "off")
+    args = ["--dbguard-leaks", "error"] if how == "cli" else []
+    if how == "env":
+        monkeypatch.setenv("DBGUARD_LEAKS", "error")
+    result = run_dbguard(pytester, "-p", "no:randomly", *args)
+    result.assert_outcomes(passed=6, errors=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_2_app_commits*",
+            "E *LeakError: " + REPORT.format(test="2_app_commits", tables="authors, books"),
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "ERROR test_leaks.py::test_2_app_commits - *",
+            "ERROR test_leaks.py::test_4_app_commits_to_books_only - *",
+            "ERROR test_leaks.py::test_5_async_app_engine_commits - *",
+        ]
+    )
+
+
+def test_a_tests_own_allow_marker_keeps_its_class_isolation(
+    pytester: pytest.Pytester, pg_server: TestServer, developer_db: str
+) -> None:
+    """The closest marker that names an isolation wins: allow=[...] alone does not reset it."""
+    pytester.makepyfile(models=LEAK_MODELS)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\ndbguard_leaks = error\n")
+    pytester.makepyfile(
+        f"""
+        import os
+        import pytest
+        from sqlalchemy import create_engine, text
+
+        ENGINE = create_engine(os.environ["DBGUARD_URL"])
+
+        @pytest.mark.dbguard(isolation="truncate")
+        class TestCommits:
+            @pytest.mark.dbguard(allow=[{developer_db!r}])
+            def test_1_commits(self):
+                with ENGINE.begin() as conn:
+                    conn.execute(text("INSERT INTO authors (name) VALUES ('committed')"))
+                other = create_engine({pg_server.url(developer_db)!r})
+                with other.begin() as conn:
+                    conn.execute(text("INSERT INTO notes (body) VALUES ('allowed')"))
+                other.dispose()
+
+        def test_2_emptied_after_the_truncate_test():
+            with ENGINE.connect() as conn:
+                assert conn.execute(text("SELECT count(*) FROM authors")).scalar() == 0
+        """
+    )
+    result = run_dbguard(pytester, "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    assert _notes(pg_server, developer_db) == ["allowed"]
+
+
+def test_leaks_off_reports_nothing(pytester: pytest.Pytester) -> None:
+    _leak_project(pytester, "off")
+    result = run_dbguard(pytester, "-p", "no:randomly")
+    result.assert_outcomes(passed=6)
+    result.stdout.no_fnmatch_line("*left rows in*")
+
+
+def test_rollback_test_with_the_session_fixture_reports_nothing(pytester: pytest.Pytester) -> None:
+    """Commits through dbguard's fixtures (savepoints, the session-scoped engine) are no leaks."""
+    pytester.makepyfile(models=LEAK_MODELS)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\ndbguard_leaks = error\n")
+    pytester.makepyfile(
+        """
+        import pytest
+        from sqlalchemy import text
+        from models import Author
+
+        @pytest.fixture(scope="session", autouse=True)
+        def reference(dbguard_engine):
+            with dbguard_engine.begin() as conn:
+                conn.execute(text("INSERT INTO authors (name) VALUES ('reference')"))
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_session(dbguard_session, n):
+            dbguard_session.add(Author(name=f"temp{n}"))
+            dbguard_session.commit()
+            assert dbguard_session.query(Author).count() == 3
+        """
+    )
+    result = run_dbguard(pytester)
+    result.assert_outcomes(passed=3)
+    result.stdout.no_fnmatch_line("*left rows in*")
+
+
+SPY_CONFTEST = """
+    import psycopg
+    import pytest
+
+    SENT = []  # every statement any psycopg cursor sends, dbguard's raw ones included
+    _execute = psycopg.Cursor.execute
+
+    def _spy(self, query, *args, **kwargs):
+        SENT.append(str(query))
+        return _execute(self, query, *args, **kwargs)
+
+    psycopg.Cursor.execute = _spy
+
+    @pytest.fixture
+    def sent():
+        return SENT
+"""
+SPIED_TESTS = """
+    import os
+    from sqlalchemy import create_engine, text
+    from models import Author
+
+    ENGINE = create_engine(os.environ["DBGUARD_URL"])
+    LEAK_QUERIES = ("txid_current_if_assigned", "xmin")
+
+    def test_1_rollback_only(dbguard_session, sent):
+        dbguard_session.add(Author(name="rolled back"))
+        dbguard_session.commit()
+        with ENGINE.connect() as conn:  # the app reads, and does not commit
+            conn.execute(text("SELECT count(*) FROM authors"))
+        sent.clear()
+
+    def test_2_nothing_was_sent_for_test_1(sent):
+        assert not [sql for sql in sent if any(word in sql for word in LEAK_QUERIES)]
+
+    def test_3_app_commits(sent):
+        sent.clear()
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO authors (name) VALUES ('leaked')"))
+
+    def test_4_the_check_ran_for_test_3(sent):
+        assert [word for word in LEAK_QUERIES if any(word in sql for sql in sent)] == list(
+            LEAK_QUERIES
+        )
+"""
+
+
+def test_a_rollback_only_test_sends_no_leak_query(pytester: pytest.Pytester) -> None:
+    """No query is spent on leaks unless an engine that is not dbguard's committed."""
+    pytester.makepyfile(models=LEAK_MODELS, test_spied=SPIED_TESTS)
+    pytester.makeconftest(SPY_CONFTEST)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+    result = run_dbguard(pytester, "-p", "no:randomly")
+    result.assert_outcomes(passed=4, warnings=1)
+    result.stdout.fnmatch_lines(["*test_spied.py::test_3_app_commits left rows in authors: *"])
+
+
+def test_readme_recipe_runs_and_shows_the_real_messages(pytester: pytest.Pytester) -> None:
+    (recipe,) = blocks("Isolation per test", "python")
+    pytester.makepyfile(test_recipe=recipe)
+    run_dbguard(pytester, "--dbguard-url", "sqlite").assert_outcomes(passed=1)
+    section = README.split("### Isolation per test", 1)[1].split("\n### ", 1)[0]
+    shown = [line for line in section.splitlines() if line.startswith(("Foreign", "Leak"))]
+    where = "tests/test_signup.py::test_signup"
+    assert shown == [
+        "ForeignDatabaseError: "
+        + FOREIGN_MESSAGE.format(
+            where=where,
+            database="app",
+            server="127.0.0.1:5432",
+            own="this worker's is 'postgres_dbg_1a2b3c4d_main' on 127.0.0.1:41234",
+        ),
+        "LeakWarning: " + LEAK_MESSAGE.format(where=where, tables="audit_log, users"),
+    ]
