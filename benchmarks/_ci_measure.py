@@ -172,12 +172,12 @@ def summarize(
     fixed_wall = (med(dbg1, "wall") - med(rec1, "wall")) * 1000
     fixed_cpu = (med(dbg1, cpu) - med(rec1, cpu)) * 1000
     print(
-        f"summary {label}: fixed cost (1 test) dbguard - recipe: wall {fixed_wall:+.0f} ms "
+        f"summary: {label}, fixed cost (1 test) dbguard - recipe: wall {fixed_wall:+.0f} ms "
         f"(paired {paired(dbg1, rec1, 'wall', False) * 1000:+.0f}), CPU {fixed_cpu:+.0f} ms "
         f"(paired {paired(dbg1, rec1, cpu, False) * 1000:+.0f}); goal <= +{goals[0]:.0f} ms"
     )
     print(
-        f"summary {label}: {tests} tests ratio dbguard/recipe: wall "
+        f"summary: {label}, {tests} tests ratio dbguard/recipe: wall "
         f"x{med(dbgn, 'wall') / med(recn, 'wall'):.3f} (paired x{paired(dbgn, recn, 'wall', True):.3f}), "
         f"CPU x{med(dbgn, cpu) / med(recn, cpu):.3f} (paired x{paired(dbgn, recn, cpu, True):.3f}); "
         f"goal <= {goals[1]:.2f}"
@@ -190,7 +190,7 @@ def summarize(
         ]
     goal = f"; goal <= +{goals[2]} ms" if goals[2] is not None else ""
     print(
-        f"summary {label}: per-test slope ({tests} - 1 tests)/{tests - 1}: wall "
+        f"summary: {label}, per-test slope ({tests} - 1 tests)/{tests - 1}: wall "
         f"{slopes['wall'][0]:.2f} vs {slopes['wall'][1]:.2f} ms "
         f"({slopes['wall'][0] - slopes['wall'][1]:+.2f}), CPU {slopes[cpu][0]:.2f} vs "
         f"{slopes[cpu][1]:.2f} ms ({slopes[cpu][0] - slopes[cpu][1]:+.2f}){goal}"

@@ -117,6 +117,9 @@ def _imports(suite: Path, env: dict[str, str], plugins: list[str]) -> dict[str, 
     done = subprocess.run(command, cwd=suite, env=env, capture_output=True, text=True)
     lines = [m for m in map(IMPORT_LINE.match, done.stderr.splitlines()) if m]
     entries = [(int(m.group(2)) / 1000, len(m.group(3)) // 2, m.group(4)) for m in lines]
+    own = {
+        m.group(4): int(m.group(1)) / 1000 for m in lines if m.group(4).startswith("pytest_dbguard")
+    }
     top = sorted(((ms, name) for ms, depth, name in entries if depth == 0), reverse=True)
     chains = {}
     for index, (ms, depth, name) in enumerate(entries):
@@ -129,7 +132,7 @@ def _imports(suite: Path, env: dict[str, str], plugins: list[str]) -> dict[str, 
                 if level == 0:
                     break
             chains[name] = (ms, " <- ".join(chain))
-    return {"total": sum(ms for ms, _ in top), "top": top[:12], "chains": chains}
+    return {"total": sum(ms for ms, _ in top), "top": top[:12], "chains": chains, "own": own}
 
 
 def _cprofile(suite: Path, env: dict[str, str], tmp: Path, plugins: list[str]) -> None:
@@ -155,7 +158,70 @@ def _cprofile(suite: Path, env: dict[str, str], tmp: Path, plugins: list[str]) -
         print(external.hide(body[start:].rstrip() if start >= 0 else body.rstrip()))
 
 
-def profile(tmp: Path, server: external.ExternalServer) -> None:
+PACKAGES = ("pytest_dbguard", "sqlalchemy", "psycopg", "_pytest", "pluggy")
+
+
+def _tottime_by_package(path: Path) -> dict[str, float]:
+    """Seconds of own time per package, and psycopg cursor executions (round trips) as "executes"."""
+    totals = dict.fromkeys((*PACKAGES, "other", "executes"), 0.0)
+    stats: dict[Any, Any] = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    for (file, _line, function), (_cc, calls, tottime, _ct, _callers) in stats.items():
+        package = next((name for name in PACKAGES if f"/{name}/" in file), "other")
+        totals[package] += tottime
+        if (
+            "/psycopg/" in file
+            and file.endswith("cursor.py")
+            and function in ("execute", "executemany")
+        ):
+            totals["executes"] += calls
+        if package == "pytest_dbguard":
+            key = f"{Path(file).stem}.{function}"
+            totals[key] = totals.get(key, 0.0) + tottime
+    return totals
+
+
+def _per_test(tmp: Path, server: external.ExternalServer, tests: int) -> None:
+    """cProfile of 1- and N-test runs of each side: per-test own time by package, round trips."""
+    slopes = {}
+    for who in ("dbguard", "recipe"):
+        plugins = ["pytest_dbguard"] if who == "dbguard" else []
+        env = common.sealed_env({"DBGUARD_URL" if plugins else "DATABASE_URL": server.url()})
+        totals = []
+        for count in (1, tests):
+            suite = orm_suite(tmp / f"p_{who}_{count}", count, bool(plugins))
+            out = tmp / f"p_{who}_{count}.prof"
+            command = common.pytest_command(plugins=plugins)
+            command[1:1] = ["-m", "cProfile", "-o", str(out)]
+            common.run_pytest(suite, command, env=env)
+            totals.append(_tottime_by_package(out))
+        slopes[who] = {
+            key: (totals[1].get(key, 0.0) - totals[0].get(key, 0.0)) / (tests - 1)
+            for key in totals[1]
+        }
+    own = sorted(
+        ((value, key) for key, value in slopes["dbguard"].items() if "." in key), reverse=True
+    )
+    print(
+        "\nper test under cProfile, dbguard's functions with the most own time (ms): "
+        + ", ".join(f"{key} {value * 1000:.3f}" for value, key in own[:8])
+    )
+    rows = [
+        [key, *(f"{slopes[who][key] * (1 if key == 'executes' else 1000):.3f}" for who in slopes)]
+        for key in slopes["recipe"]
+    ]
+    rows.append(
+        [
+            "all (ms)",
+            *(f"{sum(slopes[w][k] for k in (*PACKAGES, 'other')) * 1000:.3f}" for w in slopes),
+        ]
+    )
+    print(
+        f"\nper test under cProfile, ({tests}-test run - 1-test run) / {tests - 1}: own time (ms) by package, psycopg executes"
+    )
+    print(common.table(["package", "dbguard", "recipe"], rows))
+
+
+def profile(tmp: Path, server: external.ExternalServer, tests: int = 300) -> None:
     common.banner("p. profile of the 1-test external run")
     dbguard = orm_suite(tmp / "p_dbguard", 1, True)
     recipe = orm_suite(tmp / "p_recipe", 1, False)
@@ -176,6 +242,13 @@ def profile(tmp: Path, server: external.ExternalServer) -> None:
             print(f"  {ms:8.1f} ms  {name}")
         for name, (ms, chain) in result["chains"].items():
             print(f"  first import of {name}: {ms:.1f} ms cumulative, {chain}")
+        if result["own"]:
+            mine = sorted(result["own"].items(), key=lambda item: -item[1])
+            print(
+                f"  pytest_dbguard's own modules (self time): {sum(result['own'].values()):.1f} ms; "
+                + ", ".join(f"{name.split('.')[-1]} {ms:.1f}" for name, ms in mine[:8])
+            )
     _cprofile(dbguard, dbguard_env, tmp, ["pytest_dbguard"])
     _cprofile(recipe, recipe_env, tmp, [])
+    _per_test(tmp, server, tests)
     print(f"[{common.load()} after the profile]")

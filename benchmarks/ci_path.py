@@ -320,7 +320,7 @@ def main() -> None:
         if "p" in parts:
             import _ci_profile
 
-            _ci_profile.profile(tmp, server)
+            _ci_profile.profile(tmp, server, args.tests)
     print(f"\nmachine: {common.machine_note()}")
 
 
