@@ -25,6 +25,7 @@ MODEST: dict[str, list[str]] = {
     # Three runs: a median of two is a mean, and one stalled run of a shared VM moves it.
     "peers.py": ["--tests", "60", "--xdist-tests", "600", "--runs", "3"],
     "foundation.py": ["--tests", "300"],
+    "ci_path.py": ["--runs", "3"],
     "guards_overhead.py": ["--tests", "300"],
     "proxy_overhead.py": ["-n", "1000", "--orm", "200"],
     "readiness_lag.py": ["--runs", "5"],
