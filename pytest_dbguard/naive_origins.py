@@ -8,6 +8,7 @@ attribute, on which line, got each naive value. SQLAlchemy is imported when used
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -78,7 +79,10 @@ class Place:
     module_globals: dict[str, Any]
 
     def __str__(self) -> str:
-        relative = os.path.relpath(self.filename)
+        try:
+            relative = os.path.relpath(self.filename)
+        except ValueError:  # another drive on Windows
+            relative = ".."
         return f"{self.filename if relative.startswith('..') else relative}:{self.lineno}"
 
 
@@ -163,12 +167,15 @@ class Assignments:
     def remove(self) -> None:
         """Stop listening and forget what was recorded."""
         from sqlalchemy import event
+        from sqlalchemy.exc import InvalidRequestError
         from sqlalchemy.orm import Mapper
 
         if self.installed:
             event.remove(Mapper, _mapper_event(), self._on_mapper)
             for attribute in self._listened:
-                event.remove(attribute, "set", self._on_set)
+                # Gone with its mapper (clear_mappers): nothing left to remove.
+                with contextlib.suppress(InvalidRequestError):
+                    event.remove(attribute, "set", self._on_set)
             self._listened.clear()
             self._origins.clear()
             self.installed = False
