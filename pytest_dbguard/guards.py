@@ -64,6 +64,7 @@ def _watch_naive(state: _GuardState, where: str) -> NaiveDatetimeGuard | None:
         state.naive.install()
     if state.naive is not None:
         state.naive.where = where
+        state.naive.watch_models()  # the ORM may have been imported since
     return state.naive
 
 

@@ -61,12 +61,14 @@ class HiddenModules:
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
         """Meta path hook: refuse hidden modules, let every other import through."""
+        __tracebackhide__ = True  # the failure is the user's import, not this hook
         if self.hides(fullname):
             self._note_dependants()
             message = HIDDEN_MESSAGE.format(name=fullname, where=self.where)
             raise ModuleNotFoundError(message, name=fullname)
 
     def _util_find_spec(self, name: str, package: str | None = None) -> Any:
+        __tracebackhide__ = True
         fullname = importlib.util.resolve_name(name, package) if name.startswith(".") else name
         if self.hides(fullname):
             self._note_dependants()
@@ -76,6 +78,7 @@ class HiddenModules:
     def _tracking_import(
         self, name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
     ) -> Any:
+        __tracebackhide__ = True  # every import in the test passes here while modules are hidden
         module = self._import(name, globals, locals, fromlist, level)
         importer = str(globals.get("__name__")) if isinstance(globals, dict) else ""
         if (self._tainted or self._reloaded) and self._is_new(importer):

@@ -100,7 +100,7 @@ stamped = Table(
     Column("id", Integer, primary_key=True),
     Column("label", String(20)),
     # The classic source of naive datetimes: a Python-side default.
-    Column("at", DateTime, default=datetime.datetime.utcnow),
+    Column("at", DateTime(timezone=True), default=datetime.datetime.utcnow),
 )
 
 
@@ -143,11 +143,26 @@ def _text(engine: Engine, value: datetime.datetime) -> None:
 
 
 WAYS: list[object] = [
-    pytest.param(_orm_add, "'created_at' of 'INSERT INTO guard_events (created_at)*", id="orm"),
-    pytest.param(_core_insert, "'created_at' of 'INSERT INTO guard_events*", id="core-insert"),
-    pytest.param(_executemany, "'created_at' of 'INSERT INTO guard_events*", id="executemany"),
+    pytest.param(
+        _orm_add,
+        "'created_at' (Event.created_at, set at tests/test_guards.py:*) of "
+        "'INSERT INTO guard_events (created_at)*",
+        id="orm",
+    ),
+    pytest.param(
+        _core_insert,
+        "'created_at' (Event.created_at) of 'INSERT INTO guard_events*",
+        id="core-insert",
+    ),
+    pytest.param(
+        _executemany,
+        "'created_at' (Event.created_at) of 'INSERT INTO guard_events*",
+        id="executemany",
+    ),
     pytest.param(_where, "'created_at_1' of 'SELECT guard_events.id*WHERE*", id="where"),
-    pytest.param(_text, "'cutoff' of 'SELECT id FROM guard_events WHERE*", id="text"),
+    pytest.param(
+        _text, "'cutoff' (type unknown) of 'SELECT id FROM guard_events WHERE*", id="text"
+    ),
 ]
 
 
@@ -187,7 +202,7 @@ def test_naive_guard_is_silent_on_aware_values(
 def test_naive_guard_catches_python_side_defaults(sqlite_engine: Engine) -> None:
     with (
         NaiveDatetimeGuard("warn"),
-        pytest.warns(NaiveDatetimeWarning, match="'at' of 'INSERT"),
+        pytest.warns(NaiveDatetimeWarning, match=r"'at' \(guard_stamped\.at\) of 'INSERT"),
         sqlite_engine.connect() as conn,
     ):
         conn.execute(insert(stamped).values(label="x"))
@@ -197,7 +212,7 @@ def test_naive_guard_error_aborts_the_statement(sqlite_engine: Engine) -> None:
     with sqlite_engine.connect() as conn:
         with NaiveDatetimeGuard("error", where="t"), pytest.raises(NaiveDatetimeError) as raised:
             conn.execute(insert(Event).values(created_at=NAIVE))
-        assert "'created_at' of 'INSERT INTO guard_events" in str(raised.value)
+        assert "'created_at' (Event.created_at) of 'INSERT INTO guard_events" in str(raised.value)
         assert "to warn or off" in str(raised.value)
         assert conn.execute(text("SELECT count(*) FROM guard_events")).scalar() == 0
 
@@ -245,8 +260,15 @@ def test_naive_guard_on_postgresql_reports_insertmanyvalues_once(pg_url: str) ->
         engine.dispose()
     assert [str(warning.message) for warning in recorded] == guard.reports
     assert len(guard.reports) == 2
-    assert "'created_at' of 'INSERT INTO guard_events (created_at)" in guard.reports[0]
-    assert "'#1' of 'SELECT count(*) FROM guard_events WHERE created_at < %s'" in guard.reports[1]
+    # The rows were made before the guard started: the attribute is named, the line is not known.
+    assert (
+        "'created_at' (Event.created_at) of 'INSERT INTO guard_events (created_at)"
+        in (guard.reports[0])
+    )
+    assert (
+        "'#1' (type unknown) of 'SELECT count(*) FROM guard_events WHERE created_at < %s'"
+        in guard.reports[1]
+    )
 
 
 def test_naive_guard_and_counter_on_an_async_engine(pg_url: str) -> None:
@@ -265,7 +287,10 @@ def test_naive_guard_and_counter_on_an_async_engine(pg_url: str) -> None:
     with (
         QueryCounter() as counter,
         NaiveDatetimeGuard("warn") as guard,
-        pytest.warns(NaiveDatetimeWarning, match="'created_at' of 'INSERT INTO guard_events"),
+        pytest.warns(
+            NaiveDatetimeWarning,
+            match=r"'created_at' \(Event\.created_at\) of 'INSERT INTO guard_events",
+        ),
     ):
         asyncio.run(scenario())
     assert len(guard.reports) == 1
@@ -529,13 +554,14 @@ def test_naive_datetime_modes(pytester: pytest.Pytester, mode: str, source: str)
     result = run_dbguard(pytester, "--dbguard-url", "sqlite", *args)
     statement = "'INSERT INTO events (name, created_at) VALUES (?, ?)*'"
     where = "during test_naive.py::test_orm_insert"
+    parameter = "parameter 'created_at' (Event.created_at, set at test_naive.py:5)"
     if mode == "warn":
         result.assert_outcomes(passed=1, warnings=1)
         result.stdout.fnmatch_lines(
             [
                 "*warnings summary*",
                 "test_naive.py::test_orm_insert",
-                "*NaiveDatetimeWarning: naive datetime bound as parameter 'created_at' of "
+                f"*test_naive.py:5: NaiveDatetimeWarning: naive datetime bound as {parameter} of "
                 f"{statement} {where}; * to off.",
             ]
         )
@@ -543,7 +569,7 @@ def test_naive_datetime_modes(pytester: pytest.Pytester, mode: str, source: str)
         result.assert_outcomes(failed=1)
         result.stdout.fnmatch_lines(
             [
-                "*NaiveDatetimeError: naive datetime bound as parameter 'created_at' of "
+                f"*NaiveDatetimeError: naive datetime bound as {parameter} of "
                 f"{statement} {where}; * to warn or off.",
             ]
         )
@@ -613,7 +639,8 @@ def test_naive_and_aware_datetimes_every_way_on_postgresql(
         result.stdout.fnmatch_lines([f"test_ways.py::test_{name}?naive? FAILED*"])
     result.stdout.fnmatch_lines(
         [
-            "*NaiveDatetimeError: naive datetime bound as parameter 'created_at' of "
+            "*NaiveDatetimeError: naive datetime bound as parameter 'created_at' "
+            "(Event.created_at, set at test_ways.py:19) of "
             "'INSERT INTO events (name, created_at) VALUES (%(name)s::VARCHAR, *' "
             "during test_ways.py::test_orm?naive?; *",
         ]
@@ -629,7 +656,8 @@ def test_naive_and_aware_datetimes_every_way_on_postgresql(
         [
             "*dbguard_naive_datetime = error: 1 statement(s) with a naive datetime were aborted, "
             "and the code under test caught the error:",
-            "*'created_at' of 'INSERT INTO events*during test_ways.py::test_swallowed?naive?*",
+            "*'created_at' (Event.created_at) of 'INSERT INTO events*"
+            "during test_ways.py::test_swallowed?naive?*",
         ]
     )
 
