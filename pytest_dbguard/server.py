@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+from pytest_dbguard import cluster_auth
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.machine import (
     cache_root,
@@ -34,11 +35,11 @@ from pytest_dbguard.machine import (
     process_alive,
     server_user,
     storage_root,
+    sweep_stale,
 )
 from pytest_dbguard.urls import DatabaseURL
 
-SUPERUSER: Final = "postgres"
-STALE_AFTER: Final = 60.0  # seconds before an orphaned run folder may be swept
+SUPERUSER: Final = cluster_auth.SUPERUSER
 SERVER_SETTINGS: Final = (
     "fsync=off",
     "synchronous_commit=off",
@@ -46,7 +47,7 @@ SERVER_SETTINGS: Final = (
     "max_connections=300",
     "shared_buffers=64MB",
     "listen_addresses=127.0.0.1",
-    "unix_socket_permissions=0777",
+    "unix_socket_permissions=0700",  # and the socket's folder is 0700 too: see cluster_auth
     "log_min_messages=warning",
     "autovacuum=off",
 )
@@ -57,6 +58,7 @@ MISSING_BINARIES: Final = (
 )
 # The server's process lays out its data folder first (initdb on a cache miss, a copy), then
 # becomes the server (same pid, same parent-death signal): pytest does not wait for either.
+PASSWORD_FAILED: Final = 96
 COPY_FAILED: Final = 97
 INITDB_FAILED: Final = 98
 INITDB_FAILED_MESSAGE: Final = (
@@ -85,6 +87,8 @@ class EmbeddedCluster:
     port: int
     keep: bool = False  # --dbguard-reuse: survive the run, detached from pytest
     user: tuple[int, int] | None = dataclasses.field(default_factory=server_user)
+    # The superuser's password for TCP (scram-sha-256), set before the server first listens.
+    password: str = dataclasses.field(default_factory=cluster_auth.new_password, repr=False)
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0  # time.time() of the launch
     # The first launch lays out the data folder in the server's own process: initdb on a cache
@@ -101,9 +105,9 @@ class EmbeddedCluster:
         return self.root / "server.log"
 
     def url(self, driver: str | None = None) -> DatabaseURL:
-        """The maintenance URL (database ``postgres``, trust authentication on loopback)."""
+        """The maintenance URL over TCP (database ``postgres``, the superuser with its password)."""
         return DatabaseURL(
-            "postgresql", driver, SUPERUSER, None, "127.0.0.1", self.port, "postgres"
+            "postgresql", driver, SUPERUSER, self.password, "127.0.0.1", self.port, "postgres"
         )
 
     def initialise(self) -> None:
@@ -113,9 +117,10 @@ class EmbeddedCluster:
         fresh initdb. Either runs in the server's own process at :meth:`launch`, so pytest goes on
         importing conftests and collecting meanwhile; :meth:`fill_cache` keeps a fresh initdb.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o755)
+        # A fresh name inside our private storage root: mkdir fails rather than reuse anything.
+        os.mkdir(self.root, 0o700)
         self._own(self.root)
+        cluster_auth.write_hba(self.root, self.user)
         self.datadir.mkdir(mode=0o700)
         self._own(self.datadir)
         if not (self.initdb_cache / "PG_VERSION").exists():
@@ -126,7 +131,7 @@ class EmbeddedCluster:
 
     def _own(self, folder: Path) -> None:
         if self.user is not None:
-            os.chown(folder, *self.user)
+            os.chown(folder, *self.user, follow_symlinks=False)
 
     @property
     def _scratch(self) -> Path:
@@ -177,7 +182,12 @@ class EmbeddedCluster:
             source, source_fd = self._copy_source(self.initdb_cache)
         target = shlex.quote(str(self.datadir))
         steps.append(f"cp -a -- {shlex.quote(source + '/.')} {target} || exit {COPY_FAILED}")
-        return "; ".join([*steps, 'exec "$@"']), source_fd
+        # The superuser's password, set in single-user mode before the server listens on TCP:
+        # the statement (a verifier, not the password) comes on stdin, never in argv.
+        single = [str(self.bindir / "postgres"), "--single", "-D", str(self.datadir)]
+        single += [*cluster_auth.SINGLE_USER_SETTINGS, SUPERUSER]
+        steps.append(f"{shlex.join(single)} || exit {PASSWORD_FAILED}")
+        return "; ".join([*steps, 'exec "$@" </dev/null']), source_fd
 
     def launch(self) -> None:
         """Start the server process and return at once; :meth:`wait_started` or a readiness check follows."""
@@ -189,19 +199,23 @@ class EmbeddedCluster:
             str(self.port),
             "-k",
             str(self.root),
+            "-c",
+            f"hba_file={cluster_auth.hba_path(self.root)}",
         ]
         for setting in SERVER_SETTINGS:
             command += ["-c", setting]
         server = command[0]
         source_fd: int | None = None
+        statement: bytes | None = None  # the prelude's single-user step reads it on stdin
         if self._pending_copy:
             prelude, source_fd = self._prelude()
             command = ["sh", "-c", prelude, "dbguard-postgres", *command]
+            statement = cluster_auth.password_statement(self.password)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         try:
             self.process = subprocess.Popen(
                 command,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if statement is None else subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=child_setup(self.user, die_with_parent=not self.keep),
@@ -209,6 +223,7 @@ class EmbeddedCluster:
                 # Ctrl-C in the terminal goes to pytest, which stops the server in order.
                 start_new_session=True,
                 pass_fds=() if source_fd is None else (source_fd,),
+                env=cluster_auth.server_environment(self.password),
             )
         except OSError as error:
             raise ServerError(f"Could not start {server}: {error}") from error
@@ -216,6 +231,11 @@ class EmbeddedCluster:
             log.close()
             if source_fd is not None:
                 os.close(source_fd)
+        if statement is not None and self.process.stdin is not None:
+            with contextlib.suppress(OSError):  # a prelude that failed early: exited_early says why
+                self.process.stdin.write(statement)
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
         self._pending_copy = self._pending_initdb = False
         self.started_at = time.time()
         self._write_state()
@@ -242,6 +262,11 @@ class EmbeddedCluster:
         if self.process is not None and self.process.poll() is not None:
             if self.process.returncode == INITDB_FAILED:
                 return INITDB_FAILED_MESSAGE.format(folder=self._scratch, log=self.log_tail())
+            if self.process.returncode == PASSWORD_FAILED:
+                return (
+                    "Could not set the embedded server's password (PostgreSQL single-user mode) "
+                    f"in {self.datadir}. Log tail:\n{self.log_tail()}"
+                )
             if self.process.returncode == COPY_FAILED:
                 return (
                     f"Could not copy the initialised data folder into {self.datadir}. "
@@ -252,8 +277,13 @@ class EmbeddedCluster:
 
     def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return "(no log)"
+            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+            if tail:
+                return "\n".join(tail)
+        return (
+            f"(the log {self.log_path} is empty or missing: is {self.root.parent} full or "
+            f"read-only? `df -h {self.root.parent}`; set TMPDIR to a folder with room)"
+        )
 
     def start_ms(self) -> float | None:
         """Launch to accepting connections (data folder laid out, server up), in ms; None if unknown.
@@ -314,8 +344,9 @@ class EmbeddedCluster:
             "port": self.port,
             "pid": self.process.pid if self.process else None,
             "root": str(self.root),
+            "password": self.password,  # for the run that adopts a --dbguard-reuse cluster
         }
-        (self.root / "dbguard.json").write_text(json.dumps(state))
+        cluster_auth.write_private(self.root / "dbguard.json", json.dumps(state))
 
 
 def _wait_group_gone(group: int, timeout: float) -> None:
@@ -338,18 +369,23 @@ def _wait_gone(pid: int, process: subprocess.Popen[bytes] | None, timeout: float
 
 
 def sweep_orphans(root: Path) -> None:
-    """Remove run folders whose server is gone (a run killed with SIGKILL cannot clean up itself)."""
-    if not root.is_dir():
-        return
-    now = time.time()
-    for run_dir in root.iterdir():
-        if run_dir.name.startswith("reuse-") or now - run_dir.stat().st_mtime < STALE_AFTER:
-            continue
-        pid_file = run_dir / "data" / "postmaster.pid"
+    """Remove run folders whose server is gone (a run killed with SIGKILL cannot clean up itself).
+
+    Only folders of ours (owned by this user or the server's user), never links, never a kept
+    ``--dbguard-reuse`` cluster or a SQLite run's folder.
+    """
+    user = server_user()
+    owners = {os.geteuid(), *([user[0]] if user else [])}
+
+    def alive(run_dir: Path) -> bool:
+        if run_dir.name.startswith("reuse-") or run_dir.name.endswith("-sqlite"):
+            return True
         with contextlib.suppress(OSError, ValueError, IndexError):
-            if process_alive(int(pid_file.read_text().splitlines()[0])):
-                continue  # still running
-        shutil.rmtree(run_dir, ignore_errors=True)
+            pid_file = run_dir / "data" / "postmaster.pid"
+            return process_alive(int(pid_file.read_text().splitlines()[0]))
+        return False
+
+    sweep_stale(root, owners, alive)
 
 
 def prepare_cluster(
@@ -363,8 +399,6 @@ def prepare_cluster(
     if bindir is None:
         raise ServerError(MISSING_BINARIES)
     root = storage_root()
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o755)
     if reuse_key is None:
         sweep_orphans(root)
         cluster = EmbeddedCluster(bindir=bindir, root=root / run, port=free_port())
@@ -391,6 +425,12 @@ def _adopt(bindir: Path, root: Path) -> EmbeddedCluster | None:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         state = json.loads((root / "dbguard.json").read_text())
         cluster = EmbeddedCluster(bindir=bindir, root=root, port=int(state["port"]), keep=True)
+        if not isinstance(state.get("password"), str):  # kept by a version without passwords
+            pid = cluster.postmaster_pid()
+            if pid is not None and command_name(pid) == "postgres":
+                cluster.stop()
+            return None
+        cluster.password = state["password"]
         pid = cluster.postmaster_pid()
         if pid is not None:
             os.kill(pid, 0)
