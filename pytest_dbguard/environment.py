@@ -312,9 +312,7 @@ def embedded_cluster(config: pytest.Config) -> EmbeddedCluster | None:
         keep = config.stash[dbguard_config.settings_key].reuse
         password = plan.server_url.password or ""
         config.stash[_worker_cluster_key] = (
-            EmbeddedCluster(
-                Path(bindir), Path(root), port or 5432, keep=keep, password=password
-            )
+            EmbeddedCluster(Path(bindir), Path(root), port or 5432, keep=keep, password=password)
             if root and bindir
             else None
         )

@@ -250,3 +250,24 @@ def process_started_at(pid: int) -> float | None:
     except (OSError, ValueError, IndexError, StopIteration):
         return None
     return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_group_gone(group: int, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds until no process of process group ``group`` runs."""
+    deadline = time.monotonic() + timeout
+    while group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def wait_gone(pid: int, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``pid`` (our child ``process``, if given) to end; then SIGKILL."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None:
+            if process.poll() is not None:
+                return
+        elif not process_alive(pid):
+            return
+        time.sleep(0.005)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

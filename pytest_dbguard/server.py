@@ -3,6 +3,9 @@
 Works without pytest. Tuned for tests (no fsync, no synchronous commit, no full page writes),
 kept on RAM-backed storage when there is room, started from a cached, already initialised data
 folder instead of running initdb each time, and run as an unprivileged user when we are root.
+Closed to every other local account: its run folder (with the socket) is private, and TCP needs
+a per-run password (see ``cluster_auth``); the run folders live in a private folder of ours in a
+shared place (``machine.storage_root``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shlex
@@ -18,24 +20,23 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Final
 
-from pytest_dbguard import cluster_auth
+from pytest_dbguard import cluster_auth, initdb_cache
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.machine import (
-    cache_root,
     child_setup,
     command_name,
     find_bindir,
     free_port,
-    group_alive,
     process_alive,
     server_user,
     storage_root,
     sweep_stale,
+    wait_gone,
+    wait_group_gone,
 )
 from pytest_dbguard.urls import DatabaseURL
 
@@ -65,17 +66,6 @@ INITDB_FAILED_MESSAGE: Final = (
     "initdb failed in {folder}. The PostgreSQL binaries must be executable by the user the server "
     "runs as (when pytest runs as root: 'postgres'), and the folder writable. Log tail:\n{log}"
 )
-
-
-def _copy_tree(source: Path, target: Path) -> None:
-    # `cp -a` keeps owners and modes and is several times faster than shutil.copytree here.
-    result = subprocess.run(
-        ["cp", "-a", f"{source}/.", str(target)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise ServerError(
-            f"Could not copy the cached data folder {source} to {target}: {result.stderr.strip()}"
-        )
 
 
 @dataclasses.dataclass
@@ -141,29 +131,11 @@ class EmbeddedCluster:
 
     @property
     def initdb_cache(self) -> Path:
-        # Keyed by the binary itself (path, size, mtime): an upgrade gets a fresh cache, and no
-        # `postgres --version` subprocess is needed on the hot path.
-        binary = (self.bindir / "postgres").resolve().stat()
-        key = hashlib.sha1(
-            f"{self.bindir.resolve()}:{binary.st_size}:{binary.st_mtime_ns}".encode()
-        ).hexdigest()[:10]
-        return cache_root() / f"initdb-{key}-{self.user[0] if self.user else os.geteuid()}"
+        return initdb_cache.cache_path(self.bindir, self.user)
 
     def fill_cache(self) -> None:
         """Keep this run's initdb output for later runs (best effort; call once the server answered)."""
-        scratch = self._scratch
-        if not (scratch / "PG_VERSION").exists():
-            return
-        cached = self.initdb_cache
-        with contextlib.suppress(OSError):
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=cached.name + ".", dir=cached.parent))
-            try:
-                _copy_tree(scratch, staging)
-                os.rename(staging, cached)
-            except (OSError, ServerError):  # another run cached it first, or the disk is full
-                shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(scratch, ignore_errors=True)
+        initdb_cache.fill(self._scratch, self.initdb_cache)
 
     def _prelude(self) -> tuple[str, int | None]:
         """The shell steps that lay out the data folder before the server starts, and the folder
@@ -316,9 +288,9 @@ class EmbeddedCluster:
                     os.killpg(pid, signal.SIGKILL)
                 else:
                     os.kill(pid, mode)
-            _wait_gone(pid, self.process, timeout=15)
+            wait_gone(pid, self.process, timeout=15)
             if prelude:  # cp or initdb may outlive the shell by a moment, writing into the folder
-                _wait_group_gone(pid, timeout=15)
+                wait_group_gone(pid, timeout=15)
         self.process = None
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -347,25 +319,6 @@ class EmbeddedCluster:
             "password": self.password,  # for the run that adopts a --dbguard-reuse cluster
         }
         cluster_auth.write_private(self.root / "dbguard.json", json.dumps(state))
-
-
-def _wait_group_gone(group: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while group_alive(group) and time.monotonic() < deadline:
-        time.sleep(0.005)
-
-
-def _wait_gone(pid: int, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None:
-            if process.poll() is not None:
-                return
-        elif not process_alive(pid):
-            return
-        time.sleep(0.005)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def sweep_orphans(root: Path) -> None:
