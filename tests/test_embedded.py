@@ -121,6 +121,21 @@ def _bindir_with(name: str, script: str) -> Path:
     return bindir
 
 
+def test_failed_password_step_shows_its_log(pytester: pytest.Pytester) -> None:
+    # Single-user mode, which gives the superuser its password before the server listens, fails.
+    bindir = _bindir_with(
+        "postgres",
+        'case "$1" in --single) echo "single-user mode broke"; exit 1;; esac; exec {real} "$@"',
+    )
+    pytester.makepyfile("def test_never(dbguard_engine): pass")
+    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20")
+    shutil.rmtree(bindir)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*Could not set the embedded server's password*Log tail:*", "single-user mode broke"]
+    )
+
+
 def test_server_that_fails_to_start_shows_its_log(pytester: pytest.Pytester) -> None:
     # The real postgres, given a setting it rejects: a genuine start failure.
     # Single-user mode (the password step before the server starts) runs untouched.
