@@ -62,6 +62,12 @@ MISSING_BINARIES: Final = (
 PASSWORD_FAILED: Final = 96
 COPY_FAILED: Final = 97
 INITDB_FAILED: Final = 98
+PASSWORD_FAILED_MESSAGE: Final = (
+    "Could not set the embedded server's password (PostgreSQL single-user mode) in {folder}. "
+    "The postgres binary in {bindir} must run as the server's user (when pytest runs as root: "
+    "'postgres'); point --dbguard-pg-bindir (ini dbguard_pg_bindir) at a working installation, "
+    "or use a server of your own with --dbguard-url. Log tail:\n{log}"
+)
 INITDB_FAILED_MESSAGE: Final = (
     "initdb failed in {folder}. The PostgreSQL binaries must be executable by the user the server "
     "runs as (when pytest runs as root: 'postgres'), and the folder writable. Log tail:\n{log}"
@@ -235,9 +241,8 @@ class EmbeddedCluster:
             if self.process.returncode == INITDB_FAILED:
                 return INITDB_FAILED_MESSAGE.format(folder=self._scratch, log=self.log_tail())
             if self.process.returncode == PASSWORD_FAILED:
-                return (
-                    "Could not set the embedded server's password (PostgreSQL single-user mode) "
-                    f"in {self.datadir}. Log tail:\n{self.log_tail()}"
+                return PASSWORD_FAILED_MESSAGE.format(
+                    folder=self.datadir, bindir=self.bindir, log=self.log_tail()
                 )
             if self.process.returncode == COPY_FAILED:
                 return (
