@@ -354,7 +354,7 @@ def provision_sqlite(
 ) -> Provisioned:
     """Create the worker's SQLite file, copied from the template file (built once per run)."""
     target = Path(test_url.database or "")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, exist_ok=True)  # in our private folder (run_plan)
     started = time.perf_counter()
     if build is not None:
         with open(template.with_suffix(".lock"), "w") as lock:

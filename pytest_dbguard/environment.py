@@ -313,8 +313,9 @@ def embedded_cluster(config: pytest.Config) -> EmbeddedCluster | None:
         origin = json.loads(os.environ.get(ORIGIN_VAR) or "{}")
         root, bindir, port = origin.get("embedded_root"), origin.get("bindir"), plan.server_url.port
         keep = config.stash[dbguard_config.settings_key].reuse
+        password = plan.server_url.password or ""
         config.stash[_worker_cluster_key] = (
-            EmbeddedCluster(Path(bindir), Path(root), port or 5432, keep=keep)
+            EmbeddedCluster(Path(bindir), Path(root), port or 5432, keep=keep, password=password)
             if root and bindir
             else None
         )

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import glob
 import os
 import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
@@ -24,6 +27,22 @@ from pytest_dbguard.exceptions import ServerError
 
 RAM_DIR: Final = Path("/dev/shm")
 RAM_MIN_FREE: Final = 512 * 1024 * 1024  # containers often give /dev/shm only 64 MiB
+# A run folder holds a copy of the initialised data folder (about 30 MiB) and the WAL it grows.
+DISK_MIN_FREE: Final = 96 * 1024 * 1024
+STALE_AFTER: Final = 60.0  # seconds before an orphaned run folder may be swept
+_MIB: Final = 1024 * 1024
+NOT_OURS: Final = (
+    "dbguard will not use {path}: it is {what}, and dbguard keeps its server's files only in a "
+    "folder it created itself, owned by this user (uid {uid}) and closed to others. Someone or "
+    "something else made it, possibly to redirect this run's files. Remove it (as its owner or "
+    "root: `rm -r {path}`) and run again, or use a server of your own with --dbguard-url "
+    "(DBGUARD_URL, ini dbguard_url)."
+)
+NO_STORAGE: Final = (
+    "dbguard found no folder for the embedded server's files ({tried}). Free some space there, "
+    "or set TMPDIR to a writable folder with at least {need} MiB free, or use a server of your "
+    "own with --dbguard-url (DBGUARD_URL, ini dbguard_url)."
+)
 _PR_SET_PDEATHSIG: Final = 1
 
 
@@ -143,13 +162,85 @@ def child_setup(user: tuple[int, int] | None, die_with_parent: bool) -> Callable
     return setup
 
 
+def private_folder(path: Path) -> Path:
+    """``path``, a folder of ours in a shared place such as /dev/shm or /tmp, made safe to use.
+
+    Created 0700 if missing; never followed when it is a symbolic link; it must be a folder owned
+    by this user, else ServerError (an OSError such as a read-only file system passes through).
+    As root the mode is 0711: the server runs as another user (``server_user``), which must pass
+    through this folder to its own 0700 run folder inside; others may pass but not list it, and
+    every run folder in it is closed to them.
+    """
+    mode = 0o711 if os.geteuid() == 0 else 0o700
+    with contextlib.suppress(FileExistsError):  # mkdir never follows a link at the last step
+        os.mkdir(path, mode)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        what = "a symbolic link" if os.path.islink(path) else "not a folder"
+        raise ServerError(NOT_OURS.format(path=path, what=what, uid=os.geteuid())) from None
+    try:
+        info = os.fstat(descriptor)
+        if info.st_uid != os.geteuid():
+            what = f"owned by {_user_name(info.st_uid)}, not by this user"
+            raise ServerError(NOT_OURS.format(path=path, what=what, uid=os.geteuid()))
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.fchmod(descriptor, mode)  # the folder we checked, not whatever the path names now
+    finally:
+        os.close(descriptor)
+    return path
+
+
+def _user_name(uid: int) -> str:
+    with contextlib.suppress(KeyError):
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    return f"uid {uid}"
+
+
+def shared_root(base: Path) -> Path:
+    """This user's private folder ``pytest-dbguard-<uid>`` in the shared folder ``base``."""
+    return private_folder(base / f"pytest-dbguard-{os.geteuid()}")
+
+
 def storage_root() -> Path:
-    """Where run folders live: RAM-backed /dev/shm when it has room, else the temp folder."""
-    with contextlib.suppress(OSError):
-        stats = os.statvfs(RAM_DIR)
-        if stats.f_bavail * stats.f_frsize >= RAM_MIN_FREE:
-            return RAM_DIR / f"pytest-dbguard-{os.geteuid()}"
-    return Path(tempfile.gettempdir()) / f"pytest-dbguard-{os.geteuid()}"
+    """Where run folders live, created private: RAM-backed /dev/shm when it is writable and has
+    room, else the temp folder; ServerError saying what was tried when neither will do."""
+    tried: list[str] = []
+    for base, need in ((RAM_DIR, RAM_MIN_FREE), (Path(tempfile.gettempdir()), DISK_MIN_FREE)):
+        try:
+            stats = os.statvfs(base)
+            free = stats.f_bavail * stats.f_frsize
+            if stats.f_flag & os.ST_RDONLY:
+                tried.append(f"{base} is read-only")
+            elif free < need:
+                tried.append(f"{base} has {free // _MIB} MiB free, {need // _MIB} MiB needed")
+            else:
+                return shared_root(base)
+        except OSError as error:
+            tried.append(f"{base}: {error.strerror or error}")
+    raise ServerError(NO_STORAGE.format(tried="; ".join(tried), need=DISK_MIN_FREE // _MIB))
+
+
+def sweep_stale(root: Path, owners: set[int], alive: Callable[[Path], bool]) -> None:
+    """Remove the stale run folders in ``root``: folders (never links) owned by ``owners``,
+    untouched for a minute, that ``alive`` says no process uses any more."""
+    now = time.time()
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if (
+                    not stat.S_ISDIR(info.st_mode)
+                    or info.st_uid not in owners
+                    or now - info.st_mtime < STALE_AFTER
+                    or alive(Path(entry.path))
+                ):
+                    continue
+                # rmtree works on descriptors here and refuses links (shutil's symlink-attack
+                # safe variant), so nothing outside the folder is touched.
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def cache_root() -> Path:
@@ -209,3 +300,24 @@ def process_started_at(pid: int) -> float | None:
     except (OSError, ValueError, IndexError, StopIteration):
         return None
     return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_group_gone(group: int, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds until no process of process group ``group`` runs."""
+    deadline = time.monotonic() + timeout
+    while group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def wait_gone(pid: int, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``pid`` (our child ``process``, if given) to end; then SIGKILL."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None:
+            if process.poll() is not None:
+                return
+        elif not process_alive(pid):
+            return
+        time.sleep(0.005)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

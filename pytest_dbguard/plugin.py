@@ -11,7 +11,7 @@ from collections.abc import Collection, Generator
 
 import pytest
 
-from pytest_dbguard import asyncloop, environment, isolation, lifecycle, restart_fence
+from pytest_dbguard import asyncloop, environment, isolation, lifecycle, redaction, restart_fence
 from pytest_dbguard import config as dbguard_config
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.foreign_databases import AllowList
@@ -144,6 +144,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     lifecycle.finish(session.config)
+
+
+# Before pytest's own explanation, which would show a string's text with its password.
+@pytest.hookimpl(tryfirst=True)
+def pytest_assertrepr_compare(
+    config: pytest.Config, op: str, left: object, right: object
+) -> list[str] | None:
+    return redaction.explain(config, op, left, right)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    redaction.scrub_report(item.config, report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    redaction.scrub_report(collector.config, report)
+    return report
 
 
 @pytest.hookimpl(trylast=True)

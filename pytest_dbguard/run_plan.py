@@ -141,11 +141,14 @@ def _sqlite_plan(
     run, worker = common["run"], common["worker"]
     named = settings.url.database if settings.url is not None and settings.url.is_sqlite else None
     base = Path(named).stem if named else SQLITE_BASE
-    folder = (
-        Path(origin["sqlite_dir"])
-        if origin and origin.get("sqlite_dir")
-        else (Path(tempfile.gettempdir()) / f"pytest-dbguard-{os.geteuid()}" / f"{run}-sqlite")
-    )
+    if origin and origin.get("sqlite_dir"):
+        folder = Path(origin["sqlite_dir"])
+    else:
+        from pytest_dbguard.machine import shared_root
+
+        # Our private folder in the shared temp folder: the run's own folder inside it is made
+        # when the first database file is, and nobody else can plant anything there.
+        folder = shared_root(Path(tempfile.gettempdir())) / f"{run}-sqlite"
     database = database_name(base, run, worker)
     url = DatabaseURL("sqlite", None, database=str(folder / f"{database}.db"))
     return RunPlan(

@@ -3,6 +3,9 @@
 Works without pytest. Tuned for tests (no fsync, no synchronous commit, no full page writes),
 kept on RAM-backed storage when there is room, started from a cached, already initialised data
 folder instead of running initdb each time, and run as an unprivileged user when we are root.
+Closed to every other local account: its run folder (with the socket) is private, and TCP needs
+a per-run password (see ``cluster_auth``); the run folders live in a private folder of ours in a
+shared place (``machine.storage_root``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shlex
@@ -18,27 +20,27 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Final
 
+from pytest_dbguard import cluster_auth, initdb_cache
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.machine import (
-    cache_root,
     child_setup,
     command_name,
     free_port,
-    group_alive,
     process_alive,
     require_bindir,
     server_user,
     storage_root,
+    sweep_stale,
+    wait_gone,
+    wait_group_gone,
 )
 from pytest_dbguard.urls import DatabaseURL
 
-SUPERUSER: Final = "postgres"
-STALE_AFTER: Final = 60.0  # seconds before an orphaned run folder may be swept
+SUPERUSER: Final = cluster_auth.SUPERUSER
 SERVER_SETTINGS: Final = (
     "fsync=off",
     "synchronous_commit=off",
@@ -46,29 +48,25 @@ SERVER_SETTINGS: Final = (
     "max_connections=300",
     "shared_buffers=64MB",
     "listen_addresses=127.0.0.1",
-    "unix_socket_permissions=0777",
+    "unix_socket_permissions=0700",  # and the socket's folder is 0700 too: see cluster_auth
     "log_min_messages=warning",
     "autovacuum=off",
 )
 # The server's process lays out its data folder first (initdb on a cache miss, a copy), then
 # becomes the server (same pid, same parent-death signal): pytest does not wait for either.
+PASSWORD_FAILED: Final = 96
 COPY_FAILED: Final = 97
 INITDB_FAILED: Final = 98
+PASSWORD_FAILED_MESSAGE: Final = (
+    "Could not set the embedded server's password (PostgreSQL single-user mode) in {folder}. "
+    "The postgres binary in {bindir} must run as the server's user (when pytest runs as root: "
+    "'postgres'); point --dbguard-pg-bindir (ini dbguard_pg_bindir) at a working installation, "
+    "or use a server of your own with --dbguard-url. Log tail:\n{log}"
+)
 INITDB_FAILED_MESSAGE: Final = (
     "initdb failed in {folder}. The PostgreSQL binaries must be executable by the user the server "
     "runs as (when pytest runs as root: 'postgres'), and the folder writable. Log tail:\n{log}"
 )
-
-
-def _copy_tree(source: Path, target: Path) -> None:
-    # `cp -a` keeps owners and modes and is several times faster than shutil.copytree here.
-    result = subprocess.run(
-        ["cp", "-a", f"{source}/.", str(target)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise ServerError(
-            f"Could not copy the cached data folder {source} to {target}: {result.stderr.strip()}"
-        )
 
 
 @dataclasses.dataclass
@@ -80,6 +78,8 @@ class EmbeddedCluster:
     port: int
     keep: bool = False  # --dbguard-reuse: survive the run, detached from pytest
     user: tuple[int, int] | None = dataclasses.field(default_factory=server_user)
+    # The superuser's password for TCP (scram-sha-256), set before the server first listens.
+    password: str = dataclasses.field(default_factory=cluster_auth.new_password, repr=False)
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0  # time.time() of the launch
     # The first launch lays out the data folder in the server's own process: initdb on a cache
@@ -96,9 +96,9 @@ class EmbeddedCluster:
         return self.root / "server.log"
 
     def url(self, driver: str | None = None) -> DatabaseURL:
-        """The maintenance URL (database ``postgres``, trust authentication on loopback)."""
+        """The maintenance URL over TCP (database ``postgres``, the superuser with its password)."""
         return DatabaseURL(
-            "postgresql", driver, SUPERUSER, None, "127.0.0.1", self.port, "postgres"
+            "postgresql", driver, SUPERUSER, self.password, "127.0.0.1", self.port, "postgres"
         )
 
     def initialise(self) -> None:
@@ -108,9 +108,10 @@ class EmbeddedCluster:
         fresh initdb. Either runs in the server's own process at :meth:`launch`, so pytest goes on
         importing conftests and collecting meanwhile; :meth:`fill_cache` keeps a fresh initdb.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o755)
+        # A fresh name inside our private storage root: mkdir fails rather than reuse anything.
+        os.mkdir(self.root, 0o700)
         self._own(self.root)
+        cluster_auth.write_hba(self.root, self.user)
         self.datadir.mkdir(mode=0o700)
         self._own(self.datadir)
         if not (self.initdb_cache / "PG_VERSION").exists():
@@ -121,7 +122,7 @@ class EmbeddedCluster:
 
     def _own(self, folder: Path) -> None:
         if self.user is not None:
-            os.chown(folder, *self.user)
+            os.chown(folder, *self.user, follow_symlinks=False)
 
     @property
     def _scratch(self) -> Path:
@@ -131,29 +132,11 @@ class EmbeddedCluster:
 
     @property
     def initdb_cache(self) -> Path:
-        # Keyed by the binary itself (path, size, mtime): an upgrade gets a fresh cache, and no
-        # `postgres --version` subprocess is needed on the hot path.
-        binary = (self.bindir / "postgres").resolve().stat()
-        key = hashlib.sha1(
-            f"{self.bindir.resolve()}:{binary.st_size}:{binary.st_mtime_ns}".encode()
-        ).hexdigest()[:10]
-        return cache_root() / f"initdb-{key}-{self.user[0] if self.user else os.geteuid()}"
+        return initdb_cache.cache_path(self.bindir, self.user)
 
     def fill_cache(self) -> None:
         """Keep this run's initdb output for later runs (best effort; call once the server answered)."""
-        scratch = self._scratch
-        if not (scratch / "PG_VERSION").exists():
-            return
-        cached = self.initdb_cache
-        with contextlib.suppress(OSError):
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=cached.name + ".", dir=cached.parent))
-            try:
-                _copy_tree(scratch, staging)
-                os.rename(staging, cached)
-            except (OSError, ServerError):  # another run cached it first, or the disk is full
-                shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(scratch, ignore_errors=True)
+        initdb_cache.fill(self._scratch, self.initdb_cache)
 
     def _prelude(self) -> tuple[str, int | None]:
         """The shell steps that lay out the data folder before the server starts, and the folder
@@ -172,7 +155,12 @@ class EmbeddedCluster:
             source, source_fd = self._copy_source(self.initdb_cache)
         target = shlex.quote(str(self.datadir))
         steps.append(f"cp -a -- {shlex.quote(source + '/.')} {target} || exit {COPY_FAILED}")
-        return "; ".join([*steps, 'exec "$@"']), source_fd
+        # The superuser's password, set in single-user mode before the server listens on TCP:
+        # the statement (a verifier, not the password) comes on stdin, never in argv.
+        single = [str(self.bindir / "postgres"), "--single", "-D", str(self.datadir)]
+        single += [*cluster_auth.SINGLE_USER_SETTINGS, SUPERUSER]
+        steps.append(f"{shlex.join(single)} || exit {PASSWORD_FAILED}")
+        return "; ".join([*steps, 'exec "$@" </dev/null']), source_fd
 
     def launch(self) -> None:
         """Start the server process and return at once; :meth:`wait_started` or a readiness check follows."""
@@ -184,19 +172,23 @@ class EmbeddedCluster:
             str(self.port),
             "-k",
             str(self.root),
+            "-c",
+            f"hba_file={cluster_auth.hba_path(self.root)}",
         ]
         for setting in SERVER_SETTINGS:
             command += ["-c", setting]
         server = command[0]
         source_fd: int | None = None
+        statement: bytes | None = None  # the prelude's single-user step reads it on stdin
         if self._pending_copy:
             prelude, source_fd = self._prelude()
             command = ["sh", "-c", prelude, "dbguard-postgres", *command]
+            statement = cluster_auth.password_statement(self.password)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         try:
             self.process = subprocess.Popen(
                 command,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if statement is None else subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=child_setup(self.user, die_with_parent=not self.keep),
@@ -204,6 +196,7 @@ class EmbeddedCluster:
                 # Ctrl-C in the terminal goes to pytest, which stops the server in order.
                 start_new_session=True,
                 pass_fds=() if source_fd is None else (source_fd,),
+                env=cluster_auth.server_environment(self.password),
             )
         except OSError as error:
             raise ServerError(f"Could not start {server}: {error}") from error
@@ -211,6 +204,11 @@ class EmbeddedCluster:
             log.close()
             if source_fd is not None:
                 os.close(source_fd)
+        if statement is not None and self.process.stdin is not None:
+            with contextlib.suppress(OSError):  # a prelude that failed early: exited_early says why
+                self.process.stdin.write(statement)
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
         self._pending_copy = self._pending_initdb = False
         self.started_at = time.time()
         self._write_state()
@@ -237,6 +235,10 @@ class EmbeddedCluster:
         if self.process is not None and self.process.poll() is not None:
             if self.process.returncode == INITDB_FAILED:
                 return INITDB_FAILED_MESSAGE.format(folder=self._scratch, log=self.log_tail())
+            if self.process.returncode == PASSWORD_FAILED:
+                return PASSWORD_FAILED_MESSAGE.format(
+                    folder=self.datadir, bindir=self.bindir, log=self.log_tail()
+                )
             if self.process.returncode == COPY_FAILED:
                 return (
                     f"Could not copy the initialised data folder into {self.datadir}. "
@@ -247,8 +249,13 @@ class EmbeddedCluster:
 
     def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return "(no log)"
+            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+            if tail:
+                return "\n".join(tail)
+        return (
+            f"(the log {self.log_path} is empty or missing: is {self.root.parent} full or "
+            f"read-only? `df -h {self.root.parent}`; set TMPDIR to a folder with room)"
+        )
 
     def start_ms(self) -> float | None:
         """Launch to accepting connections (data folder laid out, server up), in ms; None if unknown.
@@ -281,9 +288,9 @@ class EmbeddedCluster:
                     os.killpg(pid, signal.SIGKILL)
                 else:
                     os.kill(pid, mode)
-            _wait_gone(pid, self.process, timeout=15)
+            wait_gone(pid, self.process, timeout=15)
             if prelude:  # cp or initdb may outlive the shell by a moment, writing into the folder
-                _wait_group_gone(pid, timeout=15)
+                wait_group_gone(pid, timeout=15)
         self.process = None
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -309,42 +316,29 @@ class EmbeddedCluster:
             "port": self.port,
             "pid": self.process.pid if self.process else None,
             "root": str(self.root),
+            "password": self.password,  # for the run that adopts a --dbguard-reuse cluster
         }
-        (self.root / "dbguard.json").write_text(json.dumps(state))
-
-
-def _wait_group_gone(group: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while group_alive(group) and time.monotonic() < deadline:
-        time.sleep(0.005)
-
-
-def _wait_gone(pid: int, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None:
-            if process.poll() is not None:
-                return
-        elif not process_alive(pid):
-            return
-        time.sleep(0.005)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+        cluster_auth.write_private(self.root / "dbguard.json", json.dumps(state))
 
 
 def sweep_orphans(root: Path) -> None:
-    """Remove run folders whose server is gone (a run killed with SIGKILL cannot clean up itself)."""
-    if not root.is_dir():
-        return
-    now = time.time()
-    for run_dir in root.iterdir():
-        if run_dir.name.startswith("reuse-") or now - run_dir.stat().st_mtime < STALE_AFTER:
-            continue
-        pid_file = run_dir / "data" / "postmaster.pid"
+    """Remove run folders whose server is gone (a run killed with SIGKILL cannot clean up itself).
+
+    Only folders of ours (owned by this user or the server's user), never links, never a kept
+    ``--dbguard-reuse`` cluster or a SQLite run's folder.
+    """
+    user = server_user()
+    owners = {os.geteuid(), *([user[0]] if user else [])}
+
+    def alive(run_dir: Path) -> bool:
+        if run_dir.name.startswith("reuse-") or run_dir.name.endswith("-sqlite"):
+            return True
         with contextlib.suppress(OSError, ValueError, IndexError):
-            if process_alive(int(pid_file.read_text().splitlines()[0])):
-                continue  # still running
-        shutil.rmtree(run_dir, ignore_errors=True)
+            pid_file = run_dir / "data" / "postmaster.pid"
+            return process_alive(int(pid_file.read_text().splitlines()[0]))
+        return False
+
+    sweep_stale(root, owners, alive)
 
 
 def prepare_cluster(
@@ -356,8 +350,6 @@ def prepare_cluster(
     """
     bindir = bindir or require_bindir(None)
     root = storage_root()
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o755)
     if reuse_key is None:
         sweep_orphans(root)
         cluster = EmbeddedCluster(bindir=bindir, root=root / run, port=free_port())
@@ -384,6 +376,12 @@ def _adopt(bindir: Path, root: Path) -> EmbeddedCluster | None:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         state = json.loads((root / "dbguard.json").read_text())
         cluster = EmbeddedCluster(bindir=bindir, root=root, port=int(state["port"]), keep=True)
+        if not isinstance(state.get("password"), str):  # kept by a version without passwords
+            pid = cluster.postmaster_pid()
+            if pid is not None and command_name(pid) == "postgres":
+                cluster.stop()
+            return None
+        cluster.password = state["password"]
         pid = cluster.postmaster_pid()
         if pid is not None:
             os.kill(pid, 0)

@@ -148,6 +148,9 @@ class DatabaseURL:
     def __str__(self) -> str:
         return self.render(hide_password=True)
 
+    def __repr__(self) -> str:  # tracebacks, -l locals and reprs of objects holding one
+        return f"DatabaseURL({self.render(hide_password=True)!r})"
+
     def with_database(self, database: str) -> DatabaseURL:
         """The same server, another database."""
         return dataclasses.replace(self, database=database)

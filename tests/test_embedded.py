@@ -122,9 +122,28 @@ def _bindir_with(name: str, script: str) -> Path:
     return bindir
 
 
+def test_failed_password_step_shows_its_log(pytester: pytest.Pytester) -> None:
+    # Single-user mode, which gives the superuser its password before the server listens, fails.
+    bindir = _bindir_with(
+        "postgres",
+        'case "$1" in --single) echo "single-user mode broke"; exit 1;; esac; exec {real} "$@"',
+    )
+    pytester.makepyfile("def test_never(dbguard_engine): pass")
+    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20")
+    shutil.rmtree(bindir)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*Could not set the embedded server's password*Log tail:*", "single-user mode broke"]
+    )
+
+
 def test_server_that_fails_to_start_shows_its_log(pytester: pytest.Pytester) -> None:
     # The real postgres, given a setting it rejects: a genuine start failure.
-    bindir = _bindir_with("postgres", 'exec {real} "$@" -c shared_buffers=-5')
+    # Single-user mode (the password step before the server starts) runs untouched.
+    bindir = _bindir_with(
+        "postgres",
+        'case "$1" in --single) exec {real} "$@";; esac; exec {real} "$@" -c shared_buffers=-5',
+    )
     pytester.makepyfile("def test_never(dbguard_engine): pass")
     result = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -176,6 +176,7 @@ def test_every_placeholder(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
         import os
+        from sqlalchemy import make_url
 
         def test_values(dbguard_url):
             env = os.environ
@@ -185,7 +186,8 @@ def test_every_placeholder(pytester: pytest.Pytester) -> None:
             assert env["X_ASYNC"] == env["DBGUARD_ASYNC_URL"]
             assert env["X_ASYNC"].split("://")[0] in ("postgresql+asyncpg", "postgresql+psycopg")
             assert env["X_DB"] == env["DBGUARD_DB"] and env["X_DB"].endswith("_main")
-            assert env["X_PARTS"] == f"postgres@127.0.0.1:{dbguard_url.split(':')[2].split('/')[0]}/{env['X_DB']} pw=[]"
+            url = make_url(dbguard_url)
+            assert env["X_PARTS"] == f"postgres@127.0.0.1:{url.port}/{env['X_DB']} pw=[{url.password}]"
             assert env["X_BRACES"] == "{literal}"
         """
     )

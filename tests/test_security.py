@@ -1,0 +1,341 @@
+"""Security: nobody but the user who started pytest reaches the embedded server, and no password
+shows in any output; dbguard's folders in shared places cannot be turned against other folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import stat
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from pytest_dbguard import machine, server
+from pytest_dbguard.exceptions import ServerError
+from pytest_dbguard.urls import DatabaseURL
+from tests.conftest import run_dbguard
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail(
+            "these tests switch to the 'nobody' user (runuser) and mount private file systems "
+            "(unshare -m): run the suite as root, as the README's test command does",
+            pytrace=False,
+        )
+
+
+def _psql() -> str:
+    bindir = machine.find_bindir()
+    assert bindir is not None
+    return str(bindir / "psql")
+
+
+# Runs inside the inner run. Writes the password where the outer test can look for it.
+OTHER_USERS = """
+import json, os, subprocess
+from pathlib import Path
+from sqlalchemy import create_engine, make_url, text
+
+PSQL = {psql!r}
+ORIGIN = json.loads(os.environ["_DBGUARD_ORIGIN"])
+SERVER = make_url(ORIGIN["server_url"])
+URL = make_url(os.environ["DBGUARD_URL"])
+Path("password.txt").write_text(URL.password)
+
+
+def as_nobody(host, port):
+    # No password given, no PGPASSWORD, no ~/.pgpass: what any other account on the machine has.
+    command = [PSQL, "-w", "-h", host, "-p", str(port), "-U", "postgres", "-d", URL.database]
+    return subprocess.run(
+        ["runuser", "-u", "nobody", "--", *command, "-c", "SELECT 1"],
+        capture_output=True, text=True, env={{"PATH": os.environ["PATH"]}},
+    )
+
+
+def test_other_users_cannot_connect(dbguard_faults, dbguard_connection):
+    assert URL.port != SERVER.port  # the test URL goes through the fault proxy
+    tcp = as_nobody("127.0.0.1", SERVER.port)
+    assert tcp.returncode != 0 and "no password supplied" in tcp.stderr, tcp.stderr
+    proxy = as_nobody("127.0.0.1", URL.port)
+    assert proxy.returncode != 0 and "no password supplied" in proxy.stderr, proxy.stderr
+    sock = as_nobody(ORIGIN["embedded_root"], SERVER.port)
+    assert sock.returncode != 0 and "Permission denied" in sock.stderr, sock.stderr
+    # ... while this run's own fixtures, DBGUARD_URL and the server URL all work.
+    assert dbguard_connection.execute(text("SELECT 1")).scalar() == 1
+    for url in (os.environ["DBGUARD_URL"], ORIGIN["server_url"], dbguard_faults.url):
+        with create_engine(url).connect() as connection:
+            assert connection.execute(text("SELECT current_user")).scalar() == "postgres"
+
+
+def test_password_in_no_argv_nor_server_environment(dbguard_faults, dbguard_engine):
+    dbguard_faults.restart()  # under -n 2 from a worker, whose environment holds the password
+    dbguard_faults.assert_recovers(dbguard_engine)
+    pid = (Path(ORIGIN["embedded_root"]) / "data" / "postmaster.pid").read_text().split()[0]
+    environ = Path(f"/proc/{{pid}}/environ").read_bytes().decode()
+    assert URL.password not in environ and "DBGUARD_" not in environ
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            assert URL.password not in cmdline.read_bytes().decode(errors="replace"), cmdline
+        except OSError:
+            continue
+
+
+def test_fixture_reprs_hide_the_password(
+    dbguard_url, dbguard_engine, dbguard_connection, dbguard_session, dbguard_faults
+):
+    for value in (dbguard_url, dbguard_engine, dbguard_connection, dbguard_session, dbguard_faults):
+        assert URL.password not in repr(value), type(value)
+
+
+def test_failing_comparison(dbguard_url):
+    plain = str(dbguard_url)
+    print("captured:", plain, os.environ["_DBGUARD_ORIGIN"])
+    assert dbguard_url == "postgresql+psycopg://postgres:wrong@127.0.0.1:5432/other"
+"""
+
+
+@pytest.mark.parametrize(
+    "xdist",
+    [
+        pytest.param([], id="single"),
+        pytest.param(["-n", "2"], id="xdist", marks=pytest.mark.needs_xdist),
+    ],
+)
+def test_embedded_server_is_closed_to_other_users(
+    pytester: pytest.Pytester, xdist: list[str]
+) -> None:
+    _require_root()
+    pytester.makepyfile(test_others=OTHER_USERS.format(psql=_psql()))
+    result = run_dbguard(
+        pytester,
+        *xdist,
+        *("-v", "--tb=long", "-l", "-rA", "--junitxml=report.xml"),
+        plugins=("xdist.plugin",) if xdist else (),
+    )
+    result.assert_outcomes(passed=3, failed=1)
+    password = (pytester.path / "password.txt").read_text()
+    assert len(password) >= 32
+    output = result.stdout.str() + result.stderr.str()
+    report = (pytester.path / "report.xml").read_text()
+    for shown in (output, report):
+        assert password not in shown
+        assert "postgres:***@127.0.0.1" in shown  # the failing comparison, masked
+    assert "captured: postgresql+psycopg://postgres:***@" in output
+
+
+@pytest.mark.needs_xdist
+def test_external_password_never_in_output(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_compare(dbguard_url):
+            assert dbguard_url == "postgresql+psycopg://postgres:other@127.0.0.1:5432/x"
+
+        def test_locals_and_output(dbguard_url):
+            plain, environ = str(dbguard_url), dict(os.environ)
+            print("captured:", plain)
+            assert {"url": plain} == {"url": "x"}
+
+        def test_passes(dbguard_engine):
+            print(os.environ["DBGUARD_URL"])
+        """
+    )
+    args = ["--dbguard-url", pg_server.url(), "-n", "2", "-v", "--tb=long", "-l", "-rA"]
+    result = run_dbguard(pytester, *args, "--junitxml=report.xml", plugins=("xdist.plugin",))
+    result.assert_outcomes(passed=1, failed=2)
+    output = result.stdout.str() + result.stderr.str()
+    for shown in (output, (pytester.path / "report.xml").read_text()):
+        assert SUPERUSER_PASSWORD not in shown
+        assert "postgres:***@127.0.0.1" in shown
+
+
+def test_short_passwords_are_masked_only_inside_urls() -> None:
+    from pytest_dbguard.redaction import secrets_for
+
+    secrets = secrets_for([DatabaseURL.parse("postgresql://app:test@db:5432/test")])
+    assert secrets.scrub("postgresql://app:test@db/test: test failed") == (
+        "postgresql://app:***@db/test: test failed"
+    )
+    secrets = secrets_for([DatabaseURL.parse("postgresql://app:p%40ss%2Fw0rd!@db/app")])
+    text = "url postgresql://app:p%40ss%2Fw0rd!@db/app, raw p@ss/w0rd!, other :x@"
+    assert secrets.scrub(text) == "url postgresql://app:***@db/app, raw ***, other :x@"
+
+
+def test_reused_cluster_keeps_its_password_private(pytester: pytest.Pytester) -> None:
+    _require_root()
+    pytester.makepyfile(
+        test_reuse=OTHER_USERS.format(psql=_psql()).split("def test_password_in_no_argv")[0]
+    )
+    first = run_dbguard(pytester, "--dbguard-reuse", "-v")
+    folder = (
+        machine.storage_root()
+        / f"reuse-{hashlib.sha1(str(pytester.path).encode()).hexdigest()[:10]}"
+    )
+    try:
+        first.assert_outcomes(passed=1)
+        password = (pytester.path / "password.txt").read_text()
+        # The adopting run reads the password from the kept cluster's private state file.
+        second = run_dbguard(pytester, "--dbguard-reuse", "-v")
+        second.assert_outcomes(passed=1)
+        assert ", reused" in second.stdout.str()
+        assert (pytester.path / "password.txt").read_text() == password
+        state = folder / "dbguard.json"
+        assert json.loads(state.read_text())["password"] == password
+        assert stat.S_IMODE(state.stat().st_mode) == 0o600
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert password not in first.stdout.str() + second.stdout.str()
+    finally:
+        server.EmbeddedCluster(bindir=machine.find_bindir() or Path(), root=folder, port=0).stop()
+    assert not folder.exists()
+
+
+# Shared folders: runs in a private mount namespace with a fresh /dev/shm, as root.
+
+
+def _victim(pytester: pytest.Pytester) -> tuple[Path, dict[str, object]]:
+    """A folder someone else owns, with an old entry a careless sweep would delete."""
+    victim = pytester.path / "victim"
+    (victim / "old-entry").mkdir(parents=True)
+    (victim / "old-entry" / "precious.txt").write_text("keep me")
+    for path in (victim / "old-entry", victim):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    victim.chmod(0o750)
+    return victim, _snapshot(victim)
+
+
+def _snapshot(folder: Path) -> dict[str, object]:
+    return {
+        "mode": stat.S_IMODE(folder.stat().st_mode),
+        "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*")),
+        "precious": (folder / "old-entry" / "precious.txt").read_text(),
+    }
+
+
+def _in_namespace(
+    pytester: pytest.Pytester, setup: str, *args: str, after: str = ""
+) -> pytest.RunResult:
+    """pytest with dbguard in a private mount namespace, after ``setup`` (shell) ran there."""
+    command = shlex.join([sys.executable, "-m", "pytest", "-p", "pytest_dbguard", *args])
+    script = f"set -e; {setup}; set +e; {command}; code=$?; {after} exit $code"
+    return pytester.run(
+        "unshare", "-m", "--propagation", "private", "sh", "-c", script, timeout=300
+    )
+
+
+ROOT_FOLDER = f"/dev/shm/pytest-dbguard-{os.geteuid()}"
+FRESH_SHM = "mount -t tmpfs -o size=1g tmpfs /dev/shm"
+# A temp folder for the namespace: a fresh file system the server's user can reach (pytester's
+# own folders are closed to it), mounted over /mnt in the namespace only.
+TMP = Path("/mnt")
+
+
+def test_planted_root_folder_link_stops_the_run(pytester: pytest.Pytester) -> None:
+    _require_root()
+    victim, before = _victim(pytester)
+    pytester.makepyfile("def test_never(dbguard_engine): pass")
+    plant = f"ln -s {victim} {ROOT_FOLDER} && chown -h nobody {ROOT_FOLDER}"
+    result = _in_namespace(pytester, f"{FRESH_SHM} && {plant}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines(
+        [f"*dbguard will not use {ROOT_FOLDER}: it is a symbolic link*Remove it*--dbguard-url*"]
+    )
+    assert "Traceback" not in result.stderr.str()
+    assert _snapshot(victim) == before
+
+
+def test_sweep_skips_links_and_removes_only_our_stale_run_folders(
+    pytester: pytest.Pytester,
+) -> None:
+    _require_root()
+    victim, before = _victim(pytester)
+    pytester.makepyfile("def test_runs(dbguard_engine): pass")
+    plant = (
+        f"mkdir -m 0711 {ROOT_FOLDER} && ln -s {victim} {ROOT_FOLDER}/0badc0de && "
+        f"mkdir {ROOT_FOLDER}/0ldrun00 && touch -h -d '2 hours ago' {ROOT_FOLDER}/*"
+    )
+    report = f"test -e {ROOT_FOLDER}/0ldrun00 && echo STALE-KEPT || echo STALE-SWEPT;"
+    result = _in_namespace(pytester, f"{FRESH_SHM} && {plant}", after=report)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["STALE-SWEPT"])
+    assert _snapshot(victim) == before
+
+
+def test_read_only_dev_shm_falls_back_to_the_temp_folder(pytester: pytest.Pytester) -> None:
+    _require_root()
+    pytester.makepyfile(
+        f"""
+        import json, os
+
+        def test_runs(dbguard_engine):
+            root = json.loads(os.environ["_DBGUARD_ORIGIN"])["embedded_root"]
+            assert root.startswith({f"{TMP}/pytest-dbguard-"!r})
+        """
+    )
+    setup = (
+        f"mount -t tmpfs -o ro tmpfs /dev/shm && mount -t tmpfs tmpfs {TMP} && export TMPDIR={TMP}"
+    )
+    _in_namespace(pytester, setup).assert_outcomes(passed=1)
+
+
+def test_full_disks_give_one_clear_error(pytester: pytest.Pytester) -> None:
+    _require_root()
+    tmp = TMP
+    pytester.makepyfile("def test_never(dbguard_engine): pass")
+    setup = (
+        f"mount -t tmpfs -o size=1m tmpfs /dev/shm && mount -t tmpfs -o size=1m tmpfs {tmp} "
+        f"&& export TMPDIR={tmp}"
+    )
+    result = _in_namespace(pytester, setup)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: dbguard found no folder for the embedded server's files "
+            f"(/dev/shm has 1 MiB free, 512 MiB needed; {tmp} has 1 MiB free, 96 MiB needed)."
+            " Free some space there, or set TMPDIR to a writable folder with at least 96 MiB "
+            "free, or use a server of your own with --dbguard-url*"
+        ]
+    )
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output and "Log tail" not in output
+
+
+def test_missing_dev_shm_falls_back_and_a_foreign_root_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(machine, "RAM_DIR", tmp_path / "no-shm")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = machine.storage_root()
+    assert root == tmp_path / f"pytest-dbguard-{os.geteuid()}"
+    expected = 0o711 if os.geteuid() == 0 else 0o700
+    assert stat.S_IMODE(root.lstat().st_mode) == expected
+    root.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    root.symlink_to(elsewhere)
+    with pytest.raises(ServerError, match="it is a symbolic link"):
+        machine.storage_root()
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755
+
+
+def test_sqlite_folder_is_private_too(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim, before = _victim(pytester)
+    tmp = pytester.mkdir("tmp")
+    link = tmp / f"pytest-dbguard-{os.geteuid()}"
+    link.symlink_to(victim)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    pytester.makepyfile("def test_never(dbguard_engine): pass")
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*dbguard will not use {link}: it is a symbolic link*"])
+    assert _snapshot(victim) == before
