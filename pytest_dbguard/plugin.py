@@ -25,6 +25,17 @@ pytest_plugins = [
 ]
 
 
+MARKER_HELP = (
+    "dbguard(isolation='rollback'|'truncate'|'none', allow=['name or URL', ...]): how this test "
+    "is isolated (default: ini dbguard_isolation; truncate for code that commits on its own "
+    "connections) and which other databases it may connect to."
+)
+WITHOUT_MARKER_HELP = (
+    "dbguard_without('module', ...): inside this test the modules (and their submodules) cannot be "
+    "imported, as if not installed; proves that code runs without dev-only packages."
+)
+
+
 def dbguard(
     *, isolation: str = "rollback", allow: Collection[str] = ()
 ) -> tuple[str, tuple[str, ...]]:
@@ -98,10 +109,8 @@ def pytest_load_initial_conftests(
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", f"dbguard(*, isolation='rollback', allow=()): {dbguard.__doc__}"
-    )
-    config.addinivalue_line("markers", f"dbguard_without(*modules): {dbguard_without.__doc__}")
+    config.addinivalue_line("markers", MARKER_HELP)
+    config.addinivalue_line("markers", WITHOUT_MARKER_HELP)
     try:
         # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.
         environment.prepare(config, config.option, config.args, late=True)

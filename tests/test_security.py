@@ -40,6 +40,7 @@ def _psql() -> str:
 OTHER_USERS = """
 import json, os, subprocess
 from pathlib import Path
+import pytest
 from sqlalchemy import create_engine, make_url, text
 
 PSQL = {psql!r}
@@ -58,6 +59,9 @@ def as_nobody(host, port):
     )
 
 
+# The server URL names the maintenance database, which the foreign-database guard refuses unless
+# a test allows it.
+@pytest.mark.dbguard(allow=["postgres"])
 def test_other_users_cannot_connect(dbguard_faults, dbguard_connection):
     assert URL.port != SERVER.port  # the test URL goes through the fault proxy
     tcp = as_nobody("127.0.0.1", SERVER.port)
