@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 INTERNAL_OPTIONS: Final = {INTERNAL_OPTION: True}  # guards skip statements carrying this
 SchemaBuild = Callable[["Connection"], None]
 INSUFFICIENT_PRIVILEGE: Final = "42501"
+NO_CREATEDB: Final = (
+    "The role {user!r} may not create databases. Grant it (ALTER ROLE ... CREATEDB), or let "
+    "dbguard use one schema per worker in the named database: --dbguard-worker-isolation schema "
+    "(or auto, the default; ini dbguard_worker_isolation)."
+)
 SAME_ID: Final = (
     "The {what} {name!r} already exists {where} and another run is using it ({reason}): two runs "
     "drew the same run id. Run again; a new id is drawn each time."
@@ -50,6 +55,17 @@ class Provisioned:
 def quote_ident(name: str) -> str:
     """A PostgreSQL identifier, always double-quoted."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """A PostgreSQL string literal (for COMMENT, which takes no bound parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def run_ddl(connection: Connection, statement: str) -> None:
+    """Run a statement that embeds identifiers, with no parameters: the driver then does not
+    read a ``%`` in a database name as a placeholder (SQLAlchemy's ``no_parameters`` option)."""
+    connection.exec_driver_sql(statement, execution_options={"no_parameters": True})
 
 
 def admin_engine(url: DatabaseURL) -> Engine:
@@ -144,9 +160,49 @@ def _exists(connection: Connection, name: str) -> bool:
     )
 
 
-def _mark(connection: Connection, name: str, run: str, worker: str) -> None:
-    comment = make_mark(run, worker).replace("'", "''")
-    connection.exec_driver_sql(f"COMMENT ON DATABASE {quote_ident(name)} IS '{comment}'")
+def _mark(
+    connection: Connection, name: str, run: str, worker: str, *, complete: bool | None = None
+) -> None:
+    comment = quote_literal(make_mark(run, worker, complete=complete))
+    run_ddl(connection, f"COMMENT ON DATABASE {quote_ident(name)} IS {comment}")
+
+
+def _template_mark(connection: Connection, name: str) -> tuple[bool, Mark | None]:
+    """Whether ``name`` exists, and its mark."""
+    from sqlalchemy import text
+
+    row = connection.execute(
+        text("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n"),
+        {"n": name},
+    ).first()
+    return row is not None, parse_mark(row[0]) if row is not None else None
+
+
+def _ensure_template(
+    connection: Connection, server_url: DatabaseURL, template: str, build: SchemaBuild, run: str
+) -> None:
+    """Build the template unless a complete one exists (call under the template's lock).
+
+    The mark says ``complete`` only once the schema is in: a template whose build failed is
+    dropped at once, and one whose build was killed (its mark still incomplete) is rebuilt, so
+    no worker ever clones a half-built schema.
+    """
+    from pytest_dbguard.janitor import drop_checked
+
+    exists, mark = _template_mark(connection, template)
+    if exists and mark is not None and mark.complete:
+        return
+    if exists:  # incomplete: its builder was killed (or an older version made it): rebuild
+        drop_checked(connection, server_url, template)
+    run_ddl(connection, f"CREATE DATABASE {quote_ident(template)}")
+    _mark(connection, template, run, "tpl", complete=False)
+    try:
+        _build_in(server_url.with_database(template), build)
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: the error itself matters more
+            drop_checked(connection, server_url, template)
+        raise
+    _mark(connection, template, run, "tpl", complete=True)
 
 
 def provision_database(
@@ -170,10 +226,7 @@ def provision_database(
             if build is not None and template is not None:
                 started = time.perf_counter()
                 with _advisory_lock(connection, template):
-                    if not _exists(connection, template):
-                        connection.exec_driver_sql(f"CREATE DATABASE {quote_ident(template)}")
-                        _mark(connection, template, template_run or run, "tpl")
-                        _build_in(server_url.with_database(template), build)
+                    _ensure_template(connection, server_url, template, build, template_run or run)
                 template_ms = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
             if _exists(connection, database):  # left by a crashed run that drew the same id
@@ -183,7 +236,7 @@ def provision_database(
                 if build is not None and template is not None
                 else ""
             )
-            connection.exec_driver_sql(f"CREATE DATABASE {quote_ident(database)}{clone}")
+            run_ddl(connection, f"CREATE DATABASE {quote_ident(database)}{clone}")
             _mark(connection, database, run, worker)
             clone_ms = (time.perf_counter() - started) * 1000
         if build is not None and template is None:
@@ -254,11 +307,11 @@ def provision_schema(
                         )
                     )
                 # left by a crashed run that drew the same id
-                connection.exec_driver_sql(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
-            connection.exec_driver_sql(f"CREATE SCHEMA {quote_ident(schema)}")
-            comment = make_mark(run, worker).replace("'", "''")
-            connection.exec_driver_sql(f"COMMENT ON SCHEMA {quote_ident(schema)} IS '{comment}'")
-            connection.exec_driver_sql(f"SET LOCAL search_path TO {quote_ident(schema)}")
+                run_ddl(connection, f"DROP SCHEMA {quote_ident(schema)} CASCADE")
+            run_ddl(connection, f"CREATE SCHEMA {quote_ident(schema)}")
+            comment = quote_literal(make_mark(run, worker))
+            run_ddl(connection, f"COMMENT ON SCHEMA {quote_ident(schema)} IS {comment}")
+            run_ddl(connection, f"SET LOCAL search_path TO {quote_ident(schema)}")
             if build is not None:
                 build(connection)
     except DBAPIError as error:
@@ -298,7 +351,7 @@ def drop_schema(server_url: DatabaseURL, schema: str) -> None:
     try:
         with engine.begin() as connection:
             if _schema_mark(connection, schema) is not None:
-                connection.exec_driver_sql(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
+                run_ddl(connection, f"DROP SCHEMA {quote_ident(schema)} CASCADE")
     finally:
         engine.dispose()
 
@@ -337,10 +390,13 @@ def _describe(error: Exception, url: DatabaseURL, database: str) -> str:
     )
     if url.password:
         detail = detail.replace(url.password, "***")
-    return (
+    message = (
         f"Could not set up the test database {database!r} on {url.host}:{url.port} "
         f"(connected as {url.username!r} to {url.database!r}): {detail}"
     )
+    if getattr(getattr(error, "orig", None), "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+        message += ". " + NO_CREATEDB.format(user=url.username)
+    return message
 
 
 # SQLite: one file per worker, copied from a template file built once under a file lock.

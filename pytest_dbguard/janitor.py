@@ -33,6 +33,7 @@ class Mark:
     created: float
     pid: int
     host: str
+    complete: bool | None = None  # templates only: False while the schema is built, then True
 
     def owner_alive(self) -> bool:
         """Whether the process that made the mark still runs; False when it ran on another host,
@@ -47,15 +48,18 @@ class Mark:
         )  # /proc's boot time is whole seconds
 
 
-def make_mark(run: str, worker: str) -> str:
-    """The ``COMMENT ON DATABASE`` text for a database this process creates now."""
-    payload = {
+def make_mark(run: str, worker: str, *, complete: bool | None = None) -> str:
+    """The ``COMMENT ON DATABASE`` text for a database this process creates now; a template's
+    mark also says whether its schema is ``complete`` (a killed build leaves ``false``)."""
+    payload: dict[str, object] = {
         "run": run,
         "worker": worker,
         "created": round(time.time(), 3),
         "pid": os.getpid(),
         "host": socket.gethostname(),
     }
+    if complete is not None:
+        payload["complete"] = complete
     return MARK_PREFIX + json.dumps(payload, separators=(",", ":"))
 
 
@@ -71,6 +75,7 @@ def parse_mark(comment: str | None) -> Mark | None:
             created=float(data["created"]),
             pid=int(data["pid"]),
             host=str(data["host"]),
+            complete=bool(data["complete"]) if "complete" in data else None,
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -273,7 +278,7 @@ def drop_checked(connection: Connection, url: DatabaseURL, name: str) -> MarkedD
     from sqlalchemy.exc import DBAPIError
 
     from pytest_dbguard.connect_diagnosis import classify_error
-    from pytest_dbguard.databases import quote_ident
+    from pytest_dbguard.databases import quote_ident, run_ddl
 
     row = connection.execute(text(_ONE_SQL), {"name": name}).first()
     server = server_of(url)
@@ -295,8 +300,8 @@ def drop_checked(connection: Connection, url: DatabaseURL, name: str) -> MarkedD
         raise DatabaseSetupError(_REFUSED.format(name=name, server=server, reason=reason))
     try:
         if is_template:  # a template cannot be dropped until it is an ordinary database again
-            connection.exec_driver_sql(f"ALTER DATABASE {quote_ident(name)} IS_TEMPLATE false")
-        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+            run_ddl(connection, f"ALTER DATABASE {quote_ident(name)} IS_TEMPLATE false")
+        run_ddl(connection, f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
     except DBAPIError as error:
         detail = classify_error(error, connected=True, password=url.password).error
         raise DatabaseSetupError(f"Could not drop {name!r} on {server}: {detail}") from None
