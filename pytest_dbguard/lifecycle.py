@@ -20,19 +20,25 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
-from pytest_dbguard import databases, environment, janitor, schema
+from pytest_dbguard import databases, environment, janitor, schema, worker_failures
 from pytest_dbguard.config import Settings, settings_key
 from pytest_dbguard.environment import cluster_key, plan_key, proxy_key
-from pytest_dbguard.exceptions import DbguardError
+from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError, SchemaError
 from pytest_dbguard.run_plan import SINGLE_PROCESS, RunPlan
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
+    from sqlalchemy.engine import Connection
 
     from pytest_dbguard.databases import Provisioned, SchemaBuild
     from pytest_dbguard.server import EmbeddedCluster
+    from pytest_dbguard.urls import DatabaseURL
 
 REUSE_RUN: Final = "reuse"  # templates of --dbguard-reuse are marked with this run id and kept
+BUILD_FAILED: Final = (
+    "Building the schema ({source}) in {database!r} failed: {error}. Fix the models or the "
+    "migrations it names (ini dbguard_metadata / dbguard_alembic_ini); no test ran."
+)
 
 
 @dataclasses.dataclass
@@ -78,6 +84,7 @@ def configure(config: pytest.Config) -> None:
             settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
         )
     config.stash[state_key] = state
+    worker_failures.register(config)
 
 
 def _schema_source(settings: Settings) -> str:
@@ -109,6 +116,7 @@ def ensure_started(config: pytest.Config) -> None:
     try:
         if plan.server_url is not None:
             _wait_ready(config, plan, settings, state)
+            _check_can_create_databases(plan, settings)
         if state.runs_tests:
             state.provisioned = _provision(config, plan, settings, state)
             proxy = config.stash.get(proxy_key, None)
@@ -119,7 +127,22 @@ def ensure_started(config: pytest.Config) -> None:
                 )
     except DbguardError as error:
         stop(config)
-        raise pytest.UsageError(str(error)) from None
+        worker_failures.fail_session(config, str(error))
+
+
+def _check_can_create_databases(plan: RunPlan, settings: Settings) -> None:
+    """With ``worker_isolation = database`` asked for, the server's owner checks the role once,
+    before any xdist worker tries (and fails) to create its database."""
+    if not plan.owns_server or plan.embedded or plan.schema is not None:
+        return
+    if settings.worker_isolation != "database" or plan.server_url is None:
+        return
+    if not databases.can_create_databases(plan.server_url):
+        url = plan.server_url
+        raise DatabaseSetupError(
+            f"{settings.source_of('worker_isolation')} = 'database', but on {url.host}:{url.port} "
+            + databases.NO_CREATEDB.format(user=url.username)
+        )
 
 
 def _wait_ready(
@@ -148,14 +171,37 @@ def _wait_ready(
         state.server_start_ms = cluster.start_ms() or 0.0
 
 
-def _schema_build(state: SessionState, url: str) -> SchemaBuild | None:
+def _schema_build(state: SessionState, url: DatabaseURL) -> SchemaBuild | None:
+    """The schema build, its failures as a SchemaError that names the schema source."""
+    inner: SchemaBuild
     if state.metadata is not None:
         metadata = state.metadata
-        return lambda connection: schema.create_with_metadata(connection, metadata)
-    if state.alembic_ini is not None:
-        ini = state.alembic_ini
-        return lambda connection: schema.upgrade_with_alembic(connection, ini, url)
-    return None
+        inner = lambda connection: schema.create_with_metadata(connection, metadata)  # noqa: E731
+    elif state.alembic_ini is not None:
+        ini, text = state.alembic_ini, url.render(hide_password=False)
+        inner = lambda connection: schema.upgrade_with_alembic(connection, ini, text)  # noqa: E731
+    else:
+        return None
+
+    def build(connection: Connection) -> None:
+        try:
+            inner(connection)
+        except DbguardError:
+            raise
+        except Exception as error:
+            cause = getattr(error, "orig", None) or error  # a DBAPIError: the driver's own words
+            detail = (str(cause).strip().splitlines() or [""])[0]
+            if url.password:
+                detail = detail.replace(url.password, "***")
+            raise SchemaError(
+                BUILD_FAILED.format(
+                    source=state.schema_source,
+                    database=url.database,
+                    error=f"{type(cause).__name__}: {detail}",
+                )
+            ) from error
+
+    return build
 
 
 def _fingerprint(settings: Settings, state: SessionState) -> str:
@@ -213,7 +259,7 @@ def _provision(
     template_url = (
         plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
     )
-    build = _schema_build(state, template_url.render(hide_password=False))
+    build = _schema_build(state, template_url)
     # While the template is built, the exported variables name it: an alembic env.py that reads
     # DATABASE_URL (or DBGUARD_URL) migrates the template, not the worker's database.
     template_plan = dataclasses.replace(
@@ -298,9 +344,12 @@ def check_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
             try:
                 dbguard(*marker.args, **marker.kwargs)
             except TypeError as error:
-                raise pytest.UsageError(
-                    f"{item.nodeid}: @pytest.mark.dbguard{error}".replace("dbguard()", "")
-                ) from None
+                worker_failures.fail_session(
+                    config, f"{item.nodeid}: @pytest.mark.dbguard{error}".replace("dbguard()", "")
+                )
+            except pytest.UsageError as error:
+                named = str(error) if item.nodeid in str(error) else f"{item.nodeid}: {error}"
+                worker_failures.fail_session(config, named)
 
 
 def finish(config: pytest.Config) -> None:
