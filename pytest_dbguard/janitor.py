@@ -1,5 +1,7 @@
 """The mark dbguard puts on every database it creates, and the sweep that drops leftovers.
 
+(Worker schemas of schema mode are swept by ``schema_janitor``, with the same rules.)
+
 Only a database whose comment carries this mark (and whose name has dbguard's shape) is ever
 dropped; anything else on the server is left alone.
 """
@@ -88,6 +90,7 @@ class MarkedDatabase:
     name: str
     mark: Mark
     is_template: bool = False
+    in_database: str | None = None  # set for a schema-mode worker schema: the database holding it
 
     @property
     def age(self) -> float:
@@ -163,10 +166,17 @@ def drop_run(url: str | DatabaseURL, run: str) -> list[str]:
 
 def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
     """Drop (``dry_run``: only list) the marked databases at least ``older_than`` seconds old,
-    keeping those a run still going uses."""
-    from sqlalchemy.exc import DBAPIError
+    and the marked worker schemas in the URL's database, keeping those a run still going uses."""
+    from pytest_dbguard.schema_janitor import sweep_schemas
 
     parsed = _parse(url)
+    swept = _sweep_databases(parsed, older_than=older_than, dry_run=dry_run)
+    return swept + sweep_schemas(parsed, older_than=older_than, dry_run=dry_run)
+
+
+def _sweep_databases(parsed: DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
+    from sqlalchemy.exc import DBAPIError
+
     leftovers = [
         found
         for found in list_marked(parsed)
@@ -182,7 +192,7 @@ def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[S
                 if reason is None and not dry_run:
                     drop_checked(connection, parsed, found.name)
             except (DbguardError, DBAPIError) as error:
-                detail = str(error) if isinstance(error, DbguardError) else _brief(error, parsed)
+                detail = str(error) if isinstance(error, DbguardError) else brief(error, parsed)
                 results.append(Swept(found, "failed", detail))
             else:
                 action = "kept" if reason else "would drop" if dry_run else "dropped"
@@ -190,7 +200,8 @@ def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[S
     return results
 
 
-def _brief(error: Exception, url: DatabaseURL) -> str:
+def brief(error: Exception, url: DatabaseURL) -> str:
+    """A driver error in one line, password hidden."""
     from pytest_dbguard.connect_diagnosis import classify_error
 
     return classify_error(error, connected=True, password=url.password).error
