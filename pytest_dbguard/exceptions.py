@@ -55,3 +55,7 @@ class GuardWarning(pytest.PytestWarning):
 
 class NaiveDatetimeWarning(GuardWarning):
     """A naive datetime was bound as a statement parameter (``dbguard_naive_datetime = warn``)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run stops and cleans up as it does for Ctrl-C."""

@@ -20,25 +20,26 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
-from pytest_dbguard import databases, environment, janitor, schema, worker_failures
+from pytest_dbguard import (
+    databases,
+    environment,
+    janitor,
+    schema,
+    termination,
+    worker_failures,
+)
 from pytest_dbguard.config import Settings, settings_key
 from pytest_dbguard.environment import cluster_key, plan_key, proxy_key
-from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError, SchemaError
+from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
 from pytest_dbguard.run_plan import SINGLE_PROCESS, RunPlan
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
-    from sqlalchemy.engine import Connection
 
-    from pytest_dbguard.databases import Provisioned, SchemaBuild
+    from pytest_dbguard.databases import Provisioned
     from pytest_dbguard.server import EmbeddedCluster
-    from pytest_dbguard.urls import DatabaseURL
 
 REUSE_RUN: Final = "reuse"  # templates of --dbguard-reuse are marked with this run id and kept
-BUILD_FAILED: Final = (
-    "Building the schema ({source}) in {database!r} failed: {error}. Fix the models or the "
-    "migrations it names (ini dbguard_metadata / dbguard_alembic_ini); no test ran."
-)
 
 
 @dataclasses.dataclass
@@ -171,39 +172,6 @@ def _wait_ready(
         state.server_start_ms = cluster.start_ms() or 0.0
 
 
-def _schema_build(state: SessionState, url: DatabaseURL) -> SchemaBuild | None:
-    """The schema build, its failures as a SchemaError that names the schema source."""
-    inner: SchemaBuild
-    if state.metadata is not None:
-        metadata = state.metadata
-        inner = lambda connection: schema.create_with_metadata(connection, metadata)  # noqa: E731
-    elif state.alembic_ini is not None:
-        ini, text = state.alembic_ini, url.render(hide_password=False)
-        inner = lambda connection: schema.upgrade_with_alembic(connection, ini, text)  # noqa: E731
-    else:
-        return None
-
-    def build(connection: Connection) -> None:
-        try:
-            inner(connection)
-        except DbguardError:
-            raise
-        except Exception as error:
-            cause = getattr(error, "orig", None) or error  # a DBAPIError: the driver's own words
-            detail = (str(cause).strip().splitlines() or [""])[0]
-            if url.password:
-                detail = detail.replace(url.password, "***")
-            raise SchemaError(
-                BUILD_FAILED.format(
-                    source=state.schema_source,
-                    database=url.database,
-                    error=f"{type(cause).__name__}: {detail}",
-                )
-            ) from error
-
-    return build
-
-
 def _fingerprint(settings: Settings, state: SessionState) -> str:
     """A short hash of the schema this worker needs: workers whose schemas differ (a per-worker
     table prefix) get different templates, and a reused template is rebuilt when the schema changes."""
@@ -259,7 +227,7 @@ def _provision(
     template_url = (
         plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
     )
-    build = _schema_build(state, template_url)
+    build = schema.builder(state.metadata, state.alembic_ini, template_url, state.schema_source)
     # While the template is built, the exported variables name it: an alembic env.py that reads
     # DATABASE_URL (or DBGUARD_URL) migrates the template, not the worker's database.
     template_plan = dataclasses.replace(
@@ -380,6 +348,7 @@ def stop(config: pytest.Config) -> None:
     if plan_key not in config.stash or config.stash.get(stopped_key, False):
         return  # a failed start already stopped; unconfigure comes again
     config.stash[stopped_key] = True
+    termination.shield()  # a SIGTERM now must not cut the cleanup short
     plan = plan_of(config)
     settings = config.stash[settings_key]
     state = config.stash.get(state_key, None)
@@ -402,3 +371,4 @@ def stop(config: pytest.Config) -> None:
         print(f"dbguard: cleanup failed: {error}", file=sys.stderr)
     finally:
         environment.restore(config)
+        termination.restore(config)
