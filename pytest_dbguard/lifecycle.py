@@ -365,6 +365,10 @@ def stop(config: pytest.Config) -> None:
                 cluster.stop()
             elif plan.server_url is not None and answered:
                 janitor.drop_run(plan.server_url, plan.run)
+                if plan.schema is not None:  # workers stopped before their teardown (SIGTERM)
+                    from pytest_dbguard.schema_janitor import drop_run_schemas
+
+                    drop_run_schemas(plan.server_url, plan.run)
             if plan.sqlite_dir is not None:
                 shutil.rmtree(plan.sqlite_dir, ignore_errors=True)
     except Exception as error:

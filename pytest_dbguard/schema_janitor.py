@@ -9,6 +9,7 @@ carries dbguard's mark and has its name shape is dropped, and never one whose ru
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
@@ -76,6 +77,23 @@ def sweep_schemas(url: DatabaseURL, *, older_than: float, dry_run: bool) -> list
                 action = "kept" if reason else "would drop" if dry_run else "dropped"
                 results.append(Swept(found, action, reason and f"in use: {reason}"))
     return results
+
+
+def drop_run_schemas(url: DatabaseURL, run: str) -> list[str]:
+    """At the end of a schema-mode run: drop run ``run``'s worker schemas that its workers left
+    (a worker killed before its teardown), except those another live process created."""
+    ours = [
+        found.name
+        for found in list_marked_schemas(url)
+        if found.mark.run == run
+        and not (found.mark.pid != os.getpid() and found.mark.owner_alive())
+    ]
+    if ours:
+        with _named_database(url) as connection:
+            assert connection is not None
+            for name in ours:
+                drop_schema_checked(connection, url, name)
+    return ours
 
 
 def schema_in_use(connection: Connection, name: str) -> str | None:

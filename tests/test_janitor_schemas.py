@@ -142,3 +142,35 @@ def test_janitor_cleans_up_schemas_of_a_run_killed_with_sigkill(
         assert LIMITED_PASSWORD not in result.stdout + result.stderr
     finally:
         pg_server.sql(f"DROP SCHEMA IF EXISTS {leftover} CASCADE", database=DATABASE)
+
+
+def test_run_teardown_drops_its_worker_schemas_but_not_a_live_same_id_run(
+    pg_server: TestServer,
+) -> None:
+    """A worker stopped before its teardown leaves its schema; the run's owner drops it at the end."""
+    from pytest_dbguard.schema_janitor import drop_run_schemas
+    from pytest_dbguard.urls import DatabaseURL
+
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    names = {
+        "dbg_feed0006_gw0": int(ended.stdout),
+        "dbg_feed0006_gw1": 1,
+        "dbg_feed0007_gw0": int(ended.stdout),
+    }
+    for name, pid in names.items():
+        run = name.split("_")[1]
+        pg_server.sql(f"CREATE SCHEMA {name}", database=DATABASE)
+        pg_server.sql(
+            f"COMMENT ON SCHEMA {name} IS '{mark_text(run, 'gw0', pid=pid)}'", database=DATABASE
+        )
+    try:
+        url = DatabaseURL.parse(pg_server.url(DATABASE))
+        assert drop_run_schemas(url, "feed0006") == ["dbg_feed0006_gw0"]
+        left = _schemas(pg_server)
+        assert "dbg_feed0006_gw0" not in left
+        assert {"dbg_feed0006_gw1", "dbg_feed0007_gw0"} <= left  # a live creator; another run
+    finally:
+        for name in names:
+            pg_server.sql(f"DROP SCHEMA IF EXISTS {name} CASCADE", database=DATABASE)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbguard import machine
-from tests.pgserver import TestServer
+from tests.pgserver import LIMITED_USER, TestServer
 
 # Every test says it started (per worker), then hangs until the run is stopped.
 SLOW_TESTS = """
@@ -56,7 +56,7 @@ def _processes_in(folder: Path) -> list[int]:
         pytest.param(("-p", "xdist.plugin", "-n", "2"), id="n2", marks=pytest.mark.needs_xdist),
     ],
 )
-@pytest.mark.parametrize("backend", ["embedded", "external"])
+@pytest.mark.parametrize("backend", ["embedded", "external", "external-schemas"])
 def test_sigterm_mid_test_leaves_nothing(
     pytester: pytest.Pytester,
     pg_server: TestServer,
@@ -65,7 +65,13 @@ def test_sigterm_mid_test_leaves_nothing(
     target: str,
 ) -> None:
     pytester.makepyfile(test_slow=SLOW_TESTS)
-    url = ["--dbguard-url", pg_server.url()] if backend == "external" else []
+    urls = {
+        "embedded": [],
+        "external": ["--dbguard-url", pg_server.url()],
+        # A role without CREATEDB: one schema per worker in app_limited.
+        "external-schemas": ["--dbguard-url", pg_server.url("app_limited", user=LIMITED_USER)],
+    }
+    url = urls[backend]
     command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", *workers, *url]
     run = subprocess.Popen(
         command,
@@ -100,3 +106,5 @@ def test_sigterm_mid_test_leaves_nothing(
         assert time.monotonic() < deadline, "a worker or server outlived the run"
         time.sleep(0.05)
     assert not [name for name in pg_server.databases() if f"_dbg_{run_id}_" in name]
+    schemas = pg_server.sql("SELECT nspname FROM pg_namespace", database="app_limited").stdout
+    assert f"dbg_{run_id}_" not in schemas
