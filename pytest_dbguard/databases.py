@@ -2,7 +2,7 @@
 
 Works without pytest: each worker clones its database from a template that holds the schema,
 built once per run by whichever worker gets there first (a PostgreSQL advisory lock, or a file
-lock for SQLite, makes the others wait and then clone).
+lock for SQLite, makes the others wait and then clone). The engines it uses are in ``engines``.
 """
 
 from __future__ import annotations
@@ -10,23 +10,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import select
 import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
-from pytest_dbguard.engine_listener import INTERNAL_OPTION
+# Re-exported ("as"): other modules import these from here.
+from pytest_dbguard.engines import INTERNAL_OPTIONS as INTERNAL_OPTIONS
+from pytest_dbguard.engines import admin_engine as admin_engine
+from pytest_dbguard.engines import discard_dead_connections as discard_dead_connections
+from pytest_dbguard.engines import engine_for as engine_for
+from pytest_dbguard.engines import sqlite_savepoints as sqlite_savepoints
 from pytest_dbguard.exceptions import DatabaseSetupError
 from pytest_dbguard.janitor import Mark, creator_running, in_use, make_mark, parse_mark
 from pytest_dbguard.urls import DatabaseURL
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Connection
 
-INTERNAL_OPTIONS: Final = {INTERNAL_OPTION: True}  # guards skip statements carrying this
 SchemaBuild = Callable[["Connection"], None]
 INSUFFICIENT_PRIVILEGE: Final = "42501"
 NO_CREATEDB: Final = (
@@ -66,72 +69,6 @@ def run_ddl(connection: Connection, statement: str) -> None:
     """Run a statement that embeds identifiers, with no parameters: the driver then does not
     read a ``%`` in a database name as a placeholder (SQLAlchemy's ``no_parameters`` option)."""
     connection.exec_driver_sql(statement, execution_options={"no_parameters": True})
-
-
-def admin_engine(url: DatabaseURL) -> Engine:
-    """An autocommit engine for CREATE/DROP DATABASE, without a pool, tagged as dbguard's own."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    return create_engine(
-        url.sync().render(hide_password=False),
-        poolclass=NullPool,
-        isolation_level="AUTOCOMMIT",
-        execution_options=INTERNAL_OPTIONS,
-    )
-
-
-def engine_for(url: DatabaseURL, **kwargs: Any) -> Engine:
-    """A sync engine on ``url``; SQLite gets the documented fix that makes SAVEPOINT work with pysqlite."""
-    from sqlalchemy import create_engine
-
-    engine = create_engine(url.sync().render(hide_password=False), **kwargs)
-    if url.is_sqlite:
-        sqlite_savepoints(engine)
-    return engine
-
-
-def discard_dead_connections(engine: Engine) -> None:
-    """Disconnect handling without pool_pre_ping's round trip per checkout.
-
-    A pooled connection that the server has closed (a terminated backend, a restart, a cut) has a
-    readable socket while idle: the server's last message, or end of file. At checkout such a
-    connection, or one closed on our side, raises SQLAlchemy's ``DisconnectionError``, and the
-    pool discards it and connects anew (SQLAlchemy's documented pessimistic-handling hook).
-    """
-    from sqlalchemy import event, exc
-
-    @event.listens_for(engine, "checkout")
-    def _discard_if_dead(dbapi_connection: Any, _record: object, _proxy: object) -> None:
-        if _looks_dead(dbapi_connection):
-            raise exc.DisconnectionError("the server closed this pooled connection")
-
-
-def _looks_dead(dbapi_connection: Any) -> bool:
-    if getattr(dbapi_connection, "closed", False):  # psycopg: True; psycopg2: a non-zero int
-        return True
-    try:
-        descriptor = dbapi_connection.fileno()
-    except Exception:  # a driver that cannot say, or a connection already broken
-        return True
-    poller = select.poll()
-    poller.register(descriptor, select.POLLIN | select.POLLERR | select.POLLHUP)
-    return bool(poller.poll(0))  # nothing is due on an idle connection
-
-
-def sqlite_savepoints(engine: Engine) -> None:
-    """SQLAlchemy's documented fix that lets SQLite drivers nest SAVEPOINTs in a transaction:
-    the driver's own transaction handling off, BEGIN emitted by SQLAlchemy. For an AsyncEngine
-    pass its ``sync_engine``."""
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _no_driver_transactions(dbapi_connection: Any, _record: object) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _explicit_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
 
 
 def _lock_key(name: str) -> int:

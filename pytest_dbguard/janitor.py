@@ -230,7 +230,7 @@ def _maintenance(url: str | DatabaseURL) -> Iterator[Connection]:
     from sqlalchemy.pool import NullPool
 
     from pytest_dbguard.connect_diagnosis import DATABASE_MISSING, classify_error
-    from pytest_dbguard.databases import INTERNAL_OPTIONS
+    from pytest_dbguard.engines import INTERNAL_OPTIONS
 
     parsed = _parse(url)
     for index, database in enumerate(MAINTENANCE_DATABASES):

@@ -135,7 +135,7 @@ def _named_database(url: DatabaseURL) -> Iterator[Connection | None]:
     from sqlalchemy.pool import NullPool
 
     from pytest_dbguard.connect_diagnosis import DATABASE_MISSING, classify_error
-    from pytest_dbguard.databases import INTERNAL_OPTIONS
+    from pytest_dbguard.engines import INTERNAL_OPTIONS
     from pytest_dbguard.janitor import server_of
 
     if not url.database:
