@@ -102,14 +102,22 @@ def _janitor(args: argparse.Namespace, url: DatabaseURL) -> int:
     for result in results:
         found = result.database
         mark = found.mark
+        what = (
+            found.name
+            if found.in_database is None
+            else f"schema {found.name} in {found.in_database}"
+        )
         line = (
-            f"{result.action} {found.name} (run {mark.run}, worker {mark.worker}, "
+            f"{result.action} {what} (run {mark.run}, worker {mark.worker}, "
             f"{_age(found.age)} old, from {mark.host} pid {mark.pid})"
         )
         print(line + (f": {result.detail}" if result.detail else ""))
     if not results:
         age = _age(args.older_than)
-        print(f"nothing to drop: no dbguard database older than {age} on {server_of(url)}")
+        print(
+            f"nothing to drop: no dbguard database older than {age} on {server_of(url)}"
+            + (f", and no worker schema in {url.database}" if url.database else "")
+        )
     failed = sum(result.action == "failed" for result in results)
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -158,9 +166,10 @@ def _parser() -> argparse.ArgumentParser:
 
     janitor = commands.add_parser(
         "janitor",
-        help="drop test databases dbguard created and left behind",
-        description="Drop databases left by crashed runs: only those carrying dbguard's mark "
-        "and name shape, created longer ago than --older-than.",
+        help="drop test databases (and worker schemas) dbguard created and left behind",
+        description="Drop databases left by crashed runs, and schema-mode worker schemas "
+        "(dbg_<run>_<worker>) in the URL's database: only those carrying dbguard's mark and "
+        "name shape, created longer ago than --older-than, whose run is over.",
     )
     janitor.add_argument("url", nargs="?", metavar="URL", help=url_help)
     janitor.add_argument(

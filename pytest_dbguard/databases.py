@@ -2,7 +2,7 @@
 
 Works without pytest: each worker clones its database from a template that holds the schema,
 built once per run by whichever worker gets there first (a PostgreSQL advisory lock, or a file
-lock for SQLite, makes the others wait and then clone).
+lock for SQLite, makes the others wait and then clone). The engines it uses are in ``engines``.
 """
 
 from __future__ import annotations
@@ -10,25 +10,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import select
 import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
-from pytest_dbguard.engine_listener import INTERNAL_OPTION, mark_own
+# Re-exported ("as"): other modules import these from here.
+from pytest_dbguard.engines import INTERNAL_OPTIONS as INTERNAL_OPTIONS
+from pytest_dbguard.engines import admin_engine as admin_engine
+from pytest_dbguard.engines import discard_dead_connections as discard_dead_connections
+from pytest_dbguard.engines import engine_for as engine_for
+from pytest_dbguard.engines import sqlite_savepoints as sqlite_savepoints
 from pytest_dbguard.exceptions import DatabaseSetupError
 from pytest_dbguard.janitor import Mark, creator_running, in_use, make_mark, parse_mark
 from pytest_dbguard.urls import DatabaseURL
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Connection
 
-INTERNAL_OPTIONS: Final = {INTERNAL_OPTION: True}  # guards skip statements carrying this
 SchemaBuild = Callable[["Connection"], None]
 INSUFFICIENT_PRIVILEGE: Final = "42501"
+NO_CREATEDB: Final = (
+    "The role {user!r} may not create databases. Grant it (ALTER ROLE ... CREATEDB), or let "
+    "dbguard use one schema per worker in the named database: --dbguard-worker-isolation schema "
+    "(or auto, the default; ini dbguard_worker_isolation)."
+)
 SAME_ID: Final = (
     "The {what} {name!r} already exists {where} and another run is using it ({reason}): two runs "
     "drew the same run id. Run again; a new id is drawn each time."
@@ -52,73 +60,15 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def admin_engine(url: DatabaseURL) -> Engine:
-    """An autocommit engine for CREATE/DROP DATABASE, without a pool, tagged as dbguard's own."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    return mark_own(
-        create_engine(
-            url.sync().render(hide_password=False),
-            poolclass=NullPool,
-            isolation_level="AUTOCOMMIT",
-            execution_options=INTERNAL_OPTIONS,
-        )
-    )
+def quote_literal(text: str) -> str:
+    """A PostgreSQL string literal (for COMMENT, which takes no bound parameters)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
-def engine_for(url: DatabaseURL, **kwargs: Any) -> Engine:
-    """A sync engine of dbguard's own on ``url`` (its connections and commits are not the tests');
-    SQLite gets the documented fix that makes SAVEPOINT work with pysqlite."""
-    from sqlalchemy import create_engine
-
-    engine = mark_own(create_engine(url.sync().render(hide_password=False), **kwargs))
-    if url.is_sqlite:
-        sqlite_savepoints(engine)
-    return engine
-
-
-def discard_dead_connections(engine: Engine) -> None:
-    """Disconnect handling without pool_pre_ping's round trip per checkout.
-
-    A pooled connection that the server has closed (a terminated backend, a restart, a cut) has a
-    readable socket while idle: the server's last message, or end of file. At checkout such a
-    connection, or one closed on our side, raises SQLAlchemy's ``DisconnectionError``, and the
-    pool discards it and connects anew (SQLAlchemy's documented pessimistic-handling hook).
-    """
-    from sqlalchemy import event, exc
-
-    @event.listens_for(engine, "checkout")
-    def _discard_if_dead(dbapi_connection: Any, _record: object, _proxy: object) -> None:
-        if _looks_dead(dbapi_connection):
-            raise exc.DisconnectionError("the server closed this pooled connection")
-
-
-def _looks_dead(dbapi_connection: Any) -> bool:
-    if getattr(dbapi_connection, "closed", False):  # psycopg: True; psycopg2: a non-zero int
-        return True
-    try:
-        descriptor = dbapi_connection.fileno()
-    except Exception:  # a driver that cannot say, or a connection already broken
-        return True
-    poller = select.poll()
-    poller.register(descriptor, select.POLLIN | select.POLLERR | select.POLLHUP)
-    return bool(poller.poll(0))  # nothing is due on an idle connection
-
-
-def sqlite_savepoints(engine: Engine) -> None:
-    """SQLAlchemy's documented fix that lets SQLite drivers nest SAVEPOINTs in a transaction:
-    the driver's own transaction handling off, BEGIN emitted by SQLAlchemy. For an AsyncEngine
-    pass its ``sync_engine``."""
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _no_driver_transactions(dbapi_connection: Any, _record: object) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _explicit_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+def run_ddl(connection: Connection, statement: str) -> None:
+    """Run a statement that embeds identifiers, with no parameters: the driver then does not
+    read a ``%`` in a database name as a placeholder (SQLAlchemy's ``no_parameters`` option)."""
+    connection.exec_driver_sql(statement, execution_options={"no_parameters": True})
 
 
 def _lock_key(name: str) -> int:
@@ -147,9 +97,49 @@ def _exists(connection: Connection, name: str) -> bool:
     )
 
 
-def _mark(connection: Connection, name: str, run: str, worker: str) -> None:
-    comment = make_mark(run, worker).replace("'", "''")
-    connection.exec_driver_sql(f"COMMENT ON DATABASE {quote_ident(name)} IS '{comment}'")
+def _mark(
+    connection: Connection, name: str, run: str, worker: str, *, complete: bool | None = None
+) -> None:
+    comment = quote_literal(make_mark(run, worker, complete=complete))
+    run_ddl(connection, f"COMMENT ON DATABASE {quote_ident(name)} IS {comment}")
+
+
+def _template_mark(connection: Connection, name: str) -> tuple[bool, Mark | None]:
+    """Whether ``name`` exists, and its mark."""
+    from sqlalchemy import text
+
+    row = connection.execute(
+        text("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n"),
+        {"n": name},
+    ).first()
+    return row is not None, parse_mark(row[0]) if row is not None else None
+
+
+def _ensure_template(
+    connection: Connection, server_url: DatabaseURL, template: str, build: SchemaBuild, run: str
+) -> None:
+    """Build the template unless a complete one exists (call under the template's lock).
+
+    The mark says ``complete`` only once the schema is in: a template whose build failed is
+    dropped at once, and one whose build was killed (its mark still incomplete) is rebuilt, so
+    no worker ever clones a half-built schema.
+    """
+    from pytest_dbguard.janitor import drop_checked
+
+    exists, mark = _template_mark(connection, template)
+    if exists and mark is not None and mark.complete:
+        return
+    if exists:  # incomplete: its builder was killed (or an older version made it): rebuild
+        drop_checked(connection, server_url, template)
+    run_ddl(connection, f"CREATE DATABASE {quote_ident(template)}")
+    _mark(connection, template, run, "tpl", complete=False)
+    try:
+        _build_in(server_url.with_database(template), build)
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: the error itself matters more
+            drop_checked(connection, server_url, template)
+        raise
+    _mark(connection, template, run, "tpl", complete=True)
 
 
 def provision_database(
@@ -173,10 +163,7 @@ def provision_database(
             if build is not None and template is not None:
                 started = time.perf_counter()
                 with _advisory_lock(connection, template):
-                    if not _exists(connection, template):
-                        connection.exec_driver_sql(f"CREATE DATABASE {quote_ident(template)}")
-                        _mark(connection, template, template_run or run, "tpl")
-                        _build_in(server_url.with_database(template), build)
+                    _ensure_template(connection, server_url, template, build, template_run or run)
                 template_ms = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
             if _exists(connection, database):  # left by a crashed run that drew the same id
@@ -186,7 +173,7 @@ def provision_database(
                 if build is not None and template is not None
                 else ""
             )
-            connection.exec_driver_sql(f"CREATE DATABASE {quote_ident(database)}{clone}")
+            run_ddl(connection, f"CREATE DATABASE {quote_ident(database)}{clone}")
             _mark(connection, database, run, worker)
             clone_ms = (time.perf_counter() - started) * 1000
         if build is not None and template is None:
@@ -257,11 +244,11 @@ def provision_schema(
                         )
                     )
                 # left by a crashed run that drew the same id
-                connection.exec_driver_sql(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
-            connection.exec_driver_sql(f"CREATE SCHEMA {quote_ident(schema)}")
-            comment = make_mark(run, worker).replace("'", "''")
-            connection.exec_driver_sql(f"COMMENT ON SCHEMA {quote_ident(schema)} IS '{comment}'")
-            connection.exec_driver_sql(f"SET LOCAL search_path TO {quote_ident(schema)}")
+                run_ddl(connection, f"DROP SCHEMA {quote_ident(schema)} CASCADE")
+            run_ddl(connection, f"CREATE SCHEMA {quote_ident(schema)}")
+            comment = quote_literal(make_mark(run, worker))
+            run_ddl(connection, f"COMMENT ON SCHEMA {quote_ident(schema)} IS {comment}")
+            run_ddl(connection, f"SET LOCAL search_path TO {quote_ident(schema)}")
             if build is not None:
                 build(connection)
     except DBAPIError as error:
@@ -301,7 +288,7 @@ def drop_schema(server_url: DatabaseURL, schema: str) -> None:
     try:
         with engine.begin() as connection:
             if _schema_mark(connection, schema) is not None:
-                connection.exec_driver_sql(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
+                run_ddl(connection, f"DROP SCHEMA {quote_ident(schema)} CASCADE")
     finally:
         engine.dispose()
 
@@ -340,10 +327,13 @@ def _describe(error: Exception, url: DatabaseURL, database: str) -> str:
     )
     if url.password:
         detail = detail.replace(url.password, "***")
-    return (
+    message = (
         f"Could not set up the test database {database!r} on {url.host}:{url.port} "
         f"(connected as {url.username!r} to {url.database!r}): {detail}"
     )
+    if getattr(getattr(error, "orig", None), "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+        message += ". " + NO_CREATEDB.format(user=url.username)
+    return message
 
 
 # SQLite: one file per worker, copied from a template file built once under a file lock.

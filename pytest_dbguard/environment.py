@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 
 from pytest_dbguard import config as dbguard_config
-from pytest_dbguard import run_plan
+from pytest_dbguard import run_plan, termination
 from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.run_plan import ORIGIN_VAR, RunPlan
 
@@ -110,6 +110,7 @@ def prepare(
         check_guarded_modules(settings.guard_modules, assignments)
     plan = run_plan.decide(settings, origin)
     config.stash[plan_key] = plan
+    termination.install(config)  # from here on SIGTERM cleans up like Ctrl-C
     if plan.owns_server and plan.embedded:
         from pytest_dbguard import machine, server
 

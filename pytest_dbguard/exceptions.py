@@ -67,3 +67,7 @@ class NaiveDatetimeWarning(GuardWarning):
 
 class LeakWarning(GuardWarning):
     """A rollback test left committed rows behind (``dbguard_leaks = warn``)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run stops and cleans up as it does for Ctrl-C."""

@@ -1,5 +1,7 @@
 """The mark dbguard puts on every database it creates, and the sweep that drops leftovers.
 
+(Worker schemas of schema mode are swept by ``schema_janitor``, with the same rules.)
+
 Only a database whose comment carries this mark (and whose name has dbguard's shape) is ever
 dropped; anything else on the server is left alone.
 """
@@ -33,6 +35,7 @@ class Mark:
     created: float
     pid: int
     host: str
+    complete: bool | None = None  # templates only: False while the schema is built, then True
 
     def owner_alive(self) -> bool:
         """Whether the process that made the mark still runs; False when it ran on another host,
@@ -47,15 +50,18 @@ class Mark:
         )  # /proc's boot time is whole seconds
 
 
-def make_mark(run: str, worker: str) -> str:
-    """The ``COMMENT ON DATABASE`` text for a database this process creates now."""
-    payload = {
+def make_mark(run: str, worker: str, *, complete: bool | None = None) -> str:
+    """The ``COMMENT ON DATABASE`` text for a database this process creates now; a template's
+    mark also says whether its schema is ``complete`` (a killed build leaves ``false``)."""
+    payload: dict[str, object] = {
         "run": run,
         "worker": worker,
         "created": round(time.time(), 3),
         "pid": os.getpid(),
         "host": socket.gethostname(),
     }
+    if complete is not None:
+        payload["complete"] = complete
     return MARK_PREFIX + json.dumps(payload, separators=(",", ":"))
 
 
@@ -71,6 +77,7 @@ def parse_mark(comment: str | None) -> Mark | None:
             created=float(data["created"]),
             pid=int(data["pid"]),
             host=str(data["host"]),
+            complete=bool(data["complete"]) if "complete" in data else None,
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -83,6 +90,7 @@ class MarkedDatabase:
     name: str
     mark: Mark
     is_template: bool = False
+    in_database: str | None = None  # set for a schema-mode worker schema: the database holding it
 
     @property
     def age(self) -> float:
@@ -158,10 +166,17 @@ def drop_run(url: str | DatabaseURL, run: str) -> list[str]:
 
 def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
     """Drop (``dry_run``: only list) the marked databases at least ``older_than`` seconds old,
-    keeping those a run still going uses."""
-    from sqlalchemy.exc import DBAPIError
+    and the marked worker schemas in the URL's database, keeping those a run still going uses."""
+    from pytest_dbguard.schema_janitor import sweep_schemas
 
     parsed = _parse(url)
+    swept = _sweep_databases(parsed, older_than=older_than, dry_run=dry_run)
+    return swept + sweep_schemas(parsed, older_than=older_than, dry_run=dry_run)
+
+
+def _sweep_databases(parsed: DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
+    from sqlalchemy.exc import DBAPIError
+
     leftovers = [
         found
         for found in list_marked(parsed)
@@ -177,7 +192,7 @@ def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[S
                 if reason is None and not dry_run:
                     drop_checked(connection, parsed, found.name)
             except (DbguardError, DBAPIError) as error:
-                detail = str(error) if isinstance(error, DbguardError) else _brief(error, parsed)
+                detail = str(error) if isinstance(error, DbguardError) else brief(error, parsed)
                 results.append(Swept(found, "failed", detail))
             else:
                 action = "kept" if reason else "would drop" if dry_run else "dropped"
@@ -185,7 +200,8 @@ def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[S
     return results
 
 
-def _brief(error: Exception, url: DatabaseURL) -> str:
+def brief(error: Exception, url: DatabaseURL) -> str:
+    """A driver error in one line, password hidden."""
     from pytest_dbguard.connect_diagnosis import classify_error
 
     return classify_error(error, connected=True, password=url.password).error
@@ -214,8 +230,8 @@ def _maintenance(url: str | DatabaseURL) -> Iterator[Connection]:
     from sqlalchemy.pool import NullPool
 
     from pytest_dbguard.connect_diagnosis import DATABASE_MISSING, classify_error
-    from pytest_dbguard.databases import INTERNAL_OPTIONS
     from pytest_dbguard.engine_listener import mark_own
+    from pytest_dbguard.engines import INTERNAL_OPTIONS
 
     parsed = _parse(url)
     for index, database in enumerate(MAINTENANCE_DATABASES):
@@ -276,7 +292,7 @@ def drop_checked(connection: Connection, url: DatabaseURL, name: str) -> MarkedD
     from sqlalchemy.exc import DBAPIError
 
     from pytest_dbguard.connect_diagnosis import classify_error
-    from pytest_dbguard.databases import quote_ident
+    from pytest_dbguard.databases import quote_ident, run_ddl
 
     row = connection.execute(text(_ONE_SQL), {"name": name}).first()
     server = server_of(url)
@@ -298,8 +314,8 @@ def drop_checked(connection: Connection, url: DatabaseURL, name: str) -> MarkedD
         raise DatabaseSetupError(_REFUSED.format(name=name, server=server, reason=reason))
     try:
         if is_template:  # a template cannot be dropped until it is an ordinary database again
-            connection.exec_driver_sql(f"ALTER DATABASE {quote_ident(name)} IS_TEMPLATE false")
-        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+            run_ddl(connection, f"ALTER DATABASE {quote_ident(name)} IS_TEMPLATE false")
+        run_ddl(connection, f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
     except DBAPIError as error:
         detail = classify_error(error, connected=True, password=url.password).error
         raise DatabaseSetupError(f"Could not drop {name!r} on {server}: {detail}") from None

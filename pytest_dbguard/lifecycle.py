@@ -20,16 +20,23 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
-from pytest_dbguard import databases, environment, janitor, schema
+from pytest_dbguard import (
+    databases,
+    environment,
+    janitor,
+    schema,
+    termination,
+    worker_failures,
+)
 from pytest_dbguard.config import Settings, settings_key
 from pytest_dbguard.environment import cluster_key, plan_key, proxy_key
-from pytest_dbguard.exceptions import DbguardError
+from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
 from pytest_dbguard.run_plan import SINGLE_PROCESS, RunPlan
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
 
-    from pytest_dbguard.databases import Provisioned, SchemaBuild
+    from pytest_dbguard.databases import Provisioned
     from pytest_dbguard.server import EmbeddedCluster
 
 REUSE_RUN: Final = "reuse"  # templates of --dbguard-reuse are marked with this run id and kept
@@ -80,6 +87,7 @@ def configure(config: pytest.Config) -> None:
             settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
         )
     config.stash[state_key] = state
+    worker_failures.register(config)
 
 
 def _schema_source(settings: Settings) -> str:
@@ -111,6 +119,7 @@ def ensure_started(config: pytest.Config) -> None:
     try:
         if plan.server_url is not None:
             _wait_ready(config, plan, settings, state)
+            _check_can_create_databases(plan, settings)
         if state.runs_tests:
             state.provisioned = _provision(config, plan, settings, state)
             proxy = config.stash.get(proxy_key, None)
@@ -121,7 +130,22 @@ def ensure_started(config: pytest.Config) -> None:
                 )
     except DbguardError as error:
         stop(config)
-        raise pytest.UsageError(str(error)) from None
+        worker_failures.fail_session(config, str(error))
+
+
+def _check_can_create_databases(plan: RunPlan, settings: Settings) -> None:
+    """With ``worker_isolation = database`` asked for, the server's owner checks the role once,
+    before any xdist worker tries (and fails) to create its database."""
+    if not plan.owns_server or plan.embedded or plan.schema is not None:
+        return
+    if settings.worker_isolation != "database" or plan.server_url is None:
+        return
+    if not databases.can_create_databases(plan.server_url):
+        url = plan.server_url
+        raise DatabaseSetupError(
+            f"{settings.source_of('worker_isolation')} = 'database', but on {url.host}:{url.port} "
+            + databases.NO_CREATEDB.format(user=url.username)
+        )
 
 
 def _wait_ready(
@@ -148,16 +172,6 @@ def _wait_ready(
     state.server_version = result.server_version or "?"
     if cluster is not None:
         state.server_start_ms = cluster.start_ms() or 0.0
-
-
-def _schema_build(state: SessionState, url: str) -> SchemaBuild | None:
-    if state.metadata is not None:
-        metadata = state.metadata
-        return lambda connection: schema.create_with_metadata(connection, metadata)
-    if state.alembic_ini is not None:
-        ini = state.alembic_ini
-        return lambda connection: schema.upgrade_with_alembic(connection, ini, url)
-    return None
 
 
 def _fingerprint(settings: Settings, state: SessionState) -> str:
@@ -215,7 +229,7 @@ def _provision(
     template_url = (
         plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
     )
-    build = _schema_build(state, template_url.render(hide_password=False))
+    build = schema.builder(state.metadata, state.alembic_ini, template_url, state.schema_source)
     # While the template is built, the exported variables name it: an alembic env.py that reads
     # DATABASE_URL (or DBGUARD_URL) migrates the template, not the worker's database.
     template_plan = dataclasses.replace(
@@ -301,11 +315,12 @@ def check_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
             try:
                 dbguard(*marker.args, **marker.kwargs)
             except TypeError as error:
-                raise pytest.UsageError(
-                    f"{item.nodeid}: @pytest.mark.dbguard{error}".replace("dbguard()", "")
-                ) from None
+                worker_failures.fail_session(
+                    config, f"{item.nodeid}: @pytest.mark.dbguard{error}".replace("dbguard()", "")
+                )
             except pytest.UsageError as error:
-                raise pytest.UsageError(f"{item.nodeid}: {error}") from None
+                named = str(error) if item.nodeid in str(error) else f"{item.nodeid}: {error}"
+                worker_failures.fail_session(config, named)
 
 
 def finish(config: pytest.Config) -> None:
@@ -336,6 +351,7 @@ def stop(config: pytest.Config) -> None:
     if plan_key not in config.stash or config.stash.get(stopped_key, False):
         return  # a failed start already stopped; unconfigure comes again
     config.stash[stopped_key] = True
+    termination.shield()  # a SIGTERM now must not cut the cleanup short
     plan = plan_of(config)
     settings = config.stash[settings_key]
     state = config.stash.get(state_key, None)
@@ -352,9 +368,14 @@ def stop(config: pytest.Config) -> None:
                 cluster.stop()
             elif plan.server_url is not None and answered:
                 janitor.drop_run(plan.server_url, plan.run)
+                if plan.schema is not None:  # workers stopped before their teardown (SIGTERM)
+                    from pytest_dbguard.schema_janitor import drop_run_schemas
+
+                    drop_run_schemas(plan.server_url, plan.run)
             if plan.sqlite_dir is not None:
                 shutil.rmtree(plan.sqlite_dir, ignore_errors=True)
     except Exception as error:
         print(f"dbguard: cleanup failed: {error}", file=sys.stderr)
     finally:
         environment.restore(config)
+        termination.restore(config)

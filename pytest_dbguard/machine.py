@@ -281,6 +281,18 @@ def group_alive(group: int) -> bool:
     return False
 
 
+def children_in_group(parent: int, group: int) -> list[int]:
+    """The running children of ``parent`` in process group ``group`` (xdist workers, but not the
+    embedded server, which has a session of its own)."""
+    found = []
+    with contextlib.suppress(OSError), os.scandir("/proc") as entries:
+        for entry in entries:
+            fields = _stat_fields(entry.name) if entry.name.isdigit() else None
+            if fields is not None and fields[0] != "Z" and fields[1:3] == [str(parent), str(group)]:
+                found.append(int(entry.name))
+    return found
+
+
 def command_name(pid: int) -> str | None:
     """The command ``pid`` runs now (``/proc/<pid>/comm``), or None."""
     with contextlib.suppress(OSError):

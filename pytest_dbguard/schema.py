@@ -9,15 +9,22 @@ import importlib.util
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from pytest_dbguard.exceptions import ConfigError, SchemaError
+from pytest_dbguard.exceptions import ConfigError, DbguardError, SchemaError
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
     from sqlalchemy.engine import Connection
+
+    from pytest_dbguard.urls import DatabaseURL
+
+BUILD_FAILED: Final = (
+    "Building the schema ({source}) in {database!r} failed: {error}. Fix the models or the "
+    "migrations it names (ini dbguard_metadata / dbguard_alembic_ini); no test ran."
+)
 
 
 def load_metadata(spec: str, source: str, rootdir: Path | None = None) -> MetaData:
@@ -121,6 +128,41 @@ def fingerprint_alembic(ini: Path, settings: Sequence[str] = ()) -> str:
         for path in sorted(folder.rglob("*.py")) if folder.is_dir() else []:
             digest.update(path.read_bytes())
     return digest.hexdigest()[:6]
+
+
+def builder(
+    metadata: MetaData | None, alembic_ini: Path | None, url: DatabaseURL, source: str
+) -> Callable[[Connection], None] | None:
+    """The schema build for ``url`` (``create_all`` or ``alembic upgrade head``; None: no schema
+    source), its failures raised as a SchemaError that names the source."""
+    inner: Callable[[Connection], None]
+    if metadata is not None:
+        inner = lambda connection: create_with_metadata(connection, metadata)  # noqa: E731
+    elif alembic_ini is not None:
+        ini, text = alembic_ini, url.render(hide_password=False)
+        inner = lambda connection: upgrade_with_alembic(connection, ini, text)  # noqa: E731
+    else:
+        return None
+
+    def build(connection: Connection) -> None:
+        try:
+            inner(connection)
+        except DbguardError:
+            raise
+        except Exception as error:
+            cause = getattr(error, "orig", None) or error  # a DBAPIError: the driver's own words
+            detail = (str(cause).strip().splitlines() or [""])[0]
+            if url.password:
+                detail = detail.replace(url.password, "***")
+            raise SchemaError(
+                BUILD_FAILED.format(
+                    source=source,
+                    database=url.database,
+                    error=f"{type(cause).__name__}: {detail}",
+                )
+            ) from error
+
+    return build
 
 
 def create_with_metadata(connection: Connection, metadata: MetaData) -> None:

@@ -8,6 +8,7 @@ importing SQLAlchemy, which costs a few hundred milliseconds.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import re
 from collections.abc import Mapping
@@ -139,9 +140,11 @@ class DatabaseURL:
         if ":" in host:
             host = f"[{host}]"
         port = f":{self.port}" if self.port else ""
-        database = f"/{self.database}" if self.database is not None else ""
+        database = ""
         if self.is_sqlite and self.database is not None:
             database = f"/{self.database}"  # sqlite:///relative or sqlite:////absolute
+        elif self.database is not None:  # '%', '?', '#', '/' and spaces must not end the name
+            database = "/" + quote(self.database, safe="")
         query = f"?{urlencode(self.query)}" if self.query else ""
         return f"{scheme}://{auth}{host}{port}{database}{query}"
 
@@ -210,11 +213,18 @@ def hide_password_in(text: str) -> str:
 
 
 def database_name(base: str, run: str, worker: str, *, suffix: str = "") -> str:
-    """``<base>_dbg_<run>_<worker>``, shortening ``base`` so the name fits PostgreSQL's 63 bytes."""
+    """``<base>_dbg_<run>_<worker>``, shortening ``base`` so the name fits PostgreSQL's 63 bytes.
+
+    A shortened base ends with a hash of the whole one, so two long names that differ only in
+    their tails still give two databases (whole characters only: UTF-8 is never cut in half).
+    """
     tail = f"_dbg_{run}_{worker}{suffix}"
     room = MAX_IDENTIFIER - len(tail.encode())
-    trimmed = base.encode()[:room].decode(errors="ignore")
-    return f"{trimmed}{tail}"
+    if len(base.encode()) <= room:
+        return f"{base}{tail}"
+    digest = "_" + hashlib.sha1(base.encode()).hexdigest()[:6]
+    trimmed = base.encode()[: room - len(digest)].decode(errors="ignore")
+    return f"{trimmed}{digest}{tail}"
 
 
 def is_dbguard_name(name: str) -> bool:

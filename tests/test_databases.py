@@ -250,3 +250,74 @@ def test_single_run_needs_no_template(
     result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), *args)
     result.assert_outcomes(passed=1)
     assert not [name for name in pg_server.databases() if "_dbg_" in name]
+
+
+def _create_table(name: str) -> databases.SchemaBuild:
+    def build(connection: sqlalchemy.Connection) -> None:
+        connection.exec_driver_sql(f"CREATE TABLE {name} (id int)")
+
+    return build
+
+
+def _tables(pg_server: TestServer, database: str) -> list[str]:
+    out = pg_server.sql(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'", database=database
+    )
+    return out.stdout.split()
+
+
+def test_a_failed_template_build_leaves_no_template(pg_server: TestServer) -> None:
+    """The worker that fails takes its half-built template with it: nobody clones it."""
+    url = DatabaseURL.parse(pg_server.url())
+    template, worker_db = "app_dbg_feed0004_tpl", "app_dbg_feed0004_gw0"
+
+    def broken(connection: sqlalchemy.Connection) -> None:
+        connection.exec_driver_sql("CREATE TABLE half (id int)")
+        connection.exec_driver_sql("CREATE TABLE broken (id nosuchtype)")
+
+    try:
+        with pytest.raises(DatabaseSetupError, match='type "nosuchtype" does not exist'):
+            databases.provision_database(
+                url, worker_db, template, broken, run="feed0004", worker="gw0"
+            )
+        assert template not in pg_server.databases()
+        assert worker_db not in pg_server.databases()
+        databases.provision_database(
+            url, worker_db, template, _create_table("whole"), run="feed0004", worker="gw0"
+        )
+        assert _tables(pg_server, worker_db) == ["whole"]
+    finally:
+        for name in (worker_db, template):
+            pg_server.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("complete", [False, None], ids=["incomplete", "unstated"])
+def test_a_template_not_marked_complete_is_rebuilt(
+    pg_server: TestServer, complete: bool | None
+) -> None:
+    """A build killed half way (SIGKILL, Ctrl-C) leaves a template whose mark is not complete."""
+    url = DatabaseURL.parse(pg_server.url())
+    template, worker_db = "app_dbg_feed0005_tpl", "app_dbg_feed0005_gw0"
+    pg_server.sql(f'CREATE DATABASE "{template}"')
+    pg_server.sql("CREATE TABLE half (id int)", database=template)
+    mark = make_mark("reuse", "tpl", complete=complete).replace(f'"pid":{os.getpid()}', '"pid":1')
+    pg_server.sql(f"COMMENT ON DATABASE \"{template}\" IS '{mark}'")
+    try:
+        databases.provision_database(
+            url, worker_db, template, _create_table("whole"), run="feed0005", worker="gw0"
+        )
+        assert _tables(pg_server, worker_db) == ["whole"]
+        assert _tables(pg_server, template) == ["whole"]
+        comment = pg_server.sql(
+            f"SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{template}'"
+        )
+        assert '"complete":true' in comment.stdout
+        # Complete now: the next worker clones it as it is.
+        pg_server.sql(f'DROP DATABASE "{worker_db}"')
+        databases.provision_database(
+            url, worker_db, template, _create_table("never"), run="feed0005", worker="gw0"
+        )
+        assert _tables(pg_server, worker_db) == ["whole"]
+    finally:
+        for name in (worker_db, template):
+            pg_server.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,107 @@
+"""Base database names with URL and SQL metacharacters, quotes and non-ASCII work end to end."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from pytest_dbguard.databases import quote_ident
+from pytest_dbguard.urls import DatabaseURL, database_name, is_dbguard_name
+from tests.conftest import run_dbguard
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer
+
+MODELS = """
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Note(Base):
+        __tablename__ = "notes"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        body: Mapped[str]
+"""
+# The fixtures, the exported URL (an application's own engine) and DBGUARD_DB all name the
+# same per-worker database, cloned with the schema.
+TESTS = """
+    import os
+    import pytest
+    from sqlalchemy import create_engine, text
+    from models import Note
+
+    @pytest.mark.parametrize("n", range(4))
+    def test_worker_database(dbguard_session, dbguard_url, n):
+        name = os.environ["DBGUARD_DB"]
+        dbguard_session.add(Note(body=name))
+        dbguard_session.commit()
+        assert dbguard_session.execute(text("SELECT current_database()")).scalar() == name
+        assert dbguard_session.query(Note).count() == 1
+        engine = create_engine(os.environ["DBGUARD_URL"])
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT current_database()")).scalar() == name
+            assert conn.execute(text("SELECT count(*) FROM notes")).scalar() == 0
+        engine.dispose()
+"""
+NAMES = [
+    pytest.param("per%cent", id="percent"),
+    pytest.param("100%s_sure", id="percent-s"),
+    pytest.param("what?db", id="question-mark"),
+    pytest.param("hash#db", id="hash"),
+    pytest.param("with space", id="space"),
+    pytest.param('dou"ble', id="double-quote"),
+    pytest.param("it's", id="single-quote"),
+    pytest.param("prüfung_ß_日本", id="non-ascii"),
+    pytest.param("ü" * 30 + "%?# '\"", id="long-mixed"),  # 66 bytes: trimmed
+]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
+def test_base_database_name_with_special_characters(
+    pytester: pytest.Pytester, pg_server: TestServer, name: str, xdist: bool
+) -> None:
+    pg_server.sql(f"CREATE DATABASE {quote_ident(name)}")
+    try:
+        before = set(pg_server.databases())
+        pytester.makepyfile(models=MODELS, test_names=TESTS)
+        pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+        url = pg_server.url(quote(name, safe=""))  # URL-encoded by the user, as RFC 3986 asks
+        args = ["--dbguard-url", url] + (["-n", "2"] if xdist else [])
+        result = run_dbguard(pytester, *args, plugins=("xdist.plugin",) if xdist else ())
+        result.assert_outcomes(passed=4)
+        assert SUPERUSER_PASSWORD not in result.stdout.str() + result.stderr.str()
+        assert set(pg_server.databases()) == before  # every worker database and template dropped
+        tables = pg_server.sql(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", database=name
+        )
+        assert tables.stdout.strip() == "0"  # the named database itself is never written to
+    finally:
+        pg_server.sql(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rendered_urls_keep_the_name(name: str) -> None:
+    url = DatabaseURL.parse(f"postgresql+psycopg://u:p@h:5432/{quote(name, safe='')}")
+    assert url.database == name
+    text = url.render(hide_password=False)
+    assert DatabaseURL.parse(text) == url
+    assert make_url(text).database == name  # SQLAlchemy reads back the same name
+
+
+def test_trimmed_names_stay_unique_and_whole() -> None:
+    first = database_name("é" * 40 + "_orders", "abc123", "gw0")
+    second = database_name("é" * 40 + "_people", "abc123", "gw0")
+    assert first != second
+    for made in (first, second):
+        assert len(made.encode()) <= 63
+        assert made.endswith("_dbg_abc123_gw0") and is_dbguard_name(made)
+        assert made.encode().decode() == made  # no character cut in half
+    assert database_name("short", "abc123", "gw0") == "short_dbg_abc123_gw0"

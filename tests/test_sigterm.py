@@ -1,0 +1,110 @@
+"""SIGTERM (what CI runners and ``timeout`` send) cleans up like Ctrl-C: no server, folder or database left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_dbguard import machine
+from tests.pgserver import LIMITED_USER, TestServer
+
+# Every test says it started (per worker), then hangs until the run is stopped.
+SLOW_TESTS = """
+    import os, pathlib, time
+    import pytest
+
+    @pytest.mark.parametrize("n", range(4))
+    def test_slow(dbguard_connection, n):
+        pathlib.Path("run.txt").write_text(os.environ["DBGUARD_RUN"])
+        pathlib.Path("started-" + os.environ["DBGUARD_WORKER"]).touch()
+        time.sleep(120)
+"""
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Processes whose working folder or command line is ``folder`` (pytest, its workers, the server)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if os.readlink(entry / "cwd") == str(folder) or str(folder) in command:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("pid", id="pytest-only"),  # `timeout`, `kill <pid>`
+        pytest.param("group", id="process-group"),  # CI runners stopping a job
+    ],
+)
+@pytest.mark.parametrize(
+    "workers",
+    [
+        pytest.param((), id="serial"),
+        pytest.param(("-p", "xdist.plugin", "-n", "2"), id="n2", marks=pytest.mark.needs_xdist),
+    ],
+)
+@pytest.mark.parametrize("backend", ["embedded", "external", "external-schemas"])
+def test_sigterm_mid_test_leaves_nothing(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    backend: str,
+    workers: tuple[str, ...],
+    target: str,
+) -> None:
+    pytester.makepyfile(test_slow=SLOW_TESTS)
+    urls = {
+        "embedded": [],
+        "external": ["--dbguard-url", pg_server.url()],
+        # A role without CREATEDB: one schema per worker in app_limited.
+        "external-schemas": ["--dbguard-url", pg_server.url("app_limited", user=LIMITED_USER)],
+    }
+    url = urls[backend]
+    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", *workers, *url]
+    run = subprocess.Popen(
+        command,
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a CI job has
+    )
+    expected = ["started-gw0", "started-gw1"] if workers else ["started-main"]
+    try:
+        deadline = time.monotonic() + 90
+        while not all((pytester.path / name).exists() for name in expected):
+            assert run.poll() is None and time.monotonic() < deadline, "the tests never started"
+            time.sleep(0.05)
+        if target == "group":
+            os.killpg(run.pid, signal.SIGTERM)
+        else:
+            run.send_signal(signal.SIGTERM)
+        output = run.communicate(timeout=90)[0]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(30)
+    assert run.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert "SIGTERM received" in output
+    run_id = (pytester.path / "run.txt").read_text()
+    folder = machine.storage_root() / run_id
+    assert not folder.exists(), f"{folder} was left behind"
+    deadline = time.monotonic() + 10  # a worker's exit may trail pytest's by a moment
+    while _processes_in(pytester.path) or _processes_in(folder):
+        assert time.monotonic() < deadline, "a worker or server outlived the run"
+        time.sleep(0.05)
+    assert not [name for name in pg_server.databases() if f"_dbg_{run_id}_" in name]
+    schemas = pg_server.sql("SELECT nspname FROM pg_namespace", database="app_limited").stdout
+    assert f"dbg_{run_id}_" not in schemas
