@@ -108,9 +108,13 @@ def prepare(
     assignments = parse_env_lines(settings.env_lines)
     if not late:
         check_guarded_modules(settings.guard_modules, assignments)
-    plan = run_plan.decide(settings, origin)
+    plan = run_plan.decide(settings, origin, inspection=inspection_flag(config, namespace))
     config.stash[plan_key] = plan
     termination.install(config)  # from here on SIGTERM cleans up like Ctrl-C
+    if plan.inspection is not None:
+        # An IDE refreshing its test tree, or --help: nothing started, connected or created.
+        export(config, plan, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
+        return
     if plan.owns_server and plan.embedded:
         from pytest_dbguard import machine, server
 
@@ -128,6 +132,32 @@ def prepare(
     export(config, plan, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
     if late:
         check_guarded_modules(settings.guard_modules, assignments)
+
+
+# pytest's own destinations of the commands that only show something; --setup-only is not one
+# (it runs the fixtures), --setup-plan is (it only lists them).
+INSPECTION_FLAGS: Final = {
+    "help": "--help",
+    "version": "--version",
+    "markers": "--markers",
+    "showfixtures": "--fixtures",
+    "show_fixtures_per_test": "--fixtures-per-test",
+    "collectonly": "--collect-only",
+    "setupplan": "--setup-plan",
+}
+
+
+def inspection_flag(config: pytest.Config, namespace: Any) -> str | None:
+    """The command-line flag that makes this run only show something, or None for a real run.
+
+    ``namespace`` is pytest's early one (``-p`` activation) or dbguard's own (conftest opt-in,
+    which knows only dbguard's flags: then pytest's early parse, when it exists, answers).
+    """
+    namespaces = [namespace, getattr(config, "known_args_namespace", None)]
+    for dest, flag in INSPECTION_FLAGS.items():
+        if any(getattr(space, dest, None) for space in namespaces if space is not None):
+            return flag
+    return None
 
 
 def _wants_proxy(

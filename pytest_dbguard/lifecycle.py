@@ -77,7 +77,11 @@ def configure(config: pytest.Config) -> None:
     """Validate the schema source before anything runs (a bad path is a usage error, not a failed test)."""
     settings = config.stash[settings_key]
     state = SessionState(runs_tests=True, schema_source=_schema_source(settings))
-    if settings.metadata:
+    if plan_of(config).inspection is not None:
+        state.started = True  # nothing to start: the command only shows something
+        if settings.metadata:  # its import is skipped, but tests import from where it lives
+            schema.find_from_rootdir(settings.metadata.partition(":")[0], config.rootpath)
+    elif settings.metadata:
         state.metadata = schema.load_metadata(
             settings.metadata, settings.source_of("metadata"), config.rootpath
         )
@@ -274,6 +278,8 @@ def summary_lines(config: pytest.Config) -> list[str]:
     """One line: target, worker databases, schema source, server start and readiness."""
     if plan_key not in config.stash or state_key not in config.stash:
         return []
+    if plan_of(config).inspection is not None:
+        return []  # nothing was started to report on
     plan = plan_of(config)
     state = config.stash[state_key]
     settings = config.stash[settings_key]

@@ -39,6 +39,9 @@ class RunPlan:
     database: str
     sqlite_dir: Path | None
     schema: str | None = None  # schema-per-worker mode: the worker's schema in the named database
+    # Set for commands that only show something (--help, --collect-only, ...): the flag's name.
+    # Nothing is started, connected or created; the URLs are what a real run would use.
+    inspection: str | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -61,8 +64,14 @@ def inherited_origin() -> dict[str, Any] | None:
     return origin if origin.get("pid") == os.getppid() else None
 
 
-def decide(settings: Settings, origin: Mapping[str, Any] | None) -> RunPlan:
-    """This process's plan: a fresh run (``origin`` None), or an xdist worker's share of its controller's."""
+def decide(
+    settings: Settings, origin: Mapping[str, Any] | None, *, inspection: str | None = None
+) -> RunPlan:
+    """This process's plan: a fresh run (``origin`` None), or an xdist worker's share of its controller's.
+
+    ``inspection`` (a command that only shows something) decides without looking for binaries or
+    asking the server anything.
+    """
     worker = (
         os.environ.get("PYTEST_XDIST_WORKER", SINGLE_PROCESS)
         if origin is not None
@@ -74,6 +83,7 @@ def decide(settings: Settings, origin: Mapping[str, Any] | None) -> RunPlan:
         "run": run,
         "worker": worker,
         "owns_server": origin is None,
+        "inspection": inspection,
     }
     embedded = False
     server_url: DatabaseURL | None = settings.url
@@ -85,7 +95,8 @@ def decide(settings: Settings, origin: Mapping[str, Any] | None) -> RunPlan:
     elif settings.url is None and not settings.sqlite_requested:
         from pytest_dbguard.machine import require_bindir
 
-        require_bindir(settings.pg_bindir, settings.source_of("pg_bindir"))
+        if inspection is None:
+            require_bindir(settings.pg_bindir, settings.source_of("pg_bindir"))
         embedded = True
         server_url = DatabaseURL(
             "postgresql", None, "postgres", None, "127.0.0.1", 0, EMBEDDED_BASE
@@ -97,7 +108,7 @@ def decide(settings: Settings, origin: Mapping[str, Any] | None) -> RunPlan:
     server_url = server_url.resolved()
     base = server_url.database or EMBEDDED_BASE
     common.update(embedded=embedded, server_url=server_url, sqlite_dir=None)
-    if _schema_mode(settings, server_url, embedded, origin):
+    if _schema_mode(settings, server_url, embedded, origin, probe=inspection is None):
         from pytest_dbguard.databases import schema_url
 
         schema = f"dbg_{run}_{worker}"
@@ -119,11 +130,13 @@ def _schema_mode(
     server_url: DatabaseURL,
     embedded: bool,
     origin: Mapping[str, Any] | None,
+    *,
+    probe: bool = True,
 ) -> bool:
     """One schema per worker when asked, or (auto) when the role may not create databases."""
     if origin is not None:
         return bool(origin.get("schema_mode"))
-    if settings.worker_isolation != "auto" or embedded:
+    if settings.worker_isolation != "auto" or embedded or not probe:
         return settings.worker_isolation == "schema"
     from pytest_dbguard.databases import can_create_databases
 

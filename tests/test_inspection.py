@@ -1,0 +1,69 @@
+"""Commands that only show something start nothing: no server, no connection, no database.
+
+An IDE refreshes its test tree with ``--collect-only`` on every save; ``--help`` and ``--markers``
+must work on a machine without PostgreSQL. Each run below would fail if dbguard looked for
+binaries (the folder named has none) or connected (the port has no server).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_dbguard.machine import free_port
+from tests.conftest import run_dbguard
+
+COMMANDS = [
+    pytest.param(
+        ["--collect-only", "-q"], "*test_it.py::test_uses_the_database*", id="collect-only"
+    ),
+    pytest.param(
+        ["--co", "-p", "xdist", "-n", "2"],
+        "*test_uses_the_database*",
+        id="collect-only-n2",
+        marks=pytest.mark.needs_xdist,
+    ),
+    pytest.param(["--fixtures"], "*dbguard_session*", id="fixtures"),
+    pytest.param(["--fixtures-per-test"], "*dbguard_session*", id="fixtures-per-test"),
+    pytest.param(["--setup-plan"], "*SETUP*dbguard_session*", id="setup-plan"),
+    pytest.param(["--markers"], "@pytest.mark.dbguard(*", id="markers"),
+    pytest.param(["--help"], "*--dbguard-url=DBGUARD_URL*", id="help"),
+]
+TEST_FILE = """
+    import os
+
+    URL_AT_IMPORT = os.environ["DBGUARD_URL"]  # exported as for a real run
+
+    def test_uses_the_database(dbguard_session):
+        pass
+"""
+
+
+@pytest.mark.parametrize(("args", "shown"), COMMANDS)
+@pytest.mark.parametrize("server", ["embedded-without-binaries", "external-unreachable"])
+def test_commands_that_only_show_start_nothing(
+    pytester: pytest.Pytester, tmp_path: Path, args: list[str], shown: str, server: str
+) -> None:
+    pytester.makepyfile(test_it=TEST_FILE)
+    pytester.makeini("[pytest]\ndbguard_worker_isolation = auto\n")
+    if server == "embedded-without-binaries":
+        (tmp_path / "empty").mkdir()
+        where = ["--dbguard-pg-bindir", str(tmp_path / "empty")]
+    else:
+        where = ["--dbguard-url", f"postgresql://u:Secret-Pw@127.0.0.1:{free_port()}/app"]
+    result = run_dbguard(pytester, *where, "--dbguard-wait", "1", *args)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines([shown])
+    output = result.stdout.str() + result.stderr.str()
+    assert "dbguard:" not in output  # no header line: nothing was started to report on
+    assert "not ready" not in output and "Secret-Pw" not in output
+
+
+def test_a_real_run_with_the_same_settings_fails(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """The control: the same folder stops a run that needs the server."""
+    pytester.makepyfile(test_it=TEST_FILE)
+    (tmp_path / "empty").mkdir()
+    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(tmp_path / "empty"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*that folder has no initdb and no postgres*"])
