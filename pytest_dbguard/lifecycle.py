@@ -258,22 +258,6 @@ def _provision(
         )
 
 
-def header_lines(config: pytest.Config) -> list[str]:
-    """The xdist controller's header line (it waited at session start)."""
-    if state_key not in config.stash or config.stash[state_key].runs_tests:
-        return []
-    return summary_lines(config)
-
-
-def collection_lines(config: pytest.Config) -> list[str]:
-    """A single run's line, printed after collection: it waits for the server only then."""
-    if state_key not in config.stash or not config.stash[state_key].runs_tests:
-        return []
-    if config.get_verbosity() < 0:
-        return []  # -q hides the header; this line stands in for it
-    return summary_lines(config)
-
-
 def summary_lines(config: pytest.Config) -> list[str]:
     """One line: target, worker databases, schema source, server start and readiness."""
     if plan_key not in config.stash or state_key not in config.stash:

@@ -11,7 +11,15 @@ from collections.abc import Collection, Generator
 
 import pytest
 
-from pytest_dbguard import asyncloop, environment, isolation, lifecycle, redaction, restart_fence
+from pytest_dbguard import (
+    asyncloop,
+    environment,
+    isolation,
+    lifecycle,
+    redaction,
+    restart_fence,
+    summary_line,
+)
 from pytest_dbguard import config as dbguard_config
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.foreign_databases import AllowList
@@ -124,10 +132,11 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     lifecycle.start(session.config)
+    summary_line.register_for_controller(session.config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [*lifecycle.header_lines(config), *asyncloop.header_lines(config)]
+    return asyncloop.header_lines(config)
 
 
 # Wait for the server after collection, not before: it starts while pytest collects. Before the
@@ -138,7 +147,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
-    return lifecycle.collection_lines(config)
+    return summary_line.after_collection(config)
 
 
 @pytest.hookimpl(tryfirst=True)
