@@ -123,7 +123,7 @@ _REFUSED: Final = (
     "{{...}}' comment); drop anything else yourself if you mean it."
 )
 _UNREACHABLE: Final = (
-    "Could not reach {server} to look for dbguard's databases: the {stage} step failed "
+    "Could not reach {server} to look for dbguard's databases: failed step: {stage} "
     "({error}). Check the URL, or run 'dbguard wait' first to see the full diagnosis."
 )
 

@@ -343,7 +343,7 @@ def _not_ready(target: _Target, failure: Failure, attempts: int, elapsed: float)
 def _progress_line(target: _Target, attempts: int, failure: Failure, left: float) -> str:
     where = f"{target.host}:{target.port}" if target.host else target.shown
     return (
-        f"waiting for {where}: attempt {attempts}, {failure.stage} failed "
+        f"waiting for {where}: attempt {attempts}, failed step: {failure.stage} "
         f"({failure.error}), {left:.1f} s left"
     )
 

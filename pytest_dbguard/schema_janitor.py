@@ -150,7 +150,7 @@ def _named_database(url: DatabaseURL) -> Iterator[Connection | None]:
                 return
             raise DatabaseSetupError(
                 f"Could not reach {url.database!r} on {server_of(url)} to look for dbguard's "
-                f"worker schemas: the {failure.stage} step failed ({failure.error})."
+                f"worker schemas: failed step: {failure.stage} ({failure.error})."
             ) from None
         with connection:
             yield connection
