@@ -80,7 +80,7 @@ def test_wait_on_a_dead_server_gives_the_staged_diagnosis(pg_server: TestServer)
     assert "failed step: TCP connect" in result.stderr
     assert url.split("@")[1].split("/")[0] in result.stderr
     assert "waiting for" in result.stderr, "progress lines go to stderr"
-    assert ": attempt 1, failed step: TCP connect (" in result.stderr
+    assert ", failed step: TCP connect (Connection refused)" in result.stderr
     assert SUPERUSER_PASSWORD not in result.stderr
 
 
