@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pytest_dbguard.janitor import MARK_PREFIX, make_mark, parse_mark
+from tests.helpers import NOT_SOURCE, ROOT, WHEEL_EXTRAS, FreshVenv
 from tests.pgserver import TestServer, running_server
 
 pytest_plugins = ["pytester"]
@@ -87,3 +94,52 @@ def mark_text(run: str, worker: str, *, age: float = 0.0, pid: int | None = None
     comment = MARK_PREFIX + json.dumps(payload, separators=(",", ":"))
     assert parse_mark(comment) is not None
     return comment
+
+
+@contextlib.contextmanager
+def _shared(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A folder all xdist workers of this run share (pytest-xdist's documented recipe), held under
+    a lock; True when another worker has already filled it."""
+    folder = tmp_path_factory.getbasetemp().parent / name
+    folder.mkdir(exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield folder, (folder / ".done").exists()
+        (folder / ".done").touch()
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Session: the sdist and the wheel, the wheel built from the sdist (``python -m build``),
+    once for all xdist workers."""
+    with _shared(tmp_path_factory, "dbguard-dist") as (out, done):
+        if not done:
+            # A copy of the checkout: the build writes its metadata into the source folder.
+            source = tmp_path_factory.mktemp("source") / "pytest-dbguard"
+            shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+            built = subprocess.run(
+                [sys.executable, "-m", "build", "--outdir", str(out), str(source)],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert built.returncode == 0, built.stdout + built.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def fresh_venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
+    """Session: a new venv with ``pytest-dbguard[postgres,async,xdist]`` installed from the wheel, once
+    for all xdist workers."""
+    (wheel,) = dist.glob("pytest_dbguard-*.whl")
+    with _shared(tmp_path_factory, "dbguard-venv") as (folder, done):
+        venv = FreshVenv(folder / "venv")
+        if not done:
+            subprocess.run(
+                [sys.executable, "-m", "venv", str(venv.folder)], check=True, timeout=120
+            )
+            installed = venv.run(
+                folder, str(venv.bin / "pip"), "install", "--quiet", f"{wheel}[{WHEEL_EXTRAS}]"
+            )
+            assert installed.returncode == 0, installed.stdout + installed.stderr
+    return venv

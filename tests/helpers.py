@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
+# The extras a user installs for the README's recipes (sync, async and -n).
+WHEEL_EXTRAS = "postgres,async,xdist"
+NOT_SOURCE = (".git", ".venv", ".tox", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
 
 APP_MODELS = """
     import os
@@ -55,3 +62,32 @@ def as_shown(output: str) -> list[str]:
             line = re.sub(r"\d+(?:\.\d+)*", "*", line).replace("...", "*")
             patterns.append("*" + line)  # after the indentation or "E" of the report
     return patterns
+
+
+class FreshVenv:
+    """A venv made from nothing but the built wheel (and its dependencies from the index)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.bin = folder / "bin"
+
+    def pytest(self, cwd: Path, *args: str, timeout: float = 300) -> pytest.RunResult:
+        """Plain ``pytest`` (the console script) in ``cwd``, as a RunResult like pytester's."""
+        result = self.run(cwd, str(self.bin / "pytest"), *args, timeout=timeout)
+        return pytest.RunResult(
+            result.returncode, result.stdout.splitlines(), result.stderr.splitlines(), 0.0
+        )
+
+    def run(
+        self, cwd: Path, *command: str, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("DBGUARD_", "_DBGUARD_", "PYTHON"))
+            and name not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+        }
+        env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
+        return subprocess.run(
+            list(command), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )

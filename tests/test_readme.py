@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,29 @@ from pytest_dbguard.config import (
     OPTIONS,
     WORKER_ISOLATION_CHOICES,
 )
-from tests.helpers import APP_MODELS, README, as_shown, blocks
+from tests.helpers import APP_MODELS, README, FreshVenv, as_shown, blocks
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
+
+RecipeRun = Callable[..., pytest.RunResult]
+
+
+@pytest.fixture(params=["checkout", "wheel"])
+def run_recipe(request: pytest.FixtureRequest, pytester: pytest.Pytester) -> RecipeRun:
+    """Runs the recipe's project (in a temporary folder, outside the repository) two ways: with
+    this checkout (``python -m pytest``), and with plain ``pytest`` from a fresh venv that has only
+    the built wheel, as a user who pasted the recipe would."""
+    if request.param == "checkout":
+
+        def with_checkout(*args: str, timeout: float = 300) -> pytest.RunResult:
+            return pytester.runpytest_subprocess(*args, timeout=timeout)
+
+        return with_checkout
+    venv: FreshVenv = request.getfixturevalue("fresh_venv")
+
+    def with_wheel(*args: str, timeout: float = 300) -> pytest.RunResult:
+        return venv.pytest(pytester.path, "-p", "no:cacheprovider", *args, timeout=timeout)
+
+    return with_wheel
 
 
 def test_the_two_commands_come_first() -> None:
@@ -53,7 +74,7 @@ def test_quickstart(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(as_shown(header))
 
 
-def test_table_prefix_recipe(pytester: pytest.Pytester) -> None:
+def test_table_prefix_recipe(pytester: pytest.Pytester, run_recipe: RecipeRun) -> None:
     python, ini = (
         blocks("Table prefixes and settings read at import time", "python")[0],
         blocks("Table prefixes and settings read at import time", "ini")[0],
@@ -81,7 +102,7 @@ def test_table_prefix_recipe(pytester: pytest.Pytester) -> None:
             dbguard_session.commit()
         """
     )
-    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    run_recipe().assert_outcomes(passed=1)
 
 
 GUARD_SUPPORT = """
@@ -137,7 +158,7 @@ except ImportError:
 """
 
 
-def test_guard_recipes(pytester: pytest.Pytester) -> None:
+def test_guard_recipes(pytester: pytest.Pytester, run_recipe: RecipeRun) -> None:
     """The naive datetime, dbguard_without and query count examples, as the README shows them."""
     naive, without, queries = blocks("Guards", "python")
     naive_shown, queries_shown = blocks("Guards", "")
@@ -149,9 +170,7 @@ def test_guard_recipes(pytester: pytest.Pytester) -> None:
         conftest="from test_guards import Base  # noqa: F401\n",
     )
     pytester.makeini("[pytest]\ndbguard_metadata = test_guards:Base\n")
-    result = pytester.runpytest_subprocess(
-        "-p", "pytest_dbguard", "-W", "ignore::DeprecationWarning"
-    )
+    result = run_recipe("-p", "pytest_dbguard", "-W", "ignore::DeprecationWarning")
     result.assert_outcomes(passed=2, failed=1, warnings=1)
     # The utcnow() count line is not checked: Python before 3.12 does not warn, and it is ignored here.
     naive_warning = as_shown(naive_shown.replace("tests/test_events.py", "test_guards.py"))[0]
@@ -395,14 +414,16 @@ async def test_on_a_narrower_loop(dbguard_async_session):
 """
 
 
-def test_async_recipe_and_startup_wait(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+def test_async_recipe_and_startup_wait(
+    pytester: pytest.Pytester, run_recipe: RecipeRun, pg_server: TestServer
+) -> None:
     """The async example, then an application engine and the lifespan wait on the same loop."""
     (test,) = blocks("Async", "python")
     (lifespan,) = blocks("An external server, CI wait step and compose healthcheck", "python")
     pytester.makepyfile(models=ASYNC_MODELS)
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
     pytester.makepyfile(test_items=ASYNC_HEAD + "\n\n" + test + "\n\n" + lifespan + ASYNC_CHECKS)
-    result = pytester.runpytest_subprocess(
+    result = run_recipe(
         "-p", "asyncio", "-p", "pytest_dbguard", "--dbguard-url", pg_server.url(), timeout=300
     )
     # The checks after the example see no row: it was rolled back. The narrower loop is refused.
@@ -432,7 +453,11 @@ def test_busy(dbguard_connection, n):
 @pytest.mark.parametrize("backend", ["embedded", "external"])
 @pytest.mark.parametrize("workers", ["serial", pytest.param("n2", marks=pytest.mark.needs_xdist)])
 def test_faults_recipe(
-    pytester: pytest.Pytester, pg_server: TestServer, backend: str, workers: str
+    pytester: pytest.Pytester,
+    run_recipe: RecipeRun,
+    pg_server: TestServer,
+    backend: str,
+    workers: str,
 ) -> None:
     """The example as written (imports included), true in a suite of many tests: earlier tests
     leave pooled connections through the proxy, and cut() ends those too."""
@@ -443,7 +468,7 @@ def test_faults_recipe(
     pytester.makepyfile(test_a_busy=FAULT_NEIGHBOURS, test_faults=copies)
     args = ["--dbguard-url", pg_server.url()] if backend == "external" else []
     args += ["-p", "xdist", "-n", "2"] if workers == "n2" else []
-    result = pytester.runpytest_subprocess("-p", "pytest_dbguard", *args, timeout=300)
+    result = run_recipe("-p", "pytest_dbguard", *args, timeout=300)
     result.assert_outcomes(passed=7)
     assert SUPERUSER_PASSWORD not in result.stdout.str()
 
@@ -504,7 +529,9 @@ def test_only_the_opted_out_row_is_left(postgresql):
 """
 
 
-def test_isolation_and_migrating_recipes(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+def test_isolation_and_migrating_recipes(
+    pytester: pytest.Pytester, run_recipe: RecipeRun, pg_server: TestServer
+) -> None:
     """The migration conftest as written, under each isolation the README describes."""
     (conftest,) = blocks("Migrating", "python")
     pytester.mkpydir("app")
@@ -514,8 +541,6 @@ def test_isolation_and_migrating_recipes(pytester: pytest.Pytester, pg_server: T
     )
     pytester.makeconftest(conftest)
     pytester.makepyfile(test_migrated=MIGRATED_TESTS)
-    result = pytester.runpytest_subprocess(
-        "-p", "pytest_dbguard", "--dbguard-url", pg_server.url(), "-v", timeout=300
-    )
+    result = run_recipe("-p", "pytest_dbguard", "--dbguard-url", pg_server.url(), "-v", timeout=300)
     result.assert_outcomes(passed=6)
     assert SUPERUSER_PASSWORD not in result.stdout.str()
