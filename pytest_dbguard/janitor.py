@@ -14,7 +14,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from pytest_dbguard.exceptions import ConfigError, DatabaseSetupError, DbguardError
@@ -175,7 +175,6 @@ def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[S
 
 
 def _sweep_databases(parsed: DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
-    from sqlalchemy.exc import DBAPIError
 
     leftovers = [
         found
@@ -184,19 +183,40 @@ def _sweep_databases(parsed: DatabaseURL, *, older_than: float, dry_run: bool) -
     ]
     if not leftovers:
         return []
-    results: list[Swept] = []
     with _maintenance(parsed) as connection:
-        for found in leftovers:
-            try:
-                reason = in_use(connection, found.name)
-                if reason is None and not dry_run:
-                    drop_checked(connection, parsed, found.name)
-            except (DbguardError, DBAPIError) as error:
-                detail = str(error) if isinstance(error, DbguardError) else brief(error, parsed)
-                results.append(Swept(found, "failed", detail))
-            else:
-                action = "kept" if reason else "would drop" if dry_run else "dropped"
-                results.append(Swept(found, action, reason and f"in use: {reason}"))
+        return sweep_each(
+            leftovers,
+            parsed,
+            dry_run=dry_run,
+            in_use=lambda found: in_use(connection, found.name),
+            drop=lambda found: drop_checked(connection, parsed, found.name),
+        )
+
+
+def sweep_each(
+    leftovers: list[MarkedDatabase],
+    url: DatabaseURL,
+    *,
+    dry_run: bool,
+    in_use: Callable[[MarkedDatabase], str | None],
+    drop: Callable[[MarkedDatabase], object],
+) -> list[Swept]:
+    """What a sweep does with each leftover (database or worker schema): keep one a live run
+    uses, drop the rest (a dry run only lists them); an error marks that one ``failed``."""
+    from sqlalchemy.exc import DBAPIError
+
+    results: list[Swept] = []
+    for found in leftovers:
+        try:
+            reason = in_use(found)
+            if reason is None and not dry_run:
+                drop(found)
+        except (DbguardError, DBAPIError) as error:
+            detail = str(error) if isinstance(error, DbguardError) else brief(error, url)
+            results.append(Swept(found, "failed", detail))
+        else:
+            action = "kept" if reason else "would drop" if dry_run else "dropped"
+            results.append(Swept(found, action, reason and f"in use: {reason}"))
     return results
 
 

@@ -14,8 +14,14 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
-from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
-from pytest_dbguard.janitor import MarkedDatabase, Swept, brief, creator_running, parse_mark
+from pytest_dbguard.exceptions import DatabaseSetupError
+from pytest_dbguard.janitor import (
+    MarkedDatabase,
+    Swept,
+    creator_running,
+    parse_mark,
+    sweep_each,
+)
 from pytest_dbguard.urls import DatabaseURL
 
 if TYPE_CHECKING:
@@ -57,26 +63,19 @@ def list_marked_schemas(url: DatabaseURL) -> list[MarkedDatabase]:
 def sweep_schemas(url: DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
     """Drop (``dry_run``: only list) marked worker schemas at least ``older_than`` seconds old
     whose run is over."""
-    from sqlalchemy.exc import DBAPIError
 
     leftovers = [found for found in list_marked_schemas(url) if found.age >= older_than]
     if not leftovers:
         return []
-    results: list[Swept] = []
     with _named_database(url) as connection:
         assert connection is not None  # it was there a moment ago
-        for found in leftovers:
-            try:
-                reason = schema_in_use(connection, found.name)
-                if reason is None and not dry_run:
-                    drop_schema_checked(connection, url, found.name)
-            except (DbguardError, DBAPIError) as error:
-                detail = str(error) if isinstance(error, DbguardError) else brief(error, url)
-                results.append(Swept(found, "failed", detail))
-            else:
-                action = "kept" if reason else "would drop" if dry_run else "dropped"
-                results.append(Swept(found, action, reason and f"in use: {reason}"))
-    return results
+        return sweep_each(
+            leftovers,
+            url,
+            dry_run=dry_run,
+            in_use=lambda found: schema_in_use(connection, found.name),
+            drop=lambda found: drop_schema_checked(connection, url, found.name),
+        )
 
 
 def drop_run_schemas(url: DatabaseURL, run: str) -> list[str]:

@@ -30,6 +30,19 @@ APP_MODELS = """
         name: Mapped[str]
 """
 
+# One table of notes: the schema of the tests about databases, names and clones.
+NOTE_MODELS = """
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Note(Base):
+        __tablename__ = "notes"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        body: Mapped[str]
+"""
+
 
 def blocks(section: str, language: str) -> list[str]:
     """The fenced ``language`` blocks under the README heading ``section`` (up to the next heading)."""

@@ -10,19 +10,9 @@ from sqlalchemy.engine import make_url
 from pytest_dbguard.databases import quote_ident
 from pytest_dbguard.urls import DatabaseURL, database_name, is_dbguard_name
 from tests.conftest import run_dbguard
+from tests.helpers import NOTE_MODELS as MODELS
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
-MODELS = """
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-    class Base(DeclarativeBase):
-        pass
-
-    class Note(Base):
-        __tablename__ = "notes"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        body: Mapped[str]
-"""
 # The fixtures, the exported URL (an application's own engine) and DBGUARD_DB all name the
 # same per-worker database, cloned with the schema.
 TESTS = """

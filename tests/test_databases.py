@@ -15,19 +15,9 @@ from pytest_dbguard.exceptions import DatabaseSetupError
 from pytest_dbguard.janitor import make_mark
 from pytest_dbguard.urls import DatabaseURL
 from tests.conftest import mark_text, run_dbguard
+from tests.helpers import NOTE_MODELS as MODELS
 from tests.pgserver import LIMITED_PASSWORD, LIMITED_USER, SUPERUSER_PASSWORD, TestServer
 
-MODELS = """
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-    class Base(DeclarativeBase):
-        pass
-
-    class Note(Base):
-        __tablename__ = "notes"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        body: Mapped[str]
-"""
 NOTE_TESTS = """
     import os
     import pytest
