@@ -1,0 +1,193 @@
+"""Alembic projects whose env.py builds its own engine from settings cached at import time."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import run_dbguard
+
+ALEMBIC_INI = """
+[alembic]
+script_location = migrations
+prepend_sys_path = .
+path_separator = os
+
+[loggers]
+keys = root
+
+[handlers]
+keys = console
+
+[formatters]
+keys = generic
+
+[logger_root]
+level = WARNING
+handlers = console
+
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+formatter = generic
+
+[formatter_generic]
+format = %(levelname)s %(message)s
+"""
+# As in the FastAPI full-stack template: settings read once, at import, cached in a module global.
+CONFIG_PY = """
+import os
+
+
+class Settings:
+    def __init__(self) -> None:
+        self.database_url = os.environ["DATABASE_URL"]
+
+
+settings = Settings()
+"""
+# It never looks at config.attributes["connection"]: it connects where its settings say.
+ENV_PY = """
+from alembic import context
+from sqlalchemy import create_engine
+
+from app.core.config import settings
+
+engine = create_engine(settings.database_url)
+with engine.connect() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
+"""
+SCRIPT_MAKO = '''"""${message}"""
+revision = ${repr(up_revision)}
+down_revision = ${repr(down_revision)}
+'''
+MIGRATIONS = {
+    "0001_users.py": """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+def upgrade():
+    op.create_table("users", sa.Column("id", sa.Integer, primary_key=True), sa.Column("email", sa.String(200)))
+""",
+    "0002_items.py": """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+
+def upgrade():
+    op.create_table("items", sa.Column("id", sa.Integer, primary_key=True), sa.Column("owner_id", sa.Integer, sa.ForeignKey("users.id")))
+""",
+    "0003_active.py": """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+
+def upgrade():
+    op.add_column("users", sa.Column("active", sa.Boolean, server_default=sa.true()))
+""",
+}
+BROKEN_MIGRATION = """
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+
+def upgrade():
+    op.execute("ALTER TABLE no_such_table ADD COLUMN x integer")
+"""
+CONFTEST = """
+from app.core.config import settings  # cached now, before any template exists
+"""
+TESTS = """
+import os
+
+import pytest
+from sqlalchemy import text
+
+from app.core.config import settings
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_sees_the_migrated_tables(dbguard_connection, n):
+    database = dbguard_connection.execute(text("SELECT current_database()")).scalar()
+    assert database == os.environ["DBGUARD_DB"]
+    assert settings.database_url.endswith("/" + database)
+    version = dbguard_connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == "0003"
+    dbguard_connection.execute(text("INSERT INTO users (id, email) VALUES (1, 'a@b.c')"))
+    dbguard_connection.execute(text("INSERT INTO items (owner_id) VALUES (1)"))
+    rows = dbguard_connection.execute(text("SELECT email, active FROM users")).all()
+    assert [tuple(row) for row in rows] == [("a@b.c", True)]
+"""
+XDIST = [False, pytest.param(True, marks=pytest.mark.needs_xdist)]
+
+
+def _project(pytester: pytest.Pytester, *, broken: bool = False) -> None:
+    pytester.makefile(".ini", alembic=ALEMBIC_INI)
+    versions = pytester.path / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    (pytester.path / "migrations" / "env.py").write_text(ENV_PY)
+    (pytester.path / "migrations" / "script.py.mako").write_text(SCRIPT_MAKO)
+    for name, text in MIGRATIONS.items():
+        (versions / name).write_text(text)
+    if broken:
+        (versions / "0004_broken.py").write_text(BROKEN_MIGRATION)
+    (pytester.path / "app" / "core").mkdir(parents=True)
+    (pytester.path / "app" / "__init__.py").write_text("")
+    (pytester.path / "app" / "core" / "__init__.py").write_text("")
+    (pytester.path / "app" / "core" / "config.py").write_text(CONFIG_PY)
+    pytester.makeconftest(CONFTEST)
+    pytester.makeini(
+        "[pytest]\npythonpath = .\ndbguard_alembic_ini = alembic.ini\n"
+        "dbguard_env =\n    DATABASE_URL={url}\n"
+    )
+    pytester.makepyfile(test_users=TESTS)
+
+
+def _args(xdist: bool) -> tuple[list[str], tuple[str, ...]]:
+    return (["-n", "2"], ("xdist.plugin",)) if xdist else ([], ())
+
+
+@pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
+def test_env_py_with_cached_settings_migrates_the_template(
+    pytester: pytest.Pytester, xdist: bool
+) -> None:
+    _project(pytester)
+    args, plugins = _args(xdist)
+    result = run_dbguard(pytester, *args, plugins=plugins)
+    result.assert_outcomes(passed=4)
+
+
+@pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
+def test_env_py_with_cached_settings_under_reuse(pytester: pytest.Pytester, xdist: bool) -> None:
+    """With --dbguard-reuse a serial run builds a separate template too (not its own database)."""
+    _project(pytester)
+    args, plugins = _args(xdist)
+    try:
+        result = run_dbguard(pytester, "--dbguard-reuse", *args, plugins=plugins)
+        result.assert_outcomes(passed=4)
+    finally:
+        pytester.run("python", "-m", "pytest_dbguard", "stop")
+
+
+@pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
+def test_a_failing_migration_is_one_clear_error(pytester: pytest.Pytester, xdist: bool) -> None:
+    _project(pytester, broken=True)
+    args, plugins = _args(xdist)
+    result = run_dbguard(pytester, *args, plugins=plugins)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in output
+    assert "no_such_table" in output
+    assert "0004_broken.py" in output
+    assert "dbguard_alembic_ini" in output
+    result.stdout.no_fnmatch_line("*passed*")
