@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 
+from pytest_dbguard import machine, server
 from tests.conftest import run_dbguard
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 ALEMBIC_INI = """
 [alembic]
@@ -131,16 +136,39 @@ def test_sees_the_migrated_tables(dbguard_connection, n):
 XDIST = [False, pytest.param(True, marks=pytest.mark.needs_xdist)]
 
 
-def _project(pytester: pytest.Pytester, *, broken: bool = False) -> None:
+# The documented alternative: env.py takes dbguard's connection, and runs in pytest's own process.
+ENV_PY_TAKES_CONNECTION = """
+from alembic import context
+
+context.configure(connection=context.config.attributes["connection"])
+with context.begin_transaction():
+    context.run_migrations()
+"""
+PRINTS_ITS_URL = """
+import os
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+
+def upgrade():
+    print("migrating", os.environ["DATABASE_URL"])
+    op.execute("ALTER TABLE no_such_table ADD COLUMN x integer")
+"""
+
+
+def _project(
+    pytester: pytest.Pytester, *, broken: bool = False, env_py: str = ENV_PY, migration: str = ""
+) -> None:
     pytester.makefile(".ini", alembic=ALEMBIC_INI)
     versions = pytester.path / "migrations" / "versions"
     versions.mkdir(parents=True)
-    (pytester.path / "migrations" / "env.py").write_text(ENV_PY)
+    (pytester.path / "migrations" / "env.py").write_text(env_py)
     (pytester.path / "migrations" / "script.py.mako").write_text(SCRIPT_MAKO)
     for name, text in MIGRATIONS.items():
         (versions / name).write_text(text)
-    if broken:
-        (versions / "0004_broken.py").write_text(BROKEN_MIGRATION)
+    if broken or migration:
+        (versions / "0004_broken.py").write_text(migration or BROKEN_MIGRATION)
     (pytester.path / "app" / "core").mkdir(parents=True)
     (pytester.path / "app" / "__init__.py").write_text("")
     (pytester.path / "app" / "core" / "__init__.py").write_text("")
@@ -175,8 +203,16 @@ def test_env_py_with_cached_settings_under_reuse(pytester: pytest.Pytester, xdis
     try:
         result = run_dbguard(pytester, "--dbguard-reuse", *args, plugins=plugins)
         result.assert_outcomes(passed=4)
-    finally:
-        pytester.run("python", "-m", "pytest_dbguard", "stop")
+    finally:  # stop this project's kept cluster (and no other)
+        folder = (
+            machine.storage_root()
+            / f"reuse-{hashlib.sha1(str(pytester.path).encode()).hexdigest()[:10]}"
+        )
+        if folder.is_dir():
+            server.EmbeddedCluster(
+                bindir=machine.find_bindir() or Path(), root=folder, port=0
+            ).stop()
+    assert not folder.exists()
 
 
 @pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
@@ -184,10 +220,40 @@ def test_a_failing_migration_is_one_clear_error(pytester: pytest.Pytester, xdist
     _project(pytester, broken=True)
     args, plugins = _args(xdist)
     result = run_dbguard(pytester, *args, plugins=plugins)
+    _assert_one_clear_error(result)
+
+
+@pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
+def test_a_failing_migration_on_the_given_connection_names_its_file(
+    pytester: pytest.Pytester, xdist: bool
+) -> None:
+    """The in-process path (env.py takes the connection) names the migration's file and line too."""
+    _project(pytester, broken=True, env_py=ENV_PY_TAKES_CONNECTION)
+    args, plugins = _args(xdist)
+    result = run_dbguard(pytester, *args, plugins=plugins)
+    _assert_one_clear_error(result)
+    assert "separate Python process" not in result.stderr.str()
+
+
+def test_the_migrations_output_hides_the_password(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    _project(pytester, migration=PRINTS_ITS_URL)
+    result = run_dbguard(
+        pytester, "--dbguard-url", pg_server.url(), "-n", "2", plugins=("xdist.plugin",)
+    )
+    _assert_one_clear_error(result, line=10)
+    output = result.stdout.str() + result.stderr.str()
+    assert "migrating postgresql+psycopg://postgres:***@" in output
+    assert SUPERUSER_PASSWORD not in output
+
+
+def _assert_one_clear_error(result: pytest.RunResult, line: int = 8) -> None:
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.stdout.str() + result.stderr.str()
     assert "INTERNALERROR" not in output
+    assert output.count("no test ran") == 1, output
     assert "no_such_table" in output
-    assert "0004_broken.py" in output
+    assert f"0004_broken.py:{line}" in output
     assert "dbguard_alembic_ini" in output
     result.stdout.no_fnmatch_line("*passed*")
