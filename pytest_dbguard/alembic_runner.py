@@ -49,8 +49,10 @@ _FRAME: Final = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 
 def env_py(ini: Path) -> Path:
     """The env.py of the script folder alembic.ini names (``script_location``)."""
-    from alembic.config import Config
-
+    try:
+        from alembic.config import Config
+    except ImportError as error:
+        raise SchemaError(NOT_INSTALLED) from error
     location = Config(str(ini)).get_main_option("script_location") or "alembic"
     if ":" in location and not Path(location).is_absolute():  # "package:folder" form
         package, _, folder = location.partition(":")

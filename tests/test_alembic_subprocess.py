@@ -9,6 +9,7 @@ import pytest
 
 from pytest_dbguard import machine, server
 from tests.conftest import run_dbguard
+from tests.helpers import blocks
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 ALEMBIC_INI = """
@@ -158,7 +159,12 @@ def upgrade():
 
 
 def _project(
-    pytester: pytest.Pytester, *, broken: bool = False, env_py: str = ENV_PY, migration: str = ""
+    pytester: pytest.Pytester,
+    *,
+    broken: bool = False,
+    env_py: str = ENV_PY,
+    migration: str = "",
+    ini: str = "",
 ) -> None:
     pytester.makefile(".ini", alembic=ALEMBIC_INI)
     versions = pytester.path / "migrations" / "versions"
@@ -174,10 +180,13 @@ def _project(
     (pytester.path / "app" / "core" / "__init__.py").write_text("")
     (pytester.path / "app" / "core" / "config.py").write_text(CONFIG_PY)
     pytester.makeconftest(CONFTEST)
-    pytester.makeini(
-        "[pytest]\npythonpath = .\ndbguard_alembic_ini = alembic.ini\n"
-        "dbguard_env =\n    DATABASE_URL={url}\n"
-    )
+    if ini:
+        pytester.makefile(".ini", pytest=ini)
+    else:
+        pytester.makeini(
+            "[pytest]\npythonpath = .\ndbguard_alembic_ini = alembic.ini\n"
+            "dbguard_env =\n    DATABASE_URL={url}\n"
+        )
     pytester.makepyfile(test_users=TESTS)
 
 
@@ -257,3 +266,14 @@ def _assert_one_clear_error(result: pytest.RunResult, line: int = 8) -> None:
     assert f"0004_broken.py:{line}" in output
     assert "dbguard_alembic_ini" in output
     result.stdout.no_fnmatch_line("*passed*")
+
+
+@pytest.mark.needs_xdist
+@pytest.mark.parametrize("which", [0, 1], ids=["takes-the-connection", "own-engine"])
+def test_readme_env_py_recipes(pytester: pytest.Pytester, which: int) -> None:
+    """Both env.py blocks of the README's alembic recipe, with its ini block, pasted as written."""
+    env_py = blocks("Alembic migrations", "python")[which]
+    (ini,) = blocks("Alembic migrations", "ini")
+    _project(pytester, env_py=env_py, ini=ini)
+    result = pytester.runpytest_subprocess("-p", "xdist.plugin", "-n", "2", timeout=300)
+    result.assert_outcomes(passed=4)
