@@ -233,7 +233,13 @@ def _provision(
     template_url = (
         plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
     )
-    build = schema.builder(state.metadata, state.alembic_ini, template_url, state.schema_source)
+    build = schema.builder(
+        state.metadata,
+        state.alembic_ini,
+        template_url,
+        state.schema_source,
+        own_process=plan.server_url is not None and plan.schema is None,
+    )
     # While the template is built, the exported variables name it: an alembic env.py that reads
     # DATABASE_URL (or DBGUARD_URL) migrates the template, not the worker's database.
     template_plan = dataclasses.replace(

@@ -131,16 +131,30 @@ def fingerprint_alembic(ini: Path, settings: Sequence[str] = ()) -> str:
 
 
 def builder(
-    metadata: MetaData | None, alembic_ini: Path | None, url: DatabaseURL, source: str
+    metadata: MetaData | None,
+    alembic_ini: Path | None,
+    url: DatabaseURL,
+    source: str,
+    *,
+    own_process: bool = False,
 ) -> Callable[[Connection], None] | None:
     """The schema build for ``url`` (``create_all`` or ``alembic upgrade head``; None: no schema
-    source), its failures raised as a SchemaError that names the source."""
+    source), its failures raised as a SchemaError that names the source.
+
+    ``own_process``: ``url`` is a database of its own (not a schema in a shared one), so an
+    env.py that ignores ``config.attributes["connection"]`` may migrate it from a new process.
+    """
+    from pytest_dbguard import alembic_runner
+
     inner: Callable[[Connection], None]
     if metadata is not None:
         inner = lambda connection: create_with_metadata(connection, metadata)  # noqa: E731
     elif alembic_ini is not None:
         ini, text = alembic_ini, url.render(hide_password=False)
-        inner = lambda connection: upgrade_with_alembic(connection, ini, text)  # noqa: E731
+        if own_process and not alembic_runner.uses_given_connection(ini):
+            inner = lambda _: alembic_runner.upgrade_in_subprocess(ini, url, source)  # noqa: E731
+        else:
+            inner = lambda connection: alembic_runner.upgrade_here(connection, ini, text)  # noqa: E731
     else:
         return None
 
@@ -154,46 +168,34 @@ def builder(
             detail = (str(cause).strip().splitlines() or [""])[0]
             if url.password:
                 detail = detail.replace(url.password, "***")
+            where = _migration_frame(error, alembic_ini) if alembic_ini is not None else ""
             raise SchemaError(
                 BUILD_FAILED.format(
                     source=source,
                     database=url.database,
-                    error=f"{type(cause).__name__}: {detail}",
+                    error=f"{type(cause).__name__}: {detail}{where}",
                 )
             ) from error
 
     return build
 
 
+def _migration_frame(error: BaseException, ini: Path) -> str:
+    """`` (at file:line)``: the last frame of the error in the migrations folder."""
+    from pytest_dbguard.alembic_runner import env_py, failing_file
+
+    try:
+        folder = env_py(ini).parent
+    except Exception:  # alembic.ini unreadable: the message without the file still helps
+        return ""
+    text = "".join(traceback.format_tb(error.__traceback__))
+    where = failing_file(text, folder)
+    return f" ({where.strip()})" if where else ""
+
+
 def create_with_metadata(connection: Connection, metadata: MetaData) -> None:
     """Build the schema with ``create_all``."""
     metadata.create_all(connection)
-
-
-def upgrade_with_alembic(connection: Connection, ini: Path, url: str) -> None:
-    """Run ``alembic upgrade head`` on ``connection`` (shared with env.py via ``config.attributes``)."""
-    try:
-        from alembic import command
-        from alembic.config import Config
-    except ImportError as error:
-        raise SchemaError(
-            "dbguard_alembic_ini is set but alembic is not installed: pip install alembic"
-        ) from error
-    alembic_config = Config(str(ini))
-    alembic_config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    alembic_config.attributes["connection"] = connection
-    with _chdir(ini.parent):  # script_location in alembic.ini is relative to it
-        command.upgrade(alembic_config, "head")
-
-
-@contextlib.contextmanager
-def _chdir(path: Path) -> Iterator[None]:
-    previous = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,279 @@
+"""Alembic projects whose env.py builds its own engine from settings cached at import time."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from pytest_dbguard import machine, server
+from tests.conftest import run_dbguard
+from tests.helpers import blocks
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer
+
+ALEMBIC_INI = """
+[alembic]
+script_location = migrations
+prepend_sys_path = .
+path_separator = os
+
+[loggers]
+keys = root
+
+[handlers]
+keys = console
+
+[formatters]
+keys = generic
+
+[logger_root]
+level = WARNING
+handlers = console
+
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+formatter = generic
+
+[formatter_generic]
+format = %(levelname)s %(message)s
+"""
+# As in the FastAPI full-stack template: settings read once, at import, cached in a module global.
+CONFIG_PY = """
+import os
+
+
+class Settings:
+    def __init__(self) -> None:
+        self.database_url = os.environ["DATABASE_URL"]
+
+
+settings = Settings()
+"""
+# It never looks at config.attributes["connection"]: it connects where its settings say.
+ENV_PY = """
+from alembic import context
+from sqlalchemy import create_engine
+
+from app.core.config import settings
+
+engine = create_engine(settings.database_url)
+with engine.connect() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
+"""
+SCRIPT_MAKO = '''"""${message}"""
+revision = ${repr(up_revision)}
+down_revision = ${repr(down_revision)}
+'''
+MIGRATIONS = {
+    "0001_users.py": """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+def upgrade():
+    op.create_table("users", sa.Column("id", sa.Integer, primary_key=True), sa.Column("email", sa.String(200)))
+""",
+    "0002_items.py": """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+
+def upgrade():
+    op.create_table("items", sa.Column("id", sa.Integer, primary_key=True), sa.Column("owner_id", sa.Integer, sa.ForeignKey("users.id")))
+""",
+    "0003_active.py": """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+
+def upgrade():
+    op.add_column("users", sa.Column("active", sa.Boolean, server_default=sa.true()))
+""",
+}
+BROKEN_MIGRATION = """
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+
+def upgrade():
+    op.execute("ALTER TABLE no_such_table ADD COLUMN x integer")
+"""
+CONFTEST = """
+from app.core.config import settings  # cached now, before any template exists
+"""
+TESTS = """
+import os
+
+import pytest
+from sqlalchemy import text
+
+from app.core.config import settings
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_sees_the_migrated_tables(dbguard_connection, n):
+    database = dbguard_connection.execute(text("SELECT current_database()")).scalar()
+    assert database == os.environ["DBGUARD_DB"]
+    assert settings.database_url.endswith("/" + database)
+    version = dbguard_connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == "0003"
+    dbguard_connection.execute(text("INSERT INTO users (id, email) VALUES (1, 'a@b.c')"))
+    dbguard_connection.execute(text("INSERT INTO items (owner_id) VALUES (1)"))
+    rows = dbguard_connection.execute(text("SELECT email, active FROM users")).all()
+    assert [tuple(row) for row in rows] == [("a@b.c", True)]
+"""
+XDIST = [False, pytest.param(True, marks=pytest.mark.needs_xdist)]
+
+
+# The documented alternative: env.py takes dbguard's connection, and runs in pytest's own process.
+ENV_PY_TAKES_CONNECTION = """
+from alembic import context
+
+context.configure(connection=context.config.attributes["connection"])
+with context.begin_transaction():
+    context.run_migrations()
+"""
+PRINTS_ITS_URL = """
+import os
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+
+def upgrade():
+    print("migrating", os.environ["DATABASE_URL"])
+    op.execute("ALTER TABLE no_such_table ADD COLUMN x integer")
+"""
+
+
+def _project(
+    pytester: pytest.Pytester,
+    *,
+    broken: bool = False,
+    env_py: str = ENV_PY,
+    migration: str = "",
+    ini: str = "",
+) -> None:
+    pytester.makefile(".ini", alembic=ALEMBIC_INI)
+    versions = pytester.path / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    (pytester.path / "migrations" / "env.py").write_text(env_py)
+    (pytester.path / "migrations" / "script.py.mako").write_text(SCRIPT_MAKO)
+    for name, text in MIGRATIONS.items():
+        (versions / name).write_text(text)
+    if broken or migration:
+        (versions / "0004_broken.py").write_text(migration or BROKEN_MIGRATION)
+    (pytester.path / "app" / "core").mkdir(parents=True)
+    (pytester.path / "app" / "__init__.py").write_text("")
+    (pytester.path / "app" / "core" / "__init__.py").write_text("")
+    (pytester.path / "app" / "core" / "config.py").write_text(CONFIG_PY)
+    pytester.makeconftest(CONFTEST)
+    if ini:
+        pytester.makefile(".ini", pytest=ini)
+    else:
+        pytester.makeini(
+            "[pytest]\npythonpath = .\ndbguard_alembic_ini = alembic.ini\n"
+            "dbguard_env =\n    DATABASE_URL={url}\n"
+        )
+    pytester.makepyfile(test_users=TESTS)
+
+
+def _args(xdist: bool) -> tuple[list[str], tuple[str, ...]]:
+    return (["-n", "2"], ("xdist.plugin",)) if xdist else ([], ())
+
+
+@pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
+def test_env_py_with_cached_settings_migrates_the_template(
+    pytester: pytest.Pytester, xdist: bool
+) -> None:
+    _project(pytester)
+    args, plugins = _args(xdist)
+    result = run_dbguard(pytester, *args, plugins=plugins)
+    result.assert_outcomes(passed=4)
+
+
+@pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
+def test_env_py_with_cached_settings_under_reuse(pytester: pytest.Pytester, xdist: bool) -> None:
+    """With --dbguard-reuse a serial run builds a separate template too (not its own database)."""
+    _project(pytester)
+    args, plugins = _args(xdist)
+    try:
+        result = run_dbguard(pytester, "--dbguard-reuse", *args, plugins=plugins)
+        result.assert_outcomes(passed=4)
+    finally:  # stop this project's kept cluster (and no other)
+        folder = (
+            machine.storage_root()
+            / f"reuse-{hashlib.sha1(str(pytester.path).encode()).hexdigest()[:10]}"
+        )
+        if folder.is_dir():
+            server.EmbeddedCluster(
+                bindir=machine.find_bindir() or Path(), root=folder, port=0
+            ).stop()
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
+def test_a_failing_migration_is_one_clear_error(pytester: pytest.Pytester, xdist: bool) -> None:
+    _project(pytester, broken=True)
+    args, plugins = _args(xdist)
+    result = run_dbguard(pytester, *args, plugins=plugins)
+    _assert_one_clear_error(result)
+
+
+@pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
+def test_a_failing_migration_on_the_given_connection_names_its_file(
+    pytester: pytest.Pytester, xdist: bool
+) -> None:
+    """The in-process path (env.py takes the connection) names the migration's file and line too."""
+    _project(pytester, broken=True, env_py=ENV_PY_TAKES_CONNECTION)
+    args, plugins = _args(xdist)
+    result = run_dbguard(pytester, *args, plugins=plugins)
+    _assert_one_clear_error(result)
+    assert "separate Python process" not in result.stderr.str()
+
+
+def test_the_migrations_output_hides_the_password(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    _project(pytester, migration=PRINTS_ITS_URL)
+    result = run_dbguard(
+        pytester, "--dbguard-url", pg_server.url(), "-n", "2", plugins=("xdist.plugin",)
+    )
+    _assert_one_clear_error(result, line=10)
+    output = result.stdout.str() + result.stderr.str()
+    assert "migrating postgresql+psycopg://postgres:***@" in output
+    assert SUPERUSER_PASSWORD not in output
+
+
+def _assert_one_clear_error(result: pytest.RunResult, line: int = 8) -> None:
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in output
+    assert output.count("no test ran") == 1, output
+    assert "no_such_table" in output
+    assert f"0004_broken.py:{line}" in output
+    assert "dbguard_alembic_ini" in output
+    result.stdout.no_fnmatch_line("*passed*")
+
+
+@pytest.mark.needs_xdist
+@pytest.mark.parametrize("which", [0, 1], ids=["takes-the-connection", "own-engine"])
+def test_readme_env_py_recipes(pytester: pytest.Pytester, which: int) -> None:
+    """Both env.py blocks of the README's alembic recipe, with its ini block, pasted as written."""
+    env_py = blocks("Alembic migrations", "python")[which]
+    (ini,) = blocks("Alembic migrations", "ini")
+    _project(pytester, env_py=env_py, ini=ini)
+    result = pytester.runpytest_subprocess("-p", "xdist.plugin", "-n", "2", timeout=300)
+    result.assert_outcomes(passed=4)
