@@ -1,4 +1,4 @@
-"""The ``dbguard`` command (also ``python -m pytest_dbguard``): wait, probe and janitor.
+"""The ``dbguard`` command (also ``python -m pytest_dbguard``): wait, probe, janitor and stop.
 
 Exit status: 0 success, 1 the database is not ready (or a drop failed), 2 bad usage or a bad URL.
 """
@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse exits on --help and on bad usage
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if args.subparser.prog.endswith(" stop"):  # the cluster kept for this project: no URL
+        try:
+            status: int = _stop(args)
+            return status
+        except DbguardError as error:
+            _error(f"{args.subparser.prog}: {error}")
+            return EXIT_FAILED
     text = args.url or os.environ.get(URL_ENV, "")
     if not text.strip():
         args.subparser.print_usage(sys.stderr)
@@ -122,6 +129,38 @@ def _janitor(args: argparse.Namespace, url: DatabaseURL) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _stop(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pytest_dbguard import kept_clusters
+    from pytest_dbguard.compat import pytest_rootdir
+
+    if args.all:
+        found, whose = kept_clusters.kept(), "of this user"
+    else:
+        rootdir = pytest_rootdir(Path.cwd(), rootdir=args.rootdir)
+        found, whose = kept_clusters.kept(kept_clusters.reuse_key(rootdir)), f"for {rootdir}"
+    if not found:
+        folders = ", ".join(str(f) for f in kept_clusters.storage_folders()) or "none exists yet"
+        print(
+            f"nothing to stop: no cluster kept by --dbguard-reuse {whose} "
+            f"(looked in dbguard's storage folders: {folders})"
+        )
+        return EXIT_OK
+    failed = 0
+    for cluster in found:
+        running = cluster.server_pid is not None
+        try:
+            kept_clusters.stop(cluster)
+        except OSError as error:
+            failed += 1
+            _error(f"dbguard stop: could not remove {cluster.root}: {error}")
+            continue
+        what = "stopped" if running else "removed (its server was no longer running)"
+        print(f"{what} {cluster.describe()}, with its templates; folder removed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def _age(seconds: float) -> str:
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
         if seconds >= size:
@@ -181,4 +220,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     janitor.add_argument("--dry-run", action="store_true", help="list, drop nothing")
     janitor.set_defaults(command=_janitor, subparser=janitor)
+
+    stop = commands.add_parser(
+        "stop",
+        help="stop the embedded cluster --dbguard-reuse keeps for this project",
+        description="Run from the project folder: stops the embedded PostgreSQL cluster that "
+        "--dbguard-reuse keeps for this project (found the way pytest finds the rootdir: the "
+        "ini file upwards from here), with its templates, and removes its folder.",
+    )
+    stop.add_argument(
+        "--all", action="store_true", help="stop every cluster kept by this user, for any project"
+    )
+    stop.add_argument(
+        "--rootdir", metavar="DIR", help="the project's rootdir, if you pass --rootdir to pytest"
+    )
+    stop.set_defaults(command=_stop, subparser=stop)
     return parser

@@ -65,7 +65,14 @@ OPTIONS: Final[tuple[Option, ...]] = (
     ),
     Option(
         "reuse",
-        "Keep the embedded cluster and schema template between runs.",
+        "Keep the embedded cluster and schema template between runs (stop it: dbguard stop).",
+        flag_kind="switch",
+        ini_type="bool",
+    ),
+    Option(
+        "rebuild",
+        "With --dbguard-reuse: drop the kept schema templates and build them anew (like "
+        "pytest-django's --create-db). Without reuse every run builds anew: no effect.",
         flag_kind="switch",
         ini_type="bool",
     ),
@@ -137,6 +144,7 @@ class Settings:
     sqlite_requested: bool
     wait: float
     reuse: bool
+    rebuild: bool
     worker_isolation: str
     isolation: str
     proxy: str  # on, off or auto
@@ -315,6 +323,7 @@ def _databases(value: list[str], name: str, source: str) -> tuple[str, ...]:
 _PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
     "wait": _seconds,
     "reuse": _switch,
+    "rebuild": _switch,
     "proxy": _proxy,
     "driver": _driver,
     "worker_isolation": _choice(WORKER_ISOLATION_CHOICES),
@@ -376,6 +385,7 @@ def resolve(
         sqlite_requested=sqlite_requested,
         wait=values["wait"],
         reuse=bool(values["reuse"]),
+        rebuild=bool(values["rebuild"]),
         worker_isolation=values["worker_isolation"],
         isolation=values["isolation"],
         proxy=values["proxy"],

@@ -53,6 +53,7 @@ class Provisioned:
     template_ms: float
     clone_ms: float
     schema: str | None = None
+    template_built: bool = True  # False: a complete template was already there (reused)
 
 
 def quote_ident(name: str) -> str:
@@ -117,8 +118,9 @@ def _template_mark(connection: Connection, name: str) -> tuple[bool, Mark | None
 
 def _ensure_template(
     connection: Connection, server_url: DatabaseURL, template: str, build: SchemaBuild, run: str
-) -> None:
-    """Build the template unless a complete one exists (call under the template's lock).
+) -> bool:
+    """Build the template unless a complete one exists (call under the template's lock); whether
+    it was built.
 
     The mark says ``complete`` only once the schema is in: a template whose build failed is
     dropped at once, and one whose build was killed (its mark still incomplete) is rebuilt, so
@@ -128,7 +130,7 @@ def _ensure_template(
 
     exists, mark = _template_mark(connection, template)
     if exists and mark is not None and mark.complete:
-        return
+        return False
     if exists:  # incomplete: its builder was killed (or an older version made it): rebuild
         drop_checked(connection, server_url, template)
     run_ddl(connection, f"CREATE DATABASE {quote_ident(template)}")
@@ -140,6 +142,7 @@ def _ensure_template(
             drop_checked(connection, server_url, template)
         raise
     _mark(connection, template, run, "tpl", complete=True)
+    return True
 
 
 def provision_database(
@@ -158,12 +161,15 @@ def provision_database(
 
     admin = admin_engine(server_url)
     template_ms = 0.0
+    built = True
     try:
         with admin.connect() as connection:
             if build is not None and template is not None:
                 started = time.perf_counter()
                 with _advisory_lock(connection, template):
-                    _ensure_template(connection, server_url, template, build, template_run or run)
+                    built = _ensure_template(
+                        connection, server_url, template, build, template_run or run
+                    )
                 template_ms = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
             if _exists(connection, database):  # left by a crashed run that drew the same id
@@ -185,7 +191,12 @@ def provision_database(
     finally:
         admin.dispose()
     return Provisioned(
-        "database", database, server_url.with_database(database), template_ms, clone_ms
+        "database",
+        database,
+        server_url.with_database(database),
+        template_ms,
+        clone_ms,
+        template_built=built,
     )
 
 

@@ -59,6 +59,7 @@ GUARD_HINT: Final = (
 plan_key: Final = pytest.StashKey[RunPlan]()
 saved_environ_key: Final = pytest.StashKey[dict[str, str | None]]()
 cluster_key: Final = pytest.StashKey[Any]()  # server.EmbeddedCluster, imported lazily
+adopted_key: Final = pytest.StashKey[bool]()  # the embedded cluster was kept by an earlier run
 proxy_key: Final = pytest.StashKey[Any]()  # proxy.FaultProxy in front of the server, when on
 FAULTS_FIXTURE: Final = "dbguard_faults"
 SCAN_LIMIT: Final = 2000  # test files read when looking for dbguard_faults
@@ -118,12 +119,13 @@ def prepare(
     if plan.owns_server and plan.embedded:
         from pytest_dbguard import machine, server
 
-        cluster, _adopted = server.prepare_cluster(
+        cluster, adopted = server.prepare_cluster(
             plan.run,
-            reuse_key=_reuse_key(config) if settings.reuse else None,
+            reuse_for=config.rootpath if settings.reuse else None,
             bindir=machine.require_bindir(settings.pg_bindir, settings.source_of("pg_bindir")),
         )
         config.stash[cluster_key] = cluster
+        config.stash[adopted_key] = adopted
         plan = run_plan.with_server(plan, cluster.url())
         config.stash[plan_key] = plan
     if plan.server_url is not None and _wants_proxy(settings, config, args):
@@ -204,12 +206,6 @@ def _bind_proxy(config: pytest.Config, plan: RunPlan) -> RunPlan:
     return run_plan.with_test_url(
         plan, dataclasses.replace(plan.test_url, host="127.0.0.1", port=port)
     )
-
-
-def _reuse_key(config: pytest.Config) -> str:
-    import hashlib
-
-    return hashlib.sha1(str(config.rootpath).encode()).hexdigest()[:10]
 
 
 def values_for(plan: RunPlan) -> dict[str, str]:

@@ -24,12 +24,14 @@ from pytest_dbguard import (
     databases,
     environment,
     janitor,
+    kept_templates,
+    reuse_run,
     schema,
     termination,
     worker_failures,
 )
 from pytest_dbguard.config import Settings, settings_key
-from pytest_dbguard.environment import cluster_key, plan_key, proxy_key
+from pytest_dbguard.environment import adopted_key, cluster_key, plan_key, proxy_key
 from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
 from pytest_dbguard.run_plan import SINGLE_PROCESS, RunPlan
 
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from pytest_dbguard.databases import Provisioned
     from pytest_dbguard.server import EmbeddedCluster
 
-REUSE_RUN: Final = "reuse"  # templates of --dbguard-reuse are marked with this run id and kept
+REUSE_RUN: Final = kept_templates.REUSE_RUN  # templates of --dbguard-reuse are kept
 
 
 @dataclasses.dataclass
@@ -57,6 +59,7 @@ class SessionState:
     server_start_ms: float = 0.0
     provisioned: Provisioned | None = None
     started: bool = False  # ensure_started ran (it runs once)
+    template: str = ""  # with --dbguard-reuse: built, reused or rebuilt (reuse_run), for the header
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -124,6 +127,8 @@ def ensure_started(config: pytest.Config) -> None:
         if plan.server_url is not None:
             _wait_ready(config, plan, settings, state)
             _check_can_create_databases(plan, settings)
+        kept = _kept_template(plan, settings, state)
+        state.template = reuse_run.rebuild(plan, settings, kept, state.notes)
         if state.runs_tests:
             state.provisioned = _provision(config, plan, settings, state)
             proxy = config.stash.get(proxy_key, None)
@@ -132,9 +137,19 @@ def ensure_started(config: pytest.Config) -> None:
                 state.notes.append(
                     f"dbguard: fault proxy on 127.0.0.1:{proxy.port} in front of the server"
                 )
+        state.template = state.template or reuse_run.template_word(plan, kept, state.provisioned)
     except DbguardError as error:
         stop(config)
         worker_failures.fail_session(config, str(error))
+
+
+def _kept_template(plan: RunPlan, settings: Settings, state: SessionState) -> str | None:
+    """The name of the template this run keeps, or None (no reuse, no schema, schema mode)."""
+    if not settings.reuse or plan.server_url is None or plan.schema is not None:
+        return None
+    if state.metadata is None and state.alembic_ini is None:
+        return None
+    return _template(plan, settings, _fingerprint(settings, state) or "000000")[0]
 
 
 def _check_can_create_databases(plan: RunPlan, settings: Settings) -> None:
@@ -209,7 +224,7 @@ def _template(plan: RunPlan, settings: Settings, fingerprint: str) -> tuple[str,
         ), plan.run
     base = plan.server_url.database or "postgres"
     if settings.reuse:
-        return database_name(base, fingerprint, "tpl"), REUSE_RUN
+        return kept_templates.template_name(base, fingerprint), REUSE_RUN
     return database_name(base, plan.run, "tpl" + fingerprint), plan.run
 
 
@@ -276,7 +291,7 @@ def summary_lines(config: pytest.Config) -> list[str]:
     if plan.server_url is None:
         target = f"SQLite files in {plan.sqlite_dir}"
     elif plan.embedded:
-        reuse = ", reused" if settings.reuse else ""
+        reuse = reuse_run.cluster_words(settings, config.stash.get(adopted_key, False))
         target = (
             f"embedded PostgreSQL {state.server_version} at "
             f"{plan.server_url.host}:{plan.server_url.port} ({plan.server_url.driver}){reuse}"
@@ -289,7 +304,10 @@ def summary_lines(config: pytest.Config) -> list[str]:
         layout = f"database {plan.database}"
     else:
         layout = f"databases {plan.database.rsplit('_', 1)[0]}_<worker>, one per xdist worker"
-    parts = [f"dbguard: {target}", layout, state.schema_source]
+    schema_source = state.schema_source
+    if state.template:
+        schema_source += f", template {state.template}"
+    parts = [f"dbguard: {target}", layout, schema_source]
     if plan.server_url is not None:
         started = (
             f"started in {state.server_start_ms:.0f} ms, "

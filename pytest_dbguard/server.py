@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from pytest_dbguard import cluster_auth, initdb_cache
+from pytest_dbguard import cluster_auth, initdb_cache, kept_clusters
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.machine import (
     child_setup,
@@ -77,6 +77,7 @@ class EmbeddedCluster:
     root: Path
     port: int
     keep: bool = False  # --dbguard-reuse: survive the run, detached from pytest
+    project: str | None = None  # the rootdir a kept cluster serves, for `dbguard stop`
     user: tuple[int, int] | None = dataclasses.field(default_factory=server_user)
     # The superuser's password for TCP (scram-sha-256), set before the server first listens.
     password: str = dataclasses.field(default_factory=cluster_auth.new_password, repr=False)
@@ -317,6 +318,7 @@ class EmbeddedCluster:
             "pid": self.process.pid if self.process else None,
             "root": str(self.root),
             "password": self.password,  # for the run that adopts a --dbguard-reuse cluster
+            "project": self.project,
         }
         cluster_auth.write_private(self.root / "dbguard.json", json.dumps(state))
 
@@ -342,15 +344,16 @@ def sweep_orphans(root: Path) -> None:
 
 
 def prepare_cluster(
-    run: str, *, reuse_key: str | None, bindir: Path | None = None
+    run: str, *, reuse_for: Path | None, bindir: Path | None = None
 ) -> tuple[EmbeddedCluster, bool]:
-    """A cluster for this run, launched; with ``reuse_key`` an already running one is adopted.
+    """A cluster for this run, launched; with ``reuse_for`` (the project's rootdir) the one an
+    earlier run kept for that project is adopted when it still runs, else one is started and kept.
 
     Returns the cluster and whether it was adopted (already running from an earlier run).
     """
     bindir = bindir or require_bindir(None)
     root = storage_root()
-    if reuse_key is None:
+    if reuse_for is None:
         sweep_orphans(root)
         cluster = EmbeddedCluster(bindir=bindir, root=root / run, port=free_port())
         try:
@@ -360,12 +363,14 @@ def prepare_cluster(
             cluster.stop()
             raise
         return cluster, False
-    reuse_root = root / f"reuse-{reuse_key}"
+    reuse_root = root / f"{kept_clusters.PREFIX}{kept_clusters.reuse_key(reuse_for)}"
     adopted = _adopt(bindir, reuse_root)
     if adopted is not None:
         return adopted, True
     shutil.rmtree(reuse_root, ignore_errors=True)
-    cluster = EmbeddedCluster(bindir=bindir, root=reuse_root, port=free_port(), keep=True)
+    cluster = EmbeddedCluster(
+        bindir=bindir, root=reuse_root, port=free_port(), keep=True, project=str(reuse_for)
+    )
     cluster.initialise()
     cluster.launch()
     return cluster, False
@@ -382,6 +387,7 @@ def _adopt(bindir: Path, root: Path) -> EmbeddedCluster | None:
                 cluster.stop()
             return None
         cluster.password = state["password"]
+        cluster.project = state.get("project")
         pid = cluster.postmaster_pid()
         if pid is not None:
             os.kill(pid, 0)

@@ -343,7 +343,7 @@ def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:
     second = run_dbguard(pytester, "--dbguard-reuse", "-v")
     second.assert_outcomes(passed=1)
     port = first.stdout.str().split("127.0.0.1:")[1].split(",")[0]
-    assert f"127.0.0.1:{port}, reused" in second.stdout.str()
+    assert f"127.0.0.1:{port}, cluster reused" in second.stdout.str()
     # The schema changed: the template is rebuilt, and the new column is there.
     pytester.makepyfile(
         models="""

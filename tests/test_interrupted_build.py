@@ -68,7 +68,8 @@ def test_reuse_run_killed_during_the_build_is_rebuilt(
 
         again = run_dbguard(pytester, "--dbguard-reuse", "-v")
         again.assert_outcomes(passed=1)
-        assert ", reused" in again.stdout.str()  # the same kept server, not a fresh one
+        assert ", cluster reused" in again.stdout.str()  # the same kept server, not a fresh one
+        assert "template built" in again.stdout.str()  # the killed build is not trusted
     finally:
         if run.poll() is None:
             run.kill()

@@ -190,7 +190,7 @@ def test_reused_cluster_keeps_its_password_private(pytester: pytest.Pytester) ->
         # The adopting run reads the password from the kept cluster's private state file.
         second = run_dbguard(pytester, "--dbguard-reuse", "-v")
         second.assert_outcomes(passed=1)
-        assert ", reused" in second.stdout.str()
+        assert ", cluster reused" in second.stdout.str()
         assert (pytester.path / "password.txt").read_text() == password
         state = folder / "dbguard.json"
         assert json.loads(state.read_text())["password"] == password

@@ -1,0 +1,224 @@
+"""The --dbguard-reuse lifecycle: the header says started/reused and built/reused, `dbguard stop`
+stops the kept cluster, --dbguard-rebuild rebuilds the kept templates."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_dbguard import kept_clusters, machine
+from tests.conftest import run_dbguard
+
+# The seed row comes from an after_create hook: the schema fingerprint (the tables' DDL) does not
+# see it change, so only a rebuild picks a new one up.
+MODELS = """
+    from sqlalchemy import DDL, Column, Integer, MetaData, String, Table, event
+
+    metadata = MetaData()
+    things = Table(
+        "things", metadata, Column("id", Integer, primary_key=True), Column("name", String)
+    )
+    event.listen(things, "after_create", DDL("INSERT INTO things (name) VALUES ('{seed}')"))
+"""
+TESTS = """
+    from sqlalchemy import text
+
+    def test_seed(dbguard_connection):
+        names = dbguard_connection.execute(text("SELECT name FROM things")).scalars().all()
+        assert names == ["{seed}"]
+"""
+STARTED = "cluster started (kept for the next run: dbguard stop)"
+
+
+def _project(pytester: pytest.Pytester, seed: str, ini: str = "") -> None:
+    pytester.makepyfile(models=MODELS.format(seed=seed), test_seed=TESTS.format(seed=seed))
+    pytester.makeini(f"[pytest]\ndbguard_metadata = models:metadata\n{ini}")
+
+
+def _dbguard(
+    *args: str, cwd: Path, user: int | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pytest_dbguard", *args]
+    if user is not None:
+        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _folder(rootdir: Path) -> Path:
+    return machine.storage_root() / f"reuse-{kept_clusters.reuse_key(rootdir)}"
+
+
+def _postgres_pid(folder: Path) -> int:
+    return int((folder / "data" / "postmaster.pid").read_text().splitlines()[0])
+
+
+@pytest.fixture
+def kept(pytester: pytest.Pytester) -> Iterator[Path]:
+    """Function: this project's kept-cluster folder; teardown stops that cluster (and no other)."""
+    folder = _folder(pytester.path)
+    yield folder
+    if folder.is_dir():
+        _dbguard("stop", cwd=pytester.path)
+
+
+def test_header_says_started_then_reused_and_stop_ends_it(
+    pytester: pytest.Pytester, kept: Path
+) -> None:
+    _project(pytester, "one")
+    first = run_dbguard(pytester, "--dbguard-reuse")
+    first.assert_outcomes(passed=1)
+    first.stdout.fnmatch_lines([f"dbguard: embedded PostgreSQL*, {STARTED};*template built;*"])
+    pid = _postgres_pid(kept)
+
+    second = run_dbguard(pytester, "--dbguard-reuse")
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines(
+        ["dbguard: embedded PostgreSQL*, cluster reused;*template reused;*"]
+    )
+    assert _postgres_pid(kept) == pid
+
+    # From a subfolder, as pytest would: the rootdir is the ini file's folder.
+    (pytester.path / "sub").mkdir()
+    stopped = _dbguard("stop", cwd=pytester.path / "sub")
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"stopped the kept PostgreSQL cluster for {pytester.path}" in stopped.stdout
+    assert not machine.process_alive(pid)
+    assert not kept.exists()
+
+    third = run_dbguard(pytester, "--dbguard-reuse")
+    third.assert_outcomes(passed=1)
+    third.stdout.fnmatch_lines([f"dbguard: embedded PostgreSQL*, {STARTED};*template built;*"])
+    assert _postgres_pid(kept) != pid
+
+
+@pytest.mark.parametrize("how", ["cli", "ini", "env"])
+def test_rebuild_drops_the_kept_template(
+    pytester: pytest.Pytester, kept: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _project(pytester, "one")
+    run_dbguard(pytester, "--dbguard-reuse").assert_outcomes(passed=1)
+    # A change the fingerprint cannot see: the kept template still has the old seed.
+    _project(pytester, "two")
+    stale = run_dbguard(pytester, "--dbguard-reuse")
+    stale.assert_outcomes(failed=1)
+    stale.stdout.fnmatch_lines(["*template reused*", "*AssertionError: assert *'one'* == *'two'*"])
+    if how == "ini":
+        _project(pytester, "two", ini="dbguard_rebuild = true\n")
+    elif how == "env":
+        monkeypatch.setenv("DBGUARD_REBUILD", "1")
+    flag = ("--dbguard-rebuild",) if how == "cli" else ()
+    rebuilt = run_dbguard(pytester, "--dbguard-reuse", *flag)
+    rebuilt.assert_outcomes(passed=1)
+    rebuilt.stdout.fnmatch_lines(["*cluster reused;*template rebuilt (--dbguard-rebuild);*"])
+    monkeypatch.delenv("DBGUARD_REBUILD", raising=False)
+    _project(pytester, "two")
+    # The rebuilt template is kept in turn.
+    again = run_dbguard(pytester, "--dbguard-reuse")
+    again.assert_outcomes(passed=1)
+    again.stdout.fnmatch_lines(["*template reused*"])
+
+
+@pytest.mark.needs_xdist
+def test_rebuild_under_xdist(pytester: pytest.Pytester, kept: Path) -> None:
+    _project(pytester, "one")
+    pytester.makepyfile(test_more=TESTS.format(seed="one").replace("test_seed", "test_more"))
+    first = run_dbguard(pytester, "--dbguard-reuse", "-n", "2", plugins=("xdist",))
+    first.assert_outcomes(passed=2)
+    first.stdout.fnmatch_lines([f"*{STARTED};*template built by the first worker*"])
+    second = run_dbguard(pytester, "--dbguard-reuse", "-n", "2", plugins=("xdist",))
+    second.assert_outcomes(passed=2)
+    second.stdout.fnmatch_lines(["*cluster reused;*template reused*"])
+    _project(pytester, "two")
+    pytester.makepyfile(test_more=TESTS.format(seed="two").replace("test_seed", "test_more"))
+    rebuilt = run_dbguard(
+        pytester, "--dbguard-reuse", "--dbguard-rebuild", "-n", "2", plugins=("xdist",)
+    )
+    rebuilt.assert_outcomes(passed=2)
+    rebuilt.stdout.fnmatch_lines(["*cluster reused;*template rebuilt (--dbguard-rebuild)*"])
+
+
+def test_rebuild_without_reuse_says_it_has_no_effect(pytester: pytest.Pytester) -> None:
+    _project(pytester, "one", ini="dbguard_rebuild = true\n")
+    result = run_dbguard(pytester)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "dbguard: ini dbguard_rebuild in tox.ini has no effect without --dbguard-reuse "
+            "(ini dbguard_reuse): nothing is kept, every run builds its template anew"
+        ]
+    )
+    assert not _folder(pytester.path).exists()
+
+
+def test_stop_with_nothing_kept_says_so(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\n")
+    result = _dbguard("stop", cwd=pytester.path)
+    assert result.returncode == 0, result.stderr
+    assert f"nothing to stop: no cluster kept by --dbguard-reuse for {pytester.path}" in (
+        result.stdout
+    )
+    script = Path(sys.executable).with_name("dbguard")
+    assert subprocess.run([script, "stop"], cwd=pytester.path, capture_output=True).returncode == 0
+
+
+def test_stop_all_stops_every_kept_cluster_of_the_user() -> None:
+    """Two projects' kept clusters, both stopped by one `dbguard stop --all`.
+
+    Run as the `nobody` user: its kept clusters are its own (a storage folder per user), so
+    `--all` here cannot stop the clusters other tests of this suite keep meanwhile.
+    """
+    if os.geteuid() != 0:
+        pytest.fail("this test runs its projects as the 'nobody' user: run the suite as root")
+    nobody = 65534
+    base = Path(tempfile.mkdtemp(prefix="dbguard-stop-all-"))
+    os.chmod(base, 0o755)
+    home = base / "home"
+    projects = [base / "alpha", base / "beta"]
+    env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+    for folder in [home, *projects]:
+        folder.mkdir()
+    for project in projects:
+        (project / "pytest.ini").write_text("[pytest]\n")
+        (project / "test_one.py").write_text("def test_one(dbguard_url):\n    assert dbguard_url\n")
+    for folder in [home, *projects]:
+        os.chown(folder, nobody, nobody)
+    run = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "--dbguard-reuse", "-q"]
+    command = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", *run]
+    try:
+        for project in projects:
+            done = subprocess.run(
+                command,
+                cwd=project,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, **env, "PYTHONDONTWRITEBYTECODE": "1"},
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+        stopped = _dbguard("stop", "--all", cwd=base, user=nobody, env=env)
+        assert stopped.returncode == 0, stopped.stderr
+        for project in projects:
+            assert f"stopped the kept PostgreSQL cluster for {project}" in stopped.stdout
+        lines = [line for line in stopped.stdout.splitlines() if line.startswith("stopped")]
+        assert len(lines) == 2
+        assert not list(Path(f"/dev/shm/pytest-dbguard-{nobody}").glob("reuse-*"))
+        assert not list(Path(tempfile.gettempdir(), f"pytest-dbguard-{nobody}").glob("reuse-*"))
+        again = _dbguard("stop", "--all", cwd=base, user=nobody, env=env)
+        assert "nothing to stop: no cluster kept by --dbguard-reuse of this user" in again.stdout
+    finally:
+        _dbguard("stop", "--all", cwd=base, user=nobody, env=env)
+        shutil.rmtree(base, ignore_errors=True)
