@@ -51,6 +51,9 @@ SERVER_SETTINGS: Final = (
     "unix_socket_permissions=0700",  # and the socket's folder is 0700 too: see cluster_auth
     "log_min_messages=warning",
     "autovacuum=off",
+    # Dynamic shared memory in the data folder, not as files in /dev/shm that a server killed
+    # with SIGKILL (a killed CI job) leaves behind for good; the run folder takes it along.
+    "dynamic_shared_memory_type=mmap",
 )
 # The server's process lays out its data folder first (initdb on a cache miss, a copy), then
 # becomes the server (same pid, same parent-death signal): pytest does not wait for either.

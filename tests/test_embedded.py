@@ -72,6 +72,24 @@ def test_cluster_removed_after_run(
     _assert_nothing_left(pytester)
 
 
+def test_dynamic_shared_memory_lives_in_the_run_folder(pytester: pytest.Pytester) -> None:
+    """Not as /dev/shm/PostgreSQL.* files, which a server killed with SIGKILL leaves for good."""
+    pytester.makepyfile(
+        """
+        import json, os
+        from pathlib import Path
+        from sqlalchemy import text
+
+        def test_setting(dbguard_connection):
+            shown = dbguard_connection.execute(text("SHOW dynamic_shared_memory_type")).scalar()
+            assert shown == "mmap"
+            root = Path(json.loads(os.environ["_DBGUARD_ORIGIN"])["embedded_root"])
+            assert list((root / "data" / "pg_dynshmem").glob("mmap.*"))  # the control segment
+        """
+    )
+    run_dbguard(pytester).assert_outcomes(passed=1)
+
+
 def test_cluster_removed_after_ctrl_c(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(RECORD_RUN.format(tail="time.sleep(60)"))
     process = subprocess.Popen(
