@@ -43,6 +43,30 @@ NOTE_MODELS = """
         body: Mapped[str]
 """
 
+# The logging sections every test project's alembic.ini carries after its [alembic] section.
+ALEMBIC_LOGGING = """
+[loggers]
+keys = root
+
+[handlers]
+keys = console
+
+[formatters]
+keys = generic
+
+[logger_root]
+level = WARNING
+handlers = console
+
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+formatter = generic
+
+[formatter_generic]
+format = %(levelname)s %(message)s
+"""
+
 
 def blocks(section: str, language: str) -> list[str]:
     """The fenced ``language`` blocks under the README heading ``section`` (up to the next heading)."""

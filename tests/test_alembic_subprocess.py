@@ -9,36 +9,19 @@ import pytest
 
 from pytest_dbguard import machine, server
 from tests.conftest import run_dbguard
-from tests.helpers import blocks
+from tests.helpers import ALEMBIC_LOGGING, blocks
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
-ALEMBIC_INI = """
+ALEMBIC_INI = (
+    """
 [alembic]
 script_location = migrations
 prepend_sys_path = .
 path_separator = os
 
-[loggers]
-keys = root
-
-[handlers]
-keys = console
-
-[formatters]
-keys = generic
-
-[logger_root]
-level = WARNING
-handlers = console
-
-[handler_console]
-class = StreamHandler
-args = (sys.stderr,)
-formatter = generic
-
-[formatter_generic]
-format = %(levelname)s %(message)s
 """
+    + ALEMBIC_LOGGING
+)
 # As in the FastAPI full-stack template: settings read once, at import, cached in a module global.
 CONFIG_PY = """
 import os

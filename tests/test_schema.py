@@ -5,33 +5,17 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import run_dbguard
+from tests.helpers import ALEMBIC_LOGGING
 from tests.pgserver import TestServer
 
-ALEMBIC_INI = """
+ALEMBIC_INI = (
+    """
 [alembic]
 script_location = migrations
 
-[loggers]
-keys = root
-
-[handlers]
-keys = console
-
-[formatters]
-keys = generic
-
-[logger_root]
-level = WARNING
-handlers = console
-
-[handler_console]
-class = StreamHandler
-args = (sys.stderr,)
-formatter = generic
-
-[formatter_generic]
-format = %(levelname)s %(message)s
 """
+    + ALEMBIC_LOGGING
+)
 ENV_PY = """
 import os
 from alembic import context
