@@ -9,7 +9,8 @@ this module is imported.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Dialect, Engine, ExecutionContext
@@ -47,12 +48,15 @@ _Listener = TypeVar("_Listener", bound="EngineListener")
 
 
 class EngineListener:
-    """A ``before_cursor_execute`` listener on every ``Engine``, installed and removed on demand.
+    """A listener on every ``Engine``, installed and removed on demand: ``before_cursor_execute``
+    for the statement guards, or another class-level event a subclass names in :attr:`EVENT`.
 
     One listener on the ``Engine`` class sees every engine, sync or behind an ``AsyncEngine``,
     existing or future; ``retval=True`` spares SQLAlchemy a wrapper call per statement.
     """
 
+    EVENT: ClassVar[str] = "before_cursor_execute"  # a class-level event of ``Engine``
+    RETVAL: ClassVar[bool] = True
     installed = False
 
     def __enter__(self: _Listener) -> _Listener:
@@ -68,7 +72,7 @@ class EngineListener:
         from sqlalchemy.engine import Engine
 
         if not self.installed:
-            event.listen(Engine, "before_cursor_execute", self._listener, retval=True)
+            event.listen(Engine, self.EVENT, self._handler(), retval=self.RETVAL)
             self.installed = True
 
     def remove(self) -> None:
@@ -77,8 +81,12 @@ class EngineListener:
         from sqlalchemy.engine import Engine
 
         if self.installed:
-            event.remove(Engine, "before_cursor_execute", self._listener)
+            event.remove(Engine, self.EVENT, self._handler())
             self.installed = False
+
+    def _handler(self) -> Callable[..., Any]:
+        """What SQLAlchemy calls for :attr:`EVENT` (the statement hook, unless overridden)."""
+        return self._listener
 
     def _listener(
         self,

@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from pytest_dbguard.engine_listener import is_own
+from pytest_dbguard.engine_listener import EngineListener, is_own
 from pytest_dbguard.exceptions import ForeignDatabaseError
 from pytest_dbguard.urls import DatabaseURL
 
@@ -127,10 +127,11 @@ class AllowList:
         return target.database in self.names or any(t.covers(target) for t in self.targets)
 
 
-class ForeignDatabaseGuard:
+class ForeignDatabaseGuard(EngineListener):
     """Refuses, at connect, every PostgreSQL connection outside the allowed databases while armed."""
 
-    installed = False
+    EVENT = "do_connect"
+    RETVAL = False
 
     def __init__(self, test_databases: Iterable[Target], *, allowed: AllowList = AllowList()):
         self.test_databases = tuple(test_databases)
@@ -167,23 +168,8 @@ class ForeignDatabaseGuard:
             )
         )
 
-    def install(self) -> None:
-        """Start listening (the guard checks only while armed)."""
-        from sqlalchemy import event
-        from sqlalchemy.engine import Engine
-
-        if not self.installed:
-            event.listen(Engine, "do_connect", self._on_connect)
-            self.installed = True
-
-    def remove(self) -> None:
-        """Stop listening."""
-        from sqlalchemy import event
-        from sqlalchemy.engine import Engine
-
-        if self.installed:
-            event.remove(Engine, "do_connect", self._on_connect)
-            self.installed = False
+    def _handler(self) -> Callable[..., Any]:
+        return self._on_connect
 
     def _on_connect(
         self, dialect: Dialect, record: object, cargs: list[Any], cparams: dict[str, Any]

@@ -13,9 +13,9 @@ once are not reported again after a later test.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from pytest_dbguard.engine_listener import is_own
+from pytest_dbguard.engine_listener import EngineListener, is_own
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -34,33 +34,19 @@ def _sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class LeakWatcher:
+class LeakWatcher(EngineListener):
     """Notes the first transaction that an engine not of dbguard's committed to one database."""
 
-    installed = False
+    EVENT = "commit"
+    RETVAL = False
 
     def __init__(self, is_test_database: Callable[[Connection], bool]) -> None:
         self.is_test_database = is_test_database  # whether a connection is on the test database
         self.watching = False
         self.first_xid: int | None = None  # the oldest such transaction since the last take()
 
-    def install(self) -> None:
-        """Start listening (commits count only while ``watching``)."""
-        from sqlalchemy import event
-        from sqlalchemy.engine import Engine
-
-        if not self.installed:
-            event.listen(Engine, "commit", self._on_commit)
-            self.installed = True
-
-    def remove(self) -> None:
-        """Stop listening."""
-        from sqlalchemy import event
-        from sqlalchemy.engine import Engine
-
-        if self.installed:
-            event.remove(Engine, "commit", self._on_commit)
-            self.installed = False
+    def _handler(self) -> Callable[..., Any]:
+        return self._on_commit
 
     def take(self) -> int | None:
         """The oldest foreign transaction id seen since the last call, and forget it."""
