@@ -21,11 +21,10 @@ from pytest_dbguard.engine_listener import mark_own
 from pytest_dbguard.environment import plan_key
 from pytest_dbguard.isolation import isolation_of
 from pytest_dbguard.loop_policy import LOOP_SCOPE
+from pytest_dbguard.urls import DatabaseURL, url_of
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-
-    from pytest_dbguard.urls import DatabaseURL
 
 ASYNC_FIXTURES: Final = ("dbguard_async_engine", "dbguard_async_session")
 FIXTURES_PLUGIN: Final = "dbguard-asyncio-fixtures"
@@ -47,20 +46,27 @@ def async_engine_for(url: DatabaseURL, **kwargs: Any) -> AsyncEngine:
     gets SAVEPOINTs."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    engine = create_async_engine(url.asynchronous().render(hide_password=False), **kwargs)
+    engine = create_async_engine(url.asynchronous().to_sqlalchemy(), **kwargs)
     mark_own(engine.sync_engine)
     if url.is_sqlite:
         sqlite_savepoints(engine.sync_engine)
     return engine
 
 
-async def _dbguard_async_engine(request: pytest.FixtureRequest) -> AsyncIterator[AsyncEngine]:
-    """Session, loop scope session: an AsyncEngine on this worker's test database.
+async def _dbguard_async_engine(
+    request: pytest.FixtureRequest, dbguard_url: str
+) -> AsyncIterator[AsyncEngine]:
+    """Session, loop scope session: an AsyncEngine on the database of ``dbguard_url``.
 
-    The URL is DBGUARD_ASYNC_URL's; ``pool_pre_ping`` is on. Created on the session's event
-    loop and disposed on it, before that loop closes.
+    The URL is DBGUARD_ASYNC_URL's, or, where a project overrides ``dbguard_url``, that one
+    through an async driver; ``pool_pre_ping`` is on. Created on the session's event loop and
+    disposed on it, before that loop closes.
     """
-    engine = async_engine_for(request.config.stash[plan_key].async_url, pool_pre_ping=True)
+    plan = request.config.stash[plan_key]
+    url = url_of(dbguard_url, source="dbguard_url")
+    engine = async_engine_for(
+        plan.async_url if url == plan.test_url else url.asynchronous(), pool_pre_ping=True
+    )
     yield engine
     try:
         await engine.dispose()

@@ -7,12 +7,30 @@ attribute is gone, so a new release costs a guard some precision, never a crash.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Mapper
+
+
+@functools.cache
+def sqlalchemy_decodes_database() -> bool:
+    """Whether the installed SQLAlchemy percent-decodes the database part of a URL string.
+
+    2.1 does (``make_url('postgresql://h/per%25cent').database == 'per%cent'``); 2.0 takes it as
+    written. Read from the installed version, not by importing SQLAlchemy (early hooks stay cheap);
+    without SQLAlchemy, the RFC 3986 reading (decoded).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(part) for part in version("sqlalchemy").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return True
+    return (major, minor) >= (2, 1)
 
 
 def all_mappers() -> list[Mapper[Any]]:

@@ -23,7 +23,7 @@ def admin_engine(url: DatabaseURL) -> Engine:
 
     return mark_own(
         create_engine(
-            url.sync().render(hide_password=False),
+            url.sync().to_sqlalchemy(),
             poolclass=NullPool,
             isolation_level="AUTOCOMMIT",
             execution_options=INTERNAL_OPTIONS,
@@ -36,7 +36,7 @@ def engine_for(url: DatabaseURL, **kwargs: Any) -> Engine:
     SQLite gets the documented fix that makes SAVEPOINT work with pysqlite."""
     from sqlalchemy import create_engine
 
-    engine = mark_own(create_engine(url.sync().render(hide_password=False), **kwargs))
+    engine = mark_own(create_engine(url.sync().to_sqlalchemy(), **kwargs))
     if url.is_sqlite:
         sqlite_savepoints(engine)
     return engine

@@ -285,9 +285,7 @@ def export(
             {
                 "pid": os.getpid(),
                 "run": plan.run,
-                "server_url": plan.server_url.render(hide_password=False)
-                if plan.server_url
-                else None,
+                "server_url": plan.server_url.portable() if plan.server_url else None,
                 "embedded": plan.embedded,
                 "sqlite_dir": str(plan.sqlite_dir) if plan.sqlite_dir else None,
                 "environ_url": origin_environ_url,

@@ -87,12 +87,12 @@ class Faults:
     @property
     def url(self) -> str:
         """The test database URL (sync driver) for engines the test builds itself."""
-        return SecretURL(self.test_url.render(hide_password=False))
+        return SecretURL(self.test_url)
 
     @property
     def async_url(self) -> str:
         """The test database URL with an async driver."""
-        return SecretURL(self.test_url.asynchronous().render(hide_password=False))
+        return SecretURL(self.test_url.asynchronous())
 
     def terminate(self) -> int:
         """End every other backend on this worker's database, wait until gone; return how many."""

@@ -219,15 +219,15 @@ def dbguard_url(pytestconfig: pytest.Config) -> str:
     """Session: this worker's test database URL (sync driver, password included so it connects)."""
     from pytest_dbguard.urls import SecretURL
 
-    return SecretURL(pytestconfig.stash[plan_key].test_url.render(hide_password=False))
+    return SecretURL(pytestconfig.stash[plan_key].test_url)
 
 
 @pytest.fixture(scope="session")
 def dbguard_engine(dbguard_url: str) -> Iterator[Engine]:
     """Session: a SQLAlchemy Engine on this worker's test database with ``pool_pre_ping``; disposed at the end."""
-    from pytest_dbguard.urls import DatabaseURL
+    from pytest_dbguard.urls import url_of
 
-    engine = engine_for(DatabaseURL.parse(dbguard_url), pool_pre_ping=True)
+    engine = engine_for(url_of(dbguard_url, source="dbguard_url"), pool_pre_ping=True)
     yield engine
     engine.dispose()
 
@@ -236,9 +236,9 @@ def dbguard_engine(dbguard_url: str) -> Iterator[Engine]:
 def _dbguard_connection_engine(dbguard_url: str) -> Iterator[Engine]:
     """Session: the engine behind ``dbguard_connection``. It skips ``pool_pre_ping``'s round trip
     on every test: dead pooled connections are found by a look at their socket instead."""
-    from pytest_dbguard.urls import DatabaseURL
+    from pytest_dbguard.urls import url_of
 
-    url = DatabaseURL.parse(dbguard_url)
+    url = url_of(dbguard_url, source="dbguard_url")
     engine = engine_for(url)
     if not url.is_sqlite:
         discard_dead_connections(engine)

@@ -257,7 +257,7 @@ def _maintenance(url: str | DatabaseURL) -> Iterator[Connection]:
     for index, database in enumerate(MAINTENANCE_DATABASES):
         engine = mark_own(
             create_engine(
-                parsed.sync().with_database(database).render(hide_password=False),
+                parsed.sync().with_database(database).to_sqlalchemy(),
                 poolclass=NullPool,
                 isolation_level="AUTOCOMMIT",
                 execution_options=INTERNAL_OPTIONS,

@@ -146,20 +146,12 @@ class _Target:
     def prepare(self) -> Dialect:
         """Import SQLAlchemy and the driver, and turn the URL into connect arguments, once."""
         if self._dialect is None:
-            from sqlalchemy import URL, create_engine
+            from sqlalchemy import create_engine
             from sqlalchemy.pool import NullPool
 
-            url = self.url
-            sa_url = URL.create(
-                url.backend + (f"+{url.driver}" if url.driver else ""),
-                username=url.username,
-                password=url.password,
-                host=url.host,
-                port=url.port,
-                database=url.database,
-                query=dict(url.query),
-            )
-            engine = create_engine(sa_url, poolclass=NullPool)  # never connects: args only
+            engine = create_engine(
+                self.url.to_sqlalchemy(), poolclass=NullPool
+            )  # never connects: args only
             cargs, cparams = engine.dialect.create_connect_args(engine.url)
             self._cargs, self._cparams = tuple(cargs), dict(cparams)
             self._dialect = engine.dialect

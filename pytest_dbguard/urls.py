@@ -12,9 +12,14 @@ import hashlib
 import importlib.util
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
+from pytest_dbguard.compat import sqlalchemy_decodes_database
 from pytest_dbguard.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 # Same shape as SQLAlchemy's URL pattern: name[+driver]://[user[:password]@][host[:port]][/database][?query]
 _URL_PATTERN = re.compile(
@@ -46,6 +51,12 @@ _DRIVER_MODULES: Mapping[str, str] = {
     "pg8000": "pg8000",
     "psycopg2cffi": "psycopg2cffi",
 }
+_NO_QUESTION_MARK = (
+    "The database name {database!r} contains '?', which a SQLAlchemy 2.0 URL cannot carry (its "
+    "URLs end the database name at '?' and do not decode %3F; SQLAlchemy 2.1 does). Upgrade to "
+    "SQLAlchemy 2.1 (pip install 'sqlalchemy>=2.1'), or name a database without '?' in "
+    "--dbguard-url / DBGUARD_URL / ini dbguard_url."
+)
 MAX_IDENTIFIER = 63  # PostgreSQL truncates longer names silently; we never let it.
 
 
@@ -128,7 +139,24 @@ class DatabaseURL:
         return self.backend == "sqlite"
 
     def render(self, *, hide_password: bool = True) -> str:
-        """The URL as text; the password shows as ``***`` unless asked for."""
+        """The URL as text that the installed SQLAlchemy reads back as this URL; the password
+        shows as ``***`` unless asked for.
+
+        SQLAlchemy 2.1 decodes a percent-encoded database name; 2.0 takes it as written and
+        cannot carry a ``?`` in it at all, so for 2.0 the name is written raw, and the connectable
+        text of a name with ``?`` is a ConfigError (dbguard's own engines take ``to_sqlalchemy``).
+        """
+        encoded = sqlalchemy_decodes_database()
+        if not encoded and not hide_password and "?" in (self.database or ""):
+            raise ConfigError(_NO_QUESTION_MARK.format(database=self.database))
+        return self._text(hide_password=hide_password, encode_database=encoded)
+
+    def portable(self) -> str:
+        """The URL as RFC 3986 text, password included, that ``parse`` reads back exactly: how
+        dbguard hands a URL to its own workers, whatever SQLAlchemy is installed."""
+        return self._text(hide_password=False, encode_database=True)
+
+    def _text(self, *, hide_password: bool, encode_database: bool) -> str:
         scheme = self.backend + (f"+{self.driver}" if self.driver else "")
         auth = ""
         if self.username is not None:
@@ -143,13 +171,29 @@ class DatabaseURL:
         database = ""
         if self.is_sqlite and self.database is not None:
             database = f"/{self.database}"  # sqlite:///relative or sqlite:////absolute
-        elif self.database is not None:  # '%', '?', '#', '/' and spaces must not end the name
-            database = "/" + quote(self.database, safe="")
+        elif self.database is not None and encode_database:
+            database = "/" + quote(self.database, safe="")  # '%', '?', '#', '/', spaces kept whole
+        elif self.database is not None:
+            database = "/" + self.database
         query = f"?{urlencode(self.query)}" if self.query else ""
         return f"{scheme}://{auth}{host}{port}{database}{query}"
 
     def __str__(self) -> str:
         return self.render(hide_password=True)
+
+    def to_sqlalchemy(self) -> URL:
+        """This URL as SQLAlchemy's own URL object: no text to parse back, whatever the name holds."""
+        from sqlalchemy.engine import URL
+
+        return URL.create(
+            self.backend + (f"+{self.driver}" if self.driver else ""),
+            username=self.username,
+            password=self.password,
+            host=self.host,
+            port=self.port,
+            database=self.database,
+            query=dict(self.query),
+        )
 
     def __repr__(self) -> str:  # tracebacks, -l locals and reprs of objects holding one
         return f"DatabaseURL({self.render(hide_password=True)!r})"
@@ -198,12 +242,25 @@ def _first_installed(drivers: tuple[str, ...]) -> str | None:
 
 
 class SecretURL(str):
-    """A URL string that connects with its password but shows ``***`` in reprs (tracebacks, -l locals)."""
+    """A URL string that connects with its password but shows ``***`` in reprs (tracebacks, -l
+    locals), and keeps the DatabaseURL it was made from, so it is never parsed back."""
 
-    __slots__ = ()
+    __slots__ = ("url",)
+    url: DatabaseURL
+
+    def __new__(cls, url: DatabaseURL) -> SecretURL:
+        made = super().__new__(cls, url.render(hide_password=False))
+        made.url = url
+        return made
 
     def __repr__(self) -> str:
         return repr(hide_password_in(str.__str__(self)))
+
+
+def url_of(text: str, *, source: str = "URL") -> DatabaseURL:
+    """The DatabaseURL behind a URL string: the one a SecretURL carries, else ``text`` parsed (a
+    ``dbguard_url`` fixture overridden with a plain string still reaches every engine)."""
+    return text.url if isinstance(text, SecretURL) else DatabaseURL.parse(text, source=source)
 
 
 def hide_password_in(text: str) -> str:
