@@ -1,6 +1,6 @@
 """The one place that reads other packages' private attributes.
 
-Checked against SQLAlchemy 2.0 and 2.1, and pytest 8 and 9 (``pytest_rootdir``). Each helper degrades to "nothing found" when the
+Checked against SQLAlchemy 2.0 and 2.1, and pytest 8 and 9 (``pytest_rootdir``, ``ini_keys``). Each helper degrades to "nothing found" when the
 attribute is gone, so a new release costs a guard some precision, never a crash.
 """
 
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import pytest
     from sqlalchemy.orm import Mapper
 
 
@@ -31,6 +32,39 @@ def sqlalchemy_decodes_database() -> bool:
     except (PackageNotFoundError, ValueError):
         return True
     return (major, minor) >= (2, 1)
+
+
+def override_ini(config: pytest.Config) -> dict[str, str]:
+    """The ``-o key=value`` settings of the run (command line, addopts, PYTEST_ADDOPTS)."""
+    found: dict[str, str] = {}
+    for entry in getattr(config.option, "override_ini", None) or ():
+        key, sep, value = str(entry).partition("=")
+        if sep:
+            found[key.strip()] = value
+    return found
+
+
+def _inicfg(config: pytest.Config) -> Mapping[str, Any]:
+    """The ini file's raw entries. pytest 9 deprecates ``config.inicfg`` and keeps ``_inicfg``
+    (with the ``-o`` values in it); pytest 8 has only ``inicfg`` (without them)."""
+    raw = getattr(config, "_inicfg", None)
+    if raw is None:  # pytest 8
+        raw = config.inicfg
+    return raw
+
+
+def ini_keys(config: pytest.Config) -> set[str]:
+    """Keys the user set: in the ini file or with ``-o``."""
+    return set(_inicfg(config).keys()) | set(override_ini(config))
+
+
+def ini_raw(config: pytest.Config, key: str) -> str:
+    """The text of ini ``key`` as written, ``-o`` first (pytest 9 wraps it in a ConfigValue)."""
+    overridden = override_ini(config)
+    if key in overridden:
+        return overridden[key]
+    value = _inicfg(config).get(key)
+    return str(getattr(value, "value", value))
 
 
 def all_mappers() -> list[Mapper[Any]]:

@@ -10,6 +10,7 @@ from typing import Any, Final, TypeVar
 
 import pytest
 
+from pytest_dbguard.compat import ini_keys, ini_raw, override_ini
 from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.urls import DatabaseURL
 
@@ -402,33 +403,21 @@ def resolve(
     )
 
 
-def _inicfg(config: pytest.Config) -> Mapping[str, Any]:
-    """The ini file's raw entries. pytest 9 deprecates ``config.inicfg``; it keeps ``_inicfg``."""
-    raw = getattr(config, "_inicfg", None)
-    if raw is None:  # pytest 8
-        raw = config.inicfg
-    return raw
-
-
-def ini_keys(config: pytest.Config) -> set[str]:
-    """Keys present in the ini file."""
-    return set(_inicfg(config).keys())
-
-
-def ini_raw(config: pytest.Config, key: str) -> str:
-    """The text of ini ``key`` as written (pytest 9 wraps it in a ConfigValue)."""
-    value = _inicfg(config).get(key)
-    return str(getattr(value, "value", value))
-
-
 def _check_unknown_ini_keys(config: pytest.Config) -> None:
     """A misspelled ``dbguard_*`` ini key is an error, not a silently ignored setting."""
     known = {option.ini for option in OPTIONS}
+    overridden = override_ini(config)
     for key in ini_keys(config):
         if key.startswith("dbguard") and key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
+            where = (
+                " in -o"
+                if key in overridden
+                else f" in {config.inipath.name}"
+                if config.inipath
+                else ""
+            )
             raise ConfigError(
-                f"Unknown ini key {key!r}{' in ' + config.inipath.name if config.inipath else ''}.{hint} "
-                f"Known keys: {', '.join(sorted(known))}."
+                f"Unknown ini key {key!r}{where}.{hint} Known keys: {', '.join(sorted(known))}."
             )

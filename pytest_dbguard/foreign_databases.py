@@ -107,24 +107,37 @@ class AllowList:
 
     names: frozenset[str] = frozenset()
     targets: tuple[Target, ...] = ()
+    everything: bool = False  # the entry '*': the guard stands aside
 
     @classmethod
     def of(cls, entries: Iterable[str], *, source: str = "dbguard_allow_databases") -> AllowList:
-        """Entries are database names or URLs; a malformed URL raises ConfigError naming ``source``."""
+        """Entries are database names, URLs, or ``*`` for any database; a malformed URL raises
+        ConfigError naming ``source``."""
         names: set[str] = set()
         targets: list[Target] = []
+        everything = False
         for entry in entries:
-            if "://" in entry:
+            if entry == "*":
+                everything = True
+            elif "://" in entry:
                 targets.append(Target.from_url(DatabaseURL.parse(entry, source=source)))
             else:
                 names.add(entry)
-        return cls(frozenset(names), tuple(targets))
+        return cls(frozenset(names), tuple(targets), everything)
 
     def __or__(self, other: AllowList) -> AllowList:
-        return AllowList(self.names | other.names, self.targets + other.targets)
+        return AllowList(
+            self.names | other.names,
+            self.targets + other.targets,
+            self.everything or other.everything,
+        )
 
     def admits(self, target: Target) -> bool:
-        return target.database in self.names or any(t.covers(target) for t in self.targets)
+        return (
+            self.everything
+            or target.database in self.names
+            or any(t.covers(target) for t in self.targets)
+        )
 
 
 class ForeignDatabaseGuard(EngineListener):

@@ -14,7 +14,7 @@ from typing import Final
 
 import pytest
 
-from pytest_dbguard.config import ini_keys
+from pytest_dbguard.compat import ini_keys, override_ini
 
 FIXTURE_LOOP_SCOPE: Final = "asyncio_default_fixture_loop_scope"
 TEST_LOOP_SCOPE: Final = "asyncio_default_test_loop_scope"  # pytest-asyncio 0.26 and later
@@ -70,11 +70,9 @@ def _ini_registered(config: pytest.Config, name: str) -> bool:
 
 def _where_set(config: pytest.Config, name: str) -> str | None:
     """Where the user set ini ``name``: ``-o`` (command line, addopts, PYTEST_ADDOPTS) or a file."""
-    for entry in reversed(getattr(config.option, "override_ini", None) or ()):
-        key, sep, _ = str(entry).partition("=")
-        if sep and key.strip() == name:
-            return "-o"
-    if name in ini_keys(config):  # pytest 9 keeps -o values here too; those matched above
+    if name in override_ini(config):
+        return "-o"
+    if name in ini_keys(config):
         return config.inipath.name if config.inipath else "the ini file"
     return None
 

@@ -67,6 +67,7 @@ def test_allow_list_by_name_by_database_url_and_by_server() -> None:
     assert not allowed.admits(Target("db.example", 6000, "billing"))
     assert allowed.admits(Target("local", 5433, "anything"))
     assert not allowed.admits(Target("local", 5432, "anything"))
+    assert (AllowList() | AllowList.of(["*"])).admits(Target("local", 5432, "anything"))
 
 
 # Whole runs. The "developer's database" is a real database on the password-protected test
@@ -256,6 +257,35 @@ def test_allow_by_marker_and_by_ini_sync_and_async(
         assert _notes(pg_server, allowed) == ["ini", "ini-async"]
     finally:
         pg_server.sql(f'DROP DATABASE "{allowed}" WITH (FORCE)')
+
+
+ALLOW_ALL_TESTS = """
+    import os
+    from sqlalchemy import create_engine, text
+
+    def test_writes_to_the_developers_database(dbguard_url):
+        engine = create_engine(os.environ["REFUSED_URL"])
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO notes (body) VALUES ('allowed by *')"))
+        engine.dispose()
+"""
+
+
+def test_allow_everything_with_a_star_given_by_dash_o(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    developer_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`-o dbguard_allow_databases=*` (pytest 8 keeps -o values apart from the ini file's)."""
+    monkeypatch.setenv("REFUSED_URL", pg_server.url(developer_db))
+    pytester.makepyfile(test_star=ALLOW_ALL_TESTS)
+    refused = run_dbguard(pytester)
+    refused.assert_outcomes(failed=1)
+    assert _notes(pg_server, developer_db) == []
+    result = run_dbguard(pytester, "-o", "dbguard_allow_databases=*")
+    result.assert_outcomes(passed=1)
+    assert _notes(pg_server, developer_db) == ["allowed by *"]
 
 
 def test_on_a_sqlite_run_every_postgresql_database_is_foreign(

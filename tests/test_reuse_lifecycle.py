@@ -4,6 +4,7 @@ stops the kept cluster, --dbguard-rebuild rebuilds the kept templates."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -42,19 +43,14 @@ def _project(pytester: pytest.Pytester, seed: str, ini: str = "") -> None:
     pytester.makeini(f"[pytest]\ndbguard_metadata = models:metadata\n{ini}")
 
 
-def _dbguard(
-    *args: str, cwd: Path, user: int | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def _dbguard(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "pytest_dbguard", *args]
-    if user is not None:
-        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
     return subprocess.run(
         command,
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, **(env or {})},
     )
 
 
@@ -178,47 +174,61 @@ def test_stop_with_nothing_kept_says_so(pytester: pytest.Pytester) -> None:
 def test_stop_all_stops_every_kept_cluster_of_the_user() -> None:
     """Two projects' kept clusters, both stopped by one `dbguard stop --all`.
 
-    Run as the `nobody` user: its kept clusters are its own (a storage folder per user), so
-    `--all` here cannot stop the clusters other tests of this suite keep meanwhile.
+    Run in a private mount namespace with a fresh /dev/shm (and temp folder), so the user's
+    storage folders there hold only these two: `--all` cannot reach the clusters that other tests
+    of this suite keep meanwhile, and any interpreter works (no switch to another user).
     """
     if os.geteuid() != 0:
-        pytest.fail("this test runs its projects as the 'nobody' user: run the suite as root")
-    nobody = 65534
+        pytest.fail("this test mounts a private /dev/shm (unshare -m): run the suite as root")
     base = Path(tempfile.mkdtemp(prefix="dbguard-stop-all-"))
-    os.chmod(base, 0o755)
-    home = base / "home"
+    os.chmod(base, 0o755)  # the server's user (postgres, as we are root) passes through
     projects = [base / "alpha", base / "beta"]
-    env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
-    for folder in [home, *projects]:
-        folder.mkdir()
     for project in projects:
+        project.mkdir()
         (project / "pytest.ini").write_text("[pytest]\n")
         (project / "test_one.py").write_text("def test_one(dbguard_url):\n    assert dbguard_url\n")
-    for folder in [home, *projects]:
-        os.chown(folder, nobody, nobody)
-    run = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "--dbguard-reuse", "-q"]
-    command = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", *run]
+    (base / "tmp").mkdir()
+    python = shlex.quote(sys.executable)
+    run = f"{python} -m pytest -p pytest_dbguard -p no:cacheprovider --dbguard-reuse -q"
+    stop = f"{python} -m pytest_dbguard stop --all"
+    kept = (
+        f"ls -d /dev/shm/pytest-dbguard-0/reuse-* {base}/tmp/pytest-dbguard-0/reuse-* 2>/dev/null"
+    )
+    script = "; ".join(
+        [
+            "set -e",
+            "mount -t tmpfs -o size=1g tmpfs /dev/shm",
+            f"export TMPDIR={base}/tmp",
+            f"trap '{stop} >/dev/null 2>&1' EXIT",  # nothing outlives the namespace
+            "set +e",
+            *(f"(cd {project} && {run}); echo @@run=$?" for project in projects),
+            f"echo @@kept=$({kept} | wc -l)",
+            f"cd {base} && {stop}; echo @@stop=$?",
+            f"echo @@kept=$({kept} | wc -l)",
+            f"{stop}; echo @@again=$?",
+        ]
+    )
     try:
-        for project in projects:
-            done = subprocess.run(
-                command,
-                cwd=project,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env={**os.environ, **env, "PYTHONDONTWRITEBYTECODE": "1"},
-            )
-            assert done.returncode == 0, done.stdout + done.stderr
-        stopped = _dbguard("stop", "--all", cwd=base, user=nobody, env=env)
-        assert stopped.returncode == 0, stopped.stderr
-        for project in projects:
-            assert f"stopped the kept PostgreSQL cluster for {project}" in stopped.stdout
-        lines = [line for line in stopped.stdout.splitlines() if line.startswith("stopped")]
-        assert len(lines) == 2
-        assert not list(Path(f"/dev/shm/pytest-dbguard-{nobody}").glob("reuse-*"))
-        assert not list(Path(tempfile.gettempdir(), f"pytest-dbguard-{nobody}").glob("reuse-*"))
-        again = _dbguard("stop", "--all", cwd=base, user=nobody, env=env)
-        assert "nothing to stop: no cluster kept by --dbguard-reuse of this user" in again.stdout
+        done = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
     finally:
-        _dbguard("stop", "--all", cwd=base, user=nobody, env=env)
         shutil.rmtree(base, ignore_errors=True)
+    output = done.stdout + done.stderr
+    marks = [line for line in done.stdout.splitlines() if line.startswith("@@")]
+    assert marks == [
+        "@@run=0",
+        "@@run=0",
+        "@@kept=2",
+        "@@stop=0",
+        "@@kept=0",
+        "@@again=0",
+    ], output
+    for project in projects:
+        assert f"stopped the kept PostgreSQL cluster for {project}" in done.stdout, output
+    assert len([line for line in done.stdout.splitlines() if line.startswith("stopped")]) == 2
+    assert "nothing to stop: no cluster kept by --dbguard-reuse of this user" in done.stdout
