@@ -313,11 +313,11 @@ def wide_metadata(tables: int) -> Any:
 def bench_clone(cluster: Any, runs: int) -> None:
     from sqlalchemy import text
 
-    from pytest_dbguard import databases
+    from pytest_dbguard import engines
 
     common.banner("c. per-worker database: clone from the template vs create + create_all")
     server = cluster.url().resolved()
-    admin = databases.admin_engine(server)
+    admin = engines.admin_engine(server)
     reps = max(3, runs * 2)
     rows: list[list[str]] = []
     summary: list[str] = []
@@ -336,7 +336,7 @@ def bench_clone(cluster: Any, runs: int) -> None:
 
 
 def _clone_rows(connection: Any, server: Any, tables: int, reps: int) -> list[list[str]]:
-    from pytest_dbguard import databases, schema
+    from pytest_dbguard import databases, engines, schema
     from pytest_dbguard.urls import database_name
 
     metadata = wide_metadata(tables)
@@ -366,7 +366,7 @@ def _clone_rows(connection: Any, server: Any, tables: int, reps: int) -> list[li
         provisioned = databases.provision_database(
             server, fresh("all"), "-", None, run="bench", worker="w"
         )
-        engine = databases.engine_for(provisioned.url)
+        engine = engines.engine_for(provisioned.url)
         with engine.begin() as conn:
             metadata.create_all(conn)
         engine.dispose()
@@ -423,7 +423,7 @@ def _write_two(connection: Any) -> None:
 
 
 def bench_truncate_direct(cluster: Any, runs: int) -> None:
-    from pytest_dbguard import databases
+    from pytest_dbguard import databases, engines
     from pytest_dbguard.isolation import Truncator
     from pytest_dbguard.urls import database_name
 
@@ -443,8 +443,8 @@ def bench_truncate_direct(cluster: Any, runs: int) -> None:
         run="d",
         worker="main",
     )
-    engine = databases.engine_for(provisioned.url)
-    internal = engine.execution_options(**databases.INTERNAL_OPTIONS)
+    engine = engines.engine_for(provisioned.url)
+    internal = engine.execution_options(**engines.INTERNAL_OPTIONS)
     truncator = Truncator(internal)
     truncator.clean()  # builds and caches its probe, as the session-scoped fixture does
     every = ", ".join(f"t{n:02d}" for n in range(TRUNCATE_TABLES))

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import pytest
 
-from pytest_dbguard.databases import sqlite_savepoints
 from pytest_dbguard.engine_listener import mark_own
+from pytest_dbguard.engines import sqlite_savepoints
 from pytest_dbguard.environment import plan_key
 from pytest_dbguard.isolation import isolation_of
 from pytest_dbguard.loop_policy import LOOP_SCOPE

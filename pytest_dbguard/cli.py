@@ -103,7 +103,8 @@ def _probe(args: argparse.Namespace, url: DatabaseURL) -> int:
 
 
 def _janitor(args: argparse.Namespace, url: DatabaseURL) -> int:
-    from pytest_dbguard.janitor import server_of, sweep
+    from pytest_dbguard.janitor import sweep
+    from pytest_dbguard.marks import server_of
 
     results = sweep(url, older_than=args.older_than, dry_run=args.dry_run)
     for result in results:

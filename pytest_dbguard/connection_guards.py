@@ -76,7 +76,7 @@ class _ConnectionGuards:
     def report_leaks(self, item: pytest.Item, xid: int, *, may_raise: bool) -> None:
         """Warn about (or, with dbguard_leaks = error, raise on) the tables the test left rows in."""
         __tracebackhide__ = True
-        from pytest_dbguard.databases import INTERNAL_OPTIONS, engine_for
+        from pytest_dbguard.engines import INTERNAL_OPTIONS, engine_for
 
         try:
             if self._check_engine is None:

@@ -17,14 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-# Re-exported ("as"): other modules import these from here.
-from pytest_dbguard.engines import INTERNAL_OPTIONS as INTERNAL_OPTIONS
-from pytest_dbguard.engines import admin_engine as admin_engine
-from pytest_dbguard.engines import discard_dead_connections as discard_dead_connections
-from pytest_dbguard.engines import engine_for as engine_for
-from pytest_dbguard.engines import sqlite_savepoints as sqlite_savepoints
+from pytest_dbguard.engines import INTERNAL_OPTIONS, admin_engine, engine_for
 from pytest_dbguard.exceptions import DatabaseSetupError
-from pytest_dbguard.janitor import Mark, creator_running, in_use, make_mark, parse_mark
+from pytest_dbguard.marks import Mark, creator_running, in_use, make_mark, parse_mark
+from pytest_dbguard.sql import quote_ident, quote_literal, run_ddl
 from pytest_dbguard.urls import DatabaseURL
 
 if TYPE_CHECKING:
@@ -54,22 +50,6 @@ class Provisioned:
     clone_ms: float
     schema: str | None = None
     template_built: bool = True  # False: a complete template was already there (reused)
-
-
-def quote_ident(name: str) -> str:
-    """A PostgreSQL identifier, always double-quoted."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(text: str) -> str:
-    """A PostgreSQL string literal (for COMMENT, which takes no bound parameters)."""
-    return "'" + text.replace("'", "''") + "'"
-
-
-def run_ddl(connection: Connection, statement: str) -> None:
-    """Run a statement that embeds identifiers, with no parameters: the driver then does not
-    read a ``%`` in a database name as a placeholder (SQLAlchemy's ``no_parameters`` option)."""
-    connection.exec_driver_sql(statement, execution_options={"no_parameters": True})
 
 
 def _lock_key(name: str) -> int:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import pytest
 
 from pytest_dbguard.config import settings_key
-from pytest_dbguard.databases import admin_engine
+from pytest_dbguard.engines import admin_engine
 from pytest_dbguard.environment import embedded_cluster, plan_key, proxy_key
 from pytest_dbguard.exceptions import DbguardError, FaultError
 from pytest_dbguard.readiness import probe, wait_until_ready

@@ -73,7 +73,7 @@ def _hidden_modules(item: pytest.Item) -> HiddenModules | None:
     __tracebackhide__ = True
     names: list[str] = []
     for marker in item.iter_markers("dbguard_without"):
-        from pytest_dbguard.plugin import dbguard_without
+        from pytest_dbguard.markers import dbguard_without
 
         try:
             names += dbguard_without(*marker.args, **marker.kwargs)

@@ -15,13 +15,9 @@ from typing import TYPE_CHECKING, Final
 import pytest
 
 from pytest_dbguard.config import settings_key
-from pytest_dbguard.databases import (
-    INTERNAL_OPTIONS,
-    discard_dead_connections,
-    engine_for,
-    quote_ident,
-)
+from pytest_dbguard.engines import INTERNAL_OPTIONS, discard_dead_connections, engine_for
 from pytest_dbguard.environment import plan_key
+from pytest_dbguard.sql import quote_ident
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine

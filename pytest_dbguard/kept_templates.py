@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from pytest_dbguard.janitor import MarkedDatabase, drop_marked, list_marked
+from pytest_dbguard.janitor import drop_marked, list_marked
+from pytest_dbguard.marks import MarkedDatabase
 from pytest_dbguard.urls import DatabaseURL, database_name
 
 REUSE_RUN: Final = "reuse"  # the run id in a kept template's mark

@@ -322,7 +322,7 @@ def summary_lines(config: pytest.Config) -> list[str]:
 
 def check_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Validate ``@pytest.mark.dbguard`` arguments at collection, so a typo fails before any test."""
-    from pytest_dbguard.plugin import dbguard
+    from pytest_dbguard.markers import dbguard
 
     for item in items:
         for marker in item.iter_markers("dbguard"):

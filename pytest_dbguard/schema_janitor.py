@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 from pytest_dbguard.exceptions import DatabaseSetupError
-from pytest_dbguard.janitor import (
+from pytest_dbguard.marks import (
     MarkedDatabase,
     Swept,
     creator_running,
@@ -112,7 +112,7 @@ def drop_schema_checked(connection: Connection, url: DatabaseURL, name: str) -> 
     """Re-read the mark of schema ``name`` and drop it (CASCADE) only if it is dbguard's."""
     from sqlalchemy import text
 
-    from pytest_dbguard.databases import quote_ident, run_ddl
+    from pytest_dbguard.sql import quote_ident, run_ddl
 
     row = connection.execute(text(_ONE_SQL), {"name": name}).first()
     if row is None or parse_mark(row[1]) is None or not is_dbguard_schema(name):
@@ -133,7 +133,7 @@ def _named_database(url: DatabaseURL) -> Iterator[Connection | None]:
 
     from pytest_dbguard.connect_diagnosis import DATABASE_MISSING, classify_error
     from pytest_dbguard.engines import admin_engine
-    from pytest_dbguard.janitor import server_of
+    from pytest_dbguard.marks import server_of
 
     if not url.database:
         yield None

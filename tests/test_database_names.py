@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from pytest_dbguard.compat import sqlalchemy_decodes_database
-from pytest_dbguard.databases import quote_ident
 from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.sql import quote_ident
 from pytest_dbguard.urls import DatabaseURL, SecretURL, database_name, is_dbguard_name, url_of
 from tests.conftest import run_dbguard
 from tests.helpers import NOTE_MODELS as MODELS

@@ -12,7 +12,7 @@ import sqlalchemy
 
 from pytest_dbguard import databases
 from pytest_dbguard.exceptions import DatabaseSetupError
-from pytest_dbguard.janitor import make_mark
+from pytest_dbguard.marks import make_mark
 from pytest_dbguard.urls import DatabaseURL
 from tests.conftest import mark_text, run_dbguard
 from tests.helpers import NOTE_MODELS as MODELS
