@@ -30,9 +30,9 @@ WATCHED_IMPORTS = (
     "psycopg",
     "sqlalchemy.ext.asyncio",
     "asyncio",
-    "pytest_dbguard.async_fixtures",
-    "pytest_dbguard.databases",
-    "pytest_dbguard.readiness",
+    "pytest_dbguard.aio.async_fixtures",
+    "pytest_dbguard.db.databases",
+    "pytest_dbguard.server.readiness",
     "models",
     "conftest",
 )

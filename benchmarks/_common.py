@@ -281,7 +281,7 @@ def banner(title: str) -> None:
 
 def bindir() -> Path | None:
     """The PostgreSQL binaries dbguard would use."""
-    from pytest_dbguard.machine import find_bindir
+    from pytest_dbguard.server.machine import find_bindir
 
     return find_bindir()
 
@@ -344,8 +344,8 @@ def hand_over(root: Path, user: str | None) -> None:
 @contextlib.contextmanager
 def running_cluster(run: str = "bench01") -> Iterator[object]:
     """A dbguard embedded cluster (``server.prepare_cluster``) that answers queries; stopped after."""
-    from pytest_dbguard.readiness import wait_until_ready
-    from pytest_dbguard.server import prepare_cluster
+    from pytest_dbguard.server.cluster import prepare_cluster
+    from pytest_dbguard.server.readiness import wait_until_ready
 
     cluster, _adopted = prepare_cluster(f"{run}-{os.getpid()}", reuse_key=None)
     try:
@@ -360,8 +360,8 @@ def stop_reused_cluster(rootpath: Path) -> None:
     import hashlib
     import json
 
-    from pytest_dbguard.machine import find_bindir, storage_root
-    from pytest_dbguard.server import EmbeddedCluster
+    from pytest_dbguard.server.cluster import EmbeddedCluster
+    from pytest_dbguard.server.machine import find_bindir, storage_root
 
     key = hashlib.sha1(str(rootpath).encode()).hexdigest()[:10]
     folder = storage_root() / f"reuse-{key}"

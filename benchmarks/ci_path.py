@@ -96,7 +96,7 @@ def section_embedded(tmp: Path, runs: int, tests: int) -> None:
         for who in ("dbguard", "recipe")
     }
     with common.running_cluster("benchci") as running:
-        cluster: Any = running  # a pytest_dbguard.server.EmbeddedCluster
+        cluster: Any = running  # a pytest_dbguard.server.cluster.EmbeddedCluster
         url = cluster.url().resolved().sync().render(hide_password=False)
         postmaster = cluster.postmaster_pid()
 
@@ -218,7 +218,7 @@ class Watcher(threading.Thread):
 
 
 def watched(suite: Path, args: list[str], variant: str, server: external.ExternalServer) -> str:
-    from pytest_dbguard.machine import storage_root
+    from pytest_dbguard.server.machine import storage_root
 
     token = uuid.uuid4().hex
     plugins, env = _variant(variant, server, {"BENCH_WATCH": token})

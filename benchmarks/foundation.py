@@ -313,7 +313,7 @@ def wide_metadata(tables: int) -> Any:
 def bench_clone(cluster: Any, runs: int) -> None:
     from sqlalchemy import text
 
-    from pytest_dbguard import engines
+    from pytest_dbguard.db import engines
 
     common.banner("c. per-worker database: clone from the template vs create + create_all")
     server = cluster.url().resolved()
@@ -336,8 +336,8 @@ def bench_clone(cluster: Any, runs: int) -> None:
 
 
 def _clone_rows(connection: Any, server: Any, tables: int, reps: int) -> list[list[str]]:
-    from pytest_dbguard import databases, engines, schema
-    from pytest_dbguard.urls import database_name
+    from pytest_dbguard.db import databases, engines, schema
+    from pytest_dbguard.db.urls import database_name
 
     metadata = wide_metadata(tables)
     made: list[str] = []
@@ -423,9 +423,9 @@ def _write_two(connection: Any) -> None:
 
 
 def bench_truncate_direct(cluster: Any, runs: int) -> None:
-    from pytest_dbguard import databases, engines
-    from pytest_dbguard.isolation import Truncator
-    from pytest_dbguard.urls import database_name
+    from pytest_dbguard.db import databases, engines
+    from pytest_dbguard.db.isolation import Truncator
+    from pytest_dbguard.db.urls import database_name
 
     common.banner(
         f"d. truncate isolation, {TRUNCATE_TABLES} tables: Truncator.clean() measured directly"

@@ -28,7 +28,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from pytest_dbguard.proxy import FaultProxy
+from pytest_dbguard.faults.proxy import FaultProxy
 
 
 class _Base(orm.DeclarativeBase):

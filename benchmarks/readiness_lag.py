@@ -30,7 +30,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pytest_dbguard.readiness import LOOPBACK_POLICY, REMOTE_POLICY, RetryPolicy, wait_until_ready
+from pytest_dbguard.server.readiness import (
+    LOOPBACK_POLICY,
+    REMOTE_POLICY,
+    RetryPolicy,
+    wait_until_ready,
+)
 
 READY_LINE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) UTC .*database system is ready to accept connections"

@@ -1,13 +1,121 @@
 """pytest-dbguard: correct, isolated and fast database-backed test suites.
 
 Activate it with ``pytest -p pytest_dbguard`` or ``pytest_plugins = ["pytest_dbguard"]`` in the
-root conftest. Importing this package imports neither SQLAlchemy nor a driver; the hooks live in
-``pytest_dbguard.plugin``, registered through ``pytest_plugins`` below.
+root conftest. Importing this package imports neither SQLAlchemy nor a driver: the hooks live in
+``pytest_dbguard.plugin``, registered through ``pytest_plugins`` below, and the public names in
+``__all__`` are loaded on first use.
+
+The public API is what ``__all__`` lists (the README's "Public API" section says what each is
+for); every other module is internal and may move between releases.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 # pytest registers these when this module is loaded as a plugin; a plain import does nothing.
 pytest_plugins = ["pytest_dbguard.plugin"]
+
+# Public name -> the module that defines it, imported when the name is first used.
+_PUBLIC = {
+    "wait_until_ready": "pytest_dbguard.server.readiness",
+    "await_ready": "pytest_dbguard.server.readiness",
+    "Probe": "pytest_dbguard.server.readiness",
+    "probe": "pytest_dbguard.server.readiness",
+    "Readiness": "pytest_dbguard.server.readiness",
+    "RetryPolicy": "pytest_dbguard.server.readiness",
+    "Faults": "pytest_dbguard.faults.injector",
+    "QueryCounter": "pytest_dbguard.guards.query_counter",
+    "DatabaseURL": "pytest_dbguard.db.urls",
+    "DbguardError": "pytest_dbguard.exceptions",
+    "ConfigError": "pytest_dbguard.exceptions",
+    "ServerError": "pytest_dbguard.exceptions",
+    "ReadinessError": "pytest_dbguard.exceptions",
+    "DatabaseSetupError": "pytest_dbguard.exceptions",
+    "SchemaError": "pytest_dbguard.exceptions",
+    "IsolationError": "pytest_dbguard.exceptions",
+    "EventLoopMismatchError": "pytest_dbguard.exceptions",
+    "FaultError": "pytest_dbguard.exceptions",
+    "GuardError": "pytest_dbguard.exceptions",
+    "NaiveDatetimeError": "pytest_dbguard.exceptions",
+    "ForeignDatabaseError": "pytest_dbguard.exceptions",
+    "LeakError": "pytest_dbguard.exceptions",
+    "GuardWarning": "pytest_dbguard.exceptions",
+    "NaiveDatetimeWarning": "pytest_dbguard.exceptions",
+    "LeakWarning": "pytest_dbguard.exceptions",
+}
+__all__ = [
+    "ConfigError",
+    "DatabaseSetupError",
+    "DatabaseURL",
+    "DbguardError",
+    "EventLoopMismatchError",
+    "FaultError",
+    "Faults",
+    "ForeignDatabaseError",
+    "GuardError",
+    "GuardWarning",
+    "IsolationError",
+    "LeakError",
+    "LeakWarning",
+    "NaiveDatetimeError",
+    "NaiveDatetimeWarning",
+    "Probe",
+    "QueryCounter",
+    "Readiness",
+    "ReadinessError",
+    "RetryPolicy",
+    "SchemaError",
+    "ServerError",
+    "__version__",
+    "await_ready",
+    "probe",
+    "wait_until_ready",
+]
+
+if TYPE_CHECKING:
+    from pytest_dbguard.db.urls import DatabaseURL
+    from pytest_dbguard.exceptions import (
+        ConfigError,
+        DatabaseSetupError,
+        DbguardError,
+        EventLoopMismatchError,
+        FaultError,
+        ForeignDatabaseError,
+        GuardError,
+        GuardWarning,
+        IsolationError,
+        LeakError,
+        LeakWarning,
+        NaiveDatetimeError,
+        NaiveDatetimeWarning,
+        ReadinessError,
+        SchemaError,
+        ServerError,
+    )
+    from pytest_dbguard.faults.injector import Faults
+    from pytest_dbguard.guards.query_counter import QueryCounter
+    from pytest_dbguard.server.readiness import (
+        Probe,
+        Readiness,
+        RetryPolicy,
+        await_ready,
+        probe,
+        wait_until_ready,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_dbguard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Final
 
 from pytest_dbguard import __version__
+from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError, DbguardError
-from pytest_dbguard.urls import DatabaseURL
 
 URL_ENV: Final = "DBGUARD_URL"
 EXIT_OK: Final = 0
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _wait(args: argparse.Namespace, url: DatabaseURL) -> int:
-    from pytest_dbguard.readiness import wait_until_ready
+    from pytest_dbguard.server.readiness import wait_until_ready
 
     result = wait_until_ready(
         url, timeout=args.timeout, progress=lambda line: _error(f"dbguard wait: {line}")
@@ -87,7 +87,7 @@ def _wait(args: argparse.Namespace, url: DatabaseURL) -> int:
 
 
 def _probe(args: argparse.Namespace, url: DatabaseURL) -> int:
-    from pytest_dbguard.readiness import probe
+    from pytest_dbguard.server.readiness import probe
 
     result = probe(url, timeout=args.timeout)
     if args.json:
@@ -103,8 +103,8 @@ def _probe(args: argparse.Namespace, url: DatabaseURL) -> int:
 
 
 def _janitor(args: argparse.Namespace, url: DatabaseURL) -> int:
-    from pytest_dbguard.janitor import sweep
-    from pytest_dbguard.marks import server_of
+    from pytest_dbguard.db.janitor import sweep
+    from pytest_dbguard.db.marks import server_of
 
     results = sweep(url, older_than=args.older_than, dry_run=args.dry_run)
     for result in results:
@@ -133,8 +133,8 @@ def _janitor(args: argparse.Namespace, url: DatabaseURL) -> int:
 def _stop(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pytest_dbguard import kept_clusters
     from pytest_dbguard.compat import pytest_rootdir
+    from pytest_dbguard.server import kept_clusters
 
     if args.all:
         found, whose = kept_clusters.kept(), "of this user"

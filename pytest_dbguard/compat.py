@@ -1,6 +1,7 @@
 """The one place that reads other packages' private attributes.
 
-Checked against SQLAlchemy 2.0 and 2.1, and pytest 8 and 9 (``pytest_rootdir``, ``ini_keys``). Each helper degrades to "nothing found" when the
+Checked against SQLAlchemy 2.0 and 2.1, pytest 8 and 9, and pytest-asyncio 0.24 and 1.x; each
+helper names the attributes it reads. Each helper degrades to "nothing found" when the
 attribute is gone, so a new release costs a guard some precision, never a crash.
 """
 
@@ -65,6 +66,40 @@ def ini_raw(config: pytest.Config, key: str) -> str:
         return overridden[key]
     value = _inicfg(config).get(key)
     return str(getattr(value, "value", value))
+
+
+def seed_ini_cache(config: pytest.Config, name: str, value: str) -> bool:
+    """Put ``value`` in pytest's ini cache (``config._inicache``, pytest 8.0-9.2), so every later
+    ``getini(name)`` answers it; False when the cache is gone."""
+    cache = getattr(config, "_inicache", None)
+    if not isinstance(cache, dict):
+        return False
+    cache[name] = value
+    return bool(config.getini(name) == value)
+
+
+def asyncio_fixture_marks(func: Any) -> tuple[bool, str | None]:
+    """Whether ``func`` was made by ``@pytest_asyncio.fixture``, and its ``loop_scope`` argument
+    (``_force_asyncio_fixture`` / ``_loop_scope``, pytest-asyncio 0.24-1.5)."""
+    return bool(getattr(func, "_force_asyncio_fixture", False)), getattr(func, "_loop_scope", None)
+
+
+def fixture_definitions(item: pytest.Item) -> dict[str, Any] | None:
+    """The fixture definitions a test item sees, by name (``item._fixtureinfo``, pytest 8-9);
+    None when the item has none."""
+    fixtureinfo = getattr(item, "_fixtureinfo", None)
+    if fixtureinfo is None:
+        return None
+    return {name: defs[-1] for name, defs in fixtureinfo.name2fixturedefs.items() if defs}
+
+
+def pooled_connection_records(pool: Any) -> list[Any]:
+    """The connection records a SQLAlchemy pool holds, checked in or out (``_pool``, ``_queue``,
+    ``_all_conns``, 2.0-2.1): SQLAlchemy has no public way to list them."""
+    queue = getattr(pool, "_pool", None)  # QueuePool: a Queue; the async one: an asyncio.Queue
+    held: Sequence[Any] = getattr(queue, "queue", None) or ()
+    held = held or getattr(vars(queue or pool).get("_queue"), "_queue", ())  # made on first use
+    return [*held, *getattr(pool, "_all_conns", ()), vars(pool).get("connection")]
 
 
 def all_mappers() -> list[Mapper[Any]]:

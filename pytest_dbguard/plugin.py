@@ -11,25 +11,19 @@ from collections.abc import Generator
 
 import pytest
 
-from pytest_dbguard import (
-    asyncloop,
-    environment,
-    isolation,
-    lifecycle,
-    markers,
-    redaction,
-    restart_fence,
-    summary_line,
-)
-from pytest_dbguard import config as dbguard_config
+from pytest_dbguard.aio import asyncloop
+from pytest_dbguard.db import isolation
 from pytest_dbguard.exceptions import DbguardError
+from pytest_dbguard.faults import restart_fence
+from pytest_dbguard.run import config as dbguard_config
+from pytest_dbguard.run import environment, lifecycle, markers, redaction, summary_line
 
 pytest_plugins = [
-    "pytest_dbguard.isolation",
-    "pytest_dbguard.guards",
-    "pytest_dbguard.connection_guards",
-    "pytest_dbguard.faults",
-    "pytest_dbguard.asyncloop",
+    "pytest_dbguard.db.isolation",
+    "pytest_dbguard.guards.hooks",
+    "pytest_dbguard.guards.connection_guards",
+    "pytest_dbguard.faults.injector",
+    "pytest_dbguard.aio.asyncloop",
 ]
 
 

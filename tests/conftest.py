@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard.marks import MARK_PREFIX, make_mark, parse_mark
+from pytest_dbguard.db.marks import MARK_PREFIX, make_mark, parse_mark
 from tests.helpers import NOT_SOURCE, ROOT, WHEEL_EXTRAS, FreshVenv
 from tests.pgserver import TestServer, running_server
 

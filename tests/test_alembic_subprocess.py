@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard import machine, server
+from pytest_dbguard.server import cluster as server
+from pytest_dbguard.server import machine
 from tests.conftest import run_dbguard
 from tests.helpers import ALEMBIC_LOGGING, blocks
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer

@@ -156,7 +156,7 @@ def strict_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_import_loads_no_async_machinery() -> None:
     code = (
-        "import sys, pytest_dbguard.asyncloop;"
+        "import sys, pytest_dbguard.aio.asyncloop;"
         "bad = [m for m in ('asyncio', 'pytest_asyncio', 'sqlalchemy') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

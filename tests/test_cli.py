@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from pytest_dbguard.cli import parse_duration
+from pytest_dbguard.db.janitor import drop_marked, list_marked, sweep
 from pytest_dbguard.exceptions import ConfigError, DatabaseSetupError
-from pytest_dbguard.janitor import drop_marked, list_marked, sweep
 from tests.conftest import mark_text
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer, free_port
 

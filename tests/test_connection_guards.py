@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from pytest_dbguard.foreign_databases import FOREIGN_MESSAGE, AllowList, Target
-from pytest_dbguard.leaks import LEAK_MESSAGE
-from pytest_dbguard.urls import DatabaseURL
+from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.guards.foreign_databases import FOREIGN_MESSAGE, AllowList, Target
+from pytest_dbguard.guards.leaks import LEAK_MESSAGE
 from tests.conftest import run_dbguard
 from tests.helpers import README, blocks
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer

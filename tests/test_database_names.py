@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from pytest_dbguard.compat import sqlalchemy_decodes_database
+from pytest_dbguard.db.sql import quote_ident
+from pytest_dbguard.db.urls import DatabaseURL, SecretURL, database_name, is_dbguard_name, url_of
 from pytest_dbguard.exceptions import ConfigError
-from pytest_dbguard.sql import quote_ident
-from pytest_dbguard.urls import DatabaseURL, SecretURL, database_name, is_dbguard_name, url_of
 from tests.conftest import run_dbguard
 from tests.helpers import NOTE_MODELS as MODELS
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer

@@ -10,10 +10,10 @@ import sys
 import pytest
 import sqlalchemy
 
-from pytest_dbguard import databases
+from pytest_dbguard.db import databases
+from pytest_dbguard.db.marks import make_mark
+from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError
-from pytest_dbguard.marks import make_mark
-from pytest_dbguard.urls import DatabaseURL
 from tests.conftest import mark_text, run_dbguard
 from tests.helpers import NOTE_MODELS as MODELS
 from tests.pgserver import LIMITED_PASSWORD, LIMITED_USER, SUPERUSER_PASSWORD, TestServer
@@ -111,7 +111,7 @@ def test_same_named_leftover_is_replaced_only_when_its_run_is_over(pg_server: Te
 
 def test_run_teardown_leaves_a_same_id_run_that_is_still_going(pg_server: TestServer) -> None:
     """drop_run drops its run id's databases, but not those another live process created."""
-    from pytest_dbguard.janitor import drop_run
+    from pytest_dbguard.db.janitor import drop_run
 
     theirs, ours = "app_dbg_feed0002_gw0", "app_dbg_feed0002_main"
     for name in (theirs, ours):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard import machine, server
+from pytest_dbguard.server import cluster as server
+from pytest_dbguard.server import machine
 from tests.conftest import run_dbguard
 
 RECORD_RUN = """

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pytest_dbguard import machine
+from pytest_dbguard.server import machine
 from tests.conftest import run_dbguard
 from tests.pgserver import LIMITED_USER, SUPERUSER_PASSWORD, TestServer
 

@@ -31,11 +31,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from pytest_dbguard.engine_listener import INTERNAL_OPTION, one_line
+from pytest_dbguard.db.engine_listener import INTERNAL_OPTION, one_line
 from pytest_dbguard.exceptions import GuardError, NaiveDatetimeError, NaiveDatetimeWarning
-from pytest_dbguard.hidden_modules import HiddenModules
-from pytest_dbguard.naive_datetimes import NaiveDatetimeGuard, naive_parameters
-from pytest_dbguard.query_counter import QueryCounter, _called_by_with
+from pytest_dbguard.guards.hidden_modules import HiddenModules
+from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard, naive_parameters
+from pytest_dbguard.guards.query_counter import QueryCounter, _called_by_with
 from tests.conftest import run_dbguard
 from tests.pgserver import TestServer
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard.machine import free_port
+from pytest_dbguard.server.machine import free_port
 from tests.conftest import run_dbguard
 
 COMMANDS = [

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard import machine, server
+from pytest_dbguard.server import cluster as server
+from pytest_dbguard.server import machine
 from tests.conftest import run_dbguard
 
 # The schema build sleeps (inside its transaction, after creating the table) when SLOW_BUILD is

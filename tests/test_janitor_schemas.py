@@ -148,8 +148,8 @@ def test_run_teardown_drops_its_worker_schemas_but_not_a_live_same_id_run(
     pg_server: TestServer,
 ) -> None:
     """A worker stopped before its teardown leaves its schema; the run's owner drops it at the end."""
-    from pytest_dbguard.schema_janitor import drop_run_schemas
-    from pytest_dbguard.urls import DatabaseURL
+    from pytest_dbguard.db.schema_janitor import drop_run_schemas
+    from pytest_dbguard.db.urls import DatabaseURL
 
     ended = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

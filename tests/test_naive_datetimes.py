@@ -29,8 +29,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import NullType, TypeDecorator, TypeEngine
 
 from pytest_dbguard.exceptions import NaiveDatetimeWarning
-from pytest_dbguard.naive_datetimes import NaiveDatetimeGuard
-from pytest_dbguard.naive_origins import column_zone
+from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard
+from pytest_dbguard.guards.naive_origins import column_zone
 from tests.conftest import run_dbguard
 
 NAIVE = datetime.datetime(2024, 5, 1, 12, 0)

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from pytest_dbguard.exceptions import FaultError
-from pytest_dbguard.proxy import FaultProxy
+from pytest_dbguard.faults.proxy import FaultProxy
 from tests.pgserver import TestServer
 
 BIG = 1_000_000  # larger than any socket buffer: the result crosses the proxy in many chunks

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard.connect_diagnosis import (
+from pytest_dbguard.exceptions import ConfigError, ReadinessError
+from pytest_dbguard.server.connect_diagnosis import (
     AUTHENTICATION,
     DATABASE_MISSING,
     NAME_RESOLUTION,
@@ -22,8 +23,7 @@ from pytest_dbguard.connect_diagnosis import (
     TLS,
     NotReady,
 )
-from pytest_dbguard.exceptions import ConfigError, ReadinessError
-from pytest_dbguard.readiness import (
+from pytest_dbguard.server.readiness import (
     LOOPBACK_POLICY,
     REMOTE_POLICY,
     RetryPolicy,
@@ -222,6 +222,6 @@ def test_backoff_grows_to_its_cap_with_jitter_below_it() -> None:
 
 
 def test_importing_readiness_does_not_import_sqlalchemy() -> None:
-    code = "import sys, pytest_dbguard.readiness; print('sqlalchemy' in sys.modules)"
+    code = "import sys, pytest_dbguard.server.readiness; print('sqlalchemy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pytest_dbguard.config import (
+from pytest_dbguard.run.config import (
     ISOLATION_CHOICES,
     NAIVE_DATETIME_CHOICES,
     OPTIONS,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard import kept_clusters, machine
+from pytest_dbguard.server import kept_clusters, machine
 from tests.conftest import run_dbguard
 
 # The seed row comes from an after_create hook: the schema fingerprint (the tables' DDL) does not

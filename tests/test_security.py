@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard import machine, server
+from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ServerError
-from pytest_dbguard.urls import DatabaseURL
+from pytest_dbguard.server import cluster as server
+from pytest_dbguard.server import machine
 from tests.conftest import run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
@@ -163,7 +164,7 @@ def test_external_password_never_in_output(
 
 
 def test_short_passwords_are_masked_only_inside_urls() -> None:
-    from pytest_dbguard.redaction import secrets_for
+    from pytest_dbguard.run.redaction import secrets_for
 
     secrets = secrets_for([DatabaseURL.parse("postgresql://app:test@db:5432/test")])
     assert secrets.scrub("postgresql://app:test@db/test: test failed") == (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard import machine
+from pytest_dbguard.server import machine
 from tests.pgserver import LIMITED_USER, TestServer
 
 # Every test says it started (per worker), then hangs until the run is stopped.

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.settings import settings
-from pytest_dbguard.readiness import probe
+from pytest_dbguard import probe
 
 router = APIRouter()
 PROBE_TIMEOUT = 2.0  # seconds: a deep check that hangs longer is a failed one

@@ -17,7 +17,7 @@ from app.db import engine, get_session
 from app.models import Item
 from app.request_id import RequestIDMiddleware
 from app.settings import settings
-from pytest_dbguard.readiness import Readiness, await_ready
+from pytest_dbguard import Readiness, await_ready
 
 logger = logging.getLogger(__name__)
 

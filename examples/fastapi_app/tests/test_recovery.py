@@ -18,7 +18,7 @@ from app.request_id import HEADER
 from app.settings import settings
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pytest_dbguard.faults import Faults
+from pytest_dbguard import Faults
 
 pytestmark = pytest.mark.dbguard(isolation="truncate")
 COLD_START = 5.0  # seconds the database refuses connections, as while it starts

@@ -1,0 +1,171 @@
+"""Run ``alembic upgrade head`` for the template: in this process, or in a fresh one.
+
+An env.py that takes dbguard's connection (``config.attributes["connection"]``) runs in this
+process, on that connection. One that builds its own engine from the project's settings may
+have read them at import time (a pydantic ``Settings()`` imported by a conftest), when they still
+named the worker's database; it runs in a new Python process whose environment names the
+template (``DBGUARD_URL``, the ``dbguard_env`` variables), so its settings are read afresh there.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from pytest_dbguard.exceptions import SchemaError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from pytest_dbguard.db.urls import DatabaseURL
+
+NOT_INSTALLED: Final = (
+    "dbguard_alembic_ini is set but alembic is not installed: pip install alembic"
+)
+URL_VARIABLE: Final = "_DBGUARD_ALEMBIC_URL"  # the URL crosses in the environment, never in argv
+# The child: alembic's own command API, with sqlalchemy.url set to the template, as in-process.
+CHILD: Final = (
+    "import os, sys\n"
+    "from alembic import command\n"
+    "from alembic.config import Config\n"
+    "config = Config(sys.argv[1])\n"
+    f"config.set_main_option('sqlalchemy.url', os.environ.pop({URL_VARIABLE!r}).replace('%', '%%'))\n"
+    "command.upgrade(config, 'head')\n"
+)
+OUTPUT_LINES: Final = 40
+FAILED: Final = (
+    "`alembic upgrade head` ({source}) failed while building the template {database!r}{where}, "
+    "exit status {status}. It ran in a separate Python process because {env_py} does not use "
+    "config.attributes['connection'] (its settings are read afresh there, naming the template). "
+    "Its output{tail}:\n{output}\nFix that migration or env.py (ini dbguard_alembic_ini); no test ran."
+)
+_FRAME: Final = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
+
+
+def env_py(ini: Path) -> Path:
+    """The env.py of the script folder alembic.ini names (``script_location``)."""
+    try:
+        from alembic.config import Config
+    except ImportError as error:
+        raise SchemaError(NOT_INSTALLED) from error
+    location = Config(str(ini)).get_main_option("script_location") or "alembic"
+    if ":" in location and not Path(location).is_absolute():  # "package:folder" form
+        package, _, folder = location.partition(":")
+        import importlib.util
+
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            return Path(next(iter(spec.submodule_search_locations))) / folder / "env.py"
+    return (ini.parent / location).resolve() / "env.py"
+
+
+def uses_given_connection(ini: Path) -> bool:
+    """Whether env.py reads ``config.attributes`` (alembic's documented way to take a connection).
+
+    A static look, before anything runs: an env.py that ignores the connection must never run
+    in this process, where settings it cached may name a database other than the template.
+    """
+    try:
+        tree = ast.parse(env_py(ini).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return False  # the fresh process reports the problem with alembic's own words
+    return any(
+        isinstance(node, ast.Attribute) and node.attr == "attributes" for node in ast.walk(tree)
+    )
+
+
+def upgrade_here(connection: Connection, ini: Path, url: str) -> None:
+    """``alembic upgrade head`` on ``connection``, shared with env.py via ``config.attributes``."""
+    try:
+        from alembic import command
+        from alembic.config import Config
+    except ImportError as error:
+        raise SchemaError(NOT_INSTALLED) from error
+    alembic_config = Config(str(ini))
+    alembic_config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    alembic_config.attributes["connection"] = connection
+    previous = os.getcwd()
+    os.chdir(ini.parent)  # script_location in alembic.ini is relative to it
+    try:
+        command.upgrade(alembic_config, "head")
+    finally:
+        os.chdir(previous)
+
+
+def upgrade_in_subprocess(ini: Path, url: DatabaseURL, source: str) -> None:
+    """``alembic upgrade head`` in a new Python process whose environment names the template."""
+    environ = dict(os.environ)  # the caller has pointed DBGUARD_URL and dbguard_env at the template
+    environ[URL_VARIABLE] = url.render(hide_password=False)
+    # The child imports what this process can (the rootdir, pythonpath = ...), first.
+    paths = [entry for entry in sys.path if entry and os.path.isdir(entry)]
+    if environ.get("PYTHONPATH"):
+        paths.append(environ["PYTHONPATH"])
+    environ["PYTHONPATH"] = os.pathsep.join(paths)
+    completed = subprocess.run(
+        [sys.executable, "-c", CHILD, str(ini)],
+        cwd=ini.parent,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    if completed.returncode == 0:
+        return
+    output = completed.stdout
+    if url.password:
+        output = output.replace(url.password, "***")
+    if "No module named 'alembic'" in output:
+        raise SchemaError(NOT_INSTALLED)
+    lines = _without_library_frames(output, env_py(ini).parent)
+    tail = f" (last {OUTPUT_LINES} of {len(lines)} lines)" if len(lines) > OUTPUT_LINES else ""
+    raise SchemaError(
+        FAILED.format(
+            source=source,
+            database=url.database,
+            where=failing_file(output, env_py(ini).parent),
+            status=completed.returncode,
+            env_py=env_py(ini),
+            tail=tail,
+            output="\n".join("    " + line for line in lines[-OUTPUT_LINES:]),
+        )
+    )
+
+
+def _without_library_frames(output: str, script_dir: Path) -> list[str]:
+    """The output's lines, keeping only the traceback frames of the migrations folder (the rest
+    are alembic's and SQLAlchemy's own, the same for every failure)."""
+    folder = str(script_dir.resolve())
+    kept: list[str] = []
+    in_frame = keep_frame = False
+    for line in output.rstrip().splitlines():
+        frame = _FRAME.search(line) if line.startswith("  File ") else None
+        if frame is not None:
+            in_frame, keep_frame = True, os.path.realpath(frame["file"]).startswith(folder)
+        elif in_frame and line.startswith("    "):
+            pass  # the frame's code line (and its ^^^ marks)
+        else:
+            in_frame = False
+        if not in_frame or keep_frame:
+            kept.append(line)
+    return kept
+
+
+def failing_file(traceback_text: str, script_dir: Path) -> str:
+    """`` at file:line``: the last traceback frame in the migrations folder (a migration or env.py)."""
+    folder = str(script_dir.resolve())
+    frames = [
+        match
+        for match in _FRAME.finditer(traceback_text)
+        if os.path.realpath(match["file"]).startswith(folder)
+    ]
+    if not frames:
+        return ""
+    return f" at {frames[-1]['file']}:{frames[-1]['line']}"

@@ -1,0 +1,354 @@
+"""Create, clone and drop test databases (PostgreSQL) and files (SQLite); only marked ones are dropped.
+
+Works without pytest: each worker clones its database from a template that holds the schema,
+built once per run by whichever worker gets there first (a PostgreSQL advisory lock, or a file
+lock for SQLite, makes the others wait and then clone). The engines it uses are in ``engines``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import shutil
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from pytest_dbguard.db.engines import INTERNAL_OPTIONS, admin_engine, engine_for
+from pytest_dbguard.db.marks import Mark, creator_running, in_use, make_mark, parse_mark
+from pytest_dbguard.db.sql import quote_ident, quote_literal, run_ddl
+from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.exceptions import DatabaseSetupError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+SchemaBuild = Callable[["Connection"], None]
+INSUFFICIENT_PRIVILEGE: Final = "42501"
+NO_CREATEDB: Final = (
+    "The role {user!r} may not create databases. Grant it (ALTER ROLE ... CREATEDB), or let "
+    "dbguard use one schema per worker in the named database: --dbguard-worker-isolation schema "
+    "(or auto, the default; ini dbguard_worker_isolation)."
+)
+SAME_ID: Final = (
+    "The {what} {name!r} already exists {where} and another run is using it ({reason}): two runs "
+    "drew the same run id. Run again; a new id is drawn each time."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Provisioned:
+    """What a worker got: its database (or schema) and how long the template and the clone took."""
+
+    mode: str  # "database", "schema" or "sqlite"
+    database: str
+    url: DatabaseURL
+    template_ms: float
+    clone_ms: float
+    schema: str | None = None
+    template_built: bool = True  # False: a complete template was already there (reused)
+
+
+def _lock_key(name: str) -> int:
+    return zlib.crc32(("pytest-dbguard:" + name).encode()) - 2**31
+
+
+@contextlib.contextmanager
+def _advisory_lock(connection: Connection, name: str) -> Iterator[None]:
+    from sqlalchemy import text
+
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _lock_key(name)})
+    try:
+        yield
+    finally:
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key(name)})
+
+
+def _exists(connection: Connection, name: str) -> bool:
+    from sqlalchemy import text
+
+    return (
+        connection.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).first()
+        is not None
+    )
+
+
+def _mark(
+    connection: Connection, name: str, run: str, worker: str, *, complete: bool | None = None
+) -> None:
+    comment = quote_literal(make_mark(run, worker, complete=complete))
+    run_ddl(connection, f"COMMENT ON DATABASE {quote_ident(name)} IS {comment}")
+
+
+def _template_mark(connection: Connection, name: str) -> tuple[bool, Mark | None]:
+    """Whether ``name`` exists, and its mark."""
+    from sqlalchemy import text
+
+    row = connection.execute(
+        text("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n"),
+        {"n": name},
+    ).first()
+    return row is not None, parse_mark(row[0]) if row is not None else None
+
+
+def _ensure_template(
+    connection: Connection, server_url: DatabaseURL, template: str, build: SchemaBuild, run: str
+) -> bool:
+    """Build the template unless a complete one exists (call under the template's lock); whether
+    it was built.
+
+    The mark says ``complete`` only once the schema is in: a template whose build failed is
+    dropped at once, and one whose build was killed (its mark still incomplete) is rebuilt, so
+    no worker ever clones a half-built schema.
+    """
+    from pytest_dbguard.db.janitor import drop_checked
+
+    exists, mark = _template_mark(connection, template)
+    if exists and mark is not None and mark.complete:
+        return False
+    if exists:  # incomplete: its builder was killed (or an older version made it): rebuild
+        drop_checked(connection, server_url, template)
+    run_ddl(connection, f"CREATE DATABASE {quote_ident(template)}")
+    _mark(connection, template, run, "tpl", complete=False)
+    try:
+        _build_in(server_url.with_database(template), build)
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: the error itself matters more
+            drop_checked(connection, server_url, template)
+        raise
+    _mark(connection, template, run, "tpl", complete=True)
+    return True
+
+
+def provision_database(
+    server_url: DatabaseURL,
+    database: str,
+    template: str | None,
+    build: SchemaBuild | None,
+    *,
+    run: str,
+    worker: str,
+    template_run: str | None = None,
+) -> Provisioned:
+    """Create ``database`` on the server, cloned from ``template`` (built first if nobody has yet),
+    or with no template, built in place."""
+    from sqlalchemy.exc import DBAPIError
+
+    admin = admin_engine(server_url)
+    template_ms = 0.0
+    built = True
+    try:
+        with admin.connect() as connection:
+            if build is not None and template is not None:
+                started = time.perf_counter()
+                with _advisory_lock(connection, template):
+                    built = _ensure_template(
+                        connection, server_url, template, build, template_run or run
+                    )
+                template_ms = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            if _exists(connection, database):  # left by a crashed run that drew the same id
+                _drop_leftover(server_url, database, connection)
+            clone = (
+                f" TEMPLATE {quote_ident(template)}"
+                if build is not None and template is not None
+                else ""
+            )
+            run_ddl(connection, f"CREATE DATABASE {quote_ident(database)}{clone}")
+            _mark(connection, database, run, worker)
+            clone_ms = (time.perf_counter() - started) * 1000
+        if build is not None and template is None:
+            started = time.perf_counter()
+            _build_in(server_url.with_database(database), build)
+            template_ms = (time.perf_counter() - started) * 1000
+    except DBAPIError as error:
+        raise DatabaseSetupError(_describe(error, server_url, database)) from error
+    finally:
+        admin.dispose()
+    return Provisioned(
+        "database",
+        database,
+        server_url.with_database(database),
+        template_ms,
+        clone_ms,
+        template_built=built,
+    )
+
+
+def _drop_leftover(server_url: DatabaseURL, database: str, connection: Connection) -> None:
+    """Drop a same-named leftover, unless a run that is still going uses it (ids are random, so
+    that is two runs drawing one id; never take a live run's database from under it)."""
+    reason = in_use(connection, database)
+    if reason is not None:
+        where = f"on {server_url.host}:{server_url.port}"
+        raise DatabaseSetupError(
+            SAME_ID.format(what="test database", name=database, where=where, reason=reason)
+        )
+    drop_database(server_url, database, connection=connection)
+
+
+def _build_in(url: DatabaseURL, build: SchemaBuild) -> None:
+    engine = engine_for(url, execution_options=INTERNAL_OPTIONS)
+    try:
+        with engine.begin() as connection:
+            build(connection)
+    finally:
+        engine.dispose()  # no connection may stay on a template that is about to be cloned
+
+
+def can_create_databases(server_url: DatabaseURL) -> bool:
+    """Whether the URL's role may CREATE DATABASE (superuser or CREATEDB)."""
+    from sqlalchemy import text
+
+    admin = admin_engine(server_url)
+    try:
+        with admin.connect() as connection:
+            row = connection.execute(
+                text("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user")
+            ).first()
+            return bool(row and row[0])
+    finally:
+        admin.dispose()
+
+
+def provision_schema(
+    server_url: DatabaseURL, schema: str, build: SchemaBuild | None, *, run: str, worker: str
+) -> Provisioned:
+    """Fallback for roles without CREATEDB: one schema per worker in the named database."""
+    from sqlalchemy.exc import DBAPIError
+
+    started = time.perf_counter()
+    engine = engine_for(server_url, poolclass=_null_pool(), execution_options=INTERNAL_OPTIONS)
+    try:
+        with engine.begin() as connection:
+            if (mark := _schema_mark(connection, schema)) is not None:
+                if (reason := creator_running(mark)) is not None:  # never take a live run's
+                    where = f"in {server_url.database!r}"
+                    raise DatabaseSetupError(
+                        SAME_ID.format(
+                            what="worker schema", name=schema, where=where, reason=reason
+                        )
+                    )
+                # left by a crashed run that drew the same id
+                run_ddl(connection, f"DROP SCHEMA {quote_ident(schema)} CASCADE")
+            run_ddl(connection, f"CREATE SCHEMA {quote_ident(schema)}")
+            comment = quote_literal(make_mark(run, worker))
+            run_ddl(connection, f"COMMENT ON SCHEMA {quote_ident(schema)} IS {comment}")
+            run_ddl(connection, f"SET LOCAL search_path TO {quote_ident(schema)}")
+            if build is not None:
+                build(connection)
+    except DBAPIError as error:
+        raise DatabaseSetupError(_describe(error, server_url, server_url.database or "")) from error
+    finally:
+        engine.dispose()
+    elapsed = (time.perf_counter() - started) * 1000
+    return Provisioned(
+        "schema",
+        server_url.database or "",
+        schema_url(server_url, schema),
+        elapsed,
+        0.0,
+        schema,
+    )
+
+
+def schema_url(server_url: DatabaseURL, schema: str) -> DatabaseURL:
+    """The named database with ``search_path`` set to the worker's schema (libpq ``options``)."""
+    return server_url.with_query(options=f"-csearch_path={schema}")
+
+
+def _schema_mark(connection: Connection, schema: str) -> Mark | None:
+    """The mark on ``schema``: None when it does not exist or is not dbguard's."""
+    from sqlalchemy import text
+
+    comment = connection.execute(
+        text("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :n"),
+        {"n": schema},
+    ).scalar()
+    return parse_mark(comment)
+
+
+def drop_schema(server_url: DatabaseURL, schema: str) -> None:
+    """Drop a worker schema, only when it carries dbguard's mark."""
+    engine = engine_for(server_url, poolclass=_null_pool(), execution_options=INTERNAL_OPTIONS)
+    try:
+        with engine.begin() as connection:
+            if _schema_mark(connection, schema) is not None:
+                run_ddl(connection, f"DROP SCHEMA {quote_ident(schema)} CASCADE")
+    finally:
+        engine.dispose()
+
+
+def _null_pool() -> type:
+    from sqlalchemy.pool import NullPool
+
+    return NullPool
+
+
+def drop_database(
+    server_url: DatabaseURL, name: str, *, connection: Connection | None = None
+) -> bool:
+    """Drop ``name`` if it is dbguard's (mark and name shape); False when it is not, or is gone."""
+    from pytest_dbguard.db.janitor import drop_checked
+
+    if connection is None:
+        admin = admin_engine(server_url)
+        try:
+            with admin.connect() as own:
+                return drop_database(server_url, name, connection=own)
+        finally:
+            admin.dispose()
+    try:
+        drop_checked(connection, server_url, name)
+    except DatabaseSetupError:
+        return False
+    return True
+
+
+def _describe(error: Exception, url: DatabaseURL, database: str) -> str:
+    detail = (
+        str(getattr(error, "orig", error)).strip().splitlines()[0]
+        if str(error)
+        else type(error).__name__
+    )
+    if url.password:
+        detail = detail.replace(url.password, "***")
+    message = (
+        f"Could not set up the test database {database!r} on {url.host}:{url.port} "
+        f"(connected as {url.username!r} to {url.database!r}): {detail}"
+    )
+    if getattr(getattr(error, "orig", None), "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+        message += ". " + NO_CREATEDB.format(user=url.username)
+    return message
+
+
+# SQLite: one file per worker, copied from a template file built once under a file lock.
+
+
+def provision_sqlite(
+    test_url: DatabaseURL, template: Path, build: SchemaBuild | None
+) -> Provisioned:
+    """Create the worker's SQLite file, copied from the template file (built once per run)."""
+    target = Path(test_url.database or "")
+    target.parent.mkdir(mode=0o700, exist_ok=True)  # in our private folder (run_plan)
+    started = time.perf_counter()
+    if build is not None:
+        with open(template.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not template.exists():
+                staging = template.with_suffix(".building")
+                _build_in(dataclasses.replace(test_url, database=str(staging)), build)
+                staging.rename(template)
+    template_ms = (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    if build is not None:
+        shutil.copyfile(template, target)
+    else:
+        target.touch()
+    clone_ms = (time.perf_counter() - started) * 1000
+    return Provisioned("sqlite", str(target), test_url, template_ms, clone_ms)

@@ -1,0 +1,85 @@
+"""Engines: dbguard's own maintenance engines, the tests' engines, and the SQLite and
+dead-connection fixes they need. Works without pytest."""
+
+from __future__ import annotations
+
+import select
+from typing import TYPE_CHECKING, Any, Final
+
+from pytest_dbguard.db.engine_listener import INTERNAL_OPTION, mark_own
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+    from pytest_dbguard.db.urls import DatabaseURL
+
+INTERNAL_OPTIONS: Final = {INTERNAL_OPTION: True}  # guards skip statements carrying this
+
+
+def admin_engine(url: DatabaseURL) -> Engine:
+    """An autocommit engine for CREATE/DROP DATABASE, without a pool, tagged as dbguard's own."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    return mark_own(
+        create_engine(
+            url.sync().to_sqlalchemy(),
+            poolclass=NullPool,
+            isolation_level="AUTOCOMMIT",
+            execution_options=INTERNAL_OPTIONS,
+        )
+    )
+
+
+def engine_for(url: DatabaseURL, **kwargs: Any) -> Engine:
+    """A sync engine of dbguard's own on ``url`` (its connections and commits are not the tests');
+    SQLite gets the documented fix that makes SAVEPOINT work with pysqlite."""
+    from sqlalchemy import create_engine
+
+    engine = mark_own(create_engine(url.sync().to_sqlalchemy(), **kwargs))
+    if url.is_sqlite:
+        sqlite_savepoints(engine)
+    return engine
+
+
+def discard_dead_connections(engine: Engine) -> None:
+    """Disconnect handling without pool_pre_ping's round trip per checkout.
+
+    A pooled connection that the server has closed (a terminated backend, a restart, a cut) has a
+    readable socket while idle: the server's last message, or end of file. At checkout such a
+    connection, or one closed on our side, raises SQLAlchemy's ``DisconnectionError``, and the
+    pool discards it and connects anew (SQLAlchemy's documented pessimistic-handling hook).
+    """
+    from sqlalchemy import event, exc
+
+    @event.listens_for(engine, "checkout")
+    def _discard_if_dead(dbapi_connection: Any, _record: object, _proxy: object) -> None:
+        if _looks_dead(dbapi_connection):
+            raise exc.DisconnectionError("the server closed this pooled connection")
+
+
+def _looks_dead(dbapi_connection: Any) -> bool:
+    if getattr(dbapi_connection, "closed", False):  # psycopg: True; psycopg2: a non-zero int
+        return True
+    try:
+        descriptor = dbapi_connection.fileno()
+    except Exception:  # a driver that cannot say, or a connection already broken
+        return True
+    poller = select.poll()
+    poller.register(descriptor, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))  # nothing is due on an idle connection
+
+
+def sqlite_savepoints(engine: Engine) -> None:
+    """SQLAlchemy's documented fix that lets SQLite drivers nest SAVEPOINTs in a transaction:
+    the driver's own transaction handling off, BEGIN emitted by SQLAlchemy. For an AsyncEngine
+    pass its ``sync_engine``."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection: Any, _record: object) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _explicit_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")

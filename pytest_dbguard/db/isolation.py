@@ -1,0 +1,320 @@
+"""Per-test isolation fixtures: rollback (outer transaction + savepoints), truncate, or none.
+
+``Truncator`` works without pytest: it finds which tables a test left rows in (one query) and
+empties only those (a second round trip), so a ``truncate`` test that wrote nothing costs one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import graphlib
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+import pytest
+
+from pytest_dbguard.db.engines import INTERNAL_OPTIONS, discard_dead_connections, engine_for
+from pytest_dbguard.db.sql import quote_ident
+from pytest_dbguard.run.config import settings_key
+from pytest_dbguard.run.environment import plan_key
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.orm import Session
+
+TRUNCATE_FIXTURE: Final = "_dbguard_truncate"
+SKIPPED_TABLES: Final = frozenset({"alembic_version"})
+
+
+def isolation_of(item: pytest.Item) -> str:
+    """The test's isolation: its ``@pytest.mark.dbguard(isolation=...)``, else the run's default.
+
+    The closest marker that names an isolation wins: a test's own ``dbguard(allow=...)`` keeps
+    its class's or module's isolation."""
+    for marker in item.iter_markers("dbguard"):
+        if "isolation" in marker.kwargs:
+            return str(marker.kwargs["isolation"])
+    settings = item.config.stash.get(settings_key, None)
+    return settings.isolation if settings is not None else "rollback"
+
+
+class Truncator:
+    """Empties the tables a test wrote to, and resets their sequences, with the fewest statements.
+
+    The few dirty tables are emptied with ``DELETE`` (children before parents) and their sequences
+    set back in the same round trip: far cheaper than ``TRUNCATE``, which makes new files for every
+    table, index and sequence. Tables with ``DELETE`` triggers of their own, foreign keys in a
+    cycle, or a ``DELETE`` that fails get ``TRUNCATE … RESTART IDENTITY CASCADE``.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._layout: _Layout | None = None
+
+    def _read_layout(self, connection: Connection) -> _Layout:
+        from sqlalchemy import text
+
+        in_schema = (
+            "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema() "
+        )
+        tables = [
+            name
+            for (name,) in connection.execute(
+                text(
+                    f"SELECT c.oid::regclass::text FROM pg_class c {in_schema}"
+                    f"WHERE c.relkind IN ('r', 'p') ORDER BY 1"
+                )
+            )
+            if name.rsplit(".", 1)[-1].strip('"') not in SKIPPED_TABLES
+        ]
+        # Serial and identity columns' sequences, with the value each starts from.
+        sequences: dict[str, list[tuple[str, int]]] = {}
+        for table, sequence, start in connection.execute(
+            text(
+                "SELECT c.oid::regclass::text, d.objid::regclass::text, s.seqstart "
+                f"FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid {in_schema}"
+                "JOIN pg_sequence s ON s.seqrelid = d.objid "
+                "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+                "AND d.deptype IN ('a', 'i') ORDER BY 2"
+            )
+        ):
+            sequences.setdefault(table, []).append((sequence, int(start)))
+        references = [
+            (child, parent)
+            for child, parent in connection.execute(
+                text(
+                    "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
+                    "WHERE contype = 'f' AND connamespace = current_schema()::regnamespace"
+                )
+            )
+        ]
+        triggered = {
+            table
+            for (table,) in connection.execute(
+                text(
+                    "SELECT DISTINCT tgrelid::regclass::text FROM pg_trigger "
+                    "WHERE NOT tgisinternal AND tgtype & 8 <> 0"  # 8: a DELETE trigger
+                )
+            )
+        }
+        return _Layout(tables, sequences, references, triggered)
+
+    def dirty_tables(self, connection: Connection) -> list[str]:
+        """Qualified names of the tables that hold rows or moved sequences."""
+        if self._layout is None:
+            self._layout = self._read_layout(connection)
+        if not self._layout.probe:
+            return []
+        return [row[0] for row in connection.exec_driver_sql(self._layout.probe)]
+
+    def clean(self) -> list[str]:
+        """Empty every dirty table and reset its sequences; returns what was emptied."""
+        from sqlalchemy.exc import DBAPIError
+
+        with self._engine.connect() as connection:
+            # A leaked open transaction must not hang the run. LOCAL: the connection goes back to
+            # dbguard_engine's pool, which the tests' own connections come from.
+            connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+            dirty = self.dirty_tables(connection)
+            if not dirty:
+                connection.commit()
+                return dirty
+            assert self._layout is not None
+            deletes = self._layout.deletes(dirty)
+            if deletes is not None:
+                try:
+                    connection.exec_driver_sql(deletes)
+                    connection.commit()
+                    return dirty
+                except DBAPIError:  # a row elsewhere still refers to one: TRUNCATE cascades
+                    connection.rollback()
+                    connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+            connection.exec_driver_sql(f"TRUNCATE {', '.join(dirty)} RESTART IDENTITY CASCADE")
+            connection.commit()
+        return dirty
+
+
+@dataclasses.dataclass
+class _Layout:
+    """The tables of the test database as far as cleaning goes, read once per session."""
+
+    tables: list[str]
+    sequences: dict[str, list[tuple[str, int]]]
+    references: list[tuple[str, str]]  # (child, parent) foreign keys
+    triggered: set[str]  # tables with DELETE triggers of their own
+    probe: str = dataclasses.field(init=False)  # derived from the above, once
+
+    def __post_init__(self) -> None:
+        # A table is dirty when it has a row, or when one of its sequences has moved since the
+        # clone (a test that inserted and deleted again). One planned-once query for all tables.
+        self.probe = " UNION ALL ".join(
+            f"SELECT {_sql_literal(table)} WHERE EXISTS (SELECT 1 FROM {table})"
+            + "".join(
+                f" OR pg_sequence_last_value({_sql_literal(sequence)}::regclass) IS NOT NULL"
+                for sequence, _ in self.sequences.get(table, [])
+            )
+            for table in self.tables
+        )
+
+    def deletes(self, dirty: list[str]) -> str | None:
+        """One round trip that empties ``dirty`` children first and resets their sequences; None
+        where only TRUNCATE will do (DELETE triggers, a foreign-key cycle)."""
+        if self.triggered.intersection(dirty):
+            return None
+        chosen = set(dirty)
+        # Tables outside ``dirty`` are empty, so only foreign keys among dirty tables matter.
+        parents_after = {table: set[str]() for table in dirty}
+        for child, parent in self.references:
+            if child in chosen and parent in chosen and child != parent:
+                parents_after[parent].add(child)
+        try:
+            order = list(graphlib.TopologicalSorter(parents_after).static_order())
+        except graphlib.CycleError:
+            return None
+        resets = [
+            f"setval({_sql_literal(sequence)}::regclass, {start}, false)"
+            for table in order
+            for sequence, start in self.sequences.get(table, [])
+        ]
+        statements = [f"DELETE FROM {table}" for table in order]
+        if resets:
+            statements.append("SELECT " + ", ".join(resets))
+        return "; ".join(statements)
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sqlite_clean(engine: Engine) -> list[str]:
+    from sqlalchemy import text
+
+    with engine.begin() as connection:
+        names = [
+            row[0]
+            for row in connection.execute(
+                text(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                )
+            )
+        ]
+        connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
+        for name in names:
+            if name not in SKIPPED_TABLES:
+                connection.exec_driver_sql(f"DELETE FROM {quote_ident(name)}")
+        if connection.execute(
+            text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")
+        ).first():
+            connection.exec_driver_sql("DELETE FROM sqlite_sequence")
+    return names
+
+
+@pytest.fixture(scope="session")
+def dbguard_url(pytestconfig: pytest.Config) -> str:
+    """Session: this worker's test database URL (sync driver, password included so it connects)."""
+    from pytest_dbguard.db.urls import SecretURL
+
+    return SecretURL(pytestconfig.stash[plan_key].test_url)
+
+
+@pytest.fixture(scope="session")
+def dbguard_engine(dbguard_url: str) -> Iterator[Engine]:
+    """Session: a SQLAlchemy Engine on this worker's test database with ``pool_pre_ping``; disposed at the end."""
+    from pytest_dbguard.db.urls import url_of
+
+    engine = engine_for(url_of(dbguard_url, source="dbguard_url"), pool_pre_ping=True)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def _dbguard_connection_engine(dbguard_url: str) -> Iterator[Engine]:
+    """Session: the engine behind ``dbguard_connection``. It skips ``pool_pre_ping``'s round trip
+    on every test: dead pooled connections are found by a look at their socket instead."""
+    from pytest_dbguard.db.urls import url_of
+
+    url = url_of(dbguard_url, source="dbguard_url")
+    engine = engine_for(url)
+    if not url.is_sqlite:
+        discard_dead_connections(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def _dbguard_cleaner(dbguard_engine: Engine) -> Iterator[Truncator | None]:
+    """Session: the truncator on a small internal pool (its statements are not counted as the test's)."""
+    internal = dbguard_engine.execution_options(**INTERNAL_OPTIONS)
+    yield None if internal.dialect.name == "sqlite" else Truncator(internal)
+
+
+@pytest.fixture
+def _dbguard_truncate(
+    request: pytest.FixtureRequest, dbguard_engine: Engine, _dbguard_cleaner: Truncator | None
+) -> Iterator[None]:
+    """Function: after a ``truncate`` test, empties the tables it wrote to."""
+    yield
+    try:
+        if _dbguard_cleaner is None:
+            _sqlite_clean(dbguard_engine)
+        else:
+            _dbguard_cleaner.clean()
+    except Exception as error:  # the test's own outcome must not be lost to a cleanup failure
+        request.node.warn(
+            pytest.PytestWarning(f"dbguard could not truncate after {request.node.nodeid}: {error}")
+        )
+
+
+@pytest.fixture
+def dbguard_connection(
+    request: pytest.FixtureRequest, _dbguard_connection_engine: Engine
+) -> Iterator[Connection]:
+    """Function: a Connection inside a transaction that is rolled back after the test.
+
+    With ``isolation="truncate"`` or ``"none"`` the connection is plain (commits are real; truncate
+    empties the written tables afterwards).
+    """
+    connection = _dbguard_connection_engine.connect()
+    if isolation_of(request.node) != "rollback":
+        yield connection
+        connection.close()
+        return
+    transaction = connection.begin()
+    try:
+        yield connection
+    finally:
+        try:
+            if transaction.is_active:
+                transaction.rollback()
+        except Exception as error:
+            request.node.warn(pytest.PytestWarning(f"dbguard could not roll back: {error}"))
+        connection.close()
+
+
+@pytest.fixture
+def dbguard_session(dbguard_connection: Connection) -> Iterator[Session]:
+    """Function: an ORM Session joined to ``dbguard_connection``'s transaction.
+
+    ``session.commit()`` inside the test releases a SAVEPOINT instead of committing, so nothing
+    survives the test; the session is closed and the outer transaction rolled back afterwards.
+    """
+    from sqlalchemy.orm import Session
+
+    session = Session(bind=dbguard_connection, join_transaction_mode="create_savepoint")
+    yield session
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # closing after a failed flush may warn; the test already failed
+        session.close()
+
+
+def add_truncate_fixture(items: list[pytest.Item]) -> None:
+    """Give every ``truncate`` test the cleanup fixture (nothing is added to other tests)."""
+    for item in items:
+        if not isinstance(item, pytest.Function) or isolation_of(item) != "truncate":
+            continue
+        if TRUNCATE_FIXTURE not in item.fixturenames:
+            # First in, last out: the cleanup runs after the test's own connections are closed.
+            item.fixturenames.insert(0, TRUNCATE_FIXTURE)

@@ -1,0 +1,195 @@
+"""The sweep that drops the marked databases (and, through ``schema_janitor``, worker schemas)
+that runs left behind, and the checked drop every removal goes through.
+
+Only a database whose comment carries dbguard's mark (``marks``) and whose name has dbguard's
+shape is ever dropped; anything else on the server is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+from pytest_dbguard.db.marks import (
+    MARK_PREFIX,
+    ONE_SQL,
+    MarkedDatabase,
+    Swept,
+    in_use,
+    parse_mark,
+    server_of,
+    sweep_each,
+)
+from pytest_dbguard.db.schema_janitor import sweep_schemas
+from pytest_dbguard.db.urls import DatabaseURL, is_dbguard_name
+from pytest_dbguard.exceptions import ConfigError, DatabaseSetupError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+
+MAINTENANCE_DATABASES: Final = ("postgres", "template1")
+_LIST_SQL: Final = (
+    "SELECT datname, datistemplate, shobj_description(oid, 'pg_database') FROM pg_database "
+    "ORDER BY datname"
+)
+_REFUSED: Final = (
+    "Refusing to drop {name!r} on {server}: {reason}. The janitor drops only databases that "
+    "pytest-dbguard created (a '<name>_dbg_<run>_<worker>' name and a '" + MARK_PREFIX.strip() + " "
+    "{{...}}' comment); drop anything else yourself if you mean it."
+)
+_UNREACHABLE: Final = (
+    "Could not reach {server} to look for dbguard's databases: failed step: {stage} "
+    "({error}). Check the URL, or run 'dbguard wait' first to see the full diagnosis."
+)
+
+
+def list_marked(url: str | DatabaseURL) -> list[MarkedDatabase]:
+    """Every database on the URL's server that dbguard created (mark and name shape both match)."""
+    from sqlalchemy import text
+
+    with _maintenance(url) as connection:
+        rows = connection.execute(text(_LIST_SQL)).all()
+    return [
+        MarkedDatabase(name, mark, bool(is_template))
+        for name, is_template, comment in rows
+        if (mark := parse_mark(comment)) is not None and is_dbguard_name(name)
+    ]
+
+
+def drop_marked(url: str | DatabaseURL, name: str) -> MarkedDatabase:
+    """Drop ``name`` from the URL's server, ``WITH (FORCE)``; DatabaseSetupError if not ours."""
+    with _maintenance(url) as connection:
+        return drop_checked(connection, _parse(url), name)
+
+
+def drop_run(url: str | DatabaseURL, run: str) -> list[str]:
+    """Drop every marked database of run ``run`` (its templates, and workers that did not clean up),
+    except those whose creator, another process, still runs."""
+    parsed = _parse(url)
+    ours = [
+        found
+        for found in list_marked(parsed)
+        if found.mark.run == run
+        # Another run still going that drew the same id keeps its own (our workers have exited).
+        and not (found.mark.pid != os.getpid() and found.mark.owner_alive())
+    ]
+    if not ours:
+        return []
+    with _maintenance(parsed) as connection:
+        return [drop_checked(connection, parsed, found.name).name for found in ours]
+
+
+def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
+    """Drop (``dry_run``: only list) the marked databases at least ``older_than`` seconds old,
+    and the marked worker schemas in the URL's database, keeping those a run still going uses."""
+    parsed = _parse(url)
+    swept = _sweep_databases(parsed, older_than=older_than, dry_run=dry_run)
+    return swept + sweep_schemas(parsed, older_than=older_than, dry_run=dry_run)
+
+
+def _sweep_databases(parsed: DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
+
+    leftovers = [
+        found
+        for found in list_marked(parsed)
+        if found.age >= older_than and found.name != parsed.database
+    ]
+    if not leftovers:
+        return []
+    with _maintenance(parsed) as connection:
+        return sweep_each(
+            leftovers,
+            parsed,
+            dry_run=dry_run,
+            in_use=lambda found: in_use(connection, found.name),
+            drop=lambda found: drop_checked(connection, parsed, found.name),
+        )
+
+
+def _parse(url: str | DatabaseURL) -> DatabaseURL:
+    parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
+    if parsed.is_sqlite:
+        raise ConfigError(
+            f"{parsed}: the janitor cleans PostgreSQL servers; dbguard's SQLite files live in "
+            "pytest's temporary folder and go with it."
+        )
+    return parsed
+
+
+@contextlib.contextmanager
+def _maintenance(url: str | DatabaseURL) -> Iterator[Connection]:
+    """An autocommit connection to the server's maintenance database, never the URL's own."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.pool import NullPool
+
+    from pytest_dbguard.db.engine_listener import mark_own
+    from pytest_dbguard.db.engines import INTERNAL_OPTIONS
+    from pytest_dbguard.server.connect_diagnosis import DATABASE_MISSING, classify_error
+
+    parsed = _parse(url)
+    for index, database in enumerate(MAINTENANCE_DATABASES):
+        engine = mark_own(
+            create_engine(
+                parsed.sync().with_database(database).to_sqlalchemy(),
+                poolclass=NullPool,
+                isolation_level="AUTOCOMMIT",
+                execution_options=INTERNAL_OPTIONS,
+            )
+        )
+        try:
+            try:
+                connection = engine.connect()
+            except DBAPIError as error:
+                failure = classify_error(error, password=parsed.password)
+                if failure.stage == DATABASE_MISSING and index + 1 < len(MAINTENANCE_DATABASES):
+                    continue  # no 'postgres' database on this server: template1 always exists
+                raise DatabaseSetupError(
+                    _UNREACHABLE.format(
+                        server=server_of(parsed), stage=failure.stage, error=failure.error
+                    )
+                ) from None
+            with connection:
+                yield connection
+            return
+        finally:
+            engine.dispose()
+
+
+def drop_checked(connection: Connection, url: DatabaseURL, name: str) -> MarkedDatabase:
+    """Re-read the mark of ``name`` on this connection and drop it only if it is dbguard's."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from pytest_dbguard.db.sql import quote_ident, run_ddl
+    from pytest_dbguard.server.connect_diagnosis import classify_error
+
+    row = connection.execute(text(ONE_SQL), {"name": name}).first()
+    server = server_of(url)
+    if row is None:
+        raise DatabaseSetupError(
+            _REFUSED.format(name=name, server=server, reason="it does not exist")
+        )
+    is_template, comment = row
+    mark = parse_mark(comment)
+    if mark is None:
+        reason = "it does not carry dbguard's mark"
+    elif not is_dbguard_name(name):
+        reason = "its name does not have dbguard's shape"
+    elif name == url.database:
+        reason = "it is the database the URL names, which dbguard never writes to"
+    else:
+        reason = ""
+    if reason or mark is None:
+        raise DatabaseSetupError(_REFUSED.format(name=name, server=server, reason=reason))
+    try:
+        if is_template:  # a template cannot be dropped until it is an ordinary database again
+            run_ddl(connection, f"ALTER DATABASE {quote_ident(name)} IS_TEMPLATE false")
+        run_ddl(connection, f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    except DBAPIError as error:
+        detail = classify_error(error, connected=True, password=url.password).error
+        raise DatabaseSetupError(f"Could not drop {name!r} on {server}: {detail}") from None
+    return MarkedDatabase(name, mark, bool(is_template))

@@ -1,0 +1,240 @@
+"""The schema source: load ``dbguard_metadata`` or run ``dbguard_alembic_ini``, fingerprint it, check prefixes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from pytest_dbguard.exceptions import ConfigError, DbguardError, SchemaError
+
+if TYPE_CHECKING:
+    from sqlalchemy import MetaData
+    from sqlalchemy.engine import Connection
+
+    from pytest_dbguard.db.urls import DatabaseURL
+
+BUILD_FAILED: Final = (
+    "Building the schema ({source}) in {database!r} failed: {error}. Fix the models or the "
+    "migrations it names (ini dbguard_metadata / dbguard_alembic_ini); no test ran."
+)
+
+
+def load_metadata(spec: str, source: str, rootdir: Path | None = None) -> MetaData:
+    """Import ``package.module:attr`` and return its MetaData (a declarative Base gives ``.metadata``).
+
+    The module is found relative to ``rootdir`` (the ini file's folder) as well as on sys.path,
+    whether pytest runs as ``pytest`` (which does not put the rootdir on sys.path) or as
+    ``python -m pytest``, from the rootdir or a subfolder.
+    """
+    from sqlalchemy import MetaData
+
+    module_name, _, attr_path = spec.partition(":")
+    if rootdir is not None:
+        find_from_rootdir(module_name, rootdir)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module may fail in any way while importing
+        where = f"the rootdir ({rootdir}) and " if rootdir is not None else ""
+        raise ConfigError(
+            f"{source} = {spec!r}: importing {module_name!r} failed{_where(error)}: "
+            f"{type(error).__name__}: {error}. dbguard imports it from {where}sys.path: check "
+            "the module path and that the module imports cleanly; for a src layout, add "
+            "'pythonpath = src' to the ini file."
+        ) from error
+    target: Any = module
+    for part in attr_path.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(
+                f"{source} = {spec!r}: module {module_name!r} has no attribute {attr_path!r}; "
+                "name a MetaData (e.g. 'app.db:metadata') or a declarative Base (e.g. 'app.models:Base')."
+            )
+        target = getattr(target, part)
+    metadata = getattr(target, "metadata", target)
+    if not isinstance(metadata, MetaData):
+        raise ConfigError(
+            f"{source} = {spec!r} is a {type(target).__name__}, not a MetaData or a declarative Base; "
+            "name a MetaData (e.g. 'app.db:metadata') or a declarative Base (e.g. 'app.models:Base')."
+        )
+    return metadata
+
+
+def find_from_rootdir(module_name: str, rootdir: Path) -> None:
+    """Put ``rootdir`` on sys.path when the module's top package lives there and is not
+    importable otherwise (pytest-django does the same with the folder of manage.py)."""
+    top = module_name.split(".")[0]
+    if not ((rootdir / top).is_dir() or (rootdir / f"{top}.py").is_file()):
+        return
+    if str(rootdir) not in sys.path and importlib.util.find_spec(top) is None:
+        sys.path.insert(0, str(rootdir))
+
+
+def _where(error: BaseException) -> str:
+    """`` at file:line (code)`` of the user's line that raised, so the message leads to it."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f" at {error.filename}:{error.lineno}"
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not frame.filename.startswith(("<", os.path.dirname(__file__)))
+        and "importlib" not in frame.filename
+    ]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    code = f" ({frame.line.strip()})" if frame.line else ""
+    return f" at {frame.filename}:{frame.lineno}{code}"
+
+
+def alembic_path(path: str, source: str, rootdir: Path) -> Path:
+    """The alembic.ini named by ``path`` (relative to the rootdir), which must exist."""
+    resolved = (rootdir / path).resolve()
+    if not resolved.is_file():
+        raise ConfigError(
+            f"{source} = {path!r}: {resolved} does not exist; give the path of alembic.ini "
+            "relative to the rootdir, e.g. 'alembic.ini' or 'migrations/alembic.ini'."
+        )
+    return resolved
+
+
+def fingerprint_metadata(metadata: MetaData, dialect_name: str) -> str:
+    """A short hash of the DDL the metadata creates: a reused template is rebuilt when it changes."""
+    from sqlalchemy import create_mock_engine
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    # A mock engine gives the dialect without connecting anywhere.
+    dialect = create_mock_engine(f"{dialect_name}://", executor=lambda *_: None).dialect
+    digest = hashlib.sha1()
+    for table in metadata.sorted_tables:
+        digest.update(str(CreateTable(table).compile(dialect=dialect)).encode())
+        for index in sorted(table.indexes, key=lambda index: str(index.name)):
+            digest.update(str(CreateIndex(index).compile(dialect=dialect)).encode())
+    return digest.hexdigest()[:6]
+
+
+def fingerprint_alembic(ini: Path, settings: Sequence[str] = ()) -> str:
+    """A short hash of alembic.ini, env.py, every migration file and the settings they may read."""
+    digest = hashlib.sha1(ini.read_bytes())
+    digest.update("\n".join(settings).encode())
+    script_dirs = [ini.parent / "alembic", ini.parent / "migrations"]
+    for folder in script_dirs:
+        for path in sorted(folder.rglob("*.py")) if folder.is_dir() else []:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:6]
+
+
+def builder(
+    metadata: MetaData | None,
+    alembic_ini: Path | None,
+    url: DatabaseURL,
+    source: str,
+    *,
+    own_process: bool = False,
+) -> Callable[[Connection], None] | None:
+    """The schema build for ``url`` (``create_all`` or ``alembic upgrade head``; None: no schema
+    source), its failures raised as a SchemaError that names the source.
+
+    ``own_process``: ``url`` is a database of its own (not a schema in a shared one), so an
+    env.py that ignores ``config.attributes["connection"]`` may migrate it from a new process.
+    """
+    from pytest_dbguard.db import alembic_runner
+
+    inner: Callable[[Connection], None]
+    if metadata is not None:
+        inner = lambda connection: create_with_metadata(connection, metadata)  # noqa: E731
+    elif alembic_ini is not None:
+        ini, text = alembic_ini, url.render(hide_password=False)
+        if own_process and not alembic_runner.uses_given_connection(ini):
+            inner = lambda _: alembic_runner.upgrade_in_subprocess(ini, url, source)  # noqa: E731
+        else:
+            inner = lambda connection: alembic_runner.upgrade_here(connection, ini, text)  # noqa: E731
+    else:
+        return None
+
+    def build(connection: Connection) -> None:
+        try:
+            inner(connection)
+        except DbguardError:
+            raise
+        except Exception as error:
+            cause = getattr(error, "orig", None) or error  # a DBAPIError: the driver's own words
+            detail = (str(cause).strip().splitlines() or [""])[0]
+            if url.password:
+                detail = detail.replace(url.password, "***")
+            where = _migration_frame(error, alembic_ini) if alembic_ini is not None else ""
+            raise SchemaError(
+                BUILD_FAILED.format(
+                    source=source,
+                    database=url.database,
+                    error=f"{type(cause).__name__}: {detail}{where}",
+                )
+            ) from error
+
+    return build
+
+
+def _migration_frame(error: BaseException, ini: Path) -> str:
+    """`` (at file:line)``: the last frame of the error in the migrations folder."""
+    from pytest_dbguard.db.alembic_runner import env_py, failing_file
+
+    try:
+        folder = env_py(ini).parent
+    except Exception:  # alembic.ini unreadable: the message without the file still helps
+        return ""
+    text = "".join(traceback.format_tb(error.__traceback__))
+    where = failing_file(text, folder)
+    return f" ({where.strip()})" if where else ""
+
+
+def create_with_metadata(connection: Connection, metadata: MetaData) -> None:
+    """Build the schema with ``create_all``."""
+    metadata.create_all(connection)
+
+
+@contextlib.contextmanager
+def environ_override(values: Mapping[str, str]) -> Iterator[None]:
+    """Temporarily set variables (an env.py that reads DATABASE_URL must see the template while it is built)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+PREFIX_MARKERS = ("PREFIX",)
+
+
+def check_table_prefixes(metadata: MetaData, assignments: Sequence[tuple[str, str]]) -> None:
+    """Every table must carry the prefix the tests set (e.g. ``DB_TABLE_PREFIX`` from ``dbguard_env``).
+
+    A table named from the import-time default (the model was imported before the variable was
+    set) is reported before the first test instead of as "relation does not exist" later.
+    """
+    for name, _template in assignments:
+        if not any(marker in name.upper() for marker in PREFIX_MARKERS):
+            continue
+        prefix = os.environ.get(name, "")
+        if not prefix:
+            continue
+        wrong = sorted(table.name for table in metadata.tables.values() if prefix not in table.name)
+        if wrong:
+            raise ConfigError(
+                f"Tables {', '.join(wrong)} do not carry {name}={prefix!r}, which dbguard_env sets for "
+                "the tests: their models were imported before the variable was set, so they took the "
+                "import-time default and the tests would fail with 'relation does not exist'. Enable "
+                "dbguard with `pytest -p pytest_dbguard` (not only pytest_plugins in conftest) and keep "
+                f"{name} out of module-level code that runs before it, or add the module to "
+                "dbguard_guard_modules to catch the early import."
+            )

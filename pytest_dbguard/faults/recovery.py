@@ -1,0 +1,201 @@
+"""Proving recovery: run ``SELECT 1`` through an engine, a connection factory or a callable until it works.
+
+Works without pytest: ``recover`` and ``recover_async`` return a ``Recovery`` or call ``fail`` with
+the attempts, the time spent and the last error (the password scrubbed out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any, Final, NoReturn
+
+from pytest_dbguard.exceptions import FaultError
+from pytest_dbguard.server.connect_diagnosis import scrub
+from pytest_dbguard.server.readiness import LOOPBACK_POLICY
+
+MIN_ATTEMPT: Final = 0.05  # seconds an async attempt gets, even at the deadline
+NOT_RECOVERED: Final = (
+    "{target} did not recover within {within:g} s: SELECT 1 failed {attempts} attempt(s) "
+    "in {elapsed:.2f} s. Last error: {error}"
+)
+BAD_TARGET: Final = (
+    "assert_recovers(): {target!r} is not an Engine, an AsyncEngine, a connection factory or a "
+    "callable{hint}."
+)
+ASYNC_HINT: Final = ", or it is async: in an async test use await assert_recovers_async()"
+FIRST_TRY_FAILED: Final = (
+    "{target}: the first SELECT 1 after the fault failed ({error}), so your application's next "
+    "request would fail too, although a retry may work. Make the first request succeed (e.g. "
+    "create_engine(..., pool_pre_ping=True), or Django's CONN_HEALTH_CHECKS = True), or drop "
+    "first_try=True if one failed request is acceptable."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recovery:
+    """How a target came back: attempts (the last one worked), seconds, the first error seen."""
+
+    attempts: int
+    seconds: float
+    first_error: str | None = None
+
+
+def recover(
+    target: Any,
+    within: float,
+    *,
+    password: str | None,
+    fail: Callable[[str], NoReturn],
+    first_try: bool = False,
+) -> Recovery:
+    """``SELECT 1`` through ``target`` until it works; ``fail`` with the story when time is up.
+
+    An AsyncEngine is driven on a loop of its own (and disposed after), when none is running.
+    """
+    __tracebackhide__ = True
+    if hasattr(target, "sync_engine"):
+        import asyncio
+
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            fail(BAD_TARGET.format(target=target, hint=ASYNC_HINT))
+        return asyncio.run(
+            _recover_on_own_loop(target, within, password=password, fail=fail, first_try=first_try)
+        )
+    tries = Tries(within, target, first_try=first_try)
+    while True:
+        try:
+            _select_one(target.connect() if hasattr(target, "pool") else tries.call())
+            return tries.recovered()
+        except Exception as error:
+            pause = tries.failed(error, password)
+        if pause is None:  # outside the except block: no chained traceback in the report
+            fail(tries.report())
+        time.sleep(pause)
+
+
+async def recover_async(
+    target: Any,
+    within: float,
+    *,
+    password: str | None,
+    fail: Callable[[str], NoReturn],
+    first_try: bool = False,
+) -> Recovery:
+    """:func:`recover` for async code: AsyncEngines and async connection factories."""
+    __tracebackhide__ = True
+    import asyncio
+
+    tries = Tries(within, getattr(target, "connect", None) or target, first_try=first_try)
+    while True:
+        try:
+            await asyncio.wait_for(_select_one_async(tries), max(tries.left(), MIN_ATTEMPT))
+            return tries.recovered()
+        except Exception as error:
+            pause = tries.failed(error, password)
+        if pause is None:
+            fail(tries.report())
+        await asyncio.sleep(pause)
+
+
+async def _recover_on_own_loop(
+    engine: Any,
+    within: float,
+    *,
+    password: str | None,
+    fail: Callable[[str], NoReturn],
+    first_try: bool,
+) -> Recovery:
+    try:
+        return await recover_async(
+            engine, within, password=password, fail=fail, first_try=first_try
+        )
+    finally:
+        with contextlib.suppress(Exception):  # its connections belong to a loop about to close
+            await engine.dispose()
+
+
+class Tries:
+    """What the sync and async ``assert_recovers`` share: the target, the clock, the errors."""
+
+    def __init__(self, within: float, target: Any, *, first_try: bool = False) -> None:
+        if not isinstance(within, (int, float)) or not 0 < within < float("inf"):
+            raise FaultError(f"assert_recovers(within=...) must be seconds > 0, got {within!r}.")
+        if not callable(target) and not hasattr(target, "pool"):
+            raise FaultError(BAD_TARGET.format(target=target, hint=""))
+        self.target, self.within, self.first_try = target, float(within), first_try
+        self.started, self.attempts = time.monotonic(), 0
+        self.first_error: str | None = None
+        self.last_error = ""
+
+    def call(self) -> Any:
+        """What the factory or callable returns; a coroutine here means the async variant."""
+        result = self.target()
+        if inspect.iscoroutine(result):
+            result.close()
+            raise FaultError(BAD_TARGET.format(target=self.target, hint=ASYNC_HINT))
+        return result
+
+    def left(self) -> float:
+        return self.started + self.within - time.monotonic()
+
+    def failed(self, error: BaseException, password: str | None) -> float | None:
+        """Count a failed attempt: the pause before the next one, or None when time is up."""
+        if isinstance(error, FaultError):
+            raise error  # a misuse, not a failed attempt
+        self.attempts += 1
+        lines = str(error).strip().splitlines()
+        self.last_error = scrub(f"{type(error).__name__}: {lines[0] if lines else ''}", password)
+        self.first_error = self.first_error or self.last_error
+        left = self.left()
+        if left <= 0 or self.first_try:
+            return None
+        return min(LOOPBACK_POLICY.delay(self.attempts), left)
+
+    def recovered(self) -> Recovery:
+        return Recovery(
+            self.attempts + 1, round(time.monotonic() - self.started, 3), self.first_error
+        )
+
+    def report(self) -> str:
+        owner = getattr(self.target, "__self__", None)  # an AsyncEngine's connect
+        target = owner if hasattr(owner, "sync_engine") else self.target
+        if not hasattr(target, "pool") and not hasattr(target, "sync_engine"):  # engines hide
+            target = getattr(target, "__qualname__", None) or repr(target)  # the password
+        elapsed, error = time.monotonic() - self.started, self.last_error
+        if self.first_try:
+            return FIRST_TRY_FAILED.format(target=target, error=error)
+        return NOT_RECOVERED.format(
+            target=target, within=self.within, attempts=self.attempts, elapsed=elapsed, error=error
+        )
+
+
+def _select_one(connection: Any) -> None:
+    """``SELECT 1`` on a connection, then close it; anything else a callable returns passes."""
+    if hasattr(connection, "exec_driver_sql"):  # SQLAlchemy Connection
+        with connection:
+            connection.exec_driver_sql("SELECT 1").scalar()
+    elif hasattr(connection, "cursor") and hasattr(connection, "close"):  # DBAPI connection
+        try:
+            connection.cursor().execute("SELECT 1")
+        finally:
+            connection.close()
+
+
+async def _select_one_async(tries: Tries) -> None:
+    result = tries.target()
+    if inspect.isawaitable(result):
+        result = await result
+    # asyncpg's fetchval, or the statement method of SQLAlchemy's or psycopg's async connection
+    names = ("fetchval", "exec_driver_sql", "execute")
+    run = next((getattr(result, name) for name in names if hasattr(result, name)), None)
+    if not inspect.iscoroutinefunction(run):
+        return _select_one(result)  # a sync connection, or what a plain callable returned
+    try:
+        await run("SELECT 1")
+    finally:
+        await result.close()

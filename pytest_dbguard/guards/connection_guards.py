@@ -1,0 +1,158 @@
+"""pytest wiring of the connection guards: test databases only, and leaks after rollback tests.
+
+The guards themselves work without pytest (``foreign_databases.ForeignDatabaseGuard``,
+``leaks.LeakWatcher``); here they are armed for the setup, call and teardown of each test and
+disarmed between tests, so dbguard's own session work is never checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Final
+
+import pytest
+
+from pytest_dbguard.db.isolation import isolation_of
+from pytest_dbguard.exceptions import LeakError, LeakWarning
+from pytest_dbguard.guards.foreign_databases import AllowList, ForeignDatabaseGuard, Target
+from pytest_dbguard.guards.leaks import LEAK_MESSAGE, LeakWatcher, tables_written_since
+from pytest_dbguard.run.config import settings_key
+from pytest_dbguard.run.environment import plan_key
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL, Connection, Engine
+
+    from pytest_dbguard.run.run_plan import RunPlan
+
+CHECK_FAILED: Final = "dbguard could not look for rows {where} left behind: {error}"
+
+
+def allow_of(item: pytest.Item) -> tuple[str, ...]:
+    """The databases the test's ``@pytest.mark.dbguard(allow=...)`` markers name (all of them:
+    a module's, a class's and the test's own add up)."""
+    allowed: list[str] = []
+    for marker in item.iter_markers("dbguard"):
+        allowed += marker.kwargs.get("allow", ())
+    return tuple(allowed)
+
+
+@dataclasses.dataclass
+class _ConnectionGuards:
+    """The run's two connection guards and what they need, in ``config.stash``."""
+
+    plan: RunPlan
+    foreign: ForeignDatabaseGuard
+    leaks: LeakWatcher | None  # None: dbguard_leaks = off, or SQLite (no xmin to go by)
+    leak_mode: str
+    _test_database: dict[URL, bool] = dataclasses.field(default_factory=dict)
+    _check_engine: Engine | None = None
+
+    def on_test_database(self, connection: Connection) -> bool:
+        """Whether ``connection``'s engine is on this worker's test database (asked once per URL)."""
+        url = connection.engine.url
+        known = self._test_database.get(url)
+        if known is None:
+            _, params = connection.dialect.create_connect_args(url)
+            target = Target.from_params(params)
+            known = any(own.covers(target) for own in self.foreign.test_databases)
+            self._test_database[url] = known
+        return known
+
+    def arm(self, item: pytest.Item) -> None:
+        self.foreign.arm(item.nodeid, AllowList.of(allow_of(item)))
+        if self.leaks is not None:
+            self.leaks.take()
+            self.leaks.watching = isolation_of(item) == "rollback"
+
+    def disarm(self) -> int | None:
+        """Stop both guards; the oldest transaction that leaked during the test, if any."""
+        self.foreign.disarm()
+        if self.leaks is None:
+            return None
+        self.leaks.watching = False
+        return self.leaks.take()
+
+    def report_leaks(self, item: pytest.Item, xid: int, *, may_raise: bool) -> None:
+        """Warn about (or, with dbguard_leaks = error, raise on) the tables the test left rows in."""
+        __tracebackhide__ = True
+        from pytest_dbguard.db.engines import INTERNAL_OPTIONS, engine_for
+
+        try:
+            if self._check_engine is None:
+                from sqlalchemy.pool import NullPool
+
+                self._check_engine = engine_for(
+                    self.plan.test_url, poolclass=NullPool, execution_options=INTERNAL_OPTIONS
+                )
+            tables = tables_written_since(self._check_engine, xid)
+        except Exception as error:  # the test's own outcome must not be lost to this check
+            item.warn(pytest.PytestWarning(CHECK_FAILED.format(where=item.nodeid, error=error)))
+            return
+        if not tables:
+            return
+        message = LEAK_MESSAGE.format(where=item.nodeid, tables=", ".join(tables))
+        if self.leak_mode == "error" and may_raise:
+            raise LeakError(message)
+        item.warn(LeakWarning(message))
+
+    def close(self) -> None:
+        self.foreign.remove()
+        if self.leaks is not None:
+            self.leaks.remove()
+        if self._check_engine is not None:
+            self._check_engine.dispose()
+
+
+_guards_key: Final = pytest.StashKey[_ConnectionGuards | None]()
+
+
+def _guards(config: pytest.Config) -> _ConnectionGuards | None:
+    """The run's connection guards, installed on the first test; None where dbguard is inactive."""
+    if _guards_key in config.stash:
+        return config.stash[_guards_key]
+    plan = config.stash.get(plan_key, None)
+    settings = config.stash.get(settings_key, None)
+    guards: _ConnectionGuards | None = None
+    if plan is not None and settings is not None:
+        own: list[Target] = []
+        if plan.server_url is not None:
+            own.append(Target.from_url(plan.server_url.with_database(plan.database)))
+            own.append(Target.from_url(plan.test_url))  # through the fault proxy, when on
+        foreign = ForeignDatabaseGuard(own, allowed=AllowList.of(settings.allow_databases))
+        foreign.install()
+        guards = _ConnectionGuards(plan, foreign, None, settings.leaks)
+        if settings.leaks != "off" and plan.server_url is not None:
+            guards.leaks = LeakWatcher(guards.on_test_database)
+            guards.leaks.install()
+    config.stash[_guards_key] = guards
+    return guards
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    guards = _guards(item.config)
+    if guards is not None:
+        guards.arm(item)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    __tracebackhide__ = True
+    guards = _guards(item.config)
+    try:
+        result = yield
+    except BaseException:
+        if guards is not None and (xid := guards.disarm()) is not None:
+            guards.report_leaks(item, xid, may_raise=False)  # never hide the teardown's error
+        raise
+    if guards is not None and (xid := guards.disarm()) is not None:
+        guards.report_leaks(item, xid, may_raise=True)
+    return result
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    guards = config.stash.get(_guards_key, None)
+    if guards is not None:
+        guards.close()

@@ -1,0 +1,193 @@
+"""Test databases only: while a test runs, a connection to any other PostgreSQL database is refused.
+
+``ForeignDatabaseGuard`` works without pytest. One ``do_connect`` listener on the ``Engine`` class
+sees every new DBAPI connection of every engine, sync or behind an ``AsyncEngine``, with the
+arguments the dialect will pass to the driver (psycopg and psycopg2: ``host``, ``port``,
+``dbname``; asyncpg: ``host``, ``port``, ``database``; the URL's query merged in). It runs when a
+pool opens a connection, never per statement, and refuses before the driver is called, so not a
+byte reaches the other database. dbguard's own engines (maintenance, fixtures, cleanup) are
+exempt: their dialects are registered by ``engine_listener.mark_own``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from pytest_dbguard.db.engine_listener import EngineListener, is_own
+from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.exceptions import ForeignDatabaseError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Dialect
+
+LOCAL: Final = "local"  # loopback names and unix sockets: this machine's server on that port
+_LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost", "ip6-loopback"})
+DEFAULT_PORT: Final = 5432
+
+FOREIGN_MESSAGE: Final = (
+    "{where} tried to connect to the database {database!r} on {server}, which is not one of "
+    "this run's test databases ({own}); dbguard refused the connection, so nothing reached that "
+    "database. If the application read its database URL before dbguard set the test environment "
+    "(settings imported at the top of conftest.py with the `pytest_plugins` opt-in), activate "
+    "dbguard with `-p pytest_dbguard` instead (on the command line, in addopts or "
+    "PYTEST_PLUGINS). Point the application's variable at the test database with ini "
+    "dbguard_env, e.g. DATABASE_URL={{url}}. If the test is meant to reach this database, allow "
+    "it: @pytest.mark.dbguard(allow=[{database!r}]) on the test, or ini "
+    "dbguard_allow_databases = {database}."
+)
+
+
+def _host_key(host: str | None) -> str:
+    """Hosts that reach the same server compare equal: loopback names and unix sockets are local."""
+    if not host or host.startswith(("/", "@")):
+        return LOCAL
+    lowered = host.strip("[]").lower()
+    return LOCAL if lowered in _LOOPBACK or lowered.startswith("127.") else lowered
+
+
+def _port(value: Any) -> int:
+    text = str(value).strip() if value not in (None, "") else os.environ.get("PGPORT", "")
+    return int(text) if text.isdigit() else DEFAULT_PORT
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A database on a server, as the driver will reach it; ``database`` None: any on the server."""
+
+    host: str  # compared through _host_key
+    port: int
+    database: str | None
+    shown_host: str = dataclasses.field(default="", compare=False)
+
+    @classmethod
+    def make(cls, host: str | None, port: Any, database: str | None) -> Target:
+        shown = host or os.environ.get("PGHOST") or "the local socket"
+        return cls(_host_key(host or os.environ.get("PGHOST")), _port(port), database, shown)
+
+    @classmethod
+    def from_params(cls, cparams: Mapping[str, Any]) -> Target:
+        """The target of a driver's connect keywords, with libpq's defaults for what is missing."""
+        host = cparams.get("host")
+        if isinstance(host, (list, tuple)):  # asyncpg with several hosts
+            host = ",".join(str(part) for part in host)
+        database = cparams.get("dbname") or cparams.get("database") or os.environ.get("PGDATABASE")
+        if not database:  # libpq and asyncpg default to the user's name
+            database = cparams.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+        port = cparams.get("port")
+        if isinstance(port, (list, tuple)):
+            port = port[0] if port else None
+        return cls.make(str(host) if host else None, port, str(database))
+
+    @classmethod
+    def from_url(cls, url: DatabaseURL) -> Target:
+        """The target of a URL; its query's ``host``/``port`` win, as they do for the drivers."""
+        query = dict(url.query)
+        return cls.make(query.get("host") or url.host, query.get("port") or url.port, url.database)
+
+    @property
+    def server(self) -> str:
+        return f"{self.shown_host}:{self.port}"
+
+    def covers(self, other: Target) -> bool:
+        """Whether ``other`` is this database (or, with no database named, on this server)."""
+        return (
+            self.host == other.host
+            and self.port == other.port
+            and (self.database is None or self.database == other.database)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class AllowList:
+    """Databases a connection may reach: by name on any server, or by URL (a server's, or one database)."""
+
+    names: frozenset[str] = frozenset()
+    targets: tuple[Target, ...] = ()
+    everything: bool = False  # the entry '*': the guard stands aside
+
+    @classmethod
+    def of(cls, entries: Iterable[str], *, source: str = "dbguard_allow_databases") -> AllowList:
+        """Entries are database names, URLs, or ``*`` for any database; a malformed URL raises
+        ConfigError naming ``source``."""
+        names: set[str] = set()
+        targets: list[Target] = []
+        everything = False
+        for entry in entries:
+            if entry == "*":
+                everything = True
+            elif "://" in entry:
+                targets.append(Target.from_url(DatabaseURL.parse(entry, source=source)))
+            else:
+                names.add(entry)
+        return cls(frozenset(names), tuple(targets), everything)
+
+    def __or__(self, other: AllowList) -> AllowList:
+        return AllowList(
+            self.names | other.names,
+            self.targets + other.targets,
+            self.everything or other.everything,
+        )
+
+    def admits(self, target: Target) -> bool:
+        return (
+            self.everything
+            or target.database in self.names
+            or any(t.covers(target) for t in self.targets)
+        )
+
+
+class ForeignDatabaseGuard(EngineListener):
+    """Refuses, at connect, every PostgreSQL connection outside the allowed databases while armed."""
+
+    EVENT = "do_connect"
+    RETVAL = False
+
+    def __init__(self, test_databases: Iterable[Target], *, allowed: AllowList = AllowList()):
+        self.test_databases = tuple(test_databases)
+        self.allowed = allowed  # the run's dbguard_allow_databases
+        self.where: str | None = None  # the test running now; None: not armed
+        self.also: AllowList = AllowList()  # the running test's own allow=[...]
+
+    def arm(self, where: str, also: AllowList = AllowList()) -> None:
+        """Check connections from now on, naming ``where`` in the error."""
+        self.where, self.also = where, also
+
+    def disarm(self) -> None:
+        """Stop checking (between tests)."""
+        self.where, self.also = None, AllowList()
+
+    def check(self, target: Target) -> None:
+        """Raise ForeignDatabaseError unless ``target`` is a test database or allowed."""
+        __tracebackhide__ = True
+        if any(own.covers(target) for own in self.test_databases):
+            return
+        if self.allowed.admits(target) or self.also.admits(target):
+            return
+        if self.test_databases:
+            own = self.test_databases[0]
+            mine = f"this worker's is {own.database!r} on {own.server}"
+        else:
+            mine = "this run's test databases are SQLite files"
+        raise ForeignDatabaseError(
+            FOREIGN_MESSAGE.format(
+                where=self.where or "the code under test",
+                database=target.database,
+                server=target.server,
+                own=mine,
+            )
+        )
+
+    def _handler(self) -> Callable[..., Any]:
+        return self._on_connect
+
+    def _on_connect(
+        self, dialect: Dialect, record: object, cargs: list[Any], cparams: dict[str, Any]
+    ) -> None:
+        __tracebackhide__ = True
+        if self.where is None or dialect.name != "postgresql" or is_own(dialect):
+            return  # None: SQLAlchemy goes on to connect as usual
+        self.check(Target.from_params(cparams))

@@ -1,0 +1,183 @@
+"""Guards: naive datetimes bound as parameters, modules hidden from a test, statement counts.
+
+The guards themselves are classes that work without pytest, each in its own module
+(``naive_datetimes.NaiveDatetimeGuard``, ``hidden_modules.HiddenModules``,
+``query_counter.QueryCounter``); this module only wires them into pytest.
+SQLAlchemy is imported when a guard is installed, never at import time.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib.util
+import os
+import sys
+import warnings
+from collections.abc import Generator, Iterator
+from typing import Any, Final
+
+import pytest
+
+from pytest_dbguard.guards.hidden_modules import HiddenModules
+from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard
+from pytest_dbguard.guards.query_counter import QueryCounter
+from pytest_dbguard.run import config as dbguard_config
+
+SWALLOWED_MESSAGE: Final = (
+    "dbguard_naive_datetime = error: {count} statement(s) with a naive datetime were aborted, "
+    "and the code under test caught the error:\n{reports}"
+)
+UNKNOWN_MODULE_MESSAGE: Final = (
+    "{where}: @pytest.mark.dbguard_without({name!r}) names a module that is not installed, so "
+    "hiding it proves nothing; check the spelling (importlib.util.find_spec({name!r}) is None)."
+)
+UTCNOW_MARK: Final = "utcnow()"
+
+
+@dataclasses.dataclass
+class _GuardState:
+    """Per-run state of the guards, kept in ``config.stash``."""
+
+    naive_mode: str
+    naive: NaiveDatetimeGuard | None = None
+    utcnow: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+
+
+_state_key: Final = pytest.StashKey[_GuardState]()
+_hidden_key: Final = pytest.StashKey[HiddenModules]()
+
+
+def _state(config: pytest.Config) -> _GuardState:
+    state = config.stash.get(_state_key, None)
+    if state is None:
+        settings = config.stash.get(dbguard_config.settings_key, None)
+        mode = settings.naive_datetime if settings is not None else "warn"
+        state = config.stash[_state_key] = _GuardState(naive_mode=mode)
+    return state
+
+
+def _watch_naive(state: _GuardState, where: str) -> NaiveDatetimeGuard | None:
+    """The run's naive datetime guard, installed once SQLAlchemy has been imported by anyone."""
+    if state.naive is None and state.naive_mode != "off" and "sqlalchemy.engine" in sys.modules:
+        state.naive = NaiveDatetimeGuard(state.naive_mode)
+        state.naive.install()
+    if state.naive is not None:
+        state.naive.where = where
+        state.naive.watch_models()  # the ORM may have been imported since
+    return state.naive
+
+
+def _hidden_modules(item: pytest.Item) -> HiddenModules | None:
+    """The modules the test's ``dbguard_without`` markers hide; fails the test on a bad marker."""
+    __tracebackhide__ = True
+    names: list[str] = []
+    for marker in item.iter_markers("dbguard_without"):
+        from pytest_dbguard.run.markers import dbguard_without
+
+        try:
+            names += dbguard_without(*marker.args, **marker.kwargs)
+        except (pytest.UsageError, TypeError) as error:
+            problem = str(error)
+        else:
+            continue
+        pytest.fail(f"{item.nodeid}: {problem}", pytrace=False)
+    if not names:
+        return None
+    for name in names:
+        try:
+            missing = name not in sys.modules and importlib.util.find_spec(name) is None
+        except (ImportError, ValueError):
+            missing = True
+        if missing:
+            pytest.fail(UNKNOWN_MODULE_MESSAGE.format(where=item.nodeid, name=name), pytrace=False)
+    return HiddenModules(names, where=item.nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    __tracebackhide__ = True
+    state = _state(item.config)
+    guard = _watch_naive(state, item.nodeid)
+    if guard is not None:
+        guard.reports.clear()
+    hidden = _hidden_modules(item)
+    if hidden is not None:
+        # Entered here and left after teardown, so fixtures run with the modules hidden too.
+        item.stash[_hidden_key] = hidden.__enter__()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    state = _state(item.config)
+    guard = _watch_naive(state, item.nodeid)  # the test's fixtures may have imported SQLAlchemy
+    result = yield
+    if guard is not None and guard.mode == "error" and guard.reports:
+        __tracebackhide__ = True
+        reports = "\n".join(f"  {report}" for report in guard.reports)
+        pytest.fail(
+            SWALLOWED_MESSAGE.format(count=len(guard.reports), reports=reports), pytrace=False
+        )
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    finally:
+        hidden = item.stash.get(_hidden_key, None)
+        if hidden is not None:
+            del item.stash[_hidden_key]
+            hidden.__exit__(None, None, None)
+        state = _state(item.config)
+        if state.naive is not None:
+            state.naive.where = "no test (between tests)"
+
+
+class _UtcnowSummary:
+    """Counts ``datetime.utcnow()`` DeprecationWarnings per test file; one line in the summary."""
+
+    def __init__(self, counts: collections.Counter[str]) -> None:
+        self.counts = counts
+
+    def pytest_warning_recorded(
+        self, warning_message: warnings.WarningMessage, nodeid: str
+    ) -> None:
+        if issubclass(warning_message.category, DeprecationWarning) and UTCNOW_MARK in str(
+            warning_message.message
+        ):
+            where = nodeid.split("::", 1)[0] or os.path.relpath(warning_message.filename)
+            self.counts[where] += 1
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        total = sum(self.counts.values())
+        if total:
+            files = ", ".join(f"{name}: {count}" for name, count in self.counts.most_common())
+            terminalreporter.write_line(
+                f"dbguard: {total} datetime.utcnow() deprecation warnings ({files})"
+            )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    state = _state(config)
+    if state.naive_mode != "off":
+        config.pluginmanager.register(_UtcnowSummary(state.utcnow), "dbguard-utcnow")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_state_key, None)
+    if state is not None and state.naive is not None:
+        state.naive.remove()
+
+
+@pytest.fixture
+def dbguard_queries() -> Iterator[QueryCounter]:
+    """Function scope: a QueryCounter of every engine's statements from here to the test's end.
+
+    Yields the counter (``.count``, ``.statements``, ``assert_count(n)``, ``assert_max(n)``);
+    teardown stops counting. dbguard's own statements and SAVEPOINT/RELEASE/ROLLBACK are left out.
+    """
+    with QueryCounter() as counter:
+        yield counter

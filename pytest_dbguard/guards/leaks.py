@@ -1,0 +1,101 @@
+"""Leaks: rows that an engine other than dbguard's committed to the test database during a test.
+
+``LeakWatcher`` works without pytest. One ``commit`` listener on the ``Engine`` class sees every
+commit of every engine (an ORM ``Session.commit()``, ``engine.begin()``, an ``AsyncSession``);
+it costs nothing per statement and sends no query until an engine that is not dbguard's commits
+to the test database. Then it asks that transaction for its id (one round trip, before the commit
+goes out), and after the test one query lists the tables holding rows written by that
+transaction or a later one (PostgreSQL's ``xmin``). So rows that were there before (seed rows of
+the schema, rows of an earlier ``isolation="none"`` test) are not reported, and rows reported
+once are not reported again after a later test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from pytest_dbguard.db.engine_listener import EngineListener, is_own
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+LEAK_MESSAGE: Final = (
+    "{where} left rows in {tables}: an engine that is not one of dbguard's fixtures (the "
+    "application's own, for example) committed them, so the rollback after the test did not "
+    "remove them and the next tests see them. Mark the test "
+    '@pytest.mark.dbguard(isolation="truncate") (or set ini dbguard_isolation = truncate) to '
+    "empty the tables it writes to after it; dbguard_leaks = off silences this report."
+)
+_XID_SPACE: Final = 2**32  # xmin holds a 32-bit xid; txid_current_if_assigned() adds the epoch
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class LeakWatcher(EngineListener):
+    """Notes the first transaction that an engine not of dbguard's committed to one database."""
+
+    EVENT = "commit"
+    RETVAL = False
+
+    def __init__(self, is_test_database: Callable[[Connection], bool]) -> None:
+        self.is_test_database = is_test_database  # whether a connection is on the test database
+        self.watching = False
+        self.first_xid: int | None = None  # the oldest such transaction since the last take()
+
+    def _handler(self) -> Callable[..., Any]:
+        return self._on_commit
+
+    def take(self) -> int | None:
+        """The oldest foreign transaction id seen since the last call, and forget it."""
+        xid, self.first_xid = self.first_xid, None
+        return xid
+
+    def _on_commit(self, connection: Connection) -> None:
+        if (
+            not self.watching
+            or is_own(connection.dialect)
+            or connection.dialect.name != "postgresql"
+            or not self.is_test_database(connection)
+        ):
+            return
+        # Before the commit goes out: the transaction's id, or NULL when it wrote nothing.
+        try:
+            cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute("SELECT txid_current_if_assigned()")
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        except Exception:  # an aborted transaction commits nothing: leave its error to the app
+            return
+        if row is not None and row[0] is not None:
+            xid = int(row[0])
+            self.first_xid = xid if self.first_xid is None else min(self.first_xid, xid)
+
+
+def tables_written_since(engine: Engine, xid: int) -> list[str]:
+    """Tables of the current schema holding rows written by transaction ``xid`` or a later one."""
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        tables = connection.execute(
+            text(
+                "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace AND n.nspname = current_schema() "
+                "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"
+            )
+        ).scalars()
+        # age() counts back from one point for the whole statement, so "no older than xid"
+        # survives the 32-bit wraparound of xmin; frozen rows have the largest age of all.
+        since = f"age({_sql_literal(str(xid % _XID_SPACE))}::xid)"
+        probe = " UNION ALL ".join(
+            f"SELECT {_sql_literal(table)} WHERE EXISTS "
+            f"(SELECT 1 FROM {table} WHERE age(xmin) <= {since})"
+            for table in tables
+        )
+        if not probe:
+            return []
+        return [row[0] for row in connection.exec_driver_sql(probe)]

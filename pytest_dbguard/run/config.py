@@ -1,0 +1,423 @@
+"""Every dbguard setting, resolved once (CLI > environment > ini > default) into a frozen object."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
+
+import pytest
+
+from pytest_dbguard.compat import ini_keys, ini_raw, override_ini
+from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.exceptions import ConfigError
+
+T = TypeVar("T")
+
+ISOLATION_CHOICES: Final = ("rollback", "truncate", "none")
+WORKER_ISOLATION_CHOICES: Final = ("auto", "database", "schema")
+NAIVE_DATETIME_CHOICES: Final = ("error", "warn", "off")
+PROXY_CHOICES: Final = ("on", "off", "auto")
+SYNC_DRIVER_CHOICES: Final = ("psycopg", "psycopg2", "pg8000", "psycopg2cffi")
+LEAKS_CHOICES: Final = ("warn", "error", "off")
+SQLITE_KEYWORD: Final = "sqlite"
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: its CLI flag, environment variable and ini key, and how to parse it."""
+
+    name: str
+    help: str
+    default: str | None = None
+    flag_kind: str = "value"  # "value" or "switch"
+    ini_type: str = "string"  # pytest's addini type
+    env: bool = True
+    cli: bool = True
+    bare: str | None = None  # what the flag means without a value (--dbguard-proxy: on)
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--dbguard-" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return "dbguard_" + self.name
+
+    @property
+    def ini(self) -> str:
+        return "dbguard_" + self.name
+
+    @property
+    def env_var(self) -> str:
+        return "DBGUARD_" + self.name.upper()
+
+
+OPTIONS: Final[tuple[Option, ...]] = (
+    Option(
+        "url",
+        "SQLAlchemy URL of the server to test against; 'sqlite' for SQLite; unset: embedded PostgreSQL.",
+    ),
+    Option(
+        "wait", "Seconds to wait for the server to answer a real query (default 30).", default="30"
+    ),
+    Option(
+        "reuse",
+        "Keep the embedded cluster and schema template between runs (stop it: dbguard stop).",
+        flag_kind="switch",
+        ini_type="bool",
+    ),
+    Option(
+        "rebuild",
+        "With --dbguard-reuse: drop the kept schema templates and build them anew (like "
+        "pytest-django's --create-db). Without reuse every run builds anew: no effect.",
+        flag_kind="switch",
+        ini_type="bool",
+    ),
+    Option(
+        "worker_isolation",
+        "How xdist workers are separated: auto (a database each, else a schema each), database, schema.",
+        default="auto",
+    ),
+    Option(
+        "isolation", "Default per-test isolation: rollback, truncate or none.", default="rollback"
+    ),
+    Option(
+        "proxy",
+        "Route the test database URL through dbguard's fault proxy: on, off, or auto (on when a "
+        "test file mentions dbguard_faults).",
+        default="auto",
+        bare="on",
+        metavar="on|off|auto",
+    ),
+    Option(
+        "driver",
+        "SQLAlchemy driver of the test URLs: psycopg or psycopg2 (default: the URL's, else the "
+        "one installed, psycopg first).",
+    ),
+    Option("metadata", "Schema source: 'package.module:attr', a MetaData or a declarative Base."),
+    Option("alembic_ini", "Schema source: path to alembic.ini; runs 'upgrade head'."),
+    Option(
+        "naive_datetime", "Naive datetimes bound as parameters: error, warn or off.", default="warn"
+    ),
+    Option(
+        "pg_bindir",
+        "Folder of the PostgreSQL binaries for the embedded server (default: PATH, pg_config, /usr/lib/postgresql/*/bin).",
+    ),
+    Option(
+        "leaks",
+        "Rows that engines other than dbguard's committed during a rollback test: warn, error or off.",
+        default="warn",
+    ),
+    Option(
+        "allow_databases",
+        "Databases tests may connect to besides the run's test databases: names or URLs.",
+        ini_type="args",
+        env=False,
+        cli=False,
+    ),
+    Option(
+        "env",
+        "NAME=VALUE lines exported before conftests load; {worker} {run} {url} ... placeholders.",
+        ini_type="linelist",
+        env=False,
+        cli=False,
+    ),
+    Option(
+        "guard_modules",
+        "Modules that must not be imported before dbguard sets the environment.",
+        ini_type="args",
+        env=False,
+        cli=False,
+    ),
+)
+OPTIONS_BY_NAME: Final = {option.name: option for option in OPTIONS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Resolved settings of one run; ``sources`` says where each value came from, for errors."""
+
+    url: DatabaseURL | None  # None: the embedded default
+    sqlite_requested: bool
+    wait: float
+    reuse: bool
+    rebuild: bool
+    worker_isolation: str
+    isolation: str
+    proxy: str  # on, off or auto
+    driver: str | None
+    metadata: str | None
+    alembic_ini: str | None
+    naive_datetime: str
+    pg_bindir: str | None
+    leaks: str
+    allow_databases: tuple[str, ...]
+    env_lines: tuple[str, ...]
+    guard_modules: tuple[str, ...]
+    sources: Mapping[str, str]
+
+    def source_of(self, name: str) -> str:
+        """Human wording of where setting ``name`` came from."""
+        return self.sources.get(name, "default")
+
+
+settings_key: Final = pytest.StashKey[Settings]()
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register every dbguard flag and ini key."""
+    group = parser.getgroup("dbguard", "database isolation (pytest-dbguard)")
+    for option in OPTIONS:
+        if option.cli:
+            if option.bare is not None:
+                group.addoption(
+                    option.flag,
+                    action="store",
+                    nargs="?",
+                    const=option.bare,
+                    default=None,
+                    dest=option.dest,
+                    metavar=option.metavar,
+                    help=option.help,
+                )
+            elif option.flag_kind == "switch":
+                group.addoption(
+                    option.flag,
+                    action="store_true",
+                    default=None,
+                    dest=option.dest,
+                    help=option.help,
+                )
+            else:
+                group.addoption(
+                    option.flag, action="store", default=None, dest=option.dest, help=option.help
+                )
+        parser.addini(option.ini, option.help, type=option.ini_type, default=_ini_default(option))  # type: ignore[arg-type]
+
+
+def _ini_default(option: Option) -> Any:
+    if option.ini_type in ("linelist", "args"):
+        return []
+    if option.ini_type == "bool":
+        return False
+    return None
+
+
+def _raw(
+    config: pytest.Config, namespace: Any, option: Option, environ: Mapping[str, str]
+) -> tuple[Any, str] | None:
+    """The highest-precedence raw value of ``option`` and a wording of its source."""
+    if option.cli:
+        value = getattr(namespace, option.dest, None)
+        if value is not None:
+            return value, option.flag
+    if option.env and environ.get(option.env_var, "") != "":
+        return environ[option.env_var], f"environment variable {option.env_var}"
+    if option.ini not in ini_keys(config):
+        return None
+    where = f"ini {option.ini}" + (f" in {config.inipath.name}" if config.inipath else "")
+    try:
+        ini_value = config.getini(option.ini)
+    except (ValueError, pytest.UsageError):
+        # pytest's own "invalid truth value 'maybe'" names neither the key nor the file
+        raise ConfigError(
+            f"{where} = {ini_raw(config, option.ini)!r} is not a switch; "
+            "use true or false (also 1/0, yes/no, on/off)."
+        ) from None
+    if ini_value not in (None, "", [], False):
+        return ini_value, where
+    return None
+
+
+def _choice(choices: tuple[str, ...], noun: str | None = None) -> Callable[[str, str, str], str]:
+    def parse(value: str, name: str, source: str) -> str:
+        text = value.strip().lower()
+        if text not in choices:
+            raise ConfigError(
+                f"{source} = {value!r} is not a valid {noun or name.replace('_', ' ')}; "
+                f"choose one of: {', '.join(choices)}."
+            )
+        return text
+
+    return parse
+
+
+def _seconds(value: str, name: str, source: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ConfigError(f"{source} = {value!r} is not a number of seconds; use e.g. 30 or 2.5.")
+    return seconds
+
+
+def _switch(value: Any, name: str, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{source} = {value!r} is not a switch; use 1/true/yes or 0/false/no.")
+
+
+def _proxy(value: Any, name: str, source: str) -> str:
+    # A switch spelling (ini dbguard_proxy = true, DBGUARD_PROXY=0) is read as on/off.
+    text = str(value).strip().lower()
+    if text in PROXY_CHOICES:
+        return text
+    try:
+        return "on" if _switch(value, name, source) else "off"
+    except ConfigError:
+        raise ConfigError(
+            f"{source} = {value!r} is not a valid proxy setting; choose one of: on, off, auto."
+        ) from None
+
+
+def _driver(value: str, name: str, source: str) -> str:
+    from pytest_dbguard.db.urls import driver_installed
+
+    driver = str(value).strip()
+    if driver not in SYNC_DRIVER_CHOICES:
+        raise ConfigError(
+            f"{source} = {value!r} is not a synchronous PostgreSQL driver SQLAlchemy knows; "
+            f"choose one of: {', '.join(SYNC_DRIVER_CHOICES)}."
+        )
+    if not driver_installed(driver):
+        package = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}.get(driver, driver)
+        raise ConfigError(
+            f"{source} = {driver!r}, but that driver is not installed here: "
+            f"pip install {package!r}, or leave the setting out to use the one installed."
+        )
+    return driver
+
+
+def _module_attr(value: str, name: str, source: str) -> str:
+    module, sep, attr = value.strip().partition(":")
+    parts = [*module.split("."), *attr.split(".")]
+    if not sep or not all(part.isidentifier() for part in parts):
+        raise ConfigError(
+            f"{source} = {value!r} is not of the form 'package.module:attribute' "
+            "(e.g. 'app.models:Base' or 'app.db:metadata')."
+        )
+    return value.strip()
+
+
+def _text(value: str, name: str, source: str) -> str:
+    return str(value).strip()
+
+
+def _databases(value: list[str], name: str, source: str) -> tuple[str, ...]:
+    """Database names or URLs; a URL that does not parse is an error naming ``source``."""
+    for entry in value:
+        if "://" in entry:
+            DatabaseURL.parse(entry, source=source)
+    return tuple(value)
+
+
+_PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
+    "wait": _seconds,
+    "reuse": _switch,
+    "rebuild": _switch,
+    "proxy": _proxy,
+    "driver": _driver,
+    "worker_isolation": _choice(WORKER_ISOLATION_CHOICES),
+    "isolation": _choice(ISOLATION_CHOICES),
+    "naive_datetime": _choice(NAIVE_DATETIME_CHOICES),
+    "leaks": _choice(LEAKS_CHOICES, "leak report setting"),
+    "allow_databases": _databases,
+    "metadata": _module_attr,
+    "alembic_ini": _text,
+    "pg_bindir": _text,
+}
+
+
+def resolve(
+    config: pytest.Config, namespace: Any, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Resolve every setting in the order CLI > environment > ini > default; ConfigError on bad values."""
+    environ = os.environ if environ is None else environ
+    _check_unknown_ini_keys(config)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        found = _raw(config, namespace, option, environ)
+        if found is None:
+            raw, source = option.default, "default"
+        else:
+            raw, source = found
+            sources[option.name] = source
+        parse = _PARSERS.get(option.name)
+        values[option.name] = parse(raw, option.name, source) if parse and raw is not None else raw
+
+    url_text: str | None = values["url"]
+    url: DatabaseURL | None = None
+    sqlite_requested = False
+    if url_text is not None and url_text.strip().lower() == SQLITE_KEYWORD:
+        sqlite_requested = True
+    elif url_text:
+        url = DatabaseURL.parse(url_text, source=sources["url"])
+    elif url_text is not None and sources.get("url") == OPTIONS_BY_NAME["url"].flag:
+        # An empty flag (a CI variable that was never set: --dbguard-url "$DB") would otherwise
+        # silently override the ini file's URL with the embedded server.
+        raise ConfigError(
+            "--dbguard-url is empty. Give a URL (postgresql+psycopg://user:password@host:5432/db), "
+            "'sqlite' for SQLite, or leave the flag out: then DBGUARD_URL, ini dbguard_url or the "
+            "embedded PostgreSQL is used, in that order."
+        )
+    if values["driver"] and (sqlite_requested or (url is not None and url.is_sqlite)):
+        raise ConfigError(
+            f"{sources['driver']} = {values['driver']!r} names a PostgreSQL driver, but this run "
+            f"uses SQLite ({sources['url']}); drop one of the two."
+        )
+    if values["metadata"] and values["alembic_ini"]:
+        raise ConfigError(
+            f"Both {sources['metadata']} and {sources['alembic_ini']} are set; the schema comes from "
+            "one of them. Keep dbguard_metadata for create_all, or dbguard_alembic_ini for migrations."
+        )
+    return Settings(
+        url=url,
+        sqlite_requested=sqlite_requested,
+        wait=values["wait"],
+        reuse=bool(values["reuse"]),
+        rebuild=bool(values["rebuild"]),
+        worker_isolation=values["worker_isolation"],
+        isolation=values["isolation"],
+        proxy=values["proxy"],
+        driver=values["driver"],
+        metadata=values["metadata"],
+        alembic_ini=values["alembic_ini"],
+        naive_datetime=values["naive_datetime"],
+        pg_bindir=values["pg_bindir"],
+        leaks=values["leaks"],
+        allow_databases=values["allow_databases"] or (),
+        env_lines=tuple(values["env"] or ()),
+        guard_modules=tuple(values["guard_modules"] or ()),
+        sources=sources,
+    )
+
+
+def _check_unknown_ini_keys(config: pytest.Config) -> None:
+    """A misspelled ``dbguard_*`` ini key is an error, not a silently ignored setting."""
+    known = {option.ini for option in OPTIONS}
+    overridden = override_ini(config)
+    for key in ini_keys(config):
+        if key.startswith("dbguard") and key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            where = (
+                " in -o"
+                if key in overridden
+                else f" in {config.inipath.name}"
+                if config.inipath
+                else ""
+            )
+            raise ConfigError(
+                f"Unknown ini key {key!r}{where}.{hint} Known keys: {', '.join(sorted(known))}."
+            )

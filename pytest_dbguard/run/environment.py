@@ -1,0 +1,349 @@
+"""The early environment: export this process's test database before any conftest is imported.
+
+Runs in ``pytest_load_initial_conftests`` (``-p`` activation) or, for conftest opt-in, as soon as
+the plugin is configured. Resolves the settings, has ``run_plan`` decide the run id, worker and
+database, starts the embedded server in the process that owns it, binds the fault proxy when a
+test wants it, and exports ``DBGUARD_*`` and the ``dbguard_env`` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import string
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+
+from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.run import config as dbguard_config
+from pytest_dbguard.run import run_plan, termination
+from pytest_dbguard.run.run_plan import ORIGIN_VAR, RunPlan
+
+if TYPE_CHECKING:
+    from pytest_dbguard.server.cluster import EmbeddedCluster
+
+EXPORTED: Final = (
+    "DBGUARD_WORKER",
+    "DBGUARD_RUN",
+    "DBGUARD_URL",
+    "DBGUARD_ASYNC_URL",
+    "DBGUARD_DB",
+)
+PLACEHOLDERS: Final = (
+    "worker",
+    "run",
+    "url",
+    "async_url",
+    "db",
+    "host",
+    "port",
+    "user",
+    "password",
+)
+GUARD_HINT: Final = (
+    "{module} was imported before pytest-dbguard set the test environment ({variables}), so it "
+    "has already read the values it would use outside tests (a table prefix, a database URL). "
+    "This happens when the plugin is enabled with `pytest_plugins` in a conftest that imports "
+    "{module} at the top. Fix: enable it on the command line instead: `pytest -p pytest_dbguard` "
+    "(or addopts = -p pytest_dbguard in the ini file, or PYTEST_PLUGINS=pytest_dbguard), or move "
+    "the import of {module} into the fixtures and tests that use it."
+)
+
+plan_key: Final = pytest.StashKey[RunPlan]()
+saved_environ_key: Final = pytest.StashKey[dict[str, str | None]]()
+cluster_key: Final = pytest.StashKey[Any]()  # server.EmbeddedCluster, imported lazily
+adopted_key: Final = pytest.StashKey[bool]()  # the embedded cluster was kept by an earlier run
+proxy_key: Final = pytest.StashKey[Any]()  # proxy.FaultProxy in front of the server, when on
+FAULTS_FIXTURE: Final = "dbguard_faults"
+SCAN_LIMIT: Final = 2000  # test files read when looking for dbguard_faults
+
+
+def command_line(config: pytest.Config) -> tuple[argparse.Namespace, list[str]]:
+    """dbguard's own flags, read from the whole command line (ini addopts, PYTEST_ADDOPTS, args).
+
+    At registration pytest has not parsed our flags yet (they did not exist when it parsed), so
+    they are read here with a parser of our own that knows only them.
+    """
+    args = [
+        *config.getini("addopts"),
+        *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+        *config.invocation_params.args,
+    ]
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for option in dbguard_config.OPTIONS:
+        if option.cli:
+            if option.bare is not None:
+                parser.add_argument(
+                    option.flag, nargs="?", const=option.bare, default=None, dest=option.dest
+                )
+                continue
+            action = "store_true" if option.flag_kind == "switch" else "store"
+            parser.add_argument(option.flag, action=action, default=None, dest=option.dest)
+    namespace, rest = parser.parse_known_args(args)
+    return namespace, rest
+
+
+def prepare(
+    config: pytest.Config, namespace: Any, args: Sequence[str], *, late: bool = False
+) -> None:
+    """Resolve settings, decide the run plan, export the environment, start the embedded server."""
+    if plan_key in config.stash:
+        return
+    origin = run_plan.inherited_origin()
+    environ = dict(os.environ)
+    if origin is not None and origin.get("environ_url") is not None:
+        environ["DBGUARD_URL"] = origin[
+            "environ_url"
+        ]  # the controller rewrote it; use the original
+    elif origin is not None:
+        environ.pop("DBGUARD_URL", None)
+    settings = dbguard_config.resolve(config, namespace, environ)
+    config.stash[dbguard_config.settings_key] = settings
+    assignments = parse_env_lines(settings.env_lines)
+    if not late:
+        check_guarded_modules(settings.guard_modules, assignments)
+    plan = run_plan.decide(settings, origin, inspection=inspection_flag(config, namespace))
+    config.stash[plan_key] = plan
+    termination.install(config)  # from here on SIGTERM cleans up like Ctrl-C
+    if plan.inspection is not None:
+        # An IDE refreshing its test tree, or --help: nothing started, connected or created.
+        export(config, plan, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
+        return
+    if plan.owns_server and plan.embedded:
+        from pytest_dbguard.server import cluster as server
+        from pytest_dbguard.server import machine
+
+        cluster, adopted = server.prepare_cluster(
+            plan.run,
+            reuse_for=config.rootpath if settings.reuse else None,
+            bindir=machine.require_bindir(settings.pg_bindir, settings.source_of("pg_bindir")),
+        )
+        config.stash[cluster_key] = cluster
+        config.stash[adopted_key] = adopted
+        plan = run_plan.with_server(plan, cluster.url())
+        config.stash[plan_key] = plan
+    if plan.server_url is not None and _wants_proxy(settings, config, args):
+        plan = _bind_proxy(config, plan)
+        config.stash[plan_key] = plan
+    export(config, plan, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
+    if late:
+        check_guarded_modules(settings.guard_modules, assignments)
+
+
+# pytest's own destinations of the commands that only show something; --setup-only is not one
+# (it runs the fixtures), --setup-plan is (it only lists them).
+INSPECTION_FLAGS: Final = {
+    "help": "--help",
+    "version": "--version",
+    "markers": "--markers",
+    "showfixtures": "--fixtures",
+    "show_fixtures_per_test": "--fixtures-per-test",
+    "collectonly": "--collect-only",
+    "setupplan": "--setup-plan",
+}
+
+
+def inspection_flag(config: pytest.Config, namespace: Any) -> str | None:
+    """The command-line flag that makes this run only show something, or None for a real run.
+
+    ``namespace`` is pytest's early one (``-p`` activation) or dbguard's own (conftest opt-in,
+    which knows only dbguard's flags: then pytest's early parse, when it exists, answers).
+    """
+    namespaces = [namespace, getattr(config, "known_args_namespace", None)]
+    for dest, flag in INSPECTION_FLAGS.items():
+        if any(getattr(space, dest, None) for space in namespaces if space is not None):
+            return flag
+    return None
+
+
+def _wants_proxy(
+    settings: dbguard_config.Settings, config: pytest.Config, args: Sequence[str]
+) -> bool:
+    """The fault proxy is on with --dbguard-proxy, or when a test file mentions dbguard_faults.
+
+    The URL must point at the proxy before any conftest imports the application, which is before
+    collection can tell which fixtures tests request; a plain-text scan of the test files answers
+    early and cheaply, so runs without fault tests never pay for the extra hop.
+    """
+    if settings.proxy != "auto":
+        return settings.proxy == "on"
+    paths = [Path(arg.split("::")[0]) for arg in args if not arg.startswith("-")]
+    paths = [path for path in paths if path.exists()] or [config.rootpath]
+    seen = 0
+    for path in paths:
+        files = [path] if path.is_file() else path.rglob("*.py")
+        for file in files:
+            if seen >= SCAN_LIMIT:
+                return False
+            if any(
+                part.startswith(".") or part in ("node_modules", "site-packages")
+                for part in file.parts
+            ):
+                continue
+            seen += 1
+            try:
+                if FAULTS_FIXTURE in file.read_text(errors="ignore"):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def _bind_proxy(config: pytest.Config, plan: RunPlan) -> RunPlan:
+    """Bind (but do not start) the worker's fault proxy and route the test URL through it."""
+    from pytest_dbguard.faults.proxy import FaultProxy
+
+    assert plan.server_url is not None
+    proxy = FaultProxy(plan.server_url.host or "127.0.0.1", plan.server_url.port or 5432)
+    port = proxy.bind()
+    config.stash[proxy_key] = proxy
+    return run_plan.with_test_url(
+        plan, dataclasses.replace(plan.test_url, host="127.0.0.1", port=port)
+    )
+
+
+def values_for(plan: RunPlan) -> dict[str, str]:
+    """The placeholder values of ``dbguard_env`` for this process."""
+    url = plan.test_url
+    return {
+        "worker": plan.worker,
+        "run": plan.run,
+        "url": url.render(hide_password=False),
+        "async_url": plan.async_url.render(hide_password=False),
+        "db": plan.database,
+        "host": url.host or "",
+        "port": str(url.port or ""),
+        "user": url.username or "",
+        "password": url.password or "",
+    }
+
+
+def parse_env_lines(lines: Sequence[str]) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` lines of ``dbguard_env``; ConfigError on a line without ``=`` or a bad placeholder."""
+    assignments: list[tuple[str, str]] = []
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not name or not name.replace("_", "").isalnum():
+            raise ConfigError(
+                f"ini dbguard_env: {line!r} is not a NAME=VALUE line; write e.g. "
+                "'DB_TABLE_PREFIX=test_{worker}' or 'DATABASE_URL={url}'."
+            )
+        try:
+            fields = [
+                field for _, field, _, _ in string.Formatter().parse(value) if field is not None
+            ]
+        except ValueError as error:
+            raise ConfigError(
+                f"ini dbguard_env: {line!r}: {error}; write a literal brace as '{{{{' or '}}}}'."
+            ) from None
+        for field in fields:
+            if field not in PLACEHOLDERS:
+                raise ConfigError(
+                    f"ini dbguard_env: {line!r} uses the unknown placeholder {{{field}}}; "
+                    f"valid placeholders: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}."
+                )
+        assignments.append((name, value))
+    return assignments
+
+
+def variables(plan: RunPlan, assignments: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """``DBGUARD_*`` and the rendered ``dbguard_env`` lines for ``plan``'s database."""
+    values = values_for(plan)
+    rendered = {
+        "DBGUARD_WORKER": plan.worker,
+        "DBGUARD_RUN": plan.run,
+        "DBGUARD_URL": values["url"],
+        "DBGUARD_ASYNC_URL": values["async_url"],
+        "DBGUARD_DB": plan.database,
+    }
+    for name, template in assignments:
+        rendered[name] = template.format(**values)
+    return rendered
+
+
+def export(
+    config: pytest.Config,
+    plan: RunPlan,
+    assignments: Sequence[tuple[str, str]],
+    *,
+    origin_environ_url: str | None,
+) -> None:
+    """Put ``DBGUARD_*`` and the ``dbguard_env`` values into ``os.environ``; saved for restoring at the end."""
+    exported = variables(plan, assignments)
+    if plan.owns_server:
+        exported[ORIGIN_VAR] = json.dumps(
+            {
+                "pid": os.getpid(),
+                "run": plan.run,
+                "server_url": plan.server_url.portable() if plan.server_url else None,
+                "embedded": plan.embedded,
+                "sqlite_dir": str(plan.sqlite_dir) if plan.sqlite_dir else None,
+                "environ_url": origin_environ_url,
+                "schema_mode": plan.schema is not None,
+                "embedded_root": str(config.stash[cluster_key].root)
+                if cluster_key in config.stash
+                else None,
+                "bindir": str(config.stash[cluster_key].bindir)
+                if cluster_key in config.stash
+                else None,
+            }
+        )
+    saved = config.stash.setdefault(saved_environ_key, {})
+    for name, value in exported.items():
+        saved.setdefault(name, os.environ.get(name))
+        os.environ[name] = value
+
+
+def restore(config: pytest.Config) -> None:
+    """Give ``os.environ`` back as it was before the run (matters for in-process nested runs)."""
+    for name, value in config.stash.get(saved_environ_key, {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def check_guarded_modules(modules: Sequence[str], assignments: Sequence[tuple[str, str]]) -> None:
+    """Stop the run when a guarded module was imported before the environment was set."""
+    variables = ", ".join([*EXPORTED, *(name for name, _ in assignments)])
+    for module in modules:
+        if module in sys.modules:
+            raise ConfigError(GUARD_HINT.format(module=module, variables=variables))
+
+
+_worker_cluster_key: Final = pytest.StashKey[Any]()
+
+
+def embedded_cluster(config: pytest.Config) -> EmbeddedCluster | None:
+    """The embedded server: the owner's own, or in an xdist worker one rebuilt from the origin."""
+    plan = config.stash[plan_key]
+    if not plan.embedded or plan.server_url is None:
+        return None
+    if cluster_key in config.stash:
+        owned: EmbeddedCluster = config.stash[cluster_key]
+        return owned
+    if _worker_cluster_key not in config.stash:  # kept: it holds the process it may restart
+        from pytest_dbguard.server.cluster import EmbeddedCluster
+
+        origin = json.loads(os.environ.get(ORIGIN_VAR) or "{}")
+        root, bindir, port = origin.get("embedded_root"), origin.get("bindir"), plan.server_url.port
+        keep = config.stash[dbguard_config.settings_key].reuse
+        password = plan.server_url.password or ""
+        config.stash[_worker_cluster_key] = (
+            EmbeddedCluster(Path(bindir), Path(root), port or 5432, keep=keep, password=password)
+            if root and bindir
+            else None
+        )
+    rebuilt: EmbeddedCluster | None = config.stash[_worker_cluster_key]
+    return rebuilt

@@ -1,0 +1,387 @@
+"""The session's database lifecycle: wait for the server, provision this worker's database, clean up.
+
+Called from plugin.py hooks. The server was launched before the conftests loaded; ``ensure_started``
+waits for it as late as it can: after collection in the processes that run tests (a single run,
+each xdist worker), so the server starts while pytest collects, and at session start in the xdist
+controller, whose header names the server. Every process proves the server answers a real query.
+``finish`` drops this worker's database, ``stop`` stops the embedded server and drops what the
+run left on an external one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import pytest
+
+from pytest_dbguard.db import databases, janitor, kept_templates, schema
+from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
+from pytest_dbguard.run import environment, reuse_run, termination, worker_failures
+from pytest_dbguard.run.config import Settings, settings_key
+from pytest_dbguard.run.environment import adopted_key, cluster_key, plan_key, proxy_key
+from pytest_dbguard.run.run_plan import SINGLE_PROCESS, RunPlan
+
+if TYPE_CHECKING:
+    from sqlalchemy import MetaData
+
+    from pytest_dbguard.db.databases import Provisioned
+    from pytest_dbguard.server.cluster import EmbeddedCluster
+
+REUSE_RUN: Final = kept_templates.REUSE_RUN  # templates of --dbguard-reuse are kept
+
+
+@dataclasses.dataclass
+class SessionState:
+    """What this process did at session start, for the header, the fixtures and the cleanup."""
+
+    runs_tests: bool
+    schema_source: str
+    metadata: MetaData | None = None
+    alembic_ini: Path | None = None  # resolved and checked once, at configure
+    server_version: str = ""
+    ready_attempts: int = 0
+    ready_ms: float = 0.0
+    answered: bool = False  # the server answered a query: cleanup may connect
+    server_start_ms: float = 0.0
+    provisioned: Provisioned | None = None
+    started: bool = False  # ensure_started ran (it runs once)
+    template: str = ""  # with --dbguard-reuse: built, reused or rebuilt (reuse_run), for the header
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+state_key: Final = pytest.StashKey[SessionState]()
+stopped_key: Final = pytest.StashKey[bool]()
+
+
+def plan_of(config: pytest.Config) -> RunPlan:
+    """This process's run plan; only present when dbguard is active."""
+    return config.stash[plan_key]
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return config.pluginmanager.getplugin("dsession") is not None
+
+
+def configure(config: pytest.Config) -> None:
+    """Validate the schema source before anything runs (a bad path is a usage error, not a failed test)."""
+    settings = config.stash[settings_key]
+    state = SessionState(runs_tests=True, schema_source=_schema_source(settings))
+    if plan_of(config).inspection is not None:
+        state.started = True  # nothing to start: the command only shows something
+        if settings.metadata:  # its import is skipped, but tests import from where it lives
+            schema.find_from_rootdir(settings.metadata.partition(":")[0], config.rootpath)
+    elif settings.metadata:
+        state.metadata = schema.load_metadata(
+            settings.metadata, settings.source_of("metadata"), config.rootpath
+        )
+        schema.check_table_prefixes(state.metadata, environment.parse_env_lines(settings.env_lines))
+    elif settings.alembic_ini:
+        state.alembic_ini = schema.alembic_path(
+            settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
+        )
+    config.stash[state_key] = state
+    worker_failures.register(config)
+
+
+def _schema_source(settings: Settings) -> str:
+    if settings.metadata:
+        return f"metadata {settings.metadata}"
+    if settings.alembic_ini:
+        return f"alembic {settings.alembic_ini}"
+    return "no schema"
+
+
+def start(config: pytest.Config) -> None:
+    """At session start: the xdist controller waits for the server now; the others wait late."""
+    if plan_key not in config.stash:
+        return
+    state = config.stash[state_key]
+    state.runs_tests = not _is_xdist_controller(config)
+    if not state.runs_tests:
+        ensure_started(config)
+
+
+def ensure_started(config: pytest.Config) -> None:
+    """Prove the server answers, then create this worker's database from the template (once)."""
+    if plan_key not in config.stash or config.stash[state_key].started:
+        return
+    plan = plan_of(config)
+    settings = config.stash[settings_key]
+    state = config.stash[state_key]
+    state.started = True
+    try:
+        if plan.server_url is not None:
+            _wait_ready(config, plan, settings, state)
+            _check_can_create_databases(plan, settings)
+        kept = _kept_template(plan, settings, state)
+        state.template = reuse_run.rebuild(plan, settings, kept, state.notes)
+        if state.runs_tests:
+            state.provisioned = _provision(config, plan, settings, state)
+            proxy = config.stash.get(proxy_key, None)
+            if proxy is not None:
+                proxy.start()
+                state.notes.append(
+                    f"dbguard: fault proxy on 127.0.0.1:{proxy.port} in front of the server"
+                )
+        state.template = state.template or reuse_run.template_word(plan, kept, state.provisioned)
+    except DbguardError as error:
+        stop(config)
+        worker_failures.fail_session(config, str(error))
+
+
+def _kept_template(plan: RunPlan, settings: Settings, state: SessionState) -> str | None:
+    """The name of the template this run keeps, or None (no reuse, no schema, schema mode)."""
+    if not settings.reuse or plan.server_url is None or plan.schema is not None:
+        return None
+    if state.metadata is None and state.alembic_ini is None:
+        return None
+    return _template(plan, settings, _fingerprint(settings, state) or "000000")[0]
+
+
+def _check_can_create_databases(plan: RunPlan, settings: Settings) -> None:
+    """With ``worker_isolation = database`` asked for, the server's owner checks the role once,
+    before any xdist worker tries (and fails) to create its database."""
+    if not plan.owns_server or plan.embedded or plan.schema is not None:
+        return
+    if settings.worker_isolation != "database" or plan.server_url is None:
+        return
+    if not databases.can_create_databases(plan.server_url):
+        url = plan.server_url
+        raise DatabaseSetupError(
+            f"{settings.source_of('worker_isolation')} = 'database', but on {url.host}:{url.port} "
+            + databases.NO_CREATEDB.format(user=url.username)
+        )
+
+
+def _wait_ready(
+    config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState
+) -> None:
+    from pytest_dbguard.server import readiness
+
+    cluster: EmbeddedCluster | None = config.stash.get(cluster_key, None)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def progress(line: str) -> None:
+        if cluster is not None and (died := cluster.exited_early()):
+            from pytest_dbguard.exceptions import ServerError
+
+            raise ServerError(died)
+        if reporter is not None and plan.owns_server:
+            reporter.write_line(f"dbguard: {line}")
+
+    assert plan.server_url is not None
+    result = readiness.wait_until_ready(plan.server_url, timeout=settings.wait, progress=progress)
+    state.answered = True
+    state.ready_attempts = result.attempts
+    state.ready_ms = result.elapsed_ms
+    state.server_version = result.server_version or "?"
+    if cluster is not None:
+        state.server_start_ms = cluster.start_ms() or 0.0
+
+
+def _fingerprint(settings: Settings, state: SessionState) -> str:
+    """A short hash of the schema this worker needs: workers whose schemas differ (a per-worker
+    table prefix) get different templates, and a reused template is rebuilt when the schema changes."""
+    if state.metadata is not None:
+        return schema.fingerprint_metadata(state.metadata, "postgresql")
+    if state.alembic_ini is not None:
+        # Migrations may read dbguard_env values (a prefix); those that name the database do not count.
+        shared = [
+            f"{name}={os.environ.get(name, '')}"
+            for name, template in environment.parse_env_lines(settings.env_lines)
+            if not any(f"{{{key}}}" in template for key in PER_DATABASE_PLACEHOLDERS)
+        ]
+        return schema.fingerprint_alembic(state.alembic_ini, shared)
+    return ""
+
+
+PER_DATABASE_PLACEHOLDERS: Final = ("url", "async_url", "db", "worker")
+
+
+def _template(plan: RunPlan, settings: Settings, fingerprint: str) -> tuple[str, str]:
+    """The template's name and the run id its mark carries (reused templates are kept across runs)."""
+    from pytest_dbguard.db.urls import database_name
+
+    if plan.server_url is None:
+        assert plan.sqlite_dir is not None
+        base = plan.database.split("_dbg_")[0]
+        return str(
+            plan.sqlite_dir / f"{database_name(base, plan.run, 'tpl' + fingerprint)}.db"
+        ), plan.run
+    base = plan.server_url.database or "postgres"
+    if settings.reuse:
+        return kept_templates.template_name(base, fingerprint), REUSE_RUN
+    return database_name(base, plan.run, "tpl" + fingerprint), plan.run
+
+
+def _provision(
+    config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState
+) -> Provisioned:
+    # A single run that keeps nothing has no one to share a template with: it builds the schema
+    # in its own database, one CREATE DATABASE (and one DROP) fewer, and needs no fingerprint.
+    in_place = (
+        plan.server_url is not None
+        and plan.schema is None
+        and plan.worker == SINGLE_PROCESS
+        and not settings.reuse
+    )
+    if in_place:
+        template, template_run = plan.database, plan.run
+    else:
+        template, template_run = _template(
+            plan, settings, _fingerprint(settings, state) or "000000"
+        )
+    template_url = (
+        plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
+    )
+    build = schema.builder(
+        state.metadata,
+        state.alembic_ini,
+        template_url,
+        state.schema_source,
+        own_process=plan.server_url is not None and plan.schema is None,
+    )
+    # While the template is built, the exported variables name it: an alembic env.py that reads
+    # DATABASE_URL (or DBGUARD_URL) migrates the template, not the worker's database.
+    template_plan = dataclasses.replace(
+        plan, test_url=template_url, async_url=template_url.asynchronous(), database=template
+    )
+    assignments = environment.parse_env_lines(settings.env_lines)
+    with schema.environ_override(environment.variables(template_plan, assignments)):
+        if plan.server_url is None:
+            return databases.provision_sqlite(plan.test_url, Path(template), build)
+        if plan.schema is not None:
+            return databases.provision_schema(
+                plan.server_url, plan.schema, build, run=plan.run, worker=plan.worker
+            )
+        return databases.provision_database(
+            plan.server_url,
+            plan.database,
+            None if in_place else template,
+            build,
+            run=plan.run,
+            worker=plan.worker,
+            template_run=template_run,
+        )
+
+
+def summary_lines(config: pytest.Config) -> list[str]:
+    """One line: target, worker databases, schema source, server start and readiness."""
+    if plan_key not in config.stash or state_key not in config.stash:
+        return []
+    if plan_of(config).inspection is not None:
+        return []  # nothing was started to report on
+    plan = plan_of(config)
+    state = config.stash[state_key]
+    settings = config.stash[settings_key]
+    if plan.server_url is None:
+        target = f"SQLite files in {plan.sqlite_dir}"
+    elif plan.embedded:
+        reuse = reuse_run.cluster_words(settings, config.stash.get(adopted_key, False))
+        target = (
+            f"embedded PostgreSQL {state.server_version} at "
+            f"{plan.server_url.host}:{plan.server_url.port} ({plan.server_url.driver}){reuse}"
+        )
+    else:
+        target = f"{plan.server_url} (PostgreSQL {state.server_version})"
+    if plan.schema is not None:
+        layout = f"schemas dbg_{plan.run}_<worker> in {plan.database} (the role may not create databases)"
+    elif state.runs_tests:
+        layout = f"database {plan.database}"
+    else:
+        layout = f"databases {plan.database.rsplit('_', 1)[0]}_<worker>, one per xdist worker"
+    schema_source = state.schema_source
+    if state.template:
+        schema_source += f", template {state.template}"
+    parts = [f"dbguard: {target}", layout, schema_source]
+    if plan.server_url is not None:
+        started = (
+            f"started in {state.server_start_ms:.0f} ms, "
+            if plan.embedded and state.server_start_ms
+            else ""
+        )
+        parts.append(
+            f"{started}ready after {state.ready_attempts} attempt(s), {state.ready_ms:.0f} ms"
+        )
+    return ["; ".join(parts), *state.notes]
+
+
+def check_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Validate ``@pytest.mark.dbguard`` arguments at collection, so a typo fails before any test."""
+    from pytest_dbguard.run.markers import dbguard
+
+    for item in items:
+        for marker in item.iter_markers("dbguard"):
+            try:
+                dbguard(*marker.args, **marker.kwargs)
+            except TypeError as error:
+                worker_failures.fail_session(
+                    config, f"{item.nodeid}: @pytest.mark.dbguard{error}".replace("dbguard()", "")
+                )
+            except pytest.UsageError as error:
+                named = str(error) if item.nodeid in str(error) else f"{item.nodeid}: {error}"
+                worker_failures.fail_session(config, named)
+
+
+def finish(config: pytest.Config) -> None:
+    """Drop this worker's database (best effort: a failure here becomes a warning)."""
+    if plan_key not in config.stash or state_key not in config.stash:
+        return
+    plan = plan_of(config)
+    state = config.stash[state_key]
+    provisioned, state.provisioned = state.provisioned, None
+    if provisioned is None or plan.server_url is None:
+        return
+    if plan.embedded and not config.stash[settings_key].reuse:
+        return  # the whole cluster goes away at the end
+    try:
+        if provisioned.mode == "schema" and provisioned.schema:
+            databases.drop_schema(plan.server_url, provisioned.schema)
+        else:
+            databases.drop_database(plan.server_url, provisioned.database)
+    except Exception as error:  # cleanup must never hide the tests' own outcome
+        warnings.warn(
+            pytest.PytestWarning(f"dbguard could not drop {provisioned.database}: {error}"),
+            stacklevel=1,
+        )
+
+
+def stop(config: pytest.Config) -> None:
+    """Stop the embedded server (or drop the run's leftovers on an external one) and restore the environment."""
+    if plan_key not in config.stash or config.stash.get(stopped_key, False):
+        return  # a failed start already stopped; unconfigure comes again
+    config.stash[stopped_key] = True
+    termination.shield()  # a SIGTERM now must not cut the cleanup short
+    plan = plan_of(config)
+    settings = config.stash[settings_key]
+    state = config.stash.get(state_key, None)
+    answered = state is not None and state.answered
+    cluster: EmbeddedCluster | None = config.stash.get(cluster_key, None)
+    proxy = config.stash.get(proxy_key, None)
+    if proxy is not None:
+        proxy.stop()
+    try:
+        if plan.owns_server:
+            if cluster is not None and answered:
+                cluster.fill_cache()  # a first run's initdb output, for the runs after it
+            if cluster is not None and not settings.reuse:
+                cluster.stop()
+            elif plan.server_url is not None and answered:
+                janitor.drop_run(plan.server_url, plan.run)
+                if plan.schema is not None:  # workers stopped before their teardown (SIGTERM)
+                    from pytest_dbguard.db.schema_janitor import drop_run_schemas
+
+                    drop_run_schemas(plan.server_url, plan.run)
+            if plan.sqlite_dir is not None:
+                shutil.rmtree(plan.sqlite_dir, ignore_errors=True)
+    except Exception as error:
+        print(f"dbguard: cleanup failed: {error}", file=sys.stderr)
+    finally:
+        environment.restore(config)
+        termination.restore(config)

@@ -1,0 +1,53 @@
+"""The signatures of dbguard's markers: ``dbguard(isolation=..., allow=[...])`` and
+``dbguard_without(...)``, checked the same way at collection and when a test runs."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import pytest
+
+from pytest_dbguard.exceptions import DbguardError
+from pytest_dbguard.guards.foreign_databases import AllowList
+from pytest_dbguard.run import config as dbguard_config
+
+MARKER_HELP = (
+    "dbguard(isolation='rollback'|'truncate'|'none', allow=['name or URL', ...]): how this test "
+    "is isolated (default: ini dbguard_isolation; truncate for code that commits on its own "
+    "connections) and which other databases it may connect to."
+)
+WITHOUT_MARKER_HELP = (
+    "dbguard_without('module', ...): inside this test the modules (and their submodules) cannot be "
+    "imported, as if not installed; proves that code runs without dev-only packages."
+)
+
+
+def dbguard(
+    *, isolation: str = "rollback", allow: Collection[str] = ()
+) -> tuple[str, tuple[str, ...]]:
+    """Signature of ``@pytest.mark.dbguard``: the test's isolation; databases it may also reach."""
+    if isolation not in dbguard_config.ISOLATION_CHOICES:
+        raise pytest.UsageError(
+            f"@pytest.mark.dbguard(isolation={isolation!r}): choose one of "
+            f"{', '.join(dbguard_config.ISOLATION_CHOICES)}."
+        )
+    if isinstance(allow, str) or not all(isinstance(entry, str) and entry for entry in allow):
+        raise pytest.UsageError(
+            f"@pytest.mark.dbguard(allow={allow!r}): allow takes a list of database names or "
+            "URLs, e.g. allow=['analytics'] or allow=['postgresql://reports@db:5432/reports']."
+        )
+    try:
+        AllowList.of(allow, source="@pytest.mark.dbguard(allow=...)")
+    except DbguardError as error:
+        raise pytest.UsageError(str(error)) from None
+    return isolation, tuple(allow)
+
+
+def dbguard_without(*modules: str) -> tuple[str, ...]:
+    """Signature of ``@pytest.mark.dbguard_without``: modules that cannot be imported in the test."""
+    if not modules or not all(isinstance(name, str) and name for name in modules):
+        raise pytest.UsageError(
+            "@pytest.mark.dbguard_without takes one or more module names, "
+            "e.g. @pytest.mark.dbguard_without('debug_toolbar')."
+        )
+    return modules

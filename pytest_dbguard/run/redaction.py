@@ -1,0 +1,164 @@
+"""Keep the run's database passwords out of test reports: assertion diffs, tracebacks, output.
+
+Fixture values carry the real password so that they connect (``dbguard_url``, ``DBGUARD_URL``,
+``dbguard_faults.url``), and their reprs hide it. But pytest's assertion explanation shows a
+string's text, not its repr (``assert dbguard_url == "..."``), and a traceback with ``-l`` or a
+test's captured output may hold a plain copy. So an assertion explanation that would show a
+password is rebuilt by pytest's own hook and masked (:func:`explain`), and as a catch-all a
+report whose traceback or captured sections contain one is rewritten (:func:`scrub_report`).
+
+Passwords are masked wherever they stand in a URL (``:password@``); anywhere else only when they
+are long enough to be told apart from ordinary words (:data:`MIN_BARE`), and not the same as the
+URL's user, host or database name, which stay readable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable
+from typing import Any, Final
+from urllib.parse import quote, unquote
+
+import pytest
+
+from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.run.environment import plan_key
+
+MASK: Final = "***"
+MIN_BARE: Final = 8  # a shorter password is masked only inside a URL, else "test" would vanish
+
+
+# The password of a URL, however it is encoded (``p%40ss`` or ``p@ss``-free raw text).
+_URL_PASSWORD: Final = re.compile(r"(://[^:/@\s'\"]*:)([^@\s'\"]*)(@)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Secrets:
+    """The passwords to mask: inside a URL always, anywhere else where unambiguous (``bare``)."""
+
+    passwords: frozenset[str] = frozenset()
+    bare: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.passwords)
+
+    def _in_url(self, match: re.Match[str]) -> bool:
+        return unquote(match.group(2)) in self.passwords
+
+    def found_in(self, text: str) -> bool:
+        """Whether ``text`` shows one of the passwords."""
+        return any(secret in text for secret in self.bare) or any(
+            self._in_url(match) for match in _URL_PASSWORD.finditer(text)
+        )
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every password shown as ``***``."""
+        text = _URL_PASSWORD.sub(
+            lambda m: f"{m.group(1)}{MASK}{m.group(3)}" if self._in_url(m) else m.group(0), text
+        )
+        for secret in self.bare:
+            text = text.replace(secret, MASK)
+        return text
+
+
+def secrets_for(urls: Iterable[DatabaseURL | None]) -> Secrets:
+    """The passwords of ``urls``."""
+    passwords: set[str] = set()
+    bare: set[str] = set()
+    for url in urls:
+        if url is None or not url.password:
+            continue
+        passwords.add(url.password)
+        ordinary = {url.username, url.host, url.database}
+        forms = {url.password, quote(url.password, safe="")}
+        bare |= {form for form in forms if len(form) >= MIN_BARE and form not in ordinary}
+    # Longest first, so a password that contains another is masked whole.
+    return Secrets(frozenset(passwords), tuple(sorted(bare, key=len, reverse=True)))
+
+
+_secrets_key: Final = pytest.StashKey[Secrets]()
+_explaining_key: Final = pytest.StashKey[bool]()
+
+
+def secrets_of(config: pytest.Config) -> Secrets:
+    """This run's passwords (the server's and the test database's); none when dbguard is idle."""
+    if _secrets_key not in config.stash:
+        plan = config.stash.get(plan_key, None)
+        if plan is None:
+            return Secrets()
+        config.stash[_secrets_key] = secrets_for([plan.server_url, plan.test_url, plan.async_url])
+    return config.stash[_secrets_key]
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, str):
+        return str.__str__(value)
+    try:
+        return repr(value)
+    except Exception:  # a broken repr shows nothing of ours
+        return ""
+
+
+def explain(config: pytest.Config, op: str, left: object, right: object) -> list[str] | None:
+    """pytest's own explanation of a failed comparison, with the run's passwords masked.
+
+    None (pytest explains as usual) when neither side shows a password. Otherwise the hook is
+    asked again, this implementation standing aside, and the answer it gives is masked.
+    """
+    secrets = secrets_of(config)
+    if not secrets or config.stash.get(_explaining_key, False):
+        return None
+    if not (secrets.found_in(_shown(left)) or secrets.found_in(_shown(right))):
+        return None
+    config.stash[_explaining_key] = True
+    try:
+        answers = config.hook.pytest_assertrepr_compare(
+            config=config, op=op, left=left, right=right
+        )
+    finally:
+        config.stash[_explaining_key] = False
+    for lines in answers:
+        if lines:
+            return [secrets.scrub(line) for line in lines]
+    return None
+
+
+def scrub_report(config: pytest.Config, report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Mask the run's passwords in a report's traceback and captured sections, where they occur.
+
+    The traceback is masked in place, keeping its form (the short summary still shows the
+    crash line); one that still shows a password after that (a form this code does not know)
+    is replaced by its masked text, which terminal, junitxml and xdist all take.
+    """
+    secrets = secrets_of(config)
+    if not secrets:
+        return
+    if report.longrepr is not None and secrets.found_in(report.longreprtext):
+        report.longrepr = _scrub_tree(report.longrepr, secrets, set())
+        text = report.longreprtext
+        if secrets.found_in(text):
+            report.longrepr = secrets.scrub(text)
+    if any(secrets.found_in(content) for _, content in report.sections):
+        report.sections = [(title, secrets.scrub(content)) for title, content in report.sections]
+
+
+def _scrub_tree(value: Any, secrets: Secrets, seen: set[int]) -> Any:
+    """``value`` with its strings masked: lists in place, tuples rebuilt, dataclasses (pytest's
+    traceback representation) field by field, through ``object.__setattr__`` as some are frozen."""
+    if isinstance(value, str):
+        return secrets.scrub(value)
+    if id(value) in seen:
+        return value
+    seen.add(id(value))
+    if isinstance(value, list):
+        value[:] = [_scrub_tree(item, secrets, seen) for item in value]
+    elif isinstance(value, tuple) and type(value) is tuple:
+        return tuple(_scrub_tree(item, secrets, seen) for item in value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            current = getattr(value, field.name, None)
+            scrubbed = _scrub_tree(current, secrets, seen)
+            if scrubbed is not current:
+                object.__setattr__(value, field.name, scrubbed)
+    return value

@@ -1,0 +1,191 @@
+"""The run plan: which server, database (or schema, or SQLite file) and run id this process uses.
+
+Decided before anything connects, from the resolved settings and, in an xdist worker, the
+controller's decisions it inherits through ``ORIGIN_VAR``; the server may come up later, the
+names are fixed now.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from pytest_dbguard.db.urls import DatabaseURL, database_name
+from pytest_dbguard.run.config import Settings
+
+SINGLE_PROCESS: Final = "main"  # the worker name of a run without xdist
+ORIGIN_VAR: Final = "_DBGUARD_ORIGIN"  # the controller's decisions, inherited by xdist workers
+EMBEDDED_BASE: Final = "postgres"
+SQLITE_BASE: Final = "test"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """Where this process's test database is, decided before anything connects."""
+
+    run: str
+    worker: str
+    owns_server: bool  # the single process or the xdist controller: starts and stops the server
+    embedded: bool
+    server_url: DatabaseURL | None  # maintenance URL of the server (password kept); None for SQLite
+    test_url: DatabaseURL  # this worker's database, sync driver (through the proxy when on)
+    async_url: DatabaseURL
+    database: str
+    sqlite_dir: Path | None
+    schema: str | None = None  # schema-per-worker mode: the worker's schema in the named database
+    # Set for commands that only show something (--help, --collect-only, ...): the flag's name.
+    # Nothing is started, connected or created; the URLs are what a real run would use.
+    inspection: str | None = None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.server_url is None
+
+
+def inherited_origin() -> dict[str, Any] | None:
+    """The controller's decisions when this process is one of its xdist workers, else None.
+
+    A nested pytest run started from inside a test inherits the variables too, so a worker is
+    recognised by being the direct child of the process that wrote them.
+    """
+    text = os.environ.get(ORIGIN_VAR)
+    if not text or not os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    try:
+        origin: dict[str, Any] = json.loads(text)
+    except ValueError:
+        return None
+    return origin if origin.get("pid") == os.getppid() else None
+
+
+def decide(
+    settings: Settings, origin: Mapping[str, Any] | None, *, inspection: str | None = None
+) -> RunPlan:
+    """This process's plan: a fresh run (``origin`` None), or an xdist worker's share of its controller's.
+
+    ``inspection`` (a command that only shows something) decides without looking for binaries or
+    asking the server anything.
+    """
+    worker = (
+        os.environ.get("PYTEST_XDIST_WORKER", SINGLE_PROCESS)
+        if origin is not None
+        else SINGLE_PROCESS
+    )
+    # 32 random bits: a clash is a one-in-billions event, and provisioning refuses it anyway.
+    run = origin["run"] if origin is not None else secrets.token_hex(4)
+    common: dict[str, Any] = {
+        "run": run,
+        "worker": worker,
+        "owns_server": origin is None,
+        "inspection": inspection,
+    }
+    embedded = False
+    server_url: DatabaseURL | None = settings.url
+    if origin is not None and origin.get("server_url"):
+        server_url = DatabaseURL.parse(origin["server_url"])
+        embedded = bool(origin.get("embedded"))
+    elif origin is not None:
+        server_url = None
+    elif settings.url is None and not settings.sqlite_requested:
+        from pytest_dbguard.server.machine import require_bindir
+
+        if inspection is None:
+            require_bindir(settings.pg_bindir, settings.source_of("pg_bindir"))
+        embedded = True
+        server_url = DatabaseURL(
+            "postgresql", None, "postgres", None, "127.0.0.1", 0, EMBEDDED_BASE
+        )
+    if server_url is None or server_url.is_sqlite:
+        return _sqlite_plan(settings, common, origin)
+    if settings.driver is not None:
+        server_url = server_url.with_driver(settings.driver)
+    server_url = server_url.resolved()
+    base = server_url.database or EMBEDDED_BASE
+    common.update(embedded=embedded, server_url=server_url, sqlite_dir=None)
+    if _schema_mode(settings, server_url, embedded, origin, probe=inspection is None):
+        from pytest_dbguard.db.databases import schema_url
+
+        schema = f"dbg_{run}_{worker}"
+        test_url = schema_url(server_url, schema)
+        # asyncpg cannot take search_path from the URL; psycopg's async driver can.
+        async_url = test_url.with_driver("psycopg")
+        return RunPlan(
+            **common, test_url=test_url.sync(), async_url=async_url, database=base, schema=schema
+        )
+    database = database_name(base, run, worker)
+    test_url = server_url.with_database(database)
+    return RunPlan(
+        **common, test_url=test_url.sync(), async_url=test_url.asynchronous(), database=database
+    )
+
+
+def _schema_mode(
+    settings: Settings,
+    server_url: DatabaseURL,
+    embedded: bool,
+    origin: Mapping[str, Any] | None,
+    *,
+    probe: bool = True,
+) -> bool:
+    """One schema per worker when asked, or (auto) when the role may not create databases."""
+    if origin is not None:
+        return bool(origin.get("schema_mode"))
+    if settings.worker_isolation != "auto" or embedded or not probe:
+        return settings.worker_isolation == "schema"
+    from pytest_dbguard.db.databases import can_create_databases
+
+    try:  # a server that is not up yet is waited for later; assume it lets us create databases
+        return not can_create_databases(server_url.with_query(connect_timeout="2"))
+    except Exception:
+        return False
+
+
+def _sqlite_plan(
+    settings: Settings,
+    common: dict[str, Any],
+    origin: Mapping[str, Any] | None,
+) -> RunPlan:
+    run, worker = common["run"], common["worker"]
+    named = settings.url.database if settings.url is not None and settings.url.is_sqlite else None
+    base = Path(named).stem if named else SQLITE_BASE
+    if origin and origin.get("sqlite_dir"):
+        folder = Path(origin["sqlite_dir"])
+    else:
+        from pytest_dbguard.server.machine import shared_root
+
+        # Our private folder in the shared temp folder: the run's own folder inside it is made
+        # when the first database file is, and nobody else can plant anything there.
+        folder = shared_root(Path(tempfile.gettempdir())) / f"{run}-sqlite"
+    database = database_name(base, run, worker)
+    url = DatabaseURL("sqlite", None, database=str(folder / f"{database}.db"))
+    return RunPlan(
+        **common,
+        embedded=False,
+        server_url=None,
+        test_url=url.sync(),
+        async_url=url.asynchronous(),
+        database=database,
+        sqlite_dir=folder,
+    )
+
+
+def with_server(plan: RunPlan, server_url: DatabaseURL) -> RunPlan:
+    """The plan once the embedded server's address is known (the plan's driver kept)."""
+    if plan.server_url is not None and plan.server_url.driver:
+        server_url = server_url.with_driver(plan.server_url.driver)
+    test_url = server_url.with_database(plan.database)
+    return dataclasses.replace(
+        plan, server_url=server_url, test_url=test_url.sync(), async_url=test_url.asynchronous()
+    )
+
+
+def with_test_url(plan: RunPlan, url: DatabaseURL) -> RunPlan:
+    """The plan with this worker's database reached through ``url``'s host and port (the proxy)."""
+    test_url = dataclasses.replace(plan.test_url, host=url.host, port=url.port)
+    return dataclasses.replace(plan, test_url=test_url, async_url=test_url.asynchronous())

@@ -1,0 +1,71 @@
+"""SIGTERM ends a run the way Ctrl-C does, so dbguard cleans up what it started.
+
+CI runners and ``timeout`` stop a job with SIGTERM, whose default action ends the process on the
+spot: no fixture teardown, no DROP DATABASE, the run folder left behind. While dbguard is active
+the first SIGTERM raises :class:`~pytest_dbguard.exceptions.Terminated`, a ``KeyboardInterrupt``,
+so pytest stops the session and runs its teardown exactly as for Ctrl-C; an xdist controller
+passes the signal on to its workers (when it alone was signalled), which then drop their own
+databases. Later SIGTERMs are ignored until the cleanup is done: they must not cut it short
+(SIGKILL still ends everything). A handler someone else installed is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from types import FrameType
+from typing import Any, Final
+
+import pytest
+
+from pytest_dbguard.exceptions import Terminated
+
+_previous_key: Final = pytest.StashKey[Any]()
+
+
+def install(config: pytest.Config) -> None:
+    """Turn SIGTERM into a Ctrl-C for this process (main thread only, default handler only)."""
+    if _previous_key in config.stash or threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if current is not signal.SIG_DFL:
+        return  # the user's (or another plugin's) handler wins
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    config.stash[_previous_key] = current
+
+
+def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough; the cleanup must finish
+    _forward_to_workers(signum)
+    raise Terminated(
+        "dbguard: SIGTERM received; stopping like Ctrl-C and removing the run's databases"
+    )
+
+
+def _forward_to_workers(signum: int) -> None:
+    """An xdist controller signalled alone (``timeout``, ``kill``) passes it on to its workers;
+    a worker that already had it from its process group ignores the second one."""
+    from pytest_dbguard.server.machine import children_in_group
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for child in children_in_group(os.getpid(), os.getpgrp()):
+        with contextlib.suppress(OSError):
+            os.kill(child, signum)
+
+
+def shield() -> None:
+    """From now on ignore SIGTERM: the cleanup that has started must finish."""
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError):
+            if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def restore(config: pytest.Config) -> None:
+    """Give SIGTERM its previous handler back (matters for in-process nested runs)."""
+    if _previous_key in config.stash and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, config.stash[_previous_key])
+        del config.stash[_previous_key]

@@ -1,0 +1,399 @@
+"""The embedded PostgreSQL cluster: find the binaries, lay out a data folder, start, stop, restart.
+
+Works without pytest. Tuned for tests (no fsync, no synchronous commit, no full page writes),
+kept on RAM-backed storage when there is room, started from a cached, already initialised data
+folder instead of running initdb each time, and run as an unprivileged user when we are root.
+Closed to every other local account: its run folder (with the socket) is private, and TCP needs
+a per-run password (see ``cluster_auth``); the run folders live in a private folder of ours in a
+shared place (``machine.storage_root``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Final
+
+from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.exceptions import ServerError
+from pytest_dbguard.server import cluster_auth, initdb_cache, kept_clusters
+from pytest_dbguard.server.machine import (
+    child_setup,
+    command_name,
+    free_port,
+    process_alive,
+    require_bindir,
+    server_user,
+    storage_root,
+    sweep_stale,
+    wait_gone,
+    wait_group_gone,
+)
+
+SUPERUSER: Final = cluster_auth.SUPERUSER
+SERVER_SETTINGS: Final = (
+    "fsync=off",
+    "synchronous_commit=off",
+    "full_page_writes=off",
+    "max_connections=300",
+    "shared_buffers=64MB",
+    "listen_addresses=127.0.0.1",
+    "unix_socket_permissions=0700",  # and the socket's folder is 0700 too: see cluster_auth
+    "log_min_messages=warning",
+    "autovacuum=off",
+    # Dynamic shared memory in the data folder, not as files in /dev/shm that a server killed
+    # with SIGKILL (a killed CI job) leaves behind for good; the run folder takes it along.
+    "dynamic_shared_memory_type=mmap",
+)
+# The server's process lays out its data folder first (initdb on a cache miss, a copy), then
+# becomes the server (same pid, same parent-death signal): pytest does not wait for either.
+PASSWORD_FAILED: Final = 96
+COPY_FAILED: Final = 97
+INITDB_FAILED: Final = 98
+PASSWORD_FAILED_MESSAGE: Final = (
+    "Could not set the embedded server's password (PostgreSQL single-user mode) in {folder}. "
+    "The postgres binary in {bindir} must run as the server's user (when pytest runs as root: "
+    "'postgres'); point --dbguard-pg-bindir (ini dbguard_pg_bindir) at a working installation, "
+    "or use a server of your own with --dbguard-url. Log tail:\n{log}"
+)
+INITDB_FAILED_MESSAGE: Final = (
+    "initdb failed in {folder}. The PostgreSQL binaries must be executable by the user the server "
+    "runs as (when pytest runs as root: 'postgres'), and the folder writable. Log tail:\n{log}"
+)
+
+
+@dataclasses.dataclass
+class EmbeddedCluster:
+    """A throwaway PostgreSQL cluster in ``root`` (data folder, socket, log), on a loopback port."""
+
+    bindir: Path
+    root: Path
+    port: int
+    keep: bool = False  # --dbguard-reuse: survive the run, detached from pytest
+    project: str | None = None  # the rootdir a kept cluster serves, for `dbguard stop`
+    user: tuple[int, int] | None = dataclasses.field(default_factory=server_user)
+    # The superuser's password for TCP (scram-sha-256), set before the server first listens.
+    password: str = dataclasses.field(default_factory=cluster_auth.new_password, repr=False)
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0  # time.time() of the launch
+    # The first launch lays out the data folder in the server's own process: initdb on a cache
+    # miss, then a copy (of the cache, or of that initdb output).
+    _pending_initdb: bool = False
+    _pending_copy: bool = False
+
+    @property
+    def datadir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "server.log"
+
+    def url(self, driver: str | None = None) -> DatabaseURL:
+        """The maintenance URL over TCP (database ``postgres``, the superuser with its password)."""
+        return DatabaseURL(
+            "postgresql", driver, SUPERUSER, self.password, "127.0.0.1", self.port, "postgres"
+        )
+
+    def initialise(self) -> None:
+        """Lay out the run folder and decide where the data folder comes from.
+
+        A copy of the cached initdb output (made once per PostgreSQL binary), or on a cache miss a
+        fresh initdb. Either runs in the server's own process at :meth:`launch`, so pytest goes on
+        importing conftests and collecting meanwhile; :meth:`fill_cache` keeps a fresh initdb.
+        """
+        # A fresh name inside our private storage root: mkdir fails rather than reuse anything.
+        os.mkdir(self.root, 0o700)
+        self._own(self.root)
+        cluster_auth.write_hba(self.root, self.user)
+        self.datadir.mkdir(mode=0o700)
+        self._own(self.datadir)
+        if not (self.initdb_cache / "PG_VERSION").exists():
+            self._scratch.mkdir(mode=0o700)
+            self._own(self._scratch)
+            self._pending_initdb = True
+        self._pending_copy = True
+
+    def _own(self, folder: Path) -> None:
+        if self.user is not None:
+            os.chown(folder, *self.user, follow_symlinks=False)
+
+    @property
+    def _scratch(self) -> Path:
+        # initdb runs as the server user, which cannot write into root's home: it builds here,
+        # and fill_cache moves the untouched result into the cache.
+        return self.root / "initdb"
+
+    @property
+    def initdb_cache(self) -> Path:
+        return initdb_cache.cache_path(self.bindir, self.user)
+
+    def fill_cache(self) -> None:
+        """Keep this run's initdb output for later runs (best effort; call once the server answered)."""
+        initdb_cache.fill(self._scratch, self.initdb_cache)
+
+    def _prelude(self) -> tuple[str, int | None]:
+        """The shell steps that lay out the data folder before the server starts, and the folder
+        descriptor the child must inherit (see :meth:`_copy_source`)."""
+        steps = []
+        source_fd = None
+        if self._pending_initdb:
+            initdb = [
+                str(self.bindir / "initdb"),
+                *("-D", str(self._scratch), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8"),
+                *("--locale=C", "--no-sync", "--no-instructions", "--wal-segsize=1"),
+            ]
+            steps.append(f"{shlex.join(initdb)} || exit {INITDB_FAILED}")
+            source = str(self._scratch)
+        else:
+            source, source_fd = self._copy_source(self.initdb_cache)
+        target = shlex.quote(str(self.datadir))
+        steps.append(f"cp -a -- {shlex.quote(source + '/.')} {target} || exit {COPY_FAILED}")
+        # The superuser's password, set in single-user mode before the server listens on TCP:
+        # the statement (a verifier, not the password) comes on stdin, never in argv.
+        single = [str(self.bindir / "postgres"), "--single", "-D", str(self.datadir)]
+        single += [*cluster_auth.SINGLE_USER_SETTINGS, SUPERUSER]
+        steps.append(f"{shlex.join(single)} || exit {PASSWORD_FAILED}")
+        return "; ".join([*steps, 'exec "$@" </dev/null']), source_fd
+
+    def launch(self) -> None:
+        """Start the server process and return at once; :meth:`wait_started` or a readiness check follows."""
+        command = [
+            str(self.bindir / "postgres"),
+            "-D",
+            str(self.datadir),
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.root),
+            "-c",
+            f"hba_file={cluster_auth.hba_path(self.root)}",
+        ]
+        for setting in SERVER_SETTINGS:
+            command += ["-c", setting]
+        server = command[0]
+        source_fd: int | None = None
+        statement: bytes | None = None  # the prelude's single-user step reads it on stdin
+        if self._pending_copy:
+            prelude, source_fd = self._prelude()
+            command = ["sh", "-c", prelude, "dbguard-postgres", *command]
+            statement = cluster_auth.password_statement(self.password)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        try:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL if statement is None else subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=child_setup(self.user, die_with_parent=not self.keep),
+                # Its own process group, so stop() reaches the prelude's cp or initdb too; and a
+                # Ctrl-C in the terminal goes to pytest, which stops the server in order.
+                start_new_session=True,
+                pass_fds=() if source_fd is None else (source_fd,),
+                env=cluster_auth.server_environment(self.password),
+            )
+        except OSError as error:
+            raise ServerError(f"Could not start {server}: {error}") from error
+        finally:
+            log.close()
+            if source_fd is not None:
+                os.close(source_fd)
+        if statement is not None and self.process.stdin is not None:
+            with contextlib.suppress(OSError):  # a prelude that failed early: exited_early says why
+                self.process.stdin.write(statement)
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        self._pending_copy = self._pending_initdb = False
+        self.started_at = time.time()
+        self._write_state()
+        if not self.keep:  # last resort when pytest never reaches unconfigure
+            atexit.register(self._stop_at_exit)
+
+    def _copy_source(self, cached: Path) -> tuple[str, int | None]:
+        """How the server user reaches the cache: its path, or an open folder passed to the child
+        when the cache sits in root's home, which the server user cannot enter."""
+        if self.user is None:
+            return str(cached), None
+        try:
+            descriptor = os.open(cached, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as error:
+            raise ServerError(f"Could not open the cached data folder {cached}: {error}") from error
+        return f"/proc/self/fd/{descriptor}", descriptor
+
+    def _stop_at_exit(self) -> None:
+        if self.process is not None:
+            self.stop()
+
+    def exited_early(self) -> str | None:
+        """The log tail if the server process has already died, else None."""
+        if self.process is not None and self.process.poll() is not None:
+            if self.process.returncode == INITDB_FAILED:
+                return INITDB_FAILED_MESSAGE.format(folder=self._scratch, log=self.log_tail())
+            if self.process.returncode == PASSWORD_FAILED:
+                return PASSWORD_FAILED_MESSAGE.format(
+                    folder=self.datadir, bindir=self.bindir, log=self.log_tail()
+                )
+            if self.process.returncode == COPY_FAILED:
+                return (
+                    f"Could not copy the initialised data folder into {self.datadir}. "
+                    f"Log tail:\n{self.log_tail()}"
+                )
+            return f"PostgreSQL exited with code {self.process.returncode}. Log tail:\n{self.log_tail()}"
+        return None
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+            if tail:
+                return "\n".join(tail)
+        return (
+            f"(the log {self.log_path} is empty or missing: is {self.root.parent} full or "
+            f"read-only? `df -h {self.root.parent}`; set TMPDIR to a folder with room)"
+        )
+
+    def start_ms(self) -> float | None:
+        """Launch to accepting connections (data folder laid out, server up), in ms; None if unknown.
+
+        The server rewrites its pid file when it becomes ready: its mtime is that moment, however
+        late dbguard asked.
+        """
+        with contextlib.suppress(OSError):
+            ready = (self.datadir / "postmaster.pid").stat().st_mtime
+            if self.started_at and ready >= self.started_at:
+                return (ready - self.started_at) * 1000
+        return None
+
+    def postmaster_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.datadir / "postmaster.pid").read_text().splitlines()[0])
+        return None
+
+    def stop(self, *, remove: bool = True, mode: signal.Signals = signal.SIGQUIT) -> None:
+        """Stop the server (immediate shutdown by default: the data is throwaway) and remove its folder."""
+        # After a restart from an xdist worker our own process handle is stale: ask the pid file.
+        own = self.process is not None and self.process.poll() is None
+        pid = self.process.pid if own and self.process is not None else self.postmaster_pid()
+        if not own:
+            self.process = None
+        prelude = own and pid is not None and command_name(pid) == "sh"
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                if prelude:  # still laying out the folder: the copy is throwaway, end it at once
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, mode)
+            wait_gone(pid, self.process, timeout=15)
+            if prelude:  # cp or initdb may outlive the shell by a moment, writing into the folder
+                wait_group_gone(pid, timeout=15)
+        self.process = None
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def restart(self, *, die_with_parent: bool = True) -> None:
+        """Fast shutdown and start again on the same port; the caller waits for readiness.
+
+        An xdist worker restarting the controller's server passes ``die_with_parent=False``: the
+        worker may exit before the others are done, and the controller stops the server at the end.
+        """
+        self.stop(remove=False, mode=signal.SIGINT)
+        with contextlib.suppress(FileNotFoundError):
+            (self.datadir / "postmaster.pid").unlink()
+        keep = self.keep
+        self.keep = keep or not die_with_parent
+        try:
+            self.launch()
+        finally:
+            self.keep = keep
+
+    def _write_state(self) -> None:
+        state = {
+            "port": self.port,
+            "pid": self.process.pid if self.process else None,
+            "root": str(self.root),
+            "password": self.password,  # for the run that adopts a --dbguard-reuse cluster
+            "project": self.project,
+        }
+        cluster_auth.write_private(self.root / "dbguard.json", json.dumps(state))
+
+
+def sweep_orphans(root: Path) -> None:
+    """Remove run folders whose server is gone (a run killed with SIGKILL cannot clean up itself).
+
+    Only folders of ours (owned by this user or the server's user), never links, never a kept
+    ``--dbguard-reuse`` cluster or a SQLite run's folder.
+    """
+    user = server_user()
+    owners = {os.geteuid(), *([user[0]] if user else [])}
+
+    def alive(run_dir: Path) -> bool:
+        if run_dir.name.startswith("reuse-") or run_dir.name.endswith("-sqlite"):
+            return True
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid_file = run_dir / "data" / "postmaster.pid"
+            return process_alive(int(pid_file.read_text().splitlines()[0]))
+        return False
+
+    sweep_stale(root, owners, alive)
+
+
+def prepare_cluster(
+    run: str, *, reuse_for: Path | None, bindir: Path | None = None
+) -> tuple[EmbeddedCluster, bool]:
+    """A cluster for this run, launched; with ``reuse_for`` (the project's rootdir) the one an
+    earlier run kept for that project is adopted when it still runs, else one is started and kept.
+
+    Returns the cluster and whether it was adopted (already running from an earlier run).
+    """
+    bindir = bindir or require_bindir(None)
+    root = storage_root()
+    if reuse_for is None:
+        sweep_orphans(root)
+        cluster = EmbeddedCluster(bindir=bindir, root=root / run, port=free_port())
+        try:
+            cluster.initialise()
+            cluster.launch()
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster, False
+    reuse_root = root / f"{kept_clusters.PREFIX}{kept_clusters.reuse_key(reuse_for)}"
+    adopted = _adopt(bindir, reuse_root)
+    if adopted is not None:
+        return adopted, True
+    shutil.rmtree(reuse_root, ignore_errors=True)
+    cluster = EmbeddedCluster(
+        bindir=bindir, root=reuse_root, port=free_port(), keep=True, project=str(reuse_for)
+    )
+    cluster.initialise()
+    cluster.launch()
+    return cluster, False
+
+
+def _adopt(bindir: Path, root: Path) -> EmbeddedCluster | None:
+    """The cluster a previous ``--dbguard-reuse`` run left running in ``root``, if it still runs."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        state = json.loads((root / "dbguard.json").read_text())
+        cluster = EmbeddedCluster(bindir=bindir, root=root, port=int(state["port"]), keep=True)
+        if not isinstance(state.get("password"), str):  # kept by a version without passwords
+            pid = cluster.postmaster_pid()
+            if pid is not None and command_name(pid) == "postgres":
+                cluster.stop()
+            return None
+        cluster.password = state["password"]
+        cluster.project = state.get("project")
+        pid = cluster.postmaster_pid()
+        if pid is not None:
+            os.kill(pid, 0)
+            with socket.create_connection(("127.0.0.1", cluster.port), timeout=0.5):
+                return cluster
+    return None

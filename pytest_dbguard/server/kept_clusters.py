@@ -1,0 +1,117 @@
+"""The embedded clusters that ``--dbguard-reuse`` keeps between runs: find them, stop them.
+
+Works without pytest (``dbguard stop`` uses it). A kept cluster lives in ``reuse-<key>`` inside
+this user's private storage folder (``machine.storage_root``), where ``<key>`` is a hash of the
+project's rootdir. Only folders of ours are touched: the storage folder must pass
+``machine.private_folder``'s checks, and a kept folder must be a real folder (never a link)
+owned by this user or the server's user, as the orphan sweep requires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import stat
+import tempfile
+from pathlib import Path
+from typing import Final
+
+from pytest_dbguard.server.machine import (
+    RAM_DIR,
+    command_name,
+    private_folder,
+    process_alive,
+    server_user,
+    wait_gone,
+)
+
+PREFIX: Final = "reuse-"
+STATE_FILE: Final = "dbguard.json"
+
+
+def reuse_key(rootdir: Path) -> str:
+    """The key of the project in ``rootdir``: the same for every run of it, and for ``dbguard stop``."""
+    return hashlib.sha1(str(rootdir).encode()).hexdigest()[:10]
+
+
+def storage_folders() -> list[Path]:
+    """This user's storage folders that exist (RAM-backed and temp: a run may have used either)."""
+    found = []
+    for base in (RAM_DIR, Path(tempfile.gettempdir())):
+        folder = base / f"pytest-dbguard-{os.geteuid()}"
+        if os.path.lexists(folder) and folder not in found:
+            found.append(private_folder(folder))  # ServerError when it is not ours
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class KeptCluster:
+    """One kept cluster's folder and what its state file says."""
+
+    root: Path
+    project: str | None  # the rootdir it was kept for (None: kept by an older version)
+    port: int | None
+
+    @property
+    def server_pid(self) -> int | None:
+        """The running postgres of this folder (its pid file, checked against the process name)."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int((self.root / "data" / "postmaster.pid").read_text().splitlines()[0])
+            if process_alive(pid) and command_name(pid) == "postgres":
+                return pid
+        return None
+
+    def describe(self) -> str:
+        where = f" on 127.0.0.1:{self.port}" if self.port else ""
+        project = f" for {self.project}" if self.project else ""
+        return f"the kept PostgreSQL cluster{project}{where} ({self.root})"
+
+
+def _ours(path: Path) -> bool:
+    user = server_user()
+    owners = {os.geteuid(), *([user[0]] if user else [])}
+    with contextlib.suppress(OSError):
+        info = path.lstat()
+        return stat.S_ISDIR(info.st_mode) and info.st_uid in owners
+    return False
+
+
+def _read(root: Path) -> KeptCluster:
+    project, port = None, None
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        state = json.loads((root / STATE_FILE).read_text())
+        project = state.get("project") if isinstance(state.get("project"), str) else None
+        port = int(state["port"])
+    return KeptCluster(root, project, port)
+
+
+def kept(key: str | None = None) -> list[KeptCluster]:
+    """The kept clusters of this user: all of them, or the one of the project with ``key``."""
+    found = []
+    for folder in storage_folders():
+        names = [f"{PREFIX}{key}"] if key else sorted(os.listdir(folder))
+        for name in names:
+            root = folder / name
+            if name.startswith(PREFIX) and _ours(root):
+                found.append(_read(root))
+    return found
+
+
+def stop(cluster: KeptCluster) -> None:
+    """Stop the cluster's server (immediate shutdown: its data is throwaway) and remove its folder.
+
+    The templates it held go with it.
+    """
+    import shutil
+
+    pid = cluster.server_pid
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+        wait_gone(pid, None, timeout=15)
+    # rmtree refuses links and works on descriptors (the symlink-attack safe variant).
+    shutil.rmtree(cluster.root)
