@@ -337,7 +337,7 @@ def bench_clone(cluster: Any, runs: int) -> None:
 
 def _clone_rows(connection: Any, server: Any, tables: int, reps: int) -> list[list[str]]:
     from pytest_dbguard.db import databases, engines, schema
-    from pytest_dbguard.db.urls import database_name
+    from pytest_dbguard.db.names import database_name
 
     metadata = wide_metadata(tables)
     made: list[str] = []
@@ -425,7 +425,7 @@ def _write_two(connection: Any) -> None:
 def bench_truncate_direct(cluster: Any, runs: int) -> None:
     from pytest_dbguard.db import databases, engines
     from pytest_dbguard.db.isolation import Truncator
-    from pytest_dbguard.db.urls import database_name
+    from pytest_dbguard.db.names import database_name
 
     common.banner(
         f"d. truncate isolation, {TRUNCATE_TABLES} tables: Truncator.clean() measured directly"

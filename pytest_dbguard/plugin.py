@@ -17,6 +17,7 @@ from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.faults import restart_fence
 from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import environment, lifecycle, markers, redaction, summary_line
+from pytest_dbguard.run.state import run_of
 
 pytest_plugins = [
     "pytest_dbguard.db.isolation",
@@ -38,7 +39,7 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
     if plugin is not sys.modules[__name__] or not _registered_by_a_conftest(manager):
         return  # with -p, the early hook below does it once every -p plugin is imported
     config = manager.get_plugin("pytestconfig")
-    if config is None or environment.plan_key in config.stash:
+    if config is None or run_of(config) is not None:
         return
     try:
         namespace, args = environment.command_line(config)

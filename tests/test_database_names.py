@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from pytest_dbguard.compat import sqlalchemy_decodes_database
+from pytest_dbguard.db.names import database_name, is_dbguard_name
 from pytest_dbguard.db.sql import quote_ident
-from pytest_dbguard.db.urls import DatabaseURL, SecretURL, database_name, is_dbguard_name, url_of
+from pytest_dbguard.db.urls import DatabaseURL, SecretURL, url_of
 from pytest_dbguard.exceptions import ConfigError
 from tests.conftest import run_dbguard
 from tests.helpers import NOTE_MODELS as MODELS

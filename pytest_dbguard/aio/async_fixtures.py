@@ -21,7 +21,7 @@ from pytest_dbguard.db.engine_listener import mark_own
 from pytest_dbguard.db.engines import sqlite_savepoints
 from pytest_dbguard.db.isolation import isolation_of
 from pytest_dbguard.db.urls import DatabaseURL, url_of
-from pytest_dbguard.run.environment import plan_key
+from pytest_dbguard.run.state import the_run
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -62,7 +62,7 @@ async def _dbguard_async_engine(
     through an async driver; ``pool_pre_ping`` is on. Created on the session's event loop and
     disposed on it, before that loop closes.
     """
-    plan = request.config.stash[plan_key]
+    plan = the_run(request.config).plan
     url = url_of(dbguard_url, source="dbguard_url")
     engine = async_engine_for(
         plan.async_url if url == plan.test_url else url.asynchronous(), pool_pre_ping=True

@@ -1,5 +1,5 @@
-"""Test databases: URLs (``urls``), engines (``engines``, ``engine_listener``), the per-worker
-databases cloned from a template (``databases``, ``schema``, ``kept_templates``,
-``alembic_runner``), per-test isolation and the core fixtures (``isolation``), and the marks and
-sweeps that let only dbguard's own databases be dropped (``marks``, ``janitor``,
-``schema_janitor``, ``sql``)."""
+"""Test databases: URLs (``urls``) and the names dbguard gives what it creates (``names``),
+engines (``engines``, ``engine_listener``), the per-worker databases cloned from a template
+(``databases``, ``schema``, ``kept_templates``, ``alembic_runner``), per-test isolation and the
+core fixtures (``isolation``), and the marks and sweeps that let only dbguard's own databases be
+dropped (``marks``, ``janitor``, ``schema_janitor``, ``sql``)."""

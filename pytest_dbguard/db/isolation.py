@@ -16,8 +16,7 @@ import pytest
 
 from pytest_dbguard.db.engines import INTERNAL_OPTIONS, discard_dead_connections, engine_for
 from pytest_dbguard.db.sql import quote_ident
-from pytest_dbguard.run.config import settings_key
-from pytest_dbguard.run.environment import plan_key
+from pytest_dbguard.run.state import run_of, the_run
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -35,8 +34,8 @@ def isolation_of(item: pytest.Item) -> str:
     for marker in item.iter_markers("dbguard"):
         if "isolation" in marker.kwargs:
             return str(marker.kwargs["isolation"])
-    settings = item.config.stash.get(settings_key, None)
-    return settings.isolation if settings is not None else "rollback"
+    run = run_of(item.config)
+    return run.settings.isolation if run is not None else "rollback"
 
 
 class Truncator:
@@ -215,7 +214,7 @@ def dbguard_url(pytestconfig: pytest.Config) -> str:
     """Session: this worker's test database URL (sync driver, password included so it connects)."""
     from pytest_dbguard.db.urls import SecretURL
 
-    return SecretURL(pytestconfig.stash[plan_key].test_url)
+    return SecretURL(the_run(pytestconfig).plan.test_url)
 
 
 @pytest.fixture(scope="session")

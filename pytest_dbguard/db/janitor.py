@@ -22,8 +22,9 @@ from pytest_dbguard.db.marks import (
     server_of,
     sweep_each,
 )
+from pytest_dbguard.db.names import is_dbguard_name
 from pytest_dbguard.db.schema_janitor import sweep_schemas
-from pytest_dbguard.db.urls import DatabaseURL, is_dbguard_name
+from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError, DatabaseSetupError
 
 if TYPE_CHECKING:

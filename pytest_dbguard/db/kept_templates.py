@@ -10,7 +10,8 @@ from typing import Final
 
 from pytest_dbguard.db.janitor import drop_marked, list_marked
 from pytest_dbguard.db.marks import MarkedDatabase
-from pytest_dbguard.db.urls import DatabaseURL, database_name
+from pytest_dbguard.db.names import database_name
+from pytest_dbguard.db.urls import DatabaseURL
 
 REUSE_RUN: Final = "reuse"  # the run id in a kept template's mark
 TEMPLATE_WORKER: Final = "tpl"

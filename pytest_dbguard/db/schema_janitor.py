@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
@@ -21,13 +20,13 @@ from pytest_dbguard.db.marks import (
     parse_mark,
     sweep_each,
 )
+from pytest_dbguard.db.names import is_dbguard_schema
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
-_SHAPE: Final = re.compile(r"^dbg_[0-9a-z]+_\w+$")
 _LIST_SQL: Final = (
     "SELECT nspname, obj_description(oid, 'pg_namespace') FROM pg_namespace ORDER BY nspname"
 )
@@ -38,11 +37,6 @@ _LOCKERS_SQL: Final = (  # sessions inside a transaction that touched the schema
     "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
     "WHERE c.relnamespace = :oid AND l.pid <> pg_backend_pid()"
 )
-
-
-def is_dbguard_schema(name: str) -> bool:
-    """Whether a schema name has the shape dbguard gives worker schemas."""
-    return _SHAPE.match(name) is not None
 
 
 def list_marked_schemas(url: DatabaseURL) -> list[MarkedDatabase]:

@@ -8,7 +8,6 @@ importing SQLAlchemy, which costs a few hundred milliseconds.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import re
 from collections.abc import Mapping
@@ -57,7 +56,6 @@ _NO_QUESTION_MARK = (
     "SQLAlchemy 2.1 (pip install 'sqlalchemy>=2.1'), or name a database without '?' in "
     "--dbguard-url / DBGUARD_URL / ini dbguard_url."
 )
-MAX_IDENTIFIER = 63  # PostgreSQL truncates longer names silently; we never let it.
 
 
 def driver_installed(driver: str) -> bool:
@@ -267,23 +265,3 @@ def hide_password_in(text: str) -> str:
     """Mask the password of a URL-looking string that may not even parse."""
     # Up to the last '@' before the path: a raw '@' in the password must not leave its tail visible.
     return re.sub(r"(://[^:/@]*:)[^/?]*@", r"\1***@", text)
-
-
-def database_name(base: str, run: str, worker: str, *, suffix: str = "") -> str:
-    """``<base>_dbg_<run>_<worker>``, shortening ``base`` so the name fits PostgreSQL's 63 bytes.
-
-    A shortened base ends with a hash of the whole one, so two long names that differ only in
-    their tails still give two databases (whole characters only: UTF-8 is never cut in half).
-    """
-    tail = f"_dbg_{run}_{worker}{suffix}"
-    room = MAX_IDENTIFIER - len(tail.encode())
-    if len(base.encode()) <= room:
-        return f"{base}{tail}"
-    digest = "_" + hashlib.sha1(base.encode()).hexdigest()[:6]
-    trimmed = base.encode()[: room - len(digest)].decode(errors="ignore")
-    return f"{trimmed}{digest}{tail}"
-
-
-def is_dbguard_name(name: str) -> bool:
-    """Whether a database name has the shape dbguard gives its own databases."""
-    return re.search(r"_dbg_[0-9a-z]+_[\w]+$", name) is not None

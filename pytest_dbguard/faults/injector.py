@@ -26,8 +26,8 @@ from pytest_dbguard.db.urls import DatabaseURL, SecretURL
 from pytest_dbguard.exceptions import DbguardError, FaultError
 from pytest_dbguard.faults.recovery import Recovery, recover, recover_async
 from pytest_dbguard.faults.restart_fence import RestartFence, fence_of, workers
-from pytest_dbguard.run.config import settings_key
-from pytest_dbguard.run.environment import embedded_cluster, plan_key, proxy_key
+from pytest_dbguard.run.environment import embedded_cluster
+from pytest_dbguard.run.state import the_run
 from pytest_dbguard.server.readiness import probe, wait_until_ready
 
 if TYPE_CHECKING:
@@ -290,17 +290,18 @@ def _own_ports() -> set[int] | None:
 
 def faults_for(config: pytest.Config, **hooks: Callable[[str], NoReturn]) -> Faults:
     """A ``Faults`` on this process's test database; ``skip=`` and ``fail=`` as the fixture's."""
-    plan = config.stash[plan_key]
+    run = the_run(config)
+    plan = run.plan
     return Faults(
         test_url=plan.test_url,
         server_url=plan.server_url,
         database=plan.database,
-        proxy=config.stash.get(proxy_key, None),
-        cluster=embedded_cluster(config),
+        proxy=run.proxy,
+        cluster=embedded_cluster(run),
         fence=fence_of(config),
         workers=workers(),
         shared_database=plan.schema is not None,
-        wait=config.stash[settings_key].wait,
+        wait=run.settings.wait,
         die_with_parent=plan.owns_server,
         **hooks,
     )

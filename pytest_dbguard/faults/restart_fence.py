@@ -16,7 +16,8 @@ from typing import Final
 
 import pytest
 
-from pytest_dbguard.run.environment import embedded_cluster, plan_key, proxy_key
+from pytest_dbguard.run.environment import embedded_cluster
+from pytest_dbguard.run.state import run_of
 
 
 class RestartFence:
@@ -73,9 +74,9 @@ def workers() -> int:
 def fence_of(config: pytest.Config) -> RestartFence | None:
     """Only where needed: in one of several xdist workers, with faults in play, on embedded."""
     if _fence_key not in config.stash:
-        plan = config.stash.get(plan_key, None)
-        wanted = plan is not None and not plan.owns_server and proxy_key in config.stash
-        cluster = embedded_cluster(config) if wanted and workers() > 1 else None
+        run = run_of(config)
+        wanted = run is not None and not run.plan.owns_server and run.proxy is not None
+        cluster = embedded_cluster(run) if run is not None and wanted and workers() > 1 else None
         config.stash[_fence_key] = RestartFence(cluster.root) if cluster is not None else None
     return config.stash[_fence_key]
 

@@ -17,8 +17,7 @@ from pytest_dbguard.db.isolation import isolation_of
 from pytest_dbguard.exceptions import LeakError, LeakWarning
 from pytest_dbguard.guards.foreign_databases import AllowList, ForeignDatabaseGuard, Target
 from pytest_dbguard.guards.leaks import LEAK_MESSAGE, LeakWatcher, tables_written_since
-from pytest_dbguard.run.config import settings_key
-from pytest_dbguard.run.environment import plan_key
+from pytest_dbguard.run.state import run_of
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Connection, Engine
@@ -111,10 +110,10 @@ def _guards(config: pytest.Config) -> _ConnectionGuards | None:
     """The run's connection guards, installed on the first test; None where dbguard is inactive."""
     if _guards_key in config.stash:
         return config.stash[_guards_key]
-    plan = config.stash.get(plan_key, None)
-    settings = config.stash.get(settings_key, None)
+    run = run_of(config)
     guards: _ConnectionGuards | None = None
-    if plan is not None and settings is not None:
+    if run is not None:
+        plan, settings = run.plan, run.settings
         own: list[Target] = []
         if plan.server_url is not None:
             own.append(Target.from_url(plan.server_url.with_database(plan.database)))

@@ -22,7 +22,7 @@ import pytest
 from pytest_dbguard.guards.hidden_modules import HiddenModules
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard
 from pytest_dbguard.guards.query_counter import QueryCounter
-from pytest_dbguard.run import config as dbguard_config
+from pytest_dbguard.run.state import run_of
 
 SWALLOWED_MESSAGE: Final = (
     "dbguard_naive_datetime = error: {count} statement(s) with a naive datetime were aborted, "
@@ -51,8 +51,8 @@ _hidden_key: Final = pytest.StashKey[HiddenModules]()
 def _state(config: pytest.Config) -> _GuardState:
     state = config.stash.get(_state_key, None)
     if state is None:
-        settings = config.stash.get(dbguard_config.settings_key, None)
-        mode = settings.naive_datetime if settings is not None else "warn"
+        run = run_of(config)
+        mode = run.settings.naive_datetime if run is not None else "warn"
         state = config.stash[_state_key] = _GuardState(naive_mode=mode)
     return state
 

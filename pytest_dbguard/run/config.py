@@ -165,9 +165,6 @@ class Settings:
         return self.sources.get(name, "default")
 
 
-settings_key: Final = pytest.StashKey[Settings]()
-
-
 def add_options(parser: pytest.Parser) -> None:
     """Register every dbguard flag and ini key."""
     group = parser.getgroup("dbguard", "database isolation (pytest-dbguard)")

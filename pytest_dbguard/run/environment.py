@@ -25,6 +25,7 @@ from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import run_plan, termination
 from pytest_dbguard.run.run_plan import ORIGIN_VAR, RunPlan
+from pytest_dbguard.run.state import DbguardRun, run_key, run_of
 
 if TYPE_CHECKING:
     from pytest_dbguard.server.cluster import EmbeddedCluster
@@ -56,11 +57,6 @@ GUARD_HINT: Final = (
     "the import of {module} into the fixtures and tests that use it."
 )
 
-plan_key: Final = pytest.StashKey[RunPlan]()
-saved_environ_key: Final = pytest.StashKey[dict[str, str | None]]()
-cluster_key: Final = pytest.StashKey[Any]()  # server.EmbeddedCluster, imported lazily
-adopted_key: Final = pytest.StashKey[bool]()  # the embedded cluster was kept by an earlier run
-proxy_key: Final = pytest.StashKey[Any]()  # proxy.FaultProxy in front of the server, when on
 FAULTS_FIXTURE: Final = "dbguard_faults"
 SCAN_LIMIT: Final = 2000  # test files read when looking for dbguard_faults
 
@@ -94,7 +90,7 @@ def prepare(
     config: pytest.Config, namespace: Any, args: Sequence[str], *, late: bool = False
 ) -> None:
     """Resolve settings, decide the run plan, export the environment, start the embedded server."""
-    if plan_key in config.stash:
+    if run_of(config) is not None:
         return
     origin = run_plan.inherited_origin()
     environ = dict(os.environ)
@@ -105,16 +101,15 @@ def prepare(
     elif origin is not None:
         environ.pop("DBGUARD_URL", None)
     settings = dbguard_config.resolve(config, namespace, environ)
-    config.stash[dbguard_config.settings_key] = settings
     assignments = parse_env_lines(settings.env_lines)
     if not late:
         check_guarded_modules(settings.guard_modules, assignments)
     plan = run_plan.decide(settings, origin, inspection=inspection_flag(config, namespace))
-    config.stash[plan_key] = plan
+    run = config.stash[run_key] = DbguardRun(settings=settings, plan=plan)
     termination.install(config)  # from here on SIGTERM cleans up like Ctrl-C
     if plan.inspection is not None:
         # An IDE refreshing its test tree, or --help: nothing started, connected or created.
-        export(config, plan, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
+        export(run, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
         return
     if plan.owns_server and plan.embedded:
         from pytest_dbguard.server import cluster as server
@@ -125,14 +120,11 @@ def prepare(
             reuse_for=config.rootpath if settings.reuse else None,
             bindir=machine.require_bindir(settings.pg_bindir, settings.source_of("pg_bindir")),
         )
-        config.stash[cluster_key] = cluster
-        config.stash[adopted_key] = adopted
-        plan = run_plan.with_server(plan, cluster.url())
-        config.stash[plan_key] = plan
-    if plan.server_url is not None and _wants_proxy(settings, config, args):
-        plan = _bind_proxy(config, plan)
-        config.stash[plan_key] = plan
-    export(config, plan, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
+        run.cluster, run.adopted = cluster, adopted
+        run.plan = run_plan.with_server(plan, cluster.url())
+    if run.plan.server_url is not None and _wants_proxy(settings, config, args):
+        _bind_proxy(run)
+    export(run, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
     if late:
         check_guarded_modules(settings.guard_modules, assignments)
 
@@ -196,15 +188,15 @@ def _wants_proxy(
     return False
 
 
-def _bind_proxy(config: pytest.Config, plan: RunPlan) -> RunPlan:
+def _bind_proxy(run: DbguardRun) -> None:
     """Bind (but do not start) the worker's fault proxy and route the test URL through it."""
     from pytest_dbguard.faults.proxy import FaultProxy
 
+    plan = run.plan
     assert plan.server_url is not None
-    proxy = FaultProxy(plan.server_url.host or "127.0.0.1", plan.server_url.port or 5432)
-    port = proxy.bind()
-    config.stash[proxy_key] = proxy
-    return run_plan.with_test_url(
+    run.proxy = FaultProxy(plan.server_url.host or "127.0.0.1", plan.server_url.port or 5432)
+    port = run.proxy.bind()
+    run.plan = run_plan.with_test_url(
         plan, dataclasses.replace(plan.test_url, host="127.0.0.1", port=port)
     )
 
@@ -273,13 +265,13 @@ def variables(plan: RunPlan, assignments: Sequence[tuple[str, str]]) -> dict[str
 
 
 def export(
-    config: pytest.Config,
-    plan: RunPlan,
+    run: DbguardRun,
     assignments: Sequence[tuple[str, str]],
     *,
     origin_environ_url: str | None,
 ) -> None:
     """Put ``DBGUARD_*`` and the ``dbguard_env`` values into ``os.environ``; saved for restoring at the end."""
+    plan, cluster = run.plan, run.cluster
     exported = variables(plan, assignments)
     if plan.owns_server:
         exported[ORIGIN_VAR] = json.dumps(
@@ -291,23 +283,18 @@ def export(
                 "sqlite_dir": str(plan.sqlite_dir) if plan.sqlite_dir else None,
                 "environ_url": origin_environ_url,
                 "schema_mode": plan.schema is not None,
-                "embedded_root": str(config.stash[cluster_key].root)
-                if cluster_key in config.stash
-                else None,
-                "bindir": str(config.stash[cluster_key].bindir)
-                if cluster_key in config.stash
-                else None,
+                "embedded_root": str(cluster.root) if cluster else None,
+                "bindir": str(cluster.bindir) if cluster else None,
             }
         )
-    saved = config.stash.setdefault(saved_environ_key, {})
     for name, value in exported.items():
-        saved.setdefault(name, os.environ.get(name))
+        run.saved_environ.setdefault(name, os.environ.get(name))
         os.environ[name] = value
 
 
-def restore(config: pytest.Config) -> None:
+def restore(run: DbguardRun) -> None:
     """Give ``os.environ`` back as it was before the run (matters for in-process nested runs)."""
-    for name, value in config.stash.get(saved_environ_key, {}).items():
+    for name, value in run.saved_environ.items():
         if value is None:
             os.environ.pop(name, None)
         else:
@@ -322,28 +309,25 @@ def check_guarded_modules(modules: Sequence[str], assignments: Sequence[tuple[st
             raise ConfigError(GUARD_HINT.format(module=module, variables=variables))
 
 
-_worker_cluster_key: Final = pytest.StashKey[Any]()
-
-
-def embedded_cluster(config: pytest.Config) -> EmbeddedCluster | None:
+def embedded_cluster(run: DbguardRun) -> EmbeddedCluster | None:
     """The embedded server: the owner's own, or in an xdist worker one rebuilt from the origin."""
-    plan = config.stash[plan_key]
+    plan = run.plan
     if not plan.embedded or plan.server_url is None:
         return None
-    if cluster_key in config.stash:
-        owned: EmbeddedCluster = config.stash[cluster_key]
-        return owned
-    if _worker_cluster_key not in config.stash:  # kept: it holds the process it may restart
+    if run.cluster is not None:
+        return run.cluster
+    if not run.worker_cluster_known:  # kept: it holds the process it may restart
         from pytest_dbguard.server.cluster import EmbeddedCluster
 
         origin = json.loads(os.environ.get(ORIGIN_VAR) or "{}")
         root, bindir, port = origin.get("embedded_root"), origin.get("bindir"), plan.server_url.port
-        keep = config.stash[dbguard_config.settings_key].reuse
         password = plan.server_url.password or ""
-        config.stash[_worker_cluster_key] = (
-            EmbeddedCluster(Path(bindir), Path(root), port or 5432, keep=keep, password=password)
+        run.worker_cluster = (
+            EmbeddedCluster(
+                Path(bindir), Path(root), port or 5432, keep=run.settings.reuse, password=password
+            )
             if root and bindir
             else None
         )
-    rebuilt: EmbeddedCluster | None = config.stash[_worker_cluster_key]
-    return rebuilt
+        run.worker_cluster_known = True
+    return run.worker_cluster

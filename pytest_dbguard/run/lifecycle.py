@@ -21,47 +21,17 @@ from typing import TYPE_CHECKING, Final
 import pytest
 
 from pytest_dbguard.db import databases, janitor, kept_templates, schema
+from pytest_dbguard.db.names import schema_name
 from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
 from pytest_dbguard.run import environment, reuse_run, termination, worker_failures
-from pytest_dbguard.run.config import Settings, settings_key
-from pytest_dbguard.run.environment import adopted_key, cluster_key, plan_key, proxy_key
+from pytest_dbguard.run.config import Settings
 from pytest_dbguard.run.run_plan import SINGLE_PROCESS, RunPlan
+from pytest_dbguard.run.state import DbguardRun, SessionState, run_of, the_run
 
 if TYPE_CHECKING:
-    from sqlalchemy import MetaData
-
     from pytest_dbguard.db.databases import Provisioned
-    from pytest_dbguard.server.cluster import EmbeddedCluster
 
 REUSE_RUN: Final = kept_templates.REUSE_RUN  # templates of --dbguard-reuse are kept
-
-
-@dataclasses.dataclass
-class SessionState:
-    """What this process did at session start, for the header, the fixtures and the cleanup."""
-
-    runs_tests: bool
-    schema_source: str
-    metadata: MetaData | None = None
-    alembic_ini: Path | None = None  # resolved and checked once, at configure
-    server_version: str = ""
-    ready_attempts: int = 0
-    ready_ms: float = 0.0
-    answered: bool = False  # the server answered a query: cleanup may connect
-    server_start_ms: float = 0.0
-    provisioned: Provisioned | None = None
-    started: bool = False  # ensure_started ran (it runs once)
-    template: str = ""  # with --dbguard-reuse: built, reused or rebuilt (reuse_run), for the header
-    notes: list[str] = dataclasses.field(default_factory=list)
-
-
-state_key: Final = pytest.StashKey[SessionState]()
-stopped_key: Final = pytest.StashKey[bool]()
-
-
-def plan_of(config: pytest.Config) -> RunPlan:
-    """This process's run plan; only present when dbguard is active."""
-    return config.stash[plan_key]
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -70,9 +40,10 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 
 def configure(config: pytest.Config) -> None:
     """Validate the schema source before anything runs (a bad path is a usage error, not a failed test)."""
-    settings = config.stash[settings_key]
+    run = the_run(config)
+    settings = run.settings
     state = SessionState(runs_tests=True, schema_source=_schema_source(settings))
-    if plan_of(config).inspection is not None:
+    if run.plan.inspection is not None:
         state.started = True  # nothing to start: the command only shows something
         if settings.metadata:  # its import is skipped, but tests import from where it lives
             schema.find_from_rootdir(settings.metadata.partition(":")[0], config.rootpath)
@@ -85,7 +56,7 @@ def configure(config: pytest.Config) -> None:
         state.alembic_ini = schema.alembic_path(
             settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
         )
-    config.stash[state_key] = state
+    run.session = state
     worker_failures.register(config)
 
 
@@ -99,9 +70,10 @@ def _schema_source(settings: Settings) -> str:
 
 def start(config: pytest.Config) -> None:
     """At session start: the xdist controller waits for the server now; the others wait late."""
-    if plan_key not in config.stash:
+    run = run_of(config)
+    if run is None or run.session is None:
         return
-    state = config.stash[state_key]
+    state = run.session
     state.runs_tests = not _is_xdist_controller(config)
     if not state.runs_tests:
         ensure_started(config)
@@ -109,21 +81,20 @@ def start(config: pytest.Config) -> None:
 
 def ensure_started(config: pytest.Config) -> None:
     """Prove the server answers, then create this worker's database from the template (once)."""
-    if plan_key not in config.stash or config.stash[state_key].started:
+    run = run_of(config)
+    if run is None or run.session is None or run.session.started:
         return
-    plan = plan_of(config)
-    settings = config.stash[settings_key]
-    state = config.stash[state_key]
+    plan, settings, state = run.plan, run.settings, run.session
     state.started = True
     try:
         if plan.server_url is not None:
-            _wait_ready(config, plan, settings, state)
+            _wait_ready(config, run, state)
             _check_can_create_databases(plan, settings)
         kept = _kept_template(plan, settings, state)
         state.template = reuse_run.rebuild(plan, settings, kept, state.notes)
         if state.runs_tests:
             state.provisioned = _provision(config, plan, settings, state)
-            proxy = config.stash.get(proxy_key, None)
+            proxy = run.proxy
             if proxy is not None:
                 proxy.start()
                 state.notes.append(
@@ -159,12 +130,10 @@ def _check_can_create_databases(plan: RunPlan, settings: Settings) -> None:
         )
 
 
-def _wait_ready(
-    config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState
-) -> None:
+def _wait_ready(config: pytest.Config, run: DbguardRun, state: SessionState) -> None:
     from pytest_dbguard.server import readiness
 
-    cluster: EmbeddedCluster | None = config.stash.get(cluster_key, None)
+    plan, settings, cluster = run.plan, run.settings, run.cluster
     reporter = config.pluginmanager.get_plugin("terminalreporter")
 
     def progress(line: str) -> None:
@@ -206,18 +175,16 @@ PER_DATABASE_PLACEHOLDERS: Final = ("url", "async_url", "db", "worker")
 
 def _template(plan: RunPlan, settings: Settings, fingerprint: str) -> tuple[str, str]:
     """The template's name and the run id its mark carries (reused templates are kept across runs)."""
-    from pytest_dbguard.db.urls import database_name
+    from pytest_dbguard.db.names import base_of, template_name
 
     if plan.server_url is None:
         assert plan.sqlite_dir is not None
-        base = plan.database.split("_dbg_")[0]
-        return str(
-            plan.sqlite_dir / f"{database_name(base, plan.run, 'tpl' + fingerprint)}.db"
-        ), plan.run
+        base = base_of(plan.database)
+        return str(plan.sqlite_dir / f"{template_name(base, plan.run, fingerprint)}.db"), plan.run
     base = plan.server_url.database or "postgres"
     if settings.reuse:
         return kept_templates.template_name(base, fingerprint), REUSE_RUN
-    return database_name(base, plan.run, "tpl" + fingerprint), plan.run
+    return template_name(base, plan.run, fingerprint), plan.run
 
 
 def _provision(
@@ -273,17 +240,14 @@ def _provision(
 
 def summary_lines(config: pytest.Config) -> list[str]:
     """One line: target, worker databases, schema source, server start and readiness."""
-    if plan_key not in config.stash or state_key not in config.stash:
-        return []
-    if plan_of(config).inspection is not None:
-        return []  # nothing was started to report on
-    plan = plan_of(config)
-    state = config.stash[state_key]
-    settings = config.stash[settings_key]
+    run = run_of(config)
+    if run is None or run.session is None or run.plan.inspection is not None:
+        return []  # not active, or nothing was started to report on
+    plan, state, settings = run.plan, run.session, run.settings
     if plan.server_url is None:
         target = f"SQLite files in {plan.sqlite_dir}"
     elif plan.embedded:
-        reuse = reuse_run.cluster_words(settings, config.stash.get(adopted_key, False))
+        reuse = reuse_run.cluster_words(settings, run.adopted)
         target = (
             f"embedded PostgreSQL {state.server_version} at "
             f"{plan.server_url.host}:{plan.server_url.port} ({plan.server_url.driver}){reuse}"
@@ -291,7 +255,7 @@ def summary_lines(config: pytest.Config) -> list[str]:
     else:
         target = f"{plan.server_url} (PostgreSQL {state.server_version})"
     if plan.schema is not None:
-        layout = f"schemas dbg_{plan.run}_<worker> in {plan.database} (the role may not create databases)"
+        layout = f"schemas {schema_name(plan.run, '<worker>')} in {plan.database} (the role may not create databases)"
     elif state.runs_tests:
         layout = f"database {plan.database}"
     else:
@@ -331,14 +295,14 @@ def check_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
 
 def finish(config: pytest.Config) -> None:
     """Drop this worker's database (best effort: a failure here becomes a warning)."""
-    if plan_key not in config.stash or state_key not in config.stash:
+    run = run_of(config)
+    if run is None or run.session is None:
         return
-    plan = plan_of(config)
-    state = config.stash[state_key]
+    plan, state = run.plan, run.session
     provisioned, state.provisioned = state.provisioned, None
     if provisioned is None or plan.server_url is None:
         return
-    if plan.embedded and not config.stash[settings_key].reuse:
+    if plan.embedded and not run.settings.reuse:
         return  # the whole cluster goes away at the end
     try:
         if provisioned.mode == "schema" and provisioned.schema:
@@ -354,16 +318,13 @@ def finish(config: pytest.Config) -> None:
 
 def stop(config: pytest.Config) -> None:
     """Stop the embedded server (or drop the run's leftovers on an external one) and restore the environment."""
-    if plan_key not in config.stash or config.stash.get(stopped_key, False):
+    run = run_of(config)
+    if run is None or run.stopped:
         return  # a failed start already stopped; unconfigure comes again
-    config.stash[stopped_key] = True
+    run.stopped = True
     termination.shield()  # a SIGTERM now must not cut the cleanup short
-    plan = plan_of(config)
-    settings = config.stash[settings_key]
-    state = config.stash.get(state_key, None)
-    answered = state is not None and state.answered
-    cluster: EmbeddedCluster | None = config.stash.get(cluster_key, None)
-    proxy = config.stash.get(proxy_key, None)
+    plan, settings, cluster, proxy = run.plan, run.settings, run.cluster, run.proxy
+    answered = run.session is not None and run.session.answered
     if proxy is not None:
         proxy.stop()
     try:
@@ -383,5 +344,5 @@ def stop(config: pytest.Config) -> None:
     except Exception as error:
         print(f"dbguard: cleanup failed: {error}", file=sys.stderr)
     finally:
-        environment.restore(config)
+        environment.restore(run)
         termination.restore(config)

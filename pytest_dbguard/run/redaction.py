@@ -23,7 +23,7 @@ from urllib.parse import quote, unquote
 import pytest
 
 from pytest_dbguard.db.urls import DatabaseURL
-from pytest_dbguard.run.environment import plan_key
+from pytest_dbguard.run.state import run_of
 
 MASK: Final = "***"
 MIN_BARE: Final = 8  # a shorter password is masked only inside a URL, else "test" would vanish
@@ -84,9 +84,10 @@ _explaining_key: Final = pytest.StashKey[bool]()
 def secrets_of(config: pytest.Config) -> Secrets:
     """This run's passwords (the server's and the test database's); none when dbguard is idle."""
     if _secrets_key not in config.stash:
-        plan = config.stash.get(plan_key, None)
-        if plan is None:
+        run = run_of(config)
+        if run is None:
             return Secrets()
+        plan = run.plan
         config.stash[_secrets_key] = secrets_for([plan.server_url, plan.test_url, plan.async_url])
     return config.stash[_secrets_key]
 

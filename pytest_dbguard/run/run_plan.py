@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from pytest_dbguard.db.urls import DatabaseURL, database_name
+from pytest_dbguard.db.names import database_name, schema_name
+from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.run.config import Settings
 
 SINGLE_PROCESS: Final = "main"  # the worker name of a run without xdist
@@ -111,7 +112,7 @@ def decide(
     if _schema_mode(settings, server_url, embedded, origin, probe=inspection is None):
         from pytest_dbguard.db.databases import schema_url
 
-        schema = f"dbg_{run}_{worker}"
+        schema = schema_name(run, worker)
         test_url = schema_url(server_url, schema)
         # asyncpg cannot take search_path from the URL; psycopg's async driver can.
         async_url = test_url.with_driver("psycopg")

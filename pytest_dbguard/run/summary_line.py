@@ -14,18 +14,18 @@ from typing import Final
 import pytest
 
 from pytest_dbguard.run import lifecycle
-from pytest_dbguard.run.config import settings_key
+from pytest_dbguard.run.state import DbguardRun, run_of
 
 SLOW_MS: Final = 1000.0  # a server start or readiness wait longer than this is worth a line
 
 
-def noteworthy(config: pytest.Config) -> bool:
+def noteworthy(run: DbguardRun) -> bool:
     """Whether the line says something a ``-q`` run should still see."""
-    plan = lifecycle.plan_of(config)
-    state = config.stash[lifecycle.state_key]
+    state = run.session
+    assert state is not None
     return (
-        config.stash[settings_key].reuse
-        or plan.schema is not None
+        run.settings.reuse
+        or run.plan.schema is not None
         or state.ready_attempts > 1
         or max(state.ready_ms, state.server_start_ms) > SLOW_MS
     )
@@ -33,18 +33,20 @@ def noteworthy(config: pytest.Config) -> bool:
 
 def shown(config: pytest.Config) -> list[str]:
     """The summary line, unless ``-q`` asked for quiet and nothing is worth knowing."""
-    if lifecycle.state_key not in config.stash or lifecycle.plan_of(config).inspection:
+    run = run_of(config)
+    if run is None or run.session is None or run.plan.inspection:
         return []
-    if config.get_verbosity() < 0 and not noteworthy(config):
+    if config.get_verbosity() < 0 and not noteworthy(run):
         return []
     return lifecycle.summary_lines(config)
 
 
 def after_collection(config: pytest.Config) -> list[str]:
     """A single run's (or worker's) line, for ``pytest_report_collectionfinish``."""
-    if lifecycle.state_key not in config.stash:
+    run = run_of(config)
+    if run is None or run.session is None:
         return []
-    return shown(config) if config.stash[lifecycle.state_key].runs_tests else []
+    return shown(config) if run.session.runs_tests else []
 
 
 class ControllerLine:

@@ -1,0 +1,54 @@
+"""The names dbguard gives what it creates, in one place: ``<base>_dbg_<run>_<worker>`` for
+databases (templates: worker ``tpl<fingerprint>``), ``dbg_<run>_<worker>`` for schema-mode worker
+schemas. The janitor drops only what has one of these shapes and dbguard's mark."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Final
+
+MAX_IDENTIFIER: Final = 63  # PostgreSQL truncates longer names silently; we never let it.
+SEPARATOR: Final = "_dbg_"
+_DATABASE_SHAPE: Final = re.compile(r"_dbg_[0-9a-z]+_[\w]+$")
+_SCHEMA_SHAPE: Final = re.compile(r"^dbg_[0-9a-z]+_\w+$")
+
+
+def database_name(base: str, run: str, worker: str, *, suffix: str = "") -> str:
+    """``<base>_dbg_<run>_<worker>``, shortening ``base`` so the name fits PostgreSQL's 63 bytes.
+
+    A shortened base ends with a hash of the whole one, so two long names that differ only in
+    their tails still give two databases (whole characters only: UTF-8 is never cut in half).
+    """
+    tail = f"{SEPARATOR}{run}_{worker}{suffix}"
+    room = MAX_IDENTIFIER - len(tail.encode())
+    if len(base.encode()) <= room:
+        return f"{base}{tail}"
+    digest = "_" + hashlib.sha1(base.encode()).hexdigest()[:6]
+    trimmed = base.encode()[: room - len(digest)].decode(errors="ignore")
+    return f"{trimmed}{digest}{tail}"
+
+
+def is_dbguard_name(name: str) -> bool:
+    """Whether a database name has the shape dbguard gives its own databases."""
+    return _DATABASE_SHAPE.search(name) is not None
+
+
+def schema_name(run: str, worker: str) -> str:
+    """``dbg_<run>_<worker>``: a worker's schema when the role may not create databases."""
+    return f"dbg_{run}_{worker}"
+
+
+def is_dbguard_schema(name: str) -> bool:
+    """Whether a schema name has the shape dbguard gives worker schemas."""
+    return _SCHEMA_SHAPE.match(name) is not None
+
+
+def base_of(name: str) -> str:
+    """The base a dbguard database name was made from (untrimmed names only)."""
+    return name.split(SEPARATOR)[0]
+
+
+def template_name(base: str, run: str, fingerprint: str) -> str:
+    """A run's own template for the schema with ``fingerprint``."""
+    return database_name(base, run, "tpl" + fingerprint)

@@ -1,0 +1,74 @@
+"""The one object a dbguard run keeps on ``config.stash``: its settings, its plan, what this
+process started (the embedded cluster, the fault proxy), where its session stands, and what it
+must put back. Present only while dbguard is active in the run; ``run_of`` says whether it is.
+
+Concerns keep their own per-run caches (the guards' state, the redaction secrets) private to their
+module, as pytest's plugins do; everything two modules share lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import pytest
+
+from pytest_dbguard.run.config import Settings
+from pytest_dbguard.run.run_plan import RunPlan
+
+if TYPE_CHECKING:
+    from sqlalchemy import MetaData
+
+    from pytest_dbguard.db.databases import Provisioned
+    from pytest_dbguard.faults.proxy import FaultProxy
+    from pytest_dbguard.server.cluster import EmbeddedCluster
+
+
+@dataclasses.dataclass
+class SessionState:
+    """What this process did at session start, for the header, the fixtures and the cleanup."""
+
+    runs_tests: bool
+    schema_source: str
+    metadata: MetaData | None = None
+    alembic_ini: Path | None = None  # resolved and checked once, at configure
+    server_version: str = ""
+    ready_attempts: int = 0
+    ready_ms: float = 0.0
+    answered: bool = False  # the server answered a query: cleanup may connect
+    server_start_ms: float = 0.0
+    provisioned: Provisioned | None = None
+    started: bool = False  # ensure_started ran (it runs once)
+    template: str = ""  # with --dbguard-reuse: built, reused or rebuilt (reuse_run), for the header
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(eq=False)
+class DbguardRun:
+    """One run of dbguard in this process (the xdist controller and each worker have their own)."""
+
+    settings: Settings
+    plan: RunPlan
+    cluster: EmbeddedCluster | None = None  # started or adopted here: this process stops it
+    adopted: bool = False  # the cluster was kept by an earlier run (--dbguard-reuse)
+    proxy: FaultProxy | None = None  # in front of the server, when the fault proxy is on
+    saved_environ: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    session: SessionState | None = None  # set at configure
+    stopped: bool = False
+    # In an xdist worker: a handle on the controller's embedded cluster (restart() needs one).
+    worker_cluster: EmbeddedCluster | None = None
+    worker_cluster_known: bool = False
+
+
+run_key: Final = pytest.StashKey[DbguardRun]()
+
+
+def run_of(config: pytest.Config) -> DbguardRun | None:
+    """This process's dbguard run; None when dbguard is not active (or not set up yet)."""
+    return config.stash.get(run_key, None)
+
+
+def the_run(config: pytest.Config) -> DbguardRun:
+    """This process's dbguard run, for code that only runs while dbguard is active."""
+    return config.stash[run_key]
