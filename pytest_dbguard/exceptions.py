@@ -29,10 +29,6 @@ class SchemaError(DbguardError):
     """The schema source (metadata or alembic) could not be loaded or applied."""
 
 
-class IsolationError(DbguardError):
-    """Per-test isolation (rollback or truncate) could not be applied."""
-
-
 class EventLoopMismatchError(DbguardError):
     """An async dbguard fixture was used from an event loop other than the one that made it."""
 

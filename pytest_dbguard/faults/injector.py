@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from pytest_dbguard.server.cluster import EmbeddedCluster
 
 GONE_TIMEOUT: Final = 10.0  # seconds for terminated backends to leave pg_stat_activity
-MIN_ATTEMPT: Final = 0.05  # seconds an async attempt gets, even at the deadline
 _TERMINATE: Final = (
     "SELECT pid, client_port, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"
     " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"

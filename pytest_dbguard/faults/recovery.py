@@ -15,9 +15,8 @@ from typing import Any, Final, NoReturn
 
 from pytest_dbguard.exceptions import FaultError
 from pytest_dbguard.server.connect_diagnosis import scrub
-from pytest_dbguard.server.readiness import LOOPBACK_POLICY
+from pytest_dbguard.server.readiness import LOOPBACK_POLICY, MIN_ATTEMPT
 
-MIN_ATTEMPT: Final = 0.05  # seconds an async attempt gets, even at the deadline
 NOT_RECOVERED: Final = (
     "{target} did not recover within {within:g} s: SELECT 1 failed {attempts} attempt(s) "
     "in {elapsed:.2f} s. Last error: {error}"

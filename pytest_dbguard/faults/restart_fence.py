@@ -88,20 +88,6 @@ def _fenced(config: pytest.Config) -> Iterator[None]:
         yield
 
 
-# Session start needs no fence: xdist sends no test before every worker has collected, and each
-# worker provisions its database before it collects.
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: object) -> Generator[None, object, object]:
-    with _fenced(item.config):
-        return (yield)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_sessionfinish(session: pytest.Session) -> Generator[None, object, object]:
-    with _fenced(session.config):  # with --dbguard-reuse each worker drops its database here
-        return (yield)
-
-
 class RestartFencing:
     """xdist hooks: hold the fence around each test and each worker's cleanup."""
 

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, Final
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ForeignDatabaseError
+from pytest_dbguard.server.readiness import DEFAULT_PORT
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
 LOCAL: Final = "local"  # loopback names and unix sockets: this machine's server on that port
 _LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost", "ip6-loopback"})
-DEFAULT_PORT: Final = 5432
 
 FOREIGN_MESSAGE: Final = (
     "{where} tried to connect to the database {database!r} on {server}, which is not one of "

@@ -31,8 +31,6 @@ from pytest_dbguard.run.state import DbguardRun, SessionState, run_of, the_run
 if TYPE_CHECKING:
     from pytest_dbguard.db.databases import Provisioned
 
-REUSE_RUN: Final = kept_templates.REUSE_RUN  # templates of --dbguard-reuse are kept
-
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
     return config.pluginmanager.getplugin("dsession") is not None
@@ -93,7 +91,7 @@ def ensure_started(config: pytest.Config) -> None:
         kept = _kept_template(plan, settings, state)
         state.template = reuse_run.rebuild(plan, settings, kept, state.notes)
         if state.runs_tests:
-            state.provisioned = _provision(config, plan, settings, state)
+            state.provisioned = _provision(plan, settings, state)
             proxy = run.proxy
             if proxy is not None:
                 proxy.start()
@@ -183,13 +181,11 @@ def _template(plan: RunPlan, settings: Settings, fingerprint: str) -> tuple[str,
         return str(plan.sqlite_dir / f"{template_name(base, plan.run, fingerprint)}.db"), plan.run
     base = plan.server_url.database or "postgres"
     if settings.reuse:
-        return kept_templates.template_name(base, fingerprint), REUSE_RUN
+        return kept_templates.template_name(base, fingerprint), kept_templates.REUSE_RUN
     return template_name(base, plan.run, fingerprint), plan.run
 
 
-def _provision(
-    config: pytest.Config, plan: RunPlan, settings: Settings, state: SessionState
-) -> Provisioned:
+def _provision(plan: RunPlan, settings: Settings, state: SessionState) -> Provisioned:
     # A single run that keeps nothing has no one to share a template with: it builds the schema
     # in its own database, one CREATE DATABASE (and one DROP) fewer, and needs no fingerprint.
     in_place = (
