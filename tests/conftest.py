@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard.db.marks import MARK_PREFIX, make_mark, parse_mark
 from tests.helpers import NOT_SOURCE, ROOT, WHEEL_EXTRAS, FreshVenv
 from tests.pgserver import TestServer, running_server
 
@@ -73,27 +71,6 @@ def _sealed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith(_LEAKY_PREFIXES):
             monkeypatch.delenv(name)
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-
-
-def run_dbguard(
-    pytester: pytest.Pytester, *args: str, plugins: tuple[str, ...] = ()
-) -> pytest.RunResult:
-    """Run pytest in a subprocess with dbguard activated by ``-p`` and the named extra plugins."""
-    extra: list[str] = []
-    for name in plugins:
-        extra += ["-p", name]
-    return pytester.runpytest_subprocess("-p", "pytest_dbguard", *extra, *args, timeout=300)
-
-
-def mark_text(run: str, worker: str, *, age: float = 0.0, pid: int | None = None) -> str:
-    """A mark exactly as dbguard writes it, dated ``age`` seconds ago, from ``pid`` (else us)."""
-    payload = json.loads(make_mark(run, worker)[len(MARK_PREFIX) :])
-    payload["created"] -= age
-    if pid is not None:
-        payload["pid"] = pid
-    comment = MARK_PREFIX + json.dumps(payload, separators=(",", ":"))
-    assert parse_mark(comment) is not None
-    return comment
 
 
 @contextlib.contextmanager

@@ -1,13 +1,17 @@
-"""Helpers shared by the plugin's own tests: the README's blocks and what they show."""
+"""Helpers shared by the plugin's own tests: running dbguard in pytester, marks, shared inner files,
+the README's blocks and what they show."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from pytest_dbguard.db.marks import MARK_PREFIX, make_mark, parse_mark
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -128,3 +132,24 @@ class FreshVenv:
         return subprocess.run(
             list(command), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
         )
+
+
+def run_dbguard(
+    pytester: pytest.Pytester, *args: str, plugins: tuple[str, ...] = ()
+) -> pytest.RunResult:
+    """Run pytest in a subprocess with dbguard activated by ``-p`` and the named extra plugins."""
+    extra: list[str] = []
+    for name in plugins:
+        extra += ["-p", name]
+    return pytester.runpytest_subprocess("-p", "pytest_dbguard", *extra, *args, timeout=300)
+
+
+def mark_text(run: str, worker: str, *, age: float = 0.0, pid: int | None = None) -> str:
+    """A mark exactly as dbguard writes it, dated ``age`` seconds ago, from ``pid`` (else us)."""
+    payload = json.loads(make_mark(run, worker)[len(MARK_PREFIX) :])
+    payload["created"] -= age
+    if pid is not None:
+        payload["pid"] = pid
+    comment = MARK_PREFIX + json.dumps(payload, separators=(",", ":"))
+    assert parse_mark(comment) is not None
+    return comment

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 
 USES_FIXTURE = """
     import os

@@ -9,8 +9,7 @@ import pytest
 
 from pytest_dbguard.server import cluster as server
 from pytest_dbguard.server import machine
-from tests.conftest import run_dbguard
-from tests.helpers import ALEMBIC_LOGGING, blocks
+from tests.helpers import ALEMBIC_LOGGING, blocks, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 ALEMBIC_INI = (

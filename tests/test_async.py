@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 ASYNCIO_VERSION = tuple(

@@ -16,7 +16,7 @@ import pytest
 from pytest_dbguard.cli import parse_duration
 from pytest_dbguard.db.janitor import drop_marked, list_marked, sweep
 from pytest_dbguard.exceptions import ConfigError, DatabaseSetupError
-from tests.conftest import mark_text
+from tests.helpers import mark_text
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer, free_port
 
 THREE_DAYS = 3 * 86400.0

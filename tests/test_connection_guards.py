@@ -12,8 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.guards.foreign_databases import FOREIGN_MESSAGE, AllowList, Target
 from pytest_dbguard.guards.leaks import LEAK_MESSAGE
-from tests.conftest import run_dbguard
-from tests.helpers import README, blocks
+from tests.helpers import README, blocks, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 # The guard reads the keywords each dialect hands its driver: checked against SQLAlchemy itself.

@@ -12,8 +12,8 @@ from pytest_dbguard.db.names import database_name, is_dbguard_name
 from pytest_dbguard.db.sql import quote_ident
 from pytest_dbguard.db.urls import DatabaseURL, SecretURL, url_of
 from pytest_dbguard.exceptions import ConfigError
-from tests.conftest import run_dbguard
 from tests.helpers import NOTE_MODELS as MODELS
+from tests.helpers import run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 # The fixtures, the exported URL (an application's own engine) and DBGUARD_DB all name the

@@ -14,8 +14,8 @@ from pytest_dbguard.db import databases
 from pytest_dbguard.db.marks import make_mark
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError
-from tests.conftest import mark_text, run_dbguard
 from tests.helpers import NOTE_MODELS as MODELS
+from tests.helpers import mark_text, run_dbguard
 from tests.pgserver import LIMITED_PASSWORD, LIMITED_USER, SUPERUSER_PASSWORD, TestServer
 
 NOTE_TESTS = """

@@ -17,7 +17,7 @@ import pytest
 
 from pytest_dbguard.server import cluster as server
 from pytest_dbguard.server import machine
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 
 RECORD_RUN = """
     import os, pathlib, time

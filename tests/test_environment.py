@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 
 XDIST = ("xdist.plugin",)
 

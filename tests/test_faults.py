@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from pytest_dbguard.server import machine
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 from tests.pgserver import LIMITED_USER, SUPERUSER_PASSWORD, TestServer
 
 XDIST = ("xdist.plugin",)

@@ -36,7 +36,7 @@ from pytest_dbguard.exceptions import GuardError, NaiveDatetimeError, NaiveDatet
 from pytest_dbguard.guards.hidden_modules import HiddenModules
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard, naive_parameters
 from pytest_dbguard.guards.query_counter import QueryCounter, _called_by_with
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 from tests.pgserver import TestServer
 
 NAIVE = datetime.datetime(2024, 5, 1, 12, 0)

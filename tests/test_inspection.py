@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbguard.server.machine import free_port
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 
 COMMANDS = [
     pytest.param(

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_dbguard.server import cluster as server
 from pytest_dbguard.server import machine
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 
 # The schema build sleeps (inside its transaction, after creating the table) when SLOW_BUILD is
 # set, and says when it started: the test kills the run right then.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 from tests.pgserver import TestServer
 
 MODELS = """

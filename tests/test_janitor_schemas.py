@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.conftest import mark_text
+from tests.helpers import mark_text
 from tests.pgserver import LIMITED_PASSWORD, LIMITED_USER, SUPERUSER_PASSWORD, TestServer
 
 THREE_DAYS = 3 * 86400.0

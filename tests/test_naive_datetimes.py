@@ -31,7 +31,7 @@ from sqlalchemy.types import NullType, TypeDecorator, TypeEngine
 from pytest_dbguard.exceptions import NaiveDatetimeWarning
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard
 from pytest_dbguard.guards.naive_origins import column_zone
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 
 NAIVE = datetime.datetime(2024, 5, 1, 12, 0)
 AWARE = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)

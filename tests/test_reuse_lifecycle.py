@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbguard.server import kept_clusters, machine
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 
 # The seed row comes from an after_create hook: the schema fingerprint (the tables' DDL) does not
 # see it change, so only a rebuild picks a new one up.

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import run_dbguard
-from tests.helpers import ALEMBIC_LOGGING
+from tests.helpers import ALEMBIC_LOGGING, run_dbguard
 from tests.pgserver import TestServer
 
 ALEMBIC_INI = (

@@ -18,7 +18,7 @@ from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server import cluster as server
 from pytest_dbguard.server import machine
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 

@@ -7,7 +7,7 @@ import pytest
 from pytest_dbguard.db.names import database_name, is_dbguard_name
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 SHOW_URL = """

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_dbguard
+from tests.helpers import run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 pytestmark = pytest.mark.needs_xdist
