@@ -144,6 +144,12 @@ def run_dbguard(
     return pytester.runpytest_subprocess("-p", "pytest_dbguard", *extra, *args, timeout=300)
 
 
+def run_dbguard_inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """Run pytest with dbguard in this process: for runs that stop while pytest configures
+    (settings errors), where a subprocess's start-up would be most of the cost."""
+    return pytester.runpytest_inprocess("-p", "pytest_dbguard", *args)
+
+
 def mark_text(run: str, worker: str, *, age: float = 0.0, pid: int | None = None) -> str:
     """A mark exactly as dbguard writes it, dated ``age`` seconds ago, from ``pid`` (else us)."""
     payload = json.loads(make_mark(run, worker)[len(MARK_PREFIX) :])

@@ -7,7 +7,7 @@ import pytest
 from pytest_dbguard.db.names import database_name, is_dbguard_name
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError
-from tests.helpers import run_dbguard
+from tests.helpers import run_dbguard, run_dbguard_inprocess
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 SHOW_URL = """
@@ -119,7 +119,7 @@ def test_bad_url(
         monkeypatch.setenv("DBGUARD_URL", url)
     else:
         pytester.makeini(f"[pytest]\ndbguard_url = {url}\n")
-    result = run_dbguard(pytester, *args)
+    result = run_dbguard_inprocess(pytester, *args)
     _usage_error(result, f"*{source}*{pattern.lstrip('*')}")
     assert "Pw@" not in result.stdout.str() + result.stderr.str()  # no password tail as a host
 
@@ -129,7 +129,7 @@ def test_empty_url_flag_is_an_error_not_the_embedded_server(pytester: pytest.Pyt
     pytester.makepyfile("def test_x(): pass")
     pytester.makeini("[pytest]\ndbguard_url = sqlite\n")
     _usage_error(
-        run_dbguard(pytester, "--dbguard-url", ""),
+        run_dbguard_inprocess(pytester, "--dbguard-url", ""),
         "*--dbguard-url is empty. Give a URL*'sqlite' for SQLite, or leave the flag out*",
     )
 
@@ -139,7 +139,7 @@ def test_bad_switch_in_ini_names_key_and_file(pytester: pytest.Pytester, key: st
     pytester.makepyfile("def test_x(): pass")
     pytester.makeini(f"[pytest]\n{key} = maybe\n")
     _usage_error(
-        run_dbguard(pytester, "--dbguard-url", "sqlite"),
+        run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite"),
         f"*ini {key} in tox.ini = 'maybe' is not a switch; use true or false*",
     )
 
@@ -216,10 +216,10 @@ def test_bad_setting_values(
     pytester.makepyfile("def test_x(): pass")
     if via == "ini":
         pytester.makeini(f"[pytest]\n{ini}\n")
-        result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+        result = run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite")
         _usage_error(result, f"*ini {ini.split(' ')[0]}*{pattern.lstrip('*')}")
     else:
-        result = run_dbguard(pytester, "--dbguard-url", "sqlite", *flag)
+        result = run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite", *flag)
         _usage_error(result, f"*{flag[0]}*{pattern.lstrip('*')}")
 
 
@@ -227,7 +227,7 @@ def test_misspelled_ini_key(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ndbguard_metadta = models:Base\n")
     pytester.makepyfile("def test_x(): pass")
     _usage_error(
-        run_dbguard(pytester, "--dbguard-url", "sqlite"),
+        run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite"),
         "*Unknown ini key 'dbguard_metadta'*Did you mean 'dbguard_metadata'?*",
     )
 
@@ -269,7 +269,7 @@ def test_bad_metadata(pytester: pytest.Pytester, module_text: str, spec: str, pa
     pytester.makepyfile(models=module_text, test_x="def test_x(): pass")
     pytester.makeini(f"[pytest]\ndbguard_metadata = {spec}\n")
     _usage_error(
-        run_dbguard(pytester, "--dbguard-url", "sqlite"),
+        run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite"),
         f"*ini dbguard_metadata*{pattern.lstrip('*')}",
     )
 
@@ -278,7 +278,7 @@ def test_alembic_ini_missing(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ndbguard_alembic_ini = migrations/alembic.ini\n")
     pytester.makepyfile("def test_x(): pass")
     _usage_error(
-        run_dbguard(pytester, "--dbguard-url", "sqlite"),
+        run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite"),
         "*dbguard_alembic_ini*'migrations/alembic.ini'*does not exist*",
     )
 
@@ -287,7 +287,8 @@ def test_both_schema_sources(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_metadata = m:Base\n")
     pytester.makepyfile("def test_x(): pass")
     _usage_error(
-        run_dbguard(pytester, "--dbguard-url", "sqlite"), "*schema comes from one of them*"
+        run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite"),
+        "*schema comes from one of them*",
     )
 
 
