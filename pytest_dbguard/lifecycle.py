@@ -27,6 +27,7 @@ from pytest_dbguard import (
     kept_templates,
     reuse_run,
     schema,
+    schema_drift,
     termination,
     worker_failures,
 )
@@ -84,7 +85,7 @@ def configure(config: pytest.Config) -> None:
         state.started = True  # nothing to start: the command only shows something
         if settings.metadata:  # its import is skipped, but tests import from where it lives
             schema.find_from_rootdir(settings.metadata.partition(":")[0], config.rootpath)
-    elif settings.metadata:
+    elif settings.metadata and not settings.alembic_ini:  # both: alembic builds, see schema_drift
         state.metadata = schema.load_metadata(
             settings.metadata, settings.source_of("metadata"), config.rootpath
         )
@@ -93,15 +94,16 @@ def configure(config: pytest.Config) -> None:
         state.alembic_ini = schema.alembic_path(
             settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
         )
+        schema_drift.configure(config)
     config.stash[state_key] = state
     worker_failures.register(config)
 
 
 def _schema_source(settings: Settings) -> str:
-    if settings.metadata:
-        return f"metadata {settings.metadata}"
     if settings.alembic_ini:
         return f"alembic {settings.alembic_ini}"
+    if settings.metadata:
+        return f"metadata {settings.metadata}"
     return "no schema"
 
 
@@ -131,6 +133,7 @@ def ensure_started(config: pytest.Config) -> None:
         state.template = reuse_run.rebuild(plan, settings, kept, state.notes)
         if state.runs_tests:
             state.provisioned = _provision(config, plan, settings, state)
+            schema_drift.check_at_start(config, state.provisioned)
             proxy = config.stash.get(proxy_key, None)
             if proxy is not None:
                 proxy.start()
