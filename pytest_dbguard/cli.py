@@ -1,6 +1,8 @@
-"""The ``dbguard`` command (also ``python -m pytest_dbguard``): wait, probe, janitor and stop.
+"""The ``dbguard`` command (also ``python -m pytest_dbguard``): wait, probe, janitor, stop and
+check-schema.
 
-Exit status: 0 success, 1 the database is not ready (or a drop failed), 2 bad usage or a bad URL.
+Exit status: 0 success, 1 the database is not ready (or a drop failed, or the schemas differ),
+2 bad usage, a bad URL or a missing ini key.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         except DbguardError as error:
             _error(f"{args.subparser.prog}: {error}")
             return EXIT_FAILED
+    if args.subparser.prog.endswith(" check-schema"):  # the URL is optional: embedded default
+        return _guarded(args, _check_schema)
     text = args.url or os.environ.get(URL_ENV, "")
     if not text.strip():
         args.subparser.print_usage(sys.stderr)
@@ -69,6 +73,34 @@ def main(argv: list[str] | None = None) -> int:
     except DbguardError as error:
         _error(f"{args.subparser.prog}: {error}")
         return EXIT_FAILED
+
+
+def _guarded(args: argparse.Namespace, command: Callable[[argparse.Namespace], int]) -> int:
+    try:
+        return command(args)
+    except ConfigError as error:
+        _error(f"{args.subparser.prog}: {error}")
+        return EXIT_USAGE
+    except DbguardError as error:
+        _error(f"{args.subparser.prog}: {error}")
+        return EXIT_FAILED
+
+
+def _check_schema(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pytest_dbguard.db.check_schema import run
+
+    same, report = run(
+        args.url,
+        folder=Path.cwd(),
+        rootdir=args.rootdir,
+        inifile=args.inifile,
+        timeout=args.timeout,
+        progress=lambda line: _error(f"dbguard check-schema: {line}"),
+    )
+    print(report)
+    return EXIT_OK if same else EXIT_FAILED
 
 
 def _wait(args: argparse.Namespace, url: DatabaseURL) -> int:
@@ -236,4 +268,29 @@ def _parser() -> argparse.ArgumentParser:
         "--rootdir", metavar="DIR", help="the project's rootdir, if you pass --rootdir to pytest"
     )
     stop.set_defaults(command=_stop, subparser=stop)
+
+    drift = commands.add_parser(
+        "check-schema",
+        help="compare the schema `alembic upgrade head` builds with dbguard_metadata",
+        description="Run from the project folder: reads dbguard_alembic_ini and dbguard_metadata "
+        "from the ini file pytest finds there, migrates a new database of its own (marked, "
+        "dropped afterwards) and lists each difference. Exit 0: they match; 1: they differ.",
+    )
+    drift.add_argument(
+        "url",
+        nargs="?",
+        metavar="URL",
+        help=f"server to migrate on (default: ${URL_ENV}, ini dbguard_url, else a throwaway "
+        "embedded PostgreSQL)",
+    )
+    drift.add_argument(
+        "--timeout", type=parse_duration, default=30.0, metavar="S", help="server wait (30)"
+    )
+    drift.add_argument(
+        "--rootdir", metavar="DIR", help="the project's rootdir, if you pass --rootdir to pytest"
+    )
+    drift.add_argument(
+        "-c", dest="inifile", metavar="FILE", help="the ini file, if you pass -c to pytest"
+    )
+    drift.set_defaults(command=_check_schema, subparser=drift)
     return parser

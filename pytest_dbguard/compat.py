@@ -119,21 +119,32 @@ def all_mappers() -> list[Mapper[Any]]:
 def pytest_rootdir(
     invocation_dir: Path, args: Sequence[str] = (), rootdir: str | None = None
 ) -> Path:
-    """The rootdir pytest would pick when run in ``invocation_dir`` with ``args``.
+    """The rootdir pytest would pick when run in ``invocation_dir`` with ``args``."""
+    return pytest_ini(invocation_dir, args, rootdir)[0]
+
+
+def pytest_ini(
+    invocation_dir: Path,
+    args: Sequence[str] = (),
+    rootdir: str | None = None,
+    inifile: str | None = None,
+) -> tuple[Path, Path | None, dict[str, Any]]:
+    """The rootdir, ini file and ini entries (raw text, or lists from TOML) pytest would pick.
 
     pytest has no public function for it: ``_pytest.config.findpaths.determine_setup`` (checked
     against pytest 8.0-8.4, keyword-only there, and 9.0-9.2, which added ``override_ini`` and a
-    fourth result). Arguments it does not take are left out; if it is gone, the folder of the
-    nearest ini file upwards (what it does for the common case), else ``invocation_dir``.
+    fourth result, and wraps each entry in a ``ConfigValue``). Arguments it does not take are left
+    out; if it is gone, the folder of the nearest ini file upwards (what it does for the common
+    case) and no entries.
     """
     import inspect
 
     try:
         from _pytest.config.findpaths import determine_setup
     except ImportError:
-        return _nearest_ini_folder(invocation_dir)
+        return _nearest_ini_folder(invocation_dir), None, {}
     offered: dict[str, object] = {
-        "inifile": None,
+        "inifile": inifile,
         "override_ini": None,
         "args": [str(invocation_dir / arg) for arg in args],
         "rootdir_cmd_arg": rootdir,
@@ -141,7 +152,8 @@ def pytest_rootdir(
     }
     accepted = inspect.signature(determine_setup).parameters
     found = determine_setup(**{k: v for k, v in offered.items() if k in accepted})  # type: ignore[arg-type]
-    return Path(found[0])
+    entries = {key: getattr(value, "value", value) for key, value in dict(found[2]).items()}
+    return Path(found[0]), None if found[1] is None else Path(found[1]), entries
 
 
 _INI_FILES = ("pytest.toml", ".pytest.toml", "pytest.ini", ".pytest.ini")

@@ -29,6 +29,10 @@ class SchemaError(DbguardError):
     """The schema source (metadata or alembic) could not be loaded or applied."""
 
 
+class SchemaDriftError(SchemaError):
+    """The migrated schema differs from ``dbguard_metadata`` (``dbguard_check_schema = error``)."""
+
+
 class EventLoopMismatchError(DbguardError):
     """An async dbguard fixture was used from an event loop other than the one that made it."""
 
@@ -63,6 +67,10 @@ class NaiveDatetimeWarning(GuardWarning):
 
 class LeakWarning(GuardWarning):
     """A rollback test left committed rows behind (``dbguard_leaks = warn``)."""
+
+
+class SchemaDriftWarning(pytest.PytestWarning):
+    """The migrated schema differs from ``dbguard_metadata`` (``dbguard_check_schema = warn``)."""
 
 
 class Terminated(KeyboardInterrupt):

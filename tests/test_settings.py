@@ -283,15 +283,6 @@ def test_alembic_ini_missing(pytester: pytest.Pytester) -> None:
     )
 
 
-def test_both_schema_sources(pytester: pytest.Pytester) -> None:
-    pytester.makeini("[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_metadata = m:Base\n")
-    pytester.makepyfile("def test_x(): pass")
-    _usage_error(
-        run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite"),
-        "*schema comes from one of them*",
-    )
-
-
 def test_wrong_password(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     pytester.makepyfile("def test_x(dbguard_engine): pass")
     url = pg_server.url(password="Wrong-Password-Here")

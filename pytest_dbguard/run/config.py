@@ -22,6 +22,7 @@ NAIVE_DATETIME_CHOICES: Final = ("error", "warn", "off")
 PROXY_CHOICES: Final = ("on", "off", "auto")
 SYNC_DRIVER_CHOICES: Final = ("psycopg", "psycopg2", "pg8000", "psycopg2cffi")
 LEAKS_CHOICES: Final = ("warn", "error", "off")
+CHECK_SCHEMA_CHOICES: Final = ("error", "warn", "off")
 SQLITE_KEYWORD: Final = "sqlite"
 
 
@@ -101,6 +102,12 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("metadata", "Schema source: 'package.module:attr', a MetaData or a declarative Base."),
     Option("alembic_ini", "Schema source: path to alembic.ini; runs 'upgrade head'."),
     Option(
+        "check_schema",
+        "Compare the schema 'alembic upgrade head' builds with dbguard_metadata at run start: "
+        "error, warn or off (default off; needs both keys).",
+        default="off",
+    ),
+    Option(
         "naive_datetime", "Naive datetimes bound as parameters: error, warn or off.", default="warn"
     ),
     Option(
@@ -152,6 +159,7 @@ class Settings:
     driver: str | None
     metadata: str | None
     alembic_ini: str | None
+    check_schema: str  # error, warn or off: the schema drift check at run start
     naive_datetime: str
     pg_bindir: str | None
     leaks: str
@@ -328,11 +336,18 @@ _PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
     "isolation": _choice(ISOLATION_CHOICES),
     "naive_datetime": _choice(NAIVE_DATETIME_CHOICES),
     "leaks": _choice(LEAKS_CHOICES, "leak report setting"),
+    "check_schema": _choice(CHECK_SCHEMA_CHOICES, "schema drift check setting"),
     "allow_databases": _databases,
     "metadata": _module_attr,
     "alembic_ini": _text,
     "pg_bindir": _text,
 }
+
+
+def parse(name: str, raw: Any, source: str) -> Any:
+    """Parse one raw value of setting ``name`` as a run does; ConfigError names ``source``."""
+    parser = _PARSERS.get(name)
+    return parser(raw, name, source) if parser is not None and raw is not None else raw
 
 
 def resolve(
@@ -373,11 +388,17 @@ def resolve(
             f"{sources['driver']} = {values['driver']!r} names a PostgreSQL driver, but this run "
             f"uses SQLite ({sources['url']}); drop one of the two."
         )
-    if values["metadata"] and values["alembic_ini"]:
-        raise ConfigError(
-            f"Both {sources['metadata']} and {sources['alembic_ini']} are set; the schema comes from "
-            "one of them. Keep dbguard_metadata for create_all, or dbguard_alembic_ini for migrations."
-        )
+    if values["check_schema"] != "off":
+        # Both set is fine: alembic builds the schema, the metadata is what it is compared with.
+        missing = [f"dbguard_{key}" for key in ("metadata", "alembic_ini") if not values[key]]
+        if missing:
+            raise ConfigError(
+                f"{sources['check_schema']} = {values['check_schema']!r} compares the schema "
+                "'alembic upgrade head' builds with the models, but "
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set. Set "
+                "dbguard_alembic_ini = path/alembic.ini and dbguard_metadata = package.module:Base "
+                "in the ini file, or set dbguard_check_schema = off."
+            )
     return Settings(
         url=url,
         sqlite_requested=sqlite_requested,
@@ -390,6 +411,7 @@ def resolve(
         driver=values["driver"],
         metadata=values["metadata"],
         alembic_ini=values["alembic_ini"],
+        check_schema=values["check_schema"],
         naive_datetime=values["naive_datetime"],
         pg_bindir=values["pg_bindir"],
         leaks=values["leaks"],

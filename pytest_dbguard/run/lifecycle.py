@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
-from pytest_dbguard.db import databases, janitor, kept_templates, schema
+from pytest_dbguard.db import databases, janitor, kept_templates, schema, schema_drift
 from pytest_dbguard.db.names import schema_name
 from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
 from pytest_dbguard.run import environment, reuse_run, termination, worker_failures
@@ -45,7 +45,7 @@ def configure(config: pytest.Config) -> None:
         state.started = True  # nothing to start: the command only shows something
         if settings.metadata:  # its import is skipped, but tests import from where it lives
             schema.find_from_rootdir(settings.metadata.partition(":")[0], config.rootpath)
-    elif settings.metadata:
+    elif settings.metadata and not settings.alembic_ini:  # both: alembic builds, see schema_drift
         state.metadata = schema.load_metadata(
             settings.metadata, settings.source_of("metadata"), config.rootpath
         )
@@ -54,15 +54,16 @@ def configure(config: pytest.Config) -> None:
         state.alembic_ini = schema.alembic_path(
             settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
         )
+        schema_drift.configure(config)
     run.session = state
     worker_failures.register(config)
 
 
 def _schema_source(settings: Settings) -> str:
-    if settings.metadata:
-        return f"metadata {settings.metadata}"
     if settings.alembic_ini:
         return f"alembic {settings.alembic_ini}"
+    if settings.metadata:
+        return f"metadata {settings.metadata}"
     return "no schema"
 
 
@@ -92,6 +93,7 @@ def ensure_started(config: pytest.Config) -> None:
         state.template = reuse_run.rebuild(plan, settings, kept, state.notes)
         if state.runs_tests:
             state.provisioned = _provision(plan, settings, state)
+            schema_drift.check_at_start(config, state.provisioned)
             proxy = run.proxy
             if proxy is not None:
                 proxy.start()

@@ -1,0 +1,217 @@
+"""``dbguard check-schema [URL]``: migrate a database of its own and compare it with the models.
+
+Run from the project folder: it reads the ini file pytest would find there (``dbguard_metadata``,
+``dbguard_alembic_ini``, ``dbguard_env``, ``pythonpath``), creates a marked database
+``<name>_dbg_<run>_check`` on the server (the URL argument, ``DBGUARD_URL``, ini ``dbguard_url``,
+else a throwaway embedded cluster), runs ``alembic upgrade head`` in it the way a run builds its
+template, compares it with the metadata (``schema_drift``), and drops it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from pytest_dbguard.db import schema_drift
+from pytest_dbguard.db.names import database_name
+from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.run import config as dbguard_config
+
+WORKER: Final = "check"  # the last part of the database's name and of its mark
+NO_INI: Final = (
+    "no pytest ini file found in {folder} or above (pytest.ini, pyproject.toml with "
+    "[tool.pytest.ini_options], tox.ini, setup.cfg): run dbguard check-schema from the project "
+    "folder, or name the file with -c."
+)
+MISSING: Final = (
+    "{ini} does not set {keys}. dbguard check-schema compares the schema `alembic upgrade head` "
+    "builds (ini dbguard_alembic_ini) with the models (ini dbguard_metadata); set both, e.g.\n"
+    "    dbguard_alembic_ini = alembic.ini\n    dbguard_metadata = app.models:Base"
+)
+NOT_POSTGRES: Final = (
+    "{source} names SQLite; dbguard check-schema migrates a PostgreSQL database. Pass a "
+    "postgresql URL, or none for a throwaway embedded server."
+)
+NO_DRIFT: Final = (
+    "no schema drift: the database `alembic upgrade head` builds ({alembic_ini}) matches "
+    "dbguard_metadata ({metadata}), {tables} table{s} compared"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Project:
+    """What the check needs from the project's pytest ini file."""
+
+    rootdir: Path
+    inipath: Path
+    metadata: str
+    alembic_ini: str
+    env_lines: tuple[str, ...]
+    pythonpath: tuple[str, ...]
+    url: str | None
+    pg_bindir: str | None
+
+    def source(self, key: str) -> str:
+        """How errors name an ini key: ``ini dbguard_metadata in pytest.ini``."""
+        return f"ini {key} in {self.inipath.name}"
+
+
+def read_project(folder: Path, *, rootdir: str | None, inifile: str | None) -> Project:
+    """The settings of the ini file pytest would find from ``folder``; ConfigError when a key the
+    check needs is missing or malformed."""
+    from pytest_dbguard.compat import pytest_ini
+
+    root, inipath, entries = pytest_ini(folder, rootdir=rootdir, inifile=inifile)
+    if inipath is None:
+        raise ConfigError(NO_INI.format(folder=folder))
+    missing = [key for key in ("dbguard_metadata", "dbguard_alembic_ini") if not entries.get(key)]
+    if missing:
+        raise ConfigError(MISSING.format(ini=inipath, keys=" and ".join(missing)))
+    project = Project(
+        root,
+        inipath,
+        str(entries["dbguard_metadata"]),
+        str(entries["dbguard_alembic_ini"]),
+        _lines(entries.get("dbguard_env")),
+        _words(entries.get("pythonpath")),
+        str(entries["dbguard_url"]) if entries.get("dbguard_url") else None,
+        str(entries["dbguard_pg_bindir"]) if entries.get("dbguard_pg_bindir") else None,
+    )
+    for key, value in (("metadata", project.metadata), ("alembic_ini", project.alembic_ini)):
+        dbguard_config.parse(key, value, project.source(f"dbguard_{key}"))
+    return project
+
+
+def _lines(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list):
+        return tuple(str(line) for line in value)
+    return tuple(line.strip() for line in str(value or "").splitlines() if line.strip())
+
+
+def _words(value: Any) -> tuple[str, ...]:
+    return tuple(value) if isinstance(value, list) else tuple(shlex.split(str(value or "")))
+
+
+def server_url(argument: str | None, project: Project) -> tuple[DatabaseURL | None, str]:
+    """The server to migrate on, as pytest would pick it (URL argument, then ``DBGUARD_URL``,
+    then ini ``dbguard_url``), and its source; None: the embedded default."""
+    candidates = (
+        (argument, "URL argument"),
+        (os.environ.get("DBGUARD_URL"), "environment variable DBGUARD_URL"),
+        (project.url, project.source("dbguard_url")),
+    )
+    for text, source in candidates:
+        if text and text.strip():
+            if text.strip().lower() == dbguard_config.SQLITE_KEYWORD:
+                raise ConfigError(NOT_POSTGRES.format(source=source))
+            url = DatabaseURL.parse(text, source=source)
+            if url.is_sqlite:
+                raise ConfigError(NOT_POSTGRES.format(source=source))
+            return url.resolved(), source
+    return None, "the embedded default"
+
+
+@contextlib.contextmanager
+def running_server(
+    url: DatabaseURL | None,
+    project: Project,
+    run: str,
+    timeout: float,
+    progress: Callable[[str], None],
+) -> Iterator[DatabaseURL]:
+    """``url`` once it answers a query, or a throwaway embedded cluster, stopped afterwards."""
+    from pytest_dbguard.exceptions import ServerError
+    from pytest_dbguard.server import cluster as server
+    from pytest_dbguard.server import machine, readiness
+
+    if url is not None:
+        readiness.wait_until_ready(url, timeout=timeout, progress=progress)
+        yield url
+        return
+    bindir = machine.require_bindir(project.pg_bindir, project.source("dbguard_pg_bindir"))
+    cluster, _ = server.prepare_cluster(run, reuse_for=None, bindir=bindir)
+    try:
+
+        def waiting(line: str) -> None:
+            if died := cluster.exited_early():
+                raise ServerError(died)
+            progress(line)
+
+        embedded = cluster.url().resolved()
+        readiness.wait_until_ready(embedded, timeout=timeout, progress=waiting)
+        progress(f"started an embedded PostgreSQL on {embedded.host}:{embedded.port}")
+        yield embedded
+    finally:
+        cluster.stop()
+
+
+def check(
+    project: Project, url: DatabaseURL, run: str, progress: Callable[[str], None]
+) -> schema_drift.Drift:
+    """Migrate a new marked database on ``url``'s server, compare it with the metadata, drop it."""
+    from pytest_dbguard.db import databases, schema
+    from pytest_dbguard.run import environment
+    from pytest_dbguard.run.run_plan import RunPlan
+
+    for entry in reversed(project.pythonpath):  # as pytest's own ini key does
+        path = str((project.rootdir / entry).resolve())
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    metadata = schema.load_metadata(
+        project.metadata, project.source("dbguard_metadata"), project.rootdir
+    )
+    ini = schema.alembic_path(
+        project.alembic_ini, project.source("dbguard_alembic_ini"), project.rootdir
+    )
+    name = database_name(url.database or "postgres", run, WORKER)
+    target = url.with_database(name)
+    source = f"alembic {project.alembic_ini}"
+    build = schema.builder(None, ini, target, source, own_process=True)
+    # While alembic runs, DBGUARD_URL and the dbguard_env lines name this database, as they name
+    # the template in a run: an env.py that reads DATABASE_URL migrates it, not the app's.
+    plan = RunPlan(run, WORKER, True, False, url, target.sync(), target.asynchronous(), name, None)
+    assignments = environment.parse_env_lines(project.env_lines)
+    try:
+        with schema.environ_override(environment.variables(plan, assignments)):
+            databases.provision_database(url, name, None, build, run=run, worker=WORKER)
+        progress(f"migrated {name} on {url.host}:{url.port} with alembic upgrade head")
+        differences = schema_drift.check_database(target, metadata)
+        return schema_drift.Drift(
+            project.alembic_ini, project.metadata, tuple(differences), len(metadata.tables)
+        )
+    finally:
+        if databases.drop_database(url, name):
+            progress(f"dropped {name}")
+
+
+def run(
+    argument: str | None,
+    *,
+    folder: Path,
+    rootdir: str | None,
+    inifile: str | None,
+    timeout: float,
+    progress: Callable[[str], None],
+) -> tuple[bool, str]:
+    """The whole command: whether the schemas match, and the report to print."""
+    project = read_project(folder, rootdir=rootdir, inifile=inifile)
+    url, _ = server_url(argument, project)
+    run_id = secrets.token_hex(4)
+    with running_server(url, project, run_id, timeout, progress) as server:
+        drift = check(project, server, run_id, progress)
+    if drift.differences:
+        return False, f"{drift.report()}\n{schema_drift.FIX}"
+    return True, NO_DRIFT.format(
+        alembic_ini=project.alembic_ini,
+        metadata=project.metadata,
+        tables=drift.tables,
+        s="" if drift.tables == 1 else "s",
+    )

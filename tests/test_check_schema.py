@@ -1,0 +1,392 @@
+"""The schema drift check: ``dbguard check-schema`` and ini ``dbguard_check_schema``, on real
+alembic projects written by pytester and real PostgreSQL servers."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import pytest
+
+from pytest_dbguard.db.marks import parse_mark
+from pytest_dbguard.db.names import is_dbguard_name
+from tests.helpers import ALEMBIC_LOGGING, as_shown, blocks, mark_text, run_dbguard
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer
+
+ALEMBIC_INI = "[alembic]\nscript_location = migrations\n\n" + ALEMBIC_LOGGING
+# Takes dbguard's connection (alembic's documented config.attributes): runs in dbguard's process.
+ENV_PY_SHARED = """
+from alembic import context
+
+context.configure(connection=context.config.attributes["connection"])
+with context.begin_transaction():
+    context.run_migrations()
+"""
+# Builds its own engine from the app's setting: dbguard runs it in a process of its own.
+ENV_PY_OWN_ENGINE = """
+import os
+from alembic import context
+from sqlalchemy import create_engine
+
+engine = create_engine(os.environ["DATABASE_URL"])
+with engine.begin() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+SCRIPT_MAKO = (
+    '"""${message}"""\nrevision = ${repr(up_revision)}\ndown_revision = ${repr(down_revision)}\n'
+)
+REVISION_1 = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+def upgrade():
+    op.create_table(
+        "users",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("email", sa.String(200), nullable=False),
+    )
+    op.create_index("ix_users_email", "users", ["email"], unique=True)
+    op.create_table(
+        "notes",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+        sa.Column("body", sa.Text, nullable=False),
+    )
+"""
+# Records the name and the comment of the database it migrates, then fails when asked to.
+REVISION_2 = """
+import pathlib
+from alembic import op
+from sqlalchemy import text
+
+revision = "0002"
+down_revision = "0001"
+FAIL = {fail}
+
+def upgrade():
+    row = op.get_bind().execute(text(
+        "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+        "WHERE datname = current_database()"
+    )).one()
+    pathlib.Path(__file__).parents[2].joinpath("migrated.txt").write_text(row[0] + "\\n" + row[1])
+    if FAIL:
+        raise RuntimeError("revision 0002 is broken")
+"""
+MODELS = """
+from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+class Base(DeclarativeBase):
+    pass
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(200), index=True, unique=True)
+
+class Note(Base):
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    body: Mapped[str] = mapped_column(Text)
+"""
+TAGS = """
+class Tag(Base):
+    __tablename__ = "tags"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(40))
+"""
+IN_MODELS = "in the models, missing from the migrations"
+# One drift each: the models as changed, and the line that must name it.
+DRIFTS = {
+    "column": (
+        MODELS + "    title: Mapped[str] = mapped_column(String(80))\n",
+        f"column notes.title VARCHAR(80): {IN_MODELS}",
+    ),
+    "nullability": (
+        MODELS.replace("body: Mapped[str]", "body: Mapped[str | None]"),
+        "column notes.body: nullable in the models, NOT NULL in the migrations",
+    ),
+    "index": (
+        MODELS.replace('ForeignKey("users.id"))', 'ForeignKey("users.id"), index=True)'),
+        f"index ix_notes_user_id on notes (user_id): {IN_MODELS}",
+    ),
+    "table": (MODELS + TAGS, f"table tags: {IN_MODELS}"),
+}
+ALL_DRIFTS = (
+    MODELS.replace("body: Mapped[str]", "body: Mapped[str | None]")
+    .replace('ForeignKey("users.id"))', 'ForeignKey("users.id"), index=True)')
+    .replace(
+        "mapped_column(Text)\n",
+        "mapped_column(Text)\n    title: Mapped[str] = mapped_column(String(80))\n",
+    )
+    + TAGS
+)
+HEADLINE = "schema drift: the database `alembic upgrade head` builds (alembic.ini) and dbguard_metadata (models:Base) differ in *"
+TESTS = """
+    import os, pathlib
+
+    def test_uses_the_schema(dbguard_connection):
+        pathlib.Path(f"ran-{os.environ['DBGUARD_WORKER']}").touch()
+"""
+XDIST = ("xdist.plugin",)
+
+
+def project(
+    pytester: pytest.Pytester,
+    *,
+    models: str = MODELS,
+    env_py: str = ENV_PY_SHARED,
+    ini: str = "dbguard_alembic_ini = alembic.ini\ndbguard_metadata = models:Base\n",
+    fail: bool = False,
+) -> None:
+    """An app with models, alembic.ini, env.py and two revisions, and its pytest ini file."""
+    pytester.makefile(".ini", alembic=ALEMBIC_INI)
+    versions = pytester.path / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    (pytester.path / "migrations" / "env.py").write_text(env_py)
+    (pytester.path / "migrations" / "script.py.mako").write_text(SCRIPT_MAKO)
+    (versions / "0001_initial.py").write_text(REVISION_1)
+    (versions / "0002_record.py").write_text(REVISION_2.format(fail=fail))
+    (pytester.path / "models.py").write_text(models)
+    pytester.makeini("[pytest]\n" + ini)
+
+
+def check_schema(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """``python -m pytest_dbguard check-schema ARGS`` in the project folder."""
+    return pytester.run(sys.executable, "-m", "pytest_dbguard", "check-schema", *args, timeout=120)
+
+
+def output(result: pytest.RunResult) -> str:
+    return result.stdout.str() + result.stderr.str()
+
+
+def migrated(pytester: pytest.Pytester) -> tuple[str, str]:
+    """The name and the comment of the database the migrations ran in."""
+    name, comment = (pytester.path / "migrated.txt").read_text().split("\n", 1)
+    return name, comment
+
+
+def test_no_drift_on_the_embedded_default(pytester: pytest.Pytester) -> None:
+    project(pytester)
+    result = check_schema(pytester)
+    assert result.ret == 0, output(result)
+    result.stdout.fnmatch_lines(
+        [
+            "no schema drift: the database `alembic upgrade head` builds (alembic.ini) matches "
+            "dbguard_metadata (models:Base), 2 tables compared"
+        ]
+    )
+    name, comment = migrated(pytester)
+    mark = parse_mark(comment)
+    assert is_dbguard_name(name) and mark is not None and mark.worker == "check"
+    result.stderr.fnmatch_lines(
+        [
+            "*started an embedded PostgreSQL on 127.0.0.1:*",
+            f"*migrated {name} *",
+            f"*dropped {name}",
+        ]
+    )
+
+
+@pytest.mark.parametrize("drift", DRIFTS)
+def test_each_difference_is_named(
+    pytester: pytest.Pytester, pg_server: TestServer, drift: str
+) -> None:
+    models, line = DRIFTS[drift]
+    project(pytester, models=models)
+    result = check_schema(pytester, pg_server.url())
+    assert result.ret == 1, output(result)
+    result.stdout.fnmatch_lines(
+        [HEADLINE.replace("*", "1 place:"), f"  - {line}", "Fix: write a migration*"]
+    )
+
+
+def test_all_differences_at_once(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+    project(pytester, models=ALL_DRIFTS)
+    result = check_schema(pytester, pg_server.url())
+    assert result.ret == 1, output(result)
+    lines = [f"  - {line}" for _, line in DRIFTS.values()]
+    assert sorted(result.stdout.lines[1:5]) == sorted(lines)
+    assert result.stdout.lines[0] == HEADLINE.replace("*", "4 places:")
+
+
+@pytest.mark.parametrize(
+    ("ini", "missing"),
+    [
+        pytest.param("dbguard_alembic_ini = alembic.ini\n", "dbguard_metadata", id="metadata"),
+        pytest.param("dbguard_metadata = models:Base\n", "dbguard_alembic_ini", id="alembic_ini"),
+        pytest.param("", "dbguard_metadata and dbguard_alembic_ini", id="both"),
+        pytest.param(
+            "dbguard_alembic_ini = alembic.ini\ndbguard_metadata = models\n",
+            "*ini dbguard_metadata in tox.ini = 'models' is not of the form 'package.module:attribute'*",
+            id="malformed",
+        ),
+    ],
+)
+def test_missing_keys_are_a_usage_error(pytester: pytest.Pytester, ini: str, missing: str) -> None:
+    project(pytester, ini=ini)
+    result = check_schema(pytester)
+    assert result.ret == 2, output(result)
+    if missing.startswith("*"):
+        result.stderr.fnmatch_lines([f"dbguard check-schema: {missing}"])
+    else:
+        result.stderr.fnmatch_lines(
+            [f"dbguard check-schema: {pytester.path / 'tox.ini'} does not set {missing}.*"]
+        )
+    assert not (pytester.path / "migrated.txt").exists()  # nothing was started or migrated
+
+
+def test_external_server_with_a_password(pytester: pytest.Pytester, pg_server: TestServer) -> None:
+    """An env.py that builds its own engine from DATABASE_URL (dbguard_env) migrates the check's
+    database, in a process of its own; the password never shows."""
+    ini = (
+        "dbguard_alembic_ini = alembic.ini\ndbguard_metadata = models:Base\n"
+        "dbguard_env =\n    DATABASE_URL={url}\n"
+    )
+    project(pytester, env_py=ENV_PY_OWN_ENGINE, ini=ini, models=MODELS + TAGS)
+    before = pg_server.databases()
+    result = check_schema(pytester, pg_server.url())
+    assert result.ret == 1, output(result)
+    result.stdout.fnmatch_lines([f"  - table tags: {IN_MODELS}"])
+    name, _ = migrated(pytester)
+    result.stderr.fnmatch_lines([f"*migrated {name} on 127.0.0.1:{pg_server.port} *"])
+    assert SUPERUSER_PASSWORD not in output(result)
+    assert pg_server.databases() == before
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["drift", "broken-migration"])
+def test_drops_only_its_own_database(
+    pytester: pytest.Pytester, pg_server: TestServer, fail: bool
+) -> None:
+    """Beside the check's database: the URL's own database, an unmarked look-alike and a live
+    run's marked database all stay, whether the migrations fail or not."""
+    others = ["app", "app_dbg_0badcafe_gw0", "app_dbg_0badcafe_gw1"]
+    for name in others:
+        pg_server.sql(f"CREATE DATABASE {name}")
+    pg_server.sql(f"COMMENT ON DATABASE app_dbg_0badcafe_gw1 IS '{mark_text('0badcafe', 'gw1')}'")
+    try:
+        project(pytester, models=MODELS + TAGS, fail=fail)
+        result = check_schema(pytester, pg_server.url("app"))
+        assert result.ret == 1, output(result)
+        name, comment = migrated(pytester)
+        assert name.startswith("app_dbg_") and name.endswith("_check")
+        assert parse_mark(comment) is not None
+        result.stderr.fnmatch_lines([f"*dropped {name}"])
+        if fail:
+            result.stderr.fnmatch_lines(["*RuntimeError: revision 0002 is broken*"])
+        else:
+            result.stdout.fnmatch_lines([f"  - table tags: {IN_MODELS}"])
+        databases = pg_server.databases()
+        assert name not in databases
+        assert set(others) <= set(databases)
+    finally:
+        for name in others:
+            pg_server.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# At run start: ini dbguard_check_schema (and its --dbguard-check-schema twin).
+WITH_CHECK = "dbguard_alembic_ini = alembic.ini\ndbguard_metadata = models:Base\n"
+
+
+@pytest.mark.needs_xdist
+@pytest.mark.parametrize(
+    ("args", "ini"),
+    [
+        pytest.param((), WITH_CHECK + "dbguard_check_schema = error\n", id="ini"),
+        pytest.param(("--dbguard-check-schema", "error"), WITH_CHECK, id="flag"),
+    ],
+)
+def test_error_mode_stops_an_xdist_run_once(
+    pytester: pytest.Pytester, args: tuple[str, ...], ini: str
+) -> None:
+    project(pytester, models=ALL_DRIFTS, ini=ini)
+    pytester.makepyfile(TESTS)
+    result = run_dbguard(pytester, "-n", "2", *args, plugins=XDIST)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
+    assert output(result).count("schema drift: the database") == 1
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: {HEADLINE}4 places:",
+            f"  - table tags: {IN_MODELS}",
+            "*The check ran because * = 'error'; 'warn' reports it and runs the tests*",
+        ]
+    )
+    assert not list(pytester.path.glob("ran-*"))
+
+
+@pytest.mark.parametrize(
+    "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
+def test_warn_mode_reports_and_runs_the_tests(pytester: pytest.Pytester, xdist: bool) -> None:
+    project(pytester, models=MODELS + TAGS, ini=WITH_CHECK + "dbguard_check_schema = warn\n")
+    pytester.makepyfile(TESTS)
+    args = ("-n", "2") if xdist else ()
+    result = run_dbguard(pytester, *args, plugins=XDIST if xdist else ())
+    result.assert_outcomes(passed=1, warnings=2 if xdist else 1)
+    result.stdout.fnmatch_lines(
+        [
+            "*warnings summary*",
+            f"*tox.ini:4: SchemaDriftWarning: {HEADLINE}1 place:",
+            f"    - table tags: {IN_MODELS}",
+        ]
+    )
+    assert output(result).count("schema drift: the database") == 1
+
+
+def test_off_by_default_and_both_keys_build_with_alembic(pytester: pytest.Pytester) -> None:
+    """With both keys and no check, alembic builds the schema (the metadata is only the check's
+    reference): the test sees the migrations' tables, not the models' extra one."""
+    project(pytester, models=MODELS + TAGS)
+    pytester.makepyfile(
+        """
+        from sqlalchemy import inspect
+
+        def test_migrated(dbguard_connection):
+            tables = set(inspect(dbguard_connection).get_table_names())
+            assert tables == {"alembic_version", "users", "notes"}
+        """
+    )
+    result = run_dbguard(pytester, "-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["dbguard: *alembic alembic.ini*"])
+    assert "schema drift" not in output(result)
+
+
+@pytest.mark.parametrize("missing", ["dbguard_metadata", "dbguard_alembic_ini"])
+def test_check_at_start_needs_both_keys(pytester: pytest.Pytester, missing: str) -> None:
+    ini = "".join(line + "\n" for line in WITH_CHECK.splitlines() if not line.startswith(missing))
+    project(pytester, ini=ini + "dbguard_check_schema = warn\n")
+    pytester.makepyfile(TESTS)
+    result = run_dbguard(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
+    result.stderr.fnmatch_lines(
+        [f"ERROR: ini dbguard_check_schema in tox.ini = 'warn' *, but {missing} is not set.*"]
+    )
+
+
+def test_readme_example(pytester: pytest.Pytester) -> None:
+    """The README's ini block and command, on its app, print what the README shows."""
+    (ini,) = blocks("Schema drift check", "ini")
+    (command,) = blocks("Schema drift check", "bash")
+    (shown,) = blocks("Schema drift check", "")
+    project(pytester, models="")
+    (pytester.path / "app").mkdir()
+    (pytester.path / "app" / "__init__.py").write_text("")
+    (pytester.path / "app" / "models.py").write_text(ALL_DRIFTS)
+    pytester.makefile(".ini", pytest=ini)  # found before the tox.ini project() wrote
+    program, *args = shlex.split(command, comments=True)
+    assert program == "dbguard"
+    result = pytester.run(sys.executable, "-m", "pytest_dbguard", *args, timeout=120)
+    assert result.ret == 1, output(result)
+    pytest.LineMatcher(result.stdout.lines + result.stderr.lines).fnmatch_lines(as_shown(shown))
+    # The same ini in a pytest run: error mode stops it before any test.
+    pytester.makepyfile(TESTS)
+    run = pytester.runpytest_subprocess(timeout=300)
+    assert run.ret == pytest.ExitCode.USAGE_ERROR, output(run)
+    run.stderr.fnmatch_lines(["ERROR: schema drift: *(app.models:Base) differ in 4 places:"])
