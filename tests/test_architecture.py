@@ -135,6 +135,13 @@ def test_private_attributes_of_other_packages_are_read_only_in_compat() -> None:
     assert offenders == []
 
 
+def test_readme_lists_the_public_api() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("**Public Python API.**", 1)[1].split("\n\n## ", 1)[0]
+    missing = [name for name in pytest_dbguard._PUBLIC if f"`{name}" not in section]
+    assert missing == []
+
+
 def test_public_api_resolves_lazily() -> None:
     declared = set(pytest_dbguard.__all__) - {"__version__"}
     assert declared == set(pytest_dbguard._PUBLIC)
