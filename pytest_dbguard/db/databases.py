@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from pytest_dbguard.db.engines import INTERNAL_OPTIONS, admin_engine, engine_for
+from pytest_dbguard.db.engines import INTERNAL_OPTIONS, engine_for, shared_admin_engine
 from pytest_dbguard.db.marks import Mark, creator_running, in_use, make_mark, parse_mark
 from pytest_dbguard.db.sql import quote_ident, quote_literal, run_ddl
 from pytest_dbguard.db.urls import DatabaseURL
@@ -139,7 +139,7 @@ def provision_database(
     or with no template, built in place."""
     from sqlalchemy.exc import DBAPIError
 
-    admin = admin_engine(server_url)
+    admin = shared_admin_engine(server_url)
     template_ms = 0.0
     built = True
     try:
@@ -168,8 +168,6 @@ def provision_database(
             template_ms = (time.perf_counter() - started) * 1000
     except DBAPIError as error:
         raise DatabaseSetupError(_describe(error, server_url, database)) from error
-    finally:
-        admin.dispose()
     return Provisioned(
         "database",
         database,
@@ -205,15 +203,11 @@ def can_create_databases(server_url: DatabaseURL) -> bool:
     """Whether the URL's role may CREATE DATABASE (superuser or CREATEDB)."""
     from sqlalchemy import text
 
-    admin = admin_engine(server_url)
-    try:
-        with admin.connect() as connection:
-            row = connection.execute(
-                text("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user")
-            ).first()
-            return bool(row and row[0])
-    finally:
-        admin.dispose()
+    with shared_admin_engine(server_url).connect() as connection:
+        row = connection.execute(
+            text("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user")
+        ).first()
+        return bool(row and row[0])
 
 
 def provision_schema(
@@ -297,12 +291,8 @@ def drop_database(
     from pytest_dbguard.db.janitor import drop_checked
 
     if connection is None:
-        admin = admin_engine(server_url)
-        try:
-            with admin.connect() as own:
-                return drop_database(server_url, name, connection=own)
-        finally:
-            admin.dispose()
+        with shared_admin_engine(server_url).connect() as own:
+            return drop_database(server_url, name, connection=own)
     try:
         drop_checked(connection, server_url, name)
     except DatabaseSetupError:

@@ -31,6 +31,44 @@ def admin_engine(url: DatabaseURL) -> Engine:
     )
 
 
+_shared_admins: dict[str, Engine] = {}
+
+
+def shared_admin_engine(url: DatabaseURL) -> Engine:
+    """This process's one maintenance connection to ``url``'s database, for every probe, CREATE
+    and DROP DATABASE of the run: a pool of one (overflow for a nested use), autocommit, a dead
+    connection replaced at checkout. Held until ``dispose_shared_admin_engines``.
+
+    A fresh connection per step cost an external run five connections (each a TCP and SCRAM
+    handshake) where one does. ``connect_timeout`` in the query is not part of the key: the
+    first caller's applies.
+    """
+    from sqlalchemy import create_engine
+
+    plain = url.sync().without_query("connect_timeout")
+    key = plain.portable()
+    engine = _shared_admins.get(key)
+    if engine is None:
+        engine = mark_own(
+            create_engine(
+                url.sync().to_sqlalchemy(),
+                pool_size=1,
+                max_overflow=2,
+                isolation_level="AUTOCOMMIT",
+                execution_options=INTERNAL_OPTIONS,
+            )
+        )
+        discard_dead_connections(engine)
+        _shared_admins[key] = engine
+    return engine
+
+
+def dispose_shared_admin_engines() -> None:
+    """Close the shared maintenance connections (at the end of the run)."""
+    while _shared_admins:
+        _shared_admins.popitem()[1].dispose()
+
+
 def engine_for(url: DatabaseURL, **kwargs: Any) -> Engine:
     """A sync engine of dbguard's own on ``url`` (its connections and commits are not the tests');
     SQLite gets the documented fix that makes SAVEPOINT work with pysqlite."""

@@ -47,12 +47,15 @@ _UNREACHABLE: Final = (
 )
 
 
-def list_marked(url: str | DatabaseURL) -> list[MarkedDatabase]:
-    """Every database on the URL's server that dbguard created (mark and name shape both match)."""
+def list_marked(
+    url: str | DatabaseURL, *, connection: Connection | None = None
+) -> list[MarkedDatabase]:
+    """Every database on the URL's server that dbguard created (mark and name shape both match);
+    on ``connection`` when given, else on one to a maintenance database."""
     from sqlalchemy import text
 
-    with _maintenance(url) as connection:
-        rows = connection.execute(text(_LIST_SQL)).all()
+    with contextlib.nullcontext(connection) if connection else _maintenance(url) as connected:
+        rows = connected.execute(text(_LIST_SQL)).all()
     return [
         MarkedDatabase(name, mark, bool(is_template))
         for name, is_template, comment in rows
@@ -66,21 +69,24 @@ def drop_marked(url: str | DatabaseURL, name: str) -> MarkedDatabase:
         return drop_checked(connection, _parse(url), name)
 
 
-def drop_run(url: str | DatabaseURL, run: str) -> list[str]:
+def drop_run(
+    url: str | DatabaseURL, run: str, *, connection: Connection | None = None
+) -> list[str]:
     """Drop every marked database of run ``run`` (its templates, and workers that did not clean up),
-    except those whose creator, another process, still runs."""
+    except those whose creator, another process, still runs; on ``connection`` when given (one
+    that is not on a database of the run), else on one to a maintenance database."""
     parsed = _parse(url)
     ours = [
         found
-        for found in list_marked(parsed)
+        for found in list_marked(parsed, connection=connection)
         if found.mark.run == run
         # Another run still going that drew the same id keeps its own (our workers have exited).
         and not (found.mark.pid != os.getpid() and found.mark.owner_alive())
     ]
     if not ours:
         return []
-    with _maintenance(parsed) as connection:
-        return [drop_checked(connection, parsed, found.name).name for found in ours]
+    with contextlib.nullcontext(connection) if connection else _maintenance(parsed) as connected:
+        return [drop_checked(connected, parsed, found.name).name for found in ours]
 
 
 def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:

@@ -210,6 +210,10 @@ class DatabaseURL:
         merged.update(params)
         return dataclasses.replace(self, query=tuple(merged.items()))
 
+    def without_query(self, *names: str) -> DatabaseURL:
+        """The URL without the named query parameters."""
+        return dataclasses.replace(self, query=tuple(p for p in self.query if p[0] not in names))
+
     def sync(self) -> DatabaseURL:
         """This database through a synchronous driver that is installed."""
         if self.is_sqlite:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 import pytest
 
 from pytest_dbguard.db import databases, janitor, kept_templates, schema, schema_drift
+from pytest_dbguard.db.engines import dispose_shared_admin_engines, shared_admin_engine
 from pytest_dbguard.db.names import schema_name
 from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
 from pytest_dbguard.run import environment, reuse_run, termination, worker_failures
@@ -332,7 +333,8 @@ def stop(config: pytest.Config) -> None:
             if cluster is not None and not settings.reuse:
                 cluster.stop()
             elif plan.server_url is not None and answered:
-                janitor.drop_run(plan.server_url, plan.run)
+                with shared_admin_engine(plan.server_url).connect() as connection:
+                    janitor.drop_run(plan.server_url, plan.run, connection=connection)
                 if plan.schema is not None:  # workers stopped before their teardown (SIGTERM)
                     from pytest_dbguard.db.schema_janitor import drop_run_schemas
 
@@ -342,5 +344,6 @@ def stop(config: pytest.Config) -> None:
     except Exception as error:
         print(f"dbguard: cleanup failed: {error}", file=sys.stderr)
     finally:
+        dispose_shared_admin_engines()
         environment.restore(run)
         termination.restore(config)
