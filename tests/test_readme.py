@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from pytest_dbguard.run.config import (
+from pytest_dbguard.run.config import OPTIONS
+from pytest_dbguard.run.setting_values import (
     ISOLATION_CHOICES,
     NAIVE_DATETIME_CHOICES,
-    OPTIONS,
     WORKER_ISOLATION_CHOICES,
 )
 from tests.helpers import APP_MODELS, README, FreshVenv, as_shown, blocks

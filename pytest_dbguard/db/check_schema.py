@@ -23,7 +23,7 @@ from pytest_dbguard.db import schema_drift
 from pytest_dbguard.db.names import database_name
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError
-from pytest_dbguard.run import config as dbguard_config
+from pytest_dbguard.run import setting_values
 
 WORKER: Final = "check"  # the last part of the database's name and of its mark
 NO_INI: Final = (
@@ -86,7 +86,7 @@ def read_project(folder: Path, *, rootdir: str | None, inifile: str | None) -> P
         str(entries["dbguard_pg_bindir"]) if entries.get("dbguard_pg_bindir") else None,
     )
     for key, value in (("metadata", project.metadata), ("alembic_ini", project.alembic_ini)):
-        dbguard_config.parse(key, value, project.source(f"dbguard_{key}"))
+        setting_values.parse(key, value, project.source(f"dbguard_{key}"))
     return project
 
 
@@ -110,7 +110,7 @@ def server_url(argument: str | None, project: Project) -> tuple[DatabaseURL | No
     )
     for text, source in candidates:
         if text and text.strip():
-            if text.strip().lower() == dbguard_config.SQLITE_KEYWORD:
+            if text.strip().lower() == setting_values.SQLITE_KEYWORD:
                 raise ConfigError(NOT_POSTGRES.format(source=source))
             url = DatabaseURL.parse(text, source=source)
             if url.is_sqlite:

@@ -1,4 +1,5 @@
 """One pytest run: the object that holds it (``state``), its settings (``config``), the plan it
 makes before any conftest is imported (``run_plan``, ``environment``), its life from start to
-stop (``lifecycle``, ``termination``, ``worker_failures``, ``reuse_run``), what it prints
+stop (``lifecycle``, ``termination``, ``worker_failures``, ``reuse_run``), how setting values are
+read (``setting_values``), what it prints
 (``summary_line``, ``redaction``) and the markers it takes (``markers``)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final, TypeVar
 
 import pytest
@@ -13,17 +13,9 @@ import pytest
 from pytest_dbguard.compat import ini_keys, ini_raw, override_ini
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.run.setting_values import PARSERS, SQLITE_KEYWORD
 
 T = TypeVar("T")
-
-ISOLATION_CHOICES: Final = ("rollback", "truncate", "none")
-WORKER_ISOLATION_CHOICES: Final = ("auto", "database", "schema")
-NAIVE_DATETIME_CHOICES: Final = ("error", "warn", "off")
-PROXY_CHOICES: Final = ("on", "off", "auto")
-SYNC_DRIVER_CHOICES: Final = ("psycopg", "psycopg2", "pg8000", "psycopg2cffi")
-LEAKS_CHOICES: Final = ("warn", "error", "off")
-CHECK_SCHEMA_CHOICES: Final = ("error", "warn", "off")
-SQLITE_KEYWORD: Final = "sqlite"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,118 +230,6 @@ def _raw(
     return None
 
 
-def _choice(choices: tuple[str, ...], noun: str | None = None) -> Callable[[str, str, str], str]:
-    def parse(value: str, name: str, source: str) -> str:
-        text = value.strip().lower()
-        if text not in choices:
-            raise ConfigError(
-                f"{source} = {value!r} is not a valid {noun or name.replace('_', ' ')}; "
-                f"choose one of: {', '.join(choices)}."
-            )
-        return text
-
-    return parse
-
-
-def _seconds(value: str, name: str, source: str) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not seconds >= 0:
-        raise ConfigError(f"{source} = {value!r} is not a number of seconds; use e.g. 30 or 2.5.")
-    return seconds
-
-
-def _switch(value: Any, name: str, source: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{source} = {value!r} is not a switch; use 1/true/yes or 0/false/no.")
-
-
-def _proxy(value: Any, name: str, source: str) -> str:
-    # A switch spelling (ini dbguard_proxy = true, DBGUARD_PROXY=0) is read as on/off.
-    text = str(value).strip().lower()
-    if text in PROXY_CHOICES:
-        return text
-    try:
-        return "on" if _switch(value, name, source) else "off"
-    except ConfigError:
-        raise ConfigError(
-            f"{source} = {value!r} is not a valid proxy setting; choose one of: on, off, auto."
-        ) from None
-
-
-def _driver(value: str, name: str, source: str) -> str:
-    from pytest_dbguard.db.urls import driver_installed
-
-    driver = str(value).strip()
-    if driver not in SYNC_DRIVER_CHOICES:
-        raise ConfigError(
-            f"{source} = {value!r} is not a synchronous PostgreSQL driver SQLAlchemy knows; "
-            f"choose one of: {', '.join(SYNC_DRIVER_CHOICES)}."
-        )
-    if not driver_installed(driver):
-        package = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}.get(driver, driver)
-        raise ConfigError(
-            f"{source} = {driver!r}, but that driver is not installed here: "
-            f"pip install {package!r}, or leave the setting out to use the one installed."
-        )
-    return driver
-
-
-def _module_attr(value: str, name: str, source: str) -> str:
-    module, sep, attr = value.strip().partition(":")
-    parts = [*module.split("."), *attr.split(".")]
-    if not sep or not all(part.isidentifier() for part in parts):
-        raise ConfigError(
-            f"{source} = {value!r} is not of the form 'package.module:attribute' "
-            "(e.g. 'app.models:Base' or 'app.db:metadata')."
-        )
-    return value.strip()
-
-
-def _text(value: str, name: str, source: str) -> str:
-    return str(value).strip()
-
-
-def _databases(value: list[str], name: str, source: str) -> tuple[str, ...]:
-    """Database names or URLs; a URL that does not parse is an error naming ``source``."""
-    for entry in value:
-        if "://" in entry:
-            DatabaseURL.parse(entry, source=source)
-    return tuple(value)
-
-
-_PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
-    "wait": _seconds,
-    "reuse": _switch,
-    "rebuild": _switch,
-    "proxy": _proxy,
-    "driver": _driver,
-    "worker_isolation": _choice(WORKER_ISOLATION_CHOICES),
-    "isolation": _choice(ISOLATION_CHOICES),
-    "naive_datetime": _choice(NAIVE_DATETIME_CHOICES),
-    "leaks": _choice(LEAKS_CHOICES, "leak report setting"),
-    "check_schema": _choice(CHECK_SCHEMA_CHOICES, "schema drift check setting"),
-    "allow_databases": _databases,
-    "metadata": _module_attr,
-    "alembic_ini": _text,
-    "pg_bindir": _text,
-}
-
-
-def parse(name: str, raw: Any, source: str) -> Any:
-    """Parse one raw value of setting ``name`` as a run does; ConfigError names ``source``."""
-    parser = _PARSERS.get(name)
-    return parser(raw, name, source) if parser is not None and raw is not None else raw
-
-
 def resolve(
     config: pytest.Config, namespace: Any, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -365,7 +245,7 @@ def resolve(
         else:
             raw, source = found
             sources[option.name] = source
-        parse = _PARSERS.get(option.name)
+        parse = PARSERS.get(option.name)
         values[option.name] = parse(raw, option.name, source) if parse and raw is not None else raw
 
     url_text: str | None = values["url"]

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.guards.foreign_databases import AllowList
-from pytest_dbguard.run import config as dbguard_config
+from pytest_dbguard.run import setting_values
 
 MARKER_HELP = (
     "dbguard(isolation='rollback'|'truncate'|'none', allow=['name or URL', ...]): how this test "
@@ -26,10 +26,10 @@ def dbguard(
     *, isolation: str = "rollback", allow: Collection[str] = ()
 ) -> tuple[str, tuple[str, ...]]:
     """Signature of ``@pytest.mark.dbguard``: the test's isolation; databases it may also reach."""
-    if isolation not in dbguard_config.ISOLATION_CHOICES:
+    if isolation not in setting_values.ISOLATION_CHOICES:
         raise pytest.UsageError(
             f"@pytest.mark.dbguard(isolation={isolation!r}): choose one of "
-            f"{', '.join(dbguard_config.ISOLATION_CHOICES)}."
+            f"{', '.join(setting_values.ISOLATION_CHOICES)}."
         )
     if isinstance(allow, str) or not all(isinstance(entry, str) and entry for entry in allow):
         raise pytest.UsageError(
