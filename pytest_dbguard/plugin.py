@@ -20,6 +20,7 @@ from pytest_dbguard.run import environment, lifecycle, markers, redaction, summa
 from pytest_dbguard.run.state import run_of
 
 pytest_plugins = [
+    "pytest_dbguard.db.fixtures",
     "pytest_dbguard.db.isolation",
     "pytest_dbguard.guards.hooks",
     "pytest_dbguard.guards.connection_guards",

@@ -1,6 +1,6 @@
 """Test databases: URLs (``urls``) and the names dbguard gives what it creates (``names``),
 engines (``engines``, ``engine_listener``), the per-worker databases cloned from a template
 (``databases``, ``schema``, ``kept_templates``, ``alembic_runner``), the schema drift check
-(``schema_drift``, and ``check_schema`` behind ``dbguard check-schema``), per-test isolation and the
-core fixtures (``isolation``), and the marks and sweeps that let only dbguard's own databases be
+(``schema_drift``, and ``check_schema`` behind ``dbguard check-schema``), the core fixtures (``fixtures``),
+per-test isolation (``isolation``), and the marks and sweeps that let only dbguard's own databases be
 dropped (``marks``, ``janitor``, ``schema_janitor``, ``sql``)."""
