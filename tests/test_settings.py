@@ -324,3 +324,42 @@ def test_database_names_fit_and_are_recognised() -> None:
     assert is_dbguard_name(name)
     assert not is_dbguard_name("production")
     assert not is_dbguard_name("app_dbg_")
+
+
+DRIVER_TESTS = """
+    import os
+
+    def test_driver(dbguard_engine):
+        print("DRIVER", dbguard_engine.dialect.driver, os.environ["DBGUARD_URL"].split("://")[0])
+        print("APP", os.environ["DATABASE_URL"].split("://")[0])
+        with dbguard_engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+"""
+
+
+@pytest.mark.parametrize(
+    "ini_driver, flag, expected",
+    [
+        pytest.param("psycopg2", (), "psycopg2", id="from-dbguard_env"),
+        pytest.param("psycopg", (), "psycopg", id="psycopg-from-dbguard_env"),
+        pytest.param("psycopg2", ("--dbguard-driver", "psycopg"), "psycopg", id="flag-wins"),
+        pytest.param("asyncpg", (), "psycopg", id="async-driver-ignored"),
+    ],
+)
+def test_driver_follows_the_projects_url_in_dbguard_env(
+    pytester: pytest.Pytester, ini_driver: str, flag: tuple[str, ...], expected: str
+) -> None:
+    """Issue 17, item 12: a psycopg2 project's URL in dbguard_env makes dbguard use psycopg2."""
+    pytester.makeini(
+        "[pytest]\ndbguard_env =\n"
+        f"    DATABASE_URL=postgresql+{ini_driver}://{{user}}:{{password}}@{{host}}:{{port}}/{{db}}\n"
+    )
+    pytester.makepyfile(test_driver=DRIVER_TESTS)
+    result = run_dbguard(pytester, "-s", *flag)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"dbguard: embedded PostgreSQL * ({expected})*",
+            f"*DRIVER {expected} postgresql+{expected}",
+        ]
+    )

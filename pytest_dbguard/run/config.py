@@ -13,7 +13,7 @@ import pytest
 from pytest_dbguard.compat import ini_keys, ini_raw, override_ini
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError
-from pytest_dbguard.run.setting_values import PARSERS, SQLITE_KEYWORD
+from pytest_dbguard.run.setting_values import PARSERS, SQLITE_KEYWORD, driver_in_env_lines
 
 T = TypeVar("T")
 
@@ -268,6 +268,13 @@ def resolve(
             f"{sources['driver']} = {values['driver']!r} names a PostgreSQL driver, but this run "
             f"uses SQLite ({sources['url']}); drop one of the two."
         )
+    if values["driver"] is None and not sqlite_requested and (url is None or url.driver is None):
+        # The project's own URL in dbguard_env names its driver: dbguard's engines use it too.
+        found = driver_in_env_lines(values["env"] or ())
+        if found is not None:
+            variable, driver = found
+            sources["driver"] = f"the driver of {variable} in ini dbguard_env"
+            values["driver"] = PARSERS["driver"](driver, "driver", sources["driver"])
     if values["check_schema"] != "off":
         # Both set is fine: alembic builds the schema, the metadata is what it is compared with.
         missing = [f"dbguard_{key}" for key in ("metadata", "alembic_ini") if not values[key]]

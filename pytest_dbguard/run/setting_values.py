@@ -3,7 +3,8 @@ names where the bad value came from; the choices each setting takes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from pytest_dbguard.db.urls import DatabaseURL
@@ -82,6 +83,20 @@ def _driver(value: str, name: str, source: str) -> str:
             f"pip install {package!r}, or leave the setting out to use the one installed."
         )
     return driver
+
+
+_ENV_URL_DRIVER: Final = re.compile(r"\bpostgres(?:ql)?\+(\w+)://")
+
+
+def driver_in_env_lines(lines: Sequence[str]) -> tuple[str, str] | None:
+    """The first ``dbguard_env`` variable whose value is a PostgreSQL URL naming a synchronous
+    driver, and that driver (``DATABASE_URL=postgresql+psycopg2://...`` gives psycopg2)."""
+    for line in lines:
+        name, sep, value = line.partition("=")
+        match = _ENV_URL_DRIVER.search(value) if sep else None
+        if match is not None and match.group(1) in SYNC_DRIVER_CHOICES:
+            return name.strip(), match.group(1)
+    return None
 
 
 def _module_attr(value: str, name: str, source: str) -> str:
