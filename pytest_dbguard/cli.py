@@ -63,19 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         _error(f"{args.subparser.prog}: {_NO_URL}")
         return EXIT_USAGE
     source = "URL argument" if args.url else f"environment variable {URL_ENV}"
-    try:
-        url = DatabaseURL.parse(text, source=source)
+
+    def with_url(args: argparse.Namespace) -> int:
         command: Callable[[argparse.Namespace, DatabaseURL], int] = args.command
-        return command(args, url)
-    except ConfigError as error:
-        _error(f"{args.subparser.prog}: {error}")
-        return EXIT_USAGE
-    except DbguardError as error:
-        _error(f"{args.subparser.prog}: {error}")
-        return EXIT_FAILED
+        return command(args, DatabaseURL.parse(text, source=source))
+
+    return _guarded(args, with_url)
 
 
 def _guarded(args: argparse.Namespace, command: Callable[[argparse.Namespace], int]) -> int:
+    """Run ``command``: a ConfigError is bad usage (exit 2), any other DbguardError a failure (1)."""
     try:
         return command(args)
     except ConfigError as error:

@@ -3,13 +3,5 @@
 
 from __future__ import annotations
 
-from pytest_dbguard.server.readiness import (
-    Probe,
-    Readiness,
-    RetryPolicy,
-    await_ready,
-    probe,
-    wait_until_ready,
-)
-
-__all__ = ["Probe", "Readiness", "RetryPolicy", "await_ready", "probe", "wait_until_ready"]
+from pytest_dbguard.server.readiness import *  # noqa: F403 (its __all__: the public names)
+from pytest_dbguard.server.readiness import __all__ as __all__

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,21 @@ def mark_text(run: str, worker: str, *, age: float = 0.0, pid: int | None = None
     comment = MARK_PREFIX + json.dumps(payload, separators=(",", ":"))
     assert parse_mark(comment) is not None
     return comment
+
+
+ALEMBIC_SCRIPT_MAKO = (
+    '"""${message}"""\nrevision = ${repr(up_revision)}\ndown_revision = ${repr(down_revision)}\n'
+)
+
+
+def write_alembic_project(
+    folder: Path, *, alembic_ini: str, env_py: str, revisions: Mapping[str, str]
+) -> None:
+    """alembic.ini, migrations/env.py, its script template and the revisions, in ``folder``."""
+    (folder / "alembic.ini").write_text(alembic_ini)
+    versions = folder / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    (folder / "migrations" / "env.py").write_text(env_py)
+    (folder / "migrations" / "script.py.mako").write_text(ALEMBIC_SCRIPT_MAKO)
+    for name, text in revisions.items():
+        (versions / name).write_text(text)

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_dbguard.server import cluster as server
 from pytest_dbguard.server import machine
-from tests.helpers import ALEMBIC_LOGGING, blocks, run_dbguard
+from tests.helpers import ALEMBIC_LOGGING, blocks, run_dbguard, write_alembic_project
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 ALEMBIC_INI = (
@@ -48,10 +48,6 @@ with engine.connect() as connection:
         context.run_migrations()
 engine.dispose()
 """
-SCRIPT_MAKO = '''"""${message}"""
-revision = ${repr(up_revision)}
-down_revision = ${repr(down_revision)}
-'''
 MIGRATIONS = {
     "0001_users.py": """
 import sqlalchemy as sa
@@ -149,15 +145,12 @@ def _project(
     migration: str = "",
     ini: str = "",
 ) -> None:
-    pytester.makefile(".ini", alembic=ALEMBIC_INI)
-    versions = pytester.path / "migrations" / "versions"
-    versions.mkdir(parents=True)
-    (pytester.path / "migrations" / "env.py").write_text(env_py)
-    (pytester.path / "migrations" / "script.py.mako").write_text(SCRIPT_MAKO)
-    for name, text in MIGRATIONS.items():
-        (versions / name).write_text(text)
+    revisions = dict(MIGRATIONS)
     if broken or migration:
-        (versions / "0004_broken.py").write_text(migration or BROKEN_MIGRATION)
+        revisions["0004_broken.py"] = migration or BROKEN_MIGRATION
+    write_alembic_project(
+        pytester.path, alembic_ini=ALEMBIC_INI, env_py=env_py, revisions=revisions
+    )
     (pytester.path / "app" / "core").mkdir(parents=True)
     (pytester.path / "app" / "__init__.py").write_text("")
     (pytester.path / "app" / "core" / "__init__.py").write_text("")

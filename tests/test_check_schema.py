@@ -10,7 +10,14 @@ import pytest
 
 from pytest_dbguard.db.marks import parse_mark
 from pytest_dbguard.db.names import is_dbguard_name
-from tests.helpers import ALEMBIC_LOGGING, as_shown, blocks, mark_text, run_dbguard
+from tests.helpers import (
+    ALEMBIC_LOGGING,
+    as_shown,
+    blocks,
+    mark_text,
+    run_dbguard,
+    write_alembic_project,
+)
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 ALEMBIC_INI = "[alembic]\nscript_location = migrations\n\n" + ALEMBIC_LOGGING
@@ -34,9 +41,6 @@ with engine.begin() as connection:
     with context.begin_transaction():
         context.run_migrations()
 """
-SCRIPT_MAKO = (
-    '"""${message}"""\nrevision = ${repr(up_revision)}\ndown_revision = ${repr(down_revision)}\n'
-)
 REVISION_1 = """
 import sqlalchemy as sa
 from alembic import op
@@ -146,13 +150,12 @@ def project(
     fail: bool = False,
 ) -> None:
     """An app with models, alembic.ini, env.py and two revisions, and its pytest ini file."""
-    pytester.makefile(".ini", alembic=ALEMBIC_INI)
-    versions = pytester.path / "migrations" / "versions"
-    versions.mkdir(parents=True)
-    (pytester.path / "migrations" / "env.py").write_text(env_py)
-    (pytester.path / "migrations" / "script.py.mako").write_text(SCRIPT_MAKO)
-    (versions / "0001_initial.py").write_text(REVISION_1)
-    (versions / "0002_record.py").write_text(REVISION_2.format(fail=fail))
+    write_alembic_project(
+        pytester.path,
+        alembic_ini=ALEMBIC_INI,
+        env_py=env_py,
+        revisions={"0001_initial.py": REVISION_1, "0002_record.py": REVISION_2.format(fail=fail)},
+    )
     (pytester.path / "models.py").write_text(models)
     pytester.makeini("[pytest]\n" + ini)
 

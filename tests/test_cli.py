@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -72,10 +73,9 @@ def test_wait_reads_the_url_from_the_environment(pg_server: TestServer) -> None:
 
 def test_wait_on_a_dead_server_gives_the_staged_diagnosis(pg_server: TestServer) -> None:
     url = dead_url(pg_server)
-    began = time.monotonic()
-    result = dbguard("wait", url, "--timeout", "1.5")
+    result = dbguard("wait", url, "--timeout", "1.5")  # the helper's own timeout catches a hang
     assert result.returncode == 1
-    assert time.monotonic() - began < 10
+    assert re.search(r"Gave up after \d+ attempts in 1\.\d s", result.stderr), result.stderr
     assert result.stdout == ""
     assert "failed step: TCP connect" in result.stderr
     assert url.split("@")[1].split("/")[0] in result.stderr

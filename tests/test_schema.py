@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import ALEMBIC_LOGGING, run_dbguard
+from tests.helpers import ALEMBIC_LOGGING, run_dbguard, write_alembic_project
 from tests.pgserver import TestServer
 
 ALEMBIC_INI = (
@@ -33,10 +33,6 @@ else:
         with context.begin_transaction():
             context.run_migrations()
 """
-SCRIPT_MAKO = '''"""${message}"""
-revision = ${repr(up_revision)}
-down_revision = ${repr(down_revision)}
-'''
 REVISION_1 = """
 import sqlalchemy as sa
 from alembic import op
@@ -72,12 +68,12 @@ USES_ACCOUNTS = """
 
 
 def _alembic_project(pytester: pytest.Pytester) -> None:
-    pytester.makefile(".ini", alembic=ALEMBIC_INI)
-    (pytester.path / "migrations" / "versions").mkdir(parents=True)
-    (pytester.path / "migrations" / "env.py").write_text(ENV_PY)
-    (pytester.path / "migrations" / "script.py.mako").write_text(SCRIPT_MAKO)
-    (pytester.path / "migrations" / "versions" / "0001_accounts.py").write_text(REVISION_1)
-    (pytester.path / "migrations" / "versions" / "0002_active.py").write_text(REVISION_2)
+    write_alembic_project(
+        pytester.path,
+        alembic_ini=ALEMBIC_INI,
+        env_py=ENV_PY,
+        revisions={"0001_accounts.py": REVISION_1, "0002_active.py": REVISION_2},
+    )
     pytester.makeini(
         "[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_env =\n    DATABASE_URL={url}\n"
     )

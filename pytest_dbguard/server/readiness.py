@@ -44,6 +44,8 @@ from pytest_dbguard.server.connect_diagnosis import (
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
+__all__ = ["Probe", "Readiness", "RetryPolicy", "await_ready", "probe", "wait_until_ready"]
+
 PROGRESS_AFTER: Final = 1.0  # seconds of waiting before the first progress line
 PROGRESS_EVERY: Final = 2.0  # seconds between progress lines after that
 MIN_ATTEMPT: Final = 0.05  # an attempt gets at least this long; none starts closer to the deadline
