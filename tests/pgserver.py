@@ -113,6 +113,8 @@ class TestServer:
                     "full_page_writes=off",
                     "-c",
                     "max_connections=200",
+                    "-c",  # a killed test server must not leave /dev/shm/PostgreSQL.* behind
+                    "dynamic_shared_memory_type=mmap",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
