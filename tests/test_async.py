@@ -522,3 +522,47 @@ def test_without_pytest_asyncio_says_how_to_get_it(pytester: pytest.Pytester) ->
         ]
     )
     result.stdout.no_fnmatch_line("dbguard: asyncio*")
+
+
+OVERRIDDEN_URL_CONFTEST = """
+    import os
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def dbguard_url():
+        return os.environ["OVERRIDE_URL"]  # a plain string, not dbguard's own URL object
+"""
+OVERRIDDEN_URL_TESTS = """
+    import pytest
+    from sqlalchemy import text
+
+    def test_sync(dbguard_engine):
+        with dbguard_engine.connect() as connection:
+            assert connection.scalar(text("SELECT current_database()")) == "override_target"
+
+    @pytest.mark.asyncio
+    async def test_async(dbguard_async_engine):
+        async with dbguard_async_engine.connect() as connection:
+            name = await connection.scalar(text("SELECT current_database()"))
+        assert name == "override_target"
+"""
+
+
+def test_an_overridden_dbguard_url_redirects_sync_and_async_engines(
+    pytester: pytest.Pytester, pg_server: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project's own ``dbguard_url`` fixture moves every dbguard engine, the async one too."""
+    pg_server.sql("DROP DATABASE IF EXISTS override_target")
+    pg_server.sql("CREATE DATABASE override_target")
+    try:
+        monkeypatch.setenv("OVERRIDE_URL", pg_server.url("override_target"))
+        write_project(
+            pytester,
+            "[pytest]\ndbguard_allow_databases = override_target\nfilterwarnings = error\n",
+            conftest=OVERRIDDEN_URL_CONFTEST,
+            test_override=OVERRIDDEN_URL_TESTS,
+        )
+        result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), plugins=("asyncio",))
+        result.assert_outcomes(passed=2)
+    finally:
+        pg_server.sql("DROP DATABASE IF EXISTS override_target WITH (FORCE)")
