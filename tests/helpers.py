@@ -3,8 +3,11 @@ the README's blocks and what they show."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import os
+import pkgutil
 import re
 import subprocess
 from collections.abc import Mapping
@@ -147,8 +150,23 @@ def run_dbguard(
 
 def run_dbguard_inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """Run pytest with dbguard in this process: for runs that stop while pytest configures
-    (settings errors), where a subprocess's start-up would be most of the cost."""
+    (settings errors), where a subprocess's start-up would be most of the cost.
+
+    pytester takes the modules a run imports out of ``sys.modules`` afterwards; a dbguard module
+    imported for the first time inside one run would come back as a second copy in the next,
+    with its own stash keys and exception classes. So every module is imported first, here.
+    """
+    _import_whole_package()
     return pytester.runpytest_inprocess("-p", "pytest_dbguard", *args)
+
+
+@functools.cache
+def _import_whole_package() -> None:
+    import pytest_dbguard
+
+    for module in pkgutil.walk_packages(pytest_dbguard.__path__, "pytest_dbguard."):
+        if not module.name.endswith(".__main__"):  # that one runs the command line
+            importlib.import_module(module.name)
 
 
 def mark_text(run: str, worker: str, *, age: float = 0.0, pid: int | None = None) -> str:

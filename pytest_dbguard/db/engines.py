@@ -32,6 +32,9 @@ def admin_engine(url: DatabaseURL) -> Engine:
 
 
 _shared_admins: dict[str, Engine] = {}
+# The application_name of those connections: terminate() spares them in schema mode, where they
+# are on the database the tests share.
+MAINTENANCE_APP: Final = "pytest-dbguard maintenance"
 
 
 def shared_admin_engine(url: DatabaseURL) -> Engine:
@@ -51,7 +54,7 @@ def shared_admin_engine(url: DatabaseURL) -> Engine:
     if engine is None:
         engine = mark_own(
             create_engine(
-                url.sync().to_sqlalchemy(),
+                url.sync().with_query(application_name=MAINTENANCE_APP).to_sqlalchemy(),
                 pool_size=1,
                 max_overflow=2,
                 isolation_level="AUTOCOMMIT",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import pytest
 
 from pytest_dbguard.compat import pooled_connection_records
-from pytest_dbguard.db.engines import admin_engine
+from pytest_dbguard.db.engines import MAINTENANCE_APP, admin_engine
 from pytest_dbguard.db.urls import DatabaseURL, SecretURL
 from pytest_dbguard.exceptions import DbguardError, FaultError
 from pytest_dbguard.faults.recovery import Recovery, recover, recover_async
@@ -38,6 +38,7 @@ GONE_TIMEOUT: Final = 10.0  # seconds for terminated backends to leave pg_stat_a
 _TERMINATE: Final = (
     "SELECT pid, client_port, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"
     " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    " AND application_name IS DISTINCT FROM :maintenance"  # the run's own, see shared_admin_engine
 )
 _NEEDS_POSTGRES: Final = (
     "dbguard_faults.{what} needs PostgreSQL; this run uses SQLite. Unset --dbguard-url "
@@ -100,7 +101,7 @@ class Faults:
         from sqlalchemy import text
 
         server_url = self._postgres("terminate()")
-        sql, params = _TERMINATE, dict[str, Any](db=self.database)
+        sql, params = _TERMINATE, dict[str, Any](db=self.database, maintenance=MAINTENANCE_APP)
         if self.shared_database:
             if (ports := _own_ports()) is None:
                 self.skip(_NEEDS_PROC.format(database=self.database))
