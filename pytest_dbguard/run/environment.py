@@ -254,7 +254,7 @@ def variables(plan: RunPlan, assignments: Sequence[tuple[str, str]]) -> dict[str
     values = values_for(plan)
     rendered = {
         "DBGUARD_WORKER": plan.worker,
-        "DBGUARD_RUN": plan.run,
+        "DBGUARD_RUN": plan.exported_run,
         "DBGUARD_URL": values["url"],
         "DBGUARD_ASYNC_URL": values["async_url"],
         "DBGUARD_DB": plan.database,
@@ -278,6 +278,7 @@ def export(
             {
                 "pid": os.getpid(),
                 "run": plan.run,
+                "pipeline_run": plan.pipeline_run,
                 "server_url": plan.server_url.portable() if plan.server_url else None,
                 "embedded": plan.embedded,
                 "sqlite_dir": str(plan.sqlite_dir) if plan.sqlite_dir else None,

@@ -108,8 +108,13 @@ def ensure_started(config: pytest.Config) -> None:
 
 
 def _kept_template(plan: RunPlan, settings: Settings, state: SessionState) -> str | None:
-    """The name of the template this run keeps, or None (no reuse, no schema, schema mode)."""
-    if not settings.reuse or plan.server_url is None or plan.schema is not None:
+    """The name of the template this run keeps or shares with a pipeline's other shards, or None
+    (neither, no schema, schema mode)."""
+    if (
+        not (settings.reuse or plan.pipeline_run)
+        or plan.server_url is None
+        or plan.schema is not None
+    ):
         return None
     if state.metadata is None and state.alembic_ini is None:
         return None
@@ -185,7 +190,8 @@ def _template(plan: RunPlan, settings: Settings, fingerprint: str) -> tuple[str,
     base = plan.server_url.database or "postgres"
     if settings.reuse:
         return kept_templates.template_name(base, fingerprint), kept_templates.REUSE_RUN
-    return template_name(base, plan.run, fingerprint), plan.run
+    # Shards of one pipeline (DBGUARD_RUN) share it: built once, under the template's lock.
+    return template_name(base, plan.template_run, fingerprint), plan.template_run
 
 
 def _provision(plan: RunPlan, settings: Settings, state: SessionState) -> Provisioned:
@@ -196,6 +202,7 @@ def _provision(plan: RunPlan, settings: Settings, state: SessionState) -> Provis
         and plan.schema is None
         and plan.worker == SINGLE_PROCESS
         and not settings.reuse
+        and plan.pipeline_run is None
     )
     if in_place:
         template, template_run = plan.database, plan.run

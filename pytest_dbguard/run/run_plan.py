@@ -8,8 +8,10 @@ names are fixed now.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Mapping
@@ -43,10 +45,39 @@ class RunPlan:
     # Set for commands that only show something (--help, --collect-only, ...): the flag's name.
     # Nothing is started, connected or created; the URLs are what a real run would use.
     inspection: str | None = None
+    # DBGUARD_RUN as a pipeline set it before pytest: the key its shards share templates under.
+    # ``run`` stays this invocation's own, so the shards' databases never collide.
+    pipeline_run: str | None = None
 
     @property
     def is_sqlite(self) -> bool:
         return self.server_url is None
+
+    @property
+    def template_run(self) -> str:
+        """The run id in the names and marks of this run's templates."""
+        return self.pipeline_run or self.run
+
+    @property
+    def exported_run(self) -> str:
+        """DBGUARD_RUN for the tests: the pipeline's own value when it set one."""
+        return os.environ.get(PIPELINE_RUN_VAR, self.run) if self.pipeline_run else self.run
+
+
+PIPELINE_RUN_VAR: Final = "DBGUARD_RUN"
+_RUN_ID: Final = re.compile(r"^[0-9a-z]{1,12}$")
+
+
+def pipeline_run(environ: Mapping[str, str]) -> str | None:
+    """The run key a CI pipeline set in DBGUARD_RUN before pytest started, as a name part:
+    itself when it is 1-12 lowercase letters and digits, else a hash of it. None when unset, or
+    when it is the value a dbguard run exported (a pytest started inside a test inherits it)."""
+    value = environ.get(PIPELINE_RUN_VAR, "").strip()
+    if not value or environ.get(ORIGIN_VAR):
+        return None
+    if _RUN_ID.match(value):
+        return value
+    return hashlib.sha1(value.encode()).hexdigest()[:8]
 
 
 def inherited_origin() -> dict[str, Any] | None:
@@ -82,6 +113,7 @@ def decide(
     run = origin["run"] if origin is not None else secrets.token_hex(4)
     common: dict[str, Any] = {
         "run": run,
+        "pipeline_run": origin.get("pipeline_run") if origin else pipeline_run(os.environ),
         "worker": worker,
         "owns_server": origin is None,
         "inspection": inspection,
