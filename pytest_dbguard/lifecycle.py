@@ -16,7 +16,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import pytest
 
@@ -40,8 +40,18 @@ if TYPE_CHECKING:
 
     from pytest_dbguard.databases import Provisioned
     from pytest_dbguard.server import EmbeddedCluster
+    from pytest_dbguard.urls import DatabaseURL
 
 REUSE_RUN: Final = kept_templates.REUSE_RUN  # templates of --dbguard-reuse are kept
+
+
+class SchemaHook(Protocol):
+    """A schema source other than metadata and alembic (Django's ``migrate``): its fingerprint,
+    and the build of a template at ``url``."""
+
+    def fingerprint(self) -> str: ...
+
+    def builder(self, url: DatabaseURL) -> databases.SchemaBuild: ...
 
 
 @dataclasses.dataclass
@@ -61,6 +71,7 @@ class SessionState:
     started: bool = False  # ensure_started ran (it runs once)
     template: str = ""  # with --dbguard-reuse: built, reused or rebuilt (reuse_run), for the header
     notes: list[str] = dataclasses.field(default_factory=list)
+    schema_hook: SchemaHook | None = None  # set by pytest_dbguard.django when Django runs
 
 
 state_key: Final = pytest.StashKey[SessionState]()
@@ -147,7 +158,7 @@ def _kept_template(plan: RunPlan, settings: Settings, state: SessionState) -> st
     """The name of the template this run keeps, or None (no reuse, no schema, schema mode)."""
     if not settings.reuse or plan.server_url is None or plan.schema is not None:
         return None
-    if state.metadata is None and state.alembic_ini is None:
+    if state.metadata is None and state.alembic_ini is None and state.schema_hook is None:
         return None
     return _template(plan, settings, _fingerprint(settings, state) or "000000")[0]
 
@@ -196,6 +207,8 @@ def _wait_ready(
 def _fingerprint(settings: Settings, state: SessionState) -> str:
     """A short hash of the schema this worker needs: workers whose schemas differ (a per-worker
     table prefix) get different templates, and a reused template is rebuilt when the schema changes."""
+    if state.schema_hook is not None:
+        return state.schema_hook.fingerprint()
     if state.metadata is not None:
         return schema.fingerprint_metadata(state.metadata, "postgresql")
     if state.alembic_ini is not None:
@@ -209,7 +222,7 @@ def _fingerprint(settings: Settings, state: SessionState) -> str:
     return ""
 
 
-PER_DATABASE_PLACEHOLDERS: Final = ("url", "async_url", "db", "worker")
+PER_DATABASE_PLACEHOLDERS: Final = ("url", "async_url", "pg_url", "db", "worker")
 
 
 def _template(plan: RunPlan, settings: Settings, fingerprint: str) -> tuple[str, str]:
@@ -248,12 +261,16 @@ def _provision(
     template_url = (
         plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
     )
-    build = schema.builder(
-        state.metadata,
-        state.alembic_ini,
-        template_url,
-        state.schema_source,
-        own_process=plan.server_url is not None and plan.schema is None,
+    build = (
+        state.schema_hook.builder(template_url)
+        if state.schema_hook is not None
+        else schema.builder(
+            state.metadata,
+            state.alembic_ini,
+            template_url,
+            state.schema_source,
+            own_process=plan.server_url is not None and plan.schema is None,
+        )
     )
     # While the template is built, the exported variables name it: an alembic env.py that reads
     # DATABASE_URL (or DBGUARD_URL) migrates the template, not the worker's database.

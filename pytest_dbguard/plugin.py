@@ -21,6 +21,7 @@ from pytest_dbguard import (
     summary_line,
 )
 from pytest_dbguard import config as dbguard_config
+from pytest_dbguard.django import activation as django_activation
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.foreign_databases import AllowList
 
@@ -123,6 +124,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.
         environment.prepare(config, config.option, config.args, late=True)
         lifecycle.configure(config)
+        django_activation.register(config)  # only when pytest-django runs with settings
         asyncloop.register(config)
         restart_fence.register(config)
     except DbguardError as error:

@@ -168,6 +168,15 @@ class DatabaseURL:
         merged.update(params)
         return dataclasses.replace(self, query=tuple(merged.items()))
 
+    def libpq(self) -> DatabaseURL:
+        """This database as a libpq URL (``postgres://user:pass@host:port/db``): the form
+        dj-database-url and django-environ read, which reject SQLAlchemy's ``+driver``."""
+        return (
+            dataclasses.replace(self, backend="postgres", driver=None)
+            if not self.is_sqlite
+            else self
+        )
+
     def sync(self) -> DatabaseURL:
         """This database through a synchronous driver that is installed."""
         if self.is_sqlite:

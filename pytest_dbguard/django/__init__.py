@@ -1,0 +1,13 @@
+"""Django support: pytest-django suites get dbguard's server, a template migrated once per run, and a
+clone of it per xdist worker; faults and guards see Django's connections.
+
+Nothing here imports Django unless the run has configured it (pytest-django active and
+``DJANGO_SETTINGS_MODULE`` or ``--ds`` set): ``activation`` decides, the other modules import
+Django only inside the code that runs once it has.
+
+- ``activation``: whether Django runs; wires the schema hook, the fixtures and the guards.
+- ``targets``: ``settings.DATABASES`` aliases pointed at a dbguard database.
+- ``migrate``: the template build (Django's ``migrate``) and its fingerprint for ``--dbguard-reuse``.
+- ``fixtures``: pytest-django's ``django_db_setup`` overridden to use the worker's clone.
+- ``compat``: the few private attributes of pytest-django this reads, with the versions checked.
+"""

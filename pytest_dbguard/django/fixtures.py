@@ -1,0 +1,43 @@
+"""pytest-django's ``django_db_setup`` overridden: the worker's dbguard database instead of a
+``test_<name>`` database per worker.
+
+Registered by ``activation`` once every plugin is loaded, so this definition comes after
+pytest-django's own (and a project's conftest, which comes later still, may override it and
+request this one, as it would pytest-django's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pytest_dbguard.django import compat, targets
+from pytest_dbguard.django.activation import aliases_of, worker_url
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(
+    request: pytest.FixtureRequest,
+    django_test_environment: None,
+    django_db_blocker: Any,
+    django_db_modify_db_settings: None,
+) -> Iterator[None]:
+    """Session: points every alias of ini ``dbguard_django_databases`` at this worker's database
+    (cloned from the template dbguard migrated once for the run); yields nothing. Teardown closes
+    the connections; dbguard drops the database at the end of the run."""
+    aliases = aliases_of(request.config)
+    serialized = compat.serialized_aliases(request.session.items)
+    with django_db_blocker.unblock():
+        targets.point(aliases, worker_url(request.config))
+        if serialized:
+            from django.db import connections
+
+            for alias in sorted(serialized & set(aliases)):
+                connection = connections[alias]
+                # What Django's create_test_db(serialize=True) keeps for serialized_rollback.
+                connection._test_serialized_contents = connection.creation.serialize_db_to_string()
+    yield
+    with django_db_blocker.unblock():
+        targets.close_all()
