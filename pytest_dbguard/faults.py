@@ -22,6 +22,7 @@ import pytest
 
 from pytest_dbguard.config import settings_key
 from pytest_dbguard.databases import admin_engine
+from pytest_dbguard.django import requests as django_requests
 from pytest_dbguard.environment import embedded_cluster, plan_key, proxy_key
 from pytest_dbguard.exceptions import DbguardError, FaultError
 from pytest_dbguard.readiness import probe, wait_until_ready
@@ -132,8 +133,9 @@ class Faults:
         return len(pids)
 
     def close(self, target: Any) -> int:
-        """Close a DBAPI or SQLAlchemy connection, or each idle one of an Engine or pool, on the
-        client side behind SQLAlchemy's back, so the next use finds it dead; return how many."""
+        """Close a DBAPI or SQLAlchemy connection, or each idle one of an Engine or pool, or a
+        Django connection (or all of ``django.db.connections``), on the client side behind the
+        library's back, so the next use finds it dead; return how many."""
         __tracebackhide__ = True
         connections = _driver_connections(target)
         for connection in connections:
@@ -211,6 +213,7 @@ class Faults:
         when none is running.
         """
         __tracebackhide__ = True
+        target = django_requests.in_requests(target)  # Django: each attempt is a request
         return recover(
             target, within, password=self.test_url.password, fail=self.fail, first_try=first_try
         )
@@ -255,6 +258,8 @@ def _driver_connections(target: Any) -> list[Any]:
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.pool import Pool
 
+    if (found := django_requests.driver_connections(target)) is not None:
+        return found
     target = getattr(target, "sync_engine", None) or getattr(target, "sync_connection", target)
     target = target.pool if isinstance(target, Engine) else target
     if not isinstance(target, Pool):

@@ -21,6 +21,8 @@ MIDDLEWARE = []
 ROOT_URLCONF = "djproj.urls"
 STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# None: persistent connections; the fault tests set both from the environment.
+MAX_AGE = None if os.environ.get("SHOP_CONN_MAX_AGE") == "none" else int(os.environ.get("SHOP_CONN_MAX_AGE", "0"))
 # What a project's local settings say; dbguard points the alias at the worker's database.
 DATABASES = {
     "default": {
@@ -30,7 +32,7 @@ DATABASES = {
         "PORT": "1",
         "USER": "shop",
         "PASSWORD": "local",
-        "CONN_MAX_AGE": int(os.environ.get("SHOP_CONN_MAX_AGE", "0")),
+        "CONN_MAX_AGE": MAX_AGE,
         "CONN_HEALTH_CHECKS": os.environ.get("SHOP_HEALTH_CHECKS", "1") == "1",
     }
 }

@@ -14,7 +14,7 @@ import os
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
@@ -117,13 +117,28 @@ def _schema_files(label: str, models_module: object) -> list[Path]:
 
 
 def _migration_frame(error: BaseException) -> str:
-    """`` (at file:line)``: the last frame of the error in a ``migrations`` folder."""
+    """`` in migration app.name (at file:line)``: the migration being applied when ``error``
+    was raised (Django's executor holds it in a local), and its own line when it has one."""
+    named = ""
+    traceback_ = error.__traceback__
+    while traceback_ is not None:
+        migration: Any = traceback_.tb_frame.f_locals.get("migration")
+        label, name = getattr(migration, "app_label", None), getattr(migration, "name", None)
+        if label and name:
+            named = f" in migration {label}.{name}"
+        traceback_ = traceback_.tb_next
+    django_folder = os.path.dirname(os.path.abspath(_django_file()))
     frames = [
         frame
         for frame in traceback.extract_tb(error.__traceback__)
         if f"{os.sep}migrations{os.sep}" in frame.filename
+        and not frame.filename.startswith(django_folder)
     ]
-    if not frames:
-        return ""
-    frame = frames[-1]
-    return f" (at {frame.filename}:{frame.lineno})"
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return named + where
+
+
+def _django_file() -> str:
+    import django
+
+    return str(django.__file__)
