@@ -104,6 +104,12 @@ def register(config: pytest.Config) -> None:
 def _register_plugins(config: pytest.Config) -> None:
     import importlib
 
+    from pytest_dbguard.django import naive_warnings, statements
+
     manager = config.pluginmanager
     if manager.get_plugin(FIXTURES_PLUGIN) is None:
         manager.register(importlib.import_module(FIXTURES_PLUGIN), FIXTURES_PLUGIN)
+    if manager.get_plugin(statements.PLUGIN_NAME) is None:
+        manager.register(statements.DjangoStatements(config), statements.PLUGIN_NAME)
+    if config.stash[settings_key].naive_datetime != "off":
+        naive_warnings.register(config)

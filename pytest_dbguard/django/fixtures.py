@@ -1,5 +1,5 @@
 """pytest-django's ``django_db_setup`` overridden: the worker's dbguard database instead of a
-``test_<name>`` database per worker.
+``test_<name>`` database per worker; ``dbguard_queries`` extended to Django's statements.
 
 Registered by ``activation`` once every plugin is loaded, so this definition comes after
 pytest-django's own (and a project's conftest, which comes later still, may override it and
@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from pytest_dbguard.django import compat, targets
+from pytest_dbguard.django import compat, statements, targets
 from pytest_dbguard.django.activation import aliases_of, worker_url
+from pytest_dbguard.query_counter import QueryCounter
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +42,20 @@ def django_db_setup(
     yield
     with django_db_blocker.unblock():
         targets.close_all()
+
+
+@pytest.fixture
+def dbguard_queries(
+    request: pytest.FixtureRequest, dbguard_queries: QueryCounter
+) -> Iterator[QueryCounter]:
+    """Function: dbguard's ``dbguard_queries``, also counting the statements of every Django
+    connection; teardown stops counting them."""
+    feed = statements.of(request.config)
+    if feed is None:
+        yield dbguard_queries
+        return
+    feed.counters.append(dbguard_queries)
+    try:
+        yield dbguard_queries
+    finally:
+        feed.counters.remove(dbguard_queries)
