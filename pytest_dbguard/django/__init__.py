@@ -9,5 +9,15 @@ Django only inside the code that runs once it has.
 - ``targets``: ``settings.DATABASES`` aliases pointed at a dbguard database.
 - ``migrate``: the template build (Django's ``migrate``) and its fingerprint for ``--dbguard-reuse``.
 - ``fixtures``: pytest-django's ``django_db_setup`` overridden to use the worker's clone.
+- ``statements``: Django's statements fed to ``dbguard_queries`` and the naive-datetime guard.
+- ``naive_warnings``: Django's naive-datetime warnings folded into one line per field and file.
+- ``requests``: faults on Django connections, recovery across request boundaries.
+- ``reloading``: settings and URLconf loaded anew in a test (``dbguard_without``).
 - ``compat``: the few private attributes of pytest-django this reads, with the versions checked.
 """
+
+from __future__ import annotations
+
+from pytest_dbguard.django.reloading import reloaded_settings
+
+__all__ = ["reloaded_settings"]
