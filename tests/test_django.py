@@ -218,3 +218,36 @@ def test_a_conftest_that_extends_django_db_setup_keeps_working(pytester: pytest.
         """
     )
     run_dbguard(pytester, "-n", "2", plugins=DJANGO_XDIST).assert_outcomes(passed=3)
+
+
+def test_serialized_rollback_restores_what_migrate_wrote(pytester: pytest.Pytester) -> None:
+    """The override keeps Django's serialized copy of the migrated database, as pytest-django's
+    own setup does: after a transactional test empties every table, the next one with
+    serialized_rollback=True gets the rows a data migration wrote back."""
+    write_project(pytester)
+    (pytester.path / "shop" / "migrations" / "0003_first_order.py").write_text(
+        "import datetime\n\nfrom django.db import migrations\n\n\n"
+        "def first_order(apps, schema_editor):\n"
+        '    apps.get_model("shop", "Order").objects.create(\n'
+        "        placed=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc),\n"
+        '        note="from migration",\n'
+        "    )\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        '    dependencies = [("shop", "0002_note")]\n'
+        "    operations = [migrations.RunPython(first_order, migrations.RunPython.noop)]\n"
+    )
+    pytester.makepyfile(
+        test_serialized="""
+        import pytest
+
+        from shop.models import Order
+
+
+        @pytest.mark.django_db(transaction=True, serialized_rollback=True)
+        @pytest.mark.parametrize("n", range(2))
+        def test_the_migrated_row_is_there(n):
+            assert Order.objects.filter(note="from migration").count() == 1
+            Order.objects.all().delete()
+        """
+    )
+    run_dbguard(pytester, plugins=DJANGO).assert_outcomes(passed=2)

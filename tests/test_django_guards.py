@@ -65,3 +65,19 @@ def test_guards_see_the_django_orm(pytester: pytest.Pytester, workers: tuple[str
         ]
     )
     result.stdout.no_fnmatch_line("*RuntimeWarning: DateTimeField*")
+
+
+def test_error_mode_fails_naive_datetimes_given_to_the_orm(pytester: pytest.Pytester) -> None:
+    write_project(pytester, ini_extra="dbguard_naive_datetime = error\n")
+    pytester.makepyfile(test_guards=GUARD_TESTS)
+    result = run_dbguard(pytester, "-k", "naive", plugins=DJANGO_XDIST)
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines(
+        [
+            "E *NaiveDatetimeError: naive datetime bound as parameter "
+            "'Order.placed' (a Django DateTimeField) of 'the Django ORM' during "
+            "test_guards.py::test_orm_with_naive_datetimes[[]1[]]; bind an aware datetime *"
+            "set dbguard_naive_datetime (--dbguard-naive-datetime) to warn or off.",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*DateTimeFields received*")

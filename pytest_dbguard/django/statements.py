@@ -5,18 +5,21 @@ and of ``dbguard_queries`` never see its statements. This wrapper does, on every
 ``settings.DATABASES`` in the test's thread, from the test's setup to its teardown: it counts
 each statement for the ``dbguard_queries`` counters in use, and reports naive datetimes bound
 as parameters while ``USE_TZ = True`` (the ORM makes its own values aware, with Django's warning;
-what arrives naive here comes from raw SQL, ``RawSQL`` or ``extra()``).
+what arrives naive here comes from raw SQL, ``RawSQL`` or ``extra()``). With
+``dbguard_naive_datetime = error``, Django's own naive-datetime warning fails the test too.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator
+import warnings
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, Final
 
 import pytest
 
 from pytest_dbguard.config import settings_key
+from pytest_dbguard.django.naive_warnings import DJANGO_NAIVE
 from pytest_dbguard.naive_datetimes import NaiveDatetimeGuard, naive_values
 from pytest_dbguard.query_counter import QueryCounter
 
@@ -71,17 +74,41 @@ class DjangoStatements:
                 connection.execute_wrappers.remove(self)
         self.wrapped.clear()
 
+    @contextlib.contextmanager
+    def _refusing_naive_fields(self) -> Iterator[None]:
+        """With ``dbguard_naive_datetime = error``: Django's "DateTimeField X received a naive
+        datetime" warning becomes dbguard's NaiveDatetimeError, raised where the ORM got it."""
+        guard = self.naive
+        if guard is None or guard.mode != "error":
+            yield
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("always", message=DJANGO_NAIVE.pattern, category=RuntimeWarning)
+            shown = warnings.showwarning
+
+            def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+                __tracebackhide__ = True
+                found = DJANGO_NAIVE.search(str(message))
+                if found is None:
+                    return shown(message, category, *args, **kwargs)
+                guard.report("the Django ORM", [f"{found['field']!r} (a Django DateTimeField)"])
+
+            warnings.showwarning = show
+            yield
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
         if self.naive is not None:
             self.naive.where = item.nodeid
         self._wrap()
-        return (yield)
+        with self._refusing_naive_fields():
+            return (yield)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
         self._wrap()  # django_db_setup may have made new connection objects meanwhile
-        return (yield)
+        with self._refusing_naive_fields():
+            return (yield)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
