@@ -251,3 +251,15 @@ def test_serialized_rollback_restores_what_migrate_wrote(pytester: pytest.Pytest
         """
     )
     run_dbguard(pytester, plugins=DJANGO).assert_outcomes(passed=2)
+
+
+def test_django_databases_without_django_settings_is_a_usage_error(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini("[pytest]\ndbguard_django_databases = default\n")
+    pytester.makepyfile(test_plain=NO_DJANGO_TEST)
+    result = run_dbguard(pytester, plugins=DJANGO)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*ini dbguard_django_databases is set, but this run has no Django settings*"]
+    )

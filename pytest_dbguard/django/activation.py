@@ -31,6 +31,11 @@ NEEDS_DATABASES: Final = (
     "this run uses one schema per worker ({source}, or a role that may not create databases). "
     "Use a role with CREATEDB and --dbguard-worker-isolation database (ini dbguard_worker_isolation)."
 )
+NO_SETTINGS: Final = (
+    "ini {ini} is set, but this run has no Django settings for dbguard to serve: run pytest-django "
+    "(installed, or -p pytest_django.plugin when plugin autoload is off) with "
+    "DJANGO_SETTINGS_MODULE set (the environment, --ds, or the ini key DJANGO_SETTINGS_MODULE)."
+)
 UNKNOWN_ALIAS: Final = (
     "ini {ini} names the database alias {alias!r}, which settings.DATABASES of {settings} does "
     "not define (it has: {known}). List aliases of DATABASES, e.g. '{ini} = default'."
@@ -66,7 +71,11 @@ def worker_url(config: pytest.Config) -> DatabaseURL:
 
 def register(config: pytest.Config) -> None:
     """When Django runs: the schema hook for the lifecycle, the fixtures, the Django guards."""
-    if plan_key not in config.stash or not django_active(config):
+    if plan_key not in config.stash:
+        return
+    if not django_active(config):
+        if config.getini(INI_DATABASES) and config.stash[plan_key].inspection is None:
+            raise ConfigError(NO_SETTINGS.format(ini=INI_DATABASES))
         return
     from pytest_dbguard import lifecycle
 
