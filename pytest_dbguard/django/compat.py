@@ -1,7 +1,8 @@
-"""The private attributes of pytest-django that dbguard reads, and nothing else.
+"""The private attributes of pytest-django and Django that dbguard touches, and nothing else.
 
-Checked against pytest-django 4.5 to 4.14. Each helper degrades to a safe default when the
-attribute is gone: a new release costs a feature some precision, never a crash.
+Checked against pytest-django 4.5 to 4.14 and Django 4.2 to 5.2. Each helper degrades to a
+safe default when the attribute is gone: a new release costs a feature some precision, never a
+crash (the serialized copy has no fallback: Django reads it where it writes it).
 """
 
 from __future__ import annotations
@@ -45,3 +46,13 @@ def serialized_aliases(items: Sequence[pytest.Item]) -> set[str]:
     except ImportError:  # gone in a later release: no test gets serialized contents
         return set()
     return set(_get_databases_for_setup(items)[1])
+
+
+def keep_serialized_copy(alias: str) -> None:
+    """Keep the alias's database serialized for ``serialized_rollback`` tests: what Django's
+    ``create_test_db(serialize=True)`` stores on the connection (``_test_serialized_contents``,
+    which ``TransactionTestCase`` reads back)."""
+    from django.db import connections
+
+    connection = connections[alias]
+    connection._test_serialized_contents = connection.creation.serialize_db_to_string()

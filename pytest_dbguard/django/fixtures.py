@@ -32,13 +32,8 @@ def django_db_setup(
     serialized = compat.serialized_aliases(request.session.items)
     with django_db_blocker.unblock():
         targets.point(aliases, worker_url(request.config))
-        if serialized:
-            from django.db import connections
-
-            for alias in sorted(serialized & set(aliases)):
-                connection = connections[alias]
-                # What Django's create_test_db(serialize=True) keeps for serialized_rollback.
-                connection._test_serialized_contents = connection.creation.serialize_db_to_string()
+        for alias in sorted(serialized & set(aliases)):
+            compat.keep_serialized_copy(alias)
     yield
     with django_db_blocker.unblock():
         targets.close_all()
