@@ -13,6 +13,7 @@ import pytest
 
 from pytest_dbguard.aio import asyncloop
 from pytest_dbguard.db import isolation
+from pytest_dbguard.django import activation as django_activation
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.faults import restart_fence
 from pytest_dbguard.run import config as dbguard_config
@@ -76,6 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.
         environment.prepare(config, config.option, config.args, late=True)
         lifecycle.configure(config)
+        django_activation.register(config)  # only when pytest-django runs with settings
         asyncloop.register(config)
         restart_fence.register(config)
     except DbguardError as error:

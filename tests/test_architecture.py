@@ -15,7 +15,7 @@ import pytest
 import pytest_dbguard
 
 PACKAGE = Path(pytest_dbguard.__file__).parent
-SUBPACKAGES = ("run", "db", "server", "faults", "guards", "aio")
+SUBPACKAGES = ("run", "db", "server", "faults", "guards", "aio", "django")
 WIRING = {"pytest_dbguard.plugin", "pytest_dbguard.cli", "pytest_dbguard.__main__"}
 
 

@@ -544,3 +544,32 @@ def test_isolation_and_migrating_recipes(
     result = run_recipe("-p", "pytest_dbguard", "--dbguard-url", pg_server.url(), "-v", timeout=300)
     result.assert_outcomes(passed=6)
     assert SUPERUSER_PASSWORD not in result.stdout.str()
+
+
+def test_django_recipe(pytester: pytest.Pytester) -> None:
+    """The Django recipe's ini and tests, on a small real project (with the settings modules the
+    recipe names), under -n 2; the header is the one shown."""
+    from tests.django_project import write_project
+
+    write_project(pytester)
+    (ini,) = blocks("Django (pytest-django)", "ini")
+    (tests,) = blocks("Django (pytest-django)", "python")
+    header = blocks("Django (pytest-django)", "")[0].splitlines()[0]
+    pytester.makefile(".ini", pytest=ini)
+    (pytester.path / "tox.ini").unlink()  # write_project's ini: the recipe's replaces it
+    pytester.makepyfile(manage="")  # pytest-django puts the folder of manage.py on sys.path
+    pytester.mkpydir("debug_toolbar")
+    pytester.mkpydir("config")
+    settings = pytester.mkpydir("config/settings")
+    (settings / "test.py").write_text("from djproj.settings import *  # noqa: F403\n")
+    (settings / "production.py").write_text(
+        "from djproj.settings import *  # noqa: F403\n\n"
+        "try:\n    import debug_toolbar  # noqa: F401\nexcept ImportError:\n    pass\n"
+        "else:\n    INSTALLED_APPS = [*INSTALLED_APPS, 'debug_toolbar']\n"
+    )
+    pytester.makepyfile(test_recipe=tests)
+    result = pytester.runpytest_subprocess(
+        "-p", "pytest_django.plugin", "-p", "xdist.plugin", "-n", "2", timeout=300
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(as_shown(header))

@@ -214,6 +214,15 @@ class DatabaseURL:
         """The URL without the named query parameters."""
         return dataclasses.replace(self, query=tuple(p for p in self.query if p[0] not in names))
 
+    def libpq(self) -> DatabaseURL:
+        """This database as a libpq URL (``postgres://user:pass@host:port/db``): the form
+        dj-database-url and django-environ read, which reject SQLAlchemy's ``+driver``."""
+        return (
+            dataclasses.replace(self, backend="postgres", driver=None)
+            if not self.is_sqlite
+            else self
+        )
+
     def sync(self) -> DatabaseURL:
         """This database through a synchronous driver that is installed."""
         if self.is_sqlite:

@@ -23,6 +23,7 @@ import pytest
 from pytest_dbguard.compat import pooled_connection_records
 from pytest_dbguard.db.engines import MAINTENANCE_APP, admin_engine
 from pytest_dbguard.db.urls import DatabaseURL, SecretURL
+from pytest_dbguard.django import requests as django_requests
 from pytest_dbguard.exceptions import DbguardError, FaultError
 from pytest_dbguard.faults.recovery import Recovery, recover, recover_async
 from pytest_dbguard.faults.restart_fence import RestartFence, fence_of, workers
@@ -133,8 +134,9 @@ class Faults:
         return len(pids)
 
     def close(self, target: Any) -> int:
-        """Close a DBAPI or SQLAlchemy connection, or each idle one of an Engine or pool, on the
-        client side behind SQLAlchemy's back, so the next use finds it dead; return how many."""
+        """Close a DBAPI or SQLAlchemy connection, or each idle one of an Engine or pool, or a
+        Django connection (or all of ``django.db.connections``), on the client side behind the
+        library's back, so the next use finds it dead; return how many."""
         __tracebackhide__ = True
         connections = _driver_connections(target)
         for connection in connections:
@@ -212,6 +214,7 @@ class Faults:
         when none is running.
         """
         __tracebackhide__ = True
+        target = django_requests.in_requests(target)  # Django: each attempt is a request
         return recover(
             target, within, password=self.test_url.password, fail=self.fail, first_try=first_try
         )
@@ -256,6 +259,8 @@ def _driver_connections(target: Any) -> list[Any]:
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.pool import Pool
 
+    if (found := django_requests.driver_connections(target)) is not None:
+        return found
     target = getattr(target, "sync_engine", None) or getattr(target, "sync_connection", target)
     target = target.pool if isinstance(target, Engine) else target
     if not isinstance(target, Pool):

@@ -37,11 +37,14 @@ class QueryCounter(EngineListener):
         executemany: bool,
     ) -> tuple[str, Any]:
         options = context.execution_options if context is not None else conn.get_execution_options()
-        if not options.get(INTERNAL_OPTION) and not statement.lstrip()[:9].upper().startswith(
-            BOOKKEEPING
-        ):
-            self._statements.append(statement)
+        if not options.get(INTERNAL_OPTION):
+            self.record(statement)
         return statement, parameters
+
+    def record(self, statement: str) -> None:
+        """Count a statement run outside SQLAlchemy (Django's ORM); bookkeeping is left out."""
+        if not statement.lstrip()[:9].upper().startswith(BOOKKEEPING):
+            self._statements.append(statement)
 
     @property
     def count(self) -> int:

@@ -126,6 +126,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
         cli=False,
     ),
     Option(
+        "django_databases",
+        "Django database aliases pointed at the worker's database (default: default).",
+        ini_type="args",
+        env=False,
+        cli=False,
+    ),
+    Option(
         "guard_modules",
         "Modules that must not be imported before dbguard sets the environment.",
         ini_type="args",

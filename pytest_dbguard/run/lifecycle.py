@@ -116,7 +116,7 @@ def _kept_template(plan: RunPlan, settings: Settings, state: SessionState) -> st
         or plan.schema is not None
     ):
         return None
-    if state.metadata is None and state.alembic_ini is None:
+    if state.metadata is None and state.alembic_ini is None and state.schema_hook is None:
         return None
     return _template(plan, settings, _fingerprint(settings, state) or "000000")[0]
 
@@ -163,6 +163,8 @@ def _wait_ready(config: pytest.Config, run: DbguardRun, state: SessionState) -> 
 def _fingerprint(settings: Settings, state: SessionState) -> str:
     """A short hash of the schema this worker needs: workers whose schemas differ (a per-worker
     table prefix) get different templates, and a reused template is rebuilt when the schema changes."""
+    if state.schema_hook is not None:
+        return state.schema_hook.fingerprint()
     if state.metadata is not None:
         return schema.fingerprint_metadata(state.metadata, "postgresql")
     if state.alembic_ini is not None:
@@ -176,7 +178,7 @@ def _fingerprint(settings: Settings, state: SessionState) -> str:
     return ""
 
 
-PER_DATABASE_PLACEHOLDERS: Final = ("url", "async_url", "db", "worker")
+PER_DATABASE_PLACEHOLDERS: Final = ("url", "async_url", "pg_url", "db", "worker")
 
 
 def _template(plan: RunPlan, settings: Settings, fingerprint: str) -> tuple[str, str]:
@@ -213,12 +215,16 @@ def _provision(plan: RunPlan, settings: Settings, state: SessionState) -> Provis
     template_url = (
         plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
     )
-    build = schema.builder(
-        state.metadata,
-        state.alembic_ini,
-        template_url,
-        state.schema_source,
-        own_process=plan.server_url is not None and plan.schema is None,
+    build = (
+        state.schema_hook.builder(template_url)
+        if state.schema_hook is not None
+        else schema.builder(
+            state.metadata,
+            state.alembic_ini,
+            template_url,
+            state.schema_source,
+            own_process=plan.server_url is not None and plan.schema is None,
+        )
     )
     # While the template is built, the exported variables name it: an alembic env.py that reads
     # DATABASE_URL (or DBGUARD_URL) migrates the template, not the worker's database.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import pytest
 
@@ -20,9 +20,19 @@ from pytest_dbguard.run.run_plan import RunPlan
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
 
-    from pytest_dbguard.db.databases import Provisioned
+    from pytest_dbguard.db.databases import Provisioned, SchemaBuild
+    from pytest_dbguard.db.urls import DatabaseURL
     from pytest_dbguard.faults.proxy import FaultProxy
     from pytest_dbguard.server.cluster import EmbeddedCluster
+
+
+class SchemaHook(Protocol):
+    """A schema source other than metadata and alembic (Django's ``migrate``): its fingerprint,
+    and the build of a template at ``url``."""
+
+    def fingerprint(self) -> str: ...
+
+    def builder(self, url: DatabaseURL) -> SchemaBuild: ...
 
 
 @dataclasses.dataclass
@@ -42,6 +52,7 @@ class SessionState:
     started: bool = False  # ensure_started ran (it runs once)
     template: str = ""  # with --dbguard-reuse: built, reused or rebuilt (reuse_run), for the header
     notes: list[str] = dataclasses.field(default_factory=list)
+    schema_hook: SchemaHook | None = None  # set by pytest_dbguard.django when Django runs
 
 
 @dataclasses.dataclass(eq=False)

@@ -1,0 +1,122 @@
+"""Whether Django runs in this pytest run, and the wiring when it does.
+
+Django runs when pytest-django is active and has settings (``DJANGO_SETTINGS_MODULE``, which
+pytest-django also sets from ``--ds`` and the ini key). Then dbguard builds the schema with
+Django's ``migrate``, overrides ``django_db_setup`` and watches Django's connections. Otherwise
+nothing here imports Django.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Final
+
+import pytest
+
+from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.run.state import run_of, the_run
+
+INI_DATABASES: Final = "dbguard_django_databases"
+DEFAULT_ALIASES: Final = ("default",)
+FIXTURES_PLUGIN: Final = "pytest_dbguard.django.fixtures"
+NEEDS_POSTGRES: Final = (
+    "Django support needs a PostgreSQL server: this run uses SQLite ({source}). Drop "
+    "--dbguard-url sqlite (the embedded PostgreSQL is the default) or give a PostgreSQL URL."
+)
+NEEDS_DATABASES: Final = (
+    "Django support gives each worker a database of its own cloned from a migrated template, but "
+    "this run uses one schema per worker ({source}, or a role that may not create databases). "
+    "Use a role with CREATEDB and --dbguard-worker-isolation database (ini dbguard_worker_isolation)."
+)
+NO_SETTINGS: Final = (
+    "ini {ini} is set, but this run has no Django settings for dbguard to serve: run pytest-django "
+    "(installed, or -p pytest_django.plugin when plugin autoload is off) with "
+    "DJANGO_SETTINGS_MODULE set (the environment, --ds, or the ini key DJANGO_SETTINGS_MODULE)."
+)
+UNKNOWN_ALIAS: Final = (
+    "ini {ini} names the database alias {alias!r}, which settings.DATABASES of {settings} does "
+    "not define (it has: {known}). List aliases of DATABASES, e.g. '{ini} = default'."
+)
+TWO_SOURCES: Final = (
+    "This run uses Django (pytest-django with {settings}), whose schema dbguard builds with "
+    "Django's migrate, and {source} is set too. Remove {source}: a Django project's schema comes "
+    "from its migrations."
+)
+
+
+def django_active(config: pytest.Config) -> bool:
+    """pytest-django is active and Django has settings; never imports Django itself."""
+    from pytest_dbguard.django import compat
+
+    if not compat.pytest_django_active(config):
+        return False
+    if os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return "django" in sys.modules  # pytest-django imported it while loading the settings
+    return False
+
+
+def aliases_of(config: pytest.Config) -> tuple[str, ...]:
+    """The aliases of ini ``dbguard_django_databases`` (default ``default``)."""
+    listed = tuple(config.getini(INI_DATABASES) or ())
+    return listed or DEFAULT_ALIASES
+
+
+def worker_url(config: pytest.Config) -> DatabaseURL:
+    """This worker's test database (through the fault proxy when it is on)."""
+    return the_run(config).plan.test_url
+
+
+def register(config: pytest.Config) -> None:
+    """When Django runs: the schema hook for the lifecycle, the fixtures, the Django guards."""
+    run = run_of(config)
+    if run is None:
+        return
+    if not django_active(config):
+        if config.getini(INI_DATABASES) and run.plan.inspection is None:
+            raise ConfigError(NO_SETTINGS.format(ini=INI_DATABASES))
+        return
+    plan, settings = run.plan, run.settings
+    if plan.inspection is not None:
+        _register_plugins(config)
+        return
+    if plan.server_url is None:
+        raise ConfigError(NEEDS_POSTGRES.format(source=settings.source_of("url")))
+    if plan.schema is not None:
+        raise ConfigError(NEEDS_DATABASES.format(source=settings.source_of("worker_isolation")))
+    module = os.environ["DJANGO_SETTINGS_MODULE"]
+    for name in ("metadata", "alembic_ini"):
+        if getattr(settings, name):
+            raise ConfigError(TWO_SOURCES.format(settings=module, source=settings.source_of(name)))
+    aliases = aliases_of(config)
+    from django.conf import settings as django_settings
+
+    for alias in aliases:
+        if alias not in django_settings.DATABASES:
+            known = ", ".join(sorted(django_settings.DATABASES)) or "none"
+            raise ConfigError(
+                UNKNOWN_ALIAS.format(ini=INI_DATABASES, alias=alias, settings=module, known=known)
+            )
+    from pytest_dbguard.django.migrate import DjangoSchema
+
+    hook = DjangoSchema(config, aliases)
+    state = run.session
+    assert state is not None, "register runs after lifecycle.configure"
+    state.schema_hook = hook
+    state.schema_source = hook.source
+    _register_plugins(config)
+
+
+def _register_plugins(config: pytest.Config) -> None:
+    import importlib
+
+    from pytest_dbguard.django import naive_warnings, statements
+
+    manager = config.pluginmanager
+    if manager.get_plugin(FIXTURES_PLUGIN) is None:
+        manager.register(importlib.import_module(FIXTURES_PLUGIN), FIXTURES_PLUGIN)
+    if manager.get_plugin(statements.PLUGIN_NAME) is None:
+        manager.register(statements.DjangoStatements(config), statements.PLUGIN_NAME)
+    if the_run(config).settings.naive_datetime != "off":
+        naive_warnings.register(config)

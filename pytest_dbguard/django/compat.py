@@ -1,0 +1,58 @@
+"""The private attributes of pytest-django and Django that dbguard touches, and nothing else.
+
+Checked against pytest-django 4.5 to 4.14 and Django 4.2 to 5.2. Each helper degrades to a
+safe default when the attribute is gone: a new release costs a feature some precision, never a
+crash (the serialized copy has no fallback: Django reads it where it writes it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+
+def pytest_django_active(config: pytest.Config) -> bool:
+    """Whether pytest-django's plugin is registered in this run (``-p pytest_django`` or its
+    entry point); its module is looked up, never imported."""
+    module = sys.modules.get("pytest_django.plugin")
+    return module is not None and config.pluginmanager.is_registered(module)
+
+
+@contextlib.contextmanager
+def unblocked(config: pytest.Config) -> Iterator[None]:
+    """Database access allowed, outside any fixture (the template is built at collection's end).
+
+    pytest-django keeps its blocker on ``config.stash[blocking_manager_key]`` (4.6+); the public
+    ``django_db_blocker`` fixture is the same object but does not exist outside fixtures.
+    """
+    from pytest_django import plugin
+
+    key = getattr(plugin, "blocking_manager_key", None)
+    blocker = config.stash.get(key, None) if key is not None else None
+    if blocker is None:
+        yield
+        return
+    with blocker.unblock():
+        yield
+
+
+def serialized_aliases(items: Sequence[pytest.Item]) -> set[str]:
+    """The aliases some test rolls back by serialization (``serialized_rollback=True``)."""
+    try:
+        from pytest_django.fixtures import _get_databases_for_setup
+    except ImportError:  # gone in a later release: no test gets serialized contents
+        return set()
+    return set(_get_databases_for_setup(items)[1])
+
+
+def keep_serialized_copy(alias: str) -> None:
+    """Keep the alias's database serialized for ``serialized_rollback`` tests: what Django's
+    ``create_test_db(serialize=True)`` stores on the connection (``_test_serialized_contents``,
+    which ``TransactionTestCase`` reads back)."""
+    from django.db import connections
+
+    connection = connections[alias]
+    connection._test_serialized_contents = connection.creation.serialize_db_to_string()

@@ -1,0 +1,144 @@
+"""The Django schema source: a template built by Django's own ``migrate``, and its fingerprint.
+
+dbguard's lifecycle builds the template once per run (under its advisory lock, in whichever
+worker gets there first) and clones it per worker; this module only says how to build it and
+when a kept one (``--dbguard-reuse``) is stale: the fingerprint covers every installed app's
+migration files and models, the Django version, the settings module and the aliases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+
+from pytest_dbguard.django import compat, targets
+from pytest_dbguard.exceptions import SchemaError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from pytest_dbguard.db.urls import DatabaseURL
+
+MIGRATE_FAILED: Final = (
+    "Django's migrate (database alias {alias!r}, settings {settings}) failed while dbguard built "
+    "the template {database!r}: {error}{where}. Fix that migration (or the models it imports); "
+    "no test ran. dbguard migrates once per run into a template that every worker clones."
+)
+
+
+class DjangoSchema:
+    """The template of a Django project: ``migrate`` for every alias dbguard serves."""
+
+    def __init__(self, config: pytest.Config, aliases: Sequence[str]) -> None:
+        self.config = config
+        self.aliases = tuple(aliases)
+        self.settings_module = os.environ.get("DJANGO_SETTINGS_MODULE", "")
+
+    @property
+    def source(self) -> str:
+        """How the header names this schema source."""
+        return f"django migrate ({self.settings_module})"
+
+    def fingerprint(self) -> str:
+        """A short hash of what the migrated schema depends on: a changed migration, model file,
+        Django version or alias list gives another kept template."""
+        import django
+        from django.apps import apps
+
+        digest = hashlib.sha1(
+            f"{django.get_version()}|{self.settings_module}|{','.join(self.aliases)}".encode()
+        )
+        for app in sorted(apps.get_app_configs(), key=lambda app: app.label):
+            digest.update(f"\0app:{app.label}".encode())
+            for path in _schema_files(app.label, app.models_module):
+                digest.update(f"\0{path.name}\0".encode())
+                digest.update(path.read_bytes())
+        return digest.hexdigest()[:6]
+
+    def builder(self, url: DatabaseURL) -> Callable[[Connection], None]:
+        """The build of the template at ``url``: ``migrate`` (and ``createcachetable``) per alias.
+
+        dbguard hands it a SQLAlchemy connection to the template; Django migrates through its
+        own connection instead, closed again before anyone clones the template.
+        """
+
+        def build(_connection: Connection) -> None:
+            from django.core.management import call_command
+
+            with compat.unblocked(self.config), targets.pointed(self.aliases, url):
+                for alias in self.aliases:
+                    try:
+                        call_command("migrate", database=alias, interactive=False, verbosity=0)
+                        call_command("createcachetable", database=alias, verbosity=0)
+                    except Exception as error:
+                        raise SchemaError(self._failure(alias, url, error)) from error
+
+        return build
+
+    def _failure(self, alias: str, url: DatabaseURL, error: Exception) -> str:
+        cause = getattr(error, "__cause__", None) or error  # Django wraps the driver's error
+        detail = (str(cause).strip().splitlines() or [""])[0]
+        if url.password:
+            detail = detail.replace(url.password, "***")
+        return MIGRATE_FAILED.format(
+            alias=alias,
+            settings=self.settings_module,
+            database=url.database,
+            error=f"{type(cause).__name__}: {detail}",
+            where=_migration_frame(error),
+        )
+
+
+def _schema_files(label: str, models_module: object) -> list[Path]:
+    """The app's model files and migration files, sorted."""
+    from django.db.migrations.loader import MigrationLoader
+
+    files: set[Path] = set()
+    models_file = getattr(models_module, "__file__", None)
+    if models_file:
+        path = Path(models_file)
+        files.update(path.parent.glob("*.py") if path.name == "__init__.py" else [path])
+    module_name, _explicit = MigrationLoader.migrations_module(label)
+    if module_name:
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):  # the app has no migrations package
+            spec = None
+        for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+            files.update(Path(folder).rglob("*.py"))
+    return sorted(files)
+
+
+def _migration_frame(error: BaseException) -> str:
+    """`` in migration app.name (at file:line)``: the migration being applied when ``error``
+    was raised (Django's executor holds it in a local), and its own line when it has one."""
+    named = ""
+    traceback_ = error.__traceback__
+    while traceback_ is not None:
+        migration: Any = traceback_.tb_frame.f_locals.get("migration")
+        label, name = getattr(migration, "app_label", None), getattr(migration, "name", None)
+        if label and name:
+            named = f" in migration {label}.{name}"
+        traceback_ = traceback_.tb_next
+    django_folder = os.path.dirname(os.path.abspath(_django_file()))
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if f"{os.sep}migrations{os.sep}" in frame.filename
+        and not frame.filename.startswith(django_folder)
+    ]
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return named + where
+
+
+def _django_file() -> str:
+    import django
+
+    return str(django.__file__)

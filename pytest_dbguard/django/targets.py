@@ -1,0 +1,82 @@
+"""Point ``settings.DATABASES`` aliases at a dbguard database, the way Django's own test setup does.
+
+Django's ``create_test_db`` changes ``settings.DATABASES[alias]`` and the connection's
+``settings_dict`` in place and closes the connection; this does the same with the whole
+connection (name, host, port, user, password), so every later connection of the alias, in any
+thread (``live_server``), reaches the dbguard database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+from pytest_dbguard.db.urls import DatabaseURL
+
+POSTGRES_ENGINE: Final = "django.db.backends.postgresql"
+POSTGRES_WORDS: Final = ("postgresql", "postgis", "psycopg")
+
+
+def _fields(url: DatabaseURL) -> dict[str, str]:
+    return {
+        "NAME": url.database or "",
+        "USER": url.username or "",
+        "PASSWORD": url.password or "",
+        "HOST": url.host or "",
+        "PORT": str(url.port) if url.port else "",
+    }
+
+
+def _replace(alias: str, entry: dict[str, Any]) -> None:
+    """Make ``entry`` the alias's settings, in place, and drop the alias's open connection."""
+    from django.conf import settings
+    from django.db import connections
+
+    current = settings.DATABASES[alias]
+    engine_changed = current.get("ENGINE") != entry.get("ENGINE")
+    wrapper = connections[alias]
+    wrapper.close()
+    if wrapper.settings_dict is not current:  # a copy (override_settings): keep both in step
+        wrapper.settings_dict.clear()
+        wrapper.settings_dict.update(copy.deepcopy(entry))
+    current.clear()
+    current.update(entry)
+    if engine_changed:  # the wrapper belongs to the old backend: the next access makes a new one
+        del connections[alias]
+
+
+def point(aliases: Sequence[str], url: DatabaseURL) -> None:
+    """Every alias in ``aliases`` now connects to ``url`` (a PostgreSQL database dbguard made)."""
+    from django.conf import settings
+
+    for alias in aliases:
+        entry = copy.deepcopy(settings.DATABASES[alias])
+        if not any(word in str(entry.get("ENGINE", "")) for word in POSTGRES_WORDS):
+            entry["ENGINE"] = POSTGRES_ENGINE  # dbguard serves PostgreSQL, whatever the default
+        entry.update(_fields(url))
+        entry.setdefault("TEST", {})["NAME"] = url.database
+        _replace(alias, entry)
+
+
+@contextlib.contextmanager
+def pointed(aliases: Sequence[str], url: DatabaseURL) -> Iterator[None]:
+    """``point`` for a while (the template's build); the settings as they were afterwards, and no
+    connection left open on ``url`` (a template with a connection cannot be cloned)."""
+    from django.conf import settings
+
+    saved = {alias: copy.deepcopy(settings.DATABASES[alias]) for alias in aliases}
+    point(aliases, url)
+    try:
+        yield
+    finally:
+        for alias, entry in saved.items():
+            _replace(alias, entry)
+
+
+def close_all() -> None:
+    """Close every Django connection of this thread (before dbguard drops the databases)."""
+    from django.db import connections
+
+    connections.close_all()

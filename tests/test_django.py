@@ -1,0 +1,265 @@
+"""Django + pytest-django: dbguard's server, one migrate per run into a template, a clone per worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_dbguard.db import kept_templates
+from pytest_dbguard.db.urls import DatabaseURL
+from tests.django_project import migrate_lines, write_project
+from tests.helpers import run_dbguard
+from tests.pgserver import TestServer
+
+DJANGO = ("pytest_django.plugin",)
+DJANGO_XDIST = ("pytest_django.plugin", "xdist.plugin")
+
+ORM_TESTS = """
+import datetime
+import json
+import os
+import urllib.request
+
+import pytest
+from django.db import connection, connections
+
+from shop.models import Order
+
+
+@pytest.mark.django_db
+def test_orm_in_the_worker_database(django_assert_num_queries):
+    with django_assert_num_queries(1):
+        Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc), note="a")
+    assert connection.settings_dict["NAME"] == os.environ["DBGUARD_DB"]
+    assert Order.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_rolled_back_between_tests():
+    assert Order.objects.count() == 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM django_migrations WHERE app = 'shop'")
+        assert cursor.fetchone()[0] == 2
+
+
+def test_transactional(transactional_db):
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc))
+    assert Order.objects.count() == 1
+
+
+def test_live_server(live_server):
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc))
+    with urllib.request.urlopen(live_server.url + "/health") as response:
+        assert json.load(response) == {"orders": 1}
+
+
+@pytest.mark.parametrize("n", range(4))
+@pytest.mark.django_db
+def test_many(n):
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc), note=str(n))
+    assert list(Order.objects.values_list("note", flat=True)) == [str(n)]
+"""
+
+
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+@pytest.mark.parametrize("server", ["embedded", "external"])
+def test_migrate_once_and_a_clone_per_worker(
+    pytester: pytest.Pytester, pg_server: TestServer, server: str, workers: tuple[str, ...]
+) -> None:
+    log = write_project(pytester)
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    url = ["--dbguard-url", pg_server.url()] if server == "external" else []
+    before = set(pg_server.databases())
+    result = run_dbguard(pytester, *workers, *url, plugins=DJANGO_XDIST)
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["dbguard: *django migrate (djproj.settings)*"])
+    migrated = migrate_lines(log)
+    assert len(migrated) == 1, migrated  # once per run, whatever the number of workers
+    if workers:
+        assert "_tpl" in migrated[0]  # into the template the workers cloned
+    assert set(pg_server.databases()) == before  # everything dbguard made is dropped
+
+
+def test_reuse_keeps_the_template_until_a_migration_changes(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """--dbguard-reuse: the second run clones the kept template without migrating; a changed
+    migration file gives another fingerprint, so the third run migrates again."""
+    log = write_project(pytester)
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    url = pg_server.url()
+    before = set(pg_server.databases())
+    try:
+        first = run_dbguard(pytester, "--dbguard-reuse", "--dbguard-url", url, plugins=DJANGO)
+        first.assert_outcomes(passed=8)
+        second = run_dbguard(pytester, "--dbguard-reuse", "--dbguard-url", url, plugins=DJANGO)
+        second.assert_outcomes(passed=8)
+        second.stdout.fnmatch_lines(
+            ["dbguard: *django migrate (djproj.settings), template reused*"]
+        )
+        assert len(migrate_lines(log)) == 1
+        migration = pytester.path / "shop" / "migrations" / "0002_note.py"
+        migration.write_text(migration.read_text() + "\n# a reviewed change\n")
+        third = run_dbguard(pytester, "--dbguard-reuse", "--dbguard-url", url, plugins=DJANGO)
+        third.assert_outcomes(passed=8)
+        assert len(migrate_lines(log)) == 2
+        kept = set(pg_server.databases()) - before
+        assert len(kept) == 2 and all(name.endswith("_tpl") for name in kept), kept
+    finally:
+        dropped = kept_templates.drop_kept(DatabaseURL.parse(url), "postgres")
+    assert len(dropped) == 2
+    assert set(pg_server.databases()) == before
+
+
+def test_pg_url_placeholder_is_a_libpq_url(pytester: pytest.Pytester) -> None:
+    """{pg_url} is what dj-database-url and django-environ read: postgres://, no +driver."""
+    pytester.makeini("[pytest]\ndbguard_env =\n    DATABASE_URL={pg_url}\n")
+    pytester.makepyfile(
+        """
+        import os
+
+        import psycopg
+
+
+        def test_libpq_reads_it():
+            url = os.environ["DATABASE_URL"]
+            assert url.startswith("postgres://") and "+" not in url.split("://")[0]
+            with psycopg.connect(url) as connection:
+                name = connection.execute("SELECT current_database()").fetchone()[0]
+            assert name == os.environ["DBGUARD_DB"]
+        """
+    )
+    run_dbguard(pytester).assert_outcomes(passed=1)
+
+
+NO_DJANGO_TEST = """
+import sys
+
+
+def test_django_was_not_imported():
+    assert "django" not in sys.modules
+"""
+
+
+@pytest.mark.parametrize("plugins", [(), DJANGO], ids=["without-pytest-django", "no-settings"])
+def test_runs_without_django_settings_never_import_django(
+    pytester: pytest.Pytester, plugins: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(test_plain=NO_DJANGO_TEST)
+    result = run_dbguard(pytester, plugins=plugins)
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*django migrate*")
+
+
+def test_a_failing_migration_stops_before_the_first_test_once(pytester: pytest.Pytester) -> None:
+    write_project(pytester)
+    broken = pytester.path / "shop" / "migrations" / "0003_broken.py"
+    broken.write_text(
+        "from django.db import migrations\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        '    dependencies = [("shop", "0002_note")]\n'
+        '    operations = [migrations.RunSQL("ALTER TABLE no_such_table ADD COLUMN x int")]\n'
+    )
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    result = run_dbguard(pytester, "-n", "2", plugins=DJANGO_XDIST)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert (
+        output.count("Django's migrate (database alias 'default', settings djproj.settings) failed")
+        == 1
+    )
+    assert 'relation "no_such_table" does not exist' in output
+    assert "in migration shop.0003_broken" in output
+    assert " passed" not in output
+
+
+def test_an_alias_missing_from_databases_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    write_project(pytester, ini_extra="dbguard_django_databases = default replica\n")
+    pytester.makepyfile(test_plain=NO_DJANGO_TEST.replace("not in", "in"))
+    result = run_dbguard(pytester, plugins=DJANGO)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*ini dbguard_django_databases names the database alias 'replica', which "
+            "settings.DATABASES of djproj.settings does not define (it has: default)*"
+        ]
+    )
+
+
+def test_a_conftest_that_extends_django_db_setup_keeps_working(pytester: pytest.Pytester) -> None:
+    """pytest-django's documented recipe: a session fixture that requests django_db_setup and
+    seeds data; under dbguard it gets dbguard's override, and the seed lands in the worker's clone."""
+    write_project(pytester)
+    pytester.makeconftest(
+        """
+        import datetime
+
+        import pytest
+
+
+        @pytest.fixture(scope="session")
+        def django_db_setup(django_db_setup, django_db_blocker):
+            from shop.models import Order
+
+            with django_db_blocker.unblock():
+                Order.objects.create(placed=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc), note="seed")
+        """
+    )
+    pytester.makepyfile(
+        test_seed="""
+        import pytest
+
+        from shop.models import Order
+
+
+        @pytest.mark.django_db
+        @pytest.mark.parametrize("n", range(3))
+        def test_seeded(n):
+            assert list(Order.objects.values_list("note", flat=True)) == ["seed"]
+        """
+    )
+    run_dbguard(pytester, "-n", "2", plugins=DJANGO_XDIST).assert_outcomes(passed=3)
+
+
+def test_serialized_rollback_restores_what_migrate_wrote(pytester: pytest.Pytester) -> None:
+    """The override keeps Django's serialized copy of the migrated database, as pytest-django's
+    own setup does: after a transactional test empties every table, the next one with
+    serialized_rollback=True gets the rows a data migration wrote back."""
+    write_project(pytester)
+    (pytester.path / "shop" / "migrations" / "0003_first_order.py").write_text(
+        "import datetime\n\nfrom django.db import migrations\n\n\n"
+        "def first_order(apps, schema_editor):\n"
+        '    apps.get_model("shop", "Order").objects.create(\n'
+        "        placed=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc),\n"
+        '        note="from migration",\n'
+        "    )\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        '    dependencies = [("shop", "0002_note")]\n'
+        "    operations = [migrations.RunPython(first_order, migrations.RunPython.noop)]\n"
+    )
+    pytester.makepyfile(
+        test_serialized="""
+        import pytest
+
+        from shop.models import Order
+
+
+        @pytest.mark.django_db(transaction=True, serialized_rollback=True)
+        @pytest.mark.parametrize("n", range(2))
+        def test_the_migrated_row_is_there(n):
+            assert Order.objects.filter(note="from migration").count() == 1
+            Order.objects.all().delete()
+        """
+    )
+    run_dbguard(pytester, plugins=DJANGO).assert_outcomes(passed=2)
+
+
+def test_django_databases_without_django_settings_is_a_usage_error(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini("[pytest]\ndbguard_django_databases = default\n")
+    pytester.makepyfile(test_plain=NO_DJANGO_TEST)
+    result = run_dbguard(pytester, plugins=DJANGO)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*ini dbguard_django_databases is set, but this run has no Django settings*"]
+    )
