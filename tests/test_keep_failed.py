@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbguard.server import machine
-from tests.helpers import run_dbguard
+from tests.helpers import as_shown, blocks, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer, find_bindir, running_server
 
 MODELS = """
@@ -141,7 +141,8 @@ def test_rollback_keeps_exactly_the_failed_tests_rows(
             f"(3 rows in 2 tables: things 2, tags 1) is kept in {name}:",
             f"  psql -h 127.0.0.1 -p {server.port} -U postgres -d {name}",
             "  (the password is not shown: psql asks for it, or set PGPASSWORD*",
-            f"dbguard: kept 1 failed test database: {name}; they stay on the server*",
+            "dbguard: kept 1 failed test database; they stay on the server*",
+            f"  test_things.py::test_fails: psql -h 127.0.0.1 -p {server.port} -U postgres -d {name}",
         ]
     )
     assert SUPERUSER_PASSWORD not in result.stdout.str() + result.stderr.str()
@@ -261,10 +262,46 @@ def test_two_workers_each_keep_their_failure(pytester: pytest.Pytester, server: 
     assert len(names) == 2 and names[0] != names[1]
     assert names[0].endswith("_gw0_failed_1") and names[1].endswith("_gw1_failed_1")
     assert sorted(_kept_on(server)) == names
-    result.stdout.fnmatch_lines(["dbguard: kept 2 failed test databases: *"])
+    result.stdout.fnmatch_lines(
+        [
+            "dbguard: kept 2 failed test databases; *",
+            "  test_workers.py::test_n[[]*]: psql -h 127.0.0.1 * -d *_failed_1",
+            "  test_workers.py::test_n[[]*]: psql -h 127.0.0.1 * -d *_failed_1",
+        ]
+    )
     for name, worker in zip(names, ("gw0", "gw1"), strict=True):
         [row] = _rows(server, name, "SELECT name FROM things")
         assert row.startswith(f"{worker}-")
+
+
+@pytest.mark.usefixtures("clean")
+def test_a_failed_setup_keeps_its_rows_and_the_summary_names_it(
+    pytester: pytest.Pytester, server: TestServer
+) -> None:
+    tests = """
+        import pytest
+        from models import Thing
+
+        @pytest.fixture
+        def seeded(dbguard_session):
+            dbguard_session.add(Thing(name="from setup"))
+            dbguard_session.flush()
+            raise RuntimeError("the setup failure")
+
+        def test_uses_it(seeded):
+            pass
+    """
+    _project(pytester, test_setup=tests)
+    result = run_dbguard(pytester, "--dbguard-url", server.url(), "--dbguard-keep-failed")
+    result.assert_outcomes(errors=1)
+    [name] = _kept_on(server)
+    result.stdout.fnmatch_lines(
+        [
+            "dbguard: kept 1 failed test database; *",
+            f"  test_setup.py::test_uses_it: psql -h 127.0.0.1 -p {server.port} -U postgres -d {name}",
+        ]
+    )
+    assert _rows(server, name, "SELECT name FROM things") == ["from setup"]
 
 
 @pytest.mark.usefixtures("clean")
@@ -357,21 +394,37 @@ def test_janitor_lists_and_drops_a_kept_database(
     assert SUPERUSER_PASSWORD not in young.stdout + dry.stdout + dropped.stdout + dropped.stderr
 
 
-def test_embedded_cluster_stays_up_until_dbguard_stop(pytester: pytest.Pytester) -> None:
-    _project(pytester, test_things=SYNC_TESTS["session"])
+README_MODELS = """
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+    class Base(DeclarativeBase):
+        pass
+
+
+    class User(Base):
+        __tablename__ = "users"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+"""
+SECTION = "Keep a failed test's data"
+
+
+def test_readme_example_on_the_embedded_server_stays_up_until_dbguard_stop(
+    pytester: pytest.Pytester,
+) -> None:
+    """The README's example, run as shown: its output, its psql command, and `dbguard stop`."""
+    [example] = blocks(SECTION, "python")
+    output = blocks(SECTION, "")[0]
+    pytester.makepyfile(models=textwrap.dedent(README_MODELS), test_users=example)
+    pytester.makeini(textwrap.dedent(INI))
     result = run_dbguard(pytester, "--dbguard-keep-failed")
     try:
-        result.assert_outcomes(passed=2, failed=1)
-        [name] = _kept_names(result)
-        result.stdout.fnmatch_lines(
-            [
-                "  psql -h * -p * -U postgres -d *_main_failed_1",
-                "  (the embedded server's socket in its run folder needs no password*",
-                f"dbguard: kept 1 failed test database: {name}; the embedded PostgreSQL cluster "
-                "stays running for them after this run: `dbguard stop` (run from this project) "
-                "stops it",
-            ]
-        )
+        result.assert_outcomes(failed=1)
+        shown = output.split("...\n---", 1)[1].split("$ psql", 1)[0]
+        # The run folder (and its run id) differs from run to run.
+        shown = re.sub(r"\S*/pytest-dbguard-\d+/[0-9a-f]+", "...", "---" + shown)
+        result.stdout.fnmatch_lines(as_shown(shown))
         [command] = [
             line.strip() for line in result.stdout.lines if line.strip().startswith("psql -h ")
         ]
@@ -381,10 +434,10 @@ def test_embedded_cluster_stays_up_until_dbguard_stop(pytester: pytest.Pytester)
         # The report's own command, as printed, reaches the kept rows.
         psql = [str(find_bindir() / "psql"), *shlex.split(command)[1:], "-At", "-c"]
         listed = subprocess.run(
-            [*psql, "SELECT name FROM things ORDER BY id"], capture_output=True, text=True
+            [*psql, "SELECT name FROM users ORDER BY id"], capture_output=True, text=True
         )
         assert listed.returncode == 0, listed.stderr
-        assert listed.stdout.splitlines() == ["failing", ODD]
+        assert listed.stdout.splitlines() == ["ada", "grace"]
     finally:
         stopped = _dbguard("stop", cwd=pytester.path)
     assert stopped.returncode == 0, stopped.stderr

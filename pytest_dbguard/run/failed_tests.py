@@ -54,24 +54,25 @@ def pytest_configure(config: pytest.Config) -> None:
 
 class KeptReports:
     """Hooks of a run with ``--dbguard-keep-failed``: every process (the xdist controller too,
-    from its workers' reports) learns what was kept, and the end of the run says where."""
+    from its workers' reports) learns what was kept, and the end of the run says where, test by
+    test (a failed setup's report shows no teardown section: this is where it is named)."""
 
     def __init__(self, run: DbguardRun) -> None:
         self.run = run
+        self.tests: list[tuple[str, str]] = []  # (test id, kept database)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        kept = [value for name, value in report.user_properties if name == PROPERTY]
-        self.run.kept_failed.extend(str(name) for name in kept)
+        for name, value in report.user_properties:
+            if name == PROPERTY:
+                self.run.kept_failed.append(str(value))
+                self.tests.append((report.nodeid, str(value)))
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         run = self.run
-        if not run.kept_failed:
+        if not self.tests:
             return
-        count = len(run.kept_failed)
-        line = (
-            f"dbguard: kept {count} failed test database{'s' if count != 1 else ''}: "
-            + ", ".join(run.kept_failed)
-        )
+        count = len(self.tests)
+        line = f"dbguard: kept {count} failed test database{'s' if count != 1 else ''}"
         if run.plan.embedded and not run.settings.reuse:
             line += (
                 "; the embedded PostgreSQL cluster stays running for them after this run: "
@@ -82,6 +83,8 @@ class KeptReports:
         else:
             line += "; they stay on the server: `dbguard janitor --older-than 0 URL` drops them"
         terminalreporter.write_line(line)
+        for nodeid, name in self.tests:
+            terminalreporter.write_line(f"  {nodeid}: {_psql(run, name)}")
 
 
 def wants_copy(item: pytest.Item) -> bool:
@@ -138,27 +141,32 @@ def keep(item: pytest.Item, view: View) -> None:
 
 
 def _section(run: DbguardRun, nodeid: str, name: str, view: View) -> str:
+    lines = [
+        f"{nodeid} failed; its view of the database ({view.describe()}) is kept in {name}:",
+        "  " + _psql(run, name),
+    ]
+    if environment.embedded_cluster(run) is not None:
+        lines.append(
+            "  (the embedded server's socket in its run folder needs no password; the cluster "
+            "stays running after this run until `dbguard stop`)"
+        )
+    else:
+        lines.append(
+            "  (the password is not shown: psql asks for it, or set PGPASSWORD to the password "
+            "of the run's --dbguard-url; `dbguard janitor --older-than 0 URL` drops the copy)"
+        )
+    return "\n".join(lines)
+
+
+def _psql(run: DbguardRun, name: str) -> str:
+    """A ``psql`` command for database ``name`` on the run's server, never with a password: the
+    embedded server through its run folder's socket, an external one over TCP."""
     url = run.plan.server_url
     assert url is not None
     cluster = environment.embedded_cluster(run)
-    lines = [f"{nodeid} failed; its view of the database ({view.describe()}) is kept in {name}:"]
-    if cluster is not None:
-        # The run folder's socket needs no password (the folder is closed to other users).
-        command = ["psql", "-h", str(cluster.root), "-p", str(url.port), "-U", str(url.username)]
-        lines += [
-            "  " + shlex.join([*command, "-d", name]),
-            "  (the embedded server's socket in its run folder needs no password; the cluster "
-            "stays running after this run until `dbguard stop`)",
-        ]
-    else:
-        host, port = url.host or "localhost", url.port or 5432
-        command = ["psql", "-h", host, "-p", str(port), "-U", str(url.username), "-d", name]
-        lines += [
-            "  " + shlex.join(command),
-            "  (the password is not shown: psql asks for it, or set PGPASSWORD to the password "
-            "of the run's --dbguard-url; `dbguard janitor --older-than 0 URL` drops the copy)",
-        ]
-    return "\n".join(lines)
+    host = str(cluster.root) if cluster is not None else url.host or "localhost"
+    command = ["psql", "-h", host, "-p", str(url.port or 5432), "-U", str(url.username)]
+    return shlex.join([*command, "-d", name])
 
 
 def _first_line(error: Exception) -> str:
