@@ -20,7 +20,14 @@ import pytest
 
 from pytest_dbguard.server import machine
 from tests.helpers import as_shown, blocks, run_dbguard
-from tests.pgserver import SUPERUSER_PASSWORD, TestServer, find_bindir, running_server
+from tests.pgserver import (
+    LIMITED_PASSWORD,
+    LIMITED_USER,
+    SUPERUSER_PASSWORD,
+    TestServer,
+    find_bindir,
+    running_server,
+)
 
 MODELS = """
     from sqlalchemy import ForeignKey
@@ -136,7 +143,7 @@ def test_rollback_keeps_exactly_the_failed_tests_rows(
     assert name.endswith("_main_failed_1") and "_dbg_" in name
     result.stdout.fnmatch_lines(
         [
-            "*- dbguard kept the failed test's data (teardown) -*",
+            "*- dbguard: the failed test's data (teardown) -*",
             "test_things.py::test_fails failed; its view of the database "
             f"(3 rows in 2 tables: things 2, tags 1) is kept in {name}:",
             f"  psql -h 127.0.0.1 -p {server.port} -U postgres -d {name}",
@@ -206,6 +213,30 @@ COUNTING_CONFTEST = """
         with open("statements.txt", "w") as out:
             out.write("\\n".join(statements))
 """
+
+
+@pytest.mark.usefixtures("clean")
+@pytest.mark.parametrize("where", ["sqlite", "worker-schemas"])
+def test_where_nothing_can_be_kept_the_report_says_why(
+    pytester: pytest.Pytester, server: TestServer, where: str
+) -> None:
+    _project(pytester, test_things=SYNC_TESTS["connection"])
+    url = "sqlite" if where == "sqlite" else server.url("app_limited", user=LIMITED_USER)
+    result = run_dbguard(pytester, "--dbguard-url", url, "--dbguard-keep-failed")
+    result.assert_outcomes(passed=2, failed=1)
+    why = {
+        "sqlite": "SQLite test files are not kept",
+        "worker-schemas": "the role may not create databases (worker schemas in one database)",
+    }[where]
+    result.stdout.fnmatch_lines(
+        [
+            "*- dbguard: the failed test's data (teardown) -*",
+            f"test_things.py::test_fails failed, but dbguard could not keep its data: {why}. *",
+        ]
+    )
+    result.stdout.no_fnmatch_line("dbguard: kept *")
+    assert _kept_on(server) == []
+    assert LIMITED_PASSWORD not in result.stdout.str()
 
 
 @pytest.mark.usefixtures("clean")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pytest_dbguard.db.kept_failed import View
 
 # Printed with the failure: pytest shows a passing teardown's sections whose title says teardown.
-SECTION_TITLE: Final = "dbguard kept the failed test's data (teardown)"
+SECTION_TITLE: Final = "dbguard: the failed test's data (teardown)"
 PROPERTY: Final = "dbguard_kept_database"  # in the teardown report (and junit xml)
 NOT_KEPT: Final = (
     "{nodeid} failed, but dbguard could not keep its data: {reason}. The test's rollback went "
@@ -88,14 +88,25 @@ class KeptReports:
 
 
 def wants_copy(item: pytest.Item) -> bool:
-    """Whether the test failed and its data is to be kept (and is not yet)."""
+    """Whether the test failed and its data is to be kept (and is not yet). Where nothing can be
+    kept (SQLite, worker schemas) the report says so, and no query is made."""
     run = run_of(item.config)
-    return (
-        run is not None
-        and run.settings.keep_failed
-        and item.stash.get(_failed_key, False)
-        and _section_key not in item.stash
-    )
+    if (
+        run is None
+        or not run.settings.keep_failed
+        or not item.stash.get(_failed_key, False)
+        or _section_key in item.stash
+    ):
+        return False
+    if run.plan.server_url is None or run.plan.schema is not None:
+        why = (
+            "SQLite test files are not kept"
+            if run.plan.server_url is None
+            else "the role may not create databases (worker schemas in one database)"
+        )
+        item.stash[_section_key] = NOT_KEPT.format(nodeid=item.nodeid, reason=why)
+        return False
+    return True
 
 
 def not_read(item: pytest.Item, error: Exception) -> None:
@@ -109,14 +120,7 @@ def keep(item: pytest.Item, view: View) -> None:
     ``psql`` command. Never fails the test: a failure to keep is said in the report instead."""
     run = the_run(item.config)
     plan, state = run.plan, run.session
-    if plan.server_url is None or plan.schema is not None or state is None:
-        why = (
-            "SQLite test files are not kept"
-            if plan.server_url is None
-            else "the role may not create databases (worker schemas in one database)"
-        )
-        item.stash[_section_key] = NOT_KEPT.format(nodeid=item.nodeid, reason=why)
-        return
+    assert plan.server_url is not None and state is not None  # wants_copy saw to it
     try:
         with shared_admin_engine(plan.server_url).connect() as connection:
             name = kept_failed.free_name(connection, plan.database)
