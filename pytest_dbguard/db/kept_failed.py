@@ -9,7 +9,7 @@ functions, whatever the driver makes of it.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from pytest_dbguard.db.engines import INTERNAL_OPTIONS, engine_for
 from pytest_dbguard.db.names import kept_failed_name
@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from pytest_dbguard.db.urls import DatabaseURL
+
+
+# On the test's own connection: not the test's statements (the query counter skips them), and a
+# ``%`` in a table name is not a placeholder.
+_READ_OPTIONS: Final = {"no_parameters": True, **INTERNAL_OPTIONS}
 
 
 class WrittenTables(Protocol):
@@ -63,9 +68,7 @@ def read_view(connection: Connection, finder: WrittenTables) -> View:
             f"FROM {table} AS dbguard_row"
             for table in tables
         )
-        for table, record in connection.exec_driver_sql(
-            union, execution_options={"no_parameters": True}
-        ):
+        for table, record in connection.exec_driver_sql(union, execution_options=_READ_OPTIONS):
             rows[table].append(record)
     last: dict[str, int] = {}
     if sequences:
@@ -74,7 +77,7 @@ def read_view(connection: Connection, finder: WrittenTables) -> View:
             + ", ".join(
                 f"pg_sequence_last_value({quote_literal(name)}::regclass)" for name in sequences
             ),
-            execution_options={"no_parameters": True},
+            execution_options=_READ_OPTIONS,
         ).one()
         last = {
             name: int(value)
