@@ -135,7 +135,11 @@ def keep(item: pytest.Item, view: View) -> None:
                 worker=plan.worker,
                 failed_test=item.nodeid,
             )
-        kept_failed.copy_view(plan.server_url.with_database(name), view)
+        try:
+            kept_failed.copy_view(plan.server_url.with_database(name), view)
+        except Exception:
+            databases.drop_database(plan.server_url, name)  # no half copy left behind
+            raise
     except Exception as error:  # the test's own failure matters more than its copy
         reason = f"copying failed ({_first_line(error)})"
         item.stash[_section_key] = NOT_KEPT.format(nodeid=item.nodeid, reason=reason)
