@@ -144,8 +144,9 @@ def _janitor(args: argparse.Namespace, url: DatabaseURL) -> int:
             if found.in_database is None
             else f"schema {found.name} in {found.in_database}"
         )
+        kept = f", data of failed test {mark.failed_test}" if mark.failed_test else ""
         line = (
-            f"{result.action} {what} (run {mark.run}, worker {mark.worker}, "
+            f"{result.action} {what} (run {mark.run}, worker {mark.worker}{kept}, "
             f"{_age(found.age)} old, from {mark.host} pid {mark.pid})"
         )
         print(line + (f": {result.detail}" if result.detail else ""))

@@ -26,6 +26,7 @@ pytest_plugins = [
     "pytest_dbguard.guards.hooks",
     "pytest_dbguard.guards.connection_guards",
     "pytest_dbguard.faults.injector",
+    "pytest_dbguard.run.failed_tests",
 ]
 
 

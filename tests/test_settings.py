@@ -134,7 +134,7 @@ def test_empty_url_flag_is_an_error_not_the_embedded_server(pytester: pytest.Pyt
     )
 
 
-@pytest.mark.parametrize("key", ["dbguard_reuse", "dbguard_rebuild"])
+@pytest.mark.parametrize("key", ["dbguard_reuse", "dbguard_rebuild", "dbguard_keep_failed"])
 def test_bad_switch_in_ini_names_key_and_file(pytester: pytest.Pytester, key: str) -> None:
     pytester.makepyfile("def test_x(): pass")
     pytester.makeini(f"[pytest]\n{key} = maybe\n")

@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import pytest
 
 from pytest_dbguard.aio.loop_policy import LOOP_SCOPE
+from pytest_dbguard.db import kept_failed
 from pytest_dbguard.db.engine_listener import mark_own
 from pytest_dbguard.db.engines import sqlite_savepoints
-from pytest_dbguard.db.isolation import isolation_of
+from pytest_dbguard.db.isolation import Truncator, isolation_of
 from pytest_dbguard.db.urls import DatabaseURL, url_of
+from pytest_dbguard.run import failed_tests
 from pytest_dbguard.run.state import the_run
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 ASYNC_FIXTURES: Final = ("dbguard_async_engine", "dbguard_async_session")
 FIXTURES_PLUGIN: Final = "dbguard-asyncio-fixtures"
@@ -97,6 +99,8 @@ async def _dbguard_async_session(
     try:
         yield session
     finally:
+        if transaction is not None and failed_tests.wants_copy(request.node):
+            await _keep_view(request.node, connection, session)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # closing after a failed flush may warn
@@ -107,6 +111,23 @@ async def _dbguard_async_session(
             request.node.warn(pytest.PytestWarning(f"dbguard could not roll back: {error}"))
         finally:
             await connection.close()
+
+
+async def _keep_view(item: pytest.Item, connection: AsyncConnection, session: AsyncSession) -> None:
+    """``--dbguard-keep-failed``: ``isolation.keep_view`` on the session loop, before the rollback."""
+    from sqlalchemy.exc import DBAPIError
+
+    finder = Truncator(connection.sync_engine)
+    try:
+        view = await connection.run_sync(kept_failed.read_view, finder)
+    except DBAPIError:
+        try:  # a failed statement aborted the transaction: back to the session's savepoint
+            await session.rollback()
+            view = await connection.run_sync(kept_failed.read_view, finder)
+        except DBAPIError as error:
+            failed_tests.not_read(item, error)
+            return
+    failed_tests.keep(item, view)
 
 
 def async_fixtures() -> types.ModuleType:

@@ -50,6 +50,7 @@ class Provisioned:
     clone_ms: float
     schema: str | None = None
     template_built: bool = True  # False: a complete template was already there (reused)
+    template: str | None = None  # the database it was cloned from (None: built in place)
 
 
 def _lock_key(name: str) -> int:
@@ -79,9 +80,15 @@ def _exists(connection: Connection, name: str) -> bool:
 
 
 def _mark(
-    connection: Connection, name: str, run: str, worker: str, *, complete: bool | None = None
+    connection: Connection,
+    name: str,
+    run: str,
+    worker: str,
+    *,
+    complete: bool | None = None,
+    failed_test: str | None = None,
 ) -> None:
-    comment = quote_literal(make_mark(run, worker, complete=complete))
+    comment = quote_literal(make_mark(run, worker, complete=complete, failed_test=failed_test))
     run_ddl(connection, f"COMMENT ON DATABASE {quote_ident(name)} IS {comment}")
 
 
@@ -134,9 +141,10 @@ def provision_database(
     run: str,
     worker: str,
     template_run: str | None = None,
+    failed_test: str | None = None,
 ) -> Provisioned:
     """Create ``database`` on the server, cloned from ``template`` (built first if nobody has yet),
-    or with no template, built in place."""
+    or with no template, built in place; ``failed_test``: it keeps that test's data."""
     from sqlalchemy.exc import DBAPIError
 
     admin = shared_admin_engine(server_url)
@@ -160,7 +168,7 @@ def provision_database(
                 else ""
             )
             run_ddl(connection, f"CREATE DATABASE {quote_ident(database)}{clone}")
-            _mark(connection, database, run, worker)
+            _mark(connection, database, run, worker, failed_test=failed_test)
             clone_ms = (time.perf_counter() - started) * 1000
         if build is not None and template is None:
             started = time.perf_counter()
@@ -175,6 +183,7 @@ def provision_database(
         template_ms,
         clone_ms,
         template_built=built,
+        template=template if build is not None else None,
     )
 
 

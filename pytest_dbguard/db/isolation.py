@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
+from pytest_dbguard.db import kept_failed
 from pytest_dbguard.db.engines import INTERNAL_OPTIONS
 from pytest_dbguard.db.sql import quote_ident
+from pytest_dbguard.run import failed_tests
 from pytest_dbguard.run.state import run_of
 
 if TYPE_CHECKING:
@@ -107,6 +109,17 @@ class Truncator:
             return []
         return [row[0] for row in connection.exec_driver_sql(self._layout.probe)]
 
+    def written(self, connection: Connection) -> tuple[list[str], list[str]]:
+        """The dirty tables, parents before children, and their sequences (to copy a failed
+        test's rows, ``kept_failed``)."""
+        dirty = self.dirty_tables(connection)
+        if not dirty:
+            return [], []
+        assert self._layout is not None
+        return self._layout.parents_first(dirty), [
+            sequence for table in dirty for sequence, _ in self._layout.sequences.get(table, [])
+        ]
+
     def clean(self) -> list[str]:
         """Empty every dirty table and reset its sequences; returns what was emptied."""
         from sqlalchemy.exc import DBAPIError
@@ -155,6 +168,18 @@ class _Layout:
             )
             for table in self.tables
         )
+
+    def parents_first(self, dirty: list[str]) -> list[str]:
+        """``dirty`` with each table after the tables it refers to (as given, on a cycle)."""
+        chosen = set(dirty)
+        parents = {table: set[str]() for table in dirty}
+        for child, parent in self.references:
+            if child in chosen and parent in chosen and child != parent:
+                parents[child].add(parent)
+        try:
+            return list(graphlib.TopologicalSorter(parents).static_order())
+        except graphlib.CycleError:
+            return dirty
 
     def deletes(self, dirty: list[str]) -> str | None:
         """One round trip that empties ``dirty`` children first and resets their sequences; None
@@ -222,6 +247,9 @@ def _dbguard_truncate(
 ) -> Iterator[None]:
     """Function: after a ``truncate`` test, empties the tables it wrote to."""
     yield
+    if _dbguard_cleaner is not None and failed_tests.wants_copy(request.node):
+        with dbguard_engine.execution_options(**INTERNAL_OPTIONS).connect() as connection:
+            keep_view(request.node, connection, _dbguard_cleaner)
     try:
         if _dbguard_cleaner is None:
             _sqlite_clean(dbguard_engine)
@@ -251,6 +279,8 @@ def dbguard_connection(
     try:
         yield connection
     finally:
+        if failed_tests.wants_copy(request.node):  # before the rollback takes its rows
+            keep_view(request.node, connection, Truncator(_dbguard_connection_engine))
         try:
             if transaction.is_active:
                 transaction.rollback()
@@ -260,7 +290,9 @@ def dbguard_connection(
 
 
 @pytest.fixture
-def dbguard_session(dbguard_connection: Connection) -> Iterator[Session]:
+def dbguard_session(
+    request: pytest.FixtureRequest, dbguard_connection: Connection
+) -> Iterator[Session]:
     """Function: an ORM Session joined to ``dbguard_connection``'s transaction.
 
     ``session.commit()`` inside the test releases a SAVEPOINT instead of committing, so nothing
@@ -270,11 +302,37 @@ def dbguard_session(dbguard_connection: Connection) -> Iterator[Session]:
 
     session = Session(bind=dbguard_connection, join_transaction_mode="create_savepoint")
     yield session
+    if isolation_of(request.node) == "rollback" and failed_tests.wants_copy(request.node):
+        # Before close() rolls back the session's savepoint, with the rows it flushed.
+        keep_view(request.node, dbguard_connection, Truncator(dbguard_connection.engine), session)
     with warnings.catch_warnings():
         warnings.simplefilter(
             "ignore"
         )  # closing after a failed flush may warn; the test already failed
         session.close()
+
+
+def keep_view(
+    item: pytest.Item, connection: Connection, finder: Truncator, session: Session | None = None
+) -> None:
+    """``--dbguard-keep-failed``: copy the failed test's view, as ``connection`` sees it, into a
+    kept database. A transaction a failed statement aborted is first rolled back to the
+    ``session``'s savepoint; without one, the report says the rows could not be read."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        view = kept_failed.read_view(connection, finder)
+    except DBAPIError as error:
+        if session is None:
+            failed_tests.not_read(item, error)
+            return
+        try:
+            session.rollback()
+            view = kept_failed.read_view(connection, finder)
+        except DBAPIError as again:
+            failed_tests.not_read(item, again)
+            return
+    failed_tests.keep(item, view)
 
 
 def add_truncate_fixture(items: list[pytest.Item]) -> None:

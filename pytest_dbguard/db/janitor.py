@@ -41,6 +41,10 @@ _REFUSED: Final = (
     "pytest-dbguard created (a '<name>_dbg_<run>_<worker>' name and a '" + MARK_PREFIX.strip() + " "
     "{{...}}' comment); drop anything else yourself if you mean it."
 )
+KEPT_YOUNG: Final = (
+    "a failed test's data (--dbguard-keep-failed), younger than --older-than; "
+    "--older-than 0 drops it"
+)
 _UNREACHABLE: Final = (
     "Could not reach {server} to look for dbguard's databases: failed step: {stage} "
     "({error}). Check the URL, or run 'dbguard wait' first to see the full diagnosis."
@@ -73,13 +77,14 @@ def drop_run(
     url: str | DatabaseURL, run: str, *, connection: Connection | None = None
 ) -> list[str]:
     """Drop every marked database of run ``run`` (its templates, and workers that did not clean up),
-    except those whose creator, another process, still runs; on ``connection`` when given (one
+    except a failed test's kept data and those whose creator, another process, still runs; on ``connection`` when given (one
     that is not on a database of the run), else on one to a maintenance database."""
     parsed = _parse(url)
     ours = [
         found
         for found in list_marked(parsed, connection=connection)
         if found.mark.run == run
+        and found.mark.failed_test is None  # --dbguard-keep-failed: left for the user
         # Another run still going that drew the same id keeps its own (our workers have exited).
         and not (found.mark.pid != os.getpid() and found.mark.owner_alive())
     ]
@@ -98,16 +103,18 @@ def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[S
 
 
 def _sweep_databases(parsed: DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
-
-    leftovers = [
-        found
-        for found in list_marked(parsed)
-        if found.age >= older_than and found.name != parsed.database
+    marked = [found for found in list_marked(parsed) if found.name != parsed.database]
+    leftovers = [found for found in marked if found.age >= older_than]
+    # A failed test's kept data is listed even while too young to drop: the user looks for it.
+    young_kept = [
+        Swept(found, "kept", KEPT_YOUNG)
+        for found in marked
+        if found.age < older_than and found.mark.failed_test is not None
     ]
     if not leftovers:
-        return []
+        return young_kept
     with _maintenance(parsed) as connection:
-        return sweep_each(
+        return young_kept + sweep_each(
             leftovers,
             parsed,
             dry_run=dry_run,

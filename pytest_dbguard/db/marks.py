@@ -35,6 +35,9 @@ class Mark:
     pid: int
     host: str
     complete: bool | None = None  # templates only: False while the schema is built, then True
+    # --dbguard-keep-failed: the failed test whose data the database keeps. The run's own sweep
+    # leaves such a database; ``dbguard janitor`` drops it like any other once it is old enough.
+    failed_test: str | None = None
 
     def owner_alive(self) -> bool:
         """Whether the process that made the mark still runs; False when it ran on another host,
@@ -49,9 +52,12 @@ class Mark:
         )  # /proc's boot time is whole seconds
 
 
-def make_mark(run: str, worker: str, *, complete: bool | None = None) -> str:
+def make_mark(
+    run: str, worker: str, *, complete: bool | None = None, failed_test: str | None = None
+) -> str:
     """The ``COMMENT ON DATABASE`` text for a database this process creates now; a template's
-    mark also says whether its schema is ``complete`` (a killed build leaves ``false``)."""
+    mark also says whether its schema is ``complete`` (a killed build leaves ``false``), a kept
+    failed test's database names the test."""
     payload: dict[str, object] = {
         "run": run,
         "worker": worker,
@@ -61,6 +67,8 @@ def make_mark(run: str, worker: str, *, complete: bool | None = None) -> str:
     }
     if complete is not None:
         payload["complete"] = complete
+    if failed_test is not None:
+        payload["failed_test"] = failed_test
     return MARK_PREFIX + json.dumps(payload, separators=(",", ":"))
 
 
@@ -77,6 +85,7 @@ def parse_mark(comment: str | None) -> Mark | None:
             pid=int(data["pid"]),
             host=str(data["host"]),
             complete=bool(data["complete"]) if "complete" in data else None,
+            failed_test=str(data["failed_test"]) if "failed_test" in data else None,
         )
     except (ValueError, KeyError, TypeError):
         return None

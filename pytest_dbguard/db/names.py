@@ -1,6 +1,7 @@
 """The names dbguard gives what it creates, in one place: ``<base>_dbg_<run>_<worker>`` for
-databases (templates: worker ``tpl<fingerprint>``), ``dbg_<run>_<worker>`` for schema-mode worker
-schemas. The janitor drops only what has one of these shapes and dbguard's mark."""
+databases (templates: worker ``tpl<fingerprint>``; a failed test's kept data:
+``<base>_dbg_<run>_<worker>_failed_<n>``), ``dbg_<run>_<worker>`` for schema-mode worker schemas.
+The janitor drops only what has one of these shapes and dbguard's mark."""
 
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ def database_name(base: str, run: str, worker: str, *, suffix: str = "") -> str:
     digest = "_" + hashlib.sha1(base.encode()).hexdigest()[:6]
     trimmed = base.encode()[: room - len(digest)].decode(errors="ignore")
     return f"{trimmed}{digest}{tail}"
+
+
+def kept_failed_name(worker_database: str, number: int) -> str:
+    """``<worker database>_failed_<number>``: where ``--dbguard-keep-failed`` keeps a failed
+    test's data. Still dbguard's shape (the janitor finds it); a long worker name gives up the
+    tail of its base, never the run, worker or number."""
+    base, separator, tail = worker_database.partition(SEPARATOR)
+    if not separator:
+        raise ValueError(f"{worker_database!r} is not a dbguard database name")
+    run, _, worker = tail.partition("_")
+    return database_name(base, run, worker, suffix=f"_failed_{number}")
 
 
 def is_dbguard_name(name: str) -> bool:

@@ -2,4 +2,5 @@
 makes before any conftest is imported (``run_plan``, ``environment``), its life from start to
 stop (``lifecycle``, ``termination``, ``worker_failures``, ``reuse_run``), how setting values are
 read (``setting_values``), what it prints
-(``summary_line``, ``redaction``) and the markers it takes (``markers``)."""
+(``summary_line``, ``redaction``), the markers it takes (``markers``), and the failed tests whose
+data ``--dbguard-keep-failed`` keeps (``failed_tests``)."""

@@ -112,6 +112,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
         default="warn",
     ),
     Option(
+        "keep_failed",
+        "Before a failed test's rollback (or truncate), copy its view of the database into a "
+        "database <db>_failed_<n> on the same server, named with a psql command in the report.",
+        flag_kind="switch",
+        ini_type="bool",
+    ),
+    Option(
         "allow_databases",
         "Databases tests may connect to besides the run's test databases: names or URLs.",
         ini_type="args",
@@ -162,6 +169,7 @@ class Settings:
     naive_datetime: str
     pg_bindir: str | None
     leaks: str
+    keep_failed: bool
     allow_databases: tuple[str, ...]
     env_lines: tuple[str, ...]
     guard_modules: tuple[str, ...]
@@ -309,6 +317,7 @@ def resolve(
         naive_datetime=values["naive_datetime"],
         pg_bindir=values["pg_bindir"],
         leaks=values["leaks"],
+        keep_failed=bool(values["keep_failed"]),
         allow_databases=values["allow_databases"] or (),
         env_lines=tuple(values["env"] or ()),
         guard_modules=tuple(values["guard_modules"] or ()),

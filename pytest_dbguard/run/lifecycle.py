@@ -10,11 +10,13 @@ run left on an external one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -212,27 +214,7 @@ def _provision(plan: RunPlan, settings: Settings, state: SessionState) -> Provis
         template, template_run = _template(
             plan, settings, _fingerprint(settings, state) or "000000"
         )
-    template_url = (
-        plan.server_url.with_database(template) if plan.server_url is not None else plan.test_url
-    )
-    build = (
-        state.schema_hook.builder(template_url)
-        if state.schema_hook is not None
-        else schema.builder(
-            state.metadata,
-            state.alembic_ini,
-            template_url,
-            state.schema_source,
-            own_process=plan.server_url is not None and plan.schema is None,
-        )
-    )
-    # While the template is built, the exported variables name it: an alembic env.py that reads
-    # DATABASE_URL (or DBGUARD_URL) migrates the template, not the worker's database.
-    template_plan = dataclasses.replace(
-        plan, test_url=template_url, async_url=template_url.asynchronous(), database=template
-    )
-    assignments = environment.parse_env_lines(settings.env_lines)
-    with schema.environ_override(environment.variables(template_plan, assignments)):
+    with building_in(plan, settings, state, template) as build:
         if plan.server_url is None:
             return databases.provision_sqlite(plan.test_url, Path(template), build)
         if plan.schema is not None:
@@ -248,6 +230,34 @@ def _provision(plan: RunPlan, settings: Settings, state: SessionState) -> Provis
             worker=plan.worker,
             template_run=template_run,
         )
+
+
+@contextlib.contextmanager
+def building_in(
+    plan: RunPlan, settings: Settings, state: SessionState, database: str
+) -> Iterator[databases.SchemaBuild | None]:
+    """The run's schema build aimed at ``database`` (a template, an in-place worker database, a
+    kept failed test's), with the exported variables naming that database while it runs."""
+    url = plan.server_url.with_database(database) if plan.server_url is not None else plan.test_url
+    build = (
+        state.schema_hook.builder(url)
+        if state.schema_hook is not None
+        else schema.builder(
+            state.metadata,
+            state.alembic_ini,
+            url,
+            state.schema_source,
+            own_process=plan.server_url is not None and plan.schema is None,
+        )
+    )
+    # While the schema is built, the exported variables name its database: an alembic env.py
+    # that reads DATABASE_URL (or DBGUARD_URL) migrates that one, not the worker's database.
+    target_plan = dataclasses.replace(
+        plan, test_url=url, async_url=url.asynchronous(), database=database
+    )
+    assignments = environment.parse_env_lines(settings.env_lines)
+    with schema.environ_override(environment.variables(target_plan, assignments)):
+        yield build
 
 
 def summary_lines(config: pytest.Config) -> list[str]:
@@ -343,7 +353,10 @@ def stop(config: pytest.Config) -> None:
         if plan.owns_server:
             if cluster is not None and answered:
                 cluster.fill_cache()  # a first run's initdb output, for the runs after it
-            if cluster is not None and not settings.reuse:
+            if cluster is not None and not settings.reuse and run.kept_failed:
+                # --dbguard-keep-failed kept databases in it: it runs on until `dbguard stop`.
+                cluster.detach(str(config.rootpath))
+            elif cluster is not None and not settings.reuse:
                 cluster.stop()
             elif plan.server_url is not None and answered:
                 with shared_admin_engine(plan.server_url).connect() as connection:

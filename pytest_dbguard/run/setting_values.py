@@ -126,6 +126,7 @@ PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
     "wait": _seconds,
     "reuse": _switch,
     "rebuild": _switch,
+    "keep_failed": _switch,
     "proxy": _proxy,
     "driver": _driver,
     "worker_isolation": _choice(WORKER_ISOLATION_CHOICES),

@@ -70,6 +70,9 @@ class DbguardRun:
     # In an xdist worker: a handle on the controller's embedded cluster (restart() needs one).
     worker_cluster: EmbeddedCluster | None = None
     worker_cluster_known: bool = False
+    # --dbguard-keep-failed: the databases kept for failed tests, as their reports tell (in the
+    # xdist controller: every worker's); a kept embedded cluster outlives the run for them.
+    kept_failed: list[str] = dataclasses.field(default_factory=list)
 
 
 run_key: Final = pytest.StashKey[DbguardRun]()

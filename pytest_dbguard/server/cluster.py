@@ -81,6 +81,7 @@ class EmbeddedCluster:
     port: int
     keep: bool = False  # --dbguard-reuse: survive the run, detached from pytest
     project: str | None = None  # the rootdir a kept cluster serves, for `dbguard stop`
+    kept_failed: bool = False  # kept after the run for --dbguard-keep-failed's databases
     user: tuple[int, int] | None = dataclasses.field(default_factory=server_user)
     # The superuser's password for TCP (scram-sha-256), set before the server first listens.
     password: str = dataclasses.field(default_factory=cluster_auth.new_password, repr=False)
@@ -315,6 +316,13 @@ class EmbeddedCluster:
         finally:
             self.keep = keep
 
+    def detach(self, project: str) -> None:
+        """Keep the server running after pytest exits (``--dbguard-keep-failed`` kept databases
+        in it), until ``dbguard stop`` run from ``project``: restarted, no longer tied to pytest."""
+        atexit.unregister(self._stop_at_exit)
+        self.project, self.kept_failed = project, True
+        self.restart(die_with_parent=False)
+
     def _write_state(self) -> None:
         state = {
             "port": self.port,
@@ -322,6 +330,7 @@ class EmbeddedCluster:
             "root": str(self.root),
             "password": self.password,  # for the run that adopts a --dbguard-reuse cluster
             "project": self.project,
+            "kept_failed": self.kept_failed,
         }
         cluster_auth.write_private(self.root / "dbguard.json", json.dumps(state))
 

@@ -1,4 +1,5 @@
-"""The embedded clusters that ``--dbguard-reuse`` keeps between runs: find them, stop them.
+"""The embedded clusters that ``--dbguard-reuse`` keeps between runs (and a run keeps for the
+databases of its failed tests, ``--dbguard-keep-failed``): find them, stop them.
 
 Works without pytest (``dbguard stop`` uses it). A kept cluster lives in ``reuse-<key>`` inside
 this user's private storage folder (``machine.storage_root``), where ``<key>`` is a hash of the
@@ -90,15 +91,32 @@ def _read(root: Path) -> KeptCluster:
 
 
 def kept(key: str | None = None) -> list[KeptCluster]:
-    """The kept clusters of this user: all of them, or the one of the project with ``key``."""
+    """The kept clusters of this user: all of them, or those of the project with ``key`` (the
+    one ``--dbguard-reuse`` keeps, and those runs kept for ``--dbguard-keep-failed``)."""
     found = []
     for folder in storage_folders():
-        names = [f"{PREFIX}{key}"] if key else sorted(os.listdir(folder))
-        for name in names:
+        for name in sorted(os.listdir(folder)):
             root = folder / name
-            if name.startswith(PREFIX) and _ours(root):
+            if (name.startswith(PREFIX) and key in (None, name[len(PREFIX) :]) and _ours(root)) or (
+                not name.startswith(PREFIX) and _kept_failed(root, key)
+            ):
                 found.append(_read(root))
     return found
+
+
+def _kept_failed(root: Path, key: str | None) -> bool:
+    """Whether ``root`` is a run's cluster kept for its failed tests' data (of project ``key``)."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        if not _ours(root):
+            return False
+        state = json.loads((root / STATE_FILE).read_text())
+        project = state.get("project")
+        return (
+            state.get("kept_failed") is True
+            and isinstance(project, str)
+            and (key is None or reuse_key(Path(project)) == key)
+        )
+    return False
 
 
 def stop(cluster: KeptCluster) -> None:
