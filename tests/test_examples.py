@@ -1,4 +1,7 @@
-"""The example projects run as they are, under dbguard on the embedded default, with and without -n 2."""
+"""The example projects run as they are, under dbguard on the embedded default, with and without -n 2.
+
+Each pytest.ini activates what it needs with -p in addopts (django_app: pytest-django and
+dbguard), so the sealed runs (plugin autoload off) name only xdist."""
 
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 @pytest.mark.parametrize(
     "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
 )
-@pytest.mark.parametrize("example, passed", [("storage_app", 13), ("psycopg_plain", 9)])
+@pytest.mark.parametrize(
+    "example, passed", [("storage_app", 13), ("psycopg_plain", 9), ("django_app", 16)]
+)
 def test_example_runs_as_it_is(
     pytester: pytest.Pytester, example: str, passed: int, xdist: bool
 ) -> None:

@@ -32,7 +32,7 @@ NEEDS_DATABASES: Final = (
 )
 NO_SETTINGS: Final = (
     "ini {ini} is set, but this run has no Django settings for dbguard to serve: run pytest-django "
-    "(installed, or -p pytest_django.plugin when plugin autoload is off) with "
+    "(installed, or -p django when plugin autoload is off) with "
     "DJANGO_SETTINGS_MODULE set (the environment, --ds, or the ini key DJANGO_SETTINGS_MODULE)."
 )
 UNKNOWN_ALIAS: Final = (
