@@ -9,6 +9,7 @@ import json
 import os
 import pkgutil
 import re
+import signal
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -146,6 +147,16 @@ def run_dbguard(
     for name in plugins:
         extra += ["-p", name]
     return pytester.runpytest_subprocess("-p", "pytest_dbguard", *extra, *args, timeout=300)
+
+
+def default_sigint() -> None:
+    """A ``preexec_fn`` for a pytest that a test interrupts with SIGINT: Ctrl-C's default action.
+
+    A shell without job control starts background commands with SIGINT ignored, and an ignored
+    signal stays ignored across exec: a suite launched that way (``./dev.sh test &``) would hand
+    its inner runs a SIGINT they never see.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_dbguard_inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:

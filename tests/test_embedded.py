@@ -17,7 +17,7 @@ import pytest
 
 from pytest_dbguard.server import cluster as server
 from pytest_dbguard.server import machine
-from tests.helpers import run_dbguard
+from tests.helpers import default_sigint, run_dbguard
 
 RECORD_RUN = """
     import os, pathlib, time
@@ -96,6 +96,7 @@ def test_cluster_removed_after_ctrl_c(pytester: pytest.Pytester) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "-q"],
         cwd=pytester.path,
+        preexec_fn=default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

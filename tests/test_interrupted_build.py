@@ -14,7 +14,7 @@ import pytest
 
 from pytest_dbguard.server import cluster as server
 from pytest_dbguard.server import machine
-from tests.helpers import run_dbguard
+from tests.helpers import default_sigint, run_dbguard
 
 # The schema build sleeps (inside its transaction, after creating the table) when SLOW_BUILD is
 # set, and says when it started: the test kills the run right then.
@@ -55,6 +55,7 @@ def test_reuse_run_killed_during_the_build_is_rebuilt(
         command,
         cwd=pytester.path,
         env={**os.environ, "SLOW_BUILD": "1"},
+        preexec_fn=default_sigint,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
