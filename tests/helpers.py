@@ -11,6 +11,7 @@ import pkgutil
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -147,6 +148,21 @@ def run_dbguard(
     for name in plugins:
         extra += ["-p", name]
     return pytester.runpytest_subprocess("-p", "pytest_dbguard", *extra, *args, timeout=300)
+
+
+def dbguard_cli(
+    *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The ``dbguard`` command line in a subprocess (``python -m pytest_dbguard``); ``env``
+    replaces the environment when given."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_dbguard", *args],
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def default_sigint() -> None:

@@ -17,7 +17,7 @@ import pytest
 from pytest_dbguard.cli import parse_duration
 from pytest_dbguard.db.janitor import drop_marked, list_marked, sweep
 from pytest_dbguard.exceptions import ConfigError, DatabaseSetupError
-from tests.helpers import mark_text
+from tests.helpers import dbguard_cli, mark_text
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer, free_port
 
 THREE_DAYS = 3 * 86400.0
@@ -26,14 +26,7 @@ THREE_DAYS = 3 * 86400.0
 def dbguard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the command line in a subprocess, with DBGUARD_URL only when ``env`` sets it."""
     environ = {key: value for key, value in os.environ.items() if key != "DBGUARD_URL"}
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "pytest_dbguard", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=60,
-    )
+    return dbguard_cli(*args, env={**environ, **(env or {})})
 
 
 def dead_url(pg_server: TestServer) -> str:

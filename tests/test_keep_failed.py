@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbguard.server import machine
-from tests.helpers import as_shown, blocks, run_dbguard
+from tests.helpers import as_shown, blocks, dbguard_cli, run_dbguard
 from tests.pgserver import (
     LIMITED_PASSWORD,
     LIMITED_USER,
@@ -389,16 +388,6 @@ def test_async_session_keeps_its_rows(pytester: pytest.Pytester, server: TestSer
     assert _rows(server, name, "SELECT name FROM things ORDER BY id") == ["async-one", "async-two"]
 
 
-def _dbguard(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest_dbguard", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.usefixtures("clean")
 def test_janitor_lists_and_drops_a_kept_database(
     pytester: pytest.Pytester, server: TestServer
@@ -409,16 +398,16 @@ def test_janitor_lists_and_drops_a_kept_database(
     )
     [name] = _kept_on(server)
     # Too young for the default --older-than (6h), it is listed all the same.
-    young = _dbguard("janitor", "--dry-run", server.url())
+    young = dbguard_cli("janitor", "--dry-run", server.url())
     assert young.returncode == 0, young.stderr
     assert f"kept {name} (run " in young.stdout
     assert "data of failed test test_things.py::test_fails" in young.stdout
     assert "younger than --older-than; --older-than 0 drops it" in young.stdout
-    dry = _dbguard("janitor", "--dry-run", "--older-than", "0", server.url())
+    dry = dbguard_cli("janitor", "--dry-run", "--older-than", "0", server.url())
     assert dry.returncode == 0, dry.stderr
     assert f"would drop {name} (run " in dry.stdout
     assert _kept_on(server) == [name]
-    dropped = _dbguard("janitor", "--older-than", "0", server.url())
+    dropped = dbguard_cli("janitor", "--older-than", "0", server.url())
     assert dropped.returncode == 0, dropped.stderr
     assert f"dropped {name} (run " in dropped.stdout
     assert _kept_on(server) == []
@@ -470,7 +459,7 @@ def test_readme_example_on_the_embedded_server_stays_up_until_dbguard_stop(
         assert listed.returncode == 0, listed.stderr
         assert listed.stdout.splitlines() == ["ada", "grace"]
     finally:
-        stopped = _dbguard("stop", cwd=pytester.path)
+        stopped = dbguard_cli("stop", cwd=pytester.path)
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped the kept PostgreSQL cluster for {pytester.path}" in stopped.stdout
     assert not machine.process_alive(pid)
@@ -481,7 +470,7 @@ def test_embedded_run_without_failures_stops_its_cluster(pytester: pytest.Pytest
     passing = SYNC_TESTS["connection"].replace('assert False, "the failure"', "pass")
     _project(pytester, test_things=passing)
     run_dbguard(pytester, "--dbguard-keep-failed").assert_outcomes(passed=3)
-    stopped = _dbguard("stop", cwd=pytester.path)
+    stopped = dbguard_cli("stop", cwd=pytester.path)
     assert stopped.returncode == 0, stopped.stderr
     assert "nothing to stop" in stopped.stdout
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbguard.server import kept_clusters, machine
-from tests.helpers import run_dbguard
+from tests.helpers import dbguard_cli, run_dbguard
 
 # The seed row comes from an after_create hook: the schema fingerprint (the tables' DDL) does not
 # see it change, so only a rebuild picks a new one up.
@@ -43,17 +43,6 @@ def _project(pytester: pytest.Pytester, seed: str, ini: str = "") -> None:
     pytester.makeini(f"[pytest]\ndbguard_metadata = models:metadata\n{ini}")
 
 
-def _dbguard(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "pytest_dbguard", *args]
-    return subprocess.run(
-        command,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def _folder(rootdir: Path) -> Path:
     return machine.storage_root() / f"reuse-{kept_clusters.reuse_key(rootdir)}"
 
@@ -68,7 +57,7 @@ def kept(pytester: pytest.Pytester) -> Iterator[Path]:
     folder = _folder(pytester.path)
     yield folder
     if folder.is_dir():
-        _dbguard("stop", cwd=pytester.path)
+        dbguard_cli("stop", cwd=pytester.path)
 
 
 def test_header_says_started_then_reused_and_stop_ends_it(
@@ -89,7 +78,7 @@ def test_header_says_started_then_reused_and_stop_ends_it(
 
     # From a subfolder, as pytest would: the rootdir is the ini file's folder.
     (pytester.path / "sub").mkdir()
-    stopped = _dbguard("stop", cwd=pytester.path / "sub")
+    stopped = dbguard_cli("stop", cwd=pytester.path / "sub")
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped the kept PostgreSQL cluster for {pytester.path}" in stopped.stdout
     assert not machine.process_alive(pid)
@@ -162,7 +151,7 @@ def test_rebuild_without_reuse_says_it_has_no_effect(pytester: pytest.Pytester) 
 
 def test_stop_with_nothing_kept_says_so(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\n")
-    result = _dbguard("stop", cwd=pytester.path)
+    result = dbguard_cli("stop", cwd=pytester.path)
     assert result.returncode == 0, result.stderr
     assert f"nothing to stop: no cluster kept by --dbguard-reuse for {pytester.path}" in (
         result.stdout
