@@ -58,7 +58,7 @@ def list_marked(
     on ``connection`` when given, else on one to a maintenance database."""
     from sqlalchemy import text
 
-    with contextlib.nullcontext(connection) if connection else _maintenance(url) as connected:
+    with _maintenance(url, connection) as connected:
         rows = connected.execute(text(_LIST_SQL)).all()
     return [
         MarkedDatabase(name, mark, bool(is_template))
@@ -90,7 +90,7 @@ def drop_run(
     ]
     if not ours:
         return []
-    with contextlib.nullcontext(connection) if connection else _maintenance(parsed) as connected:
+    with _maintenance(parsed, connection) as connected:
         return [drop_checked(connected, parsed, found.name).name for found in ours]
 
 
@@ -134,8 +134,14 @@ def _parse(url: str | DatabaseURL) -> DatabaseURL:
 
 
 @contextlib.contextmanager
-def _maintenance(url: str | DatabaseURL) -> Iterator[Connection]:
-    """An autocommit connection to the server's maintenance database, never the URL's own."""
+def _maintenance(
+    url: str | DatabaseURL, connection: Connection | None = None
+) -> Iterator[Connection]:
+    """An autocommit connection to the server's maintenance database, never the URL's own; the
+    caller's ``connection`` instead when it has one (a run's shared maintenance connection)."""
+    if connection is not None:
+        yield connection
+        return
     from sqlalchemy import create_engine
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
