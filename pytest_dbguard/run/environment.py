@@ -280,7 +280,7 @@ def export(
             {
                 "pid": os.getpid(),
                 "run": plan.run,
-                "pipeline_run": plan.pipeline_run,
+                "pipeline_key": plan.pipeline_key,
                 "server_url": plan.server_url.portable() if plan.server_url else None,
                 "embedded": plan.embedded,
                 "sqlite_dir": str(plan.sqlite_dir) if plan.sqlite_dir else None,

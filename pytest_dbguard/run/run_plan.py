@@ -47,11 +47,16 @@ class RunPlan:
     inspection: str | None = None
     # DBGUARD_RUN as a pipeline set it before pytest: the key its shards share templates under.
     # ``run`` stays this invocation's own, so the shards' databases never collide.
-    pipeline_run: str | None = None
+    pipeline_key: str | None = None
 
     @property
     def is_sqlite(self) -> bool:
         return self.server_url is None
+
+    @property
+    def pipeline_run(self) -> str | None:
+        """The pipeline's key as a name part, or None when no pipeline set one."""
+        return name_part(self.pipeline_key) if self.pipeline_key else None
 
     @property
     def template_run(self) -> str:
@@ -61,23 +66,30 @@ class RunPlan:
     @property
     def exported_run(self) -> str:
         """DBGUARD_RUN for the tests: the pipeline's own value when it set one."""
-        return os.environ.get(PIPELINE_RUN_VAR, self.run) if self.pipeline_run else self.run
+        return self.pipeline_key or self.run
 
 
 PIPELINE_RUN_VAR: Final = "DBGUARD_RUN"
 _RUN_ID: Final = re.compile(r"^[0-9a-z]{1,12}$")
 
 
-def pipeline_run(environ: Mapping[str, str]) -> str | None:
-    """The run key a CI pipeline set in DBGUARD_RUN before pytest started, as a name part:
-    itself when it is 1-12 lowercase letters and digits, else a hash of it. None when unset, or
+def pipeline_key(environ: Mapping[str, str]) -> str | None:
+    """The run key a CI pipeline set in DBGUARD_RUN before pytest started. None when unset, or
     when it is the value a dbguard run exported (a pytest started inside a test inherits it)."""
     value = environ.get(PIPELINE_RUN_VAR, "").strip()
-    if not value or environ.get(ORIGIN_VAR):
-        return None
-    if _RUN_ID.match(value):
-        return value
-    return hashlib.sha1(value.encode()).hexdigest()[:8]
+    return value if value and not environ.get(ORIGIN_VAR) else None
+
+
+def name_part(key: str) -> str:
+    """A pipeline key as it stands in names: itself when it is 1-12 lowercase letters and digits,
+    else a hash of it."""
+    return key if _RUN_ID.match(key) else hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
+def pipeline_run(environ: Mapping[str, str]) -> str | None:
+    """The pipeline's run key from ``environ``, as a name part (see ``pipeline_key``)."""
+    key = pipeline_key(environ)
+    return name_part(key) if key else None
 
 
 def inherited_origin() -> dict[str, Any] | None:
@@ -113,7 +125,7 @@ def decide(
     run = origin["run"] if origin is not None else secrets.token_hex(4)
     common: dict[str, Any] = {
         "run": run,
-        "pipeline_run": origin.get("pipeline_run") if origin else pipeline_run(os.environ),
+        "pipeline_key": origin.get("pipeline_key") if origin else pipeline_key(os.environ),
         "worker": worker,
         "owns_server": origin is None,
         "inspection": inspection,
