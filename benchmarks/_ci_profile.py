@@ -158,16 +158,20 @@ def _cprofile(suite: Path, env: dict[str, str], tmp: Path, plugins: list[str]) -
         print(external.hide(body[start:].rstrip() if start >= 0 else body.rstrip()))
 
 
+# The three guards that act on every statement or test, off: what the guards cost per test.
+GUARDS_OFF = "dbguard_naive_datetime = off\ndbguard_leaks = off\ndbguard_allow_databases = *\n"
 PACKAGES = ("pytest_dbguard", "sqlalchemy", "psycopg", "_pytest", "pluggy")
 
 
 def _tottime_by_package(path: Path) -> dict[str, float]:
-    """Seconds of own time per package, and psycopg cursor executions (round trips) as "executes"."""
-    totals = dict.fromkeys((*PACKAGES, "other", "executes"), 0.0)
+    """Seconds of own time per package, psycopg cursor executions (round trips) as "executes",
+    and Python function calls as "calls" (a count, so the same on a quiet or a busy machine)."""
+    totals = dict.fromkeys((*PACKAGES, "other", "executes", "calls"), 0.0)
     stats: dict[Any, Any] = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
     for (file, _line, function), (_cc, calls, tottime, _ct, _callers) in stats.items():
         package = next((name for name in PACKAGES if f"/{name}/" in file), "other")
         totals[package] += tottime
+        totals["calls"] += calls
         if (
             "/psycopg/" in file
             and file.endswith("cursor.py")
@@ -183,14 +187,18 @@ def _tottime_by_package(path: Path) -> dict[str, float]:
 def _per_test(tmp: Path, server: external.ExternalServer, tests: int) -> None:
     """cProfile of 1- and N-test runs of each side: per-test own time by package, round trips."""
     slopes = {}
-    for who in ("dbguard", "recipe"):
-        plugins = ["pytest_dbguard"] if who == "dbguard" else []
+    for who in ("dbguard", "guards off", "recipe"):
+        plugins = ["pytest_dbguard"] if who != "recipe" else []
         env = common.sealed_env({"DBGUARD_URL" if plugins else "DATABASE_URL": server.url()})
         totals = []
         for count in (1, tests):
-            suite = orm_suite(tmp / f"p_{who}_{count}", count, bool(plugins))
-            out = tmp / f"p_{who}_{count}.prof"
+            suite = orm_suite(tmp / f"p_{who.replace(' ', '_')}_{count}", count, bool(plugins))
+            if who == "guards off":
+                with (suite / "pytest.ini").open("a") as ini:
+                    ini.write(GUARDS_OFF)
+            out = suite / "per_test.prof"
             command = common.pytest_command(plugins=plugins)
+            common.run_pytest(suite, command, env=env)  # a warm-up: the bytecode caches written
             command[1:1] = ["-m", "cProfile", "-o", str(out)]
             common.run_pytest(suite, command, env=env)
             totals.append(_tottime_by_package(out))
@@ -206,7 +214,13 @@ def _per_test(tmp: Path, server: external.ExternalServer, tests: int) -> None:
         + ", ".join(f"{key} {value * 1000:.3f}" for value, key in own[:8])
     )
     rows = [
-        [key, *(f"{slopes[who][key] * (1 if key == 'executes' else 1000):.3f}" for who in slopes)]
+        [
+            key,
+            *(
+                f"{slopes[who][key] * (1 if key in ('executes', 'calls') else 1000):.3f}"
+                for who in slopes
+            ),
+        ]
         for key in slopes["recipe"]
     ]
     rows.append(
@@ -216,9 +230,9 @@ def _per_test(tmp: Path, server: external.ExternalServer, tests: int) -> None:
         ]
     )
     print(
-        f"\nper test under cProfile, ({tests}-test run - 1-test run) / {tests - 1}: own time (ms) by package, psycopg executes"
+        f"\nper test under cProfile, ({tests}-test run - 1-test run) / {tests - 1}: own time (ms) by package, psycopg executes, Python calls"
     )
-    print(common.table(["package", "dbguard", "recipe"], rows))
+    print(common.table(["package", *slopes], rows))
 
 
 def profile(tmp: Path, server: external.ExternalServer, tests: int = 300) -> None:

@@ -20,7 +20,9 @@
    logged. Goal: nothing started, nothing connected, wall within 5 %.
 p. Profile (``--only p``, not part of the default): ``-X importtime`` and cProfile (top 25
    cumulative) of the 1-test external run, the connections each run makes, and what one TCP +
-   SCRAM connection and one fresh engine cost (see ``_ci_profile.py``).
+   SCRAM connection and one fresh engine cost, and per test (N-test minus 1-test run) the own
+   time by package and the Python calls of dbguard, dbguard with its three per-statement and
+   per-test guards off, and the recipe (see ``_ci_profile.py``).
 
 Wall time of the whole pytest process (spawn to exit) and its CPU time (user + system of the
 process and every child it reaped, from ``os.wait4``: the embedded server is pytest's child, so
