@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 # The template's build takes a second (an after_create hook), so the two shards overlap in it.
@@ -113,3 +115,87 @@ def test_a_pytest_started_inside_a_run_does_not_join_it(pytester: pytest.Pyteste
     hashed = pipeline_run({"DBGUARD_RUN": "pipeline 42/7"})
     assert hashed is not None and len(hashed) == 8 and hashed.isalnum()
     assert pipeline_run({}) is None
+
+
+REMOTE_TESTS = """
+import os
+import pytest
+
+@pytest.mark.parametrize("n", range(4))
+def test_reports_its_run(dbguard_connection, n):
+    database = dbguard_connection.exec_driver_sql("SELECT current_database()").scalar()
+    print("JOINED", os.environ["DBGUARD_RUN"], os.environ["DBGUARD_WORKER"], database)
+"""
+
+
+def _socket_worker(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """execnet's socket server in a process that is not the controller's child and has none of
+    its environment, as on another machine; returns it and its ``--tx`` spec."""
+    import execnet
+
+    script = Path(execnet.__file__).parent / "script" / "socketserver.py"
+    folder.mkdir()
+    log = folder / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-u", str(script), "127.0.0.1:0"],
+            cwd=folder,
+            # Nothing of the controller's; the one setting is the machine's own, as the inner
+            # runs here load their plugins with -p only.
+            env={
+                "PATH": os.environ["PATH"],
+                "HOME": str(folder),
+                "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    for _ in range(600):  # "... Entering Accept loop ('127.0.0.1', PORT)", within a minute
+        line = next((x for x in log.read_text().splitlines() if "Accept loop" in x), None)
+        if line is not None or server.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert line is not None, log.read_text()
+    port = line.rstrip(")").rpartition(" ")[2]
+    return server, f"socket=127.0.0.1:{port}"
+
+
+@pytest.mark.needs_xdist
+def test_workers_without_the_controllers_environment_join_its_run(
+    pytester: pytest.Pytester,
+    tmp_path: Path,
+    pg_server: TestServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--tx socket=`` (like ``ssh=``): workers that inherit nothing still find their run."""
+    monkeypatch.setenv("DBGUARD_URL", pg_server.url())  # the controller's environment only
+    pytester.makepyfile(test_remote=REMOTE_TESTS)
+    pytester.makeini("[pytest]\n")
+    servers = [_socket_worker(tmp_path / f"host{n}") for n in (1, 2)]
+    try:
+        result = run_dbguard(
+            pytester,
+            *(arg for _, spec in servers for arg in ("--tx", spec)),
+            "--dist",
+            "load",
+            "--rsyncdir",
+            str(pytester.path),
+            "-W",
+            "ignore::DeprecationWarning",  # xdist 3.x deprecates --rsyncdir
+            "-rA",
+            str(pytester.path),
+            plugins=("xdist.plugin",),
+        )
+    finally:
+        for server, _ in servers:
+            server.kill()
+            server.wait()
+    result.assert_outcomes(passed=4)
+    joined = [line.split()[1:] for line in result.outlines if line.startswith("JOINED")]
+    assert len(joined) == 4, result.outlines
+    runs = {run for run, _, _ in joined}
+    assert len(runs) == 1, joined  # one run, the controller's, not one per worker
+    assert {worker for _, worker, _ in joined} == {"gw0", "gw1"}, joined
+    for run, worker, database in joined:
+        assert database.endswith(f"_dbg_{run}_{worker}"), joined
+    assert SUPERUSER_PASSWORD not in result.stdout.str()

@@ -26,7 +26,7 @@ from pytest_dbguard.db import databases, janitor, kept_templates, schema, schema
 from pytest_dbguard.db.engines import dispose_shared_admin_engines, shared_admin_engine
 from pytest_dbguard.db.names import schema_name
 from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
-from pytest_dbguard.run import environment, reuse_run, termination, worker_failures
+from pytest_dbguard.run import environment, remote_workers, reuse_run, termination, worker_failures
 from pytest_dbguard.run.config import Settings
 from pytest_dbguard.run.run_plan import SINGLE_PROCESS, RunPlan
 from pytest_dbguard.run.state import DbguardRun, SessionState, run_of, the_run
@@ -60,6 +60,7 @@ def configure(config: pytest.Config) -> None:
         schema_drift.configure(config)
     run.session = state
     worker_failures.register(config)
+    remote_workers.register(config)
 
 
 def _schema_source(settings: Settings) -> str:
