@@ -119,4 +119,4 @@ def test_django_recipe_outside_the_repo(django_venv: FreshVenv, tmp_path: Path) 
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["dbguard: *django migrate (config.settings.test)*"])
     (migrated,) = (project / "migrate.log").read_text().splitlines()  # one migrate per run
-    assert migrated.endswith("_tpl")  # into the template both workers cloned
+    assert "_tpl" in migrated  # into the template both workers cloned
