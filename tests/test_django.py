@@ -83,7 +83,8 @@ def test_reuse_keeps_the_template_until_a_migration_changes(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:
     """--dbguard-reuse: the second run clones the kept template without migrating; a changed
-    migration file gives another fingerprint, so the third run migrates again."""
+    migration file gives another fingerprint, so the third run migrates again, and so does a
+    changed model file for the fourth."""
     log = write_project(pytester)
     pytester.makepyfile(test_shop=ORM_TESTS)
     url = pg_server.url()
@@ -102,11 +103,16 @@ def test_reuse_keeps_the_template_until_a_migration_changes(
         third = run_dbguard(pytester, "--dbguard-reuse", "--dbguard-url", url, plugins=DJANGO)
         third.assert_outcomes(passed=8)
         assert len(migrate_lines(log)) == 2
+        models = pytester.path / "shop" / "models.py"
+        models.write_text(models.read_text() + "\n# a model file changed too\n")
+        fourth = run_dbguard(pytester, "--dbguard-reuse", "--dbguard-url", url, plugins=DJANGO)
+        fourth.assert_outcomes(passed=8)
+        assert len(migrate_lines(log)) == 3
         kept = set(pg_server.databases()) - before
-        assert len(kept) == 2 and all(name.endswith("_tpl") for name in kept), kept
+        assert len(kept) == 3 and all(name.endswith("_tpl") for name in kept), kept
     finally:
         dropped = kept_templates.drop_kept(DatabaseURL.parse(url), "postgres")
-    assert len(dropped) == 2
+    assert len(dropped) == 3
     assert set(pg_server.databases()) == before
 
 
