@@ -27,7 +27,7 @@ MISSING: Final = (
 BROKEN: Final = (
     "Django's settings module {module!r} (DJANGO_SETTINGS_MODULE, from {source}) failed while "
     "importing: {error}{where}. No test ran: dbguard serves Django's database only once "
-    "pytest-django has loaded the settings. Fix that line (an optional, dev-only package is "
+    "pytest-django has loaded the settings. Fix that line (a dev-only package is best "
     "imported inside try/except ImportError), or point DJANGO_SETTINGS_MODULE ({source}) at the "
     "settings module meant for tests."
 )
