@@ -26,6 +26,7 @@ MODEST: dict[str, list[str]] = {
     "peers.py": ["--tests", "60", "--xdist-tests", "600", "--runs", "3"],
     "foundation.py": ["--tests", "300"],
     "ci_path.py": ["--runs", "3"],
+    "django_setup.py": ["--runs", "3"],
     "guards_overhead.py": ["--tests", "300"],
     "proxy_overhead.py": ["-n", "1000", "--orm", "200"],
     "readiness_lag.py": ["--runs", "5"],

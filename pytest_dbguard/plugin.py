@@ -67,7 +67,14 @@ def pytest_load_initial_conftests(
         environment.prepare(early_config, early_config.known_args_namespace, args)
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
-    return (yield)
+    settings_source = django_activation.settings_source(early_config)
+    try:
+        return (yield)
+    except ImportError as error:  # pytest-django's, for a settings module that fails to load
+        explained = django_activation.settings_failure(error, settings_source)
+        if explained is None:
+            raise
+        raise pytest.UsageError(str(explained)) from None
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -78,9 +85,18 @@ def pytest_configure(config: pytest.Config) -> None:
         # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.
         environment.prepare(config, config.option, config.args, late=True)
         lifecycle.configure(config)
-        django_activation.register(config)  # only when pytest-django runs with settings
         asyncloop.register(config)
         restart_fence.register(config)
+    except DbguardError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+# Last: a project without a settings module calls settings.configure() in its conftest's
+# pytest_configure (pytest-django's documented way), which runs after the tryfirst hook above.
+@pytest.hookimpl(trylast=True, specname="pytest_configure")
+def pytest_configure_django(config: pytest.Config) -> None:
+    try:
+        django_activation.register(config)  # only when pytest-django runs with settings
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
 

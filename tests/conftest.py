@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import NOT_SOURCE, ROOT, WHEEL_EXTRAS, FreshVenv
+from tests.helpers import NOT_SOURCE, ROOT, WHEEL_EXTRAS, FreshVenv, recipe_extras
 from tests.pgserver import TestServer, running_server
 
 pytest_plugins = ["pytester"]
@@ -108,15 +108,29 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fresh_venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
     """Session: a new venv with ``pytest-dbguard[postgres,async,xdist]`` installed from the wheel, once
     for all xdist workers."""
+    return _venv_with(dist, tmp_path_factory, "dbguard-venv", WHEEL_EXTRAS)
+
+
+@pytest.fixture(scope="session")
+def django_venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
+    """Session: a new venv with the wheel and the extras the README's Django recipe installs
+    (``pytest-dbguard[postgres,xdist,django]``), once for all xdist workers."""
+    extras = recipe_extras("Django (pytest-django)")
+    return _venv_with(dist, tmp_path_factory, "dbguard-django-venv", extras)
+
+
+def _venv_with(
+    dist: Path, tmp_path_factory: pytest.TempPathFactory, name: str, extras: str
+) -> FreshVenv:
     (wheel,) = dist.glob("pytest_dbguard-*.whl")
-    with _shared(tmp_path_factory, "dbguard-venv") as (folder, done):
+    with _shared(tmp_path_factory, name) as (folder, done):
         venv = FreshVenv(folder / "venv")
         if not done:
             subprocess.run(
                 [sys.executable, "-m", "venv", str(venv.folder)], check=True, timeout=120
             )
             installed = venv.run(
-                folder, str(venv.bin / "pip"), "install", "--quiet", f"{wheel}[{WHEEL_EXTRAS}]"
+                folder, str(venv.bin / "pip"), "install", "--quiet", f"{wheel}[{extras}]"
             )
             assert installed.returncode == 0, installed.stdout + installed.stderr
     return venv

@@ -78,6 +78,15 @@ format = %(levelname)s %(message)s
 """
 
 
+def recipe_extras(section: str) -> str:
+    """The extras the pip line of the README recipe ``section`` installs, as it writes them
+    (``pip install 'pytest-dbguard[postgres,xdist,django]'``)."""
+    text = README.split(f"### {section}\n", 1)[1].split("\n#", 1)[0]
+    found = re.search(r"pip install 'pytest-dbguard\[([a-z,]+)\]'", text)
+    assert found, f"the README recipe {section!r} has no pip install 'pytest-dbguard[...]' line"
+    return found[1]
+
+
 def blocks(section: str, language: str) -> list[str]:
     """The fenced ``language`` blocks under the README heading ``section`` (up to the next heading)."""
     found: list[str] = []

@@ -83,7 +83,8 @@ def test_reuse_keeps_the_template_until_a_migration_changes(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:
     """--dbguard-reuse: the second run clones the kept template without migrating; a changed
-    migration file gives another fingerprint, so the third run migrates again."""
+    migration file gives another fingerprint, so the third run migrates again, and so does a
+    changed model file for the fourth."""
     log = write_project(pytester)
     pytester.makepyfile(test_shop=ORM_TESTS)
     url = pg_server.url()
@@ -102,11 +103,16 @@ def test_reuse_keeps_the_template_until_a_migration_changes(
         third = run_dbguard(pytester, "--dbguard-reuse", "--dbguard-url", url, plugins=DJANGO)
         third.assert_outcomes(passed=8)
         assert len(migrate_lines(log)) == 2
+        models = pytester.path / "shop" / "models.py"
+        models.write_text(models.read_text() + "\n# a model file changed too\n")
+        fourth = run_dbguard(pytester, "--dbguard-reuse", "--dbguard-url", url, plugins=DJANGO)
+        fourth.assert_outcomes(passed=8)
+        assert len(migrate_lines(log)) == 3
         kept = set(pg_server.databases()) - before
-        assert len(kept) == 2 and all(name.endswith("_tpl") for name in kept), kept
+        assert len(kept) == 3 and all(name.endswith("_tpl") for name in kept), kept
     finally:
         dropped = kept_templates.drop_kept(DatabaseURL.parse(url), "postgres")
-    assert len(dropped) == 2
+    assert len(dropped) == 3
     assert set(pg_server.databases()) == before
 
 
@@ -140,17 +146,24 @@ def test_django_was_not_imported():
 """
 
 
-@pytest.mark.parametrize("plugins", [(), DJANGO], ids=["without-pytest-django", "no-settings"])
+@pytest.mark.parametrize(
+    ("plugins", "workers"),
+    [((), ()), (DJANGO, ()), (DJANGO_XDIST, ("-n", "2"))],
+    ids=["without-pytest-django", "no-settings", "no-settings-xdist"],
+)
 def test_runs_without_django_settings_never_import_django(
-    pytester: pytest.Pytester, plugins: tuple[str, ...]
+    pytester: pytest.Pytester, plugins: tuple[str, ...], workers: tuple[str, ...]
 ) -> None:
     pytester.makepyfile(test_plain=NO_DJANGO_TEST)
-    result = run_dbguard(pytester, plugins=plugins)
+    result = run_dbguard(pytester, *workers, plugins=plugins)
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("*django migrate*")
 
 
-def test_a_failing_migration_stops_before_the_first_test_once(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_a_failing_migration_stops_before_the_first_test_once(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
     write_project(pytester)
     broken = pytester.path / "shop" / "migrations" / "0003_broken.py"
     broken.write_text(
@@ -160,7 +173,7 @@ def test_a_failing_migration_stops_before_the_first_test_once(pytester: pytest.P
         '    operations = [migrations.RunSQL("ALTER TABLE no_such_table ADD COLUMN x int")]\n'
     )
     pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, "-n", "2", plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.stdout.str() + result.stderr.str()
     assert (
@@ -172,17 +185,21 @@ def test_a_failing_migration_stops_before_the_first_test_once(pytester: pytest.P
     assert " passed" not in output
 
 
-def test_an_alias_missing_from_databases_is_a_usage_error(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_an_alias_missing_from_databases_is_a_usage_error(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
     write_project(pytester, ini_extra="dbguard_django_databases = default replica\n")
     pytester.makepyfile(test_plain=NO_DJANGO_TEST.replace("not in", "in"))
-    result = run_dbguard(pytester, plugins=DJANGO)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        [
-            "*ini dbguard_django_databases names the database alias 'replica', which "
-            "settings.DATABASES of djproj.settings does not define (it has: default)*"
-        ]
+    output = result.stdout.str() + result.stderr.str()
+    message = (
+        "ini dbguard_django_databases names the database alias 'replica', which "
+        "settings.DATABASES of djproj.settings does not define (it has: default)"
     )
+    assert output.count(message) == 1, output
+    assert " passed" not in output
 
 
 def test_a_conftest_that_extends_django_db_setup_keeps_working(pytester: pytest.Pytester) -> None:
@@ -253,13 +270,15 @@ def test_serialized_rollback_restores_what_migrate_wrote(pytester: pytest.Pytest
     run_dbguard(pytester, plugins=DJANGO).assert_outcomes(passed=2)
 
 
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
 def test_django_databases_without_django_settings_is_a_usage_error(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, workers: tuple[str, ...]
 ) -> None:
     pytester.makeini("[pytest]\ndbguard_django_databases = default\n")
     pytester.makepyfile(test_plain=NO_DJANGO_TEST)
-    result = run_dbguard(pytester, plugins=DJANGO)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        ["*ini dbguard_django_databases is set, but this run has no Django settings*"]
-    )
+    output = result.stdout.str() + result.stderr.str()
+    assert output.count("ini dbguard_django_databases is set, but this run has no Django") == 1
+    assert "settings.configure() in your conftest's pytest_configure" in output
+    assert " passed" not in output

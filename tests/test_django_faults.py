@@ -91,3 +91,37 @@ def test_a_retry_recovers(dbguard_faults):
             "(*Error: *closed*), so your application's next request would fail too*"
         ]
     )
+
+
+CLIENT_TESTS = """
+import pytest
+from django.db import connection, utils
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_test_client_is_not_a_request_boundary(client, dbguard_faults):
+    assert client.get("/health").json() == {"orders": 0}
+    dbguard_faults.close(connection)
+    with pytest.raises(utils.Error, match="closed"):
+        client.get("/health")
+    connection.close()  # still broken: drop it before the test's own teardown uses it
+
+
+@pytest.mark.django_db(transaction=True)
+def test_assert_recovers_puts_the_client_inside_a_request(client, dbguard_faults):
+    assert client.get("/health").json() == {"orders": 0}
+    dbguard_faults.close(connection)
+    recovery = dbguard_faults.assert_recovers(lambda: client.get("/health"), first_try=True)
+    assert recovery.attempts == 1
+    assert client.get("/health").json() == {"orders": 0}
+"""
+
+
+def test_the_test_client_and_request_boundaries(pytester: pytest.Pytester) -> None:
+    """What the README says: Django's test client sends request_started/request_finished with
+    close_old_connections disconnected, so a broken connection survives client.get(); each
+    attempt of assert_recovers passes a real boundary first, so the settings (CONN_MAX_AGE = 0
+    here) replace it and the client's request inside the attempt works."""
+    write_project(pytester)
+    pytester.makepyfile(test_client=CLIENT_TESTS)
+    run_dbguard(pytester, plugins=DJANGO).assert_outcomes(passed=2)

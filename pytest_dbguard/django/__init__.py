@@ -2,10 +2,11 @@
 clone of it per xdist worker; faults and guards see Django's connections.
 
 Nothing here imports Django unless the run has configured it (pytest-django active and
-``DJANGO_SETTINGS_MODULE`` or ``--ds`` set): ``activation`` decides, the other modules import
-Django only inside the code that runs once it has.
+``DJANGO_SETTINGS_MODULE`` or ``--ds`` set, or a conftest's ``settings.configure()``):
+``activation`` decides, the other modules import Django only inside the code that runs once it has.
 
 - ``activation``: whether Django runs; wires the schema hook, the fixtures and the guards.
+- ``settings_module``: which settings the run has; a settings module that fails to load, explained.
 - ``targets``: ``settings.DATABASES`` aliases pointed at a dbguard database.
 - ``migrate``: the template build (Django's ``migrate``) and its fingerprint for ``--dbguard-reuse``.
 - ``fixtures``: pytest-django's ``django_db_setup`` overridden to use the worker's clone.

@@ -15,6 +15,7 @@ from typing import Final
 import pytest
 
 from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.django import settings_module
 from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.run.state import run_of, the_run
 
@@ -33,7 +34,9 @@ NEEDS_DATABASES: Final = (
 NO_SETTINGS: Final = (
     "ini {ini} is set, but this run has no Django settings for dbguard to serve: run pytest-django "
     "(installed, or -p django when plugin autoload is off) with "
-    "DJANGO_SETTINGS_MODULE set (the environment, --ds, or the ini key DJANGO_SETTINGS_MODULE)."
+    "DJANGO_SETTINGS_MODULE set (the environment, --ds, or the ini key DJANGO_SETTINGS_MODULE), "
+    "or call django.conf.settings.configure() in your conftest's pytest_configure; or remove "
+    "{ini} if this project does not use Django."
 )
 UNKNOWN_ALIAS: Final = (
     "ini {ini} names the database alias {alias!r}, which settings.DATABASES of {settings} does "
@@ -47,14 +50,30 @@ TWO_SOURCES: Final = (
 
 
 def django_active(config: pytest.Config) -> bool:
-    """pytest-django is active and Django has settings; never imports Django itself."""
+    """pytest-django is active and Django has settings (a settings module, or a conftest's
+    ``settings.configure()``); never imports Django itself."""
     from pytest_dbguard.django import compat
 
     if not compat.pytest_django_active(config):
         return False
     if os.environ.get("DJANGO_SETTINGS_MODULE"):
         return "django" in sys.modules  # pytest-django imported it while loading the settings
-    return False
+    if "django.conf" not in sys.modules:
+        return False  # nobody touched Django's settings: Django is not in use
+    from django.conf import settings
+
+    return bool(settings.configured)
+
+
+def settings_source(early_config: pytest.Config) -> str:
+    """Where pytest-django will take ``DJANGO_SETTINGS_MODULE`` from (read before it runs)."""
+    option = getattr(early_config.known_args_namespace, "ds", None)
+    return settings_module.source_of_module(option, os.environ.get(settings_module.SETTINGS_ENV))
+
+
+def settings_failure(error: BaseException, source: str) -> ConfigError | None:
+    """pytest-django's failure to load the settings module, explained; None for other errors."""
+    return settings_module.explain(error, source)
 
 
 def aliases_of(config: pytest.Config) -> tuple[str, ...]:
@@ -85,7 +104,7 @@ def register(config: pytest.Config) -> None:
         raise ConfigError(NEEDS_POSTGRES.format(source=settings.source_of("url")))
     if plan.schema is not None:
         raise ConfigError(NEEDS_DATABASES.format(source=settings.source_of("worker_isolation")))
-    module = os.environ["DJANGO_SETTINGS_MODULE"]
+    module = settings_module.settings_label()
     for name in ("metadata", "alembic_ini"):
         if getattr(settings, name):
             raise ConfigError(TWO_SOURCES.format(settings=module, source=settings.source_of(name)))

@@ -56,3 +56,22 @@ def keep_serialized_copy(alias: str) -> None:
 
     connection = connections[alias]
     connection._test_serialized_contents = connection.creation.serialize_db_to_string()
+
+
+def settings_import_failure(error: BaseException) -> BaseException | None:
+    """The error a settings module raised, when ``error`` is pytest-django's report of it.
+
+    pytest-django (4.5 to 4.14) re-raises a failed settings import as a new ``ImportError``
+    ``from None``, its message ending with a note about its project scan ("pytest-django found /
+    could not find / did not search ..."); the original stays on ``__context__``. Django 6.2
+    wraps the ``ImportError`` of a missing module in ``ImproperlyConfigured`` first.
+    """
+    if type(error) is not ImportError or "pytest-django" not in str(error):
+        return None
+    original = error.__context__
+    if original is None:
+        return None
+    cause = original.__cause__
+    if isinstance(cause, ImportError) and not isinstance(original, ImportError):
+        return cause
+    return original

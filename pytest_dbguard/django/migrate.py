@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 
 from pytest_dbguard.django import compat, targets
+from pytest_dbguard.django.settings_module import settings_label
 from pytest_dbguard.exceptions import SchemaError
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class DjangoSchema:
     def __init__(self, config: pytest.Config, aliases: Sequence[str]) -> None:
         self.config = config
         self.aliases = tuple(aliases)
-        self.settings_module = os.environ.get("DJANGO_SETTINGS_MODULE", "")
+        self.settings_module = settings_label()
 
     @property
     def source(self) -> str:

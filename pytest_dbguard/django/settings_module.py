@@ -1,0 +1,82 @@
+"""Which Django settings a run has, and a settings module that cannot be loaded, explained
+before the first test.
+
+pytest-django loads ``DJANGO_SETTINGS_MODULE`` while pytest reads its initial conftests, and on
+failure raises an ``ImportError`` that names neither the settings module nor the line that
+failed (for a settings file that imports a missing package, only "No module named 'x'"). dbguard
+wraps that hook: it tells a module that does not exist from one that fails while importing,
+names the module, where its name came from and the failing line, and says how to fix it. Never
+imports Django itself: the error it reads is one Django already raised.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Final
+
+from pytest_dbguard.exceptions import ConfigError
+
+SETTINGS_ENV: Final = "DJANGO_SETTINGS_MODULE"
+MISSING: Final = (
+    "Django's settings module {module!r} (DJANGO_SETTINGS_MODULE, from {source}) does not exist: "
+    "{error}. No test ran: dbguard serves Django's database only once pytest-django has loaded "
+    "the settings. Fix the module name ({source}), or put the folder that holds it on sys.path "
+    "(ini pythonpath = ., or manage.py beside it with pytest-django's django_find_project)."
+)
+BROKEN: Final = (
+    "Django's settings module {module!r} (DJANGO_SETTINGS_MODULE, from {source}) failed while "
+    "importing: {error}{where}. No test ran: dbguard serves Django's database only once "
+    "pytest-django has loaded the settings. Fix that line (a dev-only package is best "
+    "imported inside try/except ImportError), or point DJANGO_SETTINGS_MODULE ({source}) at the "
+    "settings module meant for tests."
+)
+
+
+def settings_label() -> str:
+    """The settings module, or ``settings.configure()`` for a project that has none (its conftest
+    configures Django in ``pytest_configure``, as pytest-django documents)."""
+    return os.environ.get(SETTINGS_ENV) or "settings.configure()"
+
+
+def source_of_module(option: str | None, environment_before: str | None) -> str:
+    """Where pytest-django took the module name from, in its own order: --ds, env, ini."""
+    if option:
+        return "--ds"
+    if environment_before:
+        return "the environment"
+    return "the ini key DJANGO_SETTINGS_MODULE"
+
+
+def explain(error: BaseException, source: str) -> ConfigError | None:
+    """The settings failure pytest-django raised as ``error``, as a ConfigError naming the
+    module, the cause and the fix; None when ``error`` is not one (dbguard leaves it alone)."""
+    from pytest_dbguard.django import compat
+
+    module = os.environ.get(SETTINGS_ENV)
+    original = compat.settings_import_failure(error)
+    if not module or original is None:
+        return None
+    cause = f"{type(original).__name__}: {original}"
+    missing = getattr(original, "name", None)
+    if isinstance(original, ModuleNotFoundError) and missing and _is_part_of(module, missing):
+        return ConfigError(MISSING.format(module=module, source=source, error=cause))
+    return ConfigError(
+        BROKEN.format(module=module, source=source, error=cause, where=_where(original))
+    )
+
+
+def _is_part_of(module: str, missing: str) -> bool:
+    """``config.settings.test`` is missing when ``config``, ``config.settings`` or itself is."""
+    return module == missing or module.startswith(missing + ".")
+
+
+def _where(error: BaseException) -> str:
+    """`` (at file:line)``: the last line of Python source (not the import machinery) the
+    error passed through, i.e. the failing import in the settings module."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not frame.filename.startswith("<") and f"{os.sep}importlib{os.sep}" not in frame.filename
+    ]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""

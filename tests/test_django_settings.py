@@ -1,0 +1,105 @@
+"""Django settings as projects give them: a module that cannot be loaded stops the run before the
+first test with the cause and the fix; a conftest's settings.configure() gets dbguard's database."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.django_project import SETTINGS, migrate_lines, write_project
+from tests.helpers import run_dbguard
+from tests.test_django import DJANGO_XDIST, ORM_TESTS
+
+WORKERS = pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+
+
+def _stopped_once(result: pytest.RunResult, message: str) -> str:
+    """The run stopped as a usage error before any test, printing ``message`` exactly once."""
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert output.count(message) == 1, output
+    assert " passed" not in output and "Traceback" not in output
+    return output
+
+
+@WORKERS
+def test_a_settings_module_that_does_not_exist(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
+    write_project(pytester)
+    pytester.makeini(
+        "[pytest]\nDJANGO_SETTINGS_MODULE = djproj.nosuch\npythonpath = .\n"
+        "django_find_project = false\n"
+    )
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
+    output = _stopped_once(
+        result,
+        "Django's settings module 'djproj.nosuch' (DJANGO_SETTINGS_MODULE, from the ini key "
+        "DJANGO_SETTINGS_MODULE) does not exist: ModuleNotFoundError: No module named "
+        "'djproj.nosuch'.",
+    )
+    assert "Fix the module name (the ini key DJANGO_SETTINGS_MODULE)" in output
+
+
+def test_a_settings_module_named_by_ds_that_does_not_exist(pytester: pytest.Pytester) -> None:
+    """The message names the option the module came from: --ds, which wins over the ini."""
+    write_project(pytester)
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    result = run_dbguard(pytester, "--ds", "nosuch.settings", plugins=DJANGO_XDIST)
+    _stopped_once(
+        result,
+        "Django's settings module 'nosuch.settings' (DJANGO_SETTINGS_MODULE, from --ds) does not "
+        "exist: ModuleNotFoundError: No module named 'nosuch'.",
+    )
+
+
+@WORKERS
+def test_a_settings_module_that_fails_to_import(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
+    """The debug_toolbar case: the settings import a dev-only package that is not installed."""
+    write_project(pytester)
+    settings = pytester.path / "djproj" / "settings.py"
+    settings.write_text(SETTINGS.lstrip() + "\nimport debug_toolbar  # dev-only\n")
+    line = settings.read_text().splitlines().index("import debug_toolbar  # dev-only") + 1
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
+    output = _stopped_once(
+        result,
+        "Django's settings module 'djproj.settings' (DJANGO_SETTINGS_MODULE, from the ini key "
+        "DJANGO_SETTINGS_MODULE) failed while importing: ModuleNotFoundError: No module named "
+        f"'debug_toolbar' (at {settings}:{line}).",
+    )
+    assert "imported inside try/except ImportError" in output
+
+
+CONFIGURE_CONFTEST = """
+from django.conf import settings
+
+
+def pytest_configure():
+    # pytest-django's recipe for a project without a settings module.
+    from djproj import settings as values
+
+    settings.configure(**{name: getattr(values, name) for name in dir(values) if name.isupper()})
+"""
+
+
+@WORKERS
+def test_settings_configure_in_a_conftest_gets_the_database(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
+    """No DJANGO_SETTINGS_MODULE: the conftest configures Django in pytest_configure (which runs
+    after dbguard's own). dbguard still migrates once and points DATABASES at the worker's
+    database; with the ini key dbguard_django_databases set too, no "no settings" error."""
+    log = write_project(pytester)
+    pytester.makeini(
+        "[pytest]\npythonpath = .\ndjango_find_project = false\n"
+        "dbguard_django_databases = default\n"
+    )
+    pytester.makeconftest(CONFIGURE_CONFTEST)
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["dbguard: *django migrate (settings.configure())*"])
+    assert len(migrate_lines(log)) == 1
