@@ -296,8 +296,9 @@ UNDONE = (
     def test_b_is_unaffected():
         engine = create_engine(os.environ["DBGUARD_URL"], poolclass=NullPool)
         started = time.perf_counter()
-        assert select_one(engine) == 1
-        assert time.perf_counter() - started < 0.4
+        assert select_one(engine) == 1  # refuse(60) would have failed it
+        # Still delayed, a connect and a query cross the proxy four times: at least 2 s.
+        assert time.perf_counter() - started < 1.0
 
     def test_c_restarts_then_the_server_dies(dbguard_faults):
         dbguard_faults.restart()

@@ -77,7 +77,8 @@ def test_cancelled_await_ready_stops_waiting(pg_server: TestServer) -> None:
 
     began = time.monotonic()
     asyncio.run(give_up_early())  # asyncio.run waits for the worker thread before returning
-    assert time.monotonic() - began < 2.0
+    # A wait that ignored the cancel would hold asyncio.run for its whole 30 s.
+    assert time.monotonic() - began < 15
 
 
 def test_server_that_starts_late_is_waited_for() -> None:
@@ -102,7 +103,8 @@ def test_server_that_never_comes_fails_at_the_deadline(pg_server: TestServer) ->
     with pytest.raises(NotReady) as caught:
         wait_until_ready(url, timeout=2.0)
     spent = time.monotonic() - began
-    assert 1.8 <= spent < 3.0
+    assert spent >= 1.8  # it kept trying until the deadline ...
+    assert spent < 12  # ... and then stopped, where a loop without one would run on
     error = caught.value
     assert error.stage == TCP_CONNECT
     assert error.attempts > 5
@@ -119,17 +121,15 @@ def test_an_attempt_never_outlives_the_deadline(pg_server: TestServer, silent_po
     began = time.monotonic()
     with pytest.raises(NotReady) as caught:
         wait_until_ready(url, timeout=0.5)
-    assert time.monotonic() - began < 1.0
+    assert time.monotonic() - began < 1.9  # libpq alone would wait at least 2 s
     assert caught.value.stage == TCP_CONNECT
     assert "no answer within" in caught.value.last_error
 
 
 def test_wrong_password_fails_at_once_without_showing_it(pg_server: TestServer) -> None:
-    began = time.monotonic()
     with pytest.raises(NotReady) as caught:
         wait_until_ready(pg_server.url(password=WRONG_PASSWORD), timeout=20)
-    assert time.monotonic() - began < 1.0
-    error = caught.value
+    error = caught.value  # at once: one attempt, not retried
     assert (error.stage, error.attempts, error.retryable) == (AUTHENTICATION, 1, False)
     message = str(error)
     assert "authentication" in message and "password" in message
@@ -144,10 +144,8 @@ def test_missing_role_is_an_authentication_failure(pg_server: TestServer) -> Non
 
 
 def test_missing_database_says_so(pg_server: TestServer) -> None:
-    began = time.monotonic()
     with pytest.raises(NotReady) as caught:
         wait_until_ready(pg_server.url("no_such_db"), timeout=20)
-    assert time.monotonic() - began < 1.0
     error = caught.value
     assert (error.stage, error.database, error.attempts) == (DATABASE_MISSING, "no_such_db", 1)
     assert "database missing" in str(error) and "CREATE DATABASE" in str(error)
