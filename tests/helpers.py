@@ -25,33 +25,8 @@ README = (ROOT / "README.md").read_text()
 WHEEL_EXTRAS = "postgres,async,xdist"
 NOT_SOURCE = (".git", ".venv", ".tox", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
 
-APP_MODELS = """
-    import os
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-    table_prefix = os.environ.get("DB_TABLE_PREFIX", "storage_elem_01")
-
-    class Base(DeclarativeBase):
-        pass
-
-    class User(Base):
-        __tablename__ = "users"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        name: Mapped[str]
-"""
-
-# One table of notes: the schema of the tests about databases, names and clones.
-NOTE_MODELS = """
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-    class Base(DeclarativeBase):
-        pass
-
-    class Note(Base):
-        __tablename__ = "notes"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        body: Mapped[str]
-"""
+# Example projects the tests copy into their pytester folders (see projects/README.md).
+PROJECTS = Path(__file__).parent / "projects"
 
 # The logging sections every test project's alembic.ini carries after its [alembic] section.
 ALEMBIC_LOGGING = """
@@ -147,6 +122,11 @@ class FreshVenv:
         return subprocess.run(
             list(command), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
         )
+
+
+def copy_project(pytester: pytest.Pytester, name: str) -> None:
+    """Copy the example project ``tests/projects/<name>`` into the pytester folder."""
+    pytester.copy_example(name)
 
 
 def run_dbguard(

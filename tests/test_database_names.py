@@ -12,8 +12,7 @@ from pytest_dbguard.db.names import database_name, is_dbguard_name
 from pytest_dbguard.db.sql import quote_ident
 from pytest_dbguard.db.urls import DatabaseURL, SecretURL, url_of
 from pytest_dbguard.exceptions import ConfigError
-from tests.helpers import NOTE_MODELS as MODELS
-from tests.helpers import run_dbguard
+from tests.helpers import copy_project, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 # The fixtures, the exported URL (an application's own engine) and DBGUARD_DB all name the
@@ -64,7 +63,8 @@ def test_base_database_name_with_special_characters(
     pg_server.sql(f"CREATE DATABASE {quote_ident(name)}")
     try:
         before = set(pg_server.databases())
-        pytester.makepyfile(models=MODELS, test_names=TESTS)
+        copy_project(pytester, "notes")
+        pytester.makepyfile(test_names=TESTS)
         pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
         url = pg_server.url(quote(name, safe=""))  # URL-encoded by the user, as RFC 3986 asks
         args = ["--dbguard-url", url] + (["-n", "2"] if xdist else [])

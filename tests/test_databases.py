@@ -14,8 +14,7 @@ from pytest_dbguard.db import databases
 from pytest_dbguard.db.marks import make_mark
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError
-from tests.helpers import NOTE_MODELS as MODELS
-from tests.helpers import mark_text, run_dbguard
+from tests.helpers import copy_project, mark_text, run_dbguard
 from tests.pgserver import LIMITED_PASSWORD, LIMITED_USER, SUPERUSER_PASSWORD, TestServer
 
 NOTE_TESTS = """
@@ -154,7 +153,8 @@ def test_same_named_schema_is_replaced_only_when_its_run_is_over(pg_server: Test
 def test_run_leaves_other_databases_alone(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     pg_server.sql('CREATE DATABASE "postgres_dbg_zzzzzz_gw0"')
     try:
-        pytester.makepyfile(models=MODELS, test_notes="def test_x(dbguard_session): pass")
+        copy_project(pytester, "notes")
+        pytester.makepyfile(test_notes="def test_x(dbguard_session): pass")
         pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
         run_dbguard(pytester, "--dbguard-url", pg_server.url()).assert_outcomes(passed=1)
         names = pg_server.databases()
@@ -170,7 +170,8 @@ def test_run_leaves_other_databases_alone(pytester: pytest.Pytester, pg_server: 
 def test_role_without_createdb_gets_a_schema_per_worker(
     pytester: pytest.Pytester, pg_server: TestServer, xdist: bool
 ) -> None:
-    pytester.makepyfile(models=MODELS, test_notes=NOTE_TESTS)
+    copy_project(pytester, "notes")
+    pytester.makepyfile(test_notes=NOTE_TESTS)
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
     url = pg_server.url(database="app_limited", user=LIMITED_USER)
     args = ["--dbguard-url", url, "-v"] + (["-n", "2"] if xdist else [])
@@ -189,7 +190,8 @@ def test_role_without_createdb_gets_a_schema_per_worker(
 
 
 def test_schema_isolation_on_request(pytester: pytest.Pytester, pg_server: TestServer) -> None:
-    pytester.makepyfile(models=MODELS, test_notes=NOTE_TESTS)
+    copy_project(pytester, "notes")
+    pytester.makepyfile(test_notes=NOTE_TESTS)
     pytester.makeini(
         "[pytest]\ndbguard_metadata = models:Base\ndbguard_worker_isolation = schema\n"
     )
@@ -234,7 +236,8 @@ def test_single_run_needs_no_template(
     expected: str,
 ) -> None:
     # Nobody shares a single run's template: it builds the schema in its own database.
-    pytester.makepyfile(models=MODELS, test_run=ONE_RUNS_DATABASES)
+    copy_project(pytester, "notes")
+    pytester.makepyfile(test_run=ONE_RUNS_DATABASES)
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
     monkeypatch.setenv("EXPECTED_DATABASES", expected)
     result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), *args)

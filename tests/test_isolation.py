@@ -4,27 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import run_dbguard
+from tests.helpers import copy_project, run_dbguard
 from tests.pgserver import TestServer
-
-MODELS = """
-    from sqlalchemy import ForeignKey
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-    class Base(DeclarativeBase):
-        pass
-
-    class Author(Base):
-        __tablename__ = "authors"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        name: Mapped[str]
-
-    class Book(Base):
-        __tablename__ = "books"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"))
-        title: Mapped[str]
-"""
 
 ORDERED_TESTS = """
     from sqlalchemy import func, select, text
@@ -44,7 +25,7 @@ ORDERED_TESTS = """
 
 
 def _project(pytester: pytest.Pytester, *, url: str | None = None) -> None:
-    pytester.makepyfile(models=MODELS)
+    copy_project(pytester, "library")
     ini = "[pytest]\ndbguard_metadata = models:Base\n"
     if url:
         ini += f"dbguard_url = {url}\n"

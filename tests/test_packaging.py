@@ -7,13 +7,13 @@ run with plain ``pytest`` too, which does not put the rootdir on sys.path.
 
 from __future__ import annotations
 
-import textwrap
+import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import APP_MODELS, ROOT, FreshVenv, blocks
+from tests.helpers import PROJECTS, ROOT, FreshVenv, blocks
 
 
 def test_wheel_and_sdist_hold_the_package(dist: Path) -> None:
@@ -35,9 +35,7 @@ def test_wheel_and_sdist_hold_the_package(dist: Path) -> None:
 def _quickstart_project(folder: Path) -> Path:
     (ini,) = blocks("Quickstart", "ini")
     (test,) = blocks("Quickstart", "python")
-    (folder / "app").mkdir(parents=True)
-    (folder / "app" / "__init__.py").write_text("")
-    (folder / "app" / "models.py").write_text(textwrap.dedent(APP_MODELS))
+    shutil.copytree(PROJECTS / "quickstart", folder, dirs_exist_ok=True)
     (folder / "pytest.ini").write_text(ini)
     (folder / "tests").mkdir()
     (folder / "tests" / "test_users.py").write_text(

@@ -21,7 +21,7 @@ from pytest_dbguard.run.setting_values import (
     NAIVE_DATETIME_CHOICES,
     WORKER_ISOLATION_CHOICES,
 )
-from tests.helpers import APP_MODELS, README, FreshVenv, as_shown, blocks
+from tests.helpers import README, FreshVenv, as_shown, blocks, copy_project
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 RecipeRun = Callable[..., pytest.RunResult]
@@ -59,8 +59,7 @@ def test_the_two_commands_come_first() -> None:
 def test_quickstart(pytester: pytest.Pytester) -> None:
     (ini,) = blocks("Quickstart", "ini")
     (test,) = blocks("Quickstart", "python")
-    pytester.mkpydir("app")
-    pytester.makepyfile(**{"app/models": APP_MODELS})
+    copy_project(pytester, "quickstart")
     pytester.makefile(".ini", pytest=ini)
     pytester.makepyfile(
         test_users="from app.models import User\n\n"
@@ -266,8 +265,7 @@ def test_ci_wait_step_runs_the_parallel_suite(
     (script,) = blocks("An external server, CI wait step and compose healthcheck", "bash")
     assert script.count("@db:5432/") == 1
     script = script.replace("@db:5432/", f"@127.0.0.1:{app_database.port}/")
-    pytester.mkpydir("app")
-    pytester.makepyfile(**{"app/models": APP_MODELS})
+    copy_project(pytester, "quickstart")
     pytester.makefile(".ini", pytest=blocks("Quickstart", "ini")[0])
     pytester.makepyfile(
         test_users="import os\nimport pytest\nfrom sqlalchemy import text\nfrom app.models import User\n\n"
@@ -534,8 +532,7 @@ def test_isolation_and_migrating_recipes(
 ) -> None:
     """The migration conftest as written, under each isolation the README describes."""
     (conftest,) = blocks("Migrating", "python")
-    pytester.mkpydir("app")
-    pytester.makepyfile(**{"app/models": APP_MODELS})
+    copy_project(pytester, "quickstart")
     pytester.makeini(
         "[pytest]\ndbguard_metadata = app.models:Base\ndbguard_env =\n    DATABASE_URL={url}\n"
     )
