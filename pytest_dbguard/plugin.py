@@ -87,6 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
         lifecycle.configure(config)
         asyncloop.register(config)
         restart_fence.register(config)
+        redaction.register(config)
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
 

@@ -141,6 +141,7 @@ def test_external_password_never_in_output(
     pytester.makepyfile(
         """
         import os
+        import warnings
 
         def test_compare(dbguard_url):
             assert dbguard_url == "postgresql+psycopg://postgres:other@127.0.0.1:5432/x"
@@ -152,12 +153,16 @@ def test_external_password_never_in_output(
 
         def test_passes(dbguard_engine):
             print(os.environ["DBGUARD_URL"])
+
+        def test_warns(dbguard_engine):
+            warnings.warn(f"pool for {os.environ['DBGUARD_URL']}")
         """
     )
     args = ["--dbguard-url", pg_server.url(), "-n", "2", "-v", "--tb=long", "-l", "-rA"]
     result = run_dbguard(pytester, *args, "--junitxml=report.xml", plugins=("xdist.plugin",))
-    result.assert_outcomes(passed=1, failed=2)
+    result.assert_outcomes(passed=2, failed=2, warnings=1)
     output = result.stdout.str() + result.stderr.str()
+    assert "pool for postgresql+psycopg://postgres:***@127.0.0.1" in output  # warnings summary
     for shown in (output, (pytester.path / "report.xml").read_text()):
         assert SUPERUSER_PASSWORD not in shown
         assert "postgres:***@127.0.0.1" in shown

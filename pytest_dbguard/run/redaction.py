@@ -163,3 +163,38 @@ def _scrub_tree(value: Any, secrets: Secrets, seen: set[int]) -> Any:
             if scrubbed is not current:
                 object.__setattr__(value, field.name, scrubbed)
     return value
+
+
+def scrub_warning(config: pytest.Config, record: Any) -> None:
+    """Mask the run's passwords in a recorded warning (a ``warnings.WarningMessage``), before the
+    terminal's warnings summary, junitxml or xdist's relay to the controller read it."""
+    secrets = secrets_of(config)
+    if not secrets:
+        return
+    message = record.message
+    text = str(message)
+    if not secrets.found_in(text):
+        return
+    category = type(message) if isinstance(message, Warning) else UserWarning
+    try:
+        record.message = category(secrets.scrub(text))
+    except Exception:  # a warning class with its own constructor: keep its kind in the text
+        record.message = UserWarning(f"{category.__name__}: {secrets.scrub(text)}")
+
+
+class WarningScrubber:
+    """The ``pytest_warning_recorded`` hook (which gets no config) bound to this run's config;
+    first, so that every reader of the warning sees it masked."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_warning_recorded(self, warning_message: Any) -> None:
+        scrub_warning(self.config, warning_message)
+
+
+def register(config: pytest.Config) -> None:
+    """Mask passwords in recorded warnings for this run."""
+    if not config.pluginmanager.hasplugin("dbguard-warning-scrubber"):
+        config.pluginmanager.register(WarningScrubber(config), "dbguard-warning-scrubber")
