@@ -343,11 +343,11 @@ def hand_over(root: Path, user: str | None) -> None:
 
 @contextlib.contextmanager
 def running_cluster(run: str = "bench01") -> Iterator[object]:
-    """A dbguard embedded cluster (``server.prepare_cluster``) that answers queries; stopped after."""
-    from pytest_dbguard.server.cluster import prepare_cluster
+    """A dbguard embedded cluster (``cluster_start.prepare_cluster``) that answers queries; stopped after."""
+    from pytest_dbguard.server.cluster_start import prepare_cluster
     from pytest_dbguard.server.readiness import wait_until_ready
 
-    cluster, _adopted = prepare_cluster(f"{run}-{os.getpid()}", reuse_key=None)
+    cluster, _adopted = prepare_cluster(f"{run}-{os.getpid()}", reuse_for=None)
     try:
         wait_until_ready(cluster.url().resolved(), timeout=60)
         yield cluster
@@ -357,14 +357,13 @@ def running_cluster(run: str = "bench01") -> Iterator[object]:
 
 def stop_reused_cluster(rootpath: Path) -> None:
     """Stop and remove the cluster a ``--dbguard-reuse`` run of ``rootpath`` left running."""
-    import hashlib
     import json
 
+    from pytest_dbguard.server import kept_clusters
     from pytest_dbguard.server.cluster import EmbeddedCluster
     from pytest_dbguard.server.machine import find_bindir, storage_root
 
-    key = hashlib.sha1(str(rootpath).encode()).hexdigest()[:10]
-    folder = storage_root() / f"reuse-{key}"
+    folder = storage_root() / f"{kept_clusters.PREFIX}{kept_clusters.reuse_key(rootpath)}"
     with contextlib.suppress(OSError, ValueError, KeyError):
         state = json.loads((folder / "dbguard.json").read_text())
         found = find_bindir()

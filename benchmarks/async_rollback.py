@@ -104,10 +104,10 @@ def write_suite(root: Path, fixture: str, tests: int, conftest: str) -> Path:
 @contextlib.contextmanager
 def throwaway_server(driver: str) -> Iterator[str]:
     """dbguard's embedded cluster, started once for every run; yields its URL."""
-    from pytest_dbguard.server.cluster import prepare_cluster
+    from pytest_dbguard.server.cluster_start import prepare_cluster
     from pytest_dbguard.server.readiness import wait_until_ready
 
-    cluster, _adopted = prepare_cluster(f"bench-async-{os.getpid()}", reuse_key=None)
+    cluster, _adopted = prepare_cluster(f"bench-async-{os.getpid()}", reuse_for=None)
     try:
         wait_until_ready(cluster.url().resolved(), timeout=60)
         yield cluster.url(driver).render(hide_password=False)

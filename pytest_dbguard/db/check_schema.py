@@ -129,7 +129,7 @@ def running_server(
 ) -> Iterator[DatabaseURL]:
     """``url`` once it answers a query, or a throwaway embedded cluster, stopped afterwards."""
     from pytest_dbguard.exceptions import ServerError
-    from pytest_dbguard.server import cluster as server
+    from pytest_dbguard.server import cluster_start as server
     from pytest_dbguard.server import machine, readiness
 
     if url is not None:

@@ -113,7 +113,7 @@ def prepare(
         export(run, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
         return
     if plan.owns_server and plan.embedded:
-        from pytest_dbguard.server import cluster as server
+        from pytest_dbguard.server import cluster_start as server
         from pytest_dbguard.server import machine
 
         cluster, adopted = server.prepare_cluster(

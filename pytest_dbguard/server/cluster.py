@@ -18,7 +18,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -26,16 +25,11 @@ from typing import Final
 
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ServerError
-from pytest_dbguard.server import cluster_auth, initdb_cache, kept_clusters
+from pytest_dbguard.server import cluster_auth, initdb_cache
 from pytest_dbguard.server.machine import (
     child_setup,
     command_name,
-    free_port,
-    process_alive,
-    require_bindir,
     server_user,
-    storage_root,
-    sweep_stale,
     wait_gone,
     wait_group_gone,
 )
@@ -333,76 +327,3 @@ class EmbeddedCluster:
             "kept_failed": self.kept_failed,
         }
         cluster_auth.write_private(self.root / "dbguard.json", json.dumps(state))
-
-
-def sweep_orphans(root: Path) -> None:
-    """Remove run folders whose server is gone (a run killed with SIGKILL cannot clean up itself).
-
-    Only folders of ours (owned by this user or the server's user), never links, never a kept
-    ``--dbguard-reuse`` cluster or a SQLite run's folder.
-    """
-    user = server_user()
-    owners = {os.geteuid(), *([user[0]] if user else [])}
-
-    def alive(run_dir: Path) -> bool:
-        if run_dir.name.startswith("reuse-") or run_dir.name.endswith("-sqlite"):
-            return True
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pid_file = run_dir / "data" / "postmaster.pid"
-            return process_alive(int(pid_file.read_text().splitlines()[0]))
-        return False
-
-    sweep_stale(root, owners, alive)
-
-
-def prepare_cluster(
-    run: str, *, reuse_for: Path | None, bindir: Path | None = None
-) -> tuple[EmbeddedCluster, bool]:
-    """A cluster for this run, launched; with ``reuse_for`` (the project's rootdir) the one an
-    earlier run kept for that project is adopted when it still runs, else one is started and kept.
-
-    Returns the cluster and whether it was adopted (already running from an earlier run).
-    """
-    bindir = bindir or require_bindir(None)
-    root = storage_root()
-    if reuse_for is None:
-        sweep_orphans(root)
-        cluster = EmbeddedCluster(bindir=bindir, root=root / run, port=free_port())
-        try:
-            cluster.initialise()
-            cluster.launch()
-        except BaseException:
-            cluster.stop()
-            raise
-        return cluster, False
-    reuse_root = root / f"{kept_clusters.PREFIX}{kept_clusters.reuse_key(reuse_for)}"
-    adopted = _adopt(bindir, reuse_root)
-    if adopted is not None:
-        return adopted, True
-    shutil.rmtree(reuse_root, ignore_errors=True)
-    cluster = EmbeddedCluster(
-        bindir=bindir, root=reuse_root, port=free_port(), keep=True, project=str(reuse_for)
-    )
-    cluster.initialise()
-    cluster.launch()
-    return cluster, False
-
-
-def _adopt(bindir: Path, root: Path) -> EmbeddedCluster | None:
-    """The cluster a previous ``--dbguard-reuse`` run left running in ``root``, if it still runs."""
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        state = json.loads((root / "dbguard.json").read_text())
-        cluster = EmbeddedCluster(bindir=bindir, root=root, port=int(state["port"]), keep=True)
-        if not isinstance(state.get("password"), str):  # kept by a version without passwords
-            pid = cluster.postmaster_pid()
-            if pid is not None and command_name(pid) == "postgres":
-                cluster.stop()
-            return None
-        cluster.password = state["password"]
-        cluster.project = state.get("project")
-        pid = cluster.postmaster_pid()
-        if pid is not None:
-            os.kill(pid, 0)
-            with socket.create_connection(("127.0.0.1", cluster.port), timeout=0.5):
-                return cluster
-    return None
