@@ -10,7 +10,13 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from pytest_dbguard.db.urls import DatabaseURL
-from pytest_dbguard.guards.foreign_databases import FOREIGN_MESSAGE, AllowList, Target
+from pytest_dbguard.guards.foreign_databases import (
+    CLOSED,
+    FOREIGN_MESSAGE,
+    REFUSED,
+    AllowList,
+    Target,
+)
 from pytest_dbguard.guards.leaks import LEAK_MESSAGE
 from tests.helpers import README, blocks, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
@@ -55,6 +61,26 @@ def test_targets_from_each_drivers_connect_keywords(
     _, params = sync.dialect.create_connect_args(sync.url)
     assert Target.from_params(params) == expected
     assert Target.from_url(DatabaseURL.parse(text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("cparams", "cargs"),
+    [
+        pytest.param({"conninfo": "host=db.example port=6000 dbname=reports"}, (), id="conninfo"),
+        pytest.param({"dsn": "postgresql://u:pw@db.example:6000/reports"}, (), id="dsn-uri"),
+        pytest.param({}, ("host=db.example port=6000 dbname=reports",), id="positional"),
+        pytest.param(
+            {"conninfo": "host=db.example port=6000 dbname=app", "dbname": "reports"},
+            (),
+            id="keyword-wins",
+        ),
+    ],
+)
+def test_targets_from_connection_strings_in_connect_args(
+    cparams: dict[str, str], cargs: tuple[str, ...]
+) -> None:
+    """``connect_args={"conninfo": ...}`` (psycopg) or ``{"dsn": ...}`` (psycopg2) name the target."""
+    assert Target.from_params(cparams, cargs) == Target("db.example", 6000, "reports")
 
 
 def test_allow_list_by_name_by_database_url_and_by_server() -> None:
@@ -170,6 +196,68 @@ def test_app_engine_reading_settings_too_early_cannot_reach_the_developers_datab
                 "dbguard_env, e.g. DATABASE_URL={url}. *"
                 f"@pytest.mark.dbguard(allow=?'{database}'?)*dbguard_allow_databases = "
                 f"{database}."
+            ]
+        )
+    assert SUPERUSER_PASSWORD not in result.stdout.str() + result.stderr.str()
+    assert _notes(pg_server, developer_db) == []
+
+
+CONNECTION_STRING_TESTS = """
+    import os
+    import psycopg
+    import psycopg2
+    from sqlalchemy import create_engine, text
+
+    DSN = os.environ["DEVELOPER_DSN"]  # key=value form, password included, as apps hold it
+
+    def write(engine):
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO notes (body) VALUES ('x')"))
+        finally:
+            engine.dispose()
+
+    def test_psycopg_conninfo():
+        write(create_engine("postgresql+psycopg://", connect_args={"conninfo": DSN}))
+
+    def test_psycopg2_dsn():
+        write(create_engine("postgresql+psycopg2://", connect_args={"dsn": DSN}))
+
+    def test_psycopg_creator():
+        write(create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(DSN)))
+
+    def test_psycopg2_creator():
+        write(create_engine("postgresql+psycopg2://", creator=lambda: psycopg2.connect(DSN)))
+"""
+
+
+def test_connection_strings_and_creators_cannot_reach_the_developers_database(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    developer_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Engines whose target is not in their URL: a connection string in connect_args, or a
+    ``creator`` that connects by itself (no do_connect event: caught at first use, closed)."""
+    monkeypatch.setenv(
+        "DEVELOPER_DSN",
+        f"host=127.0.0.1 port={pg_server.port} dbname={developer_db} user=postgres "
+        f"password={SUPERUSER_PASSWORD}",
+    )
+    pytester.makepyfile(test_strings=CONNECTION_STRING_TESTS)
+    result = run_dbguard(pytester)  # the embedded default: the developer's server is another
+    result.assert_outcomes(failed=4)
+    for test, how in (
+        ("test_psycopg_conninfo", REFUSED),
+        ("test_psycopg2_dsn", REFUSED),
+        ("test_psycopg_creator", CLOSED),
+        ("test_psycopg2_creator", CLOSED),
+    ):
+        result.stdout.fnmatch_lines(
+            [
+                f"E *ForeignDatabaseError: test_strings.py::{test} tried to connect to the "
+                f"database '{developer_db}' on 127.0.0.1:{pg_server.port}, which is not one of "
+                f"this run's test databases (*); {how}. *"
             ]
         )
     assert SUPERUSER_PASSWORD not in result.stdout.str() + result.stderr.str()
@@ -659,6 +747,7 @@ def test_readme_recipe_runs_and_shows_the_real_messages(pytester: pytest.Pyteste
             database="app",
             server="127.0.0.1:5432",
             own="this worker's is 'postgres_dbg_1a2b3c4d_main' on 127.0.0.1:41234",
+            refused=REFUSED,
         ),
         "LeakWarning: " + LEAK_MESSAGE.format(where=where, tables="audit_log, users"),
     ]

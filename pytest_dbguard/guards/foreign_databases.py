@@ -5,8 +5,11 @@ sees every new DBAPI connection of every engine, sync or behind an ``AsyncEngine
 arguments the dialect will pass to the driver (psycopg and psycopg2: ``host``, ``port``,
 ``dbname``; asyncpg: ``host``, ``port``, ``database``; the URL's query merged in). It runs when a
 pool opens a connection, never per statement, and refuses before the driver is called, so not a
-byte reaches the other database. dbguard's own engines (maintenance, fixtures, cleanup) are
-exempt: their dialects are registered by ``engine_listener.mark_own``.
+byte reaches the other database. A connection string in ``connect_args`` (``conninfo``, ``dsn``)
+counts under the keywords. An engine made with ``creator=`` connects without that event: its
+connections are checked at their first use, by where the driver says they went (psycopg and
+psycopg2), and closed before a statement runs. dbguard's own engines (maintenance, fixtures,
+cleanup) are exempt: their dialects are registered by ``engine_listener.mark_own``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
@@ -23,21 +26,28 @@ from pytest_dbguard.exceptions import ForeignDatabaseError
 from pytest_dbguard.server.readiness import DEFAULT_PORT
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Dialect
+    from sqlalchemy.engine import Connection, Dialect
 
 LOCAL: Final = "local"  # loopback names and unix sockets: this machine's server on that port
 _LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost", "ip6-loopback"})
 
 FOREIGN_MESSAGE: Final = (
     "{where} tried to connect to the database {database!r} on {server}, which is not one of "
-    "this run's test databases ({own}); dbguard refused the connection, so nothing reached that "
-    "database. If the application read its database URL before dbguard set the test environment "
+    "this run's test databases ({own}); {refused}. If the application read its database URL before dbguard set the test environment "
     "(settings imported at the top of conftest.py with the `pytest_plugins` opt-in), activate "
     "dbguard with `-p pytest_dbguard` instead (on the command line, in addopts or "
     "PYTEST_PLUGINS). Point the application's variable at the test database with ini "
     "dbguard_env, e.g. DATABASE_URL={{url}}. If the test is meant to reach this database, allow "
     "it: @pytest.mark.dbguard(allow=[{database!r}]) on the test, or ini "
     "dbguard_allow_databases = {database}."
+)
+
+
+REFUSED: Final = "dbguard refused the connection, so nothing reached that database"
+# An engine with creator= connects without asking SQLAlchemy first: caught at its first use.
+CLOSED: Final = (
+    "dbguard closed the connection (opened by the engine's creator) before its first statement, "
+    "so nothing was read or written there"
 )
 
 
@@ -69,8 +79,17 @@ class Target:
         return cls(_host_key(host or os.environ.get("PGHOST")), _port(port), database, shown)
 
     @classmethod
-    def from_params(cls, cparams: Mapping[str, Any]) -> Target:
-        """The target of a driver's connect keywords, with libpq's defaults for what is missing."""
+    def from_params(cls, cparams: Mapping[str, Any], cargs: Sequence[Any] = ()) -> Target:
+        """The target of a driver's connect arguments, with libpq's defaults for what is missing.
+
+        A connection string (``connect_args={"conninfo": ...}`` for psycopg, ``{"dsn": ...}``
+        for psycopg2, or a positional one) counts, under the keywords, which win as in libpq."""
+        conninfo = cparams.get("conninfo") or cparams.get("dsn")
+        if not conninfo and cargs and isinstance(cargs[0], str):
+            conninfo = cargs[0]
+        if isinstance(conninfo, str) and conninfo:
+            parsed = {k: v for k, v in _conninfo_params(conninfo).items() if k not in cparams}
+            cparams = {**parsed, **cparams}
         host = cparams.get("host")
         if isinstance(host, (list, tuple)):  # asyncpg with several hosts
             host = ",".join(str(part) for part in host)
@@ -99,6 +118,32 @@ class Target:
             and self.port == other.port
             and (self.database is None or self.database == other.database)
         )
+
+
+def _conninfo_params(conninfo: str) -> dict[str, Any]:
+    """A libpq connection string (``key=value …`` or a ``postgresql://`` URI) as keywords, read
+    by the installed driver's own parser; empty when neither psycopg nor psycopg2 is there."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        return dict(conninfo_to_dict(conninfo))
+    except ImportError:
+        pass
+    try:
+        from psycopg2.extensions import parse_dsn  # type: ignore[import-untyped,unused-ignore]
+
+        return dict(parse_dsn(conninfo))
+    except ImportError:
+        return {}
+
+
+def target_of_connection(driver_connection: Any) -> Target | None:
+    """Where an open psycopg or psycopg2 connection went (its ``info``); None for other drivers."""
+    info = getattr(driver_connection, "info", None)
+    dbname = getattr(info, "dbname", None)
+    if not isinstance(dbname, str):
+        return None
+    return Target.make(getattr(info, "host", None), getattr(info, "port", None), dbname)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +196,7 @@ class ForeignDatabaseGuard(EngineListener):
         self.allowed = allowed  # the run's dbguard_allow_databases
         self.where: str | None = None  # the test running now; None: not armed
         self.also: AllowList = AllowList()  # the running test's own allow=[...]
+        self._creators: CreatorConnections | None = None
 
     def arm(self, where: str, also: AllowList = AllowList()) -> None:
         """Check connections from now on, naming ``where`` in the error."""
@@ -160,8 +206,9 @@ class ForeignDatabaseGuard(EngineListener):
         """Stop checking (between tests)."""
         self.where, self.also = None, AllowList()
 
-    def check(self, target: Target) -> None:
-        """Raise ForeignDatabaseError unless ``target`` is a test database or allowed."""
+    def check(self, target: Target, *, opened: bool = False) -> None:
+        """Raise ForeignDatabaseError unless ``target`` is a test database or allowed;
+        ``opened``: the connection already exists (and is closed by the caller)."""
         __tracebackhide__ = True
         if any(own.covers(target) for own in self.test_databases):
             return
@@ -178,6 +225,7 @@ class ForeignDatabaseGuard(EngineListener):
                 database=target.database,
                 server=target.server,
                 own=mine,
+                refused=CLOSED if opened else REFUSED,
             )
         )
 
@@ -190,4 +238,55 @@ class ForeignDatabaseGuard(EngineListener):
         __tracebackhide__ = True
         if self.where is None or dialect.name != "postgresql" or is_own(dialect):
             return  # None: SQLAlchemy goes on to connect as usual
-        self.check(Target.from_params(cparams))
+        self.check(Target.from_params(cparams, cargs))
+
+    def install(self) -> None:
+        """Start checking new connections, those of engines with a ``creator`` too."""
+        super().install()
+        self._made_by_creators.install()
+
+    def remove(self) -> None:
+        super().remove()
+        self._made_by_creators.remove()
+
+    @property
+    def _made_by_creators(self) -> CreatorConnections:
+        if self._creators is None:
+            self._creators = CreatorConnections(self)
+        return self._creators
+
+
+_CHECKED: Final = "dbguard_target_checked"
+
+
+class CreatorConnections(EngineListener):
+    """An engine made with ``creator=`` (or ``async_creator=``) opens its connections without
+    ``do_connect``: its new connections are checked where they are first used, by where the
+    driver says they went (psycopg and psycopg2), closed and refused when foreign. Once per DBAPI
+    connection: the mark stays in the pool's ``info`` for that connection."""
+
+    EVENT = "engine_connect"
+    RETVAL = False
+
+    def __init__(self, guard: ForeignDatabaseGuard) -> None:
+        self.guard = guard
+
+    def _handler(self) -> Callable[..., Any]:
+        return self._on_engine_connect
+
+    def _on_engine_connect(self, conn: Connection) -> None:
+        __tracebackhide__ = True
+        fairy = conn.connection
+        if fairy.info.get(_CHECKED):
+            return
+        fairy.info[_CHECKED] = True  # first use: a connection opened between tests stays allowed
+        if self.guard.where is None or conn.dialect.name != "postgresql" or is_own(conn.dialect):
+            return
+        target = target_of_connection(fairy.driver_connection)
+        if target is None:
+            return
+        try:
+            self.guard.check(target, opened=True)
+        except ForeignDatabaseError:
+            fairy.invalidate()  # closed: the pool never hands it out again
+            raise
