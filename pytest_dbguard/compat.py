@@ -102,6 +102,14 @@ def pooled_connection_records(pool: Any) -> list[Any]:
     return [*held, *getattr(pool, "_all_conns", ()), vars(pool).get("connection")]
 
 
+def record_dialect(connection_record: Any) -> Any:
+    """The dialect of the engine whose pool made ``connection_record`` (a pool ``connect`` event's
+    second argument), or None. SQLAlchemy 2.0-2.1 keep the pool as ``_ConnectionRecord.__pool``
+    and the engine's dialect as ``Pool._dialect``; a pool event has no public way to either."""
+    pool = getattr(connection_record, "_ConnectionRecord__pool", None)
+    return getattr(pool, "_dialect", None)
+
+
 def all_mappers() -> list[Mapper[Any]]:
     """Every ORM mapper made so far, configured or not, in every registry.
 

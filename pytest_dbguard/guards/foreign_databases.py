@@ -20,13 +20,14 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ForeignDatabaseError
 from pytest_dbguard.server.readiness import DEFAULT_PORT
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Dialect
+    from sqlalchemy.engine import Dialect
 
 LOCAL: Final = "local"  # loopback names and unix sockets: this machine's server on that port
 _LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost", "ip6-loopback"})
@@ -256,37 +257,36 @@ class ForeignDatabaseGuard(EngineListener):
         return self._creators
 
 
-_CHECKED: Final = "dbguard_target_checked"
-
-
 class CreatorConnections(EngineListener):
     """An engine made with ``creator=`` (or ``async_creator=``) opens its connections without
-    ``do_connect``: its new connections are checked where they are first used, by where the
-    driver says they went (psycopg and psycopg2), closed and refused when foreign. Once per DBAPI
-    connection: the mark stays in the pool's ``info`` for that connection."""
+    ``do_connect``: every new connection is checked once opened, by where the driver says it
+    went (psycopg and psycopg2), and closed and refused when foreign, before any statement.
 
-    EVENT = "engine_connect"
+    The pool's ``connect`` event, not an engine event: a connection-level listener would send
+    every statement of every engine through SQLAlchemy's event path."""
+
+    EVENT = "connect"
     RETVAL = False
 
     def __init__(self, guard: ForeignDatabaseGuard) -> None:
         self.guard = guard
 
     def _handler(self) -> Callable[..., Any]:
-        return self._on_engine_connect
+        return self._on_pool_connect
 
-    def _on_engine_connect(self, conn: Connection) -> None:
+    def _on_pool_connect(self, dbapi_connection: Any, connection_record: Any) -> None:
         __tracebackhide__ = True
-        fairy = conn.connection
-        if fairy.info.get(_CHECKED):
+        if self.guard.where is None:
+            return  # opened between tests
+        dialect = record_dialect(connection_record)
+        if dialect is None or dialect.name != "postgresql" or is_own(dialect):
             return
-        fairy.info[_CHECKED] = True  # first use: a connection opened between tests stays allowed
-        if self.guard.where is None or conn.dialect.name != "postgresql" or is_own(conn.dialect):
-            return
-        target = target_of_connection(fairy.driver_connection)
+        driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)  # async: adapted
+        target = target_of_connection(driver)
         if target is None:
             return
         try:
             self.guard.check(target, opened=True)
         except ForeignDatabaseError:
-            fairy.invalidate()  # closed: the pool never hands it out again
+            dbapi_connection.close()
             raise
