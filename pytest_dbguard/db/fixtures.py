@@ -19,11 +19,11 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(scope="session")
-def dbguard_url(pytestconfig: pytest.Config) -> str:
+def dbguard_url(request: pytest.FixtureRequest) -> str:
     """Session: this worker's test database URL (sync driver, password included so it connects)."""
     from pytest_dbguard.db.urls import SecretURL
 
-    return SecretURL(the_run(pytestconfig).plan.test_url)
+    return SecretURL(the_run(request.config).plan.test_url)
 
 
 @pytest.fixture(scope="session")
