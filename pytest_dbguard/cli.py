@@ -180,6 +180,13 @@ def _stop(args: argparse.Namespace) -> int:
         return EXIT_OK
     failed = 0
     for cluster in found:
+        if kept_clusters.in_use(cluster.root):
+            failed += 1
+            _error(
+                f"dbguard stop: left {cluster.describe()} running: a pytest run is using it "
+                "now. Run dbguard stop again once that run has ended."
+            )
+            continue
         running = cluster.server_pid is not None
         try:
             kept_clusters.stop(cluster)

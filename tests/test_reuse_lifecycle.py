@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +148,51 @@ def test_rebuild_without_reuse_says_it_has_no_effect(pytester: pytest.Pytester) 
         ]
     )
     assert not _folder(pytester.path).exists()
+
+
+WAITS = """
+    import time
+    from pathlib import Path
+
+    def test_waits(dbguard_connection):
+        Path("running.txt").write_text("")
+        deadline = time.monotonic() + 120
+        while not Path("go.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+"""
+
+
+def test_stop_leaves_a_cluster_that_a_run_is_using(pytester: pytest.Pytester, kept: Path) -> None:
+    """`dbguard stop` (or `--all`, from another project) never pulls the server from under a run."""
+    pytester.makepyfile(test_waits=WAITS)
+    pytester.makeini("[pytest]\n")
+    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "--dbguard-reuse", "-q"]
+    run = pytester.popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        for _ in range(1200):  # the test is running, within two minutes
+            if (pytester.path / "running.txt").exists() or run.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (pytester.path / "running.txt").exists(), run.communicate()[0]
+        pid = _postgres_pid(kept)
+        refused = dbguard_cli("stop", cwd=pytester.path)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "a pytest run is using it now" in refused.stderr
+        assert machine.process_alive(pid) and kept.is_dir()
+    finally:
+        (pytester.path / "go.txt").write_text("")
+        output = run.communicate(timeout=120)[0]
+    assert run.returncode == 0, output
+    assert "1 passed" in output
+    stopped = dbguard_cli("stop", cwd=pytester.path)  # the run has ended: now it stops
+    assert stopped.returncode == 0, stopped.stderr
+    assert not machine.process_alive(pid) and not kept.exists()
 
 
 def test_stop_with_nothing_kept_says_so(pytester: pytest.Pytester) -> None:

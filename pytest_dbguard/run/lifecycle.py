@@ -372,5 +372,9 @@ def stop(config: pytest.Config) -> None:
         print(f"dbguard: cleanup failed: {error}", file=sys.stderr)
     finally:
         dispose_shared_admin_engines()
+        if cluster is not None and settings.reuse:
+            from pytest_dbguard.server import kept_clusters
+
+            kept_clusters.release(cluster.root)  # `dbguard stop` may stop it from now on
         environment.restore(run)
         termination.restore(config)

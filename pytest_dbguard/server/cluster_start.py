@@ -47,7 +47,8 @@ def prepare_cluster(
     run: str, *, reuse_for: Path | None, bindir: Path | None = None
 ) -> tuple[EmbeddedCluster, bool]:
     """A cluster for this run, launched; with ``reuse_for`` (the project's rootdir) the one an
-    earlier run kept for that project is adopted when it still runs, else one is started and kept.
+    earlier run kept for that project is adopted when it still runs, else one is started and kept;
+    either way held in use by this process (``kept_clusters.hold``) until the run releases it.
 
     Returns the cluster and whether it was adopted (already running from an earlier run).
     """
@@ -66,12 +67,14 @@ def prepare_cluster(
     reuse_root = root / f"{kept_clusters.PREFIX}{kept_clusters.reuse_key(reuse_for)}"
     adopted = _adopt(bindir, reuse_root)
     if adopted is not None:
+        kept_clusters.hold(reuse_root)  # `dbguard stop` leaves it alone until this run ends
         return adopted, True
     shutil.rmtree(reuse_root, ignore_errors=True)
     cluster = EmbeddedCluster(
         bindir=bindir, root=reuse_root, port=free_port(), keep=True, project=str(reuse_for)
     )
     cluster.initialise()
+    kept_clusters.hold(reuse_root)
     cluster.launch()
     return cluster, False
 

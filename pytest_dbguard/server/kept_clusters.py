@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -116,6 +117,45 @@ def _kept_failed(root: Path, key: str | None) -> bool:
             and isinstance(project, str)
             and (key is None or reuse_key(Path(project)) == key)
         )
+    return False
+
+
+# Each run that uses a kept cluster holds a shared lock on this file until it ends; `dbguard stop`
+# leaves a cluster alone while anyone holds one.
+IN_USE_FILE: Final = "in-use.lock"
+_held: dict[Path, int] = {}  # this process's locks, by cluster folder
+
+
+def hold(root: Path) -> None:
+    """Mark the kept cluster in ``root`` as used by this process, until :func:`release` or exit."""
+    if root in _held:
+        return
+    fd = os.open(root / IN_USE_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _held[root] = fd
+
+
+def release(root: Path) -> None:
+    """This process no longer uses the kept cluster in ``root``."""
+    fd = _held.pop(root, None)
+    if fd is not None:
+        os.close(fd)  # and its lock with it
+
+
+def in_use(root: Path) -> bool:
+    """Whether a running pytest (this process included) uses the kept cluster in ``root``."""
+    if root in _held:
+        return True
+    try:
+        fd = os.open(root / IN_USE_FILE, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # no run ever held it (kept by an older version), or gone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
     return False
 
 
