@@ -18,7 +18,7 @@ from pytest_dbguard.guards.foreign_databases import (
     Target,
 )
 from pytest_dbguard.guards.leaks import LEAK_MESSAGE
-from tests.helpers import README, blocks, run_dbguard
+from tests.helpers import README, blocks, copy_project, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 # The guard reads the keywords each dialect hands its driver: checked against SQLAlchemy itself.
@@ -469,23 +469,12 @@ def test_bad_allow_url_in_ini_names_the_key(pytester: pytest.Pytester) -> None:
 # Leaks. A seed row is part of the schema (an after_create DDL, as a migration would insert it):
 # it is no leak. The application's engine commits; dbguard's fixtures roll back.
 
+# The library project's models, with a table no test writes to and a seed row in the schema.
 LEAK_MODELS = """
-    from sqlalchemy import DDL, ForeignKey, event
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+    from sqlalchemy import DDL, event
+    from sqlalchemy.orm import Mapped, mapped_column
 
-    class Base(DeclarativeBase):
-        pass
-
-    class Author(Base):
-        __tablename__ = "authors"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        name: Mapped[str]
-
-    class Book(Base):
-        __tablename__ = "books"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"))
-        title: Mapped[str]
+    from models import Author, Base
 
     class Untouched(Base):
         __tablename__ = "untouched"
@@ -540,8 +529,9 @@ LEAK_TESTS = """
 
 
 def _leak_project(pytester: pytest.Pytester, leaks: str | None) -> None:
-    pytester.makepyfile(models=LEAK_MODELS, test_leaks=LEAK_TESTS)
-    ini = "[pytest]\ndbguard_metadata = models:Base\n"
+    copy_project(pytester, "library")
+    pytester.makepyfile(leak_models=LEAK_MODELS, test_leaks=LEAK_TESTS)
+    ini = "[pytest]\ndbguard_metadata = leak_models:Base\n"
     if leaks is not None:
         ini += f"dbguard_leaks = {leaks}\n"
     pytester.makeini(ini)
@@ -611,8 +601,9 @@ def test_a_tests_own_allow_marker_keeps_its_class_isolation(
     pytester: pytest.Pytester, pg_server: TestServer, developer_db: str
 ) -> None:
     """The closest marker that names an isolation wins: allow=[...] alone does not reset it."""
-    pytester.makepyfile(models=LEAK_MODELS)
-    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\ndbguard_leaks = error\n")
+    copy_project(pytester, "library")
+    pytester.makepyfile(leak_models=LEAK_MODELS)
+    pytester.makeini("[pytest]\ndbguard_metadata = leak_models:Base\ndbguard_leaks = error\n")
     pytester.makepyfile(
         f"""
         import os
@@ -651,8 +642,9 @@ def test_leaks_off_reports_nothing(pytester: pytest.Pytester) -> None:
 
 def test_rollback_test_with_the_session_fixture_reports_nothing(pytester: pytest.Pytester) -> None:
     """Commits through dbguard's fixtures (savepoints, the session-scoped engine) are no leaks."""
-    pytester.makepyfile(models=LEAK_MODELS)
-    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\ndbguard_leaks = error\n")
+    copy_project(pytester, "library")
+    pytester.makepyfile(leak_models=LEAK_MODELS)
+    pytester.makeini("[pytest]\ndbguard_metadata = leak_models:Base\ndbguard_leaks = error\n")
     pytester.makepyfile(
         """
         import pytest
@@ -725,9 +717,10 @@ SPIED_TESTS = """
 
 def test_a_rollback_only_test_sends_no_leak_query(pytester: pytest.Pytester) -> None:
     """No query is spent on leaks unless an engine that is not dbguard's committed."""
-    pytester.makepyfile(models=LEAK_MODELS, test_spied=SPIED_TESTS)
+    copy_project(pytester, "library")
+    pytester.makepyfile(leak_models=LEAK_MODELS, test_spied=SPIED_TESTS)
     pytester.makeconftest(SPY_CONFTEST)
-    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+    pytester.makeini("[pytest]\ndbguard_metadata = leak_models:Base\n")
     result = run_dbguard(pytester, "-p", "no:randomly")
     result.assert_outcomes(passed=4, warnings=1)
     result.stdout.fnmatch_lines(["*test_spied.py::test_3_app_commits left rows in authors: *"])
