@@ -76,7 +76,8 @@ def _next_outcome(previous: str | None, report: pytest.TestReport) -> str:
 def isolation_label(item: pytest.Item) -> str:
     """The isolation the test ran under: pytest-django's transaction (``django``) or its
     flush after the test (``django-transactional``) for Django database tests, else dbguard's."""
-    if item.config.pluginmanager.hasplugin("django"):
+    manager = item.config.pluginmanager
+    if manager.hasplugin("django") or manager.hasplugin("pytest_django.plugin"):
         names = getattr(item, "fixturenames", ())
         marker = item.get_closest_marker("django_db")
         if (
