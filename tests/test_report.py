@@ -525,3 +525,38 @@ def test_django_statements_are_timed(pytester: pytest.Pytester) -> None:
 )
 def test_normalised_statements_keep_the_shape_and_no_value(sql: str, shape: str) -> None:
     assert normalise(sql) == shape
+
+
+def test_an_existing_report_outside_the_project_needs_the_one_word_flag(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """pytest takes the second word of ``--dbguard-report PATH`` for a test path when it looks for
+    the rootdir and ini file; an existing file outside the project would hide the ini file."""
+    _project(
+        pytester,
+        test_notes="""
+            from sqlalchemy import text
+
+            def test_schema_was_built(dbguard_connection):
+                dbguard_connection.execute(text("SELECT count(*) FROM notes"))
+        """,
+    )
+    outside = tmp_path / "ci" / "r.json"
+    outside.parent.mkdir()
+    outside.write_text("")  # a CI step made it, or an earlier run wrote it
+    split = run_dbguard(pytester, "--dbguard-report", str(outside))
+    assert split.ret == pytest.ExitCode.USAGE_ERROR
+    split.stderr.fnmatch_lines(
+        [
+            f"ERROR: --dbguard-report {outside}: written as two words, a path to an existing file "
+            f"outside the folder pytest started in * Write it as one word, "
+            f"--dbguard-report={outside}, or set DBGUARD_REPORT or ini dbguard_report instead."
+        ]
+    )
+    one_word = run_dbguard(pytester, f"--dbguard-report={outside}")
+    one_word.assert_outcomes(passed=1)  # the ini file's schema was found and built
+    assert _read(outside)["tests"][0]["outcome"] == "passed"
+    inside = run_dbguard(pytester, "--dbguard-report", "r.json")  # beside the ini file: no harm
+    inside.assert_outcomes(passed=1)
+    inside = run_dbguard(pytester, "--dbguard-report", "r.json")  # also once it exists
+    inside.assert_outcomes(passed=1)

@@ -109,6 +109,11 @@ def prepare(
     if settings.report is not None and plan.owns_server and plan.inspection is None:
         # Only the process that writes it (xdist workers send their part): before anything starts.
         report_document.check_path(settings.report, settings.source_of("report"))
+        report_document.check_command_line(
+            [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args],
+            settings.report,
+            config.invocation_params.dir,
+        )
     run = config.stash[run_key] = DbguardRun(settings=settings, plan=plan)
     termination.install(config)  # from here on SIGTERM cleans up like Ctrl-C
     if plan.inspection is not None:
