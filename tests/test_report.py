@@ -510,10 +510,10 @@ def test_django_statements_are_timed(pytester: pytest.Pytester) -> None:
     [
         ("SELECT * FROM t1 WHERE a = 'it''s' AND b = 42", "SELECT * FROM t1 WHERE a = ? AND b = ?"),
         (
-            "INSERT INTO t (a) VALUES (%(a)s), (%s), ($1), (:a)",
-            "INSERT INTO t (a) VALUES (?), (?), (?), (?)",
+            "UPDATE t SET a = %(a)s, b = %s, c = $1, d = :d",
+            "UPDATE t SET a = ?, b = ?, c = ?, d = ?",
         ),
-        ("SELECT E'a\\'b', $$x$$, $q$y $$ z$q$, 1.5e3, -.5", "SELECT ?, ?, ?, ?, -?"),
+        ("SELECT E'a\\'b', $$x$$ || $q$y $$ z$q$, 1.5e3 - .5", "SELECT ?, ? || ?, ? - ?"),
         (
             'SELECT "weird\'name", a::text, arr[1:2] FROM "t2"',
             'SELECT "weird\'name", a::text, arr[?:?] FROM "t2"',
@@ -521,6 +521,20 @@ def test_django_statements_are_timed(pytester: pytest.Pytester) -> None:
         ("SELECT 1 -- a comment 'x'\n, /* 99 */ 2", "SELECT ? , ?"),
         ("SELECT 'never closed 123", "SELECT ?"),
         ("SELECT\n\t1  ,\n  2", "SELECT ? , ?"),
+        (
+            "SELECT a FROM t WHERE b LIKE 'x%%' AND c %% 7 = 0",
+            "SELECT a FROM t WHERE b LIKE ? AND c % ? = ?",
+        ),
+        (
+            "SELECT * FROM t WHERE id IN (%(id_1)s::INTEGER, %(id_2)s::INTEGER, %(id_3)s::INTEGER)",
+            "SELECT * FROM t WHERE id IN (?::INTEGER, …)",
+        ),
+        (
+            "INSERT INTO t (a, b) VALUES ('x', 1), ('y', 2), ('z', 3)",
+            "INSERT INTO t (a, b) VALUES (?, …), …",
+        ),
+        ("SELECT f(?, ?), g(?)(x), ?, ?", "SELECT f(?, …), g(?)(x), ?, ?"),
+        ("SELECT ARRAY[1, 2, 3], (?, ?::INT, ?)", "SELECT ARRAY[?, …], (?, ?::INT, ?)"),
     ],
 )
 def test_normalised_statements_keep_the_shape_and_no_value(sql: str, shape: str) -> None:

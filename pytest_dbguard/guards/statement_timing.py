@@ -41,6 +41,7 @@ _TOKENS: Final = re.compile(
     | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z_0-9]*|)\$.*?(?:\$(?P=tag)\$|\Z))
     | (?P<escaped>(?<![\w$])[Ee]'(?:\\.|''|[^'\\])*(?:'|\Z))
     | (?P<string>(?:(?<![\w$])(?:[BbXxNn]|[Uu]&))?'(?:''|[^'])*(?:'|\Z))
+    | (?P<percent>%%)
     | (?P<param>%\([^)]*\)s|%s|\$\d+|(?<![:\w]):[A-Za-z_]\w*|\?)
     | (?P<number>(?<![\w$.])(?:\d+(?:\.\d*)?|\.\d+)(?:[Ee][+-]?\d+)?(?![\w$]))
     """,
@@ -48,10 +49,20 @@ _TOKENS: Final = re.compile(
 )
 
 
+# After the values are gone: a list of one placeholder (an IN list, an ARRAY) and a run of
+# the same parenthesised group (the rows of a multi-row VALUES) are shown once, so that one
+# statement sent with 3 or with 50 rows reads the same.
+_REPEATED_ITEM: Final = re.compile(r"(?<=[(\[])(\?(?:::[A-Za-z_][\w ]*?)?)(?:, \1)+(?=[)\]])")
+_REPEATED_GROUP: Final = re.compile(r"(\([^()]*\))(?:, \1)+")
+LIST_TAIL: Final = ", …"
+
+
 def _replace(match: re.Match[str]) -> str:
     kind = match.lastgroup
     if kind == "ident":
         return match.group()  # a quoted name is a name, not a value
+    if kind == "percent":
+        return "%"  # the pyformat drivers' escaped %
     return " " if kind == "comment" else PLACEHOLDER
 
 
@@ -59,9 +70,12 @@ def _replace(match: re.Match[str]) -> str:
 def normalise(statement: str, width: int = SQL_WIDTH) -> str:
     """The statement's shape: every literal (strings, dollar-quoted strings, numbers) and every
     placeholder (``%(name)s``, ``%s``, ``$1``, ``:name``, ``?``) becomes ``?``, comments are
-    dropped, whitespace is collapsed, and the text is cut to ``width`` characters. An
-    unterminated string or comment is replaced up to the end, so no value can slip through."""
+    dropped, whitespace is collapsed, repeated list items and VALUES rows are shown once
+    (``IN (?, …)``), and the text is cut to ``width`` characters. An unterminated string or
+    comment is replaced up to the end, so no value can slip through."""
     text = " ".join(_TOKENS.sub(_replace, statement).split())
+    text = _REPEATED_ITEM.sub(r"\1" + LIST_TAIL, text)
+    text = _REPEATED_GROUP.sub(r"\1" + LIST_TAIL, text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
