@@ -49,10 +49,12 @@ _TOKENS: Final = re.compile(
 )
 
 
-# After the values are gone: a list of one placeholder (an IN list, an ARRAY) and a run of
-# the same parenthesised group (the rows of a multi-row VALUES) are shown once, so that one
-# statement sent with 3 or with 50 rows reads the same.
-_REPEATED_ITEM: Final = re.compile(r"(?<=[(\[])(\?(?:::[A-Za-z_][\w ]*?)?)(?:, \1)+(?=[)\]])")
+# After the values are gone: an IN list or ARRAY of one placeholder and a run of the same
+# parenthesised group (the rows of a multi-row VALUES) are shown once, so that one statement
+# sent with 3 or with 50 values reads the same. A function's arguments are left as they are.
+_REPEATED_ITEM: Final = re.compile(
+    r"(?i)(\bIN \(|\bARRAY\[)(\?(?:::[A-Za-z_][\w ]*?)?)(?:, \2)+(?=[)\]])"
+)
 _REPEATED_GROUP: Final = re.compile(r"(\([^()]*\))(?:, \1)+")
 LIST_TAIL: Final = ", …"
 
@@ -74,7 +76,7 @@ def normalise(statement: str, width: int = SQL_WIDTH) -> str:
     (``IN (?, …)``), and the text is cut to ``width`` characters. An unterminated string or
     comment is replaced up to the end, so no value can slip through."""
     text = " ".join(_TOKENS.sub(_replace, statement).split())
-    text = _REPEATED_ITEM.sub(r"\1" + LIST_TAIL, text)
+    text = _REPEATED_ITEM.sub(r"\1\2" + LIST_TAIL, text)
     text = _REPEATED_GROUP.sub(r"\1" + LIST_TAIL, text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
