@@ -17,7 +17,7 @@ import functools
 import heapq
 import itertools
 import re
-import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.db.engine_listener import INTERNAL_OPTION, EngineListener
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 SQL_WIDTH: Final = 1000  # a normalised statement is cut after this many characters
+BOOKKEEPING_CACHE: Final = 4096  # statement texts remembered as bookkeeping or not
 PLACEHOLDER: Final = "?"
 
 # One pass over the text, left to right: at each position the first alternative that matches
@@ -108,6 +109,8 @@ class StatementTimer(EngineListener):
         self._run_heap: list[tuple[float, int, str, str]] = []  # (ms, order, raw SQL, test id)
         self._order = itertools.count()
         self._started: dict[int, float] = {}  # id(cursor) -> perf_counter() at its statement
+        # Statement text -> whether it is transaction bookkeeping; bounded, as texts can vary.
+        self._bookkeeping: dict[str, bool] = {}
 
     def _events(self) -> list[tuple[str, Callable[..., Any], bool]]:
         return [
@@ -117,6 +120,8 @@ class StatementTimer(EngineListener):
 
     def begin(self, nodeid: str) -> None:
         """Start timing the statements of test ``nodeid``."""
+        if len(self._bookkeeping) > BOOKKEEPING_CACHE:
+            self._bookkeeping.clear()
         self._nodeid = nodeid
         self._count, self._total = 0, 0.0
         self._test_heap = []
@@ -174,9 +179,13 @@ class StatementTimer(EngineListener):
             options = (
                 context.execution_options if context is not None else conn.get_execution_options()
             )
-            if not options.get(INTERNAL_OPTION) and not _is_bookkeeping(statement):
-                # Keyed by the cursor: async connections of one test may interleave statements.
-                self._started[id(cursor)] = time.perf_counter()
+            if not options.get(INTERNAL_OPTION):
+                bookkeeping = self._bookkeeping.get(statement)
+                if bookkeeping is None:  # once per statement text: SQLAlchemy reuses the strings
+                    bookkeeping = self._bookkeeping[statement] = _is_bookkeeping(statement)
+                if not bookkeeping:
+                    # Keyed by the cursor: async connections of one test may interleave statements.
+                    self._started[id(cursor)] = perf_counter()
         return statement, parameters
 
     def _after(
@@ -190,4 +199,4 @@ class StatementTimer(EngineListener):
     ) -> None:
         started = self._started.pop(id(cursor), None)
         if started is not None:
-            self._add(statement, (time.perf_counter() - started) * 1000)
+            self._add(statement, (perf_counter() - started) * 1000)

@@ -104,21 +104,13 @@ class RunReport:
         self.report: dict[str, Any] | None = None  # the document, once written
         self.write_error: str | None = None
 
-    def _listen(self) -> None:
-        # SQLAlchemy is imported by the time a test runs (dbguard's own set-up uses it); this
-        # only makes sure the listener is not what imports it.
-        if not self.timer.installed and "sqlalchemy.engine" in sys.modules:
-            self.timer.install()
-
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
-        self._listen()
+        # dbguard's own set-up (the test database) has imported SQLAlchemy by now; the check
+        # only makes sure that the listener is never what imports it.
+        if not self.timer.installed and "sqlalchemy.engine" in sys.modules:
+            self.timer.install()
         self.timer.begin(item.nodeid)
-        return (yield)
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
-        self._listen()  # the test's fixtures may have imported SQLAlchemy
         return (yield)
 
     # Outermost (tryfirst): the report as the other plugins left it (xfail's mark on it), and
