@@ -1,14 +1,21 @@
 """What ``--dbguard-report`` costs: the 300-test ORM suite of ``foundation.py`` (three tables,
 three rows and a query per test through ``dbguard_session``) with and without the report.
 
-    python benchmarks/report_overhead.py [--url URL] [--runs 7] [--tests 300]
+    python benchmarks/report_overhead.py [--url URL] [--runs 7] [--tests 300] [--blocks 40]
 
 Each run is its own ``pytest -p pytest_dbguard`` process on the embedded server (or ``--url``);
 the two modes alternate run by run (and take turns going first) after one warm-up round each.
 Figures: the whole process's wall time; the CPU time of the pytest process alone (read by the
 suite's conftest at session end, so the server's CPU is left out); and the sum of pytest's own
-per-test durations (setup + call + teardown), the steadiest figure on a busy machine. Medians,
-and the ratio report on / off of each. Figures only, no assertions.
+per-test durations (setup + call + teardown), and the median test's, the steadiest figures on a
+busy machine. Medians,
+and minimums, and the ratio report on / off of each; and the median of each round's own ratio
+(its two runs ran back to back), the figure that a shared machine's changing load moves least.
+
+Then, in one process, the listener alone: blocks of 250 ``SELECT 1`` on one connection with the
+statement timer installed and not, interleaved, in CPU microseconds per statement (the round
+trip's wait is not CPU time, so what is left is the client's own work). Figures only, no
+assertions.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 from _common import (
@@ -32,20 +41,70 @@ from _common import (
     write_orm_suite,
 )
 
-# The pytest process's own CPU seconds at session end, beside the per-phase sums.
+# The pytest process's own CPU seconds at session end, and the median of the tests' own
+# durations (setup + call + teardown): a burst of load on a few tests does not move a median.
 CPU_HOOK = """
 
     import resource as _resource
+    import statistics as _statistics
+
+    _PER_TEST = {}
+    _phases_logreport = pytest_runtest_logreport  # PHASES_HOOK's, above: one hook per module
+
+
+    def pytest_runtest_logreport(report):
+        _phases_logreport(report)
+        _PER_TEST[report.nodeid] = _PER_TEST.get(report.nodeid, 0.0) + report.duration
 
 
     def pytest_unconfigure(config):
         if _os.environ.get("BENCH_CPU"):
             usage = _resource.getrusage(_resource.RUSAGE_SELF)
+            median = _statistics.median(_PER_TEST.values())
             with open(_os.environ["BENCH_CPU"], "w") as out:
-                out.write(str(usage.ru_utime + usage.ru_stime))
+                out.write(f"{usage.ru_utime + usage.ru_stime} {median}")
 """
 WORK = "assert session.scalar(select(func.count()).select_from(Review)) == 1"
 MODES = ("off", "on")
+
+# The statement timer's own cost per statement, interleaved with blocks without it.
+PER_STATEMENT_TEST = """
+    import os
+    import statistics
+    import time
+
+    from sqlalchemy import text
+
+    from pytest_dbguard.guards.statement_timing import StatementTimer
+
+
+    def test_per_statement(dbguard_engine):
+        timer = StatementTimer()
+        statement = text("SELECT 1")
+        with dbguard_engine.connect() as connection:
+            for _ in range(500):
+                connection.execute(statement)
+            costs = {True: [], False: []}
+            for block in range(int(os.environ["BENCH_BLOCKS"])):
+                timed = block % 2 == 0
+                if timed:
+                    timer.install()
+                    timer.begin("block")
+                started = time.process_time()
+                for _ in range(250):
+                    connection.execute(statement)
+                costs[timed].append((time.process_time() - started) / 250 * 1e6)
+                if timed:
+                    timer.end()
+                    timer.remove()
+        print(
+            "PER_STATEMENT",
+            statistics.median(costs[False]),
+            statistics.median(costs[True]),
+            min(costs[False]),
+            min(costs[True]),
+        )
+"""
 
 
 def main() -> None:
@@ -53,6 +112,7 @@ def main() -> None:
     parser.add_argument("--url", help="--dbguard-url of the runs (default: the embedded server)")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--tests", type=int, default=300)
+    parser.add_argument("--blocks", type=int, default=40, help="blocks of the per-statement part")
     args = parser.parse_args()
 
     banner(f"--dbguard-report on vs off, {args.tests} ORM tests, {args.runs} runs each")
@@ -70,7 +130,7 @@ def main() -> None:
         report = Path(tmp) / "report.json"
         url = ["--dbguard-url", args.url] if args.url else []
 
-        def one(mode: str) -> tuple[float, float, float]:
+        def one(mode: str) -> tuple[float, float, float, float]:
             # One word: as two, an existing file outside the suite would be taken by pytest for
             # a test path when it looks for the rootdir (see check_command_line).
             flags = [f"--dbguard-report={report}"] if mode == "on" else []
@@ -80,24 +140,65 @@ def main() -> None:
             if mode == "on":
                 tests = json.loads(report.read_text())["totals"]["tests"]
                 assert tests == args.tests, f"the report lists {tests} tests"  # a broken run
-            return done.wall, float(cpu_file.read_text()), phases
+            cpu, per_test = (float(value) for value in cpu_file.read_text().split())
+            return done.wall, cpu, phases, per_test * 1000
 
         results = alternate(MODES, args.runs, one)
 
     rows = []
     for mode in MODES:
-        walls, cpus, phases = ([result[index] for result in results[mode]] for index in range(3))
-        rows.append([f"report {mode}", spread(walls), spread(cpus), spread(phases)])
-    print(table(["mode", "wall s (min-max)", "pytest CPU s", "per-test sum s"], rows))
+        walls, cpus, phases, tests = (
+            [result[index] for result in results[mode]] for index in range(4)
+        )
+        rows.append(
+            [f"report {mode}", spread(walls), spread(cpus), spread(phases), spread(tests, digits=3)]
+        )
+    headers = ["mode", "wall s (min-max)", "pytest CPU s", "per-test sum s", "test median ms"]
+    print(table(headers, rows))
 
-    def ratio(index: int) -> float:
-        on = median([result[index] for result in results["on"]])
-        off = median([result[index] for result in results["off"]])
+    def ratio(index: int, pick: Callable[[list[float]], float]) -> float:
+        on = pick([result[index] for result in results["on"]])
+        off = pick([result[index] for result in results["off"]])
         return on / off
 
+    for label, pick in (("median", median), ("minimum", min)):
+        print(
+            f"report on / off ratio ({label}s): wall x{ratio(0, pick):.3f}, pytest CPU "
+            f"x{ratio(1, pick):.3f}, per-test sum x{ratio(2, pick):.3f}, test median "
+            f"x{ratio(3, pick):.3f} (goal: at most x1.03)"
+        )
+
+    def paired(index: int) -> float:
+        # The two runs of one round ran back to back: their ratio cancels the load of the moment.
+        pairs = zip(results["on"], results["off"], strict=True)
+        return median([on[index] / off[index] for on, off in pairs])
+
     print(
-        f"report on / off ratio: wall x{ratio(0):.3f}, pytest CPU x{ratio(1):.3f}, "
-        f"per-test sum x{ratio(2):.3f} (goal: at most x1.03)"
+        f"report on / off ratio (median of each round's pair): wall x{paired(0):.3f}, pytest "
+        f"CPU x{paired(1):.3f}, per-test sum x{paired(2):.3f}, test median x{paired(3):.3f} "
+        "(goal: at most x1.03)"
+    )
+    per_statement(args.url, args.blocks)
+
+
+def per_statement(url: str | None, blocks: int) -> None:
+    """The listener's CPU per statement, in one process, interleaved with blocks without it."""
+    banner(f"statement timer alone: {blocks} interleaved blocks of 250 SELECT 1")
+    with tempfile.TemporaryDirectory(prefix="dbguard-bench-report-") as tmp:
+        root = Path(tmp)
+        (root / "pytest.ini").write_text("[pytest]\n")
+        (root / "test_per_statement.py").write_text(textwrap.dedent(PER_STATEMENT_TEST))
+        flags = ["--dbguard-url", url] if url else []
+        done = run_pytest(
+            root,
+            pytest_command("-p", "pytest_dbguard", "-s", *flags),
+            env=sealed_env({"BENCH_BLOCKS": str(blocks)}),
+        )
+    line = next(line for line in done.stdout.splitlines() if "PER_STATEMENT" in line)
+    off, on, off_min, on_min = (float(value) for value in line.split("PER_STATEMENT")[1].split())
+    print(
+        f"CPU per statement: {off:.1f} us without the timer, {on:.1f} us with it "
+        f"(+{on - off:.1f} us; minimums {off_min:.1f} / {on_min:.1f} us, +{on_min - off_min:.1f} us)"
     )
 
 
