@@ -8,6 +8,7 @@ external password-protected one); the assertions read the JSON file the run wrot
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 
 from pytest_dbguard.guards.statement_timing import normalise
 from tests.django_project import write_project as write_django_project
-from tests.helpers import run_dbguard, run_dbguard_inprocess
+from tests.helpers import README, blocks, run_dbguard, run_dbguard_inprocess
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 MODELS = """
@@ -254,6 +255,35 @@ def test_verbose_run_shows_the_slowest_tests(pytester: pytest.Pytester) -> None:
             f"{pytester.path / 'r.json'}",
         ]
     )
+    # The README's example has exactly the fields of a real report, and its table names each.
+    [example] = blocks("Run report", "json")
+    assert _shape(json.loads(example)) == _shape(_read(pytester.path / "r.json"))
+    table = README.split("### Run report", 1)[1].split("\n### ", 1)[0]
+    undocumented = [
+        field
+        for field in _fields(_read(pytester.path / "r.json"))
+        if not re.search(rf"`[^`\n]*\b{field}\b[^`\n]*`", table)
+    ]
+    assert undocumented == []
+
+
+def _shape(value: object) -> object:
+    """The keys of ``value`` at every level (a list of objects: its first one's); other values,
+    ``null`` and lists of names alike, are leaves."""
+    if isinstance(value, dict):
+        return {key: _shape(inner) for key, inner in value.items()}
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [_shape(value[0])]
+    return None
+
+
+def _fields(value: object) -> set[str]:
+    """Every key of ``value``, at any level."""
+    if isinstance(value, dict):
+        return set(value) | {field for inner in value.values() for field in _fields(inner)}
+    if isinstance(value, list):
+        return {field for inner in value for field in _fields(inner)}
+    return set()
 
 
 ASYNC_TESTS = f"""
@@ -346,6 +376,50 @@ def test_xdist_workers_parts_are_merged_by_the_controller(pytester: pytest.Pytes
     assert {entry["test"] for entry in report["slowest_statements"]} <= {
         test["nodeid"] for test in report["tests"]
     }
+
+
+@pytest.mark.needs_xdist
+def test_a_crashed_worker_is_named_and_the_others_are_reported(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(
+        test_crash="""
+            import os
+            from pathlib import Path
+
+            def test_crash(dbguard_url):
+                crashed = Path(__file__).with_name("crashed-once")
+                if not crashed.exists():  # the worker that runs it next goes on
+                    crashed.write_text("")
+                    os._exit(1)
+        """,
+        test_fine="""
+            import pytest
+
+            @pytest.mark.parametrize("n", range(6))
+            def test_fine(n, dbguard_url):
+                pass
+        """,
+    )
+    result = run_dbguard(
+        pytester,
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
+        "--dbguard-report",
+        "r.json",
+        plugins=("xdist.plugin",),
+    )
+    result.assert_outcomes(passed=7, failed=1)  # the crash, then the test again on a new worker
+    [crashed] = set(re.findall(r"worker '(gw\d)' crashed while running", result.stdout.str()))
+    report = _read(pytester.path / "r.json")
+    assert report["missing_workers"] == [crashed]
+    assert sorted(test["nodeid"] for test in report["tests"]) == [
+        "test_crash.py::test_crash",
+        *(f"test_fine.py::test_fine[{n}]" for n in range(6)),
+    ]
+    assert crashed not in {test["worker"] for test in report["tests"]}
+    assert crashed not in {process["process"] for process in report["timings"]["processes"]}
 
 
 @pytest.mark.parametrize("where", ["cli", "env", "ini"])
