@@ -2,6 +2,7 @@
 three rows and a query per test through ``dbguard_session``) with and without the report.
 
     python benchmarks/report_overhead.py [--url URL] [--runs 7] [--tests 300] [--blocks 40]
+                                           [--instructions | --only-instructions]
 
 Each run is its own ``pytest -p pytest_dbguard`` process on the embedded server (or ``--url``);
 the two modes alternate run by run (and take turns going first) after one warm-up round each.
@@ -14,14 +15,19 @@ and minimums, and the ratio report on / off of each; and the median of each roun
 
 Then, in one process, the listener alone: blocks of 250 ``SELECT 1`` on one connection with the
 statement timer installed and not, interleaved, in CPU microseconds per statement (the round
-trip's wait is not CPU time, so what is left is the client's own work). Figures only, no
-assertions.
+trip's wait is not CPU time, so what is left is the client's own work). With
+``--instructions``, the instructions the pytest process executes (valgrind's cachegrind), report
+on and off, for the suite and for a 20-test one: counts that the machine's other load cannot
+change, whole run and per test. Figures only, no assertions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
+import sys
 import tempfile
 import textwrap
 from collections.abc import Callable
@@ -113,8 +119,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--tests", type=int, default=300)
     parser.add_argument("--blocks", type=int, default=40, help="blocks of the per-statement part")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count the pytest process's instructions with valgrind (a few minutes)",
+    )
+    parser.add_argument("--only-instructions", action="store_true", help="only the valgrind part")
     args = parser.parse_args()
 
+    if args.only_instructions:
+        instructions(args.url, args.tests)
+        return
     banner(f"--dbguard-report on vs off, {args.tests} ORM tests, {args.runs} runs each")
     print(machine_note())
     with tempfile.TemporaryDirectory(prefix="dbguard-bench-report-") as tmp:
@@ -179,6 +194,61 @@ def main() -> None:
         "(goal: at most x1.03)"
     )
     per_statement(args.url, args.blocks)
+    if args.instructions:
+        instructions(args.url, args.tests)
+
+
+def instructions(url: str | None, tests: int) -> None:
+    """Instructions the pytest process executes (valgrind), report on and off: unlike time, a
+    count that the machine's other load does not change. A small suite beside the full one
+    takes the start-up out: what is left is the cost per test."""
+    small = 20
+    banner(f"instructions of the pytest process (valgrind cachegrind), {small} and {tests} tests")
+    counts: dict[tuple[str, int], int] = {}
+    with tempfile.TemporaryDirectory(prefix="dbguard-bench-report-") as tmp:
+        for size in (small, tests):
+            root = write_orm_suite(
+                Path(tmp) / f"suite_{size}",
+                size,
+                "dbguard_session",
+                ini="dbguard_metadata = models:Base\n",
+                work=WORK,
+            )
+            # The first run compiles the suite's bytecode: not counted.
+            for mode in ("warm-up", *MODES):
+                flags = [f"--dbguard-report={Path(tmp) / 'report.json'}"] if mode == "on" else []
+                command = [
+                    "valgrind",
+                    "--tool=cachegrind",
+                    "--cache-sim=no",
+                    "--cachegrind-out-file=/dev/null",
+                    "--trace-children=no",  # the server's processes are not pytest's cost
+                    *pytest_command(
+                        "-p", "pytest_dbguard", *(["--dbguard-url", url] if url else []), *flags
+                    ),
+                ]
+                done = subprocess.run(
+                    command,
+                    cwd=root,
+                    env=sealed_env({"PYTHONHASHSEED": "0"}),
+                    capture_output=True,
+                    text=True,
+                )
+                found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+                if done.returncode != 0 or found is None:
+                    sys.exit(f"valgrind run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+                counts[mode, size] = int(found.group(1).replace(",", ""))
+                if mode != "warm-up":
+                    print(f"{size} tests, report {mode}: {counts[mode, size]:,} instructions")
+    per_test = {
+        mode: (counts[mode, tests] - counts[mode, small]) / (tests - small) for mode in MODES
+    }
+    print(
+        f"instructions report on / off ratio: whole run ({tests} tests) "
+        f"x{counts['on', tests] / counts['off', tests]:.3f}; per test (start-up taken out) "
+        f"x{per_test['on'] / per_test['off']:.3f}, {per_test['off'] / 1e6:.2f}M -> "
+        f"{per_test['on'] / 1e6:.2f}M instructions (goal: at most x1.03)"
+    )
 
 
 def per_statement(url: str | None, blocks: int) -> None:
