@@ -30,9 +30,6 @@ PER_RUN: Final = 20  # slowest statements kept for the whole run
 SUMMARY_TESTS: Final = 5  # tests in the -v section
 SUMMARY_TITLE: Final = "dbguard: slowest tests by database time"
 
-_outcome_key: Final = pytest.StashKey[str]()
-_duration_key: Final = pytest.StashKey[float]()
-
 
 def pytest_configure(config: pytest.Config) -> None:
     run = run_of(config)
@@ -103,6 +100,9 @@ class RunReport:
         self.missing_workers: list[str] = []
         self.report: dict[str, Any] | None = None  # the document, once written
         self.write_error: str | None = None
+        # The test running now (a process runs one at a time): its outcome and duration so far.
+        self._outcome: str | None = None
+        self._duration = 0.0
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
@@ -111,6 +111,7 @@ class RunReport:
         if not self.timer.installed and "sqlalchemy.engine" in sys.modules:
             self.timer.install()
         self.timer.begin(item.nodeid)
+        self._outcome, self._duration = None, 0.0
         return (yield)
 
     # Outermost (tryfirst): the report as the other plugins left it (xfail's mark on it), and
@@ -120,8 +121,8 @@ class RunReport:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
-        item.stash[_outcome_key] = _next_outcome(item.stash.get(_outcome_key, None), report)
-        item.stash[_duration_key] = item.stash.get(_duration_key, 0.0) + report.duration
+        self._outcome = _next_outcome(self._outcome, report)
+        self._duration += report.duration
         if report.when == "teardown":
             self._record(item)
         return report
@@ -132,9 +133,9 @@ class RunReport:
             report_document.per_test_entry(
                 item.nodeid,
                 worker=self.run.plan.worker,
-                outcome=item.stash.get(_outcome_key, "passed"),
+                outcome=self._outcome or "passed",
                 isolation=isolation_label(item),
-                duration_ms=item.stash.get(_duration_key, 0.0) * 1000,
+                duration_ms=self._duration * 1000,
                 statements=timing.statements,
                 database_ms=timing.database_ms,
                 slowest=timing.slowest,
@@ -145,7 +146,7 @@ class RunReport:
     def own_part(self) -> dict[str, Any]:
         """This process's start-up timings, tests and slowest statements."""
         return report_document.part(
-            _process_entry(self.run, self.config),
+            _process_entry(self.run),
             self.tests,
             report_document.statement_entries(self.timer.run_slowest()),
         )
@@ -161,7 +162,8 @@ class RunReport:
         path = self.run.settings.report
         if path is None:
             return
-        self.report = _document(self.run, [self.own_part(), *self.worker_parts], self, exitstatus)
+        parts = [self.own_part(), *self.worker_parts]
+        self.report = _document(self.run, parts, self.missing_workers, exitstatus)
         try:
             report_document.write(path, self.report)
         except OSError as error:
@@ -204,7 +206,8 @@ class WorkerParts:
             self.report.missing_workers.append(str(getattr(gateway, "id", node)))
 
 
-def _process_entry(run: DbguardRun, config: pytest.Config) -> dict[str, Any]:
+def _process_entry(run: DbguardRun) -> dict[str, Any]:
+    """This process's start-up: readiness, and the database it got (none in the controller)."""
     state = run.session
     runs_tests = state is not None and state.runs_tests
     name = run.plan.worker if runs_tests else report_document.CONTROLLER
@@ -214,7 +217,7 @@ def _process_entry(run: DbguardRun, config: pytest.Config) -> dict[str, Any]:
         name,
         ready_ms=state.ready_ms if answered and state is not None else None,
         ready_attempts=state.ready_attempts if answered and state is not None else None,
-        database=provisioned.schema or provisioned.database if provisioned else None,
+        database=(provisioned.schema or provisioned.database) if provisioned else None,
         layout=provisioned.mode if provisioned else None,
         template=provisioned.template if provisioned else None,
         template_ms=provisioned.template_ms if provisioned else None,
@@ -224,8 +227,9 @@ def _process_entry(run: DbguardRun, config: pytest.Config) -> dict[str, Any]:
 
 
 def _document(
-    run: DbguardRun, parts: list[Mapping[str, Any]], plugin: RunReport, exitstatus: int
+    run: DbguardRun, parts: list[Mapping[str, Any]], missing_workers: list[str], exitstatus: int
 ) -> dict[str, Any]:
+    """The whole report of the run: the server, its timings, and every process's part."""
     plan, state = run.plan, run.session
     url = plan.server_url
     if url is None:
@@ -245,7 +249,7 @@ def _document(
         isolation=run.settings.isolation,
         server_start_ms=start or None,
         parts=parts,
-        missing_workers=plugin.missing_workers,
+        missing_workers=missing_workers,
         exit_status=int(exitstatus),
         per_run=PER_RUN,
         version=__version__,
