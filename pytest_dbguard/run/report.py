@@ -101,6 +101,7 @@ class RunReport:
         self.report: dict[str, Any] | None = None  # the document, once written
         self.write_error: str | None = None
         # The test running now (a process runs one at a time): its outcome and duration so far.
+        self._item: pytest.Item | None = None
         self._outcome: str | None = None
         self._duration = 0.0
 
@@ -111,21 +112,20 @@ class RunReport:
         if not self.timer.installed and "sqlalchemy.engine" in sys.modules:
             self.timer.install()
         self.timer.begin(item.nodeid)
-        self._outcome, self._duration = None, 0.0
+        self._item, self._outcome, self._duration = item, None, 0.0
         return (yield)
 
-    # Outermost (tryfirst): the report as the other plugins left it (xfail's mark on it), and
-    # after the teardown phase, the leak check's finding on the item.
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
+    # Each phase's final report (xfail's mark on it); after the teardown phase, the leak check's
+    # finding is on the item. In the xdist controller, which runs no test, there is no item.
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        item = self._item
+        if item is None or report.nodeid != item.nodeid:
+            return
         self._outcome = _next_outcome(self._outcome, report)
         self._duration += report.duration
         if report.when == "teardown":
+            self._item = None
             self._record(item)
-        return report
 
     def _record(self, item: pytest.Item) -> None:
         timing = self.timer.end()
