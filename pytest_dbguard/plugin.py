@@ -27,6 +27,7 @@ pytest_plugins = [
     "pytest_dbguard.guards.connection_guards",
     "pytest_dbguard.faults.injector",
     "pytest_dbguard.run.failed_tests",
+    "pytest_dbguard.run.report",
 ]
 
 

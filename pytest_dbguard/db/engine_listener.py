@@ -1,8 +1,8 @@
 """One ``before_cursor_execute`` listener on every SQLAlchemy engine, installed on demand, and
 the registry of the engines dbguard made itself.
 
-The base of the statement guards (naive datetimes, query counts) and of the connection guards
-(test databases only, leaks). SQLAlchemy is imported when a listener is installed, never when
+The base of the statement guards (naive datetimes, query counts), of the connection guards
+(test databases only, leaks) and of the run report's statement timer. SQLAlchemy is imported when a listener is installed, never when
 this module is imported.
 """
 
@@ -72,7 +72,8 @@ class EngineListener:
         from sqlalchemy.engine import Engine
 
         if not self.installed:
-            event.listen(Engine, self.EVENT, self._handler(), retval=self.RETVAL)
+            for name, handler, retval in self._events():
+                event.listen(Engine, name, handler, retval=retval)
             self.installed = True
 
     def remove(self) -> None:
@@ -81,8 +82,14 @@ class EngineListener:
         from sqlalchemy.engine import Engine
 
         if self.installed:
-            event.remove(Engine, self.EVENT, self._handler())
+            for name, handler, _ in self._events():
+                event.remove(Engine, name, handler)
             self.installed = False
+
+    def _events(self) -> list[tuple[str, Callable[..., Any], bool]]:
+        """Each event listened to, with its handler and ``retval``: :attr:`EVENT` alone, unless a
+        subclass needs a pair (the statement timer: before and after each statement)."""
+        return [(self.EVENT, self._handler(), self.RETVAL)]
 
     def _handler(self) -> Callable[..., Any]:
         """What SQLAlchemy calls for :attr:`EVENT` (the statement hook, unless overridden)."""

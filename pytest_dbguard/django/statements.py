@@ -3,18 +3,20 @@
 Django's ORM does not go through SQLAlchemy, so the engine listeners of the naive-datetime guard
 and of ``dbguard_queries`` never see its statements. This wrapper does, on every connection of
 ``settings.DATABASES`` in the test's thread, from the test's setup to its teardown: it counts
-each statement for the ``dbguard_queries`` counters in use, and reports naive datetimes bound
-as parameters while ``USE_TZ = True`` (the ORM makes its own values aware, with Django's warning;
-what arrives naive here comes from raw SQL, ``RawSQL`` or ``extra()``). With
+each statement for the ``dbguard_queries`` counters in use, times it for the run report
+(``--dbguard-report``), and reports naive datetimes bound as parameters while ``USE_TZ = True``
+(the ORM makes its own values aware, with Django's warning; what arrives naive here comes from
+raw SQL, ``RawSQL`` or ``extra()``). With
 ``dbguard_naive_datetime = error``, Django's own naive-datetime warning fails the test too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections.abc import Callable, Generator, Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
@@ -22,6 +24,9 @@ from pytest_dbguard.django.naive_warnings import DJANGO_NAIVE
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard, naive_values
 from pytest_dbguard.guards.query_counter import QueryCounter
 from pytest_dbguard.run.state import the_run
+
+if TYPE_CHECKING:
+    from pytest_dbguard.guards.statement_timing import StatementTimer
 
 PLUGIN_NAME: Final = "dbguard-django-statements"
 
@@ -32,6 +37,7 @@ class DjangoStatements:
     def __init__(self, config: pytest.Config) -> None:
         mode = the_run(config).settings.naive_datetime
         self.naive = NaiveDatetimeGuard(mode) if mode != "off" else None
+        self.timer: StatementTimer | None = None  # --dbguard-report's, from each test's setup
         self.counters: list[QueryCounter] = []
         self.wrapped: list[Any] = []  # the Django connections the wrapper is on
 
@@ -45,7 +51,14 @@ class DjangoStatements:
             if many and not isinstance(params, (list, tuple)):
                 params = list(params)  # an iterator: read it once here, and pass the list on
             self._scan(sql, params if many else (params,), context)
-        return execute(sql, params, many, context)
+        timer = self.timer
+        if timer is None:
+            return execute(sql, params, many, context)
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            timer.record(sql, (time.perf_counter() - started) * 1000)
 
     def _scan(self, sql: str, parameter_sets: Any, context: Any) -> None:
         __tracebackhide__ = True
@@ -98,6 +111,7 @@ class DjangoStatements:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        self.timer = the_run(item.config).statement_timer
         if self.naive is not None:
             self.naive.where = item.nodeid
         self._wrap()

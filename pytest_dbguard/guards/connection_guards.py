@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 
 CHECK_FAILED: Final = "dbguard could not look for rows {where} left behind: {error}"
 
+# What the leak check found for a test: the tables it left rows in ([]: none), for the run report.
+_left_key: Final = pytest.StashKey[list[str]]()
+
+
+def tables_left(item: pytest.Item) -> list[str] | None:
+    """The tables the leak check found rows of ``item`` in, [] when it found none, None when it
+    did not look (not a rollback test, ``dbguard_leaks = off``, SQLite, or the check failed)."""
+    return item.stash.get(_left_key, None)
+
 
 def allow_of(item: pytest.Item) -> tuple[str, ...]:
     """The databases the test's ``@pytest.mark.dbguard(allow=...)`` markers name (all of them:
@@ -64,11 +73,13 @@ class _ConnectionGuards:
             self.leaks.take()
             self.leaks.watching = isolation_of(item) == "rollback"
 
-    def disarm(self) -> int | None:
+    def disarm(self, item: pytest.Item) -> int | None:
         """Stop both guards; the oldest transaction that leaked during the test, if any."""
         self.foreign.disarm()
         if self.leaks is None:
             return None
+        if self.leaks.watching:
+            item.stash[_left_key] = []  # looked: none, unless report_leaks finds some
         self.leaks.watching = False
         return self.leaks.take()
 
@@ -86,8 +97,11 @@ class _ConnectionGuards:
                 )
             tables = tables_written_since(self._check_engine, xid)
         except Exception as error:  # the test's own outcome must not be lost to this check
+            if _left_key in item.stash:
+                del item.stash[_left_key]  # not known
             item.warn(pytest.PytestWarning(CHECK_FAILED.format(where=item.nodeid, error=error)))
             return
+        item.stash[_left_key] = tables
         if not tables:
             return
         message = LEAK_MESSAGE.format(where=item.nodeid, tables=", ".join(tables))
@@ -143,10 +157,10 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     try:
         result = yield
     except BaseException:
-        if guards is not None and (xid := guards.disarm()) is not None:
+        if guards is not None and (xid := guards.disarm(item)) is not None:
             guards.report_leaks(item, xid, may_raise=False)  # never hide the teardown's error
         raise
-    if guards is not None and (xid := guards.disarm()) is not None:
+    if guards is not None and (xid := guards.disarm(item)) is not None:
         guards.report_leaks(item, xid, may_raise=True)
     return result
 

@@ -3,5 +3,6 @@ makes before any conftest is imported (``run_plan``, ``environment``), its life 
 stop (``lifecycle``, ``termination``, ``worker_failures``, ``reuse_run``), the xdist workers
 on other hosts that join it (``remote_workers``), how setting values are
 read (``setting_values``), what it prints
-(``summary_line``, ``redaction``), the markers it takes (``markers``), and the failed tests whose
-data ``--dbguard-keep-failed`` keeps (``failed_tests``)."""
+(``summary_line``, ``redaction``), the markers it takes (``markers``), the failed tests whose
+data ``--dbguard-keep-failed`` keeps (``failed_tests``), and the JSON run report of
+``--dbguard-report`` (``report``, its document ``report_document``)."""

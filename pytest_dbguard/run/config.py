@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from pytest_dbguard.compat import ini_keys, ini_raw, override_ini
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.run import report_document
 from pytest_dbguard.run.setting_values import PARSERS, SQLITE_KEYWORD, driver_in_env_lines
 
 T = TypeVar("T")
@@ -119,6 +121,12 @@ OPTIONS: Final[tuple[Option, ...]] = (
         ini_type="bool",
     ),
     Option(
+        "report",
+        "Write a JSON report of the run to this path: per test its statements, database time, "
+        "slowest statements (no values) and isolation; per run the server and its timings.",
+        metavar="PATH",
+    ),
+    Option(
         "allow_databases",
         "Databases tests may connect to besides the run's test databases: names or URLs.",
         ini_type="args",
@@ -170,6 +178,7 @@ class Settings:
     pg_bindir: str | None
     leaks: str
     keep_failed: bool
+    report: Path | None  # --dbguard-report, absolute (not followed through symlinks)
     allow_databases: tuple[str, ...]
     env_lines: tuple[str, ...]
     guard_modules: tuple[str, ...]
@@ -206,7 +215,12 @@ def add_options(parser: pytest.Parser) -> None:
                 )
             else:
                 group.addoption(
-                    option.flag, action="store", default=None, dest=option.dest, help=option.help
+                    option.flag,
+                    action="store",
+                    default=None,
+                    dest=option.dest,
+                    metavar=option.metavar,
+                    help=option.help,
                 )
         parser.addini(option.ini, option.help, type=option.ini_type, default=_ini_default(option))  # type: ignore[arg-type]
 
@@ -290,6 +304,7 @@ def resolve(
             variable, driver = found
             sources["driver"] = f"the driver of {variable} in ini dbguard_env"
             values["driver"] = PARSERS["driver"](driver, "driver", sources["driver"])
+    report = _report_path(config, values["report"], sources.get("report"))
     if values["check_schema"] != "off":
         # Both set is fine: alembic builds the schema, the metadata is what it is compared with.
         missing = [f"dbguard_{key}" for key in ("metadata", "alembic_ini") if not values[key]]
@@ -318,11 +333,27 @@ def resolve(
         pg_bindir=values["pg_bindir"],
         leaks=values["leaks"],
         keep_failed=bool(values["keep_failed"]),
+        report=report,
         allow_databases=values["allow_databases"] or (),
         env_lines=tuple(values["env"] or ()),
         guard_modules=tuple(values["guard_modules"] or ()),
         sources=sources,
     )
+
+
+def _report_path(config: pytest.Config, text: str | None, source: str | None) -> Path | None:
+    """The report's path: relative to the ini file's folder when the ini file set it, else to
+    the folder pytest was started in. An empty value given on purpose is an error, not "off"."""
+    if text is None:
+        return None
+    if not text:
+        raise ConfigError(
+            f"{source} is empty. Give the report's path (--dbguard-report dbguard-report.json), "
+            "or leave the setting out to write no report."
+        )
+    from_ini = source is not None and source.startswith("ini ") and config.inipath is not None
+    base = config.inipath.parent if from_ini and config.inipath else config.invocation_params.dir
+    return report_document.resolve_path(text, base=base)
 
 
 def _check_unknown_ini_keys(config: pytest.Config) -> None:

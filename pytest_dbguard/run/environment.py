@@ -23,7 +23,7 @@ import pytest
 
 from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.run import config as dbguard_config
-from pytest_dbguard.run import run_plan, termination
+from pytest_dbguard.run import report_document, run_plan, termination
 from pytest_dbguard.run.run_plan import ORIGIN_VAR, RunPlan
 from pytest_dbguard.run.state import DbguardRun, run_key, run_of
 
@@ -106,6 +106,14 @@ def prepare(
     if not late:
         check_guarded_modules(settings.guard_modules, assignments)
     plan = run_plan.decide(settings, origin, inspection=inspection_flag(config, namespace))
+    if settings.report is not None and plan.owns_server and plan.inspection is None:
+        # Only the process that writes it (xdist workers send their part): before anything starts.
+        report_document.check_path(settings.report, settings.source_of("report"))
+        report_document.check_command_line(
+            [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args],
+            settings.report,
+            config.invocation_params.dir,
+        )
     run = config.stash[run_key] = DbguardRun(settings=settings, plan=plan)
     termination.install(config)  # from here on SIGTERM cleans up like Ctrl-C
     if plan.inspection is not None:

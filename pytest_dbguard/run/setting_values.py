@@ -138,6 +138,7 @@ PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {
     "metadata": _module_attr,
     "alembic_ini": _text,
     "pg_bindir": _text,
+    "report": _text,
 }
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pytest_dbguard.db.databases import Provisioned, SchemaBuild
     from pytest_dbguard.db.urls import DatabaseURL
     from pytest_dbguard.faults.proxy import FaultProxy
+    from pytest_dbguard.guards.statement_timing import StatementTimer
     from pytest_dbguard.server.cluster import EmbeddedCluster
 
 
@@ -73,6 +74,9 @@ class DbguardRun:
     # --dbguard-keep-failed: the databases kept for failed tests, as their reports tell (in the
     # xdist controller: every worker's); a kept embedded cluster outlives the run for them.
     kept_failed: list[str] = dataclasses.field(default_factory=list)
+    # --dbguard-report: times each test's statements (SQLAlchemy's, and Django's through its
+    # execute wrapper); None without the option, so nothing is timed.
+    statement_timer: StatementTimer | None = None
 
 
 run_key: Final = pytest.StashKey[DbguardRun]()

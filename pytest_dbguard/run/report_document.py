@@ -1,0 +1,267 @@
+"""The run report's JSON document (``--dbguard-report PATH``): its path checked before the run
+starts, each process's part, the parts merged into one document, and the file written.
+
+Works without pytest. Every value put in is either a number, a name dbguard chose, a test id
+or a statement normalised by ``guards.statement_timing`` (no parameter values, no literals);
+the server is named by host, port, driver and version, never by its URL, so no password can
+reach the file. The file is written atomically: a new temporary file (``O_EXCL``: an existing
+file or symlink at that name is never opened) in the same folder, renamed over ``PATH``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from pytest_dbguard.exceptions import ConfigError
+
+SCHEMA: Final = "pytest-dbguard-report/1"
+VERSION: Final = 1
+WORKER_PART_KEY: Final = "dbguard_report"  # in an xdist worker's ``workeroutput``
+CONTROLLER: Final = "controller"
+
+FIX: Final = (
+    "Point --dbguard-report (or DBGUARD_REPORT, ini dbguard_report) at a file in an existing, "
+    "writable folder, e.g. --dbguard-report dbguard-report.json."
+)
+NO_FOLDER: Final = (
+    "{source} = {path!r}: the folder {folder} does not exist. Create it first, or: {fix}"
+)
+NOT_A_FOLDER: Final = "{source} = {path!r}: {folder} is not a folder. {fix}"
+NOT_WRITABLE: Final = (
+    "{source} = {path!r}: dbguard cannot create a file in {folder} ({error}). {fix}"
+)
+NOT_A_FILE: Final = (
+    "{source} = {path!r} is {what}; the report is written as a regular file there. {fix}"
+)
+NOT_A_REPORT: Final = (
+    "{source} = {path!r} is an existing file that is not a dbguard run report; dbguard does not "
+    "overwrite files it did not write. Remove it yourself, or: {fix}"
+)
+SPLIT_FLAG: Final = (
+    "--dbguard-report {value}: written as two words, a path to an existing file outside the "
+    "folder pytest started in is taken by pytest for a test path when it looks for the rootdir "
+    "and the ini file (before any plugin's options are known), so it would miss this project's "
+    "ini file. Write it as one word, --dbguard-report={value}, or set DBGUARD_REPORT or ini "
+    "dbguard_report instead."
+)
+WRITE_FAILED: Final = (
+    "dbguard: could not write the run report to {path}: {error}. The tests ran as reported "
+    "above; check the folder's space and permissions (--dbguard-report)."
+)
+
+
+def resolve_path(text: str, *, base: Path) -> Path:
+    """``text`` as an absolute path (``~`` expanded; relative to ``base``), not resolved through
+    symlinks: a symlink at the path itself is refused by ``check_path``."""
+    path = Path(text).expanduser()
+    return Path(os.path.normpath(base / path))
+
+
+def check_path(path: Path, source: str) -> None:
+    """Fail before the run unless a report can be written at ``path``: its folder exists and
+    takes a new file (tried for real: root passes every permission check but a read-only one),
+    and ``path`` is nothing dbguard would destroy (a folder, a symlink, someone else's file)."""
+    shown = str(path)
+    folder = path.parent
+    if path.is_symlink() or path.is_dir() or (path.exists() and not path.is_file()):
+        what = (
+            "a symlink"
+            if path.is_symlink()
+            else "a folder"
+            if path.is_dir()
+            else "not a regular file"
+        )
+        raise ConfigError(NOT_A_FILE.format(source=source, path=shown, what=what, fix=FIX))
+    if not folder.exists():
+        raise ConfigError(NO_FOLDER.format(source=source, path=shown, folder=folder, fix=FIX))
+    if not folder.is_dir():
+        raise ConfigError(NOT_A_FOLDER.format(source=source, path=shown, folder=folder, fix=FIX))
+    if path.exists() and not is_report(path):
+        raise ConfigError(NOT_A_REPORT.format(source=source, path=shown, fix=FIX))
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".probe")
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            NOT_WRITABLE.format(source=source, path=shown, folder=folder, error=reason, fix=FIX)
+        ) from None
+    os.close(handle)
+    os.unlink(probe)  # the probe dbguard just made
+
+
+def check_command_line(tokens: Sequence[str], path: Path, invocation_dir: Path) -> None:
+    """Fail when the command line says ``--dbguard-report PATH`` (two words) of an existing
+    file outside ``invocation_dir``: pytest reads such a word as a test path when it chooses
+    its rootdir and ini file, and would root the run at the report's folder instead."""
+    for flag, value in itertools.pairwise(tokens):
+        if flag == "--dbguard-report" and path.exists() and not path.is_relative_to(invocation_dir):
+            raise ConfigError(SPLIT_FLAG.format(value=value))
+
+
+def is_report(path: Path) -> bool:
+    """Whether ``path`` is empty or holds a dbguard run report (any version): one a run may
+    replace."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(200)
+    except OSError:
+        return False
+    return not head.strip() or b'"schema": "pytest-dbguard-report/' in head
+
+
+def process_entry(
+    name: str,
+    *,
+    ready_ms: float | None,
+    ready_attempts: int | None,
+    database: str | None = None,
+    layout: str | None = None,
+    template: str | None = None,
+    template_ms: float | None = None,
+    template_built: bool | None = None,
+    clone_ms: float | None = None,
+) -> dict[str, Any]:
+    """One process's start-up, as measured by the run (see the README's "Run report")."""
+    return {
+        "process": name,
+        "ready_ms": _ms(ready_ms),
+        "ready_attempts": ready_attempts,
+        "database": database,
+        "layout": layout,
+        "template": template,
+        "template_ms": _ms(template_ms),
+        "template_built": template_built,
+        "clone_ms": _ms(clone_ms),
+    }
+
+
+def per_test_entry(
+    nodeid: str,
+    *,
+    worker: str,
+    outcome: str,
+    isolation: str,
+    duration_ms: float,
+    statements: int,
+    database_ms: float,
+    slowest: Iterable[tuple[str, float]],
+    leaked_tables: Sequence[str] | None,
+) -> dict[str, Any]:
+    """One test's line of the report."""
+    return {
+        "nodeid": nodeid,
+        "worker": worker,
+        "outcome": outcome,
+        "isolation": isolation,
+        "duration_ms": _ms(duration_ms),
+        "statements": statements,
+        "database_ms": _ms(database_ms),
+        "slowest": [{"sql": sql, "ms": _ms(ms)} for sql, ms in slowest],
+        "leaked_tables": list(leaked_tables) if leaked_tables is not None else None,
+    }
+
+
+def statement_entries(slowest: Iterable[tuple[str, float, str]]) -> list[dict[str, Any]]:
+    """The run's slowest statements as the report lists them."""
+    return [{"sql": sql, "ms": _ms(ms), "test": nodeid} for sql, ms, nodeid in slowest]
+
+
+def part(
+    process: Mapping[str, Any], tests: Sequence[Mapping[str, Any]], slowest: Sequence[Any]
+) -> dict[str, Any]:
+    """What one process contributes (an xdist worker sends it to the controller as is)."""
+    return {"process": dict(process), "tests": list(tests), "slowest_statements": list(slowest)}
+
+
+def document(
+    *,
+    run: str,
+    server: Mapping[str, Any],
+    isolation: str,
+    server_start_ms: float | None,
+    parts: Sequence[Mapping[str, Any]],
+    missing_workers: Sequence[str] = (),
+    exit_status: int,
+    per_run: int,
+    version: str,
+) -> dict[str, Any]:
+    """The whole report: the run's facts and every process's part, merged."""
+    tests = sorted(
+        (test for one in parts for test in one.get("tests", ())), key=lambda t: t["nodeid"]
+    )
+    slowest = sorted(
+        (entry for one in parts for entry in one.get("slowest_statements", ())),
+        key=lambda entry: -entry["ms"],
+    )[:per_run]
+    processes = sorted(
+        (one["process"] for one in parts if one.get("process")),
+        key=lambda p: (p["process"] != CONTROLLER, p["process"]),
+    )
+    return {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "dbguard": version,
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "run": run,
+        "exit_status": exit_status,
+        "server": dict(server),
+        "isolation": isolation,
+        "timings": {"server_start_ms": _ms(server_start_ms), "processes": processes},
+        "missing_workers": sorted(missing_workers),
+        "totals": {
+            "tests": len(tests),
+            "statements": sum(test["statements"] for test in tests),
+            "database_ms": _ms(sum(test["database_ms"] for test in tests)),
+        },
+        "slowest_statements": slowest,
+        "tests": tests,
+    }
+
+
+def dumps(report: Mapping[str, Any]) -> str:
+    """The report as text: its head indented, then one line per test (``grep`` finds a test's
+    line; ``json.dumps`` with ``indent`` would use its slow pure-Python encoder for them all)."""
+    head = json.dumps(
+        {key: value for key, value in report.items() if key != "tests"},
+        indent=2,
+        ensure_ascii=False,
+    )
+    lines = ",\n".join(f"    {json.dumps(test, ensure_ascii=False)}" for test in report["tests"])
+    tests = f'  "tests": [\n{lines}\n  ]' if lines else '  "tests": []'
+    return f"{head[:-2]},\n{tests}\n}}\n"
+
+
+def write(path: Path, report: Mapping[str, Any]) -> None:
+    """Write ``report`` to ``path`` atomically: readers see the old file or the whole new one."""
+    text = dumps(report)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            os.fchmod(out.fileno(), 0o666 & ~_umask())  # as an ordinary open() would make it
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)  # dbguard's own temporary file
+        raise
+
+
+def _umask() -> int:
+    """This process's umask, read without setting it (``os.umask`` would, for every thread)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
