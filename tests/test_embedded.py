@@ -390,3 +390,25 @@ def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:
     assert folder.is_dir()
     server.EmbeddedCluster(bindir=machine.find_bindir() or Path(), root=folder, port=0).stop()
     assert not folder.exists()
+
+
+def test_bindir_as_two_words_that_would_hide_the_ini_file_is_refused(
+    pytester: pytest.Pytester,
+) -> None:
+    """pytest picks its rootdir and ini file from the command line's words before dbguard's
+    options exist: ``--dbguard-pg-bindir /usr/lib/...`` would root the run in ``/usr``."""
+    bindir = machine.find_bindir()
+    assert bindir is not None
+    pytester.makeini("[pytest]\ndbguard_naive_datetime = error\n")
+    pytester.makepyfile("def test_one(dbguard_url):\n    assert dbguard_url\n")
+    split = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir))
+    assert split.ret == pytest.ExitCode.USAGE_ERROR
+    split.stderr.fnmatch_lines(
+        [
+            f"ERROR: --dbguard-pg-bindir {bindir}: written as two words, * instead of this "
+            f"project's {pytester.path / 'tox.ini'}. Write it as one word, "
+            f"--dbguard-pg-bindir={bindir}, or set DBGUARD_PG_BINDIR or ini dbguard_pg_bindir "
+            "instead."
+        ]
+    )
+    run_dbguard(pytester, f"--dbguard-pg-bindir={bindir}").assert_outcomes(passed=1)

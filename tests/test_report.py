@@ -642,8 +642,9 @@ def test_an_existing_report_outside_the_project_needs_the_one_word_flag(
     assert split.ret == pytest.ExitCode.USAGE_ERROR
     split.stderr.fnmatch_lines(
         [
-            f"ERROR: --dbguard-report {outside}: written as two words, a path to an existing file "
-            f"outside the folder pytest started in * Write it as one word, "
+            f"ERROR: --dbguard-report {outside}: written as two words, a path that exists "
+            f"outside the folder pytest started in * instead of this project's "
+            f"{pytester.path / 'tox.ini'}. Write it as one word, "
             f"--dbguard-report={outside}, or set DBGUARD_REPORT or ini dbguard_report instead."
         ]
     )

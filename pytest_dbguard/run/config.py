@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import pytest
 
-from pytest_dbguard.compat import ini_keys, ini_raw, override_ini
+from pytest_dbguard.compat import ini_keys, ini_raw, override_ini, pytest_ini
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.run import report_document
@@ -354,6 +355,45 @@ def _report_path(config: pytest.Config, text: str | None, source: str | None) ->
     from_ini = source is not None and source.startswith("ini ") and config.inipath is not None
     base = config.inipath.parent if from_ini and config.inipath else config.invocation_params.dir
     return report_document.resolve_path(text, base=base)
+
+
+SPLIT_FLAG: Final = (
+    "{flag} {value}: written as two words, a path that exists outside the folder pytest started "
+    "in is taken by pytest for a test path when it looks for the rootdir and the ini file (before "
+    "any plugin's options are known): it chose {chosen} instead of this project's {ini_file}. "
+    "Write it as one word, {flag}={value}, or set {variable} or ini {ini} instead."
+)
+
+
+def check_split_path_flags(
+    config: pytest.Config, tokens: Sequence[str], settings: Settings
+) -> None:
+    """Fail on ``--dbguard-report PATH`` or ``--dbguard-pg-bindir PATH`` (two words) when that
+    word made pytest miss the project's ini file: pytest chooses its rootdir and ini file from
+    the command line's words before dbguard's options exist, so an existing path outside the
+    folder it started in can root the run there instead."""
+    paths = {"report": settings.report, "pg_bindir": settings.pg_bindir}
+    invocation_dir = config.invocation_params.dir
+    for option in OPTIONS:
+        path = paths.get(option.name)
+        if path is None or not Path(path).exists() or Path(path).is_relative_to(invocation_dir):
+            continue
+        for flag, value in itertools.pairwise(tokens):
+            if flag != option.flag:
+                continue
+            expected = pytest_ini(invocation_dir)[1]  # without that word: the project's ini file
+            if expected is not None and expected != config.inipath:
+                chosen = config.inipath or f"no ini file (rootdir {config.rootpath})"
+                raise ConfigError(
+                    SPLIT_FLAG.format(
+                        flag=option.flag,
+                        value=value,
+                        chosen=chosen,
+                        ini_file=expected,
+                        variable=option.env_var,
+                        ini=option.ini,
+                    )
+                )
 
 
 def _check_unknown_ini_keys(config: pytest.Config) -> None:

@@ -106,14 +106,15 @@ def prepare(
     if not late:
         check_guarded_modules(settings.guard_modules, assignments)
     plan = run_plan.decide(settings, origin, inspection=inspection_flag(config, namespace))
-    if settings.report is not None and plan.owns_server and plan.inspection is None:
-        # Only the process that writes it (xdist workers send their part): before anything starts.
-        report_document.check_path(settings.report, settings.source_of("report"))
-        report_document.check_command_line(
+    if plan.owns_server and plan.inspection is None:
+        dbguard_config.check_split_path_flags(
+            config,
             [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args],
-            settings.report,
-            config.invocation_params.dir,
+            settings,
         )
+        if settings.report is not None:
+            # Only the process that writes it (xdist workers send their part): before anything.
+            report_document.check_path(settings.report, settings.source_of("report"))
     run = config.stash[run_key] = DbguardRun(settings=settings, plan=plan)
     termination.install(config)  # from here on SIGTERM cleans up like Ctrl-C
     if plan.inspection is not None:

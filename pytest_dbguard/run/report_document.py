@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import itertools
 import json
 import os
 import tempfile
@@ -44,13 +43,6 @@ NOT_A_FILE: Final = (
 NOT_A_REPORT: Final = (
     "{source} = {path!r} is an existing file that is not a dbguard run report; dbguard does not "
     "overwrite files it did not write. Remove it yourself, or: {fix}"
-)
-SPLIT_FLAG: Final = (
-    "--dbguard-report {value}: written as two words, a path to an existing file outside the "
-    "folder pytest started in is taken by pytest for a test path when it looks for the rootdir "
-    "and the ini file (before any plugin's options are known), so it would miss this project's "
-    "ini file. Write it as one word, --dbguard-report={value}, or set DBGUARD_REPORT or ini "
-    "dbguard_report instead."
 )
 WRITE_FAILED: Final = (
     "dbguard: could not write the run report to {path}: {error}. The tests ran as reported "
@@ -95,15 +87,6 @@ def check_path(path: Path, source: str) -> None:
         ) from None
     os.close(handle)
     os.unlink(probe)  # the probe dbguard just made
-
-
-def check_command_line(tokens: Sequence[str], path: Path, invocation_dir: Path) -> None:
-    """Fail when the command line says ``--dbguard-report PATH`` (two words) of an existing
-    file outside ``invocation_dir``: pytest reads such a word as a test path when it chooses
-    its rootdir and ini file, and would root the run at the report's folder instead."""
-    for flag, value in itertools.pairwise(tokens):
-        if flag == "--dbguard-report" and path.exists() and not path.is_relative_to(invocation_dir):
-            raise ConfigError(SPLIT_FLAG.format(value=value))
 
 
 def is_report(path: Path) -> bool:
