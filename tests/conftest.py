@@ -14,10 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import NOT_SOURCE, ROOT, WHEEL_EXTRAS, FreshVenv, recipe_extras
+from tests.helpers import (
+    NOT_SOURCE,
+    ROOT,
+    WHEEL_EXTRAS,
+    FreshVenv,
+    import_whole_package,
+    recipe_extras,
+)
 from tests.pgserver import TestServer, running_server
 
 pytest_plugins = ["pytester"]
+
+# Before any pytester snapshot of sys.modules: see import_whole_package.
+import_whole_package()
 
 # Inner runs must see only what each test gives them: no variables from the outer run.
 _LEAKY_PREFIXES = (

@@ -172,12 +172,19 @@ def run_dbguard_inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunRe
     imported for the first time inside one run would come back as a second copy in the next,
     with its own stash keys and exception classes. So every module is imported first, here.
     """
-    _import_whole_package()
+    import_whole_package()
     return pytester.runpytest_inprocess("-p", "pytest_dbguard", *args)
 
 
 @functools.cache
-def _import_whole_package() -> None:
+def import_whole_package() -> None:
+    """Import every dbguard module, once, before any test runs (``tests/conftest.py``).
+
+    The ``pytester`` fixture takes out of ``sys.modules`` what was imported while its test ran.
+    A dbguard module first imported inside such a test (lazily, by an in-process run or a helper)
+    would come back as a second copy later, beside the modules that still hold the first: two
+    stash keys for one run, two classes for one exception.
+    """
     import pytest_dbguard
 
     for module in pkgutil.walk_packages(pytest_dbguard.__path__, "pytest_dbguard."):
