@@ -36,9 +36,16 @@ def sqlalchemy_decodes_database() -> bool:
 
 
 def override_ini(config: pytest.Config) -> dict[str, str]:
-    """The ``-o key=value`` settings of the run (command line, addopts, PYTEST_ADDOPTS)."""
+    """The ``-o key=value`` settings of the run (command line, addopts, PYTEST_ADDOPTS).
+
+    Read from ``config.option`` once pytest has parsed the command line, and before that (dbguard
+    resolves its settings in ``pytest_load_initial_conftests``) from ``known_args_namespace``.
+    """
     found: dict[str, str] = {}
-    for entry in getattr(config.option, "override_ini", None) or ():
+    entries = getattr(config.option, "override_ini", None) or getattr(
+        getattr(config, "known_args_namespace", None), "override_ini", None
+    )
+    for entry in entries or ():
         key, sep, value = str(entry).partition("=")
         if sep:
             found[key.strip()] = value
