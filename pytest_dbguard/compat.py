@@ -35,6 +35,13 @@ def sqlalchemy_decodes_database() -> bool:
     return (major, minor) >= (2, 1)
 
 
+def xdist_loaded(config: pytest.Config) -> bool:
+    """Whether pytest-xdist is loaded (its hook specs, e.g. ``pytest_testnodedown``, exist only
+    then): registered as ``xdist.plugin`` with ``-p xdist.plugin``, as ``xdist`` by autoload."""
+    manager = config.pluginmanager
+    return manager.hasplugin("xdist.plugin") or manager.hasplugin("xdist")
+
+
 def override_ini(config: pytest.Config) -> dict[str, str]:
     """The ``-o key=value`` settings of the run (command line, addopts, PYTEST_ADDOPTS).
 

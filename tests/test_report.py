@@ -17,22 +17,9 @@ import pytest
 
 from pytest_dbguard.guards.statement_timing import normalise
 from tests.django_project import write_project as write_django_project
-from tests.helpers import README, blocks, run_dbguard, run_dbguard_inprocess
+from tests.helpers import README, blocks, copy_project, run_dbguard, run_dbguard_inprocess
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
-MODELS = """
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-
-    class Base(DeclarativeBase):
-        pass
-
-
-    class Note(Base):
-        __tablename__ = "notes"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        body: Mapped[str]
-"""
 INI = """
     [pytest]
     dbguard_metadata = models:Base
@@ -115,7 +102,7 @@ SYNC_TESTS = f"""
 
 
 def _project(pytester: pytest.Pytester, **tests: str) -> None:
-    pytester.makepyfile(models=textwrap.dedent(MODELS))
+    copy_project(pytester, "notes")
     pytester.makeini(textwrap.dedent(INI))
     pytester.makepyfile(**{name: textwrap.dedent(text) for name, text in tests.items()})
 

@@ -365,35 +365,35 @@ SPLIT_FLAG: Final = (
 )
 
 
-def check_split_path_flags(
-    config: pytest.Config, tokens: Sequence[str], settings: Settings
-) -> None:
+# Options whose value is a path that may exist outside the project (see check_split_path_flags).
+SPLIT_PATH_OPTIONS: Final = ("report", "pg_bindir")
+
+
+def check_split_path_flags(config: pytest.Config, tokens: Sequence[str]) -> None:
     """Fail on ``--dbguard-report PATH`` or ``--dbguard-pg-bindir PATH`` (two words) when that
     word made pytest miss the project's ini file: pytest chooses its rootdir and ini file from
     the command line's words before dbguard's options exist, so an existing path outside the
     folder it started in can root the run there instead."""
-    paths = {"report": settings.report, "pg_bindir": settings.pg_bindir}
     invocation_dir = config.invocation_params.dir
-    for option in OPTIONS:
-        path = paths.get(option.name)
-        if path is None or not Path(path).exists() or Path(path).is_relative_to(invocation_dir):
+    flags = {option.flag: option for option in OPTIONS if option.name in SPLIT_PATH_OPTIONS}
+    for flag, value in itertools.pairwise(tokens):
+        option = flags.get(flag)
+        path = Path(os.path.normpath(invocation_dir / Path(value).expanduser()))
+        if option is None or not path.exists() or path.is_relative_to(invocation_dir):
             continue
-        for flag, value in itertools.pairwise(tokens):
-            if flag != option.flag:
-                continue
-            expected = pytest_ini(invocation_dir)[1]  # without that word: the project's ini file
-            if expected is not None and expected != config.inipath:
-                chosen = config.inipath or f"no ini file (rootdir {config.rootpath})"
-                raise ConfigError(
-                    SPLIT_FLAG.format(
-                        flag=option.flag,
-                        value=value,
-                        chosen=chosen,
-                        ini_file=expected,
-                        variable=option.env_var,
-                        ini=option.ini,
-                    )
+        expected = pytest_ini(invocation_dir)[1]  # without that word: the project's ini file
+        if expected is not None and expected != config.inipath:
+            chosen = config.inipath or f"no ini file (rootdir {config.rootpath})"
+            raise ConfigError(
+                SPLIT_FLAG.format(
+                    flag=flag,
+                    value=value,
+                    chosen=chosen,
+                    ini_file=expected,
+                    variable=option.env_var,
+                    ini=option.ini,
                 )
+            )
 
 
 def _check_unknown_ini_keys(config: pytest.Config) -> None:

@@ -110,7 +110,6 @@ def prepare(
         dbguard_config.check_split_path_flags(
             config,
             [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args],
-            settings,
         )
         if settings.report is not None:
             # Only the process that writes it (xdist workers send their part): before anything.

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import pytest
 
+from pytest_dbguard.compat import xdist_loaded
 from pytest_dbguard.run.run_plan import ORIGIN_VAR
 
 REGISTERED_NAME: Final = "dbguard-remote-workers"
@@ -49,9 +50,7 @@ class OriginCourier:
 def register(config: pytest.Config) -> None:
     """Register the controller hook when xdist is loaded and this process is its controller."""
     manager = config.pluginmanager
-    if hasattr(config, "workerinput") or not (
-        manager.hasplugin("xdist.plugin") or manager.hasplugin("xdist")
-    ):
+    if hasattr(config, "workerinput") or not xdist_loaded(config):
         return
     if not manager.hasplugin(REGISTERED_NAME):
         manager.register(OriginCourier(), REGISTERED_NAME)

@@ -17,6 +17,7 @@ from typing import Any, Final
 import pytest
 
 from pytest_dbguard import __version__
+from pytest_dbguard.compat import xdist_loaded
 from pytest_dbguard.db.isolation import isolation_of
 from pytest_dbguard.guards.connection_guards import tables_left
 from pytest_dbguard.guards.statement_timing import StatementTimer
@@ -38,9 +39,8 @@ def pytest_configure(config: pytest.Config) -> None:
     run.statement_timer = StatementTimer(per_test=PER_TEST, per_run=PER_RUN)
     plugin = RunReport(config, run, run.statement_timer)
     config.pluginmanager.register(plugin, PLUGIN_NAME)
-    manager = config.pluginmanager
-    if manager.hasplugin("xdist.plugin") or manager.hasplugin("xdist"):
-        manager.register(WorkerParts(plugin), RELAY_NAME)  # its hook exists only with xdist
+    if xdist_loaded(config):  # its hook exists only then
+        config.pluginmanager.register(WorkerParts(plugin), RELAY_NAME)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

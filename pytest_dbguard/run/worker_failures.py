@@ -15,6 +15,8 @@ from typing import Any, Final, NoReturn
 
 import pytest
 
+from pytest_dbguard.compat import xdist_loaded
+
 SETUP_ERROR_KEY: Final = "dbguard_setup_error"
 
 
@@ -44,7 +46,5 @@ class ControllerRelay:
 def register(config: pytest.Config) -> None:
     """Register the controller hooks when xdist is loaded (its hook specs exist only then)."""
     manager = config.pluginmanager
-    if not (manager.hasplugin("xdist.plugin") or manager.hasplugin("xdist")):
-        return
-    if not manager.hasplugin("dbguard-worker-failures"):
+    if xdist_loaded(config) and not manager.hasplugin("dbguard-worker-failures"):
         manager.register(ControllerRelay(), "dbguard-worker-failures")
