@@ -197,7 +197,7 @@ class ForeignDatabaseGuard(EngineListener):
         self.allowed = allowed  # the run's dbguard_allow_databases
         self.where: str | None = None  # the test running now; None: not armed
         self.also: AllowList = AllowList()  # the running test's own allow=[...]
-        self._creators: CreatorConnections | None = None
+        self._creators = CreatorConnections(self)  # connections that skip do_connect
 
     def arm(self, where: str, also: AllowList = AllowList()) -> None:
         """Check connections from now on, naming ``where`` in the error."""
@@ -244,17 +244,11 @@ class ForeignDatabaseGuard(EngineListener):
     def install(self) -> None:
         """Start checking new connections, those of engines with a ``creator`` too."""
         super().install()
-        self._made_by_creators.install()
+        self._creators.install()
 
     def remove(self) -> None:
         super().remove()
-        self._made_by_creators.remove()
-
-    @property
-    def _made_by_creators(self) -> CreatorConnections:
-        if self._creators is None:
-            self._creators = CreatorConnections(self)
-        return self._creators
+        self._creators.remove()
 
 
 class CreatorConnections(EngineListener):
