@@ -18,7 +18,7 @@ from pytest_dbguard.guards.foreign_databases import (
     Target,
 )
 from pytest_dbguard.guards.leaks import LEAK_MESSAGE
-from tests.helpers import README, blocks, copy_project, run_dbguard
+from tests.helpers import README, blocks, copy_project, run_dbguard, run_dbguard_inprocess
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 # The guard reads the keywords each dialect hands its driver: checked against SQLAlchemy itself.
@@ -432,7 +432,7 @@ def test_bad_marker_argument_names_the_test(
             pass
         """
     )
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    result = run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [f"*test_bad_marker_argument_names_the_test.py::test_marked: {pattern}"]
@@ -460,7 +460,7 @@ def test_markers_list_shows_the_values(pytester: pytest.Pytester) -> None:
 def test_bad_allow_url_in_ini_names_the_key(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ndbguard_allow_databases = reports postgresql://u:secret@h:0/x\n")
     pytester.makepyfile("def test_x(): pass")
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    result = run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*ini dbguard_allow_databases in tox.ini*port '0'*"])
     assert "secret" not in result.stderr.str()

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from tests.helpers import run_dbguard
+from tests.helpers import run_dbguard, run_dbguard_inprocess
 
 XDIST = ("xdist.plugin",)
 
@@ -215,7 +215,7 @@ def test_every_placeholder(pytester: pytest.Pytester) -> None:
 def test_bad_env_lines(pytester: pytest.Pytester, line: str, pattern: str) -> None:
     pytester.makeini(f"[pytest]\ndbguard_env =\n    {line}\n")
     pytester.makepyfile("def test_x(): pass")
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    result = run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*ini dbguard_env*{pattern.lstrip('*')}"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import copy_project, run_dbguard
+from tests.helpers import copy_project, run_dbguard, run_dbguard_inprocess
 from tests.pgserver import TestServer
 
 ORDERED_TESTS = """
@@ -175,7 +175,7 @@ def test_bad_isolation_marker_is_a_usage_error(pytester: pytest.Pytester) -> Non
             pass
         """
     )
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    result = run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*isolation='rolback'*rollback, truncate, none*"])
 
