@@ -208,14 +208,17 @@ def _build_in(url: DatabaseURL, build: SchemaBuild) -> None:
         engine.dispose()  # no connection may stay on a template that is about to be cloned
 
 
+CAN_CREATE_DATABASES: Final = (
+    "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user"
+)
+
+
 def can_create_databases(server_url: DatabaseURL) -> bool:
     """Whether the URL's role may CREATE DATABASE (superuser or CREATEDB)."""
     from sqlalchemy import text
 
     with shared_admin_engine(server_url).connect() as connection:
-        row = connection.execute(
-            text("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user")
-        ).first()
+        row = connection.execute(text(CAN_CREATE_DATABASES)).first()
         return bool(row and row[0])
 
 
