@@ -132,6 +132,23 @@ def _ensure_template(
     return True
 
 
+def ensure_template(
+    server_url: DatabaseURL, template: str, build: SchemaBuild, *, run: str
+) -> bool:
+    """Build ``template`` under its lock unless a complete one exists (the xdist controller's
+    early build, before its workers clone it); whether it was built."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        with (
+            shared_admin_engine(server_url).connect() as connection,
+            _advisory_lock(connection, template),
+        ):
+            return _ensure_template(connection, server_url, template, build, run)
+    except DBAPIError as error:
+        raise DatabaseSetupError(_describe(error, server_url, template)) from error
+
+
 def provision_database(
     server_url: DatabaseURL,
     database: str,
@@ -208,14 +225,17 @@ def _build_in(url: DatabaseURL, build: SchemaBuild) -> None:
         engine.dispose()  # no connection may stay on a template that is about to be cloned
 
 
+CAN_CREATE_DATABASES: Final = (
+    "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user"
+)
+
+
 def can_create_databases(server_url: DatabaseURL) -> bool:
     """Whether the URL's role may CREATE DATABASE (superuser or CREATEDB)."""
     from sqlalchemy import text
 
     with shared_admin_engine(server_url).connect() as connection:
-        row = connection.execute(
-            text("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user")
-        ).first()
+        row = connection.execute(text(CAN_CREATE_DATABASES)).first()
         return bool(row and row[0])
 
 

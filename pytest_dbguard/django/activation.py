@@ -17,6 +17,7 @@ import pytest
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.django import settings_module
 from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.run import early_template
 from pytest_dbguard.run.state import run_of, the_run
 
 INI_DATABASES: Final = "dbguard_django_databases"
@@ -124,6 +125,7 @@ def register(config: pytest.Config) -> None:
     assert state is not None, "register runs after lifecycle.configure"
     state.schema_hook = hook
     state.schema_source = hook.source
+    early_template.register(config)  # under xdist the controller builds it while workers start
     _register_plugins(config)
 
 

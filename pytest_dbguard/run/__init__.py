@@ -1,7 +1,8 @@
 """One pytest run: the object that holds it (``state``), its settings (``config``), the plan it
 makes before any conftest is imported (``run_plan``, ``environment``), its life from start to
 stop (``lifecycle``, ``termination``, ``worker_failures``, ``reuse_run``), the xdist workers
-on other hosts that join it (``remote_workers``), how setting values are
+on other hosts that join it (``remote_workers``), the template the xdist controller builds
+while its workers start (``early_template``), how setting values are
 read (``setting_values``), what it prints
 (``summary_line``, ``redaction``), the markers it takes (``markers``), the failed tests whose
 data ``--dbguard-keep-failed`` keeps (``failed_tests``), and the JSON run report of

@@ -121,7 +121,7 @@ def _kept_template(plan: RunPlan, settings: Settings, state: SessionState) -> st
         return None
     if state.metadata is None and state.alembic_ini is None and state.schema_hook is None:
         return None
-    return _template(plan, settings, _fingerprint(settings, state) or "000000")[0]
+    return template_for(plan, settings, state)[0]
 
 
 def _check_can_create_databases(plan: RunPlan, settings: Settings) -> None:
@@ -184,10 +184,11 @@ def _fingerprint(settings: Settings, state: SessionState) -> str:
 PER_DATABASE_PLACEHOLDERS: Final = ("url", "async_url", "pg_url", "db", "worker")
 
 
-def _template(plan: RunPlan, settings: Settings, fingerprint: str) -> tuple[str, str]:
+def template_for(plan: RunPlan, settings: Settings, state: SessionState) -> tuple[str, str]:
     """The template's name and the run id its mark carries (reused templates are kept across runs)."""
     from pytest_dbguard.db.names import base_of, template_name
 
+    fingerprint = _fingerprint(settings, state) or "000000"
     if plan.server_url is None:
         assert plan.sqlite_dir is not None
         base = base_of(plan.database)
@@ -212,9 +213,7 @@ def _provision(plan: RunPlan, settings: Settings, state: SessionState) -> Provis
     if in_place:
         template, template_run = plan.database, plan.run
     else:
-        template, template_run = _template(
-            plan, settings, _fingerprint(settings, state) or "000000"
-        )
+        template, template_run = template_for(plan, settings, state)
     with building_in(plan, settings, state, template) as build:
         if plan.server_url is None:
             return databases.provision_sqlite(plan.test_url, Path(template), build)
@@ -299,6 +298,13 @@ def summary_lines(config: pytest.Config) -> list[str]:
     return ["; ".join(parts), *state.notes]
 
 
+def wait_for_template_build(state: SessionState) -> None:
+    """Let the xdist controller's early template build (run.early_template) finish."""
+    build, state.template_build = state.template_build, None
+    if build is not None:
+        build.join()
+
+
 def check_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Validate ``@pytest.mark.dbguard`` arguments at collection, so a typo fails before any test."""
     from pytest_dbguard.run.markers import dbguard
@@ -322,6 +328,7 @@ def finish(config: pytest.Config) -> None:
     if run is None or run.session is None:
         return
     plan, state = run.plan, run.session
+    wait_for_template_build(state)
     provisioned, state.provisioned = state.provisioned, None
     if provisioned is None or plan.server_url is None:
         return
@@ -346,6 +353,8 @@ def stop(config: pytest.Config) -> None:
         return  # a failed start already stopped; unconfigure comes again
     run.stopped = True
     termination.shield()  # a SIGTERM now must not cut the cleanup short
+    if run.session is not None:
+        wait_for_template_build(run.session)  # before anything it made is dropped or stopped
     plan, settings, cluster, proxy = run.plan, run.settings, run.cluster, run.proxy
     answered = run.session is not None and run.session.answered
     if proxy is not None:

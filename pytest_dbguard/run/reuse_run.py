@@ -19,6 +19,8 @@ NO_REBUILD: Final = (
 CLUSTER_STARTED: Final = "cluster started (kept for the next run: dbguard stop)"
 CLUSTER_REUSED: Final = "cluster reused"
 REBUILT: Final = "rebuilt (--dbguard-rebuild)"
+BUILT: Final = "built"
+BUILT_BY_A_WORKER: Final = "built by the first worker"
 
 
 def cluster_words(settings: Settings, adopted: bool) -> str:
@@ -52,7 +54,7 @@ def template_word(plan: RunPlan, template: str | None, provisioned: Provisioned 
     if template is None or plan.server_url is None:
         return ""
     if provisioned is not None:
-        return "built" if provisioned.template_built else "reused"
+        return BUILT if provisioned.template_built else "reused"
     if kept_templates.is_complete(plan.server_url, template):
         return "reused"
-    return "built by the first worker"
+    return BUILT_BY_A_WORKER

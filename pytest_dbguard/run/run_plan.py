@@ -183,12 +183,15 @@ def _schema_mode(
         return bool(origin.get("schema_mode"))
     if settings.worker_isolation != "auto" or embedded or not probe:
         return settings.worker_isolation == "schema"
-    from pytest_dbguard.db.databases import can_create_databases
+    from pytest_dbguard.db.databases import CAN_CREATE_DATABASES
+    from pytest_dbguard.server.readiness import first_row
 
     try:  # a server that is not up yet is waited for later; assume it lets us create databases
-        return not can_create_databases(server_url.with_query(connect_timeout="2"))
+        # One plain connection: SQLAlchemy's import would delay every xdist worker's start.
+        row = first_row(server_url, CAN_CREATE_DATABASES, timeout=2.0)
     except Exception:
         return False
+    return not (row and row[0])
 
 
 def _sqlite_plan(

@@ -9,6 +9,7 @@ module, as pytest's plugins do; everything two modules share lives here.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -54,6 +55,8 @@ class SessionState:
     template: str = ""  # with --dbguard-reuse: built, reused or rebuilt (reuse_run), for the header
     notes: list[str] = dataclasses.field(default_factory=list)
     schema_hook: SchemaHook | None = None  # set by pytest_dbguard.django when Django runs
+    # The xdist controller's early build of the template (run.early_template), while it runs.
+    template_build: threading.Thread | None = None
 
 
 @dataclasses.dataclass(eq=False)

@@ -60,6 +60,9 @@ class ControllerLine:
         if self.written:
             return
         self.written = True
+        run = run_of(self.config)
+        if run is not None and run.session is not None:
+            lifecycle.wait_for_template_build(run.session)  # done by now: the line tells its end
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
             return

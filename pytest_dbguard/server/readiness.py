@@ -13,6 +13,9 @@ attempt, and errors such as a wrong password that stop the loop at once.
 Each attempt opens a new DBAPI connection exactly as SQLAlchemy's engine would (the dialect's
 own connect arguments and ``connect``) and runs ``SELECT 1`` on it, but skips the engine's
 first-connect initialisation queries: on a server that has just started they add 20-40 ms of lag.
+For psycopg and psycopg2 URLs the check builds those arguments itself (SQLAlchemy's dialect only
+passes the URL's parts and query on as keywords) and does not import SQLAlchemy: in the xdist
+controller the check runs before any worker is started, and the import cost a quarter second.
 
 The diagnosis of a failed attempt (its stage, whether waiting helps, the message and the
 remedy) is :mod:`pytest_dbguard.server.connect_diagnosis`, shared with the janitor and the recovery check.
@@ -21,6 +24,7 @@ remedy) is :mod:`pytest_dbguard.server.connect_diagnosis`, shared with the janit
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import ipaddress
 import math
 import random
@@ -44,7 +48,15 @@ from pytest_dbguard.server.connect_diagnosis import (
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
-__all__ = ["Probe", "Readiness", "RetryPolicy", "await_ready", "probe", "wait_until_ready"]
+__all__ = [
+    "Probe",
+    "Readiness",
+    "RetryPolicy",
+    "await_ready",
+    "first_row",
+    "probe",
+    "wait_until_ready",
+]
 
 PROGRESS_AFTER: Final = 1.0  # seconds of waiting before the first progress line
 PROGRESS_EVERY: Final = 2.0  # seconds between progress lines after that
@@ -134,7 +146,8 @@ class _Target:
                 f"{self.shown}: the driver {self.url.driver!r} is not installed; install it "
                 "(pip install 'pytest-dbguard[postgres]') or name an installed one in the URL."
             )
-        self._dialect: Dialect | None = None
+        self._dbapi: Any = None  # the driver module, once imported
+        self._connect: Callable[..., Any] | None = None
         self._cargs: tuple[Any, ...] = ()
         self._cparams: dict[str, Any] = {}
 
@@ -145,35 +158,69 @@ class _Target:
             return None
         return self.host
 
-    def prepare(self) -> Dialect:
-        """Import SQLAlchemy and the driver, and turn the URL into connect arguments, once."""
-        if self._dialect is None:
-            from sqlalchemy import create_engine
-            from sqlalchemy.pool import NullPool
+    def prepare(self) -> None:
+        """Import the driver and turn the URL into connect arguments, once; SQLAlchemy only for
+        a URL whose arguments its dialect alone knows how to build."""
+        if self._connect is not None:
+            return
+        plain = _plain_connect_args(self.url)
+        if plain is not None:
+            assert self.url.driver is not None
+            self._dbapi = importlib.import_module(self.url.driver)
+            self._connect, self._cparams = self._dbapi.connect, plain
+            return
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
 
-            engine = create_engine(
-                self.url.to_sqlalchemy(), poolclass=NullPool
-            )  # never connects: args only
-            cargs, cparams = engine.dialect.create_connect_args(engine.url)
-            self._cargs, self._cparams = tuple(cargs), dict(cparams)
-            self._dialect = engine.dialect
-        return self._dialect
+        engine = create_engine(self.url.to_sqlalchemy(), poolclass=NullPool)  # never connects
+        cargs, cparams = engine.dialect.create_connect_args(engine.url)
+        self._cargs, self._cparams = tuple(cargs), dict(cparams)
+        dialect: Dialect = engine.dialect
+        self._dbapi, self._connect = dialect.loaded_dbapi, dialect.connect
 
     def connect(self, limit: float) -> Any:
-        """A new DBAPI connection, opened by the dialect the way an engine opens one."""
-        dialect = self.prepare()
+        """A new DBAPI connection, opened the way an engine opens one."""
+        self.prepare()
+        assert self._connect is not None
         params = dict(self._cparams)
         if not self.is_sqlite:  # libpq counts whole seconds; the attempt's own timer is exact
             params["timeout" if self.url.driver == "pg8000" else "connect_timeout"] = max(
                 1, math.ceil(limit)
             )
-        return dialect.connect(*self._cargs, **params)
+        return self._connect(*self._cargs, **params)
+
+    @property
+    def dbapi(self) -> Any:
+        """The driver module (PEP 249)."""
+        self.prepare()
+        return self._dbapi
 
     @property
     def dbapi_error(self) -> type[Exception]:
         """The driver's base exception class (PEP 249 ``Error``)."""
-        error: type[Exception] = self.prepare().loaded_dbapi.Error
+        error: type[Exception] = self.dbapi.Error
         return error
+
+
+PLAIN_DRIVERS: Final = ("psycopg", "psycopg2")
+
+
+def _plain_connect_args(url: DatabaseURL) -> dict[str, Any] | None:
+    """The keywords SQLAlchemy's psycopg and psycopg2 dialects pass to ``connect`` for ``url``
+    (its parts, then its query); None for other drivers and for several hosts in the query,
+    which only the dialect splits."""
+    if url.is_sqlite or url.driver not in PLAIN_DRIVERS or any(k == "host" for k, _ in url.query):
+        return None
+    parts = {
+        "host": url.host,
+        "dbname": url.database,
+        "user": url.username,
+        "password": url.password,
+        "port": url.port,
+    }
+    params: dict[str, Any] = {name: value for name, value in parts.items() if value}
+    params.update(url.query)
+    return params or None
 
 
 def _sync_twin(url: DatabaseURL) -> DatabaseURL:
@@ -189,7 +236,7 @@ def _sync_twin(url: DatabaseURL) -> DatabaseURL:
     return sync
 
 
-def _server_version(connection: Any, dialect: Dialect) -> str | None:
+def _server_version(connection: Any, dbapi: Any) -> str | None:
     """The version the server announced at connect time (no extra round trip)."""
     number = getattr(getattr(connection, "info", None), "server_version", None)  # psycopg 3
     if number is None:
@@ -197,7 +244,7 @@ def _server_version(connection: Any, dialect: Dialect) -> str | None:
     if isinstance(number, int) and number > 0:
         major, rest = divmod(number, 10000)
         return f"{major}.{rest}" if major >= 10 else f"{major}.{rest // 100}.{rest % 100}"
-    sqlite_version = getattr(dialect.loaded_dbapi, "sqlite_version", None)
+    sqlite_version = getattr(dbapi, "sqlite_version", None)
     return str(sqlite_version) if sqlite_version else None
 
 
@@ -241,7 +288,7 @@ class _Attempt:
                 cursor = connection.cursor()
                 cursor.execute("SELECT 1")
                 cursor.fetchone()
-                self.version = _server_version(connection, target.prepare())
+                self.version = _server_version(connection, target.dbapi)
             finally:
                 connection.close()
         except (target.dbapi_error, OSError) as error:
@@ -345,10 +392,23 @@ def _progress_line(target: _Target, attempts: int, failure: Failure, left: float
 def probe(url: str | DatabaseURL, *, timeout: float = 5.0) -> Probe:
     """One check, no retries: status, latency, server version, and the failing stage if any."""
     target = _Target(url)
-    target.prepare()  # SQLAlchemy and the driver are imported before the clock starts
+    target.prepare()  # the driver is imported before the clock starts
     start = time.monotonic()
     attempt = _attempt(target, max(timeout, MIN_ATTEMPT))
     latency = round((time.monotonic() - start) * 1000, 2)
     if attempt.failure is None:
         return Probe("ok", latency, attempt.version)
     return Probe("error", latency, None, attempt.failure.stage, attempt.failure.error)
+
+
+def first_row(url: str | DatabaseURL, statement: str, *, timeout: float = 5.0) -> Any:
+    """``statement``'s first row (None without one), on a new connection opened the way the
+    check opens one; the driver's error when that fails. For a question asked before anything
+    else connects (may this role create databases?), without importing SQLAlchemy."""
+    connection = _Target(url).connect(timeout)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(statement)
+        return cursor.fetchone()
+    finally:
+        connection.close()

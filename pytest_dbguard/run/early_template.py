@@ -1,0 +1,121 @@
+"""Under xdist, the controller builds a Django project's template while its workers start.
+
+Without it, the worker that finishes collecting first migrates while the other waits for the
+template's lock: the first test waits for the spawn, the imports, the collection and one
+migrate in a row. The controller has Django set up and the server proven ready before xdist
+starts any worker, so it can build the template itself. It starts the build in a thread right
+after xdist has started the workers: they have inherited its environment by then, so the
+variables exported for the build's database (``building_in``) never reach them. The build
+holds the template's advisory lock like a worker's would: a worker that asks for the template
+meanwhile waits and clones it, and one that gets there first builds it and the controller
+finds it complete. A build that fails here is only noted in the summary line: the workers find
+no template, build it themselves and fail as they always did (the cause printed once, by
+``worker_failures``).
+
+Only Django's schema source (``migrate``) is built early; metadata and alembic runs keep
+building in the first worker.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from typing import Final
+
+import pytest
+
+from pytest_dbguard.compat import xdist_loaded
+from pytest_dbguard.db import databases
+from pytest_dbguard.run import lifecycle, reuse_run
+from pytest_dbguard.run.run_plan import RunPlan
+from pytest_dbguard.run.state import the_run
+
+REGISTERED_NAME: Final = "dbguard-early-template"
+FAILED_NOTE: Final = (
+    "dbguard: the xdist controller's early build of the template {template} failed "
+    "({error}); the workers built it instead"
+)
+
+
+class EarlyTemplate:
+    """xdist controller hook: start the template's build once the workers are started."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    # A wrapper: its code after ``yield`` runs after xdist's own (trylast) implementation,
+    # which is the one that starts the workers.
+    @pytest.hookimpl(wrapper=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> Generator[None, None, None]:
+        result = yield
+        start(self.config)
+        return result
+
+
+def wanted(config: pytest.Config) -> bool:
+    """Whether this process is an xdist controller whose run builds a Django template that
+    its workers clone, on a server that has answered."""
+    run = the_run(config)
+    plan, state = run.plan, run.session
+    return (
+        state is not None
+        and not state.runs_tests
+        and state.answered
+        and state.schema_hook is not None
+        and plan.inspection is None
+        and plan.server_url is not None
+        and plan.schema is None
+    )
+
+
+def start(config: pytest.Config) -> None:
+    """Start the build in a thread (joined by ``lifecycle`` before it cleans up)."""
+    if not wanted(config):
+        return
+    state = the_run(config).session
+    assert state is not None
+    thread = threading.Thread(
+        target=build, args=(config,), name="dbguard-template-build", daemon=True
+    )
+    state.template_build = thread
+    thread.start()
+
+
+def build(config: pytest.Config) -> None:
+    """Build the template unless a complete one is there (a kept one, or a worker's)."""
+    run = the_run(config)
+    plan, settings, state = run.plan, run.settings, run.session
+    assert state is not None and plan.server_url is not None
+    template, template_run = lifecycle.template_for(plan, settings, state)
+    try:
+        with lifecycle.building_in(plan, settings, state, template) as schema_build:
+            assert schema_build is not None
+            built = databases.ensure_template(
+                plan.server_url, template, schema_build, run=template_run
+            )
+    except Exception as error:  # the workers build it and report what fails
+        state.notes.append(FAILED_NOTE.format(template=template, error=_cause(error, plan)))
+        return
+    if built and state.template == reuse_run.BUILT_BY_A_WORKER:  # what the header says
+        state.template = reuse_run.BUILT
+
+
+def _cause(error: Exception, plan: RunPlan) -> str:
+    """``Type: first line`` of what went wrong (the driver's or the migration's own error,
+    which dbguard's wraps), without the password."""
+    cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
+    detail = (str(cause).strip().splitlines() or [""])[0]
+    password = plan.server_url.password if plan.server_url is not None else None
+    if password:
+        detail = detail.replace(password, "***")
+    return f"{type(cause).__name__}: {detail}"
+
+
+def register(config: pytest.Config) -> None:
+    """Register the hook where xdist may run workers: not in a worker (the Django schema
+    source calls this; ``wanted`` tells a controller from a ``-n 0`` run at session start)."""
+    manager = config.pluginmanager
+    if hasattr(config, "workerinput") or not xdist_loaded(config):
+        return
+    if not manager.hasplugin(REGISTERED_NAME):
+        manager.register(EarlyTemplate(config), REGISTERED_NAME)

@@ -1,0 +1,200 @@
+"""Django under xdist starts sooner: the controller checks the server without SQLAlchemy, and
+builds the template (one migrate) while its workers start, so they only clone it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_dbguard.db import kept_templates
+from pytest_dbguard.db.urls import DatabaseURL
+from tests.django_project import write_project
+from tests.helpers import run_dbguard
+from tests.pgserver import TestServer
+
+DJANGO_XDIST = ("pytest_django.plugin", "xdist.plugin")
+
+CHECK_WITHOUT_SQLALCHEMY = """
+import sys
+
+from pytest_dbguard.server.readiness import probe, wait_until_ready
+
+ready = wait_until_ready(sys.argv[1], timeout=10)
+assert ready.server_version, ready
+assert probe(sys.argv[1]).status == "ok"
+print("sqlalchemy imported:", "sqlalchemy" in sys.modules)
+"""
+
+
+def test_the_readiness_check_of_a_psycopg_url_does_not_import_sqlalchemy(
+    pg_server: TestServer,
+) -> None:
+    """The xdist controller runs this check before it starts any worker: SQLAlchemy's import
+    (a quarter second) is not needed to open one psycopg connection."""
+    for url in (pg_server.url(), pg_server.url().replace("+psycopg", "+psycopg2")):
+        done = subprocess.run(
+            [sys.executable, "-c", CHECK_WITHOUT_SQLALCHEMY, url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "sqlalchemy imported: False"
+
+
+# A migration of the project that logs who ran it: the xdist controller has no
+# PYTEST_XDIST_WORKER. With SHOP_FAIL_IN_CONTROLLER=1 it fails there and nowhere else.
+WHO_MIGRATES = """
+import os
+
+from django.db import migrations
+
+
+def log_who(apps, schema_editor):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+    folder = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(folder, "who.log"), "a") as log:
+        log.write(worker + " " + schema_editor.connection.settings_dict["NAME"] + "\\n")
+    if worker == "controller" and os.environ.get("SHOP_FAIL_IN_CONTROLLER") == "1":
+        raise RuntimeError("only the controller fails here")
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0002_note")]
+    operations = [migrations.RunPython(log_who, migrations.RunPython.noop)]
+"""
+
+WORKER_TESTS = """
+import datetime
+import os
+
+import pytest
+from django.db import connection
+
+from shop.models import Order
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("n", range(4))
+def test_each_worker_has_its_own_clone(n):
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc), note=str(n))
+    assert Order.objects.count() == 1
+    # The controller's build exported the template's variables: none of them reached a worker.
+    assert connection.settings_dict["NAME"] == os.environ["DBGUARD_DB"]
+    assert os.environ["DATABASE_URL"].endswith("/" + os.environ["DBGUARD_DB"])
+    assert os.environ["DBGUARD_WORKER"] == os.environ["PYTEST_XDIST_WORKER"]
+"""
+
+ENV_INI = "dbguard_env =\n    DATABASE_URL={pg_url}\n"
+
+
+def write_logged_project(pytester: pytest.Pytester) -> Path:
+    """The shared test project with a third migration that logs who ran it; the log's path."""
+    write_project(pytester, ini_extra=ENV_INI)
+    (pytester.path / "shop" / "migrations" / "0003_who.py").write_text(WHO_MIGRATES.lstrip())
+    pytester.makepyfile(test_shop=WORKER_TESTS)
+    return pytester.path / "who.log"
+
+
+def who_migrated(log: Path) -> list[tuple[str, str]]:
+    """(who, database) per migrate of the project."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(line.split(" ", 1)[0], line.split(" ", 1)[1]) for line in lines]
+
+
+@pytest.mark.parametrize("server", ["embedded", "external"])
+def test_under_xdist_the_controller_migrates_the_template_once_and_workers_clone_it(
+    pytester: pytest.Pytester, pg_server: TestServer, server: str
+) -> None:
+    """The xdist controller builds the template while its workers start: one migrate, in the
+    controller, into the template; each worker's database is a clone of it."""
+    log = write_logged_project(pytester)
+    url = ["--dbguard-url", pg_server.url()] if server == "external" else []
+    before = set(pg_server.databases())
+    result = run_dbguard(pytester, "-n", "2", *url, plugins=DJANGO_XDIST)
+    result.assert_outcomes(passed=4)
+    migrated = who_migrated(log)
+    assert len(migrated) == 1, migrated
+    assert migrated[0][0] == "controller" and "_tpl" in migrated[0][1], migrated
+    assert set(pg_server.databases()) == before  # the template and the clones are dropped
+
+
+def test_a_build_that_fails_only_in_the_controller_is_built_by_a_worker(
+    pytester: pytest.Pytester, pg_server: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller's early build is an optimisation: when it fails, nothing is left of it,
+    and the first worker builds the template as it would without it; the run passes, and its
+    summary line says what happened."""
+    log = write_logged_project(pytester)
+    monkeypatch.setenv("SHOP_FAIL_IN_CONTROLLER", "1")
+    before = set(pg_server.databases())
+    result = run_dbguard(
+        pytester, "-n", "2", "--dbguard-url", pg_server.url(), plugins=DJANGO_XDIST
+    )
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(
+        [
+            "dbguard: the xdist controller's early build of the template *_tpl* failed "
+            "(RuntimeError: only the controller fails here); the workers built it instead"
+        ]
+    )
+    migrated = who_migrated(log)
+    assert migrated[0][0] == "controller", migrated
+    assert sorted(who for who, _ in migrated[1:]) in (["gw0"], ["gw1"]), migrated
+    assert len({database for _, database in migrated}) == 1, migrated  # one template name
+    assert set(pg_server.databases()) == before
+    assert "Bench-" not in result.stdout.str()
+
+
+def test_a_failing_migration_under_xdist_is_reported_once_with_its_cause(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """A migration that fails everywhere: the controller's attempt is silent, a worker's
+    failure stops the run before the first test, printed once, and nothing is left over."""
+    log = write_logged_project(pytester)
+    broken = pytester.path / "shop" / "migrations" / "0004_broken.py"
+    broken.write_text(
+        "from django.db import migrations\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        '    dependencies = [("shop", "0003_who")]\n'
+        '    operations = [migrations.RunSQL("ALTER TABLE no_such_table ADD COLUMN x int")]\n'
+    )
+    before = set(pg_server.databases())
+    result = run_dbguard(
+        pytester, "-n", "2", "--dbguard-url", pg_server.url(), plugins=DJANGO_XDIST
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert output.count("Django's migrate (database alias 'default'") == 1, output
+    assert 'relation "no_such_table" does not exist' in output
+    assert "in migration shop.0004_broken" in output
+    assert " passed" not in output and "early build" not in output
+    assert who_migrated(log)[0][0] == "controller"
+    assert set(pg_server.databases()) == before
+
+
+def test_reuse_under_xdist_the_controller_builds_the_kept_template_once(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """--dbguard-reuse -n 2: the first run's controller builds the kept template (the header
+    says built), the second run clones it without migrating (reused)."""
+    log = write_logged_project(pytester)
+    url = pg_server.url()
+    before = set(pg_server.databases())
+    args = ("-n", "2", "--dbguard-reuse", "--dbguard-url", url)
+    try:
+        first = run_dbguard(pytester, *args, plugins=DJANGO_XDIST)
+        first.assert_outcomes(passed=4)
+        first.stdout.fnmatch_lines(["dbguard: *django migrate (djproj.settings), template built;*"])
+        second = run_dbguard(pytester, *args, plugins=DJANGO_XDIST)
+        second.assert_outcomes(passed=4)
+        second.stdout.fnmatch_lines(["dbguard: *template reused;*"])
+        migrated = who_migrated(log)
+        assert [who for who, _ in migrated] == ["controller"], migrated
+    finally:
+        dropped = kept_templates.drop_kept(DatabaseURL.parse(url), "postgres")
+    assert len(dropped) == 1
+    assert set(pg_server.databases()) == before
