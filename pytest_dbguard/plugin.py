@@ -24,7 +24,6 @@ pytest_plugins = [
     "pytest_dbguard.db.fixtures",
     "pytest_dbguard.db.isolation",
     "pytest_dbguard.guards.hooks",
-    "pytest_dbguard.guards.connection_guards",
     "pytest_dbguard.faults.injector",
     "pytest_dbguard.run.failed_tests",
     "pytest_dbguard.run.report",

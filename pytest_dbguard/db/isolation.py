@@ -28,14 +28,44 @@ TRUNCATE_FIXTURE: Final = "_dbguard_truncate"
 SKIPPED_TABLES: Final = frozenset({"alembic_version"})
 
 
-def isolation_of(item: pytest.Item) -> str:
+@dataclasses.dataclass(frozen=True)
+class DbguardMarks:
+    """What a test's ``@pytest.mark.dbguard`` markers (its own, its class's, its module's) say."""
+
+    isolation: str | None  # the closest marker that names one; None: the run's default
+    allow: tuple[str, ...]  # the databases all of them allow, added up
+
+    @classmethod
+    def read(cls, item: pytest.Item) -> DbguardMarks:
+        isolation: str | None = None
+        allow: list[str] = []
+        for marker in item.iter_markers("dbguard"):
+            if isolation is None and "isolation" in marker.kwargs:
+                isolation = str(marker.kwargs["isolation"])
+            allow += marker.kwargs.get("allow", ())
+        return cls(isolation, tuple(allow))
+
+
+_marks_key: Final = pytest.StashKey[DbguardMarks]()
+
+
+def marks_of(item: pytest.Item) -> DbguardMarks:
+    """The test's dbguard markers, read once when it runs: its guards and fixtures all ask (a
+    walk over the markers of every node above it each time, otherwise)."""
+    marks = item.stash.get(_marks_key, None)
+    if marks is None:
+        marks = item.stash[_marks_key] = DbguardMarks.read(item)
+    return marks
+
+
+def isolation_of(item: pytest.Item, marks: DbguardMarks | None = None) -> str:
     """The test's isolation: its ``@pytest.mark.dbguard(isolation=...)``, else the run's default.
 
     The closest marker that names an isolation wins: a test's own ``dbguard(allow=...)`` keeps
     its class's or module's isolation."""
-    for marker in item.iter_markers("dbguard"):
-        if "isolation" in marker.kwargs:
-            return str(marker.kwargs["isolation"])
+    isolation = (marks or marks_of(item)).isolation
+    if isolation is not None:
+        return isolation
     run = run_of(item.config)
     return run.settings.isolation if run is not None else "rollback"
 
@@ -338,7 +368,11 @@ def keep_view(
 def add_truncate_fixture(items: list[pytest.Item]) -> None:
     """Give every ``truncate`` test the cleanup fixture (nothing is added to other tests)."""
     for item in items:
-        if not isinstance(item, pytest.Function) or isolation_of(item) != "truncate":
+        # Read afresh, not kept: a later plugin's collection hook may still add markers.
+        if (
+            not isinstance(item, pytest.Function)
+            or isolation_of(item, DbguardMarks.read(item)) != "truncate"
+        ):
             continue
         if TRUNCATE_FIXTURE not in item.fixturenames:
             # First in, last out: the cleanup runs after the test's own connections are closed.

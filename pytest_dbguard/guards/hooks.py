@@ -1,9 +1,11 @@
-"""Guards: naive datetimes bound as parameters, modules hidden from a test, statement counts.
+"""Guards: naive datetimes bound as parameters, modules hidden from a test, statement counts,
+test databases only, and rows left behind.
 
 The guards themselves are classes that work without pytest, each in its own module
 (``naive_datetimes.NaiveDatetimeGuard``, ``hidden_modules.HiddenModules``,
-``query_counter.QueryCounter``); this module only wires them into pytest.
-SQLAlchemy is imported when a guard is installed, never at import time.
+``query_counter.QueryCounter``, the run's ``connection_guards``); this module only wires them
+into pytest, with one wrapper per test phase for all of them: each hook wrapper is a cost that
+every test pays. SQLAlchemy is imported when a guard is installed, never at import time.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Final
 
 import pytest
 
+from pytest_dbguard.guards.connection_guards import close_guards, guards_of
 from pytest_dbguard.guards.hidden_modules import HiddenModules
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard
 from pytest_dbguard.guards.query_counter import QueryCounter
@@ -97,6 +100,9 @@ def _hidden_modules(item: pytest.Item) -> HiddenModules | None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     __tracebackhide__ = True
+    guards = guards_of(item.config)
+    if guards is not None:
+        guards.arm(item)
     state = _state(item.config)
     guard = _watch_naive(state, item.nodeid)
     if guard is not None:
@@ -124,16 +130,30 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    __tracebackhide__ = True
     try:
-        return (yield)
-    finally:
-        hidden = item.stash.get(_hidden_key, None)
-        if hidden is not None:
-            del item.stash[_hidden_key]
-            hidden.__exit__(None, None, None)
-        state = _state(item.config)
-        if state.naive is not None:
-            state.naive.where = "no test (between tests)"
+        result = yield
+    except BaseException:
+        _after_teardown(item, may_raise=False)  # never hide the teardown's own error
+        raise
+    _after_teardown(item, may_raise=True)
+    return result
+
+
+def _after_teardown(item: pytest.Item, *, may_raise: bool) -> None:
+    """Modules shown again, the naive guard between tests, the connection guards disarmed and
+    the rows the test left behind reported (raised, with dbguard_leaks = error, if allowed)."""
+    __tracebackhide__ = True
+    hidden = item.stash.get(_hidden_key, None)
+    if hidden is not None:
+        del item.stash[_hidden_key]
+        hidden.__exit__(None, None, None)
+    state = _state(item.config)
+    if state.naive is not None:
+        state.naive.where = "no test (between tests)"
+    guards = guards_of(item.config)
+    if guards is not None and (xid := guards.disarm(item)) is not None:
+        guards.report_leaks(item, xid, may_raise=may_raise)
 
 
 class _UtcnowSummary:
@@ -170,6 +190,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_state_key, None)
     if state is not None and state.naive is not None:
         state.naive.remove()
+    close_guards(config)
 
 
 @pytest.fixture
