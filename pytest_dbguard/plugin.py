@@ -16,6 +16,7 @@ from pytest_dbguard.db import isolation
 from pytest_dbguard.django import activation as django_activation
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.faults import restart_fence
+from pytest_dbguard.guards import hooks as guard_hooks
 from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import environment, lifecycle, markers, redaction, summary_line
 from pytest_dbguard.run.state import run_of
@@ -143,6 +144,34 @@ def pytest_assertrepr_compare(
     config: pytest.Config, op: str, left: object, right: object
 ) -> list[str] | None:
     return redaction.explain(config, op, left, right)
+
+
+# One wrapper per test phase for all that dbguard does around a test: every hook
+# implementation is a cost that each test pays.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    __tracebackhide__ = True
+    isolation.running_test(item.config).item = item
+    guard_hooks.before_setup(item)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    __tracebackhide__ = True
+    return (yield from guard_hooks.around_call(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    __tracebackhide__ = True
+    try:
+        result = yield
+    except BaseException:
+        guard_hooks.after_teardown(item, may_raise=False)  # never hide the teardown's own error
+        raise
+    guard_hooks.after_teardown(item, may_raise=True)
+    return result
 
 
 @pytest.hookimpl(wrapper=True)

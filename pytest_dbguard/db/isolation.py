@@ -17,6 +17,7 @@ import pytest
 from pytest_dbguard.db import kept_failed
 from pytest_dbguard.db.engines import INTERNAL_OPTIONS
 from pytest_dbguard.db.sql import quote_ident
+from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.run import failed_tests
 from pytest_dbguard.run.state import run_of
 
@@ -68,6 +69,40 @@ def isolation_of(item: pytest.Item, marks: DbguardMarks | None = None) -> str:
         return isolation
     run = run_of(item.config)
     return run.settings.isolation if run is not None else "rollback"
+
+
+@dataclasses.dataclass
+class RunningTest:
+    """The test whose setup, call or teardown is running, set by the per-test hook: the isolation
+    fixtures read it instead of asking for ``request``, which costs pytest 9 a new fixture
+    definition (and a signature) each time it is resolved, three times per fixture and test."""
+
+    item: pytest.Item | None = None
+
+    def now(self) -> pytest.Item:
+        if self.item is None:
+            raise DbguardError(
+                "dbguard's function-scoped fixtures run inside a test; this one ran outside of "
+                "any test's setup (was it called directly, not requested by a test?)"
+            )
+        return self.item
+
+
+_running_key: Final = pytest.StashKey[RunningTest]()
+
+
+def running_test(config: pytest.Config) -> RunningTest:
+    """The run's record of the test running now."""
+    running = config.stash.get(_running_key, None)
+    if running is None:
+        running = config.stash[_running_key] = RunningTest()
+    return running
+
+
+@pytest.fixture(scope="session")
+def _dbguard_running_test(pytestconfig: pytest.Config) -> RunningTest:
+    """Session: the record of the test running now, for the function-scoped fixtures."""
+    return running_test(pytestconfig)
 
 
 class Truncator:
@@ -293,15 +328,16 @@ def _dbguard_truncate(
 
 @pytest.fixture
 def dbguard_connection(
-    request: pytest.FixtureRequest, _dbguard_connection_engine: Engine
+    _dbguard_running_test: RunningTest, _dbguard_connection_engine: Engine
 ) -> Iterator[Connection]:
     """Function: a Connection inside a transaction that is rolled back after the test.
 
     With ``isolation="truncate"`` or ``"none"`` the connection is plain (commits are real; truncate
     empties the written tables afterwards).
     """
+    item = _dbguard_running_test.now()
     connection = _dbguard_connection_engine.connect()
-    if isolation_of(request.node) != "rollback":
+    if isolation_of(item) != "rollback":
         yield connection
         connection.close()
         return
@@ -309,19 +345,19 @@ def dbguard_connection(
     try:
         yield connection
     finally:
-        if failed_tests.wants_copy(request.node):  # before the rollback takes its rows
-            keep_view(request.node, connection, Truncator(_dbguard_connection_engine))
+        if failed_tests.wants_copy(item):  # before the rollback takes its rows
+            keep_view(item, connection, Truncator(_dbguard_connection_engine))
         try:
             if transaction.is_active:
                 transaction.rollback()
         except Exception as error:
-            request.node.warn(pytest.PytestWarning(f"dbguard could not roll back: {error}"))
+            item.warn(pytest.PytestWarning(f"dbguard could not roll back: {error}"))
         connection.close()
 
 
 @pytest.fixture
 def dbguard_session(
-    request: pytest.FixtureRequest, dbguard_connection: Connection
+    _dbguard_running_test: RunningTest, dbguard_connection: Connection
 ) -> Iterator[Session]:
     """Function: an ORM Session joined to ``dbguard_connection``'s transaction.
 
@@ -332,9 +368,10 @@ def dbguard_session(
 
     session = Session(bind=dbguard_connection, join_transaction_mode="create_savepoint")
     yield session
-    if isolation_of(request.node) == "rollback" and failed_tests.wants_copy(request.node):
+    item = _dbguard_running_test.now()
+    if isolation_of(item) == "rollback" and failed_tests.wants_copy(item):
         # Before close() rolls back the session's savepoint, with the rows it flushed.
-        keep_view(request.node, dbguard_connection, Truncator(dbguard_connection.engine), session)
+        keep_view(item, dbguard_connection, Truncator(dbguard_connection.engine), session)
     with warnings.catch_warnings():
         warnings.simplefilter(
             "ignore"

@@ -4,8 +4,8 @@ test databases only, and rows left behind.
 The guards themselves are classes that work without pytest, each in its own module
 (``naive_datetimes.NaiveDatetimeGuard``, ``hidden_modules.HiddenModules``,
 ``query_counter.QueryCounter``, the run's ``connection_guards``); this module only wires them
-into pytest, with one wrapper per test phase for all of them: each hook wrapper is a cost that
-every test pays. SQLAlchemy is imported when a guard is installed, never at import time.
+into pytest: ``plugin.py``'s one wrapper per test phase calls ``before_setup``, ``around_call``
+and ``after_teardown`` here (every hook implementation is a cost each test pays). SQLAlchemy is imported when a guard is installed, never at import time.
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ def _hidden_modules(item: pytest.Item) -> HiddenModules | None:
     return HiddenModules(names, where=item.nodeid)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+def before_setup(item: pytest.Item) -> None:
+    """Arm the guards for the test: connection guards, the naive guard, hidden modules."""
     __tracebackhide__ = True
     guards = guards_of(item.config)
     if guards is not None:
@@ -111,11 +111,11 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     if hidden is not None:
         # Entered here and left after teardown, so fixtures run with the modules hidden too.
         item.stash[_hidden_key] = hidden.__enter__()
-    return (yield)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+def around_call(item: pytest.Item) -> Generator[None, None, None]:
+    """The test's call: fails it where ``dbguard_naive_datetime = error`` refused a statement
+    whose error the code under test caught."""
     state = _state(item.config)
     guard = _watch_naive(state, item.nodeid)  # the test's fixtures may have imported SQLAlchemy
     result = yield
@@ -128,19 +128,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     return result
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    __tracebackhide__ = True
-    try:
-        result = yield
-    except BaseException:
-        _after_teardown(item, may_raise=False)  # never hide the teardown's own error
-        raise
-    _after_teardown(item, may_raise=True)
-    return result
-
-
-def _after_teardown(item: pytest.Item, *, may_raise: bool) -> None:
+def after_teardown(item: pytest.Item, *, may_raise: bool) -> None:
     """Modules shown again, the naive guard between tests, the connection guards disarmed and
     the rows the test left behind reported (raised, with dbguard_leaks = error, if allowed)."""
     __tracebackhide__ = True
