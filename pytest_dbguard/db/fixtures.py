@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_dbguard.db.engines import discard_dead_connections, engine_for
+from pytest_dbguard.db.engines import engine_for
 from pytest_dbguard.run.state import the_run
 
 if TYPE_CHECKING:
@@ -32,19 +32,5 @@ def dbguard_engine(dbguard_url: str) -> Iterator[Engine]:
     from pytest_dbguard.db.urls import url_of
 
     engine = engine_for(url_of(dbguard_url, source="dbguard_url"), pool_pre_ping=True)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def _dbguard_connection_engine(dbguard_url: str) -> Iterator[Engine]:
-    """Session: the engine behind ``dbguard_connection``. It skips ``pool_pre_ping``'s round trip
-    on every test: dead pooled connections are found by a look at their socket instead."""
-    from pytest_dbguard.db.urls import url_of
-
-    url = url_of(dbguard_url, source="dbguard_url")
-    engine = engine_for(url)
-    if not url.is_sqlite:
-        discard_dead_connections(engine)
     yield engine
     engine.dispose()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 import pytest
 
 from pytest_dbguard.db import kept_failed
-from pytest_dbguard.db.engines import INTERNAL_OPTIONS
+from pytest_dbguard.db.engines import INTERNAL_OPTIONS, discard_dead_connections, engine_for
 from pytest_dbguard.db.sql import quote_ident
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.run import failed_tests
@@ -99,10 +99,31 @@ def running_test(config: pytest.Config) -> RunningTest:
     return running
 
 
+@dataclasses.dataclass(frozen=True)
+class ConnectionSource:
+    """What ``dbguard_connection`` needs for every test, resolved once per session: one fixture
+    in each test's fixture closure instead of three (pytest walks every name of the closure for
+    every test)."""
+
+    engine: Engine
+    running: RunningTest
+
+
 @pytest.fixture(scope="session")
-def _dbguard_running_test(pytestconfig: pytest.Config) -> RunningTest:
-    """Session: the record of the test running now, for the function-scoped fixtures."""
-    return running_test(pytestconfig)
+def _dbguard_connections(
+    request: pytest.FixtureRequest, dbguard_url: str
+) -> Iterator[ConnectionSource]:
+    """Session: the engine behind ``dbguard_connection``, and the record of the running test.
+    The engine skips ``pool_pre_ping``'s round trip on every test: dead pooled connections are
+    found by a look at their socket instead."""
+    from pytest_dbguard.db.urls import url_of
+
+    url = url_of(dbguard_url, source="dbguard_url")
+    engine = engine_for(url)
+    if not url.is_sqlite:
+        discard_dead_connections(engine)
+    yield ConnectionSource(engine, running_test(request.config))
+    engine.dispose()
 
 
 class Truncator:
@@ -327,16 +348,14 @@ def _dbguard_truncate(
 
 
 @pytest.fixture
-def dbguard_connection(
-    _dbguard_running_test: RunningTest, _dbguard_connection_engine: Engine
-) -> Iterator[Connection]:
+def dbguard_connection(_dbguard_connections: ConnectionSource) -> Iterator[Connection]:
     """Function: a Connection inside a transaction that is rolled back after the test.
 
     With ``isolation="truncate"`` or ``"none"`` the connection is plain (commits are real; truncate
     empties the written tables afterwards).
     """
-    item = _dbguard_running_test.now()
-    connection = _dbguard_connection_engine.connect()
+    item, engine = _dbguard_connections.running.now(), _dbguard_connections.engine
+    connection = engine.connect()
     if isolation_of(item) != "rollback":
         yield connection
         connection.close()
@@ -346,7 +365,7 @@ def dbguard_connection(
         yield connection
     finally:
         if failed_tests.wants_copy(item):  # before the rollback takes its rows
-            keep_view(item, connection, Truncator(_dbguard_connection_engine))
+            keep_view(item, connection, Truncator(engine))
         try:
             if transaction.is_active:
                 transaction.rollback()
@@ -357,7 +376,7 @@ def dbguard_connection(
 
 @pytest.fixture
 def dbguard_session(
-    _dbguard_running_test: RunningTest, dbguard_connection: Connection
+    _dbguard_connections: ConnectionSource, dbguard_connection: Connection
 ) -> Iterator[Session]:
     """Function: an ORM Session joined to ``dbguard_connection``'s transaction.
 
@@ -368,7 +387,7 @@ def dbguard_session(
 
     session = Session(bind=dbguard_connection, join_transaction_mode="create_savepoint")
     yield session
-    item = _dbguard_running_test.now()
+    item = _dbguard_connections.running.now()
     if isolation_of(item) == "rollback" and failed_tests.wants_copy(item):
         # Before close() rolls back the session's savepoint, with the rows it flushed.
         keep_view(item, dbguard_connection, Truncator(dbguard_connection.engine), session)
