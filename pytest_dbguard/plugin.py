@@ -12,7 +12,9 @@ from collections.abc import Generator
 import pytest
 
 from pytest_dbguard.aio import asyncloop
+from pytest_dbguard.db import fixtures as db_fixtures
 from pytest_dbguard.db import isolation
+from pytest_dbguard.db.fixtures import RUN_FIXTURES_PLUGIN
 from pytest_dbguard.django import activation as django_activation
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.faults import restart_fence
@@ -86,6 +88,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.
         environment.prepare(config, config.option, config.args, late=True)
         lifecycle.configure(config)
+        config.pluginmanager.register(db_fixtures.run_fixtures(config), RUN_FIXTURES_PLUGIN)
         asyncloop.register(config)
         restart_fence.register(config)
         redaction.register(config)

@@ -109,11 +109,8 @@ class ConnectionSource:
     running: RunningTest
 
 
-@pytest.fixture(scope="session")
-def _dbguard_connections(
-    request: pytest.FixtureRequest, dbguard_url: str
-) -> Iterator[ConnectionSource]:
-    """Session: the engine behind ``dbguard_connection``, and the record of the running test.
+def connection_source(dbguard_url: str, running: RunningTest) -> Iterator[ConnectionSource]:
+    """The engine behind ``dbguard_connection`` (for the session), with the running-test record.
     The engine skips ``pool_pre_ping``'s round trip on every test: dead pooled connections are
     found by a look at their socket instead."""
     from pytest_dbguard.db.urls import url_of
@@ -122,7 +119,7 @@ def _dbguard_connections(
     engine = engine_for(url)
     if not url.is_sqlite:
         discard_dead_connections(engine)
-    yield ConnectionSource(engine, running_test(request.config))
+    yield ConnectionSource(engine, running)
     engine.dispose()
 
 
