@@ -177,6 +177,31 @@ class Run:
     spawned_at: float  # time.time() just before the spawn
 
 
+def count_instructions(
+    command: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None
+) -> int:
+    """The instructions ``command``'s own process executes (valgrind's cachegrind, children not
+    traced: a server it starts is not counted). Exits with valgrind's output if the run fails."""
+    done = subprocess.run(
+        [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+            "--trace-children=no",
+            *command,
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        sys.exit(f"valgrind run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
 def pytest_command(*args: str, python: str | None = None, plugins: Sequence[str] = ()) -> list[str]:
     """``python -m pytest -q -p no:cacheprovider -p <plugin>… args``."""
     command = [python or sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]

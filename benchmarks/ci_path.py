@@ -1,6 +1,6 @@
 """The CI path: dbguard on an external server with password auth vs the recipe a team writes by hand.
 
-    python benchmarks/ci_path.py [--runs 7] [--tests 300] [--only 1,2,3,4] [--only p]
+    python benchmarks/ci_path.py [--runs 7] [--tests 300] [--only 1,2,3,4] [--only p] [--only i]
 
 1. External server (a PostgreSQL cluster this script starts on loopback, ``scram-sha-256`` over
    TCP, ``DBGUARD_URL`` pointing at it) vs SQLAlchemy's documented recipe in a conftest that
@@ -23,6 +23,10 @@ p. Profile (``--only p``, not part of the default): ``-X importtime`` and cProfi
    SCRAM connection and one fresh engine cost, and per test (N-test minus 1-test run) the own
    time by package and the Python calls of dbguard, dbguard with its three per-statement and
    per-test guards off, and the recipe (see ``_ci_profile.py``).
+i. Instructions (``--only i``, not part of the default; valgrind, a few minutes): per test, the
+   pytest process's instructions of the recipe, dbguard and dbguard with those guards off, from a
+   20-test and an N-test suite (see ``_ci_instructions.py``): a count that the machine's other
+   load does not change, unlike the slope of part 1.
 
 Wall time of the whole pytest process (spawn to exit) and its CPU time (user + system of the
 process and every child it reaped, from ``os.wait4``: the embedded server is pytest's child, so
@@ -298,7 +302,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="alternating runs per configuration")
     parser.add_argument("--tests", type=int, default=300, help="tests in the bigger suites")
-    parser.add_argument("--only", default="1,2,3,4", help="comma-separated parts: 1,2,3,4,p")
+    parser.add_argument("--only", default="1,2,3,4", help="comma-separated parts: 1,2,3,4,p,i")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     print(f"machine: {common.machine_note()}", flush=True)
@@ -323,6 +327,10 @@ def main() -> None:
             import _ci_profile
 
             _ci_profile.profile(tmp, server, args.tests)
+        if "i" in parts:
+            import _ci_instructions
+
+            _ci_instructions.instructions(tmp, server, args.tests)
     print(f"\nmachine: {common.machine_note()}")
 
 

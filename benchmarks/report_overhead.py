@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
-import sys
 import tempfile
 import textwrap
 from collections.abc import Callable
@@ -37,6 +34,7 @@ from _common import (
     PHASES_HOOK,
     alternate,
     banner,
+    count_instructions,
     machine_note,
     median,
     pytest_command,
@@ -217,27 +215,12 @@ def instructions(url: str | None, tests: int) -> None:
             # The first run compiles the suite's bytecode: not counted.
             for mode in ("warm-up", *MODES):
                 flags = [f"--dbguard-report={Path(tmp) / 'report.json'}"] if mode == "on" else []
-                command = [
-                    "valgrind",
-                    "--tool=cachegrind",
-                    "--cache-sim=no",
-                    "--cachegrind-out-file=/dev/null",
-                    "--trace-children=no",  # the server's processes are not pytest's cost
-                    *pytest_command(
-                        "-p", "pytest_dbguard", *(["--dbguard-url", url] if url else []), *flags
-                    ),
-                ]
-                done = subprocess.run(
-                    command,
-                    cwd=root,
-                    env=sealed_env({"PYTHONHASHSEED": "0"}),
-                    capture_output=True,
-                    text=True,
+                command = pytest_command(
+                    "-p", "pytest_dbguard", *(["--dbguard-url", url] if url else []), *flags
                 )
-                found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
-                if done.returncode != 0 or found is None:
-                    sys.exit(f"valgrind run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-                counts[mode, size] = int(found.group(1).replace(",", ""))
+                counts[mode, size] = count_instructions(
+                    command, root, sealed_env({"PYTHONHASHSEED": "0"})
+                )
                 if mode != "warm-up":
                     print(f"{size} tests, report {mode}: {counts[mode, size]:,} instructions")
     per_test = {

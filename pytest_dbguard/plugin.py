@@ -12,10 +12,13 @@ from collections.abc import Generator
 import pytest
 
 from pytest_dbguard.aio import asyncloop
+from pytest_dbguard.db import fixtures as db_fixtures
 from pytest_dbguard.db import isolation
+from pytest_dbguard.db.fixtures import RUN_FIXTURES_PLUGIN
 from pytest_dbguard.django import activation as django_activation
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.faults import restart_fence
+from pytest_dbguard.guards import hooks as guard_hooks
 from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import environment, lifecycle, markers, redaction, summary_line
 from pytest_dbguard.run.state import run_of
@@ -24,7 +27,6 @@ pytest_plugins = [
     "pytest_dbguard.db.fixtures",
     "pytest_dbguard.db.isolation",
     "pytest_dbguard.guards.hooks",
-    "pytest_dbguard.guards.connection_guards",
     "pytest_dbguard.faults.injector",
     "pytest_dbguard.run.failed_tests",
     "pytest_dbguard.run.report",
@@ -86,6 +88,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.
         environment.prepare(config, config.option, config.args, late=True)
         lifecycle.configure(config)
+        config.pluginmanager.register(db_fixtures.run_fixtures(config), RUN_FIXTURES_PLUGIN)
         asyncloop.register(config)
         restart_fence.register(config)
         redaction.register(config)
@@ -144,6 +147,34 @@ def pytest_assertrepr_compare(
     config: pytest.Config, op: str, left: object, right: object
 ) -> list[str] | None:
     return redaction.explain(config, op, left, right)
+
+
+# One wrapper per test phase for all that dbguard does around a test: every hook
+# implementation is a cost that each test pays.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    __tracebackhide__ = True
+    isolation.running_test(item.config).item = item
+    guard_hooks.before_setup(item)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    __tracebackhide__ = True
+    return (yield from guard_hooks.around_call(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    __tracebackhide__ = True
+    try:
+        result = yield
+    except BaseException:
+        guard_hooks.after_teardown(item, may_raise=False)  # never hide the teardown's own error
+        raise
+    guard_hooks.after_teardown(item, may_raise=True)
+    return result
 
 
 @pytest.hookimpl(wrapper=True)

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Final
 import pytest
 
 from pytest_dbguard.db import kept_failed
-from pytest_dbguard.db.engines import INTERNAL_OPTIONS
+from pytest_dbguard.db.engines import INTERNAL_OPTIONS, discard_dead_connections, engine_for
 from pytest_dbguard.db.sql import quote_ident
+from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.run import failed_tests
 from pytest_dbguard.run.state import run_of
 
@@ -28,16 +29,98 @@ TRUNCATE_FIXTURE: Final = "_dbguard_truncate"
 SKIPPED_TABLES: Final = frozenset({"alembic_version"})
 
 
-def isolation_of(item: pytest.Item) -> str:
+@dataclasses.dataclass(frozen=True)
+class DbguardMarks:
+    """What a test's ``@pytest.mark.dbguard`` markers (its own, its class's, its module's) say."""
+
+    isolation: str | None  # the closest marker that names one; None: the run's default
+    allow: tuple[str, ...]  # the databases all of them allow, added up
+
+    @classmethod
+    def read(cls, item: pytest.Item) -> DbguardMarks:
+        isolation: str | None = None
+        allow: list[str] = []
+        for marker in item.iter_markers("dbguard"):
+            if isolation is None and "isolation" in marker.kwargs:
+                isolation = str(marker.kwargs["isolation"])
+            allow += marker.kwargs.get("allow", ())
+        return cls(isolation, tuple(allow))
+
+
+_marks_key: Final = pytest.StashKey[DbguardMarks]()
+
+
+def marks_of(item: pytest.Item) -> DbguardMarks:
+    """The test's dbguard markers, read once when it runs: its guards and fixtures all ask (a
+    walk over the markers of every node above it each time, otherwise)."""
+    marks = item.stash.get(_marks_key, None)
+    if marks is None:
+        marks = item.stash[_marks_key] = DbguardMarks.read(item)
+    return marks
+
+
+def isolation_of(item: pytest.Item, marks: DbguardMarks | None = None) -> str:
     """The test's isolation: its ``@pytest.mark.dbguard(isolation=...)``, else the run's default.
 
     The closest marker that names an isolation wins: a test's own ``dbguard(allow=...)`` keeps
     its class's or module's isolation."""
-    for marker in item.iter_markers("dbguard"):
-        if "isolation" in marker.kwargs:
-            return str(marker.kwargs["isolation"])
+    isolation = (marks or marks_of(item)).isolation
+    if isolation is not None:
+        return isolation
     run = run_of(item.config)
     return run.settings.isolation if run is not None else "rollback"
+
+
+@dataclasses.dataclass
+class RunningTest:
+    """The test whose setup, call or teardown is running, set by the per-test hook: the isolation
+    fixtures read it instead of asking for ``request``, which costs pytest 9 a new fixture
+    definition (and a signature) each time it is resolved, three times per fixture and test."""
+
+    item: pytest.Item | None = None
+
+    def now(self) -> pytest.Item:
+        if self.item is None:
+            raise DbguardError(
+                "dbguard's function-scoped fixtures run inside a test; this one ran outside of "
+                "any test's setup (was it called directly, not requested by a test?)"
+            )
+        return self.item
+
+
+_running_key: Final = pytest.StashKey[RunningTest]()
+
+
+def running_test(config: pytest.Config) -> RunningTest:
+    """The run's record of the test running now."""
+    running = config.stash.get(_running_key, None)
+    if running is None:
+        running = config.stash[_running_key] = RunningTest()
+    return running
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionSource:
+    """What ``dbguard_connection`` needs for every test, resolved once per session: one fixture
+    in each test's fixture closure instead of three (pytest walks every name of the closure for
+    every test)."""
+
+    engine: Engine
+    running: RunningTest
+
+
+def connection_source(dbguard_url: str, running: RunningTest) -> Iterator[ConnectionSource]:
+    """The engine behind ``dbguard_connection`` (for the session), with the running-test record.
+    The engine skips ``pool_pre_ping``'s round trip on every test: dead pooled connections are
+    found by a look at their socket instead."""
+    from pytest_dbguard.db.urls import url_of
+
+    url = url_of(dbguard_url, source="dbguard_url")
+    engine = engine_for(url)
+    if not url.is_sqlite:
+        discard_dead_connections(engine)
+    yield ConnectionSource(engine, running)
+    engine.dispose()
 
 
 class Truncator:
@@ -262,16 +345,15 @@ def _dbguard_truncate(
 
 
 @pytest.fixture
-def dbguard_connection(
-    request: pytest.FixtureRequest, _dbguard_connection_engine: Engine
-) -> Iterator[Connection]:
+def dbguard_connection(_dbguard_connections: ConnectionSource) -> Iterator[Connection]:
     """Function: a Connection inside a transaction that is rolled back after the test.
 
     With ``isolation="truncate"`` or ``"none"`` the connection is plain (commits are real; truncate
     empties the written tables afterwards).
     """
-    connection = _dbguard_connection_engine.connect()
-    if isolation_of(request.node) != "rollback":
+    item, engine = _dbguard_connections.running.now(), _dbguard_connections.engine
+    connection = engine.connect()
+    if isolation_of(item) != "rollback":
         yield connection
         connection.close()
         return
@@ -279,19 +361,19 @@ def dbguard_connection(
     try:
         yield connection
     finally:
-        if failed_tests.wants_copy(request.node):  # before the rollback takes its rows
-            keep_view(request.node, connection, Truncator(_dbguard_connection_engine))
+        if failed_tests.wants_copy(item):  # before the rollback takes its rows
+            keep_view(item, connection, Truncator(engine))
         try:
             if transaction.is_active:
                 transaction.rollback()
         except Exception as error:
-            request.node.warn(pytest.PytestWarning(f"dbguard could not roll back: {error}"))
+            item.warn(pytest.PytestWarning(f"dbguard could not roll back: {error}"))
         connection.close()
 
 
 @pytest.fixture
 def dbguard_session(
-    request: pytest.FixtureRequest, dbguard_connection: Connection
+    _dbguard_connections: ConnectionSource, dbguard_connection: Connection
 ) -> Iterator[Session]:
     """Function: an ORM Session joined to ``dbguard_connection``'s transaction.
 
@@ -302,9 +384,10 @@ def dbguard_session(
 
     session = Session(bind=dbguard_connection, join_transaction_mode="create_savepoint")
     yield session
-    if isolation_of(request.node) == "rollback" and failed_tests.wants_copy(request.node):
+    item = _dbguard_connections.running.now()
+    if isolation_of(item) == "rollback" and failed_tests.wants_copy(item):
         # Before close() rolls back the session's savepoint, with the rows it flushed.
-        keep_view(request.node, dbguard_connection, Truncator(dbguard_connection.engine), session)
+        keep_view(item, dbguard_connection, Truncator(dbguard_connection.engine), session)
     with warnings.catch_warnings():
         warnings.simplefilter(
             "ignore"
@@ -338,7 +421,11 @@ def keep_view(
 def add_truncate_fixture(items: list[pytest.Item]) -> None:
     """Give every ``truncate`` test the cleanup fixture (nothing is added to other tests)."""
     for item in items:
-        if not isinstance(item, pytest.Function) or isolation_of(item) != "truncate":
+        # Read afresh, not kept: a later plugin's collection hook may still add markers.
+        if (
+            not isinstance(item, pytest.Function)
+            or isolation_of(item, DbguardMarks.read(item)) != "truncate"
+        ):
             continue
         if TRUNCATE_FIXTURE not in item.fixturenames:
             # First in, last out: the cleanup runs after the test's own connections are closed.

@@ -1,19 +1,19 @@
-"""pytest wiring of the connection guards: test databases only, and leaks after rollback tests.
+"""The connection guards of a run: test databases only, and leaks after rollback tests.
 
 The guards themselves work without pytest (``foreign_databases.ForeignDatabaseGuard``,
-``leaks.LeakWatcher``); here they are armed for the setup, call and teardown of each test and
-disarmed between tests, so dbguard's own session work is never checked.
+``leaks.LeakWatcher``); here they are put together for a run. ``guards.hooks`` arms them for the
+setup, call and teardown of each test and disarms them between tests, so dbguard's own session
+work is never checked.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Generator
 from typing import TYPE_CHECKING, Final
 
 import pytest
 
-from pytest_dbguard.db.isolation import isolation_of
+from pytest_dbguard.db.isolation import isolation_of, marks_of
 from pytest_dbguard.exceptions import LeakError, LeakWarning
 from pytest_dbguard.guards.foreign_databases import AllowList, ForeignDatabaseGuard, Target
 from pytest_dbguard.guards.leaks import LEAK_MESSAGE, LeakWatcher, tables_written_since
@@ -36,17 +36,8 @@ def tables_left(item: pytest.Item) -> list[str] | None:
     return item.stash.get(_left_key, None)
 
 
-def allow_of(item: pytest.Item) -> tuple[str, ...]:
-    """The databases the test's ``@pytest.mark.dbguard(allow=...)`` markers name (all of them:
-    a module's, a class's and the test's own add up)."""
-    allowed: list[str] = []
-    for marker in item.iter_markers("dbguard"):
-        allowed += marker.kwargs.get("allow", ())
-    return tuple(allowed)
-
-
 @dataclasses.dataclass
-class _ConnectionGuards:
+class ConnectionGuards:
     """The run's two connection guards and what they need, in ``config.stash``."""
 
     plan: RunPlan
@@ -68,10 +59,11 @@ class _ConnectionGuards:
         return known
 
     def arm(self, item: pytest.Item) -> None:
-        self.foreign.arm(item.nodeid, AllowList.of(allow_of(item)))
+        marks = marks_of(item)  # a test's own allow= adds to its class's and module's
+        self.foreign.arm(item.nodeid, AllowList.of(marks.allow))
         if self.leaks is not None:
             self.leaks.take()
-            self.leaks.watching = isolation_of(item) == "rollback"
+            self.leaks.watching = isolation_of(item, marks) == "rollback"
 
     def disarm(self, item: pytest.Item) -> int | None:
         """Stop both guards; the oldest transaction that leaked during the test, if any."""
@@ -117,15 +109,15 @@ class _ConnectionGuards:
             self._check_engine.dispose()
 
 
-_guards_key: Final = pytest.StashKey[_ConnectionGuards | None]()
+_guards_key: Final = pytest.StashKey[ConnectionGuards | None]()
 
 
-def _guards(config: pytest.Config) -> _ConnectionGuards | None:
+def guards_of(config: pytest.Config) -> ConnectionGuards | None:
     """The run's connection guards, installed on the first test; None where dbguard is inactive."""
     if _guards_key in config.stash:
         return config.stash[_guards_key]
     run = run_of(config)
-    guards: _ConnectionGuards | None = None
+    guards: ConnectionGuards | None = None
     if run is not None:
         plan, settings = run.plan, run.settings
         own: list[Target] = []
@@ -134,7 +126,7 @@ def _guards(config: pytest.Config) -> _ConnectionGuards | None:
             own.append(Target.from_url(plan.test_url))  # through the fault proxy, when on
         foreign = ForeignDatabaseGuard(own, allowed=AllowList.of(settings.allow_databases))
         foreign.install()
-        guards = _ConnectionGuards(plan, foreign, None, settings.leaks)
+        guards = ConnectionGuards(plan, foreign, None, settings.leaks)
         if settings.leaks != "off" and plan.server_url is not None:
             guards.leaks = LeakWatcher(guards.on_test_database)
             guards.leaks.install()
@@ -142,30 +134,8 @@ def _guards(config: pytest.Config) -> _ConnectionGuards | None:
     return guards
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    guards = _guards(item.config)
-    if guards is not None:
-        guards.arm(item)
-    return (yield)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    __tracebackhide__ = True
-    guards = _guards(item.config)
-    try:
-        result = yield
-    except BaseException:
-        if guards is not None and (xid := guards.disarm(item)) is not None:
-            guards.report_leaks(item, xid, may_raise=False)  # never hide the teardown's error
-        raise
-    if guards is not None and (xid := guards.disarm(item)) is not None:
-        guards.report_leaks(item, xid, may_raise=True)
-    return result
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
+def close_guards(config: pytest.Config) -> None:
+    """Remove the run's connection guards, if the first test installed them."""
     guards = config.stash.get(_guards_key, None)
     if guards is not None:
         guards.close()

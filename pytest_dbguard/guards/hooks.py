@@ -1,9 +1,11 @@
-"""Guards: naive datetimes bound as parameters, modules hidden from a test, statement counts.
+"""Guards: naive datetimes bound as parameters, modules hidden from a test, statement counts,
+test databases only, and rows left behind.
 
 The guards themselves are classes that work without pytest, each in its own module
 (``naive_datetimes.NaiveDatetimeGuard``, ``hidden_modules.HiddenModules``,
-``query_counter.QueryCounter``); this module only wires them into pytest.
-SQLAlchemy is imported when a guard is installed, never at import time.
+``query_counter.QueryCounter``, the run's ``connection_guards``); this module only wires them
+into pytest: ``plugin.py``'s one wrapper per test phase calls ``before_setup``, ``around_call``
+and ``after_teardown`` here (every hook implementation is a cost each test pays). SQLAlchemy is imported when a guard is installed, never at import time.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Final
 
 import pytest
 
+from pytest_dbguard.guards.connection_guards import close_guards, guards_of
 from pytest_dbguard.guards.hidden_modules import HiddenModules
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard
 from pytest_dbguard.guards.query_counter import QueryCounter
@@ -94,9 +97,12 @@ def _hidden_modules(item: pytest.Item) -> HiddenModules | None:
     return HiddenModules(names, where=item.nodeid)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+def before_setup(item: pytest.Item) -> None:
+    """Arm the guards for the test: connection guards, the naive guard, hidden modules."""
     __tracebackhide__ = True
+    guards = guards_of(item.config)
+    if guards is not None:
+        guards.arm(item)
     state = _state(item.config)
     guard = _watch_naive(state, item.nodeid)
     if guard is not None:
@@ -105,11 +111,11 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     if hidden is not None:
         # Entered here and left after teardown, so fixtures run with the modules hidden too.
         item.stash[_hidden_key] = hidden.__enter__()
-    return (yield)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+def around_call(item: pytest.Item) -> Generator[None, None, None]:
+    """The test's call: fails it where ``dbguard_naive_datetime = error`` refused a statement
+    whose error the code under test caught."""
     state = _state(item.config)
     guard = _watch_naive(state, item.nodeid)  # the test's fixtures may have imported SQLAlchemy
     result = yield
@@ -122,18 +128,20 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     return result
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    try:
-        return (yield)
-    finally:
-        hidden = item.stash.get(_hidden_key, None)
-        if hidden is not None:
-            del item.stash[_hidden_key]
-            hidden.__exit__(None, None, None)
-        state = _state(item.config)
-        if state.naive is not None:
-            state.naive.where = "no test (between tests)"
+def after_teardown(item: pytest.Item, *, may_raise: bool) -> None:
+    """Modules shown again, the naive guard between tests, the connection guards disarmed and
+    the rows the test left behind reported (raised, with dbguard_leaks = error, if allowed)."""
+    __tracebackhide__ = True
+    hidden = item.stash.get(_hidden_key, None)
+    if hidden is not None:
+        del item.stash[_hidden_key]
+        hidden.__exit__(None, None, None)
+    state = _state(item.config)
+    if state.naive is not None:
+        state.naive.where = "no test (between tests)"
+    guards = guards_of(item.config)
+    if guards is not None and (xid := guards.disarm(item)) is not None:
+        guards.report_leaks(item, xid, may_raise=may_raise)
 
 
 class _UtcnowSummary:
@@ -170,6 +178,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_state_key, None)
     if state is not None and state.naive is not None:
         state.naive.remove()
+    close_guards(config)
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 ``LeakWatcher`` works without pytest. One ``commit`` listener on the ``Engine`` class sees every
 commit of every engine (an ORM ``Session.commit()``, ``engine.begin()``, an ``AsyncSession``);
-it costs nothing per statement and sends no query until an engine that is not dbguard's commits
-to the test database. Then it asks that transaction for its id (one round trip, before the commit
+it sends no query until an engine that is not dbguard's commits to the test database. It goes in
+only once such an engine checks a connection out of its pool: any connection-level listener
+sends every statement of every engine through SQLAlchemy's event path, a cost that a suite using
+dbguard's fixtures alone need not pay. Then it asks that transaction for its id (one round trip, before the commit
 goes out), and after the test one query lists the tables holding rows written by that
 transaction or a later one (PostgreSQL's ``xmin``). So rows that were there before (seed rows of
 the schema, rows of an earlier ``isolation="none"`` test) are not reported, and rows reported
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
 
 if TYPE_CHECKING:
@@ -44,6 +47,21 @@ class LeakWatcher(EngineListener):
         self.is_test_database = is_test_database  # whether a connection is on the test database
         self.watching = False
         self.first_xid: int | None = None  # the oldest such transaction since the last take()
+        self._checkouts = _ForeignCheckouts(self)
+
+    def install(self) -> None:
+        """Start watching: the commit listener goes in at the first connection of an engine that
+        is not dbguard's."""
+        self._checkouts.install()
+
+    def remove(self) -> None:
+        """Stop watching."""
+        self._checkouts.remove()
+        super().remove()
+
+    def watch_commits(self) -> None:
+        """Listen to every engine's commits from now on."""
+        super().install()
 
     def _handler(self) -> Callable[..., Any]:
         return self._on_commit
@@ -74,6 +92,28 @@ class LeakWatcher(EngineListener):
         if row is not None and row[0] is not None:
             xid = int(row[0])
             self.first_xid = xid if self.first_xid is None else min(self.first_xid, xid)
+
+
+class _ForeignCheckouts(EngineListener):
+    """The pools' ``checkout`` event (a pool event: no cost per statement), until the first
+    connection of an engine that is not dbguard's puts the commit listener in. Checked out before
+    its first statement, so that connection's first commit is seen."""
+
+    EVENT = "checkout"
+    RETVAL = False
+
+    def __init__(self, watcher: LeakWatcher) -> None:
+        self.watcher = watcher
+
+    def _handler(self) -> Callable[..., Any]:
+        return self._on_checkout
+
+    def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if self.watcher.installed:
+            return
+        dialect = record_dialect(record)
+        if dialect is None or not is_own(dialect):  # not known: watch, rather than miss a leak
+            self.watcher.watch_commits()
 
 
 def tables_written_since(engine: Engine, xid: int) -> list[str]:

@@ -34,18 +34,6 @@ _failed_key: Final = pytest.StashKey[bool]()  # the item's setup or call failed
 _section_key: Final = pytest.StashKey[str]()  # what the teardown report says about it
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    if report.when in ("setup", "call") and report.failed:
-        item.stash[_failed_key] = True
-    elif report.when == "teardown" and (section := item.stash.get(_section_key, None)):
-        report.sections.append((SECTION_TITLE, section))
-    return report
-
-
 def pytest_configure(config: pytest.Config) -> None:
     run = run_of(config)
     if run is not None and run.settings.keep_failed:
@@ -60,6 +48,18 @@ class KeptReports:
     def __init__(self, run: DbguardRun) -> None:
         self.run = run
         self.tests: list[tuple[str, str]] = []  # (test id, kept database)
+
+    # Registered only with --dbguard-keep-failed: a makereport wrapper is a cost every test pays.
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if report.when in ("setup", "call") and report.failed:
+            item.stash[_failed_key] = True
+        elif report.when == "teardown" and (section := item.stash.get(_section_key, None)):
+            report.sections.append((SECTION_TITLE, section))
+        return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, value in report.user_properties:
