@@ -75,7 +75,7 @@ def isolation_of(item: pytest.Item, marks: DbguardMarks | None = None) -> str:
 class RunningTest:
     """The test whose setup, call or teardown is running, set by the per-test hook: the isolation
     fixtures read it instead of asking for ``request``, which costs pytest 9 a new fixture
-    definition (and a signature) each time it is resolved, three times per fixture and test."""
+    definition (and a signature) each time it is resolved, several times per test."""
 
     item: pytest.Item | None = None
 

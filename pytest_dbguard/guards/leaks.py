@@ -2,14 +2,16 @@
 
 ``LeakWatcher`` works without pytest. One ``commit`` listener on the ``Engine`` class sees every
 commit of every engine (an ORM ``Session.commit()``, ``engine.begin()``, an ``AsyncSession``);
-it sends no query until an engine that is not dbguard's commits to the test database. It goes in
-only once such an engine checks a connection out of its pool: any connection-level listener
-sends every statement of every engine through SQLAlchemy's event path, a cost that a suite using
-dbguard's fixtures alone need not pay. Then it asks that transaction for its id (one round trip, before the commit
-goes out), and after the test one query lists the tables holding rows written by that
-transaction or a later one (PostgreSQL's ``xmin``). So rows that were there before (seed rows of
-the schema, rows of an earlier ``isolation="none"`` test) are not reported, and rows reported
-once are not reported again after a later test.
+it sends no query until an engine that is not dbguard's commits to the test database. Then it
+asks that transaction for its id (one round trip, before the commit goes out), and after the
+test one query lists the tables holding rows written by that transaction or a later one
+(PostgreSQL's ``xmin``). So rows that were there before (seed rows of the schema, rows of an
+earlier ``isolation="none"`` test) are not reported, and rows reported once are not reported
+again after a later test.
+
+The commit listener goes in only once an engine that is not dbguard's checks a connection out
+of its pool: any connection-level listener sends every statement of every engine through
+SQLAlchemy's event path, a cost that a suite using dbguard's fixtures alone need not pay.
 """
 
 from __future__ import annotations

@@ -48,15 +48,7 @@ from pytest_dbguard.server.connect_diagnosis import (
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
-__all__ = [
-    "Probe",
-    "Readiness",
-    "RetryPolicy",
-    "await_ready",
-    "first_row",
-    "probe",
-    "wait_until_ready",
-]
+__all__ = ["Probe", "Readiness", "RetryPolicy", "await_ready", "probe", "wait_until_ready"]
 
 PROGRESS_AFTER: Final = 1.0  # seconds of waiting before the first progress line
 PROGRESS_EVERY: Final = 2.0  # seconds between progress lines after that
