@@ -24,6 +24,7 @@ def instructions(tmp: Path, server: external.ExternalServer, tests: int) -> None
         f"i. instructions of the pytest process per test (valgrind), {SMALL} and {tests} tests"
     )
     per_test: dict[str, float] = {}
+    fixed: dict[str, float] = {}
     for who in ("recipe", "dbguard", "guards off"):
         plugins = ["pytest_dbguard"] if who != "recipe" else []
         env = common.sealed_env(
@@ -39,6 +40,7 @@ def instructions(tmp: Path, server: external.ExternalServer, tests: int) -> None
             common.run_pytest(suite, command, env=env)  # a warm-up: the bytecode caches written
             counts.append(common.count_instructions(command, suite, env))
         per_test[who] = (counts[1] - counts[0]) / (tests - SMALL)
+        fixed[who] = counts[0] - SMALL * per_test[who]  # the run's cost with its tests taken out
         print(
             f"{who:10} {counts[0] / 1e6:8.1f}M instructions for {SMALL} tests, "
             f"{per_test[who] / 1e6:.3f}M per test",
@@ -48,5 +50,7 @@ def instructions(tmp: Path, server: external.ExternalServer, tests: int) -> None
     for who in ("dbguard", "guards off"):
         print(
             f"per test, {who} / recipe: x{per_test[who] / recipe:.3f} "
-            f"(+{(per_test[who] - recipe) / 1e6:.3f}M instructions)"
+            f"(+{(per_test[who] - recipe) / 1e6:.3f}M instructions); fixed cost of a run "
+            f"{fixed[who] / 1e6:.1f}M vs {fixed['recipe'] / 1e6:.1f}M "
+            f"(+{(fixed[who] - fixed['recipe']) / 1e6:.1f}M instructions)"
         )
