@@ -14,6 +14,7 @@ import pytest
 from pytest_dbguard.aio import asyncloop
 from pytest_dbguard.db import fixtures as db_fixtures
 from pytest_dbguard.db import isolation
+from pytest_dbguard.db.engines import release_parked_engines
 from pytest_dbguard.db.fixtures import RUN_FIXTURES_PLUGIN
 from pytest_dbguard.django import activation as django_activation
 from pytest_dbguard.exceptions import DbguardError
@@ -156,7 +157,10 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     __tracebackhide__ = True
     isolation.running_test(item.config).item = item
     guard_hooks.before_setup(item)
-    return (yield)
+    try:
+        return (yield)
+    finally:
+        release_parked_engines()  # the schema build's engine, if the first test did not take it
 
 
 @pytest.hookimpl(wrapper=True)
