@@ -24,18 +24,23 @@ from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import environment, lifecycle, markers, redaction, summary_line
 from pytest_dbguard.run.state import run_of
 
-pytest_plugins = [
+# The modules that hold fixtures and hooks of their own. Registered by pytest_addoption below, not
+# listed in ``pytest_plugins``: pytest looks every name of that list up among all installed
+# packages' entry points first, one scan of their metadata per name (benchmarks/ci_path.py, p).
+CONCERN_PLUGINS = (
     "pytest_dbguard.db.fixtures",
     "pytest_dbguard.db.isolation",
     "pytest_dbguard.guards.hooks",
     "pytest_dbguard.faults.injector",
     "pytest_dbguard.run.failed_tests",
     "pytest_dbguard.run.report",
-]
+)
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     dbguard_config.add_options(parser)
+    for name in CONCERN_PLUGINS:  # as pytest_plugins would, without the entry-point lookup
+        pluginmanager.import_plugin(name)
 
 
 def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
