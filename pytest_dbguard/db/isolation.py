@@ -27,7 +27,7 @@ from pytest_dbguard.run import failed_tests
 from pytest_dbguard.run.state import run_of
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Connection, Engine, RootTransaction
     from sqlalchemy.orm import Session
 
 TRUNCATE_FIXTURE: Final = "_dbguard_truncate"
@@ -83,6 +83,7 @@ class RunningTest:
     definition (and a signature) each time it is resolved, several times per test."""
 
     item: pytest.Item | None = None
+    held: HeldConnection | None = None  # the test's connection, once a fixture opened it
 
     def now(self) -> pytest.Item:
         if self.item is None:
@@ -104,14 +105,59 @@ def running_test(config: pytest.Config) -> RunningTest:
     return running
 
 
+@dataclasses.dataclass
+class HeldConnection:
+    """One test's connection, in its outer transaction under rollback isolation."""
+
+    item: pytest.Item
+    connection: Connection
+    transaction: RootTransaction | None  # None: truncate or none isolation, commits are real
+
+
 @dataclasses.dataclass(frozen=True)
 class ConnectionSource:
-    """What ``dbguard_connection`` needs for every test, resolved once per session: one fixture
-    in each test's fixture closure instead of three (pytest walks every name of the closure for
-    every test)."""
+    """What ``dbguard_connection`` and ``dbguard_session`` need for every test, resolved once per
+    session: one fixture in each test's fixture closure instead of three (pytest walks every
+    name of the closure for every test).
+
+    The two fixtures share the test's one connection through :meth:`hold`, rather than the
+    session fixture requesting the connection fixture: each function-scoped fixture in a chain
+    costs every test about 0.22M instructions of pytest's own (setup, finalizers, scope checks),
+    a third of what dbguard added per test (``benchmarks/ci_path.py --only i``).
+    """
 
     engine: Engine
     running: RunningTest
+
+    def hold(self) -> tuple[HeldConnection, bool]:
+        """The running test's connection, and whether this caller opened it (and releases it
+        at its teardown; the other fixture, set up later, is torn down earlier)."""
+        item = self.running.now()
+        held = self.running.held
+        if held is not None and held.item is item:
+            return held, False
+        connection = self.engine.connect()
+        transaction = connection.begin() if isolation_of(item) == "rollback" else None
+        self.running.held = held = HeldConnection(item, connection, transaction)
+        return held, True
+
+    def release(self, held: HeldConnection) -> None:
+        """After the test: keep a failed test's rows if asked, roll back, close."""
+        self.running.held = None
+        item, connection, transaction = held.item, held.connection, held.transaction
+        if transaction is None:
+            connection.close()
+            return
+        try:
+            if failed_tests.wants_copy(item):  # before the rollback takes its rows
+                keep_view(item, connection, Truncator(self.engine))
+        finally:
+            try:
+                if transaction.is_active:
+                    transaction.rollback()
+            except Exception as error:
+                item.warn(pytest.PytestWarning(f"dbguard could not roll back: {error}"))
+            connection.close()
 
 
 def connection_source(dbguard_url: str, running: RunningTest) -> Iterator[ConnectionSource]:
@@ -356,48 +402,39 @@ def dbguard_connection(_dbguard_connections: ConnectionSource) -> Iterator[Conne
     With ``isolation="truncate"`` or ``"none"`` the connection is plain (commits are real; truncate
     empties the written tables afterwards).
     """
-    item, engine = _dbguard_connections.running.now(), _dbguard_connections.engine
-    connection = engine.connect()
-    if isolation_of(item) != "rollback":
-        yield connection
-        connection.close()
-        return
-    transaction = connection.begin()
+    held, opened = _dbguard_connections.hold()
     try:
-        yield connection
+        yield held.connection
     finally:
-        if failed_tests.wants_copy(item):  # before the rollback takes its rows
-            keep_view(item, connection, Truncator(engine))
-        try:
-            if transaction.is_active:
-                transaction.rollback()
-        except Exception as error:
-            item.warn(pytest.PytestWarning(f"dbguard could not roll back: {error}"))
-        connection.close()
+        if opened:
+            _dbguard_connections.release(held)
 
 
 @pytest.fixture
-def dbguard_session(
-    _dbguard_connections: ConnectionSource, dbguard_connection: Connection
-) -> Iterator[Session]:
-    """Function: an ORM Session joined to ``dbguard_connection``'s transaction.
+def dbguard_session(_dbguard_connections: ConnectionSource) -> Iterator[Session]:
+    """Function: an ORM Session joined to ``dbguard_connection``'s transaction (the test's one
+    connection, whether or not the test also asks for ``dbguard_connection``).
 
     ``session.commit()`` inside the test releases a SAVEPOINT instead of committing, so nothing
     survives the test; the session is closed and the outer transaction rolled back afterwards.
     """
     from sqlalchemy.orm import Session
 
-    session = Session(bind=dbguard_connection, join_transaction_mode="create_savepoint")
-    yield session
-    item = _dbguard_connections.running.now()
-    if isolation_of(item) == "rollback" and failed_tests.wants_copy(item):
-        # Before close() rolls back the session's savepoint, with the rows it flushed.
-        keep_view(item, dbguard_connection, Truncator(dbguard_connection.engine), session)
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # closing after a failed flush may warn; the test already failed
-        session.close()
+    held, opened = _dbguard_connections.hold()
+    connection = held.connection
+    try:
+        session = Session(bind=connection, join_transaction_mode="create_savepoint")
+        yield session
+        if held.transaction is not None and failed_tests.wants_copy(held.item):
+            # Before close() rolls back the session's savepoint, with the rows it flushed.
+            keep_view(held.item, connection, Truncator(connection.engine), session)
+        with warnings.catch_warnings():
+            # closing after a failed flush may warn; the test already failed
+            warnings.simplefilter("ignore")
+            session.close()
+    finally:
+        if opened:
+            _dbguard_connections.release(held)
 
 
 def keep_view(
