@@ -116,9 +116,8 @@ class HeldConnection:
 
 @dataclasses.dataclass(frozen=True)
 class ConnectionSource:
-    """What ``dbguard_connection`` and ``dbguard_session`` need for every test, resolved once per
-    session: one fixture in each test's fixture closure instead of three (pytest walks every
-    name of the closure for every test).
+    """What ``dbguard_connection`` and ``dbguard_session`` need for every test: the engine, and the
+    record of the running test.
 
     The two fixtures share the test's one connection through :meth:`hold`, rather than the
     session fixture requesting the connection fixture: each function-scoped fixture in a chain
@@ -160,18 +159,38 @@ class ConnectionSource:
             connection.close()
 
 
-def connection_source(dbguard_url: str, running: RunningTest) -> Iterator[ConnectionSource]:
-    """The engine behind ``dbguard_connection`` (for the session), with the running-test record.
-    The engine skips ``pool_pre_ping``'s round trip on every test: dead pooled connections are
-    found by a look at their socket instead."""
-    from pytest_dbguard.db.urls import url_of
+class ConnectionSources:
+    """The run's connection sources, one per ``dbguard_url`` value: an engine made on the first
+    test that asks, kept until :meth:`dispose` at the end of the session.
 
-    url = url_of(dbguard_url, source="dbguard_url")
-    engine = take_parked_engine(url) or engine_for(url)  # the one that built the schema, if kept
-    if not url.is_sqlite:
-        discard_dead_connections(engine)
-    yield ConnectionSource(engine, running)
-    engine.dispose()
+    A registry rather than a session fixture between ``dbguard_url`` and the tests' fixtures:
+    pytest resolves every dependency of a cached session fixture again for every test that
+    uses it (about 0.1M instructions per link). Keyed by the URL string, so a project's own
+    ``dbguard_url`` fixture still decides where the tests' connections go.
+    """
+
+    def __init__(self, running: RunningTest) -> None:
+        self.running = running
+        self._sources: dict[str, ConnectionSource] = {}
+
+    def for_url(self, dbguard_url: str) -> ConnectionSource:
+        source = self._sources.get(dbguard_url)
+        if source is None:
+            from pytest_dbguard.db.urls import url_of
+
+            url = url_of(dbguard_url, source="dbguard_url")
+            # The engine that built the schema, if kept. No pool_pre_ping round trip on every
+            # test: dead pooled connections are found by a look at their socket instead.
+            engine = take_parked_engine(url) or engine_for(url)
+            if not url.is_sqlite:
+                discard_dead_connections(engine)
+            source = self._sources[dbguard_url] = ConnectionSource(engine, self.running)
+        return source
+
+    def dispose(self) -> None:
+        """Close every engine (before the run's database is dropped)."""
+        while self._sources:
+            self._sources.popitem()[1].engine.dispose()
 
 
 class Truncator:
@@ -395,32 +414,22 @@ def _dbguard_truncate(
         )
 
 
-@pytest.fixture
-def dbguard_connection(_dbguard_connections: ConnectionSource) -> Iterator[Connection]:
-    """Function: a Connection inside a transaction that is rolled back after the test.
-
-    With ``isolation="truncate"`` or ``"none"`` the connection is plain (commits are real; truncate
-    empties the written tables afterwards).
-    """
-    held, opened = _dbguard_connections.hold()
+def connection_for_test(source: ConnectionSource) -> Iterator[Connection]:
+    """The body of ``dbguard_connection`` (made per run in :mod:`pytest_dbguard.db.fixtures`)."""
+    held, opened = source.hold()
     try:
         yield held.connection
     finally:
         if opened:
-            _dbguard_connections.release(held)
+            source.release(held)
 
 
-@pytest.fixture
-def dbguard_session(_dbguard_connections: ConnectionSource) -> Iterator[Session]:
-    """Function: an ORM Session joined to ``dbguard_connection``'s transaction (the test's one
-    connection, whether or not the test also asks for ``dbguard_connection``).
-
-    ``session.commit()`` inside the test releases a SAVEPOINT instead of committing, so nothing
-    survives the test; the session is closed and the outer transaction rolled back afterwards.
-    """
+def session_for_test(source: ConnectionSource) -> Iterator[Session]:
+    """The body of ``dbguard_session``: a Session joined to the test's connection and its
+    transaction, with SAVEPOINTs for the test's commits."""
     from sqlalchemy.orm import Session
 
-    held, opened = _dbguard_connections.hold()
+    held, opened = source.hold()
     connection = held.connection
     try:
         session = Session(bind=connection, join_transaction_mode="create_savepoint")
@@ -434,7 +443,7 @@ def dbguard_session(_dbguard_connections: ConnectionSource) -> Iterator[Session]
             session.close()
     finally:
         if opened:
-            _dbguard_connections.release(held)
+            source.release(held)
 
 
 def keep_view(
