@@ -42,7 +42,11 @@ def run_fixtures(config: pytest.Config) -> types.ModuleType:
     from pytest_dbguard.db.urls import SecretURL
 
     run = the_run(config)
-    sources = ConnectionSources(running_test(config))
+    sources = ConnectionSources(
+        running_test(config),
+        isolation=run.settings.isolation,
+        keep_failed=run.settings.keep_failed,
+    )
 
     def dbguard_url() -> str:
         """Session: this worker's test database URL (sync driver, password included so it connects)."""

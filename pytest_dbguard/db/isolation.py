@@ -40,16 +40,22 @@ class DbguardMarks:
 
     isolation: str | None  # the closest marker that names one; None: the run's default
     allow: tuple[str, ...]  # the databases all of them allow, added up
+    without: tuple[pytest.Mark, ...] = ()  # the ``dbguard_without`` markers, checked at setup
 
     @classmethod
     def read(cls, item: pytest.Item) -> DbguardMarks:
+        """Both markers in one walk over the markers of every node above the test."""
         isolation: str | None = None
         allow: list[str] = []
-        for marker in item.iter_markers("dbguard"):
-            if isolation is None and "isolation" in marker.kwargs:
-                isolation = str(marker.kwargs["isolation"])
-            allow += marker.kwargs.get("allow", ())
-        return cls(isolation, tuple(allow))
+        without: list[pytest.Mark] = []
+        for marker in item.iter_markers():
+            if marker.name == "dbguard":
+                if isolation is None and "isolation" in marker.kwargs:
+                    isolation = str(marker.kwargs["isolation"])
+                allow += marker.kwargs.get("allow", ())
+            elif marker.name == "dbguard_without":
+                without.append(marker)
+        return cls(isolation, tuple(allow), tuple(without))
 
 
 _marks_key: Final = pytest.StashKey[DbguardMarks]()
@@ -127,6 +133,8 @@ class ConnectionSource:
 
     engine: Engine
     running: RunningTest
+    isolation: str = "rollback"  # the run's default, for tests whose markers name none
+    keep_failed: bool = False  # --dbguard-keep-failed: failed tests' rows may be copied
 
     def hold(self) -> tuple[HeldConnection, bool]:
         """The running test's connection, and whether this caller opened it (and releases it
@@ -136,7 +144,8 @@ class ConnectionSource:
         if held is not None and held.item is item:
             return held, False
         connection = self.engine.connect()
-        transaction = connection.begin() if isolation_of(item) == "rollback" else None
+        isolation = marks_of(item).isolation or self.isolation
+        transaction = connection.begin() if isolation == "rollback" else None
         self.running.held = held = HeldConnection(item, connection, transaction)
         return held, True
 
@@ -148,7 +157,7 @@ class ConnectionSource:
             connection.close()
             return
         try:
-            if failed_tests.wants_copy(item):  # before the rollback takes its rows
+            if self.keep_failed and failed_tests.wants_copy(item):  # before the rollback
                 keep_view(item, connection, Truncator(self.engine))
         finally:
             try:
@@ -169,8 +178,10 @@ class ConnectionSources:
     ``dbguard_url`` fixture still decides where the tests' connections go.
     """
 
-    def __init__(self, running: RunningTest) -> None:
+    def __init__(self, running: RunningTest, *, isolation: str, keep_failed: bool) -> None:
         self.running = running
+        self.isolation = isolation
+        self.keep_failed = keep_failed
         self._sources: dict[str, ConnectionSource] = {}
 
     def for_url(self, dbguard_url: str) -> ConnectionSource:
@@ -184,7 +195,8 @@ class ConnectionSources:
             engine = take_parked_engine(url) or engine_for(url)
             if not url.is_sqlite:
                 discard_dead_connections(engine)
-            source = self._sources[dbguard_url] = ConnectionSource(engine, self.running)
+            source = ConnectionSource(engine, self.running, self.isolation, self.keep_failed)
+            self._sources[dbguard_url] = source
         return source
 
     def dispose(self) -> None:
@@ -434,13 +446,16 @@ def session_for_test(source: ConnectionSource) -> Iterator[Session]:
     try:
         session = Session(bind=connection, join_transaction_mode="create_savepoint")
         yield session
-        if held.transaction is not None and failed_tests.wants_copy(held.item):
+        wants_copy = source.keep_failed and held.transaction is not None
+        if wants_copy and failed_tests.wants_copy(held.item):
             # Before close() rolls back the session's savepoint, with the rows it flushed.
             keep_view(held.item, connection, Truncator(connection.engine), session)
-        with warnings.catch_warnings():
-            # closing after a failed flush may warn; the test already failed
-            warnings.simplefilter("ignore")
+        if session.is_active:
             session.close()
+        else:  # closing after a failed flush may warn; the test already failed
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                session.close()
     finally:
         if opened:
             source.release(held)
