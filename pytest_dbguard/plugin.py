@@ -14,6 +14,7 @@ import pytest
 from pytest_dbguard.aio import asyncloop
 from pytest_dbguard.db import fixtures as db_fixtures
 from pytest_dbguard.db import isolation
+from pytest_dbguard.db.engines import release_parked_engines
 from pytest_dbguard.db.fixtures import RUN_FIXTURES_PLUGIN
 from pytest_dbguard.django import activation as django_activation
 from pytest_dbguard.exceptions import DbguardError
@@ -23,18 +24,23 @@ from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import environment, lifecycle, markers, redaction, summary_line
 from pytest_dbguard.run.state import run_of
 
-pytest_plugins = [
+# The modules that hold fixtures and hooks of their own. Registered by pytest_addoption below, not
+# listed in ``pytest_plugins``: pytest looks every name of that list up among all installed
+# packages' entry points first, one scan of their metadata per name (benchmarks/ci_path.py, p).
+CONCERN_PLUGINS = (
     "pytest_dbguard.db.fixtures",
     "pytest_dbguard.db.isolation",
     "pytest_dbguard.guards.hooks",
     "pytest_dbguard.faults.injector",
     "pytest_dbguard.run.failed_tests",
     "pytest_dbguard.run.report",
-]
+)
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     dbguard_config.add_options(parser)
+    for name in CONCERN_PLUGINS:  # as pytest_plugins would, without the entry-point lookup
+        pluginmanager.import_plugin(name)
 
 
 def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
@@ -156,7 +162,10 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     __tracebackhide__ = True
     isolation.running_test(item.config).item = item
     guard_hooks.before_setup(item)
-    return (yield)
+    try:
+        return (yield)
+    finally:
+        release_parked_engines()  # the schema build's engine, if the first test did not take it
 
 
 @pytest.hookimpl(wrapper=True)

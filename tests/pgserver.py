@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -113,6 +114,8 @@ class TestServer:
                     "full_page_writes=off",
                     "-c",
                     "max_connections=200",
+                    "-c",  # tests count the connections a run makes (log_connections_since)
+                    "log_connections=on",
                     "-c",  # a killed test server must not leave /dev/shm/PostgreSQL.* behind
                     "dynamic_shared_memory_type=mmap",
                 ],
@@ -155,6 +158,17 @@ class TestServer:
             check=check,
             preexec_fn=_demote,
         )
+
+    def log_offset(self) -> int:
+        """Where the server's log ends now (for :meth:`connections_since`)."""
+        return (self.root / "server.log").stat().st_size
+
+    def connections_since(self, offset: int) -> list[str]:
+        """The database of every connection authorized since ``offset``, in order."""
+        with open(self.root / "server.log", "rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+        return re.findall(r"connection authorized: user=\S+ database=(\S+)", text)
 
     def databases(self) -> list[str]:
         out = self.sql("SELECT datname FROM pg_database ORDER BY 1").stdout

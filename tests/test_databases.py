@@ -245,6 +245,76 @@ def test_single_run_needs_no_template(
     assert not [name for name in pg_server.databases() if "_dbg_" in name]
 
 
+TWO_SESSION_TESTS = """
+from sqlalchemy import text
+
+def test_one(dbguard_session):
+    assert dbguard_session.execute(text("SELECT 1")).scalar() == 1
+
+def test_two(dbguard_session):
+    assert dbguard_session.execute(text("SELECT 2")).scalar() == 2
+"""
+
+
+def test_a_single_run_connects_once_to_each_database(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    # The role check's connection also proves the server ready and becomes the maintenance
+    # engine's; the engine that built the schema in place serves the tests. Before: three
+    # connections to the server's database and two to the test database.
+    base = f"handover_{os.getpid()}"
+    pg_server.sql(f"CREATE DATABASE {base}")
+    try:
+        copy_project(pytester, "notes")
+        pytester.makepyfile(test_two=TWO_SESSION_TESTS)
+        pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+        offset = pg_server.log_offset()
+        run_dbguard(pytester, "--dbguard-url", pg_server.url(base)).assert_outcomes(passed=2)
+        found = pg_server.connections_since(offset)
+        assert [name for name in found if name == base] == [base]
+        assert len([name for name in found if name.startswith(f"{base}_dbg_")]) == 1, found
+    finally:
+        pg_server.sql(f"DROP DATABASE {base}")
+
+
+NO_SESSION_FIRST = """
+import time
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+@pytest.mark.dbguard(allow=["postgres"])
+def test_first_without_a_session(dbguard_url):
+    # Asked from the server's own database: nobody but dbguard could be on the test database.
+    url = make_url(dbguard_url)
+    engine = create_engine(url.set(database="postgres"), poolclass=NullPool)
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db")
+    with engine.connect() as connection:
+        deadline = time.monotonic() + 5  # a closed connection ends on the server a moment later
+        while (count := connection.execute(query, {"db": url.database}).scalar()) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+    engine.dispose()
+    assert count == 0
+
+def test_then_with_one(dbguard_session):
+    assert dbguard_session.execute(text("SELECT 1")).scalar() == 1
+"""
+
+
+def test_the_schema_builds_engine_does_not_linger_when_the_first_test_has_no_session(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    copy_project(pytester, "notes")
+    pytester.makepyfile(test_order=NO_SESSION_FIRST)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+    run_dbguard(pytester, "--dbguard-url", pg_server.url(), "-p", "no:randomly").assert_outcomes(
+        passed=2
+    )
+
+
 def _create_table(name: str) -> databases.SchemaBuild:
     def build(connection: sqlalchemy.Connection) -> None:
         connection.exec_driver_sql(f"CREATE TABLE {name} (id int)")

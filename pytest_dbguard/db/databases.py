@@ -17,7 +17,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from pytest_dbguard.db.engines import INTERNAL_OPTIONS, engine_for, shared_admin_engine
+from pytest_dbguard.db.engines import (
+    INTERNAL_OPTIONS,
+    engine_for,
+    park_engine,
+    shared_admin_engine,
+)
 from pytest_dbguard.db.marks import Mark, creator_running, in_use, make_mark, parse_mark
 from pytest_dbguard.db.sql import quote_ident, quote_literal, run_ddl
 from pytest_dbguard.db.urls import DatabaseURL
@@ -159,9 +164,11 @@ def provision_database(
     worker: str,
     template_run: str | None = None,
     failed_test: str | None = None,
+    keep_build_engine: bool = False,
 ) -> Provisioned:
     """Create ``database`` on the server, cloned from ``template`` (built first if nobody has yet),
-    or with no template, built in place; ``failed_test``: it keeps that test's data."""
+    or with no template, built in place; ``failed_test``: it keeps that test's data;
+    ``keep_build_engine``: an in-place build's engine is parked for the tests' connections."""
     from sqlalchemy.exc import DBAPIError
 
     admin = shared_admin_engine(server_url)
@@ -189,7 +196,7 @@ def provision_database(
             clone_ms = (time.perf_counter() - started) * 1000
         if build is not None and template is None:
             started = time.perf_counter()
-            _build_in(server_url.with_database(database), build)
+            _build_in(server_url.with_database(database), build, park=keep_build_engine)
             template_ms = (time.perf_counter() - started) * 1000
     except DBAPIError as error:
         raise DatabaseSetupError(_describe(error, server_url, database)) from error
@@ -216,13 +223,21 @@ def _drop_leftover(server_url: DatabaseURL, database: str, connection: Connectio
     drop_database(server_url, database, connection=connection)
 
 
-def _build_in(url: DatabaseURL, build: SchemaBuild) -> None:
-    engine = engine_for(url, execution_options=INTERNAL_OPTIONS)
+def _build_in(url: DatabaseURL, build: SchemaBuild, *, park: bool = False) -> None:
+    """Build the schema in ``url``'s database; ``park``: the database is the worker's own, and
+    the engine that built it stays for the tests (``engines.park_engine``). A template's engine
+    is disposed: no connection may stay on a database that is about to be cloned."""
+    engine = engine_for(url)  # the tests may get it: dbguard's own marks go on the connection
     try:
         with engine.begin() as connection:
-            build(connection)
-    finally:
-        engine.dispose()  # no connection may stay on a template that is about to be cloned
+            build(connection.execution_options(**INTERNAL_OPTIONS))
+    except BaseException:
+        engine.dispose()
+        raise
+    if park:
+        park_engine(url, engine)
+    else:
+        engine.dispose()
 
 
 CAN_CREATE_DATABASES: Final = (

@@ -7,6 +7,7 @@ import select
 from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.db.engine_listener import INTERNAL_OPTION, mark_own
+from pytest_dbguard.server.handover import MAINTENANCE_APP, adopt_kept, close_all
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -32,19 +33,17 @@ def admin_engine(url: DatabaseURL) -> Engine:
 
 
 _shared_admins: dict[str, Engine] = {}
-# The application_name of those connections: terminate() spares them in schema mode, where they
-# are on the database the tests share.
-MAINTENANCE_APP: Final = "pytest-dbguard maintenance"
 
 
 def shared_admin_engine(url: DatabaseURL) -> Engine:
     """This process's one maintenance connection to ``url``'s database, for every probe, CREATE
     and DROP DATABASE of the run: a pool of one (overflow for a nested use), autocommit, a dead
-    connection replaced at checkout. Held until ``dispose_shared_admin_engines``.
+    connection replaced at checkout. Held until ``dispose_own_engines``.
 
     A fresh connection per step cost an external run five connections (each a TCP and SCRAM
-    handshake) where one does. ``connect_timeout`` in the query is not part of the key: the
-    first caller's applies.
+    handshake) where one does; its first connection is the one the role or readiness check kept
+    (:mod:`pytest_dbguard.server.handover`), when there is one. ``connect_timeout`` in the query
+    is not part of the key: the first caller's applies.
     """
     from sqlalchemy import create_engine
 
@@ -62,14 +61,45 @@ def shared_admin_engine(url: DatabaseURL) -> Engine:
             )
         )
         discard_dead_connections(engine)
+        adopt_kept(engine, url)
         _shared_admins[key] = engine
     return engine
 
 
-def dispose_shared_admin_engines() -> None:
-    """Close the shared maintenance connections (at the end of the run)."""
+_parked: dict[str, Engine] = {}
+
+
+def park_engine(url: DatabaseURL, engine: Engine) -> None:
+    """Keep the engine that built the schema in the worker's own database, with its connection,
+    for the tests' connection source on that URL: an engine and a connection (TCP, SCRAM and
+    SQLAlchemy's first-connect queries) fewer for a single-process run."""
+    previous = _parked.pop(url.sync().portable(), None)
+    _parked[url.sync().portable()] = engine
+    if previous is not None:
+        previous.dispose()
+
+
+def take_parked_engine(url: DatabaseURL) -> Engine | None:
+    """The engine parked for ``url`` (now the caller's to dispose), or None."""
+    return _parked.pop(url.sync().portable(), None)
+
+
+def release_parked_engines() -> None:
+    """Dispose parked engines nobody took: called once the first test's fixtures are set up, so
+    an idle connection of dbguard's own does not sit on the test database all run (where a
+    test counts the database's connections, or terminate() ends them)."""
+    while _parked:
+        _parked.popitem()[1].dispose()
+
+
+def dispose_own_engines() -> None:
+    """At the end of the run: close the shared maintenance connections, any connection a check
+    kept for them that none took, and parked engines nobody took (the tests reached the
+    database through the fault proxy, on another URL)."""
     while _shared_admins:
         _shared_admins.popitem()[1].dispose()
+    release_parked_engines()
+    close_all()
 
 
 def engine_for(url: DatabaseURL, **kwargs: Any) -> Engine:

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Final
 import pytest
 
 from pytest_dbguard.db import kept_failed
-from pytest_dbguard.db.engines import INTERNAL_OPTIONS, discard_dead_connections, engine_for
+from pytest_dbguard.db.engines import (
+    INTERNAL_OPTIONS,
+    discard_dead_connections,
+    engine_for,
+    take_parked_engine,
+)
 from pytest_dbguard.db.sql import quote_ident
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.run import failed_tests
@@ -116,7 +121,7 @@ def connection_source(dbguard_url: str, running: RunningTest) -> Iterator[Connec
     from pytest_dbguard.db.urls import url_of
 
     url = url_of(dbguard_url, source="dbguard_url")
-    engine = engine_for(url)
+    engine = take_parked_engine(url) or engine_for(url)  # the one that built the schema, if kept
     if not url.is_sqlite:
         discard_dead_connections(engine)
     yield ConnectionSource(engine, running)

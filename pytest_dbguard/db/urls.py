@@ -144,7 +144,10 @@ class DatabaseURL:
         cannot carry a ``?`` in it at all, so for 2.0 the name is written raw, and the connectable
         text of a name with ``?`` is a ConfigError (dbguard's own engines take ``to_sqlalchemy``).
         """
-        encoded = sqlalchemy_decodes_database()
+        plain_name = self.is_sqlite or quote(self.database or "", safe="") == (self.database or "")
+        # Only a name that encoding would change needs the installed SQLAlchemy's reading, and
+        # asking for it reads package metadata (milliseconds at every run's start).
+        encoded = plain_name or sqlalchemy_decodes_database()
         if not encoded and not hide_password and "?" in (self.database or ""):
             raise ConfigError(_NO_QUESTION_MARK.format(database=self.database))
         return self._text(hide_password=hide_password, encode_database=encoded)

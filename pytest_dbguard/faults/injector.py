@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import pytest
 
 from pytest_dbguard.compat import pooled_connection_records
-from pytest_dbguard.db.engines import MAINTENANCE_APP, admin_engine
+from pytest_dbguard.db.engines import admin_engine
 from pytest_dbguard.db.urls import DatabaseURL, SecretURL
 from pytest_dbguard.django import requests as django_requests
 from pytest_dbguard.exceptions import DbguardError, FaultError
@@ -29,6 +29,7 @@ from pytest_dbguard.faults.recovery import Recovery, recover, recover_async
 from pytest_dbguard.faults.restart_fence import RestartFence, fence_of, workers
 from pytest_dbguard.run.environment import embedded_cluster
 from pytest_dbguard.run.state import the_run
+from pytest_dbguard.server.handover import MAINTENANCE_APP
 from pytest_dbguard.server.readiness import probe, wait_until_ready
 
 if TYPE_CHECKING:

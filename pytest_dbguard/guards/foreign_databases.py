@@ -24,7 +24,7 @@ from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ForeignDatabaseError
-from pytest_dbguard.server.readiness import DEFAULT_PORT
+from pytest_dbguard.server.connect_target import DEFAULT_PORT
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final
 import pytest
 
 from pytest_dbguard.db import databases, janitor, kept_templates, schema, schema_drift
-from pytest_dbguard.db.engines import dispose_shared_admin_engines, shared_admin_engine
+from pytest_dbguard.db.engines import dispose_own_engines, shared_admin_engine
 from pytest_dbguard.db.names import schema_name
 from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
 from pytest_dbguard.run import environment, remote_workers, reuse_run, termination, worker_failures
@@ -154,7 +154,7 @@ def _wait_ready(config: pytest.Config, run: DbguardRun, state: SessionState) -> 
             reporter.write_line(f"dbguard: {line}")
 
     assert plan.server_url is not None
-    result = readiness.wait_until_ready(plan.server_url, timeout=settings.wait, progress=progress)
+    result = readiness.wait_for_run(plan.server_url, timeout=settings.wait, progress=progress)
     state.answered = True
     state.ready_attempts = result.attempts
     state.ready_ms = result.elapsed_ms
@@ -221,6 +221,12 @@ def _provision(plan: RunPlan, settings: Settings, state: SessionState) -> Provis
             return databases.provision_schema(
                 plan.server_url, plan.schema, build, run=plan.run, worker=plan.worker
             )
+        # The engine that builds the schema in place stays for the tests, unless they reach the
+        # database through the fault proxy (another address, so another engine).
+        direct = (plan.test_url.host, plan.test_url.port) == (
+            plan.server_url.host,
+            plan.server_url.port,
+        )
         return databases.provision_database(
             plan.server_url,
             plan.database,
@@ -229,6 +235,7 @@ def _provision(plan: RunPlan, settings: Settings, state: SessionState) -> Provis
             run=plan.run,
             worker=plan.worker,
             template_run=template_run,
+            keep_build_engine=in_place and direct,
         )
 
 
@@ -380,7 +387,7 @@ def stop(config: pytest.Config) -> None:
     except Exception as error:
         print(f"dbguard: cleanup failed: {error}", file=sys.stderr)
     finally:
-        dispose_shared_admin_engines()
+        dispose_own_engines()
         if cluster is not None and settings.reuse:
             from pytest_dbguard.server import kept_clusters
 

@@ -11,11 +11,10 @@ lookup or connect is abandoned at the deadline), progress lines on a clock rathe
 attempt, and errors such as a wrong password that stop the loop at once.
 
 Each attempt opens a new DBAPI connection exactly as SQLAlchemy's engine would (the dialect's
-own connect arguments and ``connect``) and runs ``SELECT 1`` on it, but skips the engine's
-first-connect initialisation queries: on a server that has just started they add 20-40 ms of lag.
-For psycopg and psycopg2 URLs the check builds those arguments itself (SQLAlchemy's dialect only
-passes the URL's parts and query on as keywords) and does not import SQLAlchemy: in the xdist
-controller the check runs before any worker is started, and the import cost a quarter second.
+own connect arguments and ``connect``, see :mod:`pytest_dbguard.server.connect_target`) and runs
+``SELECT 1`` on it, but skips the engine's first-connect initialisation queries: on a server that
+has just started they add 20-40 ms of lag. The run's own check (:func:`wait_for_run`) keeps the
+connection that answered for the maintenance engine (:mod:`pytest_dbguard.server.handover`).
 
 The diagnosis of a failed attempt (its stage, whether waiting helps, the message and the
 remedy) is :mod:`pytest_dbguard.server.connect_diagnosis`, shared with the janitor and the recovery check.
@@ -24,18 +23,16 @@ remedy) is :mod:`pytest_dbguard.server.connect_diagnosis`, shared with the janit
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import ipaddress
-import math
 import random
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from pytest_dbguard.db.urls import DatabaseURL, driver_installed
-from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.server import handover
 from pytest_dbguard.server.connect_diagnosis import (
     NAME_RESOLUTION,
     QUERY,
@@ -44,16 +41,13 @@ from pytest_dbguard.server.connect_diagnosis import (
     NotReady,
     classify_error,
 )
-
-if TYPE_CHECKING:
-    from sqlalchemy.engine import Dialect
+from pytest_dbguard.server.connect_target import ConnectTarget, server_version
 
 __all__ = ["Probe", "Readiness", "RetryPolicy", "await_ready", "probe", "wait_until_ready"]
 
 PROGRESS_AFTER: Final = 1.0  # seconds of waiting before the first progress line
 PROGRESS_EVERY: Final = 2.0  # seconds between progress lines after that
 MIN_ATTEMPT: Final = 0.05  # an attempt gets at least this long; none starts closer to the deadline
-DEFAULT_PORT: Final = 5432
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,136 +115,29 @@ class Probe:
         return dataclasses.asdict(self)
 
 
-class _Target:
-    """The database one check is about: its sync URL, what to print, and how to connect to it."""
-
-    def __init__(self, url: str | DatabaseURL) -> None:
-        parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
-        self.url = _sync_twin(parsed)
-        self.shown = parsed.render(hide_password=True)
-        self.password = parsed.password
-        self.database = parsed.database
-        self.is_sqlite = parsed.is_sqlite
-        self.host = None if self.is_sqlite else parsed.host
-        self.port = None if self.is_sqlite else (parsed.port or DEFAULT_PORT)
-        if not self.is_sqlite and self.url.driver and not driver_installed(self.url.driver):
-            raise ConfigError(
-                f"{self.shown}: the driver {self.url.driver!r} is not installed; install it "
-                "(pip install 'pytest-dbguard[postgres]') or name an installed one in the URL."
-            )
-        self._dbapi: Any = None  # the driver module, once imported
-        self._connect: Callable[..., Any] | None = None
-        self._cargs: tuple[Any, ...] = ()
-        self._cparams: dict[str, Any] = {}
-
-    @property
-    def resolvable_host(self) -> str | None:
-        """The host name to resolve first; None for SQLite and unix sockets."""
-        if not self.host or self.host.startswith(("/", "@")):
-            return None
-        return self.host
-
-    def prepare(self) -> None:
-        """Import the driver and turn the URL into connect arguments, once; SQLAlchemy only for
-        a URL whose arguments its dialect alone knows how to build."""
-        if self._connect is not None:
-            return
-        plain = _plain_connect_args(self.url)
-        if plain is not None:
-            assert self.url.driver is not None
-            self._dbapi = importlib.import_module(self.url.driver)
-            self._connect, self._cparams = self._dbapi.connect, plain
-            return
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
-
-        engine = create_engine(self.url.to_sqlalchemy(), poolclass=NullPool)  # never connects
-        cargs, cparams = engine.dialect.create_connect_args(engine.url)
-        self._cargs, self._cparams = tuple(cargs), dict(cparams)
-        dialect: Dialect = engine.dialect
-        self._dbapi, self._connect = dialect.loaded_dbapi, dialect.connect
-
-    def connect(self, limit: float) -> Any:
-        """A new DBAPI connection, opened the way an engine opens one."""
-        self.prepare()
-        assert self._connect is not None
-        params = dict(self._cparams)
-        if not self.is_sqlite:  # libpq counts whole seconds; the attempt's own timer is exact
-            params["timeout" if self.url.driver == "pg8000" else "connect_timeout"] = max(
-                1, math.ceil(limit)
-            )
-        return self._connect(*self._cargs, **params)
-
-    @property
-    def dbapi(self) -> Any:
-        """The driver module (PEP 249)."""
-        self.prepare()
-        return self._dbapi
-
-    @property
-    def dbapi_error(self) -> type[Exception]:
-        """The driver's base exception class (PEP 249 ``Error``)."""
-        error: type[Exception] = self.dbapi.Error
-        return error
-
-
-PLAIN_DRIVERS: Final = ("psycopg", "psycopg2")
-
-
-def _plain_connect_args(url: DatabaseURL) -> dict[str, Any] | None:
-    """The keywords SQLAlchemy's psycopg and psycopg2 dialects pass to ``connect`` for ``url``
-    (its parts, then its query); None for other drivers and for several hosts in the query,
-    which only the dialect splits."""
-    if url.is_sqlite or url.driver not in PLAIN_DRIVERS or any(k == "host" for k, _ in url.query):
-        return None
-    parts = {
-        "host": url.host,
-        "dbname": url.database,
-        "user": url.username,
-        "password": url.password,
-        "port": url.port,
-    }
-    params: dict[str, Any] = {name: value for name, value in parts.items() if value}
-    params.update(url.query)
-    return params or None
-
-
-def _sync_twin(url: DatabaseURL) -> DatabaseURL:
-    """The URL the check connects with: asyncpg's ``ssl`` query parameter becomes ``sslmode``."""
-    sync = url.sync()
-    if url.driver == "asyncpg" and any(key == "ssl" for key, _ in url.query):
-        modes = {"true": "require", "false": "disable"}
-        query = tuple(
-            ("sslmode", modes.get(value.lower(), value)) if key == "ssl" else (key, value)
-            for key, value in url.query
-        )
-        sync = dataclasses.replace(sync, query=query)
-    return sync
-
-
-def _server_version(connection: Any, dbapi: Any) -> str | None:
-    """The version the server announced at connect time (no extra round trip)."""
-    number = getattr(getattr(connection, "info", None), "server_version", None)  # psycopg 3
-    if number is None:
-        number = getattr(connection, "server_version", None)  # psycopg2
-    if isinstance(number, int) and number > 0:
-        major, rest = divmod(number, 10000)
-        return f"{major}.{rest}" if major >= 10 else f"{major}.{rest // 100}.{rest % 100}"
-    sqlite_version = getattr(dbapi, "sqlite_version", None)
-    return str(sqlite_version) if sqlite_version else None
-
-
 class _Attempt:
     """One check, run in a daemon thread so a hung DNS lookup or connect is abandoned in time."""
 
-    def __init__(self, target: _Target, limit: float) -> None:
+    def __init__(self, target: ConnectTarget, limit: float, *, keep: bool = False) -> None:
         self.target = target
         self.limit = limit
+        self.keep = keep and target.can_hand_over
+        self.connection: Any = None  # the connection that answered, when kept
+        self._abandoned = False
+        self._lock = threading.Lock()
         self.stage: str = NAME_RESOLUTION
         self.version: str | None = None
         self.failure: Failure | None = None
         self.crash: BaseException | None = None
         self.done = threading.Event()
+
+    def abandon(self) -> None:
+        """The waiter gave up on this attempt: a connection it opens after all is closed."""
+        with self._lock:
+            self._abandoned = True
+            connection, self.connection = self.connection, None
+        if connection is not None:
+            handover.close_quietly(connection)
 
     def run(self) -> None:
         try:
@@ -273,25 +160,30 @@ class _Attempt:
         self.stage = TCP_CONNECT
         connected = False
         try:
-            connection = target.connect(self.limit)
+            connection = target.connect(self.limit, maintenance=self.keep)
             connected = True
             self.stage = QUERY
             try:
                 cursor = connection.cursor()
                 cursor.execute("SELECT 1")
                 cursor.fetchone()
-                self.version = _server_version(connection, target.dbapi)
+                self.version = server_version(connection, target.dbapi)
+                with self._lock:
+                    if self.keep and not self._abandoned:
+                        self.connection, connection = connection, None
             finally:
-                connection.close()
+                if connection is not None:
+                    connection.close()
         except (target.dbapi_error, OSError) as error:
             self.failure = classify_error(error, connected=connected, password=target.password)
 
 
-def _attempt(target: _Target, limit: float) -> _Attempt:
+def _attempt(target: ConnectTarget, limit: float, *, keep: bool = False) -> _Attempt:
     """Run one check; after ``limit`` seconds it counts as failed at the stage it had reached."""
-    attempt = _Attempt(target, limit)
+    attempt = _Attempt(target, limit, keep=keep)
     threading.Thread(target=attempt.run, name="dbguard-readiness", daemon=True).start()
     if not attempt.done.wait(limit):
+        attempt.abandon()
         error = f"no answer within {limit:.2f} s"
         attempt.failure = Failure(attempt.stage, error, retryable=True)
     elif attempt.crash is not None:
@@ -307,7 +199,30 @@ def wait_until_ready(
     policy: RetryPolicy | None = None,
 ) -> Readiness:
     """Retry ``SELECT 1`` until it succeeds or ``timeout`` passes; NotReady says what failed."""
-    return _wait(_Target(url), timeout, progress, policy, threading.Event())
+    return _wait(ConnectTarget(url), timeout, progress, policy, threading.Event())
+
+
+def wait_for_run(
+    url: DatabaseURL, *, timeout: float, progress: Callable[[str], None] | None = None
+) -> Readiness:
+    """:func:`wait_until_ready` for dbguard's own run. A connection an earlier check kept (the
+    role check) proves the server with ``SELECT 1``, and no new one is opened; the connection
+    that answers is kept for the maintenance engine, which would otherwise open its own."""
+    target = ConnectTarget(url)
+    kept = handover.take(target.url)
+    if kept is not None:
+        started = time.monotonic()
+        try:
+            cursor = kept.cursor()
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        except (target.dbapi_error, OSError):  # broken since: check the usual way
+            handover.close_quietly(kept)
+        else:
+            handover.keep(target.url, kept)
+            elapsed = round((time.monotonic() - started) * 1000, 1)
+            return Readiness(1, elapsed, server_version(kept, target.dbapi))
+    return _wait(target, timeout, progress, None, threading.Event(), keep=True)
 
 
 async def await_ready(
@@ -320,7 +235,7 @@ async def await_ready(
     """:func:`wait_until_ready` for async code: runs in a thread; ``progress`` is called from it."""
     import asyncio
 
-    target = _Target(url)
+    target = ConnectTarget(url)
     stop = threading.Event()
     try:
         return await asyncio.to_thread(_wait, target, timeout, progress, policy, stop)
@@ -329,11 +244,13 @@ async def await_ready(
 
 
 def _wait(
-    target: _Target,
+    target: ConnectTarget,
     timeout: float,
     progress: Callable[[str], None] | None,
     policy: RetryPolicy | None,
     stop: threading.Event,
+    *,
+    keep: bool = False,
 ) -> Readiness:
     policy = policy or RetryPolicy.for_host(target.host)
     target.prepare()  # imports off the clock
@@ -344,10 +261,12 @@ def _wait(
     while True:
         attempts += 1
         left = deadline - time.monotonic()
-        attempt = _attempt(target, min(policy.attempt_timeout, max(left, MIN_ATTEMPT)))
+        attempt = _attempt(target, min(policy.attempt_timeout, max(left, MIN_ATTEMPT)), keep=keep)
         now = time.monotonic()
         failure = attempt.failure
         if failure is None:
+            if attempt.connection is not None:
+                handover.keep(target.url, attempt.connection)
             return Readiness(attempts, round((now - start) * 1000, 1), attempt.version)
         left = deadline - now
         if not failure.retryable or left < MIN_ATTEMPT or stop.is_set():
@@ -359,7 +278,7 @@ def _wait(
             raise _not_ready(target, failure, attempts, time.monotonic() - start)
 
 
-def _not_ready(target: _Target, failure: Failure, attempts: int, elapsed: float) -> NotReady:
+def _not_ready(target: ConnectTarget, failure: Failure, attempts: int, elapsed: float) -> NotReady:
     return NotReady(
         stage=failure.stage,
         host=target.host,
@@ -373,7 +292,7 @@ def _not_ready(target: _Target, failure: Failure, attempts: int, elapsed: float)
     )
 
 
-def _progress_line(target: _Target, attempts: int, failure: Failure, left: float) -> str:
+def _progress_line(target: ConnectTarget, attempts: int, failure: Failure, left: float) -> str:
     where = f"{target.host}:{target.port}" if target.host else target.shown
     return (
         f"waiting for {where}: attempt {attempts}, failed step: {failure.stage} "
@@ -383,7 +302,7 @@ def _progress_line(target: _Target, attempts: int, failure: Failure, left: float
 
 def probe(url: str | DatabaseURL, *, timeout: float = 5.0) -> Probe:
     """One check, no retries: status, latency, server version, and the failing stage if any."""
-    target = _Target(url)
+    target = ConnectTarget(url)
     target.prepare()  # the driver is imported before the clock starts
     start = time.monotonic()
     attempt = _attempt(target, max(timeout, MIN_ATTEMPT))
@@ -393,14 +312,22 @@ def probe(url: str | DatabaseURL, *, timeout: float = 5.0) -> Probe:
     return Probe("error", latency, None, attempt.failure.stage, attempt.failure.error)
 
 
-def first_row(url: str | DatabaseURL, statement: str, *, timeout: float = 5.0) -> Any:
+def first_row(url: DatabaseURL, statement: str, *, timeout: float = 5.0) -> Any:
     """``statement``'s first row (None without one), on a new connection opened the way the
     check opens one; the driver's error when that fails. For a question asked before anything
-    else connects (may this role create databases?), without importing SQLAlchemy."""
-    connection = _Target(url).connect(timeout)
+    else connects (may this role create databases?), without importing SQLAlchemy. The
+    connection is kept for the readiness check and the maintenance engine where they can take it."""
+    target = ConnectTarget(url)
+    connection = target.connect(timeout, maintenance=True)
     try:
         cursor = connection.cursor()
         cursor.execute(statement)
-        return cursor.fetchone()
-    finally:
+        row = cursor.fetchone()
+    except BaseException:
+        handover.close_quietly(connection)
+        raise
+    if target.can_hand_over:
+        handover.keep(target.url, connection)
+    else:
         connection.close()
+    return row
