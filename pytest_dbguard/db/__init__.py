@@ -1,5 +1,6 @@
 """Test databases: URLs (``urls``) and the names dbguard gives what it creates (``names``),
-engines (``engines``, ``engine_listener``), the per-worker databases cloned from a template
+engines (``engines``, ``engine_listener``) and dbguard's own maintenance connection
+(``maintenance``), the per-worker databases cloned from a template
 (``databases``, ``schema``, ``kept_templates``, ``alembic_runner``), the schema drift check
 (``schema_drift``, and ``check_schema`` behind ``dbguard check-schema``), the core fixtures (``fixtures``),
 per-test isolation (``isolation``), a failed test's data copied before its rollback

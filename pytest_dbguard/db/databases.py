@@ -17,12 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from pytest_dbguard.db.engines import (
-    INTERNAL_OPTIONS,
-    engine_for,
-    park_engine,
-    shared_admin_engine,
-)
+from pytest_dbguard.db import maintenance
+from pytest_dbguard.db.engines import INTERNAL_OPTIONS, engine_for, park_engine
+from pytest_dbguard.db.maintenance import MaintenanceConnection, query_errors
 from pytest_dbguard.db.marks import Mark, creator_running, in_use, make_mark, parse_mark
 from pytest_dbguard.db.sql import quote_ident, quote_literal, run_ddl
 from pytest_dbguard.db.urls import DatabaseURL
@@ -32,6 +29,19 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 SchemaBuild = Callable[["Connection"], None]
+
+
+class SelfConnectingBuild:
+    """A schema build that opens its own connections (Django's ``migrate``): dbguard opens none
+    for it, so a run whose project does not use SQLAlchemy never imports it."""
+
+    def __init__(self, build: Callable[[], None]) -> None:
+        self.build = build
+
+    def __call__(self, _connection: Connection) -> None:
+        self.build()
+
+
 INSUFFICIENT_PRIVILEGE: Final = "42501"
 NO_CREATEDB: Final = (
     "The role {user!r} may not create databases. Grant it (ALTER ROLE ... CREATEDB), or let "
@@ -63,29 +73,20 @@ def _lock_key(name: str) -> int:
 
 
 @contextlib.contextmanager
-def _advisory_lock(connection: Connection, name: str) -> Iterator[None]:
-    from sqlalchemy import text
-
-    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _lock_key(name)})
+def _advisory_lock(connection: MaintenanceConnection, name: str) -> Iterator[None]:
+    connection.rows("SELECT pg_advisory_lock(:key)", {"key": _lock_key(name)})
     try:
         yield
     finally:
-        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key(name)})
+        connection.rows("SELECT pg_advisory_unlock(:key)", {"key": _lock_key(name)})
 
 
-def _exists(connection: Connection, name: str) -> bool:
-    from sqlalchemy import text
-
-    return (
-        connection.execute(
-            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
-        ).first()
-        is not None
-    )
+def _exists(connection: MaintenanceConnection, name: str) -> bool:
+    return connection.first("SELECT 1 FROM pg_database WHERE datname = :n", {"n": name}) is not None
 
 
 def _mark(
-    connection: Connection,
+    connection: MaintenanceConnection,
     name: str,
     run: str,
     worker: str,
@@ -94,22 +95,24 @@ def _mark(
     failed_test: str | None = None,
 ) -> None:
     comment = quote_literal(make_mark(run, worker, complete=complete, failed_test=failed_test))
-    run_ddl(connection, f"COMMENT ON DATABASE {quote_ident(name)} IS {comment}")
+    connection.ddl(f"COMMENT ON DATABASE {quote_ident(name)} IS {comment}")
 
 
-def _template_mark(connection: Connection, name: str) -> tuple[bool, Mark | None]:
+def _template_mark(connection: MaintenanceConnection, name: str) -> tuple[bool, Mark | None]:
     """Whether ``name`` exists, and its mark."""
-    from sqlalchemy import text
-
-    row = connection.execute(
-        text("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n"),
+    row = connection.first(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n",
         {"n": name},
-    ).first()
+    )
     return row is not None, parse_mark(row[0]) if row is not None else None
 
 
 def _ensure_template(
-    connection: Connection, server_url: DatabaseURL, template: str, build: SchemaBuild, run: str
+    connection: MaintenanceConnection,
+    server_url: DatabaseURL,
+    template: str,
+    build: SchemaBuild,
+    run: str,
 ) -> bool:
     """Build the template unless a complete one exists (call under the template's lock); whether
     it was built.
@@ -125,7 +128,7 @@ def _ensure_template(
         return False
     if exists:  # incomplete: its builder was killed (or an older version made it): rebuild
         drop_checked(connection, server_url, template)
-    run_ddl(connection, f"CREATE DATABASE {quote_ident(template)}")
+    connection.ddl(f"CREATE DATABASE {quote_ident(template)}")
     _mark(connection, template, run, "tpl", complete=False)
     try:
         _build_in(server_url.with_database(template), build)
@@ -142,15 +145,10 @@ def ensure_template(
 ) -> bool:
     """Build ``template`` under its lock unless a complete one exists (the xdist controller's
     early build, before its workers clone it); whether it was built."""
-    from sqlalchemy.exc import DBAPIError
-
     try:
-        with (
-            shared_admin_engine(server_url).connect() as connection,
-            _advisory_lock(connection, template),
-        ):
+        with maintenance.shared(server_url) as connection, _advisory_lock(connection, template):
             return _ensure_template(connection, server_url, template, build, run)
-    except DBAPIError as error:
+    except query_errors() as error:
         raise DatabaseSetupError(_describe(error, server_url, template)) from error
 
 
@@ -169,13 +167,10 @@ def provision_database(
     """Create ``database`` on the server, cloned from ``template`` (built first if nobody has yet),
     or with no template, built in place; ``failed_test``: it keeps that test's data;
     ``keep_build_engine``: an in-place build's engine is parked for the tests' connections."""
-    from sqlalchemy.exc import DBAPIError
-
-    admin = shared_admin_engine(server_url)
     template_ms = 0.0
     built = True
     try:
-        with admin.connect() as connection:
+        with maintenance.shared(server_url) as connection:
             if build is not None and template is not None:
                 started = time.perf_counter()
                 with _advisory_lock(connection, template):
@@ -191,14 +186,14 @@ def provision_database(
                 if build is not None and template is not None
                 else ""
             )
-            run_ddl(connection, f"CREATE DATABASE {quote_ident(database)}{clone}")
+            connection.ddl(f"CREATE DATABASE {quote_ident(database)}{clone}")
             _mark(connection, database, run, worker, failed_test=failed_test)
             clone_ms = (time.perf_counter() - started) * 1000
         if build is not None and template is None:
             started = time.perf_counter()
             _build_in(server_url.with_database(database), build, park=keep_build_engine)
             template_ms = (time.perf_counter() - started) * 1000
-    except DBAPIError as error:
+    except query_errors() as error:
         raise DatabaseSetupError(_describe(error, server_url, database)) from error
     return Provisioned(
         "database",
@@ -211,7 +206,9 @@ def provision_database(
     )
 
 
-def _drop_leftover(server_url: DatabaseURL, database: str, connection: Connection) -> None:
+def _drop_leftover(
+    server_url: DatabaseURL, database: str, connection: MaintenanceConnection
+) -> None:
     """Drop a same-named leftover, unless a run that is still going uses it (ids are random, so
     that is two runs drawing one id; never take a live run's database from under it)."""
     reason = in_use(connection, database)
@@ -227,6 +224,9 @@ def _build_in(url: DatabaseURL, build: SchemaBuild, *, park: bool = False) -> No
     """Build the schema in ``url``'s database; ``park``: the database is the worker's own, and
     the engine that built it stays for the tests (``engines.park_engine``). A template's engine
     is disposed: no connection may stay on a database that is about to be cloned."""
+    if isinstance(build, SelfConnectingBuild):
+        build.build()
+        return
     engine = engine_for(url)  # the tests may get it: dbguard's own marks go on the connection
     try:
         with engine.begin() as connection:
@@ -247,19 +247,14 @@ CAN_CREATE_DATABASES: Final = (
 
 def can_create_databases(server_url: DatabaseURL) -> bool:
     """Whether the URL's role may CREATE DATABASE (superuser or CREATEDB)."""
-    from sqlalchemy import text
-
-    with shared_admin_engine(server_url).connect() as connection:
-        row = connection.execute(text(CAN_CREATE_DATABASES)).first()
-        return bool(row and row[0])
+    with maintenance.shared(server_url) as connection:
+        return bool(connection.scalar(CAN_CREATE_DATABASES))
 
 
 def provision_schema(
     server_url: DatabaseURL, schema: str, build: SchemaBuild | None, *, run: str, worker: str
 ) -> Provisioned:
     """Fallback for roles without CREATEDB: one schema per worker in the named database."""
-    from sqlalchemy.exc import DBAPIError
-
     started = time.perf_counter()
     engine = engine_for(server_url, poolclass=_null_pool(), execution_options=INTERNAL_OPTIONS)
     try:
@@ -280,7 +275,7 @@ def provision_schema(
             run_ddl(connection, f"SET LOCAL search_path TO {quote_ident(schema)}")
             if build is not None:
                 build(connection)
-    except DBAPIError as error:
+    except query_errors() as error:
         raise DatabaseSetupError(_describe(error, server_url, server_url.database or "")) from error
     finally:
         engine.dispose()
@@ -329,13 +324,13 @@ def _null_pool() -> type:
 
 
 def drop_database(
-    server_url: DatabaseURL, name: str, *, connection: Connection | None = None
+    server_url: DatabaseURL, name: str, *, connection: MaintenanceConnection | None = None
 ) -> bool:
     """Drop ``name`` if it is dbguard's (mark and name shape); False when it is not, or is gone."""
     from pytest_dbguard.db.janitor import drop_checked
 
     if connection is None:
-        with shared_admin_engine(server_url).connect() as own:
+        with maintenance.shared(server_url) as own:
             return drop_database(server_url, name, connection=own)
     try:
         drop_checked(connection, server_url, name)
@@ -356,7 +351,8 @@ def _describe(error: Exception, url: DatabaseURL, database: str) -> str:
         f"Could not set up the test database {database!r} on {url.host}:{url.port} "
         f"(connected as {url.username!r} to {url.database!r}): {detail}"
     )
-    if getattr(getattr(error, "orig", None), "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+    orig = getattr(error, "orig", None)
+    if (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == INSUFFICIENT_PRIVILEGE:
         message += ". " + NO_CREATEDB.format(user=url.username)
     return message
 

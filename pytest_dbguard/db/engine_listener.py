@@ -77,11 +77,11 @@ class EngineListener:
             self.installed = True
 
     def remove(self) -> None:
-        """Stop listening."""
-        from sqlalchemy import event
-        from sqlalchemy.engine import Engine
-
+        """Stop listening (never installed: nothing to import, nothing to do)."""
         if self.installed:
+            from sqlalchemy import event
+            from sqlalchemy.engine import Engine
+
             for name, handler, _ in self._events():
                 event.remove(Engine, name, handler)
             self.installed = False

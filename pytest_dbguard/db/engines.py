@@ -3,11 +3,10 @@ dead-connection fixes they need. Works without pytest."""
 
 from __future__ import annotations
 
-import select
 from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.db.engine_listener import INTERNAL_OPTION, mark_own
-from pytest_dbguard.server.handover import MAINTENANCE_APP, adopt_kept, close_all
+from pytest_dbguard.server.handover import MAINTENANCE_APP, adopt_kept, close_all, looks_dead
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -125,20 +124,8 @@ def discard_dead_connections(engine: Engine) -> None:
 
     @event.listens_for(engine, "checkout")
     def _discard_if_dead(dbapi_connection: Any, _record: object, _proxy: object) -> None:
-        if _looks_dead(dbapi_connection):
+        if looks_dead(dbapi_connection):
             raise exc.DisconnectionError("the server closed this pooled connection")
-
-
-def _looks_dead(dbapi_connection: Any) -> bool:
-    if getattr(dbapi_connection, "closed", False):  # psycopg: True; psycopg2: a non-zero int
-        return True
-    try:
-        descriptor = dbapi_connection.fileno()
-    except Exception:  # a driver that cannot say, or a connection already broken
-        return True
-    poller = select.poll()
-    poller.register(descriptor, select.POLLIN | select.POLLERR | select.POLLHUP)
-    return bool(poller.poll(0))  # nothing is due on an idle connection
 
 
 def sqlite_savepoints(engine: Engine) -> None:

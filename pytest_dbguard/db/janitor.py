@@ -28,7 +28,7 @@ from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError, DatabaseSetupError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
+    from pytest_dbguard.db.maintenance import MaintenanceConnection
 
 
 MAINTENANCE_DATABASES: Final = ("postgres", "template1")
@@ -52,14 +52,12 @@ _UNREACHABLE: Final = (
 
 
 def list_marked(
-    url: str | DatabaseURL, *, connection: Connection | None = None
+    url: str | DatabaseURL, *, connection: MaintenanceConnection | None = None
 ) -> list[MarkedDatabase]:
     """Every database on the URL's server that dbguard created (mark and name shape both match);
     on ``connection`` when given, else on one to a maintenance database."""
-    from sqlalchemy import text
-
     with _maintenance(url, connection) as connected:
-        rows = connected.execute(text(_LIST_SQL)).all()
+        rows = connected.rows(_LIST_SQL)
     return [
         MarkedDatabase(name, mark, bool(is_template))
         for name, is_template, comment in rows
@@ -74,7 +72,7 @@ def drop_marked(url: str | DatabaseURL, name: str) -> MarkedDatabase:
 
 
 def drop_run(
-    url: str | DatabaseURL, run: str, *, connection: Connection | None = None
+    url: str | DatabaseURL, run: str, *, connection: MaintenanceConnection | None = None
 ) -> list[str]:
     """Drop every marked database of run ``run`` (its templates, and workers that did not clean up),
     except a failed test's kept data and those whose creator, another process, still runs; on ``connection`` when given (one
@@ -135,59 +133,43 @@ def _parse(url: str | DatabaseURL) -> DatabaseURL:
 
 @contextlib.contextmanager
 def _maintenance(
-    url: str | DatabaseURL, connection: Connection | None = None
-) -> Iterator[Connection]:
+    url: str | DatabaseURL, connection: MaintenanceConnection | None = None
+) -> Iterator[MaintenanceConnection]:
     """An autocommit connection to the server's maintenance database, never the URL's own; the
     caller's ``connection`` instead when it has one (a run's shared maintenance connection)."""
     if connection is not None:
         yield connection
         return
-    from sqlalchemy import create_engine
-    from sqlalchemy.exc import DBAPIError
-    from sqlalchemy.pool import NullPool
-
-    from pytest_dbguard.db.engine_listener import mark_own
-    from pytest_dbguard.db.engines import INTERNAL_OPTIONS
+    from pytest_dbguard.db import maintenance
     from pytest_dbguard.server.connect_diagnosis import DATABASE_MISSING, classify_error
 
     parsed = _parse(url)
     for index, database in enumerate(MAINTENANCE_DATABASES):
-        engine = mark_own(
-            create_engine(
-                parsed.sync().with_database(database).to_sqlalchemy(),
-                poolclass=NullPool,
-                isolation_level="AUTOCOMMIT",
-                execution_options=INTERNAL_OPTIONS,
-            )
-        )
         try:
-            try:
-                connection = engine.connect()
-            except DBAPIError as error:
-                failure = classify_error(error, password=parsed.password)
-                if failure.stage == DATABASE_MISSING and index + 1 < len(MAINTENANCE_DATABASES):
-                    continue  # no 'postgres' database on this server: template1 always exists
-                raise DatabaseSetupError(
-                    _UNREACHABLE.format(
-                        server=server_of(parsed), stage=failure.stage, error=failure.error
-                    )
-                ) from None
-            with connection:
-                yield connection
-            return
+            connection = maintenance.connect(parsed.with_database(database))
+        except maintenance.MaintenanceQueryError as error:
+            failure = classify_error(error, password=parsed.password)
+            if failure.stage == DATABASE_MISSING and index + 1 < len(MAINTENANCE_DATABASES):
+                continue  # no 'postgres' database on this server: template1 always exists
+            raise DatabaseSetupError(
+                _UNREACHABLE.format(
+                    server=server_of(parsed), stage=failure.stage, error=failure.error
+                )
+            ) from None
+        try:
+            yield connection
         finally:
-            engine.dispose()
+            connection.close()
+        return
 
 
-def drop_checked(connection: Connection, url: DatabaseURL, name: str) -> MarkedDatabase:
+def drop_checked(connection: MaintenanceConnection, url: DatabaseURL, name: str) -> MarkedDatabase:
     """Re-read the mark of ``name`` on this connection and drop it only if it is dbguard's."""
-    from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError
-
-    from pytest_dbguard.db.sql import quote_ident, run_ddl
+    from pytest_dbguard.db.maintenance import MaintenanceQueryError
+    from pytest_dbguard.db.sql import quote_ident
     from pytest_dbguard.server.connect_diagnosis import classify_error
 
-    row = connection.execute(text(ONE_SQL), {"name": name}).first()
+    row = connection.first(ONE_SQL, {"name": name})
     server = server_of(url)
     if row is None:
         raise DatabaseSetupError(
@@ -207,9 +189,9 @@ def drop_checked(connection: Connection, url: DatabaseURL, name: str) -> MarkedD
         raise DatabaseSetupError(_REFUSED.format(name=name, server=server, reason=reason))
     try:
         if is_template:  # a template cannot be dropped until it is an ordinary database again
-            run_ddl(connection, f"ALTER DATABASE {quote_ident(name)} IS_TEMPLATE false")
-        run_ddl(connection, f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-    except DBAPIError as error:
+            connection.ddl(f"ALTER DATABASE {quote_ident(name)} IS_TEMPLATE false")
+        connection.ddl(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    except MaintenanceQueryError as error:
         detail = classify_error(error, connected=True, password=url.password).error
         raise DatabaseSetupError(f"Could not drop {name!r} on {server}: {detail}") from None
     return MarkedDatabase(name, mark, bool(is_template))

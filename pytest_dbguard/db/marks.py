@@ -20,7 +20,7 @@ from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DbguardError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
+    from pytest_dbguard.db.maintenance import MaintenanceConnection
 
 MARK_PREFIX: Final = "pytest-dbguard "
 
@@ -132,16 +132,17 @@ def sweep_each(
 ) -> list[Swept]:
     """What a sweep does with each leftover (database or worker schema): keep one a live run
     uses, drop the rest (a dry run only lists them); an error marks that one ``failed``."""
-    from sqlalchemy.exc import DBAPIError
+    from pytest_dbguard.db.maintenance import query_errors
 
     results: list[Swept] = []
+    caught: tuple[type[Exception], ...] = (DbguardError, *query_errors())
     for found in leftovers:
         try:
             reason = in_use(found)
             if reason is None and not dry_run:
                 drop(found)
-        except (DbguardError, DBAPIError) as error:
-            detail = str(error) if isinstance(error, DbguardError) else brief(error, url)
+        except caught as error:
+            detail = brief(error, url) if isinstance(error, query_errors()) else str(error)
             results.append(Swept(found, "failed", detail))
         else:
             action = "kept" if reason else "would drop" if dry_run else "dropped"
@@ -168,18 +169,15 @@ def creator_running(mark: Mark | None) -> str | None:
     return None
 
 
-def in_use(connection: Connection, name: str) -> str | None:
+def in_use(connection: MaintenanceConnection, name: str) -> str | None:
     """Why ``name`` belongs to a run still going (its creator alive, or sessions on it), else None."""
-    from sqlalchemy import text
-
-    row = connection.execute(text(ONE_SQL), {"name": name}).first()
+    row = connection.first(ONE_SQL, {"name": name})
     if (reason := creator_running(parse_mark(row[1]) if row is not None else None)) is not None:
         return reason
-    sessions = connection.execute(
-        text(  # clients only: autovacuum workers and walsenders do not make a database in use
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = :name"
-            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-        ),
+    sessions = connection.scalar(
+        # clients only: autovacuum workers and walsenders do not make a database in use
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = :name"
+        " AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
         {"name": name},
-    ).scalar_one()
+    )
     return f"{sessions} session(s) are connected to it" if sessions else None

@@ -12,19 +12,18 @@ import hashlib
 import importlib.util
 import os
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
+from pytest_dbguard.db.databases import SelfConnectingBuild
 from pytest_dbguard.django import compat, targets
 from pytest_dbguard.django.settings_module import settings_label
 from pytest_dbguard.exceptions import SchemaError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
     from pytest_dbguard.db.urls import DatabaseURL
 
 MIGRATE_FAILED: Final = (
@@ -63,14 +62,14 @@ class DjangoSchema:
                 digest.update(path.read_bytes())
         return digest.hexdigest()[:6]
 
-    def builder(self, url: DatabaseURL) -> Callable[[Connection], None]:
+    def builder(self, url: DatabaseURL) -> SelfConnectingBuild:
         """The build of the template at ``url``: ``migrate`` (and ``createcachetable``) per alias.
 
-        dbguard hands it a SQLAlchemy connection to the template; Django migrates through its
-        own connection instead, closed again before anyone clones the template.
+        Django migrates through its own connection, closed again before anyone clones the
+        template; dbguard opens none for it (no SQLAlchemy in a Django run).
         """
 
-        def build(_connection: Connection) -> None:
+        def build() -> None:
             from django.core.management import call_command
 
             with compat.unblocked(self.config), targets.pointed(self.aliases, url):
@@ -81,7 +80,7 @@ class DjangoSchema:
                     except Exception as error:
                         raise SchemaError(self._failure(alias, url, error)) from error
 
-        return build
+        return SelfConnectingBuild(build)
 
     def _failure(self, alias: str, url: DatabaseURL, error: Exception) -> str:
         cause = getattr(error, "__cause__", None) or error  # Django wraps the driver's error

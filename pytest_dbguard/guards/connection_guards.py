@@ -4,11 +4,20 @@ The guards themselves work without pytest (``foreign_databases.ForeignDatabaseGu
 ``leaks.LeakWatcher``); here they are put together for a run. ``guards.hooks`` arms them for the
 setup, call and teardown of each test and disarms them between tests, so dbguard's own session
 work is never checked.
+
+Both listen to SQLAlchemy's engines. In a run whose project does not import SQLAlchemy (a Django
+project) there is nothing to guard, and installing them would import it (0.15-0.25 s in every
+process): they go in when SQLAlchemy is first imported, whenever that is (:class:`OnImport`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.abc
+import importlib.machinery
+import sys
+import types
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 import pytest
@@ -46,6 +55,13 @@ class ConnectionGuards:
     leak_mode: str
     _test_database: dict[URL, bool] = dataclasses.field(default_factory=dict)
     _check_engine: Engine | None = None
+    _pending: OnImport | None = None  # waiting for SQLAlchemy's import to install the guards
+
+    def install(self) -> None:
+        """Start both guards (SQLAlchemy is imported by now)."""
+        self.foreign.install()
+        if self.leaks is not None:
+            self.leaks.install()
 
     def on_test_database(self, connection: Connection) -> bool:
         """Whether ``connection``'s engine is on this worker's test database (asked once per URL)."""
@@ -102,6 +118,8 @@ class ConnectionGuards:
         item.warn(LeakWarning(message))
 
     def close(self) -> None:
+        if self._pending is not None:
+            self._pending.remove()
         self.foreign.remove()
         if self.leaks is not None:
             self.leaks.remove()
@@ -125,11 +143,14 @@ def guards_of(config: pytest.Config) -> ConnectionGuards | None:
             own.append(Target.from_url(plan.server_url.with_database(plan.database)))
             own.append(Target.from_url(plan.test_url))  # through the fault proxy, when on
         foreign = ForeignDatabaseGuard(own, allowed=AllowList.of(settings.allow_databases))
-        foreign.install()
         guards = ConnectionGuards(plan, foreign, None, settings.leaks)
         if settings.leaks != "off" and plan.server_url is not None:
             guards.leaks = LeakWatcher(guards.on_test_database)
-            guards.leaks.install()
+        if "sqlalchemy" in sys.modules:
+            guards.install()
+        else:
+            guards._pending = OnImport("sqlalchemy", guards.install)
+            guards._pending.add()
     config.stash[_guards_key] = guards
     return guards
 
@@ -139,3 +160,72 @@ def close_guards(config: pytest.Config) -> None:
     guards = config.stash.get(_guards_key, None)
     if guards is not None:
         guards.close()
+
+
+class OnImport(importlib.abc.MetaPathFinder):
+    """Calls ``then`` right after the package ``name`` is first imported, once.
+
+    A finder first on ``sys.meta_path`` that answers for ``name`` alone: it finds the package's
+    spec through the finders after it and wraps its loader, whose ``exec_module`` runs the
+    package and then ``then``; the module's own loader is put back afterwards. Cheaper than a
+    check before each test, and no test is missed: SQLAlchemy imported by a fixture or in the
+    middle of a test body is guarded from that moment on, as when the guards went in at the
+    first test.
+    """
+
+    def __init__(self, name: str, then: Callable[[], None]) -> None:
+        self.name = name
+        self.then = then
+
+    def add(self) -> None:
+        """Start watching for the import."""
+        if self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+
+    def remove(self) -> None:
+        """Stop watching."""
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        """The package's own spec with its loader wrapped; None for every other module."""
+        if fullname != self.name:
+            return None
+        self.remove()  # once; and the finders below must not find this one again
+        spec: importlib.machinery.ModuleSpec | None = None
+        for finder in sys.meta_path:
+            find: Callable[..., importlib.machinery.ModuleSpec | None] | None = getattr(
+                finder, "find_spec", None
+            )
+            spec = find(fullname, path, target) if find is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _ThenLoader(spec.loader, self.then)
+        return spec
+
+
+class _ThenLoader(importlib.abc.Loader):
+    """Runs a module with its own loader, then a callback; the module keeps its own loader."""
+
+    def __init__(self, loader: importlib.abc.Loader, then: Callable[[], None]) -> None:
+        self.loader = loader
+        self.then = then
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
+        module.__loader__ = self.loader
+        self.loader.exec_module(module)
+        self.then()

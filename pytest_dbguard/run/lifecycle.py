@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
-from pytest_dbguard.db import databases, janitor, kept_templates, schema, schema_drift
-from pytest_dbguard.db.engines import dispose_own_engines, shared_admin_engine
+from pytest_dbguard.db import databases, janitor, kept_templates, maintenance, schema, schema_drift
+from pytest_dbguard.db.engines import dispose_own_engines
 from pytest_dbguard.db.names import schema_name
 from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
 from pytest_dbguard.run import environment, remote_workers, reuse_run, termination, worker_failures
@@ -376,7 +376,7 @@ def stop(config: pytest.Config) -> None:
             elif cluster is not None and not settings.reuse:
                 cluster.stop()
             elif plan.server_url is not None and answered:
-                with shared_admin_engine(plan.server_url).connect() as connection:
+                with maintenance.shared(plan.server_url) as connection:
                     janitor.drop_run(plan.server_url, plan.run, connection=connection)
                 if plan.schema is not None:  # workers stopped before their teardown (SIGTERM)
                     from pytest_dbguard.db.schema_janitor import drop_run_schemas
@@ -388,6 +388,7 @@ def stop(config: pytest.Config) -> None:
         print(f"dbguard: cleanup failed: {error}", file=sys.stderr)
     finally:
         dispose_own_engines()
+        maintenance.close_shared()
         if cluster is not None and settings.reuse:
             from pytest_dbguard.server import kept_clusters
 

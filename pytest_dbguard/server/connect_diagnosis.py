@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -177,8 +178,6 @@ def classify_error(
     error: BaseException, *, connected: bool = False, password: str | None = None
 ) -> Failure:
     """The stage, short message and retryability of a driver or SQLAlchemy error."""
-    from sqlalchemy import exc
-
     original = getattr(error, "orig", None) or error
     message = str(original)
     sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
@@ -189,7 +188,12 @@ def classify_error(
             return Failure(stage, short, rule.retryable)
     # Unknown text: an operational error (PEP 249 name) may pass with time; others will not.
     names = {cls.__name__ for cls in type(original).__mro__}
-    retryable = isinstance(error, (exc.OperationalError, OSError)) or "OperationalError" in names
+    exc = sys.modules.get("sqlalchemy.exc")  # not imported: no SQLAlchemy error to be had
+    retryable = (
+        isinstance(error, OSError)
+        or (exc is not None and isinstance(error, exc.OperationalError))
+        or "OperationalError" in names
+    )
     return Failure(QUERY if connected else TCP_CONNECT, short, retryable)
 
 

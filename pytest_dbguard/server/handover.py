@@ -16,6 +16,7 @@ Works without pytest.
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,3 +76,17 @@ def close_quietly(connection: Any) -> None:
     """Close a DBAPI connection that may already be broken."""
     with contextlib.suppress(Exception):  # already broken: nothing to release
         connection.close()
+
+
+def looks_dead(dbapi_connection: Any) -> bool:
+    """Whether a DBAPI connection is closed, or its idle socket has something to read (the
+    server's goodbye, or end of file)."""
+    if getattr(dbapi_connection, "closed", False):  # psycopg: True; psycopg2: a non-zero int
+        return True
+    try:
+        descriptor = dbapi_connection.fileno()
+    except Exception:  # a driver that cannot say, or a connection already broken
+        return True
+    poller = select.poll()
+    poller.register(descriptor, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))  # nothing is due on an idle connection

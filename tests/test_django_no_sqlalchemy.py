@@ -1,0 +1,128 @@
+"""A Django run imports no SQLAlchemy, in any process: dbguard's own maintenance (CREATE and DROP
+DATABASE, marks, locks, the janitor) runs on the driver alone, and the connection guards go in
+only once the project imports SQLAlchemy itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.django_project import migrate_lines, write_project
+from tests.helpers import run_dbguard
+from tests.pgserver import TestServer
+
+DJANGO_XDIST = ("pytest_django.plugin", "xdist.plugin")
+
+# Every process (the test process, the xdist controller) writes the SQLAlchemy modules it holds
+# once dbguard has cleaned up: trylast, so after dbguard's own unconfigure has run.
+CONFTEST = """
+import json
+import os
+import sys
+
+import pytest
+
+
+def _loaded():
+    return sorted(name for name in sys.modules if name.split(".")[0] == "sqlalchemy")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    worker = getattr(config, "workerinput", {}).get("workerid", "controller")
+    with open(os.path.join(str(config.rootpath), f"modules-{worker}.json"), "w") as out:
+        json.dump(_loaded(), out)
+"""
+
+TESTS = """
+import datetime
+import sys
+
+import pytest
+
+from shop.models import Order
+
+
+def _loaded():
+    return sorted(name for name in sys.modules if name.split(".")[0] == "sqlalchemy")
+
+
+@pytest.mark.parametrize("n", range(3))
+@pytest.mark.django_db
+def test_orm_without_sqlalchemy(n):
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc), note=str(n))
+    assert Order.objects.count() == 1
+    assert _loaded() == []
+
+
+def test_transactional_without_sqlalchemy(transactional_db):
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc))
+    assert _loaded() == []
+"""
+
+
+def _written(folder: Path) -> dict[str, list[str]]:
+    return {
+        path.stem.removeprefix("modules-"): json.loads(path.read_text())
+        for path in sorted(folder.glob("modules-*.json"))
+    }
+
+
+@pytest.mark.parametrize(
+    ("workers", "processes"),
+    [((), ["controller"]), (("-n", "2"), ["controller", "gw0", "gw1"])],
+    ids=["serial", "xdist"],
+)
+@pytest.mark.parametrize("server", ["embedded", "external"])
+def test_a_django_run_imports_no_sqlalchemy(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    server: str,
+    workers: tuple[str, ...],
+    processes: list[str],
+) -> None:
+    log = write_project(pytester)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_shop=TESTS)
+    url = ["--dbguard-url", pg_server.url()] if server == "external" else []
+    before = set(pg_server.databases())
+    result = run_dbguard(pytester, *workers, *url, plugins=DJANGO_XDIST)
+    result.assert_outcomes(passed=4)
+    assert _written(pytester.path) == {name: [] for name in processes}
+    assert len(migrate_lines(log)) == 1  # the template was still built once
+    assert set(pg_server.databases()) == before  # and everything dbguard made dropped
+
+
+GUARDED_LATE = """
+import pytest
+
+
+def test_no_sqlalchemy_yet():
+    import sys
+
+    assert "sqlalchemy" not in sys.modules
+
+
+def test_sqlalchemy_imported_in_the_test_is_guarded(dbguard_url):
+    import sqlalchemy
+
+    from pytest_dbguard.exceptions import ForeignDatabaseError
+
+    foreign = sqlalchemy.make_url(dbguard_url).set(database="postgres")
+    engine = sqlalchemy.create_engine(foreign)
+    with pytest.raises(ForeignDatabaseError):
+        engine.connect()
+    engine.dispose()
+"""
+
+
+def test_guards_go_in_when_the_project_imports_sqlalchemy(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """A run that had not imported SQLAlchemy when its first test began still guards the
+    connections of an engine made after a test imports it."""
+    pytester.makepyfile(test_late=GUARDED_LATE)
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
