@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard.db.engines import dispose_own_engines, shared_admin_engine
+from pytest_dbguard.db import maintenance
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError, ReadinessError
 from pytest_dbguard.server.connect_diagnosis import (
@@ -241,12 +241,12 @@ def test_the_runs_own_check_hands_its_connection_to_the_maintenance_engine(
     try:
         assert wait_for_run(url, timeout=10).attempts == 1
         assert wait_for_run(url, timeout=10).attempts == 1  # proven on the kept connection
-        with shared_admin_engine(url).connect() as connection:
-            name = connection.exec_driver_sql("SHOW application_name").scalar()
-            in_block = connection.exec_driver_sql("SELECT now() = statement_timestamp()").scalar()
+        with maintenance.shared(url) as connection:
+            name = connection.scalar("SHOW application_name")
+            on_its_own = connection.scalar("SELECT now() = statement_timestamp()")
         assert name == MAINTENANCE_APP
-        assert in_block  # autocommit: each statement its own transaction
+        assert on_its_own  # autocommit: the SELECT is not inside the SHOW's transaction
         assert pg_server.connections_since(offset).count(database) == 1
     finally:
-        dispose_own_engines()
+        maintenance.close_shared()
         pg_server.sql(f"DROP DATABASE {database} WITH (FORCE)")
