@@ -222,7 +222,7 @@ def test_truncator_resets_sequences_of_emptied_tables(pg_server: TestServer) -> 
     """A test that inserted and deleted again leaves no row, only a moved sequence: still dirty."""
     from sqlalchemy import create_engine, text
 
-    from pytest_dbguard.db.isolation import Truncator
+    from pytest_dbguard.db.truncation import Truncator
 
     pg_server.sql("CREATE DATABASE truncator_probe")
     engine = create_engine(pg_server.url(database="truncator_probe"))
@@ -262,7 +262,7 @@ def test_truncator_deletes_children_first_and_truncates_what_delete_cannot(
     foreign keys gets TRUNCATE, so no trigger fires and nothing is left."""
     from sqlalchemy import create_engine, text
 
-    from pytest_dbguard.db.isolation import Truncator
+    from pytest_dbguard.db.truncation import Truncator
 
     pg_server.sql("CREATE DATABASE truncator_order")
     engine = create_engine(pg_server.url(database="truncator_order"))
