@@ -424,8 +424,8 @@ def _write_two(connection: Any) -> None:
 
 def bench_truncate_direct(cluster: Any, runs: int) -> None:
     from pytest_dbguard.db import databases, engines
-    from pytest_dbguard.db.isolation import Truncator
     from pytest_dbguard.db.names import database_name
+    from pytest_dbguard.db.truncation import Truncator
 
     common.banner(
         f"d. truncate isolation, {TRUNCATE_TABLES} tables: Truncator.clean() measured directly"

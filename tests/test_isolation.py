@@ -44,6 +44,44 @@ def test_rollback_isolation_both_orders(
     result.assert_outcomes(passed=2)
 
 
+SHARED_CONNECTION = """
+    from sqlalchemy import func, select, text
+    from models import Author
+
+    def same_connection(session, connection):
+        return session.connection().connection.dbapi_connection is (
+            connection.connection.dbapi_connection
+        )
+
+    def test_session_alone_does_not_pull_in_the_connection_fixture(request, dbguard_session):
+        assert "dbguard_connection" not in request.fixturenames
+
+    def test_session_first(dbguard_session, dbguard_connection):
+        assert same_connection(dbguard_session, dbguard_connection)
+        dbguard_session.add(Author(name="ada"))
+        dbguard_session.commit()
+        assert dbguard_connection.execute(text("SELECT count(*) FROM authors")).scalar() == 1
+
+    def test_connection_first(dbguard_connection, dbguard_session):
+        assert same_connection(dbguard_session, dbguard_connection)
+        dbguard_connection.execute(text("INSERT INTO authors (name) VALUES ('bob')"))
+        assert dbguard_session.scalar(select(func.count()).select_from(Author)) == 1
+
+    def test_then_nothing_is_left(dbguard_connection):
+        assert dbguard_connection.execute(text("SELECT count(*) FROM authors")).scalar() == 0
+"""
+
+
+def test_session_and_connection_share_the_tests_one_connection(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    # dbguard_session no longer requests dbguard_connection (a function-scoped fixture in the
+    # chain costs every test); both still see one connection and one rolled-back transaction.
+    _project(pytester, url=pg_server.url())
+    pytester.makepyfile(test_shared=SHARED_CONNECTION)
+    run_dbguard(pytester, "-p", "no:randomly").assert_outcomes(passed=4)
+
+
 def test_commit_in_test_survives_inside_but_not_after(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:
@@ -184,7 +222,7 @@ def test_truncator_resets_sequences_of_emptied_tables(pg_server: TestServer) -> 
     """A test that inserted and deleted again leaves no row, only a moved sequence: still dirty."""
     from sqlalchemy import create_engine, text
 
-    from pytest_dbguard.db.isolation import Truncator
+    from pytest_dbguard.db.truncation import Truncator
 
     pg_server.sql("CREATE DATABASE truncator_probe")
     engine = create_engine(pg_server.url(database="truncator_probe"))
@@ -224,7 +262,7 @@ def test_truncator_deletes_children_first_and_truncates_what_delete_cannot(
     foreign keys gets TRUNCATE, so no trigger fires and nothing is left."""
     from sqlalchemy import create_engine, text
 
-    from pytest_dbguard.db.isolation import Truncator
+    from pytest_dbguard.db.truncation import Truncator
 
     pg_server.sql("CREATE DATABASE truncator_order")
     engine = create_engine(pg_server.url(database="truncator_order"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
 import socket
 import subprocess
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_dbguard.db import maintenance
+from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError, ReadinessError
 from pytest_dbguard.server.connect_diagnosis import (
     AUTHENTICATION,
@@ -23,6 +26,7 @@ from pytest_dbguard.server.connect_diagnosis import (
     TLS,
     NotReady,
 )
+from pytest_dbguard.server.handover import MAINTENANCE_APP
 from pytest_dbguard.server.readiness import (
     LOOPBACK_POLICY,
     REMOTE_POLICY,
@@ -30,6 +34,7 @@ from pytest_dbguard.server.readiness import (
     await_ready,
     is_local_host,
     probe,
+    wait_for_run,
     wait_until_ready,
 )
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer, delayed_server, free_port
@@ -223,3 +228,25 @@ def test_importing_readiness_does_not_import_sqlalchemy() -> None:
     code = "import sys, pytest_dbguard.server.readiness; print('sqlalchemy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_runs_own_check_hands_its_connection_to_the_maintenance_engine(
+    pg_server: TestServer,
+) -> None:
+    # A database of its own: the process-wide maintenance engines are keyed by URL.
+    database = f"handover_ready_{os.getpid()}"
+    pg_server.sql(f"CREATE DATABASE {database}")
+    url = DatabaseURL.parse(pg_server.url(database))
+    offset = pg_server.log_offset()
+    try:
+        assert wait_for_run(url, timeout=10).attempts == 1
+        assert wait_for_run(url, timeout=10).attempts == 1  # proven on the kept connection
+        with maintenance.shared(url) as connection:
+            name = connection.scalar("SHOW application_name")
+            on_its_own = connection.scalar("SELECT now() = statement_timestamp()")
+        assert name == MAINTENANCE_APP
+        assert on_its_own  # autocommit: the SELECT is not inside the SHOW's transaction
+        assert pg_server.connections_since(offset).count(database) == 1
+    finally:
+        maintenance.close_shared()
+        pg_server.sql(f"DROP DATABASE {database} WITH (FORCE)")

@@ -20,7 +20,8 @@ from pytest_dbguard.aio.loop_policy import LOOP_SCOPE
 from pytest_dbguard.db import kept_failed
 from pytest_dbguard.db.engine_listener import mark_own
 from pytest_dbguard.db.engines import sqlite_savepoints
-from pytest_dbguard.db.isolation import Truncator, isolation_of
+from pytest_dbguard.db.isolation import isolation_of
+from pytest_dbguard.db.truncation import Truncator
 from pytest_dbguard.db.urls import DatabaseURL, url_of
 from pytest_dbguard.run import failed_tests
 from pytest_dbguard.run.state import the_run

@@ -3,6 +3,6 @@ engines (``engines``, ``engine_listener``) and dbguard's own maintenance connect
 (``maintenance``), the per-worker databases cloned from a template
 (``databases``, ``schema``, ``kept_templates``, ``alembic_runner``), the schema drift check
 (``schema_drift``, and ``check_schema`` behind ``dbguard check-schema``), the core fixtures (``fixtures``),
-per-test isolation (``isolation``), a failed test's data copied before its rollback
+per-test isolation (``isolation``, ``truncation``), a failed test's data copied before its rollback
 (``kept_failed``), and the marks and sweeps that let only dbguard's own databases be dropped
 (``marks``, ``janitor``, ``schema_janitor``, ``sql``)."""

@@ -1,13 +1,11 @@
-"""Per-test isolation fixtures: rollback (outer transaction + savepoints), truncate, or none.
-
-``Truncator`` works without pytest: it finds which tables a test left rows in (one query) and
-empties only those (a second round trip), so a ``truncate`` test that wrote nothing costs one.
+"""Per-test isolation: rollback (outer transaction + savepoints), truncate, or none; the test's
+one connection shared by ``dbguard_connection`` and ``dbguard_session``; a test's markers read
+once. Emptying what a ``truncate`` test wrote is :mod:`pytest_dbguard.db.truncation`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import graphlib
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
@@ -21,17 +19,16 @@ from pytest_dbguard.db.engines import (
     engine_for,
     take_parked_engine,
 )
-from pytest_dbguard.db.sql import quote_ident
+from pytest_dbguard.db.truncation import Truncator, sqlite_clean
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.run import failed_tests
 from pytest_dbguard.run.state import run_of
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Connection, Engine, RootTransaction
     from sqlalchemy.orm import Session
 
 TRUNCATE_FIXTURE: Final = "_dbguard_truncate"
-SKIPPED_TABLES: Final = frozenset({"alembic_version"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,16 +37,22 @@ class DbguardMarks:
 
     isolation: str | None  # the closest marker that names one; None: the run's default
     allow: tuple[str, ...]  # the databases all of them allow, added up
+    without: tuple[pytest.Mark, ...] = ()  # the ``dbguard_without`` markers, checked at setup
 
     @classmethod
     def read(cls, item: pytest.Item) -> DbguardMarks:
+        """Both markers in one walk over the markers of every node above the test."""
         isolation: str | None = None
         allow: list[str] = []
-        for marker in item.iter_markers("dbguard"):
-            if isolation is None and "isolation" in marker.kwargs:
-                isolation = str(marker.kwargs["isolation"])
-            allow += marker.kwargs.get("allow", ())
-        return cls(isolation, tuple(allow))
+        without: list[pytest.Mark] = []
+        for marker in item.iter_markers():
+            if marker.name == "dbguard":
+                if isolation is None and "isolation" in marker.kwargs:
+                    isolation = str(marker.kwargs["isolation"])
+                allow += marker.kwargs.get("allow", ())
+            elif marker.name == "dbguard_without":
+                without.append(marker)
+        return cls(isolation, tuple(allow), tuple(without))
 
 
 _marks_key: Final = pytest.StashKey[DbguardMarks]()
@@ -83,6 +86,7 @@ class RunningTest:
     definition (and a signature) each time it is resolved, several times per test."""
 
     item: pytest.Item | None = None
+    held: HeldConnection | None = None  # the test's connection, once a fixture opened it
 
     def now(self) -> pytest.Item:
         if self.item is None:
@@ -104,222 +108,98 @@ def running_test(config: pytest.Config) -> RunningTest:
     return running
 
 
+@dataclasses.dataclass
+class HeldConnection:
+    """One test's connection, in its outer transaction under rollback isolation."""
+
+    item: pytest.Item
+    connection: Connection
+    transaction: RootTransaction | None  # None: truncate or none isolation, commits are real
+
+
 @dataclasses.dataclass(frozen=True)
 class ConnectionSource:
-    """What ``dbguard_connection`` needs for every test, resolved once per session: one fixture
-    in each test's fixture closure instead of three (pytest walks every name of the closure for
-    every test)."""
+    """What ``dbguard_connection`` and ``dbguard_session`` need for every test: the engine, and the
+    record of the running test.
+
+    The two fixtures share the test's one connection through :meth:`hold`, rather than the
+    session fixture requesting the connection fixture: each function-scoped fixture in a chain
+    costs every test about 0.22M instructions of pytest's own (setup, finalizers, scope checks),
+    a third of what dbguard added per test (``benchmarks/ci_path.py --only i``).
+    """
 
     engine: Engine
     running: RunningTest
+    isolation: str = "rollback"  # the run's default, for tests whose markers name none
+    keep_failed: bool = False  # --dbguard-keep-failed: failed tests' rows may be copied
+
+    def hold(self) -> tuple[HeldConnection, bool]:
+        """The running test's connection, and whether this caller opened it (and releases it
+        at its teardown; the other fixture, set up later, is torn down earlier)."""
+        item = self.running.now()
+        held = self.running.held
+        if held is not None and held.item is item:
+            return held, False
+        connection = self.engine.connect()
+        isolation = marks_of(item).isolation or self.isolation
+        transaction = connection.begin() if isolation == "rollback" else None
+        self.running.held = held = HeldConnection(item, connection, transaction)
+        return held, True
+
+    def release(self, held: HeldConnection) -> None:
+        """After the test: keep a failed test's rows if asked, roll back, close."""
+        self.running.held = None
+        item, connection, transaction = held.item, held.connection, held.transaction
+        if transaction is None:
+            connection.close()
+            return
+        try:
+            if self.keep_failed and failed_tests.wants_copy(item):  # before the rollback
+                keep_view(item, connection, Truncator(self.engine))
+        finally:
+            try:
+                if transaction.is_active:
+                    transaction.rollback()
+            except Exception as error:
+                item.warn(pytest.PytestWarning(f"dbguard could not roll back: {error}"))
+            connection.close()
 
 
-def connection_source(dbguard_url: str, running: RunningTest) -> Iterator[ConnectionSource]:
-    """The engine behind ``dbguard_connection`` (for the session), with the running-test record.
-    The engine skips ``pool_pre_ping``'s round trip on every test: dead pooled connections are
-    found by a look at their socket instead."""
-    from pytest_dbguard.db.urls import url_of
+class ConnectionSources:
+    """The run's connection sources, one per ``dbguard_url`` value: an engine made on the first
+    test that asks, kept until :meth:`dispose` at the end of the session.
 
-    url = url_of(dbguard_url, source="dbguard_url")
-    engine = take_parked_engine(url) or engine_for(url)  # the one that built the schema, if kept
-    if not url.is_sqlite:
-        discard_dead_connections(engine)
-    yield ConnectionSource(engine, running)
-    engine.dispose()
-
-
-class Truncator:
-    """Empties the tables a test wrote to, and resets their sequences, with the fewest statements.
-
-    The few dirty tables are emptied with ``DELETE`` (children before parents) and their sequences
-    set back in the same round trip: far cheaper than ``TRUNCATE``, which makes new files for every
-    table, index and sequence. Tables with ``DELETE`` triggers of their own, foreign keys in a
-    cycle, or a ``DELETE`` that fails get ``TRUNCATE … RESTART IDENTITY CASCADE``.
+    A registry rather than a session fixture between ``dbguard_url`` and the tests' fixtures:
+    pytest resolves every dependency of a cached session fixture again for every test that
+    uses it (about 0.1M instructions per link). Keyed by the URL string, so a project's own
+    ``dbguard_url`` fixture still decides where the tests' connections go.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._layout: _Layout | None = None
+    def __init__(self, running: RunningTest, *, isolation: str, keep_failed: bool) -> None:
+        self.running = running
+        self.isolation = isolation
+        self.keep_failed = keep_failed
+        self._sources: dict[str, ConnectionSource] = {}
 
-    def _read_layout(self, connection: Connection) -> _Layout:
-        from sqlalchemy import text
+    def for_url(self, dbguard_url: str) -> ConnectionSource:
+        source = self._sources.get(dbguard_url)
+        if source is None:
+            from pytest_dbguard.db.urls import url_of
 
-        in_schema = (
-            "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema() "
-        )
-        tables = [
-            name
-            for (name,) in connection.execute(
-                text(
-                    f"SELECT c.oid::regclass::text FROM pg_class c {in_schema}"
-                    f"WHERE c.relkind IN ('r', 'p') ORDER BY 1"
-                )
-            )
-            if name.rsplit(".", 1)[-1].strip('"') not in SKIPPED_TABLES
-        ]
-        # Serial and identity columns' sequences, with the value each starts from.
-        sequences: dict[str, list[tuple[str, int]]] = {}
-        for table, sequence, start in connection.execute(
-            text(
-                "SELECT c.oid::regclass::text, d.objid::regclass::text, s.seqstart "
-                f"FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid {in_schema}"
-                "JOIN pg_sequence s ON s.seqrelid = d.objid "
-                "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
-                "AND d.deptype IN ('a', 'i') ORDER BY 2"
-            )
-        ):
-            sequences.setdefault(table, []).append((sequence, int(start)))
-        references = [
-            (child, parent)
-            for child, parent in connection.execute(
-                text(
-                    "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
-                    "WHERE contype = 'f' AND connamespace = current_schema()::regnamespace"
-                )
-            )
-        ]
-        triggered = {
-            table
-            for (table,) in connection.execute(
-                text(
-                    "SELECT DISTINCT tgrelid::regclass::text FROM pg_trigger "
-                    "WHERE NOT tgisinternal AND tgtype & 8 <> 0"  # 8: a DELETE trigger
-                )
-            )
-        }
-        return _Layout(tables, sequences, references, triggered)
+            url = url_of(dbguard_url, source="dbguard_url")
+            # The engine that built the schema, if kept. No pool_pre_ping round trip on every
+            # test: dead pooled connections are found by a look at their socket instead.
+            engine = take_parked_engine(url) or engine_for(url)
+            if not url.is_sqlite:
+                discard_dead_connections(engine)
+            source = ConnectionSource(engine, self.running, self.isolation, self.keep_failed)
+            self._sources[dbguard_url] = source
+        return source
 
-    def dirty_tables(self, connection: Connection) -> list[str]:
-        """Qualified names of the tables that hold rows or moved sequences."""
-        if self._layout is None:
-            self._layout = self._read_layout(connection)
-        if not self._layout.probe:
-            return []
-        return [row[0] for row in connection.exec_driver_sql(self._layout.probe)]
-
-    def written(self, connection: Connection) -> tuple[list[str], list[str]]:
-        """The dirty tables, parents before children, and their sequences (to copy a failed
-        test's rows, ``kept_failed``)."""
-        dirty = self.dirty_tables(connection)
-        if not dirty:
-            return [], []
-        assert self._layout is not None
-        return self._layout.parents_first(dirty), [
-            sequence for table in dirty for sequence, _ in self._layout.sequences.get(table, [])
-        ]
-
-    def clean(self) -> list[str]:
-        """Empty every dirty table and reset its sequences; returns what was emptied."""
-        from sqlalchemy.exc import DBAPIError
-
-        with self._engine.connect() as connection:
-            # A leaked open transaction must not hang the run. LOCAL: the connection goes back to
-            # dbguard_engine's pool, which the tests' own connections come from.
-            connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
-            dirty = self.dirty_tables(connection)
-            if not dirty:
-                connection.commit()
-                return dirty
-            assert self._layout is not None
-            deletes = self._layout.deletes(dirty)
-            if deletes is not None:
-                try:
-                    connection.exec_driver_sql(deletes)
-                    connection.commit()
-                    return dirty
-                except DBAPIError:  # a row elsewhere still refers to one: TRUNCATE cascades
-                    connection.rollback()
-                    connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
-            connection.exec_driver_sql(f"TRUNCATE {', '.join(dirty)} RESTART IDENTITY CASCADE")
-            connection.commit()
-        return dirty
-
-
-@dataclasses.dataclass
-class _Layout:
-    """The tables of the test database as far as cleaning goes, read once per session."""
-
-    tables: list[str]
-    sequences: dict[str, list[tuple[str, int]]]
-    references: list[tuple[str, str]]  # (child, parent) foreign keys
-    triggered: set[str]  # tables with DELETE triggers of their own
-    probe: str = dataclasses.field(init=False)  # derived from the above, once
-
-    def __post_init__(self) -> None:
-        # A table is dirty when it has a row, or when one of its sequences has moved since the
-        # clone (a test that inserted and deleted again). One planned-once query for all tables.
-        self.probe = " UNION ALL ".join(
-            f"SELECT {_sql_literal(table)} WHERE EXISTS (SELECT 1 FROM {table})"
-            + "".join(
-                f" OR pg_sequence_last_value({_sql_literal(sequence)}::regclass) IS NOT NULL"
-                for sequence, _ in self.sequences.get(table, [])
-            )
-            for table in self.tables
-        )
-
-    def parents_first(self, dirty: list[str]) -> list[str]:
-        """``dirty`` with each table after the tables it refers to (as given, on a cycle)."""
-        chosen = set(dirty)
-        parents = {table: set[str]() for table in dirty}
-        for child, parent in self.references:
-            if child in chosen and parent in chosen and child != parent:
-                parents[child].add(parent)
-        try:
-            return list(graphlib.TopologicalSorter(parents).static_order())
-        except graphlib.CycleError:
-            return dirty
-
-    def deletes(self, dirty: list[str]) -> str | None:
-        """One round trip that empties ``dirty`` children first and resets their sequences; None
-        where only TRUNCATE will do (DELETE triggers, a foreign-key cycle)."""
-        if self.triggered.intersection(dirty):
-            return None
-        chosen = set(dirty)
-        # Tables outside ``dirty`` are empty, so only foreign keys among dirty tables matter.
-        parents_after = {table: set[str]() for table in dirty}
-        for child, parent in self.references:
-            if child in chosen and parent in chosen and child != parent:
-                parents_after[parent].add(child)
-        try:
-            order = list(graphlib.TopologicalSorter(parents_after).static_order())
-        except graphlib.CycleError:
-            return None
-        resets = [
-            f"setval({_sql_literal(sequence)}::regclass, {start}, false)"
-            for table in order
-            for sequence, start in self.sequences.get(table, [])
-        ]
-        statements = [f"DELETE FROM {table}" for table in order]
-        if resets:
-            statements.append("SELECT " + ", ".join(resets))
-        return "; ".join(statements)
-
-
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _sqlite_clean(engine: Engine) -> list[str]:
-    from sqlalchemy import text
-
-    with engine.begin() as connection:
-        names = [
-            row[0]
-            for row in connection.execute(
-                text(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-                )
-            )
-        ]
-        connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
-        for name in names:
-            if name not in SKIPPED_TABLES:
-                connection.exec_driver_sql(f"DELETE FROM {quote_ident(name)}")
-        if connection.execute(
-            text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")
-        ).first():
-            connection.exec_driver_sql("DELETE FROM sqlite_sequence")
-    return names
+    def dispose(self) -> None:
+        """Close every engine (before the run's database is dropped)."""
+        while self._sources:
+            self._sources.popitem()[1].engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -340,7 +220,7 @@ def _dbguard_truncate(
             keep_view(request.node, connection, _dbguard_cleaner)
     try:
         if _dbguard_cleaner is None:
-            _sqlite_clean(dbguard_engine)
+            sqlite_clean(dbguard_engine)
         else:
             _dbguard_cleaner.clean()
     except Exception as error:  # the test's own outcome must not be lost to a cleanup failure
@@ -349,55 +229,39 @@ def _dbguard_truncate(
         )
 
 
-@pytest.fixture
-def dbguard_connection(_dbguard_connections: ConnectionSource) -> Iterator[Connection]:
-    """Function: a Connection inside a transaction that is rolled back after the test.
-
-    With ``isolation="truncate"`` or ``"none"`` the connection is plain (commits are real; truncate
-    empties the written tables afterwards).
-    """
-    item, engine = _dbguard_connections.running.now(), _dbguard_connections.engine
-    connection = engine.connect()
-    if isolation_of(item) != "rollback":
-        yield connection
-        connection.close()
-        return
-    transaction = connection.begin()
+def connection_for_test(source: ConnectionSource) -> Iterator[Connection]:
+    """The body of ``dbguard_connection`` (made per run in :mod:`pytest_dbguard.db.fixtures`)."""
+    held, opened = source.hold()
     try:
-        yield connection
+        yield held.connection
     finally:
-        if failed_tests.wants_copy(item):  # before the rollback takes its rows
-            keep_view(item, connection, Truncator(engine))
-        try:
-            if transaction.is_active:
-                transaction.rollback()
-        except Exception as error:
-            item.warn(pytest.PytestWarning(f"dbguard could not roll back: {error}"))
-        connection.close()
+        if opened:
+            source.release(held)
 
 
-@pytest.fixture
-def dbguard_session(
-    _dbguard_connections: ConnectionSource, dbguard_connection: Connection
-) -> Iterator[Session]:
-    """Function: an ORM Session joined to ``dbguard_connection``'s transaction.
-
-    ``session.commit()`` inside the test releases a SAVEPOINT instead of committing, so nothing
-    survives the test; the session is closed and the outer transaction rolled back afterwards.
-    """
+def session_for_test(source: ConnectionSource) -> Iterator[Session]:
+    """The body of ``dbguard_session``: a Session joined to the test's connection and its
+    transaction, with SAVEPOINTs for the test's commits."""
     from sqlalchemy.orm import Session
 
-    session = Session(bind=dbguard_connection, join_transaction_mode="create_savepoint")
-    yield session
-    item = _dbguard_connections.running.now()
-    if isolation_of(item) == "rollback" and failed_tests.wants_copy(item):
-        # Before close() rolls back the session's savepoint, with the rows it flushed.
-        keep_view(item, dbguard_connection, Truncator(dbguard_connection.engine), session)
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # closing after a failed flush may warn; the test already failed
-        session.close()
+    held, opened = source.hold()
+    connection = held.connection
+    try:
+        session = Session(bind=connection, join_transaction_mode="create_savepoint")
+        yield session
+        wants_copy = source.keep_failed and held.transaction is not None
+        if wants_copy and failed_tests.wants_copy(held.item):
+            # Before close() rolls back the session's savepoint, with the rows it flushed.
+            keep_view(held.item, connection, Truncator(connection.engine), session)
+        if session.is_active:
+            session.close()
+        else:  # closing after a failed flush may warn; the test already failed
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                session.close()
+    finally:
+        if opened:
+            source.release(held)
 
 
 def keep_view(

@@ -27,7 +27,7 @@ _READ_OPTIONS: Final = {"no_parameters": True, **INTERNAL_OPTIONS}
 
 
 class WrittenTables(Protocol):
-    """What finds the tables a test wrote (``isolation.Truncator`` is one)."""
+    """What finds the tables a test wrote (``truncation.Truncator`` is one)."""
 
     def written(self, connection: Connection) -> tuple[list[str], list[str]]:
         """The tables that hold rows, parents before children, and their sequences."""

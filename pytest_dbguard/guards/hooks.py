@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import pytest
 
+from pytest_dbguard.db.isolation import marks_of
 from pytest_dbguard.guards.connection_guards import close_guards, guards_of
 from pytest_dbguard.guards.hidden_modules import HiddenModules
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard
@@ -60,13 +61,26 @@ def _state(config: pytest.Config) -> _GuardState:
     return state
 
 
-def _watch_naive(state: _GuardState, where: str) -> NaiveDatetimeGuard | None:
+class _TestName:
+    """A test's node id, made into text only when a report names it: pytest 9 builds the string
+    anew on every access of ``item.nodeid``, and most tests are never named."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: pytest.Item) -> None:
+        self.item = item
+
+    def __str__(self) -> str:
+        return self.item.nodeid
+
+
+def _watch_naive(state: _GuardState, item: pytest.Item) -> NaiveDatetimeGuard | None:
     """The run's naive datetime guard, installed once SQLAlchemy has been imported by anyone."""
     if state.naive is None and state.naive_mode != "off" and "sqlalchemy.engine" in sys.modules:
         state.naive = NaiveDatetimeGuard(state.naive_mode)
         state.naive.install()
     if state.naive is not None:
-        state.naive.where = where
+        state.naive.where = _TestName(item)
         state.naive.watch_models()  # the ORM may have been imported since
     return state.naive
 
@@ -75,7 +89,7 @@ def _hidden_modules(item: pytest.Item) -> HiddenModules | None:
     """The modules the test's ``dbguard_without`` markers hide; fails the test on a bad marker."""
     __tracebackhide__ = True
     names: list[str] = []
-    for marker in item.iter_markers("dbguard_without"):
+    for marker in marks_of(item).without:
         from pytest_dbguard.run.markers import dbguard_without
 
         try:
@@ -104,7 +118,7 @@ def before_setup(item: pytest.Item) -> None:
     if guards is not None:
         guards.arm(item)
     state = _state(item.config)
-    guard = _watch_naive(state, item.nodeid)
+    guard = _watch_naive(state, item)
     if guard is not None:
         guard.reports.clear()
     hidden = _hidden_modules(item)
@@ -117,7 +131,7 @@ def around_call(item: pytest.Item) -> Generator[None, None, None]:
     """The test's call: fails it where ``dbguard_naive_datetime = error`` refused a statement
     whose error the code under test caught."""
     state = _state(item.config)
-    guard = _watch_naive(state, item.nodeid)  # the test's fixtures may have imported SQLAlchemy
+    guard = _watch_naive(state, item)  # the test's fixtures may have imported SQLAlchemy
     result = yield
     if guard is not None and guard.mode == "error" and guard.reports:
         __tracebackhide__ = True

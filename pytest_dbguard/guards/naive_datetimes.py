@@ -46,11 +46,11 @@ _TIMEZONE: Final = datetime.timezone  # always has an offset: no utcoffset() cal
 class NaiveDatetimeGuard(EngineListener):
     """Reports naive datetimes bound on any engine: a warning (``warn``) or an error (``error``)."""
 
-    def __init__(self, mode: str = "warn", *, where: str = "the guarded code") -> None:
+    def __init__(self, mode: str = "warn", *, where: object = "the guarded code") -> None:
         if mode not in ("warn", "error"):
             raise GuardError(f"NaiveDatetimeGuard mode {mode!r}: choose 'warn' or 'error'.")
         self.mode = mode
-        self.where = where  # the test running now, named in every report
+        self.where = where  # the test running now (its str() is used), named in every report
         self.reports: list[str] = []
         self.assignments = Assignments()
         self._last_many: weakref.ref[Any] | None = None

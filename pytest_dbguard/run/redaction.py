@@ -132,6 +132,8 @@ def scrub_report(config: pytest.Config, report: pytest.TestReport | pytest.Colle
     crash line); one that still shows a password after that (a form this code does not know)
     is replaced by its masked text, which terminal, junitxml and xdist all take.
     """
+    if report.longrepr is None and not report.sections:  # most reports: nothing to look at
+        return
     secrets = secrets_of(config)
     if not secrets:
         return

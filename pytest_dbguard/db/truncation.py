@@ -1,0 +1,211 @@
+"""Emptying the tables a test wrote to, for ``truncate`` isolation and for finding a failed
+test's rows. Works without pytest: ``Truncator`` finds which tables a test left rows in (one
+query) and empties only those (a second round trip), so a test that wrote nothing costs one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import graphlib
+from typing import TYPE_CHECKING, Final
+
+from pytest_dbguard.db.sql import quote_ident
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+SKIPPED_TABLES: Final = frozenset({"alembic_version"})
+
+
+class Truncator:
+    """Empties the tables a test wrote to, and resets their sequences, with the fewest statements.
+
+    The few dirty tables are emptied with ``DELETE`` (children before parents) and their sequences
+    set back in the same round trip: far cheaper than ``TRUNCATE``, which makes new files for every
+    table, index and sequence. Tables with ``DELETE`` triggers of their own, foreign keys in a
+    cycle, or a ``DELETE`` that fails get ``TRUNCATE … RESTART IDENTITY CASCADE``.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._layout: _Layout | None = None
+
+    def _read_layout(self, connection: Connection) -> _Layout:
+        from sqlalchemy import text
+
+        in_schema = (
+            "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema() "
+        )
+        tables = [
+            name
+            for (name,) in connection.execute(
+                text(
+                    f"SELECT c.oid::regclass::text FROM pg_class c {in_schema}"
+                    f"WHERE c.relkind IN ('r', 'p') ORDER BY 1"
+                )
+            )
+            if name.rsplit(".", 1)[-1].strip('"') not in SKIPPED_TABLES
+        ]
+        # Serial and identity columns' sequences, with the value each starts from.
+        sequences: dict[str, list[tuple[str, int]]] = {}
+        for table, sequence, start in connection.execute(
+            text(
+                "SELECT c.oid::regclass::text, d.objid::regclass::text, s.seqstart "
+                f"FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid {in_schema}"
+                "JOIN pg_sequence s ON s.seqrelid = d.objid "
+                "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+                "AND d.deptype IN ('a', 'i') ORDER BY 2"
+            )
+        ):
+            sequences.setdefault(table, []).append((sequence, int(start)))
+        references = [
+            (child, parent)
+            for child, parent in connection.execute(
+                text(
+                    "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
+                    "WHERE contype = 'f' AND connamespace = current_schema()::regnamespace"
+                )
+            )
+        ]
+        triggered = {
+            table
+            for (table,) in connection.execute(
+                text(
+                    "SELECT DISTINCT tgrelid::regclass::text FROM pg_trigger "
+                    "WHERE NOT tgisinternal AND tgtype & 8 <> 0"  # 8: a DELETE trigger
+                )
+            )
+        }
+        return _Layout(tables, sequences, references, triggered)
+
+    def dirty_tables(self, connection: Connection) -> list[str]:
+        """Qualified names of the tables that hold rows or moved sequences."""
+        if self._layout is None:
+            self._layout = self._read_layout(connection)
+        if not self._layout.probe:
+            return []
+        return [row[0] for row in connection.exec_driver_sql(self._layout.probe)]
+
+    def written(self, connection: Connection) -> tuple[list[str], list[str]]:
+        """The dirty tables, parents before children, and their sequences (to copy a failed
+        test's rows, ``kept_failed``)."""
+        dirty = self.dirty_tables(connection)
+        if not dirty:
+            return [], []
+        assert self._layout is not None
+        return self._layout.parents_first(dirty), [
+            sequence for table in dirty for sequence, _ in self._layout.sequences.get(table, [])
+        ]
+
+    def clean(self) -> list[str]:
+        """Empty every dirty table and reset its sequences; returns what was emptied."""
+        from sqlalchemy.exc import DBAPIError
+
+        with self._engine.connect() as connection:
+            # A leaked open transaction must not hang the run. LOCAL: the connection goes back to
+            # dbguard_engine's pool, which the tests' own connections come from.
+            connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+            dirty = self.dirty_tables(connection)
+            if not dirty:
+                connection.commit()
+                return dirty
+            assert self._layout is not None
+            deletes = self._layout.deletes(dirty)
+            if deletes is not None:
+                try:
+                    connection.exec_driver_sql(deletes)
+                    connection.commit()
+                    return dirty
+                except DBAPIError:  # a row elsewhere still refers to one: TRUNCATE cascades
+                    connection.rollback()
+                    connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+            connection.exec_driver_sql(f"TRUNCATE {', '.join(dirty)} RESTART IDENTITY CASCADE")
+            connection.commit()
+        return dirty
+
+
+@dataclasses.dataclass
+class _Layout:
+    """The tables of the test database as far as cleaning goes, read once per session."""
+
+    tables: list[str]
+    sequences: dict[str, list[tuple[str, int]]]
+    references: list[tuple[str, str]]  # (child, parent) foreign keys
+    triggered: set[str]  # tables with DELETE triggers of their own
+    probe: str = dataclasses.field(init=False)  # derived from the above, once
+
+    def __post_init__(self) -> None:
+        # A table is dirty when it has a row, or when one of its sequences has moved since the
+        # clone (a test that inserted and deleted again). One planned-once query for all tables.
+        self.probe = " UNION ALL ".join(
+            f"SELECT {_sql_literal(table)} WHERE EXISTS (SELECT 1 FROM {table})"
+            + "".join(
+                f" OR pg_sequence_last_value({_sql_literal(sequence)}::regclass) IS NOT NULL"
+                for sequence, _ in self.sequences.get(table, [])
+            )
+            for table in self.tables
+        )
+
+    def parents_first(self, dirty: list[str]) -> list[str]:
+        """``dirty`` with each table after the tables it refers to (as given, on a cycle)."""
+        chosen = set(dirty)
+        parents = {table: set[str]() for table in dirty}
+        for child, parent in self.references:
+            if child in chosen and parent in chosen and child != parent:
+                parents[child].add(parent)
+        try:
+            return list(graphlib.TopologicalSorter(parents).static_order())
+        except graphlib.CycleError:
+            return dirty
+
+    def deletes(self, dirty: list[str]) -> str | None:
+        """One round trip that empties ``dirty`` children first and resets their sequences; None
+        where only TRUNCATE will do (DELETE triggers, a foreign-key cycle)."""
+        if self.triggered.intersection(dirty):
+            return None
+        chosen = set(dirty)
+        # Tables outside ``dirty`` are empty, so only foreign keys among dirty tables matter.
+        parents_after = {table: set[str]() for table in dirty}
+        for child, parent in self.references:
+            if child in chosen and parent in chosen and child != parent:
+                parents_after[parent].add(child)
+        try:
+            order = list(graphlib.TopologicalSorter(parents_after).static_order())
+        except graphlib.CycleError:
+            return None
+        resets = [
+            f"setval({_sql_literal(sequence)}::regclass, {start}, false)"
+            for table in order
+            for sequence, start in self.sequences.get(table, [])
+        ]
+        statements = [f"DELETE FROM {table}" for table in order]
+        if resets:
+            statements.append("SELECT " + ", ".join(resets))
+        return "; ".join(statements)
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sqlite_clean(engine: Engine) -> list[str]:
+    from sqlalchemy import text
+
+    with engine.begin() as connection:
+        names = [
+            row[0]
+            for row in connection.execute(
+                text(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                )
+            )
+        ]
+        connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
+        for name in names:
+            if name not in SKIPPED_TABLES:
+                connection.exec_driver_sql(f"DELETE FROM {quote_ident(name)}")
+        if connection.execute(
+            text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")
+        ).first():
+            connection.exec_driver_sql("DELETE FROM sqlite_sequence")
+    return names
