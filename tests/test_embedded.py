@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -368,8 +369,10 @@ def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:
     first.assert_outcomes(passed=1)
     second = run_dbguard(pytester, "--dbguard-reuse", "-v", inprocess=True)
     second.assert_outcomes(passed=1)
-    port = first.stdout.str().split("127.0.0.1:")[1].split(",")[0]
-    assert f"127.0.0.1:{port}, cluster reused" in second.stdout.str()
+    # From the header line: on a busy machine the wait's progress lines name the port first.
+    started = re.search(r"127\.0\.0\.1:(\d+), cluster started", first.stdout.str())
+    assert started, first.stdout.str()
+    assert f"127.0.0.1:{started[1]}, cluster reused" in second.stdout.str()
     # The schema changed: the template is rebuilt, and the new column is there.
     pytester.makepyfile(
         models="""
