@@ -4,6 +4,7 @@ the README's blocks and what they show."""
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import json
 import os
@@ -181,9 +182,17 @@ def run_inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
             warnings.resetwarnings()
             for category in INTERPRETER_IGNORES:
                 warnings.simplefilter("ignore", category)
-            return pytester.runpytest_inprocess(
+            result = pytester.runpytest_inprocess(
                 "-W", "ignore::pytest.PytestAssertRewriteWarning", *args
             )
+            # What the run leaves behind (the Popen of a kept cluster's server, say) goes here,
+            # under a new interpreter's filters, as at a subprocess's exit; not later under the
+            # suite's "error". pytester's hook recorder would hold the run's config until teardown.
+            calls = getattr(getattr(result, "reprec", None), "calls", None)
+            if isinstance(calls, list):
+                calls.clear()
+            gc.collect()
+            return result
     finally:
         os.environ.clear()
         os.environ.update(environ)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -365,39 +364,45 @@ def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:
         """,
     )
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
-    first = run_dbguard(pytester, "--dbguard-reuse", "-v", inprocess=True)
-    first.assert_outcomes(passed=1)
-    second = run_dbguard(pytester, "--dbguard-reuse", "-v", inprocess=True)
-    second.assert_outcomes(passed=1)
-    # From the header line: on a busy machine the wait's progress lines name the port first.
-    started = re.search(r"127\.0\.0\.1:(\d+), cluster started", first.stdout.str())
-    assert started, first.stdout.str()
-    assert f"127.0.0.1:{started[1]}, cluster reused" in second.stdout.str()
-    # The schema changed: the template is rebuilt, and the new column is there.
-    pytester.makepyfile(
-        models="""
-        from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-        class Base(DeclarativeBase):
-            pass
-        class Thing(Base):
-            __tablename__ = "things"
-            id: Mapped[int] = mapped_column(primary_key=True)
-            colour: Mapped[str]
-        """,
-        test_things="""
-        def test_things(dbguard_session):
-            from sqlalchemy import text
-            assert dbguard_session.execute(text("SELECT count(colour) FROM things")).scalar() == 0
-        """,
-    )
-    run_dbguard(pytester, "--dbguard-reuse", inprocess=True).assert_outcomes(passed=1)
-    # Leave the machine as we found it: stop this project's kept cluster (and no other).
+    # Leave the machine as we found it: stop this project's kept cluster (and no other), also
+    # when an assertion fails (a kept cluster would be adopted by the next run in this folder).
     folder = (
         machine.storage_root()
         / f"reuse-{hashlib.sha1(str(pytester.path).encode()).hexdigest()[:10]}"
     )
-    assert folder.is_dir()
-    server.EmbeddedCluster(bindir=machine.find_bindir() or Path(), root=folder, port=0).stop()
+    try:
+        first = run_dbguard(pytester, "--dbguard-reuse", "-v", inprocess=True)
+        first.assert_outcomes(passed=1)
+        second = run_dbguard(pytester, "--dbguard-reuse", "-v", inprocess=True)
+        second.assert_outcomes(passed=1)
+        # From the header line: on a busy machine the wait's progress lines name the port first.
+        [header] = [line for line in first.stdout.lines if line.startswith("dbguard: embedded")]
+        port = header.split("127.0.0.1:")[1].split(",")[0]
+        assert f"127.0.0.1:{port}, cluster reused" in second.stdout.str()
+        # The schema changed: the template is rebuilt, and the new column is there.
+        pytester.makepyfile(
+            models="""
+            from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+            class Base(DeclarativeBase):
+                pass
+            class Thing(Base):
+                __tablename__ = "things"
+                id: Mapped[int] = mapped_column(primary_key=True)
+                colour: Mapped[str]
+            """,
+            test_things="""
+            def test_things(dbguard_session):
+                from sqlalchemy import text
+                assert dbguard_session.execute(text("SELECT count(colour) FROM things")).scalar() == 0
+            """,
+        )
+        run_dbguard(pytester, "--dbguard-reuse", inprocess=True).assert_outcomes(passed=1)
+        assert folder.is_dir()
+    finally:
+        if folder.is_dir():
+            server.EmbeddedCluster(
+                bindir=machine.find_bindir() or Path(), root=folder, port=0
+            ).stop()
     assert not folder.exists()
 
 
