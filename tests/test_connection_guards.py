@@ -530,6 +530,12 @@ LEAK_TESTS = """
 """
 
 
+def _shared(server: TestServer) -> list[str]:
+    """The shared external server, for leak runs: leaks are not about the embedded server, whose
+    start and stop would be most of such a run's cost."""
+    return ["--dbguard-url", server.url()]
+
+
 def _leak_project(pytester: pytest.Pytester, leaks: str | None) -> None:
     copy_project(pytester, "library")
     pytester.makepyfile(leak_models=LEAK_MODELS, test_leaks=LEAK_TESTS)
@@ -552,14 +558,22 @@ REPORT = (
     "how", ["default", "ini", pytest.param("xdist", marks=pytest.mark.needs_xdist)]
 )
 def test_leaks_are_warnings_naming_the_tables_and_the_fix(
-    pytester: pytest.Pytester, how: str
+    pytester: pytest.Pytester, pg_server: TestServer, how: str
 ) -> None:
     _leak_project(pytester, "warn" if how == "ini" else None)
     # Under xdist the file stays on one worker (its tests build on each other), the other idles.
     args = ["-n", "2", "--dist", "loadfile"] if how == "xdist" else []
     plugins = ("xdist.plugin",) if how == "xdist" else ()
     inprocess = how != "xdist"  # xdist's workers need a process of their own
-    result = run_dbguard(pytester, "-p", "no:randomly", *args, plugins=plugins, inprocess=inprocess)
+    result = run_dbguard(
+        pytester,
+        *_shared(pg_server),
+        "-p",
+        "no:randomly",
+        *args,
+        plugins=plugins,
+        inprocess=inprocess,
+    )
     result.assert_outcomes(passed=6, warnings=3)
     result.stdout.fnmatch_lines(
         [
@@ -577,13 +591,13 @@ def test_leaks_are_warnings_naming_the_tables_and_the_fix(
 
 @pytest.mark.parametrize("how", ["ini", "cli", "env"])
 def test_leaks_error_mode_errors_the_test_in_teardown(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str
+    pytester: pytest.Pytester, pg_server: TestServer, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     _leak_project(pytester, "error" if how == "ini" else "off")
     args = ["--dbguard-leaks", "error"] if how == "cli" else []
     if how == "env":
         monkeypatch.setenv("DBGUARD_LEAKS", "error")
-    result = run_dbguard(pytester, "-p", "no:randomly", *args, inprocess=True)
+    result = run_dbguard(pytester, *_shared(pg_server), "-p", "no:randomly", *args, inprocess=True)
     result.assert_outcomes(passed=6, errors=3)
     result.stdout.fnmatch_lines(
         [
@@ -636,14 +650,16 @@ def test_a_tests_own_allow_marker_keeps_its_class_isolation(
     assert _notes(pg_server, developer_db) == ["allowed"]
 
 
-def test_leaks_off_reports_nothing(pytester: pytest.Pytester) -> None:
+def test_leaks_off_reports_nothing(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     _leak_project(pytester, "off")
-    result = run_dbguard(pytester, "-p", "no:randomly", inprocess=True)
+    result = run_dbguard(pytester, *_shared(pg_server), "-p", "no:randomly", inprocess=True)
     result.assert_outcomes(passed=6)
     result.stdout.no_fnmatch_line("*left rows in*")
 
 
-def test_rollback_test_with_the_session_fixture_reports_nothing(pytester: pytest.Pytester) -> None:
+def test_rollback_test_with_the_session_fixture_reports_nothing(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     """Commits through dbguard's fixtures (savepoints, the session-scoped engine) are no leaks."""
     copy_project(pytester, "library")
     pytester.makepyfile(leak_models=LEAK_MODELS)
@@ -666,7 +682,7 @@ def test_rollback_test_with_the_session_fixture_reports_nothing(pytester: pytest
             assert dbguard_session.query(Author).count() == 3
         """
     )
-    result = run_dbguard(pytester, inprocess=True)
+    result = run_dbguard(pytester, *_shared(pg_server), inprocess=True)
     result.assert_outcomes(passed=3)
     result.stdout.no_fnmatch_line("*left rows in*")
 
@@ -718,13 +734,15 @@ SPIED_TESTS = """
 """
 
 
-def test_a_rollback_only_test_sends_no_leak_query(pytester: pytest.Pytester) -> None:
+def test_a_rollback_only_test_sends_no_leak_query(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     """No query is spent on leaks unless an engine that is not dbguard's committed."""
     copy_project(pytester, "library")
     pytester.makepyfile(leak_models=LEAK_MODELS, test_spied=SPIED_TESTS)
     pytester.makeconftest(SPY_CONFTEST)
     pytester.makeini("[pytest]\ndbguard_metadata = leak_models:Base\n")
-    result = run_dbguard(pytester, "-p", "no:randomly", inprocess=True)
+    result = run_dbguard(pytester, *_shared(pg_server), "-p", "no:randomly", inprocess=True)
     result.assert_outcomes(passed=4, warnings=1)
     result.stdout.fnmatch_lines(["*test_spied.py::test_3_app_commits left rows in authors: *"])
 

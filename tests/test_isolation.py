@@ -113,7 +113,7 @@ def test_truncate_and_none_markers(pytester: pytest.Pytester, backend: str) -> N
     result.assert_outcomes(passed=5)
 
 
-def test_default_isolation_from_ini(pytester: pytest.Pytester) -> None:
+def test_default_isolation_from_ini(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     _project(pytester)
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\ndbguard_isolation = truncate\n")
     pytester.makepyfile(
@@ -132,10 +132,14 @@ def test_default_isolation_from_ini(pytester: pytest.Pytester) -> None:
                 assert conn.execute(text("SELECT count(*) FROM authors")).scalar() == 0
         """
     )
-    run_dbguard(pytester, "-p", "no:randomly", inprocess=True).assert_outcomes(passed=2)
+    # Not about the embedded server: the shared one, without a cluster start per run.
+    url = ["--dbguard-url", pg_server.url()]
+    run_dbguard(pytester, *url, "-p", "no:randomly", inprocess=True).assert_outcomes(passed=2)
 
 
-def test_session_scoped_data_survives_between_tests(pytester: pytest.Pytester) -> None:
+def test_session_scoped_data_survives_between_tests(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     _project(pytester)
     pytester.makeconftest(
         """
@@ -162,7 +166,10 @@ def test_session_scoped_data_survives_between_tests(pytester: pytest.Pytester) -
             dbguard_session.commit()
         """
     )
-    run_dbguard(pytester, inprocess=True).assert_outcomes(passed=3)
+    # Not about the embedded server: the shared one, without a cluster start per run.
+    run_dbguard(pytester, "--dbguard-url", pg_server.url(), inprocess=True).assert_outcomes(
+        passed=3
+    )
 
 
 def test_bad_isolation_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:

@@ -611,7 +611,7 @@ def test_normalised_statements_keep_the_shape_and_no_value(sql: str, shape: str)
 
 
 def test_an_existing_report_outside_the_project_needs_the_one_word_flag(
-    pytester: pytest.Pytester, tmp_path: Path
+    pytester: pytest.Pytester, tmp_path: Path, pg_server: TestServer
 ) -> None:
     """pytest takes the second word of ``--dbguard-report PATH`` for a test path when it looks for
     the rootdir and ini file; an existing file outside the project would hide the ini file."""
@@ -627,7 +627,8 @@ def test_an_existing_report_outside_the_project_needs_the_one_word_flag(
     outside = tmp_path / "ci" / "r.json"
     outside.parent.mkdir()
     outside.write_text("")  # a CI step made it, or an earlier run wrote it
-    split = run_dbguard(pytester, "--dbguard-report", str(outside), inprocess=True)
+    url = ["--dbguard-url", pg_server.url()]  # not about the embedded server: the shared one
+    split = run_dbguard(pytester, *url, "--dbguard-report", str(outside), inprocess=True)
     assert split.ret == pytest.ExitCode.USAGE_ERROR
     split.stderr.fnmatch_lines(
         [
@@ -637,14 +638,11 @@ def test_an_existing_report_outside_the_project_needs_the_one_word_flag(
             f"--dbguard-report={outside}, or set DBGUARD_REPORT or ini dbguard_report instead."
         ]
     )
-    one_word = run_dbguard(pytester, f"--dbguard-report={outside}", inprocess=True)
+    one_word = run_dbguard(pytester, *url, f"--dbguard-report={outside}", inprocess=True)
     one_word.assert_outcomes(passed=1)  # the ini file's schema was found and built
     assert _read(outside)["tests"][0]["outcome"] == "passed"
-    inside = run_dbguard(
-        pytester, "--dbguard-report", "r.json", inprocess=True
-    )  # beside the ini file: no harm
+    # Beside the ini file: no harm; also once it exists.
+    inside = run_dbguard(pytester, *url, "--dbguard-report", "r.json", inprocess=True)
     inside.assert_outcomes(passed=1)
-    inside = run_dbguard(
-        pytester, "--dbguard-report", "r.json", inprocess=True
-    )  # also once it exists
+    inside = run_dbguard(pytester, *url, "--dbguard-report", "r.json", inprocess=True)
     inside.assert_outcomes(passed=1)
