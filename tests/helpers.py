@@ -4,6 +4,7 @@ the README's blocks and what they show."""
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import json
 import os
@@ -12,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -130,13 +132,71 @@ def copy_project(pytester: pytest.Pytester, name: str) -> None:
 
 
 def run_dbguard(
-    pytester: pytest.Pytester, *args: str, plugins: tuple[str, ...] = ()
+    pytester: pytest.Pytester,
+    *args: str,
+    plugins: tuple[str, ...] = (),
+    inprocess: bool = False,
 ) -> pytest.RunResult:
-    """Run pytest in a subprocess with dbguard activated by ``-p`` and the named extra plugins."""
+    """Run pytest with dbguard activated by ``-p`` and the named extra plugins: in a subprocess,
+    or with ``inprocess=True`` in this process (see ``run_inprocess`` for which runs may)."""
     extra: list[str] = []
     for name in plugins:
         extra += ["-p", name]
+    if inprocess:
+        return run_inprocess(pytester, "-p", "pytest_dbguard", *extra, *args)
     return pytester.runpytest_subprocess("-p", "pytest_dbguard", *extra, *args, timeout=300)
+
+
+# What a new interpreter ignores by default (the warnings module's "Default Warning Filter").
+INTERPRETER_IGNORES: tuple[type[Warning], ...] = (
+    DeprecationWarning,
+    PendingDeprecationWarning,
+    ImportWarning,
+    ResourceWarning,
+)
+
+
+def run_inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """``pytester.runpytest_inprocess`` with what a run may leave behind in this process undone.
+
+    A new interpreter costs about 0.7 s of CPU (start-up and imports) per inner run; a serial run
+    that needs nothing of a process of its own saves that here. Runs stay subprocesses when they
+    start xdist workers, end by a signal or rely on the process exit, need a fresh import order
+    (environment set before a model module is imported), test plugin autoloading, read a
+    subprocess's own stdout, or use pytest-asyncio or Django (event-loop policy, settings).
+
+    dbguard restores ``os.environ`` itself at the end of a run; this puts back the whole
+    environment and the SIGTERM handler anyway, so that a run that stops half-way cannot leak
+    into the next test. Modules first imported inside the run are taken out of ``sys.modules``
+    again by pytester: ``tests/conftest.py`` imports dbguard and the drivers first
+    (``import_whole_package``).
+    """
+    import_whole_package()
+    environ = dict(os.environ)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        with warnings.catch_warnings():
+            # The inner run starts from a new interpreter's filters, not from this suite's
+            # "error"; dbguard's own modules are imported already, so pytest cannot rewrite
+            # their asserts, which it says once per plugin module.
+            warnings.resetwarnings()
+            for category in INTERPRETER_IGNORES:
+                warnings.simplefilter("ignore", category)
+            result = pytester.runpytest_inprocess(
+                "-W", "ignore::pytest.PytestAssertRewriteWarning", *args
+            )
+            # What the run leaves behind (the Popen of a kept cluster's server, say) goes here,
+            # under a new interpreter's filters, as at a subprocess's exit; not later under the
+            # suite's "error". pytester's hook recorder would hold the run's config until teardown.
+            calls = getattr(getattr(result, "reprec", None), "calls", None)
+            if isinstance(calls, list):
+                calls.clear()
+            gc.collect()
+            return result
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 def dbguard_cli(
@@ -166,14 +226,18 @@ def default_sigint() -> None:
 
 def run_dbguard_inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """Run pytest with dbguard in this process: for runs that stop while pytest configures
-    (settings errors), where a subprocess's start-up would be most of the cost.
+    (settings errors), where a subprocess's start-up would be most of the cost."""
+    return run_dbguard(pytester, *args, inprocess=True)
 
-    pytester takes the modules a run imports out of ``sys.modules`` afterwards; a dbguard module
-    imported for the first time inside one run would come back as a second copy in the next,
-    with its own stash keys and exception classes. So every module is imported first, here.
-    """
-    import_whole_package()
-    return pytester.runpytest_inprocess("-p", "pytest_dbguard", *args)
+
+# Imported once before any test, beside dbguard itself (see import_whole_package).
+INNER_RUN_MODULES = (
+    "sqlalchemy",
+    "sqlalchemy.orm",
+    "sqlalchemy.dialects.postgresql.psycopg",
+    "sqlalchemy.dialects.sqlite.pysqlite",
+    "psycopg",
+)
 
 
 @functools.cache
@@ -190,6 +254,10 @@ def import_whole_package() -> None:
     for module in pkgutil.walk_packages(pytest_dbguard.__path__, "pytest_dbguard."):
         if not module.name.endswith(".__main__"):  # that one runs the command line
             importlib.import_module(module.name)
+    # The same for what in-process runs (``run_inprocess``) load lazily: a second SQLAlchemy
+    # dialect or psycopg beside the first would be another set of classes and registries.
+    for name in INNER_RUN_MODULES:
+        importlib.import_module(name)
 
 
 def mark_text(run: str, worker: str, *, age: float = 0.0, pid: int | None = None) -> str:

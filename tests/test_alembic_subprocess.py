@@ -176,7 +176,7 @@ def test_env_py_with_cached_settings_migrates_the_template(
 ) -> None:
     _project(pytester)
     args, plugins = _args(xdist)
-    result = run_dbguard(pytester, *args, plugins=plugins)
+    result = run_dbguard(pytester, *args, plugins=plugins, inprocess=not xdist)
     result.assert_outcomes(passed=4)
 
 
@@ -186,7 +186,9 @@ def test_env_py_with_cached_settings_under_reuse(pytester: pytest.Pytester, xdis
     _project(pytester)
     args, plugins = _args(xdist)
     try:
-        result = run_dbguard(pytester, "--dbguard-reuse", *args, plugins=plugins)
+        result = run_dbguard(
+            pytester, "--dbguard-reuse", *args, plugins=plugins, inprocess=not xdist
+        )
         result.assert_outcomes(passed=4)
     finally:  # stop this project's kept cluster (and no other)
         folder = (
@@ -204,7 +206,7 @@ def test_env_py_with_cached_settings_under_reuse(pytester: pytest.Pytester, xdis
 def test_a_failing_migration_is_one_clear_error(pytester: pytest.Pytester, xdist: bool) -> None:
     _project(pytester, broken=True)
     args, plugins = _args(xdist)
-    result = run_dbguard(pytester, *args, plugins=plugins)
+    result = run_dbguard(pytester, *args, plugins=plugins, inprocess=not xdist)
     _assert_one_clear_error(result)
 
 
@@ -215,7 +217,7 @@ def test_a_failing_migration_on_the_given_connection_names_its_file(
     """The in-process path (env.py takes the connection) names the migration's file and line too."""
     _project(pytester, broken=True, env_py=ENV_PY_TAKES_CONNECTION)
     args, plugins = _args(xdist)
-    result = run_dbguard(pytester, *args, plugins=plugins)
+    result = run_dbguard(pytester, *args, plugins=plugins, inprocess=not xdist)
     _assert_one_clear_error(result)
     assert "separate Python process" not in result.stderr.str()
 

@@ -330,7 +330,7 @@ def test_warn_mode_reports_and_runs_the_tests(pytester: pytest.Pytester, xdist: 
     project(pytester, models=MODELS + TAGS, ini=WITH_CHECK + "dbguard_check_schema = warn\n")
     pytester.makepyfile(TESTS)
     args = ("-n", "2") if xdist else ()
-    result = run_dbguard(pytester, *args, plugins=XDIST if xdist else ())
+    result = run_dbguard(pytester, *args, plugins=XDIST if xdist else (), inprocess=not xdist)
     result.assert_outcomes(passed=1, warnings=2 if xdist else 1)
     result.stdout.fnmatch_lines(
         [
@@ -355,7 +355,7 @@ def test_off_by_default_and_both_keys_build_with_alembic(pytester: pytest.Pytest
             assert tables == {"alembic_version", "users", "notes"}
         """
     )
-    result = run_dbguard(pytester, "-v")
+    result = run_dbguard(pytester, "-v", inprocess=True)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["dbguard: *alembic alembic.ini*"])
     assert "schema drift" not in output(result)
@@ -366,7 +366,7 @@ def test_check_at_start_needs_both_keys(pytester: pytest.Pytester, missing: str)
     ini = "".join(line + "\n" for line in WITH_CHECK.splitlines() if not line.startswith(missing))
     project(pytester, ini=ini + "dbguard_check_schema = warn\n")
     pytester.makepyfile(TESTS)
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
     result.stderr.fnmatch_lines(
         [f"ERROR: ini dbguard_check_schema in tox.ini = 'warn' *, but {missing} is not set.*"]

@@ -245,7 +245,9 @@ def test_connection_strings_and_creators_cannot_reach_the_developers_database(
         f"password={SUPERUSER_PASSWORD}",
     )
     pytester.makepyfile(test_strings=CONNECTION_STRING_TESTS)
-    result = run_dbguard(pytester)  # the embedded default: the developer's server is another
+    result = run_dbguard(
+        pytester, inprocess=True
+    )  # the embedded default: the developer's server is another
     result.assert_outcomes(failed=4)
     for test, how in (
         ("test_psycopg_conninfo", REFUSED),
@@ -338,7 +340,7 @@ def test_allow_by_marker_and_by_ini_sync_and_async(
         entry = allowed if ini_entry == "name" else pg_server.url(allowed, password="")
         pytester.makeini(f"[pytest]\ndbguard_allow_databases = {entry}\n")
         pytester.makepyfile(test_allow=ALLOW_TESTS)
-        result = run_dbguard(pytester, "-p", "no:randomly")
+        result = run_dbguard(pytester, "-p", "no:randomly", inprocess=True)
         result.assert_outcomes(passed=5)
         assert _notes(pg_server, developer_db) == ["marked", "marked-async"]
         assert _notes(pg_server, allowed) == ["ini", "ini-async"]
@@ -367,10 +369,10 @@ def test_allow_everything_with_a_star_given_by_dash_o(
     """`-o dbguard_allow_databases=*` (pytest 8 keeps -o values apart from the ini file's)."""
     monkeypatch.setenv("REFUSED_URL", pg_server.url(developer_db))
     pytester.makepyfile(test_star=ALLOW_ALL_TESTS)
-    refused = run_dbguard(pytester)
+    refused = run_dbguard(pytester, inprocess=True)
     refused.assert_outcomes(failed=1)
     assert _notes(pg_server, developer_db) == []
-    result = run_dbguard(pytester, "-o", "dbguard_allow_databases=*")
+    result = run_dbguard(pytester, "-o", "dbguard_allow_databases=*", inprocess=True)
     result.assert_outcomes(passed=1)
     assert _notes(pg_server, developer_db) == ["allowed by *"]
 
@@ -393,7 +395,7 @@ def test_on_a_sqlite_run_every_postgresql_database_is_foreign(
                 conn.execute(text("INSERT INTO notes (body) VALUES ('sqlite run')"))
         """
     )
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", inprocess=True)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -441,7 +443,7 @@ def test_bad_marker_argument_names_the_test(
 
 def test_markers_list_shows_the_values(pytester: pytest.Pytester) -> None:
     """`pytest --markers` shows what each marker takes and does, not a docstring about itself."""
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite", "--markers")
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", "--markers", inprocess=True)
     lines = result.stdout.lines
     assert any(
         line.startswith(
@@ -528,6 +530,12 @@ LEAK_TESTS = """
 """
 
 
+def _shared(server: TestServer) -> list[str]:
+    """The shared external server, for leak runs: leaks are not about the embedded server, whose
+    start and stop would be most of such a run's cost."""
+    return ["--dbguard-url", server.url()]
+
+
 def _leak_project(pytester: pytest.Pytester, leaks: str | None) -> None:
     copy_project(pytester, "library")
     pytester.makepyfile(leak_models=LEAK_MODELS, test_leaks=LEAK_TESTS)
@@ -550,13 +558,22 @@ REPORT = (
     "how", ["default", "ini", pytest.param("xdist", marks=pytest.mark.needs_xdist)]
 )
 def test_leaks_are_warnings_naming_the_tables_and_the_fix(
-    pytester: pytest.Pytester, how: str
+    pytester: pytest.Pytester, pg_server: TestServer, how: str
 ) -> None:
     _leak_project(pytester, "warn" if how == "ini" else None)
     # Under xdist the file stays on one worker (its tests build on each other), the other idles.
     args = ["-n", "2", "--dist", "loadfile"] if how == "xdist" else []
     plugins = ("xdist.plugin",) if how == "xdist" else ()
-    result = run_dbguard(pytester, "-p", "no:randomly", *args, plugins=plugins)
+    inprocess = how != "xdist"  # xdist's workers need a process of their own
+    result = run_dbguard(
+        pytester,
+        *_shared(pg_server),
+        "-p",
+        "no:randomly",
+        *args,
+        plugins=plugins,
+        inprocess=inprocess,
+    )
     result.assert_outcomes(passed=6, warnings=3)
     result.stdout.fnmatch_lines(
         [
@@ -574,13 +591,13 @@ def test_leaks_are_warnings_naming_the_tables_and_the_fix(
 
 @pytest.mark.parametrize("how", ["ini", "cli", "env"])
 def test_leaks_error_mode_errors_the_test_in_teardown(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str
+    pytester: pytest.Pytester, pg_server: TestServer, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     _leak_project(pytester, "error" if how == "ini" else "off")
     args = ["--dbguard-leaks", "error"] if how == "cli" else []
     if how == "env":
         monkeypatch.setenv("DBGUARD_LEAKS", "error")
-    result = run_dbguard(pytester, "-p", "no:randomly", *args)
+    result = run_dbguard(pytester, *_shared(pg_server), "-p", "no:randomly", *args, inprocess=True)
     result.assert_outcomes(passed=6, errors=3)
     result.stdout.fnmatch_lines(
         [
@@ -628,19 +645,21 @@ def test_a_tests_own_allow_marker_keeps_its_class_isolation(
                 assert conn.execute(text("SELECT count(*) FROM authors")).scalar() == 0
         """
     )
-    result = run_dbguard(pytester, "-p", "no:randomly")
+    result = run_dbguard(pytester, "-p", "no:randomly", inprocess=True)
     result.assert_outcomes(passed=2)
     assert _notes(pg_server, developer_db) == ["allowed"]
 
 
-def test_leaks_off_reports_nothing(pytester: pytest.Pytester) -> None:
+def test_leaks_off_reports_nothing(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     _leak_project(pytester, "off")
-    result = run_dbguard(pytester, "-p", "no:randomly")
+    result = run_dbguard(pytester, *_shared(pg_server), "-p", "no:randomly", inprocess=True)
     result.assert_outcomes(passed=6)
     result.stdout.no_fnmatch_line("*left rows in*")
 
 
-def test_rollback_test_with_the_session_fixture_reports_nothing(pytester: pytest.Pytester) -> None:
+def test_rollback_test_with_the_session_fixture_reports_nothing(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     """Commits through dbguard's fixtures (savepoints, the session-scoped engine) are no leaks."""
     copy_project(pytester, "library")
     pytester.makepyfile(leak_models=LEAK_MODELS)
@@ -663,7 +682,7 @@ def test_rollback_test_with_the_session_fixture_reports_nothing(pytester: pytest
             assert dbguard_session.query(Author).count() == 3
         """
     )
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, *_shared(pg_server), inprocess=True)
     result.assert_outcomes(passed=3)
     result.stdout.no_fnmatch_line("*left rows in*")
 
@@ -715,13 +734,15 @@ SPIED_TESTS = """
 """
 
 
-def test_a_rollback_only_test_sends_no_leak_query(pytester: pytest.Pytester) -> None:
+def test_a_rollback_only_test_sends_no_leak_query(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     """No query is spent on leaks unless an engine that is not dbguard's committed."""
     copy_project(pytester, "library")
     pytester.makepyfile(leak_models=LEAK_MODELS, test_spied=SPIED_TESTS)
     pytester.makeconftest(SPY_CONFTEST)
     pytester.makeini("[pytest]\ndbguard_metadata = leak_models:Base\n")
-    result = run_dbguard(pytester, "-p", "no:randomly")
+    result = run_dbguard(pytester, *_shared(pg_server), "-p", "no:randomly", inprocess=True)
     result.assert_outcomes(passed=4, warnings=1)
     result.stdout.fnmatch_lines(["*test_spied.py::test_3_app_commits left rows in authors: *"])
 
@@ -729,7 +750,7 @@ def test_a_rollback_only_test_sends_no_leak_query(pytester: pytest.Pytester) -> 
 def test_readme_recipe_runs_and_shows_the_real_messages(pytester: pytest.Pytester) -> None:
     (recipe,) = blocks("Isolation per test", "python")
     pytester.makepyfile(test_recipe=recipe)
-    run_dbguard(pytester, "--dbguard-url", "sqlite").assert_outcomes(passed=1)
+    run_dbguard(pytester, "--dbguard-url", "sqlite", inprocess=True).assert_outcomes(passed=1)
     section = README.split("### Isolation per test", 1)[1].split("\n### ", 1)[0]
     shown = [line for line in section.splitlines() if line.startswith(("Foreign", "Leak"))]
     where = "tests/test_signup.py::test_signup"

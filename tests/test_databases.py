@@ -156,7 +156,9 @@ def test_run_leaves_other_databases_alone(pytester: pytest.Pytester, pg_server: 
         copy_project(pytester, "notes")
         pytester.makepyfile(test_notes="def test_x(dbguard_session): pass")
         pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
-        run_dbguard(pytester, "--dbguard-url", pg_server.url()).assert_outcomes(passed=1)
+        run_dbguard(pytester, "--dbguard-url", pg_server.url(), inprocess=True).assert_outcomes(
+            passed=1
+        )
         names = pg_server.databases()
         assert "postgres_dbg_zzzzzz_gw0" in names
         assert [name for name in names if "_dbg_" in name] == ["postgres_dbg_zzzzzz_gw0"]
@@ -175,7 +177,9 @@ def test_role_without_createdb_gets_a_schema_per_worker(
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
     url = pg_server.url(database="app_limited", user=LIMITED_USER)
     args = ["--dbguard-url", url, "-v"] + (["-n", "2"] if xdist else [])
-    result = run_dbguard(pytester, *args, plugins=("xdist.plugin",) if xdist else ())
+    result = run_dbguard(
+        pytester, *args, plugins=("xdist.plugin",) if xdist else (), inprocess=not xdist
+    )
     result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines(
         ["dbguard: *schemas dbg_*_<worker> in app_limited (the role may not create databases)*"]
@@ -195,7 +199,7 @@ def test_schema_isolation_on_request(pytester: pytest.Pytester, pg_server: TestS
     pytester.makeini(
         "[pytest]\ndbguard_metadata = models:Base\ndbguard_worker_isolation = schema\n"
     )
-    result = run_dbguard(pytester, "--dbguard-url", pg_server.url())
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), inprocess=True)
     result.assert_outcomes(passed=7)
 
 
@@ -240,7 +244,9 @@ def test_single_run_needs_no_template(
     pytester.makepyfile(test_run=ONE_RUNS_DATABASES)
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
     monkeypatch.setenv("EXPECTED_DATABASES", expected)
-    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), *args)
+    result = run_dbguard(
+        pytester, "--dbguard-url", pg_server.url(), *args, inprocess="-n" not in args
+    )
     result.assert_outcomes(passed=1)
     assert not [name for name in pg_server.databases() if "_dbg_" in name]
 

@@ -63,7 +63,7 @@ def test_cluster_removed_after_run(
     pytester: pytest.Pytester, tail: str, outcome: dict[str, int]
 ) -> None:
     pytester.makepyfile(RECORD_RUN.format(tail=tail))
-    result = run_dbguard(pytester, "-v")
+    result = run_dbguard(pytester, "-v", inprocess=True)
     result.assert_outcomes(**outcome)
     result.stdout.fnmatch_lines(
         ["dbguard: embedded PostgreSQL 1* at 127.0.0.1:*; database postgres_dbg_*_main;*"]
@@ -88,7 +88,7 @@ def test_dynamic_shared_memory_lives_in_the_run_folder(pytester: pytest.Pytester
             assert list((root / "data" / "pg_dynshmem").glob("mmap.*"))  # the control segment
         """
     )
-    run_dbguard(pytester).assert_outcomes(passed=1)
+    run_dbguard(pytester, inprocess=True).assert_outcomes(passed=1)
 
 
 def test_cluster_removed_after_ctrl_c(pytester: pytest.Pytester) -> None:
@@ -118,7 +118,7 @@ def test_cluster_stopped_when_startup_fails(pytester: pytest.Pytester) -> None:
         "import os, pathlib\npathlib.Path('run.txt').write_text(os.environ['DBGUARD_RUN'])\n"
     )
     pytester.makepyfile("def test_never(): pass")
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["*dbguard_metadata*'nowhere.models:Base'*importing 'nowhere.models' failed*"]
@@ -149,7 +149,9 @@ def test_failed_password_step_shows_its_log(pytester: pytest.Pytester) -> None:
         'case "$1" in --single) echo "single-user mode broke"; exit 1;; esac; exec {real} "$@"',
     )
     pytester.makepyfile("def test_never(dbguard_engine): pass")
-    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20")
+    result = run_dbguard(
+        pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20", inprocess=True
+    )
     shutil.rmtree(bindir)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
@@ -165,7 +167,9 @@ def test_server_that_fails_to_start_shows_its_log(pytester: pytest.Pytester) -> 
         'case "$1" in --single) exec {real} "$@";; esac; exec {real} "$@" -c shared_buffers=-5',
     )
     pytester.makepyfile("def test_never(dbguard_engine): pass")
-    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20")
+    result = run_dbguard(
+        pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20", inprocess=True
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*PostgreSQL exited with code*", "*shared_buffers*"])
     shutil.rmtree(bindir)
@@ -203,7 +207,7 @@ def test_server_starts_while_pytest_collects(pytester: pytest.Pytester) -> None:
             assert dbguard_connection.execute(text("SELECT 1")).scalar() == 1
         """
     )
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, inprocess=True)
     result.assert_outcomes(passed=1)
     # The summary line comes once the server answered, after "collected 1 item".
     result.stdout.fnmatch_lines(["collected 1 item", "dbguard: embedded PostgreSQL *ready after*"])
@@ -216,12 +220,12 @@ def test_first_run_fills_the_initdb_cache(
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     pytester.makepyfile(RECORD_RUN.format(tail=""))
     # Empty cache: initdb runs in the server's own process, then its output is kept.
-    run_dbguard(pytester).assert_outcomes(passed=1)
+    run_dbguard(pytester, inprocess=True).assert_outcomes(passed=1)
     _assert_nothing_left(pytester)
     kept = list((cache / "pytest-dbguard").glob("initdb-*/PG_VERSION"))
     assert len(kept) == 1, f"no initdb output cached in {cache}"
     # The next run copies the cache and does not run initdb again (no scratch folder to fill).
-    run_dbguard(pytester).assert_outcomes(passed=1)
+    run_dbguard(pytester, inprocess=True).assert_outcomes(passed=1)
     assert list((cache / "pytest-dbguard").glob("initdb-*")) == [kept[0].parent]
     _assert_nothing_left(pytester)
 
@@ -261,7 +265,9 @@ def test_initdb_that_fails_shows_its_output(pytester: pytest.Pytester) -> None:
     )
     pytester.makepyfile("def test_never(dbguard_engine): pass")
     try:
-        result = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20")
+        result = run_dbguard(
+            pytester, "--dbguard-pg-bindir", str(bindir), "--dbguard-wait", "20", inprocess=True
+        )
     finally:
         shutil.rmtree(bindir)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -295,7 +301,7 @@ def test_named_bindir_without_binaries_stops_the_run(
     pytester.makepyfile(SQLITE_PROBE)
     folder = tmp_path / "bin"
     make(folder)
-    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(folder))
+    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(folder), inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--dbguard-pg-bindir = '{folder}': {problem}*"])
     assert "SQLite files" not in result.stdout.str()
@@ -358,37 +364,45 @@ def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:
         """,
     )
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
-    first = run_dbguard(pytester, "--dbguard-reuse", "-v")
-    first.assert_outcomes(passed=1)
-    second = run_dbguard(pytester, "--dbguard-reuse", "-v")
-    second.assert_outcomes(passed=1)
-    port = first.stdout.str().split("127.0.0.1:")[1].split(",")[0]
-    assert f"127.0.0.1:{port}, cluster reused" in second.stdout.str()
-    # The schema changed: the template is rebuilt, and the new column is there.
-    pytester.makepyfile(
-        models="""
-        from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-        class Base(DeclarativeBase):
-            pass
-        class Thing(Base):
-            __tablename__ = "things"
-            id: Mapped[int] = mapped_column(primary_key=True)
-            colour: Mapped[str]
-        """,
-        test_things="""
-        def test_things(dbguard_session):
-            from sqlalchemy import text
-            assert dbguard_session.execute(text("SELECT count(colour) FROM things")).scalar() == 0
-        """,
-    )
-    run_dbguard(pytester, "--dbguard-reuse").assert_outcomes(passed=1)
-    # Leave the machine as we found it: stop this project's kept cluster (and no other).
+    # Leave the machine as we found it: stop this project's kept cluster (and no other), also
+    # when an assertion fails (a kept cluster would be adopted by the next run in this folder).
     folder = (
         machine.storage_root()
         / f"reuse-{hashlib.sha1(str(pytester.path).encode()).hexdigest()[:10]}"
     )
-    assert folder.is_dir()
-    server.EmbeddedCluster(bindir=machine.find_bindir() or Path(), root=folder, port=0).stop()
+    try:
+        first = run_dbguard(pytester, "--dbguard-reuse", "-v", inprocess=True)
+        first.assert_outcomes(passed=1)
+        second = run_dbguard(pytester, "--dbguard-reuse", "-v", inprocess=True)
+        second.assert_outcomes(passed=1)
+        # From the header line: on a busy machine the wait's progress lines name the port first.
+        [header] = [line for line in first.stdout.lines if line.startswith("dbguard: embedded")]
+        port = header.split("127.0.0.1:")[1].split(",")[0]
+        assert f"127.0.0.1:{port}, cluster reused" in second.stdout.str()
+        # The schema changed: the template is rebuilt, and the new column is there.
+        pytester.makepyfile(
+            models="""
+            from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+            class Base(DeclarativeBase):
+                pass
+            class Thing(Base):
+                __tablename__ = "things"
+                id: Mapped[int] = mapped_column(primary_key=True)
+                colour: Mapped[str]
+            """,
+            test_things="""
+            def test_things(dbguard_session):
+                from sqlalchemy import text
+                assert dbguard_session.execute(text("SELECT count(colour) FROM things")).scalar() == 0
+            """,
+        )
+        run_dbguard(pytester, "--dbguard-reuse", inprocess=True).assert_outcomes(passed=1)
+        assert folder.is_dir()
+    finally:
+        if folder.is_dir():
+            server.EmbeddedCluster(
+                bindir=machine.find_bindir() or Path(), root=folder, port=0
+            ).stop()
     assert not folder.exists()
 
 
@@ -401,7 +415,7 @@ def test_bindir_as_two_words_that_would_hide_the_ini_file_is_refused(
     assert bindir is not None
     pytester.makeini("[pytest]\ndbguard_naive_datetime = error\n")
     pytester.makepyfile("def test_one(dbguard_url):\n    assert dbguard_url\n")
-    split = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir))
+    split = run_dbguard(pytester, "--dbguard-pg-bindir", str(bindir), inprocess=True)
     assert split.ret == pytest.ExitCode.USAGE_ERROR
     split.stderr.fnmatch_lines(
         [
@@ -411,4 +425,4 @@ def test_bindir_as_two_words_that_would_hide_the_ini_file_is_refused(
             "instead."
         ]
     )
-    run_dbguard(pytester, f"--dbguard-pg-bindir={bindir}").assert_outcomes(passed=1)
+    run_dbguard(pytester, f"--dbguard-pg-bindir={bindir}", inprocess=True).assert_outcomes(passed=1)

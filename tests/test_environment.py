@@ -191,7 +191,7 @@ def test_every_placeholder(pytester: pytest.Pytester) -> None:
             assert env["X_BRACES"] == "{literal}"
         """
     )
-    run_dbguard(pytester).assert_outcomes(passed=1)
+    run_dbguard(pytester, inprocess=True).assert_outcomes(passed=1)
 
 
 @pytest.mark.parametrize(

@@ -94,13 +94,19 @@ DROPPED = (
 )
 
 
+def _external(server: TestServer) -> list[str]:
+    """The shared external server, for runs whose test is not about the embedded one: its start
+    and stop would be most of such a run's cost."""
+    return ["--dbguard-url", server.url()]
+
+
 @pytest.mark.parametrize("backend", ["embedded", "external"])
 def test_terminate_and_cut_break_an_engine_without_pre_ping(
     pytester: pytest.Pytester, pg_server: TestServer, backend: str
 ) -> None:
     pytester.makepyfile(test_dropped=DROPPED)
     args = ["--dbguard-url", pg_server.url()] if backend == "external" else []
-    result = run_dbguard(pytester, *args)
+    result = run_dbguard(pytester, *args, inprocess=True)
     result.assert_outcomes(passed=6)
     assert SUPERUSER_PASSWORD not in result.stdout.str()
 
@@ -144,9 +150,11 @@ CLOSED = (
 )
 
 
-def test_close_is_seen_by_the_driver_and_by_sqlalchemy(pytester: pytest.Pytester) -> None:
+def test_close_is_seen_by_the_driver_and_by_sqlalchemy(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     pytester.makepyfile(test_closed=CLOSED)
-    run_dbguard(pytester).assert_outcomes(passed=5)
+    run_dbguard(pytester, *_external(pg_server), inprocess=True).assert_outcomes(passed=5)
 
 
 REFUSED = (
@@ -165,9 +173,11 @@ REFUSED = (
 )
 
 
-def test_refuse_holds_new_connections_off_for_the_window(pytester: pytest.Pytester) -> None:
+def test_refuse_holds_new_connections_off_for_the_window(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     pytester.makepyfile(test_refused=REFUSED)
-    run_dbguard(pytester).assert_outcomes(passed=1)
+    run_dbguard(pytester, *_external(pg_server), inprocess=True).assert_outcomes(passed=1)
 
 
 LATENCY = (
@@ -190,9 +200,9 @@ LATENCY = (
 )
 
 
-def test_latency_makes_a_query_slower(pytester: pytest.Pytester) -> None:
+def test_latency_makes_a_query_slower(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     pytester.makepyfile(test_latency=LATENCY)
-    run_dbguard(pytester).assert_outcomes(passed=1)
+    run_dbguard(pytester, *_external(pg_server), inprocess=True).assert_outcomes(passed=1)
 
 
 RESTART = (
@@ -230,7 +240,7 @@ def assert_no_server_left(result: pytest.RunResult) -> None:
 
 def test_restart_on_the_embedded_server_recovers(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_restart=RESTART)
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, inprocess=True)
     result.assert_outcomes(passed=1)
     assert_no_server_left(result)
 
@@ -239,7 +249,7 @@ def test_restart_skips_on_an_external_server(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:
     pytester.makepyfile(test_restart=RESTART)
-    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), "-rs")
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), "-rs", inprocess=True)
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(
         [
@@ -266,9 +276,11 @@ NEVER = (
 )
 
 
-def test_assert_recovers_fails_with_attempts_time_and_last_error(pytester: pytest.Pytester) -> None:
+def test_assert_recovers_fails_with_attempts_time_and_last_error(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     pytester.makepyfile(test_never=NEVER)
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, *_external(pg_server), inprocess=True)
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [
@@ -314,7 +326,7 @@ UNDONE = (
 
 def test_faults_are_undone_after_a_failing_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_undone=UNDONE)
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, inprocess=True)
     result.assert_outcomes(failed=2, passed=2)
     result.stdout.no_fnmatch_line("*could not undo*")
     assert_no_server_left(result)
@@ -420,14 +432,14 @@ def test_async_engines_recover_after_terminate(pytester: pytest.Pytester) -> Non
 
 
 def test_the_proxy_is_on_only_when_a_test_mentions_dbguard_faults(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:
     pytester.makepyfile(test_plain="def test_plain(dbguard_url):\n    pass\n")
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, *_external(pg_server), inprocess=True)
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("*fault proxy*")
     pytester.makepyfile(test_faulty="def test_faulty(dbguard_faults):\n    pass\n")
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, *_external(pg_server), inprocess=True)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["dbguard: fault proxy on 127.0.0.1:* in front of the server"])
 
@@ -446,6 +458,7 @@ def test_the_proxy_is_on_only_when_a_test_mentions_dbguard_faults(
 )
 def test_the_proxy_can_be_switched_on_and_off(
     pytester: pytest.Pytester,
+    pg_server: TestServer,
     monkeypatch: pytest.MonkeyPatch,
     args: list[str],
     env: dict[str, str],
@@ -464,7 +477,7 @@ def test_the_proxy_can_be_switched_on_and_off(
         pytester.makeini(f"[pytest]\n{ini}\n")
     for name, value in {**env, "EXPECT": "1" if proxied else "0"}.items():
         monkeypatch.setenv(name, value)
-    run_dbguard(pytester, *args).assert_outcomes(passed=1)
+    run_dbguard(pytester, *_external(pg_server), *args, inprocess=True).assert_outcomes(passed=1)
 
 
 MISSED = """
@@ -482,9 +495,11 @@ MISSED = """
 """
 
 
-def test_proxy_faults_say_how_to_switch_the_proxy_on(pytester: pytest.Pytester) -> None:
+def test_proxy_faults_say_how_to_switch_the_proxy_on(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     pytester.makepyfile(test_missed=MISSED)
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, *_external(pg_server), inprocess=True)
     result.assert_outcomes(failed=3, passed=1)
     for call in ("refuse(seconds)", "latency(ms)", "cut()"):
         result.stdout.fnmatch_lines(
@@ -515,7 +530,7 @@ SQLITE = (
 
 def test_sqlite_skips_what_it_cannot_do(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_sqlite=SQLITE)
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite", "-rs")
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", "-rs", inprocess=True)
     result.assert_outcomes(skipped=5, passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -544,6 +559,8 @@ def test_terminate_in_schema_mode_spares_other_clients(
     url = pg_server.url(database="app_limited", user=LIMITED_USER, driver="psycopg")
     libpq = url.replace("postgresql+psycopg", "postgresql")
     with psycopg.connect(libpq, autocommit=True) as bystander:  # same role, same database
+        # A subprocess: terminate() in schema mode ends the backends of its own process, and
+        # the bystander must be another process's.
         result = run_dbguard(pytester, "--dbguard-url", url, "-rs")
         result.assert_outcomes(passed=1)
         result.stdout.fnmatch_lines(["dbguard: *schemas dbg_*_<worker> in app_limited*"])

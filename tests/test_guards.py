@@ -551,7 +551,7 @@ def test_naive_datetime_modes(pytester: pytest.Pytester, mode: str, source: str)
     _project(pytester, f"dbguard_naive_datetime = {mode}\n" if source == "ini" else "")
     pytester.makepyfile(test_naive=NAIVE_ORM_TEST)
     args = ["--dbguard-naive-datetime", mode] if source == "cli" else []
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite", *args)
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", *args, inprocess=True)
     statement = "'INSERT INTO events (name, created_at) VALUES (?, ?)*'"
     where = "during test_naive.py::test_orm_insert"
     parameter = "parameter 'created_at' (Event.created_at, set at test_naive.py:5)"
@@ -632,7 +632,7 @@ def test_naive_and_aware_datetimes_every_way_on_postgresql(
 ) -> None:
     _project(pytester, "dbguard_naive_datetime = error\n")
     pytester.makepyfile(test_ways=WAYS_TEST)
-    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), "-v")
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), "-v", inprocess=True)
     result.assert_outcomes(passed=5, failed=5)
     for name in ("orm", "core", "executemany", "async", "swallowed"):
         result.stdout.fnmatch_lines([f"test_ways.py::test_{name}?aware? PASSED*"])
@@ -708,7 +708,8 @@ def test_utcnow_deprecations_are_counted_in_the_summary(
     pytester.makepyfile(
         test_a=UTCNOW_TEST.format(name="a", times=2), test_b=UTCNOW_TEST.format(name="b", times=1)
     )
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite", *args)
+    # In this process unless the row starts xdist workers.
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", *args, inprocess="-n" not in args)
     result.assert_outcomes(passed=2, warnings=5)
     if line is None:
         result.stdout.no_fnmatch_line("dbguard: *datetime.utcnow()*")
@@ -719,7 +720,7 @@ def test_utcnow_deprecations_are_counted_in_the_summary(
 def test_no_utcnow_line_when_there_are_none(pytester: pytest.Pytester) -> None:
     _project(pytester)
     pytester.makepyfile(test_a=UTCNOW_TEST.format(name="a", times=0))
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite")
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", inprocess=True)
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.no_fnmatch_line("dbguard: *datetime.utcnow()*")
 
@@ -803,7 +804,7 @@ def test_dbguard_without_hides_a_dev_package_for_one_test(pytester: pytest.Pytes
             "test_without": WITHOUT_TEST,
         }
     )
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite", "-p", "no:randomly")
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", "-p", "no:randomly", inprocess=True)
     result.assert_outcomes(passed=5, errors=2)
     result.stdout.fnmatch_lines(
         [
@@ -853,7 +854,7 @@ def test_dbguard_queries_counts_and_lists_statements(
     _project(pytester)
     pytester.makepyfile(test_count=COUNT_TEST)
     url = "sqlite" if backend == "sqlite" else pg_server.url()
-    result = run_dbguard(pytester, "--dbguard-url", url)
+    result = run_dbguard(pytester, "--dbguard-url", url, inprocess=True)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [

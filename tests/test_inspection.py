@@ -52,7 +52,7 @@ def test_commands_that_only_show_start_nothing(
         where = ["--dbguard-pg-bindir", str(tmp_path / "empty")]
     else:
         where = ["--dbguard-url", f"postgresql://u:Secret-Pw@127.0.0.1:{free_port()}/app"]
-    result = run_dbguard(pytester, *where, "--dbguard-wait", "1", *args)
+    result = run_dbguard(pytester, *where, "--dbguard-wait", "1", *args, inprocess="-n" not in args)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines([shown])
     output = result.stdout.str() + result.stderr.str()
@@ -64,6 +64,6 @@ def test_a_real_run_with_the_same_settings_fails(pytester: pytest.Pytester, tmp_
     """The control: the same folder stops a run that needs the server."""
     pytester.makepyfile(test_it=TEST_FILE)
     (tmp_path / "empty").mkdir()
-    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(tmp_path / "empty"))
+    result = run_dbguard(pytester, "--dbguard-pg-bindir", str(tmp_path / "empty"), inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*that folder has no initdb and no postgres*"])

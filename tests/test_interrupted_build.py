@@ -68,7 +68,7 @@ def test_reuse_run_killed_during_the_build_is_rebuilt(
         run.wait(60)
         assert _reuse_folder(pytester).is_dir()  # the kept cluster, with what the build left
 
-        again = run_dbguard(pytester, "--dbguard-reuse", "-v")
+        again = run_dbguard(pytester, "--dbguard-reuse", "-v", inprocess=True)
         again.assert_outcomes(passed=1)
         assert ", cluster reused" in again.stdout.str()  # the same kept server, not a fresh one
         assert "template built" in again.stdout.str()  # the killed build is not trusted

@@ -40,7 +40,7 @@ def test_rollback_isolation_both_orders(
     _project(pytester)
     pytester.makepyfile(test_order=ORDERED_TESTS.format(first=order[0], second=order[1]))
     args = ["--dbguard-url", "sqlite"] if backend == "sqlite" else []
-    result = run_dbguard(pytester, *args, "-p", "no:randomly")
+    result = run_dbguard(pytester, *args, "-p", "no:randomly", inprocess=True)
     result.assert_outcomes(passed=2)
 
 
@@ -102,7 +102,7 @@ def test_commit_in_test_survives_inside_but_not_after(
             other.dispose()
         """
     )
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, inprocess=True)
     result.assert_outcomes(passed=1)
 
 
@@ -147,11 +147,11 @@ def test_truncate_and_none_markers(pytester: pytest.Pytester, backend: str) -> N
     _project(pytester)
     pytester.makepyfile(test_truncate=TRUNCATE_TESTS)
     args = ["--dbguard-url", "sqlite"] if backend == "sqlite" else []
-    result = run_dbguard(pytester, *args, "-p", "no:randomly")
+    result = run_dbguard(pytester, *args, "-p", "no:randomly", inprocess=True)
     result.assert_outcomes(passed=5)
 
 
-def test_default_isolation_from_ini(pytester: pytest.Pytester) -> None:
+def test_default_isolation_from_ini(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     _project(pytester)
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\ndbguard_isolation = truncate\n")
     pytester.makepyfile(
@@ -170,10 +170,14 @@ def test_default_isolation_from_ini(pytester: pytest.Pytester) -> None:
                 assert conn.execute(text("SELECT count(*) FROM authors")).scalar() == 0
         """
     )
-    run_dbguard(pytester, "-p", "no:randomly").assert_outcomes(passed=2)
+    # Not about the embedded server: the shared one, without a cluster start per run.
+    url = ["--dbguard-url", pg_server.url()]
+    run_dbguard(pytester, *url, "-p", "no:randomly", inprocess=True).assert_outcomes(passed=2)
 
 
-def test_session_scoped_data_survives_between_tests(pytester: pytest.Pytester) -> None:
+def test_session_scoped_data_survives_between_tests(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     _project(pytester)
     pytester.makeconftest(
         """
@@ -200,7 +204,10 @@ def test_session_scoped_data_survives_between_tests(pytester: pytest.Pytester) -
             dbguard_session.commit()
         """
     )
-    run_dbguard(pytester).assert_outcomes(passed=3)
+    # Not about the embedded server: the shared one, without a cluster start per run.
+    run_dbguard(pytester, "--dbguard-url", pg_server.url(), inprocess=True).assert_outcomes(
+        passed=3
+    )
 
 
 def test_bad_isolation_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
@@ -353,4 +360,6 @@ def test_dead_pooled_connection_is_replaced(
     # dbguard_connection skips pool_pre_ping's round trip: a pooled connection the server closed
     # must still never reach a test.
     pytester.makepyfile(DEAD_POOLED_CONNECTION)
-    run_dbguard(pytester, "--dbguard-url", pg_server.url(driver=driver)).assert_outcomes(passed=3)
+    run_dbguard(
+        pytester, "--dbguard-url", pg_server.url(driver=driver), inprocess=True
+    ).assert_outcomes(passed=3)

@@ -136,7 +136,9 @@ def test_rollback_keeps_exactly_the_failed_tests_rows(
     pytester: pytest.Pytester, server: TestServer, fixture: str
 ) -> None:
     _project(pytester, test_things=SYNC_TESTS[fixture])
-    result = run_dbguard(pytester, "--dbguard-url", server.url(), "--dbguard-keep-failed")
+    result = run_dbguard(
+        pytester, "--dbguard-url", server.url(), "--dbguard-keep-failed", inprocess=True
+    )
     result.assert_outcomes(passed=2, failed=1)
     [name] = _kept_names(result)
     assert name.endswith("_main_failed_1") and "_dbg_" in name
@@ -173,7 +175,9 @@ def test_rollback_keeps_exactly_the_failed_tests_rows(
 def test_passing_tests_keep_nothing(pytester: pytest.Pytester, server: TestServer) -> None:
     passing = SYNC_TESTS["connection"].replace('assert False, "the failure"', "pass")
     _project(pytester, test_things=passing)
-    result = run_dbguard(pytester, "--dbguard-url", server.url(), "--dbguard-keep-failed")
+    result = run_dbguard(
+        pytester, "--dbguard-url", server.url(), "--dbguard-keep-failed", inprocess=True
+    )
     result.assert_outcomes(passed=3)
     assert _kept_on(server) == []
     result.stdout.no_fnmatch_line("*dbguard kept*")
@@ -184,7 +188,7 @@ def test_without_the_option_a_failure_keeps_nothing(
     pytester: pytest.Pytester, server: TestServer
 ) -> None:
     _project(pytester, test_things=SYNC_TESTS["connection"])
-    result = run_dbguard(pytester, "--dbguard-url", server.url())
+    result = run_dbguard(pytester, "--dbguard-url", server.url(), inprocess=True)
     result.assert_outcomes(passed=2, failed=1)
     assert _kept_on(server) == []
     result.stdout.no_fnmatch_line("*dbguard kept*")
@@ -221,7 +225,7 @@ def test_where_nothing_can_be_kept_the_report_says_why(
 ) -> None:
     _project(pytester, test_things=SYNC_TESTS["connection"])
     url = "sqlite" if where == "sqlite" else server.url("app_limited", user=LIMITED_USER)
-    result = run_dbguard(pytester, "--dbguard-url", url, "--dbguard-keep-failed")
+    result = run_dbguard(pytester, "--dbguard-url", url, "--dbguard-keep-failed", inprocess=True)
     result.assert_outcomes(passed=2, failed=1)
     why = {
         "sqlite": "SQLite test files are not kept",
@@ -247,13 +251,17 @@ def test_no_extra_statement_when_no_test_fails(
     pytester.makeconftest(textwrap.dedent(COUNTING_CONFTEST))
     counted = {}
     for option in ("", "--dbguard-keep-failed"):
-        result = run_dbguard(pytester, "--dbguard-url", server.url(), *filter(None, [option]))
+        result = run_dbguard(
+            pytester, "--dbguard-url", server.url(), *filter(None, [option]), inprocess=True
+        )
         result.assert_outcomes(passed=3)
         counted[option] = (pytester.path / "statements.txt").read_text().splitlines()
     assert counted[""] == counted["--dbguard-keep-failed"]
     # The counter does see dbguard's own statements: a failure's copy shows up in it.
     pytester.makepyfile(test_things=SYNC_TESTS["connection"])
-    failing = run_dbguard(pytester, "--dbguard-url", server.url(), "--dbguard-keep-failed")
+    failing = run_dbguard(
+        pytester, "--dbguard-url", server.url(), "--dbguard-keep-failed", inprocess=True
+    )
     failing.assert_outcomes(passed=2, failed=1)
     with_failure = (pytester.path / "statements.txt").read_text()
     assert "pg_sequence_last_value" in with_failure and "CAST(ROW(" in with_failure
@@ -322,7 +330,9 @@ def test_a_failed_setup_keeps_its_rows_and_the_summary_names_it(
             pass
     """
     _project(pytester, test_setup=tests)
-    result = run_dbguard(pytester, "--dbguard-url", server.url(), "--dbguard-keep-failed")
+    result = run_dbguard(
+        pytester, "--dbguard-url", server.url(), "--dbguard-keep-failed", inprocess=True
+    )
     result.assert_outcomes(errors=1)
     [name] = _kept_on(server)
     result.stdout.fnmatch_lines(
@@ -353,7 +363,9 @@ def test_truncate_isolation_keeps_the_committed_rows_before_emptying(
             assert dbguard_connection.execute(text("SELECT count(*) FROM things")).scalar() == 0
     """
     _project(pytester, test_truncate=tests)
-    result = run_dbguard(pytester, "--dbguard-url", server.url(), "--dbguard-keep-failed")
+    result = run_dbguard(
+        pytester, "--dbguard-url", server.url(), "--dbguard-keep-failed", inprocess=True
+    )
     result.assert_outcomes(passed=1, failed=1)
     [name] = _kept_names(result)
     result.stdout.fnmatch_lines(["*(1 row in 1 table: things 1) is kept in*"])
@@ -393,6 +405,7 @@ def test_janitor_lists_and_drops_a_kept_database(
     pytester: pytest.Pytester, server: TestServer
 ) -> None:
     _project(pytester, test_things=SYNC_TESTS["connection"])
+    # A subprocess: the janitor spares a database while the process that made it is alive.
     run_dbguard(pytester, "--dbguard-url", server.url(), "--dbguard-keep-failed").assert_outcomes(
         passed=2, failed=1
     )
@@ -438,6 +451,7 @@ def test_readme_example_on_the_embedded_server_stays_up_until_dbguard_stop(
     output = blocks(SECTION, "")[0]
     pytester.makepyfile(models=textwrap.dedent(README_MODELS), test_users=example)
     pytester.makeini(textwrap.dedent(INI))
+    # A subprocess: the server must outlive the pytest process that started it.
     result = run_dbguard(pytester, "--dbguard-keep-failed")
     try:
         result.assert_outcomes(failed=1)
@@ -469,7 +483,7 @@ def test_readme_example_on_the_embedded_server_stays_up_until_dbguard_stop(
 def test_embedded_run_without_failures_stops_its_cluster(pytester: pytest.Pytester) -> None:
     passing = SYNC_TESTS["connection"].replace('assert False, "the failure"', "pass")
     _project(pytester, test_things=passing)
-    run_dbguard(pytester, "--dbguard-keep-failed").assert_outcomes(passed=3)
+    run_dbguard(pytester, "--dbguard-keep-failed", inprocess=True).assert_outcomes(passed=3)
     stopped = dbguard_cli("stop", cwd=pytester.path)
     assert stopped.returncode == 0, stopped.stderr
     assert "nothing to stop" in stopped.stdout
@@ -488,7 +502,7 @@ def test_env_and_ini_switch_it_on(
         monkeypatch.setenv("DBGUARD_KEEP_FAILED", "1")
     else:
         pytester.makeini(textwrap.dedent(INI) + "dbguard_keep_failed = true\n")
-    result = run_dbguard(pytester, "--dbguard-url", server.url())
+    result = run_dbguard(pytester, "--dbguard-url", server.url(), inprocess=True)
     result.assert_outcomes(passed=2, failed=1)
     assert len(_kept_names(result)) == 1
     assert _kept_on(server) == _kept_names(result)

@@ -305,7 +305,7 @@ def _ways_project(pytester: pytest.Pytester, mode: str) -> None:
 def test_warnings_name_the_attribute_and_point_at_the_users_line(pytester: pytest.Pytester) -> None:
     _ways_project(pytester, "warn")
     at = _lines(WAYS)
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, inprocess=True)
     # 16 tests pass; 10 reports: every ``aware`` way (two in test_async) and the untyped text
     # statement on the plain table too.
     result.assert_outcomes(passed=16, warnings=10)
@@ -360,7 +360,7 @@ def test_warnings_name_the_attribute_and_point_at_the_users_line(pytester: pytes
 
 def test_error_mode_fails_only_where_the_time_zone_matters(pytester: pytest.Pytester) -> None:
     _ways_project(pytester, "error")
-    result = run_dbguard(pytester, "-rA")
+    result = run_dbguard(pytester, "-rA", inprocess=True)
     # The plain tests wrote their naive values and read them back (their asserts pass).
     result.assert_outcomes(passed=7, failed=9)
     names = ("orm", "constructor", "core", "executemany", "where", "async", "text", "typed_text")
@@ -401,7 +401,9 @@ def test_tracebacks_end_at_the_users_line(pytester: pytest.Pytester) -> None:
     )
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
     at = _lines(TRACEBACKS)
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite", "--dbguard-naive-datetime", "error")
+    result = run_dbguard(
+        pytester, "--dbguard-url", "sqlite", "--dbguard-naive-datetime", "error", inprocess=True
+    )
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(
         [

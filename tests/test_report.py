@@ -126,7 +126,9 @@ def _assert_no_secret(path: Path) -> None:
 
 def test_serial_run_on_an_external_server(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     _project(pytester, test_notes=SYNC_TESTS)
-    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), "--dbguard-report", "r.json")
+    result = run_dbguard(
+        pytester, "--dbguard-url", pg_server.url(), "--dbguard-report", "r.json", inprocess=True
+    )
     result.assert_outcomes(passed=6, failed=1, skipped=1, xfailed=1, errors=1, warnings=1)
     path = pytester.path / "r.json"
     report = _read(path)
@@ -231,7 +233,7 @@ def test_verbose_run_shows_the_slowest_tests(pytester: pytest.Pytester) -> None:
                 dbguard_connection.execute(text("SELECT 2"))
         """,
     )
-    result = run_dbguard(pytester, "--dbguard-report", "r.json", "-v")
+    result = run_dbguard(pytester, "--dbguard-report", "r.json", "-v", inprocess=True)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
@@ -425,8 +427,8 @@ def test_cli_environment_and_ini(
         args += ["--dbguard-report", "reports/run.json"]
     if where == "env":
         monkeypatch.setenv("DBGUARD_REPORT", "reports/run.json")
-    monkeypatch.chdir(pytester.path / "sub")  # the subprocess starts here
-    result = run_dbguard(pytester, *args)
+    monkeypatch.chdir(pytester.path / "sub")  # the inner run starts here
+    result = run_dbguard(pytester, *args, inprocess=True)
     result.assert_outcomes(passed=1)
     expected = pytester.path / ("reports" if where == "ini" else "sub/reports") / "run.json"
     other = pytester.path / ("sub/reports" if where == "ini" else "reports") / "run.json"
@@ -453,7 +455,7 @@ def test_without_the_option_nothing_is_written_or_listened_to(
     pytester.makepyfile(test_listeners=textwrap.dedent(LISTENERS_TEST))
     pytester.makeini("[pytest]\n")
     args = ["--dbguard-report", "r.json"] if report else []
-    result = run_dbguard(pytester, "-s", *args)
+    result = run_dbguard(pytester, "-s", *args, inprocess=True)
     result.assert_outcomes(passed=1)
     reports = [
         path.relative_to(pytester.path)
@@ -468,12 +470,12 @@ def test_a_previous_report_is_replaced(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_one="def test_one(dbguard_url):\n    pass\n")
     pytester.makeini("[pytest]\n")
     path = pytester.path / "r.json"
-    run_dbguard(pytester, "--dbguard-url", "sqlite", "--dbguard-report", "r.json")
+    run_dbguard(pytester, "--dbguard-url", "sqlite", "--dbguard-report", "r.json", inprocess=True)
     first = _read(path)["run"]
     pytester.makepyfile(test_two="def test_two(dbguard_url):\n    pass\n")
-    run_dbguard(pytester, "--dbguard-url", "sqlite", "--dbguard-report", "r.json").assert_outcomes(
-        passed=2
-    )
+    run_dbguard(
+        pytester, "--dbguard-url", "sqlite", "--dbguard-report", "r.json", inprocess=True
+    ).assert_outcomes(passed=2)
     second = _read(path)
     assert second["run"] != first and second["totals"]["tests"] == 2
     assert [p.name for p in pytester.path.iterdir() if p.name.startswith(".r.json.")] == []
@@ -609,7 +611,7 @@ def test_normalised_statements_keep_the_shape_and_no_value(sql: str, shape: str)
 
 
 def test_an_existing_report_outside_the_project_needs_the_one_word_flag(
-    pytester: pytest.Pytester, tmp_path: Path
+    pytester: pytest.Pytester, tmp_path: Path, pg_server: TestServer
 ) -> None:
     """pytest takes the second word of ``--dbguard-report PATH`` for a test path when it looks for
     the rootdir and ini file; an existing file outside the project would hide the ini file."""
@@ -625,7 +627,8 @@ def test_an_existing_report_outside_the_project_needs_the_one_word_flag(
     outside = tmp_path / "ci" / "r.json"
     outside.parent.mkdir()
     outside.write_text("")  # a CI step made it, or an earlier run wrote it
-    split = run_dbguard(pytester, "--dbguard-report", str(outside))
+    url = ["--dbguard-url", pg_server.url()]  # not about the embedded server: the shared one
+    split = run_dbguard(pytester, *url, "--dbguard-report", str(outside), inprocess=True)
     assert split.ret == pytest.ExitCode.USAGE_ERROR
     split.stderr.fnmatch_lines(
         [
@@ -635,10 +638,11 @@ def test_an_existing_report_outside_the_project_needs_the_one_word_flag(
             f"--dbguard-report={outside}, or set DBGUARD_REPORT or ini dbguard_report instead."
         ]
     )
-    one_word = run_dbguard(pytester, f"--dbguard-report={outside}")
+    one_word = run_dbguard(pytester, *url, f"--dbguard-report={outside}", inprocess=True)
     one_word.assert_outcomes(passed=1)  # the ini file's schema was found and built
     assert _read(outside)["tests"][0]["outcome"] == "passed"
-    inside = run_dbguard(pytester, "--dbguard-report", "r.json")  # beside the ini file: no harm
+    # Beside the ini file: no harm; also once it exists.
+    inside = run_dbguard(pytester, *url, "--dbguard-report", "r.json", inprocess=True)
     inside.assert_outcomes(passed=1)
-    inside = run_dbguard(pytester, "--dbguard-report", "r.json")  # also once it exists
+    inside = run_dbguard(pytester, *url, "--dbguard-report", "r.json", inprocess=True)
     inside.assert_outcomes(passed=1)

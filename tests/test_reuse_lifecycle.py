@@ -65,12 +65,12 @@ def test_header_says_started_then_reused_and_stop_ends_it(
     pytester: pytest.Pytester, kept: Path
 ) -> None:
     _project(pytester, "one")
-    first = run_dbguard(pytester, "--dbguard-reuse")
+    first = run_dbguard(pytester, "--dbguard-reuse", inprocess=True)
     first.assert_outcomes(passed=1)
     first.stdout.fnmatch_lines([f"dbguard: embedded PostgreSQL*, {STARTED};*template built;*"])
     pid = _postgres_pid(kept)
 
-    second = run_dbguard(pytester, "--dbguard-reuse")
+    second = run_dbguard(pytester, "--dbguard-reuse", inprocess=True)
     second.assert_outcomes(passed=1)
     second.stdout.fnmatch_lines(
         ["dbguard: embedded PostgreSQL*, cluster reused;*template reused;*"]
@@ -85,7 +85,7 @@ def test_header_says_started_then_reused_and_stop_ends_it(
     assert not machine.process_alive(pid)
     assert not kept.exists()
 
-    third = run_dbguard(pytester, "--dbguard-reuse")
+    third = run_dbguard(pytester, "--dbguard-reuse", inprocess=True)
     third.assert_outcomes(passed=1)
     third.stdout.fnmatch_lines([f"dbguard: embedded PostgreSQL*, {STARTED};*template built;*"])
     assert _postgres_pid(kept) != pid
@@ -97,10 +97,10 @@ def test_rebuild_drops_the_kept_template_given_on_the_cli_in_the_env_or_in_the_i
     """One kept cluster for the three ways of asking: each rebuild run must show a seed that
     only a rebuild can bring in (the stale run below proves reuse alone keeps the old one)."""
     _project(pytester, "one")
-    run_dbguard(pytester, "--dbguard-reuse").assert_outcomes(passed=1)
+    run_dbguard(pytester, "--dbguard-reuse", inprocess=True).assert_outcomes(passed=1)
     # A change the fingerprint cannot see: the kept template still has the old seed.
     _project(pytester, "two")
-    stale = run_dbguard(pytester, "--dbguard-reuse")
+    stale = run_dbguard(pytester, "--dbguard-reuse", inprocess=True)
     stale.assert_outcomes(failed=1)
     stale.stdout.fnmatch_lines(["*template reused*", "*AssertionError: assert *'one'* == *'two'*"])
     for how, seed in (("cli", "two"), ("ini", "three"), ("env", "four")):
@@ -111,13 +111,13 @@ def test_rebuild_drops_the_kept_template_given_on_the_cli_in_the_env_or_in_the_i
         if how == "env":
             monkeypatch.setenv("DBGUARD_REBUILD", "1")
         flag = ("--dbguard-rebuild",) if how == "cli" else ()
-        rebuilt = run_dbguard(pytester, "--dbguard-reuse", *flag)
+        rebuilt = run_dbguard(pytester, "--dbguard-reuse", *flag, inprocess=True)
         rebuilt.assert_outcomes(passed=1)  # the new seed: the template was rebuilt
         rebuilt.stdout.fnmatch_lines(["*cluster reused;*template rebuilt (--dbguard-rebuild);*"])
         monkeypatch.delenv("DBGUARD_REBUILD", raising=False)
         _project(pytester, seed)
         # The rebuilt template is kept in turn.
-        again = run_dbguard(pytester, "--dbguard-reuse")
+        again = run_dbguard(pytester, "--dbguard-reuse", inprocess=True)
         again.assert_outcomes(passed=1)
         again.stdout.fnmatch_lines(["*template reused*"])
 
@@ -143,7 +143,7 @@ def test_rebuild_under_xdist(pytester: pytest.Pytester, kept: Path) -> None:
 
 def test_rebuild_without_reuse_says_it_has_no_effect(pytester: pytest.Pytester) -> None:
     _project(pytester, "one", ini="dbguard_rebuild = true\n")
-    result = run_dbguard(pytester)
+    result = run_dbguard(pytester, inprocess=True)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [

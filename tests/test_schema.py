@@ -86,14 +86,16 @@ def _alembic_project(pytester: pytest.Pytester) -> None:
 def test_alembic_upgrade_head_builds_the_template(pytester: pytest.Pytester, xdist: bool) -> None:
     _alembic_project(pytester)
     args = ["-v", "-n", "2"] if xdist else ["-v"]
-    result = run_dbguard(pytester, *args, plugins=("xdist.plugin",) if xdist else ())
+    result = run_dbguard(
+        pytester, *args, plugins=("xdist.plugin",) if xdist else (), inprocess=not xdist
+    )
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["dbguard: *alembic alembic.ini*"])
 
 
 def test_alembic_on_sqlite(pytester: pytest.Pytester) -> None:
     _alembic_project(pytester)
-    run_dbguard(pytester, "--dbguard-url", "sqlite").assert_outcomes(passed=3)
+    run_dbguard(pytester, "--dbguard-url", "sqlite", inprocess=True).assert_outcomes(passed=3)
 
 
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2", "asyncpg"])
@@ -112,7 +114,9 @@ def test_every_driver_in_the_url(
             print("DRIVERS", sync_driver, async_driver)
         """
     )
-    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(driver=driver), "-s")
+    result = run_dbguard(
+        pytester, "--dbguard-url", pg_server.url(driver=driver), "-s", inprocess=True
+    )
     result.assert_outcomes(passed=1)
     expected = {
         "psycopg": "DRIVERS postgresql+psycopg postgresql+psycopg",

@@ -122,6 +122,7 @@ def test_embedded_server_is_closed_to_other_users(
         *xdist,
         *("-v", "--tb=long", "-l", "-rA", "--junitxml=report.xml"),
         plugins=("xdist.plugin",) if xdist else (),
+        inprocess=not xdist,
     )
     result.assert_outcomes(passed=3, failed=1)
     password = (pytester.path / "password.txt").read_text()
@@ -185,7 +186,7 @@ def test_reused_cluster_keeps_its_password_private(pytester: pytest.Pytester) ->
     pytester.makepyfile(
         test_reuse=OTHER_USERS.format(psql=_psql()).split("def test_password_in_no_argv")[0]
     )
-    first = run_dbguard(pytester, "--dbguard-reuse", "-v")
+    first = run_dbguard(pytester, "--dbguard-reuse", "-v", inprocess=True)
     folder = (
         machine.storage_root()
         / f"reuse-{hashlib.sha1(str(pytester.path).encode()).hexdigest()[:10]}"
@@ -194,7 +195,7 @@ def test_reused_cluster_keeps_its_password_private(pytester: pytest.Pytester) ->
         first.assert_outcomes(passed=1)
         password = (pytester.path / "password.txt").read_text()
         # The adopting run reads the password from the kept cluster's private state file.
-        second = run_dbguard(pytester, "--dbguard-reuse", "-v")
+        second = run_dbguard(pytester, "--dbguard-reuse", "-v", inprocess=True)
         second.assert_outcomes(passed=1)
         assert ", cluster reused" in second.stdout.str()
         assert (pytester.path / "password.txt").read_text() == password
@@ -345,6 +346,7 @@ def test_sqlite_folder_is_private_too(
     link.symlink_to(victim)
     monkeypatch.setenv("TMPDIR", str(tmp))
     pytester.makepyfile("def test_never(dbguard_engine): pass")
+    # A subprocess: tempfile reads TMPDIR once per process.
     result = run_dbguard(pytester, "--dbguard-url", "sqlite")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*dbguard will not use {link}: it is a symbolic link*"])

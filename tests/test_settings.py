@@ -46,7 +46,7 @@ def test_url_precedence(
     if env:
         monkeypatch.setenv("DBGUARD_URL", value(env) or "")
     args = ["-s"] + (["--dbguard-url", value(flag) or ""] if flag else [])
-    result = run_dbguard(pytester, *args)
+    result = run_dbguard(pytester, *args, inprocess=True)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"*URL-IS {expected} *_dbg_*_main*"])
     assert SUPERUSER_PASSWORD not in result.stdout.str() + result.stderr.str()
@@ -62,7 +62,7 @@ def test_external_server_password_never_printed(
             raise AssertionError("failing on purpose")
         """
     )
-    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), "-v", "-rA")
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), "-v", "-rA", inprocess=True)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["dbguard: postgresql+psycopg://postgres:***@127.0.0.1:*/postgres (PostgreSQL 15*"]
@@ -286,14 +286,16 @@ def test_alembic_ini_missing(pytester: pytest.Pytester) -> None:
 def test_wrong_password(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     pytester.makepyfile("def test_x(dbguard_engine): pass")
     url = pg_server.url(password="Wrong-Password-Here")
-    result = run_dbguard(pytester, "--dbguard-url", url)
+    result = run_dbguard(pytester, "--dbguard-url", url, inprocess=True)
     _usage_error(result, "*127.0.0.1*failed step: authentication*")
     assert "Wrong-Password-Here" not in result.stdout.str() + result.stderr.str()
 
 
 def test_missing_database(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     pytester.makepyfile("def test_x(dbguard_engine): pass")
-    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(database="no_such_db"))
+    result = run_dbguard(
+        pytester, "--dbguard-url", pg_server.url(database="no_such_db"), inprocess=True
+    )
     _usage_error(result, "*no_such_db*failed step: database missing*")
 
 
@@ -355,7 +357,7 @@ def test_driver_follows_the_projects_url_in_dbguard_env(
         f"    DATABASE_URL=postgresql+{ini_driver}://{{user}}:{{password}}@{{host}}:{{port}}/{{db}}\n"
     )
     pytester.makepyfile(test_driver=DRIVER_TESTS)
-    result = run_dbguard(pytester, "-s", *flag)
+    result = run_dbguard(pytester, "-s", *flag, inprocess=True)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
