@@ -237,6 +237,15 @@ INNER_RUN_MODULES = (
     "sqlalchemy.dialects.postgresql.psycopg",
     "sqlalchemy.dialects.sqlite.pysqlite",
     "psycopg",
+    # Extension modules (asyncpg's, greenlet's) cannot be loaded twice in one process: an
+    # in-process run that imported them first and lost them to pytester's sys.modules reset
+    # crashed the xdist worker at the next run that used them.
+    "psycopg2",
+    "sqlalchemy.dialects.postgresql.psycopg2",
+    "asyncpg",
+    "greenlet",
+    "sqlalchemy.ext.asyncio",
+    "sqlalchemy.dialects.postgresql.asyncpg",
 )
 
 
