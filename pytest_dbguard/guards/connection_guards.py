@@ -24,8 +24,14 @@ import pytest
 
 from pytest_dbguard.db.isolation import isolation_of, marks_of
 from pytest_dbguard.exceptions import LeakError, LeakWarning
-from pytest_dbguard.guards.foreign_databases import AllowList, ForeignDatabaseGuard, Target
+from pytest_dbguard.guards.foreign_databases import (
+    NOTHING_ELSE,
+    AllowList,
+    ForeignDatabaseGuard,
+    Target,
+)
 from pytest_dbguard.guards.leaks import LEAK_MESSAGE, LeakWatcher, tables_written_since
+from pytest_dbguard.guards.test_name import TestName
 from pytest_dbguard.run.state import run_of
 
 if TYPE_CHECKING:
@@ -76,7 +82,8 @@ class ConnectionGuards:
 
     def arm(self, item: pytest.Item) -> None:
         marks = marks_of(item)  # a test's own allow= adds to its class's and module's
-        self.foreign.arm(item.nodeid, AllowList.of(marks.allow))
+        also = AllowList.of(marks.allow) if marks.allow else NOTHING_ELSE
+        self.foreign.arm(TestName(item), also)
         if self.leaks is not None:
             self.leaks.take()
             self.leaks.watching = isolation_of(item, marks) == "rollback"

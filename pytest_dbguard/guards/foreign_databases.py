@@ -186,6 +186,9 @@ class AllowList:
         )
 
 
+NOTHING_ELSE: Final = AllowList()  # one shared empty list: most tests allow nothing more
+
+
 class ForeignDatabaseGuard(EngineListener):
     """Refuses, at connect, every PostgreSQL connection outside the allowed databases while armed."""
 
@@ -195,17 +198,17 @@ class ForeignDatabaseGuard(EngineListener):
     def __init__(self, test_databases: Iterable[Target], *, allowed: AllowList = AllowList()):
         self.test_databases = tuple(test_databases)
         self.allowed = allowed  # the run's dbguard_allow_databases
-        self.where: str | None = None  # the test running now; None: not armed
+        self.where: object = None  # the test running now (its str() is shown); None: not armed
         self.also: AllowList = AllowList()  # the running test's own allow=[...]
         self._creators = CreatorConnections(self)  # connections that skip do_connect
 
-    def arm(self, where: str, also: AllowList = AllowList()) -> None:
+    def arm(self, where: object, also: AllowList | None = None) -> None:
         """Check connections from now on, naming ``where`` in the error."""
-        self.where, self.also = where, also
+        self.where, self.also = where, also or NOTHING_ELSE
 
     def disarm(self) -> None:
         """Stop checking (between tests)."""
-        self.where, self.also = None, AllowList()
+        self.where, self.also = None, NOTHING_ELSE
 
     def check(self, target: Target, *, opened: bool = False) -> None:
         """Raise ForeignDatabaseError unless ``target`` is a test database or allowed;

@@ -26,6 +26,7 @@ from pytest_dbguard.guards.connection_guards import close_guards, guards_of
 from pytest_dbguard.guards.hidden_modules import HiddenModules
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard
 from pytest_dbguard.guards.query_counter import QueryCounter
+from pytest_dbguard.guards.test_name import TestName
 from pytest_dbguard.run.state import run_of
 
 SWALLOWED_MESSAGE: Final = (
@@ -61,26 +62,13 @@ def _state(config: pytest.Config) -> _GuardState:
     return state
 
 
-class _TestName:
-    """A test's node id, made into text only when a report names it: pytest 9 builds the string
-    anew on every access of ``item.nodeid``, and most tests are never named."""
-
-    __slots__ = ("item",)
-
-    def __init__(self, item: pytest.Item) -> None:
-        self.item = item
-
-    def __str__(self) -> str:
-        return self.item.nodeid
-
-
 def _watch_naive(state: _GuardState, item: pytest.Item) -> NaiveDatetimeGuard | None:
     """The run's naive datetime guard, installed once SQLAlchemy has been imported by anyone."""
     if state.naive is None and state.naive_mode != "off" and "sqlalchemy.engine" in sys.modules:
         state.naive = NaiveDatetimeGuard(state.naive_mode)
         state.naive.install()
     if state.naive is not None:
-        state.naive.where = _TestName(item)
+        state.naive.where = TestName(item)
         state.naive.watch_models()  # the ORM may have been imported since
     return state.naive
 
