@@ -220,7 +220,7 @@ def wait_for_run(
             handover.close_quietly(kept)
         else:
             handover.keep(target.url, kept)
-            elapsed = round((time.monotonic() - started) * 1000, 1)
+            elapsed = round((time.monotonic() - started) * 1000, 2)  # one round trip: < 0.1 ms
             return Readiness(1, elapsed, server_version(kept, target.dbapi))
     return _wait(target, timeout, progress, None, threading.Event(), keep=True)
 
