@@ -67,14 +67,19 @@ def marks_of(item: pytest.Item) -> DbguardMarks:
     return marks
 
 
-def isolation_of(item: pytest.Item, marks: DbguardMarks | None = None) -> str:
-    """The test's isolation: its ``@pytest.mark.dbguard(isolation=...)``, else the run's default.
+def isolation_of(
+    item: pytest.Item, marks: DbguardMarks | None = None, *, default: str | None = None
+) -> str:
+    """The test's isolation: its ``@pytest.mark.dbguard(isolation=...)``, else the run's default
+    (``default`` when the caller holds it: no lookup of the run for every test).
 
     The closest marker that names an isolation wins: a test's own ``dbguard(allow=...)`` keeps
     its class's or module's isolation."""
     isolation = (marks or marks_of(item)).isolation
     if isolation is not None:
         return isolation
+    if default is not None:
+        return default
     run = run_of(item.config)
     return run.settings.isolation if run is not None else "rollback"
 
@@ -141,8 +146,8 @@ class ConnectionSource:
         if held is not None and held.item is item:
             return held, False
         connection = self.engine.connect()
-        isolation = marks_of(item).isolation or self.isolation
-        transaction = connection.begin() if isolation == "rollback" else None
+        rollback = isolation_of(item, default=self.isolation) == "rollback"
+        transaction = connection.begin() if rollback else None
         self.running.held = held = HeldConnection(item, connection, transaction)
         return held, True
 
