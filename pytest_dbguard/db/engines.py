@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.db.engine_listener import INTERNAL_OPTION, mark_own
-from pytest_dbguard.server.handover import MAINTENANCE_APP, adopt_kept, close_all, looks_dead
+from pytest_dbguard.server.handover import MAINTENANCE_APP, looks_dead
+from pytest_dbguard.server.handover import key as handover_key
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -35,19 +36,15 @@ _shared_admins: dict[str, Engine] = {}
 
 
 def shared_admin_engine(url: DatabaseURL) -> Engine:
-    """This process's one maintenance connection to ``url``'s database, for every probe, CREATE
-    and DROP DATABASE of the run: a pool of one (overflow for a nested use), autocommit, a dead
-    connection replaced at checkout. Held until ``dispose_own_engines``.
-
-    A fresh connection per step cost an external run five connections (each a TCP and SCRAM
-    handshake) where one does; its first connection is the one the role or readiness check kept
-    (:mod:`pytest_dbguard.server.handover`), when there is one. ``connect_timeout`` in the query
-    is not part of the key: the first caller's applies.
+    """This process's one maintenance engine on ``url``'s database, for drivers other than
+    psycopg and psycopg2 (:mod:`pytest_dbguard.db.maintenance` serves those on the driver alone
+    and uses this behind the same methods): a pool of one (overflow for a nested use),
+    autocommit, a dead connection replaced at checkout. Held until ``dispose_own_engines``.
+    ``connect_timeout`` in the query is not part of the key: the first caller's applies.
     """
     from sqlalchemy import create_engine
 
-    plain = url.sync().without_query("connect_timeout")
-    key = plain.portable()
+    key = handover_key(url)
     engine = _shared_admins.get(key)
     if engine is None:
         engine = mark_own(
@@ -60,7 +57,6 @@ def shared_admin_engine(url: DatabaseURL) -> Engine:
             )
         )
         discard_dead_connections(engine)
-        adopt_kept(engine, url)
         _shared_admins[key] = engine
     return engine
 
@@ -92,13 +88,12 @@ def release_parked_engines() -> None:
 
 
 def dispose_own_engines() -> None:
-    """At the end of the run: close the shared maintenance connections, any connection a check
-    kept for them that none took, and parked engines nobody took (the tests reached the
-    database through the fault proxy, on another URL)."""
+    """At the end of the run: close the shared maintenance engines and parked engines nobody
+    took (the tests reached the database through the fault proxy, on another URL). The kept
+    and shared driver connections are :func:`pytest_dbguard.db.maintenance.close_shared`'s."""
     while _shared_admins:
         _shared_admins.popitem()[1].dispose()
     release_parked_engines()
-    close_all()
 
 
 def engine_for(url: DatabaseURL, **kwargs: Any) -> Engine:

@@ -18,6 +18,7 @@ from pytest_dbguard.db.sql import quote_ident, quote_literal, run_ddl
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
+    from pytest_dbguard.db.maintenance import MaintenanceConnection
     from pytest_dbguard.db.urls import DatabaseURL
 
 
@@ -87,11 +88,9 @@ def read_view(connection: Connection, finder: WrittenTables) -> View:
     return View(rows, last)
 
 
-def free_name(connection: Connection, worker_database: str) -> str:
+def free_name(connection: MaintenanceConnection, worker_database: str) -> str:
     """The first ``<worker database>_failed_<n>`` not on the server (one query)."""
-    from sqlalchemy import text
-
-    taken = set(connection.execute(text("SELECT datname FROM pg_database")).scalars())
+    taken = {name for (name,) in connection.rows("SELECT datname FROM pg_database")}
     number = 1
     while (name := kept_failed_name(worker_database, number)) in taken:
         number += 1

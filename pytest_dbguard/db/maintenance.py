@@ -190,7 +190,7 @@ def shared(url: DatabaseURL) -> Iterator[MaintenanceConnection]:
         finally:
             connection.close()
         return
-    key = url.sync().without_query("connect_timeout", "application_name").portable()
+    key = handover.key(url)
     with _lock:
         held = _shared.pop(key, None)  # popped while in use: another thread opens its own
     if held is not None and held.looks_dead():

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
-from pytest_dbguard.db import databases, kept_failed
-from pytest_dbguard.db.engines import shared_admin_engine
+from pytest_dbguard.db import databases, kept_failed, maintenance
 from pytest_dbguard.run import environment, lifecycle
 from pytest_dbguard.run.state import DbguardRun, run_of, the_run
 
@@ -122,7 +121,7 @@ def keep(item: pytest.Item, view: View) -> None:
     plan, state = run.plan, run.session
     assert plan.server_url is not None and state is not None  # wants_copy saw to it
     try:
-        with shared_admin_engine(plan.server_url).connect() as connection:
+        with maintenance.shared(plan.server_url) as connection:  # the run's one, not a second
             name = kept_failed.free_name(connection, plan.database)
         template = state.provisioned.template if state.provisioned is not None else None
         with lifecycle.building_in(plan, run.settings, state, template or name) as build:

@@ -1,13 +1,13 @@
-"""One proven connection to the server's database, kept open for the engine that needs it next.
+"""One proven connection to the server's database, kept open for the maintenance work next.
 
 Before its first test a run used to connect to the server's own database three times: the role
 check (may this role create databases?), the readiness check, then the maintenance engine that
 creates the worker's database; each is a TCP and SCRAM handshake, the engine's with SQLAlchemy's
 first-connect queries on top (``python benchmarks/ci_path.py --only p``). Now the check that
 connects first keeps its connection here; the readiness check proves the server ready with
-``SELECT 1`` on it, and the maintenance engine takes it as its first connection (SQLAlchemy's
-``do_connect`` event). Such a connection is opened the way that engine opens one: the same
-arguments (psycopg and psycopg2 only), its application name, autocommit.
+``SELECT 1`` on it, and it becomes the run's maintenance connection
+(:func:`pytest_dbguard.db.maintenance.shared`). Such a connection is opened the way a
+maintenance connection is: psycopg or psycopg2 only, its application name, autocommit.
 
 One per URL and process, closed by :func:`close_all` at the end of the run if nobody took it.
 Works without pytest.
@@ -21,8 +21,6 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
     from pytest_dbguard.db.urls import DatabaseURL
 
 # The application_name of dbguard's maintenance connections: terminate() spares them in schema
@@ -33,15 +31,17 @@ _kept: dict[str, Any] = {}
 _lock = threading.Lock()  # readiness attempts run in threads
 
 
-def _key(url: DatabaseURL) -> str:
+def key(url: DatabaseURL) -> str:
+    """Which connections count as one: the sync URL without the query parameters that only
+    change how it connects (a timeout, the application name dbguard sets itself)."""
     return url.sync().without_query("connect_timeout", "application_name").portable()
 
 
 def keep(url: DatabaseURL, connection: Any) -> None:
     """Keep ``connection`` (open, idle, autocommit) for the next user of ``url``'s database."""
     with _lock:
-        previous = _kept.pop(_key(url), None)
-        _kept[_key(url)] = connection
+        previous = _kept.pop(key(url), None)
+        _kept[key(url)] = connection
     if previous is not None:
         close_quietly(previous)
 
@@ -49,18 +49,7 @@ def keep(url: DatabaseURL, connection: Any) -> None:
 def take(url: DatabaseURL) -> Any | None:
     """The connection kept for ``url``, now the caller's; None when there is none."""
     with _lock:
-        return _kept.pop(_key(url), None)
-
-
-def adopt_kept(engine: Engine, url: DatabaseURL) -> None:
-    """Let ``engine`` take the connection kept for ``url`` as its next new connection, instead of
-    opening one (SQLAlchemy's documented ``do_connect`` hook; a dead one is discarded at
-    checkout like any pooled connection)."""
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "do_connect")
-    def _kept_first(_dialect: object, _record: object, _cargs: object, _cparams: object) -> Any:
-        return take(url)  # None: SQLAlchemy connects as usual
+        return _kept.pop(key(url), None)
 
 
 def close_all() -> None:
