@@ -2,7 +2,7 @@
 
 Activate it with ``pytest -p pytest_dbguard`` or ``pytest_plugins = ["pytest_dbguard"]`` in the
 root conftest. Importing this package imports neither SQLAlchemy nor a driver: the hooks live in
-``pytest_dbguard.plugin``, registered through ``pytest_plugins`` below, and the public names in
+``pytest_dbguard.plugin``, registered by the hook below, and the public names in
 ``__all__`` are loaded on first use.
 
 The public API is what ``__all__`` lists (the README's "Public API" section says what each is
@@ -12,12 +12,26 @@ for); every other module is internal and may move between releases.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# pytest registers these when this module is loaded as a plugin; a plain import does nothing.
-pytest_plugins = ["pytest_dbguard.plugin"]
+
+def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
+    """Registers the hooks (``pytest_dbguard.plugin``) once pytest has registered this package.
+
+    Not through ``pytest_plugins``: pytest would look that name up among every installed
+    package's entry points first, and mark the module for assertion rewriting, whose reading of
+    cached modules costs more than dbguard's whole import (``compat.stop_rewriting_asserts``).
+    """
+    if plugin is not sys.modules[__name__] or manager.has_plugin("pytest_dbguard.plugin"):
+        return
+    from pytest_dbguard import compat
+
+    compat.stop_rewriting_asserts(manager, __name__)
+    manager.register(importlib.import_module("pytest_dbguard.plugin"), "pytest_dbguard.plugin")
+
 
 # Public name -> the module that defines it, imported when the name is first used.
 _PUBLIC = {
@@ -79,6 +93,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    import pytest
+
     from pytest_dbguard.db.urls import DatabaseURL
     from pytest_dbguard.exceptions import (
         ConfigError,

@@ -5,6 +5,7 @@ No SQL and no fixture bodies here: each hook hands over to the module that owns 
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Generator
@@ -26,7 +27,9 @@ from pytest_dbguard.run.state import run_of
 
 # The modules that hold fixtures and hooks of their own. Registered by pytest_addoption below, not
 # listed in ``pytest_plugins``: pytest looks every name of that list up among all installed
-# packages' entry points first, one scan of their metadata per name (benchmarks/ci_path.py, p).
+# packages' entry points first, one scan of their metadata per name (benchmarks/ci_path.py, p),
+# and marks it for assertion rewriting, which it cannot do to a module already imported
+# (``compat.stop_rewriting_asserts``).
 CONCERN_PLUGINS = (
     "pytest_dbguard.db.fixtures",
     "pytest_dbguard.db.isolation",
@@ -39,8 +42,8 @@ CONCERN_PLUGINS = (
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     dbguard_config.add_options(parser)
-    for name in CONCERN_PLUGINS:  # as pytest_plugins would, without the entry-point lookup
-        pluginmanager.import_plugin(name)
+    for name in CONCERN_PLUGINS:
+        pluginmanager.register(importlib.import_module(name), name)
 
 
 def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:

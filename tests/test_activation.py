@@ -65,8 +65,10 @@ def test_installed_but_not_activated_changes_nothing(pytester: pytest.Pytester) 
 def test_activation_paths(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    pytester.makepyfile(USES_FIXTURE)
-    args: list[str] = ["--dbguard-url", "sqlite"]
+    # dbguard's modules are loaded by Python's import, not by pytest's assert-rewriting one, which
+    # reads each module five times slower (compat.stop_rewriting_asserts), and without a warning.
+    pytester.makepyfile(test_database=USES_FIXTURE, test_loaders=NOT_REWRITTEN)
+    args: list[str] = ["--dbguard-url", "sqlite", "-W", "error::pytest.PytestAssertRewriteWarning"]
     if "flag" in how:
         args = ["-p", "pytest_dbguard", *args]
     if how == "env":
@@ -76,7 +78,20 @@ def test_activation_paths(
     if "conftest" in how:
         pytester.makeconftest('pytest_plugins = ["pytest_dbguard"]\n')
     result = pytester.runpytest_subprocess(*args)
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
+
+
+NOT_REWRITTEN = """
+    import sys
+
+    from _pytest.assertion.rewrite import AssertionRewritingHook
+
+    def test_dbguard_modules_are_not_rewritten():
+        loaded = {name: module for name, module in sys.modules.items() if name.startswith("pytest_dbguard.")}
+        assert len(loaded) > 20
+        rewritten = [name for name, module in loaded.items() if isinstance(module.__loader__, AssertionRewritingHook)]
+        assert rewritten == ["pytest_dbguard.compat"]  # it takes the package off pytest's list
+"""
 
 
 def test_tox_style_command_with_posargs(pytester: pytest.Pytester) -> None:

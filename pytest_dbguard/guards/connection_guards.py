@@ -30,8 +30,8 @@ from pytest_dbguard.guards.foreign_databases import (
     ForeignDatabaseGuard,
     Target,
 )
+from pytest_dbguard.guards.lazy_node_id import LazyNodeId
 from pytest_dbguard.guards.leaks import LEAK_MESSAGE, LeakWatcher, tables_written_since
-from pytest_dbguard.guards.test_name import TestName
 from pytest_dbguard.run.state import run_of
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class ConnectionGuards:
     def arm(self, item: pytest.Item) -> None:
         marks = marks_of(item)  # a test's own allow= adds to its class's and module's
         also = AllowList.of(marks.allow) if marks.allow else NOTHING_ELSE
-        self.foreign.arm(TestName(item), also)
+        self.foreign.arm(LazyNodeId(item), also)
         if self.leaks is not None:
             self.leaks.take()
             self.leaks.watching = isolation_of(item, marks) == "rollback"

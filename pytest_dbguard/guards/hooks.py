@@ -24,9 +24,9 @@ import pytest
 from pytest_dbguard.db.isolation import marks_of
 from pytest_dbguard.guards.connection_guards import close_guards, guards_of
 from pytest_dbguard.guards.hidden_modules import HiddenModules
+from pytest_dbguard.guards.lazy_node_id import LazyNodeId
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard
 from pytest_dbguard.guards.query_counter import QueryCounter
-from pytest_dbguard.guards.test_name import TestName
 from pytest_dbguard.run.state import run_of
 
 SWALLOWED_MESSAGE: Final = (
@@ -68,7 +68,7 @@ def _watch_naive(state: _GuardState, item: pytest.Item) -> NaiveDatetimeGuard | 
         state.naive = NaiveDatetimeGuard(state.naive_mode)
         state.naive.install()
     if state.naive is not None:
-        state.naive.where = TestName(item)
+        state.naive.where = LazyNodeId(item)
         state.naive.watch_models()  # the ORM may have been imported since
     return state.naive
 
