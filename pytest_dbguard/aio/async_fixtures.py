@@ -17,11 +17,9 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import pytest
 
 from pytest_dbguard.aio.loop_policy import LOOP_SCOPE
-from pytest_dbguard.db import kept_failed
 from pytest_dbguard.db.engine_listener import mark_own
 from pytest_dbguard.db.engines import sqlite_savepoints
 from pytest_dbguard.db.isolation import isolation_of
-from pytest_dbguard.db.truncation import Truncator
 from pytest_dbguard.db.urls import DatabaseURL, url_of
 from pytest_dbguard.run import failed_tests
 from pytest_dbguard.run.state import the_run
@@ -117,6 +115,9 @@ async def _dbguard_async_session(
 async def _keep_view(item: pytest.Item, connection: AsyncConnection, session: AsyncSession) -> None:
     """``--dbguard-keep-failed``: ``isolation.keep_view`` on the session loop, before the rollback."""
     from sqlalchemy.exc import DBAPIError
+
+    from pytest_dbguard.db import kept_failed
+    from pytest_dbguard.db.truncation import Truncator
 
     finder = Truncator(connection.sync_engine)
     try:

@@ -8,9 +8,8 @@ mark instead. Importing this module imports neither pytest-asyncio nor asyncio.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-from typing import Final
+from typing import Final, NamedTuple
 
 import pytest
 
@@ -26,8 +25,10 @@ TEST_SETTING_024: Final = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class LoopPolicy:
+# Records made when this module is imported, by every run, are NamedTuples rather than frozen
+# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
+# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+class LoopPolicy(NamedTuple):
     """The run's default event-loop scopes and who chose them, for the header and diagnosis."""
 
     applied: bool  # dbguard made the default loop scopes "session"

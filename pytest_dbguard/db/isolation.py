@@ -1,6 +1,8 @@
 """Per-test isolation: rollback (outer transaction + savepoints), truncate, or none; the test's
 one connection shared by ``dbguard_connection`` and ``dbguard_session``; a test's markers read
-once. Emptying what a ``truncate`` test wrote is :mod:`pytest_dbguard.db.truncation`'s.
+once. Emptying what a ``truncate`` test wrote is :mod:`pytest_dbguard.db.truncation`'s; it and
+:mod:`pytest_dbguard.db.kept_failed` are imported only by a run that truncates or keeps a failed
+test's rows (each import costs every run about 1 ms).
 """
 
 from __future__ import annotations
@@ -8,18 +10,16 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import pytest
 
-from pytest_dbguard.db import kept_failed
 from pytest_dbguard.db.engines import (
     INTERNAL_OPTIONS,
     discard_dead_connections,
     engine_for,
     take_parked_engine,
 )
-from pytest_dbguard.db.truncation import Truncator, sqlite_clean
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.run import failed_tests
 from pytest_dbguard.run.state import run_of
@@ -28,11 +28,15 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine, RootTransaction
     from sqlalchemy.orm import Session
 
+    from pytest_dbguard.db.truncation import Truncator
+
 TRUNCATE_FIXTURE: Final = "_dbguard_truncate"
 
 
-@dataclasses.dataclass(frozen=True)
-class DbguardMarks:
+# Records made when this module is imported, by every run, are NamedTuples rather than frozen
+# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
+# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+class DbguardMarks(NamedTuple):
     """What a test's ``@pytest.mark.dbguard`` markers (its own, its class's, its module's) say."""
 
     isolation: str | None  # the closest marker that names one; None: the run's default
@@ -122,8 +126,7 @@ class HeldConnection:
     transaction: RootTransaction | None  # None: truncate or none isolation, commits are real
 
 
-@dataclasses.dataclass(frozen=True)
-class ConnectionSource:
+class ConnectionSource(NamedTuple):
     """What ``dbguard_connection`` and ``dbguard_session`` need for every test: the engine, and the
     record of the running test.
 
@@ -160,7 +163,7 @@ class ConnectionSource:
             return
         try:
             if self.keep_failed and failed_tests.wants_copy(item):  # before the rollback
-                keep_view(item, connection, Truncator(self.engine))
+                keep_view(item, connection)
         finally:
             try:
                 if transaction.is_active:
@@ -210,6 +213,8 @@ class ConnectionSources:
 @pytest.fixture(scope="session")
 def _dbguard_cleaner(dbguard_engine: Engine) -> Iterator[Truncator | None]:
     """Session: the truncator on a small internal pool (its statements are not counted as the test's)."""
+    from pytest_dbguard.db.truncation import Truncator
+
     internal = dbguard_engine.execution_options(**INTERNAL_OPTIONS)
     yield None if internal.dialect.name == "sqlite" else Truncator(internal)
 
@@ -219,6 +224,8 @@ def _dbguard_truncate(
     request: pytest.FixtureRequest, dbguard_engine: Engine, _dbguard_cleaner: Truncator | None
 ) -> Iterator[None]:
     """Function: after a ``truncate`` test, empties the tables it wrote to."""
+    from pytest_dbguard.db.truncation import sqlite_clean
+
     yield
     if _dbguard_cleaner is not None and failed_tests.wants_copy(request.node):
         with dbguard_engine.execution_options(**INTERNAL_OPTIONS).connect() as connection:
@@ -257,7 +264,7 @@ def session_for_test(source: ConnectionSource) -> Iterator[Session]:
         wants_copy = source.keep_failed and held.transaction is not None
         if wants_copy and failed_tests.wants_copy(held.item):
             # Before close() rolls back the session's savepoint, with the rows it flushed.
-            keep_view(held.item, connection, Truncator(connection.engine), session)
+            keep_view(held.item, connection, session=session)
         if session.is_active:
             session.close()
         else:  # closing after a failed flush may warn; the test already failed
@@ -270,13 +277,22 @@ def session_for_test(source: ConnectionSource) -> Iterator[Session]:
 
 
 def keep_view(
-    item: pytest.Item, connection: Connection, finder: Truncator, session: Session | None = None
+    item: pytest.Item,
+    connection: Connection,
+    finder: Truncator | None = None,
+    session: Session | None = None,
 ) -> None:
     """``--dbguard-keep-failed``: copy the failed test's view, as ``connection`` sees it, into a
-    kept database. A transaction a failed statement aborted is first rolled back to the
-    ``session``'s savepoint; without one, the report says the rows could not be read."""
+    kept database; ``finder`` finds its tables (a new one on ``connection``'s engine by default).
+    A transaction a failed statement aborted is first rolled back to the ``session``'s
+    savepoint; without one, the report says the rows could not be read."""
     from sqlalchemy.exc import DBAPIError
 
+    from pytest_dbguard.db import kept_failed
+    from pytest_dbguard.db.truncation import Truncator
+
+    if finder is None:
+        finder = Truncator(connection.engine)
     try:
         view = kept_failed.read_view(connection, finder)
     except DBAPIError as error:

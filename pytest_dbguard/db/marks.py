@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DbguardError
@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 MARK_PREFIX: Final = "pytest-dbguard "
 
 
-@dataclasses.dataclass(frozen=True)
-class Mark:
+# Records made when this module is imported, by every run, are NamedTuples rather than frozen
+# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
+# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+class Mark(NamedTuple):
     """Who created a test database: run id, worker, creation time, process and host."""
 
     run: str
@@ -91,8 +93,7 @@ def parse_mark(comment: str | None) -> Mark | None:
         return None
 
 
-@dataclasses.dataclass(frozen=True)
-class MarkedDatabase:
+class MarkedDatabase(NamedTuple):
     """A database on the server that carries dbguard's mark and has dbguard's name shape."""
 
     name: str
@@ -106,8 +107,7 @@ class MarkedDatabase:
         return max(0.0, time.time() - self.mark.created)
 
 
-@dataclasses.dataclass(frozen=True)
-class Swept:
+class Swept(NamedTuple):
     """What a sweep did with one leftover: ``dropped``, ``would drop`` (dry run), ``kept`` (a run
     still going uses it) or ``failed``; ``detail`` says why for the last two."""
 

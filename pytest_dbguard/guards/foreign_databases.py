@@ -18,7 +18,7 @@ import dataclasses
 import getpass
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
@@ -147,8 +147,10 @@ def target_of_connection(driver_connection: Any) -> Target | None:
     return Target.make(getattr(info, "host", None), getattr(info, "port", None), dbname)
 
 
-@dataclasses.dataclass(frozen=True)
-class AllowList:
+# Records made when this module is imported, by every run, are NamedTuples rather than frozen
+# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
+# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+class AllowList(NamedTuple):
     """Databases a connection may reach: by name on any server, or by URL (a server's, or one database)."""
 
     names: frozenset[str] = frozenset()
@@ -195,11 +197,11 @@ class ForeignDatabaseGuard(EngineListener):
     EVENT = "do_connect"
     RETVAL = False
 
-    def __init__(self, test_databases: Iterable[Target], *, allowed: AllowList = AllowList()):
+    def __init__(self, test_databases: Iterable[Target], *, allowed: AllowList = NOTHING_ELSE):
         self.test_databases = tuple(test_databases)
         self.allowed = allowed  # the run's dbguard_allow_databases
         self.where: object = None  # the test running now (its str() is shown); None: not armed
-        self.also: AllowList = AllowList()  # the running test's own allow=[...]
+        self.also: AllowList = NOTHING_ELSE  # the running test's own allow=[...]
         self._creators = CreatorConnections(self)  # connections that skip do_connect
 
     def arm(self, where: object, also: AllowList | None = None) -> None:

@@ -9,13 +9,12 @@ attribute, on which line, got each naive value. SQLAlchemy is imported when used
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import os
 import sys
 import types
 import weakref
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from pytest_dbguard import compat
 
@@ -70,8 +69,10 @@ def stays_naive(type_: TypeEngine[Any], value: datetime.datetime, dialect: Diale
     return isinstance(processed, _DATETIME) and is_naive(processed)
 
 
-@dataclasses.dataclass(frozen=True)
-class Place:
+# Records made when this module is imported, by every run, are NamedTuples rather than frozen
+# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
+# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+class Place(NamedTuple):
     """A line of the user's code: where a warning points and a message names."""
 
     filename: str
@@ -123,8 +124,7 @@ def _mapper_event() -> str:
     return "mapper_configured"
 
 
-@dataclasses.dataclass(frozen=True)
-class Origin:
+class Origin(NamedTuple):
     """The attribute a naive value was set on (``Event.at``) and the user's line that did it."""
 
     attribute: str

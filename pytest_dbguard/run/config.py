@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import itertools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import pytest
 
@@ -21,8 +20,10 @@ from pytest_dbguard.run.setting_values import PARSERS, SQLITE_KEYWORD, driver_in
 T = TypeVar("T")
 
 
-@dataclasses.dataclass(frozen=True)
-class Option:
+# Records made when this module is imported, by every run, are NamedTuples rather than frozen
+# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
+# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+class Option(NamedTuple):
     """One setting: its CLI flag, environment variable and ini key, and how to parse it."""
 
     name: str
@@ -159,8 +160,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
 OPTIONS_BY_NAME: Final = {option.name: option for option in OPTIONS}
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """Resolved settings of one run; ``sources`` says where each value came from, for errors."""
 
     url: DatabaseURL | None  # None: the embedded default

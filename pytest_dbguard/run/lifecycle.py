@@ -11,7 +11,6 @@ run left on an external one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import sys
@@ -259,9 +258,7 @@ def building_in(
     )
     # While the schema is built, the exported variables name its database: an alembic env.py
     # that reads DATABASE_URL (or DBGUARD_URL) migrates that one, not the worker's database.
-    target_plan = dataclasses.replace(
-        plan, test_url=url, async_url=url.asynchronous(), database=database
-    )
+    target_plan = plan._replace(test_url=url, async_url=url.asynchronous(), database=database)
     assignments = environment.parse_env_lines(settings.env_lines)
     with schema.environ_override(environment.variables(target_plan, assignments)):
         yield build

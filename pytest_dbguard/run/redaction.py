@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote, unquote
 
 import pytest
@@ -33,8 +33,10 @@ MIN_BARE: Final = 8  # a shorter password is masked only inside a URL, else "tes
 _URL_PASSWORD: Final = re.compile(r"(://[^:/@\s'\"]*:)([^@\s'\"]*)(@)")
 
 
-@dataclasses.dataclass(frozen=True)
-class Secrets:
+# Records made when this module is imported, by every run, are NamedTuples rather than frozen
+# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
+# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+class Secrets(NamedTuple):
     """The passwords to mask: inside a URL always, anywhere else where unambiguous (``bare``)."""
 
     passwords: frozenset[str] = frozenset()

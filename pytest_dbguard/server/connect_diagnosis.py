@@ -9,10 +9,9 @@ Pure code with no I/O: the readiness wait loop, the janitor and the recovery che
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import sys
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote
 
 from pytest_dbguard.db.urls import hide_password_in
@@ -66,8 +65,10 @@ _GAVE_UP: Final = "Gave up after {attempts} attempt{s} in {elapsed:.1f} s."
 _FINAL: Final = "Stopped after {attempts} attempt{s} in {elapsed:.2f} s: waiting does not fix this."
 
 
-@dataclasses.dataclass(frozen=True)
-class Failure:
+# Records made when this module is imported, by every run, are NamedTuples rather than frozen
+# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
+# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+class Failure(NamedTuple):
     """Why an attempt failed: the step, a short error without the password, whether to retry."""
 
     stage: str
@@ -127,8 +128,7 @@ class NotReady(ReadinessError):
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class _Rule:
+class _Rule(NamedTuple):
     stage: str | None  # None: TCP connect before the connection was made, query after
     retryable: bool
     sqlstates: tuple[str, ...]
