@@ -208,6 +208,17 @@ def shared(url: DatabaseURL) -> Iterator[MaintenanceConnection]:
             held.close()
 
 
+def discard(url: DatabaseURL) -> None:
+    """Close this process's shared connection to ``url``'s database (a server restart ended it):
+    the next :func:`shared` takes the connection that proved the restarted server ready
+    (:func:`~pytest_dbguard.server.readiness.wait_for_run` keeps it), or opens one."""
+    key = handover.key(url)
+    with _lock:
+        held = _shared.pop(key, None)
+    if held is not None:
+        held.close()
+
+
 def close_shared() -> None:
     """At the end of the run: close the shared maintenance connections and any connection a
     check kept for them that none took."""
