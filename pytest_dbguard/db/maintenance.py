@@ -112,6 +112,19 @@ class MaintenanceConnection:
         except query_errors() as error:
             raise self._error(error) from error
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Statements that take effect together (and ``SET LOCAL``s that end with them) on this
+        autocommit connection: BEGIN, then COMMIT, or ROLLBACK when the block raises."""
+        self.ddl("BEGIN")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # a broken connection has nothing to undo
+                self.ddl("ROLLBACK")
+            raise
+        self.ddl("COMMIT")
+
     def looks_dead(self) -> bool:
         """Whether the server has closed this idle connection (a terminated backend, a restart,
         a cut): its socket is readable while nothing is due. No round trip."""
