@@ -182,3 +182,37 @@ def test_terminate_and_restart_in_a_django_run_import_no_sqlalchemy(
     result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
     result.assert_outcomes(passed=2)
     assert _written(pytester.path) == {name: [] for name in processes}
+
+
+FAILING_TESTS = """
+import datetime
+
+import pytest
+
+from shop.models import Order
+
+
+@pytest.mark.django_db
+def test_fails():
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc))
+    assert Order.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fails_transactional():
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc))
+    assert Order.objects.count() == 2
+"""
+
+
+def test_keep_failed_with_failing_django_tests_imports_no_sqlalchemy(
+    pytester: pytest.Pytester,
+) -> None:
+    """--dbguard-keep-failed hooks into every test's report; failing Django tests still leave
+    SQLAlchemy unimported."""
+    write_project(pytester)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_shop=FAILING_TESTS)
+    result = run_dbguard(pytester, "--dbguard-keep-failed", plugins=DJANGO_XDIST)
+    result.assert_outcomes(failed=2)
+    assert _written(pytester.path) == {"controller": []}
