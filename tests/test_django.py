@@ -282,3 +282,34 @@ def test_django_databases_without_django_settings_is_a_usage_error(
     assert output.count("ini dbguard_django_databases is set, but this run has no Django") == 1
     assert "settings.configure() in your conftest's pytest_configure" in output
     assert " passed" not in output
+
+
+FIRST_TESTS = """
+import datetime
+
+import pytest
+
+from shop.models import Order
+
+
+@pytest.mark.parametrize("n", range(3))
+@pytest.mark.django_db
+def test_orm(n):
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc), note=str(n))
+    assert Order.objects.count() == 1
+"""
+
+
+def test_a_single_process_migrates_and_tests_on_one_connection(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """Built in place (one process, nothing kept), the worker's database is migrated on the
+    Django connection the tests then use, as pytest-django's own setup does: the first test
+    does not connect (TCP, authentication) again."""
+    write_project(pytester)
+    pytester.makepyfile(test_first=FIRST_TESTS)
+    offset = pg_server.log_offset()
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), plugins=DJANGO)
+    result.assert_outcomes(passed=3)
+    worker = [name for name in pg_server.connections_since(offset) if "_dbg_" in name]
+    assert len(worker) == 1, worker

@@ -126,3 +126,93 @@ def test_guards_go_in_when_the_project_imports_sqlalchemy(
     pytester.makepyfile(test_late=GUARDED_LATE)
     result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), "-p", "no:randomly")
     result.assert_outcomes(passed=2)
+
+
+FAULT_TESTS = """
+import datetime
+import sys
+
+import pytest
+
+from shop.models import Order
+
+
+def _loaded():
+    return sorted(name for name in sys.modules if name.split(".")[0] == "sqlalchemy")
+
+
+def orders():
+    return Order.objects.count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_terminate_then_django_reconnects(dbguard_faults):
+    assert orders() == 0
+    assert dbguard_faults.terminate() >= 1
+    assert dbguard_faults.assert_recovers(orders, first_try=True).attempts == 1
+    assert _loaded() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_restart_then_django_reconnects_and_terminate_works_again(dbguard_faults):
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc))
+    assert dbguard_faults.restart() > 0
+    assert dbguard_faults.assert_recovers(orders, first_try=True).attempts == 1
+    assert orders() == 1
+    # The restart dropped the run's maintenance connection: terminate() works on its successor.
+    assert dbguard_faults.terminate() >= 1
+    assert dbguard_faults.assert_recovers(orders, first_try=True).attempts == 1
+    assert _loaded() == []
+"""
+
+
+@pytest.mark.parametrize(
+    ("workers", "processes"),
+    [((), ["controller"]), (("-n", "2"), ["controller", "gw0", "gw1"])],
+    ids=["serial", "xdist"],
+)
+def test_terminate_and_restart_in_a_django_run_import_no_sqlalchemy(
+    pytester: pytest.Pytester, workers: tuple[str, ...], processes: list[str]
+) -> None:
+    """terminate() and restart() work on dbguard's maintenance connection (the driver's own),
+    not a SQLAlchemy engine of their own; Django's next request reconnects after each."""
+    write_project(pytester)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_faults=FAULT_TESTS)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
+    result.assert_outcomes(passed=2)
+    assert _written(pytester.path) == {name: [] for name in processes}
+
+
+FAILING_TESTS = """
+import datetime
+
+import pytest
+
+from shop.models import Order
+
+
+@pytest.mark.django_db
+def test_fails():
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc))
+    assert Order.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fails_transactional():
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc))
+    assert Order.objects.count() == 2
+"""
+
+
+def test_keep_failed_with_failing_django_tests_imports_no_sqlalchemy(
+    pytester: pytest.Pytester,
+) -> None:
+    """--dbguard-keep-failed hooks into every test's report; failing Django tests still leave
+    SQLAlchemy unimported."""
+    write_project(pytester)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_shop=FAILING_TESTS)
+    result = run_dbguard(pytester, "--dbguard-keep-failed", plugins=DJANGO_XDIST)
+    result.assert_outcomes(failed=2)
+    assert _written(pytester.path) == {"controller": []}

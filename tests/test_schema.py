@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import ALEMBIC_LOGGING, run_dbguard, write_alembic_project
-from tests.pgserver import TestServer
+from tests.helpers import ALEMBIC_LOGGING, copy_project, run_dbguard, write_alembic_project
+from tests.pgserver import LIMITED_USER, TestServer
 
 ALEMBIC_INI = (
     """
@@ -124,3 +124,84 @@ def test_every_driver_in_the_url(
         "asyncpg": "DRIVERS postgresql+psycopg postgresql+asyncpg",
     }[driver]
     result.stdout.fnmatch_lines([f"*{expected}*"])
+
+
+SCHEMA_MODE_TESTS = """
+import pytest
+from sqlalchemy import text
+from models import Note
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_notes(dbguard_session, n):
+    dbguard_session.add(Note(body=str(n)))
+    dbguard_session.commit()
+    assert dbguard_session.execute(text("SELECT count(*) FROM notes")).scalar() == 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("workers", "expected"),
+    # Each process: its maintenance connection (the role check's, kept for the run: schema,
+    # mark, drop); each test process: one more, the engine that built the schema and serves
+    # the tests. The xdist controller only checks, and sweeps the run's leftovers at the end.
+    [((), 2), (("-n", "2"), 1 + 2 * 2)],
+    ids=["serial", "xdist"],
+)
+def test_schema_mode_does_its_own_work_on_the_maintenance_connection(
+    pytester: pytest.Pytester, pg_server: TestServer, workers: tuple[str, ...], expected: int
+) -> None:
+    """A role without CREATEDB: the worker schema is made, marked and dropped, and the run's
+    leftovers swept, on the run's one maintenance connection, not on engines of their own."""
+    copy_project(pytester, "notes")
+    pytester.makepyfile(test_notes=SCHEMA_MODE_TESTS)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+    url = pg_server.url(database="app_limited", user=LIMITED_USER)
+    offset = pg_server.log_offset()
+    plugins = ("xdist.plugin",) if workers else ()
+    result = run_dbguard(pytester, "--dbguard-url", url, *workers, plugins=plugins)
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["dbguard: *schemas dbg_*_<worker> in app_limited*"])
+    found = pg_server.connections_since(offset)
+    assert found.count("app_limited") == expected, found
+    leftover = pg_server.sql(
+        "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'dbg_%'", database="app_limited"
+    )
+    assert leftover.stdout.strip() == ""
+
+
+BROKEN_MODELS = """
+from sqlalchemy import Column, Integer, text
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Broken(Base):
+    __tablename__ = "broken"
+    id = Column(Integer, primary_key=True)
+    n = Column(Integer, server_default=text("no_such_function()"))
+"""
+
+
+def test_schema_mode_failed_build_leaves_no_schema(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """The worker schema is made and marked before the build, on the maintenance connection: a
+    build that fails drops it again, and the run stops naming the cause."""
+    pytester.makepyfile(broken_models=BROKEN_MODELS)
+    pytester.makepyfile(test_never="def test_never(dbguard_session):\n    pass\n")
+    pytester.makeini("[pytest]\ndbguard_metadata = broken_models:Base\n")
+    url = pg_server.url(database="app_limited", user=LIMITED_USER)
+    result = run_dbguard(pytester, "--dbguard-url", url)
+    assert result.ret != 0
+    result.assert_outcomes()
+    output = result.stdout.str() + result.stderr.str()
+    assert "Building the schema (metadata broken_models:Base)" in output
+    assert "no_such_function" in output
+    leftover = pg_server.sql(
+        "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'dbg_%'", database="app_limited"
+    )
+    assert leftover.stdout.strip() == ""

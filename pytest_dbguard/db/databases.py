@@ -21,7 +21,7 @@ from pytest_dbguard.db import maintenance
 from pytest_dbguard.db.engines import INTERNAL_OPTIONS, engine_for, park_engine
 from pytest_dbguard.db.maintenance import MaintenanceConnection, query_errors
 from pytest_dbguard.db.marks import Mark, creator_running, in_use, make_mark, parse_mark
-from pytest_dbguard.db.sql import quote_ident, quote_literal, run_ddl
+from pytest_dbguard.db.sql import quote_ident, quote_literal
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError
 
@@ -256,11 +256,14 @@ def can_create_databases(server_url: DatabaseURL) -> bool:
 def provision_schema(
     server_url: DatabaseURL, schema: str, build: SchemaBuild | None, *, run: str, worker: str
 ) -> Provisioned:
-    """Fallback for roles without CREATEDB: one schema per worker in the named database."""
+    """Fallback for roles without CREATEDB: one schema per worker in the named database.
+
+    The schema is made and marked in one transaction on the run's maintenance connection (no
+    second connection of dbguard's own); the build then runs on the tests' own URL, whose engine
+    stays for them (``engines.park_engine``). A failed build drops the schema it made."""
     started = time.perf_counter()
-    engine = engine_for(server_url, poolclass=_null_pool(), execution_options=INTERNAL_OPTIONS)
     try:
-        with engine.begin() as connection:
+        with maintenance.shared(server_url) as connection, connection.transaction():
             if (mark := _schema_mark(connection, schema)) is not None:
                 if (reason := creator_running(mark)) is not None:  # never take a live run's
                     where = f"in {server_url.database!r}"
@@ -270,17 +273,19 @@ def provision_schema(
                         )
                     )
                 # left by a crashed run that drew the same id
-                run_ddl(connection, f"DROP SCHEMA {quote_ident(schema)} CASCADE")
-            run_ddl(connection, f"CREATE SCHEMA {quote_ident(schema)}")
+                connection.ddl(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
+            connection.ddl(f"CREATE SCHEMA {quote_ident(schema)}")
             comment = quote_literal(make_mark(run, worker))
-            run_ddl(connection, f"COMMENT ON SCHEMA {quote_ident(schema)} IS {comment}")
-            run_ddl(connection, f"SET LOCAL search_path TO {quote_ident(schema)}")
-            if build is not None:
-                build(connection)
+            connection.ddl(f"COMMENT ON SCHEMA {quote_ident(schema)} IS {comment}")
+        if build is not None:
+            try:
+                _build_in(schema_url(server_url, schema), build, park=True)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the build's own error matters more
+                    drop_schema(server_url, schema)
+                raise
     except query_errors() as error:
         raise DatabaseSetupError(_describe(error, server_url, server_url.database or "")) from error
-    finally:
-        engine.dispose()
     elapsed = (time.perf_counter() - started) * 1000
     return Provisioned(
         "schema",
@@ -297,32 +302,21 @@ def schema_url(server_url: DatabaseURL, schema: str) -> DatabaseURL:
     return server_url.with_query(options=f"-csearch_path={schema}")
 
 
-def _schema_mark(connection: Connection, schema: str) -> Mark | None:
+def _schema_mark(connection: MaintenanceConnection, schema: str) -> Mark | None:
     """The mark on ``schema``: None when it does not exist or is not dbguard's."""
-    from sqlalchemy import text
-
-    comment = connection.execute(
-        text("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :n"),
+    comment = connection.scalar(
+        "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :n",
         {"n": schema},
-    ).scalar()
+    )
     return parse_mark(comment)
 
 
 def drop_schema(server_url: DatabaseURL, schema: str) -> None:
-    """Drop a worker schema, only when it carries dbguard's mark."""
-    engine = engine_for(server_url, poolclass=_null_pool(), execution_options=INTERNAL_OPTIONS)
-    try:
-        with engine.begin() as connection:
-            if _schema_mark(connection, schema) is not None:
-                run_ddl(connection, f"DROP SCHEMA {quote_ident(schema)} CASCADE")
-    finally:
-        engine.dispose()
-
-
-def _null_pool() -> type:
-    from sqlalchemy.pool import NullPool
-
-    return NullPool
+    """Drop a worker schema, only when it carries dbguard's mark (on the run's maintenance
+    connection, the mark read in the drop's transaction)."""
+    with maintenance.shared(server_url) as connection, connection.transaction():
+        if _schema_mark(connection, schema) is not None:
+            connection.ddl(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
 
 
 def drop_database(

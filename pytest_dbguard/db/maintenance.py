@@ -112,6 +112,19 @@ class MaintenanceConnection:
         except query_errors() as error:
             raise self._error(error) from error
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Statements that take effect together (and ``SET LOCAL``s that end with them) on this
+        autocommit connection: BEGIN, then COMMIT, or ROLLBACK when the block raises."""
+        self.ddl("BEGIN")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # a broken connection has nothing to undo
+                self.ddl("ROLLBACK")
+            raise
+        self.ddl("COMMIT")
+
     def looks_dead(self) -> bool:
         """Whether the server has closed this idle connection (a terminated backend, a restart,
         a cut): its socket is readable while nothing is due. No round trip."""
@@ -206,6 +219,17 @@ def shared(url: DatabaseURL) -> Iterator[MaintenanceConnection]:
                 _shared[key], held = held, None
         if held is not None:  # another thread's meanwhile became the shared one
             held.close()
+
+
+def discard(url: DatabaseURL) -> None:
+    """Close this process's shared connection to ``url``'s database (a server restart ended it):
+    the next :func:`shared` takes the connection that proved the restarted server ready
+    (:func:`~pytest_dbguard.server.readiness.wait_for_run` keeps it), or opens one."""
+    key = handover.key(url)
+    with _lock:
+        held = _shared.pop(key, None)
+    if held is not None:
+        held.close()
 
 
 def close_shared() -> None:

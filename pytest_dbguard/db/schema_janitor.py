@@ -25,7 +25,7 @@ from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
+    from pytest_dbguard.db.maintenance import MaintenanceConnection
 
 _LIST_SQL: Final = (
     "SELECT nspname, obj_description(oid, 'pg_namespace') FROM pg_namespace ORDER BY nspname"
@@ -41,15 +41,14 @@ _LOCKERS_SQL: Final = (  # sessions inside a transaction that touched the schema
 
 def list_marked_schemas(url: DatabaseURL) -> list[MarkedDatabase]:
     """The worker schemas dbguard made in the URL's database (mark and name shape both match)."""
-    from sqlalchemy import text
-
     with _named_database(url) as connection:
-        if connection is None:
-            return []
-        rows = connection.execute(text(_LIST_SQL)).all()
+        return [] if connection is None else _marked(connection, url)
+
+
+def _marked(connection: MaintenanceConnection, url: DatabaseURL) -> list[MarkedDatabase]:
     return [
         MarkedDatabase(name, mark, in_database=url.database)
-        for name, comment in rows
+        for name, comment in connection.rows(_LIST_SQL)
         if (mark := parse_mark(comment)) is not None and is_dbguard_schema(name)
     ]
 
@@ -57,12 +56,10 @@ def list_marked_schemas(url: DatabaseURL) -> list[MarkedDatabase]:
 def sweep_schemas(url: DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
     """Drop (``dry_run``: only list) marked worker schemas at least ``older_than`` seconds old
     whose run is over."""
-
-    leftovers = [found for found in list_marked_schemas(url) if found.age >= older_than]
-    if not leftovers:
-        return []
     with _named_database(url) as connection:
-        assert connection is not None  # it was there a moment ago
+        if connection is None:
+            return []
+        leftovers = [found for found in _marked(connection, url) if found.age >= older_than]
         return sweep_each(
             leftovers,
             url,
@@ -74,78 +71,74 @@ def sweep_schemas(url: DatabaseURL, *, older_than: float, dry_run: bool) -> list
 
 def drop_run_schemas(url: DatabaseURL, run: str) -> list[str]:
     """At the end of a schema-mode run: drop run ``run``'s worker schemas that its workers left
-    (a worker killed before its teardown), except those another live process created."""
-    ours = [
-        found.name
-        for found in list_marked_schemas(url)
-        if found.mark.run == run
-        and not (found.mark.pid != os.getpid() and found.mark.owner_alive())
-    ]
-    if ours:
-        with _named_database(url) as connection:
-            assert connection is not None
-            for name in ours:
-                drop_schema_checked(connection, url, name)
+    (a worker killed before its teardown), except those another live process created. On the
+    run's own maintenance connection."""
+    with _named_database(url, shared=True) as connection:
+        if connection is None:
+            return []
+        ours = [
+            found.name
+            for found in _marked(connection, url)
+            if found.mark.run == run
+            and not (found.mark.pid != os.getpid() and found.mark.owner_alive())
+        ]
+        for name in ours:
+            drop_schema_checked(connection, url, name)
     return ours
 
 
-def schema_in_use(connection: Connection, name: str) -> str | None:
+def schema_in_use(connection: MaintenanceConnection, name: str) -> str | None:
     """Why worker schema ``name`` belongs to a run still going, else None."""
-    from sqlalchemy import text
-
-    row = connection.execute(text(_ONE_SQL), {"name": name}).first()
+    row = connection.first(_ONE_SQL, {"name": name})
     if row is None:
         return None
     if (reason := creator_running(parse_mark(row[1]))) is not None:
         return reason
-    lockers = connection.execute(text(_LOCKERS_SQL), {"oid": row[0]}).scalar_one()
+    lockers = connection.scalar(_LOCKERS_SQL, {"oid": row[0]})
     return f"{lockers} session(s) are using its tables" if lockers else None
 
 
-def drop_schema_checked(connection: Connection, url: DatabaseURL, name: str) -> None:
+def drop_schema_checked(connection: MaintenanceConnection, url: DatabaseURL, name: str) -> None:
     """Re-read the mark of schema ``name`` and drop it (CASCADE) only if it is dbguard's."""
-    from sqlalchemy import text
+    from pytest_dbguard.db.sql import quote_ident
 
-    from pytest_dbguard.db.sql import quote_ident, run_ddl
-
-    row = connection.execute(text(_ONE_SQL), {"name": name}).first()
-    if row is None or parse_mark(row[1]) is None or not is_dbguard_schema(name):
-        raise DatabaseSetupError(
-            f"Refusing to drop schema {name!r} in {url.database!r}: it is gone, or it is not one "
-            "that pytest-dbguard created (a 'dbg_<run>_<worker>' name and dbguard's mark)."
-        )
-    # A session that holds its tables makes the drop wait a moment, then fail: never hang.
-    run_ddl(connection, "SET lock_timeout = '5s'")
-    run_ddl(connection, f"DROP SCHEMA {quote_ident(name)} CASCADE")
+    with connection.transaction():
+        row = connection.first(_ONE_SQL, {"name": name})
+        if row is None or parse_mark(row[1]) is None or not is_dbguard_schema(name):
+            raise DatabaseSetupError(
+                f"Refusing to drop schema {name!r} in {url.database!r}: it is gone, or it is not "
+                "one that pytest-dbguard created (a 'dbg_<run>_<worker>' name and dbguard's mark)."
+            )
+        # A session that holds its tables makes the drop wait a moment, then fail: never hang.
+        connection.ddl("SET LOCAL lock_timeout = '5s'")
+        connection.ddl(f"DROP SCHEMA {quote_ident(name)} CASCADE")
 
 
 @contextlib.contextmanager
-def _named_database(url: DatabaseURL) -> Iterator[Connection | None]:
-    """A connection to the URL's own database (where schema mode puts its schemas); None when
-    the URL names none, or it does not exist (then it holds no schemas either)."""
-    from sqlalchemy.exc import DBAPIError
-
-    from pytest_dbguard.db.engines import admin_engine
+def _named_database(
+    url: DatabaseURL, *, shared: bool = False
+) -> Iterator[MaintenanceConnection | None]:
+    """A maintenance connection to the URL's own database (where schema mode puts its schemas),
+    ``shared``: the run's one; None when the URL names none, or it does not exist (then it
+    holds no schemas either)."""
+    from pytest_dbguard.db import maintenance
     from pytest_dbguard.db.marks import server_of
     from pytest_dbguard.server.connect_diagnosis import DATABASE_MISSING, classify_error
 
     if not url.database:
         yield None
         return
-    engine = admin_engine(url)
-    try:
+    with contextlib.ExitStack() as stack:
         try:
-            connection = engine.connect()
-        except DBAPIError as error:
+            connection: MaintenanceConnection | None = stack.enter_context(
+                maintenance.shared(url) if shared else contextlib.closing(maintenance.connect(url))
+            )
+        except maintenance.MaintenanceQueryError as error:
             failure = classify_error(error, password=url.password)
-            if failure.stage == DATABASE_MISSING:
-                yield None
-                return
-            raise DatabaseSetupError(
-                f"Could not reach {url.database!r} on {server_of(url)} to look for dbguard's "
-                f"worker schemas: failed step: {failure.stage} ({failure.error})."
-            ) from None
-        with connection:
-            yield connection
-    finally:
-        engine.dispose()
+            if failure.stage != DATABASE_MISSING:
+                raise DatabaseSetupError(
+                    f"Could not reach {url.database!r} on {server_of(url)} to look for dbguard's "
+                    f"worker schemas: failed step: {failure.stage} ({failure.error})."
+                ) from None
+            connection = None
+        yield connection

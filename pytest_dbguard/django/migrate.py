@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from pytest_dbguard.db.databases import SelfConnectingBuild
 from pytest_dbguard.django import compat, targets
 from pytest_dbguard.django.settings_module import settings_label
 from pytest_dbguard.exceptions import SchemaError
+from pytest_dbguard.run.state import the_run
 
 if TYPE_CHECKING:
     from pytest_dbguard.db.urls import DatabaseURL
@@ -66,13 +68,19 @@ class DjangoSchema:
         """The build of the template at ``url``: ``migrate`` (and ``createcachetable``) per alias.
 
         Django migrates through its own connection, closed again before anyone clones the
-        template; dbguard opens none for it (no SQLAlchemy in a Django run).
+        template (one built in place stays open for the tests); dbguard opens none for it (no
+        SQLAlchemy in a Django run).
         """
+
+        # Built in place, in this worker's own database, on the thread the tests run on: the
+        # connections that migrated it serve the first test (see ``targets.pointed``).
+        stay = url.database == the_run(self.config).plan.database
 
         def build() -> None:
             from django.core.management import call_command
 
-            with compat.unblocked(self.config), targets.pointed(self.aliases, url):
+            here = stay and threading.current_thread() is threading.main_thread()
+            with compat.unblocked(self.config), targets.pointed(self.aliases, url, stay=here):
                 for alias in self.aliases:
                     try:
                         call_command("migrate", database=alias, interactive=False, verbosity=0)

@@ -48,31 +48,45 @@ def _replace(alias: str, entry: dict[str, Any]) -> None:
 
 
 def point(aliases: Sequence[str], url: DatabaseURL) -> None:
-    """Every alias in ``aliases`` now connects to ``url`` (a PostgreSQL database dbguard made)."""
+    """Every alias in ``aliases`` now connects to ``url`` (a PostgreSQL database dbguard made).
+    An alias that already does keeps its open connection, as Django's own test setup keeps the
+    one that migrated the test database."""
     from django.conf import settings
+    from django.db import connections
 
     for alias in aliases:
-        entry = copy.deepcopy(settings.DATABASES[alias])
+        current = settings.DATABASES[alias]
+        entry = copy.deepcopy(current)
         if not any(word in str(entry.get("ENGINE", "")) for word in POSTGRES_WORDS):
             entry["ENGINE"] = POSTGRES_ENGINE  # dbguard serves PostgreSQL, whatever the default
         entry.update(_fields(url))
         entry.setdefault("TEST", {})["NAME"] = url.database
+        if entry == current and connections[alias].settings_dict == entry:
+            continue
         _replace(alias, entry)
 
 
 @contextlib.contextmanager
-def pointed(aliases: Sequence[str], url: DatabaseURL) -> Iterator[None]:
+def pointed(aliases: Sequence[str], url: DatabaseURL, *, stay: bool = False) -> Iterator[None]:
     """``point`` for a while (the template's build); the settings as they were afterwards, and no
-    connection left open on ``url`` (a template with a connection cannot be cloned)."""
+    connection left open on ``url`` (a template with a connection cannot be cloned).
+
+    ``stay``: ``url`` is the worker's own database (a single process builds its schema in
+    place), so after a build that worked the aliases stay on it with their connections open
+    for the first test, which would otherwise connect (TCP, authentication) all over again."""
     from django.conf import settings
 
     saved = {alias: copy.deepcopy(settings.DATABASES[alias]) for alias in aliases}
     point(aliases, url)
     try:
         yield
+    except BaseException:
+        stay = False
+        raise
     finally:
-        for alias, entry in saved.items():
-            _replace(alias, entry)
+        if not stay:
+            for alias, entry in saved.items():
+                _replace(alias, entry)
 
 
 def close_all() -> None:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import inspect
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import pytest
 
 from pytest_dbguard.compat import pooled_connection_records
-from pytest_dbguard.db.engines import admin_engine
+from pytest_dbguard.db import maintenance
 from pytest_dbguard.db.urls import DatabaseURL, SecretURL
 from pytest_dbguard.django import requests as django_requests
 from pytest_dbguard.exceptions import DbguardError, FaultError
@@ -30,7 +31,7 @@ from pytest_dbguard.faults.restart_fence import RestartFence, fence_of, workers
 from pytest_dbguard.run.environment import embedded_cluster
 from pytest_dbguard.run.state import the_run
 from pytest_dbguard.server.handover import MAINTENANCE_APP
-from pytest_dbguard.server.readiness import probe, wait_until_ready
+from pytest_dbguard.server.readiness import probe, wait_for_run
 
 if TYPE_CHECKING:
     from pytest_dbguard.faults.proxy import FaultProxy
@@ -40,8 +41,9 @@ GONE_TIMEOUT: Final = 10.0  # seconds for terminated backends to leave pg_stat_a
 _TERMINATE: Final = (
     "SELECT pid, client_port, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"
     " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-    " AND application_name IS DISTINCT FROM :maintenance"  # the run's own, see shared_admin_engine
+    " AND application_name IS DISTINCT FROM :maintenance"  # the run's own (schema mode)
 )
+_ALIVE: Final = "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(:pids)"
 _NEEDS_POSTGRES: Final = (
     "dbguard_faults.{what} needs PostgreSQL; this run uses SQLite. Unset --dbguard-url "
     "(DBGUARD_URL, ini dbguard_url) for the embedded PostgreSQL, or point it at a server."
@@ -100,32 +102,22 @@ class Faults:
     def terminate(self) -> int:
         """End every other backend on this worker's database, wait until gone; return how many."""
         __tracebackhide__ = True
-        from sqlalchemy import text
-
         server_url = self._postgres("terminate()")
         sql, params = _TERMINATE, dict[str, Any](db=self.database, maintenance=MAINTENANCE_APP)
         if self.shared_database:
             if (ports := _own_ports()) is None:
                 self.skip(_NEEDS_PROC.format(database=self.database))
             sql, params["ports"] = f"{sql} AND client_port = ANY(:ports)", list(ports)
-        engine = admin_engine(server_url.with_query(connect_timeout="10"))
-        try:
-            with engine.connect() as connection:
-                ended = [
-                    (pid, port) for pid, port, ok in connection.execute(text(sql), params) if ok
-                ]
-                pids = [pid for pid, _ in ended]
-                alive = text("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(:pids)")
-                deadline = time.monotonic() + GONE_TIMEOUT
-                # pg_terminate_backend only signals: the backend exits a little later.
-                while pids and connection.execute(alive, {"pids": pids}).first():
-                    if time.monotonic() > deadline:
-                        self.fail(
-                            f"terminate(): backends {pids} still alive after {GONE_TIMEOUT} s"
-                        )
-                    time.sleep(0.005)
-        finally:
-            engine.dispose()
+        # The run's own maintenance connection (the driver's, no SQLAlchemy), not a second one.
+        with maintenance.shared(server_url.with_query(connect_timeout="10")) as connection:
+            ended = [(pid, port) for pid, port, ok in connection.rows(sql, params) if ok]
+            pids = [pid for pid, _ in ended]
+            deadline = time.monotonic() + GONE_TIMEOUT
+            # pg_terminate_backend only signals: the backend exits a little later.
+            while pids and connection.first(_ALIVE, {"pids": pids}):
+                if time.monotonic() > deadline:
+                    self.fail(f"terminate(): backends {pids} still alive after {GONE_TIMEOUT} s")
+                time.sleep(0.005)
         # Through the proxy, the clients learn of the ends a moment later: wait for that too.
         relayed = [port for _, port in ended if port is not None]
         if self.proxy is not None and not self.proxy.pass_on_server_ends(relayed, GONE_TIMEOUT):
@@ -177,8 +169,11 @@ class Faults:
         with self.fence.exclusive() if self.fence else contextlib.nullcontext():
             self._restarted = True
             self.cluster.restart(die_with_parent=die)
+            # The restart ended this process's maintenance connection; the one that proves the
+            # server ready takes its place (other workers replace theirs when they find it dead).
+            maintenance.discard(self.server_url)
             try:
-                wait_until_ready(self.server_url, timeout=self.wait)
+                wait_for_run(self.server_url, timeout=self.wait)
             except DbguardError as error:
                 log = self.cluster.log_tail()
                 raise FaultError(
@@ -257,11 +252,13 @@ class Faults:
 
 def _driver_connections(target: Any) -> list[Any]:
     """The driver connections under ``target``: itself, a Connection's, a pool's idle ones."""
+    if (found := django_requests.driver_connections(target)) is not None:
+        return found
+    if "sqlalchemy" not in sys.modules:  # so it is no SQLAlchemy object: a driver connection
+        return [target]
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.pool import Pool
 
-    if (found := django_requests.driver_connections(target)) is not None:
-        return found
     target = getattr(target, "sync_engine", None) or getattr(target, "sync_connection", target)
     target = target.pool if isinstance(target, Engine) else target
     if not isinstance(target, Pool):
