@@ -34,7 +34,7 @@ CONCERN_PLUGINS = (
     "pytest_dbguard.db.fixtures",
     "pytest_dbguard.db.isolation",
     "pytest_dbguard.guards.hooks",
-    "pytest_dbguard.faults.injector",
+    "pytest_dbguard.faults.fixtures",
     "pytest_dbguard.run.failed_tests",
     "pytest_dbguard.run.report",
 )

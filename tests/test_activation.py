@@ -100,3 +100,58 @@ def test_tox_style_command_with_posargs(pytester: pytest.Pytester) -> None:
     result = run_dbguard(pytester, "--dbguard-url", "sqlite", "-v", "-k", "database")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["dbguard: SQLite files in *", "*test_database PASSED*"])
+
+
+# Imported only by the runs that use them (each costs every run 1-15M instructions to import).
+ONLY_WHEN_USED = (
+    "pytest_dbguard.faults.injector",  # a test that asks for dbguard_faults
+    "pytest_dbguard.faults.recovery",
+    "pytest_dbguard.server.readiness",  # a run that connects to PostgreSQL
+    "pytest_dbguard.run.report_recorder",  # --dbguard-report
+    "pytest_dbguard.guards.statement_timing",
+    "pytest_dbguard.db.truncation",  # a truncate test, or a failed test's rows to keep
+    "pytest_dbguard.db.kept_failed",
+)
+RECORD_MODULES = """
+    import json, sys
+
+    def pytest_unconfigure(config):
+        loaded = sorted(name for name in sys.modules if name.startswith("pytest_dbguard"))
+        with open("loaded.json", "w") as file:
+            json.dump(loaded, file)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "uses_faults", "expected_loaded"),
+    [
+        pytest.param(("--collect-only",), False, (), id="collect-only"),
+        pytest.param((), False, (), id="plain-run"),
+        pytest.param(
+            (),
+            True,
+            (
+                "pytest_dbguard.faults.injector",
+                "pytest_dbguard.faults.recovery",
+                "pytest_dbguard.server.readiness",
+            ),
+            id="faults-run",
+        ),
+    ],
+)
+def test_a_run_imports_only_what_it_uses(
+    pytester: pytest.Pytester,
+    args: tuple[str, ...],
+    uses_faults: bool,
+    expected_loaded: tuple[str, ...],
+) -> None:
+    import json
+
+    pytester.makeconftest(RECORD_MODULES)
+    fixture = "dbguard_faults" if uses_faults else "dbguard_url"
+    pytester.makepyfile(f"def test_one({fixture}):\n    assert {fixture} is not None\n")
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", *args)
+    assert result.ret == 0, result.stdout.str()
+    loaded = json.loads((pytester.path / "loaded.json").read_text())
+    assert "pytest_dbguard.db.isolation" in loaded  # the record is of a real dbguard run
+    assert [name for name in ONLY_WHEN_USED if name in loaded] == list(expected_loaded)

@@ -1,7 +1,7 @@
 """Fault injection: prove that code recovers from dropped connections, restarts and a slow network.
 
 ``Faults`` works without pytest (it raises ``FaultError`` where the fixture skips or fails);
-``dbguard_faults`` wraps it and undoes every fault after each test. ``refuse``, ``latency`` and
+``dbguard_faults`` (:mod:`.fixtures`) wraps it and undoes every fault after each test. ``refuse``, ``latency`` and
 ``cut`` act on the worker's ``FaultProxy``, ``terminate`` and ``restart`` on the server itself.
 xdist workers share one server, so restarts are fenced (see ``restart_fence``); recovery is
 proved by ``recovery.recover``.
@@ -16,10 +16,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, NoReturn
-
-import pytest
 
 from pytest_dbguard.compat import pooled_connection_records
 from pytest_dbguard.db import maintenance
@@ -27,9 +25,7 @@ from pytest_dbguard.db.urls import DatabaseURL, SecretURL
 from pytest_dbguard.django import requests as django_requests
 from pytest_dbguard.exceptions import DbguardError, FaultError
 from pytest_dbguard.faults.recovery import Recovery, recover, recover_async
-from pytest_dbguard.faults.restart_fence import RestartFence, fence_of, workers
-from pytest_dbguard.run.environment import embedded_cluster
-from pytest_dbguard.run.state import the_run
+from pytest_dbguard.faults.restart_fence import RestartFence
 from pytest_dbguard.server.handover import MAINTENANCE_APP
 from pytest_dbguard.server.readiness import probe, wait_for_run
 
@@ -286,38 +282,3 @@ def _own_ports() -> set[int] | None:
                 int(r[1].rsplit(":", 1)[1], 16) for r in rows if f"socket:[{r[9]}]" in inodes
             )
     return ports
-
-
-# pytest wiring: the fixture, and the fence around each test and each worker's cleanup.
-
-
-def faults_for(config: pytest.Config, **hooks: Callable[[str], NoReturn]) -> Faults:
-    """A ``Faults`` on this process's test database; ``skip=`` and ``fail=`` as the fixture's."""
-    run = the_run(config)
-    plan = run.plan
-    return Faults(
-        test_url=plan.test_url,
-        server_url=plan.server_url,
-        database=plan.database,
-        proxy=run.proxy,
-        cluster=embedded_cluster(run),
-        fence=fence_of(config),
-        workers=workers(),
-        shared_database=plan.schema is not None,
-        wait=run.settings.wait,
-        die_with_parent=plan.owns_server,
-        **hooks,
-    )
-
-
-@pytest.fixture
-def dbguard_faults(request: pytest.FixtureRequest) -> Iterator[Faults]:
-    """Function: a ``Faults`` on this worker's database (PostgreSQL; skips what SQLite cannot do).
-    Teardown undoes every fault: refusal and latency end, a restarted server answers again."""
-    faults = faults_for(request.config, skip=pytest.skip, fail=pytest.fail)
-    try:
-        yield faults
-    finally:
-        for problem in faults.undo():
-            message = f"dbguard_faults could not undo a fault: {problem}"
-            request.node.warn(pytest.PytestWarning(message))
