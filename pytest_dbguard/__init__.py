@@ -127,6 +127,8 @@ if TYPE_CHECKING:
     )
 
 
+# No ``__dir__`` that lists the names not loaded yet: pytest reads every name ``dir()`` gives of a
+# plugin module, looking for fixtures, and so imported the whole public API in every run.
 def __getattr__(name: str) -> Any:
     module = _PUBLIC.get(name)
     if module is None:
@@ -134,7 +136,3 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
