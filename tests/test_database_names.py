@@ -88,7 +88,7 @@ def test_base_database_name_with_special_characters(
         url = pg_server.url(quote(name, safe=""))  # URL-encoded by the user, as RFC 3986 asks
         args = ["--dbguard-url", url] + (["-n", "2"] if xdist else [])
         result = run_dbguard(
-            pytester, *args, plugins=("xdist.plugin",) if xdist else (), inprocess=not xdist
+            pytester, *args, plugins=("xdist.plugin",) if xdist else (), inprocess=True
         )
         output = result.stdout.str() + result.stderr.str()
         assert SUPERUSER_PASSWORD not in output
