@@ -143,11 +143,18 @@ def _venv_with(
     with _shared(tmp_path_factory, name) as (folder, done):
         venv = FreshVenv(folder / "venv")
         if not done:
+            # No pip of its own (ensurepip costs seconds of CPU per venv): this suite's pip
+            # installs into it with --python. Nothing is compiled ahead: the runs compile what
+            # they import, where pip would compile every module of Django and SQLAlchemy.
             subprocess.run(
-                [sys.executable, "-m", "venv", str(venv.folder)], check=True, timeout=120
+                [sys.executable, "-m", "venv", "--without-pip", str(venv.folder)],
+                check=True,
+                timeout=120,
             )
             installed = venv.run(
-                folder, str(venv.bin / "pip"), "install", "--quiet", f"{wheel}[{extras}]"
+                folder,
+                *(sys.executable, "-m", "pip", "--python", str(venv.bin / "python")),
+                *("install", "--quiet", "--no-compile", f"{wheel}[{extras}]"),
             )
             assert installed.returncode == 0, installed.stdout + installed.stderr
     return venv

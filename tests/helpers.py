@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import pkgutil
@@ -159,11 +160,13 @@ INTERPRETER_IGNORES: tuple[type[Warning], ...] = (
 def run_inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """``pytester.runpytest_inprocess`` with what a run may leave behind in this process undone.
 
-    A new interpreter costs about 0.7 s of CPU (start-up and imports) per inner run; a serial run
-    that needs nothing of a process of its own saves that here. Runs stay subprocesses when they
-    start xdist workers, end by a signal or rely on the process exit, need a fresh import order
-    (environment set before a model module is imported), test plugin autoloading, read a
-    subprocess's own stdout, or use pytest-asyncio or Django (event-loop policy, settings).
+    A new interpreter costs about 0.7 s of CPU (start-up and imports) per inner run; a run that
+    needs nothing of a process of its own saves that here. Under ``-n`` that is the controller's
+    interpreter: its workers are processes all the same (a -n 2 run costs two interpreters, not
+    three). Runs stay subprocesses when they end by a signal or rely on the process exit, need a
+    fresh import order (environment set before a model module is imported, in the controller
+    too), test plugin autoloading, read a subprocess's own stdout, or use pytest-asyncio or
+    Django (event-loop policy, settings).
 
     dbguard restores ``os.environ`` itself at the end of a run; this puts back the whole
     environment and the SIGTERM handler anyway, so that a run that stops half-way cannot leak
@@ -247,6 +250,9 @@ INNER_RUN_MODULES = (
     "sqlalchemy.ext.asyncio",
     "sqlalchemy.dialects.postgresql.asyncpg",
 )
+# What an in-process run with -n loads for its controller, where pytest-xdist is installed (tox's
+# noxdist env has none): one execnet, whose default group ends its gateways at exit.
+INNER_XDIST_MODULES = ("execnet", "xdist.dsession", "xdist.workermanage", "xdist.scheduler")
 
 
 @functools.cache
@@ -267,6 +273,9 @@ def import_whole_package() -> None:
     # dialect or psycopg beside the first would be another set of classes and registries.
     for name in INNER_RUN_MODULES:
         importlib.import_module(name)
+    if importlib.util.find_spec("xdist") is not None:
+        for name in INNER_XDIST_MODULES:
+            importlib.import_module(name)
 
 
 def mark_text(run: str, worker: str, *, age: float = 0.0, pid: int | None = None) -> str:

@@ -9,7 +9,13 @@ import pytest
 
 from pytest_dbguard.server import cluster as server
 from pytest_dbguard.server import machine
-from tests.helpers import ALEMBIC_LOGGING, blocks, run_dbguard, write_alembic_project
+from tests.helpers import (
+    ALEMBIC_LOGGING,
+    blocks,
+    run_dbguard,
+    run_inprocess,
+    write_alembic_project,
+)
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 ALEMBIC_INI = (
@@ -176,7 +182,7 @@ def test_env_py_with_cached_settings_migrates_the_template(
 ) -> None:
     _project(pytester)
     args, plugins = _args(xdist)
-    result = run_dbguard(pytester, *args, plugins=plugins, inprocess=not xdist)
+    result = run_dbguard(pytester, *args, plugins=plugins, inprocess=True)
     result.assert_outcomes(passed=4)
 
 
@@ -186,9 +192,7 @@ def test_env_py_with_cached_settings_under_reuse(pytester: pytest.Pytester, xdis
     _project(pytester)
     args, plugins = _args(xdist)
     try:
-        result = run_dbguard(
-            pytester, "--dbguard-reuse", *args, plugins=plugins, inprocess=not xdist
-        )
+        result = run_dbguard(pytester, "--dbguard-reuse", *args, plugins=plugins, inprocess=True)
         result.assert_outcomes(passed=4)
     finally:  # stop this project's kept cluster (and no other)
         folder = (
@@ -206,7 +210,7 @@ def test_env_py_with_cached_settings_under_reuse(pytester: pytest.Pytester, xdis
 def test_a_failing_migration_is_one_clear_error(pytester: pytest.Pytester, xdist: bool) -> None:
     _project(pytester, broken=True)
     args, plugins = _args(xdist)
-    result = run_dbguard(pytester, *args, plugins=plugins, inprocess=not xdist)
+    result = run_dbguard(pytester, *args, plugins=plugins, inprocess=True)
     _assert_one_clear_error(result)
 
 
@@ -217,7 +221,7 @@ def test_a_failing_migration_on_the_given_connection_names_its_file(
     """The in-process path (env.py takes the connection) names the migration's file and line too."""
     _project(pytester, broken=True, env_py=ENV_PY_TAKES_CONNECTION)
     args, plugins = _args(xdist)
-    result = run_dbguard(pytester, *args, plugins=plugins, inprocess=not xdist)
+    result = run_dbguard(pytester, *args, plugins=plugins, inprocess=True)
     _assert_one_clear_error(result)
     assert "separate Python process" not in result.stderr.str()
 
@@ -227,7 +231,13 @@ def test_the_migrations_output_hides_the_password(
 ) -> None:
     _project(pytester, migration=PRINTS_ITS_URL)
     result = run_dbguard(
-        pytester, "--dbguard-url", pg_server.url(), "-n", "2", plugins=("xdist.plugin",)
+        pytester,
+        "--dbguard-url",
+        pg_server.url(),
+        "-n",
+        "2",
+        plugins=("xdist.plugin",),
+        inprocess=True,
     )
     _assert_one_clear_error(result, line=10)
     output = result.stdout.str() + result.stderr.str()
@@ -253,5 +263,5 @@ def test_readme_env_py_recipes(pytester: pytest.Pytester, which: int) -> None:
     env_py = blocks("Alembic migrations", "python")[which]
     (ini,) = blocks("Alembic migrations", "ini")
     _project(pytester, env_py=env_py, ini=ini)
-    result = pytester.runpytest_subprocess("-p", "xdist.plugin", "-n", "2", timeout=300)
+    result = run_inprocess(pytester, "-p", "xdist.plugin", "-n", "2")
     result.assert_outcomes(passed=4)

@@ -178,7 +178,7 @@ def test_role_without_createdb_gets_a_schema_per_worker(
     url = pg_server.url(database="app_limited", user=LIMITED_USER)
     args = ["--dbguard-url", url, "-v"] + (["-n", "2"] if xdist else [])
     result = run_dbguard(
-        pytester, *args, plugins=("xdist.plugin",) if xdist else (), inprocess=not xdist
+        pytester, *args, plugins=("xdist.plugin",) if xdist else (), inprocess=True
     )
     result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines(
@@ -244,9 +244,7 @@ def test_single_run_needs_no_template(
     pytester.makepyfile(test_run=ONE_RUNS_DATABASES)
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
     monkeypatch.setenv("EXPECTED_DATABASES", expected)
-    result = run_dbguard(
-        pytester, "--dbguard-url", pg_server.url(), *args, inprocess="-n" not in args
-    )
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), *args, inprocess=True)
     result.assert_outcomes(passed=1)
     assert not [name for name in pg_server.databases() if "_dbg_" in name]
 

@@ -52,7 +52,7 @@ def test_commands_that_only_show_start_nothing(
         where = ["--dbguard-pg-bindir", str(tmp_path / "empty")]
     else:
         where = ["--dbguard-url", f"postgresql://u:Secret-Pw@127.0.0.1:{free_port()}/app"]
-    result = run_dbguard(pytester, *where, "--dbguard-wait", "1", *args, inprocess="-n" not in args)
+    result = run_dbguard(pytester, *where, "--dbguard-wait", "1", *args, inprocess=True)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines([shown])
     output = result.stdout.str() + result.stderr.str()

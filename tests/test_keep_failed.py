@@ -294,6 +294,7 @@ def test_two_workers_each_keep_their_failure(pytester: pytest.Pytester, server: 
         server.url(),
         "--dbguard-keep-failed",
         plugins=("xdist",),
+        inprocess=True,
     )
     result.assert_outcomes(passed=4, failed=2)
     names = sorted(_kept_names(result))

@@ -336,7 +336,13 @@ def test_xdist_workers_parts_are_merged_by_the_controller(pytester: pytest.Pytes
     )
     (pytester.path / "out").mkdir()
     result = run_dbguard(
-        pytester, "-n", "2", "--dbguard-report", "out/r.json", plugins=("xdist.plugin",)
+        pytester,
+        "-n",
+        "2",
+        "--dbguard-report",
+        "out/r.json",
+        plugins=("xdist.plugin",),
+        inprocess=True,
     )
     result.assert_outcomes(passed=20)
     assert [path.name for path in (pytester.path / "out").iterdir()] == ["r.json"]  # no temp left
@@ -398,6 +404,7 @@ def test_a_crashed_worker_is_named_and_the_others_are_reported(pytester: pytest.
         "--dbguard-report",
         "r.json",
         plugins=("xdist.plugin",),
+        inprocess=True,
     )
     result.assert_outcomes(passed=7, failed=1)  # the crash, then the test again on a new worker
     [crashed] = set(re.findall(r"worker '(gw\d)' crashed while running", result.stdout.str()))

@@ -126,16 +126,22 @@ def test_rebuild_drops_the_kept_template_given_on_the_cli_in_the_env_or_in_the_i
 def test_rebuild_under_xdist(pytester: pytest.Pytester, kept: Path) -> None:
     _project(pytester, "one")
     pytester.makepyfile(test_more=TESTS.format(seed="one").replace("test_seed", "test_more"))
-    first = run_dbguard(pytester, "--dbguard-reuse", "-n", "2", plugins=("xdist",))
+    first = run_dbguard(pytester, "--dbguard-reuse", "-n", "2", plugins=("xdist",), inprocess=True)
     first.assert_outcomes(passed=2)
     first.stdout.fnmatch_lines([f"*{STARTED};*template built by the first worker*"])
-    second = run_dbguard(pytester, "--dbguard-reuse", "-n", "2", plugins=("xdist",))
+    second = run_dbguard(pytester, "--dbguard-reuse", "-n", "2", plugins=("xdist",), inprocess=True)
     second.assert_outcomes(passed=2)
     second.stdout.fnmatch_lines(["*cluster reused;*template reused*"])
     _project(pytester, "two")
     pytester.makepyfile(test_more=TESTS.format(seed="two").replace("test_seed", "test_more"))
     rebuilt = run_dbguard(
-        pytester, "--dbguard-reuse", "--dbguard-rebuild", "-n", "2", plugins=("xdist",)
+        pytester,
+        "--dbguard-reuse",
+        "--dbguard-rebuild",
+        "-n",
+        "2",
+        plugins=("xdist",),
+        inprocess=True,
     )
     rebuilt.assert_outcomes(passed=2)
     rebuilt.stdout.fnmatch_lines(["*cluster reused;*template rebuilt (--dbguard-rebuild)*"])

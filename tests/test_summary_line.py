@@ -26,7 +26,7 @@ def test_the_line_follows_the_collection_line(
     pytester: pytest.Pytester, mode: tuple[str, ...], collected: str
 ) -> None:
     pytester.makepyfile("def test_x(dbguard_url): pass")
-    result = run_dbguard(pytester, *mode, inprocess="-n" not in mode)
+    result = run_dbguard(pytester, *mode, inprocess=True)
     result.assert_outcomes(passed=1)
     assert _line_after(result.stdout.lines, collected).startswith(
         "dbguard: embedded PostgreSQL 15"
@@ -39,9 +39,7 @@ def test_quiet_hides_an_ordinary_line_and_shows_a_noteworthy_one(
     pytester: pytest.Pytester, pg_server: TestServer, mode: tuple[str, ...], collected: str
 ) -> None:
     pytester.makepyfile("def test_x(dbguard_url): pass")
-    quiet = run_dbguard(
-        pytester, "-q", "--dbguard-url", pg_server.url(), *mode, inprocess="-n" not in mode
-    )
+    quiet = run_dbguard(pytester, "-q", "--dbguard-url", pg_server.url(), *mode, inprocess=True)
     quiet.assert_outcomes(passed=1)
     assert not any(line.startswith("dbguard:") for line in quiet.stdout.lines), quiet.stdout.str()
     # Worker schemas instead of databases is worth knowing even under -q.
@@ -53,7 +51,7 @@ def test_quiet_hides_an_ordinary_line_and_shows_a_noteworthy_one(
         "--dbguard-worker-isolation",
         "schema",
         *mode,
-        inprocess="-n" not in mode,
+        inprocess=True,
     )
     schemas.assert_outcomes(passed=1)
     schemas.stdout.fnmatch_lines(["dbguard: postgresql+psycopg://postgres:***@*schemas dbg_*"])

@@ -65,9 +65,7 @@ def test_failed_schema_build_ends_the_run_with_its_cause(
     pytester.makeini("[pytest]\ndbguard_metadata = models:metadata\n")
     url = ["--dbguard-url", pg_server.url()] if backend == "external" else []
     before = set(pg_server.databases())
-    result = pytester.runpytest_subprocess(
-        "-p", "pytest_dbguard", "-p", "xdist.plugin", "-n", "2", *url, timeout=60
-    )
+    result = run_dbguard(pytester, "-n", "2", *url, plugins=XDIST, inprocess=True)
     _assert_one_clear_error(result, cause)
     result.stderr.fnmatch_lines(
         ["*Building the schema (metadata models:metadata) in *dbguard_metadata*"]
@@ -86,6 +84,7 @@ def test_role_without_createdb_and_database_isolation(
         pytester,
         *("-n", "2", "--dbguard-url", url, "--dbguard-worker-isolation", "database"),
         plugins=XDIST,
+        inprocess=True,
     )
     _assert_one_clear_error(result, "may not create databases")
     result.stderr.fnmatch_lines(
@@ -108,7 +107,7 @@ def test_bad_marker_argument_names_the_test(pytester: pytest.Pytester) -> None:
             pass
         """
     )
-    result = run_dbguard(pytester, "-n", "2", plugins=XDIST)
+    result = run_dbguard(pytester, "-n", "2", plugins=XDIST, inprocess=True)
     _assert_one_clear_error(result, "isolation='rolback'")
     result.stderr.fnmatch_lines(["*test_marked.py::test_typo*isolation='rolback'*rollback*"])
 
@@ -116,5 +115,5 @@ def test_bad_marker_argument_names_the_test(pytester: pytest.Pytester) -> None:
 def test_missing_base_database(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     pytester.makepyfile(test_schema=TESTS)
     url = pg_server.url(database="no_such_database")
-    result = run_dbguard(pytester, "-n", "2", "--dbguard-url", url, plugins=XDIST)
+    result = run_dbguard(pytester, "-n", "2", "--dbguard-url", url, plugins=XDIST, inprocess=True)
     _assert_one_clear_error(result, 'database "no_such_database" does not exist')

@@ -71,7 +71,7 @@ def test_each_worker_has_its_own_database(
         "external": ["--dbguard-url", pg_server.url()],
     }
     before = set(pg_server.databases())
-    result = run_dbguard(pytester, "-n", "2", *args[backend], plugins=XDIST)
+    result = run_dbguard(pytester, "-n", "2", *args[backend], plugins=XDIST, inprocess=True)
     result.assert_outcomes(passed=12)
     result.stdout.fnmatch_lines(["dbguard: *databases *_dbg_*_<worker>, one per xdist worker*"])
     assert set(pg_server.databases()) == before  # nothing left behind on the external server
