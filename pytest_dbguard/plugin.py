@@ -43,7 +43,8 @@ CONCERN_PLUGINS = (
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     dbguard_config.add_options(parser)
     for name in CONCERN_PLUGINS:
-        pluginmanager.register(importlib.import_module(name), name)
+        if not pluginmanager.is_blocked(name):  # -p no:NAME: not even imported
+            pluginmanager.register(importlib.import_module(name), name)
 
 
 def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
