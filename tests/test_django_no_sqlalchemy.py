@@ -13,7 +13,19 @@ from tests.django_project import migrate_lines, write_project
 from tests.helpers import run_dbguard
 from tests.pgserver import TestServer
 
-DJANGO_XDIST = ("pytest_django.plugin", "xdist.plugin")
+DJANGO = ("pytest_django.plugin",)
+WORKER_ROWS = [
+    pytest.param((), ["controller"], id="serial"),
+    pytest.param(
+        ("-n", "2"), ["controller", "gw0", "gw1"], id="xdist", marks=pytest.mark.needs_xdist
+    ),
+]
+
+
+def _plugins(workers: tuple[str, ...]) -> tuple[str, ...]:
+    """pytest-django, and xdist only for the runs that start workers (tox's noxdist env has none)."""
+    return (*DJANGO, "xdist.plugin") if workers else DJANGO
+
 
 # Every process (the test process, the xdist controller) writes the SQLAlchemy modules it holds
 # once dbguard has cleaned up: trylast, so after dbguard's own unconfigure has run.
@@ -70,11 +82,7 @@ def _written(folder: Path) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize(
-    ("workers", "processes"),
-    [((), ["controller"]), (("-n", "2"), ["controller", "gw0", "gw1"])],
-    ids=["serial", "xdist"],
-)
+@pytest.mark.parametrize(("workers", "processes"), WORKER_ROWS)
 @pytest.mark.parametrize("server", ["embedded", "external"])
 def test_a_django_run_imports_no_sqlalchemy(
     pytester: pytest.Pytester,
@@ -88,7 +96,7 @@ def test_a_django_run_imports_no_sqlalchemy(
     pytester.makepyfile(test_shop=TESTS)
     url = ["--dbguard-url", pg_server.url()] if server == "external" else []
     before = set(pg_server.databases())
-    result = run_dbguard(pytester, *workers, *url, plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, *workers, *url, plugins=_plugins(workers))
     result.assert_outcomes(passed=4)
     assert _written(pytester.path) == {name: [] for name in processes}
     assert len(migrate_lines(log)) == 1  # the template was still built once
@@ -166,11 +174,7 @@ def test_restart_then_django_reconnects_and_terminate_works_again(dbguard_faults
 """
 
 
-@pytest.mark.parametrize(
-    ("workers", "processes"),
-    [((), ["controller"]), (("-n", "2"), ["controller", "gw0", "gw1"])],
-    ids=["serial", "xdist"],
-)
+@pytest.mark.parametrize(("workers", "processes"), WORKER_ROWS)
 def test_terminate_and_restart_in_a_django_run_import_no_sqlalchemy(
     pytester: pytest.Pytester, workers: tuple[str, ...], processes: list[str]
 ) -> None:
@@ -179,7 +183,7 @@ def test_terminate_and_restart_in_a_django_run_import_no_sqlalchemy(
     write_project(pytester)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_faults=FAULT_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, *workers, plugins=_plugins(workers))
     result.assert_outcomes(passed=2)
     assert _written(pytester.path) == {name: [] for name in processes}
 
@@ -213,6 +217,6 @@ def test_keep_failed_with_failing_django_tests_imports_no_sqlalchemy(
     write_project(pytester)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_shop=FAILING_TESTS)
-    result = run_dbguard(pytester, "--dbguard-keep-failed", plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, "--dbguard-keep-failed", plugins=DJANGO)
     result.assert_outcomes(failed=2)
     assert _written(pytester.path) == {"controller": []}
