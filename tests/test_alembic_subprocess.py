@@ -226,6 +226,7 @@ def test_a_failing_migration_on_the_given_connection_names_its_file(
     assert "separate Python process" not in result.stderr.str()
 
 
+@pytest.mark.needs_xdist
 def test_the_migrations_output_hides_the_password(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:
