@@ -146,32 +146,35 @@ class _Layout:
             for table in self.tables
         )
 
-    def parents_first(self, dirty: list[str]) -> list[str]:
-        """``dirty`` with each table after the tables it refers to (as given, on a cycle)."""
+    def _ordered(self, dirty: list[str], *, parents_first: bool) -> list[str] | None:
+        """``dirty`` ordered by the foreign keys among its tables (tables outside ``dirty`` are
+        empty, so no other key matters): each table after the tables it refers to, or before
+        them; None on a cycle."""
         chosen = set(dirty)
-        parents = {table: set[str]() for table in dirty}
+        after = {table: set[str]() for table in dirty}
         for child, parent in self.references:
             if child in chosen and parent in chosen and child != parent:
-                parents[child].add(parent)
+                if parents_first:
+                    after[child].add(parent)
+                else:
+                    after[parent].add(child)
         try:
-            return list(graphlib.TopologicalSorter(parents).static_order())
+            return list(graphlib.TopologicalSorter(after).static_order())
         except graphlib.CycleError:
-            return dirty
+            return None
+
+    def parents_first(self, dirty: list[str]) -> list[str]:
+        """``dirty`` with each table after the tables it refers to (as given, on a cycle)."""
+        order = self._ordered(dirty, parents_first=True)
+        return dirty if order is None else order
 
     def deletes(self, dirty: list[str]) -> str | None:
         """One round trip that empties ``dirty`` children first and resets their sequences; None
         where only TRUNCATE will do (DELETE triggers, a foreign-key cycle)."""
         if self.triggered.intersection(dirty):
             return None
-        chosen = set(dirty)
-        # Tables outside ``dirty`` are empty, so only foreign keys among dirty tables matter.
-        parents_after = {table: set[str]() for table in dirty}
-        for child, parent in self.references:
-            if child in chosen and parent in chosen and child != parent:
-                parents_after[parent].add(child)
-        try:
-            order = list(graphlib.TopologicalSorter(parents_after).static_order())
-        except graphlib.CycleError:
+        order = self._ordered(dirty, parents_first=False)
+        if order is None:
             return None
         resets = [
             f"setval({_sql_literal(sequence)}::regclass, {start}, false)"
