@@ -25,9 +25,7 @@ TEST_SETTING_024: Final = (
 )
 
 
-# Records made when this module is imported, by every run, are NamedTuples rather than frozen
-# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
-# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+# NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
 class LoopPolicy(NamedTuple):
     """The run's default event-loop scopes and who chose them, for the header and diagnosis."""
 

@@ -54,9 +54,7 @@ SAME_ID: Final = (
 )
 
 
-# Records made when this module is imported, by every run, are NamedTuples rather than frozen
-# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
-# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+# NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
 class Provisioned(NamedTuple):
     """What a worker got: its database (or schema) and how long the template and the clone took."""
 

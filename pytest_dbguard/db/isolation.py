@@ -33,9 +33,7 @@ if TYPE_CHECKING:
 TRUNCATE_FIXTURE: Final = "_dbguard_truncate"
 
 
-# Records made when this module is imported, by every run, are NamedTuples rather than frozen
-# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
-# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+# NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
 class DbguardMarks(NamedTuple):
     """What a test's ``@pytest.mark.dbguard`` markers (its own, its class's, its module's) say."""
 

@@ -25,9 +25,7 @@ if TYPE_CHECKING:
 MARK_PREFIX: Final = "pytest-dbguard "
 
 
-# Records made when this module is imported, by every run, are NamedTuples rather than frozen
-# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
-# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+# NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
 class Mark(NamedTuple):
     """Who created a test database: run id, worker, creation time, process and host."""
 

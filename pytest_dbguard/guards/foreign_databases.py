@@ -147,9 +147,7 @@ def target_of_connection(driver_connection: Any) -> Target | None:
     return Target.make(getattr(info, "host", None), getattr(info, "port", None), dbname)
 
 
-# Records made when this module is imported, by every run, are NamedTuples rather than frozen
-# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
-# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+# NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
 class AllowList(NamedTuple):
     """Databases a connection may reach: by name on any server, or by URL (a server's, or one database)."""
 

@@ -69,9 +69,7 @@ def stays_naive(type_: TypeEngine[Any], value: datetime.datetime, dialect: Diale
     return isinstance(processed, _DATETIME) and is_naive(processed)
 
 
-# Records made when this module is imported, by every run, are NamedTuples rather than frozen
-# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
-# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+# NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
 class Place(NamedTuple):
     """A line of the user's code: where a warning points and a message names."""
 

@@ -20,9 +20,7 @@ from pytest_dbguard.run.setting_values import PARSERS, SQLITE_KEYWORD, driver_in
 T = TypeVar("T")
 
 
-# Records made when this module is imported, by every run, are NamedTuples rather than frozen
-# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
-# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+# NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
 class Option(NamedTuple):
     """One setting: its CLI flag, environment variable and ini key, and how to parse it."""
 

@@ -33,9 +33,7 @@ MIN_BARE: Final = 8  # a shorter password is masked only inside a URL, else "tes
 _URL_PASSWORD: Final = re.compile(r"(://[^:/@\s'\"]*:)([^@\s'\"]*)(@)")
 
 
-# Records made when this module is imported, by every run, are NamedTuples rather than frozen
-# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
-# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+# NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
 class Secrets(NamedTuple):
     """The passwords to mask: inside a URL always, anywhere else where unambiguous (``bare``)."""
 

@@ -28,9 +28,7 @@ EMBEDDED_BASE: Final = "postgres"
 SQLITE_BASE: Final = "test"
 
 
-# Records made when this module is imported, by every run, are NamedTuples rather than frozen
-# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
-# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+# NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
 class RunPlan(NamedTuple):
     """Where this process's test database is, decided before anything connects."""
 

@@ -65,9 +65,7 @@ _GAVE_UP: Final = "Gave up after {attempts} attempt{s} in {elapsed:.1f} s."
 _FINAL: Final = "Stopped after {attempts} attempt{s} in {elapsed:.2f} s: waiting does not fix this."
 
 
-# Records made when this module is imported, by every run, are NamedTuples rather than frozen
-# dataclasses: creating a frozen dataclass costs about 3.7M instructions (six generated methods,
-# each compiled from source), a NamedTuple about 0.7M (benchmarks/ci_path.py, i).
+# NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
 class Failure(NamedTuple):
     """Why an attempt failed: the step, a short error without the password, whether to retry."""
 
