@@ -347,22 +347,31 @@ def test_no_binaries_anywhere_says_where_it_looked(pytester: pytest.Pytester) ->
     run("--dbguard-url", "sqlite").assert_outcomes(passed=1)
 
 
-def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:
+def _things_project(pytester: pytest.Pytester, *, colour: bool) -> None:
+    """A model with one table, ``things`` (with a ``colour`` column if asked), and a test that
+    counts its rows (``colour`` values: the column must be there)."""
+    column = "\n    colour: Mapped[str]" if colour else ""
+    counted = "colour" if colour else "*"
     pytester.makepyfile(
-        models="""
-        from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-        class Base(DeclarativeBase):
-            pass
-        class Thing(Base):
-            __tablename__ = "things"
-            id: Mapped[int] = mapped_column(primary_key=True)
-        """,
-        test_things="""
-        def test_things(dbguard_session):
-            from sqlalchemy import text
-            assert dbguard_session.execute(text("SELECT count(*) FROM things")).scalar() == 0
-        """,
+        models=(
+            "from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column\n"
+            "class Base(DeclarativeBase):\n"
+            "    pass\n"
+            "class Thing(Base):\n"
+            '    __tablename__ = "things"\n'
+            f"    id: Mapped[int] = mapped_column(primary_key=True){column}\n"
+        ),
+        test_things=(
+            "def test_things(dbguard_session):\n"
+            "    from sqlalchemy import text\n"
+            f'    sql = text("SELECT count({counted}) FROM things")\n'
+            "    assert dbguard_session.execute(sql).scalar() == 0\n"
+        ),
     )
+
+
+def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:
+    _things_project(pytester, colour=False)
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
     # Leave the machine as we found it: stop this project's kept cluster (and no other), also
     # when an assertion fails (a kept cluster would be adopted by the next run in this folder).
@@ -380,22 +389,7 @@ def test_reuse_keeps_cluster_and_template(pytester: pytest.Pytester) -> None:
         port = header.split("127.0.0.1:")[1].split(",")[0]
         assert f"127.0.0.1:{port}, cluster reused" in second.stdout.str()
         # The schema changed: the template is rebuilt, and the new column is there.
-        pytester.makepyfile(
-            models="""
-            from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-            class Base(DeclarativeBase):
-                pass
-            class Thing(Base):
-                __tablename__ = "things"
-                id: Mapped[int] = mapped_column(primary_key=True)
-                colour: Mapped[str]
-            """,
-            test_things="""
-            def test_things(dbguard_session):
-                from sqlalchemy import text
-                assert dbguard_session.execute(text("SELECT count(colour) FROM things")).scalar() == 0
-            """,
-        )
+        _things_project(pytester, colour=True)
         run_dbguard(pytester, "--dbguard-reuse", inprocess=True).assert_outcomes(passed=1)
         assert folder.is_dir()
     finally:
