@@ -7,6 +7,7 @@ import functools
 import gc
 import importlib
 import importlib.util
+import itertools
 import json
 import os
 import pkgutil
@@ -15,8 +16,9 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,17 +134,60 @@ def copy_project(pytester: pytest.Pytester, name: str) -> None:
     pytester.copy_example(name)
 
 
+# pytest-xdist's own options: an inner run given one of them starts workers (or distributes).
+XDIST_OPTIONS = ("-n", "--numprocesses", "--maxprocesses", "-d", "--dist", "--tx")
+
+
+def worker_rows(xdist_id: str = "xdist") -> list[Any]:
+    """``parametrize`` rows of a test run serially and under two workers: the arguments its inner
+    run adds, ``()`` or ``("-n", "2")``; the second row is marked ``needs_xdist``."""
+    return [
+        pytest.param((), id="serial"),
+        pytest.param(("-n", "2"), id=xdist_id, marks=pytest.mark.needs_xdist),
+    ]
+
+
+WORKERS = worker_rows()
+
+
+def uses_xdist(args: Iterable[str]) -> bool:
+    """Whether an inner run's arguments use pytest-xdist (``-n 2``, ``--dist``, ``--tx``)."""
+    return any(arg.split("=", 1)[0] in XDIST_OPTIONS or arg.startswith("-n") for arg in args)
+
+
+def plugin_args(*args: str, plugins: Iterable[str] = ()) -> list[str]:
+    """The ``-p`` arguments of a sealed inner run (plugin autoload is off) given ``args``: the
+    named ``plugins``, and pytest-xdist's only when ``args`` use it and name it nowhere yet.
+
+    A serial run names no xdist, so it works where pytest-xdist is not installed (tox's
+    noxdist env); a test whose run uses xdist carries the ``needs_xdist`` marker. xdist is
+    named by its entry point, ``-p xdist``: where autoload is on (a fresh venv's plain
+    ``pytest``) that is a no-op, where ``-p xdist.plugin`` would register it a second time.
+    """
+    named = [*plugins]
+    given = [value for option, value in itertools.pairwise(args) if option == "-p"]
+    if uses_xdist(args) and not any(name.split(".")[0] == "xdist" for name in [*named, *given]):
+        if importlib.util.find_spec("xdist") is None:
+            pytest.fail(
+                f"an inner run with {' '.join(args)} needs pytest-xdist, which is not installed "
+                "here: mark the test (or its row) needs_xdist, so that -m 'not needs_xdist' "
+                "deselects it",
+                pytrace=False,
+            )
+        named.append("xdist")
+    return [arg for name in named for arg in ("-p", name)]
+
+
 def run_dbguard(
     pytester: pytest.Pytester,
     *args: str,
     plugins: tuple[str, ...] = (),
     inprocess: bool = False,
 ) -> pytest.RunResult:
-    """Run pytest with dbguard activated by ``-p`` and the named extra plugins: in a subprocess,
-    or with ``inprocess=True`` in this process (see ``run_inprocess`` for which runs may)."""
-    extra: list[str] = []
-    for name in plugins:
-        extra += ["-p", name]
+    """Run pytest with dbguard activated by ``-p`` and the named extra plugins (and xdist when
+    ``args`` use it, see ``plugin_args``): in a subprocess, or with ``inprocess=True`` in this
+    process (see ``run_inprocess`` for which runs may)."""
+    extra = plugin_args(*args, plugins=plugins)
     if inprocess:
         return run_inprocess(pytester, "-p", "pytest_dbguard", *extra, *args)
     return pytester.runpytest_subprocess("-p", "pytest_dbguard", *extra, *args, timeout=300)

@@ -12,8 +12,10 @@ from pytest_dbguard.server import machine
 from tests.helpers import (
     ALEMBIC_LOGGING,
     blocks,
+    plugin_args,
     run_dbguard,
     run_inprocess,
+    worker_rows,
     write_alembic_project,
 )
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
@@ -119,7 +121,7 @@ def test_sees_the_migrated_tables(dbguard_connection, n):
     rows = dbguard_connection.execute(text("SELECT email, active FROM users")).all()
     assert [tuple(row) for row in rows] == [("a@b.c", True)]
 """
-XDIST = [False, pytest.param(True, marks=pytest.mark.needs_xdist)]
+WORKERS = worker_rows(xdist_id="n2")
 
 
 # The documented alternative: env.py takes dbguard's connection, and runs in pytest's own process.
@@ -172,27 +174,23 @@ def _project(
     pytester.makepyfile(test_users=TESTS)
 
 
-def _args(xdist: bool) -> tuple[list[str], tuple[str, ...]]:
-    return (["-n", "2"], ("xdist.plugin",)) if xdist else ([], ())
-
-
-@pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
+@pytest.mark.parametrize("workers", WORKERS)
 def test_env_py_with_cached_settings_migrates_the_template(
-    pytester: pytest.Pytester, xdist: bool
+    pytester: pytest.Pytester, workers: tuple[str, ...]
 ) -> None:
     _project(pytester)
-    args, plugins = _args(xdist)
-    result = run_dbguard(pytester, *args, plugins=plugins, inprocess=True)
+    result = run_dbguard(pytester, *workers, inprocess=True)
     result.assert_outcomes(passed=4)
 
 
-@pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
-def test_env_py_with_cached_settings_under_reuse(pytester: pytest.Pytester, xdist: bool) -> None:
+@pytest.mark.parametrize("workers", WORKERS)
+def test_env_py_with_cached_settings_under_reuse(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
     """With --dbguard-reuse a serial run builds a separate template too (not its own database)."""
     _project(pytester)
-    args, plugins = _args(xdist)
     try:
-        result = run_dbguard(pytester, "--dbguard-reuse", *args, plugins=plugins, inprocess=True)
+        result = run_dbguard(pytester, "--dbguard-reuse", *workers, inprocess=True)
         result.assert_outcomes(passed=4)
     finally:  # stop this project's kept cluster (and no other)
         folder = (
@@ -206,22 +204,22 @@ def test_env_py_with_cached_settings_under_reuse(pytester: pytest.Pytester, xdis
     assert not folder.exists()
 
 
-@pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
-def test_a_failing_migration_is_one_clear_error(pytester: pytest.Pytester, xdist: bool) -> None:
+@pytest.mark.parametrize("workers", WORKERS)
+def test_a_failing_migration_is_one_clear_error(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
     _project(pytester, broken=True)
-    args, plugins = _args(xdist)
-    result = run_dbguard(pytester, *args, plugins=plugins, inprocess=True)
+    result = run_dbguard(pytester, *workers, inprocess=True)
     _assert_one_clear_error(result)
 
 
-@pytest.mark.parametrize("xdist", XDIST, ids=["serial", "n2"])
+@pytest.mark.parametrize("workers", WORKERS)
 def test_a_failing_migration_on_the_given_connection_names_its_file(
-    pytester: pytest.Pytester, xdist: bool
+    pytester: pytest.Pytester, workers: tuple[str, ...]
 ) -> None:
     """The in-process path (env.py takes the connection) names the migration's file and line too."""
     _project(pytester, broken=True, env_py=ENV_PY_TAKES_CONNECTION)
-    args, plugins = _args(xdist)
-    result = run_dbguard(pytester, *args, plugins=plugins, inprocess=True)
+    result = run_dbguard(pytester, *workers, inprocess=True)
     _assert_one_clear_error(result)
     assert "separate Python process" not in result.stderr.str()
 
@@ -237,7 +235,6 @@ def test_the_migrations_output_hides_the_password(
         pg_server.url(),
         "-n",
         "2",
-        plugins=("xdist.plugin",),
         inprocess=True,
     )
     _assert_one_clear_error(result, line=10)
@@ -264,5 +261,5 @@ def test_readme_env_py_recipes(pytester: pytest.Pytester, which: int) -> None:
     env_py = blocks("Alembic migrations", "python")[which]
     (ini,) = blocks("Alembic migrations", "ini")
     _project(pytester, env_py=env_py, ini=ini)
-    result = run_inprocess(pytester, "-p", "xdist.plugin", "-n", "2")
+    result = run_inprocess(pytester, *plugin_args("-n", "2"), "-n", "2")
     result.assert_outcomes(passed=4)

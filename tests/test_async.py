@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from tests.helpers import run_dbguard
+from tests.helpers import plugin_args, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 ASYNCIO_VERSION = tuple(
@@ -107,13 +107,14 @@ APP_TESTS = """
 """
 
 
-def run_async(pytester: pytest.Pytester, *args: str, xdist: bool = False) -> pytest.RunResult:
-    """A sealed subprocess run with pytest-asyncio (and xdist) and dbguard activated by ``-p``.
+def run_async(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """A sealed subprocess run with pytest-asyncio (and xdist for ``-n``) and dbguard activated
+    by ``-p``.
 
     pytest-asyncio is named first: pytest 8 warns that ``-p asyncio`` "cannot be rewritten"
     when a plugin loaded before it has imported the asyncio module already.
     """
-    plugins = ["-p", "asyncio", *(["-p", "xdist"] if xdist else [])]
+    plugins = plugin_args(*args, plugins=("asyncio",))
     return pytester.runpytest_subprocess(*plugins, "-p", "pytest_dbguard", *args, timeout=300)
 
 
@@ -244,7 +245,7 @@ def test_xdist_two_workers(pytester: pytest.Pytester, driver: str) -> None:
                 assert os.environ["DBGUARD_WORKER"] in dbguard_url
         """,
     )
-    result = run_async(pytester, "-n", "2", xdist=True)
+    result = run_async(pytester, "-n", "2")
     result.assert_outcomes(passed=13)
     assert_quiet_exit(result)
 

@@ -138,7 +138,6 @@ TESTS = """
     def test_uses_the_schema(dbguard_connection):
         pathlib.Path(f"ran-{os.environ['DBGUARD_WORKER']}").touch()
 """
-XDIST = ("xdist.plugin",)
 
 
 def project(
@@ -310,7 +309,7 @@ def test_error_mode_stops_an_xdist_run_once(
 ) -> None:
     project(pytester, models=ALL_DRIFTS, ini=ini)
     pytester.makepyfile(TESTS)
-    result = run_dbguard(pytester, "-n", "2", *args, plugins=XDIST, inprocess=True)
+    result = run_dbguard(pytester, "-n", "2", *args, inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
     assert output(result).count("schema drift: the database") == 1
     result.stderr.fnmatch_lines(
@@ -330,7 +329,7 @@ def test_warn_mode_reports_and_runs_the_tests(pytester: pytest.Pytester, xdist: 
     project(pytester, models=MODELS + TAGS, ini=WITH_CHECK + "dbguard_check_schema = warn\n")
     pytester.makepyfile(TESTS)
     args = ("-n", "2") if xdist else ()
-    result = run_dbguard(pytester, *args, plugins=XDIST if xdist else (), inprocess=True)
+    result = run_dbguard(pytester, *args, inprocess=True)
     result.assert_outcomes(passed=1, warnings=2 if xdist else 1)
     result.stdout.fnmatch_lines(
         [

@@ -18,7 +18,14 @@ from pytest_dbguard.guards.foreign_databases import (
     Target,
 )
 from pytest_dbguard.guards.leaks import LEAK_MESSAGE
-from tests.helpers import README, blocks, copy_project, run_dbguard, run_dbguard_inprocess
+from tests.helpers import (
+    README,
+    blocks,
+    copy_project,
+    plugin_args,
+    run_dbguard,
+    run_dbguard_inprocess,
+)
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 # The guard reads the keywords each dialect hands its driver: checked against SQLAlchemy itself.
@@ -177,9 +184,11 @@ def test_app_engine_reading_settings_too_early_cannot_reach_the_developers_datab
     args = {
         "same-server": ["--dbguard-url", pg_server.url()],
         "other-server": [],
-        "xdist": ["-p", "xdist.plugin", "-n", "2"],
+        "xdist": ["-n", "2"],
     }[server]
-    result = pytester.runpytest_subprocess(*args, "-p", "no:randomly", timeout=300)
+    result = pytester.runpytest_subprocess(
+        *plugin_args(*args), *args, "-p", "no:randomly", timeout=300
+    )
     result.assert_outcomes(failed=2)
     # Under xdist the workers inherit the controller's exported DATABASE_URL, which names the
     # controller's own (never created) database: read too early, it is refused just the same.
@@ -563,7 +572,6 @@ def test_leaks_are_warnings_naming_the_tables_and_the_fix(
     _leak_project(pytester, "warn" if how == "ini" else None)
     # Under xdist the file stays on one worker (its tests build on each other), the other idles.
     args = ["-n", "2", "--dist", "loadfile"] if how == "xdist" else []
-    plugins = ("xdist.plugin",) if how == "xdist" else ()
     inprocess = how != "xdist"  # xdist's workers need a process of their own
     result = run_dbguard(
         pytester,
@@ -571,7 +579,6 @@ def test_leaks_are_warnings_naming_the_tables_and_the_fix(
         "-p",
         "no:randomly",
         *args,
-        plugins=plugins,
         inprocess=inprocess,
     )
     result.assert_outcomes(passed=6, warnings=3)

@@ -87,9 +87,7 @@ def test_base_database_name_with_special_characters(
         pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
         url = pg_server.url(quote(name, safe=""))  # URL-encoded by the user, as RFC 3986 asks
         args = ["--dbguard-url", url] + (["-n", "2"] if xdist else [])
-        result = run_dbguard(
-            pytester, *args, plugins=("xdist.plugin",) if xdist else (), inprocess=True
-        )
+        result = run_dbguard(pytester, *args, inprocess=True)
         output = result.stdout.str() + result.stderr.str()
         assert SUPERUSER_PASSWORD not in output
         if _unwritable(database_name(name, "0" * 8, "gw0")):  # the worker's, maybe trimmed

@@ -177,9 +177,7 @@ def test_role_without_createdb_gets_a_schema_per_worker(
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
     url = pg_server.url(database="app_limited", user=LIMITED_USER)
     args = ["--dbguard-url", url, "-v"] + (["-n", "2"] if xdist else [])
-    result = run_dbguard(
-        pytester, *args, plugins=("xdist.plugin",) if xdist else (), inprocess=True
-    )
+    result = run_dbguard(pytester, *args, inprocess=True)
     result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines(
         ["dbguard: *schemas dbg_*_<worker> in app_limited (the role may not create databases)*"]
@@ -225,7 +223,7 @@ ONE_RUNS_DATABASES = """
     [
         pytest.param((), "main", id="single-run-builds-in-place"),
         pytest.param(
-            ("-p", "xdist.plugin", "-n", "1"),
+            ("-n", "1"),
             "gw0,tpl*",
             id="xdist-clones-a-template",
             marks=pytest.mark.needs_xdist,

@@ -7,11 +7,10 @@ import pytest
 from pytest_dbguard.db import kept_templates
 from pytest_dbguard.db.urls import DatabaseURL
 from tests.django_project import migrate_lines, write_project
-from tests.helpers import run_dbguard
+from tests.helpers import WORKERS, run_dbguard
 from tests.pgserver import TestServer
 
 DJANGO = ("pytest_django.plugin",)
-DJANGO_XDIST = ("pytest_django.plugin", "xdist.plugin")
 
 ORM_TESTS = """
 import datetime
@@ -60,7 +59,7 @@ def test_many(n):
 """
 
 
-@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+@pytest.mark.parametrize("workers", WORKERS)
 @pytest.mark.parametrize("server", ["embedded", "external"])
 def test_migrate_once_and_a_clone_per_worker(
     pytester: pytest.Pytester, pg_server: TestServer, server: str, workers: tuple[str, ...]
@@ -69,7 +68,7 @@ def test_migrate_once_and_a_clone_per_worker(
     pytester.makepyfile(test_shop=ORM_TESTS)
     url = ["--dbguard-url", pg_server.url()] if server == "external" else []
     before = set(pg_server.databases())
-    result = run_dbguard(pytester, *workers, *url, plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, *workers, *url, plugins=DJANGO)
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["dbguard: *django migrate (djproj.settings)*"])
     migrated = migrate_lines(log)
@@ -148,8 +147,11 @@ def test_django_was_not_imported():
 
 @pytest.mark.parametrize(
     ("plugins", "workers"),
-    [((), ()), (DJANGO, ()), (DJANGO_XDIST, ("-n", "2"))],
-    ids=["without-pytest-django", "no-settings", "no-settings-xdist"],
+    [
+        pytest.param((), (), id="without-pytest-django"),
+        pytest.param(DJANGO, (), id="no-settings"),
+        pytest.param(DJANGO, ("-n", "2"), id="no-settings-xdist", marks=pytest.mark.needs_xdist),
+    ],
 )
 def test_runs_without_django_settings_never_import_django(
     pytester: pytest.Pytester, plugins: tuple[str, ...], workers: tuple[str, ...]
@@ -160,7 +162,7 @@ def test_runs_without_django_settings_never_import_django(
     result.stdout.no_fnmatch_line("*django migrate*")
 
 
-@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+@pytest.mark.parametrize("workers", WORKERS)
 def test_a_failing_migration_stops_before_the_first_test_once(
     pytester: pytest.Pytester, workers: tuple[str, ...]
 ) -> None:
@@ -173,7 +175,7 @@ def test_a_failing_migration_stops_before_the_first_test_once(
         '    operations = [migrations.RunSQL("ALTER TABLE no_such_table ADD COLUMN x int")]\n'
     )
     pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.stdout.str() + result.stderr.str()
     assert (
@@ -185,13 +187,13 @@ def test_a_failing_migration_stops_before_the_first_test_once(
     assert " passed" not in output
 
 
-@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+@pytest.mark.parametrize("workers", WORKERS)
 def test_an_alias_missing_from_databases_is_a_usage_error(
     pytester: pytest.Pytester, workers: tuple[str, ...]
 ) -> None:
     write_project(pytester, ini_extra="dbguard_django_databases = default replica\n")
     pytester.makepyfile(test_plain=NO_DJANGO_TEST.replace("not in", "in"))
-    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.stdout.str() + result.stderr.str()
     message = (
@@ -202,6 +204,7 @@ def test_an_alias_missing_from_databases_is_a_usage_error(
     assert " passed" not in output
 
 
+@pytest.mark.needs_xdist
 def test_a_conftest_that_extends_django_db_setup_keeps_working(pytester: pytest.Pytester) -> None:
     """pytest-django's documented recipe: a session fixture that requests django_db_setup and
     seeds data; under dbguard it gets dbguard's override, and the seed lands in the worker's clone."""
@@ -234,7 +237,7 @@ def test_a_conftest_that_extends_django_db_setup_keeps_working(pytester: pytest.
             assert list(Order.objects.values_list("note", flat=True)) == ["seed"]
         """
     )
-    run_dbguard(pytester, "-n", "2", plugins=DJANGO_XDIST).assert_outcomes(passed=3)
+    run_dbguard(pytester, "-n", "2", plugins=DJANGO).assert_outcomes(passed=3)
 
 
 def test_serialized_rollback_restores_what_migrate_wrote(pytester: pytest.Pytester) -> None:
@@ -270,13 +273,13 @@ def test_serialized_rollback_restores_what_migrate_wrote(pytester: pytest.Pytest
     run_dbguard(pytester, plugins=DJANGO).assert_outcomes(passed=2)
 
 
-@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+@pytest.mark.parametrize("workers", WORKERS)
 def test_django_databases_without_django_settings_is_a_usage_error(
     pytester: pytest.Pytester, workers: tuple[str, ...]
 ) -> None:
     pytester.makeini("[pytest]\ndbguard_django_databases = default\n")
     pytester.makepyfile(test_plain=NO_DJANGO_TEST)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.stdout.str() + result.stderr.str()
     assert output.count("ini dbguard_django_databases is set, but this run has no Django") == 1

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from tests.django_project import write_project
-from tests.helpers import run_dbguard
+from tests.helpers import WORKERS, run_dbguard
 
-DJANGO_XDIST = ("pytest_django.plugin", "xdist.plugin")
+DJANGO = ("pytest_django.plugin",)
 
 GUARD_TESTS = """
 import datetime
@@ -49,11 +49,11 @@ def test_orm_with_naive_datetimes(day):
 """
 
 
-@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+@pytest.mark.parametrize("workers", WORKERS)
 def test_guards_see_the_django_orm(pytester: pytest.Pytester, workers: tuple[str, ...]) -> None:
     write_project(pytester)
     pytester.makepyfile(test_guards=GUARD_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO)
     result.assert_outcomes(passed=5, warnings=1)
     result.stdout.fnmatch_lines(
         [
@@ -70,7 +70,7 @@ def test_guards_see_the_django_orm(pytester: pytest.Pytester, workers: tuple[str
 def test_error_mode_fails_naive_datetimes_given_to_the_orm(pytester: pytest.Pytester) -> None:
     write_project(pytester, ini_extra="dbguard_naive_datetime = error\n")
     pytester.makepyfile(test_guards=GUARD_TESTS)
-    result = run_dbguard(pytester, "-k", "naive", plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, "-k", "naive", plugins=DJANGO)
     result.assert_outcomes(failed=4)
     result.stdout.fnmatch_lines(
         [

@@ -22,11 +22,6 @@ WORKER_ROWS = [
 ]
 
 
-def _plugins(workers: tuple[str, ...]) -> tuple[str, ...]:
-    """pytest-django, and xdist only for the runs that start workers (tox's noxdist env has none)."""
-    return (*DJANGO, "xdist.plugin") if workers else DJANGO
-
-
 # Every process (the test process, the xdist controller) writes the SQLAlchemy modules it holds
 # once dbguard has cleaned up: trylast, so after dbguard's own unconfigure has run.
 CONFTEST = """
@@ -96,7 +91,7 @@ def test_a_django_run_imports_no_sqlalchemy(
     pytester.makepyfile(test_shop=TESTS)
     url = ["--dbguard-url", pg_server.url()] if server == "external" else []
     before = set(pg_server.databases())
-    result = run_dbguard(pytester, *workers, *url, plugins=_plugins(workers))
+    result = run_dbguard(pytester, *workers, *url, plugins=DJANGO)
     result.assert_outcomes(passed=4)
     assert _written(pytester.path) == {name: [] for name in processes}
     assert len(migrate_lines(log)) == 1  # the template was still built once
@@ -183,7 +178,7 @@ def test_terminate_and_restart_in_a_django_run_import_no_sqlalchemy(
     write_project(pytester)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_faults=FAULT_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=_plugins(workers))
+    result = run_dbguard(pytester, *workers, plugins=DJANGO)
     result.assert_outcomes(passed=2)
     assert _written(pytester.path) == {name: [] for name in processes}
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from tests.django_project import SETTINGS, migrate_lines, write_project
-from tests.helpers import run_dbguard
-from tests.test_django import DJANGO_XDIST, ORM_TESTS
+from tests.helpers import WORKERS, run_dbguard
+from tests.test_django import DJANGO, ORM_TESTS
 
-WORKERS = pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+IN_WORKERS = pytest.mark.parametrize("workers", WORKERS)
 
 
 def _stopped_once(result: pytest.RunResult, message: str) -> str:
@@ -21,7 +21,7 @@ def _stopped_once(result: pytest.RunResult, message: str) -> str:
     return output
 
 
-@WORKERS
+@IN_WORKERS
 def test_a_settings_module_that_does_not_exist(
     pytester: pytest.Pytester, workers: tuple[str, ...]
 ) -> None:
@@ -31,7 +31,7 @@ def test_a_settings_module_that_does_not_exist(
         "django_find_project = false\n"
     )
     pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO)
     output = _stopped_once(
         result,
         "Django's settings module 'djproj.nosuch' (DJANGO_SETTINGS_MODULE, from the ini key "
@@ -45,7 +45,7 @@ def test_a_settings_module_named_by_ds_that_does_not_exist(pytester: pytest.Pyte
     """The message names the option the module came from: --ds, which wins over the ini."""
     write_project(pytester)
     pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, "--ds", "nosuch.settings", plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, "--ds", "nosuch.settings", plugins=DJANGO)
     _stopped_once(
         result,
         "Django's settings module 'nosuch.settings' (DJANGO_SETTINGS_MODULE, from --ds) does not "
@@ -53,7 +53,7 @@ def test_a_settings_module_named_by_ds_that_does_not_exist(pytester: pytest.Pyte
     )
 
 
-@WORKERS
+@IN_WORKERS
 def test_a_settings_module_that_fails_to_import(
     pytester: pytest.Pytester, workers: tuple[str, ...]
 ) -> None:
@@ -63,7 +63,7 @@ def test_a_settings_module_that_fails_to_import(
     settings.write_text(SETTINGS.lstrip() + "\nimport debug_toolbar  # dev-only\n")
     line = settings.read_text().splitlines().index("import debug_toolbar  # dev-only") + 1
     pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO)
     output = _stopped_once(
         result,
         "Django's settings module 'djproj.settings' (DJANGO_SETTINGS_MODULE, from the ini key "
@@ -85,7 +85,7 @@ def pytest_configure():
 """
 
 
-@WORKERS
+@IN_WORKERS
 def test_settings_configure_in_a_conftest_gets_the_database(
     pytester: pytest.Pytester, workers: tuple[str, ...]
 ) -> None:
@@ -99,7 +99,7 @@ def test_settings_configure_in_a_conftest_gets_the_database(
     )
     pytester.makeconftest(CONFIGURE_CONFTEST)
     pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO)
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["dbguard: *django migrate (settings.configure())*"])
     assert len(migrate_lines(log)) == 1

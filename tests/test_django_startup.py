@@ -15,7 +15,7 @@ from tests.django_project import write_project
 from tests.helpers import run_dbguard
 from tests.pgserver import TestServer
 
-DJANGO_XDIST = ("pytest_django.plugin", "xdist.plugin")
+DJANGO = ("pytest_django.plugin",)
 
 CHECK_WITHOUT_SQLALCHEMY = """
 import sys
@@ -105,6 +105,7 @@ def who_migrated(log: Path) -> list[tuple[str, str]]:
     return [(line.split(" ", 1)[0], line.split(" ", 1)[1]) for line in lines]
 
 
+@pytest.mark.needs_xdist
 @pytest.mark.parametrize("server", ["embedded", "external"])
 def test_under_xdist_the_controller_migrates_the_template_once_and_workers_clone_it(
     pytester: pytest.Pytester, pg_server: TestServer, server: str
@@ -114,7 +115,7 @@ def test_under_xdist_the_controller_migrates_the_template_once_and_workers_clone
     log = write_logged_project(pytester)
     url = ["--dbguard-url", pg_server.url()] if server == "external" else []
     before = set(pg_server.databases())
-    result = run_dbguard(pytester, "-n", "2", *url, plugins=DJANGO_XDIST)
+    result = run_dbguard(pytester, "-n", "2", *url, plugins=DJANGO)
     result.assert_outcomes(passed=4)
     migrated = who_migrated(log)
     assert len(migrated) == 1, migrated
@@ -122,6 +123,7 @@ def test_under_xdist_the_controller_migrates_the_template_once_and_workers_clone
     assert set(pg_server.databases()) == before  # the template and the clones are dropped
 
 
+@pytest.mark.needs_xdist
 def test_a_build_that_fails_only_in_the_controller_is_built_by_a_worker(
     pytester: pytest.Pytester, pg_server: TestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,9 +133,7 @@ def test_a_build_that_fails_only_in_the_controller_is_built_by_a_worker(
     log = write_logged_project(pytester)
     monkeypatch.setenv("SHOP_FAIL_IN_CONTROLLER", "1")
     before = set(pg_server.databases())
-    result = run_dbguard(
-        pytester, "-n", "2", "--dbguard-url", pg_server.url(), plugins=DJANGO_XDIST
-    )
+    result = run_dbguard(pytester, "-n", "2", "--dbguard-url", pg_server.url(), plugins=DJANGO)
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(
         [
@@ -149,6 +149,7 @@ def test_a_build_that_fails_only_in_the_controller_is_built_by_a_worker(
     assert "Bench-" not in result.stdout.str()
 
 
+@pytest.mark.needs_xdist
 def test_a_failing_migration_under_xdist_is_reported_once_with_its_cause(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:
@@ -163,9 +164,7 @@ def test_a_failing_migration_under_xdist_is_reported_once_with_its_cause(
         '    operations = [migrations.RunSQL("ALTER TABLE no_such_table ADD COLUMN x int")]\n'
     )
     before = set(pg_server.databases())
-    result = run_dbguard(
-        pytester, "-n", "2", "--dbguard-url", pg_server.url(), plugins=DJANGO_XDIST
-    )
+    result = run_dbguard(pytester, "-n", "2", "--dbguard-url", pg_server.url(), plugins=DJANGO)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.stdout.str() + result.stderr.str()
     assert output.count("Django's migrate (database alias 'default'") == 1, output
@@ -176,6 +175,7 @@ def test_a_failing_migration_under_xdist_is_reported_once_with_its_cause(
     assert set(pg_server.databases()) == before
 
 
+@pytest.mark.needs_xdist
 def test_reuse_under_xdist_the_controller_builds_the_kept_template_once(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:
@@ -186,10 +186,10 @@ def test_reuse_under_xdist_the_controller_builds_the_kept_template_once(
     before = set(pg_server.databases())
     args = ("-n", "2", "--dbguard-reuse", "--dbguard-url", url)
     try:
-        first = run_dbguard(pytester, *args, plugins=DJANGO_XDIST)
+        first = run_dbguard(pytester, *args, plugins=DJANGO)
         first.assert_outcomes(passed=4)
         first.stdout.fnmatch_lines(["dbguard: *django migrate (djproj.settings), template built;*"])
-        second = run_dbguard(pytester, *args, plugins=DJANGO_XDIST)
+        second = run_dbguard(pytester, *args, plugins=DJANGO)
         second.assert_outcomes(passed=4)
         second.stdout.fnmatch_lines(["dbguard: *template reused;*"])
         migrated = who_migrated(log)

@@ -8,8 +8,6 @@ import pytest
 
 from tests.helpers import run_dbguard, run_dbguard_inprocess
 
-XDIST = ("xdist.plugin",)
-
 SETTINGS = """
     import os
     table_prefix = os.environ.get("DB_TABLE_PREFIX", "storage_elem_01")
@@ -123,7 +121,7 @@ def test_per_worker_prefix_under_xdist(pytester: pytest.Pytester) -> None:
             assert inspect(dbguard_engine).get_table_names() == [f"test_storage_{worker}_wal"]
         """
     )
-    result = run_dbguard(pytester, "-n", "2", plugins=XDIST)
+    result = run_dbguard(pytester, "-n", "2")
     result.assert_outcomes(passed=6)
 
 
@@ -155,7 +153,7 @@ def test_pytest_env_entries_see_dbguard_values(pytester: pytest.Pytester, xdist:
         """
     )
     args = ["--dbguard-url", "sqlite"] + (["-n", "2"] if xdist else [])
-    result = run_dbguard(pytester, *args, plugins=("pytest_env.plugin", *(XDIST if xdist else ())))
+    result = run_dbguard(pytester, *args, plugins=("pytest_env.plugin",))
     result.assert_outcomes(passed=4)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import plugin_args
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
@@ -23,6 +25,8 @@ def test_example_runs_as_it_is(
     pytester: pytest.Pytester, example: str, passed: int, xdist: bool
 ) -> None:
     shutil.copytree(EXAMPLES / example, pytester.path, dirs_exist_ok=True)
-    args = ["-n", "2", "-p", "xdist.plugin"] if xdist else []
-    result = pytester.runpytest_subprocess(*args)  # each pytest.ini activates dbguard with addopts
+    args = ["-n", "2"] if xdist else []
+    result = pytester.runpytest_subprocess(
+        *plugin_args(*args), *args
+    )  # each pytest.ini activates dbguard with addopts
     result.assert_outcomes(passed=passed)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import plugin_args
+
 EXAMPLE = Path(__file__).parent.parent / "examples" / "fastapi_app"
 PASSED = 28  # test_items 5, test_health 8, test_errors 10, test_recovery 5
 # What a clean exit never prints, whatever the warning filters.
@@ -33,8 +35,8 @@ def test_fastapi_example_runs_as_it_is(pytester: pytest.Pytester, xdist: bool) -
         dirs_exist_ok=True,
         ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", ".venv"),
     )
-    args = ["-n", "2", "-p", "xdist.plugin"] if xdist else []
-    result = pytester.runpytest_subprocess(*args, timeout=300)
+    args = ["-n", "2"] if xdist else []
+    result = pytester.runpytest_subprocess(*plugin_args(*args), *args, timeout=300)
     result.assert_outcomes(passed=PASSED)
     # Serially the header names the proxy that routes the app's own engine through the faults.
     result.stdout.fnmatch_lines(

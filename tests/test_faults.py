@@ -13,7 +13,6 @@ from pytest_dbguard.server import machine
 from tests.helpers import run_dbguard
 from tests.pgserver import LIMITED_USER, SUPERUSER_PASSWORD, TestServer
 
-XDIST = ("xdist.plugin",)
 ASYNCIO = ("pytest_asyncio.plugin",)
 
 HELPERS = """
@@ -361,7 +360,7 @@ XDIST_SUITE = (
 def test_faults_under_xdist_keep_the_other_workers_safe(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_mixed=XDIST_SUITE)
     args = ["-n", "2", "--dist", "loadgroup", "-W", "error::pytest.PytestWarning"]
-    result = run_dbguard(pytester, *args, plugins=XDIST)
+    result = run_dbguard(pytester, *args)
     result.assert_outcomes(passed=13)
     assert_no_server_left(result)  # restarted by a worker, stopped by the controller
 

@@ -36,7 +36,7 @@ from pytest_dbguard.exceptions import GuardError, NaiveDatetimeError, NaiveDatet
 from pytest_dbguard.guards.hidden_modules import HiddenModules
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard, naive_parameters
 from pytest_dbguard.guards.query_counter import QueryCounter, _called_by_with
-from tests.helpers import run_dbguard
+from tests.helpers import run_dbguard, uses_xdist
 from tests.pgserver import TestServer
 
 NAIVE = datetime.datetime(2024, 5, 1, 12, 0)
@@ -691,7 +691,7 @@ UTCNOW_TEST = f"""
         ),
         pytest.param(
             "warn",
-            ["-p", "xdist", "-n", "2"],
+            ["-n", "2"],
             "",
             "dbguard: 3 datetime.utcnow() deprecation warnings (test_a.py: 2, test_b.py: 1)",
             id="counted-xdist",
@@ -709,7 +709,7 @@ def test_utcnow_deprecations_are_counted_in_the_summary(
         test_a=UTCNOW_TEST.format(name="a", times=2), test_b=UTCNOW_TEST.format(name="b", times=1)
     )
     # In this process unless the row starts xdist workers.
-    result = run_dbguard(pytester, "--dbguard-url", "sqlite", *args, inprocess="-n" not in args)
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", *args, inprocess=not uses_xdist(args))
     result.assert_outcomes(passed=2, warnings=5)
     if line is None:
         result.stdout.no_fnmatch_line("dbguard: *datetime.utcnow()*")

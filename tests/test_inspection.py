@@ -19,7 +19,7 @@ COMMANDS = [
         ["--collect-only", "-q"], "*test_it.py::test_uses_the_database*", id="collect-only"
     ),
     pytest.param(
-        ["--co", "-p", "xdist", "-n", "2"],
+        ["--co", "-n", "2"],
         "*test_uses_the_database*",
         id="collect-only-n2",
         marks=pytest.mark.needs_xdist,

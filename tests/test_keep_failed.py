@@ -267,6 +267,7 @@ def test_no_extra_statement_when_no_test_fails(
     assert "pg_sequence_last_value" in with_failure and "CAST(ROW(" in with_failure
 
 
+@pytest.mark.needs_xdist
 @pytest.mark.usefixtures("clean")
 def test_two_workers_each_keep_their_failure(pytester: pytest.Pytester, server: TestServer) -> None:
     tests = """

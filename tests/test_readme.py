@@ -21,7 +21,7 @@ from pytest_dbguard.run.setting_values import (
     NAIVE_DATETIME_CHOICES,
     WORKER_ISOLATION_CHOICES,
 )
-from tests.helpers import README, FreshVenv, as_shown, blocks, copy_project
+from tests.helpers import README, FreshVenv, as_shown, blocks, copy_project, plugin_args
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 RecipeRun = Callable[..., pytest.RunResult]
@@ -274,7 +274,7 @@ def test_ci_wait_step_runs_the_parallel_suite(
     )
     pytester.makefile(".sh", ci=script)
     # Users have plugin autoload; the sealed suite names xdist instead, outside the commands.
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p xdist.plugin")
+    monkeypatch.setenv("PYTEST_ADDOPTS", " ".join(plugin_args("-n", "4")))
     result = pytester.run("bash", "-e", "ci.sh", timeout=300)
     assert result.ret == 0, result.stderr.str()
     result.stdout.fnmatch_lines(
@@ -465,8 +465,8 @@ def test_faults_recipe(
     )
     pytester.makepyfile(test_a_busy=FAULT_NEIGHBOURS, test_faults=copies)
     args = ["--dbguard-url", pg_server.url()] if backend == "external" else []
-    args += ["-p", "xdist", "-n", "2"] if workers == "n2" else []
-    result = run_recipe("-p", "pytest_dbguard", *args, timeout=300)
+    args += ["-n", "2"] if workers == "n2" else []
+    result = run_recipe("-p", "pytest_dbguard", *plugin_args(*args), *args, timeout=300)
     result.assert_outcomes(passed=7)
     assert SUPERUSER_PASSWORD not in result.stdout.str()
 
@@ -543,6 +543,7 @@ def test_isolation_and_migrating_recipes(
     assert SUPERUSER_PASSWORD not in result.stdout.str()
 
 
+@pytest.mark.needs_xdist
 def test_django_recipe(pytester: pytest.Pytester) -> None:
     """The Django recipe's ini and tests, on a small real project (with the settings modules the
     recipe names), under -n 2; the header is the one shown."""
@@ -566,7 +567,7 @@ def test_django_recipe(pytester: pytest.Pytester) -> None:
     )
     pytester.makepyfile(test_recipe=tests)
     result = pytester.runpytest_subprocess(
-        "-p", "pytest_django.plugin", "-p", "xdist.plugin", "-n", "2", timeout=300
+        *plugin_args("-n", "2", plugins=["pytest_django.plugin"]), "-n", "2", timeout=300
     )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(as_shown(header))

@@ -341,7 +341,6 @@ def test_xdist_workers_parts_are_merged_by_the_controller(pytester: pytest.Pytes
         "2",
         "--dbguard-report",
         "out/r.json",
-        plugins=("xdist.plugin",),
         inprocess=True,
     )
     result.assert_outcomes(passed=20)
@@ -403,7 +402,6 @@ def test_a_crashed_worker_is_named_and_the_others_are_reported(pytester: pytest.
         "loadfile",
         "--dbguard-report",
         "r.json",
-        plugins=("xdist.plugin",),
         inprocess=True,
     )
     result.assert_outcomes(passed=7, failed=1)  # the crash, then the test again on a new worker

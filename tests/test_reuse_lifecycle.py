@@ -126,10 +126,10 @@ def test_rebuild_drops_the_kept_template_given_on_the_cli_in_the_env_or_in_the_i
 def test_rebuild_under_xdist(pytester: pytest.Pytester, kept: Path) -> None:
     _project(pytester, "one")
     pytester.makepyfile(test_more=TESTS.format(seed="one").replace("test_seed", "test_more"))
-    first = run_dbguard(pytester, "--dbguard-reuse", "-n", "2", plugins=("xdist",), inprocess=True)
+    first = run_dbguard(pytester, "--dbguard-reuse", "-n", "2", inprocess=True)
     first.assert_outcomes(passed=2)
     first.stdout.fnmatch_lines([f"*{STARTED};*template built by the first worker*"])
-    second = run_dbguard(pytester, "--dbguard-reuse", "-n", "2", plugins=("xdist",), inprocess=True)
+    second = run_dbguard(pytester, "--dbguard-reuse", "-n", "2", inprocess=True)
     second.assert_outcomes(passed=2)
     second.stdout.fnmatch_lines(["*cluster reused;*template reused*"])
     _project(pytester, "two")
@@ -140,7 +140,6 @@ def test_rebuild_under_xdist(pytester: pytest.Pytester, kept: Path) -> None:
         "--dbguard-rebuild",
         "-n",
         "2",
-        plugins=("xdist",),
         inprocess=True,
     )
     rebuilt.assert_outcomes(passed=2)

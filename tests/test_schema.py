@@ -86,9 +86,7 @@ def _alembic_project(pytester: pytest.Pytester) -> None:
 def test_alembic_upgrade_head_builds_the_template(pytester: pytest.Pytester, xdist: bool) -> None:
     _alembic_project(pytester)
     args = ["-v", "-n", "2"] if xdist else ["-v"]
-    result = run_dbguard(
-        pytester, *args, plugins=("xdist.plugin",) if xdist else (), inprocess=not xdist
-    )
+    result = run_dbguard(pytester, *args, inprocess=not xdist)
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["dbguard: *alembic alembic.ini*"])
 
@@ -145,8 +143,10 @@ def test_notes(dbguard_session, n):
     # Each process: its maintenance connection (the role check's, kept for the run: schema,
     # mark, drop); each test process: one more, the engine that built the schema and serves
     # the tests. The xdist controller only checks, and sweeps the run's leftovers at the end.
-    [((), 2), (("-n", "2"), 1 + 2 * 2)],
-    ids=["serial", "xdist"],
+    [
+        pytest.param((), 2, id="serial"),
+        pytest.param(("-n", "2"), 1 + 2 * 2, id="xdist", marks=pytest.mark.needs_xdist),
+    ],
 )
 def test_schema_mode_does_its_own_work_on_the_maintenance_connection(
     pytester: pytest.Pytester, pg_server: TestServer, workers: tuple[str, ...], expected: int
@@ -158,8 +158,7 @@ def test_schema_mode_does_its_own_work_on_the_maintenance_connection(
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
     url = pg_server.url(database="app_limited", user=LIMITED_USER)
     offset = pg_server.log_offset()
-    plugins = ("xdist.plugin",) if workers else ()
-    result = run_dbguard(pytester, "--dbguard-url", url, *workers, plugins=plugins)
+    result = run_dbguard(pytester, "--dbguard-url", url, *workers)
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["dbguard: *schemas dbg_*_<worker> in app_limited*"])
     found = pg_server.connections_since(offset)

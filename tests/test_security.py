@@ -121,7 +121,6 @@ def test_embedded_server_is_closed_to_other_users(
         pytester,
         *xdist,
         *("-v", "--tb=long", "-l", "-rA", "--junitxml=report.xml"),
-        plugins=("xdist.plugin",) if xdist else (),
         inprocess=True,
     )
     result.assert_outcomes(passed=3, failed=1)
@@ -160,9 +159,7 @@ def test_external_password_never_in_output(
         """
     )
     args = ["--dbguard-url", pg_server.url(), "-n", "2", "-v", "--tb=long", "-l", "-rA"]
-    result = run_dbguard(
-        pytester, *args, "--junitxml=report.xml", plugins=("xdist.plugin",), inprocess=True
-    )
+    result = run_dbguard(pytester, *args, "--junitxml=report.xml", inprocess=True)
     result.assert_outcomes(passed=2, failed=2, warnings=1)
     output = result.stdout.str() + result.stderr.str()
     assert "pool for postgresql+psycopg://postgres:***@127.0.0.1" in output  # warnings summary

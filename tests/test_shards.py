@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_dbguard
+from tests.helpers import plugin_args, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 # The template's build takes a second (an after_create hook), so the two shards overlap in it.
@@ -54,7 +54,7 @@ def _shard(folder: Path, url: str, *args: str) -> subprocess.Popen[str]:
     )
     command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "-p", "no:cacheprovider"]
     return subprocess.Popen(
-        [*command, "--dbguard-url", url, *args],
+        [*command, *plugin_args(*args), "--dbguard-url", url, *args],
         cwd=folder,
         env=environ,
         stdout=subprocess.PIPE,
@@ -79,7 +79,7 @@ def test_two_shards_of_one_pipeline_share_one_template(
     before = set(pg_server.databases())
     runs = [
         _shard(shards[0], pg_server.url()),  # one process
-        _shard(shards[1], pg_server.url(), "-p", "xdist.plugin", "-d", "--tx", "2*popen"),
+        _shard(shards[1], pg_server.url(), "-d", "--tx", "2*popen"),
     ]
     outputs = [run.communicate(timeout=240)[0] for run in runs]
     for run, output in zip(runs, outputs, strict=True):
@@ -184,7 +184,6 @@ def test_workers_without_the_controllers_environment_join_its_run(
             "ignore::DeprecationWarning",  # xdist 3.x deprecates --rsyncdir
             "-rA",
             str(pytester.path),
-            plugins=("xdist.plugin",),
         )
     finally:
         for server, _ in servers:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbguard.server import machine
+from tests.helpers import plugin_args
 from tests.pgserver import LIMITED_USER, TestServer
 
 # Every test says it started (per worker), then hangs until the run is stopped.
@@ -53,7 +54,7 @@ def _processes_in(folder: Path) -> list[int]:
     "workers",
     [
         pytest.param((), id="serial"),
-        pytest.param(("-p", "xdist.plugin", "-n", "2"), id="n2", marks=pytest.mark.needs_xdist),
+        pytest.param(("-n", "2"), id="n2", marks=pytest.mark.needs_xdist),
     ],
 )
 @pytest.mark.parametrize("backend", ["embedded", "external", "external-schemas"])
@@ -72,7 +73,8 @@ def test_sigterm_mid_test_leaves_nothing(
         "external-schemas": ["--dbguard-url", pg_server.url("app_limited", user=LIMITED_USER)],
     }
     url = urls[backend]
-    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", *workers, *url]
+    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", *plugin_args(*workers)]
+    command += [*workers, *url]
     run = subprocess.Popen(
         command,
         cwd=pytester.path,

@@ -10,9 +10,7 @@ from tests.pgserver import TestServer
 
 MODES = [
     pytest.param((), "collected 1 item", id="serial"),
-    pytest.param(
-        ("-p", "xdist", "-n", "2"), "2 workers [1 item]", id="n2", marks=pytest.mark.needs_xdist
-    ),
+    pytest.param(("-n", "2"), "2 workers [1 item]", id="n2", marks=pytest.mark.needs_xdist),
 ]
 
 

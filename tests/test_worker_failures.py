@@ -9,7 +9,6 @@ from tests.pgserver import LIMITED_PASSWORD, LIMITED_USER, SUPERUSER_PASSWORD, T
 
 pytestmark = pytest.mark.needs_xdist
 
-XDIST = ("xdist.plugin",)
 # Every test records that it ran: none may run when the schema could not be built.
 TESTS = """
     import os, pathlib
@@ -65,7 +64,7 @@ def test_failed_schema_build_ends_the_run_with_its_cause(
     pytester.makeini("[pytest]\ndbguard_metadata = models:metadata\n")
     url = ["--dbguard-url", pg_server.url()] if backend == "external" else []
     before = set(pg_server.databases())
-    result = run_dbguard(pytester, "-n", "2", *url, plugins=XDIST, inprocess=True)
+    result = run_dbguard(pytester, "-n", "2", *url, inprocess=True)
     _assert_one_clear_error(result, cause)
     result.stderr.fnmatch_lines(
         ["*Building the schema (metadata models:metadata) in *dbguard_metadata*"]
@@ -83,7 +82,6 @@ def test_role_without_createdb_and_database_isolation(
     result = run_dbguard(
         pytester,
         *("-n", "2", "--dbguard-url", url, "--dbguard-worker-isolation", "database"),
-        plugins=XDIST,
         inprocess=True,
     )
     _assert_one_clear_error(result, "may not create databases")
@@ -107,7 +105,7 @@ def test_bad_marker_argument_names_the_test(pytester: pytest.Pytester) -> None:
             pass
         """
     )
-    result = run_dbguard(pytester, "-n", "2", plugins=XDIST, inprocess=True)
+    result = run_dbguard(pytester, "-n", "2", inprocess=True)
     _assert_one_clear_error(result, "isolation='rolback'")
     result.stderr.fnmatch_lines(["*test_marked.py::test_typo*isolation='rolback'*rollback*"])
 
@@ -115,5 +113,5 @@ def test_bad_marker_argument_names_the_test(pytester: pytest.Pytester) -> None:
 def test_missing_base_database(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     pytester.makepyfile(test_schema=TESTS)
     url = pg_server.url(database="no_such_database")
-    result = run_dbguard(pytester, "-n", "2", "--dbguard-url", url, plugins=XDIST, inprocess=True)
+    result = run_dbguard(pytester, "-n", "2", "--dbguard-url", url, inprocess=True)
     _assert_one_clear_error(result, 'database "no_such_database" does not exist')

@@ -8,12 +8,11 @@ import sys
 
 import pytest
 
-from tests.helpers import run_dbguard
+from tests.helpers import plugin_args, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 pytestmark = pytest.mark.needs_xdist
 
-XDIST = ("xdist.plugin",)
 
 MODELS = """
     from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -71,7 +70,7 @@ def test_each_worker_has_its_own_database(
         "external": ["--dbguard-url", pg_server.url()],
     }
     before = set(pg_server.databases())
-    result = run_dbguard(pytester, "-n", "2", *args[backend], plugins=XDIST, inprocess=True)
+    result = run_dbguard(pytester, "-n", "2", *args[backend], inprocess=True)
     result.assert_outcomes(passed=12)
     result.stdout.fnmatch_lines(["dbguard: *databases *_dbg_*_<worker>, one per xdist worker*"])
     assert set(pg_server.databases()) == before  # nothing left behind on the external server
@@ -85,8 +84,8 @@ def test_two_concurrent_tox_envs_on_one_server(
     Each gets its own run id and databases, sees only its own rows, and leaves nothing behind.
     """
     _project(pytester)
-    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "-p", "xdist.plugin"]
-    command += ["-n", "2", "--dbguard-url", pg_server.url(), "-q"]
+    args = ["-n", "2", "--dbguard-url", pg_server.url(), "-q"]
+    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", *plugin_args(*args), *args]
     envs = ("py311", "py312")
     runs = [
         subprocess.Popen(
