@@ -118,6 +118,14 @@ def run_async(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(*plugins, "-p", "pytest_dbguard", *args, timeout=300)
 
 
+@pytest.fixture
+def on_server(pg_server: TestServer) -> list[str]:
+    """``--dbguard-url`` of the session's PostgreSQL: for the runs about the event-loop policy,
+    which is the same on any server. Each run on the embedded default starts a cluster of its
+    own; the rows of the tests above that name "embedded" keep that one covered."""
+    return ["--dbguard-url", pg_server.url()]
+
+
 def source(*parts: str) -> str:
     """Python source from pieces indented differently."""
     return "\n".join(textwrap.dedent(part) for part in parts)
@@ -285,15 +293,19 @@ ASYNC_FIXTURE_AUTO = """
         pytest.param("auto", ASYNC_FIXTURE_AUTO, id="auto"),
     ],
 )
-def test_asyncio_modes(pytester: pytest.Pytester, mode: str, source: str) -> None:
+def test_asyncio_modes(
+    pytester: pytest.Pytester, on_server: list[str], mode: str, source: str
+) -> None:
     """A user's own async fixture on top of dbguard's works in both modes without loop settings."""
     write_project(pytester, INI + f"    asyncio_mode = {mode}\n", test_modes=source)
-    result = run_async(pytester)
+    result = run_async(pytester, *on_server)
     result.assert_outcomes(passed=1)
     result.stdout.re_match_lines([rf"(?i)asyncio: mode=(mode\.)?{mode}\b.*"])
 
 
-def test_async_fixtures_honour_isolation_marker(pytester: pytest.Pytester) -> None:
+def test_async_fixtures_honour_isolation_marker(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     """isolation="none" commits for real; "truncate" commits and is emptied afterwards."""
     write_project(
         pytester,
@@ -323,14 +335,14 @@ def test_async_fixtures_honour_isolation_marker(pytester: pytest.Pytester) -> No
             """,
         ),
     )
-    result = run_async(pytester)
+    result = run_async(pytester, *on_server)
     result.assert_outcomes(passed=4)
 
 
-def test_header_reports_policy(pytester: pytest.Pytester) -> None:
+def test_header_reports_policy(pytester: pytest.Pytester, on_server: list[str]) -> None:
     """Unset: dbguard makes the scopes session. Set (ini or -o): the user's values stay."""
     write_project(pytester, test_plain=source(ROLLBACK_HEAD, READER))
-    result = run_async(pytester)
+    result = run_async(pytester, *on_server)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -346,7 +358,7 @@ def test_header_reports_policy(pytester: pytest.Pytester) -> None:
         else:
             args = ["-o", "asyncio_default_fixture_loop_scope=function"]
         where = "pytest.ini" if how == "ini" else "-o"
-        result = run_async(pytester, *args)
+        result = run_async(pytester, *on_server, *args)
         result.stdout.fnmatch_lines(
             [
                 f"dbguard: asyncio loop scopes as configured (asyncio_default_fixture_loop_scope=function ({where}))*"
@@ -396,13 +408,13 @@ if HAS_TEST_SCOPE_INI:
 
 @pytest.mark.parametrize(("setting", "mark", "source"), NARROW_CASES)
 def test_narrower_test_loop_fails_clearly(
-    pytester: pytest.Pytester, setting: str, mark: str, source: str
+    pytester: pytest.Pytester, on_server: list[str], setting: str, mark: str, source: str
 ) -> None:
     """A test on a narrower loop using a dbguard async fixture fails at setup, saying how to fix it."""
     ini = INI + (f"    {setting}\n" if setting and not setting.startswith("-o") else "")
     args = setting.split() if setting.startswith("-o") else []
     write_project(pytester, ini, test_narrow=NARROW_TEST.format(mark=mark))
-    result = run_async(pytester, *args)
+    result = run_async(pytester, *on_server, *args)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -422,7 +434,9 @@ FIXTURE_LOOPS = ["function", "module"] if HAS_TEST_SCOPE_INI else ["module"]
 
 
 @pytest.mark.parametrize("loop", FIXTURE_LOOPS)
-def test_narrower_fixture_loop_fails_clearly(pytester: pytest.Pytester, loop: str) -> None:
+def test_narrower_fixture_loop_fails_clearly(
+    pytester: pytest.Pytester, on_server: list[str], loop: str
+) -> None:
     """A user's async fixture on a narrower loop that uses dbguard's session is named, with the fix."""
     write_project(
         pytester,
@@ -440,7 +454,7 @@ def test_narrower_fixture_loop_fails_clearly(pytester: pytest.Pytester, loop: st
                 await client.execute(text("SELECT 1"))
         """.replace("LOOP", loop),
     )
-    result = run_async(pytester)
+    result = run_async(pytester, *on_server)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -453,7 +467,9 @@ def test_narrower_fixture_loop_fails_clearly(pytester: pytest.Pytester, loop: st
     result.stdout.no_fnmatch_line("*attached to a different loop*")
 
 
-def test_app_engine_on_function_loops_is_explained(pytester: pytest.Pytester) -> None:
+def test_app_engine_on_function_loops_is_explained(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     """A pooled asyncpg connection reused on another loop: the raw RuntimeError gets the fix."""
     write_project(
         pytester,
@@ -471,7 +487,7 @@ def test_app_engine_on_function_loops_is_explained(pytester: pytest.Pytester) ->
                     await connection.execute(text("SELECT 1"))
         """,
     )
-    result = run_async(pytester)
+    result = run_async(pytester, *on_server)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -493,7 +509,9 @@ def test_conftest_opt_in_applies_the_policy_too(pytester: pytest.Pytester) -> No
     result.stdout.fnmatch_lines(["dbguard: asyncio loop scope session for fixtures and tests*"])
 
 
-def test_explicit_session_scopes_win_and_work(pytester: pytest.Pytester) -> None:
+def test_explicit_session_scopes_win_and_work(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     """The user's own session settings are kept (not dbguard's), and the fixtures work with them."""
     settings = "    asyncio_default_fixture_loop_scope = session\n"
     if HAS_TEST_SCOPE_INI:
@@ -504,7 +522,7 @@ def test_explicit_session_scopes_win_and_work(pytester: pytest.Pytester) -> None
             "@pytest.mark.asyncio\n", '@pytest.mark.asyncio(loop_scope="session")\n'
         )
     write_project(pytester, INI + settings, test_rollback=body)
-    result = run_async(pytester)
+    result = run_async(pytester, *on_server)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         ["dbguard: asyncio loop scopes as configured (*session (pytest.ini)*"]
