@@ -81,6 +81,14 @@ def pg_server() -> Iterator[TestServer]:
         yield server
 
 
+@pytest.fixture
+def on_server(pg_server: TestServer) -> list[str]:
+    """``--dbguard-url`` of the session's server, for inner runs whose subject is not the server
+    they run on: a run on the embedded default starts (and removes) a cluster of its own, about a
+    second of a run that lasts two. The tests about the embedded server keep it."""
+    return ["--dbguard-url", pg_server.url()]
+
+
 @pytest.fixture(autouse=True)
 def _sealed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test starts without dbguard or xdist variables, and inner runs load no plugins by themselves."""

@@ -118,14 +118,6 @@ def run_async(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(*plugins, "-p", "pytest_dbguard", *args, timeout=300)
 
 
-@pytest.fixture
-def on_server(pg_server: TestServer) -> list[str]:
-    """``--dbguard-url`` of the session's PostgreSQL: for the runs about the event-loop policy,
-    which is the same on any server. Each run on the embedded default starts a cluster of its
-    own; the rows of the tests above that name "embedded" keep that one covered."""
-    return ["--dbguard-url", pg_server.url()]
-
-
 def source(*parts: str) -> str:
     """Python source from pieces indented differently."""
     return "\n".join(textwrap.dedent(part) for part in parts)

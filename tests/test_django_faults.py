@@ -54,17 +54,21 @@ def test_cut_every_connection_then_recover(dbguard_faults):
     ids=["closed-after-each-request", "persistent-with-health-checks"],
 )
 def test_recovers_where_the_settings_recover(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, max_age: str, health_checks: str
+    pytester: pytest.Pytester,
+    on_server: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    max_age: str,
+    health_checks: str,
 ) -> None:
     monkeypatch.setenv("SHOP_CONN_MAX_AGE", max_age)
     monkeypatch.setenv("SHOP_HEALTH_CHECKS", health_checks)
     write_project(pytester)
     pytester.makepyfile(test_seed=SEED_TEST)
-    run_dbguard(pytester, plugins=DJANGO).assert_outcomes(passed=3)
+    run_dbguard(pytester, *on_server, plugins=DJANGO).assert_outcomes(passed=3)
 
 
 def test_persistent_connections_without_health_checks_do_not_recover_at_once(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, on_server: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CONN_MAX_AGE = None without CONN_HEALTH_CHECKS: the next request meets the dead
     connection (Django replaces it only at the end of that failed request)."""
@@ -82,7 +86,7 @@ def test_a_retry_recovers(dbguard_faults):
     assert dbguard_faults.assert_recovers(orders).attempts == 2
 """
     )
-    result = run_dbguard(pytester, "-k", "closed_and_reopened or retry", plugins=DJANGO)
+    result = run_dbguard(pytester, *on_server, "-k", "closed_and_reopened or retry", plugins=DJANGO)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -117,11 +121,13 @@ def test_assert_recovers_puts_the_client_inside_a_request(client, dbguard_faults
 """
 
 
-def test_the_test_client_and_request_boundaries(pytester: pytest.Pytester) -> None:
+def test_the_test_client_and_request_boundaries(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     """What the README says: Django's test client sends request_started/request_finished with
     close_old_connections disconnected, so a broken connection survives client.get(); each
     attempt of assert_recovers passes a real boundary first, so the settings (CONN_MAX_AGE = 0
     here) replace it and the client's request inside the attempt works."""
     write_project(pytester)
     pytester.makepyfile(test_client=CLIENT_TESTS)
-    run_dbguard(pytester, plugins=DJANGO).assert_outcomes(passed=2)
+    run_dbguard(pytester, *on_server, plugins=DJANGO).assert_outcomes(passed=2)

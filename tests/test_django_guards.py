@@ -50,10 +50,12 @@ def test_orm_with_naive_datetimes(day):
 
 
 @pytest.mark.parametrize("workers", WORKERS)
-def test_guards_see_the_django_orm(pytester: pytest.Pytester, workers: tuple[str, ...]) -> None:
+def test_guards_see_the_django_orm(
+    pytester: pytest.Pytester, on_server: list[str], workers: tuple[str, ...]
+) -> None:
     write_project(pytester)
     pytester.makepyfile(test_guards=GUARD_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO)
+    result = run_dbguard(pytester, *workers, *on_server, plugins=DJANGO)
     result.assert_outcomes(passed=5, warnings=1)
     result.stdout.fnmatch_lines(
         [
@@ -67,10 +69,12 @@ def test_guards_see_the_django_orm(pytester: pytest.Pytester, workers: tuple[str
     result.stdout.no_fnmatch_line("*RuntimeWarning: DateTimeField*")
 
 
-def test_error_mode_fails_naive_datetimes_given_to_the_orm(pytester: pytest.Pytester) -> None:
+def test_error_mode_fails_naive_datetimes_given_to_the_orm(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     write_project(pytester, ini_extra="dbguard_naive_datetime = error\n")
     pytester.makepyfile(test_guards=GUARD_TESTS)
-    result = run_dbguard(pytester, "-k", "naive", plugins=DJANGO)
+    result = run_dbguard(pytester, *on_server, "-k", "naive", plugins=DJANGO)
     result.assert_outcomes(failed=4)
     result.stdout.fnmatch_lines(
         [
