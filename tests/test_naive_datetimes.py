@@ -302,10 +302,12 @@ def _ways_project(pytester: pytest.Pytester, mode: str) -> None:
     pytester.makeini(f"[pytest]\ndbguard_metadata = models:Base\ndbguard_naive_datetime = {mode}\n")
 
 
-def test_warnings_name_the_attribute_and_point_at_the_users_line(pytester: pytest.Pytester) -> None:
+def test_warnings_name_the_attribute_and_point_at_the_users_line(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     _ways_project(pytester, "warn")
     at = _lines(WAYS)
-    result = run_dbguard(pytester, inprocess=True)
+    result = run_dbguard(pytester, *on_server, inprocess=True)
     # 16 tests pass; 10 reports: every ``aware`` way (two in test_async) and the untyped text
     # statement on the plain table too.
     result.assert_outcomes(passed=16, warnings=10)
@@ -358,9 +360,11 @@ def test_warnings_name_the_attribute_and_point_at_the_users_line(pytester: pytes
     result.stdout.no_fnmatch_line("*pytest_dbguard/*")
 
 
-def test_error_mode_fails_only_where_the_time_zone_matters(pytester: pytest.Pytester) -> None:
+def test_error_mode_fails_only_where_the_time_zone_matters(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     _ways_project(pytester, "error")
-    result = run_dbguard(pytester, "-rA", inprocess=True)
+    result = run_dbguard(pytester, *on_server, "-rA", inprocess=True)
     # The plain tests wrote their naive values and read them back (their asserts pass).
     result.assert_outcomes(passed=7, failed=9)
     names = ("orm", "constructor", "core", "executemany", "where", "async", "text", "typed_text")

@@ -219,7 +219,9 @@ def test_serial_run_on_an_external_server(pytester: pytest.Pytester, pg_server: 
     result.stdout.no_fnmatch_line("*dbguard: slowest tests by database time*")
 
 
-def test_verbose_run_shows_the_slowest_tests(pytester: pytest.Pytester) -> None:
+def test_verbose_run_shows_the_slowest_tests(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     _project(
         pytester,
         test_slow="""
@@ -233,7 +235,7 @@ def test_verbose_run_shows_the_slowest_tests(pytester: pytest.Pytester) -> None:
                 dbguard_connection.execute(text("SELECT 2"))
         """,
     )
-    result = run_dbguard(pytester, "--dbguard-report", "r.json", "-v", inprocess=True)
+    result = run_dbguard(pytester, *on_server, "--dbguard-report", "r.json", "-v", inprocess=True)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
@@ -455,12 +457,12 @@ LISTENERS_TEST = """
 
 @pytest.mark.parametrize("report", [False, True], ids=["off", "on"])
 def test_without_the_option_nothing_is_written_or_listened_to(
-    pytester: pytest.Pytester, report: bool
+    pytester: pytest.Pytester, on_server: list[str], report: bool
 ) -> None:
     pytester.makepyfile(test_listeners=textwrap.dedent(LISTENERS_TEST))
     pytester.makeini("[pytest]\n")
     args = ["--dbguard-report", "r.json"] if report else []
-    result = run_dbguard(pytester, "-s", *args, inprocess=True)
+    result = run_dbguard(pytester, *on_server, "-s", *args, inprocess=True)
     result.assert_outcomes(passed=1)
     reports = [
         path.relative_to(pytester.path)
