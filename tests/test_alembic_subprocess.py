@@ -176,10 +176,10 @@ def _project(
 
 @pytest.mark.parametrize("workers", WORKERS)
 def test_env_py_with_cached_settings_migrates_the_template(
-    pytester: pytest.Pytester, workers: tuple[str, ...]
+    pytester: pytest.Pytester, on_server: list[str], workers: tuple[str, ...]
 ) -> None:
     _project(pytester)
-    result = run_dbguard(pytester, *workers, inprocess=True)
+    result = run_dbguard(pytester, *on_server, *workers, inprocess=True)
     result.assert_outcomes(passed=4)
 
 
@@ -206,20 +206,20 @@ def test_env_py_with_cached_settings_under_reuse(
 
 @pytest.mark.parametrize("workers", WORKERS)
 def test_a_failing_migration_is_one_clear_error(
-    pytester: pytest.Pytester, workers: tuple[str, ...]
+    pytester: pytest.Pytester, on_server: list[str], workers: tuple[str, ...]
 ) -> None:
     _project(pytester, broken=True)
-    result = run_dbguard(pytester, *workers, inprocess=True)
+    result = run_dbguard(pytester, *on_server, *workers, inprocess=True)
     _assert_one_clear_error(result)
 
 
 @pytest.mark.parametrize("workers", WORKERS)
 def test_a_failing_migration_on_the_given_connection_names_its_file(
-    pytester: pytest.Pytester, workers: tuple[str, ...]
+    pytester: pytest.Pytester, on_server: list[str], workers: tuple[str, ...]
 ) -> None:
     """The in-process path (env.py takes the connection) names the migration's file and line too."""
     _project(pytester, broken=True, env_py=ENV_PY_TAKES_CONNECTION)
-    result = run_dbguard(pytester, *workers, inprocess=True)
+    result = run_dbguard(pytester, *on_server, *workers, inprocess=True)
     _assert_one_clear_error(result)
     assert "separate Python process" not in result.stderr.str()
 

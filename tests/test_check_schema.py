@@ -305,11 +305,11 @@ WITH_CHECK = "dbguard_alembic_ini = alembic.ini\ndbguard_metadata = models:Base\
     ],
 )
 def test_error_mode_stops_an_xdist_run_once(
-    pytester: pytest.Pytester, args: tuple[str, ...], ini: str
+    pytester: pytest.Pytester, on_server: list[str], args: tuple[str, ...], ini: str
 ) -> None:
     project(pytester, models=ALL_DRIFTS, ini=ini)
     pytester.makepyfile(TESTS)
-    result = run_dbguard(pytester, "-n", "2", *args, inprocess=True)
+    result = run_dbguard(pytester, *on_server, "-n", "2", *args, inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
     assert output(result).count("schema drift: the database") == 1
     result.stderr.fnmatch_lines(
@@ -325,11 +325,13 @@ def test_error_mode_stops_an_xdist_run_once(
 @pytest.mark.parametrize(
     "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
 )
-def test_warn_mode_reports_and_runs_the_tests(pytester: pytest.Pytester, xdist: bool) -> None:
+def test_warn_mode_reports_and_runs_the_tests(
+    pytester: pytest.Pytester, on_server: list[str], xdist: bool
+) -> None:
     project(pytester, models=MODELS + TAGS, ini=WITH_CHECK + "dbguard_check_schema = warn\n")
     pytester.makepyfile(TESTS)
     args = ("-n", "2") if xdist else ()
-    result = run_dbguard(pytester, *args, inprocess=True)
+    result = run_dbguard(pytester, *on_server, *args, inprocess=True)
     result.assert_outcomes(passed=1, warnings=2 if xdist else 1)
     result.stdout.fnmatch_lines(
         [
@@ -341,7 +343,9 @@ def test_warn_mode_reports_and_runs_the_tests(pytester: pytest.Pytester, xdist: 
     assert output(result).count("schema drift: the database") == 1
 
 
-def test_off_by_default_and_both_keys_build_with_alembic(pytester: pytest.Pytester) -> None:
+def test_off_by_default_and_both_keys_build_with_alembic(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     """With both keys and no check, alembic builds the schema (the metadata is only the check's
     reference): the test sees the migrations' tables, not the models' extra one."""
     project(pytester, models=MODELS + TAGS)
@@ -354,7 +358,7 @@ def test_off_by_default_and_both_keys_build_with_alembic(pytester: pytest.Pytest
             assert tables == {"alembic_version", "users", "notes"}
         """
     )
-    result = run_dbguard(pytester, "-v", inprocess=True)
+    result = run_dbguard(pytester, *on_server, "-v", inprocess=True)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["dbguard: *alembic alembic.ini*"])
     assert "schema drift" not in output(result)

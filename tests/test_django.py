@@ -154,17 +154,20 @@ def test_django_was_not_imported():
     ],
 )
 def test_runs_without_django_settings_never_import_django(
-    pytester: pytest.Pytester, plugins: tuple[str, ...], workers: tuple[str, ...]
+    pytester: pytest.Pytester,
+    on_server: list[str],
+    plugins: tuple[str, ...],
+    workers: tuple[str, ...],
 ) -> None:
     pytester.makepyfile(test_plain=NO_DJANGO_TEST)
-    result = run_dbguard(pytester, *workers, plugins=plugins)
+    result = run_dbguard(pytester, *on_server, *workers, plugins=plugins)
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("*django migrate*")
 
 
 @pytest.mark.parametrize("workers", WORKERS)
 def test_a_failing_migration_stops_before_the_first_test_once(
-    pytester: pytest.Pytester, workers: tuple[str, ...]
+    pytester: pytest.Pytester, on_server: list[str], workers: tuple[str, ...]
 ) -> None:
     write_project(pytester)
     broken = pytester.path / "shop" / "migrations" / "0003_broken.py"
@@ -175,7 +178,7 @@ def test_a_failing_migration_stops_before_the_first_test_once(
         '    operations = [migrations.RunSQL("ALTER TABLE no_such_table ADD COLUMN x int")]\n'
     )
     pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO)
+    result = run_dbguard(pytester, *on_server, *workers, plugins=DJANGO)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.stdout.str() + result.stderr.str()
     assert (
@@ -205,7 +208,9 @@ def test_an_alias_missing_from_databases_is_a_usage_error(
 
 
 @pytest.mark.needs_xdist
-def test_a_conftest_that_extends_django_db_setup_keeps_working(pytester: pytest.Pytester) -> None:
+def test_a_conftest_that_extends_django_db_setup_keeps_working(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     """pytest-django's documented recipe: a session fixture that requests django_db_setup and
     seeds data; under dbguard it gets dbguard's override, and the seed lands in the worker's clone."""
     write_project(pytester)
@@ -237,10 +242,12 @@ def test_a_conftest_that_extends_django_db_setup_keeps_working(pytester: pytest.
             assert list(Order.objects.values_list("note", flat=True)) == ["seed"]
         """
     )
-    run_dbguard(pytester, "-n", "2", plugins=DJANGO).assert_outcomes(passed=3)
+    run_dbguard(pytester, *on_server, "-n", "2", plugins=DJANGO).assert_outcomes(passed=3)
 
 
-def test_serialized_rollback_restores_what_migrate_wrote(pytester: pytest.Pytester) -> None:
+def test_serialized_rollback_restores_what_migrate_wrote(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     """The override keeps Django's serialized copy of the migrated database, as pytest-django's
     own setup does: after a transactional test empties every table, the next one with
     serialized_rollback=True gets the rows a data migration wrote back."""
@@ -270,7 +277,7 @@ def test_serialized_rollback_restores_what_migrate_wrote(pytester: pytest.Pytest
             Order.objects.all().delete()
         """
     )
-    run_dbguard(pytester, plugins=DJANGO).assert_outcomes(passed=2)
+    run_dbguard(pytester, *on_server, plugins=DJANGO).assert_outcomes(passed=2)
 
 
 @pytest.mark.parametrize("workers", WORKERS)

@@ -87,7 +87,7 @@ def pytest_configure():
 
 @IN_WORKERS
 def test_settings_configure_in_a_conftest_gets_the_database(
-    pytester: pytest.Pytester, workers: tuple[str, ...]
+    pytester: pytest.Pytester, on_server: list[str], workers: tuple[str, ...]
 ) -> None:
     """No DJANGO_SETTINGS_MODULE: the conftest configures Django in pytest_configure (which runs
     after dbguard's own). dbguard still migrates once and points DATABASES at the worker's
@@ -99,7 +99,7 @@ def test_settings_configure_in_a_conftest_gets_the_database(
     )
     pytester.makeconftest(CONFIGURE_CONFTEST)
     pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO)
+    result = run_dbguard(pytester, *on_server, *workers, plugins=DJANGO)
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["dbguard: *django migrate (settings.configure())*"])
     assert len(migrate_lines(log)) == 1

@@ -83,10 +83,12 @@ def _alembic_project(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
 )
-def test_alembic_upgrade_head_builds_the_template(pytester: pytest.Pytester, xdist: bool) -> None:
+def test_alembic_upgrade_head_builds_the_template(
+    pytester: pytest.Pytester, on_server: list[str], xdist: bool
+) -> None:
     _alembic_project(pytester)
     args = ["-v", "-n", "2"] if xdist else ["-v"]
-    result = run_dbguard(pytester, *args, inprocess=not xdist)
+    result = run_dbguard(pytester, *on_server, *args, inprocess=not xdist)
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["dbguard: *alembic alembic.ini*"])
 
