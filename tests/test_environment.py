@@ -50,11 +50,13 @@ def _app(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
 
 
-def test_p_activation_with_top_level_model_import_in_conftest(pytester: pytest.Pytester) -> None:
+def test_p_activation_with_top_level_model_import_in_conftest(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     _app(pytester)
     pytester.makeconftest(TOP_LEVEL_IMPORT_CONFTEST)
     pytester.makepyfile(test_wal=USES_TABLE)
-    run_dbguard(pytester).assert_outcomes(passed=1)
+    run_dbguard(pytester, *on_server).assert_outcomes(passed=1)
 
 
 def test_conftest_opt_in_with_top_level_import_is_stopped(pytester: pytest.Pytester) -> None:
@@ -88,7 +90,9 @@ def test_conftest_opt_in_without_guard_reports_the_unprefixed_table(
     )
 
 
-def test_conftest_opt_in_with_imports_inside_tests(pytester: pytest.Pytester) -> None:
+def test_conftest_opt_in_with_imports_inside_tests(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     _app(pytester)
     pytester.makeini(INI.replace("dbguard_metadata = app.models:Base\n", ""))
     pytester.makeconftest('pytest_plugins = ["pytest_dbguard"]\n')
@@ -102,7 +106,7 @@ def test_conftest_opt_in_with_imports_inside_tests(pytester: pytest.Pytester) ->
             assert os.environ["DBGUARD_DB"].endswith("_main")
         """
     )
-    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    pytester.runpytest_subprocess(*on_server).assert_outcomes(passed=1)
 
 
 @pytest.mark.needs_xdist
@@ -158,7 +162,7 @@ def test_pytest_env_entries_see_dbguard_values(pytester: pytest.Pytester, xdist:
     result.assert_outcomes(passed=4)
 
 
-def test_every_placeholder(pytester: pytest.Pytester) -> None:
+def test_every_placeholder(pytester: pytest.Pytester, on_server: list[str]) -> None:
     pytester.makeini(
         """
         [pytest]
@@ -190,7 +194,7 @@ def test_every_placeholder(pytester: pytest.Pytester) -> None:
             assert env["X_BRACES"] == "{literal}"
         """
     )
-    run_dbguard(pytester, inprocess=True).assert_outcomes(passed=1)
+    run_dbguard(pytester, *on_server, inprocess=True).assert_outcomes(passed=1)
 
 
 @pytest.mark.parametrize(

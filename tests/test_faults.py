@@ -425,9 +425,11 @@ ASYNC = (
 )
 
 
-def test_async_engines_recover_after_terminate(pytester: pytest.Pytester) -> None:
+def test_async_engines_recover_after_terminate(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
     pytester.makepyfile(test_async=ASYNC)
-    run_dbguard(pytester, plugins=ASYNCIO).assert_outcomes(passed=6)
+    run_dbguard(pytester, *_external(pg_server), plugins=ASYNCIO).assert_outcomes(passed=6)
 
 
 def test_the_proxy_is_on_only_when_a_test_mentions_dbguard_faults(
