@@ -115,7 +115,7 @@ def test_reuse_keeps_the_template_until_a_migration_changes(
     assert set(pg_server.databases()) == before
 
 
-def test_pg_url_placeholder_is_a_libpq_url(pytester: pytest.Pytester) -> None:
+def test_pg_url_placeholder_is_a_libpq_url(pytester: pytest.Pytester, on_server: list[str]) -> None:
     """{pg_url} is what dj-database-url and django-environ read: postgres://, no +driver."""
     pytester.makeini("[pytest]\ndbguard_env =\n    DATABASE_URL={pg_url}\n")
     pytester.makepyfile(
@@ -133,7 +133,7 @@ def test_pg_url_placeholder_is_a_libpq_url(pytester: pytest.Pytester) -> None:
             assert name == os.environ["DBGUARD_DB"]
         """
     )
-    run_dbguard(pytester).assert_outcomes(passed=1)
+    run_dbguard(pytester, *on_server).assert_outcomes(passed=1)
 
 
 NO_DJANGO_TEST = """

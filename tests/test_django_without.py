@@ -75,7 +75,9 @@ def test_after_the_hidden_tests_everything_is_back():
 """
 
 
-def test_settings_and_urls_load_without_a_dev_only_package(pytester: pytest.Pytester) -> None:
+def test_settings_and_urls_load_without_a_dev_only_package(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
     write_project(pytester)
     pytester.mkpydir("debug_toolbar")
     (pytester.path / "debug_toolbar" / "urls.py").write_text(
@@ -88,7 +90,7 @@ def test_settings_and_urls_load_without_a_dev_only_package(pytester: pytest.Pyte
     )
     (pytester.path / "djproj" / "urls.py").write_text(URLS_WITH_TOOLBAR.lstrip())
     pytester.makepyfile(test_without=TESTS)
-    result = run_dbguard(pytester, "-p", "no:randomly", plugins=DJANGO)
+    result = run_dbguard(pytester, *on_server, "-p", "no:randomly", plugins=DJANGO)
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(
         [

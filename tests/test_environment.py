@@ -242,7 +242,7 @@ def test_environment_is_restored_after_an_in_process_run(pytester: pytest.Pytest
 
 
 def test_conftest_opt_in_sets_environment_before_deeper_conftests(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, on_server: list[str]
 ) -> None:
     """Registered from the root conftest, dbguard prepares at once: tests/conftest.py sees the values."""
     _app(pytester)
@@ -250,4 +250,4 @@ def test_conftest_opt_in_sets_environment_before_deeper_conftests(
     tests = pytester.mkpydir("tests")
     (tests / "conftest.py").write_text(TOP_LEVEL_IMPORT_CONFTEST)
     (tests / "test_wal.py").write_text(textwrap.dedent(USES_TABLE))
-    pytester.runpytest_subprocess("tests").assert_outcomes(passed=1)
+    pytester.runpytest_subprocess(*on_server, "tests").assert_outcomes(passed=1)

@@ -552,10 +552,12 @@ def test_transactional(transactional_db):
 """
 
 
-def test_django_statements_are_timed(pytester: pytest.Pytester) -> None:
+def test_django_statements_are_timed(pytester: pytest.Pytester, on_server: list[str]) -> None:
     write_django_project(pytester)
     pytester.makepyfile(test_shop=DJANGO_TESTS % (SECRET_PARAMETER, SECRET_PARAMETER))
-    result = run_dbguard(pytester, "--dbguard-report", "r.json", plugins=("pytest_django.plugin",))
+    result = run_dbguard(
+        pytester, *on_server, "--dbguard-report", "r.json", plugins=("pytest_django.plugin",)
+    )
     result.assert_outcomes(passed=2)
     path = pytester.path / "r.json"
     _assert_no_secret(path)
