@@ -271,7 +271,8 @@ def test_a_single_run_connects_once_to_each_database(
         pytester.makepyfile(test_two=TWO_SESSION_TESTS)
         pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
         offset = pg_server.log_offset()
-        run_dbguard(pytester, "--dbguard-url", pg_server.url(base)).assert_outcomes(passed=2)
+        result = run_dbguard(pytester, "--dbguard-url", pg_server.url(base), inprocess=True)
+        result.assert_outcomes(passed=2)
         found = pg_server.connections_since(offset)
         assert [name for name in found if name == base] == [base]
         assert len([name for name in found if name.startswith(f"{base}_dbg_")]) == 1, found
@@ -312,9 +313,8 @@ def test_the_schema_builds_engine_does_not_linger_when_the_first_test_has_no_ses
     copy_project(pytester, "notes")
     pytester.makepyfile(test_order=NO_SESSION_FIRST)
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
-    run_dbguard(pytester, "--dbguard-url", pg_server.url(), "-p", "no:randomly").assert_outcomes(
-        passed=2
-    )
+    args = ("--dbguard-url", pg_server.url(), "-p", "no:randomly")
+    run_dbguard(pytester, *args, inprocess=True).assert_outcomes(passed=2)
 
 
 def _create_table(name: str) -> databases.SchemaBuild:

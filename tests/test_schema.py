@@ -196,7 +196,7 @@ def test_schema_mode_failed_build_leaves_no_schema(
     pytester.makepyfile(test_never="def test_never(dbguard_session):\n    pass\n")
     pytester.makeini("[pytest]\ndbguard_metadata = broken_models:Base\n")
     url = pg_server.url(database="app_limited", user=LIMITED_USER)
-    result = run_dbguard(pytester, "--dbguard-url", url)
+    result = run_dbguard(pytester, "--dbguard-url", url, inprocess=True)
     assert result.ret != 0
     result.assert_outcomes()
     output = result.stdout.str() + result.stderr.str()
