@@ -79,7 +79,7 @@ def test_session_and_connection_share_the_tests_one_connection(
     # chain costs every test); both still see one connection and one rolled-back transaction.
     _project(pytester, url=pg_server.url())
     pytester.makepyfile(test_shared=SHARED_CONNECTION)
-    run_dbguard(pytester, "-p", "no:randomly").assert_outcomes(passed=4)
+    run_dbguard(pytester, "-p", "no:randomly", inprocess=True).assert_outcomes(passed=4)
 
 
 def test_commit_in_test_survives_inside_but_not_after(

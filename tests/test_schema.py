@@ -160,7 +160,7 @@ def test_schema_mode_does_its_own_work_on_the_maintenance_connection(
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
     url = pg_server.url(database="app_limited", user=LIMITED_USER)
     offset = pg_server.log_offset()
-    result = run_dbguard(pytester, "--dbguard-url", url, *workers)
+    result = run_dbguard(pytester, "--dbguard-url", url, *workers, inprocess=True)
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["dbguard: *schemas dbg_*_<worker> in app_limited*"])
     found = pg_server.connections_since(offset)
