@@ -7,13 +7,13 @@ import hashlib
 import importlib
 import importlib.util
 import os
-import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.exceptions import ConfigError, DbguardError, SchemaError
+from pytest_dbguard.run.setting_values import find_from_rootdir
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
@@ -64,16 +64,6 @@ def load_metadata(spec: str, source: str, rootdir: Path | None = None) -> MetaDa
             "name a MetaData (e.g. 'app.db:metadata') or a declarative Base (e.g. 'app.models:Base')."
         )
     return metadata
-
-
-def find_from_rootdir(module_name: str, rootdir: Path) -> None:
-    """Put ``rootdir`` on sys.path when the module's top package lives there and is not
-    importable otherwise (pytest-django does the same with the folder of manage.py)."""
-    top = module_name.split(".")[0]
-    if not ((rootdir / top).is_dir() or (rootdir / f"{top}.py").is_file()):
-        return
-    if str(rootdir) not in sys.path and importlib.util.find_spec(top) is None:
-        sys.path.insert(0, str(rootdir))
 
 
 def _where(error: BaseException) -> str:

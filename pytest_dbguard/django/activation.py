@@ -17,7 +17,6 @@ import pytest
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.django import settings_module
 from pytest_dbguard.exceptions import ConfigError
-from pytest_dbguard.run import early_template
 from pytest_dbguard.run.state import run_of, the_run
 
 INI_DATABASES: Final = "dbguard_django_databases"
@@ -119,6 +118,7 @@ def register(config: pytest.Config) -> None:
                 UNKNOWN_ALIAS.format(ini=INI_DATABASES, alias=alias, settings=module, known=known)
             )
     from pytest_dbguard.django.migrate import DjangoSchema
+    from pytest_dbguard.run import early_template
 
     hook = DjangoSchema(config, aliases)
     state = run.session

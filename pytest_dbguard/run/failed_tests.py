@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
-from pytest_dbguard.db import databases, maintenance
-from pytest_dbguard.run import environment, lifecycle
+from pytest_dbguard.run import environment
 from pytest_dbguard.run.state import DbguardRun, run_of, the_run
 
 if TYPE_CHECKING:
@@ -117,7 +116,10 @@ def not_read(item: pytest.Item, error: Exception) -> None:
 def keep(item: pytest.Item, view: View) -> None:
     """Copy ``view`` into a new marked database on the run's server; the report names it, with a
     ``psql`` command. Never fails the test: a failure to keep is said in the report instead."""
-    from pytest_dbguard.db import kept_failed  # only a run with a failed test to keep loads it
+    # Only a run with a failed test to keep loads these; the isolation fixtures import this
+    # module in every run, --collect-only included.
+    from pytest_dbguard.db import databases, kept_failed, maintenance
+    from pytest_dbguard.run import lifecycle
 
     run = the_run(item.config)
     plan, state = run.plan, run.session

@@ -43,11 +43,7 @@ def configure(config: pytest.Config) -> None:
     run = the_run(config)
     settings = run.settings
     state = SessionState(runs_tests=True, schema_source=_schema_source(settings))
-    if run.plan.inspection is not None:
-        state.started = True  # nothing to start: the command only shows something
-        if settings.metadata:  # its import is skipped, but tests import from where it lives
-            schema.find_from_rootdir(settings.metadata.partition(":")[0], config.rootpath)
-    elif settings.metadata and not settings.alembic_ini:  # both: alembic builds, see schema_drift
+    if settings.metadata and not settings.alembic_ini:  # both: alembic builds, see schema_drift
         state.metadata = schema.load_metadata(
             settings.metadata, settings.source_of("metadata"), config.rootpath
         )
@@ -390,5 +386,4 @@ def stop(config: pytest.Config) -> None:
             from pytest_dbguard.server import kept_clusters
 
             kept_clusters.release(cluster.root)  # `dbguard stop` may stop it from now on
-        environment.restore(run)
-        termination.restore(config)
+        environment.leave(config)

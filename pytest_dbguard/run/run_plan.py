@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -122,7 +121,9 @@ def decide(
         else SINGLE_PROCESS
     )
     # 32 random bits: a clash is a one-in-billions event, and provisioning refuses it anyway.
-    run = origin["run"] if origin is not None else secrets.token_hex(4)
+    run = (
+        origin["run"] if origin is not None else os.urandom(4).hex()
+    )  # secrets.token_hex, without importing hmac
     common: dict[str, Any] = {
         "run": run,
         "pipeline_key": origin.get("pipeline_key") if origin else pipeline_key(os.environ),
