@@ -139,5 +139,10 @@ def _register_plugins(config: pytest.Config) -> None:
         manager.register(importlib.import_module(FIXTURES_PLUGIN), FIXTURES_PLUGIN)
     if manager.get_plugin(statements.PLUGIN_NAME) is None:
         manager.register(statements.DjangoStatements(config), statements.PLUGIN_NAME)
-    if the_run(config).settings.naive_datetime != "off":
+    settings = the_run(config).settings
+    if settings.naive_datetime != "off":
         naive_warnings.register(config)
+    if settings.keep_failed:
+        from pytest_dbguard.django import kept_failed
+
+        kept_failed.register(config, aliases_of(config))
