@@ -279,15 +279,14 @@ def _parents_first(connection: MaintenanceConnection, tables: list[str]) -> list
     foreign keys among them: ``truncation``'s ordering."""
     if len(tables) < 2:
         return tables
-    from pytest_dbguard.db.truncation import _Layout
+    from pytest_dbguard.db.truncation import parents_first
 
     wanted = ", ".join(f"{quote_literal(table)}::regclass" for table in tables)
     references = connection.rows(
         "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
         f"WHERE contype = 'f' AND conrelid IN ({wanted}) AND confrelid IN ({wanted})"
     )
-    order = _Layout([], {}, [(str(child), str(parent)) for child, parent in references], set())
-    return order.parents_first(tables)
+    return parents_first(tables, [(str(child), str(parent)) for child, parent in references])
 
 
 def _insertable_columns(

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pytest_dbguard.db.urls import DatabaseURL
 
 BUILD_FAILED: Final = (
-    "Building the schema ({source}) in {database!r} failed: {error}. Fix the models or the "
+    "Building the schema ({source}) in {target} failed: {error}. Fix the models or the "
     "migrations it names (ini dbguard_metadata / dbguard_alembic_ini); no test ran."
 )
 
@@ -127,12 +127,14 @@ def builder(
     source: str,
     *,
     own_process: bool = False,
+    worker_schema: str | None = None,
 ) -> Callable[[Connection], None] | None:
     """The schema build for ``url`` (``create_all`` or ``alembic upgrade head``; None: no schema
     source), its failures raised as a SchemaError that names the source.
 
     ``own_process``: ``url`` is a database of its own (not a schema in a shared one), so an
     env.py that ignores ``config.attributes["connection"]`` may migrate it from a new process.
+    ``worker_schema``: schema mode, where the build fills that schema of the shared database.
     """
     from pytest_dbguard.db import alembic_runner
 
@@ -162,7 +164,11 @@ def builder(
             raise SchemaError(
                 BUILD_FAILED.format(
                     source=source,
-                    database=url.database,
+                    target=(
+                        f"the worker schema {worker_schema!r} of the database {url.database!r}"
+                        if worker_schema is not None
+                        else repr(url.database)
+                    ),
                     error=f"{type(cause).__name__}: {detail}{where}",
                 )
             ) from error

@@ -24,17 +24,14 @@ import pytest
 from pytest_dbguard.db import databases, janitor, kept_templates, maintenance, schema, schema_drift
 from pytest_dbguard.db.engines import dispose_own_engines
 from pytest_dbguard.db.names import schema_name
-from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError, SchemaError
+from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
 from pytest_dbguard.run import environment, remote_workers, reuse_run, termination, worker_failures
 from pytest_dbguard.run.config import Settings
 from pytest_dbguard.run.run_plan import SINGLE_PROCESS, RunPlan
 from pytest_dbguard.run.state import DbguardRun, SessionState, run_of, the_run
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
     from pytest_dbguard.db.databases import Provisioned
-    from pytest_dbguard.db.urls import DatabaseURL
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -259,40 +256,20 @@ def building_in(
             url,
             state.schema_source,
             own_process=plan.server_url is not None and plan.schema is None,
+            worker_schema=plan.schema,
         )
     )
     # While the schema is built, the exported variables name its database: an alembic env.py
     # that reads DATABASE_URL (or DBGUARD_URL) migrates that one, not the worker's database.
-    target_plan = plan._replace(test_url=url, async_url=url.asynchronous(), database=database)
-    if plan.schema is not None:
-        target_plan, build = plan, _naming_the_schema(build, plan.schema, url)
+    # In schema mode the worker's own variables: its schema is where the build goes.
+    target_plan = (
+        plan
+        if plan.schema is not None
+        else plan._replace(test_url=url, async_url=url.asynchronous(), database=database)
+    )
     assignments = environment.parse_env_lines(settings.env_lines)
     with schema.environ_override(environment.variables(target_plan, assignments)):
         yield build
-
-
-def _naming_the_schema(
-    build: databases.SchemaBuild | None, worker_schema: str, url: DatabaseURL
-) -> databases.SchemaBuild | None:
-    """``build``, whose failure says it was building the worker's schema in the named database
-    (``schema.BUILD_FAILED`` names only a database, which in schema mode is shared)."""
-    if build is None or isinstance(build, databases.SelfConnectingBuild):
-        return build  # Django's migrate, which never runs in schema mode (django.activation)
-    named, inner = f"in {url.database!r} failed:", build
-
-    def build_schema(connection: Connection) -> None:
-        try:
-            inner(connection)
-        except SchemaError as error:
-            where = (
-                f"in the worker schema {worker_schema!r} of the database {url.database!r} failed:"
-            )
-            message = str(error).replace(named, where, 1)
-            if message == str(error):
-                raise
-            raise SchemaError(message) from error.__cause__
-
-    return build_schema
 
 
 def summary_lines(config: pytest.Config) -> list[str]:
