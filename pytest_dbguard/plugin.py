@@ -23,16 +23,20 @@ from pytest_dbguard.run.state import run_of
 # and the other commands that only show something import the settings, the environment and the
 # fixtures' thin modules, and nothing that starts, connects or guards (benchmarks/ci_path.py, 4).
 
-# The modules that hold fixtures and hooks of their own. Registered by pytest_addoption below, not
-# listed in ``pytest_plugins``: pytest looks every name of that list up among all installed
-# packages' entry points first, one scan of their metadata per name (benchmarks/ci_path.py, p),
-# and marks it for assertion rewriting, which it cannot do to a module already imported
-# (``compat.stop_rewriting_asserts``).
-CONCERN_PLUGINS = (
+# The modules that hold fixtures (every run registers them, so that --fixtures lists them: they
+# import little) and the modules whose hooks only a run that runs tests registers. Registered
+# by the hooks below, not listed in ``pytest_plugins``: pytest looks every name of that list up
+# among all installed packages' entry points first, one scan of their metadata per name
+# (benchmarks/ci_path.py, p), and marks it for assertion rewriting, which it cannot do to a
+# module already imported (``compat.stop_rewriting_asserts``).
+FIXTURE_PLUGINS = (
     "pytest_dbguard.db.fixtures",
     "pytest_dbguard.db.isolation",
     "pytest_dbguard.guards.fixtures",
     "pytest_dbguard.faults.fixtures",
+)
+RUN_PLUGINS = (
+    "pytest_dbguard.run.phases",
     "pytest_dbguard.run.failed_tests",
     "pytest_dbguard.run.report",
 )
@@ -40,9 +44,13 @@ CONCERN_PLUGINS = (
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     dbguard_config.add_options(parser)
-    for name in CONCERN_PLUGINS:
-        if not pluginmanager.is_blocked(name):  # -p no:NAME: not even imported
-            pluginmanager.register(importlib.import_module(name), name)
+    _register(pluginmanager, FIXTURE_PLUGINS)
+
+
+def _register(manager: pytest.PytestPluginManager, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not manager.is_blocked(name):  # -p no:NAME: not even imported
+            manager.register(importlib.import_module(name), name)
 
 
 def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
@@ -101,10 +109,10 @@ def pytest_configure(config: pytest.Config) -> None:
         environment.prepare(config, config.option, config.args, late=True)
         if _runs_tests(config):
             from pytest_dbguard.faults import restart_fence
-            from pytest_dbguard.run import lifecycle, phases
+            from pytest_dbguard.run import lifecycle
 
             lifecycle.configure(config)
-            config.pluginmanager.register(phases, phases.PLUGIN_NAME)
+            _register(config.pluginmanager, RUN_PLUGINS)
             restart_fence.register(config)
         else:
             environment.configure_inspection(config)

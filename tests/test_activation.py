@@ -24,7 +24,7 @@ def test_import_loads_no_database_machinery() -> None:
     # later `-p asyncio` (pytest cannot rewrite an already imported plugin).
     code = (
         "import importlib, sys, pytest_dbguard, pytest_dbguard.plugin as p;"
-        "[importlib.import_module(name) for name in p.CONCERN_PLUGINS];"
+        "[importlib.import_module(name) for name in (*p.FIXTURE_PLUGINS, *p.RUN_PLUGINS)];"
         "bad = [m for m in ('sqlalchemy', 'psycopg', 'psycopg2', 'asyncpg', 'asyncio') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

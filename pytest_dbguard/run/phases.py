@@ -9,7 +9,6 @@ phase rather than one per concern: every hook implementation is a cost that each
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Final
 
 import pytest
 
@@ -17,8 +16,6 @@ from pytest_dbguard.db.engines import release_parked_engines
 from pytest_dbguard.db.isolation import running_test
 from pytest_dbguard.guards import hooks as guard_hooks
 from pytest_dbguard.run import redaction
-
-PLUGIN_NAME: Final = "pytest_dbguard.run.phases"
 
 
 @pytest.hookimpl(wrapper=True)

@@ -139,9 +139,9 @@ def decide(
     elif origin is not None:
         server_url = None
     elif settings.url is None and not settings.sqlite_requested:
-        from pytest_dbguard.server.machine import require_bindir
+        if inspection is None:  # --collect-only and the like start nothing: no need to look
+            from pytest_dbguard.server.machine import require_bindir
 
-        if inspection is None:
             require_bindir(settings.pg_bindir, settings.source_of("pg_bindir"))
         embedded = True
         server_url = DatabaseURL(
