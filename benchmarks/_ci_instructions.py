@@ -54,3 +54,35 @@ def instructions(tmp: Path, server: external.ExternalServer, tests: int) -> None
             f"{fixed[who] / 1e6:.1f}M vs {fixed['recipe'] / 1e6:.1f}M "
             f"(+{(fixed[who] - fixed['recipe']) / 1e6:.1f}M instructions)"
         )
+
+
+def commands(
+    tmp: Path, server: external.ExternalServer, tests: int, commands: dict[str, list[str]]
+) -> None:
+    """Part ``c``: the instructions of part 4's commands, without dbguard and with it (embedded
+    default and external server): the 5 % goal in a count the machine's load cannot change."""
+    common.banner(f"c. instructions of the commands of part 4 (valgrind), {tests}-test project")
+    suite = orm_suite(tmp / "c_project", tests, True)
+    variants = {
+        "without dbguard": ([], {}),
+        "dbguard embedded": (["pytest_dbguard"], {}),
+        "dbguard external": (["pytest_dbguard"], {"DBGUARD_URL": server.url()}),
+    }
+    for command, args in commands.items():
+        counts = {}
+        for variant, (plugins, extra) in variants.items():
+            env = common.sealed_env({**extra, "PYTHONHASHSEED": "0"})
+            argv = common.pytest_command(*args, plugins=plugins)
+            common.run_pytest(suite, argv, env=env, check=False)  # bytecode caches written
+            counts[variant] = common.count_instructions(argv, suite, env)
+        base = counts["without dbguard"]
+        print(
+            f"{command:18} without dbguard {base / 1e6:7.1f}M; "
+            + "; ".join(
+                f"{variant} {count / 1e6:7.1f}M (x{count / base:.3f}, +{(count - base) / 1e6:.1f}M)"
+                for variant, count in counts.items()
+                if variant != "without dbguard"
+            ),
+            flush=True,
+        )
+    print("goal: within 5 % of the command without dbguard")

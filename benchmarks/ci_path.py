@@ -1,6 +1,6 @@
 """The CI path: dbguard on an external server with password auth vs the recipe a team writes by hand.
 
-    python benchmarks/ci_path.py [--runs 7] [--tests 300] [--only 1,2,3,4] [--only p] [--only i]
+    python benchmarks/ci_path.py [--runs 7] [--tests 300] [--only 1,2,3,4] [--only p] [--only i,c]
 
 1. External server (a PostgreSQL cluster this script starts on loopback, ``scram-sha-256`` over
    TCP, ``DBGUARD_URL`` pointing at it) vs SQLAlchemy's documented recipe in a conftest that
@@ -27,6 +27,8 @@ i. Instructions (``--only i``, not part of the default; valgrind, a few minutes)
    pytest process's instructions of the recipe, dbguard and dbguard with those guards off, from a
    20-test and an N-test suite (see ``_ci_instructions.py``): a count that the machine's other
    load does not change, unlike the slope of part 1.
+c. Instructions of part 4's commands (``--only c``, not part of the default; valgrind): each
+   command without dbguard, with the embedded default and with the external server.
 
 Wall time of the whole pytest process (spawn to exit) and its CPU time (user + system of the
 process and every child it reaped, from ``os.wait4``: the embedded server is pytest's child, so
@@ -302,7 +304,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="alternating runs per configuration")
     parser.add_argument("--tests", type=int, default=300, help="tests in the bigger suites")
-    parser.add_argument("--only", default="1,2,3,4", help="comma-separated parts: 1,2,3,4,p,i")
+    parser.add_argument("--only", default="1,2,3,4", help="comma-separated parts: 1,2,3,4,p,i,c")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     print(f"machine: {common.machine_note()}", flush=True)
@@ -331,6 +333,10 @@ def main() -> None:
             import _ci_instructions
 
             _ci_instructions.instructions(tmp, server, args.tests)
+        if "c" in parts:
+            import _ci_instructions
+
+            _ci_instructions.commands(tmp, server, args.tests, COMMANDS)
     print(f"\nmachine: {common.machine_note()}")
 
 

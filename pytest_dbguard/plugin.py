@@ -12,29 +12,31 @@ from collections.abc import Generator
 
 import pytest
 
-from pytest_dbguard.aio import asyncloop
 from pytest_dbguard.db import fixtures as db_fixtures
-from pytest_dbguard.db import isolation
-from pytest_dbguard.db.engines import release_parked_engines
-from pytest_dbguard.db.fixtures import RUN_FIXTURES_PLUGIN
-from pytest_dbguard.django import activation as django_activation
 from pytest_dbguard.exceptions import DbguardError
-from pytest_dbguard.faults import restart_fence
-from pytest_dbguard.guards import hooks as guard_hooks
 from pytest_dbguard.run import config as dbguard_config
-from pytest_dbguard.run import environment, lifecycle, markers, redaction, summary_line
+from pytest_dbguard.run import environment, markers, redaction
 from pytest_dbguard.run.state import run_of
 
-# The modules that hold fixtures and hooks of their own. Registered by pytest_addoption below, not
-# listed in ``pytest_plugins``: pytest looks every name of that list up among all installed
-# packages' entry points first, one scan of their metadata per name (benchmarks/ci_path.py, p),
-# and marks it for assertion rewriting, which it cannot do to a module already imported
-# (``compat.stop_rewriting_asserts``).
-CONCERN_PLUGINS = (
+# What a run that runs tests uses is imported by such a run, in the hooks below or by
+# ``run.phases`` (registered in pytest_configure): ``--help``, ``--collect-only``, ``--fixtures``
+# and the other commands that only show something import the settings, the environment and the
+# fixtures' thin modules, and nothing that starts, connects or guards (benchmarks/ci_path.py, 4).
+
+# The modules that hold fixtures (every run registers them, so that --fixtures lists them: they
+# import little) and the modules whose hooks only a run that runs tests registers. Registered
+# by the hooks below, not listed in ``pytest_plugins``: pytest looks every name of that list up
+# among all installed packages' entry points first, one scan of their metadata per name
+# (benchmarks/ci_path.py, p), and marks it for assertion rewriting, which it cannot do to a
+# module already imported (``compat.stop_rewriting_asserts``).
+FIXTURE_PLUGINS = (
     "pytest_dbguard.db.fixtures",
     "pytest_dbguard.db.isolation",
-    "pytest_dbguard.guards.hooks",
+    "pytest_dbguard.guards.fixtures",
     "pytest_dbguard.faults.fixtures",
+)
+RUN_PLUGINS = (
+    "pytest_dbguard.run.phases",
     "pytest_dbguard.run.failed_tests",
     "pytest_dbguard.run.report",
 )
@@ -42,9 +44,13 @@ CONCERN_PLUGINS = (
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     dbguard_config.add_options(parser)
-    for name in CONCERN_PLUGINS:
-        if not pluginmanager.is_blocked(name):  # -p no:NAME: not even imported
-            pluginmanager.register(importlib.import_module(name), name)
+    _register(pluginmanager, FIXTURE_PLUGINS)
+
+
+def _register(manager: pytest.PytestPluginManager, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not manager.is_blocked(name):  # -p no:NAME: not even imported
+            manager.register(importlib.import_module(name), name)
 
 
 def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
@@ -80,6 +86,10 @@ def pytest_load_initial_conftests(
         environment.prepare(early_config, early_config.known_args_namespace, args)
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
+    if not _django_loaded():
+        return (yield)
+    from pytest_dbguard.django import activation as django_activation
+
     settings_source = django_activation.settings_source(early_config)
     try:
         return (yield)
@@ -97,32 +107,64 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.
         environment.prepare(config, config.option, config.args, late=True)
-        lifecycle.configure(config)
-        config.pluginmanager.register(db_fixtures.run_fixtures(config), RUN_FIXTURES_PLUGIN)
+        if _runs_tests(config):
+            from pytest_dbguard.faults import restart_fence
+            from pytest_dbguard.run import lifecycle
+
+            lifecycle.configure(config)
+            _register(config.pluginmanager, RUN_PLUGINS)
+            restart_fence.register(config)
+        else:
+            environment.configure_inspection(config)
+        from pytest_dbguard.aio import asyncloop
+
+        config.pluginmanager.register(
+            db_fixtures.run_fixtures(config), db_fixtures.RUN_FIXTURES_PLUGIN
+        )
         asyncloop.register(config)
-        restart_fence.register(config)
         redaction.register(config)
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
+
+
+def _runs_tests(config: pytest.Config) -> bool:
+    """Not a command that only shows something (``--help``, ``--collect-only``...): such a one
+    starts nothing, connects to nothing and imports none of it."""
+    run = run_of(config)
+    return run is not None and run.plan.inspection is None
 
 
 # Last: a project without a settings module calls settings.configure() in its conftest's
 # pytest_configure (pytest-django's documented way), which runs after the tryfirst hook above.
 @pytest.hookimpl(trylast=True, specname="pytest_configure")
 def pytest_configure_django(config: pytest.Config) -> None:
+    if not _django_loaded() and not config.getini("dbguard_django_databases"):
+        return  # no Django in this run, and no setting that says there should be
+    from pytest_dbguard.django import activation as django_activation
+
     try:
         django_activation.register(config)  # only when pytest-django runs with settings
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
 
 
+def _django_loaded() -> bool:
+    """pytest-django's plugin module is loaded (``django.activation`` tells whether it runs)."""
+    return "pytest_django.plugin" in sys.modules
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    lifecycle.start(session.config)
-    summary_line.register_for_controller(session.config)
+    if _runs_tests(session.config):
+        from pytest_dbguard.run import lifecycle, summary_line
+
+        lifecycle.start(session.config)
+        summary_line.register_for_controller(session.config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    from pytest_dbguard.aio import asyncloop
+
     return asyncloop.header_lines(config)
 
 
@@ -130,25 +172,43 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 # terminal reporter's own hook, which prints the line below.
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
-    lifecycle.ensure_started(session.config)
+    if _runs_tests(session.config):
+        from pytest_dbguard.run import lifecycle
+
+        lifecycle.ensure_started(session.config)
 
 
 def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    if not _runs_tests(config):
+        return []
+    from pytest_dbguard.run import summary_line
+
     return summary_line.after_collection(config)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> None:
-    lifecycle.ensure_started(session.config)  # when collection was skipped or its hook not reached
+    if _runs_tests(session.config):
+        from pytest_dbguard.run import lifecycle
+
+        # When collection was skipped or its hook not reached.
+        lifecycle.ensure_started(session.config)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    lifecycle.check_markers(config, items)
-    isolation.add_truncate_fixture(items)
+    if _runs_tests(config):
+        from pytest_dbguard.db import isolation
+        from pytest_dbguard.run import lifecycle
+
+        lifecycle.check_markers(config, items)
+        isolation.add_truncate_fixture(items)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    lifecycle.finish(session.config)
+    if _runs_tests(session.config):
+        from pytest_dbguard.run import lifecycle
+
+        lifecycle.finish(session.config)
 
 
 # Before pytest's own explanation, which would show a string's text with its password.
@@ -157,46 +217,6 @@ def pytest_assertrepr_compare(
     config: pytest.Config, op: str, left: object, right: object
 ) -> list[str] | None:
     return redaction.explain(config, op, left, right)
-
-
-# One wrapper per test phase for all that dbguard does around a test: every hook
-# implementation is a cost that each test pays.
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    __tracebackhide__ = True
-    isolation.running_test(item.config).item = item
-    guard_hooks.before_setup(item)
-    try:
-        return (yield)
-    finally:
-        release_parked_engines()  # the schema build's engine, if the first test did not take it
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    __tracebackhide__ = True
-    return (yield from guard_hooks.around_call(item))
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    __tracebackhide__ = True
-    try:
-        result = yield
-    except BaseException:
-        guard_hooks.after_teardown(item, may_raise=False)  # never hide the teardown's own error
-        raise
-    guard_hooks.after_teardown(item, may_raise=True)
-    return result
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    redaction.scrub_report(item.config, report)
-    return report
 
 
 @pytest.hookimpl(wrapper=True)
@@ -210,4 +230,9 @@ def pytest_make_collect_report(
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    lifecycle.stop(config)
+    if _runs_tests(config):
+        from pytest_dbguard.run import lifecycle
+
+        lifecycle.stop(config)  # it leaves the environment as it found it, last
+    else:
+        environment.leave(config)

@@ -24,7 +24,7 @@ def test_import_loads_no_database_machinery() -> None:
     # later `-p asyncio` (pytest cannot rewrite an already imported plugin).
     code = (
         "import importlib, sys, pytest_dbguard, pytest_dbguard.plugin as p;"
-        "[importlib.import_module(name) for name in p.CONCERN_PLUGINS];"
+        "[importlib.import_module(name) for name in (*p.FIXTURE_PLUGINS, *p.RUN_PLUGINS)];"
         "bad = [m for m in ('sqlalchemy', 'psycopg', 'psycopg2', 'asyncpg', 'asyncio') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -155,3 +155,51 @@ def test_a_run_imports_only_what_it_uses(
     loaded = json.loads((pytester.path / "loaded.json").read_text())
     assert "pytest_dbguard.db.isolation" in loaded  # the record is of a real dbguard run
     assert [name for name in ONLY_WHEN_USED if name in loaded] == list(expected_loaded)
+    if not args:  # a run that runs tests imports what a command that only shows does not
+        # On SQLite no server starts; the faults fixture's probe is the readiness module's.
+        not_used = ["pytest_dbguard.server.cluster_start"]
+        if not uses_faults:
+            not_used.append("pytest_dbguard.server.readiness")
+        assert [name for name in RUN_ONLY if name not in loaded] == not_used
+
+
+# What only a run that runs tests imports: a command that only shows something imports the
+# settings, the environment and the fixtures' thin modules (benchmarks/ci_path.py, part 4).
+RUN_ONLY = (
+    "pytest_dbguard.run.lifecycle",
+    "pytest_dbguard.run.phases",
+    "pytest_dbguard.db.databases",
+    "pytest_dbguard.db.janitor",
+    "pytest_dbguard.db.maintenance",
+    "pytest_dbguard.db.engines",
+    "pytest_dbguard.db.schema",
+    "pytest_dbguard.guards.hooks",
+    "pytest_dbguard.guards.connection_guards",
+    "pytest_dbguard.guards.naive_datetimes",
+    "pytest_dbguard.faults.restart_fence",
+    "pytest_dbguard.server.cluster_start",
+    "pytest_dbguard.server.readiness",
+)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("--collect-only",), id="collect-only"),
+        pytest.param(("--fixtures",), id="fixtures"),
+        pytest.param(("--markers",), id="markers"),
+        pytest.param(("--help",), id="help"),
+    ],
+)
+def test_a_command_that_only_shows_imports_no_run_machinery(
+    pytester: pytest.Pytester, command: tuple[str, ...]
+) -> None:
+    import json
+
+    pytester.makeconftest(RECORD_MODULES)
+    pytester.makepyfile("def test_one(dbguard_session):\n    assert dbguard_session\n")
+    result = run_dbguard(pytester, *command)  # the embedded default: nothing may start
+    assert result.ret == 0, result.stdout.str()
+    loaded = json.loads((pytester.path / "loaded.json").read_text())
+    assert "pytest_dbguard.db.fixtures" in loaded  # the record is of a run with dbguard active
+    assert [name for name in RUN_ONLY if name in loaded] == []

@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import pytest
 
 from pytest_dbguard.aio.loop_policy import LOOP_SCOPE
-from pytest_dbguard.db.engine_listener import mark_own
-from pytest_dbguard.db.engines import sqlite_savepoints
 from pytest_dbguard.db.isolation import isolation_of
 from pytest_dbguard.db.urls import DatabaseURL, url_of
 from pytest_dbguard.run import failed_tests
@@ -46,6 +44,9 @@ def async_engine_for(url: DatabaseURL, **kwargs: Any) -> AsyncEngine:
     """An AsyncEngine of dbguard's own on ``url`` through its async driver; SQLite (aiosqlite)
     gets SAVEPOINTs."""
     from sqlalchemy.ext.asyncio import create_async_engine
+
+    from pytest_dbguard.db.engine_listener import mark_own
+    from pytest_dbguard.db.engines import sqlite_savepoints
 
     engine = create_async_engine(url.asynchronous().to_sqlalchemy(), **kwargs)
     mark_own(engine.sync_engine)

@@ -25,7 +25,6 @@ from typing import Final
 import pytest
 
 from pytest_dbguard.aio.async_fixtures import FIXTURES_PLUGIN, async_fixtures, missing_fixtures
-from pytest_dbguard.aio.loop_mismatch import explained, narrower_loop_problems
 from pytest_dbguard.aio.loop_policy import (
     FIXTURE_LOOP_SCOPE,
     TEST_LOOP_SCOPE,
@@ -89,7 +88,10 @@ class AsyncioHooks:
     """Hooks registered only when pytest-asyncio is active: test marks (< 0.26), loop diagnosis."""
 
     def __init__(self, policy: LoopPolicy) -> None:
+        from pytest_dbguard.aio import loop_mismatch  # only where pytest-asyncio runs
+
         self.policy = policy
+        self.diagnosis = loop_mismatch
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_pycollect_makeitem(
@@ -104,21 +106,21 @@ class AsyncioHooks:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         __tracebackhide__ = True
-        problems = narrower_loop_problems(item, self.policy)
+        problems = self.diagnosis.narrower_loop_problems(item, self.policy)
         if problems:
             raise EventLoopMismatchError("\n".join(problems))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_setup")
     def explain_setup(self, item: pytest.Item) -> Generator[None, None, None]:
         __tracebackhide__ = True
-        return (yield from explained(item, self.policy))
+        return (yield from self.diagnosis.explained(item, self.policy))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
         __tracebackhide__ = True
-        return (yield from explained(item, self.policy))
+        return (yield from self.diagnosis.explained(item, self.policy))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
         __tracebackhide__ = True
-        return (yield from explained(item, self.policy))
+        return (yield from self.diagnosis.explained(item, self.policy))

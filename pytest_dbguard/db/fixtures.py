@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
-from pytest_dbguard.db.engines import engine_for
 from pytest_dbguard.db.isolation import (
     ConnectionSources,
     connection_for_test,
@@ -85,6 +84,7 @@ def run_fixtures(config: pytest.Config) -> types.ModuleType:
 @pytest.fixture(scope="session")
 def dbguard_engine(dbguard_url: str) -> Iterator[Engine]:
     """Session: a SQLAlchemy Engine on this worker's test database with ``pool_pre_ping``; disposed at the end."""
+    from pytest_dbguard.db.engines import engine_for
     from pytest_dbguard.db.urls import url_of
 
     engine = engine_for(url_of(dbguard_url, source="dbguard_url"), pool_pre_ping=True)

@@ -14,12 +14,6 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 import pytest
 
-from pytest_dbguard.db.engines import (
-    INTERNAL_OPTIONS,
-    discard_dead_connections,
-    engine_for,
-    take_parked_engine,
-)
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.run import failed_tests
 from pytest_dbguard.run.state import run_of
@@ -86,7 +80,7 @@ def isolation_of(
     return run.settings.isolation if run is not None else "rollback"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False, eq=False)  # no generated methods to compile at import
 class RunningTest:
     """The test whose setup, call or teardown is running, set by the per-test hook: the isolation
     fixtures read it instead of asking for ``request``, which costs pytest 9 a new fixture
@@ -115,7 +109,7 @@ def running_test(config: pytest.Config) -> RunningTest:
     return running
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False, eq=False)
 class HeldConnection:
     """One test's connection, in its outer transaction under rollback isolation."""
 
@@ -190,6 +184,12 @@ class ConnectionSources:
     def for_url(self, dbguard_url: str) -> ConnectionSource:
         source = self._sources.get(dbguard_url)
         if source is None:
+            # Here, not at the top: --collect-only and --fixtures import this module, not engines.
+            from pytest_dbguard.db.engines import (
+                discard_dead_connections,
+                engine_for,
+                take_parked_engine,
+            )
             from pytest_dbguard.db.urls import url_of
 
             url = url_of(dbguard_url, source="dbguard_url")
@@ -211,6 +211,7 @@ class ConnectionSources:
 @pytest.fixture(scope="session")
 def _dbguard_cleaner(dbguard_engine: Engine) -> Iterator[Truncator | None]:
     """Session: the truncator on a small internal pool (its statements are not counted as the test's)."""
+    from pytest_dbguard.db.engines import INTERNAL_OPTIONS
     from pytest_dbguard.db.truncation import Truncator
 
     internal = dbguard_engine.execution_options(**INTERNAL_OPTIONS)
@@ -222,6 +223,7 @@ def _dbguard_truncate(
     request: pytest.FixtureRequest, dbguard_engine: Engine, _dbguard_cleaner: Truncator | None
 ) -> Iterator[None]:
     """Function: after a ``truncate`` test, empties the tables it wrote to."""
+    from pytest_dbguard.db.engines import INTERNAL_OPTIONS
     from pytest_dbguard.db.truncation import sqlite_clean
 
     yield

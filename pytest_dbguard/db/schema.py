@@ -7,13 +7,13 @@ import hashlib
 import importlib
 import importlib.util
 import os
-import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.exceptions import ConfigError, DbguardError, SchemaError
+from pytest_dbguard.run.setting_values import find_from_rootdir
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pytest_dbguard.db.urls import DatabaseURL
 
 BUILD_FAILED: Final = (
-    "Building the schema ({source}) in {database!r} failed: {error}. Fix the models or the "
+    "Building the schema ({source}) in {target} failed: {error}. Fix the models or the "
     "migrations it names (ini dbguard_metadata / dbguard_alembic_ini); no test ran."
 )
 
@@ -64,16 +64,6 @@ def load_metadata(spec: str, source: str, rootdir: Path | None = None) -> MetaDa
             "name a MetaData (e.g. 'app.db:metadata') or a declarative Base (e.g. 'app.models:Base')."
         )
     return metadata
-
-
-def find_from_rootdir(module_name: str, rootdir: Path) -> None:
-    """Put ``rootdir`` on sys.path when the module's top package lives there and is not
-    importable otherwise (pytest-django does the same with the folder of manage.py)."""
-    top = module_name.split(".")[0]
-    if not ((rootdir / top).is_dir() or (rootdir / f"{top}.py").is_file()):
-        return
-    if str(rootdir) not in sys.path and importlib.util.find_spec(top) is None:
-        sys.path.insert(0, str(rootdir))
 
 
 def _where(error: BaseException) -> str:
@@ -137,12 +127,14 @@ def builder(
     source: str,
     *,
     own_process: bool = False,
+    worker_schema: str | None = None,
 ) -> Callable[[Connection], None] | None:
     """The schema build for ``url`` (``create_all`` or ``alembic upgrade head``; None: no schema
     source), its failures raised as a SchemaError that names the source.
 
     ``own_process``: ``url`` is a database of its own (not a schema in a shared one), so an
     env.py that ignores ``config.attributes["connection"]`` may migrate it from a new process.
+    ``worker_schema``: schema mode, where the build fills that schema of the shared database.
     """
     from pytest_dbguard.db import alembic_runner
 
@@ -172,7 +164,11 @@ def builder(
             raise SchemaError(
                 BUILD_FAILED.format(
                     source=source,
-                    database=url.database,
+                    target=(
+                        f"the worker schema {worker_schema!r} of the database {url.database!r}"
+                        if worker_schema is not None
+                        else repr(url.database)
+                    ),
                     error=f"{type(cause).__name__}: {detail}{where}",
                 )
             ) from error

@@ -146,34 +146,16 @@ class _Layout:
             for table in self.tables
         )
 
-    def _ordered(self, dirty: list[str], *, parents_first: bool) -> list[str] | None:
-        """``dirty`` ordered by the foreign keys among its tables (tables outside ``dirty`` are
-        empty, so no other key matters): each table after the tables it refers to, or before
-        them; None on a cycle."""
-        chosen = set(dirty)
-        after = {table: set[str]() for table in dirty}
-        for child, parent in self.references:
-            if child in chosen and parent in chosen and child != parent:
-                if parents_first:
-                    after[child].add(parent)
-                else:
-                    after[parent].add(child)
-        try:
-            return list(graphlib.TopologicalSorter(after).static_order())
-        except graphlib.CycleError:
-            return None
-
     def parents_first(self, dirty: list[str]) -> list[str]:
         """``dirty`` with each table after the tables it refers to (as given, on a cycle)."""
-        order = self._ordered(dirty, parents_first=True)
-        return dirty if order is None else order
+        return parents_first(dirty, self.references)
 
     def deletes(self, dirty: list[str]) -> str | None:
         """One round trip that empties ``dirty`` children first and resets their sequences; None
         where only TRUNCATE will do (DELETE triggers, a foreign-key cycle)."""
         if self.triggered.intersection(dirty):
             return None
-        order = self._ordered(dirty, parents_first=False)
+        order = ordered_by_references(dirty, self.references, parents_first=False)
         if order is None:
             return None
         resets = [
@@ -185,6 +167,32 @@ class _Layout:
         if resets:
             statements.append("SELECT " + ", ".join(resets))
         return "; ".join(statements)
+
+
+def ordered_by_references(
+    tables: list[str], references: list[tuple[str, str]], *, parents_first: bool
+) -> list[str] | None:
+    """``tables`` ordered by the foreign keys ``(child, parent)`` among them (tables outside
+    ``tables`` are empty, so no other key matters): each table after the tables it refers to, or
+    before them; None on a cycle."""
+    chosen = set(tables)
+    after = {table: set[str]() for table in tables}
+    for child, parent in references:
+        if child in chosen and parent in chosen and child != parent:
+            if parents_first:
+                after[child].add(parent)
+            else:
+                after[parent].add(child)
+    try:
+        return list(graphlib.TopologicalSorter(after).static_order())
+    except graphlib.CycleError:
+        return None
+
+
+def parents_first(tables: list[str], references: list[tuple[str, str]]) -> list[str]:
+    """``tables`` with each after the tables it refers to (as given, on a cycle)."""
+    order = ordered_by_references(tables, references, parents_first=True)
+    return tables if order is None else order
 
 
 def _sql_literal(value: str) -> str:

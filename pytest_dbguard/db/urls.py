@@ -63,7 +63,7 @@ def driver_installed(driver: str) -> bool:
     return importlib.util.find_spec(_DRIVER_MODULES.get(driver, driver)) is not None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)  # its own __repr__ hides the password
 class DatabaseURL:
     """A parsed SQLAlchemy URL; immutable, with helpers for the variants dbguard needs."""
 

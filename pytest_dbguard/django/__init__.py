@@ -11,6 +11,8 @@ Nothing here imports Django unless the run has configured it (pytest-django acti
 - ``migrate``: the template build (Django's ``migrate``) and its fingerprint for ``--dbguard-reuse``.
 - ``fixtures``: pytest-django's ``django_db_setup`` overridden to use the worker's clone.
 - ``statements``: Django's statements fed to ``dbguard_queries`` and the naive-datetime guard.
+- ``kept_failed``: ``--dbguard-keep-failed`` for ``django_db`` tests: their rows read before
+  pytest-django's rollback or flush.
 - ``naive_warnings``: Django's naive-datetime warnings folded into one line per field and file.
 - ``requests``: faults on Django connections, recovery across request boundaries.
 - ``reloading``: settings and URLconf loaded anew in a test (``dbguard_without``).

@@ -17,7 +17,6 @@ import pytest
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.django import settings_module
 from pytest_dbguard.exceptions import ConfigError
-from pytest_dbguard.run import early_template
 from pytest_dbguard.run.state import run_of, the_run
 
 INI_DATABASES: Final = "dbguard_django_databases"
@@ -119,6 +118,7 @@ def register(config: pytest.Config) -> None:
                 UNKNOWN_ALIAS.format(ini=INI_DATABASES, alias=alias, settings=module, known=known)
             )
     from pytest_dbguard.django.migrate import DjangoSchema
+    from pytest_dbguard.run import early_template
 
     hook = DjangoSchema(config, aliases)
     state = run.session
@@ -139,5 +139,10 @@ def _register_plugins(config: pytest.Config) -> None:
         manager.register(importlib.import_module(FIXTURES_PLUGIN), FIXTURES_PLUGIN)
     if manager.get_plugin(statements.PLUGIN_NAME) is None:
         manager.register(statements.DjangoStatements(config), statements.PLUGIN_NAME)
-    if the_run(config).settings.naive_datetime != "off":
+    settings = the_run(config).settings
+    if settings.naive_datetime != "off":
         naive_warnings.register(config)
+    if settings.keep_failed:
+        from pytest_dbguard.django import kept_failed
+
+        kept_failed.register(config, aliases_of(config))

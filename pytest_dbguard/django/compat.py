@@ -10,8 +10,14 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Final
 
 import pytest
+
+# pytest-django's fixture that runs a database test's Django test case: its setup is
+# ``_pre_setup`` (the atomic blocks), its teardown ``_post_teardown`` (the rollback or flush).
+# Named so in pytest-django 4.5 to 4.14 (``pytest_django.fixtures._django_db_helper``).
+DB_HELPER: Final = "_django_db_helper"
 
 
 def pytest_django_active(config: pytest.Config) -> bool:

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from pytest_dbguard.faults.restart_fence import fence_of, workers
 from pytest_dbguard.run.environment import embedded_cluster
 from pytest_dbguard.run.state import the_run
 
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
 def faults_for(config: pytest.Config, **hooks: Callable[[str], NoReturn]) -> Faults:
     """A ``Faults`` on this process's test database; ``skip=`` and ``fail=`` as the fixture's."""
     from pytest_dbguard.faults.injector import Faults
+    from pytest_dbguard.faults.restart_fence import fence_of, workers
 
     run = the_run(config)
     plan = run.plan

@@ -4,8 +4,11 @@ test databases only, and rows left behind.
 The guards themselves are classes that work without pytest, each in its own module
 (``naive_datetimes.NaiveDatetimeGuard``, ``hidden_modules.HiddenModules``,
 ``query_counter.QueryCounter``, the run's ``connection_guards``); this module only wires them
-into pytest: ``plugin.py``'s one wrapper per test phase calls ``before_setup``, ``around_call``
-and ``after_teardown`` here (every hook implementation is a cost each test pays). SQLAlchemy is imported when a guard is installed, never at import time.
+into pytest: ``run.phases``' one wrapper per test phase calls ``before_setup``, ``around_call``
+and ``after_teardown`` here (every hook implementation is a cost each test pays), and
+``configure`` / ``unconfigure``. SQLAlchemy is imported when a guard is installed, never at
+import time. Only a run that runs tests imports it; the ``dbguard_queries`` fixture lives in
+``guards.fixtures``, which every run registers.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import importlib.util
 import os
 import sys
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import Any, Final
 
 import pytest
@@ -26,7 +29,6 @@ from pytest_dbguard.guards.connection_guards import close_guards, guards_of
 from pytest_dbguard.guards.hidden_modules import HiddenModules
 from pytest_dbguard.guards.lazy_node_id import LazyNodeId
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard
-from pytest_dbguard.guards.query_counter import QueryCounter
 from pytest_dbguard.run.state import run_of
 
 SWALLOWED_MESSAGE: Final = (
@@ -170,25 +172,16 @@ class _UtcnowSummary:
             )
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def configure(config: pytest.Config) -> None:
+    """At the start of a run that runs tests: the ``utcnow()`` summary, unless the guard is off."""
     state = _state(config)
     if state.naive_mode != "off":
         config.pluginmanager.register(_UtcnowSummary(state.utcnow), "dbguard-utcnow")
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
+def unconfigure(config: pytest.Config) -> None:
+    """At the end: the naive guard's listeners removed, the connection guards closed."""
     state = config.stash.get(_state_key, None)
     if state is not None and state.naive is not None:
         state.naive.remove()
     close_guards(config)
-
-
-@pytest.fixture
-def dbguard_queries() -> Iterator[QueryCounter]:
-    """Function scope: a QueryCounter of every engine's statements from here to the test's end.
-
-    Yields the counter (``.count``, ``.statements``, ``assert_count(n)``, ``assert_max(n)``);
-    teardown stops counting. dbguard's own statements and SAVEPOINT/RELEASE/ROLLBACK are left out.
-    """
-    with QueryCounter() as counter:
-        yield counter

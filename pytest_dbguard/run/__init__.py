@@ -1,6 +1,7 @@
 """One pytest run: the object that holds it (``state``), its settings (``config``), the plan it
 makes before any conftest is imported (``run_plan``, ``environment``), its life from start to
-stop (``lifecycle``, ``termination``, ``worker_failures``, ``reuse_run``), the xdist workers
+stop (``lifecycle``, ``termination``, ``worker_failures``, ``reuse_run``), the wrapper around
+each test's phases that only a run that runs tests registers (``phases``), the xdist workers
 on other hosts that join it (``remote_workers``), the template the xdist controller builds
 while its workers start (``early_template``), how setting values are
 read (``setting_values``), what it prints

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import os
 from collections.abc import Mapping, Sequence
@@ -400,6 +399,8 @@ def _check_unknown_ini_keys(config: pytest.Config) -> None:
     overridden = override_ini(config)
     for key in ini_keys(config):
         if key.startswith("dbguard") and key not in known:
+            import difflib  # only for the error: its import costs every run 2.7M instructions
+
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             where = (

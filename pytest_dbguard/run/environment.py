@@ -23,9 +23,9 @@ import pytest
 
 from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.run import config as dbguard_config
-from pytest_dbguard.run import report_document, run_plan, termination
+from pytest_dbguard.run import report_document, run_plan, setting_values, termination
 from pytest_dbguard.run.run_plan import ORIGIN_VAR, RunPlan
-from pytest_dbguard.run.state import DbguardRun, run_key, run_of
+from pytest_dbguard.run.state import DbguardRun, run_key, run_of, the_run
 
 if TYPE_CHECKING:
     from pytest_dbguard.server.cluster import EmbeddedCluster
@@ -303,13 +303,26 @@ def export(
         os.environ[name] = value
 
 
-def restore(run: DbguardRun) -> None:
-    """Give ``os.environ`` back as it was before the run (matters for in-process nested runs)."""
-    for name, value in run.saved_environ.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+def configure_inspection(config: pytest.Config) -> None:
+    """A command that only shows something (``--collect-only``, ``--fixtures``...) imports the
+    tests, which import the models from where ``dbguard_metadata`` says they live: make that
+    importable as a real run would, without importing the metadata or anything else."""
+    metadata = the_run(config).settings.metadata
+    if metadata:
+        setting_values.find_from_rootdir(metadata.partition(":")[0], config.rootpath)
+
+
+def leave(config: pytest.Config) -> None:
+    """At the end of the run: ``os.environ`` and SIGTERM's handler given back as they were before
+    it (matters for in-process nested runs)."""
+    run = run_of(config)
+    if run is not None:
+        for name, value in run.saved_environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    termination.restore(config)
 
 
 def check_guarded_modules(modules: Sequence[str], assignments: Sequence[tuple[str, str]]) -> None:

@@ -9,13 +9,12 @@ A passing test costs nothing: no query is made unless the test's setup or call f
 from __future__ import annotations
 
 import shlex
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Final
 
 import pytest
 
-from pytest_dbguard.db import databases, maintenance
-from pytest_dbguard.run import environment, lifecycle
+from pytest_dbguard.run import environment
 from pytest_dbguard.run.state import DbguardRun, run_of, the_run
 
 if TYPE_CHECKING:
@@ -116,8 +115,12 @@ def not_read(item: pytest.Item, error: Exception) -> None:
 
 def keep(item: pytest.Item, view: View) -> None:
     """Copy ``view`` into a new marked database on the run's server; the report names it, with a
-    ``psql`` command. Never fails the test: a failure to keep is said in the report instead."""
-    from pytest_dbguard.db import kept_failed  # only a run with a failed test to keep loads it
+    ``psql`` command and the tables the test changed. Never fails the test: a failure to keep
+    is said in the report instead."""
+    # Only a run with a failed test to keep loads these; the isolation fixtures import this
+    # module in every run, --collect-only included.
+    from pytest_dbguard.db import databases, kept_failed, maintenance
+    from pytest_dbguard.run import lifecycle
 
     run = the_run(item.config)
     plan, state = run.plan, run.session
@@ -126,18 +129,28 @@ def keep(item: pytest.Item, view: View) -> None:
         with maintenance.shared(plan.server_url) as connection:  # the run's one, not a second
             name = kept_failed.free_name(connection, plan.database)
         template = state.provisioned.template if state.provisioned is not None else None
-        with lifecycle.building_in(plan, run.settings, state, template or name) as build:
-            databases.provision_database(
-                plan.server_url,
-                name,
-                template,
-                build,
-                run=plan.run,
-                worker=plan.worker,
-                failed_test=item.nodeid,
-            )
+
+        def provision() -> None:
+            assert plan.server_url is not None and state is not None
+            with lifecycle.building_in(plan, run.settings, state, template or name) as build:
+                databases.provision_database(
+                    plan.server_url,
+                    name,
+                    template,
+                    build,
+                    run=plan.run,
+                    worker=plan.worker,
+                    failed_test=item.nodeid,
+                )
+
+        if template is None and state.schema_hook is not None:
+            # Django's migrate builds it: on a thread of its own, whose Django connections are
+            # new ones, not the test's, which are still inside the test's transaction.
+            _on_own_thread(provision)
+        else:
+            provision()
         try:
-            kept_failed.copy_view(plan.server_url.with_database(name), view)
+            changed = kept_failed.copy_view(plan.server_url.with_database(name), view)
         except Exception:
             databases.drop_database(plan.server_url, name)  # no half copy left behind
             raise
@@ -146,7 +159,26 @@ def keep(item: pytest.Item, view: View) -> None:
         item.stash[_section_key] = NOT_KEPT.format(nodeid=item.nodeid, reason=reason)
         return
     item.user_properties.append((PROPERTY, name))
-    item.stash[_section_key] = _section(run, item.nodeid, name, view)
+    item.stash[_section_key] = _section(run, item.nodeid, name, changed)
+
+
+def _on_own_thread(work: Callable[[], None]) -> None:
+    """Run ``work`` on a new thread and wait for it; its exception is raised here."""
+    import threading
+
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=run, name="dbguard-keep-failed")
+    thread.start()
+    thread.join()
+    if failures:
+        raise failures[0]
 
 
 def _section(run: DbguardRun, nodeid: str, name: str, view: View) -> str:

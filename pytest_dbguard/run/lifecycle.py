@@ -43,11 +43,7 @@ def configure(config: pytest.Config) -> None:
     run = the_run(config)
     settings = run.settings
     state = SessionState(runs_tests=True, schema_source=_schema_source(settings))
-    if run.plan.inspection is not None:
-        state.started = True  # nothing to start: the command only shows something
-        if settings.metadata:  # its import is skipped, but tests import from where it lives
-            schema.find_from_rootdir(settings.metadata.partition(":")[0], config.rootpath)
-    elif settings.metadata and not settings.alembic_ini:  # both: alembic builds, see schema_drift
+    if settings.metadata and not settings.alembic_ini:  # both: alembic builds, see schema_drift
         state.metadata = schema.load_metadata(
             settings.metadata, settings.source_of("metadata"), config.rootpath
         )
@@ -209,7 +205,7 @@ def _provision(plan: RunPlan, settings: Settings, state: SessionState) -> Provis
         and not settings.reuse
         and plan.pipeline_run is None
     )
-    if in_place:
+    if in_place or plan.schema is not None:  # schema mode: no template, the worker's schema
         template, template_run = plan.database, plan.run
     else:
         template, template_run = template_for(plan, settings, state)
@@ -243,8 +239,14 @@ def building_in(
     plan: RunPlan, settings: Settings, state: SessionState, database: str
 ) -> Iterator[databases.SchemaBuild | None]:
     """The run's schema build aimed at ``database`` (a template, an in-place worker database, a
-    kept failed test's), with the exported variables naming that database while it runs."""
-    url = plan.server_url.with_database(database) if plan.server_url is not None else plan.test_url
+    kept failed test's), with the exported variables naming that database while it runs. In
+    schema mode there is no template: it is aimed at the worker's schema in the named database."""
+    if plan.server_url is None:
+        url = plan.test_url
+    elif plan.schema is not None:
+        url = databases.schema_url(plan.server_url, plan.schema)
+    else:
+        url = plan.server_url.with_database(database)
     build = (
         state.schema_hook.builder(url)
         if state.schema_hook is not None
@@ -254,11 +256,17 @@ def building_in(
             url,
             state.schema_source,
             own_process=plan.server_url is not None and plan.schema is None,
+            worker_schema=plan.schema,
         )
     )
     # While the schema is built, the exported variables name its database: an alembic env.py
     # that reads DATABASE_URL (or DBGUARD_URL) migrates that one, not the worker's database.
-    target_plan = plan._replace(test_url=url, async_url=url.asynchronous(), database=database)
+    # In schema mode the worker's own variables: its schema is where the build goes.
+    target_plan = (
+        plan
+        if plan.schema is not None
+        else plan._replace(test_url=url, async_url=url.asynchronous(), database=database)
+    )
     assignments = environment.parse_env_lines(settings.env_lines)
     with schema.environ_override(environment.variables(target_plan, assignments)):
         yield build
@@ -390,5 +398,4 @@ def stop(config: pytest.Config) -> None:
             from pytest_dbguard.server import kept_clusters
 
             kept_clusters.release(cluster.root)  # `dbguard stop` may stop it from now on
-        environment.restore(run)
-        termination.restore(config)
+        environment.leave(config)

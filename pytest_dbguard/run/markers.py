@@ -8,7 +8,6 @@ from collections.abc import Collection
 import pytest
 
 from pytest_dbguard.exceptions import DbguardError
-from pytest_dbguard.guards.foreign_databases import AllowList
 from pytest_dbguard.run import setting_values
 
 MARKER_HELP = (
@@ -36,6 +35,8 @@ def dbguard(
             f"@pytest.mark.dbguard(allow={allow!r}): allow takes a list of database names or "
             "URLs, e.g. allow=['analytics'] or allow=['postgresql://reports@db:5432/reports']."
         )
+    from pytest_dbguard.guards.foreign_databases import AllowList  # not for --help's marker list
+
     try:
         AllowList.of(allow, source="@pytest.mark.dbguard(allow=...)")
     except DbguardError as error:

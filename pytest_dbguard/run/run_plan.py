@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -122,7 +121,9 @@ def decide(
         else SINGLE_PROCESS
     )
     # 32 random bits: a clash is a one-in-billions event, and provisioning refuses it anyway.
-    run = origin["run"] if origin is not None else secrets.token_hex(4)
+    run = (
+        origin["run"] if origin is not None else os.urandom(4).hex()
+    )  # secrets.token_hex, without importing hmac
     common: dict[str, Any] = {
         "run": run,
         "pipeline_key": origin.get("pipeline_key") if origin else pipeline_key(os.environ),
@@ -138,9 +139,9 @@ def decide(
     elif origin is not None:
         server_url = None
     elif settings.url is None and not settings.sqlite_requested:
-        from pytest_dbguard.server.machine import require_bindir
+        if inspection is None:  # --collect-only and the like start nothing: no need to look
+            from pytest_dbguard.server.machine import require_bindir
 
-        if inspection is None:
             require_bindir(settings.pg_bindir, settings.source_of("pg_bindir"))
         embedded = True
         server_url = DatabaseURL(

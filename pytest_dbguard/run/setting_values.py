@@ -3,8 +3,11 @@ names where the bad value came from; the choices each setting takes."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from pytest_dbguard.db.urls import DatabaseURL
@@ -146,3 +149,13 @@ def parse(name: str, raw: Any, source: str) -> Any:
     """Parse one raw value of setting ``name`` as a run does; ConfigError names ``source``."""
     parser = PARSERS.get(name)
     return parser(raw, name, source) if parser is not None and raw is not None else raw
+
+
+def find_from_rootdir(module_name: str, rootdir: Path) -> None:
+    """Put ``rootdir`` on sys.path when the module's top package lives there and is not
+    importable otherwise (pytest-django does the same with the folder of manage.py)."""
+    top = module_name.split(".")[0]
+    if not ((rootdir / top).is_dir() or (rootdir / f"{top}.py").is_file()):
+        return
+    if str(rootdir) not in sys.path and importlib.util.find_spec(top) is None:
+        sys.path.insert(0, str(rootdir))

@@ -37,7 +37,9 @@ class SchemaHook(Protocol):
     def builder(self, url: DatabaseURL) -> SchemaBuild: ...
 
 
-@dataclasses.dataclass
+# Compared by identity and without a generated repr: each generated method is compiled from
+# source at import, which every run pays (see the package docstring).
+@dataclasses.dataclass(repr=False, eq=False)
 class SessionState:
     """What this process did at session start, for the header, the fixtures and the cleanup."""
 
@@ -59,7 +61,7 @@ class SessionState:
     template_build: threading.Thread | None = None
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(repr=False, eq=False)
 class DbguardRun:
     """One run of dbguard in this process (the xdist controller and each worker have their own)."""
 

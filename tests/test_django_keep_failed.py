@@ -1,0 +1,250 @@
+"""--dbguard-keep-failed for pytest-django tests: a failed ``django_db`` test's view of the
+database (its rows, before pytest-django's rollback or, ``transaction=True``, its flush) is
+copied into ``<db>_failed_<n>``, named in the report as for SQLAlchemy tests.
+
+Whole runs of the shared Django project (``tests/django_project.py``) on the external test
+server; the kept databases are read with psycopg.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.django_project import write_project
+from tests.helpers import run_dbguard
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer
+
+DJANGO = ("pytest_django.plugin",)
+WORKERS = [
+    pytest.param((), id="serial"),
+    pytest.param(("-n", "2"), id="xdist", marks=pytest.mark.needs_xdist),
+]
+ODD = """it's "odd", (x) \\ y %s"""  # quotes, a comma, parentheses, a backslash and a %
+TESTS = f"""
+import datetime
+
+import pytest
+
+from shop.models import Order
+
+
+def now():
+    return datetime.datetime(2026, 12, 4, 16, 0, tzinfo=datetime.timezone.utc)
+
+
+@pytest.mark.django_db
+def test_passes():
+    Order.objects.create(placed=now(), note="passing")
+
+
+@pytest.mark.django_db
+def test_fails():
+    Order.objects.create(placed=now(), note="failing")
+    Order.objects.create(placed=now(), note={ODD!r})
+    assert Order.objects.count() == 3, "the failure"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fails_transactional():
+    Order.objects.create(placed=now(), note="committed")
+    assert False, "the transactional failure"
+
+
+@pytest.fixture
+def seeded(db):
+    Order.objects.create(placed=now(), note="from setup")
+    raise RuntimeError("the setup failure")
+
+
+def test_setup_fails(seeded):
+    pass
+
+
+def test_fails_without_the_database():
+    assert False, "no database in this one"
+
+
+@pytest.mark.django_db
+def test_passes_after():
+    assert Order.objects.count() == 0
+"""
+# The report section of a failed test (a failed setup's report has no teardown section to
+# show it in), and the lines at the end of the run, one per kept database.
+SECTION = re.compile(r"^(\S+) failed; its view of the database \((.*)\) is kept in (\S+):$", re.M)
+LISTED = re.compile(r"^  (\S+): psql -h \S+ -p \d+ -U postgres -d (\S+)$", re.M)
+
+
+def _plugins(workers: tuple[str, ...]) -> tuple[str, ...]:
+    """pytest-django, and xdist only for the runs that start workers (tox's noxdist env has none)."""
+    return (*DJANGO, "xdist.plugin") if workers else DJANGO
+
+
+def _kept_by(server: TestServer, result: pytest.RunResult) -> set[str]:
+    """The kept databases on the server that the run of ``result`` made (its run id is in the
+    header's database names; the shared server holds other tests' databases)."""
+    [run] = set(re.findall(r"postgres_dbg_([0-9a-f]+)_", result.stdout.str()))
+    return {
+        name
+        for name in server.databases()
+        if name.startswith(f"postgres_dbg_{run}_") and "_failed_" in name
+    }
+
+
+def _query(server: TestServer, database: str, statement: str) -> list[tuple[Any, ...]]:
+    url = server.url(database).replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(url) as connection:
+        return list(connection.execute(statement).fetchall())
+
+
+@pytest.fixture
+def kept_here(pg_server: TestServer) -> Iterator[set[str]]:
+    """Function: the test adds the kept databases its runs made; they are dropped after it."""
+    made: set[str] = set()
+    yield made
+    for name in made:
+        pg_server.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_failed_django_tests_keep_their_rows(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    kept_here: set[str],
+    workers: tuple[str, ...],
+) -> None:
+    write_project(pytester)
+    pytester.makepyfile(test_shop=TESTS)
+    result = run_dbguard(
+        pytester,
+        *workers,
+        "--dbguard-url",
+        pg_server.url(),
+        "--dbguard-keep-failed",
+        plugins=_plugins(workers),
+    )
+    kept_here.update(_kept_by(pg_server, result))
+    result.assert_outcomes(passed=2, failed=3, errors=1)
+    output = result.stdout.str()
+    kept = dict(LISTED.findall(output))
+    shown = {nodeid: (text, name) for nodeid, text, name in SECTION.findall(output)}
+    assert set(kept) == {
+        "test_shop.py::test_fails",
+        "test_shop.py::test_fails_transactional",
+        "test_shop.py::test_setup_fails",
+    }
+    assert shown == {
+        "test_shop.py::test_fails": (
+            "2 rows in 1 table: shop_order 2",
+            kept["test_shop.py::test_fails"],
+        ),
+        "test_shop.py::test_fails_transactional": (
+            "1 row in 1 table: shop_order 1",
+            kept["test_shop.py::test_fails_transactional"],
+        ),
+    }
+    # Exactly one database per failed database test, each on the server, nothing else kept.
+    assert set(kept.values()) == kept_here
+    worker = r"gw[01]" if workers else "main"
+    for name in kept.values():
+        assert re.fullmatch(rf"postgres_dbg_[0-9a-f]+_{worker}_failed_\d", name), name
+    assert SUPERUSER_PASSWORD not in output + result.stderr.str()
+    result.stdout.fnmatch_lines(["dbguard: kept 3 failed test databases; they stay on the server*"])
+    expected = {
+        "test_shop.py::test_fails": ["failing", ODD],
+        "test_shop.py::test_fails_transactional": ["committed"],
+        "test_shop.py::test_setup_fails": ["from setup"],
+    }
+    for nodeid, notes in expected.items():
+        name = kept[nodeid]
+        rows = _query(pg_server, name, "SELECT note, placed FROM shop_order ORDER BY id")
+        assert [note for note, _ in rows] == notes
+        assert {placed.isoformat() for _, placed in rows} == {"2026-12-04T16:00:00+00:00"}
+        # The rest of the worker's database as the test saw it: migrated, Django's own rows.
+        [(migrations,)] = _query(
+            pg_server, name, "SELECT count(*) FROM django_migrations WHERE app = 'shop'"
+        )
+        assert migrations == 2
+        [(permissions,)] = _query(
+            pg_server, name, "SELECT count(*) FROM auth_permission WHERE codename LIKE '%_order'"
+        )
+        assert permissions == 4
+        # The ids continue where the test left them.
+        [(next_id,)] = _query(
+            pg_server, name, "SELECT nextval(pg_get_serial_sequence('shop_order', 'id'))"
+        )
+        [(last_id,)] = _query(pg_server, name, "SELECT max(id) FROM shop_order")
+        assert next_id == last_id + 1
+        [(comment,)] = _query(
+            pg_server,
+            "postgres",
+            f"SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+            f"WHERE datname = '{name}'",
+        )
+        assert f'"failed_test":"{nodeid}"' in comment
+
+
+def test_passing_django_tests_keep_nothing(
+    pytester: pytest.Pytester, pg_server: TestServer, kept_here: set[str]
+) -> None:
+    write_project(pytester)
+    pytester.makepyfile(
+        test_shop=TESTS.replace(
+            "assert Order.objects.count() == 3", "assert Order.objects.count() == 2"
+        )
+        .replace('assert False, "the transactional failure"', "pass")
+        .replace('raise RuntimeError("the setup failure")', "")
+        .replace('assert False, "no database in this one"', "pass")
+    )
+    result = run_dbguard(
+        pytester, "--dbguard-url", pg_server.url(), "--dbguard-keep-failed", plugins=DJANGO
+    )
+    result.assert_outcomes(passed=6)
+    kept_here.update(_kept_by(pg_server, result))
+    assert kept_here == set()
+    result.stdout.no_fnmatch_line("*failed test database*")
+    result.stdout.no_fnmatch_line("*its view of the database*")
+
+
+DATE_STYLE_TEST = """
+import datetime
+
+import pytest
+from django.db import connection
+
+from shop.models import Order
+
+
+@pytest.mark.django_db
+def test_fails_after_changing_the_date_style():
+    with connection.cursor() as cursor:
+        cursor.execute("SET DateStyle = 'SQL, DMY'")  # 4 December is written 04/12/2026
+    Order.objects.create(
+        placed=datetime.datetime(2026, 12, 4, 16, 0, tzinfo=datetime.timezone.utc), note="dmy"
+    )
+    assert False, "the failure"
+"""
+
+
+def test_values_are_kept_whatever_the_sessions_settings(
+    pytester: pytest.Pytester, pg_server: TestServer, kept_here: set[str]
+) -> None:
+    """The rows travel as text written under the test session's settings: the copy reads them
+    under the same ones (an ISO, MDY session would take 04/12/2026 for 12 April)."""
+    write_project(pytester)
+    pytester.makepyfile(test_shop=DATE_STYLE_TEST)
+    result = run_dbguard(
+        pytester, "--dbguard-url", pg_server.url(), "--dbguard-keep-failed", plugins=DJANGO
+    )
+    kept_here.update(_kept_by(pg_server, result))
+    result.assert_outcomes(failed=1)
+    [name] = kept_here
+    [(placed,)] = _query(pg_server, name, "SELECT placed FROM shop_order WHERE note = 'dmy'")
+    assert placed.astimezone(datetime.timezone.utc) == datetime.datetime(
+        2026, 12, 4, 16, 0, tzinfo=datetime.timezone.utc
+    )
