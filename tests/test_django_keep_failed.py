@@ -17,14 +17,10 @@ import psycopg
 import pytest
 
 from tests.django_project import write_project
-from tests.helpers import run_dbguard
+from tests.helpers import WORKERS, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 DJANGO = ("pytest_django.plugin",)
-WORKERS = [
-    pytest.param((), id="serial"),
-    pytest.param(("-n", "2"), id="xdist", marks=pytest.mark.needs_xdist),
-]
 ODD = """it's "odd", (x) \\ y %s"""  # quotes, a comma, parentheses, a backslash and a %
 TESTS = f"""
 import datetime
@@ -80,11 +76,6 @@ SECTION = re.compile(r"^(\S+) failed; its view of the database \((.*)\) is kept 
 LISTED = re.compile(r"^  (\S+): psql -h \S+ -p \d+ -U postgres -d (\S+)$", re.M)
 
 
-def _plugins(workers: tuple[str, ...]) -> tuple[str, ...]:
-    """pytest-django, and xdist only for the runs that start workers (tox's noxdist env has none)."""
-    return (*DJANGO, "xdist.plugin") if workers else DJANGO
-
-
 def _kept_by(server: TestServer, result: pytest.RunResult) -> set[str]:
     """The kept databases on the server that the run of ``result`` made (its run id is in the
     header's database names; the shared server holds other tests' databases)."""
@@ -126,7 +117,7 @@ def test_failed_django_tests_keep_their_rows(
         "--dbguard-url",
         pg_server.url(),
         "--dbguard-keep-failed",
-        plugins=_plugins(workers),
+        plugins=DJANGO,
     )
     kept_here.update(_kept_by(pg_server, result))
     result.assert_outcomes(passed=2, failed=3, errors=1)

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.helpers import run_dbguard
+from tests.helpers import WORKERS, run_dbguard
 from tests.pgserver import LIMITED_USER, TestServer
 
 # The build writes one line per attempt: "<database> <schema>", then fails on the default.
@@ -42,10 +42,6 @@ FAILED = re.compile(
     r"Building the schema \(metadata broken_models:Base\) in (?P<target>.+?) failed: "
     r"UndefinedFunction: function no_such_function\(\) does not exist"
 )
-WORKERS = [
-    pytest.param((), id="serial"),
-    pytest.param(("-n", "2"), id="xdist", marks=pytest.mark.needs_xdist),
-]
 
 
 def _failed_build(
@@ -55,8 +51,7 @@ def _failed_build(
     pytester.makepyfile(broken_models=BROKEN_MODELS)
     pytester.makepyfile(test_never="def test_never(dbguard_session):\n    pass\n")
     pytester.makeini("[pytest]\ndbguard_metadata = broken_models:Base\n")
-    plugins = ("xdist.plugin",) if workers else ()
-    result = run_dbguard(pytester, "--dbguard-url", url, *workers, plugins=plugins)
+    result = run_dbguard(pytester, "--dbguard-url", url, *workers)
     assert result.ret != 0
     result.assert_outcomes()
     output = result.stdout.str() + result.stderr.str()
