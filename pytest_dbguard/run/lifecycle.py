@@ -364,7 +364,7 @@ def stop(config: pytest.Config) -> None:
     if run is None or run.stopped:
         return  # a failed start already stopped; unconfigure comes again
     run.stopped = True
-    termination.shield()  # a SIGTERM now must not cut the cleanup short
+    termination.shield(config)  # a SIGTERM now must not cut the cleanup short
     if run.session is not None:
         wait_for_template_build(run.session)  # before anything it made is dropped or stopped
     plan, settings, cluster, proxy = run.plan, run.settings, run.cluster, run.proxy
