@@ -18,17 +18,16 @@ from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import environment, markers, redaction
 from pytest_dbguard.run.state import run_of
 
-# What a run that runs tests uses is imported by such a run, in the hooks below or by
-# ``run.phases`` (registered in pytest_configure): ``--help``, ``--collect-only``, ``--fixtures``
-# and the other commands that only show something import the settings, the environment and the
-# fixtures' thin modules, and nothing that starts, connects or guards (benchmarks/ci_path.py, 4).
-
 # The modules that hold fixtures (every run registers them, so that --fixtures lists them: they
-# import little) and the modules whose hooks only a run that runs tests registers. Registered
-# by the hooks below, not listed in ``pytest_plugins``: pytest looks every name of that list up
-# among all installed packages' entry points first, one scan of their metadata per name
-# (benchmarks/ci_path.py, p), and marks it for assertion rewriting, which it cannot do to a
-# module already imported (``compat.stop_rewriting_asserts``).
+# import little) and the modules whose hooks only a run that runs tests registers. What such a
+# run uses is imported by it, in the hooks below or by those modules: ``--help``,
+# ``--collect-only``, ``--fixtures`` and the other commands that only show something import the
+# settings, the environment and the fixtures' thin modules, nothing that starts, connects or
+# guards (benchmarks/ci_path.py, 4 and c). Registered by the hooks below, not listed in
+# ``pytest_plugins``: pytest looks every name of that list up among all installed packages'
+# entry points first, one scan of their metadata per name (benchmarks/ci_path.py, p), and marks
+# it for assertion rewriting, which it cannot do to a module already imported
+# (``compat.stop_rewriting_asserts``).
 FIXTURE_PLUGINS = (
     "pytest_dbguard.db.fixtures",
     "pytest_dbguard.db.isolation",
@@ -196,11 +195,10 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    markers.check_collected(config, items)
     if _runs_tests(config):
         from pytest_dbguard.db import isolation
-        from pytest_dbguard.run import lifecycle
 
-        lifecycle.check_markers(config, items)
         isolation.add_truncate_fixture(items)
 
 

@@ -67,3 +67,21 @@ def test_a_real_run_with_the_same_settings_fails(pytester: pytest.Pytester, tmp_
     result = run_dbguard(pytester, "--dbguard-pg-bindir", str(tmp_path / "empty"), inprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*that folder has no initdb and no postgres*"])
+
+
+def test_collect_only_reports_a_bad_marker(pytester: pytest.Pytester) -> None:
+    """An IDE's refresh shows a misspelled isolation as a real run would, before any test."""
+    pytester.makepyfile(
+        test_it="""
+        import pytest
+
+        @pytest.mark.dbguard(isolation="rolback")
+        def test_marked():
+            pass
+        """
+    )
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", "--collect-only", inprocess=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*test_it.py::test_marked*isolation='rolback'*choose one of rollback, truncate, none*"]
+    )

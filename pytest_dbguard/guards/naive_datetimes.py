@@ -88,23 +88,37 @@ class NaiveDatetimeGuard(EngineListener):
             return
         if context.execution_options.get(INTERNAL_OPTION):
             return
-        if context.executemany:
+        many = context.executemany
+        if many:
             # insertmanyvalues sends one context's rows in several batches: scan them once.
             if self._last_many is not None and self._last_many() is context:
                 return
             self._last_many = weakref.ref(context)
         # Compiled parameters hold the values before type processing (SQLite turns datetimes
         # into text) and include Python-side defaults such as ``default=datetime.utcnow``.
-        if context.compiled is not None:
-            self._scan(statement, context.compiled_parameters, context.compiled)
+        # Every statement comes here: the values are looked at first, and only a statement
+        # that binds a naive datetime pays for the rest (``_report_found``).
+        compiled = context.compiled
+        if compiled is not None:
+            parameter_sets = context.compiled_parameters
         else:
-            self._scan(statement, parameters if context.executemany else (parameters,), None)
+            parameter_sets = parameters if many else (parameters,)
+        found = naive_values(parameter_sets)
+        if found:
+            self._report_found(statement, found, compiled)
 
     def _scan(self, statement: str, parameter_sets: Iterable[Any], compiled: Any) -> None:
         __tracebackhide__ = True
         found = naive_values(parameter_sets)
-        if not found:
-            return
+        if found:
+            self._report_found(statement, found, compiled)
+
+    def _report_found(
+        self, statement: str, found: dict[str, datetime.datetime], compiled: Any
+    ) -> None:
+        """Report the naive values ``found`` that are wrong where they go (a ``timestamptz``, or
+        an unknown type); a ``timestamp without time zone`` stores naive values on purpose."""
+        __tracebackhide__ = True
         described: list[str] = []
         untyped: list[str] = []
         place: Place | None = None

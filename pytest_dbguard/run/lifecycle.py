@@ -317,23 +317,6 @@ def wait_for_template_build(state: SessionState) -> None:
         build.join()
 
 
-def check_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Validate ``@pytest.mark.dbguard`` arguments at collection, so a typo fails before any test."""
-    from pytest_dbguard.run.markers import dbguard
-
-    for item in items:
-        for marker in item.iter_markers("dbguard"):
-            try:
-                dbguard(*marker.args, **marker.kwargs)
-            except TypeError as error:
-                worker_failures.fail_session(
-                    config, f"{item.nodeid}: @pytest.mark.dbguard{error}".replace("dbguard()", "")
-                )
-            except pytest.UsageError as error:
-                named = str(error) if item.nodeid in str(error) else f"{item.nodeid}: {error}"
-                worker_failures.fail_session(config, named)
-
-
 def finish(config: pytest.Config) -> None:
     """Drop this worker's database (best effort: a failure here becomes a warning)."""
     run = run_of(config)
@@ -364,7 +347,7 @@ def stop(config: pytest.Config) -> None:
     if run is None or run.stopped:
         return  # a failed start already stopped; unconfigure comes again
     run.stopped = True
-    termination.shield()  # a SIGTERM now must not cut the cleanup short
+    termination.shield(config)  # a SIGTERM now must not cut the cleanup short
     if run.session is not None:
         wait_for_template_build(run.session)  # before anything it made is dropped or stopped
     plan, settings, cluster, proxy = run.plan, run.settings, run.cluster, run.proxy

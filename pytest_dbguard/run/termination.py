@@ -56,9 +56,11 @@ def _forward_to_workers(signum: int) -> None:
             os.kill(child, signum)
 
 
-def shield() -> None:
-    """From now on ignore SIGTERM: the cleanup that has started must finish."""
-    if threading.current_thread() is threading.main_thread():
+def shield(config: pytest.Config) -> None:
+    """From now on ignore SIGTERM: the cleanup that has started must finish. Only where this
+    run installed the handler: a run nested in another (pytester in-process) leaves the outer
+    run's handler to it, which :func:`restore` could not give back otherwise."""
+    if _previous_key in config.stash and threading.current_thread() is threading.main_thread():
         with contextlib.suppress(ValueError):
             if signal.getsignal(signal.SIGTERM) is _on_sigterm:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
