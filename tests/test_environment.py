@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import textwrap
 
 import pytest
@@ -228,15 +227,9 @@ def test_environment_is_restored_after_an_in_process_run(pytester: pytest.Pytest
     pytester.makepyfile("def test_x(): pass")
     import os
 
-    # Not run_inprocess, which restores the environment itself: this run must do it alone. It
-    # does not restore SIGTERM when an enclosing run (tox's outer dbguard) installed the handler:
-    # it leaves SIGTERM ignored in this process and in every process started after it, so that
-    # test_sigterm's runs could no longer be stopped. Put back here until dbguard does it.
-    sigterm = signal.getsignal(signal.SIGTERM)
-    try:
-        result = pytester.runpytest_inprocess("-p", "pytest_dbguard", "--dbguard-url", "sqlite")
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
+    # Not run_inprocess, which restores the environment (and SIGTERM) itself: this run must do
+    # it alone (test_sigterm checks that a nested run leaves SIGTERM as it found it).
+    result = pytester.runpytest_inprocess("-p", "pytest_dbguard", "--dbguard-url", "sqlite")
     result.assert_outcomes(passed=1)
     assert "MY_APP_URL" not in os.environ and "DBGUARD_URL" not in os.environ
 

@@ -128,11 +128,6 @@ NESTED_RUN = """
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dbguard bug: the nested run's cleanup (termination.shield) ignores SIGTERM for the "
-    "handler the outer run installed, and restore() has nothing of its own to put back",
-)
 def test_a_nested_in_process_run_leaves_sigterm_as_it_found_it(pytester: pytest.Pytester) -> None:
     """Else the outer run, and every process it starts afterwards, ignores SIGTERM."""
     pytester.makepyfile(test_nested=NESTED_RUN)
