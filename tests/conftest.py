@@ -166,3 +166,12 @@ def _venv_with(
             )
             assert installed.returncode == 0, installed.stdout + installed.stderr
     return venv
+
+
+@pytest.fixture
+def kept_here(pg_server: TestServer) -> Iterator[set[str]]:
+    """Function: the test adds the kept databases its runs made; they are dropped after it."""
+    made: set[str] = set()
+    yield made
+    for name in made:
+        pg_server.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -18,11 +18,14 @@ import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_dbguard.db.marks import MARK_PREFIX, make_mark, parse_mark
+
+if TYPE_CHECKING:
+    from tests.pgserver import TestServer
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -350,3 +353,14 @@ def write_alembic_project(
     (folder / "migrations" / "script.py.mako").write_text(ALEMBIC_SCRIPT_MAKO)
     for name, text in revisions.items():
         (versions / name).write_text(text)
+
+
+def kept_by(server: TestServer, result: pytest.RunResult) -> set[str]:
+    """The kept databases on the server that the run of ``result`` made (its run id is in the
+    header's database names; the shared server holds other tests' databases)."""
+    [run] = set(re.findall(r"postgres_dbg_([0-9a-f]+)_", result.stdout.str()))
+    return {
+        name
+        for name in server.databases()
+        if name.startswith(f"postgres_dbg_{run}_") and "_failed_" in name
+    }

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.django_project import write_project
-from tests.helpers import WORKERS, run_dbguard
+from tests.helpers import WORKERS, kept_by, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 DJANGO = ("pytest_django.plugin",)
@@ -76,30 +75,10 @@ SECTION = re.compile(r"^(\S+) failed; its view of the database \((.*)\) is kept 
 LISTED = re.compile(r"^  (\S+): psql -h \S+ -p \d+ -U postgres -d (\S+)$", re.M)
 
 
-def _kept_by(server: TestServer, result: pytest.RunResult) -> set[str]:
-    """The kept databases on the server that the run of ``result`` made (its run id is in the
-    header's database names; the shared server holds other tests' databases)."""
-    [run] = set(re.findall(r"postgres_dbg_([0-9a-f]+)_", result.stdout.str()))
-    return {
-        name
-        for name in server.databases()
-        if name.startswith(f"postgres_dbg_{run}_") and "_failed_" in name
-    }
-
-
 def _query(server: TestServer, database: str, statement: str) -> list[tuple[Any, ...]]:
     url = server.url(database).replace("postgresql+psycopg", "postgresql")
     with psycopg.connect(url) as connection:
         return list(connection.execute(statement).fetchall())
-
-
-@pytest.fixture
-def kept_here(pg_server: TestServer) -> Iterator[set[str]]:
-    """Function: the test adds the kept databases its runs made; they are dropped after it."""
-    made: set[str] = set()
-    yield made
-    for name in made:
-        pg_server.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.parametrize("workers", WORKERS)
@@ -119,7 +98,7 @@ def test_failed_django_tests_keep_their_rows(
         "--dbguard-keep-failed",
         plugins=DJANGO,
     )
-    kept_here.update(_kept_by(pg_server, result))
+    kept_here.update(kept_by(pg_server, result))
     result.assert_outcomes(passed=2, failed=3, errors=1)
     output = result.stdout.str()
     kept = dict(LISTED.findall(output))
@@ -196,7 +175,7 @@ def test_passing_django_tests_keep_nothing(
         pytester, "--dbguard-url", pg_server.url(), "--dbguard-keep-failed", plugins=DJANGO
     )
     result.assert_outcomes(passed=6)
-    kept_here.update(_kept_by(pg_server, result))
+    kept_here.update(kept_by(pg_server, result))
     assert kept_here == set()
     result.stdout.no_fnmatch_line("*failed test database*")
     result.stdout.no_fnmatch_line("*its view of the database*")
@@ -232,7 +211,7 @@ def test_values_are_kept_whatever_the_sessions_settings(
     result = run_dbguard(
         pytester, "--dbguard-url", pg_server.url(), "--dbguard-keep-failed", plugins=DJANGO
     )
-    kept_here.update(_kept_by(pg_server, result))
+    kept_here.update(kept_by(pg_server, result))
     result.assert_outcomes(failed=1)
     [name] = kept_here
     [(placed,)] = _query(pg_server, name, "SELECT placed FROM shop_order WHERE note = 'dmy'")

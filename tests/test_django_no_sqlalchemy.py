@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.django_project import migrate_lines, write_project
-from tests.helpers import run_dbguard
+from tests.helpers import kept_by, run_dbguard
 from tests.pgserver import TestServer
 
 DJANGO = ("pytest_django.plugin",)
@@ -205,13 +205,16 @@ def test_fails_transactional():
 
 
 def test_keep_failed_with_failing_django_tests_imports_no_sqlalchemy(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, pg_server: TestServer, on_server: list[str], kept_here: set[str]
 ) -> None:
-    """--dbguard-keep-failed hooks into every test's report; failing Django tests still leave
-    SQLAlchemy unimported."""
+    """--dbguard-keep-failed hooks into every test's report and keeps both failed tests' rows;
+    failing Django tests still leave SQLAlchemy unimported. On the session's server: on the
+    embedded default the kept databases would keep that cluster running after the run."""
     write_project(pytester)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_shop=FAILING_TESTS)
-    result = run_dbguard(pytester, "--dbguard-keep-failed", plugins=DJANGO)
+    result = run_dbguard(pytester, *on_server, "--dbguard-keep-failed", plugins=DJANGO)
     result.assert_outcomes(failed=2)
+    kept_here.update(kept_by(pg_server, result))
+    assert len(kept_here) == 2, result.stdout.str()
     assert _written(pytester.path) == {"controller": []}

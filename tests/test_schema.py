@@ -171,28 +171,12 @@ def test_schema_mode_does_its_own_work_on_the_maintenance_connection(
     assert leftover.stdout.strip() == ""
 
 
-BROKEN_MODELS = """
-from sqlalchemy import Column, Integer, text
-from sqlalchemy.orm import DeclarativeBase
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Broken(Base):
-    __tablename__ = "broken"
-    id = Column(Integer, primary_key=True)
-    n = Column(Integer, server_default=text("no_such_function()"))
-"""
-
-
 def test_schema_mode_failed_build_leaves_no_schema(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:
     """The worker schema is made and marked before the build, on the maintenance connection: a
     build that fails drops it again, and the run stops naming the cause."""
-    pytester.makepyfile(broken_models=BROKEN_MODELS)
+    copy_project(pytester, "broken")
     pytester.makepyfile(test_never="def test_never(dbguard_session):\n    pass\n")
     pytester.makeini("[pytest]\ndbguard_metadata = broken_models:Base\n")
     url = pg_server.url(database="app_limited", user=LIMITED_USER)

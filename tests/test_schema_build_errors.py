@@ -11,26 +11,17 @@ import re
 
 import pytest
 
-from tests.helpers import WORKERS, run_dbguard
+from tests.helpers import WORKERS, copy_project, run_dbguard
 from tests.pgserver import LIMITED_USER, TestServer
 
 # The build writes one line per attempt: "<database> <schema>", then fails on the default.
-BROKEN_MODELS = """
-from sqlalchemy import Column, Integer, event, text
-from sqlalchemy.orm import DeclarativeBase
+RECORD_WHERE = """
+from sqlalchemy import event
+
+import broken_models
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-class Broken(Base):
-    __tablename__ = "broken"
-    id = Column(Integer, primary_key=True)
-    n = Column(Integer, server_default=text("no_such_function()"))
-
-
-@event.listens_for(Base.metadata, "before_create")
+@event.listens_for(broken_models.Base.metadata, "before_create")
 def _record_where(target, connection, **kw):
     database, schema = connection.exec_driver_sql(
         "SELECT current_database(), current_schema()"
@@ -48,7 +39,8 @@ def _failed_build(
     pytester: pytest.Pytester, url: str, workers: tuple[str, ...]
 ) -> tuple[set[str], list[tuple[str, str]]]:
     """Run the broken project; the targets its failure messages name, and where it built."""
-    pytester.makepyfile(broken_models=BROKEN_MODELS)
+    copy_project(pytester, "broken")
+    pytester.makeconftest(RECORD_WHERE)
     pytester.makepyfile(test_never="def test_never(dbguard_session):\n    pass\n")
     pytester.makeini("[pytest]\ndbguard_metadata = broken_models:Base\n")
     result = run_dbguard(pytester, "--dbguard-url", url, *workers)
