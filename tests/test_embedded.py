@@ -241,15 +241,24 @@ def test_stop_while_the_data_folder_is_laid_out_leaves_nothing(
     cluster = server.EmbeddedCluster(
         bindir, machine.storage_root() / f"stopped-early-{os.getpid()}", machine.free_port()
     )
+    shm = Path("/dev/shm")
+    before = {path.name for path in shm.glob("PostgreSQL.*")}
     cluster.initialise()
     cluster.launch()
     assert cluster.process is not None
     group = cluster.process.pid
-    time.sleep(0.1)  # initdb is writing
+    # initdb is writing once its backend holds dynamic shared memory in /dev/shm (it does not
+    # get the server's mmap setting): stop then, when a kill would leave those files for good.
+    deadline = time.monotonic() + 5
+    while not (made := {p.name for p in shm.glob("PostgreSQL.*")} - before):
+        assert time.monotonic() < deadline, "initdb's backend made no /dev/shm segment"
+        time.sleep(0.005)
     assert machine.command_name(group) == "sh", "the prelude should still be running"
     cluster.stop()
     time.sleep(1.0)  # an initdb left running would have written into the folder by now
     assert not cluster.root.exists(), f"{cluster.root} came back: the prelude outlived stop()"
+    left = made & {path.name for path in shm.glob("PostgreSQL.*")}
+    assert not left, f"/dev/shm files of initdb's backend left behind: {sorted(left)}"
     ps = subprocess.run(
         ["ps", "-o", "stat=,pid=,args=", "-g", str(group)], capture_output=True, text=True
     )

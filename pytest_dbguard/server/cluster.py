@@ -29,6 +29,8 @@ from pytest_dbguard.server import cluster_auth, initdb_cache
 from pytest_dbguard.server.machine import (
     child_setup,
     command_name,
+    group_alive,
+    group_members,
     server_user,
     wait_gone,
     wait_group_gone,
@@ -51,6 +53,7 @@ SERVER_SETTINGS: Final = (
 )
 # The server's process lays out its data folder first (initdb on a cache miss, a copy), then
 # becomes the server (same pid, same parent-death signal): pytest does not wait for either.
+PRELUDE_GRACE: Final = 5.0  # seconds initdb gets to finish its step and end on SIGTERM
 PASSWORD_FAILED: Final = 96
 COPY_FAILED: Final = 97
 INITDB_FAILED: Final = 98
@@ -283,8 +286,8 @@ class EmbeddedCluster:
         prelude = own and pid is not None and command_name(pid) == "sh"
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                if prelude:  # still laying out the folder: the copy is throwaway, end it at once
-                    os.killpg(pid, signal.SIGKILL)
+                if prelude:  # still laying out the folder: the copy is throwaway, end it now
+                    _end_prelude(pid)
                 else:
                     os.kill(pid, mode)
             wait_gone(pid, self.process, timeout=15)
@@ -327,3 +330,20 @@ class EmbeddedCluster:
             "kept_failed": self.kept_failed,
         }
         cluster_auth.write_private(self.root / "dbguard.json", json.dumps(state))
+
+
+def _end_prelude(group: int) -> None:
+    """End the shell that lays out the data folder (the group's leader) and its initdb or cp
+    with SIGTERM, and let PostgreSQL's own processes end by themselves; kill what is left after
+    a moment. initdb's backends keep their dynamic shared memory in /dev/shm (the server's
+    ``mmap`` setting does not reach them): one killed outright, or whose shell is, leaves those
+    files behind for good, while initdb on SIGTERM finishes its step, ends its backend normally
+    and removes its folder (tests/test_embedded.py, tried at each step of the prelude)."""
+    for pid in group_members(group):
+        if pid == group or command_name(pid) in ("initdb", "cp"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    wait_group_gone(group, timeout=PRELUDE_GRACE)
+    if group_alive(group):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)

@@ -273,12 +273,18 @@ def process_alive(pid: int) -> bool:
 
 def group_alive(group: int) -> bool:
     """Whether a process of process group ``group`` still runs (zombies do not)."""
+    return bool(group_members(group))
+
+
+def group_members(group: int) -> list[int]:
+    """The running processes of process group ``group`` (zombies are not)."""
+    found = []
     with contextlib.suppress(OSError), os.scandir("/proc") as entries:
         for entry in entries:
             fields = _stat_fields(entry.name) if entry.name.isdigit() else None
             if fields is not None and fields[0] != "Z" and fields[2] == str(group):
-                return True
-    return False
+                found.append(int(entry.name))
+    return found
 
 
 def children_in_group(parent: int, group: int) -> list[int]:
