@@ -235,15 +235,14 @@ def _copy_differences(
     inserts: dict[str, list[str]] = {}
     for table in tables:
         wanted = collections.Counter(view.rows[table])
-        extra = collections.Counter(record for _, record in present[table]) - wanted
+        have = collections.Counter(record for _, record in present[table])
+        extra = have - wanted
         deletes[table] = []
         for ctid, record in present[table]:
             if extra[record] > 0:
                 extra[record] -= 1
                 deletes[table].append(ctid)
-        inserts[table] = list(
-            (wanted - collections.Counter(record for _, record in present[table])).elements()
-        )
+        inserts[table] = list((wanted - have).elements())
     changed = _parents_first(
         connection, [table for table in tables if deletes[table] or inserts[table]]
     )

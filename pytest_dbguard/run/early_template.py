@@ -62,7 +62,6 @@ def wanted(config: pytest.Config) -> bool:
         and not state.runs_tests
         and state.answered
         and state.schema_hook is not None
-        and plan.inspection is None
         and plan.server_url is not None
         and plan.schema is None
     )

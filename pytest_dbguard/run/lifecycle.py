@@ -275,8 +275,8 @@ def building_in(
 def summary_lines(config: pytest.Config) -> list[str]:
     """One line: target, worker databases, schema source, server start and readiness."""
     run = run_of(config)
-    if run is None or run.session is None or run.plan.inspection is not None:
-        return []  # not active, or nothing was started to report on
+    if run is None or run.session is None:
+        return []  # not active, or a command that only shows something: nothing started
     plan, state, settings = run.plan, run.session, run.settings
     if plan.server_url is None:
         target = f"SQLite files in {plan.sqlite_dir}"

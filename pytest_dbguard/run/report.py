@@ -17,8 +17,8 @@ RELAY_NAME: Final = "dbguard-report-relay"
 
 def pytest_configure(config: pytest.Config) -> None:
     run = run_of(config)
-    if run is None or run.settings.report is None or run.plan.inspection is not None:
-        return  # the option is off (or nothing runs): nothing is registered, nothing timed
+    if run is None or run.settings.report is None:
+        return  # the option is off: nothing is registered, nothing timed
     from pytest_dbguard.guards.statement_timing import StatementTimer
     from pytest_dbguard.run.report_recorder import PER_RUN, PER_TEST, RunReport, WorkerParts
 

@@ -71,7 +71,8 @@ class DbguardRun:
     adopted: bool = False  # the cluster was kept by an earlier run (--dbguard-reuse)
     proxy: FaultProxy | None = None  # in front of the server, when the fault proxy is on
     saved_environ: dict[str, str | None] = dataclasses.field(default_factory=dict)
-    session: SessionState | None = None  # set at configure
+    # Set at configure by a run that runs tests; None for --collect-only, --help and the like.
+    session: SessionState | None = None
     stopped: bool = False
     # In an xdist worker: a handle on the controller's embedded cluster (restart() needs one).
     worker_cluster: EmbeddedCluster | None = None

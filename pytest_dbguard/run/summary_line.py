@@ -34,7 +34,7 @@ def noteworthy(run: DbguardRun) -> bool:
 def shown(config: pytest.Config) -> list[str]:
     """The summary line, unless ``-q`` asked for quiet and nothing is worth knowing."""
     run = run_of(config)
-    if run is None or run.session is None or run.plan.inspection:
+    if run is None or run.session is None:
         return []
     if config.get_verbosity() < 0 and not noteworthy(run):
         return []
