@@ -13,6 +13,7 @@ from collections.abc import Generator
 import pytest
 
 from pytest_dbguard.db import fixtures as db_fixtures
+from pytest_dbguard.db import isolation
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import environment, markers, redaction
@@ -194,12 +195,12 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         lifecycle.ensure_started(session.config)
 
 
+# Last: another plugin's collection hook may still add markers.
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    markers.check_collected(config, items)
+    isolation.read_collected(config, items)
     if _runs_tests(config):
-        from pytest_dbguard.db import isolation
-
-        isolation.add_truncate_fixture(items)
+        isolation.add_truncate_fixture(config, items)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

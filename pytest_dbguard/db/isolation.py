@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 import pytest
 
 from pytest_dbguard.exceptions import DbguardError
-from pytest_dbguard.run import failed_tests
+from pytest_dbguard.run import failed_tests, markers, worker_failures
 from pytest_dbguard.run.state import run_of
 
 if TYPE_CHECKING:
@@ -37,12 +37,14 @@ class DbguardMarks(NamedTuple):
 
     @classmethod
     def read(cls, item: pytest.Item) -> DbguardMarks:
-        """Both markers in one walk over the markers of every node above the test."""
+        """Both markers in one walk over the markers of every node above the test; a
+        ``dbguard`` marker with bad arguments raises ``pytest.UsageError`` or ``TypeError``."""
         isolation: str | None = None
         allow: list[str] = []
         without: list[pytest.Mark] = []
         for marker in item.iter_markers():
             if marker.name == "dbguard":
+                markers.dbguard(*marker.args, **marker.kwargs)
                 if isolation is None and "isolation" in marker.kwargs:
                     isolation = str(marker.kwargs["isolation"])
                 allow += marker.kwargs.get("allow", ())
@@ -55,12 +57,29 @@ _marks_key: Final = pytest.StashKey[DbguardMarks]()
 
 
 def marks_of(item: pytest.Item) -> DbguardMarks:
-    """The test's dbguard markers, read once when it runs: its guards and fixtures all ask (a
-    walk over the markers of every node above it each time, otherwise)."""
+    """The test's dbguard markers, read once (at collection, by :func:`read_collected`): its
+    guards and fixtures all ask (a walk over the markers of every node above it each time,
+    otherwise)."""
     marks = item.stash.get(_marks_key, None)
     if marks is None:
         marks = item.stash[_marks_key] = DbguardMarks.read(item)
     return marks
+
+
+def read_collected(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Read and check every collected test's dbguard markers, so that a typo fails before any
+    test (``--collect-only``, an IDE's refresh, says so too), in the one walk over each test's
+    markers that the run needs (the last collection hook: others may still add markers)."""
+    for item in items:
+        try:
+            item.stash[_marks_key] = DbguardMarks.read(item)
+        except TypeError as error:
+            worker_failures.fail_session(
+                config, f"{item.nodeid}: @pytest.mark.dbguard{error}".replace("dbguard()", "")
+            )
+        except pytest.UsageError as error:
+            named = str(error) if item.nodeid in str(error) else f"{item.nodeid}: {error}"
+            worker_failures.fail_session(config, named)
 
 
 def isolation_of(
@@ -87,6 +106,7 @@ class RunningTest:
     definition (and a signature) each time it is resolved, several times per test."""
 
     item: pytest.Item | None = None
+    marks: DbguardMarks | None = None  # the item's, read at collection
     held: HeldConnection | None = None  # the test's connection, once a fixture opened it
 
     def now(self) -> pytest.Item:
@@ -141,7 +161,7 @@ class ConnectionSource(NamedTuple):
         if held is not None and held.item is item:
             return held, False
         connection = self.engine.connect()
-        rollback = isolation_of(item, default=self.isolation) == "rollback"
+        rollback = isolation_of(item, self.running.marks, default=self.isolation) == "rollback"
         transaction = connection.begin() if rollback else None
         self.running.held = held = HeldConnection(item, connection, transaction)
         return held, True
@@ -308,14 +328,14 @@ def keep_view(
     failed_tests.keep(item, view)
 
 
-def add_truncate_fixture(items: list[pytest.Item]) -> None:
+def add_truncate_fixture(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Give every ``truncate`` test the cleanup fixture (nothing is added to other tests)."""
+    run = run_of(config)
+    default = run.settings.isolation if run is not None else "rollback"
     for item in items:
-        # Read afresh, not kept: a later plugin's collection hook may still add markers.
-        if (
-            not isinstance(item, pytest.Function)
-            or isolation_of(item, DbguardMarks.read(item)) != "truncate"
-        ):
+        if not isinstance(item, pytest.Function):
+            continue
+        if isolation_of(item, default=default) != "truncate":
             continue
         if TRUNCATE_FIXTURE not in item.fixturenames:
             # First in, last out: the cleanup runs after the test's own connections are closed.

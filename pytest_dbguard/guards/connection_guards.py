@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
-from pytest_dbguard.db.isolation import isolation_of, marks_of
+from pytest_dbguard.db.isolation import DbguardMarks, isolation_of
 from pytest_dbguard.exceptions import LeakError, LeakWarning
 from pytest_dbguard.guards.foreign_databases import (
     NOTHING_ELSE,
@@ -59,6 +59,7 @@ class ConnectionGuards:
     foreign: ForeignDatabaseGuard
     leaks: LeakWatcher | None  # None: dbguard_leaks = off, or SQLite (no xmin to go by)
     leak_mode: str
+    isolation: str = "rollback"  # the run's default, for tests whose markers name none
     _test_database: dict[URL, bool] = dataclasses.field(default_factory=dict)
     _check_engine: Engine | None = None
     _pending: OnImport | None = None  # waiting for SQLAlchemy's import to install the guards
@@ -80,13 +81,13 @@ class ConnectionGuards:
             self._test_database[url] = known
         return known
 
-    def arm(self, item: pytest.Item) -> None:
-        marks = marks_of(item)  # a test's own allow= adds to its class's and module's
+    def arm(self, item: pytest.Item, marks: DbguardMarks) -> None:
+        # marks.allow: a test's own allow= adds to its class's and module's
         also = AllowList.of(marks.allow) if marks.allow else NOTHING_ELSE
         self.foreign.arm(LazyNodeId(item), also)
         if self.leaks is not None:
             self.leaks.take()
-            self.leaks.watching = isolation_of(item, marks) == "rollback"
+            self.leaks.watching = isolation_of(item, marks, default=self.isolation) == "rollback"
 
     def disarm(self, item: pytest.Item) -> int | None:
         """Stop both guards; the oldest transaction that leaked during the test, if any."""
@@ -150,7 +151,7 @@ def guards_of(config: pytest.Config) -> ConnectionGuards | None:
             own.append(Target.from_url(plan.server_url.with_database(plan.database)))
             own.append(Target.from_url(plan.test_url))  # through the fault proxy, when on
         foreign = ForeignDatabaseGuard(own, allowed=AllowList.of(settings.allow_databases))
-        guards = ConnectionGuards(plan, foreign, None, settings.leaks)
+        guards = ConnectionGuards(plan, foreign, None, settings.leaks, settings.isolation)
         if settings.leaks != "off" and plan.server_url is not None:
             guards.leaks = LeakWatcher(guards.on_test_database)
         if "sqlalchemy" in sys.modules:

@@ -5,8 +5,8 @@ The guards themselves are classes that work without pytest, each in its own modu
 (``naive_datetimes.NaiveDatetimeGuard``, ``hidden_modules.HiddenModules``,
 ``query_counter.QueryCounter``, the run's ``connection_guards``); this module only wires them
 into pytest: ``run.phases``' one wrapper per test phase calls ``before_setup``, ``around_call``
-and ``after_teardown`` here (every hook implementation is a cost each test pays), and
-``configure`` / ``unconfigure``. SQLAlchemy is imported when a guard is installed, never at
+and ``after_teardown`` here (every hook implementation is a cost each test pays), on
+the run's :class:`TestGuards`. SQLAlchemy is imported when a guard is installed, never at
 import time. Only a run that runs tests imports it; the ``dbguard_queries`` fixture lives in
 ``guards.fixtures``, which every run registers.
 """
@@ -14,22 +14,24 @@ import time. Only a run that runs tests imports it; the ``dbguard_queries`` fixt
 from __future__ import annotations
 
 import collections
-import dataclasses
 import importlib.util
 import os
 import sys
 import warnings
 from collections.abc import Generator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from pytest_dbguard.db.isolation import marks_of
 from pytest_dbguard.guards.connection_guards import close_guards, guards_of
 from pytest_dbguard.guards.hidden_modules import HiddenModules
 from pytest_dbguard.guards.lazy_node_id import LazyNodeId
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard
 from pytest_dbguard.run.state import run_of
+
+if TYPE_CHECKING:
+    from pytest_dbguard.db.isolation import DbguardMarks
+    from pytest_dbguard.guards.connection_guards import ConnectionGuards
 
 SWALLOWED_MESSAGE: Final = (
     "dbguard_naive_datetime = error: {count} statement(s) with a naive datetime were aborted, "
@@ -42,44 +44,14 @@ UNKNOWN_MODULE_MESSAGE: Final = (
 UTCNOW_MARK: Final = "utcnow()"
 
 
-@dataclasses.dataclass
-class _GuardState:
-    """Per-run state of the guards, kept in ``config.stash``."""
-
-    naive_mode: str
-    naive: NaiveDatetimeGuard | None = None
-    utcnow: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-
-
-_state_key: Final = pytest.StashKey[_GuardState]()
 _hidden_key: Final = pytest.StashKey[HiddenModules]()
 
 
-def _state(config: pytest.Config) -> _GuardState:
-    state = config.stash.get(_state_key, None)
-    if state is None:
-        run = run_of(config)
-        mode = run.settings.naive_datetime if run is not None else "warn"
-        state = config.stash[_state_key] = _GuardState(naive_mode=mode)
-    return state
-
-
-def _watch_naive(state: _GuardState, item: pytest.Item) -> NaiveDatetimeGuard | None:
-    """The run's naive datetime guard, installed once SQLAlchemy has been imported by anyone."""
-    if state.naive is None and state.naive_mode != "off" and "sqlalchemy.engine" in sys.modules:
-        state.naive = NaiveDatetimeGuard(state.naive_mode)
-        state.naive.install()
-    if state.naive is not None:
-        state.naive.where = LazyNodeId(item)
-        state.naive.watch_models()  # the ORM may have been imported since
-    return state.naive
-
-
-def _hidden_modules(item: pytest.Item) -> HiddenModules | None:
+def _hidden_modules(item: pytest.Item, without: tuple[pytest.Mark, ...]) -> HiddenModules | None:
     """The modules the test's ``dbguard_without`` markers hide; fails the test on a bad marker."""
     __tracebackhide__ = True
     names: list[str] = []
-    for marker in marks_of(item).without:
+    for marker in without:
         from pytest_dbguard.run.markers import dbguard_without
 
         try:
@@ -101,51 +73,95 @@ def _hidden_modules(item: pytest.Item) -> HiddenModules | None:
     return HiddenModules(names, where=item.nodeid)
 
 
-def before_setup(item: pytest.Item) -> None:
-    """Arm the guards for the test: connection guards, the naive guard, hidden modules."""
-    __tracebackhide__ = True
-    guards = guards_of(item.config)
-    if guards is not None:
-        guards.arm(item)
-    state = _state(item.config)
-    guard = _watch_naive(state, item)
-    if guard is not None:
-        guard.reports.clear()
-    hidden = _hidden_modules(item)
-    if hidden is not None:
-        # Entered here and left after teardown, so fixtures run with the modules hidden too.
-        item.stash[_hidden_key] = hidden.__enter__()
+class TestGuards:
+    """The guards of one run around each of its tests, made when the run configures.
 
+    One object that holds the run's guards, rather than functions that look them up in
+    ``config.stash`` in every phase of every test: each lookup is three Python calls, and a test
+    went through about a dozen (``benchmarks/ci_path.py --only i``).
+    """
 
-def around_call(item: pytest.Item) -> Generator[None, None, None]:
-    """The test's call: fails it where ``dbguard_naive_datetime = error`` refused a statement
-    whose error the code under test caught."""
-    state = _state(item.config)
-    guard = _watch_naive(state, item)  # the test's fixtures may have imported SQLAlchemy
-    result = yield
-    if guard is not None and guard.mode == "error" and guard.reports:
+    __test__ = False  # not a test class, whatever its name says
+
+    def __init__(self, config: pytest.Config) -> None:
+        run = run_of(config)
+        self.config = config
+        self.naive_mode = run.settings.naive_datetime if run is not None else "warn"
+        self.naive: NaiveDatetimeGuard | None = None
+        self.utcnow: collections.Counter[str] = collections.Counter()
+        # The connection guards install on the first test (guards_of); None: dbguard inactive.
+        self._connection_guards: ConnectionGuards | None = None
+        self._connection_guards_known = False
+        if self.naive_mode != "off":
+            config.pluginmanager.register(_UtcnowSummary(self.utcnow), "dbguard-utcnow")
+
+    def _watch_naive(self, item: pytest.Item) -> NaiveDatetimeGuard | None:
+        """The run's naive datetime guard, installed once SQLAlchemy has been imported by anyone."""
+        naive = self.naive
+        if naive is None and self.naive_mode != "off" and "sqlalchemy.engine" in sys.modules:
+            naive = self.naive = NaiveDatetimeGuard(self.naive_mode)
+            naive.install()
+        if naive is not None:
+            naive.where = LazyNodeId(item)
+            naive.watch_models()  # the ORM may have been imported since
+        return naive
+
+    def _guards(self) -> ConnectionGuards | None:
+        if not self._connection_guards_known:
+            self._connection_guards = guards_of(self.config)
+            self._connection_guards_known = True
+        return self._connection_guards
+
+    def before_setup(self, item: pytest.Item, marks: DbguardMarks) -> None:
+        """Arm the guards for the test: connection guards, the naive guard, hidden modules."""
         __tracebackhide__ = True
-        reports = "\n".join(f"  {report}" for report in guard.reports)
-        pytest.fail(
-            SWALLOWED_MESSAGE.format(count=len(guard.reports), reports=reports), pytrace=False
-        )
-    return result
+        guards = self._guards()
+        if guards is not None:
+            guards.arm(item, marks)
+        guard = self._watch_naive(item)
+        if guard is not None:
+            guard.reports.clear()
+        if marks.without:
+            hidden = _hidden_modules(item, marks.without)
+            if hidden is not None:
+                # Entered here and left after teardown, so fixtures run with the modules hidden too.
+                item.stash[_hidden_key] = hidden.__enter__()
 
+    def around_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        """The test's call: fails it where ``dbguard_naive_datetime = error`` refused a statement
+        whose error the code under test caught."""
+        guard = self.naive
+        if guard is None or not guard.assignments.installed:
+            guard = self._watch_naive(item)  # the test's fixtures may have imported SQLAlchemy
+        result = yield
+        if guard is not None and guard.mode == "error" and guard.reports:
+            __tracebackhide__ = True
+            reports = "\n".join(f"  {report}" for report in guard.reports)
+            pytest.fail(
+                SWALLOWED_MESSAGE.format(count=len(guard.reports), reports=reports), pytrace=False
+            )
+        return result
 
-def after_teardown(item: pytest.Item, *, may_raise: bool) -> None:
-    """Modules shown again, the naive guard between tests, the connection guards disarmed and
-    the rows the test left behind reported (raised, with dbguard_leaks = error, if allowed)."""
-    __tracebackhide__ = True
-    hidden = item.stash.get(_hidden_key, None)
-    if hidden is not None:
-        del item.stash[_hidden_key]
-        hidden.__exit__(None, None, None)
-    state = _state(item.config)
-    if state.naive is not None:
-        state.naive.where = "no test (between tests)"
-    guards = guards_of(item.config)
-    if guards is not None and (xid := guards.disarm(item)) is not None:
-        guards.report_leaks(item, xid, may_raise=may_raise)
+    def after_teardown(self, item: pytest.Item, marks: DbguardMarks, *, may_raise: bool) -> None:
+        """Modules shown again, the naive guard between tests, the connection guards disarmed and
+        the rows the test left behind reported (raised, with dbguard_leaks = error, if allowed)."""
+        __tracebackhide__ = True
+        if marks.without:
+            hidden = item.stash.get(_hidden_key, None)
+            if hidden is not None:
+                del item.stash[_hidden_key]
+                hidden.__exit__(None, None, None)
+        if self.naive is not None:
+            self.naive.where = "no test (between tests)"
+        guards = self._guards()
+        if guards is not None and (xid := guards.disarm(item)) is not None:
+            guards.report_leaks(item, xid, may_raise=may_raise)
+
+    def close(self) -> None:
+        """At the end: the naive guard's listeners removed, the connection guards closed."""
+        if self.naive is not None:
+            self.naive.remove()
+        close_guards(self.config)
 
 
 class _UtcnowSummary:
@@ -170,18 +186,3 @@ class _UtcnowSummary:
             terminalreporter.write_line(
                 f"dbguard: {total} datetime.utcnow() deprecation warnings ({files})"
             )
-
-
-def configure(config: pytest.Config) -> None:
-    """At the start of a run that runs tests: the ``utcnow()`` summary, unless the guard is off."""
-    state = _state(config)
-    if state.naive_mode != "off":
-        config.pluginmanager.register(_UtcnowSummary(state.utcnow), "dbguard-utcnow")
-
-
-def unconfigure(config: pytest.Config) -> None:
-    """At the end: the naive guard's listeners removed, the connection guards closed."""
-    state = config.stash.get(_state_key, None)
-    if state is not None and state.naive is not None:
-        state.naive.remove()
-    close_guards(config)

@@ -41,6 +41,7 @@ UNKNOWN_TYPE: Final = "type unknown"
 _EXPANDED: Final = re.compile(r"_\d+$")  # at_2_1, at_2_2: the values of expanding bind at_2
 _DATETIME: Final = datetime.datetime
 _TIMEZONE: Final = datetime.timezone  # always has an offset: no utcoffset() call needed
+_LOOKED_INTO: Final = (datetime.datetime, list, tuple)  # what may be or hold a naive datetime
 
 
 class NaiveDatetimeGuard(EngineListener):
@@ -54,9 +55,13 @@ class NaiveDatetimeGuard(EngineListener):
         self.reports: list[str] = []
         self.assignments = Assignments()
         self._last_many: weakref.ref[Any] | None = None
+        self._single: Any = None  # SQLAlchemy's ExecuteStyle.EXECUTE, once installed
 
     def install(self) -> None:
         """Start listening to every engine, and to mapped classes once the ORM is imported."""
+        from sqlalchemy.engine.interfaces import ExecuteStyle
+
+        self._single = ExecuteStyle.EXECUTE
         super().install()
         self.watch_models()
 
@@ -81,14 +86,18 @@ class NaiveDatetimeGuard(EngineListener):
         ]
 
     def _on_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> None:
-        """Scan a statement's values just before the driver gets them; None lets it go ahead."""
+        """Scan a statement's values just before the driver gets them; None lets it go ahead.
+
+        Every statement of every test comes here: its values are looked at inline, and only a
+        statement that binds a datetime, a list or a tuple pays for a call to ``naive_values``
+        (and only one that binds a naive datetime for ``_report_found``)."""
         __tracebackhide__ = True
         if context is None:  # a driver-level statement of SQLAlchemy's own
             self._scan(statement, (parameters,), None)
             return
         if context.execution_options.get(INTERNAL_OPTION):
             return
-        many = context.executemany
+        many = context.execute_style is not self._single  # not the executemany property: a call
         if many:
             # insertmanyvalues sends one context's rows in several batches: scan them once.
             if self._last_many is not None and self._last_many() is context:
@@ -96,16 +105,19 @@ class NaiveDatetimeGuard(EngineListener):
             self._last_many = weakref.ref(context)
         # Compiled parameters hold the values before type processing (SQLite turns datetimes
         # into text) and include Python-side defaults such as ``default=datetime.utcnow``.
-        # Every statement comes here: the values are looked at first, and only a statement
-        # that binds a naive datetime pays for the rest (``_report_found``).
         compiled = context.compiled
         if compiled is not None:
             parameter_sets = context.compiled_parameters
         else:
             parameter_sets = parameters if many else (parameters,)
-        found = naive_values(parameter_sets)
-        if found:
-            self._report_found(statement, found, compiled)
+        for params in parameter_sets:
+            if params:
+                for value in params.values() if isinstance(params, dict) else params:
+                    if isinstance(value, _LOOKED_INTO):
+                        found = naive_values(parameter_sets)
+                        if found:
+                            self._report_found(statement, found, compiled)
+                        return
 
     def _scan(self, statement: str, parameter_sets: Iterable[Any], compiled: Any) -> None:
         __tracebackhide__ = True

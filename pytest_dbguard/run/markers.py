@@ -1,5 +1,6 @@
 """The signatures of dbguard's markers: ``dbguard(isolation=..., allow=[...])`` and
-``dbguard_without(...)``, checked the same way at collection and when a test runs."""
+``dbguard_without(...)``, checked the same way at collection (``db.isolation.read_collected``)
+and when a test runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Collection
 import pytest
 
 from pytest_dbguard.exceptions import DbguardError
-from pytest_dbguard.run import setting_values, worker_failures
+from pytest_dbguard.run import setting_values
 
 MARKER_HELP = (
     "dbguard(isolation='rollback'|'truncate'|'none', allow=['name or URL', ...]): how this test "
@@ -52,19 +53,3 @@ def dbguard_without(*modules: str) -> tuple[str, ...]:
             "e.g. @pytest.mark.dbguard_without('debug_toolbar')."
         )
     return modules
-
-
-def check_collected(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Validate ``@pytest.mark.dbguard`` arguments at collection, so a typo fails before any test
-    (and ``--collect-only``, an IDE's refresh, says so too)."""
-    for item in items:
-        for marker in item.iter_markers("dbguard"):
-            try:
-                dbguard(*marker.args, **marker.kwargs)
-            except TypeError as error:
-                worker_failures.fail_session(
-                    config, f"{item.nodeid}: @pytest.mark.dbguard{error}".replace("dbguard()", "")
-                )
-            except pytest.UsageError as error:
-                named = str(error) if item.nodeid in str(error) else f"{item.nodeid}: {error}"
-                worker_failures.fail_session(config, named)

@@ -4,61 +4,77 @@ Registered by ``plugin.py`` only in a run that runs tests, never for ``--help``,
 ``--collect-only`` or another command that only shows something: those do not import the
 guards, the engines or the lifecycle at all (``benchmarks/ci_path.py``, part 4). One wrapper per
 phase rather than one per concern: every hook implementation is a cost that each test pays.
+The wrappers are methods of one object per run that holds what they use, so a test costs no
+lookups in ``config.stash`` (three Python calls each).
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
+from typing import Final
 
 import pytest
 
 from pytest_dbguard.db.engines import release_parked_engines
-from pytest_dbguard.db.isolation import running_test
-from pytest_dbguard.guards import hooks as guard_hooks
+from pytest_dbguard.db.isolation import marks_of, running_test
+from pytest_dbguard.guards.hooks import TestGuards
 from pytest_dbguard.run import redaction
 
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    __tracebackhide__ = True
-    running_test(item.config).item = item
-    guard_hooks.before_setup(item)
-    try:
-        return (yield)
-    finally:
-        release_parked_engines()  # the schema build's engine, if the first test did not take it
+PHASES_PLUGIN: Final = "dbguard-test-phases"
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    __tracebackhide__ = True
-    return (yield from guard_hooks.around_call(item))
+class TestPhases:
+    """The run's per-test hooks: the running test recorded, the guards armed and disarmed, the
+    reports' passwords hidden."""
 
+    __test__ = False  # not a test class, whatever its name says
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    __tracebackhide__ = True
-    try:
-        result = yield
-    except BaseException:
-        guard_hooks.after_teardown(item, may_raise=False)  # never hide the teardown's own error
-        raise
-    guard_hooks.after_teardown(item, may_raise=True)
-    return result
+    def __init__(self, config: pytest.Config) -> None:
+        self.running = running_test(config)
+        self.guards = TestGuards(config)
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True
+        running = self.running
+        running.item = item
+        running.marks = marks = marks_of(item)
+        self.guards.before_setup(item, marks)
+        try:
+            return (yield)
+        finally:
+            release_parked_engines()  # the schema build's engine, if the first test did not take it
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    redaction.scrub_report(item.config, report)
-    return report
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True
+        return (yield from self.guards.around_call(item))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True
+        running = self.running
+        marks = running.marks if running.item is item and running.marks else marks_of(item)
+        try:
+            result = yield
+        except BaseException:
+            # never hide the teardown's own error
+            self.guards.after_teardown(item, marks, may_raise=False)
+            raise
+        self.guards.after_teardown(item, marks, may_raise=True)
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        redaction.scrub_report(item.config, report)
+        return report
+
+    def pytest_unconfigure(self) -> None:
+        self.guards.close()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    guard_hooks.configure(config)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    guard_hooks.unconfigure(config)
+    config.pluginmanager.register(TestPhases(config), PHASES_PLUGIN)
