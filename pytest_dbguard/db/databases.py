@@ -8,7 +8,6 @@ lock for SQLite, makes the others wait and then clone). The engines it uses are 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import shutil
 import time
@@ -366,7 +365,7 @@ def provision_sqlite(
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not template.exists():
                 staging = template.with_suffix(".building")
-                _build_in(dataclasses.replace(test_url, database=str(staging)), build)
+                _build_in(test_url.replace(database=str(staging)), build)
                 staging.rename(template)
     template_ms = (time.perf_counter() - started) * 1000
     started = time.perf_counter()

@@ -7,7 +7,6 @@ test's rows (each import costs every run about 1 ms).
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final, NamedTuple
@@ -99,15 +98,19 @@ def isolation_of(
     return run.settings.isolation if run is not None else "rollback"
 
 
-@dataclasses.dataclass(repr=False, eq=False)  # no generated methods to compile at import
 class RunningTest:
     """The test whose setup, call or teardown is running, set by the per-test hook: the isolation
     fixtures read it instead of asking for ``request``, which costs pytest 9 a new fixture
-    definition (and a signature) each time it is resolved, several times per test."""
+    definition (and a signature) each time it is resolved, several times per test.
 
-    item: pytest.Item | None = None
-    marks: DbguardMarks | None = None  # the item's, read at collection
-    held: HeldConnection | None = None  # the test's connection, once a fixture opened it
+    A plain class with slots, not a dataclass (nothing compiled at import; quick attributes)."""
+
+    __slots__ = ("held", "item", "marks")
+
+    def __init__(self) -> None:
+        self.item: pytest.Item | None = None
+        self.marks: DbguardMarks | None = None  # the item's, read at collection
+        self.held: HeldConnection | None = None  # the test's connection, once a fixture opened it
 
     def now(self) -> pytest.Item:
         if self.item is None:
@@ -129,13 +132,20 @@ def running_test(config: pytest.Config) -> RunningTest:
     return running
 
 
-@dataclasses.dataclass(repr=False, eq=False)
 class HeldConnection:
     """One test's connection, in its outer transaction under rollback isolation."""
 
-    item: pytest.Item
-    connection: Connection
-    transaction: RootTransaction | None  # None: truncate or none isolation, commits are real
+    __slots__ = ("connection", "item", "transaction")
+
+    def __init__(
+        self,
+        item: pytest.Item,
+        connection: Connection,
+        transaction: RootTransaction | None,  # None: truncate or none isolation, real commits
+    ) -> None:
+        self.item = item
+        self.connection = connection
+        self.transaction = transaction
 
 
 class ConnectionSource(NamedTuple):

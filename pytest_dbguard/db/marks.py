@@ -8,7 +8,6 @@ these rules; ``databases`` marks what it creates.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
@@ -157,7 +156,7 @@ def brief(error: Exception, url: DatabaseURL) -> str:
 
 def server_of(url: DatabaseURL) -> str:
     """The URL without its database, password hidden: what the janitor reports it cleaned."""
-    return dataclasses.replace(url, database=None).render(hide_password=True)
+    return url.replace(database=None).render(hide_password=True)
 
 
 def creator_running(mark: Mark | None) -> str | None:

@@ -11,8 +11,9 @@ from typing import Final
 
 MAX_IDENTIFIER: Final = 63  # PostgreSQL truncates longer names silently; we never let it.
 SEPARATOR: Final = "_dbg_"
-_DATABASE_SHAPE: Final = re.compile(r"_dbg_[0-9a-z]+_[\w]+$")
-_SCHEMA_SHAPE: Final = re.compile(r"^dbg_[0-9a-z]+_\w+$")
+# Patterns as text: re compiles them on first use, not in every run's import.
+_DATABASE_SHAPE: Final = r"_dbg_[0-9a-z]+_[\w]+$"
+_SCHEMA_SHAPE: Final = r"^dbg_[0-9a-z]+_\w+$"
 
 
 def database_name(base: str, run: str, worker: str, *, suffix: str = "") -> str:
@@ -43,7 +44,7 @@ def kept_failed_name(worker_database: str, number: int) -> str:
 
 def is_dbguard_name(name: str) -> bool:
     """Whether a database name has the shape dbguard gives its own databases."""
-    return _DATABASE_SHAPE.search(name) is not None
+    return re.search(_DATABASE_SHAPE, name) is not None
 
 
 def schema_name(run: str, worker: str) -> str:
@@ -53,7 +54,7 @@ def schema_name(run: str, worker: str) -> str:
 
 def is_dbguard_schema(name: str) -> bool:
     """Whether a schema name has the shape dbguard gives worker schemas."""
-    return _SCHEMA_SHAPE.match(name) is not None
+    return re.match(_SCHEMA_SHAPE, name) is not None
 
 
 def base_of(name: str) -> str:

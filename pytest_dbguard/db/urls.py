@@ -7,11 +7,10 @@ importing SQLAlchemy, which costs a few hundred milliseconds.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from pytest_dbguard.compat import sqlalchemy_decodes_database
@@ -21,17 +20,16 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
 # Same shape as SQLAlchemy's URL pattern: name[+driver]://[user[:password]@][host[:port]][/database][?query]
-_URL_PATTERN = re.compile(
-    r"""
+# Compiled on first use by re's own cache, not at import: every run imports this module, and
+# most runs (the embedded default) parse no URL at all (benchmarks/ci_path.py, c).
+_URL_PATTERN: Final = r"""
     ^(?P<backend>[a-z][\w]*)(?:\+(?P<driver>[\w]+))?://
     (?:(?P<username>[^:/@]*)(?::(?P<password>[^@]*))?@)?
     (?:\[(?P<ipv6>[^/?]+)\]|(?P<host>[^/?:]*))?
     (?::(?P<port>[^/?]*))?
     (?:/(?P<database>[^?]*))?
     (?:\?(?P<query>.*))?$
-    """,
-    re.X,
-)
+    """
 
 SYNC_DRIVERS = ("psycopg", "psycopg2")
 ASYNC_DRIVERS = ("asyncpg", "psycopg")
@@ -63,18 +61,86 @@ def driver_installed(driver: str) -> bool:
     return importlib.util.find_spec(_DRIVER_MODULES.get(driver, driver)) is not None
 
 
-@dataclasses.dataclass(frozen=True, repr=False)  # its own __repr__ hides the password
-class DatabaseURL:
-    """A parsed SQLAlchemy URL; immutable, with helpers for the variants dbguard needs."""
+_FIELDS: Final = ("backend", "driver", "username", "password", "host", "port", "database", "query")
 
+
+class DatabaseURL:
+    """A parsed SQLAlchemy URL; immutable, with helpers for the variants dbguard needs.
+
+    Written out rather than a frozen dataclass: every run imports this module, and a frozen
+    dataclass compiles its generated methods from source at import (about 5M instructions,
+    ``benchmarks/ci_path.py``, c). Its own ``__repr__`` hides the password.
+    """
+
+    __slots__ = _FIELDS
     backend: str
-    driver: str | None = None
-    username: str | None = None
-    password: str | None = None
-    host: str | None = None
-    port: int | None = None
-    database: str | None = None
-    query: tuple[tuple[str, str], ...] = ()
+    driver: str | None
+    username: str | None
+    password: str | None
+    host: str | None
+    port: int | None
+    database: str | None
+    query: tuple[tuple[str, str], ...]
+
+    def __init__(
+        self,
+        backend: str,
+        driver: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        database: str | None = None,
+        query: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        init = object.__setattr__
+        init(self, "backend", backend)
+        init(self, "driver", driver)
+        init(self, "username", username)
+        init(self, "password", password)
+        init(self, "host", host)
+        init(self, "port", port)
+        init(self, "database", database)
+        init(self, "query", query)
+
+    def _values(self) -> tuple[Any, ...]:
+        return (
+            self.backend,
+            self.driver,
+            self.username,
+            self.password,
+            self.host,
+            self.port,
+            self.database,
+            self.query,
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"DatabaseURL is immutable; use .replace({name}=...)")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("DatabaseURL is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __reduce__(self) -> tuple[type[DatabaseURL], tuple[Any, ...]]:
+        return self.__class__, self._values()
+
+    def replace(self, **changes: Any) -> DatabaseURL:
+        """A copy with the named parts changed (``backend``, ``driver``, ``username``,
+        ``password``, ``host``, ``port``, ``database``, ``query``)."""
+        unknown = set(changes) - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"DatabaseURL has no part {', '.join(sorted(unknown))}")
+        values = {name: getattr(self, name) for name in _FIELDS}
+        values.update(changes)
+        return DatabaseURL(**values)
 
     @classmethod
     def parse(cls, text: str, *, source: str = "URL") -> DatabaseURL:
@@ -88,7 +154,7 @@ class DatabaseURL:
                 "URL-encoded, '@' as %40, e.g. 'postgresql://user:p%40ss@host:5432/db' "
                 "(urllib.parse.quote(password, safe='') does it)."
             )
-        match = _URL_PATTERN.match(text.strip())
+        match = re.match(_URL_PATTERN, text.strip(), re.X)
         if match is None:
             raise ConfigError(
                 f"{source}: {hide_password_in(text)!r} is not a database URL. Expected "
@@ -201,30 +267,26 @@ class DatabaseURL:
 
     def with_database(self, database: str) -> DatabaseURL:
         """The same server, another database."""
-        return dataclasses.replace(self, database=database)
+        return self.replace(database=database)
 
     def with_driver(self, driver: str | None) -> DatabaseURL:
         """The same database through another driver."""
-        return dataclasses.replace(self, driver=driver)
+        return self.replace(driver=driver)
 
     def with_query(self, **params: str) -> DatabaseURL:
         """The URL with query parameters added or replaced."""
         merged = dict(self.query)
         merged.update(params)
-        return dataclasses.replace(self, query=tuple(merged.items()))
+        return self.replace(query=tuple(merged.items()))
 
     def without_query(self, *names: str) -> DatabaseURL:
         """The URL without the named query parameters."""
-        return dataclasses.replace(self, query=tuple(p for p in self.query if p[0] not in names))
+        return self.replace(query=tuple(p for p in self.query if p[0] not in names))
 
     def libpq(self) -> DatabaseURL:
         """This database as a libpq URL (``postgres://user:pass@host:port/db``): the form
         dj-database-url and django-environ read, which reject SQLAlchemy's ``+driver``."""
-        return (
-            dataclasses.replace(self, backend="postgres", driver=None)
-            if not self.is_sqlite
-            else self
-        )
+        return self.replace(backend="postgres", driver=None) if not self.is_sqlite else self
 
     def sync(self) -> DatabaseURL:
         """This database through a synchronous driver that is installed."""

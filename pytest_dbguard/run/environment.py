@@ -9,7 +9,6 @@ test wants it, and exports ``DBGUARD_*`` and the ``dbguard_env`` lines.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
@@ -205,9 +204,7 @@ def _bind_proxy(run: DbguardRun) -> None:
     assert plan.server_url is not None
     run.proxy = FaultProxy(plan.server_url.host or "127.0.0.1", plan.server_url.port or 5432)
     port = run.proxy.bind()
-    run.plan = run_plan.with_test_url(
-        plan, dataclasses.replace(plan.test_url, host="127.0.0.1", port=port)
-    )
+    run.plan = run_plan.with_test_url(plan, plan.test_url.replace(host="127.0.0.1", port=port))
 
 
 def values_for(plan: RunPlan) -> dict[str, str]:

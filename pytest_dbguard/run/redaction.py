@@ -30,7 +30,8 @@ MIN_BARE: Final = 8  # a shorter password is masked only inside a URL, else "tes
 
 
 # The password of a URL, however it is encoded (``p%40ss`` or ``p@ss``-free raw text).
-_URL_PASSWORD: Final = re.compile(r"(://[^:/@\s'\"]*:)([^@\s'\"]*)(@)")
+# As text: re compiles it on first use, not in every run's import.
+_URL_PASSWORD: Final = r"(://[^:/@\s'\"]*:)([^@\s'\"]*)(@)"
 
 
 # NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
@@ -49,13 +50,15 @@ class Secrets(NamedTuple):
     def found_in(self, text: str) -> bool:
         """Whether ``text`` shows one of the passwords."""
         return any(secret in text for secret in self.bare) or any(
-            self._in_url(match) for match in _URL_PASSWORD.finditer(text)
+            self._in_url(match) for match in re.finditer(_URL_PASSWORD, text)
         )
 
     def scrub(self, text: str) -> str:
         """``text`` with every password shown as ``***``."""
-        text = _URL_PASSWORD.sub(
-            lambda m: f"{m.group(1)}{MASK}{m.group(3)}" if self._in_url(m) else m.group(0), text
+        text = re.sub(
+            _URL_PASSWORD,
+            lambda m: f"{m.group(1)}{MASK}{m.group(3)}" if self._in_url(m) else m.group(0),
+            text,
         )
         for secret in self.bare:
             text = text.replace(secret, MASK)

@@ -7,7 +7,6 @@ names are fixed now.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -69,7 +68,8 @@ class RunPlan(NamedTuple):
 
 
 PIPELINE_RUN_VAR: Final = "DBGUARD_RUN"
-_RUN_ID: Final = re.compile(r"^[0-9a-z]{1,12}$")
+# As text: re compiles it on first use, not in every run's import.
+_RUN_ID: Final = r"^[0-9a-z]{1,12}$"
 
 
 def pipeline_key(environ: Mapping[str, str]) -> str | None:
@@ -82,7 +82,7 @@ def pipeline_key(environ: Mapping[str, str]) -> str | None:
 def name_part(key: str) -> str:
     """A pipeline key as it stands in names: itself when it is 1-12 lowercase letters and digits,
     else a hash of it."""
-    return key if _RUN_ID.match(key) else hashlib.sha1(key.encode()).hexdigest()[:8]
+    return key if re.match(_RUN_ID, key) else hashlib.sha1(key.encode()).hexdigest()[:8]
 
 
 def pipeline_run(environ: Mapping[str, str]) -> str | None:
@@ -236,5 +236,5 @@ def with_server(plan: RunPlan, server_url: DatabaseURL) -> RunPlan:
 
 def with_test_url(plan: RunPlan, url: DatabaseURL) -> RunPlan:
     """The plan with this worker's database reached through ``url``'s host and port (the proxy)."""
-    test_url = dataclasses.replace(plan.test_url, host=url.host, port=url.port)
+    test_url = plan.test_url.replace(host=url.host, port=url.port)
     return plan._replace(test_url=test_url, async_url=test_url.asynchronous())

@@ -88,7 +88,8 @@ def _driver(value: str, name: str, source: str) -> str:
     return driver
 
 
-_ENV_URL_DRIVER: Final = re.compile(r"\bpostgres(?:ql)?\+(\w+)://")
+# As text: re compiles it on first use, not in every run's import.
+_ENV_URL_DRIVER: Final = r"\bpostgres(?:ql)?\+(\w+)://"
 
 
 def driver_in_env_lines(lines: Sequence[str]) -> tuple[str, str] | None:
@@ -96,7 +97,7 @@ def driver_in_env_lines(lines: Sequence[str]) -> tuple[str, str] | None:
     driver, and that driver (``DATABASE_URL=postgresql+psycopg2://...`` gives psycopg2)."""
     for line in lines:
         name, sep, value = line.partition("=")
-        match = _ENV_URL_DRIVER.search(value) if sep else None
+        match = re.search(_ENV_URL_DRIVER, value) if sep else None
         if match is not None and match.group(1) in SYNC_DRIVER_CHOICES:
             return name.strip(), match.group(1)
     return None

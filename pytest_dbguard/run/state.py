@@ -8,7 +8,6 @@ module, as pytest's plugins do; everything two modules share lives here.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
@@ -37,14 +36,12 @@ class SchemaHook(Protocol):
     def builder(self, url: DatabaseURL) -> SchemaBuild: ...
 
 
-# Compared by identity and without a generated repr: each generated method is compiled from
-# source at import, which every run pays (see the package docstring).
-@dataclasses.dataclass(repr=False, eq=False)
+# Plain classes, not dataclasses: a dataclass compiles its generated methods from source at
+# import, which every run pays (see the package docstring). Class attributes are the defaults;
+# each instance sets its own when it changes one (the lists are made per instance).
 class SessionState:
     """What this process did at session start, for the header, the fixtures and the cleanup."""
 
-    runs_tests: bool
-    schema_source: str
     metadata: MetaData | None = None
     alembic_ini: Path | None = None  # resolved and checked once, at configure
     server_version: str = ""
@@ -55,34 +52,39 @@ class SessionState:
     provisioned: Provisioned | None = None
     started: bool = False  # ensure_started ran (it runs once)
     template: str = ""  # with --dbguard-reuse: built, reused or rebuilt (reuse_run), for the header
-    notes: list[str] = dataclasses.field(default_factory=list)
     schema_hook: SchemaHook | None = None  # set by pytest_dbguard.django when Django runs
     # The xdist controller's early build of the template (run.early_template), while it runs.
     template_build: threading.Thread | None = None
 
+    def __init__(self, *, runs_tests: bool, schema_source: str) -> None:
+        self.runs_tests = runs_tests
+        self.schema_source = schema_source
+        self.notes: list[str] = []
 
-@dataclasses.dataclass(repr=False, eq=False)
+
 class DbguardRun:
     """One run of dbguard in this process (the xdist controller and each worker have their own)."""
 
-    settings: Settings
-    plan: RunPlan
     cluster: EmbeddedCluster | None = None  # started or adopted here: this process stops it
     adopted: bool = False  # the cluster was kept by an earlier run (--dbguard-reuse)
     proxy: FaultProxy | None = None  # in front of the server, when the fault proxy is on
-    saved_environ: dict[str, str | None] = dataclasses.field(default_factory=dict)
     # Set at configure by a run that runs tests; None for --collect-only, --help and the like.
     session: SessionState | None = None
     stopped: bool = False
     # In an xdist worker: a handle on the controller's embedded cluster (restart() needs one).
     worker_cluster: EmbeddedCluster | None = None
     worker_cluster_known: bool = False
-    # --dbguard-keep-failed: the databases kept for failed tests, as their reports tell (in the
-    # xdist controller: every worker's); a kept embedded cluster outlives the run for them.
-    kept_failed: list[str] = dataclasses.field(default_factory=list)
     # --dbguard-report: times each test's statements (SQLAlchemy's, and Django's through its
     # execute wrapper); None without the option, so nothing is timed.
     statement_timer: StatementTimer | None = None
+
+    def __init__(self, *, settings: Settings, plan: RunPlan) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.saved_environ: dict[str, str | None] = {}
+        # --dbguard-keep-failed: the databases kept for failed tests, as their reports tell (in
+        # the xdist controller: every worker's); a kept embedded cluster outlives the run for them.
+        self.kept_failed: list[str] = []
 
 
 run_key: Final = pytest.StashKey[DbguardRun]()

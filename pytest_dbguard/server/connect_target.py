@@ -9,7 +9,6 @@ Other drivers get their arguments from SQLAlchemy's dialect, which never connect
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import math
 from collections.abc import Callable
@@ -141,7 +140,7 @@ def sync_twin(url: DatabaseURL) -> DatabaseURL:
             ("sslmode", modes.get(value.lower(), value)) if key == "ssl" else (key, value)
             for key, value in url.query
         )
-        sync = dataclasses.replace(sync, query=query)
+        sync = sync.replace(query=query)
     return sync
 
 
