@@ -5,10 +5,12 @@ root conftest. Importing this package imports neither SQLAlchemy nor a driver: t
 ``pytest_dbguard.plugin``, registered by the hook below, and the public names in
 ``__all__`` are loaded on first use.
 
-What a run costs to import counts, since every run pays it: the internal record classes that
-every run defines are NamedTuples rather than frozen dataclasses (defining a frozen dataclass
-compiles six generated methods from source, about 3.7M instructions; a NamedTuple about 0.7M,
-``benchmarks/ci_path.py``, i), and modules that only some runs use are imported by those runs.
+What a run costs to import counts, since every run pays it: the record classes that every run
+defines are written out (``records.Record``, plain classes with ``__slots__``) or small
+NamedTuples, never dataclasses (a frozen dataclass compiles its generated methods from source,
+about 5M instructions; a NamedTuple of twenty fields about 3.4M; ``benchmarks/ci_path.py``, c),
+patterns are compiled on first use, and modules that only some runs use are imported by those
+runs.
 
 The public API is what ``__all__`` lists (the README's "Public API" section says what each is
 for); every other module is internal and may move between releases.

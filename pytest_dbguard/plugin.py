@@ -12,23 +12,21 @@ from collections.abc import Generator
 
 import pytest
 
-from pytest_dbguard.db import fixtures as db_fixtures
-from pytest_dbguard.db import isolation
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import environment, markers, redaction
 from pytest_dbguard.run.state import run_of
 
-# The modules that hold fixtures (every run registers them, so that --fixtures lists them: they
-# import little) and the modules whose hooks only a run that runs tests registers. What such a
-# run uses is imported by it, in the hooks below or by those modules: ``--help``,
-# ``--collect-only``, ``--fixtures`` and the other commands that only show something import the
-# settings, the environment and the fixtures' thin modules, nothing that starts, connects or
-# guards (benchmarks/ci_path.py, 4 and c). Registered by the hooks below, not listed in
-# ``pytest_plugins``: pytest looks every name of that list up among all installed packages'
-# entry points first, one scan of their metadata per name (benchmarks/ci_path.py, p), and marks
-# it for assertion rewriting, which it cannot do to a module already imported
-# (``compat.stop_rewriting_asserts``).
+# The modules that hold fixtures (registered by every run that collects, so that --fixtures
+# lists them: they import little; not by --help or --markers) and the modules whose hooks only
+# a run that runs tests registers. What such a run uses is imported by it, in the hooks below
+# or by those modules: ``--help``, ``--collect-only``, ``--fixtures`` and the other commands
+# that only show something import the settings, the environment and the fixtures' thin
+# modules, nothing that starts, connects or guards (benchmarks/ci_path.py, 4 and c).
+# Registered by the hooks below, not listed in ``pytest_plugins``: pytest looks every name of
+# that list up among all installed packages' entry points first, one scan of their metadata per
+# name (benchmarks/ci_path.py, p), and marks it for assertion rewriting, which it cannot do to
+# a module already imported (``compat.stop_rewriting_asserts``).
 FIXTURE_PLUGINS = (
     "pytest_dbguard.db.fixtures",
     "pytest_dbguard.db.isolation",
@@ -42,9 +40,8 @@ RUN_PLUGINS = (
 )
 
 
-def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
     dbguard_config.add_options(parser)
-    _register(pluginmanager, FIXTURE_PLUGINS)
 
 
 def _register(manager: pytest.PytestPluginManager, names: tuple[str, ...]) -> None:
@@ -116,15 +113,26 @@ def pytest_configure(config: pytest.Config) -> None:
             restart_fence.register(config)
         else:
             environment.configure_inspection(config)
+        redaction.register(config)
+        if not _collects(config):
+            return  # --help, --markers: no fixture or test to show
         from pytest_dbguard.aio import asyncloop
+        from pytest_dbguard.db import fixtures as db_fixtures
 
+        _register(config.pluginmanager, FIXTURE_PLUGINS)
         config.pluginmanager.register(
             db_fixtures.run_fixtures(config), db_fixtures.RUN_FIXTURES_PLUGIN
         )
         asyncloop.register(config)
-        redaction.register(config)
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
+
+
+def _collects(config: pytest.Config) -> bool:
+    """Not ``--help``, ``--version`` or ``--markers``: the run collects tests (to run them, list
+    them or show their fixtures), so the fixtures must be there."""
+    run = run_of(config)
+    return run is not None and run.plan.inspection not in environment.NOT_COLLECTING
 
 
 def _runs_tests(config: pytest.Config) -> bool:
@@ -198,6 +206,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 # Last: another plugin's collection hook may still add markers.
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from pytest_dbguard.db import isolation
+
     isolation.read_collected(config, items)
     if _runs_tests(config):
         isolation.add_truncate_fixture(config, items)

@@ -177,7 +177,17 @@ def check(
     build = schema.builder(None, ini, target, source, own_process=True)
     # While alembic runs, DBGUARD_URL and the dbguard_env lines name this database, as they name
     # the template in a run: an env.py that reads DATABASE_URL migrates it, not the app's.
-    plan = RunPlan(run, WORKER, True, False, url, target.sync(), target.asynchronous(), name, None)
+    plan = RunPlan(
+        run=run,
+        worker=WORKER,
+        owns_server=True,
+        embedded=False,
+        server_url=url,
+        test_url=target.sync(),
+        async_url=target.asynchronous(),
+        database=name,
+        sqlite_dir=None,
+    )
     assignments = environment.parse_env_lines(project.env_lines)
     try:
         with schema.environ_override(environment.variables(plan, assignments)):

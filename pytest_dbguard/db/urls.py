@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from pytest_dbguard.compat import sqlalchemy_decodes_database
 from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.records import Record
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -61,18 +62,15 @@ def driver_installed(driver: str) -> bool:
     return importlib.util.find_spec(_DRIVER_MODULES.get(driver, driver)) is not None
 
 
-_FIELDS: Final = ("backend", "driver", "username", "password", "host", "port", "database", "query")
-
-
-class DatabaseURL:
+class DatabaseURL(Record):
     """A parsed SQLAlchemy URL; immutable, with helpers for the variants dbguard needs.
 
-    Written out rather than a frozen dataclass: every run imports this module, and a frozen
-    dataclass compiles its generated methods from source at import (about 5M instructions,
-    ``benchmarks/ci_path.py``, c). Its own ``__repr__`` hides the password.
+    A :class:`~pytest_dbguard.records.Record`, not a frozen dataclass: every run imports this
+    module, and a frozen dataclass compiles its generated methods from source at import (about
+    5M instructions, ``benchmarks/ci_path.py``, c). Its own ``__repr__`` hides the password.
     """
 
-    __slots__ = _FIELDS
+    __slots__ = ("backend", "database", "driver", "host", "password", "port", "query", "username")
     backend: str
     driver: str | None
     username: str | None
@@ -93,54 +91,21 @@ class DatabaseURL:
         database: str | None = None,
         query: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        init = object.__setattr__
-        init(self, "backend", backend)
-        init(self, "driver", driver)
-        init(self, "username", username)
-        init(self, "password", password)
-        init(self, "host", host)
-        init(self, "port", port)
-        init(self, "database", database)
-        init(self, "query", query)
-
-    def _values(self) -> tuple[Any, ...]:
-        return (
-            self.backend,
-            self.driver,
-            self.username,
-            self.password,
-            self.host,
-            self.port,
-            self.database,
-            self.query,
+        self._set(
+            backend=backend,
+            driver=driver,
+            username=username,
+            password=password,
+            host=host,
+            port=port,
+            database=database,
+            query=query,
         )
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"DatabaseURL is immutable; use .replace({name}=...)")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError("DatabaseURL is immutable")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __reduce__(self) -> tuple[type[DatabaseURL], tuple[Any, ...]]:
-        return self.__class__, self._values()
 
     def replace(self, **changes: Any) -> DatabaseURL:
         """A copy with the named parts changed (``backend``, ``driver``, ``username``,
         ``password``, ``host``, ``port``, ``database``, ``query``)."""
-        unknown = set(changes) - set(_FIELDS)
-        if unknown:
-            raise TypeError(f"DatabaseURL has no part {', '.join(sorted(unknown))}")
-        values = {name: getattr(self, name) for name in _FIELDS}
-        values.update(changes)
-        return DatabaseURL(**values)
+        return self._replace(**changes)
 
     @classmethod
     def parse(cls, text: str, *, source: str = "URL") -> DatabaseURL:

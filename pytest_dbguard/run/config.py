@@ -6,32 +6,67 @@ import itertools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, TypeVar
 
 import pytest
 
 from pytest_dbguard.compat import ini_keys, ini_raw, override_ini, pytest_ini
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.records import Record
 from pytest_dbguard.run import report_document
 from pytest_dbguard.run.setting_values import PARSERS, SQLITE_KEYWORD, driver_in_env_lines
 
 T = TypeVar("T")
 
 
-# NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
-class Option(NamedTuple):
+class Option(Record):
     """One setting: its CLI flag, environment variable and ini key, and how to parse it."""
 
+    __slots__ = (
+        "bare",
+        "cli",
+        "default",
+        "env",
+        "flag_kind",
+        "help",
+        "ini_type",
+        "metavar",
+        "name",
+    )
     name: str
     help: str
-    default: str | None = None
-    flag_kind: str = "value"  # "value" or "switch"
-    ini_type: str = "string"  # pytest's addini type
-    env: bool = True
-    cli: bool = True
-    bare: str | None = None  # what the flag means without a value (--dbguard-proxy: on)
-    metavar: str | None = None
+    default: str | None
+    flag_kind: str  # "value" or "switch"
+    ini_type: str  # pytest's addini type
+    env: bool
+    cli: bool
+    bare: str | None  # what the flag means without a value (--dbguard-proxy: on)
+    metavar: str | None
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        default: str | None = None,
+        flag_kind: str = "value",
+        ini_type: str = "string",
+        env: bool = True,
+        cli: bool = True,
+        bare: str | None = None,
+        metavar: str | None = None,
+    ) -> None:
+        self._set(
+            name=name,
+            help=help,
+            default=default,
+            flag_kind=flag_kind,
+            ini_type=ini_type,
+            env=env,
+            cli=cli,
+            bare=bare,
+            metavar=metavar,
+        )
 
     @property
     def flag(self) -> str:
@@ -157,9 +192,32 @@ OPTIONS: Final[tuple[Option, ...]] = (
 OPTIONS_BY_NAME: Final = {option.name: option for option in OPTIONS}
 
 
-class Settings(NamedTuple):
+class Settings(Record):
     """Resolved settings of one run; ``sources`` says where each value came from, for errors."""
 
+    __slots__ = (
+        "alembic_ini",
+        "allow_databases",
+        "check_schema",
+        "driver",
+        "env_lines",
+        "guard_modules",
+        "isolation",
+        "keep_failed",
+        "leaks",
+        "metadata",
+        "naive_datetime",
+        "pg_bindir",
+        "proxy",
+        "rebuild",
+        "report",
+        "reuse",
+        "sources",
+        "sqlite_requested",
+        "url",
+        "wait",
+        "worker_isolation",
+    )
     url: DatabaseURL | None  # None: the embedded default
     sqlite_requested: bool
     wait: float
@@ -181,6 +239,55 @@ class Settings(NamedTuple):
     env_lines: tuple[str, ...]
     guard_modules: tuple[str, ...]
     sources: Mapping[str, str]
+
+    def __init__(
+        self,
+        *,
+        url: DatabaseURL | None,
+        sqlite_requested: bool,
+        wait: float,
+        reuse: bool,
+        rebuild: bool,
+        worker_isolation: str,
+        isolation: str,
+        proxy: str,
+        driver: str | None,
+        metadata: str | None,
+        alembic_ini: str | None,
+        check_schema: str,
+        naive_datetime: str,
+        pg_bindir: str | None,
+        leaks: str,
+        keep_failed: bool,
+        report: Path | None,
+        allow_databases: tuple[str, ...],
+        env_lines: tuple[str, ...],
+        guard_modules: tuple[str, ...],
+        sources: Mapping[str, str],
+    ) -> None:
+        self._set(
+            url=url,
+            sqlite_requested=sqlite_requested,
+            wait=wait,
+            reuse=reuse,
+            rebuild=rebuild,
+            worker_isolation=worker_isolation,
+            isolation=isolation,
+            proxy=proxy,
+            driver=driver,
+            metadata=metadata,
+            alembic_ini=alembic_ini,
+            check_schema=check_schema,
+            naive_datetime=naive_datetime,
+            pg_bindir=pg_bindir,
+            leaks=leaks,
+            keep_failed=keep_failed,
+            report=report,
+            allow_databases=allow_databases,
+            env_lines=env_lines,
+            guard_modules=guard_modules,
+            sources=sources,
+        )
 
     def source_of(self, name: str) -> str:
         """Human wording of where setting ``name`` came from."""

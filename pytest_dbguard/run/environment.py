@@ -150,6 +150,10 @@ INSPECTION_FLAGS: Final = {
 }
 
 
+# The commands that collect nothing: no fixture modules, no event loop plugin registered.
+NOT_COLLECTING: Final = ("--help", "--version", "--markers")
+
+
 def inspection_flag(config: pytest.Config, namespace: Any) -> str | None:
     """The command-line flag that makes this run only show something, or None for a real run.
 

@@ -14,10 +14,11 @@ import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from pytest_dbguard.db.names import database_name, schema_name
 from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.records import Record
 from pytest_dbguard.run.config import Settings
 
 SINGLE_PROCESS: Final = "main"  # the worker name of a run without xdist
@@ -26,10 +27,23 @@ EMBEDDED_BASE: Final = "postgres"
 SQLITE_BASE: Final = "test"
 
 
-# NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
-class RunPlan(NamedTuple):
+class RunPlan(Record):
     """Where this process's test database is, decided before anything connects."""
 
+    __slots__ = (
+        "async_url",
+        "database",
+        "embedded",
+        "inspection",
+        "owns_server",
+        "pipeline_key",
+        "run",
+        "schema",
+        "server_url",
+        "sqlite_dir",
+        "test_url",
+        "worker",
+    )
     run: str
     worker: str
     owns_server: bool  # the single process or the xdist controller: starts and stops the server
@@ -39,13 +53,44 @@ class RunPlan(NamedTuple):
     async_url: DatabaseURL
     database: str
     sqlite_dir: Path | None
-    schema: str | None = None  # schema-per-worker mode: the worker's schema in the named database
+    schema: str | None  # schema-per-worker mode: the worker's schema in the named database
     # Set for commands that only show something (--help, --collect-only, ...): the flag's name.
     # Nothing is started, connected or created; the URLs are what a real run would use.
-    inspection: str | None = None
+    inspection: str | None
     # DBGUARD_RUN as a pipeline set it before pytest: the key its shards share templates under.
     # ``run`` stays this invocation's own, so the shards' databases never collide.
-    pipeline_key: str | None = None
+    pipeline_key: str | None
+
+    def __init__(
+        self,
+        *,
+        run: str,
+        worker: str,
+        owns_server: bool,
+        embedded: bool,
+        server_url: DatabaseURL | None,
+        test_url: DatabaseURL,
+        async_url: DatabaseURL,
+        database: str,
+        sqlite_dir: Path | None,
+        schema: str | None = None,
+        inspection: str | None = None,
+        pipeline_key: str | None = None,
+    ) -> None:
+        self._set(
+            run=run,
+            worker=worker,
+            owns_server=owns_server,
+            embedded=embedded,
+            server_url=server_url,
+            test_url=test_url,
+            async_url=async_url,
+            database=database,
+            sqlite_dir=sqlite_dir,
+            schema=schema,
+            inspection=inspection,
+            pipeline_key=pipeline_key,
+        )
 
     @property
     def is_sqlite(self) -> bool:
