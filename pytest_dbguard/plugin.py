@@ -14,7 +14,7 @@ import pytest
 
 from pytest_dbguard.exceptions import DbguardError
 from pytest_dbguard.run import config as dbguard_config
-from pytest_dbguard.run import environment, markers, redaction
+from pytest_dbguard.run import environment, markers
 from pytest_dbguard.run.state import run_of
 
 # The modules that hold fixtures (registered by every run that collects, so that --fixtures
@@ -113,11 +113,13 @@ def pytest_configure(config: pytest.Config) -> None:
             restart_fence.register(config)
         else:
             environment.configure_inspection(config)
-        redaction.register(config)
         if not _collects(config):
-            return  # --help, --markers: no fixture or test to show
+            return  # --help, --markers: no fixture, test or report to show
         from pytest_dbguard.aio import asyncloop
         from pytest_dbguard.db import fixtures as db_fixtures
+        from pytest_dbguard.run import redaction
+
+        redaction.register(config)
 
         _register(config.pluginmanager, FIXTURE_PLUGINS)
         config.pluginmanager.register(
@@ -225,6 +227,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_assertrepr_compare(
     config: pytest.Config, op: str, left: object, right: object
 ) -> list[str] | None:
+    from pytest_dbguard.run import redaction
+
     return redaction.explain(config, op, left, right)
 
 
@@ -233,6 +237,8 @@ def pytest_make_collect_report(
     collector: pytest.Collector,
 ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
     report = yield
+    from pytest_dbguard.run import redaction
+
     redaction.scrub_report(collector.config, report)
     return report
 

@@ -14,7 +14,6 @@ from pytest_dbguard.compat import ini_keys, ini_raw, override_ini, pytest_ini
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.records import Record
-from pytest_dbguard.run import report_document
 from pytest_dbguard.run.setting_values import PARSERS, SQLITE_KEYWORD, driver_in_env_lines
 
 T = TypeVar("T")
@@ -458,6 +457,8 @@ def _report_path(config: pytest.Config, text: str | None, source: str | None) ->
         )
     from_ini = source is not None and source.startswith("ini ") and config.inipath is not None
     base = config.inipath.parent if from_ini and config.inipath else config.invocation_params.dir
+    from pytest_dbguard.run import report_document  # only with --dbguard-report
+
     return report_document.resolve_path(text, base=base)
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.run import config as dbguard_config
-from pytest_dbguard.run import report_document, run_plan, setting_values, termination
+from pytest_dbguard.run import run_plan, setting_values, termination
 from pytest_dbguard.run.run_plan import ORIGIN_VAR, RunPlan
 from pytest_dbguard.run.state import DbguardRun, run_key, run_of, the_run
 
@@ -111,6 +111,8 @@ def prepare(
             [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args],
         )
         if settings.report is not None:
+            from pytest_dbguard.run import report_document
+
             # Only the process that writes it (xdist workers send their part): before anything.
             report_document.check_path(settings.report, settings.source_of("report"))
     run = config.stash[run_key] = DbguardRun(settings=settings, plan=plan)
