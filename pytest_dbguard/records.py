@@ -4,7 +4,7 @@ A NamedTuple of twenty fields costs about 3.4M instructions to define (``collect
 builds its ``__new__`` from source and a property per field), and every run defines these at
 import, ``--help`` included (``benchmarks/ci_path.py``, c). A class with ``__slots__`` and a
 written-out ``__init__`` costs a tenth of it, and keeps what dbguard uses of a NamedTuple:
-read-only fields, ``_replace``, equality and a readable repr.
+read-only fields, a ``_replace`` (here ``replace``), equality and a readable repr.
 """
 
 from __future__ import annotations
@@ -15,19 +15,21 @@ R = TypeVar("R", bound="Record")
 
 
 class Record:
-    """Fields are the ``__slots__`` of the subclass, set once by its ``__init__`` (``_set``)."""
+    """Fields are the ``__slots__`` of the subclass, set once by its ``__init__`` (``_set_from``)."""
 
     __slots__: tuple[str, ...] = ()
 
-    def _set(self, **values: Any) -> None:
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
+    def _set_from(self, arguments: dict[str, Any]) -> None:
+        """Every field from ``locals()`` of the subclass's ``__init__``, whose arguments are its
+        fields: the fields are written once, in the signature."""
+        for name in self.__slots__:
+            object.__setattr__(self, name, arguments[name])
 
     def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
 
-    def _replace(self: R, **changes: Any) -> R:
-        """A copy with the named fields changed, as a NamedTuple's ``_replace``."""
+    def replace(self: R, **changes: Any) -> R:
+        """A copy with the named fields changed (a NamedTuple's ``_replace``)."""
         unknown = set(changes).difference(self.__slots__)
         if unknown:
             raise TypeError(f"{type(self).__name__} has no field {', '.join(sorted(unknown))}")
@@ -39,7 +41,7 @@ class Record:
         return copy
 
     def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable; use _replace({name}=...)")
+        raise AttributeError(f"{type(self).__name__} is immutable; use .replace({name}=...)")
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
@@ -62,5 +64,5 @@ class Record:
 
 def _restore(cls: type[R], values: dict[str, Any]) -> R:
     record = object.__new__(cls)
-    record._set(**values)
+    record._set_from(values)
     return record

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from pytest_dbguard.compat import sqlalchemy_decodes_database
@@ -91,21 +91,7 @@ class DatabaseURL(Record):
         database: str | None = None,
         query: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        self._set(
-            backend=backend,
-            driver=driver,
-            username=username,
-            password=password,
-            host=host,
-            port=port,
-            database=database,
-            query=query,
-        )
-
-    def replace(self, **changes: Any) -> DatabaseURL:
-        """A copy with the named parts changed (``backend``, ``driver``, ``username``,
-        ``password``, ``host``, ``port``, ``database``, ``query``)."""
-        return self._replace(**changes)
+        self._set_from(locals())
 
     @classmethod
     def parse(cls, text: str, *, source: str = "URL") -> DatabaseURL:

@@ -55,17 +55,7 @@ class Option(Record):
         bare: str | None = None,
         metavar: str | None = None,
     ) -> None:
-        self._set(
-            name=name,
-            help=help,
-            default=default,
-            flag_kind=flag_kind,
-            ini_type=ini_type,
-            env=env,
-            cli=cli,
-            bare=bare,
-            metavar=metavar,
-        )
+        self._set_from(locals())
 
     @property
     def flag(self) -> str:
@@ -264,29 +254,7 @@ class Settings(Record):
         guard_modules: tuple[str, ...],
         sources: Mapping[str, str],
     ) -> None:
-        self._set(
-            url=url,
-            sqlite_requested=sqlite_requested,
-            wait=wait,
-            reuse=reuse,
-            rebuild=rebuild,
-            worker_isolation=worker_isolation,
-            isolation=isolation,
-            proxy=proxy,
-            driver=driver,
-            metadata=metadata,
-            alembic_ini=alembic_ini,
-            check_schema=check_schema,
-            naive_datetime=naive_datetime,
-            pg_bindir=pg_bindir,
-            leaks=leaks,
-            keep_failed=keep_failed,
-            report=report,
-            allow_databases=allow_databases,
-            env_lines=env_lines,
-            guard_modules=guard_modules,
-            sources=sources,
-        )
+        self._set_from(locals())
 
     def source_of(self, name: str) -> str:
         """Human wording of where setting ``name`` came from."""

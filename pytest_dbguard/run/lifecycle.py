@@ -265,7 +265,7 @@ def building_in(
     target_plan = (
         plan
         if plan.schema is not None
-        else plan._replace(test_url=url, async_url=url.asynchronous(), database=database)
+        else plan.replace(test_url=url, async_url=url.asynchronous(), database=database)
     )
     assignments = environment.parse_env_lines(settings.env_lines)
     with schema.environ_override(environment.variables(target_plan, assignments)):

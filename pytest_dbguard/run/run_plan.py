@@ -77,20 +77,7 @@ class RunPlan(Record):
         inspection: str | None = None,
         pipeline_key: str | None = None,
     ) -> None:
-        self._set(
-            run=run,
-            worker=worker,
-            owns_server=owns_server,
-            embedded=embedded,
-            server_url=server_url,
-            test_url=test_url,
-            async_url=async_url,
-            database=database,
-            sqlite_dir=sqlite_dir,
-            schema=schema,
-            inspection=inspection,
-            pipeline_key=pipeline_key,
-        )
+        self._set_from(locals())
 
     @property
     def is_sqlite(self) -> bool:
@@ -274,7 +261,7 @@ def with_server(plan: RunPlan, server_url: DatabaseURL) -> RunPlan:
     if plan.server_url is not None and plan.server_url.driver:
         server_url = server_url.with_driver(plan.server_url.driver)
     test_url = server_url.with_database(plan.database)
-    return plan._replace(
+    return plan.replace(
         server_url=server_url, test_url=test_url.sync(), async_url=test_url.asynchronous()
     )
 
@@ -282,4 +269,4 @@ def with_server(plan: RunPlan, server_url: DatabaseURL) -> RunPlan:
 def with_test_url(plan: RunPlan, url: DatabaseURL) -> RunPlan:
     """The plan with this worker's database reached through ``url``'s host and port (the proxy)."""
     test_url = plan.test_url.replace(host=url.host, port=url.port)
-    return plan._replace(test_url=test_url, async_url=test_url.asynchronous())
+    return plan.replace(test_url=test_url, async_url=test_url.asynchronous())
