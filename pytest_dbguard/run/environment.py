@@ -22,7 +22,7 @@ import pytest
 
 from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.run import config as dbguard_config
-from pytest_dbguard.run import run_plan, setting_values, termination
+from pytest_dbguard.run import run_plan, setting_values
 from pytest_dbguard.run.run_plan import ORIGIN_VAR, RunPlan
 from pytest_dbguard.run.state import DbguardRun, run_key, run_of, the_run
 
@@ -116,11 +116,14 @@ def prepare(
             # Only the process that writes it (xdist workers send their part): before anything.
             report_document.check_path(settings.report, settings.source_of("report"))
     run = config.stash[run_key] = DbguardRun(settings=settings, plan=plan)
-    termination.install(config)  # from here on SIGTERM cleans up like Ctrl-C
     if plan.inspection is not None:
-        # An IDE refreshing its test tree, or --help: nothing started, connected or created.
+        # An IDE refreshing its test tree, or --help: nothing started, connected or created,
+        # and nothing for SIGTERM to clean up.
         export(run, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
         return
+    from pytest_dbguard.run import termination
+
+    termination.install(config)  # from here on SIGTERM cleans up like Ctrl-C
     if plan.owns_server and plan.embedded:
         from pytest_dbguard.server import cluster_start as server
         from pytest_dbguard.server import machine
@@ -325,7 +328,10 @@ def leave(config: pytest.Config) -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    termination.restore(config)
+    if "pytest_dbguard.run.termination" in sys.modules:  # installed by a run that runs tests
+        from pytest_dbguard.run import termination
+
+        termination.restore(config)
 
 
 def check_guarded_modules(modules: Sequence[str], assignments: Sequence[tuple[str, str]]) -> None:
