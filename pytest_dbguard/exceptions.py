@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-
-class DbguardError(Exception):
-    """Base class of all pytest-dbguard errors."""
-
-
-class ConfigError(DbguardError):
-    """A setting has a bad value; the message names the setting, its source and the fix."""
+# Defined apart, for the settings path every command imports (see that module).
+from pytest_dbguard.config_errors import ConfigError as ConfigError
+from pytest_dbguard.config_errors import DbguardError as DbguardError
 
 
 class ServerError(DbguardError):

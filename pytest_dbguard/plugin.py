@@ -12,7 +12,7 @@ from collections.abc import Generator
 
 import pytest
 
-from pytest_dbguard.exceptions import DbguardError
+from pytest_dbguard.config_errors import DbguardError
 from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import environment, markers
 from pytest_dbguard.run.state import run_of

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from pytest_dbguard.compat import sqlalchemy_decodes_database
-from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.config_errors import ConfigError
 from pytest_dbguard.records import Record
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ from typing import Any, Final, TypeVar
 import pytest
 
 from pytest_dbguard.compat import ini_keys, ini_raw, override_ini, pytest_ini
+from pytest_dbguard.config_errors import ConfigError
 from pytest_dbguard.db.urls import DatabaseURL
-from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.records import Record
 from pytest_dbguard.run.setting_values import PARSERS, SQLITE_KEYWORD, driver_in_env_lines
 

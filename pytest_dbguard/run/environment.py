@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.config_errors import ConfigError
 from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import run_plan, setting_values
 from pytest_dbguard.run.run_plan import ORIGIN_VAR, RunPlan

@@ -8,7 +8,7 @@ from collections.abc import Collection
 
 import pytest
 
-from pytest_dbguard.exceptions import DbguardError
+from pytest_dbguard.config_errors import DbguardError
 from pytest_dbguard.run import setting_values
 
 MARKER_HELP = (

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from pytest_dbguard.config_errors import ConfigError
 from pytest_dbguard.db.urls import DatabaseURL
-from pytest_dbguard.exceptions import ConfigError
 
 ISOLATION_CHOICES: Final = ("rollback", "truncate", "none")
 WORKER_ISOLATION_CHOICES: Final = ("auto", "database", "schema")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import pytest
 
@@ -18,6 +18,8 @@ from pytest_dbguard.run.config import Settings
 from pytest_dbguard.run.run_plan import RunPlan
 
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from sqlalchemy import MetaData
 
     from pytest_dbguard.db.databases import Provisioned, SchemaBuild
@@ -26,14 +28,13 @@ if TYPE_CHECKING:
     from pytest_dbguard.guards.statement_timing import StatementTimer
     from pytest_dbguard.server.cluster import EmbeddedCluster
 
+    class SchemaHook(Protocol):  # only a type: defining a Protocol costs every run at import
+        """A schema source other than metadata and alembic (Django's ``migrate``): its
+        fingerprint, and the build of a template at ``url``."""
 
-class SchemaHook(Protocol):
-    """A schema source other than metadata and alembic (Django's ``migrate``): its fingerprint,
-    and the build of a template at ``url``."""
+        def fingerprint(self) -> str: ...
 
-    def fingerprint(self) -> str: ...
-
-    def builder(self, url: DatabaseURL) -> SchemaBuild: ...
+        def builder(self, url: DatabaseURL) -> SchemaBuild: ...
 
 
 # Plain classes, not dataclasses: a dataclass compiles its generated methods from source at
