@@ -30,6 +30,7 @@ class TestPhases:
     __test__ = False  # not a test class, whatever its name says
 
     def __init__(self, config: pytest.Config) -> None:
+        self.config = config
         self.running = running_test(config)
         self.guards = TestGuards(config)
 
@@ -64,13 +65,12 @@ class TestPhases:
         self.guards.after_teardown(item, marks, may_raise=True)
         return result
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
-        redaction.scrub_report(item.config, report)
-        return report
+    # On the report's way out, before the terminal, junitxml and xdist's worker read it (their
+    # logreport hooks are plain ones). Not a makereport wrapper: a wrapper costs each phase of
+    # each test pluggy's generator machinery, a plain hook one call.
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        redaction.scrub_report(self.config, report)
 
     def pytest_unconfigure(self) -> None:
         self.guards.close()
