@@ -44,7 +44,8 @@ FAILED: Final = (
     "config.attributes['connection'] (its settings are read afresh there, naming the template). "
     "Its output{tail}:\n{output}\nFix that migration or env.py (ini dbguard_alembic_ini); no test ran."
 )
-_FRAME: Final = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
+# As text: re compiles it on first use (a failed build), not in every run's import.
+_FRAME: Final = r'File "(?P<file>[^"]+)", line (?P<line>\d+)'
 
 
 def env_py(ini: Path) -> Path:
@@ -146,7 +147,7 @@ def _without_library_frames(output: str, script_dir: Path) -> list[str]:
     kept: list[str] = []
     in_frame = keep_frame = False
     for line in output.rstrip().splitlines():
-        frame = _FRAME.search(line) if line.startswith("  File ") else None
+        frame = re.search(_FRAME, line) if line.startswith("  File ") else None
         if frame is not None:
             in_frame, keep_frame = True, os.path.realpath(frame["file"]).startswith(folder)
         elif in_frame and line.startswith("    "):
@@ -163,7 +164,7 @@ def failing_file(traceback_text: str, script_dir: Path) -> str:
     folder = str(script_dir.resolve())
     frames = [
         match
-        for match in _FRAME.finditer(traceback_text)
+        for match in re.finditer(_FRAME, traceback_text)
         if os.path.realpath(match["file"]).startswith(folder)
     ]
     if not frames:

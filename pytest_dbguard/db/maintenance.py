@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 Params = Mapping[str, Any]
 CONNECT_TIMEOUT: Final = 30.0  # seconds, unless the URL's connect_timeout says otherwise
-_NAMED: Final = re.compile(r"(?<![:\w]):(\w+)")  # :name, not a ::cast
+_NAMED: Final = r"(?<![:\w]):(\w+)"  # :name, not a ::cast; compiled on first use by re
 
 
 class MaintenanceQueryError(DbguardError):
@@ -148,7 +148,7 @@ class MaintenanceConnection:
 
 def _pyformat(statement: str) -> str:
     """``:name`` parameters as psycopg's ``%(name)s``, literal ``%`` doubled."""
-    return _NAMED.sub(r"%(\1)s", statement.replace("%", "%%"))
+    return re.sub(_NAMED, r"%(\1)s", statement.replace("%", "%%"))
 
 
 def connect(url: DatabaseURL, *, shared: bool = False) -> MaintenanceConnection:

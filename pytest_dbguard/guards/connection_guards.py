@@ -12,7 +12,6 @@ process): they go in when SQLAlchemy is first imported, whenever that is (:class
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.abc
 import importlib.machinery
 import sys
@@ -51,18 +50,27 @@ def tables_left(item: pytest.Item) -> list[str] | None:
     return item.stash.get(_left_key, None)
 
 
-@dataclasses.dataclass
 class ConnectionGuards:
-    """The run's two connection guards and what they need, in ``config.stash``."""
+    """The run's two connection guards and what they need, in ``config.stash``.
 
-    plan: RunPlan
-    foreign: ForeignDatabaseGuard
-    leaks: LeakWatcher | None  # None: dbguard_leaks = off, or SQLite (no xmin to go by)
-    leak_mode: str
-    isolation: str = "rollback"  # the run's default, for tests whose markers name none
-    _test_database: dict[URL, bool] = dataclasses.field(default_factory=dict)
-    _check_engine: Engine | None = None
-    _pending: OnImport | None = None  # waiting for SQLAlchemy's import to install the guards
+    A plain class, not a dataclass: nothing compiled at import, which every run pays."""
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        foreign: ForeignDatabaseGuard,
+        leaks: LeakWatcher | None,  # None: dbguard_leaks = off, or SQLite (no xmin to go by)
+        leak_mode: str,
+        isolation: str = "rollback",  # the run's default, for tests whose markers name none
+    ) -> None:
+        self.plan = plan
+        self.foreign = foreign
+        self.leaks = leaks
+        self.leak_mode = leak_mode
+        self.isolation = isolation
+        self._test_database: dict[URL, bool] = {}
+        self._check_engine: Engine | None = None
+        self._pending: OnImport | None = None  # waiting for SQLAlchemy's import to install
 
     def install(self) -> None:
         """Start both guards (SQLAlchemy is imported by now)."""

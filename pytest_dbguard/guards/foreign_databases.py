@@ -14,7 +14,6 @@ cleanup) are exempt: their dialects are registered by ``engine_listener.mark_own
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,6 +23,7 @@ from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ForeignDatabaseError
+from pytest_dbguard.records import Record
 from pytest_dbguard.server.connect_target import DEFAULT_PORT
 
 if TYPE_CHECKING:
@@ -65,14 +65,28 @@ def _port(value: Any) -> int:
     return int(text) if text.isdigit() else DEFAULT_PORT
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
+class Target(Record):
     """A database on a server, as the driver will reach it; ``database`` None: any on the server."""
 
+    __slots__ = ("database", "host", "port", "shown_host")
     host: str  # compared through _host_key
     port: int
     database: str | None
-    shown_host: str = dataclasses.field(default="", compare=False)
+    shown_host: str  # how messages name the host; not compared
+
+    def __init__(self, host: str, port: int, database: str | None, shown_host: str = "") -> None:
+        self._set_from(locals())
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._compared() == other._compared()
+
+    def __hash__(self) -> int:
+        return hash(self._compared())
+
+    def _compared(self) -> tuple[str, int, str | None]:
+        return self.host, self.port, self.database
 
     @classmethod
     def make(cls, host: str | None, port: Any, database: str | None) -> Target:

@@ -38,7 +38,8 @@ UNTYPED_HINT: Final = (
     "(text(...).bindparams(bindparam({name!r}, type_=DateTime()))),"
 )
 UNKNOWN_TYPE: Final = "type unknown"
-_EXPANDED: Final = re.compile(r"_\d+$")  # at_2_1, at_2_2: the values of expanding bind at_2
+_EXPANDED: Final = r"_\d+$"  # at_2_1, at_2_2: the values of expanding bind at_2 (as text:
+# re compiles it on first use, not in every run's import)
 _DATETIME: Final = datetime.datetime
 _TIMEZONE: Final = datetime.timezone  # always has an offset: no utcoffset() call needed
 _LOOKED_INTO: Final = (datetime.datetime, list, tuple)  # what may be or hold a naive datetime
@@ -198,7 +199,7 @@ def _bind_type(compiled: Any, name: str) -> Any:
     """The SQLAlchemy type of bound parameter ``name``; None when the statement has no such bind."""
     bind = compiled.binds.get(name)
     if bind is None:
-        bind = compiled.binds.get(_EXPANDED.sub("", name))
+        bind = compiled.binds.get(re.sub(_EXPANDED, "", name))
         if bind is None or not bind.expanding:
             return None
     return bind.type

@@ -22,7 +22,6 @@ remedy) is :mod:`pytest_dbguard.server.connect_diagnosis`, shared with the janit
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import random
 import socket
@@ -32,6 +31,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.records import Record
 from pytest_dbguard.server import handover
 from pytest_dbguard.server.connect_diagnosis import (
     NAME_RESOLUTION,
@@ -50,15 +50,25 @@ PROGRESS_EVERY: Final = 2.0  # seconds between progress lines after that
 MIN_ATTEMPT: Final = 0.05  # an attempt gets at least this long; none starts closer to the deadline
 
 
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(Record):
     """Capped exponential backoff with jitter, and how long one attempt may take."""
 
-    first_delay: float = 0.005
-    max_delay: float = 0.02
-    multiplier: float = 2.0
-    jitter: float = 0.2  # each pause is shortened by up to this fraction, so workers drift apart
-    attempt_timeout: float = 5.0
+    __slots__ = ("attempt_timeout", "first_delay", "jitter", "max_delay", "multiplier")
+    first_delay: float
+    max_delay: float
+    multiplier: float
+    jitter: float  # each pause is shortened by up to this fraction, so workers drift apart
+    attempt_timeout: float
+
+    def __init__(
+        self,
+        first_delay: float = 0.005,
+        max_delay: float = 0.02,
+        multiplier: float = 2.0,
+        jitter: float = 0.2,
+        attempt_timeout: float = 5.0,
+    ) -> None:
+        self._set_from(locals())
 
     def delay(self, attempt: int) -> float:
         """The pause after failed attempt number ``attempt`` (counted from 1)."""
@@ -91,28 +101,47 @@ def is_local_host(host: str | None) -> bool:
         return False
 
 
-@dataclasses.dataclass(frozen=True)
-class Readiness:
+class Readiness(Record):
     """A successful readiness check: attempts made, time spent, and the server's version."""
 
+    __slots__ = ("attempts", "elapsed_ms", "server_version")
     attempts: int
     elapsed_ms: float
     server_version: str | None
 
+    def __init__(self, attempts: int, elapsed_ms: float, server_version: str | None) -> None:
+        self._set_from(locals())
 
-@dataclasses.dataclass(frozen=True)
-class Probe:
+
+class Probe(Record):
     """One check, as a ``/health/deep`` endpoint reports it; ``stage``/``error`` set on failure."""
 
+    __slots__ = ("error", "latency_ms", "server_version", "stage", "status")
     status: str  # "ok" or "error"
     latency_ms: float
-    server_version: str | None = None
-    stage: str | None = None
-    error: str | None = None
+    server_version: str | None
+    stage: str | None
+    error: str | None
+
+    def __init__(
+        self,
+        status: str,
+        latency_ms: float,
+        server_version: str | None = None,
+        stage: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        self._set_from(locals())
 
     def as_dict(self) -> dict[str, Any]:
         """The probe as a JSON-ready dict."""
-        return dataclasses.asdict(self)
+        return {
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "server_version": self.server_version,
+            "stage": self.stage,
+            "error": self.error,
+        }
 
 
 class _Attempt:
