@@ -11,7 +11,6 @@ anyway, before any test has written to it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 
 from pytest_dbguard.exceptions import SchemaDriftError, SchemaDriftWarning, SchemaError
+from pytest_dbguard.records import Record
 from pytest_dbguard.run.state import the_run
 
 if TYPE_CHECKING:
@@ -48,14 +48,19 @@ NOT_INSTALLED: Final = (
 metadata_key: Final = pytest.StashKey["MetaData"]()
 
 
-@dataclasses.dataclass(frozen=True)
-class Drift:
+class Drift(Record):
     """The differences between the migrated database and the metadata, one sentence each."""
 
+    __slots__ = ("alembic_ini", "differences", "metadata", "tables")
     alembic_ini: str
     metadata: str
     differences: tuple[str, ...]
     tables: int  # tables in the metadata, for the "no drift" line
+
+    def __init__(
+        self, alembic_ini: str, metadata: str, differences: tuple[str, ...], tables: int
+    ) -> None:
+        self._set_from(locals())
 
     def report(self) -> str:
         """The headline and one indented line per difference."""
