@@ -46,13 +46,17 @@ class Record:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
+    def _compared(self) -> tuple[Any, ...]:
+        """What equality and hashing look at: every field, unless a subclass says less."""
+        return self._values()
+
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return self._values() == other._values()
+        return self._compared() == other._compared()
 
     def __hash__(self) -> int:
-        return hash(self._values())
+        return hash(self._compared())
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickle and copy: __setattr__ refuses
         return _restore, (type(self), dict(zip(self.__slots__, self._values(), strict=True)))

@@ -77,15 +77,7 @@ class Target(Record):
     def __init__(self, host: str, port: int, database: str | None, shown_host: str = "") -> None:
         self._set_from(locals())
 
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._compared() == other._compared()
-
-    def __hash__(self) -> int:
-        return hash(self._compared())
-
-    def _compared(self) -> tuple[str, int, str | None]:
+    def _compared(self) -> tuple[str, int, str | None]:  # not shown_host
         return self.host, self.port, self.database
 
     @classmethod
