@@ -19,18 +19,24 @@ from _ci_profile import GUARDS_OFF
 SMALL = 20
 
 
-def instructions(tmp: Path, server: external.ExternalServer, tests: int) -> None:
+SIDES = ("recipe", "dbguard", "guards off")
+
+
+def instructions(tmp: Path, server: external.ExternalServer, tests: int, counts: int = 1) -> None:
+    """Per test and fixed cost of each side; with ``counts`` > 1 every count is repeated, the
+    sides alternating round by round, and the medians (and min-max) are printed: one count of
+    the small suite that comes out 20M off (a garbage collection more or less) moves the
+    two-point slope by 0.07M per test, about the margin the per-test goal leaves."""
     common.banner(
         f"i. instructions of the pytest process per test (valgrind), {SMALL} and {tests} tests"
+        + (f", {counts} counts each" if counts > 1 else "")
     )
-    per_test: dict[str, float] = {}
-    fixed: dict[str, float] = {}
-    for who in ("recipe", "dbguard", "guards off"):
+    runs: dict[tuple[str, int], tuple[Path, list[str], dict[str, str]]] = {}
+    for who in SIDES:
         plugins = ["pytest_dbguard"] if who != "recipe" else []
         env = common.sealed_env(
             {"DBGUARD_URL" if plugins else "DATABASE_URL": server.url(), "PYTHONHASHSEED": "0"}
         )
-        counts = []
         for count in (SMALL, tests):
             suite = orm_suite(tmp / f"i_{who.replace(' ', '_')}_{count}", count, bool(plugins))
             if who == "guards off":
@@ -38,21 +44,35 @@ def instructions(tmp: Path, server: external.ExternalServer, tests: int) -> None
                     ini.write(GUARDS_OFF)
             command = common.pytest_command(plugins=plugins)
             common.run_pytest(suite, command, env=env)  # a warm-up: the bytecode caches written
-            counts.append(common.count_instructions(command, suite, env))
-        per_test[who] = (counts[1] - counts[0]) / (tests - SMALL)
-        fixed[who] = counts[0] - SMALL * per_test[who]  # the run's cost with its tests taken out
-        print(
-            f"{who:10} {counts[0] / 1e6:8.1f}M instructions for {SMALL} tests, "
-            f"{per_test[who] / 1e6:.3f}M per test",
-            flush=True,
-        )
+            runs[who, count] = suite, command, env
+    per_test: dict[str, list[float]] = {who: [] for who in SIDES}
+    fixed: dict[str, list[float]] = {who: [] for who in SIDES}
+    for _ in range(counts):
+        for who in SIDES:
+            small, big = (
+                common.count_instructions(runs[who, n][1], runs[who, n][0], runs[who, n][2])
+                for n in (SMALL, tests)
+            )
+            slope = (big - small) / (tests - SMALL)
+            per_test[who].append(slope)
+            fixed[who].append(small - SMALL * slope)  # the run's cost with its tests taken out
+            print(
+                f"{who:10} {small / 1e6:8.1f}M instructions for {SMALL} tests, "
+                f"{slope / 1e6:.3f}M per test",
+                flush=True,
+            )
     recipe = per_test["recipe"]
     for who in ("dbguard", "guards off"):
+        extra = [mine - base for mine, base in zip(per_test[who], recipe, strict=True)]
+        ratio = [mine / base for mine, base in zip(per_test[who], recipe, strict=True)]
+        more = [mine - base for mine, base in zip(fixed[who], fixed["recipe"], strict=True)]
         print(
-            f"per test, {who} / recipe: x{per_test[who] / recipe:.3f} "
-            f"(+{(per_test[who] - recipe) / 1e6:.3f}M instructions); fixed cost of a run "
-            f"{fixed[who] / 1e6:.1f}M vs {fixed['recipe'] / 1e6:.1f}M "
-            f"(+{(fixed[who] - fixed['recipe']) / 1e6:.1f}M instructions)"
+            f"per test, {who} / recipe: x{common.median(ratio):.3f} "
+            f"(+{common.median(extra) / 1e6:.3f}M instructions"
+            + (f", rounds {common.spread(extra, 1e-6, 3)}M" if counts > 1 else "")
+            + f"); fixed cost of a run {common.median(fixed[who]) / 1e6:.1f}M vs "
+            f"{common.median(fixed['recipe']) / 1e6:.1f}M (+{common.median(more) / 1e6:.1f}M "
+            "instructions)"
         )
 
 

@@ -1,6 +1,6 @@
 """The CI path: dbguard on an external server with password auth vs the recipe a team writes by hand.
 
-    python benchmarks/ci_path.py [--runs 7] [--tests 300] [--only 1,2,3,4] [--only p] [--only i,c]
+    python benchmarks/ci_path.py [--runs 7] [--tests 300] [--only 1,2,3,4] [--only p] [--only i,c] [--counts 3]
 
 1. External server (a PostgreSQL cluster this script starts on loopback, ``scram-sha-256`` over
    TCP, ``DBGUARD_URL`` pointing at it) vs SQLAlchemy's documented recipe in a conftest that
@@ -26,7 +26,8 @@ p. Profile (``--only p``, not part of the default): ``-X importtime`` and cProfi
 i. Instructions (``--only i``, not part of the default; valgrind, a few minutes): per test, the
    pytest process's instructions of the recipe, dbguard and dbguard with those guards off, from a
    20-test and an N-test suite (see ``_ci_instructions.py``): a count that the machine's other
-   load does not change, unlike the slope of part 1.
+   load does not change, unlike the slope of part 1; ``--counts 3`` repeats each count, the
+   sides alternating, and prints medians (one count can come out 20M off).
 c. Instructions of part 4's commands (``--only c``, not part of the default; valgrind): each
    command without dbguard, with the embedded default and with the external server.
 
@@ -305,6 +306,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="alternating runs per configuration")
     parser.add_argument("--tests", type=int, default=300, help="tests in the bigger suites")
     parser.add_argument("--only", default="1,2,3,4", help="comma-separated parts: 1,2,3,4,p,i,c")
+    parser.add_argument(
+        "--counts", type=int, default=1, help="part i: valgrind counts per suite (median printed)"
+    )
     args = parser.parse_args()
     parts = set(args.only.split(","))
     print(f"machine: {common.machine_note()}", flush=True)
@@ -332,7 +336,7 @@ def main() -> None:
         if "i" in parts:
             import _ci_instructions
 
-            _ci_instructions.instructions(tmp, server, args.tests)
+            _ci_instructions.instructions(tmp, server, args.tests, args.counts)
         if "c" in parts:
             import _ci_instructions
 
