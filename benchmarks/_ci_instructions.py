@@ -23,34 +23,21 @@ SIDES = ("recipe", "dbguard", "guards off")
 
 
 def instructions(tmp: Path, server: external.ExternalServer, tests: int, counts: int = 1) -> None:
-    """Per test and fixed cost of each side; with ``counts`` > 1 every count is repeated, the
-    sides alternating round by round, and the medians (and min-max) are printed: one count of
-    the small suite that comes out 20M off (a garbage collection more or less) moves the
-    two-point slope by 0.07M per test, about the margin the per-test goal leaves."""
+    """Per test and fixed cost of each side; with ``counts`` > 1 every count is repeated on
+    suites written afresh (another folder), the sides alternating round by round, and the
+    medians (and min-max) are printed. Counts of one suite repeat exactly; what moved between
+    invocations (+0.11M to +0.28M per test for the same code) comes with what each invocation
+    makes anew: folders, the server's port, names."""
     common.banner(
         f"i. instructions of the pytest process per test (valgrind), {SMALL} and {tests} tests"
         + (f", {counts} counts each" if counts > 1 else "")
     )
-    runs: dict[tuple[str, int], tuple[Path, list[str], dict[str, str]]] = {}
-    for who in SIDES:
-        plugins = ["pytest_dbguard"] if who != "recipe" else []
-        env = common.sealed_env(
-            {"DBGUARD_URL" if plugins else "DATABASE_URL": server.url(), "PYTHONHASHSEED": "0"}
-        )
-        for count in (SMALL, tests):
-            suite = orm_suite(tmp / f"i_{who.replace(' ', '_')}_{count}", count, bool(plugins))
-            if who == "guards off":
-                with (suite / "pytest.ini").open("a") as ini:
-                    ini.write(GUARDS_OFF)
-            command = common.pytest_command(plugins=plugins)
-            common.run_pytest(suite, command, env=env)  # a warm-up: the bytecode caches written
-            runs[who, count] = suite, command, env
     per_test: dict[str, list[float]] = {who: [] for who in SIDES}
     fixed: dict[str, list[float]] = {who: [] for who in SIDES}
-    for _ in range(counts):
+    for round_ in range(counts):
         for who in SIDES:
             small, big = (
-                common.count_instructions(runs[who, n][1], runs[who, n][0], runs[who, n][2])
+                _count(tmp / f"i_{who.replace(' ', '_')}_{n}_{round_}", n, who, server)
                 for n in (SMALL, tests)
             )
             slope = (big - small) / (tests - SMALL)
@@ -74,6 +61,22 @@ def instructions(tmp: Path, server: external.ExternalServer, tests: int, counts:
             f"{common.median(fixed['recipe']) / 1e6:.1f}M (+{common.median(more) / 1e6:.1f}M "
             "instructions)"
         )
+
+
+def _count(root: Path, tests: int, who: str, server: external.ExternalServer) -> int:
+    """One valgrind count of a fresh ``tests``-test suite of side ``who`` in ``root`` (after a
+    warm-up run that writes the bytecode caches)."""
+    plugins = ["pytest_dbguard"] if who != "recipe" else []
+    env = common.sealed_env(
+        {"DBGUARD_URL" if plugins else "DATABASE_URL": server.url(), "PYTHONHASHSEED": "0"}
+    )
+    suite = orm_suite(root, tests, bool(plugins))
+    if who == "guards off":
+        with (suite / "pytest.ini").open("a") as ini:
+            ini.write(GUARDS_OFF)
+    command = common.pytest_command(plugins=plugins)
+    common.run_pytest(suite, command, env=env)
+    return common.count_instructions(command, suite, env)
 
 
 def commands(
