@@ -4,8 +4,9 @@ test databases only, and rows left behind.
 The guards themselves are classes that work without pytest, each in its own module
 (``naive_datetimes.NaiveDatetimeGuard``, ``hidden_modules.HiddenModules``,
 ``query_counter.QueryCounter``, the run's ``connection_guards``); this module only wires them
-into pytest: ``run.phases``' one wrapper per test phase calls ``before_setup``, ``around_call``
-and ``after_teardown`` here (every hook implementation is a cost each test pays), on
+into pytest: ``run.phases``' wrappers of each test's setup and teardown call ``before_setup``,
+``after_setup`` and ``after_teardown`` here, and of its call, with ``dbguard_naive_datetime =
+error`` only, ``around_call`` (every hook implementation is a cost each test pays), on
 the run's :class:`TestGuards`. SQLAlchemy is imported when a guard is installed, never at
 import time. Only a run that runs tests imports it; the ``dbguard_queries`` fixture lives in
 ``guards.fixtures``, which every run registers.
@@ -127,12 +128,17 @@ class TestGuards:
                 # Entered here and left after teardown, so fixtures run with the modules hidden too.
                 item.stash[_hidden_key] = hidden.__enter__()
 
-    def around_call(self, item: pytest.Item) -> Generator[None, None, None]:
-        """The test's call: fails it where ``dbguard_naive_datetime = error`` refused a statement
-        whose error the code under test caught."""
+    def after_setup(self, item: pytest.Item) -> None:
+        """The test's fixtures may have imported SQLAlchemy (or its ORM): the naive guard from
+        its call on."""
         guard = self.naive
         if guard is None or not guard.assignments.installed:
-            guard = self._watch_naive(item)  # the test's fixtures may have imported SQLAlchemy
+            self._watch_naive(item)
+
+    def around_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        """With ``dbguard_naive_datetime = error``, the test's call: fails it where the guard
+        refused a statement whose error the code under test caught."""
+        guard = self.naive
         result = yield
         if guard is not None and guard.mode == "error" and guard.reports:
             __tracebackhide__ = True

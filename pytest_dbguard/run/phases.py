@@ -21,6 +21,7 @@ from pytest_dbguard.guards.hooks import TestGuards
 from pytest_dbguard.run import redaction
 
 PHASES_PLUGIN: Final = "dbguard-test-phases"
+CALL_CHECK_PLUGIN: Final = "dbguard-call-check"
 
 
 class TestPhases:
@@ -33,6 +34,8 @@ class TestPhases:
         self.config = config
         self.running = running_test(config)
         self.guards = TestGuards(config)
+        if self.guards.naive_mode == "error":  # the only reason to wrap each test's call
+            config.pluginmanager.register(_CallCheck(self.guards), CALL_CHECK_PLUGIN)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
@@ -42,14 +45,11 @@ class TestPhases:
         running.marks = marks = marks_of(item)
         self.guards.before_setup(item, marks)
         try:
-            return (yield)
+            result = yield
         finally:
             release_parked_engines()  # the schema build's engine, if the first test did not take it
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
-        __tracebackhide__ = True
-        return (yield from self.guards.around_call(item))
+        self.guards.after_setup(item)
+        return result
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
@@ -74,6 +74,19 @@ class TestPhases:
 
     def pytest_unconfigure(self) -> None:
         self.guards.close()
+
+
+class _CallCheck:
+    """``dbguard_naive_datetime = error``: each test's call wrapped, to fail a test whose code
+    caught the error of a statement the guard refused (other runs pay no wrapper for it)."""
+
+    def __init__(self, guards: TestGuards) -> None:
+        self.guards = guards
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True
+        return (yield from self.guards.around_call(item))
 
 
 def pytest_configure(config: pytest.Config) -> None:
