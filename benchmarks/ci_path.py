@@ -27,9 +27,11 @@ i. Instructions (``--only i``, not part of the default; valgrind, a few minutes)
    pytest process's instructions of the recipe, dbguard and dbguard with those guards off, from a
    20-test and an N-test suite (see ``_ci_instructions.py``): a count that the machine's other
    load does not change, unlike the slope of part 1; ``--counts 3`` repeats each count, the
-   sides alternating, and prints medians (one count can come out 20M off).
+   sides alternating, and prints medians (one count can come out 20M off); and the N-test run's
+   whole count, dbguard / recipe (part 1's 300-test CPU ratio in a count).
 c. Instructions of part 4's commands (``--only c``, not part of the default; valgrind): each
-   command without dbguard, with the embedded default and with the external server.
+   command without dbguard, with an empty module activated by ``-p`` (pytest's own cost of any
+   ``-p`` plugin), with the embedded default and with the external server.
 
 Wall time of the whole pytest process (spawn to exit) and its CPU time (user + system of the
 process and every child it reaped, from ``os.wait4``: the embedded server is pytest's child, so
