@@ -1,6 +1,6 @@
 """The CI path: dbguard on an external server with password auth vs the recipe a team writes by hand.
 
-    python benchmarks/ci_path.py [--runs 7] [--tests 300] [--only 1,2,3,4] [--only p] [--only i,c] [--counts 3]
+    python benchmarks/ci_path.py [--runs 7] [--tests 300] [--only 1,2,3,4] [--only p] [--only i,t,c] [--counts 3]
 
 1. External server (a PostgreSQL cluster this script starts on loopback, ``scram-sha-256`` over
    TCP, ``DBGUARD_URL`` pointing at it) vs SQLAlchemy's documented recipe in a conftest that
@@ -29,6 +29,10 @@ i. Instructions (``--only i``, not part of the default; valgrind, a few minutes)
    load does not change, unlike the slope of part 1; ``--counts 3`` repeats each count, the
    sides alternating, and prints medians (one count can come out 20M off); and the N-test run's
    whole count, dbguard / recipe (part 1's 300-test CPU ratio in a count).
+t. CPU by phase inside the pytest process (``--only t``, not part of the default; see
+   ``_ci_phases.py``): a plugin on both sides stamps the CPU clock at pytest's milestones and
+   times each test's protocol, 1 and N tests: which segments dbguard's extra time is in, and the
+   median test, which whole-process slopes on a shared machine cannot show.
 c. Instructions of part 4's commands (``--only c``, not part of the default; valgrind): each
    command without dbguard, with an empty module activated by ``-p`` (pytest's own cost of any
    ``-p`` plugin), with the embedded default and with the external server.
@@ -307,7 +311,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="alternating runs per configuration")
     parser.add_argument("--tests", type=int, default=300, help="tests in the bigger suites")
-    parser.add_argument("--only", default="1,2,3,4", help="comma-separated parts: 1,2,3,4,p,i,c")
+    parser.add_argument("--only", default="1,2,3,4", help="comma-separated parts: 1,2,3,4,p,i,t,c")
     parser.add_argument(
         "--counts", type=int, default=1, help="part i: valgrind counts per suite (median printed)"
     )
@@ -339,6 +343,10 @@ def main() -> None:
             import _ci_instructions
 
             _ci_instructions.instructions(tmp, server, args.tests, args.counts)
+        if "t" in parts:
+            import _ci_phases
+
+            _ci_phases.phases(tmp, server, args.runs, (1, args.tests))
         if "c" in parts:
             import _ci_instructions
 
