@@ -54,8 +54,7 @@ class TestPhases:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
         __tracebackhide__ = True
-        running = self.running
-        marks = running.marks if running.item is item and running.marks else marks_of(item)
+        marks = marks_of(item)  # read at collection, kept on the item
         try:
             result = yield
         except BaseException:
