@@ -120,3 +120,40 @@ def test_two_concurrent_tox_envs_on_one_server(
         assert all(f"_dbg_{next(iter(run_ids[env]))}_" in name for name in databases[env])
     assert run_ids["py311"].isdisjoint(run_ids["py312"])
     assert databases["py311"].isdisjoint(databases["py312"])
+
+
+def test_workers_start_while_the_controller_waits_for_the_server(
+    pytester: pytest.Pytester,
+) -> None:
+    """The controller proves the server ready once xdist has started the workers, so they import
+    and collect while a late server comes up (an embedded cluster's start, a CI service's)."""
+    from tests.pgserver import delayed_server
+
+    pytester.makeconftest(
+        """
+        import os, pathlib, time
+
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        if worker:
+            pathlib.Path(f"imported-{worker}").write_text(repr(time.monotonic()))
+        """
+    )
+    pytester.makepyfile(
+        test_late="""
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_answers(dbguard_connection, n):
+            assert dbguard_connection.exec_driver_sql("select 1").scalar() == 1
+        """
+    )
+    with delayed_server(6.0) as delayed:
+        url = delayed.server.url()
+        result = run_dbguard(pytester, "-n", "2", "--dbguard-url", url, "--dbguard-wait", "60")
+        assert delayed.error is None
+    result.assert_outcomes(passed=4)
+    assert delayed.launched_at is not None
+    imported = sorted(float(path.read_text()) for path in pytester.path.glob("imported-gw*"))
+    assert len(imported) == 2, result.stdout.str()
+    # time.monotonic is the system's clock on Linux: comparable across processes.
+    assert imported[-1] < delayed.launched_at, (imported, delayed.launched_at)

@@ -118,14 +118,12 @@ def register(config: pytest.Config) -> None:
                 UNKNOWN_ALIAS.format(ini=INI_DATABASES, alias=alias, settings=module, known=known)
             )
     from pytest_dbguard.django.migrate import DjangoSchema
-    from pytest_dbguard.run import early_template
 
     hook = DjangoSchema(config, aliases)
     state = run.session
     assert state is not None, "register runs after lifecycle.configure"
     state.schema_hook = hook
     state.schema_source = hook.source
-    early_template.register(config)  # under xdist the controller builds it while workers start
     _register_plugins(config)
 
 

@@ -2,9 +2,9 @@
 
 Without it, the worker that finishes collecting first migrates while the other waits for the
 template's lock: the first test waits for the spawn, the imports, the collection and one
-migrate in a row. The controller has Django set up and the server proven ready before xdist
-starts any worker, so it can build the template itself. It starts the build in a thread right
-after xdist has started the workers: they have inherited its environment by then, so the
+migrate in a row. The controller has Django set up, and proves the server ready right after
+xdist has started the workers (``lifecycle.workers_started``), so it can build the template
+itself. It starts the build in a thread then: the workers have inherited its environment, so the
 variables exported for the build's database (``building_in``) never reach them. The build
 holds the template's advisory lock like a worker's would: a worker that asks for the template
 meanwhile waits and clones it, and one that gets there first builds it and the controller
@@ -19,37 +19,19 @@ building in the first worker.
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
 from typing import Final
 
 import pytest
 
-from pytest_dbguard.compat import xdist_loaded
 from pytest_dbguard.db import databases
 from pytest_dbguard.run import lifecycle, reuse_run
 from pytest_dbguard.run.run_plan import RunPlan
 from pytest_dbguard.run.state import the_run
 
-REGISTERED_NAME: Final = "dbguard-early-template"
 FAILED_NOTE: Final = (
     "dbguard: the xdist controller's early build of the template {template} failed "
     "({error}); the workers built it instead"
 )
-
-
-class EarlyTemplate:
-    """xdist controller hook: start the template's build once the workers are started."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-
-    # A wrapper: its code after ``yield`` runs after xdist's own (trylast) implementation,
-    # which is the one that starts the workers.
-    @pytest.hookimpl(wrapper=True)
-    def pytest_sessionstart(self, session: pytest.Session) -> Generator[None, None, None]:
-        result = yield
-        start(self.config)
-        return result
 
 
 def wanted(config: pytest.Config) -> bool:
@@ -68,7 +50,8 @@ def wanted(config: pytest.Config) -> bool:
 
 
 def start(config: pytest.Config) -> None:
-    """Start the build in a thread (joined by ``lifecycle`` before it cleans up)."""
+    """Start the build in a thread (joined by ``lifecycle`` before it cleans up); called once
+    xdist has started the workers and the controller has proven the server ready."""
     if not wanted(config):
         return
     state = the_run(config).session
@@ -108,13 +91,3 @@ def _cause(error: Exception, plan: RunPlan) -> str:
     if password:
         detail = detail.replace(password, "***")
     return f"{type(cause).__name__}: {detail}"
-
-
-def register(config: pytest.Config) -> None:
-    """Register the hook where xdist may run workers: not in a worker (the Django schema
-    source calls this; ``wanted`` tells a controller from a ``-n 0`` run at session start)."""
-    manager = config.pluginmanager
-    if hasattr(config, "workerinput") or not xdist_loaded(config):
-        return
-    if not manager.hasplugin(REGISTERED_NAME):
-        manager.register(EarlyTemplate(config), REGISTERED_NAME)

@@ -2,8 +2,9 @@
 
 Called from plugin.py hooks. The server was launched before the conftests loaded; ``ensure_started``
 waits for it as late as it can: after collection in the processes that run tests (a single run,
-each xdist worker), so the server starts while pytest collects, and at session start in the xdist
-controller, whose header names the server. Every process proves the server answers a real query.
+each xdist worker), so the server starts while pytest collects, and in the xdist controller, whose
+header names the server, once xdist has started the workers. Every process proves the server
+answers a real query.
 ``finish`` drops this worker's database, ``stop`` stops the embedded server and drops what the
 run left on an external one.
 """
@@ -67,14 +68,26 @@ def _schema_source(settings: Settings) -> str:
 
 
 def start(config: pytest.Config) -> None:
-    """At session start: the xdist controller waits for the server now; the others wait late."""
+    """At session start, before xdist starts any worker: only ``--dbguard-rebuild`` makes the
+    controller act now (it drops the kept templates before a worker could clone one)."""
     run = run_of(config)
     if run is None or run.session is None:
         return
     state = run.session
     state.runs_tests = not _is_xdist_controller(config)
-    if not state.runs_tests:
+    if not state.runs_tests and run.settings.rebuild:
         ensure_started(config)
+
+
+def workers_started(config: pytest.Config) -> bool:
+    """After xdist started its workers: the controller waits for the server while they import
+    and collect (they wait for it themselves after collecting), so an embedded cluster's start
+    and a server's check no longer delay every worker's. True in such a controller."""
+    run = run_of(config)
+    if run is None or run.session is None or run.session.runs_tests:
+        return False
+    ensure_started(config)
+    return True
 
 
 def ensure_started(config: pytest.Config) -> None:
