@@ -222,6 +222,10 @@ def bench_startup(tmp: Path, runs: int) -> None:
         "first run on the machine (no initdb cache)": _startup_suite(tmp / "b_first", ini),
         "embedded cold (new cluster, initdb cached)": _startup_suite(tmp / "b_cold", ini),
         "--dbguard-reuse (later run)": _startup_suite(tmp / "b_reuse", ini),
+        # Under xdist the workers start while the controller's cluster does.
+        "-n 2: bare pytest (same imports)": _startup_suite(tmp / "b_bare_n2", ""),
+        "-n 2: first run on the machine (no initdb cache)": _startup_suite(tmp / "b_first_n2", ini),
+        "-n 2: embedded cold (new cluster, initdb cached)": _startup_suite(tmp / "b_cold_n2", ini),
     }
     shared_cache = tmp / "b_cache"
     stamp = tmp / "b_stamp"
@@ -231,9 +235,11 @@ def bench_startup(tmp: Path, runs: int) -> None:
         extra = {"BENCH_STAMP": str(stamp), "XDG_CACHE_HOME": str(shared_cache)}
         plugins: list[str] = ["pytest_dbguard"]
         args: list[str] = []
-        if name.startswith("bare"):
+        if "bare" in name:
             plugins = []
-        elif "no initdb cache" in name:
+        if name.startswith("-n 2"):
+            plugins, args = [*plugins, "xdist"], ["-n", "2"]
+        if "no initdb cache" in name:
             extra["XDG_CACHE_HOME"] = str(tmp / f"b_empty_cache_{next(empty_count)}")
         elif "reuse" in name:
             args = ["--dbguard-reuse"]
@@ -248,18 +254,24 @@ def bench_startup(tmp: Path, runs: int) -> None:
         results = common.alternate(list(suites), runs, one)
     finally:
         common.stop_reused_cluster(suites["--dbguard-reuse (later run)"].resolve())
-    bare = common.median([first for first, _ in results["bare pytest (same imports)"]])
+    bare = {
+        prefix: common.median(
+            [first for first, _ in results[f"{prefix}bare pytest (same imports)"]]
+        )
+        for prefix in ("", "-n 2: ")
+    }
     goals = {"cold": 0.5, "reuse": 0.2}
     rows = []
     for name, samples in results.items():
         first = common.median([s[0] for s in samples])
-        goal = next((g for key, g in goals.items() if key in name), None)
-        own = "" if name.startswith("bare") else f"{first - bare:.3f}"
+        prefix = "-n 2: " if name.startswith("-n 2") else ""
+        goal = None if prefix else next((g for key, g in goals.items() if key in name), None)
+        own_cost = "" if "bare" in name else f"{first - bare[prefix]:.3f}"
         rows.append(
             [
                 name,
                 common.spread([s[0] for s in samples], digits=3),
-                own,
+                own_cost,
                 f"<= {goal}" if goal else "",
                 common.spread([s[1] for s in samples]),
             ]
@@ -271,18 +283,23 @@ def bench_startup(tmp: Path, runs: int) -> None:
     )
     print(
         f"{runs} alternating runs each; the schema is the three-table models "
-        "(template built each run, except reuse)"
+        "(template built each run, except reuse); under -n 2 the first test is the one test's, "
+        "in whichever worker ran it, against a bare pytest -n 2"
     )
-    own = {
-        key: common.median([first for first, _ in results[name]]) - bare
-        for name in results
-        for key in ("first run", "cold", "reuse")
-        if key in name
-    }
+
+    def own(name: str) -> float:
+        prefix = "-n 2: " if name.startswith("-n 2") else ""
+        return common.median([first for first, _ in results[name]]) - bare[prefix]
+
+    first_run, cold = (
+        "first run on the machine (no initdb cache)",
+        "embedded cold (new cluster, initdb cached)",
+    )
     print(
-        f"summary: startup, dbguard's own cost: cold {own['cold']:.2f} s (goal <= 0.5), "
-        f"reuse {own['reuse']:.2f} s (goal <= 0.2); first run without initdb cache "
-        f"{own['first run']:.2f} s"
+        f"summary: startup, dbguard's own cost: cold {own(cold):.2f} s (goal <= 0.5), "
+        f"reuse {own('--dbguard-reuse (later run)'):.2f} s (goal <= 0.2); first run without "
+        f"initdb cache {own(first_run):.2f} s; -n 2: cold {own('-n 2: ' + cold):.2f} s, "
+        f"first run {own('-n 2: ' + first_run):.2f} s"
     )
 
 

@@ -163,22 +163,13 @@ def _django_loaded() -> bool:
     return "pytest_django.plugin" in sys.modules
 
 
-# A wrapper: its code after ``yield`` runs after xdist's own (trylast) implementation, which
-# starts the workers; the controller waits for the server then, not before.
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_sessionstart(session: pytest.Session) -> Generator[None, None, None]:
-    if not _runs_tests(session.config):
-        return (yield)
-    from pytest_dbguard.run import lifecycle, summary_line
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _runs_tests(session.config):
+        from pytest_dbguard.run import lifecycle, summary_line
 
-    lifecycle.start(session.config)
-    summary_line.register_for_controller(session.config)
-    result = yield
-    if lifecycle.workers_started(session.config):
-        from pytest_dbguard.run import early_template
-
-        early_template.start(session.config)  # Django's template, while the workers start
-    return result
+        lifecycle.start(session.config)
+        summary_line.register_for_controller(session.config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -210,6 +201,10 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     if _runs_tests(session.config):
         from pytest_dbguard.run import lifecycle
 
+        if lifecycle.start_controller(session.config):
+            from pytest_dbguard.run import early_template
+
+            early_template.start(session.config)  # Django's template, while the workers start
         # When collection was skipped or its hook not reached.
         lifecycle.ensure_started(session.config)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 from pytest_dbguard.db.janitor import drop_marked, list_marked
-from pytest_dbguard.db.marks import MarkedDatabase
+from pytest_dbguard.db.marks import Mark, MarkedDatabase
 from pytest_dbguard.db.names import database_name
 from pytest_dbguard.db.urls import DatabaseURL
 
@@ -35,11 +35,18 @@ def _kept(server_url: DatabaseURL, base: str) -> list[MarkedDatabase]:
     return found
 
 
-def is_complete(server_url: DatabaseURL, name: str) -> bool:
-    """Whether the kept template ``name`` exists with its schema complete (a run may clone it)."""
-    return any(
-        database.name == name and database.mark.run == REUSE_RUN and bool(database.mark.complete)
-        for database in list_marked(server_url)
+def complete_mark(server_url: DatabaseURL, name: str) -> Mark | None:
+    """The mark of the kept template ``name`` when it exists with its schema complete (a run
+    may clone it), else None."""
+    return next(
+        (
+            database.mark
+            for database in list_marked(server_url)
+            if database.name == name
+            and database.mark.run == REUSE_RUN
+            and bool(database.mark.complete)
+        ),
+        None,
     )
 
 

@@ -3,7 +3,7 @@
 Without it, the worker that finishes collecting first migrates while the other waits for the
 template's lock: the first test waits for the spawn, the imports, the collection and one
 migrate in a row. The controller has Django set up, and proves the server ready right after
-xdist has started the workers (``lifecycle.workers_started``), so it can build the template
+xdist has started the workers (``lifecycle.start_controller``), so it can build the template
 itself. It starts the build in a thread then: the workers have inherited its environment, so the
 variables exported for the build's database (``building_in``) never reach them. The build
 holds the template's advisory lock like a worker's would: a worker that asks for the template

@@ -3,8 +3,8 @@
 Called from plugin.py hooks. The server was launched before the conftests loaded; ``ensure_started``
 waits for it as late as it can: after collection in the processes that run tests (a single run,
 each xdist worker), so the server starts while pytest collects, and in the xdist controller, whose
-header names the server, once xdist has started the workers. Every process proves the server
-answers a real query.
+header names the server, at its test loop, once xdist has started the workers. Every process
+proves the server answers a real query.
 ``finish`` drops this worker's database, ``stop`` stops the embedded server and drops what the
 run left on an external one.
 """
@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,21 +69,24 @@ def _schema_source(settings: Settings) -> str:
 
 
 def start(config: pytest.Config) -> None:
-    """At session start, before xdist starts any worker: only ``--dbguard-rebuild`` makes the
-    controller act now (it drops the kept templates before a worker could clone one)."""
+    """At session start, before xdist starts any worker: only ``--dbguard-rebuild`` with reuse
+    makes the controller act now (it drops the kept templates before a worker could clone one)."""
     run = run_of(config)
     if run is None or run.session is None:
         return
     state = run.session
     state.runs_tests = not _is_xdist_controller(config)
-    if not state.runs_tests and run.settings.rebuild:
+    state.started_at = time.time()
+    if not state.runs_tests and run.settings.rebuild and run.settings.reuse:
         ensure_started(config)
 
 
-def workers_started(config: pytest.Config) -> bool:
-    """After xdist started its workers: the controller waits for the server while they import
-    and collect (they wait for it themselves after collecting), so an embedded cluster's start
-    and a server's check no longer delay every worker's. True in such a controller."""
+def start_controller(config: pytest.Config) -> bool:
+    """The xdist controller's wait for the server, at its test loop: xdist has started the
+    workers by then (the controller collects nothing), so they import and collect while an
+    embedded cluster starts or a late server comes up, and wait for it themselves after
+    collecting. A failure raised here still lets xdist shut the workers down (its session
+    finish) before ``stop`` cleans up. True in the controller."""
     run = run_of(config)
     if run is None or run.session is None or run.session.runs_tests:
         return False
@@ -112,9 +116,12 @@ def ensure_started(config: pytest.Config) -> None:
                 state.notes.append(
                     f"dbguard: fault proxy on 127.0.0.1:{proxy.port} in front of the server"
                 )
-        state.template = state.template or reuse_run.template_word(plan, kept, state.provisioned)
+        state.template = state.template or reuse_run.template_word(
+            plan, kept, state.provisioned, since=state.started_at
+        )
     except DbguardError as error:
-        stop(config)
+        if state.runs_tests:  # the controller stops at unconfigure, once xdist's workers are gone
+            stop(config)
         worker_failures.fail_session(config, str(error))
 
 
@@ -133,8 +140,8 @@ def _kept_template(plan: RunPlan, settings: Settings, state: SessionState) -> st
 
 
 def _check_can_create_databases(plan: RunPlan, settings: Settings) -> None:
-    """With ``worker_isolation = database`` asked for, the server's owner checks the role once,
-    before any xdist worker tries (and fails) to create its database."""
+    """With ``worker_isolation = database`` asked for, the server's owner checks the role once:
+    its error is the run's, printed once, whatever the xdist workers meet meanwhile."""
     if not plan.owns_server or plan.embedded or plan.schema is not None:
         return
     if settings.worker_isolation != "database" or plan.server_url is None:

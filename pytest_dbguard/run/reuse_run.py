@@ -48,13 +48,17 @@ def rebuild(plan: RunPlan, settings: Settings, template: str | None, notes: list
     return REBUILT if template else ""
 
 
-def template_word(plan: RunPlan, template: str | None, provisioned: Provisioned | None) -> str:
+def template_word(
+    plan: RunPlan, template: str | None, provisioned: Provisioned | None, *, since: float
+) -> str:
     """Whether the kept ``template`` was built or reused: known to a process that provisioned;
-    the xdist controller, which does not, looks whether a complete one is there."""
+    the xdist controller, which does not, looks at the complete one's mark: made before this
+    session started (``since``, ``time.time()``), it was reused, else a worker built it."""
     if template is None or plan.server_url is None:
         return ""
     if provisioned is not None:
         return BUILT if provisioned.template_built else "reused"
-    if kept_templates.is_complete(plan.server_url, template):
+    mark = kept_templates.complete_mark(plan.server_url, template)
+    if mark is not None and mark.created < since:
         return "reused"
     return BUILT_BY_A_WORKER

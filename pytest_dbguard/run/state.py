@@ -52,6 +52,7 @@ class SessionState:
     server_start_ms: float = 0.0
     provisioned: Provisioned | None = None
     started: bool = False  # ensure_started ran (it runs once)
+    started_at: float = 0.0  # time.time() at session start: a kept template marked later is new
     template: str = ""  # with --dbguard-reuse: built, reused or rebuilt (reuse_run), for the header
     schema_hook: SchemaHook | None = None  # set by pytest_dbguard.django when Django runs
     # The xdist controller's early build of the template (run.early_template), while it runs.

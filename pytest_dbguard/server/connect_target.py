@@ -3,7 +3,8 @@ imported once, and the server's version read from a connection without a round t
 
 For psycopg and psycopg2 URLs the arguments are built here (SQLAlchemy's dialect only passes the
 URL's parts and query on as keywords), so an early check does not import SQLAlchemy: in the
-xdist controller it runs before any worker is started, and the import cost a quarter second.
+xdist controller the role check (``dbguard_worker_isolation = auto``) runs before any worker is
+started, and the import cost a quarter second.
 Other drivers get their arguments from SQLAlchemy's dialect, which never connects for it.
 """
 
