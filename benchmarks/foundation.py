@@ -9,7 +9,8 @@ a. 300 ORM tests with ``dbguard_session`` vs SQLAlchemy's "join a Session into a
 b. Startup: from spawning pytest to the first test's first line, embedded cold (a new cluster,
    laid out from the initdb cache the issue asks for), ``--dbguard-reuse`` (a later run) and a
    machine's first run (empty initdb cache: initdb itself), next to a bare pytest that imports the
-   same libraries. dbguard's own cost = the difference. Goals: <= 0.5 s cold, <= 0.2 s reuse.
+   same libraries; then the first run and the cold one under ``-n 2`` (the test's worker) next to
+   a bare ``pytest -n 2``. dbguard's own cost = the difference. Goals: <= 0.5 s cold, <= 0.2 s reuse.
 c. Per-worker clone: ``CREATE DATABASE ... TEMPLATE`` (via ``databases.provision_database``) vs
    creating an empty database and running ``create_all``, for 10 and 50 tables.
 d. Truncate isolation with 10 tables: ``Truncator.clean()`` after a test that wrote 2 tables,
