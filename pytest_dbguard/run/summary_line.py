@@ -1,8 +1,9 @@
 """Where dbguard's one summary line is shown: right after the collection line, in every mode.
 
 A single run (and each xdist worker) waits for the server only after collection, so its line
-follows ``collected N items``; the xdist controller knows the server at session start, but holds
-its line back until the first test starts, which is after ``N workers [M items]``. Under ``-q``
+follows ``collected N items``; the xdist controller knows the server once xdist has started the
+workers (at its test loop), but holds its line back until the first test starts, which is after
+``N workers [M items]``. Under ``-q``
 the line is shown only when something is worth knowing: a reused cluster or template, worker
 schemas instead of databases, or a slow start.
 """
