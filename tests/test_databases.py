@@ -386,3 +386,45 @@ def test_a_template_not_marked_complete_is_rebuilt(
     finally:
         for name in (worker_db, template):
             pg_server.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_controller_tells_a_reused_kept_template_from_one_a_worker_built(
+    pg_server: TestServer,
+) -> None:
+    """Under xdist the controller looks for the kept template while its workers run: a complete
+    one marked before its session started was reused; one marked since, a worker built."""
+    import time
+
+    from pytest_dbguard.db import kept_templates
+    from pytest_dbguard.run import reuse_run
+    from pytest_dbguard.run.run_plan import RunPlan
+
+    url = DatabaseURL.parse(pg_server.url())
+    template = kept_templates.template_name("app", "feed0006")
+    plan = RunPlan(
+        run="feed0006",
+        worker="main",
+        owns_server=True,
+        embedded=False,
+        server_url=url,
+        test_url=url,
+        async_url=url,
+        database="app",
+        sqlite_dir=None,
+    )
+    try:
+        assert reuse_run.template_word(plan, template, None, since=time.time()) == (
+            reuse_run.BUILT_BY_A_WORKER
+        )
+        before = time.time()
+        built = databases.ensure_template(
+            url, template, _create_table("kept"), run=kept_templates.REUSE_RUN
+        )
+        after = time.time()
+        assert built
+        assert reuse_run.template_word(plan, template, None, since=after + 0.01) == "reused"
+        assert reuse_run.template_word(plan, template, None, since=before - 0.01) == (
+            reuse_run.BUILT_BY_A_WORKER
+        )
+    finally:
+        pg_server.sql(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
