@@ -11,8 +11,9 @@
 2. Embedded: dbguard's default (a throwaway cluster) vs the same recipe on an already-running
    server (dbguard's own embedded cluster, started before the timing). Goals: <= +150 ms, <= 1.05.
 3. ``-n 2`` over ``-n 0`` on the external path: dbguard vs the same recipe, whose database name
-   carries ``PYTEST_XDIST_WORKER`` (one database and ``create_all`` per worker). Goal: dbguard's
-   speedup >= the recipe's.
+   carries ``PYTEST_XDIST_WORKER`` (one database and ``create_all`` per worker), and dbguard's
+   ``-n 2`` with ``dbguard_worker_isolation = database`` (no role check before xdist starts the
+   workers; its speedup is over dbguard's own ``-n 0``). Goal: dbguard's speedup >= the recipe's.
 4. ``--collect-only -q``, ``--fixtures``, ``--markers``, ``--help`` on the N-test project, with
    ``-p pytest_dbguard`` (embedded and external) and without it: medians and ratios; then one
    watched run of each that reports any process started from pytest (postgres, initdb, cp), any
@@ -142,6 +143,8 @@ def section_embedded(tmp: Path, runs: int, tests: int) -> None:
 
 # 3. -n 2 -----------------------------------------------------------------------------------------
 
+ISOLATION_DATABASE = "dbguard, isolation database"
+
 
 def section_xdist(tmp: Path, runs: int, tests: int, server: external.ExternalServer) -> None:
     common.banner(
@@ -150,21 +153,31 @@ def section_xdist(tmp: Path, runs: int, tests: int, server: external.ExternalSer
     suites = {
         who: orm_suite(tmp / f"3_{who}", tests, who == "dbguard") for who in ("dbguard", "recipe")
     }
-    configs = [f"{who} {n}" for who in suites for n in ("-n 0", "-n 2")]
+    # The same suite with the role check skipped: with ``dbguard_worker_isolation = auto`` (the
+    # default) the controller asks the server whether the role may create databases before
+    # xdist starts the workers, which inherit the answer.
+    suites[ISOLATION_DATABASE] = orm_suite(tmp / "3_isolation", tests, True)
+    with (suites[ISOLATION_DATABASE] / "pytest.ini").open("a") as ini:
+        ini.write("dbguard_worker_isolation = database\n")
+    configs = [f"{who} {n}" for who in ("dbguard", "recipe") for n in ("-n 0", "-n 2")]
+    configs.insert(2, f"{ISOLATION_DATABASE} -n 2")
 
     def one(name: str) -> Sample:
-        who, workers = name.split(" ", 1)
-        plugins = ["pytest_dbguard", "xdist"] if who == "dbguard" else ["xdist"]
-        env = common.sealed_env(
-            {"DBGUARD_URL" if who == "dbguard" else "DATABASE_URL": server.url()}
-        )
-        command = common.pytest_command(*workers.split(), plugins=plugins)
+        who, flag, count = name.rsplit(" ", 2)
+        dbguard = who != "recipe"
+        plugins = ["pytest_dbguard", "xdist"] if dbguard else ["xdist"]
+        env = common.sealed_env({"DBGUARD_URL" if dbguard else "DATABASE_URL": server.url()})
+        command = common.pytest_command(flag, count, plugins=plugins)
         return measure(suites[who], command, env, server=server, passed=tests)
 
     results = common.alternate(configs, runs, one)
     print_table(results)
-    for who in suites:
-        serial, parallel = results[f"{who} -n 0"], results[f"{who} -n 2"]
+    for who, serial_run in (
+        ("dbguard", "dbguard"),
+        (ISOLATION_DATABASE, "dbguard"),  # -n 0: the check's connection serves the whole run
+        ("recipe", "recipe"),
+    ):
+        serial, parallel = results[f"{serial_run} -n 0"], results[f"{who} -n 2"]
         print(
             f"speedup -n 2 over -n 0, {who}: wall x{med(serial, 'wall') / med(parallel, 'wall'):.2f} "
             f"(paired x{paired(serial, parallel, 'wall', True):.2f}); CPU incl. server "
