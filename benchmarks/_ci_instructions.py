@@ -79,10 +79,7 @@ def _count(root: Path, tests: int, who: str, server: external.ExternalServer) ->
     env = common.sealed_env(
         {"DBGUARD_URL" if plugins else "DATABASE_URL": server.url(), "PYTHONHASHSEED": "0"}
     )
-    suite = orm_suite(root, tests, bool(plugins))
-    if who == "guards off":
-        with (suite / "pytest.ini").open("a") as ini:
-            ini.write(GUARDS_OFF)
+    suite = orm_suite(root, tests, bool(plugins), GUARDS_OFF if who == "guards off" else "")
     command = common.pytest_command(plugins=plugins)
     common.run_pytest(suite, command, env=env)
     return common.count_instructions(command, suite, env)

@@ -117,9 +117,12 @@ def measure(
     return Sample(wall, usage.ru_utime + usage.ru_stime, server_after - server_before, log)
 
 
-def orm_suite(root: Path, tests: int, dbguard: bool) -> Path:
+def orm_suite(root: Path, tests: int, dbguard: bool, extra_ini: str = "") -> Path:
+    """The N-test ORM suite of either side; ``extra_ini``: more dbguard settings, one per line."""
     if dbguard:
-        return common.write_orm_suite(root, tests, "dbguard_session", ini=INI, work=FIVE_ROWS)
+        return common.write_orm_suite(
+            root, tests, "dbguard_session", ini=INI + extra_ini, work=FIVE_ROWS
+        )
     return common.write_orm_suite(
         root, tests, "session", conftest=RECIPE_OWN_DATABASE, work=FIVE_ROWS
     )

@@ -192,10 +192,12 @@ def _per_test(tmp: Path, server: external.ExternalServer, tests: int) -> None:
         env = common.sealed_env({"DBGUARD_URL" if plugins else "DATABASE_URL": server.url()})
         totals = []
         for count in (1, tests):
-            suite = orm_suite(tmp / f"p_{who.replace(' ', '_')}_{count}", count, bool(plugins))
-            if who == "guards off":
-                with (suite / "pytest.ini").open("a") as ini:
-                    ini.write(GUARDS_OFF)
+            suite = orm_suite(
+                tmp / f"p_{who.replace(' ', '_')}_{count}",
+                count,
+                bool(plugins),
+                GUARDS_OFF if who == "guards off" else "",
+            )
             out = suite / "per_test.prof"
             command = common.pytest_command(plugins=plugins)
             common.run_pytest(suite, command, env=env)  # a warm-up: the bytecode caches written

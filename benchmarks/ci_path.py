@@ -156,9 +156,9 @@ def section_xdist(tmp: Path, runs: int, tests: int, server: external.ExternalSer
     # The same suite with the role check skipped: with ``dbguard_worker_isolation = auto`` (the
     # default) the controller asks the server whether the role may create databases before
     # xdist starts the workers, which inherit the answer.
-    suites[ISOLATION_DATABASE] = orm_suite(tmp / "3_isolation", tests, True)
-    with (suites[ISOLATION_DATABASE] / "pytest.ini").open("a") as ini:
-        ini.write("dbguard_worker_isolation = database\n")
+    suites[ISOLATION_DATABASE] = orm_suite(
+        tmp / "3_isolation", tests, True, "dbguard_worker_isolation = database\n"
+    )
     configs = [f"{who} {n}" for who in ("dbguard", "recipe") for n in ("-n 0", "-n 2")]
     configs.insert(2, f"{ISOLATION_DATABASE} -n 2")
 
