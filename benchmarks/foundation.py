@@ -261,13 +261,18 @@ def bench_startup(tmp: Path, runs: int) -> None:
         )
         for prefix in ("", "-n 2: ")
     }
+
+    def own(name: str) -> float:
+        """The median first test of ``name`` minus the bare pytest's (``-n 2``'s for ``-n 2``)."""
+        prefix = "-n 2: " if name.startswith("-n 2") else ""
+        return common.median([first for first, _ in results[name]]) - bare[prefix]
+
     goals = {"cold": 0.5, "reuse": 0.2}
     rows = []
     for name, samples in results.items():
-        first = common.median([s[0] for s in samples])
-        prefix = "-n 2: " if name.startswith("-n 2") else ""
-        goal = None if prefix else next((g for key, g in goals.items() if key in name), None)
-        own_cost = "" if "bare" in name else f"{first - bare[prefix]:.3f}"
+        xdist = name.startswith("-n 2")
+        goal = None if xdist else next((g for key, g in goals.items() if key in name), None)
+        own_cost = "" if "bare" in name else f"{own(name):.3f}"
         rows.append(
             [
                 name,
@@ -287,11 +292,6 @@ def bench_startup(tmp: Path, runs: int) -> None:
         "(template built each run, except reuse); under -n 2 the first test is the one test's, "
         "in whichever worker ran it, against a bare pytest -n 2"
     )
-
-    def own(name: str) -> float:
-        prefix = "-n 2: " if name.startswith("-n 2") else ""
-        return common.median([first for first, _ in results[name]]) - bare[prefix]
-
     first_run, cold = (
         "first run on the machine (no initdb cache)",
         "embedded cold (new cluster, initdb cached)",
