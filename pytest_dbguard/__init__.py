@@ -30,14 +30,34 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
 
     Not through ``pytest_plugins``: pytest would look that name up among every installed
     package's entry points first, and mark the module for assertion rewriting, whose reading of
-    cached modules costs more than dbguard's whole import (``compat.stop_rewriting_asserts``).
+    cached modules costs more than dbguard's whole import (``_stop_rewriting_asserts``).
     """
     if plugin is not sys.modules[__name__] or manager.has_plugin("pytest_dbguard.plugin"):
         return
-    from pytest_dbguard import compat
-
-    compat.stop_rewriting_asserts(manager, __name__)
+    _stop_rewriting_asserts(manager)
     manager.register(importlib.import_module("pytest_dbguard.plugin"), "pytest_dbguard.plugin")
+
+
+def _stop_rewriting_asserts(manager: pytest.PytestPluginManager) -> None:
+    """Take this package and its modules off pytest's list of modules whose asserts it rewrites.
+
+    ``-p`` marks a plugin's package for rewriting, and the rewriting import hook reads each
+    module's cached code with ``marshal.load`` on a file object: five times slower than Python's
+    own import (30 ms against 6 ms for dbguard's 72 modules), 155M of the 410M instructions that
+    dbguard added to a one-test run (benchmarks/ci_path.py, i). dbguard's asserts are internal
+    invariants, not test assertions. Here rather than in ``compat`` (which reads every other
+    private attribute), because it must run before any other module of the package is imported:
+    through the rewriting hook, ``compat`` alone cost 3.5M instructions (``ci_path.py``, c).
+    Reads ``rewrite_hook._must_rewrite`` and ``_marked_for_rewrite_cache`` (pytest 8.0-9.2); with
+    ``--assert=plain`` there is no such list.
+    """
+    marked = getattr(manager.rewrite_hook, "_must_rewrite", None)
+    if not isinstance(marked, set):
+        return
+    marked.difference_update([name for name in marked if f"{name}.".startswith(f"{__name__}.")])
+    cache = getattr(manager.rewrite_hook, "_marked_for_rewrite_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
 
 
 # Public name -> the module that defines it, imported when the name is first used.

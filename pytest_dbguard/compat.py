@@ -1,4 +1,5 @@
-"""The one place that reads other packages' private attributes.
+"""The one place that reads other packages' private attributes, all but pytest's assertion-rewriting
+list (the package's ``__init__`` edits it, before it imports anything).
 
 Checked against SQLAlchemy 2.0 and 2.1, pytest 8 and 9, and pytest-asyncio 0.24 and 1.x; each
 helper names the attributes it reads. Each helper degrades to "nothing found" when the
@@ -57,25 +58,6 @@ def override_ini(config: pytest.Config) -> dict[str, str]:
         if sep:
             found[key.strip()] = value
     return found
-
-
-def stop_rewriting_asserts(manager: pytest.PytestPluginManager, package: str) -> None:
-    """Take ``package`` and its modules off pytest's list of modules whose asserts it rewrites.
-
-    ``-p`` marks a plugin's package for rewriting, and the rewriting import hook reads each
-    module's cached code with ``marshal.load`` on a file object: five times slower than Python's
-    own import (30 ms against 6 ms for dbguard's 72 modules), 155M of the 410M instructions that
-    dbguard added to a one-test run (benchmarks/ci_path.py, i). dbguard's asserts are internal
-    invariants, not test assertions. Reads ``rewrite_hook._must_rewrite`` and
-    ``_marked_for_rewrite_cache`` (pytest 8.0-9.2); with ``--assert=plain`` there is no such list.
-    """
-    marked = getattr(manager.rewrite_hook, "_must_rewrite", None)
-    if not isinstance(marked, set):
-        return
-    marked.difference_update([name for name in marked if f"{name}.".startswith(f"{package}.")])
-    cache = getattr(manager.rewrite_hook, "_marked_for_rewrite_cache", None)
-    if isinstance(cache, dict):
-        cache.clear()
 
 
 def _inicfg(config: pytest.Config) -> Mapping[str, Any]:

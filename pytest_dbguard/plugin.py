@@ -26,7 +26,7 @@ from pytest_dbguard.run.state import run_of
 # Registered by the hooks below, not listed in ``pytest_plugins``: pytest looks every name of
 # that list up among all installed packages' entry points first, one scan of their metadata per
 # name (benchmarks/ci_path.py, p), and marks it for assertion rewriting, which it cannot do to
-# a module already imported (``compat.stop_rewriting_asserts``).
+# a module already imported (``pytest_dbguard._stop_rewriting_asserts``).
 FIXTURE_PLUGINS = (
     "pytest_dbguard.db.fixtures",
     "pytest_dbguard.db.isolation",

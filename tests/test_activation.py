@@ -66,7 +66,7 @@ def test_activation_paths(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     # dbguard's modules are loaded by Python's import, not by pytest's assert-rewriting one, which
-    # reads each module five times slower (compat.stop_rewriting_asserts), and without a warning.
+    # reads each module five times slower (pytest_dbguard._stop_rewriting_asserts), and without a warning.
     pytester.makepyfile(test_database=USES_FIXTURE, test_loaders=NOT_REWRITTEN)
     args: list[str] = ["--dbguard-url", "sqlite", "-W", "error::pytest.PytestAssertRewriteWarning"]
     if "flag" in how:
@@ -90,7 +90,7 @@ NOT_REWRITTEN = """
         loaded = {name: module for name, module in sys.modules.items() if name.startswith("pytest_dbguard.")}
         assert len(loaded) > 20
         rewritten = [name for name, module in loaded.items() if isinstance(module.__loader__, AssertionRewritingHook)]
-        assert rewritten == ["pytest_dbguard.compat"]  # it takes the package off pytest's list
+        assert rewritten == []  # the package takes itself off pytest's list before importing any
 """
 
 

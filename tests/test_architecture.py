@@ -132,7 +132,9 @@ def test_private_attributes_of_other_packages_are_read_only_in_compat() -> None:
         if path.name == "compat.py":
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            if PRIVATE_READ.search(line):
+            # But pytest's rewriting list, edited before the package imports compat.
+            in_rewrite_opt_out = path == PACKAGE / "__init__.py" and "rewrite_hook" in line
+            if PRIVATE_READ.search(line) and not in_rewrite_opt_out:
                 offenders.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
     assert offenders == []
 
