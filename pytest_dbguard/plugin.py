@@ -14,7 +14,7 @@ import pytest
 
 from pytest_dbguard.config_errors import DbguardError
 from pytest_dbguard.run import config as dbguard_config
-from pytest_dbguard.run import environment, markers
+from pytest_dbguard.run import environment
 from pytest_dbguard.run.state import run_of
 
 # The modules that hold fixtures (registered by every run that collects, so that --fixtures
@@ -38,6 +38,16 @@ RUN_PLUGINS = (
     "pytest_dbguard.run.failed_tests",
     "pytest_dbguard.run.report",
 )
+# Written here, not next to their signatures (``run.markers``): ``--markers`` and ``--help`` then
+# import no module for them, ~0.6M instructions (benchmarks/ci_path.py, c).
+MARKERS = (
+    "dbguard(isolation='rollback'|'truncate'|'none', allow=['name or URL', ...]): how this test "
+    "is isolated (default: ini dbguard_isolation; truncate for code that commits on its own "
+    "connections) and which other databases it may connect to.",
+    "dbguard_without('module', ...): inside this test the modules (and their submodules) cannot be "
+    "imported, as if not installed; proves that code runs without dev-only packages.",
+)
+SESSION_HOOKS_PLUGIN = "dbguard-session-hooks"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -99,8 +109,8 @@ def pytest_load_initial_conftests(
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", markers.MARKER_HELP)
-    config.addinivalue_line("markers", markers.WITHOUT_MARKER_HELP)
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
     try:
         # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.
         environment.prepare(config, config.option, config.args, late=True)
@@ -122,6 +132,7 @@ def pytest_configure(config: pytest.Config) -> None:
         redaction.register(config)
 
         _register(config.pluginmanager, FIXTURE_PLUGINS)
+        config.pluginmanager.register(SessionHooks(), SESSION_HOOKS_PLUGIN)
         config.pluginmanager.register(
             db_fixtures.run_fixtures(config), db_fixtures.RUN_FIXTURES_PLUGIN
         )
@@ -163,88 +174,91 @@ def _django_loaded() -> bool:
     return "pytest_django.plugin" in sys.modules
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if _runs_tests(session.config):
-        from pytest_dbguard.run import lifecycle, summary_line
+class SessionHooks:
+    """The hooks of a run that collects (to run its tests, list them or show their fixtures).
 
-        lifecycle.start(session.config)
-        summary_line.register_for_controller(session.config)
+    Registered by ``pytest_configure``, not at import: ``--help``, ``--markers`` and ``--version``
+    would pay pluggy's reading of each hook's signature for nothing, ~1.2M instructions
+    (benchmarks/ci_path.py, c).
+    """
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if _runs_tests(session.config):
+            from pytest_dbguard.run import lifecycle, summary_line
 
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    from pytest_dbguard.aio import asyncloop
+            lifecycle.start(session.config)
+            summary_line.register_for_controller(session.config)
 
-    return asyncloop.header_lines(config)
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        from pytest_dbguard.aio import asyncloop
 
+        return asyncloop.header_lines(config)
 
-# Wait for the server after collection, not before: it starts while pytest collects. Before the
-# terminal reporter's own hook, which prints the line below.
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_finish(session: pytest.Session) -> None:
-    if _runs_tests(session.config):
-        from pytest_dbguard.run import lifecycle
+    # Wait for the server after collection, not before: it starts while pytest collects. Before the
+    # terminal reporter's own hook, which prints the line below.
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if _runs_tests(session.config):
+            from pytest_dbguard.run import lifecycle
 
-        lifecycle.ensure_started(session.config)
+            lifecycle.ensure_started(session.config)
 
+    def pytest_report_collectionfinish(self, config: pytest.Config) -> list[str]:
+        if not _runs_tests(config):
+            return []
+        from pytest_dbguard.run import summary_line
 
-def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
-    if not _runs_tests(config):
-        return []
-    from pytest_dbguard.run import summary_line
+        return summary_line.after_collection(config)
 
-    return summary_line.after_collection(config)
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        if _runs_tests(session.config):
+            from pytest_dbguard.run import lifecycle
 
+            if lifecycle.start_controller(session.config):
+                from pytest_dbguard.run import early_template
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtestloop(session: pytest.Session) -> None:
-    if _runs_tests(session.config):
-        from pytest_dbguard.run import lifecycle
+                early_template.start(session.config)  # Django's template, while the workers start
+            # When collection was skipped or its hook not reached.
+            lifecycle.ensure_started(session.config)
 
-        if lifecycle.start_controller(session.config):
-            from pytest_dbguard.run import early_template
+    # Last: another plugin's collection hook may still add markers.
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        from pytest_dbguard.db import isolation
 
-            early_template.start(session.config)  # Django's template, while the workers start
-        # When collection was skipped or its hook not reached.
-        lifecycle.ensure_started(session.config)
+        isolation.read_collected(config, items)
+        if _runs_tests(config):
+            isolation.add_truncate_fixture(config, items)
 
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if _runs_tests(session.config):
+            from pytest_dbguard.run import lifecycle
 
-# Last: another plugin's collection hook may still add markers.
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from pytest_dbguard.db import isolation
+            lifecycle.finish(session.config)
 
-    isolation.read_collected(config, items)
-    if _runs_tests(config):
-        isolation.add_truncate_fixture(config, items)
+    # Before pytest's own explanation, which would show a string's text with its password.
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_assertrepr_compare(
+        self, config: pytest.Config, op: str, left: object, right: object
+    ) -> list[str] | None:
+        from pytest_dbguard.run import redaction
 
+        return redaction.explain(config, op, left, right)
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    if _runs_tests(session.config):
-        from pytest_dbguard.run import lifecycle
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(
+        self,
+        collector: pytest.Collector,
+    ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+        report = yield
+        from pytest_dbguard.run import redaction
 
-        lifecycle.finish(session.config)
-
-
-# Before pytest's own explanation, which would show a string's text with its password.
-@pytest.hookimpl(tryfirst=True)
-def pytest_assertrepr_compare(
-    config: pytest.Config, op: str, left: object, right: object
-) -> list[str] | None:
-    from pytest_dbguard.run import redaction
-
-    return redaction.explain(config, op, left, right)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(
-    collector: pytest.Collector,
-) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
-    report = yield
-    from pytest_dbguard.run import redaction
-
-    redaction.scrub_report(collector.config, report)
-    return report
+        redaction.scrub_report(collector.config, report)
+        return report
 
 
 @pytest.hookimpl(trylast=True)

@@ -1,6 +1,6 @@
 """The signatures of dbguard's markers: ``dbguard(isolation=..., allow=[...])`` and
 ``dbguard_without(...)``, checked the same way at collection (``db.isolation.read_collected``)
-and when a test runs."""
+and when a test runs. Their ``--markers`` help is in ``plugin.MARKERS``."""
 
 from __future__ import annotations
 
@@ -10,16 +10,6 @@ import pytest
 
 from pytest_dbguard.config_errors import DbguardError
 from pytest_dbguard.run import setting_values
-
-MARKER_HELP = (
-    "dbguard(isolation='rollback'|'truncate'|'none', allow=['name or URL', ...]): how this test "
-    "is isolated (default: ini dbguard_isolation; truncate for code that commits on its own "
-    "connections) and which other databases it may connect to."
-)
-WITHOUT_MARKER_HELP = (
-    "dbguard_without('module', ...): inside this test the modules (and their submodules) cannot be "
-    "imported, as if not installed; proves that code runs without dev-only packages."
-)
 
 
 def dbguard(
