@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from pytest_dbguard.compat import sqlalchemy_decodes_database
@@ -19,18 +19,6 @@ from pytest_dbguard.records import Record
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
-
-# Same shape as SQLAlchemy's URL pattern: name[+driver]://[user[:password]@][host[:port]][/database][?query]
-# Compiled on first use by re's own cache, not at import: every run imports this module, and
-# most runs (the embedded default) parse no URL at all (benchmarks/ci_path.py, c).
-_URL_PATTERN: Final = r"""
-    ^(?P<backend>[a-z][\w]*)(?:\+(?P<driver>[\w]+))?://
-    (?:(?P<username>[^:/@]*)(?::(?P<password>[^@]*))?@)?
-    (?:\[(?P<ipv6>[^/?]+)\]|(?P<host>[^/?:]*))?
-    (?::(?P<port>[^/?]*))?
-    (?:/(?P<database>[^?]*))?
-    (?:\?(?P<query>.*))?$
-    """
 
 SYNC_DRIVERS = ("psycopg", "psycopg2")
 ASYNC_DRIVERS = ("asyncpg", "psycopg")
@@ -96,8 +84,8 @@ class DatabaseURL(Record):
     @classmethod
     def parse(cls, text: str, *, source: str = "URL") -> DatabaseURL:
         """Parse ``text``; a malformed URL or an unknown driver raises ConfigError naming ``source``."""
-        authority = re.split(r"[/?]", text.strip().partition("://")[2], maxsplit=1)[0]
-        if authority.count("@") > 1:
+        after_scheme = text.strip().partition("://")[2]
+        if after_scheme[: _first_of(after_scheme, "/?")].count("@") > 1:
             # Parsed as is, the password's tail would become the host and show up in messages.
             raise ConfigError(
                 f"{source}: {hide_password_in(text)!r} has more than one '@' before the host: a "
@@ -105,13 +93,12 @@ class DatabaseURL(Record):
                 "URL-encoded, '@' as %40, e.g. 'postgresql://user:p%40ss@host:5432/db' "
                 "(urllib.parse.quote(password, safe='') does it)."
             )
-        match = re.match(_URL_PATTERN, text.strip(), re.X)
-        if match is None:
+        parts = split_url(text.strip())
+        if parts is None:
             raise ConfigError(
                 f"{source}: {hide_password_in(text)!r} is not a database URL. Expected "
                 "'postgresql+psycopg://user:password@host:5432/dbname' or 'sqlite:///path.db'."
             )
-        parts = match.groupdict()
         backend = parts["backend"]
         if backend == "postgres":
             backend = "postgresql"
@@ -262,6 +249,69 @@ class DatabaseURL(Record):
         if self.driver is not None or self.is_sqlite:
             return self
         return self.with_driver(_first_installed(SYNC_DRIVERS) or "psycopg")
+
+
+def split_url(text: str) -> dict[str, str | None] | None:
+    """The parts of ``backend[+driver]://[username[:password]@][host or [ipv6]][:port][/database]
+    [?query]``, None for a part that is absent, split as SQLAlchemy's URL pattern splits them
+    (``tests/test_url_split.py`` holds that pattern and checks both agree); None when ``text``
+    has not that shape, or holds a line break.
+
+    By hand, not by that pattern: compiling it costs 2.4M instructions in every process that
+    parses a URL, the external server's path (``benchmarks/ci_path.py``, c).
+    """
+    scheme, found, rest = text.partition("://")
+    backend, plus, driver = scheme.partition("+")
+    if (
+        not found
+        or "\n" in text
+        or not _is_word(backend)
+        or backend[0] not in "abcdefghijklmnopqrstuvwxyz"
+        or (plus and not _is_word(driver))
+    ):
+        return None
+    parts: dict[str, str | None] = {"backend": backend, "driver": driver if plus else None}
+    parts.update(dict.fromkeys(("username", "password", "ipv6", "host", "port", "database")))
+    # [username[:password]@]: a username stops at ':', '/' or '@'; a password at the next '@'.
+    stop = _first_of(rest, ":/@")
+    if rest[stop : stop + 1] == "@":
+        parts["username"], rest = rest[:stop], rest[stop + 1 :]
+    elif rest[stop : stop + 1] == ":" and "@" in rest[stop + 1 :]:
+        at = rest.index("@", stop + 1)
+        parts["username"], parts["password"], rest = (
+            rest[:stop],
+            rest[stop + 1 : at],
+            rest[at + 1 :],
+        )
+    # [ipv6] up to the last ']' (before any '/' or '?') that a port, path, query or the end
+    # follows; else a host up to ':', '/' or '?'.
+    if rest.startswith("["):
+        close = rest.rfind("]", 0, _first_of(rest, "/?"))
+        while close > 1 and rest[close + 1 : close + 2] not in ("", ":", "/", "?"):
+            close = rest.rfind("]", 0, close)
+        if close > 1:
+            parts["ipv6"], rest = rest[1:close], rest[close + 1 :]
+    if parts["ipv6"] is None:
+        end = _first_of(rest, ":/?")
+        parts["host"], rest = rest[:end], rest[end:]
+    if rest.startswith(":"):
+        end = _first_of(rest, "/?")
+        parts["port"], rest = rest[1:end], rest[end:]
+    if rest.startswith("/"):
+        end = _first_of(rest, "?")
+        parts["database"], rest = rest[1:end], rest[end:]
+    parts["query"] = rest[1:] if rest else None  # what is left starts with '?'
+    return parts
+
+
+def _is_word(text: str) -> bool:
+    """``\\w+`` as ``re`` reads it in a str: one or more letters, digits or '_' (Unicode)."""
+    return bool(text) and all(char.isalnum() or char == "_" for char in text)
+
+
+def _first_of(text: str, chars: str) -> int:
+    """The index of the first of ``chars`` in ``text``; its length when none is there."""
+    return min((index for index in map(text.find, chars) if index >= 0), default=len(text))
 
 
 def _first_installed(drivers: tuple[str, ...]) -> str | None:
