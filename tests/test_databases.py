@@ -6,6 +6,7 @@ import functools
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import sqlalchemy
@@ -63,6 +64,14 @@ def _finished_pid() -> int:
     return int(process.stdout)
 
 
+def _wait_until_nobody_is_connected(pg_server: TestServer, database: str) -> None:
+    query = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}'"
+    deadline = time.monotonic() + 10
+    while pg_server.sql(query).stdout.strip() != "0":
+        assert time.monotonic() < deadline, f"sessions still connected to {database} after 10 s"
+        time.sleep(0.05)
+
+
 def test_same_named_leftover_is_replaced_only_when_its_run_is_over(pg_server: TestServer) -> None:
     """Two runs that draw one id must not take each other's database; a crashed run's is replaced."""
     name = "app_dbg_feed0001_gw0"
@@ -94,6 +103,8 @@ def test_same_named_leftover_is_replaced_only_when_its_run_is_over(pg_server: Te
                 provision()
         finally:
             holder.dispose()
+        # The server ends a backend shortly after its client goes: still listed, it counts.
+        _wait_until_nobody_is_connected(pg_server, name)
 
         assert provision().database == name  # a dead creator, nobody connected: a leftover
         tables = pg_server.sql(
