@@ -234,6 +234,9 @@ class SessionHooks:
         if _runs_tests(config):
             isolation.add_truncate_fixture(config, items)
 
+    # Last: it drops the worker's database, which a conftest's or another plugin's own
+    # sessionfinish may still use (registered after them, a plain hook would run before them).
+    @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if _runs_tests(session.config):
             from pytest_dbguard.run import lifecycle

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 from tests.helpers import run_dbguard
+from tests.pgserver import TestServer
 
 USES_FIXTURE = """
     import os
@@ -206,3 +209,38 @@ def test_a_command_that_only_shows_imports_no_run_machinery(
     # --help and --markers collect nothing: not even the fixtures' modules are imported.
     fixtures_loaded = "pytest_dbguard.db.fixtures" in loaded
     assert fixtures_loaded == (command[0] in ("--collect-only", "--fixtures"))
+
+
+REACHES_AT_SESSIONFINISH = """
+    import os
+
+    import sqlalchemy
+
+    def pytest_sessionfinish(session):
+        engine = sqlalchemy.create_engine(os.environ["DBGUARD_URL"], poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as connection:
+            print("REACHED", connection.exec_driver_sql("SELECT current_database()").scalar())
+"""
+
+
+@pytest.mark.parametrize("how", ["flag", "conftest"], ids=["-p", "conftest-pytest_plugins"])
+def test_a_conftests_sessionfinish_still_reaches_the_test_database(
+    pytester: pytest.Pytester, pg_server: TestServer, on_server: list[str], how: str
+) -> None:
+    # On an external server dbguard drops the worker's database at the session's end: after
+    # every other sessionfinish hook, however dbguard was activated.
+    conftest = REACHES_AT_SESSIONFINISH
+    if how == "conftest":
+        conftest = 'pytest_plugins = ["pytest_dbguard"]\n' + textwrap.dedent(conftest)
+    pytester.makeconftest(conftest)
+    pytester.makepyfile("def test_x(dbguard_engine): pass")
+    args = [*on_server, "-s"]
+    if how == "flag":
+        result = run_dbguard(pytester, *args)
+    else:
+        result = pytester.runpytest_subprocess(*args, timeout=300)
+    result.assert_outcomes(passed=1)
+    reached = re.findall(r"REACHED (\S+)", result.stdout.str())  # printed after the test's dot
+    assert len(reached) == 1 and "_dbg_" in reached[0], result.outlines
+    listed = pg_server.sql(f"SELECT count(*) FROM pg_database WHERE datname = '{reached[0]}'")
+    assert listed.stdout.strip() == "0"  # and dropped after it
