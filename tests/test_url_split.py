@@ -89,5 +89,5 @@ def test_generated_urls_split_as_the_pattern_splits_them() -> None:
     assert checked > 5000  # most inputs are URLs, so the parts are compared, not only None
 
 
-def test_a_line_break_is_not_a_url() -> None:
+def test_a_newline_is_not_a_url() -> None:
     assert split_url("postgresql://u:p\nw@h/db") is None
