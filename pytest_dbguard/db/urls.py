@@ -255,7 +255,7 @@ def split_url(text: str) -> dict[str, str | None] | None:
     """The parts of ``backend[+driver]://[username[:password]@][host or [ipv6]][:port][/database]
     [?query]``, None for a part that is absent, split as SQLAlchemy's URL pattern splits them
     (``tests/test_url_split.py`` holds that pattern and checks both agree); None when ``text``
-    has not that shape, or holds a newline (``\n``; the pattern took one inside a password).
+    has not that shape, or holds a newline (``\\n``; the pattern took one inside a password).
 
     By hand, not by that pattern: compiling it costs 2.4M instructions in every process that
     parses a URL, the external server's path (``benchmarks/ci_path.py``, c).
