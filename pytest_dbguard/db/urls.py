@@ -100,6 +100,7 @@ class DatabaseURL(Record):
                 "'postgresql+psycopg://user:password@host:5432/dbname' or 'sqlite:///path.db'."
             )
         backend = parts["backend"]
+        assert backend is not None  # split_url names one whenever it splits
         if backend == "postgres":
             backend = "postgresql"
         if backend not in KNOWN_DRIVERS:
