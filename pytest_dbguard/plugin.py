@@ -100,8 +100,8 @@ def pytest_load_initial_conftests(
     settings_source = django_activation.settings_source(early_config)
     try:
         return (yield)
-    except ImportError as error:  # pytest-django's, for a settings module that fails to load
-        explained = django_activation.settings_failure(error, settings_source)
+    except Exception as error:  # pytest-django's, for settings or a Django that fails to load
+        explained = django_activation.startup_failure(early_config, error, settings_source)
         if explained is None:
             raise
         raise pytest.UsageError(str(explained)) from None

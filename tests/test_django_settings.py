@@ -103,3 +103,34 @@ def test_settings_configure_in_a_conftest_gets_the_database(
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["dbguard: *django migrate (settings.configure())*"])
     assert len(migrate_lines(log)) == 1
+
+
+# What django-environ does with a scheme it does not know: it becomes the ENGINE.
+ENVIRON_LIKE_SETTINGS = """
+from urllib.parse import urlsplit
+_scheme = urlsplit(os.environ["DATABASE_URL"]).scheme
+DATABASES["default"]["ENGINE"] = {"postgres": "django.db.backends.postgresql"}.get(_scheme, _scheme)
+"""
+
+
+@IN_WORKERS
+def test_a_sqlalchemy_url_given_to_django_names_pg_url(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
+    """The Quickstart's DATABASE_URL={url} in a Django project: stopped with the placeholder to use."""
+    write_project(pytester, ini_extra="dbguard_env =\n    DATABASE_URL={url}\n")
+    settings = pytester.path / "djproj" / "settings.py"
+    settings.write_text(SETTINGS.lstrip() + ENVIRON_LIKE_SETTINGS)
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    result = run_dbguard(pytester, *workers, plugins=DJANGO)
+    output = _stopped_once(
+        result,
+        "Django could not use the URL that ini dbguard_env gives DATABASE_URL: "
+        "ImproperlyConfigured: 'postgresql+psycopg' isn't an available database backend or "
+        "couldn't be imported. {url} and {async_url} are SQLAlchemy URLs",
+    )
+    assert "Write DATABASE_URL={pg_url} in dbguard_env" in output
+
+    ini = pytester.path / "tox.ini"  # what pytester.makeini writes
+    ini.write_text(ini.read_text().replace("{url}", "{pg_url}"))
+    run_dbguard(pytester, *workers, plugins=DJANGO).assert_outcomes(passed=8)

@@ -71,9 +71,17 @@ def settings_source(early_config: pytest.Config) -> str:
     return settings_module.source_of_module(option, os.environ.get(settings_module.SETTINGS_ENV))
 
 
-def settings_failure(error: BaseException, source: str) -> ConfigError | None:
-    """pytest-django's failure to load the settings module, explained; None for other errors."""
-    return settings_module.explain(error, source)
+def startup_failure(
+    early_config: pytest.Config, error: BaseException, source: str
+) -> ConfigError | None:
+    """pytest-django's failure to load the settings or set Django up, explained: a SQLAlchemy URL
+    given to Django through dbguard_env, a settings module that fails to load; None for others."""
+    run = run_of(early_config)
+    env_lines = run.settings.env_lines if run is not None else ()
+    explained = settings_module.sqlalchemy_url_failure(error, env_lines)
+    if explained is None and isinstance(error, ImportError):
+        explained = settings_module.explain(error, source)
+    return explained
 
 
 def aliases_of(config: pytest.Config) -> tuple[str, ...]:

@@ -12,7 +12,9 @@ imports Django itself: the error it reads is one Django already raised.
 from __future__ import annotations
 
 import os
+import re
 import traceback
+from collections.abc import Sequence
 from typing import Final
 
 from pytest_dbguard.exceptions import ConfigError
@@ -30,6 +32,13 @@ BROKEN: Final = (
     "pytest-django has loaded the settings. Fix that line (a dev-only package is best "
     "imported inside try/except ImportError), or point DJANGO_SETTINGS_MODULE ({source}) at the "
     "settings module meant for tests."
+)
+
+SQLALCHEMY_URL: Final = (
+    "Django could not use the URL that ini dbguard_env gives {names}: {error}. {{url}} and "
+    "{{async_url}} are SQLAlchemy URLs ('{scheme}://...'), which Django, dj-database-url and "
+    "django-environ do not read. Write {first}={{pg_url}} in dbguard_env: the same database as "
+    "postgres://user:password@host:port/name."
 )
 
 
@@ -80,3 +89,27 @@ def _where(error: BaseException) -> str:
         if not frame.filename.startswith("<") and f"{os.sep}importlib{os.sep}" not in frame.filename
     ]
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def sqlalchemy_url_failure(error: BaseException, env_lines: Sequence[str]) -> ConfigError | None:
+    """Django failing on a ``postgresql+driver://`` URL that dbguard_env gave it through ``{url}``
+    (Django: "'postgresql+psycopg' isn't an available database backend", dj-database-url: "No
+    support for 'postgresql+psycopg'"), explained with the fix; None for any other error."""
+    text = str(error)
+    scheme = re.search(r"postgresql\+\w+", text)
+    names = [
+        line.partition("=")[0].strip()
+        for line in env_lines
+        if "{url}" in line.partition("=")[2] or "{async_url}" in line.partition("=")[2]
+    ]
+    if scheme is None or not names:
+        return None
+    first_sentence = text.strip().splitlines()[0].split(". ")[0].rstrip(".")
+    return ConfigError(
+        SQLALCHEMY_URL.format(
+            names=", ".join(names),
+            error=f"{type(error).__name__}: {first_sentence}",
+            scheme=scheme.group(),
+            first=names[0],
+        )
+    )
