@@ -78,6 +78,19 @@ def test_migrate_once_and_a_clone_per_worker(
     assert set(pg_server.databases()) == before  # everything dbguard made is dropped
 
 
+@pytest.mark.parametrize("workers", WORKERS)
+def test_pytest_djangos_own_database_flags_are_said_to_have_no_effect(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
+    """A project's addopts often carry --reuse-db: the run goes on, and the header says so once."""
+    write_project(pytester)
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    result = run_dbguard(pytester, *workers, "--reuse-db", "--create-db", plugins=DJANGO)
+    result.assert_outcomes(passed=8)
+    note = "dbguard: pytest-django's --reuse-db and --create-db have no effect: dbguard serves"
+    assert result.stdout.str().count(note) == 1, result.stdout.str()
+
+
 def test_reuse_keeps_the_template_until_a_migration_changes(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:

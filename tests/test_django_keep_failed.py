@@ -218,3 +218,49 @@ def test_values_are_kept_whatever_the_sessions_settings(
     assert placed.astimezone(datetime.timezone.utc) == datetime.datetime(
         2026, 12, 4, 16, 0, tzinfo=datetime.timezone.utc
     )
+
+
+UNITTEST_CASES = """
+import datetime
+
+from django.test import SimpleTestCase, TestCase
+
+from shop.models import Order
+
+
+class OrderTests(TestCase):
+    def test_fails(self):
+        Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc), note="tc")
+        assert False, "the TestCase failure"
+
+
+class NoDatabaseTests(SimpleTestCase):
+    def test_fails_without_the_database(self):
+        assert False, "no database in this one"
+"""
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_a_failed_django_testcase_says_why_its_data_is_not_kept(
+    pytester: pytest.Pytester, pg_server: TestServer, kept_here: set[str], workers: tuple[str, ...]
+) -> None:
+    """unittest rolls a TestCase back before any hook can read it: the report says so, and
+    keeps nothing; a SimpleTestCase (no database) gets no such note."""
+    write_project(pytester)
+    pytester.makepyfile(test_cases=UNITTEST_CASES)
+    result = run_dbguard(
+        pytester,
+        *workers,
+        "--dbguard-url",
+        pg_server.url(),
+        "--dbguard-keep-failed",
+        plugins=DJANGO,
+    )
+    result.assert_outcomes(failed=2)
+    kept_here.update(kept_by(pg_server, result))
+    assert kept_here == set()
+    output = result.stdout.str()
+    note = "test_cases.py::OrderTests::test_fails failed, but dbguard could not keep its data: a django.test.TestCase"
+    assert output.count(note) == 1, output
+    assert "a test function marked @pytest.mark.django_db is kept" in output
+    assert "NoDatabaseTests::test_fails_without_the_database failed, but" not in output

@@ -48,6 +48,13 @@ TWO_SOURCES: Final = (
     "from its migrations."
 )
 
+# pytest-django's flags for its own test database, which dbguard replaces (flag, option dest).
+PYTEST_DJANGO_DB_FLAGS: Final = (("--reuse-db", "reuse_db"), ("--create-db", "create_db"))
+IGNORED_FLAGS: Final = (
+    "dbguard: pytest-django's {flags} {have} no effect: dbguard serves Django's test databases "
+    "(--dbguard-reuse keeps the migrated template between runs, --dbguard-rebuild rebuilds it)"
+)
+
 
 def django_active(config: pytest.Config) -> bool:
     """pytest-django is active and Django has settings (a settings module, or a conftest's
@@ -132,6 +139,10 @@ def register(config: pytest.Config) -> None:
     assert state is not None, "register runs after lifecycle.configure"
     state.schema_hook = hook
     state.schema_source = hook.source
+    ignored = [flag for flag, dest in PYTEST_DJANGO_DB_FLAGS if getattr(config.option, dest, False)]
+    if ignored and plan.owns_server:  # said once, by the xdist controller
+        have = "has" if len(ignored) == 1 else "have"
+        state.notes.append(IGNORED_FLAGS.format(flags=" and ".join(ignored), have=have))
     _register_plugins(config)
 
 

@@ -26,11 +26,16 @@ from pytest_dbguard.run import failed_tests
 PLUGIN_NAME: Final = "dbguard-django-kept-failed"
 # What Django's migrate writes for itself: the kept database has its own record of it.
 SKIPPED_TABLES: Final = ("django_migrations",)
+UNITTEST_CASE: Final = (
+    "a django.test.TestCase or TransactionTestCase rolls back (or flushes) its data inside "
+    "unittest, before dbguard can read it; a test function marked @pytest.mark.django_db is kept"
+)
 
 
 class DjangoKeptFailed:
-    """Hook of a Django run with ``--dbguard-keep-failed`` (registered only then: every
-    fixture's setup passes through it)."""
+    """Hooks of a Django run with ``--dbguard-keep-failed`` (registered only then: every
+    fixture's setup passes through them): a failed ``django_db`` test kept, a failed Django
+    ``TestCase`` method's report saying why its data could not be."""
 
     def __init__(self, aliases: Sequence[str]) -> None:
         self.aliases = tuple(aliases)
@@ -45,14 +50,20 @@ class DjangoKeptFailed:
             fixturedef.addfinalizer(lambda: keep_before_rollback(item, aliases))
         return result
 
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        if _unittest_case(item, database=True) and failed_tests.wants_copy(item):
+            failed_tests.not_kept(item, UNITTEST_CASE)
 
-def _unittest_case(node: Any) -> bool:
+
+def _unittest_case(node: Any, *, database: bool = False) -> bool:
     """A method of a Django ``TestCase`` class: unittest runs its transaction, which is rolled
-    back before any fixture's teardown (pytest-django's helper does nothing for it)."""
-    from django.test import SimpleTestCase
+    back before any fixture's teardown (pytest-django's helper does nothing for it). With
+    ``database``: only the classes that use the database (``TransactionTestCase`` and below)."""
+    from django.test import SimpleTestCase, TransactionTestCase
 
     cls = getattr(node, "cls", None)
-    return isinstance(cls, type) and issubclass(cls, SimpleTestCase)
+    base = TransactionTestCase if database else SimpleTestCase
+    return isinstance(cls, type) and issubclass(cls, base)
 
 
 def keep_before_rollback(item: pytest.Item, aliases: Sequence[str]) -> None:

@@ -109,7 +109,11 @@ def wants_copy(item: pytest.Item) -> bool:
 
 def not_read(item: pytest.Item, error: Exception) -> None:
     """The test's view could not be read (its transaction was aborted, say): the report says so."""
-    reason = f"reading its rows failed ({_first_line(error)})"
+    not_kept(item, f"reading its rows failed ({_first_line(error)})")
+
+
+def not_kept(item: pytest.Item, reason: str) -> None:
+    """The failed test's data cannot be kept, for ``reason``: its report says so."""
     item.stash[_section_key] = NOT_KEPT.format(nodeid=item.nodeid, reason=reason)
 
 
