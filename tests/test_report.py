@@ -535,6 +535,7 @@ DJANGO_TESTS = """
 import datetime
 
 import pytest
+from django.test import TestCase, TransactionTestCase
 
 from shop.models import Order
 
@@ -549,6 +550,16 @@ def test_orm(django_assert_num_queries):
 def test_transactional(transactional_db):
     Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc))
     assert Order.objects.count() == 1
+
+
+class TestCaseOrders(TestCase):
+    def test_in_a_testcase(self):
+        assert not Order.objects.exists()
+
+
+class TransactionTestCaseOrders(TransactionTestCase):
+    def test_in_a_transaction_testcase(self):
+        assert not Order.objects.exists()
 """
 
 
@@ -558,12 +569,14 @@ def test_django_statements_are_timed(pytester: pytest.Pytester, on_server: list[
     result = run_dbguard(
         pytester, *on_server, "--dbguard-report", "r.json", plugins=("pytest_django.plugin",)
     )
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=4)
     path = pytester.path / "r.json"
     _assert_no_secret(path)
     tests = _by_test(_read(path))
     assert tests["test_orm"]["isolation"] == "django"
     assert tests["test_transactional"]["isolation"] == "django-transactional"
+    assert tests["test_in_a_testcase"]["isolation"] == "django"  # unittest classes too
+    assert tests["test_in_a_transaction_testcase"]["isolation"] == "django-transactional"
     orm = tests["test_orm"]
     # the INSERT and the count, and pytest-django's SET CONSTRAINTS around the test's transaction
     assert orm["statements"] == 4

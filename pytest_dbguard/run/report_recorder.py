@@ -49,9 +49,16 @@ def _next_outcome(previous: str | None, report: pytest.TestReport) -> str:
 
 def isolation_label(item: pytest.Item) -> str:
     """The isolation the test ran under: pytest-django's transaction (``django``) or its
-    flush after the test (``django-transactional``) for Django database tests, else dbguard's."""
+    flush after the test (``django-transactional``) for Django database tests, a Django
+    ``TestCase`` or ``TransactionTestCase`` method the same way, else dbguard's."""
     manager = item.config.pluginmanager
     if manager.hasplugin("django") or manager.hasplugin("pytest_django.plugin"):
+        cls, django_test = getattr(item, "cls", None), sys.modules.get("django.test")
+        if isinstance(cls, type) and django_test is not None:  # the class's module imported it
+            if issubclass(cls, django_test.TestCase):
+                return "django"
+            if issubclass(cls, django_test.TransactionTestCase):
+                return "django-transactional"
         names = getattr(item, "fixturenames", ())
         marker = item.get_closest_marker("django_db")
         if (
