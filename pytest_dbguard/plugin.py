@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 from collections.abc import Generator
+from typing import NoReturn
 
 import pytest
 
@@ -93,18 +94,31 @@ def pytest_load_initial_conftests(
         environment.prepare(early_config, early_config.known_args_namespace, args)
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
-    if not _django_loaded():
-        return (yield)
-    from pytest_dbguard.django import activation as django_activation
+    except KeyboardInterrupt as interrupt:
+        _interrupted_before_the_session(interrupt)
+    settings_source = None
+    if _django_loaded():
+        from pytest_dbguard.django import activation as django_activation
 
-    settings_source = django_activation.settings_source(early_config)
+        settings_source = django_activation.settings_source(early_config)
     try:
         return (yield)
+    except KeyboardInterrupt as interrupt:
+        _interrupted_before_the_session(interrupt)
     except Exception as error:  # pytest-django's, for settings or a Django that fails to load
+        if settings_source is None:
+            raise
         explained = django_activation.startup_failure(early_config, error, settings_source)
         if explained is None:
             raise
         raise pytest.UsageError(str(explained)) from None
+
+
+def _interrupted_before_the_session(interrupt: KeyboardInterrupt) -> NoReturn:
+    # pytest reports an interrupt only once its session has begun; before, a traceback.
+    from pytest_dbguard.run import termination
+
+    termination.exit_before_the_session(interrupt)
 
 
 @pytest.hookimpl(tryfirst=True)

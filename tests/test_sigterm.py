@@ -132,3 +132,57 @@ def test_a_nested_in_process_run_leaves_sigterm_as_it_found_it(pytester: pytest.
     """Else the outer run, and every process it starts afterwards, ignores SIGTERM."""
     pytester.makepyfile(test_nested=NESTED_RUN)
     run_dbguard(pytester, "--dbguard-url", "sqlite", "-p", "pytester").assert_outcomes(passed=1)
+
+
+# A conftest that takes its time, as a Django project's django.setup() does while pytest-django
+# loads it: SIGTERM arrives before pytest has a session.
+SLOW_CONFTEST = """
+    import os, pathlib, time
+
+    pathlib.Path("run.txt").write_text(os.environ["DBGUARD_RUN"])
+    pathlib.Path("loading-" + os.environ.get("PYTEST_XDIST_WORKER", "controller")).touch()
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize(
+    "workers",
+    [
+        pytest.param((), id="serial"),
+        pytest.param(("-n", "2"), id="n2", marks=pytest.mark.needs_xdist),
+    ],
+)
+def test_sigterm_while_the_conftests_load_says_so_in_one_line(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
+    pytester.makeconftest(SLOW_CONFTEST)
+    pytester.makepyfile("def test_x(): pass")
+    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", *plugin_args(*workers)]
+    run = subprocess.Popen(
+        [*command, *workers],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (pytester.path / "loading-controller").exists():
+            assert run.poll() is None and time.monotonic() < deadline, "the conftest never loaded"
+            time.sleep(0.05)
+        os.killpg(run.pid, signal.SIGTERM)
+        output = run.communicate(timeout=60)[0]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(30)
+    assert run.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert output.count("SIGTERM received") == 1 and "no test ran" in output, output
+    assert "Traceback" not in output, output
+    folder = machine.storage_root() / (pytester.path / "run.txt").read_text()
+    assert not folder.exists(), f"{folder} was left behind"  # the embedded cluster is stopped
+    deadline = time.monotonic() + 10
+    while _processes_in(pytester.path) or _processes_in(folder):
+        assert time.monotonic() < deadline, "a process outlived the run"
+        time.sleep(0.05)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import pytest
 
@@ -42,6 +43,17 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise Terminated(
         "dbguard: SIGTERM received; stopping like Ctrl-C and removing the run's databases"
     )
+
+
+def exit_before_the_session(interrupt: KeyboardInterrupt) -> NoReturn:
+    """SIGTERM while pytest loads the conftests (a Django project's ``django.setup()``, say),
+    which pytest, with no session yet, would show as a traceback of the import in progress: one
+    line and exit code 2 (interrupted), as in a session. What the run started is stopped at
+    exit (the embedded cluster's atexit hook). A Ctrl-C is left to pytest."""
+    if not isinstance(interrupt, Terminated):
+        raise interrupt
+    sys.stderr.write(f"{interrupt}; no test ran\n")
+    raise SystemExit(pytest.ExitCode.INTERRUPTED) from None
 
 
 def _forward_to_workers(signum: int) -> None:
