@@ -239,7 +239,11 @@ def test_missing_keys_are_a_usage_error(pytester: pytest.Pytester, ini: str, mis
         result.stderr.fnmatch_lines([f"dbguard check-schema: {missing}"])
     else:
         result.stderr.fnmatch_lines(
-            [f"dbguard check-schema: {pytester.path / 'tox.ini'} does not set {missing}.*"]
+            [
+                f"dbguard check-schema: {pytester.path / 'tox.ini'} does not set {missing}.*",
+                "*a Django project checks its models against its migrations with `python "
+                "manage.py makemigrations --check --dry-run`.",
+            ]
         )
     assert not (pytester.path / "migrated.txt").exists()  # nothing was started or migrated
 

@@ -34,7 +34,9 @@ NO_INI: Final = (
 MISSING: Final = (
     "{ini} does not set {keys}. dbguard check-schema compares the schema `alembic upgrade head` "
     "builds (ini dbguard_alembic_ini) with the models (ini dbguard_metadata); set both, e.g.\n"
-    "    dbguard_alembic_ini = alembic.ini\n    dbguard_metadata = app.models:Base"
+    "    dbguard_alembic_ini = alembic.ini\n    dbguard_metadata = app.models:Base\n"
+    "It is for SQLAlchemy projects migrated by Alembic; a Django project checks its models "
+    "against its migrations with `python manage.py makemigrations --check --dry-run`."
 )
 NOT_POSTGRES: Final = (
     "{source} names SQLite; dbguard check-schema migrates a PostgreSQL database. Pass a "
