@@ -717,6 +717,24 @@ def test_utcnow_deprecations_are_counted_in_the_summary(
         result.stdout.fnmatch_lines([line])
 
 
+def test_utcnow_called_in_an_installed_package_is_named(pytester: pytest.Pytester) -> None:
+    """The test file counts it, and the package that called utcnow() is named: the fix is there."""
+    _project(pytester, "pythonpath = lib/site-packages\n")
+    library = pytester.path / "lib" / "site-packages" / "jwtlike"
+    library.mkdir(parents=True)
+    (library / "__init__.py").write_text(
+        textwrap.dedent(UTCNOW_TEST.split("def test_")[0]) + "\ndef token():\n    utcnow()\n"
+    )
+    pytester.makepyfile(
+        test_login="import jwtlike\n\ndef test_login():\n    jwtlike.token()\n    jwtlike.token()\n"
+    )
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", inprocess=True)
+    result.assert_outcomes(passed=1, warnings=2)
+    result.stdout.fnmatch_lines(
+        ["dbguard: 2 datetime.utcnow() deprecation warnings (test_login.py, called in jwtlike: 2)"]
+    )
+
+
 def test_no_utcnow_line_when_there_are_none(pytester: pytest.Pytester) -> None:
     _project(pytester)
     pytester.makepyfile(test_a=UTCNOW_TEST.format(name="a", times=0))

@@ -171,7 +171,9 @@ class TestGuards:
 
 
 class _UtcnowSummary:
-    """Counts ``datetime.utcnow()`` DeprecationWarnings per test file; one line in the summary."""
+    """Counts ``datetime.utcnow()`` DeprecationWarnings per test file, and the installed package
+    that called it when the call is not the project's (a test file cannot fix those); one line
+    in the summary."""
 
     def __init__(self, counts: collections.Counter[str]) -> None:
         self.counts = counts
@@ -183,7 +185,8 @@ class _UtcnowSummary:
             warning_message.message
         ):
             where = nodeid.split("::", 1)[0] or os.path.relpath(warning_message.filename)
-            self.counts[where] += 1
+            package = _installed_package(warning_message.filename)
+            self.counts[where if package is None else f"{where}, called in {package}"] += 1
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         total = sum(self.counts.values())
@@ -192,3 +195,13 @@ class _UtcnowSummary:
             terminalreporter.write_line(
                 f"dbguard: {total} datetime.utcnow() deprecation warnings ({files})"
             )
+
+
+def _installed_package(filename: str) -> str | None:
+    """The top-level package of a file under ``site-packages`` or ``dist-packages``, else None."""
+    parts = filename.replace(os.sep, "/").split("/")
+    for folder in ("site-packages", "dist-packages"):
+        if folder in parts[:-1]:
+            top = parts[parts.index(folder) + 1]
+            return top[: -len(".py")] if top.endswith(".py") else top
+    return None
