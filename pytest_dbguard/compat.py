@@ -192,3 +192,25 @@ def _nearest_ini_folder(start: Path) -> Path:
                 if "[tool.pytest" in text or "[pytest]" in text or "[tool:pytest]" in text:
                     return folder
     return start
+
+
+def unittest_case_failed(item: pytest.Item, case: object) -> bool:
+    """Whether the unittest ``case`` that ``item`` is running has failed so far (setUp, the test
+    or tearDown; a skip or an expected failure is not one), asked from inside the case (a
+    cleanup), where unittest's own ``_outcome.success`` reads True.
+
+    Python 3.10 collects the errors on ``case._outcome.errors`` and tells the result only after
+    the cleanups; 3.11+ tells it at once, and pytest's ``TestCaseFunction``, the case's result,
+    keeps them on ``_excinfo`` (pytest 8.0-9.2). False when neither is there.
+    """
+    import pytest
+
+    errors = getattr(getattr(case, "_outcome", None), "errors", None)
+    if isinstance(
+        errors, list
+    ):  # Python 3.10: (case, exc_info), exc_info None for a passed subtest
+        return any(entry[1] is not None for entry in errors)
+    return any(
+        not isinstance(info.value, (pytest.skip.Exception, pytest.xfail.Exception))
+        for info in getattr(item, "_excinfo", None) or ()
+    )

@@ -223,15 +223,37 @@ def test_values_are_kept_whatever_the_sessions_settings(
 UNITTEST_CASES = """
 import datetime
 
-from django.test import SimpleTestCase, TestCase
+from django.test import SimpleTestCase, TestCase, TransactionTestCase
 
 from shop.models import Order
 
+PLACED = datetime.datetime(2026, 12, 4, 16, 0, tzinfo=datetime.timezone.utc)
+
 
 class OrderTests(TestCase):
+    @classmethod
+    def setUpTestData(cls):
+        Order.objects.create(placed=PLACED, note="class data")
+
+    def setUp(self):
+        Order.objects.create(placed=PLACED, note="from setUp")
+
     def test_fails(self):
-        Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc), note="tc")
+        Order.objects.create(placed=PLACED, note="tc")
         assert False, "the TestCase failure"
+
+    def test_passes(self):
+        assert Order.objects.count() == 2
+
+    def test_skipped(self):
+        Order.objects.create(placed=PLACED, note="skipped")
+        self.skipTest("a skip is not a failure")
+
+
+class CommittedOrderTests(TransactionTestCase):
+    def test_fails_transactional(self):
+        Order.objects.create(placed=PLACED, note="committed")
+        assert False, "the TransactionTestCase failure"
 
 
 class NoDatabaseTests(SimpleTestCase):
@@ -241,11 +263,11 @@ class NoDatabaseTests(SimpleTestCase):
 
 
 @pytest.mark.parametrize("workers", WORKERS)
-def test_a_failed_django_testcase_says_why_its_data_is_not_kept(
+def test_failed_django_testcase_methods_keep_their_rows(
     pytester: pytest.Pytester, pg_server: TestServer, kept_here: set[str], workers: tuple[str, ...]
 ) -> None:
-    """unittest rolls a TestCase back before any hook can read it: the report says so, and
-    keeps nothing; a SimpleTestCase (no database) gets no such note."""
+    """unittest runs a TestCase's transaction around setUp, the test and its cleanups: the rows
+    the failed test saw (class data, setUp's and its own) are kept; no database, nothing said."""
     write_project(pytester)
     pytester.makepyfile(test_cases=UNITTEST_CASES)
     result = run_dbguard(
@@ -256,11 +278,20 @@ def test_a_failed_django_testcase_says_why_its_data_is_not_kept(
         "--dbguard-keep-failed",
         plugins=DJANGO,
     )
-    result.assert_outcomes(failed=2)
+    result.assert_outcomes(passed=1, failed=3, skipped=1)
     kept_here.update(kept_by(pg_server, result))
-    assert kept_here == set()
     output = result.stdout.str()
-    note = "test_cases.py::OrderTests::test_fails failed, but dbguard could not keep its data: a django.test.TestCase"
-    assert output.count(note) == 1, output
-    assert "a test function marked @pytest.mark.django_db is kept" in output
-    assert "NoDatabaseTests::test_fails_without_the_database failed, but" not in output
+    kept = dict(LISTED.findall(output))
+    assert set(kept) == {
+        "test_cases.py::OrderTests::test_fails",
+        "test_cases.py::CommittedOrderTests::test_fails_transactional",
+    }
+    assert set(kept.values()) == kept_here
+    expected = {
+        "test_cases.py::OrderTests::test_fails": ["class data", "from setUp", "tc"],
+        "test_cases.py::CommittedOrderTests::test_fails_transactional": ["committed"],
+    }
+    for nodeid, notes in expected.items():
+        rows = _query(pg_server, kept[nodeid], "SELECT note FROM shop_order ORDER BY id")
+        assert [note for (note,) in rows] == notes
+    assert "could not keep its data" not in output

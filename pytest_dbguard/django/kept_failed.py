@@ -7,6 +7,9 @@ fixture is set up (an atomic block per database, or nothing for a transactional 
 which keep a SQLAlchemy test's rows, are not in such a test. So this plugin adds a finalizer to
 that helper fixture right after its setup: pytest runs a fixture's finalizers last-in first-out,
 so it runs after the test and after every fixture set up later, and before ``_post_teardown``.
+A method of a Django ``TestCase`` class runs its whole case inside unittest (pytest-django's
+helper does nothing for it): there a unittest cleanup added before ``setUp`` reads the rows, the
+last thing before Django's own ``_post_teardown``.
 
 The rows are read through the raw DB-API connection of each alias dbguard serves (Django's
 wrappers would count the reads as the test's statements), and copied without SQLAlchemy.
@@ -27,15 +30,15 @@ PLUGIN_NAME: Final = "dbguard-django-kept-failed"
 # What Django's migrate writes for itself: the kept database has its own record of it.
 SKIPPED_TABLES: Final = ("django_migrations",)
 UNITTEST_CASE: Final = (
-    "a django.test.TestCase or TransactionTestCase rolls back (or flushes) its data inside "
-    "unittest, before dbguard can read it; a test function marked @pytest.mark.django_db is kept"
+    "it failed outside its setUp, test and tearDown (in setUpClass, or Django's own set-up or "
+    "tear-down around them), where unittest has already rolled its data back or not begun"
 )
 
 
 class DjangoKeptFailed:
     """Hooks of a Django run with ``--dbguard-keep-failed`` (registered only then: every
-    fixture's setup passes through them): a failed ``django_db`` test kept, a failed Django
-    ``TestCase`` method's report saying why its data could not be."""
+    fixture's setup passes through them): a failed ``django_db`` test kept, and a failed Django
+    ``TestCase`` method (kept by a unittest cleanup, or its report saying why it could not be)."""
 
     def __init__(self, aliases: Sequence[str]) -> None:
         self.aliases = tuple(aliases)
@@ -49,6 +52,15 @@ class DjangoKeptFailed:
             item, aliases = request.node, self.aliases
             fixturedef.addfinalizer(lambda: keep_before_rollback(item, aliases))
         return result
+
+    # A Django TestCase runs its transaction (or, TransactionTestCase, its flush) inside
+    # unittest, around setUp, the test, tearDown and the cleanups: a cleanup added now, before
+    # setUp, is the last one, and still sees the test's rows.
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        case = getattr(item, "instance", None)
+        if case is not None and _unittest_case(item, database=True):
+            case.addCleanup(_keep_failed_case, item, case, self.aliases)
 
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
         if _unittest_case(item, database=True) and failed_tests.wants_copy(item):
@@ -64,6 +76,16 @@ def _unittest_case(node: Any, *, database: bool = False) -> bool:
     cls = getattr(node, "cls", None)
     base = TransactionTestCase if database else SimpleTestCase
     return isinstance(cls, type) and issubclass(cls, base)
+
+
+def _keep_failed_case(item: pytest.Item, case: object, aliases: Sequence[str]) -> None:
+    """A TestCase's cleanup: when setUp, the test or tearDown failed, its view kept (before the
+    call's report, which would say so later)."""
+    from pytest_dbguard.compat import unittest_case_failed
+
+    if unittest_case_failed(item, case):
+        failed_tests.mark_failed(item)
+        keep_before_rollback(item, aliases)
 
 
 def keep_before_rollback(item: pytest.Item, aliases: Sequence[str]) -> None:

@@ -107,6 +107,11 @@ def wants_copy(item: pytest.Item) -> bool:
     return True
 
 
+def mark_failed(item: pytest.Item) -> None:
+    """The test failed, as known before its report says so (a unittest case, from its outcome)."""
+    item.stash[_failed_key] = True
+
+
 def not_read(item: pytest.Item, error: Exception) -> None:
     """The test's view could not be read (its transaction was aborted, say): the report says so."""
     not_kept(item, f"reading its rows failed ({_first_line(error)})")
