@@ -294,4 +294,4 @@ def test_failed_django_testcase_methods_keep_their_rows(
     for nodeid, notes in expected.items():
         rows = _query(pg_server, kept[nodeid], "SELECT note FROM shop_order ORDER BY id")
         assert [note for (note,) in rows] == notes
-    assert "could not keep its data" not in output
+    assert "could not keep its data" not in output  # the SimpleTestCase has nothing to keep
