@@ -35,7 +35,9 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
     if plugin is not sys.modules[__name__] or manager.has_plugin("pytest_dbguard.plugin"):
         return
     _stop_rewriting_asserts(manager)
-    manager.register(importlib.import_module("pytest_dbguard.plugin"), "pytest_dbguard.plugin")
+    hooks = importlib.import_module("pytest_dbguard.plugin")
+    manager.register(hooks, "pytest_dbguard.plugin")
+    hooks.registered(manager)
 
 
 def _stop_rewriting_asserts(manager: pytest.PytestPluginManager) -> None:

@@ -61,11 +61,14 @@ def _register(manager: pytest.PytestPluginManager, names: tuple[str, ...]) -> No
             manager.register(importlib.import_module(name), name)
 
 
-def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
-    # The earliest moment dbguard exists. With conftest opt-in (pytest_plugins) this is while the
-    # conftests load, after the early hook below has already run: prepare now, so the conftests
-    # loaded after this one see the test environment, and check the guarded modules.
-    if plugin is not sys.modules[__name__] or not _registered_by_a_conftest(manager):
+def registered(manager: pytest.PytestPluginManager) -> None:
+    """Called by the package right after it registers this module: the earliest moment dbguard
+    exists. With conftest opt-in (pytest_plugins) this is while the conftests load, after the
+    early hook below would have run: prepare now, so the conftests loaded after this one see the
+    test environment, and check the guarded modules. A function, not a ``pytest_plugin_registered``
+    hook, which pytest would call for every plugin of every run, ``--help`` included (0.7M
+    instructions of ``--markers``, benchmarks/ci_path.py, c)."""
+    if not _registered_by_a_conftest(manager):
         return  # with -p, the early hook below does it once every -p plugin is imported
     config = manager.get_plugin("pytestconfig")
     if config is None or run_of(config) is not None:

@@ -81,6 +81,20 @@ def _query(server: TestServer, database: str, statement: str) -> list[tuple[Any,
         return list(connection.execute(statement).fetchall())
 
 
+def _run_keeping(
+    pytester: pytest.Pytester, pg_server: TestServer, workers: tuple[str, ...] = ()
+) -> pytest.RunResult:
+    """A Django run with --dbguard-keep-failed on the external test server."""
+    return run_dbguard(
+        pytester,
+        *workers,
+        "--dbguard-url",
+        pg_server.url(),
+        "--dbguard-keep-failed",
+        plugins=DJANGO,
+    )
+
+
 @pytest.mark.parametrize("workers", WORKERS)
 def test_failed_django_tests_keep_their_rows(
     pytester: pytest.Pytester,
@@ -90,14 +104,7 @@ def test_failed_django_tests_keep_their_rows(
 ) -> None:
     write_project(pytester)
     pytester.makepyfile(test_shop=TESTS)
-    result = run_dbguard(
-        pytester,
-        *workers,
-        "--dbguard-url",
-        pg_server.url(),
-        "--dbguard-keep-failed",
-        plugins=DJANGO,
-    )
+    result = _run_keeping(pytester, pg_server, workers)
     kept_here.update(kept_by(pg_server, result))
     result.assert_outcomes(passed=2, failed=3, errors=1)
     output = result.stdout.str()
@@ -171,9 +178,7 @@ def test_passing_django_tests_keep_nothing(
         .replace('raise RuntimeError("the setup failure")', "")
         .replace('assert False, "no database in this one"', "pass")
     )
-    result = run_dbguard(
-        pytester, "--dbguard-url", pg_server.url(), "--dbguard-keep-failed", plugins=DJANGO
-    )
+    result = _run_keeping(pytester, pg_server)
     result.assert_outcomes(passed=6)
     kept_here.update(kept_by(pg_server, result))
     assert kept_here == set()
@@ -208,9 +213,7 @@ def test_values_are_kept_whatever_the_sessions_settings(
     under the same ones (an ISO, MDY session would take 04/12/2026 for 12 April)."""
     write_project(pytester)
     pytester.makepyfile(test_shop=DATE_STYLE_TEST)
-    result = run_dbguard(
-        pytester, "--dbguard-url", pg_server.url(), "--dbguard-keep-failed", plugins=DJANGO
-    )
+    result = _run_keeping(pytester, pg_server)
     kept_here.update(kept_by(pg_server, result))
     result.assert_outcomes(failed=1)
     [name] = kept_here
@@ -270,14 +273,7 @@ def test_failed_django_testcase_methods_keep_their_rows(
     the failed test saw (class data, setUp's and its own) are kept; no database, nothing said."""
     write_project(pytester)
     pytester.makepyfile(test_cases=UNITTEST_CASES)
-    result = run_dbguard(
-        pytester,
-        *workers,
-        "--dbguard-url",
-        pg_server.url(),
-        "--dbguard-keep-failed",
-        plugins=DJANGO,
-    )
+    result = _run_keeping(pytester, pg_server, workers)
     result.assert_outcomes(passed=1, failed=3, skipped=1)
     kept_here.update(kept_by(pg_server, result))
     output = result.stdout.str()

@@ -43,6 +43,50 @@ def _processes_in(folder: Path) -> list[int]:
     return found
 
 
+def _sigterm_once_ready(
+    project: Path, workers: tuple[str, ...], args: list[str], ready: list[str], *, group: bool
+) -> tuple[int, str]:
+    """Run ``pytest -p pytest_dbguard`` in ``project`` (a process group of its own, as a CI job
+    has); once every file of ``ready`` exists there, SIGTERM it (or its whole group). Returns
+    its exit code and output."""
+    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", *plugin_args(*workers)]
+    run = subprocess.Popen(
+        [*command, *workers, *args],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not all((project / name).exists() for name in ready):
+            assert run.poll() is None and time.monotonic() < deadline, f"{ready} never appeared"
+            time.sleep(0.05)
+        if group:
+            os.killpg(run.pid, signal.SIGTERM)
+        else:
+            run.send_signal(signal.SIGTERM)
+        output = run.communicate(timeout=90)[0]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(30)
+    return run.returncode, output
+
+
+def _assert_nothing_left(project: Path) -> str:
+    """No run folder and no process of the run whose id the tests wrote to run.txt; its id."""
+    run_id = (project / "run.txt").read_text()
+    folder = machine.storage_root() / run_id
+    assert not folder.exists(), f"{folder} was left behind"
+    deadline = time.monotonic() + 10  # a worker's exit may trail pytest's by a moment
+    while _processes_in(project) or _processes_in(folder):
+        assert time.monotonic() < deadline, "a worker or server outlived the run"
+        time.sleep(0.05)
+    return run_id
+
+
 @pytest.mark.parametrize(
     "target",
     [
@@ -72,41 +116,13 @@ def test_sigterm_mid_test_leaves_nothing(
         # A role without CREATEDB: one schema per worker in app_limited.
         "external-schemas": ["--dbguard-url", pg_server.url("app_limited", user=LIMITED_USER)],
     }
-    url = urls[backend]
-    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", *plugin_args(*workers)]
-    command += [*workers, *url]
-    run = subprocess.Popen(
-        command,
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # a process group of its own, as a CI job has
-    )
     expected = ["started-gw0", "started-gw1"] if workers else ["started-main"]
-    try:
-        deadline = time.monotonic() + 90
-        while not all((pytester.path / name).exists() for name in expected):
-            assert run.poll() is None and time.monotonic() < deadline, "the tests never started"
-            time.sleep(0.05)
-        if target == "group":
-            os.killpg(run.pid, signal.SIGTERM)
-        else:
-            run.send_signal(signal.SIGTERM)
-        output = run.communicate(timeout=90)[0]
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait(30)
-    assert run.returncode == pytest.ExitCode.INTERRUPTED, output
+    returncode, output = _sigterm_once_ready(
+        pytester.path, workers, urls[backend], expected, group=target == "group"
+    )
+    assert returncode == pytest.ExitCode.INTERRUPTED, output
     assert "SIGTERM received" in output
-    run_id = (pytester.path / "run.txt").read_text()
-    folder = machine.storage_root() / run_id
-    assert not folder.exists(), f"{folder} was left behind"
-    deadline = time.monotonic() + 10  # a worker's exit may trail pytest's by a moment
-    while _processes_in(pytester.path) or _processes_in(folder):
-        assert time.monotonic() < deadline, "a worker or server outlived the run"
-        time.sleep(0.05)
+    run_id = _assert_nothing_left(pytester.path)
     assert not [name for name in pg_server.databases() if f"_dbg_{run_id}_" in name]
     schemas = pg_server.sql("SELECT nspname FROM pg_namespace", database="app_limited").stdout
     assert f"dbg_{run_id}_" not in schemas
@@ -157,32 +173,10 @@ def test_sigterm_while_the_conftests_load_says_so_in_one_line(
 ) -> None:
     pytester.makeconftest(SLOW_CONFTEST)
     pytester.makepyfile("def test_x(): pass")
-    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", *plugin_args(*workers)]
-    run = subprocess.Popen(
-        [*command, *workers],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    returncode, output = _sigterm_once_ready(
+        pytester.path, workers, [], ["loading-controller"], group=True
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not (pytester.path / "loading-controller").exists():
-            assert run.poll() is None and time.monotonic() < deadline, "the conftest never loaded"
-            time.sleep(0.05)
-        os.killpg(run.pid, signal.SIGTERM)
-        output = run.communicate(timeout=60)[0]
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait(30)
-    assert run.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert returncode == pytest.ExitCode.INTERRUPTED, output
     assert output.count("SIGTERM received") == 1 and "no test ran" in output, output
     assert "Traceback" not in output, output
-    folder = machine.storage_root() / (pytester.path / "run.txt").read_text()
-    assert not folder.exists(), f"{folder} was left behind"  # the embedded cluster is stopped
-    deadline = time.monotonic() + 10
-    while _processes_in(pytester.path) or _processes_in(folder):
-        assert time.monotonic() < deadline, "a process outlived the run"
-        time.sleep(0.05)
+    _assert_nothing_left(pytester.path)  # the embedded cluster is stopped at exit
