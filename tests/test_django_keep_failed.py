@@ -253,6 +253,14 @@ class OrderTests(TestCase):
         self.skipTest("a skip is not a failure")
 
 
+class SubTests(TestCase):
+    def test_a_subtest_fails(self):
+        Order.objects.create(placed=PLACED, note="sub")
+        for n in (1, 2):
+            with self.subTest(n=n):
+                assert n == 1, "the subtest failure"
+
+
 class CommittedOrderTests(TransactionTestCase):
     def test_fails_transactional(self):
         Order.objects.create(placed=PLACED, note="committed")
@@ -270,21 +278,28 @@ def test_failed_django_testcase_methods_keep_their_rows(
     pytester: pytest.Pytester, pg_server: TestServer, kept_here: set[str], workers: tuple[str, ...]
 ) -> None:
     """unittest runs a TestCase's transaction around setUp, the test and its cleanups: the rows
-    the failed test saw (class data, setUp's and its own) are kept; no database, nothing said."""
+    the failed test saw (class data, setUp's and its own) are kept, once each; a failed subtest
+    too; a skip, a pass or no database keeps and says nothing."""
     write_project(pytester)
     pytester.makepyfile(test_cases=UNITTEST_CASES)
     result = _run_keeping(pytester, pg_server, workers)
-    result.assert_outcomes(passed=1, failed=3, skipped=1)
+    # pytest 8 counts a failed subtest as its test's failure, pytest 9 reports it apart.
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
     kept_here.update(kept_by(pg_server, result))
     output = result.stdout.str()
-    kept = dict(LISTED.findall(output))
+    listed = LISTED.findall(output)
+    kept = dict(listed)
+    assert len(listed) == len(kept) == 3, listed  # each kept test named once
     assert set(kept) == {
         "test_cases.py::OrderTests::test_fails",
+        "test_cases.py::SubTests::test_a_subtest_fails",
         "test_cases.py::CommittedOrderTests::test_fails_transactional",
     }
+    result.stdout.fnmatch_lines(["dbguard: kept 3 failed test databases; they stay on the server*"])
     assert set(kept.values()) == kept_here
     expected = {
         "test_cases.py::OrderTests::test_fails": ["class data", "from setUp", "tc"],
+        "test_cases.py::SubTests::test_a_subtest_fails": ["sub"],
         "test_cases.py::CommittedOrderTests::test_fails_transactional": ["committed"],
     }
     for nodeid, notes in expected.items():

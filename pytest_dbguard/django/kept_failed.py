@@ -30,8 +30,8 @@ PLUGIN_NAME: Final = "dbguard-django-kept-failed"
 # What Django's migrate writes for itself: the kept database has its own record of it.
 SKIPPED_TABLES: Final = ("django_migrations",)
 UNITTEST_CASE: Final = (
-    "it failed outside its setUp, test and tearDown (in setUpClass, or Django's own set-up or "
-    "tear-down around them), where unittest has already rolled its data back or not begun"
+    "its failure was known only after unittest had rolled its data back or before it began (in "
+    "setUpClass, Django's own set-up or tear-down, or an unexpected success)"
 )
 
 
@@ -83,7 +83,7 @@ def _keep_failed_case(item: pytest.Item, case: object, aliases: Sequence[str]) -
     call's report, which would say so later)."""
     from pytest_dbguard.compat import unittest_case_failed
 
-    if unittest_case_failed(item, case):
+    if unittest_case_failed(item, case) or failed_tests.failed_so_far(item):  # or a subtest
         failed_tests.mark_failed(item)
         keep_before_rollback(item, aliases)
 

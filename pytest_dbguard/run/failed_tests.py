@@ -60,6 +60,10 @@ class KeptReports:
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # The teardown's report only: a unittest case keeps its data during the call, and every
+        # report made after that (the call's, a subtest's) carries the property too.
+        if report.when != "teardown":
+            return
         for name, value in report.user_properties:
             if name == PROPERTY:
                 self.run.kept_failed.append(str(value))
@@ -110,6 +114,11 @@ def wants_copy(item: pytest.Item) -> bool:
 def mark_failed(item: pytest.Item) -> None:
     """The test failed, as known before its report says so (a unittest case, from its outcome)."""
     item.stash[_failed_key] = True
+
+
+def failed_so_far(item: pytest.Item) -> bool:
+    """Whether a report of the test has said it failed (a subtest's, before the test ends)."""
+    return item.stash.get(_failed_key, False)
 
 
 def not_read(item: pytest.Item, error: Exception) -> None:
