@@ -134,3 +134,20 @@ def test_a_sqlalchemy_url_given_to_django_names_pg_url(
     ini = pytester.path / "tox.ini"  # what pytester.makeini writes
     ini.write_text(ini.read_text().replace("{url}", "{pg_url}"))
     run_dbguard(pytester, *workers, plugins=DJANGO).assert_outcomes(passed=8)
+
+
+def test_an_unrelated_error_naming_a_sqlalchemy_url_is_left_as_it_is(
+    pytester: pytest.Pytester,
+) -> None:
+    """Only Django's (or dj-database-url's) refusal of the scheme is explained, not a project's own
+    error that happens to print the URL."""
+    write_project(pytester, ini_extra="dbguard_env =\n    DATABASE_URL={url}\n")
+    pytester.makeconftest(
+        "import os\n\nraise RuntimeError('cannot reach ' + os.environ['DATABASE_URL'])\n"
+    )
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    result = run_dbguard(pytester, plugins=DJANGO)
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # pytest's own for a conftest that fails
+    assert "RuntimeError: cannot reach postgresql+psycopg://" in output
+    assert "Django could not use" not in output

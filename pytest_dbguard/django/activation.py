@@ -83,6 +83,9 @@ def startup_failure(
 ) -> ConfigError | None:
     """pytest-django's failure to load the settings or set Django up, explained: a SQLAlchemy URL
     given to Django through dbguard_env, a settings module that fails to load; None for others."""
+    namespace = early_config.known_args_namespace
+    if getattr(namespace, "help", False) or getattr(namespace, "version", False):
+        return None  # pytest shows the help anyway, with a warning about the conftests
     run = run_of(early_config)
     env_lines = run.settings.env_lines if run is not None else ()
     explained = settings_module.sqlalchemy_url_failure(error, env_lines)

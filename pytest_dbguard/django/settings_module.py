@@ -91,25 +91,36 @@ def _where(error: BaseException) -> str:
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
+# What Django and dj-database-url say of a SQLAlchemy scheme (django-environ passes the scheme on
+# to Django as the ENGINE).
+_SCHEME_REFUSED: Final = (
+    r"'(postgresql\+\w+)' isn't an available database backend",
+    r"No support for '(postgresql\+\w+)'",
+)
+
+
 def sqlalchemy_url_failure(error: BaseException, env_lines: Sequence[str]) -> ConfigError | None:
-    """Django failing on a ``postgresql+driver://`` URL that dbguard_env gave it through ``{url}``
+    """Django refusing a ``postgresql+driver://`` URL that dbguard_env gave it through ``{url}``
     (Django: "'postgresql+psycopg' isn't an available database backend", dj-database-url: "No
     support for 'postgresql+psycopg'"), explained with the fix; None for any other error."""
+    from pytest_dbguard.db.urls import hide_password_in
+
     text = str(error)
-    scheme = re.search(r"postgresql\+\w+", text)
+    refused = next(filter(None, (re.search(shape, text) for shape in _SCHEME_REFUSED)), None)
     names = [
         line.partition("=")[0].strip()
         for line in env_lines
         if "{url}" in line.partition("=")[2] or "{async_url}" in line.partition("=")[2]
     ]
-    if scheme is None or not names:
+    if refused is None or not names:
         return None
     first_sentence = text.strip().splitlines()[0].split(". ")[0].rstrip(".")
+    django_reads = [name for name in names if "DATABASE" in name.upper()] or names
     return ConfigError(
         SQLALCHEMY_URL.format(
             names=", ".join(names),
-            error=f"{type(error).__name__}: {first_sentence}",
-            scheme=scheme.group(),
-            first=names[0],
+            error=f"{type(error).__name__}: {hide_password_in(first_sentence)}",
+            scheme=refused.group(1),
+            first=django_reads[0],
         )
     )
