@@ -98,7 +98,7 @@ def pytest_load_initial_conftests(
     except DbguardError as error:
         raise pytest.UsageError(str(error)) from None
     except KeyboardInterrupt as interrupt:
-        _interrupted_before_the_session(interrupt)
+        _interrupted_before_the_session(early_config, interrupt)
     settings_source = None
     if _django_loaded():
         from pytest_dbguard.django import activation as django_activation
@@ -107,7 +107,7 @@ def pytest_load_initial_conftests(
     try:
         return (yield)
     except KeyboardInterrupt as interrupt:
-        _interrupted_before_the_session(interrupt)
+        _interrupted_before_the_session(early_config, interrupt)
     except Exception as error:  # pytest-django's, for settings or a Django that fails to load
         if settings_source is None:
             raise
@@ -117,11 +117,13 @@ def pytest_load_initial_conftests(
         raise pytest.UsageError(str(explained)) from None
 
 
-def _interrupted_before_the_session(interrupt: KeyboardInterrupt) -> NoReturn:
+def _interrupted_before_the_session(
+    config: pytest.Config, interrupt: KeyboardInterrupt
+) -> NoReturn:
     # pytest reports an interrupt only once its session has begun; before, a traceback.
     from pytest_dbguard.run import termination
 
-    termination.exit_before_the_session(interrupt)
+    termination.exit_before_the_session(config, interrupt)
 
 
 @pytest.hookimpl(tryfirst=True)

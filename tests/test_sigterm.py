@@ -180,3 +180,39 @@ def test_sigterm_while_the_conftests_load_says_so_in_one_line(
     assert output.count("SIGTERM received") == 1 and "no test ran" in output, output
     assert "Traceback" not in output, output
     _assert_nothing_left(pytester.path)  # the embedded cluster is stopped at exit
+
+
+# The outer run's test runs dbguard again in its own process, and that inner run's conftest is
+# still loading when SIGTERM arrives: the outer run's handler raised it, so the outer run stops.
+NESTED_SLOW_CONFTEST = '''
+    pytest_plugins = ["pytester"]
+
+    INNER_CONFTEST = """
+        import pathlib, time
+
+        pathlib.Path({marker!r}).touch()
+        time.sleep(120)
+    """
+
+    def test_nested_run(pytester, request):
+        marker = str(request.config.rootpath / "loading-inner")
+        pytester.makeconftest(INNER_CONFTEST.format(marker=marker))
+        pytester.makepyfile("def test_x(): pass")
+        pytester.runpytest_inprocess("-p", "pytest_dbguard", "--dbguard-url", "sqlite")
+'''
+
+
+def test_sigterm_while_a_nested_runs_conftests_load_stops_the_outer_run(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_nested=NESTED_SLOW_CONFTEST)
+    returncode, output = _sigterm_once_ready(
+        pytester.path,
+        (),
+        ["--dbguard-url", "sqlite", "-p", "pytester"],
+        ["loading-inner"],
+        group=True,
+    )
+    assert returncode == pytest.ExitCode.INTERRUPTED, output
+    assert output.count("SIGTERM received") == 1, output
+    assert "no test ran" not in output and "NameError" not in output, output

@@ -45,14 +45,17 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
     )
 
 
-def exit_before_the_session(interrupt: KeyboardInterrupt) -> NoReturn:
+def exit_before_the_session(config: pytest.Config, interrupt: KeyboardInterrupt) -> NoReturn:
     """SIGTERM while pytest loads the conftests (a Django project's ``django.setup()``, say),
     which pytest, with no session yet, would show as a traceback of the import in progress: one
-    line and exit code 2 (interrupted), as in a session. What the run started is stopped at
-    exit (the embedded cluster's atexit hook). A Ctrl-C is left to pytest."""
-    if not isinstance(interrupt, Terminated):
+    line (none from an xdist worker: its controller says it) and exit code 2 (interrupted), as
+    in a session. What the run started is stopped at exit (the embedded cluster's atexit hook).
+    A Ctrl-C, and a SIGTERM that an outer run's handler raised (a run nested in another's
+    process, as pytester's in-process runs are), are left to pytest and that run."""
+    if not isinstance(interrupt, Terminated) or _previous_key not in config.stash:
         raise interrupt
-    sys.stderr.write(f"{interrupt}; no test ran\n")
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        sys.stderr.write(f"{interrupt}; no test ran\n")
     raise SystemExit(pytest.ExitCode.INTERRUPTED) from None
 
 
