@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import importlib
 import importlib.util
+import os
 import sys
 import textwrap
 import uuid
@@ -717,10 +718,23 @@ def test_utcnow_deprecations_are_counted_in_the_summary(
         result.stdout.fnmatch_lines([line])
 
 
-def test_utcnow_called_in_an_installed_package_is_named(pytester: pytest.Pytester) -> None:
-    """The test file counts it, and the package that called utcnow() is named: the fix is there."""
-    _project(pytester, "pythonpath = lib/site-packages\n")
-    library = pytester.path / "lib" / "site-packages" / "jwtlike"
+@pytest.mark.parametrize(
+    ("where", "counted"),
+    [
+        # Installed outside the project's folder, as a venv's packages are: named, the fix is there.
+        pytest.param("outside", "test_login.py, called in jwtlike: 2", id="installed"),
+        # A folder of the project's own that happens to be called site-packages: not named.
+        pytest.param("inside", "test_login.py: 2", id="in-the-project"),
+    ],
+)
+def test_utcnow_called_in_an_installed_package_is_named(
+    pytester: pytest.Pytester, where: str, counted: str
+) -> None:
+    base = (
+        pytester.path.parent / f"{pytester.path.name}-venv" if where == "outside" else pytester.path
+    )
+    _project(pytester, f"pythonpath = {os.path.relpath(base, pytester.path)}/lib/site-packages\n")
+    library = base / "lib" / "site-packages" / "jwtlike"
     library.mkdir(parents=True)
     (library / "__init__.py").write_text(
         textwrap.dedent(UTCNOW_TEST.split("def test_")[0]) + "\ndef token():\n    utcnow()\n"
@@ -730,9 +744,7 @@ def test_utcnow_called_in_an_installed_package_is_named(pytester: pytest.Pyteste
     )
     result = run_dbguard(pytester, "--dbguard-url", "sqlite", inprocess=True)
     result.assert_outcomes(passed=1, warnings=2)
-    result.stdout.fnmatch_lines(
-        ["dbguard: 2 datetime.utcnow() deprecation warnings (test_login.py, called in jwtlike: 2)"]
-    )
+    result.stdout.fnmatch_lines([f"dbguard: 2 datetime.utcnow() deprecation warnings ({counted})"])
 
 
 def test_no_utcnow_line_when_there_are_none(pytester: pytest.Pytester) -> None:

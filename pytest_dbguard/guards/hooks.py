@@ -20,6 +20,7 @@ import os
 import sys
 import warnings
 from collections.abc import Generator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
@@ -94,7 +95,9 @@ class TestGuards:
         self._connection_guards: ConnectionGuards | None = None
         self._connection_guards_known = False
         if self.naive_mode != "off":
-            config.pluginmanager.register(_UtcnowSummary(self.utcnow), "dbguard-utcnow")
+            config.pluginmanager.register(
+                _UtcnowSummary(self.utcnow, config.rootpath), "dbguard-utcnow"
+            )
 
     def _watch_naive(self, item: pytest.Item) -> NaiveDatetimeGuard | None:
         """The run's naive datetime guard, installed once SQLAlchemy has been imported by anyone."""
@@ -171,12 +174,13 @@ class TestGuards:
 
 
 class _UtcnowSummary:
-    """Counts ``datetime.utcnow()`` DeprecationWarnings per test file, and the installed package
-    that called it when the call is not the project's (a test file cannot fix those); one line
-    in the summary."""
+    """Counts ``datetime.utcnow()`` DeprecationWarnings per test file, with the installed package
+    that called it when the call is outside the project's folder (a test file cannot fix those);
+    one line in the summary."""
 
-    def __init__(self, counts: collections.Counter[str]) -> None:
+    def __init__(self, counts: collections.Counter[str], rootdir: Path) -> None:
         self.counts = counts
+        self.rootdir = str(rootdir)
 
     def pytest_warning_recorded(
         self, warning_message: warnings.WarningMessage, nodeid: str
@@ -185,7 +189,7 @@ class _UtcnowSummary:
             warning_message.message
         ):
             where = nodeid.split("::", 1)[0] or os.path.relpath(warning_message.filename)
-            package = _installed_package(warning_message.filename)
+            package = _installed_package(warning_message.filename, self.rootdir)
             self.counts[where if package is None else f"{where}, called in {package}"] += 1
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -197,8 +201,11 @@ class _UtcnowSummary:
             )
 
 
-def _installed_package(filename: str) -> str | None:
-    """The top-level package of a file under ``site-packages`` or ``dist-packages``, else None."""
+def _installed_package(filename: str, rootdir: str) -> str | None:
+    """The top-level package of a file under ``site-packages`` or ``dist-packages`` outside the
+    project's ``rootdir``, else None."""
+    if os.path.abspath(filename).startswith(os.path.join(rootdir, "")):
+        return None
     parts = filename.replace(os.sep, "/").split("/")
     for folder in ("site-packages", "dist-packages"):
         if folder in parts[:-1]:
