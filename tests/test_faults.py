@@ -42,7 +42,15 @@ HELPERS = """
         deadline = time.monotonic() + 10
         with probe.connect() as connection:
             while connection.execute(query, {"db": dbguard_faults.database}).scalar():
-                assert time.monotonic() < deadline, "an earlier test's backends never ended"
+                if time.monotonic() > deadline:  # what they are, for the failure's report
+                    left = connection.execute(
+                        text(
+                            "SELECT pid, application_name, state, backend_start, state_change, "
+                            "client_port, query FROM pg_stat_activity WHERE datname = :db"
+                        ),
+                        {"db": dbguard_faults.database},
+                    ).all()
+                    pytest.fail(f"an earlier test's backends never ended: {left}")
                 time.sleep(0.01)
         probe.dispose()
 
