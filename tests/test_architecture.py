@@ -5,6 +5,7 @@ in ``compat``, and the declared public API resolves without importing SQLAlchemy
 from __future__ import annotations
 
 import ast
+import configparser
 import re
 import subprocess
 import sys
@@ -162,3 +163,13 @@ def test_public_api_resolves_lazily() -> None:
     assert int(done.stdout) == len(pytest_dbguard.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         pytest_dbguard.nope  # noqa: B018
+
+
+def test_every_django_test_file_runs_in_the_django_tox_envs() -> None:
+    """tox's django42/django52/django6 envs run the Django tests on each supported Django: a new
+    test file must be listed there, or it runs on one Django version only."""
+    ini = configparser.ConfigParser()
+    ini.read(PACKAGE.parent / "tox.ini")
+    listed = set(ini["django"]["tests"].split())
+    files = {f"tests/{path.name}" for path in (PACKAGE.parent / "tests").glob("test_django*.py")}
+    assert files and files <= listed, sorted(files - listed)
