@@ -12,8 +12,11 @@ from tests.test_django import DJANGO, ORM_TESTS
 IN_WORKERS = pytest.mark.parametrize("workers", WORKERS)
 
 
-def _stopped_once(result: pytest.RunResult, message: str) -> str:
-    """The run stopped as a usage error before any test, printing ``message`` exactly once."""
+def _stopped_once(pytester: pytest.Pytester, args: tuple[str, ...], message: str) -> str:
+    """A run of the ORM tests with ``args`` stops as a usage error before any test, printing
+    ``message`` exactly once; its output."""
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    result = run_dbguard(pytester, *args, plugins=DJANGO)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.stdout.str() + result.stderr.str()
     assert output.count(message) == 1, output
@@ -30,10 +33,9 @@ def test_a_settings_module_that_does_not_exist(
         "[pytest]\nDJANGO_SETTINGS_MODULE = djproj.nosuch\npythonpath = .\n"
         "django_find_project = false\n"
     )
-    pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO)
     output = _stopped_once(
-        result,
+        pytester,
+        workers,
         "Django's settings module 'djproj.nosuch' (DJANGO_SETTINGS_MODULE, from the ini key "
         "DJANGO_SETTINGS_MODULE) does not exist: ModuleNotFoundError: No module named "
         "'djproj.nosuch'.",
@@ -44,10 +46,9 @@ def test_a_settings_module_that_does_not_exist(
 def test_a_settings_module_named_by_ds_that_does_not_exist(pytester: pytest.Pytester) -> None:
     """The message names the option the module came from: --ds, which wins over the ini."""
     write_project(pytester)
-    pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, "--ds", "nosuch.settings", plugins=DJANGO)
     _stopped_once(
-        result,
+        pytester,
+        ("--ds", "nosuch.settings"),
         "Django's settings module 'nosuch.settings' (DJANGO_SETTINGS_MODULE, from --ds) does not "
         "exist: ModuleNotFoundError: No module named 'nosuch'.",
     )
@@ -62,10 +63,9 @@ def test_a_settings_module_that_fails_to_import(
     settings = pytester.path / "djproj" / "settings.py"
     settings.write_text(SETTINGS.lstrip() + "\nimport debug_toolbar  # dev-only\n")
     line = settings.read_text().splitlines().index("import debug_toolbar  # dev-only") + 1
-    pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO)
     output = _stopped_once(
-        result,
+        pytester,
+        workers,
         "Django's settings module 'djproj.settings' (DJANGO_SETTINGS_MODULE, from the ini key "
         "DJANGO_SETTINGS_MODULE) failed while importing: ModuleNotFoundError: No module named "
         f"'debug_toolbar' (at {settings}:{line}).",
@@ -121,10 +121,9 @@ def test_a_sqlalchemy_url_given_to_django_names_pg_url(
     write_project(pytester, ini_extra="dbguard_env =\n    DATABASE_URL={url}\n")
     settings = pytester.path / "djproj" / "settings.py"
     settings.write_text(SETTINGS.lstrip() + ENVIRON_LIKE_SETTINGS)
-    pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, *workers, plugins=DJANGO)
     output = _stopped_once(
-        result,
+        pytester,
+        workers,
         "Django could not use the URL that ini dbguard_env gives DATABASE_URL: "
         "ImproperlyConfigured: 'postgresql+psycopg' isn't an available database backend or "
         "couldn't be imported. {url} and {async_url} are SQLAlchemy URLs",
