@@ -104,13 +104,14 @@ def sqlalchemy_url_failure(error: BaseException, env_lines: Sequence[str]) -> Co
     (Django: "'postgresql+psycopg' isn't an available database backend", dj-database-url: "No
     support for 'postgresql+psycopg'"), explained with the fix; None for any other error."""
     from pytest_dbguard.db.urls import hide_password_in
+    from pytest_dbguard.run.environment import parse_env_lines
 
     text = str(error)
     refused = next(filter(None, (re.search(shape, text) for shape in _SCHEME_REFUSED)), None)
     names = [
-        line.partition("=")[0].strip()
-        for line in env_lines
-        if "{url}" in line.partition("=")[2] or "{async_url}" in line.partition("=")[2]
+        name
+        for name, value in parse_env_lines(env_lines)  # read before the conftests: no error now
+        if "{url}" in value or "{async_url}" in value
     ]
     if refused is None or not names:
         return None
