@@ -3,9 +3,8 @@
 A single run (and each xdist worker) waits for the server only after collection, so its line
 follows ``collected N items``; the xdist controller knows the server once xdist has started the
 workers (at its test loop), but holds its line back until the first test starts, which is after
-``N workers [M items]``. Under ``-q``
-the line is shown only when something is worth knowing: a reused cluster or template, worker
-schemas instead of databases, or a slow start.
+``N workers [M items]``. Under ``-q`` the line is shown only when something is worth knowing: a
+reused cluster or template, worker schemas instead of databases, or a slow start.
 """
 
 from __future__ import annotations
