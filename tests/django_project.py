@@ -80,16 +80,19 @@ class Migration(migrations.Migration):
 """
 
 SECOND: Final = """
+import gc
 import os
 
 from django.db import migrations, models
 
 
 def log_migrate(apps, schema_editor):
-    # Each migrate of this app appends a line: the tests count how often migrate ran.
+    # Each migrate of this app appends a line: the tests count how often migrate ran. Then how
+    # many objects the garbage collector skips meanwhile (dbguard freezes the older ones).
     folder = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(folder, "migrate.log"), "a") as log:
-        log.write(schema_editor.connection.settings_dict["NAME"] + "\\n")
+        name = schema_editor.connection.settings_dict["NAME"]
+        log.write(f"{name} frozen={gc.get_freeze_count()}\\n")
 
 
 class Migration(migrations.Migration):
@@ -126,5 +129,6 @@ def write_project(pytester: pytest.Pytester, *, ini_extra: str = "") -> Path:
 
 
 def migrate_lines(log: Path) -> list[str]:
-    """The databases migrate ran in, one line per run of the app's migrations."""
+    """The databases migrate ran in, one line per run of the app's migrations, each followed
+    by ``frozen=N``: the objects the garbage collector skipped meanwhile."""
     return log.read_text().splitlines() if log.exists() else []

@@ -73,8 +73,10 @@ def test_migrate_once_and_a_clone_per_worker(
     result.stdout.fnmatch_lines(["dbguard: *django migrate (djproj.settings)*"])
     migrated = migrate_lines(log)
     assert len(migrated) == 1, migrated  # once per run, whatever the number of workers
+    database, frozen = migrated[0].split()
     if workers:
-        assert "_tpl" in migrated[0]  # into the template the workers cloned
+        assert "_tpl" in database  # into the template the workers cloned
+    assert int(frozen.removeprefix("frozen=")) > 1000  # the modules, settings and apps before it
     assert set(pg_server.databases()) == before  # everything dbguard made is dropped
 
 

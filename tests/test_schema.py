@@ -190,3 +190,60 @@ def test_schema_mode_failed_build_leaves_no_schema(
         "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'dbg_%'", database="app_limited"
     )
     assert leftover.stdout.strip() == ""
+
+
+FREEZE_MODELS = """
+import gc
+from sqlalchemy import event
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(Base):
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+@event.listens_for(Base.metadata, "before_create")
+def _record(*_args, **_kwargs):
+    with open("frozen_during_build.txt", "w") as out:
+        out.write(str(gc.get_freeze_count()))
+"""
+FREEZE_TESTS = """
+import gc
+import conftest
+
+def test_after_the_build(dbguard_session):
+    assert gc.isenabled()
+    if conftest.FROZEN_BY_THE_PROJECT:  # still frozen, less whatever was freed meanwhile
+        assert 0 < gc.get_freeze_count() <= conftest.FROZEN_BY_THE_PROJECT
+    else:
+        assert gc.get_freeze_count() == 0
+"""
+
+
+@pytest.mark.parametrize("project_freezes", [False, True], ids=["plain", "project-froze"])
+def test_the_collector_skips_older_objects_only_while_the_schema_builds(
+    pytester: pytest.Pytester, on_server: list[str], project_freezes: bool
+) -> None:
+    """During the build the objects from before are frozen (a full collection would rescan
+    them); the test finds the collector as it was. A project that froze objects itself keeps
+    its own freeze, and dbguard adds none (frozen objects that are freed leave the count)."""
+    pytester.makepyfile(models=FREEZE_MODELS, test_after=FREEZE_TESTS)
+    freeze = "gc.freeze()\n" if project_freezes else ""
+    pytester.makeconftest(
+        f"import gc\n{freeze}FROZEN_BY_THE_PROJECT = gc.get_freeze_count()\n"
+        "open('frozen_by_the_project.txt', 'w').write(str(FROZEN_BY_THE_PROJECT))\n"
+    )
+    recorded = pytester.path / "frozen_by_the_project.txt"
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+    result = run_dbguard(pytester, *on_server)  # a subprocess: freezing is process-wide
+    result.assert_outcomes(passed=1)
+    during = int((pytester.path / "frozen_during_build.txt").read_text())
+    if project_freezes:
+        assert 0 < during <= int(recorded.read_text())  # the project's own, nothing added
+    else:
+        assert during > 1000  # dbguard froze the objects of the imports and the conftest
