@@ -13,11 +13,14 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pytest_dbguard import __version__
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError, DbguardError
+
+if TYPE_CHECKING:
+    from pytest_dbguard.db.marks import MarkedDatabase
 
 URL_ENV: Final = "DBGUARD_URL"
 EXIT_OK: Final = 0
@@ -135,7 +138,8 @@ def _janitor(args: argparse.Namespace, url: DatabaseURL) -> int:
     from pytest_dbguard.db.janitor import sweep
     from pytest_dbguard.db.marks import server_of
 
-    results = sweep(url, older_than=args.older_than, dry_run=args.dry_run)
+    report = sweep(url, older_than=args.older_than, dry_run=args.dry_run)
+    results = report.swept
     for result in results:
         found = result.database
         mark = found.mark
@@ -156,6 +160,8 @@ def _janitor(args: argparse.Namespace, url: DatabaseURL) -> int:
             f"nothing to drop: no dbguard database older than {age} on {server_of(url)}"
             + (f", and no worker schema in {url.database}" if url.database else "")
         )
+    if report.younger:
+        print(_younger_line(report.younger, args.older_than))
     failed = sum(result.action == "failed" for result in results)
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -197,6 +203,30 @@ def _stop(args: argparse.Namespace) -> int:
         what = "stopped" if running else "removed (its server was no longer running)"
         print(f"{what} {cluster.describe()}, with its templates; folder removed")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+YOUNGER_NAMED: Final = 5
+
+
+def _younger_line(younger: list[MarkedDatabase], older_than: float) -> str:
+    """The databases a sweep left for their age, oldest first: a crashed run's that is not old
+    enough yet, a CI job's still running, or a kept template of ``--dbguard-reuse``."""
+    from pytest_dbguard.db.kept_templates import REUSE_RUN
+
+    def described(found: MarkedDatabase) -> str:
+        whose = (
+            "kept template of --dbguard-reuse"
+            if found.mark.run == REUSE_RUN
+            else (f"run {found.mark.run}")
+        )
+        return f"{found.name} ({whose}, {_age(found.age)} old)"
+
+    named = ", ".join(described(found) for found in younger[:YOUNGER_NAMED])
+    more = f" and {len(younger) - YOUNGER_NAMED} more" if len(younger) > YOUNGER_NAMED else ""
+    return (
+        f"left {len(younger)} younger than {_age(older_than)}: {named}{more}. "
+        "--older-than 0 drops them too, except those a run is using"
+    )
 
 
 def _age(seconds: float) -> str:

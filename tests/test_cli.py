@@ -121,6 +121,8 @@ def test_janitor_drops_only_marked_dbguard_databases(
     too_young = dbguard("janitor", pg_server.url(), "--older-than", "4d")
     assert too_young.returncode == 0, too_young.stderr
     assert "nothing to drop" in too_young.stdout and "older than 4d" in too_young.stdout
+    # Named, not dropped: the oldest first (what other tests made here is seconds old).
+    assert f"younger than 4d: {leftovers['marked']} (run abc123, 3d old)" in too_young.stdout
 
     result = dbguard("janitor", pg_server.url(), "--older-than", "2d")
     assert result.returncode == 0, result.stderr
@@ -131,6 +133,24 @@ def test_janitor_drops_only_marked_dbguard_databases(
     assert leftovers["marked"] not in remaining
     assert {leftovers["unmarked"], leftovers["foreign"], "postgres"} <= remaining
     assert SUPERUSER_PASSWORD not in result.stdout + result.stderr
+
+
+def test_janitor_names_the_kept_templates_it_leaves(pg_server: TestServer) -> None:
+    """A template kept by --dbguard-reuse two hours ago is younger than the default 6 h: the
+    janitor leaves it and says so, with how to drop it."""
+    name = "x_dbg_feedbeef_tpl"
+    pg_server.sql(f"CREATE DATABASE {name} IS_TEMPLATE true")
+    try:
+        pg_server.sql(f"COMMENT ON DATABASE {name} IS '{mark_text('reuse', 'tpl', age=7200)}'")
+        result = dbguard("janitor", pg_server.url(), "--dry-run")
+        assert result.returncode == 0, result.stderr
+        (left,) = [line for line in result.stdout.splitlines() if line.startswith("left ")]
+        assert "younger than 6h: " in left
+        assert f"{name} (kept template of --dbguard-reuse, 2h old)" in left
+        assert left.endswith("--older-than 0 drops them too, except those a run is using")
+        assert name in pg_server.databases()
+    finally:
+        pg_server.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", check=False)
 
 
 def test_janitor_keeps_a_database_a_live_run_uses(
@@ -186,7 +206,7 @@ def test_drop_marked_never_drops_the_database_the_url_names(
     url = pg_server.url(leftovers["marked"])
     with pytest.raises(DatabaseSetupError, match="the database the URL names"):
         drop_marked(url, leftovers["marked"])
-    swept = sweep(url, older_than=0, dry_run=True)
+    swept = sweep(url, older_than=0, dry_run=True).swept
     assert leftovers["marked"] not in [item.database.name for item in swept]
 
 
@@ -200,7 +220,7 @@ def test_list_sweep_and_drop_a_leftover_template(pg_server: TestServer) -> None:
         found = {item.name: item for item in list_marked(pg_server.url())}
         assert found[name].is_template and found[name].mark.run == "def456"
         assert found[name].age > THREE_DAYS - 60
-        dry = sweep(pg_server.url(), older_than=2 * 86400, dry_run=True)
+        dry = sweep(pg_server.url(), older_than=2 * 86400, dry_run=True).swept
         assert [(item.database.name, item.action) for item in dry] == [(name, "would drop")]
         assert drop_marked(pg_server.url(), name).name == name
         assert name not in pg_server.databases()

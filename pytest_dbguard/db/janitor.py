@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from pytest_dbguard.db.marks import (
     MARK_PREFIX,
@@ -92,33 +92,44 @@ def drop_run(
         return [drop_checked(connected, parsed, found.name).name for found in ours]
 
 
-def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
+class SweepReport(NamedTuple):
+    """What a sweep did (``swept``), and the marked databases it left for being younger than
+    ``--older-than`` (``younger``: a running CI job's, a kept template of ``--dbguard-reuse``),
+    oldest first; a failed test's kept data is in ``swept`` as ``kept`` instead."""
+
+    swept: list[Swept]
+    younger: list[MarkedDatabase]
+
+
+def sweep(url: str | DatabaseURL, *, older_than: float, dry_run: bool) -> SweepReport:
     """Drop (``dry_run``: only list) the marked databases at least ``older_than`` seconds old,
     and the marked worker schemas in the URL's database, keeping those a run still going uses."""
     parsed = _parse(url)
-    swept = _sweep_databases(parsed, older_than=older_than, dry_run=dry_run)
-    return swept + sweep_schemas(parsed, older_than=older_than, dry_run=dry_run)
+    swept, younger = _sweep_databases(parsed, older_than=older_than, dry_run=dry_run)
+    schemas = sweep_schemas(parsed, older_than=older_than, dry_run=dry_run)
+    return SweepReport(swept + schemas, younger)
 
 
-def _sweep_databases(parsed: DatabaseURL, *, older_than: float, dry_run: bool) -> list[Swept]:
+def _sweep_databases(
+    parsed: DatabaseURL, *, older_than: float, dry_run: bool
+) -> tuple[list[Swept], list[MarkedDatabase]]:
     marked = [found for found in list_marked(parsed) if found.name != parsed.database]
     leftovers = [found for found in marked if found.age >= older_than]
+    young = sorted((found for found in marked if found.age < older_than), key=lambda f: -f.age)
     # A failed test's kept data is listed even while too young to drop: the user looks for it.
-    young_kept = [
-        Swept(found, "kept", KEPT_YOUNG)
-        for found in marked
-        if found.age < older_than and found.mark.failed_test is not None
-    ]
+    young_kept = [Swept(found, "kept", KEPT_YOUNG) for found in young if found.mark.failed_test]
+    younger = [found for found in young if not found.mark.failed_test]
     if not leftovers:
-        return young_kept
+        return young_kept, younger
     with _maintenance(parsed) as connection:
-        return young_kept + sweep_each(
+        swept = sweep_each(
             leftovers,
             parsed,
             dry_run=dry_run,
             in_use=lambda found: in_use(connection, found.name),
             drop=lambda found: drop_checked(connection, parsed, found.name),
         )
+    return young_kept + swept, younger
 
 
 def _parse(url: str | DatabaseURL) -> DatabaseURL:
