@@ -98,6 +98,17 @@ def _sealed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 
+@pytest.fixture(autouse=True)
+def _shared_maintenance_connections_closed() -> Iterator[None]:
+    """A test that calls dbguard's database functions directly (a run would close them at its
+    end) leaves no shared maintenance connection open: one left behind was only freed when the
+    worker exited, with a ResourceWarning ("deleted while still open")."""
+    yield
+    maintenance = sys.modules.get("pytest_dbguard.db.maintenance")
+    if maintenance is not None:
+        maintenance.close_shared()
+
+
 @contextlib.contextmanager
 def _shared(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
     """A folder all xdist workers of this run share (pytest-xdist's documented recipe), held under
