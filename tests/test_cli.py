@@ -18,7 +18,13 @@ from pytest_dbguard.cli import parse_duration
 from pytest_dbguard.db.janitor import drop_marked, list_marked, sweep
 from pytest_dbguard.exceptions import ConfigError, DatabaseSetupError
 from tests.helpers import dbguard_cli, mark_text
-from tests.pgserver import SUPERUSER_PASSWORD, TestServer, free_port
+from tests.pgserver import (
+    LIMITED_PASSWORD,
+    LIMITED_USER,
+    SUPERUSER_PASSWORD,
+    TestServer,
+    free_port,
+)
 
 THREE_DAYS = 3 * 86400.0
 
@@ -148,6 +154,30 @@ def test_janitor_names_the_kept_templates_it_leaves(pg_server: TestServer) -> No
         assert "younger than 6h: " in left
         assert f"{name} (kept template of --dbguard-reuse, 2h old)" in left
         assert left.endswith("--older-than 0 drops them too, except those a run is using")
+        assert name in pg_server.databases()
+    finally:
+        pg_server.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", check=False)
+
+
+def test_janitor_reports_a_database_its_role_may_not_drop(pg_server: TestServer) -> None:
+    """Another role's leftover: one line that names it and the server's reason, exit 1; it was
+    a traceback of the driver's InsufficientPrivilege."""
+    name = "x_dbg_feed0009_gw0"
+    pg_server.sql(f"CREATE DATABASE {name}")
+    try:
+        pg_server.sql(
+            f"COMMENT ON DATABASE {name} IS '{mark_text('feed0009', 'gw0', age=THREE_DAYS)}'"
+        )
+        url = pg_server.url(user=LIMITED_USER)
+        result = dbguard("janitor", url, "--older-than", "2d")
+        assert result.returncode == 1, result.stdout + result.stderr
+        (line,) = [line for line in result.stdout.splitlines() if f" {name} " in line]
+        assert line.startswith(f"failed {name} (run feed0009, worker gw0, 3d old")
+        assert line.endswith(
+            f"Could not drop '{name}' on {url.rsplit('/', 1)[0].replace(LIMITED_PASSWORD, '***')}: must be owner of database {name}"
+        )
+        assert "Traceback" not in result.stderr
+        assert LIMITED_PASSWORD not in result.stdout + result.stderr
         assert name in pg_server.databases()
     finally:
         pg_server.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", check=False)

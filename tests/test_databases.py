@@ -11,7 +11,7 @@ import time
 import pytest
 import sqlalchemy
 
-from pytest_dbguard.db import databases
+from pytest_dbguard.db import databases, maintenance
 from pytest_dbguard.db.marks import make_mark
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError
@@ -439,3 +439,21 @@ def test_the_controller_tells_a_reused_kept_template_from_one_a_worker_built(
         )
     finally:
         pg_server.sql(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_a_failed_maintenance_statement_is_dbguards_error_on_every_driver(
+    pg_server: TestServer, driver: str
+) -> None:
+    """Over the driver's own connection (no SQLAlchemy), a failed statement raises dbguard's
+    MaintenanceQueryError with the driver's error as ``orig``, which the callers catch and
+    explain; the driver's error escaped as it was, a traceback instead of a message."""
+    connection = maintenance.connect(DatabaseURL.parse(pg_server.url(driver=driver)))
+    try:
+        with pytest.raises(maintenance.MaintenanceQueryError, match="no_such_table") as raised:
+            connection.rows("SELECT * FROM no_such_table")
+        orig = raised.value.orig
+        assert (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == "42P01"
+        assert connection.scalar("SELECT 1") == 1  # autocommit: the connection goes on
+    finally:
+        connection.close()

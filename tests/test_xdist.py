@@ -103,7 +103,7 @@ def test_two_concurrent_tox_envs_on_one_server(
         assert run.returncode == 0, output
         assert "12 passed" in output
         assert SUPERUSER_PASSWORD not in output
-    assert not [name for name in pg_server.databases() if "_dbg_" in name]
+    left = [name for name in pg_server.databases() if "_dbg_" in name]  # other tests' too
     run_ids: dict[str, set[str]] = {}
     databases: dict[str, set[str]] = {}
     for env in envs:
@@ -120,6 +120,8 @@ def test_two_concurrent_tox_envs_on_one_server(
         assert all(f"_dbg_{next(iter(run_ids[env]))}_" in name for name in databases[env])
     assert run_ids["py311"].isdisjoint(run_ids["py312"])
     assert databases["py311"].isdisjoint(databases["py312"])
+    ours = run_ids["py311"] | run_ids["py312"]
+    assert not [name for name in left if name.split("_dbg_")[1].split("_")[0] in ours]
 
 
 def test_workers_start_while_the_controller_waits_for_the_server(

@@ -63,11 +63,19 @@ class MaintenanceConnection:
     a SQLAlchemy connection."""
 
     def __init__(
-        self, url: DatabaseURL, dbapi: Any = None, sqlalchemy: Connection | None = None
+        self,
+        url: DatabaseURL,
+        dbapi: Any = None,
+        sqlalchemy: Connection | None = None,
+        *,
+        dbapi_error: type[Exception] | None = None,
     ) -> None:
         self.url = url
         self._dbapi = dbapi
         self._sqlalchemy = sqlalchemy
+        # What a failed statement raises: the driver's own Error over a DBAPI connection
+        # (PEP 249), SQLAlchemy's DBAPIError over a SQLAlchemy one; both become ours.
+        self._errors = (*query_errors(), *((dbapi_error,) if dbapi_error is not None else ()))
 
     def rows(self, statement: str, params: Params | None = None) -> list[tuple[Any, ...]]:
         """Every row ``statement`` returns (none for a statement that returns no rows)."""
@@ -86,7 +94,7 @@ class MaintenanceConnection:
                 return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
             finally:
                 cursor.close()
-        except query_errors() as error:
+        except self._errors as error:
             raise self._error(error) from error
 
     def first(self, statement: str, params: Params | None = None) -> tuple[Any, ...] | None:
@@ -109,7 +117,7 @@ class MaintenanceConnection:
 
         try:
             run_ddl(self._sqlalchemy, statement)
-        except query_errors() as error:
+        except self._errors as error:
             raise self._error(error) from error
 
     @contextlib.contextmanager
@@ -159,15 +167,16 @@ def connect(url: DatabaseURL, *, shared: bool = False) -> MaintenanceConnection:
         return _over_sqlalchemy(url, shared=shared)
     kept = handover.take(target.url) if shared else None
     if kept is not None and not handover.looks_dead(kept):
-        return MaintenanceConnection(url, dbapi=kept)
+        return MaintenanceConnection(url, dbapi=kept, dbapi_error=target.dbapi_error)
     if kept is not None:
         handover.close_quietly(kept)
     timeout = dict(url.query).get("connect_timeout")
     limit = float(timeout) if timeout and timeout.isdigit() else CONNECT_TIMEOUT
     try:
-        return MaintenanceConnection(url, dbapi=target.connect(math.ceil(limit), maintenance=True))
+        connection = target.connect(math.ceil(limit), maintenance=True)
     except (target.dbapi_error, OSError) as error:
         raise MaintenanceQueryError(error, url.password) from error
+    return MaintenanceConnection(url, dbapi=connection, dbapi_error=target.dbapi_error)
 
 
 def _over_sqlalchemy(url: DatabaseURL, *, shared: bool) -> MaintenanceConnection:
