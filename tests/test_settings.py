@@ -98,8 +98,23 @@ def _usage_error(result: pytest.RunResult, *patterns: str) -> None:
         pytest.param("postgresql://u:pw@h:99999/db", "*port '99999'*1 to 65535*", id="bad-port"),
         pytest.param(
             "postgresql://u:Tail-0f@Pw@127.0.0.1:5432/db",
-            "*'postgresql://u:***@127.0.0.1:5432/db' has more than one '@' before the host*%40*",
+            "*'postgresql://u:***@127.0.0.1:5432/db' has more than one '@'*%40*",
             id="raw-at-in-password",
+        ),
+        pytest.param(  # a raw '/' after the password's '@' ended the host part: port 'w'
+            "postgresql://u:Pw@ss:w/rd%1@127.0.0.1:5432/db",
+            "*'postgresql://u:***@127.0.0.1:5432/db' has more than one '@'*%40*",
+            id="raw-at-and-slash-in-password",
+        ),
+        pytest.param(  # parsed as host 'Pw' and database 'x@127...': the host was its tail
+            "postgresql://u:p@Pw:9/x@127.0.0.1:5432/db",
+            "*'postgresql://u:***@127.0.0.1:5432/db' has more than one '@'*%40*",
+            id="raw-at-then-a-port-in-password",
+        ),
+        pytest.param(  # one '@', a raw '/' in the password, and a bad port: masked all the same
+            "postgresql://u:Pw/x-1@h:99999/db",
+            "*'postgresql://u:***@h:99999/db' has the port '99999'*",
+            id="raw-slash-in-password",
         ),
     ],
 )
@@ -121,7 +136,8 @@ def test_bad_url(
         pytester.makeini(f"[pytest]\ndbguard_url = {url}\n")
     result = run_dbguard_inprocess(pytester, *args)
     _usage_error(result, f"*{source}*{pattern.lstrip('*')}")
-    assert "Pw@" not in result.stdout.str() + result.stderr.str()  # no password tail as a host
+    output = result.stdout.str() + result.stderr.str()
+    assert "Pw" not in output  # no password, nor its tail as a host, port or database
 
 
 def test_empty_url_flag_is_an_error_not_the_embedded_server(pytester: pytest.Pytester) -> None:

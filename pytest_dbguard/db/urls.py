@@ -84,11 +84,11 @@ class DatabaseURL(Record):
     @classmethod
     def parse(cls, text: str, *, source: str = "URL") -> DatabaseURL:
         """Parse ``text``; a malformed URL or an unknown driver raises ConfigError naming ``source``."""
-        after_scheme = text.strip().partition("://")[2]
-        if after_scheme[: _first_of(after_scheme, "/?")].count("@") > 1:
-            # Parsed as is, the password's tail would become the host and show up in messages.
+        if text.strip().partition("://")[2].count("@") > 1:
+            # Parsed as is, the password's tail would become the host, a port or the database
+            # (a raw '/' in it ends the host part) and show up in messages.
             raise ConfigError(
-                f"{source}: {hide_password_in(text)!r} has more than one '@' before the host: a "
+                f"{source}: {hide_password_in(text)!r} has more than one '@': a "
                 "user name or password that contains '@' (or ':' '/' '?' '#' '%') must be "
                 "URL-encoded, '@' as %40, e.g. 'postgresql://user:p%40ss@host:5432/db' "
                 "(urllib.parse.quote(password, safe='') does it)."
@@ -343,5 +343,6 @@ def url_of(text: str, *, source: str = "URL") -> DatabaseURL:
 
 def hide_password_in(text: str) -> str:
     """Mask the password of a URL-looking string that may not even parse."""
-    # Up to the last '@' before the path: a raw '@' in the password must not leave its tail visible.
-    return re.sub(r"(://[^:/@]*:)[^/?]*@", r"\1***@", text)
+    # Up to the last '@' of all: a raw '@', '/' or '?' in the password must not leave its tail
+    # visible. Where an '@' comes later (a query value) this masks more than the password.
+    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", text, flags=re.DOTALL)
