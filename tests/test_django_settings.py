@@ -150,3 +150,60 @@ def test_an_unrelated_error_naming_a_sqlalchemy_url_is_left_as_it_is(
     assert result.ret == pytest.ExitCode.USAGE_ERROR  # pytest's own for a conftest that fails
     assert "RuntimeError: cannot reach postgresql+psycopg://" in output
     assert "Django could not use" not in output
+
+
+SQLITE_DEFAULT = """
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": "local.sqlite3",
+        "OPTIONS": {"init_command": "PRAGMA foreign_keys = ON"},
+    }
+}
+"""
+VENDOR_TEST = """
+from django.db import connection
+
+from shop.models import Order
+
+
+def test_on_postgresql(db):
+    assert connection.vendor == "postgresql"
+    assert Order.objects.count() == 0
+"""
+
+
+@IN_WORKERS
+def test_a_sqlite_default_is_served_on_postgresql_without_its_options(
+    pytester: pytest.Pytester, on_server: list[str], workers: tuple[str, ...]
+) -> None:
+    """A project that defaults to SQLite (as healthchecks does): its alias runs on PostgreSQL,
+    the header says so once, and SQLite's OPTIONS (init_command) are not handed to psycopg,
+    which refused to connect ("invalid connection option")."""
+    write_project(pytester)
+    (pytester.path / "djproj" / "settings.py").write_text(SETTINGS + SQLITE_DEFAULT)
+    pytester.makepyfile(test_vendor=VENDOR_TEST)
+    result = run_dbguard(pytester, *on_server, *workers, plugins=DJANGO)
+    result.assert_outcomes(passed=1)
+    note = (
+        "dbguard: DATABASES['default'] in djproj.settings uses django.db.backends.sqlite3; "
+        "dbguard serves PostgreSQL, so the tests run on django.db.backends.postgresql, without "
+        "its OPTIONS (init_command)"
+    )
+    assert (result.stdout.str() + result.stderr.str()).count(note) == 1
+
+
+def test_options_that_refuse_the_connection_are_not_blamed_on_a_migration(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
+    write_project(pytester)
+    options = '\nDATABASES["default"]["OPTIONS"] = {"no_such_option": "1"}\n'
+    (pytester.path / "djproj" / "settings.py").write_text(SETTINGS + options)
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    result = run_dbguard(pytester, *on_server, plugins=DJANGO)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert output.count("Django could not connect to the template ") == 1, output
+    assert 'invalid connection option "no_such_option"' in output
+    assert "check its OPTIONS" in output
+    assert "Fix that migration" not in output and " passed" not in output

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Final
 
 import pytest
@@ -50,6 +51,10 @@ TWO_SOURCES: Final = (
 
 # pytest-django's flags for its own test database, which dbguard replaces (flag, option dest).
 PYTEST_DJANGO_DB_FLAGS: Final = (("--reuse-db", "reuse_db"), ("--create-db", "create_db"))
+OTHER_BACKEND: Final = (
+    "dbguard: DATABASES[{alias!r}] in {settings} uses {engine}; dbguard serves PostgreSQL, so "
+    "the tests run on {postgres}{dropped}"
+)
 IGNORED_FLAGS: Final = (
     "dbguard: pytest-django's {flags} {have} no effect: dbguard serves Django's test databases "
     "(--dbguard-reuse keeps the migrated template between runs, --dbguard-rebuild rebuilds it)"
@@ -142,11 +147,38 @@ def register(config: pytest.Config) -> None:
     assert state is not None, "register runs after lifecycle.configure"
     state.schema_hook = hook
     state.schema_source = hook.source
+    if plan.owns_server:  # said once, by the xdist controller
+        state.notes.extend(_other_backends(aliases, module))
     ignored = [flag for flag, dest in PYTEST_DJANGO_DB_FLAGS if getattr(config.option, dest, False)]
     if ignored and plan.owns_server:  # said once, by the xdist controller
         have = "has" if len(ignored) == 1 else "have"
         state.notes.append(IGNORED_FLAGS.format(flags=" and ".join(ignored), have=have))
     _register_plugins(config)
+
+
+def _other_backends(aliases: Sequence[str], module: str) -> list[str]:
+    """A header note per served alias whose settings name another backend than PostgreSQL."""
+    from django.conf import settings as django_settings
+
+    from pytest_dbguard.django.targets import POSTGRES_ENGINE, is_postgresql
+
+    notes = []
+    for alias in aliases:
+        entry = django_settings.DATABASES[alias]
+        if is_postgresql(entry):
+            continue
+        options = sorted(entry.get("OPTIONS") or {})
+        dropped = f", without its OPTIONS ({', '.join(options)})" if options else ""
+        notes.append(
+            OTHER_BACKEND.format(
+                alias=alias,
+                settings=module,
+                engine=entry.get("ENGINE") or "no ENGINE",
+                postgres=POSTGRES_ENGINE,
+                dropped=dropped,
+            )
+        )
+    return notes
 
 
 def _register_plugins(config: pytest.Config) -> None:

@@ -28,6 +28,11 @@ from pytest_dbguard.run.state import the_run
 if TYPE_CHECKING:
     from pytest_dbguard.db.urls import DatabaseURL
 
+CONNECT_FAILED: Final = (
+    "Django could not connect to the template {database!r} that dbguard made (database alias "
+    "{alias!r}, settings {settings}): {error}. dbguard sets the alias's NAME, USER, PASSWORD, "
+    "HOST and PORT and keeps the rest of it: check its OPTIONS. No test ran."
+)
 MIGRATE_FAILED: Final = (
     "Django's migrate (database alias {alias!r}, settings {settings}) failed while dbguard built "
     "the template {database!r}: {error}{where}. Fix that migration (or the models it imports); "
@@ -78,10 +83,17 @@ class DjangoSchema:
 
         def build() -> None:
             from django.core.management import call_command
+            from django.db import connections
 
             here = stay and threading.current_thread() is threading.main_thread()
             with compat.unblocked(self.config), targets.pointed(self.aliases, url, stay=here):
                 for alias in self.aliases:
+                    try:  # apart from migrate: a refused connection is not a broken migration
+                        connections[alias].ensure_connection()
+                    except Exception as error:
+                        raise SchemaError(
+                            self._failure(alias, url, error, CONNECT_FAILED)
+                        ) from error
                     try:
                         call_command("migrate", database=alias, interactive=False, verbosity=0)
                         call_command("createcachetable", database=alias, verbosity=0)
@@ -90,12 +102,14 @@ class DjangoSchema:
 
         return SelfConnectingBuild(build)
 
-    def _failure(self, alias: str, url: DatabaseURL, error: Exception) -> str:
+    def _failure(
+        self, alias: str, url: DatabaseURL, error: Exception, message: str = MIGRATE_FAILED
+    ) -> str:
         cause = getattr(error, "__cause__", None) or error  # Django wraps the driver's error
         detail = (str(cause).strip().splitlines() or [""])[0]
         if url.password:
             detail = detail.replace(url.password, "***")
-        return MIGRATE_FAILED.format(
+        return message.format(
             alias=alias,
             settings=self.settings_module,
             database=url.database,

@@ -47,18 +47,34 @@ def _replace(alias: str, entry: dict[str, Any]) -> None:
         del connections[alias]
 
 
+def is_postgresql(entry: dict[str, Any]) -> bool:
+    """Whether a ``DATABASES`` entry's ENGINE is a PostgreSQL backend: Django's, PostGIS, or a
+    project's own backend built on them (its ``vendor`` says so)."""
+    engine = str(entry.get("ENGINE", ""))
+    if any(word in engine for word in POSTGRES_WORDS):
+        return True
+    from django.db.utils import load_backend
+
+    try:
+        return bool(load_backend(engine).DatabaseWrapper.vendor == "postgresql")
+    except Exception:  # not importable: not one that could serve dbguard's database
+        return False
+
+
 def point(aliases: Sequence[str], url: DatabaseURL) -> None:
     """Every alias in ``aliases`` now connects to ``url`` (a PostgreSQL database dbguard made).
     An alias that already does keeps its open connection, as Django's own test setup keeps the
-    one that migrated the test database."""
+    one that migrated the test database. An alias of another backend (a project that defaults
+    to SQLite) gets Django's PostgreSQL backend, without the other backend's OPTIONS."""
     from django.conf import settings
     from django.db import connections
 
     for alias in aliases:
         current = settings.DATABASES[alias]
         entry = copy.deepcopy(current)
-        if not any(word in str(entry.get("ENGINE", "")) for word in POSTGRES_WORDS):
+        if not is_postgresql(entry):
             entry["ENGINE"] = POSTGRES_ENGINE  # dbguard serves PostgreSQL, whatever the default
+            entry["OPTIONS"] = {}  # SQLite's init_command makes PostgreSQL refuse to connect
         entry.update(_fields(url))
         entry.setdefault("TEST", {})["NAME"] = url.database
         if entry == current and connections[alias].settings_dict == entry:
