@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.django_project import write_project
+from tests.django_project import migrate_lines, write_project
 from tests.helpers import WORKERS, kept_by, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
@@ -102,11 +102,14 @@ def test_failed_django_tests_keep_their_rows(
     kept_here: set[str],
     workers: tuple[str, ...],
 ) -> None:
-    write_project(pytester)
+    log = write_project(pytester)
     pytester.makepyfile(test_shop=TESTS)
     result = _run_keeping(pytester, pg_server, workers)
     kept_here.update(kept_by(pg_server, result))
     result.assert_outcomes(passed=2, failed=3, errors=1)
+    # Serially the run migrates its own database in place, then one template for the copies
+    # (not one migrate per failed test); under xdist the workers' template serves the copies.
+    assert len(migrate_lines(log)) == (1 if workers else 2), migrate_lines(log)
     output = result.stdout.str()
     kept = dict(LISTED.findall(output))
     shown = {nodeid: (text, name) for nodeid, text, name in SECTION.findall(output)}
@@ -130,6 +133,12 @@ def test_failed_django_tests_keep_their_rows(
     worker = r"gw[01]" if workers else "main"
     for name in kept.values():
         assert re.fullmatch(rf"postgres_dbg_[0-9a-f]+_{worker}_failed_\d", name), name
+    runs = {name.split("_")[2] for name in kept.values()}
+    assert not [
+        name
+        for name in pg_server.databases()
+        if name.split("_")[2:3] == list(runs) and name.endswith("_tpl")
+    ]  # the template the copies came from is dropped
     assert SUPERUSER_PASSWORD not in output + result.stderr.str()
     result.stdout.fnmatch_lines(["dbguard: kept 3 failed test databases; they stay on the server*"])
     expected = {

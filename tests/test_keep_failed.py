@@ -474,6 +474,13 @@ def test_readme_example_on_the_embedded_server_stays_up_until_dbguard_stop(
         )
         assert listed.returncode == 0, listed.stderr
         assert listed.stdout.splitlines() == ["ada", "grace"]
+        databases = subprocess.run(
+            [*psql, "SELECT datname FROM pg_database WHERE datname LIKE '%\\_dbg\\_%'"],
+            capture_output=True,
+            text=True,
+        )
+        # The copy only: the template it was cloned from went with the run.
+        assert databases.stdout.split() == [shlex.split(command)[-1]], databases.stdout
     finally:
         stopped = dbguard_cli("stop", cwd=pytester.path)
     assert stopped.returncode == 0, stopped.stderr

@@ -147,10 +147,15 @@ def keep(item: pytest.Item, view: View) -> None:
         with maintenance.shared(plan.server_url) as connection:  # the run's one, not a second
             name = kept_failed.free_name(connection, plan.database)
         template = state.provisioned.template if state.provisioned is not None else None
+        template_run = None
+        if template is None:
+            # A run that built its schema in place has no template: the first failed test's
+            # copy builds one (a Django project's whole migrate), every later one clones it.
+            template, template_run = lifecycle.template_for(plan, run.settings, state)
 
         def provision() -> None:
-            assert plan.server_url is not None and state is not None
-            with lifecycle.building_in(plan, run.settings, state, template or name) as build:
+            assert plan.server_url is not None and state is not None and template is not None
+            with lifecycle.building_in(plan, run.settings, state, template) as build:
                 databases.provision_database(
                     plan.server_url,
                     name,
@@ -158,12 +163,13 @@ def keep(item: pytest.Item, view: View) -> None:
                     build,
                     run=plan.run,
                     worker=plan.worker,
+                    template_run=template_run,
                     failed_test=item.nodeid,
                 )
 
-        if template is None and state.schema_hook is not None:
-            # Django's migrate builds it: on a thread of its own, whose Django connections are
-            # new ones, not the test's, which are still inside the test's transaction.
+        if state.schema_hook is not None:
+            # Django's migrate may build the template: on a thread of its own, whose Django
+            # connections are new ones, not the test's, which are still inside its transaction.
             _on_own_thread(provision)
         else:
             provision()

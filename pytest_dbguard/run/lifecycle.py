@@ -379,7 +379,11 @@ def stop(config: pytest.Config) -> None:
             if cluster is not None and answered:
                 cluster.fill_cache()  # a first run's initdb output, for the runs after it
             if cluster is not None and not settings.reuse and run.kept_failed:
-                # --dbguard-keep-failed kept databases in it: it runs on until `dbguard stop`.
+                # --dbguard-keep-failed kept databases in it: it runs on until `dbguard stop`,
+                # without the template their copies were cloned from.
+                if plan.server_url is not None and answered:
+                    with maintenance.shared(plan.server_url) as connection:
+                        janitor.drop_run(plan.server_url, plan.run, connection=connection)
                 cluster.detach(str(config.rootpath))
             elif cluster is not None and not settings.reuse:
                 cluster.stop()
