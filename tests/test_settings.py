@@ -381,3 +381,16 @@ def test_driver_follows_the_projects_url_in_dbguard_env(
             f"*DRIVER {expected} postgresql+{expected}",
         ]
     )
+
+
+@pytest.mark.parametrize("ini_file", [True, False], ids=["beside-an-ini-file", "no-ini-file"])
+def test_a_bad_value_given_with_o_names_o(pytester: pytest.Pytester, ini_file: bool) -> None:
+    """``-o dbguard_worker_isolation=databse``: the error says where the value came from, -o, not
+    the ini file (which does not hold it); as for a misspelled key given with -o."""
+    if ini_file:
+        pytester.makeini("[pytest]\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = run_dbguard_inprocess(pytester, "-o", "dbguard_worker_isolation=databse")
+    _usage_error(result, "*ini dbguard_worker_isolation in -o = 'databse'*")
+    result = run_dbguard_inprocess(pytester, "-o", "dbguard_wrker_isolation=database")
+    _usage_error(result, "*Unknown ini key 'dbguard_wrker_isolation' in -o.*")

@@ -320,7 +320,7 @@ def _raw(
         return environ[option.env_var], f"environment variable {option.env_var}"
     if option.ini not in ini_keys(config):
         return None
-    where = f"ini {option.ini}" + (f" in {config.inipath.name}" if config.inipath else "")
+    where = f"ini {option.ini}" + _ini_place(config, option.ini)
     try:
         ini_value = config.getini(option.ini)
     except (ValueError, pytest.UsageError):
@@ -472,23 +472,23 @@ def check_split_path_flags(config: pytest.Config, tokens: Sequence[str]) -> None
             )
 
 
+def _ini_place(config: pytest.Config, key: str) -> str:
+    """`` in -o`` for a key given with ``-o``/``--override-ini``, else `` in <the ini file>``."""
+    if key in override_ini(config):
+        return " in -o"
+    return f" in {config.inipath.name}" if config.inipath else ""
+
+
 def _check_unknown_ini_keys(config: pytest.Config) -> None:
     """A misspelled ``dbguard_*`` ini key is an error, not a silently ignored setting."""
     known = {option.ini for option in OPTIONS}
-    overridden = override_ini(config)
     for key in ini_keys(config):
         if key.startswith("dbguard") and key not in known:
             import difflib  # only for the error: its import costs every run 2.7M instructions
 
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            where = (
-                " in -o"
-                if key in overridden
-                else f" in {config.inipath.name}"
-                if config.inipath
-                else ""
-            )
+            where = _ini_place(config, key)
             raise ConfigError(
                 f"Unknown ini key {key!r}{where}.{hint} Known keys: {', '.join(sorted(known))}."
             )
