@@ -29,8 +29,8 @@ EXIT_USAGE: Final = 2
 _UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 _NO_URL: Final = (
-    "no database URL: pass one (e.g. postgresql+psycopg://user:password@localhost:5432/app) "
-    f"or set {URL_ENV}."
+    "no database URL: pass one (e.g. postgresql+psycopg://user:password@localhost:5432/app), "
+    f"set {URL_ENV}, or run it in a project whose pytest ini file sets dbguard_url."
 )
 
 
@@ -60,18 +60,35 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED
     if args.subparser.prog.endswith(" check-schema"):  # the URL is optional: embedded default
         return _guarded(args, _check_schema)
-    text = args.url or os.environ.get(URL_ENV, "")
+    text, source = args.url or "", "URL argument"
+    if not text.strip():
+        text, source = os.environ.get(URL_ENV, ""), f"environment variable {URL_ENV}"
+    if not text.strip():
+        text, source = _ini_url()
     if not text.strip():
         args.subparser.print_usage(sys.stderr)
         _error(f"{args.subparser.prog}: {_NO_URL}")
         return EXIT_USAGE
-    source = "URL argument" if args.url else f"environment variable {URL_ENV}"
 
     def with_url(args: argparse.Namespace) -> int:
         command: Callable[[argparse.Namespace, DatabaseURL], int] = args.command
         return command(args, DatabaseURL.parse(text, source=source))
 
     return _guarded(args, with_url)
+
+
+def _ini_url() -> tuple[str, str]:
+    """ini ``dbguard_url`` of the pytest ini file a run from here would read, and its wording;
+    empty when there is none (or no ini file)."""
+    from pathlib import Path
+
+    from pytest_dbguard.compat import pytest_ini
+
+    _root, inipath, entries = pytest_ini(Path.cwd())
+    value = entries.get("dbguard_url")
+    if inipath is None or not isinstance(value, str):
+        return "", ""
+    return value, f"ini dbguard_url in {inipath}"
 
 
 def _guarded(args: argparse.Namespace, command: Callable[[argparse.Namespace], int]) -> int:
@@ -247,7 +264,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(metavar="COMMAND", required=True)
-    url_help = f"SQLAlchemy database URL (default: ${URL_ENV})"
+    url_help = f"SQLAlchemy database URL (default: ${URL_ENV}, then ini dbguard_url)"
 
     wait = commands.add_parser(
         "wait",

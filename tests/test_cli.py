@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -63,6 +64,27 @@ def test_wait_on_a_live_server(pg_server: TestServer) -> None:
     assert "ready:" in result.stdout and "1 attempt" in result.stdout
     assert "PostgreSQL 15" in result.stdout
     assert SUPERUSER_PASSWORD not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", ["wait", "probe", "janitor"])
+def test_without_a_url_the_projects_ini_names_the_server(
+    pg_server: TestServer, tmp_path: Path, command: str
+) -> None:
+    """Run from a project (or a folder under it) whose pytest ini sets dbguard_url: no URL to
+    repeat on the command line; a bad one there is named with its file."""
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\ndbguard_url = {pg_server.url()}\n")
+    (tmp_path / "tests").mkdir()
+    environ = {key: value for key, value in os.environ.items() if key != "DBGUARD_URL"}
+    extra = ["--dry-run", "--older-than", "400d"] if command == "janitor" else []
+    result = dbguard_cli(command, *extra, cwd=tmp_path / "tests", env=environ)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"127.0.0.1:{pg_server.port}" in result.stdout
+    assert SUPERUSER_PASSWORD not in result.stdout + result.stderr
+    (tmp_path / "pytest.ini").write_text("[pytest]\ndbguard_url = postgresql://u:pw@h:0x/db\n")
+    bad = dbguard_cli(command, cwd=tmp_path / "tests", env=environ)
+    assert bad.returncode == 2
+    assert f"ini dbguard_url in {tmp_path / 'pytest.ini'}" in bad.stderr
+    assert "port '0x'" in bad.stderr
 
 
 def test_wait_reads_the_url_from_the_environment(pg_server: TestServer) -> None:
