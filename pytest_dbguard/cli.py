@@ -198,7 +198,9 @@ def _stop(args: argparse.Namespace) -> int:
         folders = ", ".join(str(f) for f in kept_clusters.storage_folders()) or "none exists yet"
         print(
             f"nothing to stop: no cluster kept by --dbguard-reuse {whose} "
-            f"(looked in dbguard's storage folders: {folders})"
+            f"(looked in dbguard's storage folders: {folders}). A template kept on an external "
+            "server (--dbguard-url) is a database there: dbguard janitor --older-than 0 URL "
+            "drops it"
         )
         return EXIT_OK
     failed = 0

@@ -211,6 +211,8 @@ def test_stop_with_nothing_kept_says_so(pytester: pytest.Pytester) -> None:
     assert f"nothing to stop: no cluster kept by --dbguard-reuse for {pytester.path}" in (
         result.stdout
     )
+    # Where a user of an external server looks for what reuse kept there.
+    assert "is a database there: dbguard janitor --older-than 0 URL drops it" in result.stdout
     script = Path(sys.executable).with_name("dbguard")
     assert subprocess.run([script, "stop"], cwd=pytester.path, capture_output=True).returncode == 0
 

@@ -119,6 +119,9 @@ def ensure_started(config: pytest.Config) -> None:
         state.template = state.template or reuse_run.template_word(
             plan, kept, state.provisioned, since=state.started_at
         )
+        if kept and settings.reuse and not plan.embedded:
+            # No cluster of dbguard's to stop: the template stays as a database on that server.
+            state.kept_on_server = kept
     except DbguardError as error:
         if state.runs_tests:  # the controller stops at unconfigure, once xdist's workers are gone
             stop(config)
@@ -317,6 +320,10 @@ def summary_lines(config: pytest.Config) -> list[str]:
     schema_source = state.schema_source
     if state.template:
         schema_source += f", template {state.template}"
+        if state.kept_on_server:
+            schema_source += (
+                f" (kept on the server as {state.kept_on_server}: {reuse_run.DROP_KEPT})"
+            )
     parts = [f"dbguard: {target}", layout, schema_source]
     if plan.server_url is not None:
         started = (

@@ -20,6 +20,7 @@ CLUSTER_STARTED: Final = "cluster started (kept for the next run: dbguard stop)"
 CLUSTER_REUSED: Final = "cluster reused"
 REBUILT: Final = "rebuilt (--dbguard-rebuild)"
 BUILT: Final = "built"
+DROP_KEPT: Final = "dbguard janitor --older-than 0 drops it"
 BUILT_BY_A_WORKER: Final = "built by the first worker"
 
 

@@ -54,6 +54,7 @@ class SessionState:
     started: bool = False  # ensure_started ran (it runs once)
     started_at: float = 0.0  # time.time() at session start: a kept template marked later is new
     template: str = ""  # with --dbguard-reuse: built, reused or rebuilt (reuse_run), for the header
+    kept_on_server: str = ""  # the template --dbguard-reuse keeps on an external server, named
     schema_hook: SchemaHook | None = None  # set by pytest_dbguard.django when Django runs
     # The xdist controller's early build of the template (run.early_template), while it runs.
     template_build: threading.Thread | None = None
