@@ -199,11 +199,7 @@ def test_options_that_refuse_the_connection_are_not_blamed_on_a_migration(
     write_project(pytester)
     options = '\nDATABASES["default"]["OPTIONS"] = {"no_such_option": "1"}\n'
     (pytester.path / "djproj" / "settings.py").write_text(SETTINGS + options)
-    pytester.makepyfile(test_shop=ORM_TESTS)
-    result = run_dbguard(pytester, *on_server, plugins=DJANGO)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    output = result.stdout.str() + result.stderr.str()
-    assert output.count("Django could not connect to the template ") == 1, output
+    output = _stopped_once(pytester, tuple(on_server), "Django could not connect to the template ")
     assert 'invalid connection option "no_such_option"' in output
     assert "check its OPTIONS" in output
-    assert "Fix that migration" not in output and " passed" not in output
+    assert "Fix that migration" not in output
