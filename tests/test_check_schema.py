@@ -368,6 +368,34 @@ def test_off_by_default_and_both_keys_build_with_alembic(
     assert "schema drift" not in output(result)
 
 
+@pytest.mark.parametrize(
+    ("spec", "cause"),
+    [
+        pytest.param("model:Base", "importing 'model' failed: ModuleNotFoundError", id="module"),
+        pytest.param("models:Bsae", "module 'models' has no attribute 'Bsae'", id="attribute"),
+    ],
+)
+@pytest.mark.parametrize(
+    "workers", [(), pytest.param(("-n", "2"), marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
+def test_with_both_keys_a_metadata_that_does_not_import_stops_the_run(
+    pytester: pytest.Pytester,
+    on_server: list[str],
+    spec: str,
+    cause: str,
+    workers: tuple[str, ...],
+) -> None:
+    """Alembic builds and the check is off, so nothing needed the metadata: a typo in it passed
+    unnoticed. It stops the run before any test, its cause printed once under -n 2 too."""
+    project(pytester, ini=f"dbguard_alembic_ini = alembic.ini\ndbguard_metadata = {spec}\n")
+    pytester.makepyfile(TESTS)
+    result = run_dbguard(pytester, *on_server, *workers, inprocess=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
+    assert output(result).count(f"ini dbguard_metadata in tox.ini = {spec!r}: {cause}") == 1
+    assert " passed" not in output(result)
+    assert not list(pytester.path.glob("ran-*"))
+
+
 @pytest.mark.parametrize("missing", ["dbguard_metadata", "dbguard_alembic_ini"])
 def test_check_at_start_needs_both_keys(pytester: pytest.Pytester, missing: str) -> None:
     ini = "".join(line + "\n" for line in WITH_CHECK.splitlines() if not line.startswith(missing))

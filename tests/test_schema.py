@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_dbguard.db import kept_templates
+from pytest_dbguard.db.urls import DatabaseURL
 from tests.helpers import ALEMBIC_LOGGING, copy_project, run_dbguard, write_alembic_project
 from tests.pgserver import LIMITED_USER, TestServer
 
@@ -91,6 +93,35 @@ def test_alembic_upgrade_head_builds_the_template(
     result = run_dbguard(pytester, *on_server, *args, inprocess=not xdist)
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["dbguard: *alembic alembic.ini*"])
+
+
+@pytest.mark.needs_xdist
+def test_connection_placeholders_do_not_split_the_template_per_worker(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """Settings that say where the database is ({host}, {port}, {user}, {password}) are not
+    part of the schema: with the fault proxy on, each worker's {port} is its own proxy's, and
+    each worker built (and with --dbguard-reuse kept) a template of its own."""
+    _alembic_project(pytester)
+    pytester.makeini(
+        "[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_env =\n    DATABASE_URL={url}\n"
+        "    APP_DB_HOST={host}\n    APP_DB_PORT={port}\n    APP_DB_USER={user}\n"
+        "    APP_DB_PASSWORD={password}\n"
+    )
+    base = "placeholders"  # kept templates of its own name: no other test's are touched
+    pg_server.sql(f"CREATE DATABASE {base}")
+    url = DatabaseURL.parse(pg_server.url(base))
+    args = ["--dbguard-url", str(url.render(hide_password=False)), "-n", "2"]
+    try:
+        result = run_dbguard(pytester, *args, "--dbguard-proxy", "on", "--dbguard-reuse")
+        result.assert_outcomes(passed=3)
+        kept = [name for name in pg_server.databases() if name.startswith(f"{base}_dbg_")]
+        assert len(kept) == 1, kept  # one template for both workers
+        assert f"kept on the server as {kept[0]}:" in result.stdout.str()  # the one named
+    finally:
+        dropped = kept_templates.drop_kept(url, base)
+        pg_server.sql(f"DROP DATABASE {base} WITH (FORCE)")
+    assert dropped == kept
 
 
 def test_alembic_on_sqlite(pytester: pytest.Pytester) -> None:

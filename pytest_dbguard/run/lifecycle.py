@@ -102,6 +102,8 @@ def ensure_started(config: pytest.Config) -> None:
     plan, settings, state = run.plan, run.settings, run.session
     state.started = True
     try:
+        if state.runs_tests:
+            _check_compared_metadata(config, settings)
         if plan.server_url is not None:
             _wait_ready(config, run, state)
             _check_can_create_databases(plan, settings)
@@ -126,6 +128,15 @@ def ensure_started(config: pytest.Config) -> None:
         if state.runs_tests:  # the controller stops at unconfigure, once xdist's workers are gone
             stop(config)
         worker_failures.fail_session(config, str(error))
+
+
+def _check_compared_metadata(config: pytest.Config, settings: Settings) -> None:
+    """With both schema sources and the check off, Alembic builds the schema and the metadata
+    is only what ``dbguard check-schema`` compares it with: a typo in it must stop the run, not
+    pass unnoticed. Imported where tests run (their modules import the models anyway; here,
+    after collection, it is already done), not in the xdist controller."""
+    if settings.metadata and settings.alembic_ini and settings.check_schema == "off":
+        schema.load_metadata(settings.metadata, settings.source_of("metadata"), config.rootpath)
 
 
 def _kept_template(plan: RunPlan, settings: Settings, state: SessionState) -> str | None:
@@ -189,7 +200,9 @@ def _fingerprint(settings: Settings, state: SessionState) -> str:
     if state.metadata is not None:
         return schema.fingerprint_metadata(state.metadata, "postgresql")
     if state.alembic_ini is not None:
-        # Migrations may read dbguard_env values (a prefix); those that name the database do not count.
+        # Migrations may read dbguard_env values (a prefix); those that say where the database
+        # is (its name, URL, host, port, role) do not count: with the fault proxy on, each
+        # worker's {port} is its own proxy's, and every worker built a template of its own.
         shared = [
             f"{name}={os.environ.get(name, '')}"
             for name, template in environment.parse_env_lines(settings.env_lines)
@@ -199,7 +212,17 @@ def _fingerprint(settings: Settings, state: SessionState) -> str:
     return ""
 
 
-PER_DATABASE_PLACEHOLDERS: Final = ("url", "async_url", "pg_url", "db", "worker")
+PER_DATABASE_PLACEHOLDERS: Final = (
+    "url",
+    "async_url",
+    "pg_url",
+    "db",
+    "worker",
+    "host",
+    "port",
+    "user",
+    "password",
+)
 
 
 def template_for(plan: RunPlan, settings: Settings, state: SessionState) -> tuple[str, str]:
