@@ -14,6 +14,11 @@ runs.
 
 The public API is what ``__all__`` lists (the README's "Public API" section says what each is
 for); every other module is internal and may move between releases.
+
+PYTEST_DONT_REWRITE: pytest's documented opt-out of assertion rewriting for this module. It also
+keeps pytest from warning "Module already imported so cannot be rewritten" when something
+imported the package before ``-p`` named it: a warning filter on one of its classes
+(``-W ignore::pytest_dbguard.NaiveDatetimeWarning``) does.
 """
 
 from __future__ import annotations

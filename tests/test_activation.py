@@ -63,6 +63,8 @@ def test_installed_but_not_activated_changes_nothing(pytester: pytest.Pytester) 
         pytest.param("addopts", id="addopts"),
         pytest.param("conftest", id="conftest-pytest_plugins"),
         pytest.param("flag+conftest", id="both"),
+        # The filter imports the package to read the class, before -p names it.
+        pytest.param("flag+filter", id="-p-and-a-warning-filter-on-its-class"),
     ],
 )
 def test_activation_paths(
@@ -80,6 +82,8 @@ def test_activation_paths(
         pytester.makeini("[pytest]\naddopts = -p pytest_dbguard\n")
     if "conftest" in how:
         pytester.makeconftest('pytest_plugins = ["pytest_dbguard"]\n')
+    if "filter" in how:
+        args += ["-W", "ignore::pytest_dbguard.NaiveDatetimeWarning"]
     result = pytester.runpytest_subprocess(*args)
     result.assert_outcomes(passed=2)
 
