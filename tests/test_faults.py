@@ -429,6 +429,24 @@ ASYNC = (
         engine = create_async_engine(dbguard_faults.async_url)
         dbguard_faults.refuse(0.5)
         assert dbguard_faults.assert_recovers(engine).seconds >= 0.3
+
+    @pytest.mark.asyncio(loop_scope="session")
+    async def test_the_sync_helper_in_an_async_test_names_the_async_one(dbguard_faults):
+        engine = create_async_engine(dbguard_faults.async_url)
+        try:
+            with pytest.raises(pytest.fail.Exception) as info:
+                dbguard_faults.assert_recovers(engine)
+            assert "is an AsyncEngine, and this test's event loop is already running" in str(info.value)
+            assert str(info.value).endswith("await dbguard_faults.assert_recovers_async(engine)")
+
+            async def connect():
+                return await engine.connect()
+
+            with pytest.raises(Exception, match="returned a coroutine: an async factory") as info:
+                dbguard_faults.assert_recovers(connect)
+            assert "is not an Engine" not in str(info.value)
+        finally:
+            await engine.dispose()
 """
 )
 
@@ -437,7 +455,7 @@ def test_async_engines_recover_after_terminate(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:
     pytester.makepyfile(test_async=ASYNC)
-    run_dbguard(pytester, *_external(pg_server), plugins=ASYNCIO).assert_outcomes(passed=6)
+    run_dbguard(pytester, *_external(pg_server), plugins=ASYNCIO).assert_outcomes(passed=7)
 
 
 def test_the_proxy_is_on_only_when_a_test_mentions_dbguard_faults(

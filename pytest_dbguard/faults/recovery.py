@@ -23,9 +23,17 @@ NOT_RECOVERED: Final = (
 )
 BAD_TARGET: Final = (
     "assert_recovers(): {target!r} is not an Engine, an AsyncEngine, a connection factory or a "
-    "callable{hint}."
+    "callable."
 )
-ASYNC_HINT: Final = ", or it is async: in an async test use await assert_recovers_async()"
+ASYNC_ENGINE_IN_LOOP: Final = (
+    "assert_recovers(): {target!r} is an AsyncEngine, and this test's event loop is already "
+    "running, so assert_recovers() cannot drive it. In an async test write: "
+    "await dbguard_faults.assert_recovers_async(engine)"
+)
+ASYNC_CALLABLE: Final = (
+    "assert_recovers(): {target!r} returned a coroutine: an async factory or callable needs "
+    "await dbguard_faults.assert_recovers_async(...)"
+)
 FIRST_TRY_FAILED: Final = (
     "{target}: the first SELECT 1 after the fault failed ({error}), so your application's next "
     "request would fail too, although a retry may work. Make the first request succeed (e.g. "
@@ -61,7 +69,7 @@ def recover(
 
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop()
-            fail(BAD_TARGET.format(target=target, hint=ASYNC_HINT))
+            fail(ASYNC_ENGINE_IN_LOOP.format(target=target))
         return asyncio.run(
             _recover_on_own_loop(target, within, password=password, fail=fail, first_try=first_try)
         )
@@ -125,7 +133,7 @@ class Tries:
         if not isinstance(within, (int, float)) or not 0 < within < float("inf"):
             raise FaultError(f"assert_recovers(within=...) must be seconds > 0, got {within!r}.")
         if not callable(target) and not hasattr(target, "pool"):
-            raise FaultError(BAD_TARGET.format(target=target, hint=""))
+            raise FaultError(BAD_TARGET.format(target=target))
         self.target, self.within, self.first_try = target, float(within), first_try
         self.started, self.attempts = time.monotonic(), 0
         self.first_error: str | None = None
@@ -136,7 +144,7 @@ class Tries:
         result = self.target()
         if inspect.iscoroutine(result):
             result.close()
-            raise FaultError(BAD_TARGET.format(target=self.target, hint=ASYNC_HINT))
+            raise FaultError(ASYNC_CALLABLE.format(target=self.target))
         return result
 
     def left(self) -> float:
