@@ -368,6 +368,31 @@ def test_off_by_default_and_both_keys_build_with_alembic(
     assert "schema drift" not in output(result)
 
 
+EMPTY_BASE = """
+from sqlalchemy.orm import DeclarativeBase
+
+class Base(DeclarativeBase):
+    pass
+"""
+
+
+def test_a_base_whose_models_were_not_imported_is_said_so(pytester: pytest.Pytester) -> None:
+    """``dbguard_metadata`` names the module of the Base, not of the models: its metadata is
+    empty, and every migrated table came out as drift, with the advice to write a migration."""
+    project(pytester, ini="dbguard_alembic_ini = alembic.ini\ndbguard_metadata = base:Base\n")
+    (pytester.path / "base.py").write_text(EMPTY_BASE)
+    result = check_schema(pytester)
+    assert result.ret == 2, output(result)
+    result.stderr.fnmatch_lines(
+        [
+            "dbguard check-schema: ini dbguard_metadata in tox.ini = 'base:Base' holds no table*"
+            "the modules that define them were not imported*"
+        ]
+    )
+    assert "schema drift" not in output(result)
+    assert not (pytester.path / "migrated.txt").exists()  # nothing was started or migrated
+
+
 @pytest.mark.parametrize(
     ("spec", "cause"),
     [

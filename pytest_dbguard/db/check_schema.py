@@ -170,6 +170,7 @@ def check(
     metadata = schema.load_metadata(
         project.metadata, project.source("dbguard_metadata"), project.rootdir
     )
+    schema_drift.require_tables(metadata, project.source("dbguard_metadata"), project.metadata)
     ini = schema.alembic_path(
         project.alembic_ini, project.source("dbguard_alembic_ini"), project.rootdir
     )

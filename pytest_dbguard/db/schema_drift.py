@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from pytest_dbguard.exceptions import SchemaDriftError, SchemaDriftWarning, SchemaError
+from pytest_dbguard.exceptions import (
+    ConfigError,
+    SchemaDriftError,
+    SchemaDriftWarning,
+    SchemaError,
+)
 from pytest_dbguard.records import Record
 from pytest_dbguard.run.state import the_run
 
@@ -28,6 +33,12 @@ if TYPE_CHECKING:
     from pytest_dbguard.db.databases import Provisioned
     from pytest_dbguard.db.urls import DatabaseURL
 
+NO_TABLES: Final = (
+    "{source} = {spec!r} holds no table, so every table the migrations create would look like "
+    "drift. A declarative Base's metadata fills as its model classes are defined: the modules "
+    "that define them were not imported. Name a module that imports them all (e.g. a models "
+    "package whose __init__ imports each models module)."
+)
 IN_MODELS: Final = "in the models, missing from the migrations"
 IN_MIGRATIONS: Final = "created by the migrations, missing from the models"
 HEADLINE: Final = (
@@ -86,6 +97,12 @@ def compare(connection: Connection, metadata: MetaData) -> list[str]:
     # Changes to one column come grouped in a list; the others one tuple each.
     flat = [diff for entry in found for diff in (entry if isinstance(entry, list) else [entry])]
     return [describe(diff, connection.dialect) for diff in flat]
+
+
+def require_tables(metadata: MetaData, source: str, spec: str) -> None:
+    """ConfigError when the metadata to compare with has no table (its models not imported)."""
+    if not metadata.tables:
+        raise ConfigError(NO_TABLES.format(source=source, spec=spec))
 
 
 def check_database(url: DatabaseURL, metadata: MetaData) -> list[str]:
@@ -196,6 +213,7 @@ def check_at_start(config: pytest.Config, provisioned: Provisioned | None) -> No
     if metadata is None or provisioned is None:
         return
     settings = the_run(config).settings
+    require_tables(metadata, settings.source_of("metadata"), str(settings.metadata))
     differences = check_database(provisioned.url, metadata)
     if not differences:
         return
