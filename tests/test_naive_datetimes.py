@@ -360,6 +360,49 @@ def test_warnings_name_the_attribute_and_point_at_the_users_line(
     result.stdout.no_fnmatch_line("*pytest_dbguard/*")
 
 
+FACTORY_LIBRARY = """
+import datetime
+
+
+def build(model):
+    made = model()
+    setattr(made, "at", datetime.datetime(2024, 5, 1, 12, 0))  # naive, as a factory may make it
+    return made
+"""
+FACTORY_TESTS = """
+from fakefactory import build
+from models import Event
+
+
+def test_built(dbguard_session):
+    dbguard_session.add(build(Event))  # L:built
+    dbguard_session.flush()
+"""
+
+
+def test_a_value_an_installed_factory_sets_points_at_the_test_that_called_it(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
+    """A factory library (installed: under site-packages) sets the naive value; the warning
+    names the project's line that called it, not a line of the library."""
+    library = pytester.path / "venv" / "site-packages" / "fakefactory"
+    library.mkdir(parents=True)
+    (library / "__init__.py").write_text(FACTORY_LIBRARY)
+    pytester.makepyfile(models=MODELS, test_factory=textwrap.dedent(FACTORY_TESTS).lstrip("\n"))
+    pytester.makeini(
+        "[pytest]\ndbguard_metadata = models:Base\npythonpath = . venv/site-packages\n"
+    )
+    result = run_dbguard(pytester, *on_server, inprocess=True)
+    result.assert_outcomes(passed=1, warnings=1)
+    line = _lines(FACTORY_TESTS)["built"]
+    result.stdout.fnmatch_lines(
+        [
+            f"*/test_factory.py:{line}: NaiveDatetimeWarning: *(Event.at, set at test_factory.py:{line})*"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*set at *fakefactory*")
+
+
 def test_error_mode_fails_only_where_the_time_zone_matters(
     pytester: pytest.Pytester, on_server: list[str]
 ) -> None:

@@ -92,24 +92,36 @@ def _is_user(frame: types.FrameType) -> bool:
     return module.partition(".")[0] not in MACHINERY
 
 
+def _installed(filename: str) -> bool:
+    """A file of an installed package (a factory library, a framework), not the project's."""
+    return "site-packages" in filename or "dist-packages" in filename
+
+
 def user_place(frame: types.FrameType | None) -> Place | None:
-    """The first frame of the user's code from ``frame`` outwards.
+    """The first frame of the project's code from ``frame`` outwards: past dbguard's and
+    SQLAlchemy's machinery and past installed packages (a factory library that sets the value
+    for the test that called it); the first installed package's frame when no project frame
+    calls it (a project installed into site-packages itself).
 
     Inside an async engine the statement runs in a greenlet whose frames end at SQLAlchemy's
     ``greenlet_spawn``: the walk goes on in the greenlet that awaits it, up to the user's coroutine.
     """
     glet = None
+    installed: Place | None = None
     while True:
         while frame is not None:
             if _is_user(frame):
-                return Place(frame.f_code.co_filename, frame.f_lineno, frame.f_globals)
+                place = Place(frame.f_code.co_filename, frame.f_lineno, frame.f_globals)
+                if not _installed(place.filename):
+                    return place
+                installed = installed or place
             frame = frame.f_back
         greenlet = sys.modules.get("greenlet")
         if greenlet is None:
-            return None
+            return installed
         glet = (greenlet.getcurrent() if glet is None else glet).parent
         if glet is None:
-            return None
+            return installed
         frame = glet.gr_frame
 
 
