@@ -135,6 +135,33 @@ def test_a_sqlalchemy_url_given_to_django_names_pg_url(
     run_dbguard(pytester, *workers, plugins=DJANGO).assert_outcomes(passed=8)
 
 
+DJ_DATABASE_URL_SETTINGS = """
+import dj_database_url
+DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}
+"""
+
+
+def test_dj_database_url_3_refusing_a_sqlalchemy_url_names_pg_url(
+    pytester: pytest.Pytester,
+) -> None:
+    """dj-database-url 3 says "Scheme 'postgresql+psycopg://' is unknown" (UnknownSchemeError,
+    not the older "No support for"): the same one line, not pytest-django's 92-line traceback."""
+    write_project(pytester, ini_extra="dbguard_env =\n    DATABASE_URL={url}\n")
+    settings = pytester.path / "djproj" / "settings.py"
+    settings.write_text(SETTINGS.lstrip() + DJ_DATABASE_URL_SETTINGS)
+    output = _stopped_once(
+        pytester,
+        (),
+        "Django could not use the URL that ini dbguard_env gives DATABASE_URL: "
+        "UnknownSchemeError: Scheme 'postgresql+psycopg://' is unknown",
+    )
+    assert "Write DATABASE_URL={pg_url} in dbguard_env" in output
+
+    ini = pytester.path / "tox.ini"
+    ini.write_text(ini.read_text().replace("{url}", "{pg_url}"))
+    run_dbguard(pytester, plugins=DJANGO).assert_outcomes(passed=8)
+
+
 def test_an_unrelated_error_naming_a_sqlalchemy_url_is_left_as_it_is(
     pytester: pytest.Pytester,
 ) -> None:

@@ -95,14 +95,16 @@ def _where(error: BaseException) -> str:
 # to Django as the ENGINE).
 _SCHEME_REFUSED: Final = (
     r"'(postgresql\+\w+)' isn't an available database backend",
-    r"No support for '(postgresql\+\w+)'",
+    r"No support for '(postgresql\+\w+)'",  # dj-database-url before 3
+    r"Scheme '(postgresql\+\w+)://' is unknown",  # dj-database-url 3 (UnknownSchemeError)
 )
 
 
 def sqlalchemy_url_failure(error: BaseException, env_lines: Sequence[str]) -> ConfigError | None:
     """Django refusing a ``postgresql+driver://`` URL that dbguard_env gave it through ``{url}``
     (Django: "'postgresql+psycopg' isn't an available database backend", dj-database-url: "No
-    support for 'postgresql+psycopg'"), explained with the fix; None for any other error."""
+    support for 'postgresql+psycopg'", from 3.0 "Scheme 'postgresql+psycopg://' is unknown"),
+    explained with the fix; None for any other error."""
     from pytest_dbguard.db.urls import hide_password_in
     from pytest_dbguard.run.environment import parse_env_lines
 
