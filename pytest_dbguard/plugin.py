@@ -49,6 +49,7 @@ MARKERS = (
     "imported, as if not installed; proves that code runs without dev-only packages.",
 )
 SESSION_HOOKS_PLUGIN = "dbguard-session-hooks"
+PACKAGE = "pytest_dbguard"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -93,6 +94,11 @@ def _registered_by_a_conftest(manager: pytest.PytestPluginManager) -> bool:
 def pytest_load_initial_conftests(
     early_config: pytest.Config, parser: pytest.Parser, args: list[str]
 ) -> Generator[None, None, None]:
+    if early_config.pluginmanager.is_blocked(PACKAGE):
+        # -p no:pytest_dbguard after an addopts' -p pytest_dbguard: pytest unregistered the
+        # package, not this module that the package registered. Off, as for any plugin.
+        early_config.pluginmanager.unregister(sys.modules[__name__])
+        return (yield)
     try:
         environment.prepare(early_config, early_config.known_args_namespace, args)
     except DbguardError as error:

@@ -101,6 +101,31 @@ NOT_REWRITTEN = """
 """
 
 
+@pytest.mark.parametrize("blocked", ["pytest_dbguard", "dbguard"])
+def test_p_no_switches_off_what_addopts_activates(pytester: pytest.Pytester, blocked: str) -> None:
+    """``-p no:pytest_dbguard`` after an addopts' ``-p pytest_dbguard``, as for any plugin: no
+    environment, no fixture, no header; it only unregistered the package, and the module of
+    hooks that the package had registered went on serving the run."""
+    pytester.makeini("[pytest]\naddopts = -p pytest_dbguard\ndbguard_url = sqlite\n")
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_no_environment():
+            assert "DBGUARD_URL" not in os.environ
+
+        def test_no_fixture(dbguard_session):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", f"no:{blocked}")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'dbguard_session' not found*"])
+    result.stdout.no_fnmatch_line("dbguard: *")
+    on = pytester.runpytest_subprocess()  # the same project, dbguard on
+    on.assert_outcomes(passed=1, failed=1)
+
+
 def test_tox_style_command_with_posargs(pytester: pytest.Pytester) -> None:
     """tox runs `pytest -p pytest_dbguard {posargs}`; extra flags after it work as usual."""
     pytester.makepyfile(USES_FIXTURE)
