@@ -148,7 +148,8 @@ def test_rollback_keeps_exactly_the_failed_tests_rows(
             "test_things.py::test_fails failed; its view of the database "
             f"(3 rows in 2 tables: things 2, tags 1) is kept in {name}:",
             f"  psql -h 127.0.0.1 -p {server.port} -U postgres -d {name}",
-            "  (the password is not shown: psql asks for it, or set PGPASSWORD*",
+            "  (the password is not shown: psql asks for it, or set PGPASSWORD to the password "
+            "of the run's URL (--dbguard-url); *",
             "dbguard: kept 1 failed test database; they stay on the server*",
             f"  test_things.py::test_fails: psql -h 127.0.0.1 -p {server.port} -U postgres -d {name}",
         ]

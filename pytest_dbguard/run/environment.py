@@ -245,7 +245,8 @@ def parse_env_lines(lines: Sequence[str]) -> list[tuple[str, str]]:
         if not sep or not name or not name.replace("_", "").isalnum():
             raise ConfigError(
                 f"ini dbguard_env: {line!r} is not a NAME=VALUE line; write e.g. "
-                "'DB_TABLE_PREFIX=test_{worker}' or 'DATABASE_URL={url}'."
+                "'DB_TABLE_PREFIX=test_{worker}', 'DATABASE_URL={url}' (SQLAlchemy) or "
+                "'DATABASE_URL={pg_url}' (Django, dj-database-url, django-environ)."
             )
         try:
             fields = [

@@ -218,7 +218,8 @@ def _section(run: DbguardRun, nodeid: str, name: str, view: View) -> str:
     else:
         lines.append(
             "  (the password is not shown: psql asks for it, or set PGPASSWORD to the password "
-            "of the run's --dbguard-url; `dbguard janitor --older-than 0 URL` drops the copy)"
+            f"of the run's URL ({run.settings.source_of('url')}); `dbguard janitor "
+            "--older-than 0 URL` drops the copy)"
         )
     return "\n".join(lines)
 
