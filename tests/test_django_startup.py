@@ -3,8 +3,11 @@ builds the template (one migrate) while its workers start, so they only clone it
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from pytest_dbguard.db import kept_templates
 from pytest_dbguard.db.urls import DatabaseURL
 from tests.django_project import write_project
 from tests.helpers import run_dbguard
-from tests.pgserver import TestServer
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 DJANGO = ("pytest_django.plugin",)
 
@@ -121,6 +124,56 @@ def test_under_xdist_the_controller_migrates_the_template_once_and_workers_clone
     assert len(migrated) == 1, migrated
     assert migrated[0][0] == "controller" and "_tpl" in migrated[0][1], migrated
     assert set(pg_server.databases()) == before  # the template and the clones are dropped
+
+
+SLOW_MIGRATION = """
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0003_who")]
+    operations = [migrations.RunSQL("SELECT pg_sleep(120)", migrations.RunSQL.noop)]
+"""
+
+
+@pytest.mark.needs_xdist
+def test_ctrl_c_during_the_controllers_build_does_not_wait_for_the_migrate(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """Ctrl-C while the controller migrates the template (a big project's migrate takes many
+    seconds): the build is stopped, not waited for, and nothing is left on the server."""
+    log = write_logged_project(pytester)
+    (pytester.path / "shop" / "migrations" / "0004_slow.py").write_text(SLOW_MIGRATION.lstrip())
+    before = set(pg_server.databases())
+    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "-p", "pytest_django.plugin"]
+    command += ["-p", "xdist", "-n", "2", "--dbguard-url", pg_server.url()]
+    run = subprocess.Popen(
+        command,
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # Ctrl-C in a terminal reaches the whole process group
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not log.exists():  # the controller has reached the migrations
+            assert run.poll() is None and time.monotonic() < deadline, "the build never started"
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the slow migration
+        os.killpg(run.pid, signal.SIGINT)
+        output = run.communicate(timeout=60)[0]  # the slow migration alone lasts 120 s
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(30)
+    assert run.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert "dbguard: stopping the template build, the run is over" in output
+    assert SUPERUSER_PASSWORD not in output
+    deadline = time.monotonic() + 10  # the ended backend leaves the server a moment later
+    while set(pg_server.databases()) != before:
+        assert time.monotonic() < deadline, set(pg_server.databases()) - before
+        time.sleep(0.1)
 
 
 @pytest.mark.needs_xdist

@@ -8,6 +8,7 @@ migration files and models, the Django version, the settings module and the alia
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -33,6 +34,7 @@ CONNECT_FAILED: Final = (
     "{alias!r}, settings {settings}): {error}. dbguard sets the alias's NAME, USER, PASSWORD, "
     "HOST and PORT and keeps the rest of it: check its OPTIONS. No test ran."
 )
+INTERRUPTED: Final = "the run ended before its tests started: the build of {database!r} stopped"
 MIGRATE_FAILED: Final = (
     "Django's migrate (database alias {alias!r}, settings {settings}) failed while dbguard built "
     "the template {database!r}: {error}{where}. Fix that migration (or the models it imports); "
@@ -47,6 +49,8 @@ class DjangoSchema:
         self.config = config
         self.aliases = tuple(aliases)
         self.settings_module = settings_label()
+        self._backends: list[int] = []  # the server processes of a build going on
+        self._stopping = False
 
     @property
     def source(self) -> str:
@@ -89,18 +93,37 @@ class DjangoSchema:
             with compat.unblocked(self.config), targets.pointed(self.aliases, url, stay=here):
                 for alias in self.aliases:
                     try:  # apart from migrate: a refused connection is not a broken migration
-                        connections[alias].ensure_connection()
+                        with connections[alias].cursor() as cursor:
+                            cursor.execute("SELECT pg_backend_pid()")
+                            self._backends.append(cursor.fetchone()[0])
                     except Exception as error:
                         raise SchemaError(
                             self._failure(alias, url, error, CONNECT_FAILED)
                         ) from error
                     try:
+                        if self._stopping:
+                            raise SchemaError(INTERRUPTED.format(database=url.database))
                         call_command("migrate", database=alias, interactive=False, verbosity=0)
                         call_command("createcachetable", database=alias, verbosity=0)
                     except Exception as error:
+                        if self._stopping:
+                            raise SchemaError(INTERRUPTED.format(database=url.database)) from None
                         raise SchemaError(self._failure(alias, url, error)) from error
+                    finally:
+                        self._backends.clear()
 
         return SelfConnectingBuild(build)
+
+    def interrupt(self, server_url: DatabaseURL) -> None:
+        """Stop a build going on in another thread (the run is over before its tests): its
+        connection is ended, so ``migrate`` fails at its next statement instead of running to
+        the end; the template's own failure path drops the half-built template."""
+        from pytest_dbguard.db import maintenance
+
+        self._stopping = True
+        with contextlib.suppress(Exception), maintenance.shared(server_url) as connection:
+            for pid in list(self._backends):
+                connection.rows("SELECT pg_terminate_backend(:pid)", {"pid": pid})
 
     def _failure(
         self, alias: str, url: DatabaseURL, error: Exception, message: str = MIGRATE_FAILED

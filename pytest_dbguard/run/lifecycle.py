@@ -367,13 +367,24 @@ def wait_for_template_build(state: SessionState) -> None:
         build.join()
 
 
+def end_template_build(plan: RunPlan, state: SessionState) -> None:
+    """At the run's end, the xdist controller's early build still going means the run ended
+    before its tests could start (Ctrl-C, SIGTERM, a worker's usage error): stop it rather than
+    wait for the whole migrate (a big project's takes many seconds), then let it finish."""
+    build, hook, url = state.template_build, state.schema_hook, plan.server_url
+    if build is not None and build.is_alive() and hook is not None and url is not None:
+        print("dbguard: stopping the template build, the run is over", file=sys.stderr)
+        hook.interrupt(url)
+    wait_for_template_build(state)
+
+
 def finish(config: pytest.Config) -> None:
     """Drop this worker's database (best effort: a failure here becomes a warning)."""
     run = run_of(config)
     if run is None or run.session is None:
         return
     plan, state = run.plan, run.session
-    wait_for_template_build(state)
+    end_template_build(plan, state)
     provisioned, state.provisioned = state.provisioned, None
     if provisioned is None or plan.server_url is None:
         return
@@ -399,7 +410,7 @@ def stop(config: pytest.Config) -> None:
     run.stopped = True
     termination.shield(config)  # a SIGTERM now must not cut the cleanup short
     if run.session is not None:
-        wait_for_template_build(run.session)  # before anything it made is dropped or stopped
+        end_template_build(run.plan, run.session)  # before anything it made is dropped or stopped
     plan, settings, cluster, proxy = run.plan, run.settings, run.cluster, run.proxy
     answered = run.session is not None and run.session.answered
     if proxy is not None:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
         def builder(self, url: DatabaseURL) -> SchemaBuild: ...
 
+        def interrupt(self, server_url: DatabaseURL) -> None: ...
+
 
 # Plain classes, not dataclasses: a dataclass compiles its generated methods from source at
 # import, which every run pays (see the package docstring). Class attributes are the defaults;
