@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -364,3 +365,41 @@ def kept_by(server: TestServer, result: pytest.RunResult) -> set[str]:
         for name in server.databases()
         if name.startswith(f"postgres_dbg_{run}_") and "_failed_" in name
     }
+
+
+def signal_once_ready(
+    project: Path,
+    workers: tuple[str, ...],
+    args: list[str],
+    ready: list[str],
+    *,
+    group: bool,
+    signum: int = signal.SIGTERM,
+) -> tuple[int, str]:
+    """Run ``pytest -p pytest_dbguard`` in ``project`` (a process group of its own, as a CI job
+    and a terminal have); once every file of ``ready`` exists there, send ``signum`` to it (or
+    to its whole group, as Ctrl-C in a terminal does). Returns its exit code and output."""
+    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", *plugin_args(*workers)]
+    run = subprocess.Popen(
+        [*command, *workers, *args],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not all((project / name).exists() for name in ready):
+            assert run.poll() is None and time.monotonic() < deadline, f"{ready} never appeared"
+            time.sleep(0.05)
+        if group:
+            os.killpg(run.pid, signum)
+        else:
+            run.send_signal(signum)
+        output = run.communicate(timeout=90)[0]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(30)
+    return run.returncode, output

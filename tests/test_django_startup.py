@@ -3,7 +3,6 @@ builds the template (one migrate) while its workers start, so they only clone it
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 from pytest_dbguard.db import kept_templates
 from pytest_dbguard.db.urls import DatabaseURL
 from tests.django_project import write_project
-from tests.helpers import run_dbguard
+from tests.helpers import run_dbguard, signal_once_ready
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 DJANGO = ("pytest_django.plugin",)
@@ -145,29 +144,17 @@ def test_ctrl_c_during_the_controllers_build_does_not_wait_for_the_migrate(
     log = write_logged_project(pytester)
     (pytester.path / "shop" / "migrations" / "0004_slow.py").write_text(SLOW_MIGRATION.lstrip())
     before = set(pg_server.databases())
-    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "-p", "pytest_django.plugin"]
-    command += ["-p", "xdist", "-n", "2", "--dbguard-url", pg_server.url()]
-    run = subprocess.Popen(
-        command,
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # Ctrl-C in a terminal reaches the whole process group
+    # Ctrl-C in a terminal reaches the whole process group; the slow migration alone lasts
+    # 120 s, longer than the helper waits for the run to end.
+    returncode, output = signal_once_ready(
+        pytester.path,
+        ("-n", "2"),
+        ["-p", "pytest_django.plugin", "--dbguard-url", pg_server.url()],
+        [log.name],  # the controller has reached the migrations
+        group=True,
+        signum=signal.SIGINT,
     )
-    try:
-        deadline = time.monotonic() + 90
-        while not log.exists():  # the controller has reached the migrations
-            assert run.poll() is None and time.monotonic() < deadline, "the build never started"
-            time.sleep(0.05)
-        time.sleep(0.5)  # into the slow migration
-        os.killpg(run.pid, signal.SIGINT)
-        output = run.communicate(timeout=60)[0]  # the slow migration alone lasts 120 s
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait(30)
-    assert run.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert returncode == pytest.ExitCode.INTERRUPTED, output
     assert "dbguard: stopping the template build, the run is over" in output
     assert SUPERUSER_PASSWORD not in output
     deadline = time.monotonic() + 10  # the ended backend leaves the server a moment later

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from pytest_dbguard.server import machine
-from tests.helpers import plugin_args, run_dbguard
+from tests.helpers import run_dbguard, signal_once_ready
 from tests.pgserver import LIMITED_USER, TestServer
 
 # Every test says it started (per worker), then hangs until the run is stopped.
@@ -41,38 +38,6 @@ def _processes_in(folder: Path) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def _sigterm_once_ready(
-    project: Path, workers: tuple[str, ...], args: list[str], ready: list[str], *, group: bool
-) -> tuple[int, str]:
-    """Run ``pytest -p pytest_dbguard`` in ``project`` (a process group of its own, as a CI job
-    has); once every file of ``ready`` exists there, SIGTERM it (or its whole group). Returns
-    its exit code and output."""
-    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", *plugin_args(*workers)]
-    run = subprocess.Popen(
-        [*command, *workers, *args],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while not all((project / name).exists() for name in ready):
-            assert run.poll() is None and time.monotonic() < deadline, f"{ready} never appeared"
-            time.sleep(0.05)
-        if group:
-            os.killpg(run.pid, signal.SIGTERM)
-        else:
-            run.send_signal(signal.SIGTERM)
-        output = run.communicate(timeout=90)[0]
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait(30)
-    return run.returncode, output
 
 
 def _assert_nothing_left(project: Path) -> str:
@@ -117,7 +82,7 @@ def test_sigterm_mid_test_leaves_nothing(
         "external-schemas": ["--dbguard-url", pg_server.url("app_limited", user=LIMITED_USER)],
     }
     expected = ["started-gw0", "started-gw1"] if workers else ["started-main"]
-    returncode, output = _sigterm_once_ready(
+    returncode, output = signal_once_ready(
         pytester.path, workers, urls[backend], expected, group=target == "group"
     )
     assert returncode == pytest.ExitCode.INTERRUPTED, output
@@ -173,7 +138,7 @@ def test_sigterm_while_the_conftests_load_says_so_in_one_line(
 ) -> None:
     pytester.makeconftest(SLOW_CONFTEST)
     pytester.makepyfile("def test_x(): pass")
-    returncode, output = _sigterm_once_ready(
+    returncode, output = signal_once_ready(
         pytester.path, workers, [], ["loading-controller"], group=True
     )
     assert returncode == pytest.ExitCode.INTERRUPTED, output
@@ -206,7 +171,7 @@ def test_sigterm_while_a_nested_runs_conftests_load_stops_the_outer_run(
     pytester: pytest.Pytester,
 ) -> None:
     pytester.makepyfile(test_nested=NESTED_SLOW_CONFTEST)
-    returncode, output = _sigterm_once_ready(
+    returncode, output = signal_once_ready(
         pytester.path,
         (),
         ["--dbguard-url", "sqlite", "-p", "pytester"],
