@@ -124,6 +124,49 @@ def test_connection_placeholders_do_not_split_the_template_per_worker(
     assert dropped == kept
 
 
+PREFIXED_REVISION = """
+import os
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+def upgrade():
+    op.create_table(os.environ["DB_TABLE_PREFIX"] + "_files", sa.Column("id", sa.Integer, primary_key=True))
+"""
+PREFIXED_TESTS = """
+    import os
+    import pytest
+    from sqlalchemy import inspect
+
+    @pytest.mark.parametrize("n", range(4))
+    def test_prefixed(dbguard_connection, n):
+        tables = set(inspect(dbguard_connection).get_table_names())
+        assert tables == {"alembic_version", os.environ["DB_TABLE_PREFIX"] + "_files"}
+"""
+
+
+@pytest.mark.needs_xdist
+def test_a_worker_prefix_the_migrations_read_gives_each_worker_its_tables(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
+    """DB_TABLE_PREFIX=test_{worker}, read by the migrations: each worker's template is built
+    with its own prefix (its line counts in the fingerprint); one worker got the other's."""
+    write_alembic_project(
+        pytester.path,
+        alembic_ini=ALEMBIC_INI,
+        env_py=ENV_PY,
+        revisions={"0001_files.py": PREFIXED_REVISION},
+    )
+    pytester.makeini(
+        "[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_env =\n    DATABASE_URL={url}\n"
+        "    DB_TABLE_PREFIX=test_{worker}\n"
+    )
+    pytester.makepyfile(test_files=PREFIXED_TESTS)
+    run_dbguard(pytester, *on_server, "-n", "2").assert_outcomes(passed=4)
+
+
 def test_alembic_on_sqlite(pytester: pytest.Pytester) -> None:
     _alembic_project(pytester)
     run_dbguard(pytester, "--dbguard-url", "sqlite", inprocess=True).assert_outcomes(passed=3)

@@ -212,12 +212,13 @@ def _fingerprint(settings: Settings, state: SessionState) -> str:
     return ""
 
 
+# Not {worker}: a per-worker table prefix that the migrations read gives each worker a schema
+# (and a template) of its own.
 PER_DATABASE_PLACEHOLDERS: Final = (
     "url",
     "async_url",
     "pg_url",
     "db",
-    "worker",
     "host",
     "port",
     "user",
