@@ -590,6 +590,28 @@ def test_django_statements_are_timed(pytester: pytest.Pytester, on_server: list[
     assert all("?" in entry["sql"] for entry in orm["slowest"] if "shop_order" in entry["sql"])
 
 
+@pytest.mark.needs_xdist
+def test_the_controllers_django_template_build_is_in_its_entry(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
+    """Under xdist the controller migrates the template (unless a worker got there first): its
+    entry says which, how long, and whether it built it; it had none of the three."""
+    write_django_project(pytester)
+    pytester.makepyfile(test_shop=DJANGO_TESTS % (SECRET_PARAMETER, SECRET_PARAMETER))
+    args = ("-n", "2", "--dbguard-report", "r.json")
+    result = run_dbguard(pytester, *on_server, *args, plugins=("pytest_django.plugin",))
+    result.assert_outcomes(passed=4)
+    processes = {
+        entry["process"]: entry for entry in _read(pytester.path / "r.json")["timings"]["processes"]
+    }
+    controller = processes["controller"]
+    assert "_tpl" in controller["template"] and controller["template_ms"] > 0
+    assert controller["database"] is None
+    assert {entry["template"] for entry in processes.values()} == {controller["template"]}
+    built = [name for name, entry in processes.items() if entry["template_built"]]
+    assert len(built) == 1, processes  # one process migrated, the others found it
+
+
 @pytest.mark.parametrize(
     ("sql", "shape"),
     [

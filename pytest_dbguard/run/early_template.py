@@ -19,6 +19,7 @@ building in the first worker.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Final
 
 import pytest
@@ -69,6 +70,7 @@ def build(config: pytest.Config) -> None:
     plan, settings, state = run.plan, run.settings, run.session
     assert state is not None and plan.server_url is not None
     template, template_run = lifecycle.template_for(plan, settings, state)
+    started = time.perf_counter()
     try:
         with lifecycle.building_in(plan, settings, state, template) as schema_build:
             assert schema_build is not None
@@ -78,6 +80,8 @@ def build(config: pytest.Config) -> None:
     except Exception as error:  # the workers build it and report what fails
         state.notes.append(FAILED_NOTE.format(template=template, error=_cause(error, plan)))
         return
+    # The run report's controller entry: which template, how long it took, built or found.
+    state.early_build = (template, (time.perf_counter() - started) * 1000, built)
     if built and state.template == reuse_run.BUILT_BY_A_WORKER:  # what the header says
         state.template = reuse_run.BUILT
 

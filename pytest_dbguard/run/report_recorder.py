@@ -197,15 +197,22 @@ def _process_entry(run: DbguardRun) -> dict[str, Any]:
     name = run.plan.worker if runs_tests else report_document.CONTROLLER
     answered = state is not None and state.answered
     provisioned = state.provisioned if state is not None else None
+    template: tuple[str | None, float | None, bool | None] = (
+        (provisioned.template, provisioned.template_ms, provisioned.template_built)
+        if provisioned
+        else (None, None, None)
+    )
+    if state is not None and state.early_build is not None:  # the xdist controller built it
+        template = state.early_build
     return report_document.process_entry(
         name,
         ready_ms=state.ready_ms if answered and state is not None else None,
         ready_attempts=state.ready_attempts if answered and state is not None else None,
         database=(provisioned.schema or provisioned.database) if provisioned else None,
         layout=provisioned.mode if provisioned else None,
-        template=provisioned.template if provisioned else None,
-        template_ms=provisioned.template_ms if provisioned else None,
-        template_built=provisioned.template_built if provisioned else None,
+        template=template[0],
+        template_ms=template[1],
+        template_built=template[2],
         clone_ms=provisioned.clone_ms if provisioned else None,
     )
 

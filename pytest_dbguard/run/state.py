@@ -60,6 +60,7 @@ class SessionState:
     schema_hook: SchemaHook | None = None  # set by pytest_dbguard.django when Django runs
     # The xdist controller's early build of the template (run.early_template), while it runs.
     template_build: threading.Thread | None = None
+    early_build: tuple[str, float, bool] | None = None  # its template, ms, built (not found)
 
     def __init__(self, *, runs_tests: bool, schema_source: str) -> None:
         self.runs_tests = runs_tests
