@@ -212,17 +212,11 @@ def _fingerprint(settings: Settings, state: SessionState) -> str:
     return ""
 
 
-# Not {worker}: a per-worker table prefix that the migrations read gives each worker a schema
-# (and a template) of its own.
-PER_DATABASE_PLACEHOLDERS: Final = (
-    "url",
-    "async_url",
-    "pg_url",
-    "db",
-    "host",
-    "port",
-    "user",
-    "password",
+# Every placeholder but {worker} and {run} says where the database is, not what is in it. A
+# per-worker (or per-run) table prefix the migrations read gives a schema, and a template, of
+# its own.
+PER_DATABASE_PLACEHOLDERS: Final = tuple(
+    name for name in environment.PLACEHOLDERS if name not in ("worker", "run")
 )
 
 
