@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -18,11 +17,11 @@ from typing import TYPE_CHECKING, Final
 from pytest_dbguard import __version__
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError, DbguardError
+from pytest_dbguard.run.setting_values import URL_ENV, command_url
 
 if TYPE_CHECKING:
     from pytest_dbguard.db.marks import MarkedDatabase
 
-URL_ENV: Final = "DBGUARD_URL"
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
@@ -60,12 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED
     if args.subparser.prog.endswith(" check-schema"):  # the URL is optional: embedded default
         return _guarded(args, _check_schema)
-    text, source = args.url or "", "URL argument"
-    if not text.strip():
-        text, source = os.environ.get(URL_ENV, ""), f"environment variable {URL_ENV}"
-    if not text.strip():
-        text, source = _ini_url()
-    if not text.strip():
+    text, source = command_url(args.url, _ini_url)
+    if not text:
         args.subparser.print_usage(sys.stderr)
         _error(f"{args.subparser.prog}: {_NO_URL}")
         return EXIT_USAGE
@@ -77,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     return _guarded(args, with_url)
 
 
-def _ini_url() -> tuple[str, str]:
+def _ini_url() -> tuple[str | None, str]:
     """ini ``dbguard_url`` of the pytest ini file a run from here would read, and its wording;
-    empty when there is none (or no ini file)."""
+    None when there is none (or no ini file)."""
     from pathlib import Path
 
     from pytest_dbguard.compat import pytest_ini
@@ -87,7 +82,7 @@ def _ini_url() -> tuple[str, str]:
     _root, inipath, entries = pytest_ini(Path.cwd())
     value = entries.get("dbguard_url")
     if inipath is None or not isinstance(value, str):
-        return "", ""
+        return None, ""
     return value, f"ini dbguard_url in {inipath}"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import secrets
 import shlex
 import sys
@@ -105,20 +104,17 @@ def _words(value: Any) -> tuple[str, ...]:
 def server_url(argument: str | None, project: Project) -> tuple[DatabaseURL | None, str]:
     """The server to migrate on, as pytest would pick it (URL argument, then ``DBGUARD_URL``,
     then ini ``dbguard_url``), and its source; None: the embedded default."""
-    candidates = (
-        (argument, "URL argument"),
-        (os.environ.get("DBGUARD_URL"), "environment variable DBGUARD_URL"),
-        (project.url, project.source("dbguard_url")),
+    text, source = setting_values.command_url(
+        argument, lambda: (project.url, project.source("dbguard_url"))
     )
-    for text, source in candidates:
-        if text and text.strip():
-            if text.strip().lower() == setting_values.SQLITE_KEYWORD:
-                raise ConfigError(NOT_POSTGRES.format(source=source))
-            url = DatabaseURL.parse(text, source=source)
-            if url.is_sqlite:
-                raise ConfigError(NOT_POSTGRES.format(source=source))
-            return url.resolved(), source
-    return None, "the embedded default"
+    if not text:
+        return None, "the embedded default"
+    if text.strip().lower() == setting_values.SQLITE_KEYWORD:
+        raise ConfigError(NOT_POSTGRES.format(source=source))
+    url = DatabaseURL.parse(text, source=source)
+    if url.is_sqlite:
+        raise ConfigError(NOT_POSTGRES.format(source=source))
+    return url.resolved(), source
 
 
 @contextlib.contextmanager

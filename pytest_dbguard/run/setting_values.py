@@ -4,6 +4,7 @@ names where the bad value came from; the choices each setting takes."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,19 @@ SYNC_DRIVER_CHOICES: Final = ("psycopg", "psycopg2", "pg8000", "psycopg2cffi")
 LEAKS_CHOICES: Final = ("warn", "error", "off")
 CHECK_SCHEMA_CHOICES: Final = ("error", "warn", "off")
 SQLITE_KEYWORD: Final = "sqlite"
+URL_ENV: Final = "DBGUARD_URL"
+
+
+def command_url(argument: str | None, ini: Callable[[], tuple[str | None, str]]) -> tuple[str, str]:
+    """The URL text a ``dbguard`` command uses and where it came from, in a run's order: its URL
+    argument, then ``DBGUARD_URL``, then ini ``dbguard_url`` (``ini()`` is asked only then, for
+    the text and its wording); ``("", "")`` when none is set."""
+    environ = os.environ.get(URL_ENV)
+    for text, source in ((argument, "URL argument"), (environ, f"environment variable {URL_ENV}")):
+        if text and text.strip():
+            return text, source
+    text, source = ini()
+    return (text, source) if text and text.strip() else ("", "")
 
 
 def _choice(choices: tuple[str, ...], noun: str | None = None) -> Callable[[str, str, str], str]:
