@@ -414,15 +414,11 @@ def stop(config: pytest.Config) -> None:
         if plan.owns_server:
             if cluster is not None and answered:
                 cluster.fill_cache()  # a first run's initdb output, for the runs after it
-            if cluster is not None and not settings.reuse and run.kept_failed:
-                # --dbguard-keep-failed kept databases in it: it runs on until `dbguard stop`,
-                # without the template their copies were cloned from.
-                if plan.server_url is not None and answered:
-                    with maintenance.shared(plan.server_url) as connection:
-                        janitor.drop_run(plan.server_url, plan.run, connection=connection)
-                cluster.detach(str(config.rootpath))
-            elif cluster is not None and not settings.reuse:
-                cluster.stop()
+            # --dbguard-keep-failed kept databases in the run's own cluster: it runs on until
+            # `dbguard stop`, with the copies only.
+            stays = cluster is not None and not settings.reuse and run.kept_failed
+            if cluster is not None and not settings.reuse and not stays:
+                cluster.stop()  # what the run made there goes with it
             elif plan.server_url is not None and answered:
                 with maintenance.shared(plan.server_url) as connection:
                     janitor.drop_run(plan.server_url, plan.run, connection=connection)
@@ -430,6 +426,8 @@ def stop(config: pytest.Config) -> None:
                     from pytest_dbguard.db.schema_janitor import drop_run_schemas
 
                     drop_run_schemas(plan.server_url, plan.run)
+            if stays and cluster is not None:
+                cluster.detach(str(config.rootpath))
             if plan.sqlite_dir is not None:
                 shutil.rmtree(plan.sqlite_dir, ignore_errors=True)
     except Exception as error:
