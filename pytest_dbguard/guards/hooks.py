@@ -29,6 +29,7 @@ from pytest_dbguard.guards.connection_guards import close_guards, guards_of
 from pytest_dbguard.guards.hidden_modules import HiddenModules
 from pytest_dbguard.guards.lazy_node_id import LazyNodeId
 from pytest_dbguard.guards.naive_datetimes import NaiveDatetimeGuard
+from pytest_dbguard.guards.naive_origins import installed_package
 from pytest_dbguard.run.state import run_of
 
 if TYPE_CHECKING:
@@ -206,9 +207,4 @@ def _installed_package(filename: str, rootdir: str) -> str | None:
     project's ``rootdir``, else None."""
     if os.path.abspath(filename).startswith(os.path.join(rootdir, "")):
         return None
-    parts = filename.replace(os.sep, "/").split("/")
-    for folder in ("site-packages", "dist-packages"):
-        if folder in parts[:-1]:
-            top = parts[parts.index(folder) + 1]
-            return top[: -len(".py")] if top.endswith(".py") else top
-    return None
+    return installed_package(filename)

@@ -92,9 +92,15 @@ def _is_user(frame: types.FrameType) -> bool:
     return module.partition(".")[0] not in MACHINERY
 
 
-def _installed(filename: str) -> bool:
-    """A file of an installed package (a factory library, a framework), not the project's."""
-    return "site-packages" in filename or "dist-packages" in filename
+def installed_package(filename: str) -> str | None:
+    """The top-level package of a file under ``site-packages`` or ``dist-packages`` (an installed
+    package: a factory library, a framework), else None (the project's own file)."""
+    parts = filename.replace(os.sep, "/").split("/")
+    for folder in ("site-packages", "dist-packages"):
+        if folder in parts[:-1]:
+            top = parts[parts.index(folder) + 1]
+            return top[: -len(".py")] if top.endswith(".py") else top
+    return None
 
 
 def user_place(frame: types.FrameType | None) -> Place | None:
@@ -112,7 +118,7 @@ def user_place(frame: types.FrameType | None) -> Place | None:
         while frame is not None:
             if _is_user(frame):
                 place = Place(frame.f_code.co_filename, frame.f_lineno, frame.f_globals)
-                if not _installed(place.filename):
+                if installed_package(place.filename) is None:
                     return place
                 installed = installed or place
             frame = frame.f_back
