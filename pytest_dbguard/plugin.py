@@ -105,19 +105,19 @@ def pytest_load_initial_conftests(
         raise pytest.UsageError(str(error)) from None
     except KeyboardInterrupt as interrupt:
         _interrupted_before_the_session(early_config, interrupt)
-    settings_source = None
-    if _django_loaded():
-        from pytest_dbguard.django import activation as django_activation
-
-        settings_source = django_activation.settings_source(early_config)
+    # Read before pytest-django sets it from --ds or its ini: where the settings came from, should
+    # they fail to load. Django's modules are imported only then (not by --help, not on success).
+    django_loaded, settings_env = _django_loaded(), os.environ.get("DJANGO_SETTINGS_MODULE")
     try:
         return (yield)
     except KeyboardInterrupt as interrupt:
         _interrupted_before_the_session(early_config, interrupt)
     except Exception as error:  # pytest-django's, for settings or a Django that fails to load
-        if settings_source is None:
+        if not django_loaded:
             raise
-        explained = django_activation.startup_failure(early_config, error, settings_source)
+        from pytest_dbguard.django import activation as django_activation
+
+        explained = django_activation.startup_failure(early_config, error, settings_env)
         if explained is None:
             raise
         raise pytest.UsageError(str(explained)) from None
@@ -186,6 +186,8 @@ def _runs_tests(config: pytest.Config) -> bool:
 def pytest_configure_django(config: pytest.Config) -> None:
     if not _django_loaded() and not config.getini("dbguard_django_databases"):
         return  # no Django in this run, and no setting that says there should be
+    if not _collects(config):
+        return  # --help, --markers, --version: no fixture or database to point anywhere
     from pytest_dbguard.django import activation as django_activation
 
     try:

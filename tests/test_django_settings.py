@@ -3,6 +3,8 @@ first test with the cause and the fix; a conftest's settings.configure() gets db
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.django_project import SETTINGS, migrate_lines, write_project
@@ -52,6 +54,22 @@ def test_a_settings_module_named_by_ds_that_does_not_exist(pytester: pytest.Pyte
         "Django's settings module 'nosuch.settings' (DJANGO_SETTINGS_MODULE, from --ds) does not "
         "exist: ModuleNotFoundError: No module named 'nosuch'.",
     )
+
+
+def test_a_settings_module_named_by_the_environment_that_does_not_exist(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pytest-django takes the environment's module before the ini's; the message says so
+    (read before pytest-django, which writes the variable itself)."""
+    write_project(pytester)
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "envonly.settings")
+    output = _stopped_once(
+        pytester,
+        (),
+        "Django's settings module 'envonly.settings' (DJANGO_SETTINGS_MODULE, from the "
+        "environment) does not exist: ModuleNotFoundError: No module named 'envonly'.",
+    )
+    assert "ini key" not in output
 
 
 @IN_WORKERS
@@ -230,3 +248,29 @@ def test_options_that_refuse_the_connection_are_not_blamed_on_a_migration(
     assert 'invalid connection option "no_such_option"' in output
     assert "check its OPTIONS" in output
     assert "Fix that migration" not in output
+
+
+@pytest.mark.parametrize("command", ["--help", "--markers"])
+def test_help_and_markers_import_none_of_dbguards_django_modules(
+    pytester: pytest.Pytester, command: str
+) -> None:
+    """With pytest-django and a settings module, --help and --markers have no database to point
+    anywhere: dbguard's Django support stays unimported (about 5M instructions of ~1.2G)."""
+    write_project(pytester)
+    pytester.makeconftest(
+        """
+        import json, sys
+
+        def pytest_unconfigure(config):
+            wanted = ("pytest_dbguard", "djproj")  # dbguard's modules, the project's settings
+            loaded = sorted(name for name in sys.modules if name.startswith(wanted))
+            with open("loaded.json", "w") as file:
+                json.dump(loaded, file)
+        """
+    )
+    result = run_dbguard(pytester, command, plugins=DJANGO)
+    assert result.ret == 0, result.stdout.str()
+    loaded = json.loads((pytester.path / "loaded.json").read_text())
+    assert "pytest_dbguard.run.environment" in loaded  # a run with dbguard active
+    assert "djproj.settings" in loaded  # and Django's settings loaded by pytest-django
+    assert [name for name in loaded if name.startswith("pytest_dbguard.django.")] == []

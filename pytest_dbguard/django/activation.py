@@ -77,20 +77,16 @@ def django_active(config: pytest.Config) -> bool:
     return bool(settings.configured)
 
 
-def settings_source(early_config: pytest.Config) -> str:
-    """Where pytest-django will take ``DJANGO_SETTINGS_MODULE`` from (read before it runs)."""
-    option = getattr(early_config.known_args_namespace, "ds", None)
-    return settings_module.source_of_module(option, os.environ.get(settings_module.SETTINGS_ENV))
-
-
 def startup_failure(
-    early_config: pytest.Config, error: BaseException, source: str
+    early_config: pytest.Config, error: BaseException, settings_env: str | None
 ) -> ConfigError | None:
     """pytest-django's failure to load the settings or set Django up, explained: a SQLAlchemy URL
-    given to Django through dbguard_env, a settings module that fails to load; None for others."""
+    given to Django through dbguard_env, a settings module that fails to load; None for others.
+    ``settings_env`` is ``DJANGO_SETTINGS_MODULE`` as it was before pytest-django ran."""
     namespace = early_config.known_args_namespace
     if getattr(namespace, "help", False) or getattr(namespace, "version", False):
         return None  # pytest shows the help anyway, with a warning about the conftests
+    source = settings_module.source_of_module(getattr(namespace, "ds", None), settings_env)
     run = run_of(early_config)
     env_lines = run.settings.env_lines if run is not None else ()
     explained = settings_module.sqlalchemy_url_failure(error, env_lines)
