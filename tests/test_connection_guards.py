@@ -90,6 +90,23 @@ def test_targets_from_connection_strings_in_connect_args(
     assert Target.from_params(cparams, cargs) == Target("db.example", 6000, "reports")
 
 
+def test_a_target_without_database_or_user_is_the_login_names_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libpq's defaults: no database named, then the user's name, then PGUSER, then the OS
+    login name."""
+    import getpass
+
+    monkeypatch.delenv("PGDATABASE", raising=False)
+    monkeypatch.delenv("PGUSER", raising=False)
+    assert Target.from_params({"host": "db.example"}) == Target(
+        "db.example", 5432, getpass.getuser()
+    )
+    assert Target.from_params({"host": "db.example", "user": "app"}).database == "app"
+    monkeypatch.setenv("PGUSER", "ci")
+    assert Target.from_params({"host": "db.example"}).database == "ci"
+
+
 def test_allow_list_by_name_by_database_url_and_by_server() -> None:
     allowed = AllowList.of(
         ["analytics", "postgresql://u@db.example:6000/reports", "postgresql://u@localhost:5433"]

@@ -14,7 +14,6 @@ cleanup) are exempt: their dialects are registered by ``engine_listener.mark_own
 
 from __future__ import annotations
 
-import getpass
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -102,7 +101,7 @@ class Target(Record):
             host = ",".join(str(part) for part in host)
         database = cparams.get("dbname") or cparams.get("database") or os.environ.get("PGDATABASE")
         if not database:  # libpq and asyncpg default to the user's name
-            database = cparams.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+            database = cparams.get("user") or os.environ.get("PGUSER") or _login_name()
         port = cparams.get("port")
         if isinstance(port, (list, tuple)):
             port = port[0] if port else None
@@ -293,3 +292,12 @@ class CreatorConnections(EngineListener):
         except ForeignDatabaseError:
             dbapi_connection.close()
             raise
+
+
+def _login_name() -> str:
+    """The OS user's name, libpq's last default for the database. ``getpass`` (and ``termios``
+    with it) is imported only here: every run that runs tests imports this module, ~1.3M
+    instructions for a default that few connections reach."""
+    import getpass
+
+    return getpass.getuser()
