@@ -92,6 +92,9 @@ class AsyncioHooks:
 
         self.policy = policy
         self.diagnosis = loop_mismatch
+        # The async tests run so far: a session-loop test that gets a connection made on an
+        # earlier test's loop names that test (``loop_mismatch.explained``).
+        self.async_tests_run: list[pytest.Item] = []
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_pycollect_makeitem(
@@ -106,6 +109,8 @@ class AsyncioHooks:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         __tracebackhide__ = True
+        if self.diagnosis.is_async_test(item):
+            self.async_tests_run.append(item)
         problems = self.diagnosis.narrower_loop_problems(item, self.policy)
         if problems:
             raise EventLoopMismatchError("\n".join(problems))
@@ -113,14 +118,14 @@ class AsyncioHooks:
     @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_setup")
     def explain_setup(self, item: pytest.Item) -> Generator[None, None, None]:
         __tracebackhide__ = True
-        return (yield from self.diagnosis.explained(item, self.policy))
+        return (yield from self.diagnosis.explained(item, self.policy, self.async_tests_run))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
         __tracebackhide__ = True
-        return (yield from self.diagnosis.explained(item, self.policy))
+        return (yield from self.diagnosis.explained(item, self.policy, self.async_tests_run))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
         __tracebackhide__ = True
-        return (yield from self.diagnosis.explained(item, self.policy))
+        return (yield from self.diagnosis.explained(item, self.policy, self.async_tests_run))

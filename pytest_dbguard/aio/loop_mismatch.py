@@ -9,7 +9,7 @@ turned into an :class:`~pytest_dbguard.exceptions.EventLoopMismatchError` that s
 from __future__ import annotations
 
 import inspect
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any, Final
 
 import pytest
@@ -52,8 +52,26 @@ OTHER_LOOP: Final = (
     '@pytest.mark.asyncio(loop_scope="session"), or {setting}; or give each test its own engine.'
 )
 
+# The test that hit it runs on the session loop: the connection came from a test before it.
+LEFT_BY_EARLIER: Final = (
+    "{nodeid}: a database connection was used on an event loop other than the one it was made "
+    "on ({error}). This test runs on the session-scoped loop ({source}); the connection was "
+    "made earlier and left in an engine's pool by {culprits}, on a loop that is gone now. "
+    'Fix: run {them} on the session loop too (@pytest.mark.asyncio(loop_scope="session")), or '
+    "give each test its own engine."
+)
+LEFT_BY_UNKNOWN: Final = (
+    "{nodeid}: a database connection was used on an event loop other than the one it was made "
+    "on ({error}). This test runs on the session-scoped loop ({source}); the connection was "
+    "made earlier on another loop and left in an engine's pool: by a synchronous test or "
+    "fixture that ran its own loop (asyncio.run()), or by code at import. Fix: make such "
+    "connections on the session loop, or dispose of the engine (await engine.dispose()) "
+    "before that loop ends."
+)
+CULPRITS_NAMED: Final = 3
 
-def _is_async_test(item: pytest.Item) -> bool:
+
+def is_async_test(item: pytest.Item) -> bool:
     from pytest_asyncio.plugin import PytestAsyncioFunction
 
     return isinstance(item, PytestAsyncioFunction)
@@ -113,7 +131,7 @@ def narrower_loop_problems(item: pytest.Item, policy: LoopPolicy) -> list[str]:
         return reached[name]
 
     problems: list[str] = []
-    if _is_async_test(item):
+    if is_async_test(item):
         scope, source = _scope_of_test(item, policy)
         if scope != LOOP_SCOPE:  # whatever the test gets may hold a connection of the session loop
             fixtures = " and ".join(sorted(closure.intersection(ASYNC_FIXTURES)))
@@ -159,21 +177,28 @@ def loop_error(error: BaseException) -> str | None:
     return None
 
 
-def explained(item: pytest.Item, policy: LoopPolicy) -> Generator[None, None, None]:
+def explained(
+    item: pytest.Item, policy: LoopPolicy, earlier: Sequence[pytest.Item]
+) -> Generator[None, None, None]:
     """A raw "attached to a different loop" becomes an EventLoopMismatchError with the fix.
 
-    The body of a hook wrapper: ``return (yield from explained(item, policy))``.
+    The body of a hook wrapper: ``return (yield from explained(item, policy, earlier))``, where
+    ``earlier`` holds the async tests run so far in this process, oldest first.
     """
     __tracebackhide__ = True
     try:
         return (yield)
     except Exception as error:
         detail = loop_error(error)
-        is_async = detail is not None and _is_async_test(item)
+        is_async = detail is not None and is_async_test(item)
         if detail is None or not (is_async or _uses_async_fixtures(item)):
             raise
         if is_async:
             scope, source = _scope_of_test(item, policy)
+            if scope == LOOP_SCOPE:  # not this test's loop: whoever made the connection is to blame
+                raise EventLoopMismatchError(
+                    _left_by_earlier(item, policy, earlier, detail, source)
+                ) from error
             scope = f"a {scope}-scoped"
         else:
             scope, source = "another", "a synchronous test that runs its own loop"
@@ -185,3 +210,32 @@ def explained(item: pytest.Item, policy: LoopPolicy) -> Generator[None, None, No
             setting=policy.test_setting,
         )
         raise EventLoopMismatchError(message) from error
+
+
+def _left_by_earlier(
+    item: pytest.Item,
+    policy: LoopPolicy,
+    earlier: Sequence[pytest.Item],
+    detail: str,
+    source: str,
+) -> str:
+    """The message for a session-loop test that got a connection made on an earlier test's
+    loop: the latest async tests that ran on another loop, with where their scope came from."""
+    culprits: list[str] = []
+    for test in reversed(earlier):
+        if test is item:
+            continue
+        scope, where = _scope_of_test(test, policy)
+        if scope != LOOP_SCOPE:
+            culprits.append(f"{test.nodeid} (a {scope}-scoped loop: {where})")
+            if len(culprits) == CULPRITS_NAMED:
+                break
+    if not culprits:
+        return LEFT_BY_UNKNOWN.format(nodeid=item.nodeid, error=detail, source=source)
+    return LEFT_BY_EARLIER.format(
+        nodeid=item.nodeid,
+        error=detail,
+        source=source,
+        culprits=" and, before it, ".join(culprits),
+        them="that test" if len(culprits) == 1 else "those tests",
+    )
