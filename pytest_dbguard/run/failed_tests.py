@@ -151,7 +151,10 @@ def keep(item: pytest.Item, view: View) -> None:
         if template is None:
             # A run that built its schema in place has no template: the first failed test's
             # copy builds one (a Django project's whole migrate), every later one clones it.
-            template, template_run = lifecycle.template_for(plan, run.settings, state)
+            # Named once: its fingerprint reads every migration file of a Django project.
+            if state.failed_template is None:
+                state.failed_template = lifecycle.template_for(plan, run.settings, state)
+            template, template_run = state.failed_template
 
         def provision() -> None:
             assert plan.server_url is not None and state is not None and template is not None

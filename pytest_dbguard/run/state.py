@@ -61,6 +61,9 @@ class SessionState:
     # The xdist controller's early build of the template (run.early_template), while it runs.
     template_build: threading.Thread | None = None
     early_build: tuple[str, float, bool] | None = None  # its template, ms, built (not found)
+    # --dbguard-keep-failed in a run that built its schema in place: the template that the first
+    # failed test's copy built and the later ones clone (name, run id), named once.
+    failed_template: tuple[str, str] | None = None
 
     def __init__(self, *, runs_tests: bool, schema_source: str) -> None:
         self.runs_tests = runs_tests
