@@ -34,13 +34,22 @@ SchemaBuild = Callable[["Connection"], None]
 
 class SelfConnectingBuild:
     """A schema build that opens its own connections (Django's ``migrate``): dbguard opens none
-    for it, so a run whose project does not use SQLAlchemy never imports it."""
+    for it, so a run whose project does not use SQLAlchemy never imports it.
 
-    def __init__(self, build: Callable[[], None]) -> None:
+    ``create_options``: what ``CREATE DATABASE <name>`` of the database it builds in takes
+    after the name (Django's ``TEST`` settings: `` TEMPLATE "template_postgis" ENCODING 'UTF8'``);
+    the databases cloned from it inherit them."""
+
+    def __init__(self, build: Callable[[], None], create_options: str = "") -> None:
         self.build = build
+        self.create_options = create_options
 
     def __call__(self, _connection: Connection) -> None:
         self.build()
+
+
+def _create_options(build: SchemaBuild) -> str:
+    return build.create_options if isinstance(build, SelfConnectingBuild) else ""
 
 
 INSUFFICIENT_PRIVILEGE: Final = "42501"
@@ -129,7 +138,7 @@ def _ensure_template(
         return False
     if exists:  # incomplete: its builder was killed (or an older version made it): rebuild
         drop_checked(connection, server_url, template)
-    connection.ddl(f"CREATE DATABASE {quote_ident(template)}")
+    connection.ddl(f"CREATE DATABASE {quote_ident(template)}{_create_options(build)}")
     _mark(connection, template, run, "tpl", complete=False)
     try:
         _build_in(server_url.with_database(template), build)
@@ -182,12 +191,13 @@ def provision_database(
             started = time.perf_counter()
             if _exists(connection, database):  # left by a crashed run that drew the same id
                 _drop_leftover(server_url, database, connection)
-            clone = (
-                f" TEMPLATE {quote_ident(template)}"
-                if build is not None and template is not None
-                else ""
-            )
-            connection.ddl(f"CREATE DATABASE {quote_ident(database)}{clone}")
+            if build is None:
+                options = ""
+            elif template is not None:
+                options = f" TEMPLATE {quote_ident(template)}"  # a clone: it inherits the rest
+            else:
+                options = _create_options(build)  # built in place
+            connection.ddl(f"CREATE DATABASE {quote_ident(database)}{options}")
             _mark(connection, database, run, worker, failed_test=failed_test)
             clone_ms = (time.perf_counter() - started) * 1000
         if build is not None and template is None:

@@ -14,7 +14,7 @@ import importlib.util
 import os
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -23,7 +23,7 @@ import pytest
 from pytest_dbguard.db.databases import SelfConnectingBuild
 from pytest_dbguard.django import compat, targets
 from pytest_dbguard.django.settings_module import settings_label
-from pytest_dbguard.exceptions import SchemaError
+from pytest_dbguard.exceptions import ConfigError, SchemaError
 from pytest_dbguard.run.state import the_run
 
 if TYPE_CHECKING:
@@ -33,6 +33,16 @@ CONNECT_FAILED: Final = (
     "Django could not connect to the template {database!r} that dbguard made (database alias "
     "{alias!r}, settings {settings}): {error}. dbguard sets the alias's NAME, USER, PASSWORD, "
     "HOST and PORT and keeps the rest of it: check its OPTIONS. No test ran."
+)
+COLLATION_REFUSED: Final = (
+    "DATABASES[{alias!r}]['TEST']['COLLATION'] is set in {settings}, but PostgreSQL takes no "
+    "collation when it creates a database (Django refuses it too). Remove it; a database named "
+    "by TEST['TEMPLATE'] carries its own collation to the tests."
+)
+TEST_SETTINGS_DIFFER: Final = (
+    "DATABASES aliases {aliases} in {settings} set TEST[{key!r}] differently ({values}), but "
+    "dbguard serves them one database per worker. Give them the same value, or serve one of "
+    "them (ini dbguard_django_databases)."
 )
 INTERRUPTED: Final = "the run ended before its tests started: the build of {database!r} stopped"
 MIGRATE_FAILED: Final = (
@@ -51,11 +61,27 @@ class DjangoSchema:
         self.settings_module = settings_label()
         self._backends: list[int] = []  # the server processes of a build going on
         self._stopping = False
+        # As Django's own test setup: TEST['MIGRATE'] = False (or pytest-django's
+        # --nomigrations, for every alias) builds the tables from the models.
+        everywhere = bool(getattr(config.option, "nomigrations", False))
+        self.unmigrated = tuple(
+            alias
+            for alias in self.aliases
+            if everywhere or _test_setting(alias, "MIGRATE") is False
+        )
+        self.why_unmigrated = "--nomigrations" if everywhere else "TEST['MIGRATE'] = False"
+        self.create_options = _create_options(self.aliases, self.settings_module)
 
     @property
     def source(self) -> str:
         """How the header names this schema source."""
-        return f"django migrate ({self.settings_module})"
+        if not self.unmigrated:
+            return f"django migrate ({self.settings_module})"
+        which = "" if self.unmigrated == self.aliases else f" for {', '.join(self.unmigrated)}"
+        return (
+            f"django migrate ({self.settings_module}), tables from the models without "
+            f"migrations{which} ({self.why_unmigrated})"
+        )
 
     def fingerprint(self) -> str:
         """A short hash of what the migrated schema depends on: a changed migration, model file,
@@ -64,7 +90,8 @@ class DjangoSchema:
         from django.apps import apps
 
         digest = hashlib.sha1(
-            f"{django.get_version()}|{self.settings_module}|{','.join(self.aliases)}".encode()
+            f"{django.get_version()}|{self.settings_module}|{','.join(self.aliases)}|"
+            f"{','.join(self.unmigrated)}|{self.create_options}".encode()
         )
         for app in sorted(apps.get_app_configs(), key=lambda app: app.label):
             digest.update(f"\0app:{app.label}".encode())
@@ -103,7 +130,16 @@ class DjangoSchema:
                     try:
                         if self._stopping:
                             raise SchemaError(INTERRUPTED.format(database=url.database))
-                        call_command("migrate", database=alias, interactive=False, verbosity=0)
+                        with _migrations_off(alias in self.unmigrated):
+                            # run_syncdb, as Django's test setup: apps without migrations
+                            # (a test app's models) get their tables too.
+                            call_command(
+                                "migrate",
+                                database=alias,
+                                interactive=False,
+                                verbosity=0,
+                                run_syncdb=True,
+                            )
                         call_command("createcachetable", database=alias, verbosity=0)
                     except Exception as error:
                         if self._stopping:
@@ -112,7 +148,7 @@ class DjangoSchema:
                     finally:
                         self._backends.clear()
 
-        return SelfConnectingBuild(build)
+        return SelfConnectingBuild(build, self.create_options)
 
     def interrupt(self, server_url: DatabaseURL) -> None:
         """Stop a build going on in another thread (the run is over before its tests): its
@@ -139,6 +175,63 @@ class DjangoSchema:
             error=f"{type(cause).__name__}: {detail}",
             where=_migration_frame(error),
         )
+
+
+def _test_setting(alias: str, key: str) -> Any:
+    """``settings.DATABASES[alias]['TEST'][key]``, None when not set."""
+    from django.conf import settings
+
+    return (settings.DATABASES[alias].get("TEST") or {}).get(key)
+
+
+def _create_options(aliases: Sequence[str], settings_module: str) -> str:
+    """What ``CREATE DATABASE`` of the template takes from the aliases' ``TEST`` settings, as
+    Django's PostgreSQL backend does: ``CHARSET`` as its encoding, ``TEMPLATE`` as the database
+    it is copied from (one with PostGIS or other extensions installed, say)."""
+    from pytest_dbguard.db.sql import quote_ident, quote_literal
+
+    chosen: dict[str, str] = {}
+    for key in ("TEMPLATE", "CHARSET"):
+        values = {alias: _test_setting(alias, key) for alias in aliases}
+        given = {alias: str(value) for alias, value in values.items() if value}
+        if len(set(given.values())) > 1:
+            raise ConfigError(
+                TEST_SETTINGS_DIFFER.format(
+                    aliases=", ".join(given),
+                    settings=settings_module,
+                    key=key,
+                    values=", ".join(f"{alias}: {value!r}" for alias, value in given.items()),
+                )
+            )
+        if given:
+            chosen[key] = next(iter(given.values()))
+    for alias in aliases:
+        if _test_setting(alias, "COLLATION") is not None:
+            raise ConfigError(COLLATION_REFUSED.format(alias=alias, settings=settings_module))
+    options = ""
+    if "TEMPLATE" in chosen:
+        options += f" TEMPLATE {quote_ident(chosen['TEMPLATE'])}"
+    if "CHARSET" in chosen:
+        options += f" ENCODING {quote_literal(chosen['CHARSET'])}"
+    return options
+
+
+@contextlib.contextmanager
+def _migrations_off(off: bool) -> Iterator[None]:
+    """Every app without its migrations for a while, the way Django's test setup does it for
+    ``TEST['MIGRATE'] = False``: ``migrate --run-syncdb`` then makes the tables from the models."""
+    if not off:
+        yield
+        return
+    from django.apps import apps
+    from django.conf import settings
+
+    saved = settings.MIGRATION_MODULES
+    settings.MIGRATION_MODULES = {app.label: None for app in apps.get_app_configs()}
+    try:
+        yield
+    finally:
+        settings.MIGRATION_MODULES = saved
 
 
 def _schema_files(label: str, models_module: object) -> list[Path]:
