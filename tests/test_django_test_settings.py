@@ -139,6 +139,11 @@ def test_a_test_template_the_server_lacks_stops_the_run(
     output = result.stdout.str() + result.stderr.str()
     assert result.ret != 0 and " passed" not in output
     assert 'template database "template_postgis" does not exist' in output
+    assert (
+        'dbguard created it with TEMPLATE "template_postgis", as '
+        "DATABASES['default']['TEST']['TEMPLATE'] in djproj.settings asks: that server must "
+        "have such a database" in output
+    ), output
 
 
 @pytest.mark.parametrize(

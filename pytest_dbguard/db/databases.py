@@ -40,16 +40,34 @@ class SelfConnectingBuild:
     after the name (Django's ``TEST`` settings: `` TEMPLATE "template_postgis" ENCODING 'UTF8'``);
     the databases cloned from it inherit them."""
 
-    def __init__(self, build: Callable[[], None], create_options: str = "") -> None:
+    def __init__(
+        self, build: Callable[[], None], create_options: str = "", options_origin: str = ""
+    ) -> None:
         self.build = build
         self.create_options = create_options
+        self.options_origin = options_origin  # where they come from, for an error that names them
 
     def __call__(self, _connection: Connection) -> None:
         self.build()
 
 
-def _create_options(build: SchemaBuild) -> str:
-    return build.create_options if isinstance(build, SelfConnectingBuild) else ""
+def _create_for_build(
+    connection: MaintenanceConnection, server_url: DatabaseURL, name: str, build: SchemaBuild
+) -> None:
+    """``CREATE DATABASE`` of a database that ``build`` fills, with the build's options; when
+    the server refuses those, the error says where they came from."""
+    if not isinstance(build, SelfConnectingBuild) or not build.create_options:
+        connection.ddl(f"CREATE DATABASE {quote_ident(name)}")
+        return
+    try:
+        connection.ddl(f"CREATE DATABASE {quote_ident(name)}{build.create_options}")
+    except query_errors() as error:
+        raise DatabaseSetupError(
+            f"{_describe(error, server_url, name)}. dbguard created it with"
+            f"{build.create_options}, as {build.options_origin} asks: that server must have "
+            "such a database and encoding (an embedded cluster has only template0 and "
+            "template1; give --dbguard-url a server that has it)."
+        ) from error
 
 
 INSUFFICIENT_PRIVILEGE: Final = "42501"
@@ -138,7 +156,7 @@ def _ensure_template(
         return False
     if exists:  # incomplete: its builder was killed (or an older version made it): rebuild
         drop_checked(connection, server_url, template)
-    connection.ddl(f"CREATE DATABASE {quote_ident(template)}{_create_options(build)}")
+    _create_for_build(connection, server_url, template, build)
     _mark(connection, template, run, "tpl", complete=False)
     try:
         _build_in(server_url.with_database(template), build)
@@ -191,13 +209,15 @@ def provision_database(
             started = time.perf_counter()
             if _exists(connection, database):  # left by a crashed run that drew the same id
                 _drop_leftover(server_url, database, connection)
-            if build is None:
-                options = ""
-            elif template is not None:
-                options = f" TEMPLATE {quote_ident(template)}"  # a clone: it inherits the rest
+            if build is not None and template is None:  # built in place
+                _create_for_build(connection, server_url, database, build)
             else:
-                options = _create_options(build)  # built in place
-            connection.ddl(f"CREATE DATABASE {quote_ident(database)}{options}")
+                clone = (
+                    f" TEMPLATE {quote_ident(template)}"
+                    if build is not None and template is not None
+                    else ""
+                )
+                connection.ddl(f"CREATE DATABASE {quote_ident(database)}{clone}")
             _mark(connection, database, run, worker, failed_test=failed_test)
             clone_ms = (time.perf_counter() - started) * 1000
         if build is not None and template is None:

@@ -70,7 +70,9 @@ class DjangoSchema:
             if everywhere or _test_setting(alias, "MIGRATE") is False
         )
         self.why_unmigrated = "--nomigrations" if everywhere else "TEST['MIGRATE'] = False"
-        self.create_options = _create_options(self.aliases, self.settings_module)
+        self.create_options, self.options_origin = _create_options(
+            self.aliases, self.settings_module
+        )
 
     @property
     def source(self) -> str:
@@ -148,7 +150,7 @@ class DjangoSchema:
                     finally:
                         self._backends.clear()
 
-        return SelfConnectingBuild(build, self.create_options)
+        return SelfConnectingBuild(build, self.create_options, self.options_origin)
 
     def interrupt(self, server_url: DatabaseURL) -> None:
         """Stop a build going on in another thread (the run is over before its tests): its
@@ -184,13 +186,15 @@ def _test_setting(alias: str, key: str) -> Any:
     return (settings.DATABASES[alias].get("TEST") or {}).get(key)
 
 
-def _create_options(aliases: Sequence[str], settings_module: str) -> str:
+def _create_options(aliases: Sequence[str], settings_module: str) -> tuple[str, str]:
     """What ``CREATE DATABASE`` of the template takes from the aliases' ``TEST`` settings, as
     Django's PostgreSQL backend does: ``CHARSET`` as its encoding, ``TEMPLATE`` as the database
-    it is copied from (one with PostGIS or other extensions installed, say)."""
+    it is copied from (one with PostGIS or other extensions installed, say); and which settings
+    those are, for an error about them."""
     from pytest_dbguard.db.sql import quote_ident, quote_literal
 
     chosen: dict[str, str] = {}
+    origins: list[str] = []
     for key in ("TEMPLATE", "CHARSET"):
         values = {alias: _test_setting(alias, key) for alias in aliases}
         given = {alias: str(value) for alias, value in values.items() if value}
@@ -204,7 +208,8 @@ def _create_options(aliases: Sequence[str], settings_module: str) -> str:
                 )
             )
         if given:
-            chosen[key] = next(iter(given.values()))
+            alias, chosen[key] = next(iter(given.items()))
+            origins.append(f"DATABASES[{alias!r}]['TEST'][{key!r}]")
     for alias in aliases:
         if _test_setting(alias, "COLLATION") is not None:
             raise ConfigError(COLLATION_REFUSED.format(alias=alias, settings=settings_module))
@@ -213,7 +218,7 @@ def _create_options(aliases: Sequence[str], settings_module: str) -> str:
         options += f" TEMPLATE {quote_ident(chosen['TEMPLATE'])}"
     if "CHARSET" in chosen:
         options += f" ENCODING {quote_literal(chosen['CHARSET'])}"
-    return options
+    return options, f"{' and '.join(origins)} in {settings_module}"
 
 
 @contextlib.contextmanager
