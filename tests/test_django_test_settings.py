@@ -205,3 +205,75 @@ def test_reuse_keeps_separate_templates_with_and_without_migrations(
         dropped = kept_templates.drop_kept(DatabaseURL.parse(url), "postgres")
     assert len(dropped) == 2
     assert set(pg_server.databases()) == before
+
+
+OTHER_ALIAS_TESTS = """
+import datetime
+
+import pytest
+from django.db import connections
+
+from shop.models import Order
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_uses_two_aliases():
+    Order.objects.create(placed=datetime.datetime.now(datetime.timezone.utc))
+    with connections["other"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM shop_order")
+        assert cursor.fetchone()[0] == 1
+"""
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_an_alias_dbguard_does_not_serve_stops_the_run_before_it_is_flushed(
+    pytester: pytest.Pytester, pg_server: TestServer, on_server: list[str], workers: tuple[str, ...]
+) -> None:
+    """The alias names a real database (a developer's): pytest-django would flush it after the
+    transactional test. The run stops before any test, printed once, and its rows stay."""
+    real = f"real_{uuid.uuid4().hex[:8]}"
+    pg_server.sql(f"CREATE DATABASE {real}")
+    try:
+        pg_server.sql(
+            "CREATE TABLE shop_order (id bigint, placed timestamptz, note text)", database=real
+        )
+        pg_server.sql("INSERT INTO shop_order VALUES (1, now(), 'keep me')", database=real)
+        target = DatabaseURL.parse(pg_server.url())
+        _project(
+            pytester,
+            'DATABASES["other"] = dict(DATABASES["default"], '
+            f'NAME="{real}", HOST="{target.host}", PORT="{target.port}", USER="postgres", '
+            f'PASSWORD="{target.password}")\n',
+        )
+        pytester.makepyfile(test_project=OTHER_ALIAS_TESTS)
+        result = run_dbguard(pytester, *workers, *on_server, plugins=DJANGO)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        output = result.stdout.str() + result.stderr.str()
+        message = (
+            "Tests ask for the database alias(es) 'other' (django_db(databases=...) or a "
+            "TestCase's databases), which dbguard does not serve: Django would use the database "
+            f"that DATABASES['other'] in djproj.settings names ({real} on {target.host})"
+        )
+        assert output.count(message) == 1, output
+        assert "ini dbguard_django_databases = default other" in output
+        assert target.password and target.password not in output
+        assert " passed" not in output
+        kept = pg_server.sql("SELECT note FROM shop_order", database=real).stdout.split()
+        assert kept == ["keep", "me"]
+    finally:
+        pg_server.sql(f"DROP DATABASE IF EXISTS {real}")
+
+
+def test_a_mirror_alias_reaches_the_workers_database(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
+    """TEST['MIRROR'] = 'default' (a read replica): Django's test setup points it at the
+    default alias's test database, and so does dbguard's, in every worker."""
+    _project(
+        pytester,
+        'DATABASES["other"] = dict(DATABASES["default"], NAME="replica", HOST="replica.invalid", '
+        'TEST={"MIRROR": "default"})\n',
+    )
+    pytester.makepyfile(test_project=OTHER_ALIAS_TESTS)
+    result = run_dbguard(pytester, "-n", "2", *on_server, plugins=DJANGO)
+    result.assert_outcomes(passed=1)

@@ -45,13 +45,16 @@ def unblocked(config: pytest.Config) -> Iterator[None]:
         yield
 
 
-def serialized_aliases(items: Sequence[pytest.Item]) -> set[str]:
-    """The aliases some test rolls back by serialization (``serialized_rollback=True``)."""
+def requested_aliases(items: Sequence[pytest.Item]) -> tuple[set[str], set[str]]:
+    """The aliases the tests ask for (``django_db(databases=...)``, a ``TestCase``'s
+    ``databases``, ``default`` for the rest), and those some test rolls back by serialization
+    (``serialized_rollback=True``), as pytest-django reads them for its own setup."""
     try:
         from pytest_django.fixtures import _get_databases_for_setup
-    except ImportError:  # gone in a later release: no test gets serialized contents
-        return set()
-    return set(_get_databases_for_setup(items)[1])
+    except ImportError:  # gone in a later release: no alias checked, no serialized contents
+        return set(), set()
+    requested, serialized = _get_databases_for_setup(items)
+    return set(requested), set(serialized)
 
 
 def keep_serialized_copy(alias: str) -> None:

@@ -9,13 +9,24 @@ request this one, as it would pytest-django's).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
 from pytest_dbguard.django import compat, statements, targets
-from pytest_dbguard.django.activation import aliases_of, worker_url
+from pytest_dbguard.django.activation import INI_DATABASES, aliases_of, worker_url
 from pytest_dbguard.guards.query_counter import QueryCounter
+from pytest_dbguard.run import worker_failures
+from pytest_dbguard.run.state import the_run
+
+UNSERVED: Final = (
+    "Tests ask for the database alias(es) {names} (django_db(databases=...) or a TestCase's "
+    "databases), which dbguard does not serve: Django would use the database that "
+    "DATABASES[{first!r}] in {settings} names ({where}), not a test database, and "
+    "pytest-django would flush it after each transactional test. Serve it too (ini {ini} = "
+    "{served} {first}: it shares the worker's database), or make it a mirror "
+    "(TEST['MIRROR'] = '{primary}')."
+)
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +40,48 @@ def django_db_setup(
     (cloned from the template dbguard migrated once for the run); yields nothing. Teardown closes
     the connections; dbguard drops the database at the end of the run."""
     aliases = aliases_of(request.config)
-    serialized = compat.serialized_aliases(request.session.items)
+    serialized = compat.requested_aliases(request.session.items)[1]
     with django_db_blocker.unblock():
-        targets.point(aliases, worker_url(request.config))
+        targets.point(aliases + targets.mirrors_of(aliases), worker_url(request.config))
         for alias in sorted(serialized & set(aliases)):
             compat.keep_serialized_copy(alias)
     yield
     with django_db_blocker.unblock():
         targets.close_all()
+
+
+# Last: after pytest-django's own, which orders the tests; before the run's database is built.
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Stop the run when a test asks for a database alias that dbguard does not serve: Django
+    would connect it to the database its settings name, not a test database, and pytest-django
+    would flush that database after each transactional test."""
+    if the_run(config).plan.inspection is not None:
+        return  # --collect-only and the like connect nowhere
+    aliases = aliases_of(config)
+    served = set(aliases) | set(targets.mirrors_of(aliases))
+    unserved = sorted(compat.requested_aliases(items)[0] - served)
+    if unserved:
+        worker_failures.fail_session(config, _unserved_message(unserved, aliases))
+
+
+def _unserved_message(unserved: list[str], aliases: tuple[str, ...]) -> str:
+    from django.conf import settings
+
+    from pytest_dbguard.django.settings_module import settings_label
+
+    first = unserved[0]
+    entry = settings.DATABASES.get(first, {})
+    where = f"{entry.get('NAME') or '?'} on {entry.get('HOST') or 'localhost'}"
+    return UNSERVED.format(
+        names=", ".join(repr(alias) for alias in unserved),
+        first=first,
+        where=where,
+        settings=settings_label(),
+        served=" ".join(aliases),
+        ini=INI_DATABASES,
+        primary=aliases[0],
+    )
 
 
 @pytest.fixture

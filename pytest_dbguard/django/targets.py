@@ -82,6 +82,19 @@ def point(aliases: Sequence[str], url: DatabaseURL) -> None:
         _replace(alias, entry)
 
 
+def mirrors_of(aliases: Sequence[str]) -> tuple[str, ...]:
+    """The other aliases whose ``TEST['MIRROR']`` names one of ``aliases`` (a read replica in
+    the settings): Django's test setup points them at that alias's test database, and so does
+    dbguard's."""
+    from django.conf import settings
+
+    return tuple(
+        alias
+        for alias, entry in settings.DATABASES.items()
+        if alias not in aliases and (entry.get("TEST") or {}).get("MIRROR") in aliases
+    )
+
+
 @contextlib.contextmanager
 def pointed(aliases: Sequence[str], url: DatabaseURL, *, stay: bool = False) -> Iterator[None]:
     """``point`` for a while (the template's build); the settings as they were afterwards, and no
