@@ -459,119 +459,97 @@ def test_narrower_fixture_loop_fails_clearly(
     result.stdout.no_fnmatch_line("*attached to a different loop*")
 
 
-def test_app_engine_on_function_loops_is_explained(
-    pytester: pytest.Pytester, on_server: list[str]
-) -> None:
-    """A pooled asyncpg connection reused on another loop: the raw RuntimeError gets the fix."""
-    write_project(
-        pytester,
-        app_db=APP_DB.format(driver="asyncpg"),
-        test_loops="""
-            import pytest
-            from sqlalchemy import text
+# An application engine's pooled connection used on a loop other than the one that made it:
+# the raw RuntimeError becomes an EventLoopMismatchError that blames whoever made it.
+APP_ENGINE_PING = """
+    import asyncio
 
-            from app_db import engine
+    import pytest
+    from sqlalchemy import text
 
+    from app_db import engine
+
+    async def ping():
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("tests", "outcomes", "expected"),
+    [
+        pytest.param(
+            """
             @pytest.mark.asyncio(loop_scope="function")
             @pytest.mark.parametrize("n", range(2))
             async def test_app_engine(n):
-                async with engine.connect() as connection:
-                    await connection.execute(text("SELECT 1"))
-        """,
-    )
-    result = run_async(pytester, *on_server)
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "E   *EventLoopMismatchError: test_loops.py::test_app_engine[[]1[]]: a database connection "
-            "was used on an event loop other than the one it was made on (*). An engine keeps pooled "
-            "connections across tests*a function-scoped loop*",
-        ]
-    )
-
-
-def test_a_session_loop_test_names_the_earlier_test_that_left_the_connection(
-    pytester: pytest.Pytester, on_server: list[str]
-) -> None:
-    """The test that fails runs on the session loop, as the advice would have it: the message
-    names the earlier test whose loop made the pooled connection, not this one's settings."""
-    write_project(
-        pytester,
-        app_db=APP_DB.format(driver="asyncpg"),
-        test_loops="""
-            import pytest
-            from sqlalchemy import text
-
-            from app_db import engine
-
+                await ping()
+            """,
+            {"passed": 1, "failed": 1},
+            "E   *EventLoopMismatchError: test_loops.py::test_app_engine[[]1[]]: a database "
+            "connection was used on an event loop other than the one it was made on (*). An "
+            "engine keeps pooled connections across tests*a function-scoped loop*",
+            id="on-its-own-function-loop",
+        ),
+        # The test that fails runs on the session loop, as the advice would have it: the
+        # message names the earlier test whose loop made the connection.
+        pytest.param(
+            """
             @pytest.mark.asyncio(loop_scope="function")
             async def test_on_its_own_loop():
-                async with engine.connect() as connection:
-                    await connection.execute(text("SELECT 1"))
+                await ping()
 
             def test_sync_between():
                 pass
 
             @pytest.mark.asyncio
             async def test_on_the_session_loop():
-                async with engine.connect() as connection:
-                    await connection.execute(text("SELECT 1"))
-        """,
-    )
-    result = run_async(pytester, *on_server)
-    result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(
-        [
+                await ping()
+            """,
+            {"passed": 2, "failed": 1},
             "E   *EventLoopMismatchError: test_loops.py::test_on_the_session_loop: a database "
             "connection was used on an event loop other than the one it was made on (*). This "
             "test runs on the session-scoped loop (*); the connection was made earlier and left "
             "in an engine's pool by test_loops.py::test_on_its_own_loop (a function-scoped loop: "
             '@pytest.mark.asyncio(loop_scope="function")), on a loop that is gone now. Fix: run '
             "that test on the session loop too*",
-        ]
-    )
-    result.stdout.no_fnmatch_line("*but this test runs on*")
-
-
-def test_a_connection_left_by_a_sync_tests_own_loop_is_explained(
-    pytester: pytest.Pytester, on_server: list[str]
-) -> None:
-    """No async test ran on another loop: the message says where else such a connection comes
-    from, and does not tell the session-loop test to move to the session loop."""
-    write_project(
-        pytester,
-        app_db=APP_DB.format(driver="asyncpg"),
-        test_loops="""
-            import asyncio
-
-            import pytest
-            from sqlalchemy import text
-
-            from app_db import engine
-
-            async def ping():
-                async with engine.connect() as connection:
-                    await connection.execute(text("SELECT 1"))
-
+            id="left-by-an-earlier-async-test",
+        ),
+        # No async test ran on another loop: the message says where else it comes from.
+        pytest.param(
+            """
             def test_sync_runs_its_own_loop():
                 asyncio.run(ping())
 
             @pytest.mark.asyncio
             async def test_on_the_session_loop():
                 await ping()
-        """,
-    )
-    result = run_async(pytester, *on_server)
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(
-        [
+            """,
+            {"passed": 1, "failed": 1},
             "E   *EventLoopMismatchError: test_loops.py::test_on_the_session_loop: a database "
             "connection was used on an event loop other than the one it was made on (*). This "
             "test runs on the session-scoped loop (*); the connection was made earlier on another "
             "loop and left in an engine's pool: by a synchronous test or fixture that ran its own "
             "loop (asyncio.run()), or by code at import.*",
-        ]
+            id="left-by-a-sync-tests-own-loop",
+        ),
+    ],
+)
+def test_an_app_engines_connection_from_another_loop_is_explained(
+    pytester: pytest.Pytester,
+    on_server: list[str],
+    tests: str,
+    outcomes: dict[str, int],
+    expected: str,
+) -> None:
+    write_project(
+        pytester,
+        app_db=APP_DB.format(driver="asyncpg"),
+        test_loops=source(APP_ENGINE_PING, tests),
     )
+    result = run_async(pytester, *on_server)
+    result.assert_outcomes(**outcomes)
+    result.stdout.fnmatch_lines([expected])
 
 
 def test_conftest_opt_in_applies_the_policy_too(pytester: pytest.Pytester) -> None:
