@@ -91,6 +91,84 @@ def test_a_settings_module_that_fails_to_import(
     assert "imported inside try/except ImportError" in output
 
 
+# Settings that parse DATABASE_URL with their own pattern (TandoorRecipes does): a SQLAlchemy
+# URL or a SQLite one makes the match None, and the settings fail with an AttributeError.
+PARSES_DATABASE_URL = """
+import re
+
+_parts = re.match(
+    r"postgres(?:ql)?://(?P<user>[^:]*):(?P<password>[^@]*)@(?P<host>[^:/]*):(?P<port>\\d+)/(?P<name>.*)",
+    os.environ["DATABASE_URL"],
+)
+DATABASES["default"].update(NAME=_parts.groupdict()["name"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "hint"),
+    [
+        pytest.param(
+            (),
+            "DATABASE_URL={url}",
+            "ini dbguard_env gives DATABASE_URL a SQLAlchemy URL ({url}: "
+            "'postgresql+psycopg://...'); settings that read it as a database URL take {pg_url} "
+            "(DATABASE_URL={pg_url}: 'postgres://user:password@host:port/name').",
+            id="url",
+        ),
+        pytest.param(
+            ("--dbguard-url", "sqlite"),
+            "DATABASE_URL={pg_url}",
+            "Django support needs a PostgreSQL server: this run uses SQLite (--dbguard-url).",
+            id="sqlite",
+        ),
+    ],
+)
+def test_settings_that_fail_on_what_dbguard_gave_them_say_so(
+    pytester: pytest.Pytester, args: tuple[str, ...], env: str, hint: str
+) -> None:
+    """Any error raised while the settings module runs (not only an ImportError) is named with
+    its line, and with what dbguard gave the settings: a SQLAlchemy URL, or SQLite."""
+    write_project(pytester, ini_extra=f"dbguard_env =\n    {env}\n")
+    settings = pytester.path / "djproj" / "settings.py"
+    settings.write_text(SETTINGS.lstrip() + PARSES_DATABASE_URL)
+    line = (
+        settings.read_text()
+        .splitlines()
+        .index('DATABASES["default"].update(NAME=_parts.groupdict()["name"])')
+        + 1
+    )
+    output = _stopped_once(
+        pytester,
+        ("-n", "2", *args),
+        "Django's settings module 'djproj.settings' (DJANGO_SETTINGS_MODULE, from the ini key "
+        "DJANGO_SETTINGS_MODULE) failed while importing: AttributeError: 'NoneType' object has "
+        f"no attribute 'groupdict' (at {settings}:{line}). {hint}",
+    )
+    assert "imported inside try/except ImportError" not in output
+
+
+@IN_WORKERS
+def test_conftest_activation_after_the_settings_loaded_says_to_use_p(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
+    """pytest-django loads the settings before any conftest: dbguard_env enabled from a
+    conftest comes too late for settings that read it (they fell back to SQLite in a trial)."""
+    write_project(pytester, ini_extra="dbguard_env =\n    DATABASE_URL={pg_url}\n")
+    pytester.makeconftest('pytest_plugins = ["pytest_dbguard"]\n')
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    plugins = ["-p", "pytest_django.plugin", *(["-p", "xdist"] if workers else [])]
+    result = pytester.runpytest_subprocess(*plugins, *workers, timeout=300)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    message = (
+        "Django's settings module djproj.settings was loaded before pytest-dbguard set the test "
+        "environment ("
+    )
+    assert output.count(message) == 1, output
+    assert "Fix: enable it on the command line instead: `pytest -p pytest_dbguard`" in output
+    assert " passed" not in output
+
+
 CONFIGURE_CONFTEST = """
 from django.conf import settings
 

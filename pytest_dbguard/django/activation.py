@@ -18,7 +18,7 @@ import pytest
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.django import settings_module
 from pytest_dbguard.exceptions import ConfigError
-from pytest_dbguard.run.state import run_of, the_run
+from pytest_dbguard.run.state import DbguardRun, run_of, the_run
 
 INI_DATABASES: Final = "dbguard_django_databases"
 DEFAULT_ALIASES: Final = ("default",)
@@ -26,6 +26,11 @@ FIXTURES_PLUGIN: Final = "pytest_dbguard.django.fixtures"
 NEEDS_POSTGRES: Final = (
     "Django support needs a PostgreSQL server: this run uses SQLite ({source}). Drop "
     "--dbguard-url sqlite (the embedded PostgreSQL is the default) or give a PostgreSQL URL."
+)
+URL_HINT: Final = (
+    "ini dbguard_env gives {names} a SQLAlchemy URL ({{url}}: 'postgresql+psycopg://...'); "
+    "settings that read it as a database URL take {{pg_url}} ({first}={{pg_url}}: "
+    "'postgres://user:password@host:port/name')."
 )
 NEEDS_DATABASES: Final = (
     "Django support gives each worker a database of its own cloned from a migrated template, but "
@@ -90,9 +95,22 @@ def startup_failure(
     run = run_of(early_config)
     env_lines = run.settings.env_lines if run is not None else ()
     explained = settings_module.sqlalchemy_url_failure(error, env_lines)
-    if explained is None and isinstance(error, ImportError):
-        explained = settings_module.explain(error, source)
+    if explained is None:
+        explained = settings_module.explain(error, source, _hint(run))
     return explained
+
+
+def _hint(run: DbguardRun | None) -> str:
+    """What dbguard gave the settings that they may have failed on: SQLite, or a SQLAlchemy
+    URL through dbguard_env (settings that parse DATABASE_URL themselves refuse both)."""
+    if run is None:
+        return ""
+    if run.plan.server_url is None:
+        return NEEDS_POSTGRES.format(source=run.settings.source_of("url"))
+    names = settings_module.sqlalchemy_url_names(run.settings.env_lines)
+    if not names:
+        return ""
+    return URL_HINT.format(names=", ".join(names), first=names[0])
 
 
 def aliases_of(config: pytest.Config) -> tuple[str, ...]:

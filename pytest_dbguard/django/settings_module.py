@@ -28,11 +28,11 @@ MISSING: Final = (
 )
 BROKEN: Final = (
     "Django's settings module {module!r} (DJANGO_SETTINGS_MODULE, from {source}) failed while "
-    "importing: {error}{where}. No test ran: dbguard serves Django's database only once "
-    "pytest-django has loaded the settings. Fix that line (a dev-only package is best "
-    "imported inside try/except ImportError), or point DJANGO_SETTINGS_MODULE ({source}) at the "
-    "settings module meant for tests."
+    "importing: {error}{where}.{hint} No test ran: dbguard serves Django's database only once "
+    "pytest-django has loaded the settings. Fix that line{advice}, or point "
+    "DJANGO_SETTINGS_MODULE ({source}) at the settings module meant for tests."
 )
+IMPORT_ADVICE: Final = " (a dev-only package is best imported inside try/except ImportError)"
 
 SQLALCHEMY_URL: Final = (
     "Django could not use the URL that ini dbguard_env gives {names}: {error}. {{url}} and "
@@ -57,22 +57,46 @@ def source_of_module(option: str | None, environment_before: str | None) -> str:
     return "the ini key DJANGO_SETTINGS_MODULE"
 
 
-def explain(error: BaseException, source: str) -> ConfigError | None:
-    """The settings failure pytest-django raised as ``error``, as a ConfigError naming the
-    module, the cause and the fix; None when ``error`` is not one (dbguard leaves it alone)."""
+def explain(error: BaseException, source: str, hint: str = "") -> ConfigError | None:
+    """The settings failure pytest-django raised as ``error`` (its ``ImportError``, or any
+    error raised while the settings module ran), as a ConfigError naming the module, the cause,
+    the line and the fix, with ``hint`` (a sentence on what dbguard gave the settings); None when
+    ``error`` is not one (dbguard leaves it alone)."""
+    from pytest_dbguard.db.urls import hide_password_in
     from pytest_dbguard.django import compat
 
     module = os.environ.get(SETTINGS_ENV)
-    original = compat.settings_import_failure(error)
-    if not module or original is None:
+    if not module:
         return None
-    cause = f"{type(original).__name__}: {original}"
+    original = compat.settings_import_failure(error)
+    if original is None and _raised_in(error, module):
+        original = error  # pytest-django passes on anything but an ImportError as it is
+    if original is None:
+        return None
+    cause = f"{type(original).__name__}: {hide_password_in(str(original))}"
     missing = getattr(original, "name", None)
     if isinstance(original, ModuleNotFoundError) and missing and _is_part_of(module, missing):
         return ConfigError(MISSING.format(module=module, source=source, error=cause))
     return ConfigError(
-        BROKEN.format(module=module, source=source, error=cause, where=_where(original))
+        BROKEN.format(
+            module=module,
+            source=source,
+            error=cause,
+            where=_where(original),
+            hint=f" {hint}" if hint else "",
+            advice=IMPORT_ADVICE if isinstance(original, ImportError) else "",
+        )
     )
+
+
+def _raised_in(error: BaseException, module: str) -> bool:
+    """Whether ``error`` passed through the code of ``module`` (or a module it imported)."""
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_globals.get("__name__") == module:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def _is_part_of(module: str, missing: str) -> bool:
@@ -106,24 +130,31 @@ def sqlalchemy_url_failure(error: BaseException, env_lines: Sequence[str]) -> Co
     support for 'postgresql+psycopg'", from 3.0 "Scheme 'postgresql+psycopg://' is unknown"),
     explained with the fix; None for any other error."""
     from pytest_dbguard.db.urls import hide_password_in
-    from pytest_dbguard.run.environment import parse_env_lines
 
     text = str(error)
     refused = next(filter(None, (re.search(shape, text) for shape in _SCHEME_REFUSED)), None)
-    names = [
-        name
-        for name, value in parse_env_lines(env_lines)  # read before the conftests: no error now
-        if "{url}" in value or "{async_url}" in value
-    ]
+    names = sqlalchemy_url_names(env_lines)
     if refused is None or not names:
         return None
     first_sentence = text.strip().splitlines()[0].split(". ")[0].rstrip(".")
-    django_reads = [name for name in names if "DATABASE" in name.upper()] or names
     return ConfigError(
         SQLALCHEMY_URL.format(
             names=", ".join(names),
             error=f"{type(error).__name__}: {hide_password_in(first_sentence)}",
             scheme=refused.group(1),
-            first=django_reads[0],
+            first=names[0],
         )
     )
+
+
+def sqlalchemy_url_names(env_lines: Sequence[str]) -> list[str]:
+    """The variables that dbguard_env gives a SQLAlchemy URL (``{url}``, ``{async_url}``), those
+    whose name says DATABASE first (the one Django's settings read)."""
+    from pytest_dbguard.run.environment import parse_env_lines
+
+    names = [
+        name
+        for name, value in parse_env_lines(env_lines)  # read before the conftests: no error now
+        if "{url}" in value or "{async_url}" in value
+    ]
+    return sorted(names, key=lambda name: "DATABASE" not in name.upper())

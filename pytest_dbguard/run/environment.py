@@ -56,6 +56,13 @@ GUARD_HINT: Final = (
     "(or addopts = -p pytest_dbguard in the ini file, or PYTEST_PLUGINS=pytest_dbguard), or move "
     "the import of {module} into the fixtures and tests that use it."
 )
+DJANGO_SETTINGS_TOO_EARLY: Final = (
+    "Django's settings module {module} was loaded before pytest-dbguard set the test environment "
+    "({variables}): dbguard is enabled with `pytest_plugins` in a conftest, and pytest-django "
+    "loads the settings before any conftest, so they read the environment without the values of "
+    "dbguard_env. Fix: enable it on the command line instead: `pytest -p pytest_dbguard` (or "
+    "addopts = -p pytest_dbguard in the ini file, or PYTEST_PLUGINS=pytest_dbguard)."
+)
 
 FAULTS_FIXTURE: Final = "dbguard_faults"
 SCAN_LIMIT: Final = 2000  # test files read when looking for dbguard_faults
@@ -336,11 +343,17 @@ def leave(config: pytest.Config) -> None:
 
 
 def check_guarded_modules(modules: Sequence[str], assignments: Sequence[tuple[str, str]]) -> None:
-    """Stop the run when a guarded module was imported before the environment was set."""
+    """Stop the run when a guarded module was imported before the environment was set; Django's
+    settings module is one whenever dbguard_env has lines (they are there for the settings)."""
     variables = ", ".join([*EXPORTED, *(name for name, _ in assignments)])
     for module in modules:
         if module in sys.modules:
             raise ConfigError(GUARD_HINT.format(module=module, variables=variables))
+    settings_module = os.environ.get("DJANGO_SETTINGS_MODULE")
+    if assignments and settings_module and settings_module in sys.modules:
+        raise ConfigError(
+            DJANGO_SETTINGS_TOO_EARLY.format(module=settings_module, variables=variables)
+        )
 
 
 def embedded_cluster(run: DbguardRun) -> EmbeddedCluster | None:
