@@ -36,6 +36,30 @@ def sqlalchemy_decodes_database() -> bool:
     return (major, minor) >= (2, 1)
 
 
+def wider_fixture_running() -> bool:
+    """Whether the code running now is the setup or the teardown of a fixture wider than a test
+    (session, package, module or class scope): the innermost fixture on the call stack decides.
+
+    Reads the frames of pytest's ``_pytest.fixtures.pytest_fixture_setup`` (its ``fixturedef``
+    argument) and ``FixtureDef.finish`` (``self``), as in pytest 8.0 to 9.2; False when neither
+    is on the stack, or pytest has renamed them.
+    """
+    import sys
+
+    from _pytest import fixtures
+
+    setup = getattr(getattr(fixtures, "pytest_fixture_setup", None), "__code__", None)
+    finish = getattr(getattr(fixtures.FixtureDef, "finish", None), "__code__", None)
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is setup:
+            return getattr(frame.f_locals.get("fixturedef"), "scope", "function") != "function"
+        if frame.f_code is finish:
+            return getattr(frame.f_locals.get("self"), "scope", "function") != "function"
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 def xdist_loaded(config: pytest.Config) -> bool:
     """Whether pytest-xdist is loaded (its hook specs, e.g. ``pytest_testnodedown``, exist only
     then): registered as ``xdist.plugin`` with ``-p xdist.plugin``, as ``xdist`` by autoload."""

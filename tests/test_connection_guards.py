@@ -613,6 +613,63 @@ def test_leaks_are_warnings_naming_the_tables_and_the_fix(
         result.stdout.no_fnmatch_line(f"*::{quiet}_* left rows*")
 
 
+WIDER_FIXTURES_TESTS = """
+    import os
+
+    import pytest
+    from sqlalchemy import create_engine, text
+
+    ENGINE = create_engine(os.environ["DBGUARD_URL"])  # the application's own engine
+
+    def commit(sql):
+        with ENGINE.begin() as conn:
+            conn.execute(text(sql))
+
+    @pytest.fixture(scope="session", autouse=True)
+    def seeded_once():
+        # An application's own set-up, in the first test's setup (as mealie's is).
+        commit("INSERT INTO authors (name) VALUES ('admin')")
+        yield
+        commit("DELETE FROM authors WHERE name = 'admin'")  # in the last test's teardown
+
+    @pytest.fixture(scope="module")
+    def module_books():
+        commit("INSERT INTO books (author_id, title) SELECT id, 'shelf' FROM authors LIMIT 1")
+
+    @pytest.fixture
+    def function_author():
+        commit("INSERT INTO authors (name) VALUES ('per test')")
+
+    def test_1_writes_nothing(module_books):
+        pass
+
+    def test_2_function_fixture_commits(function_author):
+        pass
+
+    def test_3_sees_the_seed():
+        with ENGINE.connect() as conn:
+            names = conn.execute(text("SELECT name FROM authors ORDER BY id")).scalars().all()
+        assert names[:2] == ["seed", "admin"]
+"""
+
+
+def test_rows_of_wider_fixtures_are_not_the_tests_leak(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """A session or module fixture that commits while a test sets up (or tears down) commits
+    for the whole run: the test is not told to truncate them, which would delete the seed. A
+    function fixture's commit is the test's."""
+    _leak_project(pytester, None)
+    pytester.makepyfile(test_leaks=WIDER_FIXTURES_TESTS)
+    result = run_dbguard(pytester, *_shared(pg_server), "-p", "no:randomly", inprocess=True)
+    result.assert_outcomes(passed=3, warnings=1)
+    result.stdout.fnmatch_lines(
+        ["*LeakWarning: " + REPORT.format(test="2_function_fixture_commits", tables="authors")]
+    )
+    for quiet in ("test_1", "test_3"):
+        result.stdout.no_fnmatch_line(f"*::{quiet}_* left rows*")
+
+
 @pytest.mark.parametrize("how", ["ini", "cli", "env"])
 def test_leaks_error_mode_errors_the_test_in_teardown(
     pytester: pytest.Pytester, pg_server: TestServer, monkeypatch: pytest.MonkeyPatch, how: str

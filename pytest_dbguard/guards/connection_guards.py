@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
+from pytest_dbguard.compat import wider_fixture_running
 from pytest_dbguard.db.isolation import DbguardMarks, isolation_of
 from pytest_dbguard.exceptions import LeakError, LeakWarning
 from pytest_dbguard.guards.foreign_databases import (
@@ -161,7 +162,9 @@ def guards_of(config: pytest.Config) -> ConnectionGuards | None:
         foreign = ForeignDatabaseGuard(own, allowed=AllowList.of(settings.allow_databases))
         guards = ConnectionGuards(plan, foreign, None, settings.leaks, settings.isolation)
         if settings.leaks != "off" and plan.server_url is not None:
-            guards.leaks = LeakWatcher(guards.on_test_database)
+            # Rows that a session (or module, class) fixture commits are not the test's,
+            # even when that fixture is set up or torn down during the test.
+            guards.leaks = LeakWatcher(guards.on_test_database, wider_fixture_running)
         if "sqlalchemy" in sys.modules:
             guards.install()
         else:

@@ -45,8 +45,15 @@ class LeakWatcher(EngineListener):
     EVENT = "commit"
     RETVAL = False
 
-    def __init__(self, is_test_database: Callable[[Connection], bool]) -> None:
+    def __init__(
+        self,
+        is_test_database: Callable[[Connection], bool],
+        outside_test: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.is_test_database = is_test_database  # whether a connection is on the test database
+        # Whether a commit is not the test's although it runs meanwhile: a session fixture
+        # seeding the database during the first test's setup, say.
+        self.outside_test = outside_test
         self.watching = False
         self.first_xid: int | None = None  # the oldest such transaction since the last take()
         self._checkouts = _ForeignCheckouts(self)
@@ -79,6 +86,7 @@ class LeakWatcher(EngineListener):
             or is_own(connection.dialect)
             or connection.dialect.name != "postgresql"
             or not self.is_test_database(connection)
+            or self.outside_test()
         ):
             return
         # Before the commit goes out: the transaction's id, or NULL when it wrote nothing.
