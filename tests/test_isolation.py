@@ -142,6 +142,73 @@ TRUNCATE_TESTS = """
 """
 
 
+KEPT_BY_TRUNCATE = """
+    import os
+    import pytest
+    from sqlalchemy import create_engine, text
+
+    ENGINE = create_engine(os.environ["DBGUARD_URL"])
+
+    def names():
+        with ENGINE.connect() as conn:
+            return conn.execute(text("SELECT id, name FROM authors ORDER BY id")).all()
+
+    @pytest.fixture(scope="session", autouse=True)
+    def admin():  # the application's own set-up, in the first test's setup
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO authors (name) VALUES ('admin')"))
+
+    @pytest.fixture
+    def guest():  # the test's own fixture: its row is the test's
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO authors (name) VALUES ('guest')"))
+
+    @pytest.mark.dbguard(isolation="truncate")
+    def test_1_truncate_first(guest):
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO authors (name) VALUES ('ada')"))
+            conn.execute(text("UPDATE authors SET name = 'renamed' WHERE name = 'nobody'"))
+
+    def test_2_seed_and_session_rows_stay():
+        assert names() == [(1, "seed"), (2, "admin")]
+
+    @pytest.mark.dbguard(isolation="truncate")
+    def test_3_ids_go_on_from_where_the_test_found_them():
+        with ENGINE.begin() as conn:
+            new_id = conn.execute(text("INSERT INTO authors (name) VALUES ('bob') RETURNING id")).scalar()
+        assert new_id == 3
+
+    def test_4_only_the_test_rows_went():
+        assert names() == [(1, "seed"), (2, "admin")]
+"""
+
+
+def test_truncate_empties_what_the_test_wrote_and_keeps_what_was_there(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """A truncate test empties the rows it wrote (its fixtures' too), not the schema's seed row
+    nor what a session fixture committed during its setup, and sets sequences back to where it
+    found them: the next insert does not collide with the rows that stay."""
+    copy_project(pytester, "library")
+    pytester.makepyfile(
+        seed_models="""
+            from sqlalchemy import DDL, event
+
+            from models import Author, Base
+
+            event.listen(
+                Author.__table__, "after_create", DDL("INSERT INTO authors (name) VALUES ('seed')")
+            )
+        """,
+        test_kept=KEPT_BY_TRUNCATE,
+    )
+    pytester.makeini("[pytest]\ndbguard_metadata = seed_models:Base\n")
+    result = run_dbguard(
+        pytester, "--dbguard-url", pg_server.url(), "-p", "no:randomly", inprocess=True
+    )
+    result.assert_outcomes(passed=4)
+
+
 @pytest.mark.parametrize("backend", ["embedded", "sqlite"])
 def test_truncate_and_none_markers(pytester: pytest.Pytester, backend: str) -> None:
     _project(pytester)

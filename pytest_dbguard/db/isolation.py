@@ -252,10 +252,14 @@ def _dbguard_cleaner(dbguard_engine: Engine) -> Iterator[Truncator | None]:
 def _dbguard_truncate(
     request: pytest.FixtureRequest, dbguard_engine: Engine, _dbguard_cleaner: Truncator | None
 ) -> Iterator[None]:
-    """Function: after a ``truncate`` test, empties the tables it wrote to."""
+    """Function: after a ``truncate`` test, empties what it wrote (its rows, its sequences'
+    steps); what was there before it (the schema's seed rows, a session fixture's data, rows an
+    ``isolation="none"`` test kept) stays."""
     from pytest_dbguard.db.engines import INTERNAL_OPTIONS
     from pytest_dbguard.db.truncation import sqlite_clean
 
+    if _dbguard_cleaner is not None:
+        _dbguard_cleaner.keep_what_is_there()
     yield
     if _dbguard_cleaner is not None and failed_tests.wants_copy(request.node):
         with dbguard_engine.execution_options(**INTERNAL_OPTIONS).connect() as connection:
@@ -348,5 +352,23 @@ def add_truncate_fixture(config: pytest.Config, items: list[pytest.Item]) -> Non
         if isolation_of(item, default=default) != "truncate":
             continue
         if TRUNCATE_FIXTURE not in item.fixturenames:
-            # First in, last out: the cleanup runs after the test's own connections are closed.
-            item.fixturenames.insert(0, TRUNCATE_FIXTURE)
+            # First of the test's own fixtures, last out: what they commit is the test's, and
+            # the cleanup runs after their connections are closed. After the wider fixtures
+            # (pytest lists those first): what a session fixture commits stays.
+            item.fixturenames.insert(_first_function_fixture(item), TRUNCATE_FIXTURE)
+
+
+def _first_function_fixture(item: pytest.Function) -> int:
+    """Where the test's function-scoped fixtures begin in its fixture names (wider ones come
+    first); an argument without a fixture definition counts as the test's."""
+    from pytest_dbguard.compat import fixture_definitions
+
+    definitions = fixture_definitions(item) or {}
+    return next(
+        (
+            index
+            for index, name in enumerate(item.fixturenames)
+            if getattr(definitions.get(name), "scope", "function") == "function"
+        ),
+        len(item.fixturenames),
+    )

@@ -29,6 +29,27 @@ class Truncator:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._layout: _Layout | None = None
+        self._kept: _Kept | None = None  # what clean() leaves alone, from keep_what_is_there()
+
+    def keep_what_is_there(self) -> None:
+        """From now on ``clean()`` empties only what is written later: the rows there now (seed
+        rows of the schema, a session fixture's data, an ``isolation="none"`` test's) stay, and
+        sequences go back to where they are now, not to their start. One round trip."""
+        with self._engine.connect() as connection:
+            if self._layout is None:
+                self._layout = self._read_layout(connection)
+            sequences = [
+                sequence for pairs in self._layout.sequences.values() for sequence, _ in pairs
+            ]
+            values = ", ".join(
+                f"pg_sequence_last_value({_sql_literal(sequence)}::regclass)"
+                for sequence in sequences
+            )
+            row = connection.exec_driver_sql(
+                f"SELECT txid_current(){', ' + values if values else ''}"
+            ).one()
+            connection.commit()
+        self._kept = _Kept(int(row[0]), dict(zip(sequences, row[1:], strict=True)))
 
     def _read_layout(self, connection: Connection) -> _Layout:
         from sqlalchemy import text
@@ -78,17 +99,19 @@ class Truncator:
         }
         return _Layout(tables, sequences, references, triggered)
 
-    def dirty_tables(self, connection: Connection) -> list[str]:
-        """Qualified names of the tables that hold rows or moved sequences."""
+    def dirty_tables(self, connection: Connection, kept: _Kept | None = None) -> list[str]:
+        """Qualified names of the tables that hold rows or moved sequences (with ``kept``: rows
+        written, or sequences moved, since then)."""
         if self._layout is None:
             self._layout = self._read_layout(connection)
-        if not self._layout.probe:
+        probe = self._layout.probe if kept is None else self._layout.probe_since(kept)
+        if not probe:
             return []
-        return [row[0] for row in connection.exec_driver_sql(self._layout.probe)]
+        return [row[0] for row in connection.exec_driver_sql(probe)]
 
     def written(self, connection: Connection) -> tuple[list[str], list[str]]:
-        """The dirty tables, parents before children, and their sequences (to copy a failed
-        test's rows, ``kept_failed``)."""
+        """The tables that hold rows, parents before children, and their sequences (to copy a
+        failed test's rows, ``kept_failed``)."""
         dirty = self.dirty_tables(connection)
         if not dirty:
             return [], []
@@ -105,12 +128,12 @@ class Truncator:
             # A leaked open transaction must not hang the run. LOCAL: the connection goes back to
             # dbguard_engine's pool, which the tests' own connections come from.
             connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
-            dirty = self.dirty_tables(connection)
+            dirty = self.dirty_tables(connection, self._kept)
             if not dirty:
                 connection.commit()
                 return dirty
             assert self._layout is not None
-            deletes = self._layout.deletes(dirty)
+            deletes = self._layout.deletes(dirty, self._kept)
             if deletes is not None:
                 try:
                     connection.exec_driver_sql(deletes)
@@ -150,23 +173,71 @@ class _Layout:
         """``dirty`` with each table after the tables it refers to (as given, on a cycle)."""
         return parents_first(dirty, self.references)
 
-    def deletes(self, dirty: list[str]) -> str | None:
-        """One round trip that empties ``dirty`` children first and resets their sequences; None
-        where only TRUNCATE will do (DELETE triggers, a foreign-key cycle)."""
+    def probe_since(self, kept: _Kept) -> str:
+        """The probe for tables with rows written since ``kept`` (a row's ``xmin`` is the
+        transaction that wrote it), or with a sequence moved since."""
+        return " UNION ALL ".join(
+            f"SELECT {_sql_literal(table)} WHERE EXISTS (SELECT 1 FROM {table} WHERE "
+            f"{kept.written_since()})"
+            + "".join(
+                f" OR pg_sequence_last_value({_sql_literal(sequence)}::regclass) IS DISTINCT "
+                f"FROM {_sql_number(kept.sequences.get(sequence))}"
+                for sequence, _ in self.sequences.get(table, [])
+            )
+            for table in self.tables
+        )
+
+    def deletes(self, dirty: list[str], kept: _Kept | None = None) -> str | None:
+        """One round trip that empties ``dirty`` children first (with ``kept``, of the rows
+        written since) and resets their sequences; None where only TRUNCATE will do (DELETE
+        triggers, a foreign-key cycle)."""
         if self.triggered.intersection(dirty):
             return None
         order = ordered_by_references(dirty, self.references, parents_first=False)
         if order is None:
             return None
         resets = [
-            f"setval({_sql_literal(sequence)}::regclass, {start}, false)"
+            _reset(sequence, start, kept)
             for table in order
             for sequence, start in self.sequences.get(table, [])
         ]
-        statements = [f"DELETE FROM {table}" for table in order]
+        where = f" WHERE {kept.written_since()}" if kept is not None else ""
+        statements = [f"DELETE FROM {table}{where}" for table in order]
         if resets:
             statements.append("SELECT " + ", ".join(resets))
         return "; ".join(statements)
+
+
+_XID_SPACE: Final = 2**32  # xmin holds a 32-bit xid; txid_current() adds the epoch
+
+
+class _Kept:
+    """What ``clean()`` leaves: rows of transactions before ``xid``, sequences at ``sequences``
+    (None: not used yet). A plain class: a dataclass compiles its methods at import."""
+
+    __slots__ = ("sequences", "xid")
+
+    def __init__(self, xid: int, sequences: dict[str, int | None]) -> None:
+        self.xid = xid
+        self.sequences = sequences
+
+    def written_since(self) -> str:
+        """A row condition: written by the transaction ``xid`` or a later one. age() counts back
+        from one point for the whole statement, so it survives the 32-bit wraparound of xmin;
+        frozen rows have the largest age of all."""
+        return f"age(xmin) <= age({_sql_literal(str(self.xid % _XID_SPACE))}::xid)"
+
+
+def _reset(sequence: str, start: int, kept: _Kept | None) -> str:
+    """Put ``sequence`` back: where ``kept`` saw it, else to its start."""
+    value = kept.sequences.get(sequence) if kept is not None else None
+    if value is None:
+        return f"setval({_sql_literal(sequence)}::regclass, {start}, false)"
+    return f"setval({_sql_literal(sequence)}::regclass, {value}, true)"
+
+
+def _sql_number(value: int | None) -> str:
+    return "NULL" if value is None else str(int(value))
 
 
 def ordered_by_references(
