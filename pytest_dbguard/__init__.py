@@ -23,11 +23,18 @@ imported the package before ``-p`` named it: a warning filter on one of its clas
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# The objects already in gc's permanent generation when pytest loads dbguard, before any
+# conftest: Python 3.12 puts a few hundred there at start. Only a count above this is a
+# project's own gc.freeze(), which dbguard's freeze during a schema build leaves alone
+# (``db.databases._OlderObjectsFrozen``).
+_FROZEN_AT_IMPORT = gc.get_freeze_count()
 
 
 def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:

@@ -290,7 +290,7 @@ class _OlderObjectsFrozen:
 
     def __enter__(self) -> None:
         with self._lock:
-            if self._builds == 0 and gc.isenabled() and gc.get_freeze_count() == 0:
+            if self._builds == 0 and gc.isenabled() and gc.get_freeze_count() <= _frozen_before():
                 gc.freeze()
                 self._froze = True
             self._builds += 1
@@ -304,6 +304,14 @@ class _OlderObjectsFrozen:
 
 
 _BUILD_FREEZE = _OlderObjectsFrozen()
+
+
+def _frozen_before() -> int:
+    """What gc's permanent generation held when the package was first imported (by pytest's
+    plugin loading, before any conftest); Python 3.12 fills it at start."""
+    import pytest_dbguard
+
+    return pytest_dbguard._FROZEN_AT_IMPORT
 
 
 CAN_CREATE_DATABASES: Final = (
