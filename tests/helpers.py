@@ -276,6 +276,16 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def stopped_once(result: pytest.RunResult, message: str) -> str:
+    """``result`` is a run that stopped as a usage error before any test passed, printing
+    ``message`` exactly once (under xdist too); its output, stdout and stderr."""
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output
+    assert output.count(message) == 1, output
+    assert " passed" not in output
+    return output
+
+
 def run_dbguard_inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """Run pytest with dbguard in this process: for runs that stop while pytest configures
     (settings errors), where a subprocess's start-up would be most of the cost."""
