@@ -112,7 +112,12 @@ def pytest_load_initial_conftests(
         return (yield)
     except KeyboardInterrupt as interrupt:
         _interrupted_before_the_session(early_config, interrupt)
-    except Exception as error:  # pytest-django's, for settings or a Django that fails to load
+    except Exception as error:  # a conftest's, or pytest-django's for settings or Django
+        too_early = environment.connected_at_import(early_config, error)
+        if too_early is not None:
+            from pytest_dbguard.run import worker_failures
+
+            worker_failures.fail_session(early_config, too_early)
         if not django_loaded:
             raise
         from pytest_dbguard.django import activation as django_activation

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from tests.helpers import run_dbguard, run_dbguard_inprocess
+from tests.helpers import WORKERS, run_dbguard, run_dbguard_inprocess, stopped_once
 
 SETTINGS = """
     import os
@@ -244,3 +244,35 @@ def test_conftest_opt_in_sets_environment_before_deeper_conftests(
     (tests / "conftest.py").write_text(TOP_LEVEL_IMPORT_CONFTEST)
     (tests / "test_wal.py").write_text(textwrap.dedent(USES_TABLE))
     pytester.runpytest_subprocess(*on_server, "tests").assert_outcomes(passed=1)
+
+
+CONNECTS_AT_IMPORT = """
+import os
+
+import psycopg
+
+# What an application's conftest does when it migrates or seeds at import.
+psycopg.connect(os.environ["DBGUARD_URL"].replace("postgresql+psycopg", "postgresql")).close()
+"""
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+@pytest.mark.parametrize("server", ["external", "embedded"])
+def test_a_conftest_that_connects_at_import_is_told_to_use_a_fixture(
+    pytester: pytest.Pytester, on_server: list[str], server: str, workers: tuple[str, ...]
+) -> None:
+    """Before collection ends the test database does not exist, and the embedded server is not
+    waited for yet: the driver's 'does not exist' or 'refused' from a conftest gets the cause
+    and the fix, printed once."""
+    pytester.makeconftest(CONNECTS_AT_IMPORT)
+    pytester.makepyfile("def test_x(): pass")
+    output = stopped_once(
+        run_dbguard(pytester, *workers, *(on_server if server == "external" else [])),
+        "connected to the test database while pytest imported it: ",
+    )
+    assert "Connect, migrate or seed in a fixture instead" in output
+    assert "The conftest " in output
+    if server == "external":
+        assert 'database "' in output and '" does not exist. dbguard creates' in output
+    else:
+        assert "failed: Connection refused. dbguard creates" in output

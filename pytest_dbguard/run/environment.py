@@ -56,6 +56,17 @@ GUARD_HINT: Final = (
     "(or addopts = -p pytest_dbguard in the ini file, or PYTEST_PLUGINS=pytest_dbguard), or move "
     "the import of {module} into the fixtures and tests that use it."
 )
+CONNECTED_AT_IMPORT: Final = (
+    "{where} connected to the test database while pytest imported it: {needle}. dbguard creates "
+    "that database once collection is done (its name is already in DBGUARD_URL and dbguard_env)"
+    "{server}, so it is not there yet. Connect, migrate or seed in a fixture instead: a "
+    "session-scoped autouse fixture runs before the first test, and what it commits stays for "
+    "every test."
+)
+EMBEDDED_NOT_YET: Final = (
+    ", and waits for the embedded server it starts meanwhile only then (this connection was "
+    "refused)"
+)
 DJANGO_SETTINGS_TOO_EARLY: Final = (
     "Django's settings module {module} was loaded before pytest-dbguard set the test environment "
     "({variables}): dbguard is enabled with `pytest_plugins` in a conftest, and pytest-django "
@@ -340,6 +351,30 @@ def leave(config: pytest.Config) -> None:
         from pytest_dbguard.run import termination
 
         termination.restore(config)
+
+
+def connected_at_import(config: pytest.Config, error: BaseException) -> str | None:
+    """The explanation of a conftest that failed because it connected to this run's test
+    database, which is created after collection; None for any other failure."""
+    run = run_of(config)
+    if run is None or run.plan.server_url is None:
+        return None
+    missing = f'database "{run.plan.database}" does not exist'
+    # The embedded server is not proven ready before collection ends: libpq says "refused".
+    refused = f"port {run.plan.server_url.port} failed: Connection refused"
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current)
+        needle = next((n for n in (missing, refused) if n in text), None)
+        if needle is not None and (needle == missing or run.plan.embedded):
+            path = getattr(error, "path", None)  # pytest's ConftestImportFailure
+            where = f"The conftest {path}" if path else "Code imported with the conftests"
+            server = EMBEDDED_NOT_YET if needle == refused else ""
+            return CONNECTED_AT_IMPORT.format(where=where, needle=needle, server=server)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def check_guarded_modules(modules: Sequence[str], assignments: Sequence[tuple[str, str]]) -> None:
