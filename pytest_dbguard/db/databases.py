@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import gc
 import shutil
+import sys
 import threading
 import time
 import zlib
@@ -308,10 +309,9 @@ _BUILD_FREEZE = _OlderObjectsFrozen()
 
 def _frozen_before() -> int:
     """What gc's permanent generation held when the package was first imported (by pytest's
-    plugin loading, before any conftest); Python 3.12 fills it at start."""
-    import pytest_dbguard
-
-    return pytest_dbguard._FROZEN_AT_IMPORT
+    plugin loading, before any conftest); Python 3.12 fills it at start. Read from the package
+    that Python imported before this module, not imported again (no cycle)."""
+    return int(getattr(sys.modules["pytest_dbguard"], "_FROZEN_AT_IMPORT", 0))
 
 
 CAN_CREATE_DATABASES: Final = (
