@@ -3,7 +3,7 @@ that a ``%`` in a name is never read as a placeholder."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -17,6 +17,16 @@ def quote_ident(name: str) -> str:
 def quote_literal(text: str) -> str:
     """A PostgreSQL string literal (for COMMENT, which takes no bound parameters)."""
     return "'" + text.replace("'", "''") + "'"
+
+
+_XID_SPACE: Final = 2**32  # xmin holds a 32-bit xid; txid_current() adds the epoch
+
+
+def written_since(xid: int) -> str:
+    """A row condition: written by transaction ``xid`` (``txid_current()``'s, epoch and all)
+    or a later one, by the row's ``xmin``. age() counts back from one point for the whole
+    statement, so it survives the 32-bit wraparound of xmin; frozen rows have the largest age."""
+    return f"age(xmin) <= age({quote_literal(str(xid % _XID_SPACE))}::xid)"
 
 
 def run_ddl(connection: Connection, statement: str) -> None:

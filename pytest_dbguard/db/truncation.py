@@ -9,7 +9,7 @@ import dataclasses
 import graphlib
 from typing import TYPE_CHECKING, Final
 
-from pytest_dbguard.db.sql import quote_ident
+from pytest_dbguard.db.sql import quote_ident, quote_literal, written_since
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -42,7 +42,7 @@ class Truncator:
                 sequence for pairs in self._layout.sequences.values() for sequence, _ in pairs
             ]
             values = ", ".join(
-                f"pg_sequence_last_value({_sql_literal(sequence)}::regclass)"
+                f"pg_sequence_last_value({quote_literal(sequence)}::regclass)"
                 for sequence in sequences
             )
             row = connection.exec_driver_sql(
@@ -161,9 +161,9 @@ class _Layout:
         # A table is dirty when it has a row, or when one of its sequences has moved since the
         # clone (a test that inserted and deleted again). One planned-once query for all tables.
         self.probe = " UNION ALL ".join(
-            f"SELECT {_sql_literal(table)} WHERE EXISTS (SELECT 1 FROM {table})"
+            f"SELECT {quote_literal(table)} WHERE EXISTS (SELECT 1 FROM {table})"
             + "".join(
-                f" OR pg_sequence_last_value({_sql_literal(sequence)}::regclass) IS NOT NULL"
+                f" OR pg_sequence_last_value({quote_literal(sequence)}::regclass) IS NOT NULL"
                 for sequence, _ in self.sequences.get(table, [])
             )
             for table in self.tables
@@ -177,10 +177,10 @@ class _Layout:
         """The probe for tables with rows written since ``kept`` (a row's ``xmin`` is the
         transaction that wrote it), or with a sequence moved since."""
         return " UNION ALL ".join(
-            f"SELECT {_sql_literal(table)} WHERE EXISTS (SELECT 1 FROM {table} WHERE "
+            f"SELECT {quote_literal(table)} WHERE EXISTS (SELECT 1 FROM {table} WHERE "
             f"{kept.written_since()})"
             + "".join(
-                f" OR pg_sequence_last_value({_sql_literal(sequence)}::regclass) IS DISTINCT "
+                f" OR pg_sequence_last_value({quote_literal(sequence)}::regclass) IS DISTINCT "
                 f"FROM {_sql_number(kept.sequences.get(sequence))}"
                 for sequence, _ in self.sequences.get(table, [])
             )
@@ -208,9 +208,6 @@ class _Layout:
         return "; ".join(statements)
 
 
-_XID_SPACE: Final = 2**32  # xmin holds a 32-bit xid; txid_current() adds the epoch
-
-
 class _Kept:
     """What ``clean()`` leaves: rows of transactions before ``xid``, sequences at ``sequences``
     (None: not used yet). A plain class: a dataclass compiles its methods at import."""
@@ -222,18 +219,16 @@ class _Kept:
         self.sequences = sequences
 
     def written_since(self) -> str:
-        """A row condition: written by the transaction ``xid`` or a later one. age() counts back
-        from one point for the whole statement, so it survives the 32-bit wraparound of xmin;
-        frozen rows have the largest age of all."""
-        return f"age(xmin) <= age({_sql_literal(str(self.xid % _XID_SPACE))}::xid)"
+        """A row condition: written by the transaction ``xid`` or a later one."""
+        return written_since(self.xid)
 
 
 def _reset(sequence: str, start: int, kept: _Kept | None) -> str:
     """Put ``sequence`` back: where ``kept`` saw it, else to its start."""
     value = kept.sequences.get(sequence) if kept is not None else None
     if value is None:
-        return f"setval({_sql_literal(sequence)}::regclass, {start}, false)"
-    return f"setval({_sql_literal(sequence)}::regclass, {value}, true)"
+        return f"setval({quote_literal(sequence)}::regclass, {start}, false)"
+    return f"setval({quote_literal(sequence)}::regclass, {value}, true)"
 
 
 def _sql_number(value: int | None) -> str:
@@ -264,10 +259,6 @@ def parents_first(tables: list[str], references: list[tuple[str, str]]) -> list[
     """``tables`` with each after the tables it refers to (as given, on a cycle)."""
     order = ordered_by_references(tables, references, parents_first=True)
     return tables if order is None else order
-
-
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def sqlite_clean(engine: Engine) -> list[str]:

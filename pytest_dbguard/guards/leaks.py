@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
+from pytest_dbguard.db.sql import quote_literal, written_since
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -32,11 +33,6 @@ LEAK_MESSAGE: Final = (
     '@pytest.mark.dbguard(isolation="truncate") (or set ini dbguard_isolation = truncate) to '
     "empty the tables it writes to after it; dbguard_leaks = off silences this report."
 )
-_XID_SPACE: Final = 2**32  # xmin holds a 32-bit xid; txid_current_if_assigned() adds the epoch
-
-
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 class LeakWatcher(EngineListener):
@@ -138,12 +134,9 @@ def tables_written_since(engine: Engine, xid: int) -> list[str]:
                 "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"
             )
         ).scalars()
-        # age() counts back from one point for the whole statement, so "no older than xid"
-        # survives the 32-bit wraparound of xmin; frozen rows have the largest age of all.
-        since = f"age({_sql_literal(str(xid % _XID_SPACE))}::xid)"
         probe = " UNION ALL ".join(
-            f"SELECT {_sql_literal(table)} WHERE EXISTS "
-            f"(SELECT 1 FROM {table} WHERE age(xmin) <= {since})"
+            f"SELECT {quote_literal(table)} WHERE EXISTS "
+            f"(SELECT 1 FROM {table} WHERE {written_since(xid)})"
             for table in tables
         )
         if not probe:
