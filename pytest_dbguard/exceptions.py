@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 # Defined apart, for the settings path every command imports (see that module).
@@ -71,3 +73,15 @@ class SchemaDriftWarning(pytest.PytestWarning):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: the run stops and cleans up as it does for Ctrl-C."""
+
+
+def chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then what it was raised from or while handling (``__cause__``, else
+    ``__context__``), and so on, each once: where a driver's or asyncio's own error hides
+    under the one that reached dbguard."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

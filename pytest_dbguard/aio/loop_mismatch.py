@@ -23,7 +23,7 @@ from pytest_dbguard.aio.loop_policy import (
     asyncio_mode,
 )
 from pytest_dbguard.compat import asyncio_fixture_marks, fixture_definitions
-from pytest_dbguard.exceptions import EventLoopMismatchError
+from pytest_dbguard.exceptions import EventLoopMismatchError, chain
 
 # What asyncio says when a connection is used from a loop other than the one it was made on.
 LOOP_ERROR_TEXTS: Final = (
@@ -167,13 +167,9 @@ def _uses_async_fixtures(item: pytest.Item) -> bool:
 
 def loop_error(error: BaseException) -> str | None:
     """The first line of a loop-mismatch RuntimeError in ``error``'s chain, else None."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in chain(error):
         if isinstance(current, RuntimeError) and any(t in str(current) for t in LOOP_ERROR_TEXTS):
             return str(current).splitlines()[0]
-        current = current.__cause__ or current.__context__
     return None
 
 

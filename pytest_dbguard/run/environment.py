@@ -356,16 +356,15 @@ def leave(config: pytest.Config) -> None:
 def connected_at_import(config: pytest.Config, error: BaseException) -> str | None:
     """The explanation of a conftest that failed because it connected to this run's test
     database, which is created after collection; None for any other failure."""
+    from pytest_dbguard.exceptions import chain  # only when a conftest failed
+
     run = run_of(config)
     if run is None or run.plan.server_url is None:
         return None
     missing = f'database "{run.plan.database}" does not exist'
     # The embedded server is not proven ready before collection ends: libpq says "refused".
     refused = f"port {run.plan.server_url.port} failed: Connection refused"
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in chain(error):
         text = str(current)
         needle = next((n for n in (missing, refused) if n in text), None)
         if needle is not None and (needle == missing or run.plan.embedded):
@@ -373,7 +372,6 @@ def connected_at_import(config: pytest.Config, error: BaseException) -> str | No
             where = f"The conftest {path}" if path else "Code imported with the conftests"
             server = EMBEDDED_NOT_YET if needle == refused else ""
             return CONNECTED_AT_IMPORT.format(where=where, needle=needle, server=server)
-        current = current.__cause__ or current.__context__
     return None
 
 
