@@ -19,6 +19,9 @@ from pytest_dbguard.guards.query_counter import QueryCounter
 from pytest_dbguard.run import worker_failures
 from pytest_dbguard.run.state import the_run
 
+# The aliases the tests ask for and those they roll back by serialization, read once for the
+# check below and for django_db_setup (one pass over every test's marks, not two).
+_requested_key: Final = pytest.StashKey[tuple[set[str], set[str]]]()
 UNSERVED: Final = (
     "Tests ask for the database alias(es) {names} (django_db(databases=...) or a TestCase's "
     "databases), which dbguard does not serve: Django would use the database that "
@@ -40,7 +43,8 @@ def django_db_setup(
     (cloned from the template dbguard migrated once for the run); yields nothing. Teardown closes
     the connections; dbguard drops the database at the end of the run."""
     aliases = aliases_of(request.config)
-    serialized = compat.requested_aliases(request.session.items)[1]
+    requested = request.config.stash.get(_requested_key, None)  # read at collection's end
+    serialized = (requested or compat.requested_aliases(request.session.items))[1]
     with django_db_blocker.unblock():
         targets.point(aliases + targets.mirrors_of(aliases), worker_url(request.config))
         for alias in sorted(serialized & set(aliases)):
@@ -60,7 +64,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return  # --collect-only and the like connect nowhere
     aliases = aliases_of(config)
     served = set(aliases) | set(targets.mirrors_of(aliases))
-    unserved = sorted(compat.requested_aliases(items)[0] - served)
+    requested = config.stash[_requested_key] = compat.requested_aliases(items)
+    unserved = sorted(requested[0] - served)
     if unserved:
         worker_failures.fail_session(config, _unserved_message(unserved, aliases))
 
