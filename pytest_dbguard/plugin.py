@@ -107,7 +107,7 @@ def pytest_load_initial_conftests(
         _interrupted_before_the_session(early_config, interrupt)
     # Read before pytest-django sets it from --ds or its ini: where the settings came from, should
     # they fail to load. Django's modules are imported only then (not by --help, not on success).
-    django_loaded, settings_env = _django_loaded(), os.environ.get("DJANGO_SETTINGS_MODULE")
+    django_loaded, settings_env = _django_loaded(), os.environ.get(environment.DJANGO_SETTINGS_ENV)
     try:
         return (yield)
     except KeyboardInterrupt as interrupt:

@@ -73,7 +73,7 @@ def django_active(config: pytest.Config) -> bool:
 
     if not compat.pytest_django_active(config):
         return False
-    if os.environ.get("DJANGO_SETTINGS_MODULE"):
+    if os.environ.get(settings_module.SETTINGS_ENV):
         return "django" in sys.modules  # pytest-django imported it while loading the settings
     if "django.conf" not in sys.modules:
         return False  # nobody touched Django's settings: Django is not in use

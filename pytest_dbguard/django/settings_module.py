@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from typing import Final
 
 from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.run.environment import DJANGO_SETTINGS_ENV
 
-SETTINGS_ENV: Final = "DJANGO_SETTINGS_MODULE"
+SETTINGS_ENV: Final = DJANGO_SETTINGS_ENV
 MISSING: Final = (
     "Django's settings module {module!r} (DJANGO_SETTINGS_MODULE, from {source}) does not exist: "
     "{error}. No test ran: dbguard serves Django's database only once pytest-django has loaded "

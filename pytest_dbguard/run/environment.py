@@ -75,6 +75,9 @@ DJANGO_SETTINGS_TOO_EARLY: Final = (
     "addopts = -p pytest_dbguard in the ini file, or PYTEST_PLUGINS=pytest_dbguard)."
 )
 
+# pytest-django's variable for the settings module (``django.settings_module`` reads it too;
+# here because every run imports this module and none of those).
+DJANGO_SETTINGS_ENV: Final = "DJANGO_SETTINGS_MODULE"
 FAULTS_FIXTURE: Final = "dbguard_faults"
 SCAN_LIMIT: Final = 2000  # test files read when looking for dbguard_faults
 
@@ -382,7 +385,7 @@ def check_guarded_modules(modules: Sequence[str], assignments: Sequence[tuple[st
     for module in modules:
         if module in sys.modules:
             raise ConfigError(GUARD_HINT.format(module=module, variables=variables))
-    settings_module = os.environ.get("DJANGO_SETTINGS_MODULE")
+    settings_module = os.environ.get(DJANGO_SETTINGS_ENV)
     if assignments and settings_module and settings_module in sys.modules:
         raise ConfigError(
             DJANGO_SETTINGS_TOO_EARLY.format(module=settings_module, variables=variables)
