@@ -114,10 +114,8 @@ def pytest_load_initial_conftests(
         _interrupted_before_the_session(early_config, interrupt)
     except Exception as error:  # a conftest's, or pytest-django's for settings or Django
         too_early = environment.connected_at_import(early_config, error)
-        if too_early is not None:
-            from pytest_dbguard.run import worker_failures
-
-            worker_failures.fail_session(early_config, too_early)
+        if too_early is not None:  # the xdist controller imports the conftests first: once
+            raise pytest.UsageError(too_early) from None
         if not django_loaded:
             raise
         from pytest_dbguard.django import activation as django_activation
