@@ -21,6 +21,7 @@ SMALL = 20
 
 SIDES = ("recipe", "dbguard", "guards off")
 EMPTY_PLUGIN = "empty_plugin"
+OPTIONS_PLUGIN = "options_only_plugin"
 
 
 def instructions(tmp: Path, server: external.ExternalServer, tests: int, counts: int = 1) -> None:
@@ -96,9 +97,13 @@ def commands(
     # looks the name up among every installed package's entry points first), before the plugin's
     # own import and hooks.
     (suite / f"{EMPTY_PLUGIN}.py").write_text('"""An empty pytest plugin."""\n')
+    # A module that registers dbguard's flags, ini keys and markers (the public interface, with
+    # their help texts) and does nothing else: what those cost pytest, apart from dbguard's code.
+    (suite / f"{OPTIONS_PLUGIN}.py").write_text(_options_only_source())
     variants = {
         "without dbguard": ([], {}),
         "empty -p plugin": ([EMPTY_PLUGIN], {}),
+        "dbguard's options only": ([OPTIONS_PLUGIN], {}),
         "dbguard embedded": (["pytest_dbguard"], {}),
         "dbguard external": (["pytest_dbguard"], {"DBGUARD_URL": server.url()}),
     }
@@ -121,5 +126,37 @@ def commands(
         )
     print(
         "goal: within 5 % of the command without dbguard; the empty -p plugin's share is pytest's "
-        "own handling of -p, which any plugin activated that way pays"
+        "own handling of -p, which any plugin activated that way pays; the options-only module "
+        "adds what registering and showing dbguard's flags, ini keys and markers costs pytest"
     )
+
+
+def _options_only_source() -> str:
+    """The source of a plugin that registers exactly what dbguard registers, without its code."""
+    from pytest_dbguard.plugin import MARKERS
+    from pytest_dbguard.run.config import OPTIONS
+
+    lines = [
+        "def pytest_addoption(parser):",
+        "    group = parser.getgroup('dbguard', 'database isolation (pytest-dbguard)')",
+    ]
+    for option in OPTIONS:
+        if option.cli:
+            kind = (
+                f"nargs='?', const={option.bare!r}, action='store', metavar={option.metavar!r}"
+                if option.bare is not None
+                else "action='store_true'"
+                if option.flag_kind == "switch"
+                else f"action='store', metavar={option.metavar!r}"
+            )
+            lines.append(
+                f"    group.addoption({option.flag!r}, {kind}, default=None, "
+                f"dest={option.dest!r}, help={option.help!r})"
+            )
+        lines.append(
+            f"    parser.addini({option.ini!r}, {option.ini_help!r}, type={option.ini_type!r}, "
+            f"default={option.ini_default!r})"
+        )
+    lines.append("def pytest_configure(config):")
+    lines += [f"    config.addinivalue_line('markers', {marker!r})" for marker in MARKERS]
+    return "\n".join(lines) + "\n"

@@ -73,6 +73,20 @@ class Option(Record):
     def env_var(self) -> str:
         return "DBGUARD_" + self.name.upper()
 
+    @property
+    def ini_help(self) -> str:
+        # An ini key that has a flag points at it: --help shows each text once, and pytest wraps
+        # every line of it (about a fifth of what dbguard added to --help).
+        return f"see {self.flag}" if self.cli else self.help
+
+    @property
+    def ini_default(self) -> Any:
+        if self.ini_type in ("linelist", "args"):
+            return []
+        if self.ini_type == "bool":
+            return False
+        return None
+
 
 OPTIONS: Final[tuple[Option, ...]] = (
     Option(
@@ -294,18 +308,7 @@ def add_options(parser: pytest.Parser) -> None:
                     metavar=option.metavar,
                     help=option.help,
                 )
-        # An ini key that has a flag points at it: --help shows each text once, and pytest wraps
-        # every line of it (about a fifth of what dbguard added to --help).
-        ini_help = f"see {option.flag}" if option.cli else option.help
-        parser.addini(option.ini, ini_help, type=option.ini_type, default=_ini_default(option))  # type: ignore[arg-type]
-
-
-def _ini_default(option: Option) -> Any:
-    if option.ini_type in ("linelist", "args"):
-        return []
-    if option.ini_type == "bool":
-        return False
-    return None
+        parser.addini(option.ini, option.ini_help, type=option.ini_type, default=option.ini_default)  # type: ignore[arg-type]
 
 
 def _raw(
