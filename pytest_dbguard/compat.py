@@ -20,6 +20,18 @@ if TYPE_CHECKING:
 
 
 @functools.cache
+def sqlalchemy_version() -> tuple[int, int] | None:
+    """The installed SQLAlchemy's major and minor version, read from its metadata without
+    importing it (early hooks stay cheap); None when it is not installed or has no plain number."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(part) for part in version("sqlalchemy").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return None
+    return major, minor
+
+
 def sqlalchemy_decodes_database() -> bool:
     """Whether the installed SQLAlchemy percent-decodes the database part of a URL string.
 
@@ -27,13 +39,8 @@ def sqlalchemy_decodes_database() -> bool:
     written. Read from the installed version, not by importing SQLAlchemy (early hooks stay cheap);
     without SQLAlchemy, the RFC 3986 reading (decoded).
     """
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        major, minor = (int(part) for part in version("sqlalchemy").split(".")[:2])
-    except (PackageNotFoundError, ValueError):
-        return True
-    return (major, minor) >= (2, 1)
+    installed = sqlalchemy_version()
+    return installed is None or installed >= (2, 1)
 
 
 def wider_fixture_running() -> bool:

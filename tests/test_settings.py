@@ -7,7 +7,7 @@ import pytest
 from pytest_dbguard.db.names import database_name, is_dbguard_name
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError
-from tests.helpers import run_dbguard, run_dbguard_inprocess
+from tests.helpers import run_dbguard, run_dbguard_inprocess, stopped_once
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 SHOW_URL = """
@@ -307,12 +307,48 @@ def test_wrong_password(pytester: pytest.Pytester, pg_server: TestServer) -> Non
     assert "Wrong-Password-Here" not in result.stdout.str() + result.stderr.str()
 
 
+@pytest.mark.needs_xdist
+@pytest.mark.parametrize("database", [None, "no_such_db"], ids=["wrong-password", "missing-db"])
+def test_a_final_connect_failure_stops_before_xdist_starts_workers(
+    pytester: pytest.Pytester, pg_server: TestServer, database: str | None
+) -> None:
+    # The role check (may this role create databases?) is the run's first connection: one that
+    # waiting cannot fix stops the run there, printed once, instead of in each started worker.
+    pytester.makepyfile("def test_x(dbguard_engine): pass")
+    password = "Wrong-Password-Here" if database is None else SUPERUSER_PASSWORD
+    url = pg_server.url(password=password, **({"database": database} if database else {}))
+    result = run_dbguard(pytester, "-n", "2", "--dbguard-url", url)
+    stage = "authentication" if database is None else "database missing"
+    output = stopped_once(result, f"failed step: {stage}")
+    assert "waiting does not fix this" in output
+    assert "created: 2/2 workers" not in output and "[gw0]" not in output
+    assert password not in output
+
+
 def test_missing_database(pytester: pytest.Pytester, pg_server: TestServer) -> None:
     pytester.makepyfile("def test_x(dbguard_engine): pass")
     result = run_dbguard(
         pytester, "--dbguard-url", pg_server.url(database="no_such_db"), inprocess=True
     )
     _usage_error(result, "*no_such_db*failed step: database missing*")
+
+
+@pytest.mark.parametrize(
+    "xdist", [(), pytest.param(("-n", "2"), marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
+def test_sqlalchemy_older_than_2_stops_the_run(
+    pytester: pytest.Pytester, xdist: tuple[str, ...]
+) -> None:
+    # The installed distribution as importlib.metadata finds it first on sys.path (the run's
+    # folder comes first): a project held on SQLAlchemy 1.4. Before, the first test that armed
+    # the naive-datetime guard failed on a name SQLAlchemy 1.4 lacks and the rest ran unguarded.
+    metadata = pytester.mkdir("SQLAlchemy-1.4.54.dist-info") / "METADATA"
+    metadata.write_text("Metadata-Version: 2.1\nName: SQLAlchemy\nVersion: 1.4.54\n")
+    pytester.makepyfile("def test_x(dbguard_engine): pass")
+    result = run_dbguard(pytester, *xdist)
+    output = stopped_once(result, "and SQLAlchemy 1.4.54 is installed")
+    assert "pip install 'SQLAlchemy>=2.0'" in output
+    assert "created: 2/2 workers" not in output  # stopped before xdist started any
 
 
 def test_url_parsing_round_trip() -> None:

@@ -104,8 +104,9 @@ class TestGuards:
         """The run's naive datetime guard, installed once SQLAlchemy has been imported by anyone."""
         naive = self.naive
         if naive is None and self.naive_mode != "off" and "sqlalchemy.engine" in sys.modules:
-            naive = self.naive = NaiveDatetimeGuard(self.naive_mode)
+            naive = NaiveDatetimeGuard(self.naive_mode)
             naive.install()
+            self.naive = naive  # only once installed: a failed install fails again, not silently
         if naive is not None:
             naive.where = LazyNodeId(item)
             naive.watch_models()  # the ORM may have been imported since

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
+from pytest_dbguard.compat import sqlalchemy_version
 from pytest_dbguard.config_errors import ConfigError
 from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import run_plan, setting_values
@@ -62,6 +63,12 @@ CONNECTED_AT_IMPORT: Final = (
     "{server}, so it is not there yet. Connect, migrate or seed in a fixture instead: a "
     "session-scoped autouse fixture runs before the first test, and what it commits stays for "
     "every test."
+)
+OLD_SQLALCHEMY: Final = (
+    "pytest-dbguard needs SQLAlchemy 2.0 or newer (its fixtures, guards and schema builds use "
+    "SQLAlchemy 2's API), and SQLAlchemy {version} is installed. Upgrade it: pip install "
+    "'SQLAlchemy>=2.0'. A project held on SQLAlchemy 1.4 (Flask-SQLAlchemy 2.x, for one) can "
+    "use dbguard once it moves to SQLAlchemy 2."
 )
 EMBEDDED_NOT_YET: Final = (
     ", and waits for the embedded server it starts meanwhile only then (this connection was "
@@ -127,6 +134,7 @@ def prepare(
         check_guarded_modules(settings.guard_modules, assignments)
     plan = run_plan.decide(settings, origin, inspection=inspection_flag(config, namespace))
     if plan.owns_server and plan.inspection is None:
+        require_sqlalchemy_2()
         dbguard_config.check_split_path_flags(
             config,
             [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args],
@@ -300,6 +308,16 @@ def variables(plan: RunPlan, assignments: Sequence[tuple[str, str]]) -> dict[str
     for name, template in assignments:
         rendered[name] = template.format(**values)
     return rendered
+
+
+def require_sqlalchemy_2() -> None:
+    """ConfigError when the installed SQLAlchemy is older than 2.0: before, the first test that
+    armed a guard failed on a missing name and the later ones ran without it."""
+    installed = sqlalchemy_version()
+    if installed is not None and installed < (2, 0):
+        from importlib.metadata import version
+
+        raise ConfigError(OLD_SQLALCHEMY.format(version=version("sqlalchemy")))
 
 
 def export(

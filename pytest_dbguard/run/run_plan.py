@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -217,12 +218,18 @@ def _schema_mode(
     if settings.worker_isolation != "auto" or embedded or not probe:
         return settings.worker_isolation == "schema"
     from pytest_dbguard.db.databases import CAN_CREATE_DATABASES
-    from pytest_dbguard.server.readiness import first_row
+    from pytest_dbguard.server.readiness import first_row, refused_for_good
 
+    started = time.monotonic()
     try:  # a server that is not up yet is waited for later; assume it lets us create databases
         # One plain connection: SQLAlchemy's import would delay every xdist worker's start.
         row = first_row(server_url, CAN_CREATE_DATABASES, timeout=2.0)
-    except Exception:
+    except Exception as error:
+        # A wrong password or a missing database stops the run here, before xdist starts
+        # workers that would each fail on it.
+        final = refused_for_good(server_url, error, time.monotonic() - started)
+        if final is not None:
+            raise final from None
         return False
     return not (row and row[0])
 

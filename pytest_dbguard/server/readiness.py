@@ -34,9 +34,12 @@ from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.records import Record
 from pytest_dbguard.server import handover
 from pytest_dbguard.server.connect_diagnosis import (
+    AUTHENTICATION,
+    DATABASE_MISSING,
     NAME_RESOLUTION,
     QUERY,
     TCP_CONNECT,
+    TLS,
     Failure,
     NotReady,
     classify_error,
@@ -48,6 +51,7 @@ __all__ = ["Probe", "Readiness", "RetryPolicy", "await_ready", "probe", "wait_un
 PROGRESS_AFTER: Final = 1.0  # seconds of waiting before the first progress line
 PROGRESS_EVERY: Final = 2.0  # seconds between progress lines after that
 MIN_ATTEMPT: Final = 0.05  # an attempt gets at least this long; none starts closer to the deadline
+REFUSED_AT_CONNECT: Final = (AUTHENTICATION, DATABASE_MISSING, TLS)  # the server's answer: final
 
 
 class RetryPolicy(Record):
@@ -339,6 +343,17 @@ def probe(url: str | DatabaseURL, *, timeout: float = 5.0) -> Probe:
     if attempt.failure is None:
         return Probe("ok", latency, attempt.version)
     return Probe("error", latency, None, attempt.failure.stage, attempt.failure.error)
+
+
+def refused_for_good(url: DatabaseURL, error: BaseException, elapsed: float) -> NotReady | None:
+    """The readiness check's error for a connection that failed in a way waiting does not fix (a
+    wrong password, a missing database, TLS the server refuses), as the check itself would stop
+    with it; None when a retry might succeed (a server still starting: the check waits for it)."""
+    target = ConnectTarget(url)
+    failure = classify_error(error, password=target.password)
+    if failure.retryable or failure.stage not in REFUSED_AT_CONNECT:
+        return None
+    return _not_ready(target, failure, 1, elapsed)
 
 
 def first_row(url: DatabaseURL, statement: str, *, timeout: float = 5.0) -> Any:
