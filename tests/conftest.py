@@ -112,8 +112,11 @@ def _shared_maintenance_connections_closed() -> Iterator[None]:
 @contextlib.contextmanager
 def _shared(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
     """A folder all xdist workers of this run share (pytest-xdist's documented recipe), held under
-    a lock; True when another worker has already filled it."""
-    folder = tmp_path_factory.getbasetemp().parent / name
+    a lock; True when another worker has already filled it. Serially it is in the run's own
+    folder: the parent of that is shared by every serial run (``--basetemp=/tmp/x`` puts it in
+    /tmp), where an earlier run's wheel would be taken for this checkout's."""
+    basetemp = tmp_path_factory.getbasetemp()
+    folder = (basetemp.parent if "PYTEST_XDIST_WORKER" in os.environ else basetemp) / name
     folder.mkdir(exist_ok=True)
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
