@@ -210,8 +210,12 @@ def test_app_engine_reading_settings_too_early_cannot_reach_the_developers_datab
     # Under xdist the workers inherit the controller's exported DATABASE_URL, which names the
     # controller's own (never created) database: read too early, it is refused just the same.
     worker, database, port = ("main", developer_db, str(pg_server.port))
+    # On the run's own server, a database it did not name may be one the tests made themselves.
+    own_server_hint = " If the tests create databases of their own on this run's server*"
+    if server == "other-server":
+        own_server_hint = ""
     if server == "xdist":
-        worker, database, port = ("gw?", "*_dbg_*_main", "*")
+        worker, database, port, own_server_hint = ("gw?", "*_dbg_*_main", "*", "")
     for test in ("test_sync_write", "test_async_write"):
         result.stdout.fnmatch_lines(
             [
@@ -221,7 +225,7 @@ def test_app_engine_reading_settings_too_early_cannot_reach_the_developers_datab
                 "the connection, so nothing reached that database. *`-p pytest_dbguard`* "
                 "dbguard_env, e.g. DATABASE_URL={url}. *"
                 f"@pytest.mark.dbguard(allow=?'{database}'?)*dbguard_allow_databases = "
-                f"{database}."
+                f"{database}.{own_server_hint}"
             ]
         )
     assert SUPERUSER_PASSWORD not in result.stdout.str() + result.stderr.str()
@@ -846,3 +850,73 @@ def test_readme_recipe_runs_and_shows_the_real_messages(pytester: pytest.Pyteste
         ),
         "LeakWarning: " + LEAK_MESSAGE.format(where=where, tables="audit_log, users"),
     ]
+
+
+# A suite that makes a database per test on the run's server (CTFd's create_ctfd()): the
+# embedded server's port is new every run, so only the placeholders can name that server.
+DATABASE_PER_TEST = """
+    import uuid
+
+    import pytest
+    from sqlalchemy import create_engine, text
+
+
+    @pytest.fixture
+    def own_database(dbguard_engine):
+        name = "per_test_" + uuid.uuid4().hex[:12]
+        admin = dbguard_engine.execution_options(isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        engine = create_engine(dbguard_engine.url.set(database=name))
+        yield engine
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}"'))
+
+
+    def test_ini_allows_the_server(own_database):
+        with own_database.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar() == 1
+
+
+    @pytest.mark.dbguard(allow=["postgresql://{host}:{port}"])
+    def test_mark_allows_the_server(own_database):
+        with own_database.connect() as connection:
+            assert connection.execute(text("SELECT 2")).scalar() == 2
+"""
+
+
+@pytest.mark.parametrize("ini", [True, False], ids=["allowed-by-ini", "mark-only"])
+def test_a_database_per_test_on_the_runs_server_is_allowed_by_placeholders(
+    pytester: pytest.Pytester, ini: bool
+) -> None:
+    pytester.makepyfile(test_per_test=DATABASE_PER_TEST)
+    if ini:
+        pytester.makeini("[pytest]\ndbguard_allow_databases = postgresql://{host}:{port}\n")
+    result = run_dbguard(pytester, "-p", "no:randomly")
+    if ini:
+        result.assert_outcomes(passed=2)
+        return
+    # Without the ini line only the marked test may reach it; the other is told how.
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *ForeignDatabaseError: test_per_test.py::test_ini_allows_the_server tried to "
+            "connect to the database 'per_test_*' on 127.0.0.1:*, which is not one of this run's "
+            "test databases* If the tests create databases of their own on this run's server*"
+            "dbguard_allow_databases = postgresql://{host}:{port} *"
+        ]
+    )
+
+
+def test_an_allowed_url_takes_only_the_servers_placeholders(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    pytester.makeini("[pytest]\ndbguard_allow_databases = postgresql://{host}:{port}/{db}\n")
+    result = run_dbguard_inprocess(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*dbguard_allow_databases*'postgresql://{host}:{port}/{db}' uses {db}; an allowed URL "
+            "takes only {host} and {port}*"
+        ]
+    )

@@ -92,7 +92,8 @@ class ConnectionGuards:
 
     def arm(self, item: pytest.Item, marks: DbguardMarks) -> None:
         # marks.allow: a test's own allow= adds to its class's and module's
-        also = AllowList.of(marks.allow) if marks.allow else NOTHING_ELSE
+        own = self.foreign.test_databases
+        also = AllowList.of(marks.allow, servers=own) if marks.allow else NOTHING_ELSE
         self.foreign.arm(LazyNodeId(item), also)
         if self.leaks is not None:
             self.leaks.take()
@@ -159,7 +160,8 @@ def guards_of(config: pytest.Config) -> ConnectionGuards | None:
         if plan.server_url is not None:
             own.append(Target.from_url(plan.server_url.with_database(plan.database)))
             own.append(Target.from_url(plan.test_url))  # through the fault proxy, when on
-        foreign = ForeignDatabaseGuard(own, allowed=AllowList.of(settings.allow_databases))
+        allowed = AllowList.of(settings.allow_databases, servers=own)
+        foreign = ForeignDatabaseGuard(own, allowed=allowed)
         guards = ConnectionGuards(plan, foreign, None, settings.leaks, settings.isolation)
         if settings.leaks != "off" and plan.server_url is not None:
             # Rows that a session (or module, class) fixture commits are not the test's,

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
+from pytest_dbguard.db.names import is_dbguard_name
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ForeignDatabaseError
 from pytest_dbguard.records import Record
+from pytest_dbguard.run.setting_values import allowed_urls
 from pytest_dbguard.server.connect_target import DEFAULT_PORT
 
 if TYPE_CHECKING:
@@ -42,6 +44,14 @@ FOREIGN_MESSAGE: Final = (
     "dbguard_allow_databases = {database}."
 )
 
+# Added when the database is on the run's own server and not of dbguard's naming: a suite that
+# creates its own databases (one per test) meets this, and names the server with placeholders.
+OWN_SERVER_HINT: Final = (
+    " If the tests create databases of their own on this run's server (a database per test, "
+    "made and dropped by the suite's helpers), allow every database there: ini "
+    "dbguard_allow_databases = postgresql://{host}:{port} (the placeholders name the run's "
+    "server, whose port an embedded server picks anew each run)."
+)
 
 REFUSED: Final = "dbguard refused the connection, so nothing reached that database"
 # An engine with creator= connects without asking SQLAlchemy first: caught at its first use.
@@ -49,6 +59,11 @@ CLOSED: Final = (
     "dbguard closed the connection (opened by the engine's creator) before its first statement, "
     "so nothing was read or written there"
 )
+
+
+def _url_host(shown_host: str) -> bool:
+    """Whether a target's host can be written into a URL (not a unix socket's folder)."""
+    return bool(shown_host) and not shown_host.startswith(("/", "@", "the "))
 
 
 def _host_key(host: str | None) -> str:
@@ -161,17 +176,32 @@ class AllowList(NamedTuple):
     everything: bool = False  # the entry '*': the guard stands aside
 
     @classmethod
-    def of(cls, entries: Iterable[str], *, source: str = "dbguard_allow_databases") -> AllowList:
-        """Entries are database names, URLs, or ``*`` for any database; a malformed URL raises
-        ConfigError naming ``source``."""
+    def of(
+        cls,
+        entries: Iterable[str],
+        *,
+        source: str = "dbguard_allow_databases",
+        servers: Sequence[Target] = (),
+    ) -> AllowList:
+        """Entries are database names, URLs, or ``*`` for any database; a URL's ``{host}`` and
+        ``{port}`` name each of ``servers`` (the run's own). A malformed URL raises ConfigError
+        naming ``source``."""
         names: set[str] = set()
         targets: list[Target] = []
         everything = False
+        addresses = [(own.shown_host, own.port) for own in servers if _url_host(own.shown_host)]
         for entry in entries:
             if entry == "*":
                 everything = True
             elif "://" in entry:
-                targets.append(Target.from_url(DatabaseURL.parse(entry, source=source)))
+                urls = (
+                    allowed_urls(entry, source, addresses)
+                    if addresses
+                    else allowed_urls(entry, source)
+                )
+                if "{" in entry and not addresses:
+                    urls = []  # the run's server named, and no server (or only a socket) to name
+                targets.extend(Target.from_url(url) for url in urls)
             else:
                 names.add(entry)
         return cls(frozenset(names), tuple(targets), everything)
@@ -228,6 +258,9 @@ class ForeignDatabaseGuard(EngineListener):
             mine = f"this worker's is {own.database!r} on {own.server}"
         else:
             mine = "this run's test databases are SQLite files"
+        on_own_server = any(
+            own.host == target.host and own.port == target.port for own in self.test_databases
+        ) and not is_dbguard_name(target.database or "")
         raise ForeignDatabaseError(
             FOREIGN_MESSAGE.format(
                 where=self.where or "the code under test",
@@ -236,6 +269,7 @@ class ForeignDatabaseGuard(EngineListener):
                 own=mine,
                 refused=CLOSED if opened else REFUSED,
             )
+            + (OWN_SERVER_HINT if on_own_server else "")
         )
 
     def _handler(self) -> Callable[..., Any]:
