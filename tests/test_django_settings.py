@@ -9,6 +9,7 @@ import pytest
 
 from tests.django_project import SETTINGS, migrate_lines, write_project
 from tests.helpers import WORKERS, run_dbguard, stopped_once
+from tests.pgserver import LIMITED_PASSWORD, LIMITED_USER, TestServer
 from tests.test_django import DJANGO, ORM_TESTS
 
 IN_WORKERS = pytest.mark.parametrize("workers", WORKERS)
@@ -319,6 +320,32 @@ def test_options_that_refuse_the_connection_are_not_blamed_on_a_migration(
     assert 'invalid connection option "no_such_option"' in output
     assert "check its OPTIONS" in output
     assert "Fix that migration" not in output
+
+
+@IN_WORKERS
+def test_a_role_that_may_not_create_databases_is_named(
+    pytester: pytest.Pytester, pg_server: TestServer, workers: tuple[str, ...]
+) -> None:
+    # auto falls back to a schema per worker for such a role, which Django support cannot serve:
+    # the message names the role, the server and the fix (pretix's trial read "default, or ...").
+    write_project(pytester)
+    url = pg_server.url(database="app_limited", user=LIMITED_USER)
+    output = _stopped_once(
+        pytester,
+        (*workers, "--dbguard-url", url),
+        f"the role 'limited' may not create databases on 127.0.0.1:{pg_server.port}",
+    )
+    assert "ALTER ROLE limited CREATEDB" in output
+    assert LIMITED_PASSWORD not in output
+
+
+def test_worker_schemas_asked_for_are_named(pytester: pytest.Pytester) -> None:
+    write_project(pytester)
+    _stopped_once(
+        pytester,
+        ("--dbguard-worker-isolation", "schema"),
+        "but --dbguard-worker-isolation = 'schema' asks for one schema per worker",
+    )
 
 
 @pytest.mark.parametrize("command", ["--help", "--markers"])

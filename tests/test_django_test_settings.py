@@ -57,6 +57,20 @@ def test_database_shape():
 """
 
 
+DISABLE_MIGRATIONS = """
+
+class DisableMigrations:
+    def __contains__(self, item):
+        return True
+
+    def __getitem__(self, item):
+        return None
+
+
+MIGRATION_MODULES = DisableMigrations()
+"""
+
+
 def _project(pytester: pytest.Pytester, settings_tail: str = "") -> None:
     """The shop project plus an app without migrations; ``settings_tail`` appended to its
     settings (to change ``DATABASES['default']['TEST']``)."""
@@ -91,12 +105,19 @@ def test_an_app_without_migrations_gets_its_tables(
     [
         pytest.param("--nomigrations", "--nomigrations", id="nomigrations"),
         pytest.param("TEST", "TEST['MIGRATE'] = False", id="TEST-MIGRATE"),
+        # Test settings' own idiom (pretix): every app's migrations module is None.
+        pytest.param(
+            "MIGRATION_MODULES", "MIGRATION_MODULES in djproj.settings", id="MIGRATION_MODULES"
+        ),
     ],
 )
 def test_migrations_off_builds_the_tables_from_the_models(
     pytester: pytest.Pytester, on_server: list[str], how: str, reason: str
 ) -> None:
-    tail = 'DATABASES["default"]["TEST"] = {"MIGRATE": False}\n' if how == "TEST" else ""
+    tail = {
+        "TEST": 'DATABASES["default"]["TEST"] = {"MIGRATE": False}\n',
+        "MIGRATION_MODULES": DISABLE_MIGRATIONS,
+    }.get(how, "")
     _project(pytester, tail)
     args = ["--nomigrations"] if how == "--nomigrations" else []
     result = run_dbguard(pytester, "-n", "2", *on_server, *args, plugins=DJANGO)

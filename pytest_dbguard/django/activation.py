@@ -33,9 +33,16 @@ URL_HINT: Final = (
     "'postgres://user:password@host:port/name')."
 )
 NEEDS_DATABASES: Final = (
-    "Django support gives each worker a database of its own cloned from a migrated template, but "
-    "this run uses one schema per worker ({source}, or a role that may not create databases). "
-    "Use a role with CREATEDB and --dbguard-worker-isolation database (ini dbguard_worker_isolation)."
+    "Django support gives each worker a database of its own, cloned from a migrated template, "
+    "but {source} = 'schema' asks for one schema per worker in a shared database. Remove it: "
+    "the default (auto) gives a database per worker to a role that may create databases."
+)
+ROLE_CANNOT_CREATE: Final = (
+    "Django support gives each worker a database of its own, cloned from a migrated template, "
+    "but the role {user!r} may not create databases on {server} (dbguard_worker_isolation auto "
+    "would fall back to one schema per worker, which Django support cannot serve). Give the "
+    "role that right (ALTER ROLE {user} CREATEDB, as a superuser) or connect as one that has "
+    "it; or leave the URL out and dbguard starts a PostgreSQL of its own."
 )
 NO_SETTINGS: Final = (
     "ini {ini} is set, but this run has no Django settings for dbguard to serve: run pytest-django "
@@ -139,8 +146,16 @@ def register(config: pytest.Config) -> None:
         return
     if plan.server_url is None:
         raise ConfigError(NEEDS_POSTGRES.format(source=settings.source_of("url")))
-    if plan.schema is not None:
+    if plan.schema is not None and settings.worker_isolation == "schema":
         raise ConfigError(NEEDS_DATABASES.format(source=settings.source_of("worker_isolation")))
+    if plan.schema is not None:
+        server = plan.server_url
+        raise ConfigError(
+            ROLE_CANNOT_CREATE.format(
+                user=server.username or "(libpq's default user)",
+                server=f"{server.host}:{server.port}",
+            )
+        )
     module = settings_module.settings_label()
     for name in ("metadata", "alembic_ini"):
         if getattr(settings, name):

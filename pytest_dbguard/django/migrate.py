@@ -64,12 +64,21 @@ class DjangoSchema:
         # As Django's own test setup: TEST['MIGRATE'] = False (or pytest-django's
         # --nomigrations, for every alias) builds the tables from the models.
         everywhere = bool(getattr(config.option, "nomigrations", False))
+        # Test settings may do it themselves: MIGRATION_MODULES mapping every app to None (the
+        # DisableMigrations idiom), which is what --nomigrations sets too.
+        by_settings = not everywhere and _settings_turn_migrations_off()
         self.unmigrated = tuple(
             alias
             for alias in self.aliases
-            if everywhere or _test_setting(alias, "MIGRATE") is False
+            if everywhere or by_settings or _test_setting(alias, "MIGRATE") is False
         )
-        self.why_unmigrated = "--nomigrations" if everywhere else "TEST['MIGRATE'] = False"
+        self.why_unmigrated = (
+            "--nomigrations"
+            if everywhere
+            else f"MIGRATION_MODULES in {self.settings_module}"
+            if by_settings
+            else "TEST['MIGRATE'] = False"
+        )
         self.create_options, self.options_origin = _create_options(
             self.aliases, self.settings_module
         )
@@ -237,6 +246,18 @@ def _migrations_off(off: bool) -> Iterator[None]:
         yield
     finally:
         settings.MIGRATION_MODULES = saved
+
+
+def _settings_turn_migrations_off() -> bool:
+    """Whether the settings' ``MIGRATION_MODULES`` map every installed app to None: ``migrate``
+    then makes every table from the models and runs no migration."""
+    from django.apps import apps
+    from django.db.migrations.loader import MigrationLoader
+
+    labels = [app.label for app in apps.get_app_configs()] if apps.ready else []
+    return bool(labels) and all(
+        MigrationLoader.migrations_module(label) == (None, True) for label in labels
+    )
 
 
 def _schema_files(label: str, models_module: object) -> list[Path]:
