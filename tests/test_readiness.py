@@ -18,6 +18,7 @@ import pytest
 from pytest_dbguard.db import maintenance
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError, ReadinessError
+from pytest_dbguard.server import handover
 from pytest_dbguard.server.connect_diagnosis import (
     AUTHENTICATION,
     DATABASE_MISSING,
@@ -32,6 +33,7 @@ from pytest_dbguard.server.readiness import (
     REMOTE_POLICY,
     RetryPolicy,
     await_ready,
+    first_row,
     is_local_host,
     probe,
     wait_for_run,
@@ -222,6 +224,28 @@ def test_backoff_grows_to_its_cap_with_jitter_below_it() -> None:
         delays = [policy.delay(attempt) for _ in range(200)]
         assert all(ceiling * 0.75 <= delay <= ceiling for delay in delays)
         assert len(set(delays)) > 1
+
+
+def test_a_server_proven_on_the_role_checks_connection_reports_that_connections_time(
+    pg_server: TestServer,
+) -> None:
+    # The role check connects first and keeps its connection; the readiness check then proves
+    # the server with one round trip on it. What the header reports is the connect (a TCP and
+    # SCRAM handshake) plus that round trip, not the round trip alone ("0 ms" in pretix's trial).
+    database = f"handover_time_{os.getpid()}"
+    pg_server.sql(f"CREATE DATABASE {database}")
+    url = DatabaseURL.parse(pg_server.url(database))
+    try:
+        assert first_row(url, "SELECT 1") == (1,)
+        started = time.monotonic()
+        ready = wait_for_run(url, timeout=10)
+        own_ms = (time.monotonic() - started) * 1000
+        assert ready.attempts == 1
+        assert ready.elapsed_ms > own_ms  # it includes the earlier connect
+    finally:
+        maintenance.close_shared()
+        handover.close_all()
+        pg_server.sql(f"DROP DATABASE {database} WITH (FORCE)")
 
 
 def test_importing_readiness_does_not_import_sqlalchemy() -> None:
