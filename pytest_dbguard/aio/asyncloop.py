@@ -64,7 +64,8 @@ def register(config: pytest.Config) -> None:
 
 
 def header_lines(config: pytest.Config) -> list[str]:
-    """One line on the event-loop scopes, when pytest-asyncio is active."""
+    """One line on the event-loop scopes, when pytest-asyncio is active: always when dbguard set
+    them or could not, with ``-v`` when the project's own are kept."""
     policy = config.stash.get(policy_key, None)
     if policy is None:
         return []
@@ -77,6 +78,10 @@ def header_lines(config: pytest.Config) -> list[str]:
             f"dbguard: could not set the asyncio loop scopes; set {FIXTURE_LOOP_SCOPE} and "
             f"{TEST_LOOP_SCOPE} = session in the ini file"
         ]
+    if config.get_verbosity() < 1:
+        # The project's own choice, kept: news only to whoever asks (-v). A test that uses
+        # dbguard's async fixtures on another loop gets its own explanation when it fails.
+        return []
     chosen = ", ".join(f"{name}={config.getini(name)} ({where})" for name, where in policy.explicit)
     return [
         f"dbguard: asyncio loop scopes as configured ({chosen}); dbguard async fixtures are on "
