@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SUPERUSER_PASSWORD = "S3cret-Pw-Do-Not-Print"
@@ -237,6 +237,7 @@ class DelayedServer:
     server: TestServer
     delay: float
     launched_at: float | None = None  # time.monotonic() when the postgres process was started
+    by_condition: bool = False  # started because delayed_server's ``when`` came true
     error: BaseException | None = None
 
     def _launch(self) -> None:
@@ -248,8 +249,13 @@ class DelayedServer:
 
 
 @contextlib.contextmanager
-def delayed_server(delay: float) -> Iterator[DelayedServer]:
-    """A fresh password-protected cluster, started by a timer ``delay`` seconds after entry."""
+def delayed_server(
+    delay: float, *, when: Callable[[], bool] | None = None
+) -> Iterator[DelayedServer]:
+    """A fresh password-protected cluster, started by a timer ``delay`` seconds after entry; with
+    ``when``, as soon as ``when()`` is true instead (checked every 50 ms), or after ``delay`` at
+    the latest (``DelayedServer.by_condition`` says which): an order of events that holds on a
+    loaded machine, where a fixed delay may pass before the events it waits for."""
     import threading
 
     bindir = find_bindir()
@@ -268,14 +274,24 @@ def delayed_server(delay: float) -> Iterator[DelayedServer]:
     subprocess.run(initdb, check=True, capture_output=True, preexec_fn=_demote)
     pwfile.unlink()
     delayed = DelayedServer(TestServer(bindir=bindir, root=root, port=free_port()), delay)
-    timer = threading.Timer(delay, delayed._launch)
-    timer.daemon = True
+    cancelled = threading.Event()
+
+    def launch_later() -> None:
+        deadline = time.monotonic() + delay
+        while not cancelled.is_set() and time.monotonic() < deadline:
+            if when is not None and when():
+                delayed.by_condition = True
+                break
+            cancelled.wait(0.05 if when is not None else deadline - time.monotonic())
+        if not cancelled.is_set():
+            delayed._launch()
+
+    timer = threading.Thread(target=launch_later, daemon=True)
     try:
         timer.start()
         yield delayed
     finally:
-        timer.cancel()
-        if timer.is_alive():
-            timer.join(60)
+        cancelled.set()
+        timer.join(60)
         delayed.server.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -149,11 +149,18 @@ def test_workers_start_while_the_controller_waits_for_the_server(
             assert dbguard_connection.exec_driver_sql("select 1").scalar() == 1
         """
     )
-    with delayed_server(6.0) as delayed:
+    # The server starts only once both workers have imported the conftest (at the latest after
+    # 60 s, when the run would have to wait for it first): no fixed delay that a loaded machine's
+    # slow worker start could outlast.
+    def both_imported() -> bool:
+        return len(list(pytester.path.glob("imported-gw*"))) == 2
+
+    with delayed_server(60.0, when=both_imported) as delayed:
         url = delayed.server.url()
-        result = run_dbguard(pytester, "-n", "2", "--dbguard-url", url, "--dbguard-wait", "60")
+        result = run_dbguard(pytester, "-n", "2", "--dbguard-url", url, "--dbguard-wait", "90")
         assert delayed.error is None
     result.assert_outcomes(passed=4)
+    assert delayed.by_condition, result.stdout.str()
     assert delayed.launched_at is not None
     imported = sorted(float(path.read_text()) for path in pytester.path.glob("imported-gw*"))
     assert len(imported) == 2, result.stdout.str()
