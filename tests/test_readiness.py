@@ -226,26 +226,33 @@ def test_backoff_grows_to_its_cap_with_jitter_below_it() -> None:
         assert len(set(delays)) > 1
 
 
-def test_a_server_proven_on_the_role_checks_connection_reports_that_connections_time(
-    pg_server: TestServer,
-) -> None:
-    # The role check connects first and keeps its connection; the readiness check then proves
-    # the server with one round trip on it. What the header reports is the connect (a TCP and
-    # SCRAM handshake) plus that round trip, not the round trip alone ("0 ms" in pretix's trial).
-    database = f"handover_time_{os.getpid()}"
+@pytest.fixture
+def own_database(pg_server: TestServer) -> Iterator[str]:
+    """A database of the test's own (the process-wide maintenance engines and kept connections
+    are keyed by URL), dropped afterwards with whatever dbguard kept open on it."""
+    database = f"handover_{os.getpid()}_{time.monotonic_ns()}"
     pg_server.sql(f"CREATE DATABASE {database}")
-    url = DatabaseURL.parse(pg_server.url(database))
     try:
-        assert first_row(url, "SELECT 1") == (1,)
-        started = time.monotonic()
-        ready = wait_for_run(url, timeout=10)
-        own_ms = (time.monotonic() - started) * 1000
-        assert ready.attempts == 1
-        assert ready.elapsed_ms > own_ms  # it includes the earlier connect
+        yield database
     finally:
         maintenance.close_shared()
         handover.close_all()
         pg_server.sql(f"DROP DATABASE {database} WITH (FORCE)")
+
+
+def test_a_server_proven_on_the_role_checks_connection_reports_that_connections_time(
+    pg_server: TestServer, own_database: str
+) -> None:
+    # The role check connects first and keeps its connection; the readiness check then proves
+    # the server with one round trip on it. What the header reports is the connect (a TCP and
+    # SCRAM handshake) plus that round trip, not the round trip alone ("0 ms" in pretix's trial).
+    url = DatabaseURL.parse(pg_server.url(own_database))
+    assert first_row(url, "SELECT 1") == (1,)
+    started = time.monotonic()
+    ready = wait_for_run(url, timeout=10)
+    own_ms = (time.monotonic() - started) * 1000
+    assert ready.attempts == 1
+    assert ready.elapsed_ms > own_ms  # it includes the earlier connect
 
 
 def test_importing_readiness_does_not_import_sqlalchemy() -> None:
@@ -255,22 +262,15 @@ def test_importing_readiness_does_not_import_sqlalchemy() -> None:
 
 
 def test_the_runs_own_check_hands_its_connection_to_the_maintenance_engine(
-    pg_server: TestServer,
+    pg_server: TestServer, own_database: str
 ) -> None:
-    # A database of its own: the process-wide maintenance engines are keyed by URL.
-    database = f"handover_ready_{os.getpid()}"
-    pg_server.sql(f"CREATE DATABASE {database}")
-    url = DatabaseURL.parse(pg_server.url(database))
+    url = DatabaseURL.parse(pg_server.url(own_database))
     offset = pg_server.log_offset()
-    try:
-        assert wait_for_run(url, timeout=10).attempts == 1
-        assert wait_for_run(url, timeout=10).attempts == 1  # proven on the kept connection
-        with maintenance.shared(url) as connection:
-            name = connection.scalar("SHOW application_name")
-            on_its_own = connection.scalar("SELECT now() = statement_timestamp()")
-        assert name == MAINTENANCE_APP
-        assert on_its_own  # autocommit: the SELECT is not inside the SHOW's transaction
-        assert pg_server.connections_since(offset).count(database) == 1
-    finally:
-        maintenance.close_shared()
-        pg_server.sql(f"DROP DATABASE {database} WITH (FORCE)")
+    assert wait_for_run(url, timeout=10).attempts == 1
+    assert wait_for_run(url, timeout=10).attempts == 1  # proven on the kept connection
+    with maintenance.shared(url) as connection:
+        name = connection.scalar("SHOW application_name")
+        on_its_own = connection.scalar("SELECT now() = statement_timestamp()")
+    assert name == MAINTENANCE_APP
+    assert on_its_own  # autocommit: the SELECT is not inside the SHOW's transaction
+    assert pg_server.connections_since(offset).count(own_database) == 1
