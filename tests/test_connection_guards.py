@@ -210,12 +210,8 @@ def test_app_engine_reading_settings_too_early_cannot_reach_the_developers_datab
     # Under xdist the workers inherit the controller's exported DATABASE_URL, which names the
     # controller's own (never created) database: read too early, it is refused just the same.
     worker, database, port = ("main", developer_db, str(pg_server.port))
-    # On the run's own server, a database it did not name may be one the tests made themselves.
-    own_server_hint = " If the tests create databases of their own on this run's server*"
-    if server == "other-server":
-        own_server_hint = ""
     if server == "xdist":
-        worker, database, port, own_server_hint = ("gw?", "*_dbg_*_main", "*", "")
+        worker, database, port = ("gw?", "*_dbg_*_main", "*")
     for test in ("test_sync_write", "test_async_write"):
         result.stdout.fnmatch_lines(
             [
@@ -225,7 +221,8 @@ def test_app_engine_reading_settings_too_early_cannot_reach_the_developers_datab
                 "the connection, so nothing reached that database. *`-p pytest_dbguard`* "
                 "dbguard_env, e.g. DATABASE_URL={url}. *"
                 f"@pytest.mark.dbguard(allow=?'{database}'?)*dbguard_allow_databases = "
-                f"{database}.{own_server_hint}"
+                # Nothing more: never "allow the whole server" where the developer's data lives.
+                f"{database}."
             ]
         )
     assert SUPERUSER_PASSWORD not in result.stdout.str() + result.stderr.str()
@@ -903,20 +900,47 @@ def test_a_database_per_test_on_the_runs_server_is_allowed_by_placeholders(
         [
             "E *ForeignDatabaseError: test_per_test.py::test_ini_allows_the_server tried to "
             "connect to the database 'per_test_*' on 127.0.0.1:*, which is not one of this run's "
-            "test databases* If the tests create databases of their own on this run's server*"
-            "dbguard_allow_databases = postgresql://{host}:{port} *"
+            "test databases* It is on the PostgreSQL server dbguard started for this run, so "
+            "the tests made it*dbguard_allow_databases = postgresql://{host}:{port} *"
         ]
     )
 
 
-def test_an_allowed_url_takes_only_the_servers_placeholders(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ("postgresql://{host}:{port}/{db}", "has braces other than {host} and {port}"),
+        ("postgresql://app:Pw-In-Entry@{host}/x", "lacks {port}"),
+        ("postgresql://{host}:{port}:/", "is not a database URL"),
+    ],
+)
+def test_an_allowed_url_takes_only_the_servers_placeholders(
+    pytester: pytest.Pytester, entry: str, problem: str
+) -> None:
     pytester.makepyfile("def test_x(): pass")
-    pytester.makeini("[pytest]\ndbguard_allow_databases = postgresql://{host}:{port}/{db}\n")
+    pytester.makeini(f"[pytest]\ndbguard_allow_databases = {entry}\n")
     result = run_dbguard_inprocess(pytester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        [
-            "*dbguard_allow_databases*'postgresql://{host}:{port}/{db}' uses {db}; an allowed URL "
-            "takes only {host} and {port}*"
-        ]
-    )
+    shown = entry.replace("Pw-In-Entry", "***")
+    result.stderr.fnmatch_lines([f"*dbguard_allow_databases*{shown!r} {problem}; *"])
+    assert "Pw-In-Entry" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param(Target.make("::1", 5433, "t"), id="ipv6"),
+        pytest.param(Target.make("/var/run/postgresql", 5432, "t"), id="socket"),
+        pytest.param(Target.make("127.0.0.1", 41234, "t"), id="loopback"),
+    ],
+)
+def test_the_servers_placeholders_admit_its_databases_however_it_is_reached(
+    server: Target,
+) -> None:
+    allowed = AllowList.of(["postgresql://{host}:{port}"], servers=[server])
+    made = Target.make(server.shown_host, server.port, "per_test_1")
+    assert allowed.admits(made)
+    assert not allowed.admits(Target.make(server.shown_host, server.port + 1, "per_test_1"))
+    one = AllowList.of(["postgresql://{host}:{port}/reports"], servers=[server])
+    assert one.admits(Target.make(server.shown_host, server.port, "reports"))
+    assert not one.admits(made)

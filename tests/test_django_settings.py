@@ -323,19 +323,28 @@ def test_options_that_refuse_the_connection_are_not_blamed_on_a_migration(
 
 
 @IN_WORKERS
+@pytest.mark.parametrize("port_from", ["url", "PGPORT"])
 def test_a_role_that_may_not_create_databases_is_named(
-    pytester: pytest.Pytester, pg_server: TestServer, workers: tuple[str, ...]
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: tuple[str, ...],
+    port_from: str,
 ) -> None:
     # auto falls back to a schema per worker for such a role, which Django support cannot serve:
     # the message names the role, the server and the fix (pretix's trial read "default, or ...").
+    # A URL without a port names the server libpq reaches (PGPORT), not "127.0.0.1:None".
     write_project(pytester)
     url = pg_server.url(database="app_limited", user=LIMITED_USER)
+    if port_from == "PGPORT":
+        url = url.replace(f":{pg_server.port}/", "/")
+        monkeypatch.setenv("PGPORT", str(pg_server.port))
     output = _stopped_once(
         pytester,
         (*workers, "--dbguard-url", url),
         f"the role 'limited' may not create databases on 127.0.0.1:{pg_server.port}",
     )
-    assert "ALTER ROLE limited CREATEDB" in output
+    assert 'ALTER ROLE "limited" CREATEDB' in output
     assert LIMITED_PASSWORD not in output
 
 

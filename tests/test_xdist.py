@@ -149,6 +149,7 @@ def test_workers_start_while_the_controller_waits_for_the_server(
             assert dbguard_connection.exec_driver_sql("select 1").scalar() == 1
         """
     )
+
     # The server starts only once both workers have imported the conftest (at the latest after
     # 60 s, when the run would have to wait for it first): no fixed delay that a loaded machine's
     # slow worker start could outlast.

@@ -346,3 +346,40 @@ def hide_password_in(text: str) -> str:
     # Up to the last '@' of all: a raw '@', '/' or '?' in the password must not leave its tail
     # visible. Where an '@' comes later (a query value) this masks more than the password.
     return re.sub(r"(://[^:/@]*:).*@", r"\1***@", text, flags=re.DOTALL)
+
+
+# An allow entry may name the run's own server, whose port an embedded server picks anew each
+# run: ``postgresql://{host}:{port}`` (every database there) or ``.../name`` (one).
+SERVER_PLACEHOLDERS = ("{host}", "{port}")
+NOT_A_SERVER_PATTERN = (
+    "{source}: {entry!r} {problem}; an allowed URL names the run's own server with both {{host}} "
+    "and {{port}} and nothing else in braces, e.g. postgresql://{{host}}:{{port}} for every "
+    "database there or postgresql://{{host}}:{{port}}/name for one."
+)
+
+
+def server_pattern(entry: str, source: str) -> DatabaseURL | None:
+    """An allow entry that names the run's own server (``{host}`` and ``{port}``), parsed with a
+    sample server to check it and read its database; None for an entry without braces.
+    ConfigError naming ``source`` (the password hidden) for any other use of braces."""
+    if "{" not in entry and "}" not in entry:
+        return None
+    shown = hide_password_in(entry)
+    rest = entry
+    for placeholder in SERVER_PLACEHOLDERS:
+        if placeholder not in rest:
+            problem = f"lacks {placeholder}"
+            raise ConfigError(
+                NOT_A_SERVER_PATTERN.format(source=source, entry=shown, problem=problem)
+            )
+        rest = rest.replace(placeholder, "")
+    if "{" in rest or "}" in rest:
+        problem = "has braces other than {host} and {port}"
+        raise ConfigError(NOT_A_SERVER_PATTERN.format(source=source, entry=shown, problem=problem))
+    try:
+        return DatabaseURL.parse(entry.replace("{host}", "localhost").replace("{port}", "5432"))
+    except ConfigError:
+        problem = "is not a database URL"
+        raise ConfigError(
+            NOT_A_SERVER_PATTERN.format(source=source, entry=shown, problem=problem)
+        ) from None

@@ -41,7 +41,7 @@ ROLE_CANNOT_CREATE: Final = (
     "Django support gives each worker a database of its own, cloned from a migrated template, "
     "but the role {user!r} may not create databases on {server} (dbguard_worker_isolation auto "
     "would fall back to one schema per worker, which Django support cannot serve). Give the "
-    "role that right (ALTER ROLE {user} CREATEDB, as a superuser) or connect as one that has "
+    "role that right (ALTER ROLE {quoted} CREATEDB, as a superuser) or connect as one that has "
     "it; or leave the URL out and dbguard starts a PostgreSQL of its own."
 )
 NO_SETTINGS: Final = (
@@ -149,13 +149,7 @@ def register(config: pytest.Config) -> None:
     if plan.schema is not None and settings.worker_isolation == "schema":
         raise ConfigError(NEEDS_DATABASES.format(source=settings.source_of("worker_isolation")))
     if plan.schema is not None:
-        server = plan.server_url
-        raise ConfigError(
-            ROLE_CANNOT_CREATE.format(
-                user=server.username or "(libpq's default user)",
-                server=f"{server.host}:{server.port}",
-            )
-        )
+        raise ConfigError(_role_cannot_create(plan.server_url))
     module = settings_module.settings_label()
     for name in ("metadata", "alembic_ini"):
         if getattr(settings, name):
@@ -227,3 +221,13 @@ def _register_plugins(config: pytest.Config) -> None:
         from pytest_dbguard.django import kept_failed
 
         kept_failed.register(config, aliases_of(config))
+
+
+def _role_cannot_create(server: DatabaseURL) -> str:
+    """ROLE_CANNOT_CREATE for the role and server the URL reaches, with libpq's defaults."""
+    from pytest_dbguard.db.sql import quote_ident
+    from pytest_dbguard.guards.foreign_databases import Target, login_name
+
+    user = server.username or os.environ.get("PGUSER") or login_name()
+    where = Target.from_url(server).server
+    return ROLE_CANNOT_CREATE.format(user=user, quoted=quote_ident(user), server=where)

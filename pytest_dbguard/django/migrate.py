@@ -61,27 +61,34 @@ class DjangoSchema:
         self.settings_module = settings_label()
         self._backends: list[int] = []  # the server processes of a build going on
         self._stopping = False
-        # As Django's own test setup: TEST['MIGRATE'] = False (or pytest-django's
-        # --nomigrations, for every alias) builds the tables from the models.
-        everywhere = bool(getattr(config.option, "nomigrations", False))
-        # Test settings may do it themselves: MIGRATION_MODULES mapping every app to None (the
-        # DisableMigrations idiom), which is what --nomigrations sets too.
+        self.create_options, self.options_origin = _create_options(
+            self.aliases, self.settings_module
+        )
+
+    @property
+    def _unmigrated(self) -> tuple[tuple[str, ...], str]:
+        """The aliases whose tables come from the models without migrations, and why: as
+        Django's own test setup, TEST['MIGRATE'] = False (or pytest-django's --nomigrations, for
+        every alias); or test settings' MIGRATION_MODULES mapping every app to None (the
+        DisableMigrations idiom, which --nomigrations sets too). Not kept: the header may ask
+        before the apps are ready (settings.configure() in a conftest's pytest_configure), the
+        fingerprint and the build ask once they are."""
+        everywhere = bool(getattr(self.config.option, "nomigrations", False))
         by_settings = not everywhere and _settings_turn_migrations_off()
-        self.unmigrated = tuple(
+        aliases = tuple(
             alias
             for alias in self.aliases
             if everywhere or by_settings or _test_setting(alias, "MIGRATE") is False
         )
-        self.why_unmigrated = (
-            "--nomigrations"
-            if everywhere
-            else f"MIGRATION_MODULES in {self.settings_module}"
-            if by_settings
-            else "TEST['MIGRATE'] = False"
-        )
-        self.create_options, self.options_origin = _create_options(
-            self.aliases, self.settings_module
-        )
+        if everywhere:
+            return aliases, "--nomigrations"
+        if by_settings:
+            return aliases, f"MIGRATION_MODULES in {self.settings_module}"
+        return aliases, "TEST['MIGRATE'] = False"
+
+    @property
+    def unmigrated(self) -> tuple[str, ...]:
+        return self._unmigrated[0]
 
     @property
     def source(self) -> str:
@@ -91,7 +98,7 @@ class DjangoSchema:
         which = "" if self.unmigrated == self.aliases else f" for {', '.join(self.unmigrated)}"
         return (
             f"django migrate ({self.settings_module}), tables from the models without "
-            f"migrations{which} ({self.why_unmigrated})"
+            f"migrations{which} ({self._unmigrated[1]})"
         )
 
     def fingerprint(self) -> str:

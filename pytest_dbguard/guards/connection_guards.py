@@ -92,8 +92,15 @@ class ConnectionGuards:
 
     def arm(self, item: pytest.Item, marks: DbguardMarks) -> None:
         # marks.allow: a test's own allow= adds to its class's and module's
-        own = self.foreign.test_databases
-        also = AllowList.of(marks.allow, servers=own) if marks.allow else NOTHING_ELSE
+        also = (
+            AllowList.of(
+                marks.allow,
+                source="@pytest.mark.dbguard(allow=...)",
+                servers=self.foreign.test_databases,
+            )
+            if marks.allow
+            else NOTHING_ELSE
+        )
         self.foreign.arm(LazyNodeId(item), also)
         if self.leaks is not None:
             self.leaks.take()
@@ -161,7 +168,7 @@ def guards_of(config: pytest.Config) -> ConnectionGuards | None:
             own.append(Target.from_url(plan.server_url.with_database(plan.database)))
             own.append(Target.from_url(plan.test_url))  # through the fault proxy, when on
         allowed = AllowList.of(settings.allow_databases, servers=own)
-        foreign = ForeignDatabaseGuard(own, allowed=allowed)
+        foreign = ForeignDatabaseGuard(own, allowed=allowed, server_is_ours=plan.embedded)
         guards = ConnectionGuards(plan, foreign, None, settings.leaks, settings.isolation)
         if settings.leaks != "off" and plan.server_url is not None:
             # Rows that a session (or module, class) fixture commits are not the test's,

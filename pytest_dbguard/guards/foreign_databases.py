@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
 from pytest_dbguard.db.names import is_dbguard_name
-from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.db.urls import DatabaseURL, server_pattern
 from pytest_dbguard.exceptions import ForeignDatabaseError
 from pytest_dbguard.records import Record
-from pytest_dbguard.run.setting_values import allowed_urls
 from pytest_dbguard.server.connect_target import DEFAULT_PORT
 
 if TYPE_CHECKING:
@@ -44,13 +43,14 @@ FOREIGN_MESSAGE: Final = (
     "dbguard_allow_databases = {database}."
 )
 
-# Added when the database is on the run's own server and not of dbguard's naming: a suite that
-# creates its own databases (one per test) meets this, and names the server with placeholders.
+# Added when the database is on the embedded server that dbguard started for the run and not
+# of dbguard's naming: the tests made it (a database per test). Never on an external server,
+# which may hold the developer's own databases that the guard is there to keep tests out of.
 OWN_SERVER_HINT: Final = (
-    " If the tests create databases of their own on this run's server (a database per test, "
-    "made and dropped by the suite's helpers), allow every database there: ini "
-    "dbguard_allow_databases = postgresql://{host}:{port} (the placeholders name the run's "
-    "server, whose port an embedded server picks anew each run)."
+    " It is on the PostgreSQL server dbguard started for this run, so the tests made it: if "
+    "they create databases of their own (a database per test, made and dropped by the suite's "
+    "helpers), allow every database on the run's server: ini dbguard_allow_databases = "
+    "postgresql://{host}:{port} (the placeholders name that server, whose port is new each run)."
 )
 
 REFUSED: Final = "dbguard refused the connection, so nothing reached that database"
@@ -59,11 +59,6 @@ CLOSED: Final = (
     "dbguard closed the connection (opened by the engine's creator) before its first statement, "
     "so nothing was read or written there"
 )
-
-
-def _url_host(shown_host: str) -> bool:
-    """Whether a target's host can be written into a URL (not a unix socket's folder)."""
-    return bool(shown_host) and not shown_host.startswith(("/", "@", "the "))
 
 
 def _host_key(host: str | None) -> str:
@@ -116,7 +111,7 @@ class Target(Record):
             host = ",".join(str(part) for part in host)
         database = cparams.get("dbname") or cparams.get("database") or os.environ.get("PGDATABASE")
         if not database:  # libpq and asyncpg default to the user's name
-            database = cparams.get("user") or os.environ.get("PGUSER") or _login_name()
+            database = cparams.get("user") or os.environ.get("PGUSER") or login_name()
         port = cparams.get("port")
         if isinstance(port, (list, tuple)):
             port = port[0] if port else None
@@ -183,27 +178,23 @@ class AllowList(NamedTuple):
         source: str = "dbguard_allow_databases",
         servers: Sequence[Target] = (),
     ) -> AllowList:
-        """Entries are database names, URLs, or ``*`` for any database; a URL's ``{host}`` and
-        ``{port}`` name each of ``servers`` (the run's own). A malformed URL raises ConfigError
-        naming ``source``."""
+        """Entries are database names, URLs, or ``*`` for any database; a URL with ``{host}``
+        and ``{port}`` names each of ``servers`` (the run's own, as the guard compares them: a
+        socket or an IPv6 address too). A malformed URL raises ConfigError naming ``source``."""
         names: set[str] = set()
         targets: list[Target] = []
         everything = False
-        addresses = [(own.shown_host, own.port) for own in servers if _url_host(own.shown_host)]
         for entry in entries:
             if entry == "*":
                 everything = True
-            elif "://" in entry:
-                urls = (
-                    allowed_urls(entry, source, addresses)
-                    if addresses
-                    else allowed_urls(entry, source)
-                )
-                if "{" in entry and not addresses:
-                    urls = []  # the run's server named, and no server (or only a socket) to name
-                targets.extend(Target.from_url(url) for url in urls)
-            else:
+            elif "://" not in entry:
                 names.add(entry)
+            elif (pattern := server_pattern(entry, source)) is not None:
+                targets.extend(
+                    Target(own.host, own.port, pattern.database, own.shown_host) for own in servers
+                )
+            else:
+                targets.append(Target.from_url(DatabaseURL.parse(entry, source=source)))
         return cls(frozenset(names), tuple(targets), everything)
 
     def __or__(self, other: AllowList) -> AllowList:
@@ -230,9 +221,18 @@ class ForeignDatabaseGuard(EngineListener):
     EVENT = "do_connect"
     RETVAL = False
 
-    def __init__(self, test_databases: Iterable[Target], *, allowed: AllowList = NOTHING_ELSE):
+    def __init__(
+        self,
+        test_databases: Iterable[Target],
+        *,
+        allowed: AllowList = NOTHING_ELSE,
+        server_is_ours: bool = False,
+    ):
         self.test_databases = tuple(test_databases)
         self.allowed = allowed  # the run's dbguard_allow_databases
+        # The embedded server, started for this run: nothing of the user's lives there, so a
+        # database on it that dbguard did not name was made by the tests themselves.
+        self.server_is_ours = server_is_ours
         self.where: object = None  # the test running now (its str() is shown); None: not armed
         self.also: AllowList = NOTHING_ELSE  # the running test's own allow=[...]
         self._creators = CreatorConnections(self)  # connections that skip do_connect
@@ -258,9 +258,13 @@ class ForeignDatabaseGuard(EngineListener):
             mine = f"this worker's is {own.database!r} on {own.server}"
         else:
             mine = "this run's test databases are SQLite files"
-        on_own_server = any(
-            own.host == target.host and own.port == target.port for own in self.test_databases
-        ) and not is_dbguard_name(target.database or "")
+        made_by_the_tests = (
+            self.server_is_ours
+            and any(
+                own.host == target.host and own.port == target.port for own in self.test_databases
+            )
+            and not is_dbguard_name(target.database or "")
+        )
         raise ForeignDatabaseError(
             FOREIGN_MESSAGE.format(
                 where=self.where or "the code under test",
@@ -269,7 +273,7 @@ class ForeignDatabaseGuard(EngineListener):
                 own=mine,
                 refused=CLOSED if opened else REFUSED,
             )
-            + (OWN_SERVER_HINT if on_own_server else "")
+            + (OWN_SERVER_HINT if made_by_the_tests else "")
         )
 
     def _handler(self) -> Callable[..., Any]:
@@ -328,7 +332,7 @@ class CreatorConnections(EngineListener):
             raise
 
 
-def _login_name() -> str:
+def login_name() -> str:
     """The OS user's name, libpq's last default for the database. ``getpass`` (and ``termios``
     with it) is imported only here: every run that runs tests imports this module, ~1.3M
     instructions for a default that few connections reach."""

@@ -105,7 +105,11 @@ class TestGuards:
         naive = self.naive
         if naive is None and self.naive_mode != "off" and "sqlalchemy.engine" in sys.modules:
             naive = NaiveDatetimeGuard(self.naive_mode)
-            naive.install()
+            try:
+                naive.install()
+            except BaseException:
+                naive.remove()  # what it installed before failing: no second guard next time
+                raise
             self.naive = naive  # only once installed: a failed install fails again, not silently
         if naive is not None:
             naive.where = LazyNodeId(item)

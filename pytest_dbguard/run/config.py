@@ -75,12 +75,13 @@ class Option(Record):
 
     @property
     def ini_help(self) -> str:
-        # An ini key that has a flag points at it: --help shows each text once, and pytest wraps
-        # every line of it (about a fifth of what dbguard added to --help).
+        """The ini key's help. One that has a flag points at it: --help shows each text once,
+        and pytest wraps every line of it (about a fifth of what dbguard added to --help)."""
         return f"see {self.flag}" if self.cli else self.help
 
     @property
     def ini_default(self) -> Any:
+        """The ini key's default as pytest's addini takes it for the key's type."""
         if self.ini_type in ("linelist", "args"):
             return []
         if self.ini_type == "bool":

@@ -67,8 +67,8 @@ CONNECTED_AT_IMPORT: Final = (
 OLD_SQLALCHEMY: Final = (
     "pytest-dbguard needs SQLAlchemy 2.0 or newer (its fixtures, guards and schema builds use "
     "SQLAlchemy 2's API), and SQLAlchemy {version} is installed. Upgrade it: pip install "
-    "'SQLAlchemy>=2.0'. A project held on SQLAlchemy 1.4 (Flask-SQLAlchemy 2.x, for one) can "
-    "use dbguard once it moves to SQLAlchemy 2."
+    "'SQLAlchemy>=2.0'. A project whose code or pins need SQLAlchemy 1.4 (1.x-style "
+    "select([...]), Flask-SQLAlchemy 2.x) can use dbguard once it moves to SQLAlchemy 2."
 )
 EMBEDDED_NOT_YET: Final = (
     ", and waits for the embedded server it starts meanwhile only then (this connection was "
@@ -132,9 +132,11 @@ def prepare(
     assignments = parse_env_lines(settings.env_lines)
     if not late:
         check_guarded_modules(settings.guard_modules, assignments)
-    plan = run_plan.decide(settings, origin, inspection=inspection_flag(config, namespace))
+    inspection = inspection_flag(config, namespace)
+    if origin is None and inspection is None:
+        require_sqlalchemy_2()  # before the run's first connection (the role check)
+    plan = run_plan.decide(settings, origin, inspection=inspection)
     if plan.owns_server and plan.inspection is None:
-        require_sqlalchemy_2()
         dbguard_config.check_split_path_flags(
             config,
             [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args],

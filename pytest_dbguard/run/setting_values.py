@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_dbguard.config_errors import ConfigError
-from pytest_dbguard.db.urls import DatabaseURL
+from pytest_dbguard.db.urls import DatabaseURL, server_pattern
 
 ISOLATION_CHOICES: Final = ("rollback", "truncate", "none")
 WORKER_ISOLATION_CHOICES: Final = ("auto", "database", "schema")
@@ -133,44 +133,12 @@ def _text(value: str, name: str, source: str) -> str:
 
 
 def _databases(value: list[str], name: str, source: str) -> tuple[str, ...]:
-    """Database names or URLs; a URL that does not parse is an error naming ``source``."""
+    """Database names or URLs (the run's own server as ``{host}:{port}``); a URL that does not
+    parse is an error naming ``source``."""
     for entry in value:
-        if "://" in entry:
-            allowed_urls(entry, source)
+        if "://" in entry and server_pattern(entry, source) is None:
+            DatabaseURL.parse(entry, source=source)
     return tuple(value)
-
-
-# The run's own server in an allow entry, whose port an embedded server picks anew every run:
-# ``postgresql://{host}:{port}`` admits every database there (a suite that creates its own).
-ALLOW_PLACEHOLDERS: Final = ("host", "port")
-_SAMPLE_SERVER: Final = (("localhost", 5432),)
-
-
-def allowed_urls(
-    entry: str, source: str, servers: Sequence[tuple[str, int]] = _SAMPLE_SERVER
-) -> list[DatabaseURL]:
-    """The URLs an allow entry names: itself, or with ``{host}`` and ``{port}`` filled in for each
-    of ``servers`` (the run's, directly and through the fault proxy); ConfigError naming
-    ``source`` for a URL that does not parse or another placeholder."""
-    if "{" not in entry:
-        return [DatabaseURL.parse(entry, source=source)]
-    import string
-
-    try:
-        fields = {field for _, field, _, _ in string.Formatter().parse(entry) if field is not None}
-    except ValueError as error:
-        raise ConfigError(f"{source}: {entry!r}: {error}.") from None
-    unknown = fields.difference(ALLOW_PLACEHOLDERS)
-    if unknown:
-        raise ConfigError(
-            f"{source}: {entry!r} uses {', '.join('{' + f + '}' for f in sorted(unknown))}; an "
-            "allowed URL takes only {host} and {port}, the run's own server, e.g. "
-            "postgresql://{host}:{port} for every database on it."
-        )
-    return [
-        DatabaseURL.parse(entry.format(host=host, port=port), source=source)
-        for host, port in servers
-    ]
 
 
 PARSERS: Final[Mapping[str, Callable[[Any, str, str], Any]]] = {

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 # mode, where they are on the database the tests share.
 MAINTENANCE_APP: Final = "pytest-dbguard maintenance"
 
-_kept: dict[str, Any] = {}
+# Per URL: the connection, and how long opening it and its first answer took (in ms).
+_kept: dict[str, tuple[Any, float]] = {}
 _lock = threading.Lock()  # readiness attempts run in threads
 
 
@@ -37,17 +38,24 @@ def key(url: DatabaseURL) -> str:
     return url.sync().without_query("connect_timeout", "application_name").portable()
 
 
-def keep(url: DatabaseURL, connection: Any) -> None:
-    """Keep ``connection`` (open, idle, autocommit) for the next user of ``url``'s database."""
+def keep(url: DatabaseURL, connection: Any, *, opened_ms: float = 0.0) -> None:
+    """Keep ``connection`` (open, idle, autocommit) for the next user of ``url``'s database;
+    ``opened_ms``: how long it took to connect and answer, for a readiness check proven on it."""
     with _lock:
         previous = _kept.pop(key(url), None)
-        _kept[key(url)] = connection
+        _kept[key(url)] = (connection, opened_ms)
     if previous is not None:
-        close_quietly(previous)
+        close_quietly(previous[0])
 
 
 def take(url: DatabaseURL) -> Any | None:
     """The connection kept for ``url``, now the caller's; None when there is none."""
+    taken = take_timed(url)
+    return None if taken is None else taken[0]
+
+
+def take_timed(url: DatabaseURL) -> tuple[Any, float] | None:
+    """:func:`take`, with the time the connection took to connect and answer (ms)."""
     with _lock:
         return _kept.pop(key(url), None)
 
@@ -57,7 +65,7 @@ def close_all() -> None:
     with _lock:
         left = list(_kept.values())
         _kept.clear()
-    for connection in left:
+    for connection, _ in left:
         close_quietly(connection)
 
 

@@ -242,8 +242,9 @@ def wait_for_run(
     role check) proves the server with ``SELECT 1``, and no new one is opened; the connection
     that answers is kept for the maintenance engine, which would otherwise open its own."""
     target = ConnectTarget(url)
-    kept = handover.take(target.url)
-    if kept is not None:
+    taken = handover.take_timed(target.url)
+    if taken is not None:
+        kept, opened_ms = taken
         started = time.monotonic()
         try:
             cursor = kept.cursor()
@@ -252,12 +253,11 @@ def wait_for_run(
         except (target.dbapi_error, OSError):  # broken since: check the usual way
             handover.close_quietly(kept)
         else:
-            handover.keep(target.url, kept)
             round_trip = (time.monotonic() - started) * 1000  # < 0.1 ms
-            connected = _answered_ms.pop(handover.key(target.url), 0.0)
-            return Readiness(
-                1, round(connected + round_trip, 2), server_version(kept, target.dbapi)
-            )
+            handover.keep(target.url, kept, opened_ms=opened_ms)
+            # What it took to open that connection: the round trip alone reads "0 ms".
+            elapsed = round(opened_ms + round_trip, 2)
+            return Readiness(1, elapsed, server_version(kept, target.dbapi))
     return _wait(target, timeout, progress, None, threading.Event(), keep=True)
 
 
@@ -302,7 +302,7 @@ def _wait(
         failure = attempt.failure
         if failure is None:
             if attempt.connection is not None:
-                handover.keep(target.url, attempt.connection)
+                handover.keep(target.url, attempt.connection, opened_ms=(now - start) * 1000)
             return Readiness(attempts, round((now - start) * 1000, 1), attempt.version)
         left = deadline - now
         if not failure.retryable or left < MIN_ATTEMPT or stop.is_set():
@@ -376,13 +376,7 @@ def first_row(url: DatabaseURL, statement: str, *, timeout: float = 5.0) -> Any:
         handover.close_quietly(connection)
         raise
     if target.can_hand_over:
-        handover.keep(target.url, connection)
-        _answered_ms[handover.key(target.url)] = (time.monotonic() - started) * 1000
+        handover.keep(target.url, connection, opened_ms=(time.monotonic() - started) * 1000)
     else:
         connection.close()
     return row
-
-
-# How long the connection that first_row kept took to connect and answer: the readiness check
-# that proves the server on it reports that, not its own round trip (under a millisecond).
-_answered_ms: dict[str, float] = {}
