@@ -430,3 +430,64 @@ def test_dead_pooled_connection_is_replaced(
     run_dbguard(
         pytester, "--dbguard-url", pg_server.url(driver=driver), inprocess=True
     ).assert_outcomes(passed=3)
+
+
+# A project whose tables live in schemas of their own (indico: users.users, events.events), one
+# of them referencing a table in public.
+SCHEMAS_MODELS = """
+    from sqlalchemy import DDL, Column, ForeignKey, Integer, MetaData, String, Table, event
+
+    metadata = MetaData()
+    event.listen(metadata, "before_create", DDL("CREATE SCHEMA IF NOT EXISTS people"))
+    groups = Table("groups", metadata, Column("id", Integer, primary_key=True), Column("name", String))
+    members = Table(
+        "members",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("group_id", ForeignKey("groups.id")),
+        schema="people",
+    )
+"""
+SCHEMAS_TESTS = """
+    import os
+
+    import pytest
+    from sqlalchemy import create_engine, text
+
+    ENGINE = create_engine(os.environ["DBGUARD_URL"])
+
+    def count(table):
+        with ENGINE.connect() as conn:
+            return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+
+    @pytest.mark.dbguard(isolation="truncate")
+    def test_1_commits_in_both_schemas():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO groups (id, name) VALUES (1, 'g')"))
+            conn.execute(text("INSERT INTO people.members (id, group_id) VALUES (1, 1)"))
+
+    def test_2_both_were_emptied():
+        assert (count("groups"), count("people.members")) == (0, 0)
+
+    def test_3_leaks_into_the_other_schema():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO people.members (id) VALUES (7)"))
+"""
+
+
+@pytest.mark.parametrize("backend", ["embedded", "external"])
+def test_truncate_and_the_leak_check_see_every_schema_of_the_workers_database(
+    pytester: pytest.Pytester, pg_server: TestServer, backend: str
+) -> None:
+    """Tables outside the search path's first schema are the tests' too, in a database of the
+    worker's own: truncate empties them (children first, across schemas) and the leak check
+    names them. Before, both looked at current_schema() alone and missed them without a word."""
+    pytester.makepyfile(models=SCHEMAS_MODELS, test_schemas=SCHEMAS_TESTS)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:metadata\n")
+    url = ["--dbguard-url", pg_server.url()] if backend == "external" else []
+    result = run_dbguard(pytester, *url, "-p", "no:randomly", "-W", "default")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        ["*LeakWarning: test_schemas.py::test_3_leaks_into_the_other_schema left rows in "
+         "people.members*"]
+    )

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pytest_dbguard.db.engines import INTERNAL_OPTIONS
 from pytest_dbguard.db.names import kept_failed_name
-from pytest_dbguard.db.sql import quote_ident, quote_literal
+from pytest_dbguard.db.sql import IN_OWN_SCHEMAS, quote_ident, quote_literal
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -45,16 +45,13 @@ TEXT_SETTINGS: Final = (
     "extra_float_digits",
     "bytea_output",
 )
-_IN_SCHEMA: Final = (
-    "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema() "
-)
 SCHEMA_TABLES: Final = (
-    f"SELECT c.oid::regclass::text FROM pg_class c {_IN_SCHEMA}"
+    f"SELECT c.oid::regclass::text FROM pg_class c {IN_OWN_SCHEMAS}"
     "WHERE c.relkind IN ('r', 'p') ORDER BY 1"
 )
 SCHEMA_SEQUENCES: Final = (
     "SELECT c.oid::regclass::text, pg_sequence_last_value(c.oid) "
-    f"FROM pg_class c {_IN_SCHEMA}WHERE c.relkind = 'S' ORDER BY 1"
+    f"FROM pg_class c {IN_OWN_SCHEMAS}WHERE c.relkind = 'S' ORDER BY 1"
 )
 
 

@@ -19,6 +19,17 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+# Joined to pg_class as ``n``: the schemas whose tables a worker's tests write. With a database
+# per worker, every schema in it (a project's tables may live outside public, as indico's
+# users.users); with a schema per worker (dbg_<run>_<worker> on the search path), that schema
+# alone: the others in the shared database are other workers' or nobody's. Regexes, not LIKE:
+# no % for a driver to read as a placeholder.
+IN_OWN_SCHEMAS: Final = (
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' "
+    "AND (n.nspname = current_schema() OR current_schema() !~ '^dbg_[0-9a-z]+_') "
+)
+
 _XID_SPACE: Final = 2**32  # xmin holds a 32-bit xid; txid_current() adds the epoch
 
 

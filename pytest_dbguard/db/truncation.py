@@ -9,7 +9,7 @@ import dataclasses
 import graphlib
 from typing import TYPE_CHECKING, Final
 
-from pytest_dbguard.db.sql import quote_ident, quote_literal, written_since
+from pytest_dbguard.db.sql import IN_OWN_SCHEMAS, quote_ident, quote_literal, written_since
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -54,9 +54,7 @@ class Truncator:
     def _read_layout(self, connection: Connection) -> _Layout:
         from sqlalchemy import text
 
-        in_schema = (
-            "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema() "
-        )
+        in_schema = IN_OWN_SCHEMAS
         tables = [
             name
             for (name,) in connection.execute(
@@ -79,14 +77,16 @@ class Truncator:
             )
         ):
             sequences.setdefault(table, []).append((sequence, int(start)))
+        listed = set(tables)
         references = [
             (child, parent)
             for child, parent in connection.execute(
                 text(
                     "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
-                    "WHERE contype = 'f' AND connamespace = current_schema()::regnamespace"
+                    "WHERE contype = 'f'"
                 )
             )
+            if child in listed  # across schemas too: users.users referencing public.groups
         ]
         triggered = {
             table

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
-from pytest_dbguard.db.sql import quote_literal, written_since
+from pytest_dbguard.db.sql import IN_OWN_SCHEMAS, quote_literal, written_since
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -123,14 +123,14 @@ class _ForeignCheckouts(EngineListener):
 
 
 def tables_written_since(engine: Engine, xid: int) -> list[str]:
-    """Tables of the current schema holding rows written by transaction ``xid`` or a later one."""
+    """Tables of the worker's schemas (``sql.IN_OWN_SCHEMAS``) holding rows written by
+    transaction ``xid`` or a later one."""
     from sqlalchemy import text
 
     with engine.connect() as connection:
         tables = connection.execute(
             text(
-                "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n "
-                "ON n.oid = c.relnamespace AND n.nspname = current_schema() "
+                f"SELECT c.oid::regclass::text FROM pg_class c {IN_OWN_SCHEMAS}"
                 "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"
             )
         ).scalars()
