@@ -21,7 +21,15 @@ from pytest_dbguard.run.setting_values import (
     NAIVE_DATETIME_CHOICES,
     WORKER_ISOLATION_CHOICES,
 )
-from tests.helpers import README, FreshVenv, as_shown, blocks, copy_project, plugin_args
+from tests.helpers import (
+    README,
+    FreshVenv,
+    as_shown,
+    blocks,
+    copy_project,
+    plugin_args,
+    run_dbguard,
+)
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 RecipeRun = Callable[..., pytest.RunResult]
@@ -576,3 +584,81 @@ def test_django_recipe(pytester: pytest.Pytester) -> None:
     )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(as_shown(header))
+
+
+FLASK_APP = """
+    import os
+
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+    class Base(DeclarativeBase):
+        pass
+
+
+    db = SQLAlchemy(model_class=Base)
+
+
+    class User(db.Model):
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+
+
+    def create_app():
+        app = Flask(__name__)
+        app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+        db.init_app(app)
+
+        @app.post("/users/<name>")
+        def add(name):
+            db.session.add(User(name=name))
+            db.session.commit()
+            return {"count": db.session.query(User).count()}
+
+        @app.post("/undone/<name>")
+        def undone(name):
+            db.session.add(User(name=name))
+            db.session.flush()
+            db.session.rollback()
+            return {"count": db.session.query(User).count()}
+
+        return app
+"""
+FLASK_TESTS = """
+    import pytest
+
+    from app import User, db
+
+
+    @pytest.mark.parametrize("n", range(3))
+    def test_a_view_commits(app, n):
+        client = app.test_client()
+        assert client.post("/users/ada").json == {"count": 1}
+        assert client.post("/undone/zed").json == {"count": 1}  # the rollback keeps ada
+        assert client.post("/users/bob").json == {"count": 2}
+
+
+    @pytest.mark.parametrize("n", range(3))
+    def test_the_session_commits(app, n):
+        assert db.session.query(User).count() == 0
+        db.session.add(User(name="cy"))
+        db.session.commit()
+        assert db.session.query(User).count() == 1
+"""
+
+
+@pytest.mark.parametrize("workers", ["serial", pytest.param("n2", marks=pytest.mark.needs_xdist)])
+def test_flask_sqlalchemy_recipe(
+    pytester: pytest.Pytester, pg_server: TestServer, workers: str
+) -> None:
+    """The recipe's conftest as written: views and tests use db.session, each test starts empty,
+    and nothing reaches the database beyond the test's transaction."""
+    (conftest,) = blocks("Flask-SQLAlchemy", "python")
+    pytester.makepyfile(app=FLASK_APP, test_flask=FLASK_TESTS)
+    pytester.makeconftest(conftest)
+    pytester.makeini("[pytest]\ndbguard_metadata = app:db\ndbguard_env =\n    DATABASE_URL={url}\n")
+    args = ["-n", "2"] if workers == "n2" else []
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), "-p", "no:randomly", *args)
+    result.assert_outcomes(passed=6)
