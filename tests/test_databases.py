@@ -15,8 +15,9 @@ from pytest_dbguard.db import databases, maintenance
 from pytest_dbguard.db.marks import make_mark
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError
-from tests.helpers import copy_project, mark_text, run_dbguard
+from tests.helpers import copy_project, mark_text, run_dbguard, stopped_once
 from tests.pgserver import LIMITED_PASSWORD, LIMITED_USER, SUPERUSER_PASSWORD, TestServer
+from tests.test_isolation import SCHEMAS_MODELS
 
 NOTE_TESTS = """
     import os
@@ -200,6 +201,27 @@ def test_role_without_createdb_gets_a_schema_per_worker(
     )
     assert leftover.stdout.strip() == ""
     assert not [name for name in pg_server.databases() if "_dbg_" in name]
+
+
+@pytest.mark.parametrize(
+    "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
+def test_tables_in_schemas_of_their_own_stop_a_schema_per_worker_run(
+    pytester: pytest.Pytester, pg_server: TestServer, xdist: bool
+) -> None:
+    """create_all would put people.members in the shared database's own schema people, outside
+    every worker's schema and out of reach of dbguard's cleanup: the run stops before it."""
+    pytester.makepyfile(models=SCHEMAS_MODELS, test_one="def test_x(dbguard_connection): pass")
+    pytester.makeini("[pytest]\ndbguard_metadata = models:metadata\n")
+    url = pg_server.url(database="app_limited", user=LIMITED_USER)
+    result = run_dbguard(pytester, "--dbguard-url", url, *(["-n", "2"] if xdist else []))
+    output = stopped_once(result, "has tables in schemas of their own (people.members)")
+    assert LIMITED_PASSWORD not in output
+    created = pg_server.sql(
+        "SELECT nspname FROM pg_namespace WHERE nspname = 'people' OR nspname LIKE 'dbg_%'",
+        database="app_limited",
+    )
+    assert created.stdout.strip() == ""
 
 
 def test_schema_isolation_on_request(pytester: pytest.Pytester, pg_server: TestServer) -> None:

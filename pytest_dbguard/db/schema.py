@@ -26,6 +26,15 @@ BUILD_FAILED: Final = (
     "migrations it names (ini dbguard_metadata / dbguard_alembic_ini); no test ran."
 )
 
+OWN_SCHEMAS_IN_WORKER_SCHEMA: Final = (
+    "The schema source ({source}) has tables in schemas of their own ({tables}), but this run "
+    "gives each worker a schema in the shared database {database!r} (the role may not create "
+    "databases): create_all would put those tables in {schemas} of that database, shared by "
+    "every worker and by whoever else uses it, where dbguard's cleanup never reaches. Give the "
+    "role CREATEDB (a database per worker), or leave the URL out for the embedded server. No "
+    "test ran."
+)
+
 
 def load_metadata(spec: str, source: str, rootdir: Path | None = None) -> MetaData:
     """Import ``package.module:attr`` and return its MetaData (a declarative Base gives ``.metadata``).
@@ -140,6 +149,8 @@ def builder(
 
     inner: Callable[[Connection], None]
     if metadata is not None:
+        if worker_schema is not None:
+            _require_no_own_schemas(metadata, source, url)
         inner = lambda connection: create_with_metadata(connection, metadata)  # noqa: E731
     elif alembic_ini is not None:
         ini, text = alembic_ini, url.render(hide_password=False)
@@ -174,6 +185,27 @@ def builder(
             ) from error
 
     return build
+
+
+def _require_no_own_schemas(metadata: MetaData, source: str, url: DatabaseURL) -> None:
+    """ConfigError for schema-qualified tables where each worker has only a schema of its own:
+    they would land in a schema of the shared database, outside every worker's (indico's
+    users.users, with a role that may not create databases)."""
+    qualified = sorted(table.fullname for table in metadata.tables.values() if table.schema)
+    if not qualified:
+        return
+    schemas = sorted({table.schema for table in metadata.tables.values() if table.schema})
+    shown = ", ".join(qualified[:3]) + (
+        f" and {len(qualified) - 3} more" if len(qualified) > 3 else ""
+    )
+    raise ConfigError(
+        OWN_SCHEMAS_IN_WORKER_SCHEMA.format(
+            source=source,
+            tables=shown,
+            database=url.database,
+            schemas=", ".join(str(schema) for schema in schemas),
+        )
+    )
 
 
 def _migration_frame(error: BaseException, ini: Path) -> str:
