@@ -102,6 +102,7 @@ DATABASES["default"].update(NAME=_parts.groupdict()["name"])
 """
 
 
+@pytest.mark.needs_xdist  # the inner run uses -n 2
 @pytest.mark.parametrize(
     ("args", "env", "hint"),
     [

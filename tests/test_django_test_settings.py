@@ -100,6 +100,7 @@ def test_an_app_without_migrations_gets_its_tables(
     assert _shape(pytester) == ["UTF8 False"]
 
 
+@pytest.mark.needs_xdist  # the inner run uses -n 2
 @pytest.mark.parametrize(
     ("how", "reason"),
     [
@@ -131,6 +132,7 @@ def test_migrations_off_builds_the_tables_from_the_models(
     )
 
 
+@pytest.mark.needs_xdist  # the inner run uses -n 2
 def test_test_template_and_charset_shape_the_database(
     pytester: pytest.Pytester, pg_server: TestServer, on_server: list[str]
 ) -> None:
@@ -167,6 +169,7 @@ def test_a_test_template_the_server_lacks_stops_the_run(
     ), output
 
 
+@pytest.mark.needs_xdist  # the inner run uses -n 2
 @pytest.mark.parametrize(
     ("tail", "message"),
     [
@@ -277,6 +280,7 @@ def test_an_alias_dbguard_does_not_serve_stops_the_run_before_it_is_flushed(
         pg_server.sql(f"DROP DATABASE IF EXISTS {real}")
 
 
+@pytest.mark.needs_xdist  # the inner run uses -n 2
 def test_a_mirror_alias_reaches_the_workers_database(
     pytester: pytest.Pytester, on_server: list[str]
 ) -> None:

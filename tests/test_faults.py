@@ -592,3 +592,37 @@ def test_terminate_in_schema_mode_spares_other_clients(
         result.assert_outcomes(passed=1)
         result.stdout.fnmatch_lines(["dbguard: *schemas dbg_*_<worker> in app_limited*"])
         assert bystander.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_recovering_an_async_engine_from_sync_code_keeps_the_threads_event_loop(
+    pg_server: TestServer,
+) -> None:
+    """A sync test's assert_recovers(async_engine) drives the engine on a loop of its own and
+    leaves the thread's current loop as it found it: asyncio.run() left none, and pytest-asyncio
+    0.24 then failed the next async test ("There is no current event loop"). In a thread of its
+    own, so this process's loop state is not touched."""
+    import asyncio
+    import threading
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from pytest_dbguard.faults.recovery import recover
+
+    url = pg_server.url().replace("+psycopg", "+asyncpg")
+    kept: list[bool] = []
+
+    def in_a_thread() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            engine = create_async_engine(url)
+            assert recover(engine, 10, password=None, fail=pytest.fail).attempts == 1
+            kept.append(asyncio.get_event_loop() is loop)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join(60)
+    assert kept == [True]

@@ -70,9 +70,19 @@ def recover(
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop()
             fail(ASYNC_ENGINE_IN_LOOP.format(target=target))
-        return asyncio.run(
-            _recover_on_own_loop(target, within, password=password, fail=fail, first_try=first_try)
-        )
+        # Not asyncio.run(): it leaves the thread with no current loop, and pytest-asyncio 0.24
+        # takes the session loop from there for the next async test ("There is no current
+        # event loop in thread 'MainThread'"). A private loop, never made the current one.
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(
+                _recover_on_own_loop(
+                    target, within, password=password, fail=fail, first_try=first_try
+                )
+            )
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
     tries = Tries(within, target, first_try=first_try)
     while True:
         try:
