@@ -34,6 +34,7 @@ TEST_FILE = """
     import os
 
     URL_AT_IMPORT = os.environ["DBGUARD_URL"]  # exported as for a real run
+    PORT_AT_IMPORT = int(os.environ["DB_PORT"])  # a number, as settings parse it (paperless)
 
     def test_uses_the_database(dbguard_session):
         pass
@@ -46,10 +47,14 @@ def test_commands_that_only_show_start_nothing(
     pytester: pytest.Pytester, tmp_path: Path, args: list[str], shown: str, server: str
 ) -> None:
     pytester.makepyfile(test_it=TEST_FILE)
-    pytester.makeini("[pytest]\ndbguard_worker_isolation = auto\n")
+    pytester.makeini(
+        "[pytest]\ndbguard_worker_isolation = auto\ndbguard_env =\n    DB_PORT={port}\n"
+    )
     if server == "embedded-without-binaries":
         (tmp_path / "empty").mkdir()
-        where = ["--dbguard-pg-bindir", str(tmp_path / "empty")]
+        # One word: pytest would take a separate folder argument for a test path, and pick the
+        # rootdir (and the ini file) from there.
+        where = [f"--dbguard-pg-bindir={tmp_path / 'empty'}"]
     else:
         where = ["--dbguard-url", f"postgresql://u:Secret-Pw@127.0.0.1:{free_port()}/app"]
     result = run_dbguard(pytester, *where, "--dbguard-wait", "1", *args, inprocess=True)

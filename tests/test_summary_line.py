@@ -53,3 +53,23 @@ def test_quiet_hides_an_ordinary_line_and_shows_a_noteworthy_one(
     )
     schemas.assert_outcomes(passed=1)
     schemas.stdout.fnmatch_lines(["dbguard: postgresql+psycopg://postgres:***@*schemas dbg_*"])
+
+
+def test_the_line_says_how_long_this_process_built_the_schema(pytester: pytest.Pytester) -> None:
+    """A build of many seconds (a long migrate) is a pause before the first test that the line
+    explains; a run without a schema source builds nothing and says nothing of it."""
+    pytester.makepyfile(
+        models="""
+            from sqlalchemy import Column, Integer, MetaData, Table
+
+            metadata = MetaData()
+            Table("things", metadata, Column("id", Integer, primary_key=True))
+        """,
+        test_it="def test_x(dbguard_url): pass",
+    )
+    built = run_dbguard(pytester, "-o", "dbguard_metadata=models:metadata", inprocess=True)
+    built.assert_outcomes(passed=1)
+    built.stdout.fnmatch_lines(["dbguard: *metadata models:metadata; schema built in *.* s; *"])
+    plain = run_dbguard(pytester, inprocess=True)
+    plain.assert_outcomes(passed=1)
+    plain.stdout.no_fnmatch_line("*schema built in*")

@@ -338,11 +338,15 @@ def summary_lines(config: pytest.Config) -> list[str]:
     schema_source = state.schema_source
     if state.template:
         schema_source += f", template {state.template}"
+
         if state.kept_on_server:
             schema_source += (
                 f" (kept on the server as {state.kept_on_server}: {reuse_run.DROP_KEPT})"
             )
     parts = [f"dbguard: {target}", layout, schema_source]
+    if (built_ms := _build_ms(state)) is not None:
+        # A migrate of many seconds (paperless: 22 s) is a pause the line should explain.
+        parts.append(f"schema built in {built_ms / 1000:.1f} s")
     if plan.server_url is not None:
         started = (
             f"started in {state.server_start_ms:.0f} ms, "
@@ -353,6 +357,18 @@ def summary_lines(config: pytest.Config) -> list[str]:
             f"{started}ready after {state.ready_attempts} attempt(s), {state.ready_ms:.0f} ms"
         )
     return ["; ".join(parts), *state.notes]
+
+
+def _build_ms(state: SessionState) -> float | None:
+    """How long this process spent building the schema, when it built one (the xdist
+    controller's early template, or a single run's template or in-place build)."""
+    if state.early_build is not None:
+        _, milliseconds, built = state.early_build
+        return milliseconds if built else None
+    provisioned = state.provisioned
+    if provisioned is not None and provisioned.template_built and provisioned.template_ms:
+        return provisioned.template_ms
+    return None
 
 
 def wait_for_template_build(state: SessionState) -> None:
