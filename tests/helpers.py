@@ -413,3 +413,21 @@ def signal_once_ready(
             os.killpg(run.pid, signal.SIGKILL)
             run.wait(30)
     return run.returncode, output
+
+
+# A project whose tables live in schemas of their own (indico: users.users, events.events), one
+# of them referencing a table in public.
+SCHEMAS_MODELS = """
+    from sqlalchemy import DDL, Column, ForeignKey, Integer, MetaData, String, Table, event
+
+    metadata = MetaData()
+    event.listen(metadata, "before_create", DDL("CREATE SCHEMA IF NOT EXISTS people"))
+    groups = Table("groups", metadata, Column("id", Integer, primary_key=True), Column("name", String))
+    members = Table(
+        "members",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("group_id", ForeignKey("groups.id")),
+        schema="people",
+    )
+"""

@@ -15,9 +15,8 @@ from pytest_dbguard.db import databases, maintenance
 from pytest_dbguard.db.marks import make_mark
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError
-from tests.helpers import copy_project, mark_text, run_dbguard, stopped_once
+from tests.helpers import SCHEMAS_MODELS, copy_project, mark_text, run_dbguard, stopped_once
 from tests.pgserver import LIMITED_PASSWORD, LIMITED_USER, SUPERUSER_PASSWORD, TestServer
-from tests.test_isolation import SCHEMAS_MODELS
 
 NOTE_TESTS = """
     import os

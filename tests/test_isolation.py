@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import copy_project, run_dbguard, run_dbguard_inprocess
+from tests.helpers import SCHEMAS_MODELS, copy_project, run_dbguard, run_dbguard_inprocess
 from tests.pgserver import TestServer
 
 ORDERED_TESTS = """
@@ -432,22 +432,6 @@ def test_dead_pooled_connection_is_replaced(
     ).assert_outcomes(passed=3)
 
 
-# A project whose tables live in schemas of their own (indico: users.users, events.events), one
-# of them referencing a table in public.
-SCHEMAS_MODELS = """
-    from sqlalchemy import DDL, Column, ForeignKey, Integer, MetaData, String, Table, event
-
-    metadata = MetaData()
-    event.listen(metadata, "before_create", DDL("CREATE SCHEMA IF NOT EXISTS people"))
-    groups = Table("groups", metadata, Column("id", Integer, primary_key=True), Column("name", String))
-    members = Table(
-        "members",
-        metadata,
-        Column("id", Integer, primary_key=True),
-        Column("group_id", ForeignKey("groups.id")),
-        schema="people",
-    )
-"""
 SCHEMAS_TESTS = """
     import os
 
@@ -456,18 +440,29 @@ SCHEMAS_TESTS = """
 
     ENGINE = create_engine(os.environ["DBGUARD_URL"])
 
-    def count(table):
+    def rows():
         with ENGINE.connect() as conn:
-            return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+            groups = conn.execute(text("SELECT id FROM groups ORDER BY id")).scalars().all()
+            members = conn.execute(text("SELECT id FROM people.members ORDER BY id")).scalars()
+            return groups, members.all()
+
+    @pytest.mark.dbguard(isolation="none")
+    def test_0_kept_rows():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO groups (id, name) VALUES (10, 'kept')"))
+            conn.execute(text("INSERT INTO people.members (id, group_id) VALUES (10, 10)"))
 
     @pytest.mark.dbguard(isolation="truncate")
     def test_1_commits_in_both_schemas():
         with ENGINE.begin() as conn:
             conn.execute(text("INSERT INTO groups (id, name) VALUES (1, 'g')"))
             conn.execute(text("INSERT INTO people.members (id, group_id) VALUES (1, 1)"))
+            conn.execute(text("INSERT INTO people.members (id) VALUES (2)"))
 
-    def test_2_both_were_emptied():
-        assert (count("groups"), count("people.members")) == (0, 0)
+    def test_2_only_the_truncate_tests_rows_went():
+        # Deleted row by row, children first across the schemas: not TRUNCATE ... CASCADE,
+        # which would have taken the kept rows too.
+        assert rows() == ([10], [10])
 
     def test_3_leaks_into_the_other_schema():
         with ENGINE.begin() as conn:
@@ -486,8 +481,48 @@ def test_truncate_and_the_leak_check_see_every_schema_of_the_workers_database(
     pytester.makeini("[pytest]\ndbguard_metadata = models:metadata\n")
     url = ["--dbguard-url", pg_server.url()] if backend == "external" else []
     result = run_dbguard(pytester, *url, "-p", "no:randomly", "-W", "default")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(
-        ["*LeakWarning: test_schemas.py::test_3_leaks_into_the_other_schema left rows in "
-         "people.members*"]
+        [
+            "*LeakWarning: test_schemas.py::test_3_leaks_into_the_other_schema left rows in "
+            "people.members*"
+        ]
     )
+
+
+SHARED_SCHEMA_TESTS = """
+    import os
+
+    import pytest
+    from sqlalchemy import create_engine, text
+
+    ENGINE = create_engine(os.environ["DBGUARD_URL"])
+
+    @pytest.mark.dbguard(isolation="truncate")
+    def test_1_writes_outside_its_worker_schema():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO public.shared_notes (body) VALUES ('theirs')"))
+"""
+
+
+def test_with_a_schema_per_worker_truncate_stays_in_the_workers_schema(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """In the shared database of a role without CREATEDB the other schemas are other workers' or
+    nobody's: a truncate test's rows there stay, however it wrote them."""
+    pg_server.sql(
+        "CREATE TABLE IF NOT EXISTS public.shared_notes (body text); "
+        "ALTER TABLE public.shared_notes OWNER TO limited; TRUNCATE public.shared_notes",
+        database="app_limited",
+    )
+    try:
+        copy_project(pytester, "notes")
+        pytester.makepyfile(test_shared=SHARED_SCHEMA_TESTS)
+        pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+        url = pg_server.url(database="app_limited", user="limited")
+        result = run_dbguard(pytester, "--dbguard-url", url, "-W", "default")
+        result.assert_outcomes(passed=1)
+        left = pg_server.sql("SELECT body FROM public.shared_notes", database="app_limited")
+        assert left.stdout.split() == ["theirs"]
+    finally:
+        pg_server.sql("DROP TABLE IF EXISTS public.shared_notes", database="app_limited")

@@ -70,6 +70,7 @@ def test_the_line_says_how_long_this_process_built_the_schema(pytester: pytest.P
     built = run_dbguard(pytester, "-o", "dbguard_metadata=models:metadata", inprocess=True)
     built.assert_outcomes(passed=1)
     built.stdout.fnmatch_lines(["dbguard: *metadata models:metadata; schema built in *.* s; *"])
-    plain = run_dbguard(pytester, inprocess=True)
-    plain.assert_outcomes(passed=1)
-    plain.stdout.no_fnmatch_line("*schema built in*")
+    for where in ([], ["--dbguard-url", "sqlite"]):  # a database, or a file, made empty
+        plain = run_dbguard(pytester, *where, inprocess=True)
+        plain.assert_outcomes(passed=1)
+        plain.stdout.no_fnmatch_line("*schema built in*")

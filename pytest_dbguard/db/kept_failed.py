@@ -99,8 +99,8 @@ def read_view(connection: Connection, finder: WrittenTables) -> View:
 
 
 def read_schema_view(rows: Rows, *, skipped: Iterable[str] = ()) -> View:
-    """Every table of the current schema but ``skipped`` (bare names) with its rows, and every
-    sequence of it, as the connection behind ``rows`` sees them: four queries. For connections
+    """Every table of the worker's schemas (``sql.IN_OWN_SCHEMAS``) but ``skipped`` (bare names)
+    with its rows, and every sequence of it, as the connection behind ``rows`` sees them: four queries. For connections
     other than SQLAlchemy's (Django's), where no ``WrittenTables`` finder reads the layout."""
     left_out = set(skipped)
     tables = [name for (name,) in rows(SCHEMA_TABLES) if _bare(name) not in left_out]

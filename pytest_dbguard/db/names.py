@@ -14,6 +14,8 @@ SEPARATOR: Final = "_dbg_"
 # Patterns as text: re compiles them on first use, not in every run's import.
 _DATABASE_SHAPE: Final = r"_dbg_[0-9a-z]+_[\w]+$"
 _SCHEMA_SHAPE: Final = r"^dbg_[0-9a-z]+_\w+$"
+# The start of a worker schema's name as a PostgreSQL regex (``db.sql.IN_OWN_SCHEMAS``).
+SCHEMA_START: Final = "^dbg_[0-9a-z]+_"
 
 
 def database_name(base: str, run: str, worker: str, *, suffix: str = "") -> str:

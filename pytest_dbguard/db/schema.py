@@ -28,11 +28,11 @@ BUILD_FAILED: Final = (
 
 OWN_SCHEMAS_IN_WORKER_SCHEMA: Final = (
     "The schema source ({source}) has tables in schemas of their own ({tables}), but this run "
-    "gives each worker a schema in the shared database {database!r} (the role may not create "
-    "databases): create_all would put those tables in {schemas} of that database, shared by "
-    "every worker and by whoever else uses it, where dbguard's cleanup never reaches. Give the "
-    "role CREATEDB (a database per worker), or leave the URL out for the embedded server. No "
-    "test ran."
+    "gives each worker a schema in the shared database {database!r}: create_all would put those "
+    "tables in {schemas} of that database, shared by every worker and by whoever else uses it, "
+    "where dbguard's cleanup never reaches. Give each worker a database: dbguard_worker_isolation "
+    "= database (or auto) with a role that may create databases (CREATEDB), or leave the URL out "
+    "for the embedded server. No test ran."
 )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from pytest_dbguard.db.names import SCHEMA_START
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
@@ -19,15 +21,19 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-# Joined to pg_class as ``n``: the schemas whose tables a worker's tests write. With a database
-# per worker, every schema in it (a project's tables may live outside public, as indico's
-# users.users); with a schema per worker (dbg_<run>_<worker> on the search path), that schema
-# alone: the others in the shared database are other workers' or nobody's. Regexes, not LIKE:
-# no % for a driver to read as a placeholder.
+# Joined to pg_class ``c`` as ``n``: the schemas whose tables a worker's tests write. With a
+# database per worker, every schema in it (a project's tables may live outside public, as
+# indico's users.users), even when no schema of the search path exists (current_schema() is then
+# NULL); with a schema per worker (dbg_<run>_<worker> first on the search path), that schema
+# alone: the others in the shared database are other workers' or nobody's. Never an extension's
+# own tables (PostGIS's tiger, TimescaleDB's catalog): not the tests' to empty or report. Regexes,
+# not LIKE: no % for a driver to read as a placeholder.
 IN_OWN_SCHEMAS: Final = (
     "JOIN pg_namespace n ON n.oid = c.relnamespace "
     "AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' "
-    "AND (n.nspname = current_schema() OR current_schema() !~ '^dbg_[0-9a-z]+_') "
+    f"AND (n.nspname = current_schema() OR coalesce(current_schema(), '') !~ '{SCHEMA_START}') "
+    "AND NOT EXISTS (SELECT FROM pg_depend e WHERE e.classid = 'pg_class'::regclass "
+    "AND e.objid = c.oid AND e.deptype = 'e') "
 )
 
 _XID_SPACE: Final = 2**32  # xmin holds a 32-bit xid; txid_current() adds the epoch

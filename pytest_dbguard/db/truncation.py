@@ -54,12 +54,11 @@ class Truncator:
     def _read_layout(self, connection: Connection) -> _Layout:
         from sqlalchemy import text
 
-        in_schema = IN_OWN_SCHEMAS
         tables = [
             name
             for (name,) in connection.execute(
                 text(
-                    f"SELECT c.oid::regclass::text FROM pg_class c {in_schema}"
+                    f"SELECT c.oid::regclass::text FROM pg_class c {IN_OWN_SCHEMAS}"
                     f"WHERE c.relkind IN ('r', 'p') ORDER BY 1"
                 )
             )
@@ -70,7 +69,7 @@ class Truncator:
         for table, sequence, start in connection.execute(
             text(
                 "SELECT c.oid::regclass::text, d.objid::regclass::text, s.seqstart "
-                f"FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid {in_schema}"
+                f"FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid {IN_OWN_SCHEMAS}"
                 "JOIN pg_sequence s ON s.seqrelid = d.objid "
                 "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
                 "AND d.deptype IN ('a', 'i') ORDER BY 2"

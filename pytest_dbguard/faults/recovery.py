@@ -10,12 +10,15 @@ import contextlib
 import dataclasses
 import inspect
 import time
-from collections.abc import Callable
-from typing import Any, Final, NoReturn
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from pytest_dbguard.exceptions import FaultError
 from pytest_dbguard.server.connect_diagnosis import scrub
 from pytest_dbguard.server.readiness import LOOPBACK_POLICY, MIN_ATTEMPT
+
+if TYPE_CHECKING:
+    import asyncio
 
 NOT_RECOVERED: Final = (
     "{target} did not recover within {within:g} s: SELECT 1 failed {attempts} attempt(s) "
@@ -70,19 +73,9 @@ def recover(
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop()
             fail(ASYNC_ENGINE_IN_LOOP.format(target=target))
-        # Not asyncio.run(): it leaves the thread with no current loop, and pytest-asyncio 0.24
-        # takes the session loop from there for the next async test ("There is no current
-        # event loop in thread 'MainThread'"). A private loop, never made the current one.
-        loop = asyncio.new_event_loop()
-        try:
-            return loop.run_until_complete(
-                _recover_on_own_loop(
-                    target, within, password=password, fail=fail, first_try=first_try
-                )
-            )
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+        return _run_on_a_private_loop(
+            _recover_on_own_loop(target, within, password=password, fail=fail, first_try=first_try)
+        )
     tries = Tries(within, target, first_try=first_try)
     while True:
         try:
@@ -93,6 +86,36 @@ def recover(
         if pause is None:  # outside the except block: no chained traceback in the report
             fail(tries.report())
         time.sleep(pause)
+
+
+def _run_on_a_private_loop(coroutine: Coroutine[Any, Any, Recovery]) -> Recovery:
+    """``asyncio.run(coroutine)``, but on a loop never made the thread's current one: asyncio.run
+    leaves the thread with none, and pytest-asyncio 0.24 takes the session loop from there for
+    the next async test ("There is no current event loop in thread 'MainThread'"). Shut down as
+    asyncio.run does: leftover tasks (a driver's cancel request after a timeout) cancelled and
+    awaited, async generators and the default executor closed."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        try:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:  # gathered on this loop, not the thread's current one
+                loop.run_until_complete(_settled(left))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
+async def _settled(tasks: set[asyncio.Task[Any]]) -> None:
+    import asyncio
+
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def recover_async(

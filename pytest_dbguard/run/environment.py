@@ -258,7 +258,7 @@ def values_for(plan: RunPlan) -> dict[str, str]:
         "pg_url": url.libpq().render(hide_password=False),
         "db": plan.database,
         "host": url.host or "",
-        "port": str(url.port or ""),
+        "port": "" if url.port is None else str(url.port),  # 0 where no server starts
         "user": url.username or "",
         "password": url.password or "",
     }

@@ -60,12 +60,15 @@ def configure(config: pytest.Config) -> None:
     remote_workers.register(config)
 
 
+NO_SCHEMA: Final = "no schema"
+
+
 def _schema_source(settings: Settings) -> str:
     if settings.alembic_ini:
         return f"alembic {settings.alembic_ini}"
     if settings.metadata:
         return f"metadata {settings.metadata}"
-    return "no schema"
+    return NO_SCHEMA
 
 
 def start(config: pytest.Config) -> None:
@@ -361,7 +364,10 @@ def summary_lines(config: pytest.Config) -> list[str]:
 
 def _build_ms(state: SessionState) -> float | None:
     """How long this process spent building the schema, when it built one (the xdist
-    controller's early template, or a single run's template or in-place build)."""
+    controller's early template, or a single run's template or in-place build); None without a
+    schema source, where provisioning times only the empty database or schema."""
+    if state.schema_source == NO_SCHEMA:
+        return None
     if state.early_build is not None:
         _, milliseconds, built = state.early_build
         return milliseconds if built else None

@@ -25,7 +25,6 @@ from pytest_dbguard.run.config import Settings
 SINGLE_PROCESS: Final = "main"  # the worker name of a run without xdist
 ORIGIN_VAR: Final = "_DBGUARD_ORIGIN"  # the controller's decisions, inherited by xdist workers
 EMBEDDED_BASE: Final = "postgres"
-INSPECTION_PORT: Final = 5432  # PostgreSQL's default: the embedded port where no server starts
 SQLITE_BASE: Final = "test"
 
 
@@ -178,12 +177,10 @@ def decide(
 
             require_bindir(settings.pg_bindir, settings.source_of("pg_bindir"))
         embedded = True
-        # The port is the cluster's, once it has started. A command that only shows something
-        # starts none: PostgreSQL's own port stands in, so settings that read {port} as a
-        # number (int(os.environ["DB_PORT"])) import as in a run.
-        port = 0 if inspection is None else INSPECTION_PORT
+        # Port 0 until the cluster has started; a command that only shows something starts
+        # none, and {port} shows 0 then: a number, as settings parse it, that reaches no server.
         server_url = DatabaseURL(
-            "postgresql", None, "postgres", None, "127.0.0.1", port, EMBEDDED_BASE
+            "postgresql", None, "postgres", None, "127.0.0.1", 0, EMBEDDED_BASE
         )
     if server_url is None or server_url.is_sqlite:
         return _sqlite_plan(settings, common, origin)
