@@ -516,3 +516,74 @@ def test_env_and_ini_switch_it_on(
     result.assert_outcomes(passed=2, failed=1)
     assert len(_kept_names(result)) == 1
     assert _kept_on(server) == _kept_names(result)
+
+
+PARTITIONED_MODELS = """
+    from sqlalchemy import DDL, Column, Integer, MetaData, String, Table, event
+
+    metadata = MetaData()
+    events = Table(
+        "events",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("body", String),
+        postgresql_partition_by="RANGE (id)",
+    )
+    event.listen(
+        events,
+        "after_create",
+        DDL(
+            "CREATE TABLE events_low PARTITION OF events FOR VALUES FROM (0) TO (100); "
+            "CREATE TABLE events_high PARTITION OF events FOR VALUES FROM (100) TO (1000)"
+        ),
+    )
+"""
+PARTITIONED_TESTS = """
+    import os
+
+    import pytest
+    from sqlalchemy import create_engine, text
+
+    ENGINE = create_engine(os.environ["DBGUARD_URL"])
+
+    @pytest.mark.dbguard(isolation="truncate")
+    def test_1_truncate_writes_both_partitions():
+        with ENGINE.begin() as conn:
+            conn.execute(text("INSERT INTO events (id, body) VALUES (1, 'a'), (150, 'b')"))
+
+    def test_2_fails(dbguard_connection):
+        assert dbguard_connection.execute(text("SELECT count(*) FROM events")).scalar() == 0
+        dbguard_connection.execute(text("INSERT INTO events (id, body) VALUES (5, 'x'), (500, 'y')"))
+        assert False
+"""
+
+
+@pytest.mark.usefixtures("clean")
+def test_a_partitioned_tables_rows_are_kept_once(
+    pytester: pytest.Pytester, server: TestServer
+) -> None:
+    """A partitioned table stands for its partitions: its rows are copied once (the copy of the
+    parent's and each partition's rows failed on the partitions' primary keys), and truncate
+    empties it through the parent."""
+    pytester.makepyfile(
+        models=textwrap.dedent(PARTITIONED_MODELS), test_events=textwrap.dedent(PARTITIONED_TESTS)
+    )
+    pytester.makeini("[pytest]\ndbguard_metadata = models:metadata\n")
+    result = run_dbguard(
+        pytester,
+        "--dbguard-url",
+        server.url(),
+        "--dbguard-keep-failed",
+        "-p",
+        "no:randomly",
+        inprocess=True,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    [name] = _kept_names(result)
+    result.stdout.fnmatch_lines(
+        [
+            "test_events.py::test_2_fails failed; its view of the database (2 rows in 1 table: "
+            f"events 2) is kept in {name}:"
+        ]
+    )
+    assert _rows(server, name, "SELECT body FROM events ORDER BY id") == ["x", "y"]

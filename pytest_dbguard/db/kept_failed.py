@@ -47,7 +47,7 @@ TEXT_SETTINGS: Final = (
 )
 SCHEMA_TABLES: Final = (
     f"SELECT c.oid::regclass::text FROM pg_class c {IN_OWN_SCHEMAS}"
-    "WHERE c.relkind IN ('r', 'p') ORDER BY 1"
+    "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"  # a parent, not twice
 )
 SCHEMA_SEQUENCES: Final = (
     "SELECT c.oid::regclass::text, pg_sequence_last_value(c.oid) "
@@ -100,8 +100,9 @@ def read_view(connection: Connection, finder: WrittenTables) -> View:
 
 def read_schema_view(rows: Rows, *, skipped: Iterable[str] = ()) -> View:
     """Every table of the worker's schemas (``sql.IN_OWN_SCHEMAS``) but ``skipped`` (bare names)
-    with its rows, and every sequence of it, as the connection behind ``rows`` sees them: four queries. For connections
-    other than SQLAlchemy's (Django's), where no ``WrittenTables`` finder reads the layout."""
+    with its rows, and every sequence of it, as the connection behind ``rows`` sees them: four
+    queries. For connections other than SQLAlchemy's (Django's), where no ``WrittenTables``
+    finder reads the layout."""
     left_out = set(skipped)
     tables = [name for (name,) in rows(SCHEMA_TABLES) if _bare(name) not in left_out]
     sequences = {
