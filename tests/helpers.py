@@ -431,3 +431,15 @@ SCHEMAS_MODELS = """
         schema="people",
     )
 """
+
+
+# The head of an inner test module whose tests commit through an application engine of their
+# own (not dbguard's fixtures), on the run's test database.
+APP_ENGINE_TESTS_HEAD = """
+    import os
+
+    import pytest
+    from sqlalchemy import create_engine, text
+
+    ENGINE = create_engine(os.environ["DBGUARD_URL"])
+"""

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import SCHEMAS_MODELS, copy_project, run_dbguard, run_dbguard_inprocess
+from tests.helpers import (
+    APP_ENGINE_TESTS_HEAD,
+    SCHEMAS_MODELS,
+    copy_project,
+    run_dbguard,
+    run_dbguard_inprocess,
+)
 from tests.pgserver import TestServer
 
 ORDERED_TESTS = """
@@ -106,12 +112,7 @@ def test_commit_in_test_survives_inside_but_not_after(
     result.assert_outcomes(passed=1)
 
 
-TRUNCATE_TESTS = """
-    import os
-    import pytest
-    from sqlalchemy import create_engine, text
-
-    ENGINE = create_engine(os.environ["DBGUARD_URL"])
+TRUNCATE_TESTS = APP_ENGINE_TESTS_HEAD + """
 
     @pytest.mark.dbguard(isolation="truncate")
     def test_1_app_commits_with_its_own_connection():
@@ -432,13 +433,7 @@ def test_dead_pooled_connection_is_replaced(
     ).assert_outcomes(passed=3)
 
 
-SCHEMAS_TESTS = """
-    import os
-
-    import pytest
-    from sqlalchemy import create_engine, text
-
-    ENGINE = create_engine(os.environ["DBGUARD_URL"])
+SCHEMAS_TESTS = APP_ENGINE_TESTS_HEAD + """
 
     def rows():
         with ENGINE.connect() as conn:
@@ -490,13 +485,7 @@ def test_truncate_and_the_leak_check_see_every_schema_of_the_workers_database(
     )
 
 
-SHARED_SCHEMA_TESTS = """
-    import os
-
-    import pytest
-    from sqlalchemy import create_engine, text
-
-    ENGINE = create_engine(os.environ["DBGUARD_URL"])
+SHARED_SCHEMA_TESTS = APP_ENGINE_TESTS_HEAD + """
 
     @pytest.mark.dbguard(isolation="truncate")
     def test_1_writes_outside_its_worker_schema():

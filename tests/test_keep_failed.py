@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbguard.server import machine
-from tests.helpers import as_shown, blocks, dbguard_cli, run_dbguard
+from tests.helpers import APP_ENGINE_TESTS_HEAD, as_shown, blocks, dbguard_cli, run_dbguard
 from tests.pgserver import (
     LIMITED_PASSWORD,
     LIMITED_USER,
@@ -538,13 +538,7 @@ PARTITIONED_MODELS = """
         ),
     )
 """
-PARTITIONED_TESTS = """
-    import os
-
-    import pytest
-    from sqlalchemy import create_engine, text
-
-    ENGINE = create_engine(os.environ["DBGUARD_URL"])
+PARTITIONED_TESTS = APP_ENGINE_TESTS_HEAD + """
 
     @pytest.mark.dbguard(isolation="truncate")
     def test_1_truncate_writes_both_partitions():
