@@ -293,9 +293,9 @@ import conftest
 def test_after_the_build(dbguard_session):
     assert gc.isenabled()
     if conftest.FROZEN_BY_THE_PROJECT:  # still frozen, less whatever was freed meanwhile
-        assert 0 < gc.get_freeze_count() <= conftest.FROZEN_BY_THE_PROJECT
-    else:
-        assert gc.get_freeze_count() == 0
+        assert 0 < gc.get_freeze_count() <= conftest.FROZEN
+    else:  # none added (the build's unfreeze lets go of Python 3.12's own few hundred too)
+        assert gc.get_freeze_count() <= conftest.FROZEN
 """
 
 
@@ -308,9 +308,12 @@ def test_the_collector_skips_older_objects_only_while_the_schema_builds(
     its own freeze, and dbguard adds none (frozen objects that are freed leave the count)."""
     pytester.makepyfile(models=FREEZE_MODELS, test_after=FREEZE_TESTS)
     freeze = "gc.freeze()\n" if project_freezes else ""
+    # What the project froze: the count above what was frozen when pytest loaded dbguard
+    # (Python 3.12 starts with a few hundred objects frozen; 3.10, 3.11 and 3.13 with none).
     pytester.makeconftest(
-        f"import gc\n{freeze}FROZEN_BY_THE_PROJECT = gc.get_freeze_count()\n"
-        "open('frozen_by_the_project.txt', 'w').write(str(FROZEN_BY_THE_PROJECT))\n"
+        f"import gc\nimport pytest_dbguard\n{freeze}FROZEN = gc.get_freeze_count()\n"
+        "FROZEN_BY_THE_PROJECT = FROZEN - pytest_dbguard._FROZEN_AT_IMPORT\n"
+        "open('frozen_by_the_project.txt', 'w').write(str(FROZEN))\n"
     )
     recorded = pytester.path / "frozen_by_the_project.txt"
     pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
