@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pytest_dbguard.db.engines import INTERNAL_OPTIONS
 from pytest_dbguard.db.names import kept_failed_name
-from pytest_dbguard.db.sql import IN_OWN_SCHEMAS, quote_ident, quote_literal
+from pytest_dbguard.db.sql import IN_OWN_SCHEMAS, OWN_TABLES, quote_ident, quote_literal
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -44,10 +44,6 @@ TEXT_SETTINGS: Final = (
     "IntervalStyle",
     "extra_float_digits",
     "bytea_output",
-)
-SCHEMA_TABLES: Final = (
-    f"SELECT c.oid::regclass::text FROM pg_class c {IN_OWN_SCHEMAS}"
-    "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"  # a parent, not twice
 )
 SCHEMA_SEQUENCES: Final = (
     "SELECT c.oid::regclass::text, pg_sequence_last_value(c.oid) "
@@ -104,7 +100,7 @@ def read_schema_view(rows: Rows, *, skipped: Iterable[str] = ()) -> View:
     queries. For connections other than SQLAlchemy's (Django's), where no ``WrittenTables``
     finder reads the layout."""
     left_out = set(skipped)
-    tables = [name for (name,) in rows(SCHEMA_TABLES) if _bare(name) not in left_out]
+    tables = [name for (name,) in rows(OWN_TABLES) if _bare(name) not in left_out]
     sequences = {
         str(name): int(value) for name, value in rows(SCHEMA_SEQUENCES) if value is not None
     }

@@ -36,6 +36,14 @@ IN_OWN_SCHEMAS: Final = (
     "AND e.objid = c.oid AND e.deptype = 'e') "
 )
 
+# The worker's tables, schema-qualified where the search path needs it; a partitioned table once,
+# by its parent: its DELETE and its probe reach the partitions' rows, and a copy of both would
+# hold every row twice.
+OWN_TABLES: Final = (
+    f"SELECT c.oid::regclass::text FROM pg_class c {IN_OWN_SCHEMAS}"
+    "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"
+)
+
 _XID_SPACE: Final = 2**32  # xmin holds a 32-bit xid; txid_current() adds the epoch
 
 

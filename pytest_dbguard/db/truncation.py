@@ -9,7 +9,13 @@ import dataclasses
 import graphlib
 from typing import TYPE_CHECKING, Final
 
-from pytest_dbguard.db.sql import IN_OWN_SCHEMAS, quote_ident, quote_literal, written_since
+from pytest_dbguard.db.sql import (
+    IN_OWN_SCHEMAS,
+    OWN_TABLES,
+    quote_ident,
+    quote_literal,
+    written_since,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -56,14 +62,7 @@ class Truncator:
 
         tables = [
             name
-            for (name,) in connection.execute(
-                text(
-                    # A partitioned table stands for its partitions: its DELETE and its probe
-                    # reach their rows, and a copy of both would hold every row twice.
-                    f"SELECT c.oid::regclass::text FROM pg_class c {IN_OWN_SCHEMAS}"
-                    "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"
-                )
-            )
+            for (name,) in connection.execute(text(OWN_TABLES))
             if name.rsplit(".", 1)[-1].strip('"') not in SKIPPED_TABLES
         ]
         # Serial and identity columns' sequences, with the value each starts from.

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
-from pytest_dbguard.db.sql import IN_OWN_SCHEMAS, quote_literal, written_since
+from pytest_dbguard.db.sql import OWN_TABLES, quote_literal, written_since
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -123,17 +123,12 @@ class _ForeignCheckouts(EngineListener):
 
 
 def tables_written_since(engine: Engine, xid: int) -> list[str]:
-    """Tables of the worker's schemas (``sql.IN_OWN_SCHEMAS``) holding rows written by
+    """Tables of the worker's schemas (``sql.OWN_TABLES``) holding rows written by
     transaction ``xid`` or a later one."""
     from sqlalchemy import text
 
     with engine.connect() as connection:
-        tables = connection.execute(
-            text(
-                f"SELECT c.oid::regclass::text FROM pg_class c {IN_OWN_SCHEMAS}"
-                "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"
-            )
-        ).scalars()
+        tables = connection.execute(text(OWN_TABLES)).scalars()
         probe = " UNION ALL ".join(
             f"SELECT {quote_literal(table)} WHERE EXISTS "
             f"(SELECT 1 FROM {table} WHERE {written_since(xid)})"
