@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from pytest_dbguard.compat import sqlalchemy_decodes_database
@@ -350,8 +350,8 @@ def hide_password_in(text: str) -> str:
 
 # An allow entry may name the run's own server, whose port an embedded server picks anew each
 # run: ``postgresql://{host}:{port}`` (every database there) or ``.../name`` (one).
-SERVER_PLACEHOLDERS = ("{host}", "{port}")
-NOT_A_SERVER_PATTERN = (
+SERVER_PLACEHOLDERS: Final = ("{host}", "{port}")
+NOT_A_SERVER_PATTERN: Final = (
     "{source}: {entry!r} {problem}; an allowed URL names the run's own server with both {{host}} "
     "and {{port}} and nothing else in braces, e.g. postgresql://{{host}}:{{port}} for every "
     "database there or postgresql://{{host}}:{{port}}/name for one."
@@ -364,22 +364,16 @@ def server_pattern(entry: str, source: str) -> DatabaseURL | None:
     ConfigError naming ``source`` (the password hidden) for any other use of braces."""
     if "{" not in entry and "}" not in entry:
         return None
-    shown = hide_password_in(entry)
-    rest = entry
-    for placeholder in SERVER_PLACEHOLDERS:
-        if placeholder not in rest:
-            problem = f"lacks {placeholder}"
-            raise ConfigError(
-                NOT_A_SERVER_PATTERN.format(source=source, entry=shown, problem=problem)
-            )
-        rest = rest.replace(placeholder, "")
-    if "{" in rest or "}" in rest:
+    missing = [placeholder for placeholder in SERVER_PLACEHOLDERS if placeholder not in entry]
+    rest = entry.replace("{host}", "").replace("{port}", "")
+    if missing:
+        problem = f"lacks {missing[0]}"
+    elif "{" in rest or "}" in rest:
         problem = "has braces other than {host} and {port}"
-        raise ConfigError(NOT_A_SERVER_PATTERN.format(source=source, entry=shown, problem=problem))
-    try:
-        return DatabaseURL.parse(entry.replace("{host}", "localhost").replace("{port}", "5432"))
-    except ConfigError:
-        problem = "is not a database URL"
-        raise ConfigError(
-            NOT_A_SERVER_PATTERN.format(source=source, entry=shown, problem=problem)
-        ) from None
+    else:
+        try:
+            return DatabaseURL.parse(entry.replace("{host}", "localhost").replace("{port}", "5432"))
+        except ConfigError:
+            problem = "is not a database URL"
+    shown = hide_password_in(entry)
+    raise ConfigError(NOT_A_SERVER_PATTERN.format(source=source, entry=shown, problem=problem))

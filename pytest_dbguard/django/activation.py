@@ -226,8 +226,8 @@ def _register_plugins(config: pytest.Config) -> None:
 def _role_cannot_create(server: DatabaseURL) -> str:
     """ROLE_CANNOT_CREATE for the role and server the URL reaches, with libpq's defaults."""
     from pytest_dbguard.db.sql import quote_ident
-    from pytest_dbguard.guards.foreign_databases import Target, login_name
+    from pytest_dbguard.guards.foreign_databases import Target, libpq_user
 
-    user = server.username or os.environ.get("PGUSER") or login_name()
+    user = libpq_user(server.username)
     where = Target.from_url(server).server
     return ROLE_CANNOT_CREATE.format(user=user, quoted=quote_ident(user), server=where)

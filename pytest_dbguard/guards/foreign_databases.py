@@ -111,7 +111,7 @@ class Target(Record):
             host = ",".join(str(part) for part in host)
         database = cparams.get("dbname") or cparams.get("database") or os.environ.get("PGDATABASE")
         if not database:  # libpq and asyncpg default to the user's name
-            database = cparams.get("user") or os.environ.get("PGUSER") or login_name()
+            database = libpq_user(cparams.get("user"))
         port = cparams.get("port")
         if isinstance(port, (list, tuple)):
             port = port[0] if port else None
@@ -330,6 +330,12 @@ class CreatorConnections(EngineListener):
         except ForeignDatabaseError:
             dbapi_connection.close()
             raise
+
+
+def libpq_user(user: str | None) -> str:
+    """The role a connection logs in as: ``user``, else libpq's defaults (``PGUSER``, then the
+    OS user's name)."""
+    return user or os.environ.get("PGUSER") or login_name()
 
 
 def login_name() -> str:

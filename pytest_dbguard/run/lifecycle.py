@@ -341,7 +341,6 @@ def summary_lines(config: pytest.Config) -> list[str]:
     schema_source = state.schema_source
     if state.template:
         schema_source += f", template {state.template}"
-
         if state.kept_on_server:
             schema_source += (
                 f" (kept on the server as {state.kept_on_server}: {reuse_run.DROP_KEPT})"
