@@ -134,7 +134,7 @@ def commands(
 def _options_only_source() -> str:
     """The source of a plugin that registers exactly what dbguard registers, without its code."""
     from pytest_dbguard.plugin import MARKERS
-    from pytest_dbguard.run.config import OPTIONS
+    from pytest_dbguard.run.options import OPTIONS
 
     lines = [
         "def pytest_addoption(parser):",

@@ -14,8 +14,7 @@ from typing import NoReturn
 import pytest
 
 from pytest_dbguard.config_errors import DbguardError
-from pytest_dbguard.run import config as dbguard_config
-from pytest_dbguard.run import environment
+from pytest_dbguard.run import environment, options
 from pytest_dbguard.run.state import run_of
 
 # The modules that hold fixtures (registered by every run that collects, so that --fixtures
@@ -53,7 +52,7 @@ PACKAGE = "pytest_dbguard"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    dbguard_config.add_options(parser)
+    options.add_options(parser)
 
 
 def _register(manager: pytest.PytestPluginManager, names: tuple[str, ...]) -> None:

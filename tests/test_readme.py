@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pytest_dbguard.run.config import OPTIONS
+from pytest_dbguard.run.options import OPTIONS
 from pytest_dbguard.run.setting_values import (
     ISOLATION_CHOICES,
     NAIVE_DATETIME_CHOICES,

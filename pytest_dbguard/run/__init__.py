@@ -1,4 +1,4 @@
-"""One pytest run: the object that holds it (``state``), its settings (``config``), the plan it
+"""One pytest run: the object that holds it (``state``), its flags, ini keys and variables (``options``), their values (``config``), the plan it
 makes before any conftest is imported (``run_plan``, ``environment``), its life from start to
 stop (``lifecycle``, ``termination``, ``worker_failures``, ``reuse_run``), the wrapper around
 each test's phases that only a run that runs tests registers (``phases``), the xdist workers

@@ -23,7 +23,7 @@ import pytest
 from pytest_dbguard.compat import sqlalchemy_version, sqlalchemy_version_text
 from pytest_dbguard.config_errors import ConfigError
 from pytest_dbguard.run import config as dbguard_config
-from pytest_dbguard.run import run_plan, setting_values
+from pytest_dbguard.run import options, run_plan, setting_values
 from pytest_dbguard.run.run_plan import ORIGIN_VAR, RunPlan
 from pytest_dbguard.run.state import DbguardRun, run_key, run_of, the_run
 
@@ -101,7 +101,7 @@ def command_line(config: pytest.Config) -> tuple[argparse.Namespace, list[str]]:
         *config.invocation_params.args,
     ]
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for option in dbguard_config.OPTIONS:
+    for option in options.OPTIONS:
         if option.cli:
             if option.bare is not None:
                 parser.add_argument(

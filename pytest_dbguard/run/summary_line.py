@@ -13,8 +13,9 @@ from typing import Final
 
 import pytest
 
-from pytest_dbguard.run import lifecycle
-from pytest_dbguard.run.state import DbguardRun, run_of
+from pytest_dbguard.db.names import schema_name
+from pytest_dbguard.run import lifecycle, reuse_run
+from pytest_dbguard.run.state import DbguardRun, SessionState, run_of
 
 SLOW_MS: Final = 1000.0  # a server start or readiness wait longer than this is worth a line
 
@@ -38,7 +39,67 @@ def shown(config: pytest.Config) -> list[str]:
         return []
     if config.get_verbosity() < 0 and not noteworthy(run):
         return []
-    return lifecycle.summary_lines(config)
+    return text(config)
+
+
+def text(config: pytest.Config) -> list[str]:
+    """The line (and the run's notes after it): target, worker databases, schema source, server start and readiness."""
+    run = run_of(config)
+    if run is None or run.session is None:
+        return []  # not active, or a command that only shows something: nothing started
+    plan, state, settings = run.plan, run.session, run.settings
+    if plan.server_url is None:
+        target = f"SQLite files in {plan.sqlite_dir}"
+    elif plan.embedded:
+        reuse = reuse_run.cluster_words(settings, run.adopted)
+        target = (
+            f"embedded PostgreSQL {state.server_version} at "
+            f"{plan.server_url.host}:{plan.server_url.port} ({plan.server_url.driver}){reuse}"
+        )
+    else:
+        target = f"{plan.server_url} (PostgreSQL {state.server_version})"
+    if plan.schema is not None:
+        layout = f"schemas {schema_name(plan.run, '<worker>')} in {plan.database} (the role may not create databases)"
+    elif state.runs_tests:
+        layout = f"database {plan.database}"
+    else:
+        layout = f"databases {plan.database.rsplit('_', 1)[0]}_<worker>, one per xdist worker"
+    schema_source = state.schema_source
+    if state.template:
+        schema_source += f", template {state.template}"
+        if state.kept_on_server:
+            schema_source += (
+                f" (kept on the server as {state.kept_on_server}: {reuse_run.DROP_KEPT})"
+            )
+    parts = [f"dbguard: {target}", layout, schema_source]
+    if (built_ms := _build_ms(state)) is not None:
+        # A migrate of many seconds (paperless: 22 s) is a pause the line should explain.
+        parts.append(f"schema built in {built_ms / 1000:.1f} s")
+    if plan.server_url is not None:
+        started = (
+            f"started in {state.server_start_ms:.0f} ms, "
+            if plan.embedded and state.server_start_ms
+            else ""
+        )
+        parts.append(
+            f"{started}ready after {state.ready_attempts} attempt(s), {state.ready_ms:.0f} ms"
+        )
+    return ["; ".join(parts), *state.notes]
+
+
+def _build_ms(state: SessionState) -> float | None:
+    """How long this process spent building the schema, when it built one (the xdist
+    controller's early template, or a single run's template or in-place build); None without a
+    schema source, where provisioning times only the empty database or schema."""
+    if state.schema_source == lifecycle.NO_SCHEMA:
+        return None
+    if state.early_build is not None:
+        _, milliseconds, built = state.early_build
+        return milliseconds if built else None
+    provisioned = state.provisioned
+    if provisioned is not None and provisioned.template_built and provisioned.template_ms:
+        return provisioned.template_ms
+    return None
 
 
 def after_collection(config: pytest.Config) -> list[str]:
