@@ -11,7 +11,7 @@ import time
 import pytest
 import sqlalchemy
 
-from pytest_dbguard.db import databases, maintenance
+from pytest_dbguard.db import databases, maintenance, worker_schemas
 from pytest_dbguard.db.marks import make_mark
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError
@@ -141,7 +141,7 @@ def test_same_named_schema_is_replaced_only_when_its_run_is_over(pg_server: Test
     schema = "dbg_feed0003_gw0"
     url = DatabaseURL.parse(pg_server.url())
     provision = functools.partial(
-        databases.provision_schema, url, schema, None, run="feed0003", worker="gw0"
+        worker_schemas.provision_schema, url, schema, None, run="feed0003", worker="gw0"
     )
     pg_server.sql(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.left_behind (id int)")
     try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from pytest_dbguard.db import maintenance
 from pytest_dbguard.db.engines import INTERNAL_OPTIONS, engine_for, park_engine
 from pytest_dbguard.db.maintenance import MaintenanceConnection, query_errors
-from pytest_dbguard.db.marks import Mark, creator_running, in_use, make_mark, parse_mark
+from pytest_dbguard.db.marks import Mark, in_use, make_mark, parse_mark
 from pytest_dbguard.db.sql import quote_ident, quote_literal
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError
@@ -64,7 +64,7 @@ def _create_for_build(
         connection.ddl(f"CREATE DATABASE {quote_ident(name)}{build.create_options}")
     except query_errors() as error:
         raise DatabaseSetupError(
-            f"{_describe(error, server_url, name)}. dbguard created it with"
+            f"{describe(error, server_url, name)}. dbguard created it with"
             f"{build.create_options}, as {build.options_origin} asks: that server must have "
             "such a database and encoding (an embedded cluster has only template0 and "
             "template1; give --dbguard-url a server that has it)."
@@ -160,7 +160,7 @@ def _ensure_template(
     _create_for_build(connection, server_url, template, build)
     _mark(connection, template, run, "tpl", complete=False)
     try:
-        _build_in(server_url.with_database(template), build)
+        build_in(server_url.with_database(template), build)
     except BaseException:
         with contextlib.suppress(Exception):  # best effort: the error itself matters more
             drop_checked(connection, server_url, template)
@@ -178,7 +178,7 @@ def ensure_template(
         with maintenance.shared(server_url) as connection, _advisory_lock(connection, template):
             return _ensure_template(connection, server_url, template, build, run)
     except query_errors() as error:
-        raise DatabaseSetupError(_describe(error, server_url, template)) from error
+        raise DatabaseSetupError(describe(error, server_url, template)) from error
 
 
 def provision_database(
@@ -223,10 +223,10 @@ def provision_database(
             clone_ms = (time.perf_counter() - started) * 1000
         if build is not None and template is None:
             started = time.perf_counter()
-            _build_in(server_url.with_database(database), build, park=keep_build_engine)
+            build_in(server_url.with_database(database), build, park=keep_build_engine)
             template_ms = (time.perf_counter() - started) * 1000
     except query_errors() as error:
-        raise DatabaseSetupError(_describe(error, server_url, database)) from error
+        raise DatabaseSetupError(describe(error, server_url, database)) from error
     return Provisioned(
         "database",
         database,
@@ -252,7 +252,7 @@ def _drop_leftover(
     drop_database(server_url, database, connection=connection)
 
 
-def _build_in(url: DatabaseURL, build: SchemaBuild, *, park: bool = False) -> None:
+def build_in(url: DatabaseURL, build: SchemaBuild, *, park: bool = False) -> None:
     """Build the schema in ``url``'s database; ``park``: the database is the worker's own, and
     the engine that built it stays for the tests (``engines.park_engine``). A template's engine
     is disposed: no connection may stay on a database that is about to be cloned."""
@@ -314,83 +314,6 @@ def _frozen_before() -> int:
     return int(getattr(sys.modules["pytest_dbguard"], "_FROZEN_AT_IMPORT", 0))
 
 
-CAN_CREATE_DATABASES: Final = (
-    "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user"
-)
-
-
-def can_create_databases(server_url: DatabaseURL) -> bool:
-    """Whether the URL's role may CREATE DATABASE (superuser or CREATEDB)."""
-    with maintenance.shared(server_url) as connection:
-        return bool(connection.scalar(CAN_CREATE_DATABASES))
-
-
-def provision_schema(
-    server_url: DatabaseURL, schema: str, build: SchemaBuild | None, *, run: str, worker: str
-) -> Provisioned:
-    """Fallback for roles without CREATEDB: one schema per worker in the named database.
-
-    The schema is made and marked in one transaction on the run's maintenance connection (no
-    second connection of dbguard's own); the build then runs on the tests' own URL, whose engine
-    stays for them (``engines.park_engine``). A failed build drops the schema it made."""
-    started = time.perf_counter()
-    try:
-        with maintenance.shared(server_url) as connection, connection.transaction():
-            if (mark := _schema_mark(connection, schema)) is not None:
-                if (reason := creator_running(mark)) is not None:  # never take a live run's
-                    where = f"in {server_url.database!r}"
-                    raise DatabaseSetupError(
-                        SAME_ID.format(
-                            what="worker schema", name=schema, where=where, reason=reason
-                        )
-                    )
-                # left by a crashed run that drew the same id
-                connection.ddl(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
-            connection.ddl(f"CREATE SCHEMA {quote_ident(schema)}")
-            comment = quote_literal(make_mark(run, worker))
-            connection.ddl(f"COMMENT ON SCHEMA {quote_ident(schema)} IS {comment}")
-        if build is not None:
-            try:
-                _build_in(schema_url(server_url, schema), build, park=True)
-            except BaseException:
-                with contextlib.suppress(Exception):  # the build's own error matters more
-                    drop_schema(server_url, schema)
-                raise
-    except query_errors() as error:
-        raise DatabaseSetupError(_describe(error, server_url, server_url.database or "")) from error
-    elapsed = (time.perf_counter() - started) * 1000
-    return Provisioned(
-        "schema",
-        server_url.database or "",
-        schema_url(server_url, schema),
-        elapsed,
-        0.0,
-        schema,
-    )
-
-
-def schema_url(server_url: DatabaseURL, schema: str) -> DatabaseURL:
-    """The named database with ``search_path`` set to the worker's schema (libpq ``options``)."""
-    return server_url.with_query(options=f"-csearch_path={schema}")
-
-
-def _schema_mark(connection: MaintenanceConnection, schema: str) -> Mark | None:
-    """The mark on ``schema``: None when it does not exist or is not dbguard's."""
-    comment = connection.scalar(
-        "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :n",
-        {"n": schema},
-    )
-    return parse_mark(comment)
-
-
-def drop_schema(server_url: DatabaseURL, schema: str) -> None:
-    """Drop a worker schema, only when it carries dbguard's mark (on the run's maintenance
-    connection, the mark read in the drop's transaction)."""
-    with maintenance.shared(server_url) as connection, connection.transaction():
-        if _schema_mark(connection, schema) is not None:
-            connection.ddl(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
-
-
 def drop_database(
     server_url: DatabaseURL, name: str, *, connection: MaintenanceConnection | None = None
 ) -> bool:
@@ -407,7 +330,7 @@ def drop_database(
     return True
 
 
-def _describe(error: Exception, url: DatabaseURL, database: str) -> str:
+def describe(error: Exception, url: DatabaseURL, database: str) -> str:
     detail = (
         str(getattr(error, "orig", error)).strip().splitlines()[0]
         if str(error)
@@ -440,7 +363,7 @@ def provision_sqlite(
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not template.exists():
                 staging = template.with_suffix(".building")
-                _build_in(test_url.replace(database=str(staging)), build)
+                build_in(test_url.replace(database=str(staging)), build)
                 staging.rename(template)
     template_ms = (time.perf_counter() - started) * 1000
     started = time.perf_counter()

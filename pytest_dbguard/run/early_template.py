@@ -25,7 +25,7 @@ from typing import Final
 import pytest
 
 from pytest_dbguard.db import databases
-from pytest_dbguard.run import lifecycle, reuse_run
+from pytest_dbguard.run import lifecycle, reuse_run, templates
 from pytest_dbguard.run.run_plan import RunPlan
 from pytest_dbguard.run.state import the_run
 
@@ -69,7 +69,7 @@ def build(config: pytest.Config) -> None:
     run = the_run(config)
     plan, settings, state = run.plan, run.settings, run.session
     assert state is not None and plan.server_url is not None
-    template, template_run = lifecycle.template_for(plan, settings, state)
+    template, template_run = templates.template_for(plan, settings, state)
     started = time.perf_counter()
     try:
         with lifecycle.building_in(plan, settings, state, template) as schema_build:

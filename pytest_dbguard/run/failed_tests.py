@@ -138,7 +138,7 @@ def keep(item: pytest.Item, view: View) -> None:
     # Only a run with a failed test to keep loads these; the isolation fixtures import this
     # module in every run, --collect-only included.
     from pytest_dbguard.db import databases, kept_failed, maintenance
-    from pytest_dbguard.run import lifecycle
+    from pytest_dbguard.run import lifecycle, templates
 
     run = the_run(item.config)
     plan, state = run.plan, run.session
@@ -153,7 +153,7 @@ def keep(item: pytest.Item, view: View) -> None:
             # copy builds one (a Django project's whole migrate), every later one clones it.
             # Named once: its fingerprint reads every migration file of a Django project.
             if state.failed_template is None:
-                state.failed_template = lifecycle.template_for(plan, run.settings, state)
+                state.failed_template = templates.template_for(plan, run.settings, state)
             template, template_run = state.failed_template
 
         def provision() -> None:

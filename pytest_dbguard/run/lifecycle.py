@@ -12,7 +12,6 @@ run left on an external one.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sys
 import time
@@ -23,10 +22,24 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
-from pytest_dbguard.db import databases, janitor, kept_templates, maintenance, schema, schema_drift
+from pytest_dbguard.db import (
+    databases,
+    janitor,
+    maintenance,
+    schema,
+    schema_drift,
+    worker_schemas,
+)
 from pytest_dbguard.db.engines import dispose_own_engines
 from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
-from pytest_dbguard.run import environment, remote_workers, reuse_run, termination, worker_failures
+from pytest_dbguard.run import (
+    environment,
+    remote_workers,
+    reuse_run,
+    templates,
+    termination,
+    worker_failures,
+)
 from pytest_dbguard.run.config import Settings
 from pytest_dbguard.run.run_plan import SINGLE_PROCESS, RunPlan
 from pytest_dbguard.run.state import DbguardRun, SessionState, run_of, the_run
@@ -109,7 +122,7 @@ def ensure_started(config: pytest.Config) -> None:
         if plan.server_url is not None:
             _wait_ready(config, run, state)
             _check_can_create_databases(plan, settings)
-        kept = _kept_template(plan, settings, state)
+        kept = templates.kept_template(plan, settings, state)
         state.template = reuse_run.rebuild(plan, settings, kept, state.notes)
         if state.runs_tests:
             state.provisioned = _provision(plan, settings, state)
@@ -141,20 +154,6 @@ def _check_compared_metadata(config: pytest.Config, settings: Settings) -> None:
         schema.load_metadata(settings.metadata, settings.source_of("metadata"), config.rootpath)
 
 
-def _kept_template(plan: RunPlan, settings: Settings, state: SessionState) -> str | None:
-    """The name of the template this run keeps or shares with a pipeline's other shards, or None
-    (neither, no schema, schema mode)."""
-    if (
-        not (settings.reuse or plan.pipeline_run)
-        or plan.server_url is None
-        or plan.schema is not None
-    ):
-        return None
-    if state.metadata is None and state.alembic_ini is None and state.schema_hook is None:
-        return None
-    return template_for(plan, settings, state)[0]
-
-
 def _check_can_create_databases(plan: RunPlan, settings: Settings) -> None:
     """With ``worker_isolation = database`` asked for, the server's owner checks the role once:
     its error is the run's, printed once, whatever the xdist workers meet meanwhile."""
@@ -162,7 +161,7 @@ def _check_can_create_databases(plan: RunPlan, settings: Settings) -> None:
         return
     if settings.worker_isolation != "database" or plan.server_url is None:
         return
-    if not databases.can_create_databases(plan.server_url):
+    if not worker_schemas.can_create_databases(plan.server_url):
         url = plan.server_url
         raise DatabaseSetupError(
             f"{settings.source_of('worker_isolation')} = 'database', but on {url.host}:{url.port} "
@@ -194,50 +193,6 @@ def _wait_ready(config: pytest.Config, run: DbguardRun, state: SessionState) -> 
         state.server_start_ms = cluster.start_ms() or 0.0
 
 
-def _fingerprint(settings: Settings, state: SessionState) -> str:
-    """A short hash of the schema this worker needs: workers whose schemas differ (a per-worker
-    table prefix) get different templates, and a reused template is rebuilt when the schema changes."""
-    if state.schema_hook is not None:
-        return state.schema_hook.fingerprint()
-    if state.metadata is not None:
-        return schema.fingerprint_metadata(state.metadata, "postgresql")
-    if state.alembic_ini is not None:
-        # Migrations may read dbguard_env values (a prefix); those that say where the database
-        # is (its name, URL, host, port, role) do not count: with the fault proxy on, each
-        # worker's {port} is its own proxy's, and every worker built a template of its own.
-        shared = [
-            f"{name}={os.environ.get(name, '')}"
-            for name, template in environment.parse_env_lines(settings.env_lines)
-            if not any(f"{{{key}}}" in template for key in PER_DATABASE_PLACEHOLDERS)
-        ]
-        return schema.fingerprint_alembic(state.alembic_ini, shared)
-    return ""
-
-
-# Every placeholder but {worker} and {run} says where the database is, not what is in it. A
-# per-worker (or per-run) table prefix the migrations read gives a schema, and a template, of
-# its own.
-PER_DATABASE_PLACEHOLDERS: Final = tuple(
-    name for name in environment.PLACEHOLDERS if name not in ("worker", "run")
-)
-
-
-def template_for(plan: RunPlan, settings: Settings, state: SessionState) -> tuple[str, str]:
-    """The template's name and the run id its mark carries (reused templates are kept across runs)."""
-    from pytest_dbguard.db.names import base_of, template_name
-
-    fingerprint = _fingerprint(settings, state) or "000000"
-    if plan.server_url is None:
-        assert plan.sqlite_dir is not None
-        base = base_of(plan.database)
-        return str(plan.sqlite_dir / f"{template_name(base, plan.run, fingerprint)}.db"), plan.run
-    base = plan.server_url.database or "postgres"
-    if settings.reuse:
-        return kept_templates.template_name(base, fingerprint), kept_templates.REUSE_RUN
-    # Shards of one pipeline (DBGUARD_RUN) share it: built once, under the template's lock.
-    return template_name(base, plan.template_run, fingerprint), plan.template_run
-
-
 def _provision(plan: RunPlan, settings: Settings, state: SessionState) -> Provisioned:
     # A single run that keeps nothing has no one to share a template with: it builds the schema
     # in its own database, one CREATE DATABASE (and one DROP) fewer, and needs no fingerprint.
@@ -251,12 +206,12 @@ def _provision(plan: RunPlan, settings: Settings, state: SessionState) -> Provis
     if in_place or plan.schema is not None:  # schema mode: no template, the worker's schema
         template, template_run = plan.database, plan.run
     else:
-        template, template_run = template_for(plan, settings, state)
+        template, template_run = templates.template_for(plan, settings, state)
     with building_in(plan, settings, state, template) as build:
         if plan.server_url is None:
             return databases.provision_sqlite(plan.test_url, Path(template), build)
         if plan.schema is not None:
-            return databases.provision_schema(
+            return worker_schemas.provision_schema(
                 plan.server_url, plan.schema, build, run=plan.run, worker=plan.worker
             )
         # The engine that builds the schema in place stays for the tests, unless they reach the
@@ -287,7 +242,7 @@ def building_in(
     if plan.server_url is None:
         url = plan.test_url
     elif plan.schema is not None:
-        url = databases.schema_url(plan.server_url, plan.schema)
+        url = worker_schemas.schema_url(plan.server_url, plan.schema)
     else:
         url = plan.server_url.with_database(database)
     build = (
@@ -347,7 +302,7 @@ def finish(config: pytest.Config) -> None:
         return  # the whole cluster goes away at the end
     try:
         if provisioned.mode == "schema" and provisioned.schema:
-            databases.drop_schema(plan.server_url, provisioned.schema)
+            worker_schemas.drop_schema(plan.server_url, provisioned.schema)
         else:
             databases.drop_database(plan.server_url, provisioned.database)
     except Exception as error:  # cleanup must never hide the tests' own outcome

@@ -190,7 +190,7 @@ def decide(
     base = server_url.database or EMBEDDED_BASE
     common.update(embedded=embedded, server_url=server_url, sqlite_dir=None)
     if _schema_mode(settings, server_url, embedded, origin, probe=inspection is None):
-        from pytest_dbguard.db.databases import schema_url
+        from pytest_dbguard.db.worker_schemas import schema_url
 
         schema = schema_name(run, worker)
         test_url = schema_url(server_url, schema)
@@ -219,7 +219,7 @@ def _schema_mode(
         return bool(origin.get("schema_mode"))
     if settings.worker_isolation != "auto" or embedded or not probe:
         return settings.worker_isolation == "schema"
-    from pytest_dbguard.db.databases import CAN_CREATE_DATABASES
+    from pytest_dbguard.db.worker_schemas import CAN_CREATE_DATABASES
     from pytest_dbguard.server.readiness import first_row, refused_for_good
 
     started = time.monotonic()
