@@ -407,7 +407,14 @@ def signal_once_ready(
             os.killpg(run.pid, signum)
         else:
             run.send_signal(signum)
-        output = run.communicate(timeout=90)[0]
+        try:
+            output = run.communicate(timeout=90)[0]
+        except subprocess.TimeoutExpired:  # a hang: show how far the run got
+            os.killpg(run.pid, signal.SIGKILL)
+            output = run.communicate(timeout=30)[0]
+            raise AssertionError(
+                f"the run did not end within 90 s of the signal:\n{output}"
+            ) from None
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
