@@ -324,3 +324,82 @@ def test_the_collector_skips_older_objects_only_while_the_schema_builds(
         assert 0 < during <= int(recorded.read_text())  # the project's own, nothing added
     else:
         assert during > 1000  # dbguard froze the objects of the imports and the conftest
+
+
+# A migration that gives its table a schema of its own (schema="audit"): in schema mode that
+# schema is in the shared database, outside every worker's.
+AUDIT_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+
+def upgrade():
+    op.execute("CREATE SCHEMA IF NOT EXISTS audit")
+    op.create_table("events", sa.Column("id", sa.Integer, primary_key=True), schema="audit")
+"""
+# env.py ignoring dbguard's connection: it commits the migrations on one of its own.
+OWN_ENGINE_ENV_PY = """
+import os
+from alembic import context
+from sqlalchemy import create_engine
+
+engine = create_engine(os.environ["DATABASE_URL"])
+with engine.begin() as conn:
+    context.configure(connection=conn)
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
+"""
+
+
+@pytest.mark.parametrize(
+    ("env_py", "xdist", "fate"),
+    [
+        pytest.param(ENV_PY, False, "rolled back", id="given-connection-serial"),
+        pytest.param(
+            ENV_PY, True, "rolled back", id="given-connection-n2", marks=pytest.mark.needs_xdist
+        ),
+        pytest.param(OWN_ENGINE_ENV_PY, False, "still there", id="own-engine-serial"),
+    ],
+)
+def test_migrations_that_create_tables_outside_the_worker_schema_stop_the_run(
+    pytester: pytest.Pytester, pg_server: TestServer, env_py: str, xdist: bool, fate: str
+) -> None:
+    """Schema mode: an Alembic migration's audit.events would be shared by every worker and
+    left in the user's database; the run stops and says whether the build's rollback took it
+    away (env.py used dbguard's connection) or it is still there (env.py committed it)."""
+    database = f"audit_{'n2' if xdist else 'serial'}_{'own' if env_py != ENV_PY else 'given'}"
+    pg_server.sql(f"CREATE DATABASE {database}")
+    try:
+        write_alembic_project(
+            pytester.path,
+            alembic_ini=ALEMBIC_INI,
+            env_py=env_py,
+            revisions={
+                "0001_accounts.py": REVISION_1,
+                "0002_active.py": REVISION_2,
+                "0003_audit.py": AUDIT_REVISION,
+            },
+        )
+        pytester.makeini(
+            "[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_worker_isolation = schema\n"
+            "dbguard_env =\n    DATABASE_URL={url}\n"
+        )
+        pytester.makepyfile(test_accounts=USES_ACCOUNTS)
+        url = pg_server.url(database=database)
+        result = run_dbguard(pytester, "--dbguard-url", url, *(["-n", "2"] if xdist else []))
+        output = result.stdout.str() + result.stderr.str()
+        assert "created audit.events outside the worker schema" in output, output
+        assert fate in output
+        assert result.ret != pytest.ExitCode.OK and " passed" not in output
+        left = pg_server.sql(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE c.relkind = 'r'"
+            " AND (n.nspname = 'audit' OR n.nspname LIKE 'dbg_%')",
+            database=database,
+        ).stdout.split()
+        assert left == ([] if fate == "rolled back" else ["audit.events"])
+    finally:
+        pg_server.sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

@@ -8,10 +8,11 @@ import importlib
 import importlib.util
 import os
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from pytest_dbguard.db.names import SCHEMA_START
 from pytest_dbguard.exceptions import ConfigError, DbguardError, SchemaError
 from pytest_dbguard.run.setting_values import find_from_rootdir
 
@@ -33,6 +34,20 @@ OWN_SCHEMAS_IN_WORKER_SCHEMA: Final = (
     "where dbguard's cleanup never reaches. Give each worker a database: dbguard_worker_isolation "
     "= database (or auto) with a role that may create databases (CREATEDB), or leave the URL out "
     "for the embedded server. No test ran."
+)
+
+MIGRATED_OUTSIDE_WORKER_SCHEMA: Final = (
+    "The migrations ({source}) created {tables} outside the worker schema {schema!r} of the "
+    "shared database {database!r}: this run gives each worker a schema there, and a table in a "
+    "schema of its own would be shared by every worker and by whoever else uses that database, "
+    "where dbguard's cleanup never reaches. {fate} Give each worker a database: "
+    "dbguard_worker_isolation = database (or auto) with a role that may create databases "
+    "(CREATEDB), or leave the URL out for the embedded server. No test ran."
+)
+ROLLED_BACK: Final = "The build was rolled back: nothing of it is left in the database."
+LEFT_BEHIND: Final = (
+    "env.py committed them on a connection of its own, so they are still there, and dbguard "
+    "drops only what carries its mark: drop them yourself ({tables})."
 )
 
 
@@ -160,6 +175,8 @@ def builder(
             inner = lambda connection: alembic_runner.upgrade_here(connection, ini, text)  # noqa: E731
     else:
         return None
+    if worker_schema is not None and alembic_ini is not None:
+        inner = _kept_inside(inner, source, url, worker_schema)
 
     def build(connection: Connection) -> None:
         try:
@@ -195,17 +212,63 @@ def _require_no_own_schemas(metadata: MetaData, source: str, url: DatabaseURL) -
     if not qualified:
         return
     schemas = sorted({table.schema for table in metadata.tables.values() if table.schema})
-    shown = ", ".join(qualified[:3]) + (
-        f" and {len(qualified) - 3} more" if len(qualified) > 3 else ""
-    )
     raise ConfigError(
         OWN_SCHEMAS_IN_WORKER_SCHEMA.format(
             source=source,
-            tables=shown,
+            tables=_some(qualified),
             database=url.database,
             schemas=", ".join(str(schema) for schema in schemas),
         )
     )
+
+
+# Tables and views outside every worker schema (and PostgreSQL's own); ``ours``: created in this
+# transaction, so the build's rollback takes them away.
+_OUTSIDE_WORKER_SCHEMAS: Final = (
+    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
+    "c.xmin::text = mod(txid_current(), 4294967296)::text AS ours "
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname <> 'information_schema' "
+    f"AND n.nspname !~ '^pg_' AND n.nspname !~ '{SCHEMA_START}'"
+)
+
+
+def _kept_inside(
+    upgrade: Callable[[Connection], None], source: str, url: DatabaseURL, worker_schema: str
+) -> Callable[[Connection], None]:
+    """The Alembic upgrade of a worker schema, failing when a migration created tables in a
+    schema of their own (``schema="audit"``): only ``dbguard_metadata`` can be checked before the
+    build."""
+
+    def checked(connection: Connection) -> None:
+        before = {name for name, _ in connection.exec_driver_sql(_OUTSIDE_WORKER_SCHEMAS)}
+        upgrade(connection)
+        created = sorted(
+            (name, bool(ours))
+            for name, ours in connection.exec_driver_sql(_OUTSIDE_WORKER_SCHEMAS)
+            if name not in before
+        )
+        if not created:
+            return
+        left = [name for name, ours in created if not ours]
+        raise SchemaError(
+            MIGRATED_OUTSIDE_WORKER_SCHEMA.format(
+                source=source,
+                tables=_some(name for name, _ in created),
+                schema=worker_schema,
+                database=url.database,
+                fate=LEFT_BEHIND.format(tables=", ".join(left)) if left else ROLLED_BACK,
+            )
+        )
+
+    return checked
+
+
+def _some(names: Iterable[str]) -> str:
+    """The first three names, and how many more."""
+    shown = list(names)
+    more = f" and {len(shown) - 3} more" if len(shown) > 3 else ""
+    return ", ".join(shown[:3]) + more
 
 
 def _migration_frame(error: BaseException, ini: Path) -> str:
