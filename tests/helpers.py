@@ -397,6 +397,7 @@ def signal_once_ready(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # what it wrote survives a SIGKILL
     )
     try:
         deadline = time.monotonic() + 90
