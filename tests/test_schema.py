@@ -403,3 +403,53 @@ def test_migrations_that_create_tables_outside_the_worker_schema_stop_the_run(
         assert left == ([] if fate == "rolled back" else ["audit.events"])
     finally:
         pg_server.sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+# The env.py `alembic init` writes: its fileConfig disables every logger the ini does not name.
+FILE_CONFIG_ENV_PY = """
+from logging.config import fileConfig
+from alembic import context
+
+config = context.config
+if config.config_file_name is not None:
+    fileConfig(config.config_file_name)
+context.configure(connection=config.attributes["connection"])
+with context.begin_transaction():
+    context.run_migrations()
+"""
+LOGGING_TESTS = """
+    import logging
+
+    log = logging.getLogger("shop.orders")  # created at import, before the schema build
+
+
+    def test_the_projects_logger_reaches_caplog(caplog, dbguard_connection):
+        log.warning("order refused")
+        assert "order refused" in caplog.text
+
+
+    def test_info_is_captured_at_the_level_asked(caplog, dbguard_connection):
+        with caplog.at_level(logging.INFO):
+            log.info("order placed")
+        assert "order placed" in caplog.text
+"""
+
+
+@pytest.mark.parametrize(
+    "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
+def test_env_py_logging_config_leaves_the_projects_loggers_alone(
+    pytester: pytest.Pytester, on_server: list[str], xdist: bool
+) -> None:
+    """Migrations run in the test process: env.py's fileConfig disabled the project's loggers
+    and set the root level, and caplog saw nothing they logged."""
+    write_alembic_project(
+        pytester.path,
+        alembic_ini=ALEMBIC_INI,
+        env_py=FILE_CONFIG_ENV_PY,
+        revisions={"0001_accounts.py": REVISION_1},
+    )
+    pytester.makeini("[pytest]\ndbguard_alembic_ini = alembic.ini\n")
+    pytester.makepyfile(test_logging=LOGGING_TESTS)
+    result = run_dbguard(pytester, *on_server, *(["-n", "2"] if xdist else []))
+    result.assert_outcomes(passed=2)

@@ -10,10 +10,12 @@ template (``DBGUARD_URL``, the ``dbguard_env`` variables), so its settings are r
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -93,9 +95,39 @@ def upgrade_here(connection: Connection, ini: Path, url: str) -> None:
     previous = os.getcwd()
     os.chdir(ini.parent)  # script_location in alembic.ini is relative to it
     try:
-        command.upgrade(alembic_config, "head")
+        with logging_kept():
+            command.upgrade(alembic_config, "head")
     finally:
         os.chdir(previous)
+
+
+@contextlib.contextmanager
+def logging_kept() -> Iterator[None]:
+    """Put this process's loggers back as they were after env.py's ``fileConfig``.
+
+    The env.py that ``alembic init`` writes calls ``logging.config.fileConfig(alembic.ini)``,
+    which disables every logger that exists and is not named in the ini (the project's own,
+    created when pytest imported its modules) and sets the root logger's level and handlers:
+    the tests' ``caplog`` then sees nothing the project logs.
+    """
+    import logging
+
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in list(logging.Logger.manager.loggerDict.values())
+        if isinstance(logger, logging.Logger)
+    ]
+    saved = [
+        (logger, logger.disabled, logger.level, list(logger.handlers), logger.propagate)
+        for logger in loggers
+    ]
+    try:
+        yield
+    finally:
+        for logger, disabled, level, handlers, propagate in saved:
+            logger.disabled, logger.propagate = disabled, propagate
+            logger.setLevel(level)
+            logger.handlers[:] = handlers
 
 
 def upgrade_in_subprocess(ini: Path, url: DatabaseURL, source: str) -> None:
