@@ -3,6 +3,7 @@ that a ``%`` in a name is never read as a placeholder."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
 from pytest_dbguard.db.names import SCHEMA_START
@@ -52,6 +53,18 @@ def written_since(xid: int) -> str:
     or a later one, by the row's ``xmin``. age() counts back from one point for the whole
     statement, so it survives the 32-bit wraparound of xmin; frozen rows have the largest age."""
     return f"age(xmin) <= age({quote_literal(str(xid % _XID_SPACE))}::xid)"
+
+
+def written_probe(
+    tables: Iterable[str], since: str, also: Callable[[str], str] | None = None
+) -> str:
+    """One query naming each of ``tables`` that holds a row matching ``since`` (a row condition,
+    :func:`written_since`), or for which ``also(table)`` (`` OR …``) holds; empty for no table."""
+    return " UNION ALL ".join(
+        f"SELECT {quote_literal(table)} WHERE EXISTS (SELECT 1 FROM {table} WHERE {since})"
+        + (also(table) if also is not None else "")
+        for table in tables
+    )
 
 
 def run_ddl(connection: Connection, statement: str) -> None:

@@ -14,6 +14,7 @@ from pytest_dbguard.db.sql import (
     OWN_TABLES,
     quote_ident,
     quote_literal,
+    written_probe,
     written_since,
 )
 
@@ -178,15 +179,14 @@ class _Layout:
     def probe_since(self, kept: _Kept) -> str:
         """The probe for tables with rows written since ``kept`` (a row's ``xmin`` is the
         transaction that wrote it), or with a sequence moved since."""
-        return " UNION ALL ".join(
-            f"SELECT {quote_literal(table)} WHERE EXISTS (SELECT 1 FROM {table} WHERE "
-            f"{kept.written_since()})"
-            + "".join(
+        return written_probe(
+            self.tables,
+            kept.written_since(),
+            lambda table: "".join(
                 f" OR pg_sequence_last_value({quote_literal(sequence)}::regclass) IS DISTINCT "
                 f"FROM {_sql_number(kept.sequences.get(sequence))}"
                 for sequence, _ in self.sequences.get(table, [])
-            )
-            for table in self.tables
+            ),
         )
 
     def deletes(self, dirty: list[str], kept: _Kept | None = None) -> str | None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
-from pytest_dbguard.db.sql import OWN_TABLES, quote_literal, written_since
+from pytest_dbguard.db.sql import OWN_TABLES, written_probe, written_since
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -129,11 +129,7 @@ def tables_written_since(engine: Engine, xid: int) -> list[str]:
 
     with engine.connect() as connection:
         tables = connection.execute(text(OWN_TABLES)).scalars()
-        probe = " UNION ALL ".join(
-            f"SELECT {quote_literal(table)} WHERE EXISTS "
-            f"(SELECT 1 FROM {table} WHERE {written_since(xid)})"
-            for table in tables
-        )
+        probe = written_probe(tables, written_since(xid))
         if not probe:
             return []
         return [row[0] for row in connection.exec_driver_sql(probe)]
