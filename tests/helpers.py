@@ -410,9 +410,14 @@ def signal_once_ready(
             run.send_signal(signum)
         try:
             output = run.communicate(timeout=90)[0]
-        except subprocess.TimeoutExpired:  # a hang: show how far the run got
-            os.killpg(run.pid, signal.SIGKILL)
-            output = run.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:  # a hang: show how far the run got, and where
+            # pytest's faulthandler prints every thread's stack of each process on SIGABRT.
+            os.killpg(run.pid, signal.SIGABRT)
+            try:
+                output = run.communicate(timeout=15)[0]
+            except subprocess.TimeoutExpired:
+                os.killpg(run.pid, signal.SIGKILL)
+                output = run.communicate(timeout=30)[0]
             raise AssertionError(
                 f"the run did not end within 90 s of the signal:\n{output}"
             ) from None
