@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from pytest_dbguard.db import kept_templates
+from pytest_dbguard.db import alembic_runner, kept_templates, schema
 from pytest_dbguard.db.urls import DatabaseURL
-from tests.helpers import ALEMBIC_LOGGING, copy_project, run_dbguard, write_alembic_project
+from tests.helpers import (
+    ALEMBIC_LOGGING,
+    copy_project,
+    run_dbguard,
+    stopped_once,
+    write_alembic_project,
+)
 from tests.pgserver import LIMITED_USER, TestServer
 
 ALEMBIC_INI = (
@@ -453,3 +461,47 @@ def test_env_py_logging_config_leaves_the_projects_loggers_alone(
     pytester.makepyfile(test_logging=LOGGING_TESTS)
     result = run_dbguard(pytester, *on_server, *(["-n", "2"] if xdist else []))
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize(
+    ("location", "folder"),
+    [
+        pytest.param("db/migrations", "db/migrations", id="relative"),
+        pytest.param("%(here)s/db/migrations", "db/migrations", id="here"),
+        pytest.param("migrations", "migrations", id="default-folder"),
+    ],
+)
+def test_the_fingerprint_follows_the_script_location_alembic_ini_names(
+    tmp_path: Path, location: str, folder: str
+) -> None:
+    """--dbguard-reuse keeps a template until its migrations change: migrations outside the
+    folders alembic/ and migrations/ changed without changing the fingerprint, and a reused
+    template kept the old schema."""
+    (tmp_path / "alembic.ini").write_text(f"[alembic]\nscript_location = {location}\n")
+    versions = tmp_path / folder / "versions"
+    versions.mkdir(parents=True)
+    (tmp_path / folder / "env.py").write_text(ENV_PY)
+    (versions / "0001_accounts.py").write_text(REVISION_1)
+    ini = tmp_path / "alembic.ini"
+    before = schema.fingerprint_alembic(ini)
+    (versions / "0002_active.py").write_text(REVISION_2)
+    assert schema.fingerprint_alembic(ini) != before
+    assert alembic_runner.env_py(ini) == (tmp_path / folder / "env.py").resolve()
+
+
+@pytest.mark.parametrize(
+    "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
+def test_a_script_location_without_env_py_is_named_before_the_build(
+    pytester: pytest.Pytester, on_server: list[str], xdist: bool
+) -> None:
+    """An alembic.ini whose script_location names no env.py (litestar-fullstack's sets it in
+    code) was reported as an env.py that "does not use config.attributes['connection']"."""
+    _alembic_project(pytester)
+    (pytester.path / "alembic.ini").write_text(
+        ALEMBIC_INI.replace("script_location = migrations", "script_location = db/migrations")
+    )
+    result = run_dbguard(pytester, *on_server, *(["-n", "2"] if xdist else []))
+    missing = pytester.path / "db" / "migrations" / "env.py"
+    output = stopped_once(result, f"there is no {missing}")
+    assert "config.attributes" not in output

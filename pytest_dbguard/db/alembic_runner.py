@@ -10,6 +10,7 @@ template (``DBGUARD_URL``, the ``dbguard_env`` variables), so its settings are r
 from __future__ import annotations
 
 import ast
+import configparser
 import contextlib
 import os
 import re
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from pytest_dbguard.exceptions import SchemaError
+from pytest_dbguard.exceptions import ConfigError, SchemaError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -39,6 +40,12 @@ CHILD: Final = (
     f"config.set_main_option('sqlalchemy.url', os.environ.pop({URL_VARIABLE!r}).replace('%', '%%'))\n"
     "command.upgrade(config, 'head')\n"
 )
+NO_ENV_PY: Final = (
+    "{source}: there is no {env_py}. dbguard runs alembic in the folder of {ini}, so a relative "
+    "script_location in its [alembic] section is read from there: write it relative to that "
+    "folder (or as %(here)s/...), so that `alembic -c {ini} upgrade head` works from the shell "
+    "too. No test ran."
+)
 OUTPUT_LINES: Final = 40
 FAILED: Final = (
     "`alembic upgrade head` ({source}) failed while building the template {database!r}{where}, "
@@ -50,21 +57,42 @@ FAILED: Final = (
 _FRAME: Final = r'File "(?P<file>[^"]+)", line (?P<line>\d+)'
 
 
-def env_py(ini: Path) -> Path:
-    """The env.py of the script folder alembic.ini names (``script_location``)."""
+def script_folder(ini: Path) -> Path | None:
+    """The script folder alembic.ini names (``script_location``, relative to the folder of
+    alembic.ini, where dbguard runs alembic; ``%(here)s`` and ``package:folder`` as alembic
+    reads them); None when the ini names none.
+
+    Read with ``configparser`` as alembic's own ``Config`` does, not through alembic: a run that
+    reuses its template fingerprints the migrations without importing alembic.
+    """
+    parser = configparser.ConfigParser({"here": ini.parent.absolute().as_posix()})
     try:
-        from alembic.config import Config
-    except ImportError as error:
-        raise SchemaError(NOT_INSTALLED) from error
-    location = Config(str(ini)).get_main_option("script_location") or "alembic"
+        parser.read(ini)
+        location = parser.get("alembic", "script_location", fallback=None)
+    except configparser.Error:
+        return None
+    if not location:
+        return None
     if ":" in location and not Path(location).is_absolute():  # "package:folder" form
         package, _, folder = location.partition(":")
         import importlib.util
 
         spec = importlib.util.find_spec(package)
         if spec is not None and spec.submodule_search_locations:
-            return Path(next(iter(spec.submodule_search_locations))) / folder / "env.py"
-    return (ini.parent / location).resolve() / "env.py"
+            return Path(next(iter(spec.submodule_search_locations))) / folder
+    return (ini.parent / location).resolve()
+
+
+def env_py(ini: Path) -> Path:
+    """The env.py of the script folder alembic.ini names (``alembic`` when it names none)."""
+    return (script_folder(ini) or (ini.parent / "alembic").resolve()) / "env.py"
+
+
+def require_env_py(ini: Path, source: str) -> None:
+    """ConfigError when the script folder alembic.ini names has no env.py."""
+    path = env_py(ini)
+    if not path.is_file():
+        raise ConfigError(NO_ENV_PY.format(source=source, env_py=path, ini=ini))
 
 
 def uses_given_connection(ini: Path) -> bool:

@@ -115,6 +115,9 @@ def alembic_path(path: str, source: str, rootdir: Path) -> Path:
             f"{source} = {path!r}: {resolved} does not exist; give the path of alembic.ini "
             "relative to the rootdir, e.g. 'alembic.ini' or 'migrations/alembic.ini'."
         )
+    from pytest_dbguard.db.alembic_runner import require_env_py
+
+    require_env_py(resolved, f"{source} = {path!r}")
     return resolved
 
 
@@ -135,9 +138,12 @@ def fingerprint_metadata(metadata: MetaData, dialect_name: str) -> str:
 
 def fingerprint_alembic(ini: Path, settings: Sequence[str] = ()) -> str:
     """A short hash of alembic.ini, env.py, every migration file and the settings they may read."""
+    from pytest_dbguard.db.alembic_runner import script_folder
+
     digest = hashlib.sha1(ini.read_bytes())
     digest.update("\n".join(settings).encode())
-    script_dirs = [ini.parent / "alembic", ini.parent / "migrations"]
+    named = script_folder(ini)
+    script_dirs = [named] if named else [ini.parent / "alembic", ini.parent / "migrations"]
     for folder in script_dirs:
         for path in sorted(folder.rglob("*.py")) if folder.is_dir() else []:
             digest.update(path.read_bytes())
