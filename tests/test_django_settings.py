@@ -382,3 +382,30 @@ def test_help_and_markers_import_none_of_dbguards_django_modules(
     assert "pytest_dbguard.run.environment" in loaded  # a run with dbguard active
     assert "djproj.settings" in loaded  # and Django's settings loaded by pytest-django
     assert [name for name in loaded if name.startswith("pytest_dbguard.django.")] == []
+
+
+@pytest.mark.needs_xdist
+def test_a_settings_module_a_conftest_sets_is_explained_in_the_workers(
+    pytester: pytest.Pytester,
+) -> None:
+    """django-oscar: its conftest sets DJANGO_SETTINGS_MODULE and makes the module importable;
+    xdist's workers inherit the variable but load the settings before any conftest. "Fix the
+    module name" pointed the wrong way: the name is right, the workers' sys.path lacks it."""
+    write_project(pytester)
+    (pytester.path / "src").mkdir()
+    (pytester.path / "djproj").rename(pytester.path / "src" / "djproj")
+    pytester.makeini("[pytest]\ndjango_find_project = false\npythonpath = .\n")
+    pytester.makeconftest(
+        """
+        import os, sys
+
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "src"))
+        os.environ["DJANGO_SETTINGS_MODULE"] = "djproj.settings"
+        """
+    )
+    pytester.makepyfile(test_shop=ORM_TESTS)
+    result = run_dbguard(pytester, "-n", "2", "--max-worker-restart", "0", plugins=DJANGO)
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret != pytest.ExitCode.OK and " passed" not in output
+    assert "This xdist worker inherited DJANGO_SETTINGS_MODULE from the controller" in output
+    assert "(DJANGO_SETTINGS_MODULE, from the environment) does not exist" in output

@@ -24,8 +24,17 @@ SETTINGS_ENV: Final = DJANGO_SETTINGS_ENV
 MISSING: Final = (
     "Django's settings module {module!r} (DJANGO_SETTINGS_MODULE, from {source}) does not exist: "
     "{error}. No test ran: dbguard serves Django's database only once pytest-django has loaded "
-    "the settings. Fix the module name ({source}), or put the folder that holds it on sys.path "
-    "(ini pythonpath = ., or manage.py beside it with pytest-django's django_find_project)."
+    "the settings.{worker} Fix the module name ({source}), or put the folder that holds it on "
+    "sys.path (ini pythonpath = ., or manage.py beside it with pytest-django's django_find_project)."
+)
+# An xdist worker inherits the controller's environment, where a conftest may have set the
+# variable (and put the module's folder on sys.path while pytest imported it); the worker loads
+# the settings before any conftest (django-oscar: fine with python -m pytest, broken with pytest).
+IN_A_WORKER: Final = (
+    " This xdist worker inherited DJANGO_SETTINGS_MODULE from the controller, where a conftest may "
+    "have set it; pytest-django loads the settings before any conftest, so only what the command "
+    "line and the ini put on sys.path reaches them here (plain `pytest` does not add the "
+    "current folder; `python -m pytest` does)."
 )
 BROKEN: Final = (
     "Django's settings module {module!r} (DJANGO_SETTINGS_MODULE, from {source}) failed while "
@@ -77,7 +86,8 @@ def explain(error: BaseException, source: str, hint: str = "") -> ConfigError | 
     cause = f"{type(original).__name__}: {hide_password_in(str(original))}"
     missing = getattr(original, "name", None)
     if isinstance(original, ModuleNotFoundError) and missing and _is_part_of(module, missing):
-        return ConfigError(MISSING.format(module=module, source=source, error=cause))
+        worker = IN_A_WORKER if source == "the environment" and _in_xdist_worker() else ""
+        return ConfigError(MISSING.format(module=module, source=source, error=cause, worker=worker))
     return ConfigError(
         BROKEN.format(
             module=module,
@@ -88,6 +98,10 @@ def explain(error: BaseException, source: str, hint: str = "") -> ConfigError | 
             advice=IMPORT_ADVICE if isinstance(original, ImportError) else "",
         )
     )
+
+
+def _in_xdist_worker() -> bool:
+    return bool(os.environ.get("PYTEST_XDIST_WORKER"))
 
 
 def _raised_in(error: BaseException, module: str) -> bool:
