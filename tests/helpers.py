@@ -377,6 +377,10 @@ def kept_by(server: TestServer, result: pytest.RunResult) -> set[str]:
     }
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def signal_once_ready(
     project: Path,
     workers: tuple[str, ...],
@@ -398,6 +402,10 @@ def signal_once_ready(
         text=True,
         start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},  # what it wrote survives a SIGKILL
+        # A process started in the background by a non-interactive shell (nohup tox &) ignores
+        # SIGINT, and passes that on: Python then installs no KeyboardInterrupt handler, and the
+        # run would never see the Ctrl-C this sends. A terminal's foreground job has the default.
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 90
