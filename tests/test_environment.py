@@ -219,7 +219,7 @@ def test_bad_env_lines(pytester: pytest.Pytester, line: str, pattern: str) -> No
     pytester.makepyfile("def test_x(): pass")
     result = run_dbguard_inprocess(pytester, "--dbguard-url", "sqlite")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*ini dbguard_env*{pattern.lstrip('*')}"])
+    result.stderr.fnmatch_lines([f"*ini dbguard_env in tox.ini: *{pattern.lstrip('*')}"])
 
 
 def test_environment_is_restored_after_an_in_process_run(pytester: pytest.Pytester) -> None:

@@ -129,7 +129,7 @@ def prepare(
     elif origin is not None:
         environ.pop("DBGUARD_URL", None)
     settings = dbguard_config.resolve(config, namespace, environ)
-    assignments = parse_env_lines(settings.env_lines)
+    assignments = parse_env_lines(settings.env_lines, settings.source_of("env"))
     if not late:
         check_guarded_modules(settings.guard_modules, assignments)
     inspection = inspection_flag(config, namespace)
@@ -264,8 +264,9 @@ def values_for(plan: RunPlan) -> dict[str, str]:
     }
 
 
-def parse_env_lines(lines: Sequence[str]) -> list[tuple[str, str]]:
-    """``NAME=VALUE`` lines of ``dbguard_env``; ConfigError on a line without ``=`` or a bad placeholder."""
+def parse_env_lines(lines: Sequence[str], source: str = "ini dbguard_env") -> list[tuple[str, str]]:
+    """``NAME=VALUE`` lines of ``dbguard_env``; ConfigError on a line without ``=`` or a bad
+    placeholder, naming ``source`` (the key and its file, as ``Settings.source_of`` words it)."""
     assignments: list[tuple[str, str]] = []
     for raw in lines:
         line = raw.strip()
@@ -275,7 +276,7 @@ def parse_env_lines(lines: Sequence[str]) -> list[tuple[str, str]]:
         name = name.strip()
         if not sep or not name or not name.replace("_", "").isalnum():
             raise ConfigError(
-                f"ini dbguard_env: {line!r} is not a NAME=VALUE line; write e.g. "
+                f"{source}: {line!r} is not a NAME=VALUE line; write e.g. "
                 "'DB_TABLE_PREFIX=test_{worker}', 'DATABASE_URL={url}' (SQLAlchemy) or "
                 "'DATABASE_URL={pg_url}' (Django, dj-database-url, django-environ)."
             )
@@ -285,12 +286,12 @@ def parse_env_lines(lines: Sequence[str]) -> list[tuple[str, str]]:
             ]
         except ValueError as error:
             raise ConfigError(
-                f"ini dbguard_env: {line!r}: {error}; write a literal brace as '{{{{' or '}}}}'."
+                f"{source}: {line!r}: {error}; write a literal brace as '{{{{' or '}}}}'."
             ) from None
         for field in fields:
             if field not in PLACEHOLDERS:
                 raise ConfigError(
-                    f"ini dbguard_env: {line!r} uses the unknown placeholder {{{field}}}; "
+                    f"{source}: {line!r} uses the unknown placeholder {{{field}}}; "
                     f"valid placeholders: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}."
                 )
         assignments.append((name, value))
