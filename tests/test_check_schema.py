@@ -453,3 +453,54 @@ def test_readme_example(pytester: pytest.Pytester) -> None:
     run = pytester.runpytest_subprocess(timeout=300)
     assert run.ret == pytest.ExitCode.USAGE_ERROR, output(run)
     run.stderr.fnmatch_lines(["ERROR: schema drift: *(app.models:Base) differ in 4 places:"])
+
+
+# env.py that leaves a table to another tool (mealie's, PostGIS's spatial_ref_sys): autogenerate,
+# and so the drift check, must not count it.
+ENV_PY_INCLUDE_OBJECT = """
+from alembic import context
+
+
+def include_object(obj, name, type_, reflected, compare_to):
+    return not (type_ == "table" and name == "audit_log")
+
+
+context.configure(
+    connection=context.config.attributes["connection"], include_object=include_object
+)
+with context.begin_transaction():
+    context.run_migrations()
+"""
+AUDIT_LOG_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+
+def upgrade():
+    op.create_table("audit_log", sa.Column("id", sa.Integer, primary_key=True))
+"""
+
+
+@pytest.mark.parametrize("how", ["command", "at-start"])
+def test_env_py_include_object_decides_what_counts(
+    pytester: pytest.Pytester, pg_server: TestServer, how: str
+) -> None:
+    """The table env.py's include_object leaves out is not drift; what it keeps still is (the
+    models' tags table)."""
+    ini = (
+        "dbguard_alembic_ini = alembic.ini\ndbguard_metadata = models:Base\n"
+        "dbguard_check_schema = error\n"
+    )
+    project(pytester, env_py=ENV_PY_INCLUDE_OBJECT, ini=ini, models=MODELS + TAGS)
+    (pytester.path / "migrations" / "versions" / "0003_audit.py").write_text(AUDIT_LOG_REVISION)
+    if how == "command":
+        result = check_schema(pytester, pg_server.url())
+        assert result.ret == 1, output(result)
+    else:
+        pytester.makepyfile(test_app=TESTS)
+        result = run_dbguard(pytester, "--dbguard-url", pg_server.url())
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
+    assert f"table tags: {IN_MODELS}" in output(result)
+    assert "audit_log" not in output(result)

@@ -18,11 +18,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.exceptions import ConfigError, SchemaError
 
 if TYPE_CHECKING:
+    from sqlalchemy import MetaData
     from sqlalchemy.engine import Connection
 
     from pytest_dbguard.db.urls import DatabaseURL
@@ -127,6 +128,36 @@ def upgrade_here(connection: Connection, ini: Path, url: str) -> None:
             command.upgrade(alembic_config, "head")
     finally:
         os.chdir(previous)
+
+
+def compare_in_env_py(connection: Connection, ini: Path, metadata: MetaData) -> list[Any]:
+    """alembic's autogenerate comparison of ``connection``'s database with ``metadata``, run
+    from env.py as ``alembic check`` runs it: env.py configures the context on the connection it
+    is given, with its own ``include_object``, ``include_name`` and comparison options, and the
+    migration function compares instead of migrating (the database is at head already)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.config import Config
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.script import ScriptDirectory
+
+    alembic_config = Config(str(ini))
+    alembic_config.attributes["connection"] = connection
+    found: list[Any] = []
+
+    def compare(_heads: Any, context: Any) -> list[Any]:
+        context.opts.setdefault("compare_type", True)
+        found.extend(compare_metadata(context, metadata))
+        return []  # no migration step to run
+
+    previous = os.getcwd()
+    os.chdir(ini.parent)  # script_location in alembic.ini is relative to it
+    try:
+        script = ScriptDirectory.from_config(alembic_config)
+        with logging_kept(), EnvironmentContext(alembic_config, script, fn=compare):
+            script.run_env()
+    finally:
+        os.chdir(previous)
+    return found
 
 
 @contextlib.contextmanager

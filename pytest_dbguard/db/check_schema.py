@@ -192,7 +192,7 @@ def check(
         with schema.environ_override(environment.variables(plan, assignments)):
             databases.provision_database(url, name, None, build, run=run, worker=WORKER)
         progress(f"migrated {name} on {url.host}:{url.port} with alembic upgrade head")
-        differences = schema_drift.check_database(target, metadata)
+        differences = schema_drift.check_database(target, metadata, ini)
         return schema_drift.Drift(
             project.alembic_ini, project.metadata, tuple(differences), len(metadata.tables)
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
@@ -85,15 +86,26 @@ class Drift(Record):
         return "\n".join([headline, *(f"  - {line}" for line in self.differences)])
 
 
-def compare(connection: Connection, metadata: MetaData) -> list[str]:
-    """Each difference between the database on ``connection`` and ``metadata``, in words."""
+def compare(connection: Connection, metadata: MetaData, ini: Path | None = None) -> list[str]:
+    """Each difference between the database on ``connection`` and ``metadata``, in words.
+
+    With ``ini``, through its env.py when that takes dbguard's connection, so that what env.py
+    configures for autogenerate (``include_object``, ``include_name``, ``include_schemas``,
+    ``compare_type``...) decides what counts, as for ``alembic check``; an env.py that builds
+    its own engine is not run here (its settings may name another database)."""
     try:
         from alembic.autogenerate import compare_metadata
         from alembic.migration import MigrationContext
     except ImportError as error:
         raise SchemaError(NOT_INSTALLED) from error
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
-    found: list[Any] = compare_metadata(context, metadata)
+    from pytest_dbguard.db import alembic_runner
+
+    found: list[Any]
+    if ini is not None and alembic_runner.uses_given_connection(ini):
+        found = alembic_runner.compare_in_env_py(connection, ini, metadata)
+    else:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        found = compare_metadata(context, metadata)
     # Changes to one column come grouped in a list; the others one tuple each.
     flat = [diff for entry in found for diff in (entry if isinstance(entry, list) else [entry])]
     return [describe(diff, connection.dialect) for diff in flat]
@@ -105,14 +117,14 @@ def require_tables(metadata: MetaData, source: str, spec: str) -> None:
         raise ConfigError(NO_TABLES.format(source=source, spec=spec))
 
 
-def check_database(url: DatabaseURL, metadata: MetaData) -> list[str]:
+def check_database(url: DatabaseURL, metadata: MetaData, ini: Path | None = None) -> list[str]:
     """:func:`compare` on a connection of dbguard's own to ``url``."""
     from pytest_dbguard.db.engines import INTERNAL_OPTIONS, engine_for
 
     engine = engine_for(url, execution_options=INTERNAL_OPTIONS)
     try:
         with engine.connect() as connection:
-            return compare(connection, metadata)
+            return compare(connection, metadata, ini)
     finally:
         engine.dispose()  # no connection may stay on a database that is dropped next
 
@@ -214,7 +226,9 @@ def check_at_start(config: pytest.Config, provisioned: Provisioned | None) -> No
         return
     settings = the_run(config).settings
     require_tables(metadata, settings.source_of("metadata"), str(settings.metadata))
-    differences = check_database(provisioned.url, metadata)
+    state = the_run(config).session
+    ini = state.alembic_ini if state is not None else None
+    differences = check_database(provisioned.url, metadata, ini)
     if not differences:
         return
     drift = Drift(
