@@ -464,20 +464,29 @@ def test_env_py_logging_config_leaves_the_projects_loggers_alone(
 
 
 @pytest.mark.parametrize(
-    ("location", "folder"),
+    ("ini", "pyproject", "folder"),
     [
-        pytest.param("db/migrations", "db/migrations", id="relative"),
-        pytest.param("%(here)s/db/migrations", "db/migrations", id="here"),
-        pytest.param("migrations", "migrations", id="default-folder"),
+        pytest.param("script_location = db/migrations", "", "db/migrations", id="relative"),
+        pytest.param("script_location = %(here)s/db/migrations", "", "db/migrations", id="here"),
+        pytest.param("script_location = migrations", "", "migrations", id="default-folder"),
+        pytest.param(
+            "",
+            '[tool.alembic]\nscript_location = "%(here)s/db/migrations"\n',
+            "db/migrations",
+            id="pyproject",
+        ),
     ],
 )
 def test_the_fingerprint_follows_the_script_location_alembic_ini_names(
-    tmp_path: Path, location: str, folder: str
+    tmp_path: Path, ini: str, pyproject: str, folder: str
 ) -> None:
     """--dbguard-reuse keeps a template until its migrations change: migrations outside the
     folders alembic/ and migrations/ changed without changing the fingerprint, and a reused
-    template kept the old schema."""
-    (tmp_path / "alembic.ini").write_text(f"[alembic]\nscript_location = {location}\n")
+    template kept the old schema. alembic 1.16's pyproject template keeps script_location in
+    pyproject.toml."""
+    (tmp_path / "alembic.ini").write_text(f"[alembic]\n{ini}\n")
+    if pyproject:
+        (tmp_path / "pyproject.toml").write_text(pyproject)
     versions = tmp_path / folder / "versions"
     versions.mkdir(parents=True)
     (tmp_path / folder / "env.py").write_text(ENV_PY)
@@ -505,3 +514,16 @@ def test_a_script_location_without_env_py_is_named_before_the_build(
     missing = pytester.path / "db" / "migrations" / "env.py"
     output = stopped_once(result, f"there is no {missing}")
     assert "config.attributes" not in output
+
+
+def test_script_location_in_pyproject_toml(pytester: pytest.Pytester, on_server: list[str]) -> None:
+    """alembic 1.16's pyproject template: alembic.ini without script_location, and
+    [tool.alembic] in the pyproject.toml beside it, as `alembic upgrade head` reads them."""
+    _alembic_project(pytester)
+    (pytester.path / "alembic.ini").write_text(
+        ALEMBIC_INI.replace("script_location = migrations\n", "")
+    )
+    (pytester.path / "pyproject.toml").write_text(
+        '[tool.alembic]\nscript_location = "%(here)s/migrations"\n'
+    )
+    run_dbguard(pytester, *on_server, inprocess=True).assert_outcomes(passed=3)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pytest_dbguard.exceptions import ConfigError, SchemaError
 
 if TYPE_CHECKING:
+    from alembic.config import Config
     from sqlalchemy import MetaData
     from sqlalchemy.engine import Connection
 
@@ -37,15 +38,15 @@ CHILD: Final = (
     "import os, sys\n"
     "from alembic import command\n"
     "from alembic.config import Config\n"
-    "config = Config(sys.argv[1])\n"
+    "config = Config(sys.argv[1], toml_file=sys.argv[2]) if sys.argv[2:] else Config(sys.argv[1])\n"
     f"config.set_main_option('sqlalchemy.url', os.environ.pop({URL_VARIABLE!r}).replace('%', '%%'))\n"
     "command.upgrade(config, 'head')\n"
 )
 NO_ENV_PY: Final = (
     "{source}: there is no {env_py}. dbguard runs alembic in the folder of {ini}, so a relative "
-    "script_location in its [alembic] section is read from there: write it relative to that "
-    "folder (or as %(here)s/...), so that `alembic -c {ini} upgrade head` works from the shell "
-    "too. No test ran."
+    "script_location (in its [alembic] section, or in [tool.alembic] of the pyproject.toml beside "
+    "it) is read from there: write it relative to that folder (or as %(here)s/...), so that "
+    "`alembic -c {ini} upgrade head` works from the shell too. No test ran."
 )
 OUTPUT_LINES: Final = 40
 FAILED: Final = (
@@ -61,10 +62,11 @@ _FRAME: Final = r'File "(?P<file>[^"]+)", line (?P<line>\d+)'
 def script_folder(ini: Path) -> Path | None:
     """The script folder alembic.ini names (``script_location``, relative to the folder of
     alembic.ini, where dbguard runs alembic; ``%(here)s`` and ``package:folder`` as alembic
-    reads them); None when the ini names none.
+    reads them), or failing that ``[tool.alembic]`` of the pyproject.toml beside it (alembic
+    1.16's ``pyproject`` template); None when neither names one.
 
-    Read with ``configparser`` as alembic's own ``Config`` does, not through alembic: a run that
-    reuses its template fingerprints the migrations without importing alembic.
+    Read with ``configparser`` and ``tomllib`` as alembic's own ``Config`` does, not through
+    alembic: a run that reuses its template fingerprints the migrations without importing it.
     """
     parser = configparser.ConfigParser({"here": ini.parent.absolute().as_posix()})
     try:
@@ -72,6 +74,8 @@ def script_folder(ini: Path) -> Path | None:
         location = parser.get("alembic", "script_location", fallback=None)
     except configparser.Error:
         return None
+    if not location:
+        location = _pyproject_location(ini)
     if not location:
         return None
     if ":" in location and not Path(location).is_absolute():  # "package:folder" form
@@ -82,6 +86,43 @@ def script_folder(ini: Path) -> Path | None:
         if spec is not None and spec.submodule_search_locations:
             return Path(next(iter(spec.submodule_search_locations))) / folder
     return (ini.parent / location).resolve()
+
+
+def pyproject_beside(ini: Path) -> Path | None:
+    """The pyproject.toml in the folder of alembic.ini, whose ``[tool.alembic]`` alembic 1.16+
+    reads for what the ini leaves out."""
+    path = ini.parent / "pyproject.toml"
+    return path if path.is_file() else None
+
+
+def _pyproject_location(ini: Path) -> str | None:
+    toml = pyproject_beside(ini)
+    if toml is None:
+        return None
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pytest's own dependency there
+        import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
+    try:
+        section = tomllib.loads(toml.read_text()).get("tool", {}).get("alembic", {})
+    except (OSError, ValueError):
+        return None
+    location = section.get("script_location") if isinstance(section, dict) else None
+    if not isinstance(location, str):
+        return None
+    return location.replace("%(here)s", toml.parent.absolute().as_posix())
+
+
+def alembic_config(ini: Path) -> Config:
+    """alembic's Config of ``ini``, with the pyproject.toml beside it where alembic takes one
+    (1.16+: options the ini leaves out, such as ``script_location``, may live there)."""
+    from alembic.config import Config
+
+    toml = pyproject_beside(ini)
+    if toml is not None:
+        with contextlib.suppress(TypeError):  # alembic before 1.16 has no toml_file
+            return Config(str(ini), toml_file=str(toml))
+    return Config(str(ini))
 
 
 def env_py(ini: Path) -> Path:
@@ -115,17 +156,16 @@ def upgrade_here(connection: Connection, ini: Path, url: str) -> None:
     """``alembic upgrade head`` on ``connection``, shared with env.py via ``config.attributes``."""
     try:
         from alembic import command
-        from alembic.config import Config
     except ImportError as error:
         raise SchemaError(NOT_INSTALLED) from error
-    alembic_config = Config(str(ini))
-    alembic_config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    alembic_config.attributes["connection"] = connection
+    config = alembic_config(ini)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["connection"] = connection
     previous = os.getcwd()
     os.chdir(ini.parent)  # script_location in alembic.ini is relative to it
     try:
         with logging_kept():
-            command.upgrade(alembic_config, "head")
+            command.upgrade(config, "head")
     finally:
         os.chdir(previous)
 
@@ -136,12 +176,11 @@ def compare_in_env_py(connection: Connection, ini: Path, metadata: MetaData) -> 
     is given, with its own ``include_object``, ``include_name`` and comparison options, and the
     migration function compares instead of migrating (the database is at head already)."""
     from alembic.autogenerate import compare_metadata
-    from alembic.config import Config
     from alembic.runtime.environment import EnvironmentContext
     from alembic.script import ScriptDirectory
 
-    alembic_config = Config(str(ini))
-    alembic_config.attributes["connection"] = connection
+    config = alembic_config(ini)
+    config.attributes["connection"] = connection
     found: list[Any] = []
 
     def compare(_heads: Any, context: Any) -> list[Any]:
@@ -152,8 +191,8 @@ def compare_in_env_py(connection: Connection, ini: Path, metadata: MetaData) -> 
     previous = os.getcwd()
     os.chdir(ini.parent)  # script_location in alembic.ini is relative to it
     try:
-        script = ScriptDirectory.from_config(alembic_config)
-        with logging_kept(), EnvironmentContext(alembic_config, script, fn=compare):
+        script = ScriptDirectory.from_config(config)
+        with logging_kept(), EnvironmentContext(config, script, fn=compare):
             script.run_env()
     finally:
         os.chdir(previous)
@@ -199,7 +238,7 @@ def upgrade_in_subprocess(ini: Path, url: DatabaseURL, source: str) -> None:
         paths.append(environ["PYTHONPATH"])
     environ["PYTHONPATH"] = os.pathsep.join(paths)
     completed = subprocess.run(
-        [sys.executable, "-c", CHILD, str(ini)],
+        [sys.executable, "-c", CHILD, str(ini), *map(str, filter(None, [pyproject_beside(ini)]))],
         cwd=ini.parent,
         env=environ,
         stdin=subprocess.DEVNULL,
