@@ -352,6 +352,21 @@ ALEMBIC_SCRIPT_MAKO = (
     '"""${message}"""\nrevision = ${repr(up_revision)}\ndown_revision = ${repr(down_revision)}\n'
 )
 
+# An env.py that builds its own engine from the app's DATABASE_URL and never looks at dbguard's
+# connection: dbguard runs it in a process of its own, or (schema mode) it commits on its own.
+ENV_PY_OWN_ENGINE = """
+import os
+from alembic import context
+from sqlalchemy import create_engine
+
+engine = create_engine(os.environ["DATABASE_URL"])
+with engine.begin() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
+"""
+
 
 def write_alembic_project(
     folder: Path, *, alembic_ini: str, env_py: str, revisions: Mapping[str, str]

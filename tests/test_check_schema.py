@@ -12,6 +12,7 @@ from pytest_dbguard.db.marks import parse_mark
 from pytest_dbguard.db.names import is_dbguard_name
 from tests.helpers import (
     ALEMBIC_LOGGING,
+    ENV_PY_OWN_ENGINE,
     as_shown,
     blocks,
     mark_text,
@@ -28,18 +29,6 @@ from alembic import context
 context.configure(connection=context.config.attributes["connection"])
 with context.begin_transaction():
     context.run_migrations()
-"""
-# Builds its own engine from the app's setting: dbguard runs it in a process of its own.
-ENV_PY_OWN_ENGINE = """
-import os
-from alembic import context
-from sqlalchemy import create_engine
-
-engine = create_engine(os.environ["DATABASE_URL"])
-with engine.begin() as connection:
-    context.configure(connection=connection)
-    with context.begin_transaction():
-        context.run_migrations()
 """
 REVISION_1 = """
 import sqlalchemy as sa

@@ -10,6 +10,7 @@ from pytest_dbguard.db import alembic_runner, kept_templates, schema
 from pytest_dbguard.db.urls import DatabaseURL
 from tests.helpers import (
     ALEMBIC_LOGGING,
+    ENV_PY_OWN_ENGINE,
     copy_project,
     run_dbguard,
     stopped_once,
@@ -347,19 +348,6 @@ def upgrade():
     op.execute("CREATE SCHEMA IF NOT EXISTS audit")
     op.create_table("events", sa.Column("id", sa.Integer, primary_key=True), schema="audit")
 """
-# env.py ignoring dbguard's connection: it commits the migrations on one of its own.
-OWN_ENGINE_ENV_PY = """
-import os
-from alembic import context
-from sqlalchemy import create_engine
-
-engine = create_engine(os.environ["DATABASE_URL"])
-with engine.begin() as conn:
-    context.configure(connection=conn)
-    with context.begin_transaction():
-        context.run_migrations()
-engine.dispose()
-"""
 
 
 @pytest.mark.parametrize(
@@ -369,7 +357,7 @@ engine.dispose()
         pytest.param(
             ENV_PY, True, "rolled back", id="given-connection-n2", marks=pytest.mark.needs_xdist
         ),
-        pytest.param(OWN_ENGINE_ENV_PY, False, "still there", id="own-engine-serial"),
+        pytest.param(ENV_PY_OWN_ENGINE, False, "still there", id="own-engine-serial"),
     ],
 )
 def test_migrations_that_create_tables_outside_the_worker_schema_stop_the_run(
@@ -491,11 +479,11 @@ def test_the_fingerprint_follows_the_script_location_alembic_ini_names(
     versions.mkdir(parents=True)
     (tmp_path / folder / "env.py").write_text(ENV_PY)
     (versions / "0001_accounts.py").write_text(REVISION_1)
-    ini = tmp_path / "alembic.ini"
-    before = schema.fingerprint_alembic(ini)
+    alembic_ini = tmp_path / "alembic.ini"
+    before = schema.fingerprint_alembic(alembic_ini)
     (versions / "0002_active.py").write_text(REVISION_2)
-    assert schema.fingerprint_alembic(ini) != before
-    assert alembic_runner.env_py(ini) == (tmp_path / folder / "env.py").resolve()
+    assert schema.fingerprint_alembic(alembic_ini) != before
+    assert alembic_runner.env_py(alembic_ini) == (tmp_path / folder / "env.py").resolve()
 
 
 @pytest.mark.parametrize(

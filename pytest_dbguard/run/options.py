@@ -193,32 +193,12 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("dbguard", "database isolation (pytest-dbguard)")
     for option in OPTIONS:
         if option.cli:
-            if option.bare is not None:
-                group.addoption(
-                    option.flag,
-                    action="store",
-                    nargs="?",
-                    const=option.bare,
-                    default=None,
-                    dest=option.dest,
-                    metavar=option.metavar,
-                    help=option.help,
-                )
-            elif option.flag_kind == "switch":
-                group.addoption(
-                    option.flag,
-                    action="store_true",
-                    default=None,
-                    dest=option.dest,
-                    help=option.help,
-                )
+            flag: dict[str, Any] = {"default": None, "dest": option.dest, "help": option.help}
+            if option.flag_kind == "switch":
+                flag["action"] = "store_true"
             else:
-                group.addoption(
-                    option.flag,
-                    action="store",
-                    default=None,
-                    dest=option.dest,
-                    metavar=option.metavar,
-                    help=option.help,
-                )
+                flag.update(action="store", metavar=option.metavar)
+                if option.bare is not None:  # the flag alone means option.bare
+                    flag.update(nargs="?", const=option.bare)
+            group.addoption(option.flag, **flag)
         parser.addini(option.ini, option.ini_help, type=option.ini_type, default=option.ini_default)  # type: ignore[arg-type]
