@@ -38,7 +38,7 @@ WATCHED_IMPORTS = (
 )
 SUSPECTS = (
     r"_schema_mode|can_create_databases|admin_engine|provision_database|wait_until_ready"
-    r"|drop_database|_build_in|janitor|async_fixtures|first_connect|initialize|gc.collect"
+    r"|drop_database|build_in|janitor|async_fixtures|first_connect|initialize|gc.collect"
 )
 
 

@@ -493,3 +493,67 @@ def test_env_py_include_object_decides_what_counts(
         assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
     assert f"table tags: {IN_MODELS}" in output(result)
     assert "audit_log" not in output(result)
+
+
+# Mentions config.attributes (for a setting of its own) but connects where DATABASE_URL says.
+ENV_PY_ATTRIBUTES_OWN_ENGINE = """
+import os
+from alembic import context
+from sqlalchemy import create_engine
+
+verbose = context.config.attributes.get("verbose", False)
+engine = create_engine(os.environ["DATABASE_URL"])
+with engine.begin() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
+"""
+# Migrates once, then fails: the drift check's own run of env.py.
+ENV_PY_FAILS_SECOND_TIME = """
+import pathlib
+from alembic import context
+
+marker = pathlib.Path(context.config.config_file_name).with_name("env-ran")
+if marker.exists():
+    raise RuntimeError("env.py ran twice")
+marker.touch()
+context.configure(connection=context.config.attributes["connection"])
+with context.begin_transaction():
+    context.run_migrations()
+"""
+
+
+def test_an_env_py_with_its_own_engine_is_compared_without_it(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """env.py reads config.attributes but configures its own connection: the comparison runs on
+    dbguard's connection without env.py's options, never on the one env.py opened."""
+    ini = (
+        "dbguard_alembic_ini = alembic.ini\ndbguard_metadata = models:Base\n"
+        "dbguard_env =\n    DATABASE_URL={url}\n"
+    )
+    project(pytester, env_py=ENV_PY_ATTRIBUTES_OWN_ENGINE, ini=ini, models=MODELS + TAGS)
+    result = check_schema(pytester, pg_server.url())
+    assert result.ret == 1, output(result)
+    result.stdout.fnmatch_lines([HEADLINE.replace("*", "1 place:"), f"  - table tags: {IN_MODELS}"])
+
+
+def test_env_py_failing_in_the_comparison_is_one_clear_error(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """The drift check's run of env.py raising: a usage error that names env.py, not an
+    INTERNALERROR."""
+    ini = (
+        "dbguard_alembic_ini = alembic.ini\ndbguard_metadata = models:Base\n"
+        "dbguard_check_schema = error\n"
+    )
+    project(pytester, env_py=ENV_PY_FAILS_SECOND_TIME, ini=ini)
+    pytester.makepyfile(test_app=TESTS)
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url())
+    text = output(result)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, text
+    assert "INTERNALERROR" not in text
+    assert text.count("The schema drift check runs") == 1
+    assert "RuntimeError: env.py ran twice" in text and "env.py:" in text
+    assert SUPERUSER_PASSWORD not in text

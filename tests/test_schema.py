@@ -515,3 +515,17 @@ def test_script_location_in_pyproject_toml(pytester: pytest.Pytester, on_server:
         '[tool.alembic]\nscript_location = "%(here)s/migrations"\n'
     )
     run_dbguard(pytester, *on_server, inprocess=True).assert_outcomes(passed=3)
+
+
+def test_the_fingerprint_covers_version_locations(tmp_path: Path) -> None:
+    """Migrations in a folder that version_locations adds, outside the script folder."""
+    (tmp_path / "alembic.ini").write_text(
+        "[alembic]\nscript_location = migrations\n"
+        "version_locations = %(here)s/migrations/versions %(here)s/plugins/versions\n"
+    )
+    for folder in ("migrations/versions", "plugins/versions"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "migrations" / "env.py").write_text(ENV_PY)
+    before = schema.fingerprint_alembic(tmp_path / "alembic.ini")
+    (tmp_path / "plugins" / "versions" / "0002_active.py").write_text(REVISION_2)
+    assert schema.fingerprint_alembic(tmp_path / "alembic.ini") != before

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -38,7 +39,10 @@ CHILD: Final = (
     "import os, sys\n"
     "from alembic import command\n"
     "from alembic.config import Config\n"
-    "config = Config(sys.argv[1], toml_file=sys.argv[2]) if sys.argv[2:] else Config(sys.argv[1])\n"
+    "try:\n"
+    "    config = Config(sys.argv[1], toml_file=sys.argv[2]) if sys.argv[2:] else Config(sys.argv[1])\n"
+    "except TypeError:  # alembic before 1.16 reads no pyproject.toml\n"
+    "    config = Config(sys.argv[1])\n"
     f"config.set_main_option('sqlalchemy.url', os.environ.pop({URL_VARIABLE!r}).replace('%', '%%'))\n"
     "command.upgrade(config, 'head')\n"
 )
@@ -47,6 +51,11 @@ NO_ENV_PY: Final = (
     "script_location (in its [alembic] section, or in [tool.alembic] of the pyproject.toml beside "
     "it) is read from there: write it relative to that folder (or as %(here)s/...), so that "
     "`alembic -c {ini} upgrade head` works from the shell too. No test ran."
+)
+COMPARE_FAILED: Final = (
+    "The schema drift check runs {env_py} to compare the migrated database with "
+    "dbguard_metadata (as `alembic check` does), and it failed: {error}{where}. Fix env.py, or "
+    "set dbguard_check_schema = off."
 )
 OUTPUT_LINES: Final = 40
 FAILED: Final = (
@@ -82,10 +91,28 @@ def script_folder(ini: Path) -> Path | None:
         package, _, folder = location.partition(":")
         import importlib.util
 
-        spec = importlib.util.find_spec(package)
+        try:
+            spec = importlib.util.find_spec(package)
+        except ImportError:  # a parent package that does not import: alembic's error, later
+            spec = None
         if spec is not None and spec.submodule_search_locations:
             return Path(next(iter(spec.submodule_search_locations))) / folder
     return (ini.parent / location).resolve()
+
+
+def version_folders(ini: Path) -> list[Path]:
+    """The folders ``version_locations`` in alembic.ini adds (migrations kept outside the script
+    folder), as far as they exist; split on the separators alembic accepts."""
+    parser = configparser.ConfigParser({"here": ini.parent.absolute().as_posix()})
+    try:
+        parser.read(ini)
+        value = parser.get("alembic", "version_locations", fallback="") or ""
+    except configparser.Error:
+        return []
+    import re
+
+    folders = [(ini.parent / part).resolve() for part in re.split(r"[\s,;]+", value) if part]
+    return [folder for folder in folders if folder.is_dir()]
 
 
 def pyproject_beside(ini: Path) -> Path | None:
@@ -133,7 +160,7 @@ def env_py(ini: Path) -> Path:
 def require_env_py(ini: Path, source: str) -> None:
     """ConfigError when the script folder alembic.ini names has no env.py."""
     path = env_py(ini)
-    if not path.is_file():
+    if not path.is_file() and not path.with_suffix(".pyc").is_file():  # sourceless = true
         raise ConfigError(NO_ENV_PY.format(source=source, env_py=path, ini=ini))
 
 
@@ -170,20 +197,30 @@ def upgrade_here(connection: Connection, ini: Path, url: str) -> None:
         os.chdir(previous)
 
 
-def compare_in_env_py(connection: Connection, ini: Path, metadata: MetaData) -> list[Any]:
-    """alembic's autogenerate comparison of ``connection``'s database with ``metadata``, run
-    from env.py as ``alembic check`` runs it: env.py configures the context on the connection it
-    is given, with its own ``include_object``, ``include_name`` and comparison options, and the
-    migration function compares instead of migrating (the database is at head already)."""
+def compare_in_env_py(
+    connection: Connection, ini: Path, url: DatabaseURL, metadata: MetaData
+) -> list[Any] | None:
+    """alembic's autogenerate comparison of ``connection``'s database (at ``url``) with
+    ``metadata``, run from env.py as ``alembic check`` runs it: env.py configures the context on
+    the connection it is given, with its own ``include_object``, ``include_name`` and comparison
+    options, and the migration function compares instead of migrating (``dont_mutate``: no
+    version table is made). None when env.py configured a connection of its own (it only
+    mentions ``config.attributes``): the caller compares without env.py."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.environment import EnvironmentContext
     from alembic.script import ScriptDirectory
 
     config = alembic_config(ini)
+    config.set_main_option("sqlalchemy.url", url.render(hide_password=False).replace("%", "%%"))
     config.attributes["connection"] = connection
     found: list[Any] = []
+    elsewhere = False
 
     def compare(_heads: Any, context: Any) -> list[Any]:
+        nonlocal elsewhere
+        if context.connection is not connection:
+            elsewhere = True
+            return []
         context.opts.setdefault("compare_type", True)
         found.extend(compare_metadata(context, metadata))
         return []  # no migration step to run
@@ -192,11 +229,25 @@ def compare_in_env_py(connection: Connection, ini: Path, metadata: MetaData) -> 
     os.chdir(ini.parent)  # script_location in alembic.ini is relative to it
     try:
         script = ScriptDirectory.from_config(config)
-        with logging_kept(), EnvironmentContext(config, script, fn=compare):
+        with logging_kept(), EnvironmentContext(config, script, fn=compare, dont_mutate=True):
             script.run_env()
+    except Exception as error:
+        where = failing_file("".join(traceback.format_tb(error.__traceback__)), env_py(ini).parent)
+        raise SchemaError(
+            COMPARE_FAILED.format(
+                env_py=env_py(ini),
+                error=f"{type(error).__name__}: {_first_line(error, url)}",
+                where=f" ({where.strip()})" if where else "",
+            )
+        ) from error
     finally:
         os.chdir(previous)
-    return found
+    return None if elsewhere else found
+
+
+def _first_line(error: BaseException, url: DatabaseURL) -> str:
+    line = (str(error).strip().splitlines() or [""])[0]
+    return line.replace(url.password, "***") if url.password else line
 
 
 @contextlib.contextmanager

@@ -187,12 +187,13 @@ def check(
         database=name,
         sqlite_dir=None,
     )
-    assignments = environment.parse_env_lines(project.env_lines)
+    assignments = environment.parse_env_lines(project.env_lines, project.source("dbguard_env"))
     try:
+        # env.py runs again for the comparison: the same variables name the same database.
         with schema.environ_override(environment.variables(plan, assignments)):
             databases.provision_database(url, name, None, build, run=run, worker=WORKER)
-        progress(f"migrated {name} on {url.host}:{url.port} with alembic upgrade head")
-        differences = schema_drift.check_database(target, metadata, ini)
+            progress(f"migrated {name} on {url.host}:{url.port} with alembic upgrade head")
+            differences = schema_drift.check_database(target, metadata, ini)
         return schema_drift.Drift(
             project.alembic_ini, project.metadata, tuple(differences), len(metadata.tables)
         )

@@ -138,12 +138,13 @@ def fingerprint_metadata(metadata: MetaData, dialect_name: str) -> str:
 
 def fingerprint_alembic(ini: Path, settings: Sequence[str] = ()) -> str:
     """A short hash of alembic.ini, env.py, every migration file and the settings they may read."""
-    from pytest_dbguard.db.alembic_runner import script_folder
+    from pytest_dbguard.db.alembic_runner import script_folder, version_folders
 
     digest = hashlib.sha1(ini.read_bytes())
     digest.update("\n".join(settings).encode())
     named = script_folder(ini)
     script_dirs = [named] if named else [ini.parent / "alembic", ini.parent / "migrations"]
+    script_dirs += [folder for folder in version_folders(ini) if folder not in script_dirs]
     for folder in script_dirs:
         for path in sorted(folder.rglob("*.py")) if folder.is_dir() else []:
             digest.update(path.read_bytes())
@@ -228,14 +229,13 @@ def _require_no_own_schemas(metadata: MetaData, source: str, url: DatabaseURL) -
     )
 
 
-# Tables and views outside every worker schema (and PostgreSQL's own); ``ours``: created in this
-# transaction, so the build's rollback takes them away.
+# Tables and views of this role outside every worker schema (and PostgreSQL's own).
 _OUTSIDE_WORKER_SCHEMAS: Final = (
-    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
-    "c.xmin::text = mod(txid_current(), 4294967296)::text AS ours "
+    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) "
     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname <> 'information_schema' "
-    f"AND n.nspname !~ '^pg_' AND n.nspname !~ '{SCHEMA_START}'"
+    f"AND n.nspname !~ '^pg_' AND n.nspname !~ '{SCHEMA_START}' "
+    "AND pg_get_userbyid(c.relowner) = current_user"
 )
 
 
@@ -244,23 +244,25 @@ def _kept_inside(
 ) -> Callable[[Connection], None]:
     """The Alembic upgrade of a worker schema, failing when a migration created tables in a
     schema of their own (``schema="audit"``): only ``dbguard_metadata`` can be checked before the
-    build."""
+    build. Which of them stay is what another connection sees: those env.py committed on its own
+    connection; the build's rollback takes the rest away."""
+    from pytest_dbguard.db import maintenance
 
     def checked(connection: Connection) -> None:
-        before = {name for name, _ in connection.exec_driver_sql(_OUTSIDE_WORKER_SCHEMAS)}
+        before = set(connection.exec_driver_sql(_OUTSIDE_WORKER_SCHEMAS).scalars())
         upgrade(connection)
         created = sorted(
-            (name, bool(ours))
-            for name, ours in connection.exec_driver_sql(_OUTSIDE_WORKER_SCHEMAS)
-            if name not in before
+            set(connection.exec_driver_sql(_OUTSIDE_WORKER_SCHEMAS).scalars()) - before
         )
         if not created:
             return
-        left = [name for name, ours in created if not ours]
+        with maintenance.shared(url) as other:
+            committed = {row[0] for row in other.rows(_OUTSIDE_WORKER_SCHEMAS)}
+        left = [name for name in created if name in committed]
         raise SchemaError(
             MIGRATED_OUTSIDE_WORKER_SCHEMA.format(
                 source=source,
-                tables=_some(name for name, _ in created),
+                tables=_some(created),
                 schema=worker_schema,
                 database=url.database,
                 fate=LEFT_BEHIND.format(tables=", ".join(left)) if left else ROLLED_BACK,

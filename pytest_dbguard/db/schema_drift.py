@@ -86,13 +86,19 @@ class Drift(Record):
         return "\n".join([headline, *(f"  - {line}" for line in self.differences)])
 
 
-def compare(connection: Connection, metadata: MetaData, ini: Path | None = None) -> list[str]:
+def compare(
+    connection: Connection,
+    metadata: MetaData,
+    ini: Path | None = None,
+    url: DatabaseURL | None = None,
+) -> list[str]:
     """Each difference between the database on ``connection`` and ``metadata``, in words.
 
-    With ``ini``, through its env.py when that takes dbguard's connection, so that what env.py
-    configures for autogenerate (``include_object``, ``include_name``, ``include_schemas``,
-    ``compare_type``...) decides what counts, as for ``alembic check``; an env.py that builds
-    its own engine is not run here (its settings may name another database)."""
+    With ``ini`` (and the database's ``url``), through its env.py when that takes dbguard's
+    connection, so that what env.py configures for autogenerate (``include_object``,
+    ``include_name``, ``include_schemas``, ``compare_type``...) decides what counts, as for
+    ``alembic check``; an env.py that builds its own engine is not run here (its settings may
+    name another database)."""
     try:
         from alembic.autogenerate import compare_metadata
         from alembic.migration import MigrationContext
@@ -100,10 +106,10 @@ def compare(connection: Connection, metadata: MetaData, ini: Path | None = None)
         raise SchemaError(NOT_INSTALLED) from error
     from pytest_dbguard.db import alembic_runner
 
-    found: list[Any]
-    if ini is not None and alembic_runner.uses_given_connection(ini):
-        found = alembic_runner.compare_in_env_py(connection, ini, metadata)
-    else:
+    found: list[Any] | None = None
+    if ini is not None and url is not None and alembic_runner.uses_given_connection(ini):
+        found = alembic_runner.compare_in_env_py(connection, ini, url, metadata)
+    if found is None:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         found = compare_metadata(context, metadata)
     # Changes to one column come grouped in a list; the others one tuple each.
@@ -124,7 +130,7 @@ def check_database(url: DatabaseURL, metadata: MetaData, ini: Path | None = None
     engine = engine_for(url, execution_options=INTERNAL_OPTIONS)
     try:
         with engine.connect() as connection:
-            return compare(connection, metadata, ini)
+            return compare(connection, metadata, ini, url)
     finally:
         engine.dispose()  # no connection may stay on a database that is dropped next
 
@@ -226,8 +232,10 @@ def check_at_start(config: pytest.Config, provisioned: Provisioned | None) -> No
         return
     settings = the_run(config).settings
     require_tables(metadata, settings.source_of("metadata"), str(settings.metadata))
-    state = the_run(config).session
-    ini = state.alembic_ini if state is not None else None
+    run = the_run(config)
+    state = run.session
+    # In schema mode env.py's include_schemas would compare the other workers' schemas too.
+    ini = state.alembic_ini if state is not None and run.plan.schema is None else None
     differences = check_database(provisioned.url, metadata, ini)
     if not differences:
         return

@@ -1,4 +1,5 @@
-"""Where dbguard's one summary line is shown: right after the collection line, in every mode.
+"""dbguard's one summary line: what it says (``text``) and where it is shown, right after the
+collection line, in every mode.
 
 A single run (and each xdist worker) waits for the server only after collection, so its line
 follows ``collected N items``; the xdist controller knows the server once xdist has started the
