@@ -112,7 +112,9 @@ def pytest_load_initial_conftests(
     except KeyboardInterrupt as interrupt:
         _interrupted_before_the_session(early_config, interrupt)
     except Exception as error:  # a conftest's, or pytest-django's for settings or Django
-        too_early = environment.connected_at_import(early_config, error)
+        from pytest_dbguard.run import conftest_failures
+
+        too_early = conftest_failures.connected_at_import(early_config, error)
         if too_early is not None:  # the xdist controller imports the conftests first: once
             raise pytest.UsageError(too_early) from None
         if not django_loaded:

@@ -57,22 +57,11 @@ GUARD_HINT: Final = (
     "(or addopts = -p pytest_dbguard in the ini file, or PYTEST_PLUGINS=pytest_dbguard), or move "
     "the import of {module} into the fixtures and tests that use it."
 )
-CONNECTED_AT_IMPORT: Final = (
-    "{where} connected to the test database while pytest imported it: {needle}. dbguard creates "
-    "that database once collection is done (its name is already in DBGUARD_URL and dbguard_env)"
-    "{server}, so it is not there yet. Connect, migrate or seed in a fixture instead: a "
-    "session-scoped autouse fixture runs before the first test, and what it commits stays for "
-    "every test."
-)
 OLD_SQLALCHEMY: Final = (
     "pytest-dbguard needs SQLAlchemy 2.0 or newer (its fixtures, guards and schema builds use "
     "SQLAlchemy 2's API), and SQLAlchemy {version} is installed. Upgrade it: pip install "
     "'SQLAlchemy>=2.0'. A project whose code or pins need SQLAlchemy 1.4 (1.x-style "
     "select([...]), Flask-SQLAlchemy 2.x) can use dbguard once it moves to SQLAlchemy 2."
-)
-EMBEDDED_NOT_YET: Final = (
-    ", and waits for the embedded server it starts meanwhile only then (this connection was "
-    "refused)"
 )
 DJANGO_SETTINGS_TOO_EARLY: Final = (
     "Django's settings module {module} was loaded before pytest-dbguard set the test environment "
@@ -373,28 +362,6 @@ def leave(config: pytest.Config) -> None:
         from pytest_dbguard.run import termination
 
         termination.restore(config)
-
-
-def connected_at_import(config: pytest.Config, error: BaseException) -> str | None:
-    """The explanation of a conftest that failed because it connected to this run's test
-    database, which is created after collection; None for any other failure."""
-    from pytest_dbguard.exceptions import chain  # only when a conftest failed
-
-    run = run_of(config)
-    if run is None or run.plan.server_url is None:
-        return None
-    missing = f'database "{run.plan.database}" does not exist'
-    # The embedded server is not proven ready before collection ends: libpq says "refused".
-    refused = f"port {run.plan.server_url.port} failed: Connection refused"
-    for current in chain(error):
-        text = str(current)
-        needle = next((n for n in (missing, refused) if n in text), None)
-        if needle is not None and (needle == missing or run.plan.embedded):
-            path = getattr(error, "path", None)  # pytest's ConftestImportFailure
-            where = f"The conftest {path}" if path else "Code imported with the conftests"
-            server = EMBEDDED_NOT_YET if needle == refused else ""
-            return CONNECTED_AT_IMPORT.format(where=where, needle=needle, server=server)
-    return None
 
 
 def check_guarded_modules(modules: Sequence[str], assignments: Sequence[tuple[str, str]]) -> None:

@@ -1,0 +1,44 @@
+"""Why a run failed while pytest imported the conftests: one that connected to this run's test
+database, which dbguard creates only after collection (the embedded server is not even proven
+ready by then). Imported only when a conftest failed."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pytest
+
+from pytest_dbguard.exceptions import chain
+from pytest_dbguard.run.state import run_of
+
+CONNECTED_AT_IMPORT: Final = (
+    "{where} connected to the test database while pytest imported it: {needle}. dbguard creates "
+    "that database once collection is done (its name is already in DBGUARD_URL and dbguard_env)"
+    "{server}, so it is not there yet. Connect, migrate or seed in a fixture instead: a "
+    "session-scoped autouse fixture runs before the first test, and what it commits stays for "
+    "every test."
+)
+EMBEDDED_NOT_YET: Final = (
+    ", and waits for the embedded server it starts meanwhile only then (this connection was "
+    "refused)"
+)
+
+
+def connected_at_import(config: pytest.Config, error: BaseException) -> str | None:
+    """The explanation of a conftest that failed because it connected to this run's test
+    database, which is created after collection; None for any other failure."""
+    run = run_of(config)
+    if run is None or run.plan.server_url is None:
+        return None
+    missing = f'database "{run.plan.database}" does not exist'
+    # The embedded server is not proven ready before collection ends: libpq says "refused".
+    refused = f"port {run.plan.server_url.port} failed: Connection refused"
+    for current in chain(error):
+        text = str(current)
+        needle = next((n for n in (missing, refused) if n in text), None)
+        if needle is not None and (needle == missing or run.plan.embedded):
+            path = getattr(error, "path", None)  # pytest's ConftestImportFailure
+            where = f"The conftest {path}" if path else "Code imported with the conftests"
+            server = EMBEDDED_NOT_YET if needle == refused else ""
+            return CONNECTED_AT_IMPORT.format(where=where, needle=needle, server=server)
+    return None
