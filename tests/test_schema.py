@@ -529,3 +529,22 @@ def test_the_fingerprint_covers_version_locations(tmp_path: Path) -> None:
     before = schema.fingerprint_alembic(tmp_path / "alembic.ini")
     (tmp_path / "plugins" / "versions" / "0002_active.py").write_text(REVISION_2)
     assert schema.fingerprint_alembic(tmp_path / "alembic.ini") != before
+
+
+def test_env_py_logging_config_leaves_pytests_log_file_open(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
+    """fileConfig closes every handler; pytest's --log-file handler (mode "w") then dropped all
+    that the tests logged after the schema build."""
+    write_alembic_project(
+        pytester.path,
+        alembic_ini=ALEMBIC_INI,
+        env_py=FILE_CONFIG_ENV_PY,
+        revisions={"0001_accounts.py": REVISION_1},
+    )
+    pytester.makeini("[pytest]\ndbguard_alembic_ini = alembic.ini\n")
+    pytester.makepyfile(test_logging=LOGGING_TESTS)
+    log = pytester.path / "run.log"
+    result = run_dbguard(pytester, *on_server, f"--log-file={log}", "--log-file-level=INFO")
+    result.assert_outcomes(passed=2)
+    assert "order refused" in log.read_text() and "order placed" in log.read_text()

@@ -257,7 +257,9 @@ def logging_kept() -> Iterator[None]:
     The env.py that ``alembic init`` writes calls ``logging.config.fileConfig(alembic.ini)``,
     which disables every logger that exists and is not named in the ini (the project's own,
     created when pytest imported its modules) and sets the root logger's level and handlers:
-    the tests' ``caplog`` then sees nothing the project logs.
+    the tests' ``caplog`` then sees nothing the project logs. It also closes every handler, and a
+    file handler opened for writing (pytest's ``--log-file``) stays closed: it is reopened to
+    append, so the log file goes on receiving the run's records.
     """
     import logging
 
@@ -270,6 +272,12 @@ def logging_kept() -> Iterator[None]:
         (logger, logger.disabled, logger.level, list(logger.handlers), logger.propagate)
         for logger in loggers
     ]
+    open_files = [
+        handler
+        for _, _, _, handlers, _ in saved
+        for handler in handlers
+        if isinstance(handler, logging.FileHandler) and handler.stream is not None
+    ]
     try:
         yield
     finally:
@@ -277,6 +285,13 @@ def logging_kept() -> Iterator[None]:
             logger.disabled, logger.propagate = disabled, propagate
             logger.setLevel(level)
             logger.handlers[:] = handlers
+        for handler in open_files:
+            if handler.stream is None:  # closed by fileConfig
+                handler.setStream(
+                    open(  # noqa: SIM115 (the handler owns it, as its own stream)
+                        handler.baseFilename, "a", encoding=handler.encoding, errors=handler.errors
+                    )
+                )
 
 
 def upgrade_in_subprocess(ini: Path, url: DatabaseURL, source: str) -> None:
