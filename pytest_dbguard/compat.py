@@ -190,12 +190,23 @@ def all_mappers() -> list[Mapper[Any]]:
     SQLAlchemy has no public list of its registries (``sqlalchemy.orm.mapperlib._all_registries``,
     present since 1.4); a mapper event covers the mappers made later.
     """
-    from sqlalchemy.orm import mapperlib
+    from sqlalchemy.orm import exc, mapperlib
 
     all_registries = getattr(mapperlib, "_all_registries", None)
     if all_registries is None:
         return []
-    return [mapper for registry in all_registries() for mapper in registry.mappers]
+    mappers: list[Mapper[Any]] = []
+    for registry in all_registries():
+        try:
+            mappers.extend(registry.mappers)
+        except exc.UnmappedClassError:
+            # A class mapped only when the mappers are configured (AbstractConcreteBase: its
+            # manager has no mapper until then; ``registry.mappers`` raises): the others one by
+            # one, through the registry's managers (``_managers``, present since 1.4).
+            for manager in list(getattr(registry, "_managers", ())):
+                with contextlib.suppress(exc.UnmappedClassError):
+                    mappers.append(manager.mapper)
+    return mappers
 
 
 def pytest_rootdir(

@@ -471,3 +471,42 @@ def test_tracebacks_end_at_the_users_line(pytester: pytest.Pytester) -> None:
         [">       with dbguard_queries.assert_max(0):  # L:count", "E       Failed: expected *"]
     )
     result.stdout.no_fnmatch_line("*/pytest_dbguard/*")
+
+
+def test_a_class_mapped_only_when_the_mappers_are_configured(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
+    """warehouse's Observation (AbstractConcreteBase): until configure_mappers() its registry's
+    mappers raise UnmappedClassError, and the guard's install failed every test's setup."""
+    pytester.makepyfile(
+        models="""
+        import datetime
+        from sqlalchemy import DateTime
+        from sqlalchemy.ext.declarative import AbstractConcreteBase
+        from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+        class Base(DeclarativeBase):
+            pass
+
+        class Observation(AbstractConcreteBase, Base):
+            id: Mapped[int] = mapped_column(primary_key=True)
+            at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True))
+
+        class ProjectObservation(Observation):
+            __tablename__ = "project_observations"
+            __mapper_args__ = {"polymorphic_identity": "project", "concrete": True}
+        """,
+        test_observations="""
+        import datetime
+        import pytest
+        from models import ProjectObservation
+        from pytest_dbguard import NaiveDatetimeWarning
+
+        def test_a_naive_value_is_still_reported(dbguard_session):
+            with pytest.warns(NaiveDatetimeWarning, match="ProjectObservation.at"):
+                dbguard_session.add(ProjectObservation(at=datetime.datetime(2026, 1, 1)))
+                dbguard_session.flush()
+        """,
+    )
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+    run_dbguard(pytester, *on_server).assert_outcomes(passed=1)

@@ -548,3 +548,68 @@ def test_env_py_logging_config_leaves_pytests_log_file_open(
     result = run_dbguard(pytester, *on_server, f"--log-file={log}", "--log-file-level=INFO")
     result.assert_outcomes(passed=2)
     assert "order refused" in log.read_text() and "order placed" in log.read_text()
+
+
+# warehouse's: a migration that commits, then builds an index outside any transaction.
+CONCURRENT_INDEX_REVISION = """
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+
+def upgrade():
+    op.get_bind().commit()
+    with op.get_context().autocommit_block():
+        op.create_index("ix_accounts_email", "accounts", ["email"], postgresql_concurrently=True)
+"""
+
+
+def _concurrent_index_project(pytester: pytest.Pytester, ini_extra: str = "") -> None:
+    write_alembic_project(
+        pytester.path,
+        alembic_ini=ALEMBIC_INI,
+        env_py=ENV_PY,
+        revisions={
+            "0001_accounts.py": REVISION_1,
+            "0002_active.py": REVISION_2,
+            "0003_index.py": CONCURRENT_INDEX_REVISION,
+        },
+    )
+    pytester.makeini(
+        "[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_env =\n    DATABASE_URL={url}\n"
+        + ini_extra
+    )
+    pytester.makepyfile(
+        test_index="""
+        from sqlalchemy import text
+
+        def test_the_index_is_there(dbguard_connection):
+            names = dbguard_connection.execute(text("SELECT indexname FROM pg_indexes")).scalars()
+            assert "ix_accounts_email" in set(names)
+            version = dbguard_connection.execute(text("SELECT version_num FROM alembic_version"))
+            assert version.scalar() == "0003"
+        """,
+    )
+
+
+@pytest.mark.parametrize(
+    "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+)
+def test_migrations_that_commit_and_use_autocommit_block_run_on_the_given_connection(
+    pytester: pytest.Pytester, on_server: list[str], xdist: bool
+) -> None:
+    """env.py takes dbguard's connection (the README's faster way): the connection was inside a
+    transaction dbguard began, and alembic's autocommit_block() failed its assertion, a
+    migration's commit() "Can't operate on closed transaction"."""
+    _concurrent_index_project(pytester)
+    result = run_dbguard(pytester, *on_server, *(["-n", "2"] if xdist else []))
+    result.assert_outcomes(passed=1)
+
+
+def test_autocommit_block_with_a_schema_per_worker_is_explained(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
+    """Schema mode keeps the build one transaction: a migration that needs its own says why."""
+    _concurrent_index_project(pytester, "dbguard_worker_isolation = schema\n")
+    output = stopped_once(run_dbguard(pytester, *on_server), "uses autocommit_block() (at ")
+    assert "Give each worker a database" in output

@@ -52,6 +52,19 @@ class SelfConnectingBuild:
         self.build()
 
 
+class CommitsItself:
+    """A schema build that manages its own transactions (an Alembic upgrade: env.py's
+    ``begin_transaction``, a migration's ``autocommit_block()`` for ``CREATE INDEX CONCURRENTLY``
+    or its own ``commit()``): it gets a connection outside any transaction, as from
+    ``alembic upgrade head``, and what it leaves uncommitted is committed after it."""
+
+    def __init__(self, build: SchemaBuild) -> None:
+        self.build = build
+
+    def __call__(self, connection: Connection) -> None:
+        self.build(connection)
+
+
 def _create_for_build(
     connection: MaintenanceConnection, server_url: DatabaseURL, name: str, build: SchemaBuild
 ) -> None:
@@ -262,8 +275,13 @@ def build_in(url: DatabaseURL, build: SchemaBuild, *, park: bool = False) -> Non
             return
         engine = engine_for(url)  # the tests may get it: dbguard's own marks go on the connection
         try:
-            with engine.begin() as connection:
-                build(connection.execution_options(**INTERNAL_OPTIONS))
+            if isinstance(build, CommitsItself):
+                with engine.connect() as connection:
+                    build(connection.execution_options(**INTERNAL_OPTIONS))
+                    connection.commit()
+            else:
+                with engine.begin() as connection:
+                    build(connection.execution_options(**INTERNAL_OPTIONS))
         except BaseException:
             engine.dispose()
             raise

@@ -44,6 +44,14 @@ MIGRATED_OUTSIDE_WORKER_SCHEMA: Final = (
     "dbguard_worker_isolation = database (or auto) with a role that may create databases "
     "(CREATEDB), or leave the URL out for the embedded server. No test ran."
 )
+AUTOCOMMIT_IN_WORKER_SCHEMA: Final = (
+    "A migration ({source}) uses autocommit_block(){where} (CREATE INDEX CONCURRENTLY and the "
+    "like), which needs transactions of its own; with a schema per worker in a shared database "
+    "dbguard runs the migrations in one transaction, so that it can take back what they create "
+    "outside the worker's schema. Give each worker a database: dbguard_worker_isolation = "
+    "database (or auto) with a role that may create databases (CREATEDB), or leave the URL out "
+    "for the embedded server. No test ran."
+)
 ROLLED_BACK: Final = "The build was rolled back: nothing of it is left in the database."
 LEFT_BEHIND: Final = (
     "env.py committed them on a connection of its own, so they are still there, and dbguard "
@@ -196,6 +204,10 @@ def builder(
             if url.password:
                 detail = detail.replace(url.password, "***")
             where = _migration_frame(error, alembic_ini) if alembic_ini is not None else ""
+            if worker_schema is not None and _in_autocommit_block(error):
+                raise SchemaError(
+                    AUTOCOMMIT_IN_WORKER_SCHEMA.format(source=source, where=where)
+                ) from error
             raise SchemaError(
                 BUILD_FAILED.format(
                     source=source,
@@ -208,7 +220,24 @@ def builder(
                 )
             ) from error
 
+    if alembic_ini is not None and worker_schema is None:
+        # As `alembic upgrade head` runs: env.py's transactions, autocommit_block() and a
+        # migration's own commit() work. In schema mode the build stays one transaction, so that
+        # what it creates outside the worker's schema is taken back (_kept_inside).
+        from pytest_dbguard.db.databases import CommitsItself
+
+        return CommitsItself(build)
     return build
+
+
+def _in_autocommit_block(error: BaseException) -> bool:
+    """Whether ``error`` came out of alembic's ``autocommit_block()``."""
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_name == "autocommit_block":
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def _require_no_own_schemas(metadata: MetaData, source: str, url: DatabaseURL) -> None:
