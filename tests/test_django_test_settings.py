@@ -294,3 +294,37 @@ def test_a_mirror_alias_reaches_the_workers_database(
     pytester.makepyfile(test_project=OTHER_ALIAS_TESTS)
     result = run_dbguard(pytester, "-n", "2", *on_server, plugins=DJANGO)
     result.assert_outcomes(passed=1)
+
+
+# Reads through the mirror while migrating (saleor's replica, used by code a migration runs).
+READS_THE_MIRROR = """
+from django.db import connections, migrations
+
+
+def read(apps, schema_editor):
+    with connections["other"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM shop_order")
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0002_note")]
+    operations = [migrations.RunPython(read, migrations.RunPython.noop)]
+"""
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_a_migration_that_reads_through_a_mirror_reaches_the_template(
+    pytester: pytest.Pytester, on_server: list[str], workers: tuple[str, ...]
+) -> None:
+    """The build pointed only the served aliases at the template: the mirror kept the settings'
+    host, and under -n 2 the controller's early build failed (saleor: its workers built it)."""
+    _project(
+        pytester,
+        'DATABASES["other"] = dict(DATABASES["default"], NAME="replica", HOST="replica.invalid", '
+        'TEST={"MIRROR": "default"})\n',
+    )
+    (pytester.path / "shop" / "migrations" / "0003_read.py").write_text(READS_THE_MIRROR.lstrip())
+    pytester.makepyfile(test_project=OTHER_ALIAS_TESTS)
+    result = run_dbguard(pytester, *workers, *on_server, plugins=DJANGO)
+    result.assert_outcomes(passed=1)
+    assert "early build" not in result.stdout.str()

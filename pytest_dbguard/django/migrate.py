@@ -135,7 +135,10 @@ class DjangoSchema:
             from django.db import connections
 
             here = stay and threading.current_thread() is threading.main_thread()
-            with compat.unblocked(self.config), targets.pointed(self.aliases, url, stay=here):
+            # Mirrors too (TEST['MIRROR']: a read replica), as Django's test setup points them:
+            # code that runs in a migration or a post_migrate handler may read through one.
+            served = (*self.aliases, *targets.mirrors_of(self.aliases))
+            with compat.unblocked(self.config), targets.pointed(served, url, stay=here):
                 for alias in self.aliases:
                     try:  # apart from migrate: a refused connection is not a broken migration
                         with connections[alias].cursor() as cursor:
