@@ -517,12 +517,33 @@ def test_script_location_in_pyproject_toml(pytester: pytest.Pytester, on_server:
     run_dbguard(pytester, *on_server, inprocess=True).assert_outcomes(passed=3)
 
 
-def test_the_fingerprint_covers_version_locations(tmp_path: Path) -> None:
-    """Migrations in a folder that version_locations adds, outside the script folder."""
-    (tmp_path / "alembic.ini").write_text(
-        "[alembic]\nscript_location = migrations\n"
-        "version_locations = %(here)s/migrations/versions %(here)s/plugins/versions\n"
-    )
+@pytest.mark.parametrize(
+    ("ini", "pyproject"),
+    [
+        pytest.param(
+            "version_locations = %(here)s/migrations/versions %(here)s/plugins/versions\n",
+            "",
+            id="spaces",
+        ),
+        pytest.param(
+            "path_separator = os\n"
+            "version_locations = %(here)s/migrations/versions:%(here)s/plugins/versions\n",
+            "",
+            id="path-separator-os",
+        ),
+        pytest.param(
+            "",
+            '[tool.alembic]\nversion_locations = ["%(here)s/plugins/versions"]\n',
+            id="pyproject",
+        ),
+    ],
+)
+def test_the_fingerprint_covers_version_locations(tmp_path: Path, ini: str, pyproject: str) -> None:
+    """Migrations in a folder that version_locations adds, outside the script folder, split as
+    alembic splits the list (`alembic init` now writes path_separator = os)."""
+    (tmp_path / "alembic.ini").write_text("[alembic]\nscript_location = migrations\n" + ini)
+    if pyproject:
+        (tmp_path / "pyproject.toml").write_text(pyproject)
     for folder in ("migrations/versions", "plugins/versions"):
         (tmp_path / folder).mkdir(parents=True)
     (tmp_path / "migrations" / "env.py").write_text(ENV_PY)
@@ -613,3 +634,52 @@ def test_autocommit_block_with_a_schema_per_worker_is_explained(
     _concurrent_index_project(pytester, "dbguard_worker_isolation = schema\n")
     output = stopped_once(run_dbguard(pytester, *on_server), "uses autocommit_block() (at ")
     assert "Give each worker a database" in output
+
+
+COMMITTING_AUDIT_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+
+def upgrade():
+    op.execute("CREATE SCHEMA IF NOT EXISTS audit")
+    op.create_table("log", sa.Column("id", sa.Integer, primary_key=True), schema="audit")
+    op.get_bind().commit()
+    op.create_table("more", sa.Column("id", sa.Integer, primary_key=True), schema="audit")
+"""
+
+
+def test_a_migration_that_commits_in_a_worker_schema_commits_nothing(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """Schema mode: a migration's commit() made audit.log final in the shared database, and the
+    build then failed with "Can't operate on closed transaction", blaming the migration."""
+    database = "audit_commit"
+    pg_server.sql(f"CREATE DATABASE {database}")
+    try:
+        write_alembic_project(
+            pytester.path,
+            alembic_ini=ALEMBIC_INI,
+            env_py=ENV_PY,
+            revisions={
+                "0001_accounts.py": REVISION_1,
+                "0002_active.py": REVISION_2,
+                "0003_audit.py": COMMITTING_AUDIT_REVISION,
+            },
+        )
+        pytester.makeini(
+            "[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_worker_isolation = schema\n"
+        )
+        pytester.makepyfile(test_accounts=USES_ACCOUNTS)
+        result = run_dbguard(pytester, "--dbguard-url", pg_server.url(database=database))
+        output = stopped_once(result, "calls commit() (at ")
+        assert "0003_audit.py" in output and "nothing of this build was committed" in output
+        left = pg_server.sql(
+            "SELECT nspname FROM pg_namespace WHERE nspname = 'audit' OR nspname LIKE 'dbg_%'",
+            database=database,
+        ).stdout.split()
+        assert left == []
+    finally:
+        pg_server.sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

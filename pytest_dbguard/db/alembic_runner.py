@@ -85,8 +85,12 @@ def script_folder(ini: Path) -> Path | None:
         return None
     if not location:
         location = _pyproject_location(ini)
-    if not location:
-        return None
+    return _folder(location, ini) if location else None
+
+
+def _folder(location: str, ini: Path) -> Path | None:
+    """A folder as alembic names one: ``package:folder``, absolute, or relative to the folder of
+    alembic.ini (where dbguard runs alembic)."""
     if ":" in location and not Path(location).is_absolute():  # "package:folder" form
         package, _, folder = location.partition(":")
         import importlib.util
@@ -101,18 +105,32 @@ def script_folder(ini: Path) -> Path | None:
 
 
 def version_folders(ini: Path) -> list[Path]:
-    """The folders ``version_locations`` in alembic.ini adds (migrations kept outside the script
-    folder), as far as they exist; split on the separators alembic accepts."""
+    """The folders ``version_locations`` adds (migrations kept outside the script folder), as
+    far as they exist: split as alembic splits them (``path_separator``, else the older
+    ``version_path_separator``, else spaces and commas), or listed in ``[tool.alembic]``."""
     parser = configparser.ConfigParser({"here": ini.parent.absolute().as_posix()})
     try:
         parser.read(ini)
         value = parser.get("alembic", "version_locations", fallback="") or ""
+        separator = parser.get("alembic", "path_separator", fallback=None) or parser.get(
+            "alembic", "version_path_separator", fallback=None
+        )
     except configparser.Error:
         return []
-    import re
+    if value:
+        import re
 
-    folders = [(ini.parent / part).resolve() for part in re.split(r"[\s,;]+", value) if part]
-    return [folder for folder in folders if folder.is_dir()]
+        split = _SEPARATORS.get(separator or "")
+        parts = value.split(split) if split else re.split(r", *|(?: +)", value)
+    else:
+        listed = _pyproject_section(ini).get("version_locations")
+        parts = listed if isinstance(listed, list) else []
+    folders = [_folder(str(part).strip(), ini) for part in parts if str(part).strip()]
+    return [folder for folder in folders if folder is not None and folder.is_dir()]
+
+
+# alembic's path_separator values (alembic.config, 1.16).
+_SEPARATORS: Final = {"space": " ", "newline": "\n", "os": os.pathsep, ":": ":", ";": ";"}
 
 
 def pyproject_beside(ini: Path) -> Path | None:
@@ -122,10 +140,12 @@ def pyproject_beside(ini: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def _pyproject_location(ini: Path) -> str | None:
+def _pyproject_section(ini: Path) -> dict[str, Any]:
+    """``[tool.alembic]`` of the pyproject.toml beside alembic.ini, ``%(here)s`` replaced by its
+    folder in text values; empty when there is none."""
     toml = pyproject_beside(ini)
     if toml is None:
-        return None
+        return {}
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pytest's own dependency there
@@ -133,11 +153,24 @@ def _pyproject_location(ini: Path) -> str | None:
     try:
         section = tomllib.loads(toml.read_text()).get("tool", {}).get("alembic", {})
     except (OSError, ValueError):
-        return None
-    location = section.get("script_location") if isinstance(section, dict) else None
-    if not isinstance(location, str):
-        return None
-    return location.replace("%(here)s", toml.parent.absolute().as_posix())
+        return {}
+    if not isinstance(section, dict):
+        return {}
+    here = toml.parent.absolute().as_posix()
+
+    def expand(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("%(here)s", here)
+        if isinstance(value, list):
+            return [expand(item) for item in value]
+        return value
+
+    return {key: expand(value) for key, value in section.items()}
+
+
+def _pyproject_location(ini: Path) -> str | None:
+    location = _pyproject_section(ini).get("script_location")
+    return location if isinstance(location, str) else None
 
 
 def alembic_config(ini: Path) -> Config:
@@ -204,8 +237,8 @@ def compare_in_env_py(
     ``metadata``, run from env.py as ``alembic check`` runs it: env.py configures the context on
     the connection it is given, with its own ``include_object``, ``include_name`` and comparison
     options, and the migration function compares instead of migrating (``dont_mutate``: no
-    version table is made). None when env.py configured a connection of its own (it only
-    mentions ``config.attributes``): the caller compares without env.py."""
+    version table is made). None when env.py compared nothing on that connection (it configured
+    one of its own, or ran no migrations): the caller compares without env.py."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.environment import EnvironmentContext
     from alembic.script import ScriptDirectory
@@ -214,15 +247,14 @@ def compare_in_env_py(
     config.set_main_option("sqlalchemy.url", url.render(hide_password=False).replace("%", "%%"))
     config.attributes["connection"] = connection
     found: list[Any] = []
-    elsewhere = False
+    compared = False
 
     def compare(_heads: Any, context: Any) -> list[Any]:
-        nonlocal elsewhere
-        if context.connection is not connection:
-            elsewhere = True
-            return []
-        context.opts.setdefault("compare_type", True)
-        found.extend(compare_metadata(context, metadata))
+        nonlocal compared
+        if context.connection is connection:  # not a connection of env.py's own
+            context.opts.setdefault("compare_type", True)
+            found.extend(compare_metadata(context, metadata))
+            compared = True
         return []  # no migration step to run
 
     previous = os.getcwd()
@@ -242,7 +274,7 @@ def compare_in_env_py(
         ) from error
     finally:
         os.chdir(previous)
-    return None if elsewhere else found
+    return found if compared else None
 
 
 def _first_line(error: BaseException, url: DatabaseURL) -> str:

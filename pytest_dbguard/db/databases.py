@@ -380,8 +380,14 @@ def provision_sqlite(
         with open(template.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not template.exists():
+                # A build that failed in another worker may have committed part of its work.
                 staging = template.with_suffix(".building")
-                build_in(test_url.replace(database=str(staging)), build)
+                staging.unlink(missing_ok=True)
+                try:
+                    build_in(test_url.replace(database=str(staging)), build)
+                except BaseException:
+                    staging.unlink(missing_ok=True)
+                    raise
                 staging.rename(template)
     template_ms = (time.perf_counter() - started) * 1000
     started = time.perf_counter()

@@ -44,13 +44,13 @@ MIGRATED_OUTSIDE_WORKER_SCHEMA: Final = (
     "dbguard_worker_isolation = database (or auto) with a role that may create databases "
     "(CREATEDB), or leave the URL out for the embedded server. No test ran."
 )
-AUTOCOMMIT_IN_WORKER_SCHEMA: Final = (
-    "A migration ({source}) uses autocommit_block(){where} (CREATE INDEX CONCURRENTLY and the "
-    "like), which needs transactions of its own; with a schema per worker in a shared database "
-    "dbguard runs the migrations in one transaction, so that it can take back what they create "
-    "outside the worker's schema. Give each worker a database: dbguard_worker_isolation = "
-    "database (or auto) with a role that may create databases (CREATEDB), or leave the URL out "
-    "for the embedded server. No test ran."
+OWN_TRANSACTIONS_IN_WORKER_SCHEMA: Final = (
+    "A migration ({source}) {how}{where}, which needs transactions of its own (CREATE INDEX "
+    "CONCURRENTLY and the like); with a schema per worker in a shared database dbguard runs the "
+    "migrations in one transaction, so that it can take back what they create outside the "
+    "worker's schema; nothing of this build was committed. Give each worker a database: "
+    "dbguard_worker_isolation = database (or auto) with a role that may create databases "
+    "(CREATEDB), or leave the URL out for the embedded server. No test ran."
 )
 ROLLED_BACK: Final = "The build was rolled back: nothing of it is left in the database."
 LEFT_BEHIND: Final = (
@@ -204,9 +204,9 @@ def builder(
             if url.password:
                 detail = detail.replace(url.password, "***")
             where = _migration_frame(error, alembic_ini) if alembic_ini is not None else ""
-            if worker_schema is not None and _in_autocommit_block(error):
+            if worker_schema is not None and (how := _own_transactions(error)) is not None:
                 raise SchemaError(
-                    AUTOCOMMIT_IN_WORKER_SCHEMA.format(source=source, where=where)
+                    OWN_TRANSACTIONS_IN_WORKER_SCHEMA.format(source=source, how=how, where=where)
                 ) from error
             raise SchemaError(
                 BUILD_FAILED.format(
@@ -230,14 +230,25 @@ def builder(
     return build
 
 
-def _in_autocommit_block(error: BaseException) -> bool:
-    """Whether ``error`` came out of alembic's ``autocommit_block()``."""
+class _OwnCommit(Exception):
+    """A migration committed during a schema-mode build (``_kept_inside``)."""
+
+
+def _refuse_commit(_connection: Connection) -> None:
+    raise _OwnCommit("the migration called commit()")
+
+
+def _own_transactions(error: BaseException) -> str | None:
+    """What a migration did that needs transactions of its own, when ``error`` came from it:
+    ``commit()``, or alembic's ``autocommit_block()``; None otherwise."""
+    if isinstance(error, _OwnCommit):
+        return "calls commit()"
     frame = error.__traceback__
     while frame is not None:
         if frame.tb_frame.f_code.co_name == "autocommit_block":
-            return True
+            return "uses autocommit_block()"
         frame = frame.tb_next
-    return False
+    return None
 
 
 def _require_no_own_schemas(metadata: MetaData, source: str, url: DatabaseURL) -> None:
@@ -278,8 +289,16 @@ def _kept_inside(
     from pytest_dbguard.db import maintenance
 
     def checked(connection: Connection) -> None:
+        from sqlalchemy import event
+
         before = set(connection.exec_driver_sql(_OUTSIDE_WORKER_SCHEMAS).scalars())
-        upgrade(connection)
+        # A migration's own commit() would make part of the build final, outside the transaction
+        # this check may take back: stopped before it reaches the server.
+        event.listen(connection, "commit", _refuse_commit)
+        try:
+            upgrade(connection)
+        finally:
+            event.remove(connection, "commit", _refuse_commit)
         created = sorted(
             set(connection.exec_driver_sql(_OUTSIDE_WORKER_SCHEMAS).scalars()) - before
         )
