@@ -585,7 +585,9 @@ def upgrade():
 """
 
 
-def _concurrent_index_project(pytester: pytest.Pytester, ini_extra: str = "") -> None:
+def _concurrent_index_project(
+    pytester: pytest.Pytester, ini_extra: str = "", revision: str = CONCURRENT_INDEX_REVISION
+) -> None:
     write_alembic_project(
         pytester.path,
         alembic_ini=ALEMBIC_INI,
@@ -593,7 +595,7 @@ def _concurrent_index_project(pytester: pytest.Pytester, ini_extra: str = "") ->
         revisions={
             "0001_accounts.py": REVISION_1,
             "0002_active.py": REVISION_2,
-            "0003_index.py": CONCURRENT_INDEX_REVISION,
+            "0003_index.py": revision,
         },
     )
     pytester.makeini(
@@ -627,12 +629,23 @@ def test_migrations_that_commit_and_use_autocommit_block_run_on_the_given_connec
     result.assert_outcomes(passed=1)
 
 
-def test_autocommit_block_with_a_schema_per_worker_is_explained(
-    pytester: pytest.Pytester, on_server: list[str]
+@pytest.mark.parametrize(
+    ("commits", "how"),
+    [
+        pytest.param(True, "calls commit() (at ", id="commit-then-autocommit"),
+        pytest.param(False, "uses autocommit_block() (at ", id="autocommit"),
+    ],
+)
+def test_own_transactions_with_a_schema_per_worker_are_explained(
+    pytester: pytest.Pytester, on_server: list[str], commits: bool, how: str
 ) -> None:
-    """Schema mode keeps the build one transaction: a migration that needs its own says why."""
-    _concurrent_index_project(pytester, "dbguard_worker_isolation = schema\n")
-    output = stopped_once(run_dbguard(pytester, *on_server), "uses autocommit_block() (at ")
+    """Schema mode keeps the build one transaction: a migration that needs its own says why,
+    naming what it did first."""
+    revision = CONCURRENT_INDEX_REVISION
+    if not commits:
+        revision = revision.replace("    op.get_bind().commit()\n", "")
+    _concurrent_index_project(pytester, "dbguard_worker_isolation = schema\n", revision)
+    output = stopped_once(run_dbguard(pytester, *on_server), how)
     assert "Give each worker a database" in output
 
 
