@@ -496,19 +496,9 @@ def test_env_py_include_object_decides_what_counts(
 
 
 # Mentions config.attributes (for a setting of its own) but connects where DATABASE_URL says.
-ENV_PY_ATTRIBUTES_OWN_ENGINE = """
-import os
-from alembic import context
-from sqlalchemy import create_engine
-
-verbose = context.config.attributes.get("verbose", False)
-engine = create_engine(os.environ["DATABASE_URL"])
-with engine.begin() as connection:
-    context.configure(connection=connection)
-    with context.begin_transaction():
-        context.run_migrations()
-engine.dispose()
-"""
+ENV_PY_ATTRIBUTES_OWN_ENGINE = ENV_PY_OWN_ENGINE.replace(
+    "\nengine = ", '\nverbose = context.config.attributes.get("verbose", False)\nengine = ', 1
+)
 # Migrates once, then fails: the drift check's own run of env.py.
 ENV_PY_FAILS_SECOND_TIME = """
 import pathlib

@@ -350,6 +350,47 @@ def upgrade():
 """
 
 
+def _schema_mode_run(
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    database: str,
+    *,
+    env_py: str,
+    revision: str,
+    args: tuple[str, ...] = (),
+) -> tuple[pytest.RunResult, list[str]]:
+    """The accounts project with ``revision`` as 0003, run with a schema per worker in a
+    database of its own (dropped after); the run's result and the tables left in the schemas
+    ``audit`` and ``dbg_*`` there."""
+    pg_server.sql(f"CREATE DATABASE {database}")
+    try:
+        write_alembic_project(
+            pytester.path,
+            alembic_ini=ALEMBIC_INI,
+            env_py=env_py,
+            revisions={
+                "0001_accounts.py": REVISION_1,
+                "0002_active.py": REVISION_2,
+                "0003_audit.py": revision,
+            },
+        )
+        pytester.makeini(
+            "[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_worker_isolation = schema\n"
+            "dbguard_env =\n    DATABASE_URL={url}\n"
+        )
+        pytester.makepyfile(test_accounts=USES_ACCOUNTS)
+        result = run_dbguard(pytester, "--dbguard-url", pg_server.url(database=database), *args)
+        left = pg_server.sql(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE c.relkind = 'r'"
+            " AND (n.nspname = 'audit' OR n.nspname LIKE 'dbg_%')",
+            database=database,
+        ).stdout.split()
+        return result, left
+    finally:
+        pg_server.sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
 @pytest.mark.parametrize(
     ("env_py", "xdist", "fate"),
     [
@@ -367,38 +408,19 @@ def test_migrations_that_create_tables_outside_the_worker_schema_stop_the_run(
     left in the user's database; the run stops and says whether the build's rollback took it
     away (env.py used dbguard's connection) or it is still there (env.py committed it)."""
     database = f"audit_{'n2' if xdist else 'serial'}_{'own' if env_py != ENV_PY else 'given'}"
-    pg_server.sql(f"CREATE DATABASE {database}")
-    try:
-        write_alembic_project(
-            pytester.path,
-            alembic_ini=ALEMBIC_INI,
-            env_py=env_py,
-            revisions={
-                "0001_accounts.py": REVISION_1,
-                "0002_active.py": REVISION_2,
-                "0003_audit.py": AUDIT_REVISION,
-            },
-        )
-        pytester.makeini(
-            "[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_worker_isolation = schema\n"
-            "dbguard_env =\n    DATABASE_URL={url}\n"
-        )
-        pytester.makepyfile(test_accounts=USES_ACCOUNTS)
-        url = pg_server.url(database=database)
-        result = run_dbguard(pytester, "--dbguard-url", url, *(["-n", "2"] if xdist else []))
-        output = result.stdout.str() + result.stderr.str()
-        assert output.count("created audit.events outside the worker schema") == 1, output
-        assert fate in output
-        assert result.ret != pytest.ExitCode.OK and " passed" not in output
-        left = pg_server.sql(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n"
-            " ON n.oid = c.relnamespace WHERE c.relkind = 'r'"
-            " AND (n.nspname = 'audit' OR n.nspname LIKE 'dbg_%')",
-            database=database,
-        ).stdout.split()
-        assert left == ([] if fate == "rolled back" else ["audit.events"])
-    finally:
-        pg_server.sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    result, left = _schema_mode_run(
+        pytester,
+        pg_server,
+        database,
+        env_py=env_py,
+        revision=AUDIT_REVISION,
+        args=("-n", "2") if xdist else (),
+    )
+    output = result.stdout.str() + result.stderr.str()
+    assert output.count("created audit.events outside the worker schema") == 1, output
+    assert fate in output
+    assert result.ret != pytest.ExitCode.OK and " passed" not in output
+    assert left == ([] if fate == "rolled back" else ["audit.events"])
 
 
 # The env.py `alembic init` writes: its fileConfig disables every logger the ini does not name.
@@ -649,19 +671,11 @@ def test_own_transactions_with_a_schema_per_worker_are_explained(
     assert "Give each worker a database" in output
 
 
-COMMITTING_AUDIT_REVISION = """
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0003"
-down_revision = "0002"
-
-def upgrade():
-    op.execute("CREATE SCHEMA IF NOT EXISTS audit")
-    op.create_table("log", sa.Column("id", sa.Integer, primary_key=True), schema="audit")
-    op.get_bind().commit()
-    op.create_table("more", sa.Column("id", sa.Integer, primary_key=True), schema="audit")
-"""
+# The same, committing between its two tables.
+COMMITTING_AUDIT_REVISION = AUDIT_REVISION + (
+    "    op.get_bind().commit()\n"
+    '    op.create_table("more", sa.Column("id", sa.Integer, primary_key=True), schema="audit")\n'
+)
 
 
 def test_a_migration_that_commits_in_a_worker_schema_commits_nothing(
@@ -669,30 +683,9 @@ def test_a_migration_that_commits_in_a_worker_schema_commits_nothing(
 ) -> None:
     """Schema mode: a migration's commit() made audit.log final in the shared database, and the
     build then failed with "Can't operate on closed transaction", blaming the migration."""
-    database = "audit_commit"
-    pg_server.sql(f"CREATE DATABASE {database}")
-    try:
-        write_alembic_project(
-            pytester.path,
-            alembic_ini=ALEMBIC_INI,
-            env_py=ENV_PY,
-            revisions={
-                "0001_accounts.py": REVISION_1,
-                "0002_active.py": REVISION_2,
-                "0003_audit.py": COMMITTING_AUDIT_REVISION,
-            },
-        )
-        pytester.makeini(
-            "[pytest]\ndbguard_alembic_ini = alembic.ini\ndbguard_worker_isolation = schema\n"
-        )
-        pytester.makepyfile(test_accounts=USES_ACCOUNTS)
-        result = run_dbguard(pytester, "--dbguard-url", pg_server.url(database=database))
-        output = stopped_once(result, "calls commit() (at ")
-        assert "0003_audit.py" in output and "nothing of this build was committed" in output
-        left = pg_server.sql(
-            "SELECT nspname FROM pg_namespace WHERE nspname = 'audit' OR nspname LIKE 'dbg_%'",
-            database=database,
-        ).stdout.split()
-        assert left == []
-    finally:
-        pg_server.sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    result, left = _schema_mode_run(
+        pytester, pg_server, "audit_commit", env_py=ENV_PY, revision=COMMITTING_AUDIT_REVISION
+    )
+    output = stopped_once(result, "calls commit() (at ")
+    assert "0003_audit.py" in output and "nothing of this build was committed" in output
+    assert left == []
