@@ -454,13 +454,19 @@ LOGGING_TESTS = """
 
 
 @pytest.mark.parametrize(
-    "xdist", [False, pytest.param(True, marks=pytest.mark.needs_xdist)], ids=["serial", "n2"]
+    "args",
+    [
+        pytest.param((), id="serial"),
+        pytest.param(("-n", "2"), id="n2", marks=pytest.mark.needs_xdist),
+        pytest.param(("--log-file=run.log", "--log-file-level=INFO"), id="log-file"),
+    ],
 )
-def test_env_py_logging_config_leaves_the_projects_loggers_alone(
-    pytester: pytest.Pytester, on_server: list[str], xdist: bool
+def test_env_py_logging_config_leaves_the_projects_logging_alone(
+    pytester: pytest.Pytester, on_server: list[str], args: tuple[str, ...]
 ) -> None:
     """Migrations run in the test process: env.py's fileConfig disabled the project's loggers
-    and set the root level, and caplog saw nothing they logged."""
+    and set the root level, so caplog saw nothing they logged; and it closed every handler, so
+    pytest's --log-file (mode "w") received nothing the tests logged after the schema build."""
     write_alembic_project(
         pytester.path,
         alembic_ini=ALEMBIC_INI,
@@ -469,8 +475,11 @@ def test_env_py_logging_config_leaves_the_projects_loggers_alone(
     )
     pytester.makeini("[pytest]\ndbguard_alembic_ini = alembic.ini\n")
     pytester.makepyfile(test_logging=LOGGING_TESTS)
-    result = run_dbguard(pytester, *on_server, *(["-n", "2"] if xdist else []))
+    result = run_dbguard(pytester, *on_server, *args)
     result.assert_outcomes(passed=2)
+    if "--log-file=run.log" in args:
+        logged = (pytester.path / "run.log").read_text()
+        assert "order refused" in logged and "order placed" in logged
 
 
 @pytest.mark.parametrize(
@@ -572,25 +581,6 @@ def test_the_fingerprint_covers_version_locations(tmp_path: Path, ini: str, pypr
     before = schema.fingerprint_alembic(tmp_path / "alembic.ini")
     (tmp_path / "plugins" / "versions" / "0002_active.py").write_text(REVISION_2)
     assert schema.fingerprint_alembic(tmp_path / "alembic.ini") != before
-
-
-def test_env_py_logging_config_leaves_pytests_log_file_open(
-    pytester: pytest.Pytester, on_server: list[str]
-) -> None:
-    """fileConfig closes every handler; pytest's --log-file handler (mode "w") then dropped all
-    that the tests logged after the schema build."""
-    write_alembic_project(
-        pytester.path,
-        alembic_ini=ALEMBIC_INI,
-        env_py=FILE_CONFIG_ENV_PY,
-        revisions={"0001_accounts.py": REVISION_1},
-    )
-    pytester.makeini("[pytest]\ndbguard_alembic_ini = alembic.ini\n")
-    pytester.makepyfile(test_logging=LOGGING_TESTS)
-    log = pytester.path / "run.log"
-    result = run_dbguard(pytester, *on_server, f"--log-file={log}", "--log-file-level=INFO")
-    result.assert_outcomes(passed=2)
-    assert "order refused" in log.read_text() and "order placed" in log.read_text()
 
 
 # warehouse's: a migration that commits, then builds an index outside any transaction.
