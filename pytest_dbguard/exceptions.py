@@ -75,6 +75,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: the run stops and cleans up as it does for Ctrl-C."""
 
 
+def first_line(error: BaseException, password: str | None = None) -> str:
+    """The first line of ``error``'s text (empty when it has none), with ``password`` shown as
+    ``***``: what a one-line message quotes of a driver's or a migration's error."""
+    line = (str(error).strip().splitlines() or [""])[0]
+    return line.replace(password, "***") if password else line
+
+
 def chain(error: BaseException) -> Iterator[BaseException]:
     """``error``, then what it was raised from or while handling (``__cause__``, else
     ``__context__``), and so on, each once: where a driver's or asyncio's own error hides

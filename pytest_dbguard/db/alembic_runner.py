@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from pytest_dbguard.exceptions import ConfigError, SchemaError
+from pytest_dbguard.exceptions import ConfigError, SchemaError, first_line
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -77,15 +77,24 @@ def script_folder(ini: Path) -> Path | None:
     Read with ``configparser`` and ``tomllib`` as alembic's own ``Config`` does, not through
     alembic: a run that reuses its template fingerprints the migrations without importing it.
     """
+    options = _ini_options(ini, "script_location")
+    if options is None:
+        return None
+    location = options.get("script_location") or _pyproject_location(ini)
+    return _folder(location, ini) if location else None
+
+
+def _ini_options(ini: Path, *names: str) -> dict[str, str] | None:
+    """The named options that alembic.ini's ``[alembic]`` section sets, ``%(here)s`` expanded
+    as alembic's Config expands it; None for an ini that configparser cannot read."""
     parser = configparser.ConfigParser({"here": ini.parent.absolute().as_posix()})
     try:
         parser.read(ini)
-        location = parser.get("alembic", "script_location", fallback=None)
+        return {
+            name: value for name in names if (value := parser.get("alembic", name, fallback=""))
+        }
     except configparser.Error:
         return None
-    if not location:
-        location = _pyproject_location(ini)
-    return _folder(location, ini) if location else None
 
 
 def _folder(location: str, ini: Path) -> Path | None:
@@ -108,18 +117,11 @@ def version_folders(ini: Path) -> list[Path]:
     """The folders ``version_locations`` adds (migrations kept outside the script folder), as
     far as they exist: split as alembic splits them (``path_separator``, else the older
     ``version_path_separator``, else spaces and commas), or listed in ``[tool.alembic]``."""
-    parser = configparser.ConfigParser({"here": ini.parent.absolute().as_posix()})
-    try:
-        parser.read(ini)
-        value = parser.get("alembic", "version_locations", fallback="") or ""
-        separator = parser.get("alembic", "path_separator", fallback=None) or parser.get(
-            "alembic", "version_path_separator", fallback=None
-        )
-    except configparser.Error:
+    options = _ini_options(ini, "version_locations", "path_separator", "version_path_separator")
+    if options is None:
         return []
-    if value:
-        import re
-
+    if value := options.get("version_locations"):
+        separator = options.get("path_separator") or options.get("version_path_separator")
         split = _SEPARATORS.get(separator or "")
         parts = value.split(split) if split else re.split(r", *|(?: +)", value)
     else:
@@ -218,6 +220,14 @@ def upgrade_here(connection: Connection, ini: Path, url: str) -> None:
         from alembic import command
     except ImportError as error:
         raise SchemaError(NOT_INSTALLED) from error
+    with _running_env(ini, connection, url) as config:
+        command.upgrade(config, "head")
+
+
+@contextlib.contextmanager
+def _running_env(ini: Path, connection: Connection, url: str) -> Iterator[Config]:
+    """alembic's Config for env.py to run on ``connection`` (``url`` as ``sqlalchemy.url``),
+    in the folder of alembic.ini, with the loggers put back afterwards."""
     config = alembic_config(ini)
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     config.attributes["connection"] = connection
@@ -225,7 +235,7 @@ def upgrade_here(connection: Connection, ini: Path, url: str) -> None:
     os.chdir(ini.parent)  # script_location in alembic.ini is relative to it
     try:
         with logging_kept():
-            command.upgrade(config, "head")
+            yield config
     finally:
         os.chdir(previous)
 
@@ -243,9 +253,6 @@ def compare_in_env_py(
     from alembic.runtime.environment import EnvironmentContext
     from alembic.script import ScriptDirectory
 
-    config = alembic_config(ini)
-    config.set_main_option("sqlalchemy.url", url.render(hide_password=False).replace("%", "%%"))
-    config.attributes["connection"] = connection
     found: list[Any] = []
     compared = False
 
@@ -257,29 +264,22 @@ def compare_in_env_py(
             compared = True
         return []  # no migration step to run
 
-    previous = os.getcwd()
-    os.chdir(ini.parent)  # script_location in alembic.ini is relative to it
     try:
-        script = ScriptDirectory.from_config(config)
-        with logging_kept(), EnvironmentContext(config, script, fn=compare, dont_mutate=True):
-            script.run_env()
+        with _running_env(ini, connection, url.render(hide_password=False)) as config:
+            script = ScriptDirectory.from_config(config)
+            with EnvironmentContext(config, script, fn=compare, dont_mutate=True):
+                script.run_env()
     except Exception as error:
-        where = failing_file("".join(traceback.format_tb(error.__traceback__)), env_py(ini).parent)
+        env = env_py(ini)
+        where = failing_file("".join(traceback.format_tb(error.__traceback__)), env.parent)
         raise SchemaError(
             COMPARE_FAILED.format(
-                env_py=env_py(ini),
-                error=f"{type(error).__name__}: {_first_line(error, url)}",
+                env_py=env,
+                error=f"{type(error).__name__}: {first_line(error, url.password)}",
                 where=f" ({where.strip()})" if where else "",
             )
         ) from error
-    finally:
-        os.chdir(previous)
     return found if compared else None
-
-
-def _first_line(error: BaseException, url: DatabaseURL) -> str:
-    line = (str(error).strip().splitlines() or [""])[0]
-    return line.replace(url.password, "***") if url.password else line
 
 
 @contextlib.contextmanager

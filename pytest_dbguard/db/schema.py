@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.db.names import SCHEMA_START
-from pytest_dbguard.exceptions import ConfigError, DbguardError, SchemaError
+from pytest_dbguard.exceptions import ConfigError, DbguardError, SchemaError, first_line
 from pytest_dbguard.run.setting_values import find_from_rootdir
 
 if TYPE_CHECKING:
@@ -200,9 +200,7 @@ def builder(
             raise
         except Exception as error:
             cause = getattr(error, "orig", None) or error  # a DBAPIError: the driver's own words
-            detail = (str(cause).strip().splitlines() or [""])[0]
-            if url.password:
-                detail = detail.replace(url.password, "***")
+            detail = first_line(cause, url.password)
             where = _migration_frame(error, alembic_ini) if alembic_ini is not None else ""
             if worker_schema is not None and (how := _own_transactions(error)) is not None:
                 raise SchemaError(

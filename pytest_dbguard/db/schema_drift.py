@@ -230,10 +230,9 @@ def check_at_start(config: pytest.Config, provisioned: Provisioned | None) -> No
     metadata = config.stash.get(metadata_key, None)
     if metadata is None or provisioned is None:
         return
-    settings = the_run(config).settings
-    require_tables(metadata, settings.source_of("metadata"), str(settings.metadata))
     run = the_run(config)
-    state = run.session
+    settings, state = run.settings, run.session
+    require_tables(metadata, settings.source_of("metadata"), str(settings.metadata))
     # In schema mode env.py's include_schemas would compare the other workers' schemas too.
     ini = state.alembic_ini if state is not None and run.plan.schema is None else None
     differences = check_database(provisioned.url, metadata, ini)

@@ -23,7 +23,7 @@ import pytest
 from pytest_dbguard.db.databases import SelfConnectingBuild
 from pytest_dbguard.django import compat, targets
 from pytest_dbguard.django.settings_module import settings_label
-from pytest_dbguard.exceptions import ConfigError, SchemaError
+from pytest_dbguard.exceptions import ConfigError, SchemaError, first_line
 from pytest_dbguard.run.state import the_run
 
 if TYPE_CHECKING:
@@ -186,9 +186,7 @@ class DjangoSchema:
         self, alias: str, url: DatabaseURL, error: Exception, message: str = MIGRATE_FAILED
     ) -> str:
         cause = getattr(error, "__cause__", None) or error  # Django wraps the driver's error
-        detail = (str(cause).strip().splitlines() or [""])[0]
-        if url.password:
-            detail = detail.replace(url.password, "***")
+        detail = first_line(cause, url.password)
         return message.format(
             alias=alias,
             settings=self.settings_module,

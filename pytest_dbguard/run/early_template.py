@@ -25,6 +25,7 @@ from typing import Final
 import pytest
 
 from pytest_dbguard.db import databases
+from pytest_dbguard.exceptions import first_line
 from pytest_dbguard.run import lifecycle, reuse_run, templates
 from pytest_dbguard.run.run_plan import RunPlan
 from pytest_dbguard.run.state import the_run
@@ -90,8 +91,5 @@ def _cause(error: Exception, plan: RunPlan) -> str:
     """``Type: first line`` of what went wrong (the driver's or the migration's own error,
     which dbguard's wraps), without the password."""
     cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
-    detail = (str(cause).strip().splitlines() or [""])[0]
     password = plan.server_url.password if plan.server_url is not None else None
-    if password:
-        detail = detail.replace(password, "***")
-    return f"{type(cause).__name__}: {detail}"
+    return f"{type(cause).__name__}: {first_line(cause, password)}"
