@@ -101,6 +101,47 @@ NOT_REWRITTEN = """
 """
 
 
+FINDS_OWN_MODULES_FIRST = """
+    import sys
+
+    from _pytest.assertion.rewrite import AssertionRewritingHook
+
+    def test_own_modules_found_before_the_rewriting_hook():
+        kinds = [type(finder).__name__ for finder in sys.meta_path]
+        hook = next(i for i, finder in enumerate(sys.meta_path) if isinstance(finder, AssertionRewritingHook))
+        assert kinds[hook - 1] == "_OwnModulesFinder"
+        assert kinds.count("_OwnModulesFinder") == 1
+"""
+
+
+def test_own_modules_skip_the_rewriting_hook_for_the_run_only(pytester: pytest.Pytester) -> None:
+    """dbguard's modules are found ahead of pytest's rewriting hook, which would only decide not
+    to rewrite them (its check costs each import); the finder goes when the run ends, as the
+    hook does, so an in-process run leaves ``sys.meta_path`` as it found it."""
+    pytester.makepyfile(FINDS_OWN_MODULES_FIRST)
+    before = list(sys.meta_path)
+    for _ in range(2):  # a second run in the same process adds no second finder
+        pytester.runpytest_inprocess(
+            "-p", "pytest_dbguard", "--dbguard-url", "sqlite"
+        ).assert_outcomes(passed=1)
+        assert sys.meta_path == before
+
+
+def test_plain_asserts_need_no_finder(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_no_finder():
+            assert "_OwnModulesFinder" not in [type(finder).__name__ for finder in sys.meta_path]
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "pytest_dbguard", "--dbguard-url", "sqlite", "--assert=plain"
+    )
+    result.assert_outcomes(passed=1)
+
+
 @pytest.mark.parametrize("blocked", ["pytest_dbguard", "dbguard"])
 def test_p_no_switches_off_what_addopts_activates(pytester: pytest.Pytester, blocked: str) -> None:
     """``-p no:pytest_dbguard`` after an addopts' ``-p pytest_dbguard``, as for any plugin: no
