@@ -28,7 +28,7 @@ COMMANDS = [
     pytest.param(["--fixtures-per-test"], "*dbguard_session*", id="fixtures-per-test"),
     pytest.param(["--setup-plan"], "*SETUP*dbguard_session*", id="setup-plan"),
     pytest.param(["--markers"], "@pytest.mark.dbguard(*", id="markers"),
-    pytest.param(["--help"], "*--dbguard-url=DBGUARD_URL*", id="help"),
+    pytest.param(["--help"], "*--dbguard-url=URL*", id="help"),
 ]
 TEST_FILE = """
     import os

@@ -85,9 +85,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         "url",
         "SQLAlchemy URL of the server to test against; 'sqlite' for SQLite; unset: embedded PostgreSQL.",
+        metavar="URL",
     ),
     Option(
-        "wait", "Seconds to wait for the server to answer a real query (default 30).", default="30"
+        "wait",
+        "How long to wait for the server to answer a real query (default 30).",
+        default="30",
+        metavar="SECONDS",
     ),
     Option(
         "reuse",
@@ -97,68 +101,76 @@ OPTIONS: Final[tuple[Option, ...]] = (
     ),
     Option(
         "rebuild",
-        "With --dbguard-reuse: drop the kept schema templates and build them anew (like "
-        "pytest-django's --create-db). Without reuse every run builds anew: no effect.",
+        "With --dbguard-reuse: build the kept schema templates anew (like pytest-django's --create-db).",
         flag_kind="switch",
         ini_type="bool",
     ),
     Option(
         "worker_isolation",
-        "How xdist workers are separated: auto (a database each, else a schema each), database, schema.",
+        "How xdist workers are separated (default auto: a database each, else a schema each).",
         default="auto",
+        metavar="auto|database|schema",
     ),
     Option(
-        "isolation", "Default per-test isolation: rollback, truncate or none.", default="rollback"
+        "isolation",
+        "Default per-test isolation (default rollback).",
+        default="rollback",
+        metavar="rollback|truncate|none",
     ),
     Option(
         "proxy",
-        "Route the test database URL through dbguard's fault proxy: on, off, or auto (on when a "
-        "test file mentions dbguard_faults).",
+        "Route the test URL through dbguard's fault proxy (default auto: when a test file mentions "
+        "dbguard_faults).",
         default="auto",
         bare="on",
         metavar="on|off|auto",
     ),
     Option(
         "driver",
-        "SQLAlchemy driver of the test URLs: psycopg or psycopg2 (default: the URL's, else the "
-        "one installed, psycopg first).",
+        "Sync driver of the test URLs (default: the URL's, else the one installed).",
+        metavar="psycopg|psycopg2",
     ),
-    Option("metadata", "Schema source: 'package.module:attr', a MetaData or a declarative Base."),
-    Option("alembic_ini", "Schema source: path to alembic.ini; runs 'upgrade head'."),
+    Option("metadata", "Schema source: a MetaData or a declarative Base.", metavar="MODULE:ATTR"),
+    Option("alembic_ini", "Schema source: alembic.ini; runs 'upgrade head'.", metavar="PATH"),
     Option(
         "check_schema",
-        "Compare the schema 'alembic upgrade head' builds with dbguard_metadata at run start: "
-        "error, warn or off (default off; needs both keys).",
+        "Compare the schema alembic builds with dbguard_metadata at run start (default off).",
         default="off",
+        metavar="error|warn|off",
     ),
     Option(
-        "naive_datetime", "Naive datetimes bound as parameters: error, warn or off.", default="warn"
+        "naive_datetime",
+        "What to do on naive datetimes bound as parameters (default warn).",
+        default="warn",
+        metavar="error|warn|off",
     ),
     Option(
         "pg_bindir",
-        "Folder of the PostgreSQL binaries for the embedded server (default: PATH, pg_config, /usr/lib/postgresql/*/bin).",
+        "PostgreSQL binaries for the embedded server (default: PATH, pg_config, /usr/lib/postgresql/*/bin).",
+        metavar="DIR",
     ),
     Option(
         "leaks",
-        "Rows that engines other than dbguard's committed during a rollback test: warn, error or off.",
+        "What to do on rows other engines commit in a rollback test (default warn).",
         default="warn",
+        metavar="warn|error|off",
     ),
     Option(
         "keep_failed",
-        "Before a failed test's rollback (or truncate), copy its view of the database into a "
-        "database <db>_failed_<n> on the same server, named with a psql command in the report.",
+        "Copy a failed test's data into a database <db>_failed_<n> before its rollback; the "
+        "report names it.",
         flag_kind="switch",
         ini_type="bool",
     ),
     Option(
         "report",
-        "Write a JSON report of the run to this path: per test its statements, database time, "
-        "slowest statements (no values) and isolation; per run the server and its timings.",
+        "Write a JSON report of the run: per test its statements, database time and isolation; "
+        "per run the server and its timings.",
         metavar="PATH",
     ),
     Option(
         "allow_databases",
-        "Databases tests may connect to besides the run's test databases: names or URLs.",
+        "Databases tests may reach besides the run's test databases: names or URLs.",
         ini_type="args",
         env=False,
         cli=False,
