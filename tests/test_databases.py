@@ -323,7 +323,8 @@ from sqlalchemy.pool import NullPool
 def test_first_without_a_session(dbguard_url):
     # Asked from the server's own database: nobody but dbguard could be on the test database.
     url = make_url(dbguard_url)
-    engine = create_engine(url.set(database="postgres"), poolclass=NullPool)
+    # Autocommit: inside one transaction PostgreSQL shows the same pg_stat_activity snapshot.
+    engine = create_engine(url.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT")
     query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db")
     with engine.connect() as connection:
         deadline = time.monotonic() + 5  # a closed connection ends on the server a moment later

@@ -35,7 +35,9 @@ HELPERS = """
         # counts every backend on the database: wait until they are gone. Asked from another
         # database, so the asking connection is not one of them.
         other = make_url(dbguard_faults.url).set(database="postgres")
-        probe = create_engine(other, poolclass=NullPool)
+        # Autocommit: PostgreSQL keeps one snapshot of pg_stat_activity per transaction, so a
+        # backend seen once would stay "there" for as long as the loop asked inside one.
+        probe = create_engine(other, poolclass=NullPool, isolation_level="AUTOCOMMIT")
         query = text(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND backend_type = 'client backend'"
         )
