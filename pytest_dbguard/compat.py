@@ -142,6 +142,20 @@ def ini_raw(config: pytest.Config, key: str) -> str:
     return str(getattr(value, "value", value))
 
 
+NOT_TOML: Any = object()
+
+
+def toml_value(config: pytest.Config, key: str) -> Any:
+    """Ini ``key`` as pytest 9 read it from a ``[tool.pytest]`` table, in TOML's own types
+    (``30``, ``true``, a list), or NOT_TOML: an ini file or ``[tool.pytest.ini_options]`` (text,
+    as pytest 8 reads every file), ``-o``, or a key not set. pytest 9 marks each value with
+    ``mode`` ("toml" or "ini") in ``config._inicfg``."""
+    if key in override_ini(config):
+        return NOT_TOML
+    value: Any = _inicfg(config).get(key)
+    return value.value if getattr(value, "mode", None) == "toml" else NOT_TOML
+
+
 def seed_ini_cache(config: pytest.Config, name: str, value: str) -> bool:
     """Put ``value`` in pytest's ini cache (``config._inicache``, pytest 8.0-9.2), so every later
     ``getini(name)`` answers it; False when the cache is gone."""

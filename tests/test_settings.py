@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
 from pytest_dbguard.db.names import database_name, is_dbguard_name
@@ -430,3 +432,79 @@ def test_a_bad_value_given_with_o_names_o(pytester: pytest.Pytester, ini_file: b
     _usage_error(result, "*ini dbguard_worker_isolation in -o = 'databse'*")
     result = run_dbguard_inprocess(pytester, "-o", "dbguard_wrker_isolation=database")
     _usage_error(result, "*Unknown ini key 'dbguard_wrker_isolation' in -o.*")
+
+
+# pytest 9 reads a [tool.pytest] table in TOML's own types; [tool.pytest.ini_options] (and
+# pytest 8, which has only that) turns every value into text first.
+NATIVE_TOML = pytest.mark.skipif(
+    pytest.version_tuple < (9,), reason="[tool.pytest] is pytest 9's native TOML table"
+)
+TOML_SETTINGS = """
+    dbguard_url = "sqlite"
+    dbguard_wait = 2.5
+    dbguard_reuse = false
+    dbguard_env = ["APP_WORKER=w-{worker}"]
+    dbguard_guard_modules = ["not_imported_anywhere"]
+"""
+READS_TOML_SETTINGS = """
+    import os
+
+    from pytest_dbguard.run.state import the_run
+
+    def test_settings(request):
+        settings = the_run(request.config).settings
+        assert settings.wait == 2.5
+        assert settings.reuse is False
+        assert settings.guard_modules == ("not_imported_anywhere",)
+        assert os.environ["APP_WORKER"] == "w-main"
+"""
+
+
+@pytest.mark.parametrize(
+    "table",
+    ["tool.pytest.ini_options", pytest.param("tool.pytest", marks=NATIVE_TOML)],
+)
+def test_pyproject_toml_values_in_toml_types(pytester: pytest.Pytester, table: str) -> None:
+    """A number where dbguard keeps text (``dbguard_wait = 2.5``), TOML booleans and lists: as
+    TOML users write them, in either table. In pytest 9's ``[tool.pytest]`` the number was a
+    traceback (pytest 9.1) or "is not a switch" (9.2)."""
+    pytester.makepyprojecttoml(f"[{table}]\n" + textwrap.dedent(TOML_SETTINGS))
+    pytester.makepyfile(READS_TOML_SETTINGS)
+    run_dbguard_inprocess(pytester).assert_outcomes(passed=1)
+
+
+@NATIVE_TOML
+@pytest.mark.parametrize(
+    "line, pattern",
+    [
+        pytest.param(
+            'dbguard_env = "DATABASE_URL={pg_url}"',
+            '*ini dbguard_env in pyproject.toml = "DATABASE_URL={pg_url}": [[]tool.pytest[]] keeps'
+            ' TOML\'s types; write a list of strings: dbguard_env = [[]"DATABASE_URL={pg_url}"[]].',
+            id="linelist-as-a-string",
+        ),
+        pytest.param(
+            'dbguard_django_databases = "default replica"',
+            '*write a list of strings: dbguard_django_databases = [[]"default", "replica"[]].',
+            id="args-as-a-string",
+        ),
+        pytest.param(
+            'dbguard_reuse = "true"',
+            '*ini dbguard_reuse in pyproject.toml = "true": *write true or false, without quotes:'
+            " dbguard_reuse = true.",
+            id="quoted-bool",
+        ),
+        pytest.param(
+            "dbguard_isolation = false",
+            "*ini dbguard_isolation in pyproject.toml = false: *write a string, in quotes:"
+            ' dbguard_isolation = "...".',
+            id="bool-for-a-string",
+        ),
+    ],
+)
+def test_pyproject_toml_value_of_the_wrong_kind_shows_the_toml_to_write(
+    pytester: pytest.Pytester, line: str, pattern: str
+) -> None:
+    pytester.makepyprojecttoml(f'[tool.pytest]\ndbguard_url = "sqlite"\n{line}\n')
+    pytester.makepyfile("def test_x(): pass")
+    _usage_error(run_dbguard_inprocess(pytester), pattern)

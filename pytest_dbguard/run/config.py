@@ -10,7 +10,7 @@ from typing import Any, Final, TypeVar
 
 import pytest
 
-from pytest_dbguard.compat import ini_keys, ini_raw, override_ini, pytest_ini
+from pytest_dbguard.compat import NOT_TOML, ini_keys, ini_raw, override_ini, pytest_ini, toml_value
 from pytest_dbguard.config_errors import ConfigError
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.records import Record
@@ -113,17 +113,56 @@ def _raw(
     if option.ini not in ini_keys(config):
         return None
     where = f"ini {option.ini}" + _ini_place(config, option.ini)
+    native = toml_value(config, option.ini)
+    if native is not NOT_TOML:
+        ini_value = _from_toml(option, native, where)
+    else:
+        ini_value = _from_ini(config, option, where)
+    if ini_value not in (None, "", [], False):
+        return ini_value, where
+    return None
+
+
+def _from_ini(config: pytest.Config, option: Option, where: str) -> Any:
     try:
-        ini_value = config.getini(option.ini)
+        return config.getini(option.ini)
     except (ValueError, pytest.UsageError):
         # pytest's own "invalid truth value 'maybe'" names neither the key nor the file
         raise ConfigError(
             f"{where} = {ini_raw(config, option.ini)!r} is not a switch; "
             "use true or false (also 1/0, yes/no, on/off)."
         ) from None
-    if ini_value not in (None, "", [], False):
-        return ini_value, where
-    return None
+
+
+def _from_toml(option: Option, value: Any, where: str) -> Any:
+    """A value of pytest 9's ``[tool.pytest]`` table, which keeps TOML's types: a number is
+    taken as text (``dbguard_wait = 30``); a value of the wrong kind is a ConfigError that
+    shows the TOML to write (pytest's own check answered a traceback or "not a switch")."""
+    if option.ini_type == "bool":
+        if isinstance(value, bool):
+            return value
+        fix = f"true or false, without quotes: {option.ini} = true"
+    elif option.ini_type in ("args", "linelist"):
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, str):
+            items = value.split() if option.ini_type == "args" else value.splitlines()
+        fix = f"a list of strings: {option.ini} = {_toml([str(item) for item in items])}"
+    else:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        fix = f'a string, in quotes: {option.ini} = "..."'
+    raise ConfigError(f"{where} = {_toml(value)}: [tool.pytest] keeps TOML's types; write {fix}.")
+
+
+def _toml(value: Any) -> str:
+    """``value`` as TOML writes it (JSON's forms of strings, lists, numbers and booleans are TOML's)."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def resolve(
