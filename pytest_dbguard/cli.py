@@ -197,6 +197,14 @@ def _stop(args: argparse.Namespace) -> int:
             "server (--dbguard-url) is a database there: dbguard janitor --older-than 0 URL "
             "drops it"
         )
+        others = [] if args.all else kept_clusters.kept()
+        if others:  # run from another folder than the project's rootdir, say its parent
+            print(
+                "kept for other projects: "
+                + "; ".join(sorted(cluster.describe() for cluster in others))
+                + ". Stop one with dbguard stop --rootdir DIR (its rootdir), or all with "
+                "dbguard stop --all"
+            )
         return EXIT_OK
     failed = 0
     for cluster in found:

@@ -91,6 +91,13 @@ def test_pytest_djangos_own_database_flags_are_said_to_have_no_effect(
     result.assert_outcomes(passed=8)
     note = "dbguard: pytest-django's --reuse-db and --create-db have no effect: dbguard serves"
     assert result.stdout.str().count(note) == 1, result.stdout.str()
+    # From addopts: the note says where to take it out.
+    ini = pytester.path / "tox.ini"
+    ini.write_text(ini.read_text().replace("[pytest]\n", "[pytest]\naddopts = --reuse-db\n", 1))
+    result = run_dbguard(pytester, *workers, plugins=DJANGO)
+    result.assert_outcomes(passed=8)
+    note = "dbguard: pytest-django's --reuse-db (from addopts in tox.ini) has no effect:"
+    assert result.stdout.str().count(note) == 1, result.stdout.str()
 
 
 def test_reuse_keeps_the_template_until_a_migration_changes(

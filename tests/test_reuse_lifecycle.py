@@ -77,6 +77,16 @@ def test_header_says_started_then_reused_and_stop_ends_it(
     )
     assert _postgres_pid(kept) == pid
 
+    # From the folder above the project: not its rootdir, so nothing stops, and the output
+    # names the project's cluster and how to stop it.
+    above = dbguard_cli("stop", cwd=pytester.path.parent)
+    assert above.returncode == 0, above.stderr
+    assert "nothing to stop" in above.stdout
+    assert "kept for other projects: " in above.stdout
+    assert f"the kept PostgreSQL cluster for {pytester.path} on 127.0.0.1:" in above.stdout
+    assert "dbguard stop --rootdir DIR" in above.stdout
+    assert machine.process_alive(pid)
+
     # From a subfolder, as pytest would: the rootdir is the ini file's folder.
     (pytester.path / "sub").mkdir()
     stopped = dbguard_cli("stop", cwd=pytester.path / "sub")

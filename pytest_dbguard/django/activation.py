@@ -68,7 +68,7 @@ OTHER_BACKEND: Final = (
     "the tests run on {postgres}{dropped}"
 )
 IGNORED_FLAGS: Final = (
-    "dbguard: pytest-django's {flags} {have} no effect: dbguard serves Django's test databases "
+    "dbguard: pytest-django's {flags}{given} {have} no effect: dbguard serves Django's test databases "
     "(--dbguard-reuse keeps the migrated template between runs, --dbguard-rebuild rebuilds it)"
 )
 
@@ -175,8 +175,24 @@ def register(config: pytest.Config) -> None:
     ignored = [flag for flag, dest in PYTEST_DJANGO_DB_FLAGS if getattr(config.option, dest, False)]
     if ignored and plan.owns_server:  # said once, by the xdist controller
         have = "has" if len(ignored) == 1 else "have"
-        state.notes.append(IGNORED_FLAGS.format(flags=" and ".join(ignored), have=have))
+        given = _given_in(config, ignored)
+        state.notes.append(
+            IGNORED_FLAGS.format(flags=" and ".join(ignored), given=given, have=have)
+        )
     _register_plugins(config)
+
+
+def _given_in(config: pytest.Config, flags: Sequence[str]) -> str:
+    """Where flags that the command line did not give come from (the ini file's addopts,
+    PYTEST_ADDOPTS), so the note says where to remove them; empty for the command line."""
+    import shlex
+
+    places = []
+    if any(flag in config.getini("addopts") for flag in flags):
+        places.append(f"addopts in {config.inipath.name}" if config.inipath else "addopts")
+    if any(flag in shlex.split(os.environ.get("PYTEST_ADDOPTS", "")) for flag in flags):
+        places.append("PYTEST_ADDOPTS")
+    return f" (from {' and '.join(places)})" if places else ""
 
 
 def _other_backends(aliases: Sequence[str], module: str) -> list[str]:
