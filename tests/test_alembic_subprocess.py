@@ -243,6 +243,30 @@ def test_the_migrations_output_hides_the_password(
     assert SUPERUSER_PASSWORD not in output
 
 
+def test_a_postgres_url_given_to_sqlalchemy_is_explained(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """``DATABASE_URL={pg_url}`` read by an env.py that makes a SQLAlchemy engine: SQLAlchemy
+    takes no ``postgres://``. The error lists what the child's variables named (password hidden)
+    and says which placeholder to give instead; before, it sent the user to the migrations."""
+    _project(
+        pytester,
+        ini=(
+            "[pytest]\npythonpath = .\ndbguard_alembic_ini = alembic.ini\n"
+            "dbguard_env =\n    DATABASE_URL={pg_url}\n"
+        ),
+    )
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), inprocess=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert "Its environment named the template in: " in output
+    assert "DATABASE_URL=postgres://postgres:***@127.0.0.1:" in output
+    assert "SQLAlchemy was given a postgres:// URL ({pg_url} is libpq's short form" in output
+    assert "postgresql://{user}:{password}@{host}:{port}/{db}" in output
+    assert SUPERUSER_PASSWORD not in output
+    assert "/./" not in output
+
+
 def _assert_one_clear_error(result: pytest.RunResult, line: int = 8) -> None:
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.stdout.str() + result.stderr.str()

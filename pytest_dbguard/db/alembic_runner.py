@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -62,7 +62,15 @@ FAILED: Final = (
     "`alembic upgrade head` ({source}) failed while building the template {database!r}{where}, "
     "exit status {status}. It ran in a separate Python process because {env_py} does not use "
     "config.attributes['connection'] (its settings are read afresh there, naming the template). "
-    "Its output{tail}:\n{output}\nFix that migration or env.py (ini dbguard_alembic_ini); no test ran."
+    "Its output{tail}:\n{output}\n{named}{hint}Fix that migration or env.py, or the "
+    "dbguard_env line that gives its settings their URL (ini dbguard_alembic_ini); no test ran."
+)
+# SQLAlchemy's answer to a postgres:// URL ({pg_url}, libpq's short form), and what to give it.
+_SHORT_SCHEME: Final = "Can't load plugin: sqlalchemy.dialects:postgres"
+_SHORT_SCHEME_HINT: Final = (
+    "SQLAlchemy was given a postgres:// URL ({pg_url} is libpq's short form, for Django's URL "
+    "readers) and takes postgresql:// only: give env.py's settings {url}, or build the URL from "
+    "parts: postgresql://{user}:{password}@{host}:{port}/{db}.\n"
 )
 # As text: re compiles it on first use (a failed build), not in every run's import.
 _FRAME: Final = r'File "(?P<file>[^"]+)", line (?P<line>\d+)'
@@ -364,8 +372,21 @@ def upgrade_in_subprocess(ini: Path, url: DatabaseURL, source: str) -> None:
             env_py=env_py(ini),
             tail=tail,
             output="\n".join("    " + line for line in lines[-OUTPUT_LINES:]),
+            named=_naming_the_template(environ, url),
+            hint=_SHORT_SCHEME_HINT if _SHORT_SCHEME in output else "",
         )
     )
+
+
+def _naming_the_template(environ: Mapping[str, str], url: DatabaseURL) -> str:
+    """The child's variables that name the template (``DBGUARD_URL``, the ``dbguard_env`` lines
+    with ``{url}``, ``{pg_url}``, ``{db}``...), password hidden: what its settings were given."""
+    named = [
+        f"{name}={value.replace(url.password, '***') if url.password else value}"
+        for name, value in sorted(environ.items())
+        if name != URL_VARIABLE and url.database and url.database in value
+    ]
+    return f"Its environment named the template in: {', '.join(named)}.\n" if named else ""
 
 
 def _without_library_frames(output: str, script_dir: Path) -> list[str]:
@@ -397,4 +418,4 @@ def failing_file(traceback_text: str, script_dir: Path) -> str:
     ]
     if not frames:
         return ""
-    return f" at {frames[-1]['file']}:{frames[-1]['line']}"
+    return f" at {os.path.normpath(frames[-1]['file'])}:{frames[-1]['line']}"
