@@ -79,9 +79,10 @@ def _stop_rewriting_asserts(manager: pytest.PytestPluginManager) -> None:
 class _OwnModulesFinder:
     """Finds dbguard's modules as Python's import does, ahead of pytest's rewriting hook.
 
-    Off pytest's list, they would not be rewritten anyway; but the hook decides that anew for
-    every import, matching the name against ``python_files`` (about 0.1M instructions a module:
-    1.4M of ``--help``, which imports 14, more in a run, which imports up to 72).
+    The hook decides anew for every import whether to rewrite, matching the name against
+    ``python_files`` (about 0.1M instructions a module: 1.0M of ``--help``, which imports 14,
+    more in a run, which imports up to 72); and with ``python_files = *.py`` it would rewrite
+    dbguard's modules, whose asserts are internal invariants, not tests.
     """
 
     @staticmethod
@@ -91,25 +92,23 @@ class _OwnModulesFinder:
         return importlib.machinery.PathFinder.find_spec(name, path, target)
 
 
-_OWN_MODULES_FINDER = _OwnModulesFinder()
-
-
 def _find_own_modules_first(manager: pytest.PytestPluginManager) -> None:
-    """Put the finder above right before pytest's rewriting hook, for as long as the hook is
-    there (pytest takes it off when the run ends; so does this)."""
+    """Put a finder right before this run's rewriting hook, for as long as the hook is there
+    (pytest takes it off when the run ends; so does this). One per run: a run nested in another
+    (pytester's in-process runs) has a hook of its own in front of the outer run's."""
     hook: object = manager.rewrite_hook
     place = next((i for i, finder in enumerate(sys.meta_path) if finder is hook), None)
-    if place is None or _OWN_MODULES_FINDER in sys.meta_path:
+    if place is None:
         return  # --assert=plain: no hook to go around
-    sys.meta_path.insert(place, _OWN_MODULES_FINDER)
+    if place > 0 and isinstance(sys.meta_path[place - 1], _OwnModulesFinder):
+        return
+    finder = _OwnModulesFinder()
+    sys.meta_path.insert(place, finder)
     config = manager.get_plugin("pytestconfig")
     if config is not None:
-        config.add_cleanup(_forget_own_modules_finder)
-
-
-def _forget_own_modules_finder() -> None:
-    if _OWN_MODULES_FINDER in sys.meta_path:
-        sys.meta_path.remove(_OWN_MODULES_FINDER)
+        config.add_cleanup(
+            lambda: sys.meta_path.remove(finder) if finder in sys.meta_path else None
+        )
 
 
 # Public name -> the module that defines it, imported when the name is first used.

@@ -203,7 +203,8 @@ def _stop(args: argparse.Namespace) -> int:
                 "kept for other projects: "
                 + "; ".join(sorted(cluster.describe() for cluster in others))
                 + ". Stop one with dbguard stop --rootdir DIR (its rootdir), or all with "
-                "dbguard stop --all"
+                "dbguard stop --all (the only way for one kept by an older dbguard, which "
+                "recorded no project)"
             )
         return EXIT_OK
     failed = 0

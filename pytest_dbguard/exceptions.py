@@ -79,7 +79,19 @@ def first_line(error: BaseException, password: str | None = None) -> str:
     """The first line of ``error``'s text (empty when it has none), with ``password`` shown as
     ``***``: what a one-line message quotes of a driver's or a migration's error."""
     line = (str(error).strip().splitlines() or [""])[0]
-    return line.replace(password, "***") if password else line
+    return masked(line, password)
+
+
+def masked(text: str, password: str | None) -> str:
+    """``text`` with ``password`` shown as ``***``, as typed and as a URL carries it (encoded:
+    ``p%40ss`` for ``p@ss``)."""
+    if not password:
+        return text
+    from urllib.parse import quote
+
+    for form in (password, quote(password, safe="")):
+        text = text.replace(form, "***")
+    return text
 
 
 def chain(error: BaseException) -> Iterator[BaseException]:

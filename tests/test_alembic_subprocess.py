@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -225,46 +227,61 @@ def test_a_failing_migration_on_the_given_connection_names_its_file(
 
 
 @pytest.mark.needs_xdist
+@pytest.mark.parametrize("password", [None, "Enc@Pw/x:1#"], ids=["plain", "url-encoded"])
 def test_the_migrations_output_hides_the_password(
-    pytester: pytest.Pytester, pg_server: TestServer
+    pytester: pytest.Pytester, pg_server: TestServer, password: str | None
 ) -> None:
+    """Printed by a migration, as typed or as the URL carries it (``Enc%40Pw%2Fx%3A1%23``)."""
     _project(pytester, migration=PRINTS_ITS_URL)
-    result = run_dbguard(
-        pytester,
-        "--dbguard-url",
-        pg_server.url(),
-        "-n",
-        "2",
-        inprocess=True,
-    )
+    user, secret = "postgres", SUPERUSER_PASSWORD
+    if password is not None:
+        user, secret = f"enc_{uuid.uuid4().hex[:8]}", password
+        pg_server.sql(f"CREATE ROLE {user} LOGIN CREATEDB PASSWORD '{password}'")
+    try:
+        url = pg_server.url(user=user, password=quote(secret, safe=""))
+        result = run_dbguard(pytester, "--dbguard-url", url, "-n", "2", inprocess=True)
+    finally:
+        if password is not None:
+            pg_server.sql(f"DROP ROLE {user}")
     _assert_one_clear_error(result, line=10)
     output = result.stdout.str() + result.stderr.str()
-    assert "migrating postgresql+psycopg://postgres:***@" in output
-    assert SUPERUSER_PASSWORD not in output
+    assert f"migrating postgresql+psycopg://{user}:***@" in output
+    assert secret not in output
+    assert quote(secret, safe="") not in output
 
 
+@pytest.mark.parametrize(
+    "password", ["Enc@Pw/x:1#", "postgres"], ids=["url-encoded", "a-word-of-the-url"]
+)
 def test_a_postgres_url_given_to_sqlalchemy_is_explained(
-    pytester: pytest.Pytester, pg_server: TestServer
+    pytester: pytest.Pytester, pg_server: TestServer, password: str
 ) -> None:
     """``DATABASE_URL={pg_url}`` read by an env.py that makes a SQLAlchemy engine: SQLAlchemy
-    takes no ``postgres://``. The error lists what the child's variables named (password hidden)
-    and says which placeholder to give instead; before, it sent the user to the migrations."""
-    _project(
-        pytester,
-        ini=(
-            "[pytest]\npythonpath = .\ndbguard_alembic_ini = alembic.ini\n"
-            "dbguard_env =\n    DATABASE_URL={pg_url}\n"
-        ),
-    )
-    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(), inprocess=True)
+    takes no ``postgres://``. The error lists what the child's variables named, password hidden
+    however the URL carries it, and says which placeholder to give instead (before, it sent the
+    user to the migrations). A password that is also a word of the error keeps the hint."""
+    role = f"enc_{uuid.uuid4().hex[:8]}"
+    pg_server.sql(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{password}'")
+    try:
+        _project(
+            pytester,
+            ini=(
+                "[pytest]\npythonpath = .\ndbguard_alembic_ini = alembic.ini\n"
+                "dbguard_env =\n    DATABASE_URL={pg_url}\n"
+            ),
+        )
+        url = pg_server.url(user=role, password=quote(password, safe=""))
+        result = run_dbguard(pytester, "--dbguard-url", url, inprocess=True)
+    finally:
+        pg_server.sql(f"DROP ROLE {role}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.stdout.str() + result.stderr.str()
     assert "Its environment named the template in: " in output
-    assert "DATABASE_URL=postgres://postgres:***@127.0.0.1:" in output
+    assert f"DATABASE_URL=postgres://{role}:***@127.0.0.1:" in output
     assert "SQLAlchemy was given a postgres:// URL ({pg_url} is libpq's short form" in output
-    assert "postgresql://{user}:{password}@{host}:{port}/{db}" in output
-    assert SUPERUSER_PASSWORD not in output
-    assert "/./" not in output
+    if password != "postgres":  # a word of every such URL: it is hidden wherever it appears
+        assert password not in output
+        assert quote(password, safe="") not in output
 
 
 def _assert_one_clear_error(result: pytest.RunResult, line: int = 8) -> None:
@@ -287,3 +304,14 @@ def test_readme_env_py_recipes(pytester: pytest.Pytester, which: int) -> None:
     _project(pytester, env_py=env_py, ini=ini)
     result = run_inprocess(pytester, *plugin_args("-n", "2"), "-n", "2")
     result.assert_outcomes(passed=4)
+
+
+def test_the_failing_file_is_named_without_dot_segments(tmp_path: Path) -> None:
+    """alembic joins the rootdir and ``script_location = ./app/db/migrations`` as written, so its
+    traceback says ``proj/./app/db/...``: the message names the file once, plainly."""
+    from pytest_dbguard.db.alembic_runner import failing_file
+
+    folder = tmp_path / "proj" / "app" / "db" / "migrations"
+    folder.mkdir(parents=True)
+    traceback_text = f'  File "{tmp_path}/proj/./app/db/migrations/env.py", line 25, in <module>\n'
+    assert failing_file(traceback_text, folder) == f" at {folder}/env.py:25"

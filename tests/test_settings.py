@@ -484,9 +484,15 @@ def test_pyproject_toml_values_in_toml_types(pytester: pytest.Pytester, table: s
             id="linelist-as-a-string",
         ),
         pytest.param(
-            'dbguard_django_databases = "default replica"',
-            '*write a list of strings: dbguard_django_databases = [[]"default", "replica"[]].',
+            "dbguard_django_databases = \"default 'my replica'\"",
+            '*write a list of strings: dbguard_django_databases = [[]"default", "my replica"[]].',
             id="args-as-a-string",
+        ),
+        pytest.param(
+            'dbguard_env = [["A=1"]]',
+            '*ini dbguard_env in pyproject.toml = [[][[]"A=1"[]][]]: *write a list of strings:'
+            ' dbguard_env = [[]"...", "..."[]].',
+            id="nested-list",
         ),
         pytest.param(
             'dbguard_reuse = "true"',
@@ -508,3 +514,15 @@ def test_pyproject_toml_value_of_the_wrong_kind_shows_the_toml_to_write(
     pytester.makepyprojecttoml(f'[tool.pytest]\ndbguard_url = "sqlite"\n{line}\n')
     pytester.makepyfile("def test_x(): pass")
     _usage_error(run_dbguard_inprocess(pytester), pattern)
+
+
+@NATIVE_TOML
+def test_a_pytest_toml_value_of_the_wrong_kind_names_its_table(pytester: pytest.Pytester) -> None:
+    """pytest.toml's table is ``[pytest]``: the message names that one, not pyproject's."""
+    pytester.makefile(".toml", pytest='[pytest]\ndbguard_url = "sqlite"\ndbguard_reuse = "yes"\n')
+    pytester.makepyfile("def test_x(): pass")
+    _usage_error(
+        run_dbguard_inprocess(pytester),
+        '*ini dbguard_reuse in pytest.toml = "yes": [[]pytest[]] keeps TOML\'s types; write true or'
+        " false, without quotes: dbguard_reuse = true.",
+    )

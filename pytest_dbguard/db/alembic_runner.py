@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from pytest_dbguard.exceptions import ConfigError, SchemaError, first_line
+from pytest_dbguard.exceptions import ConfigError, SchemaError, first_line, masked
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -66,11 +66,10 @@ FAILED: Final = (
     "dbguard_env line that gives its settings their URL (ini dbguard_alembic_ini); no test ran."
 )
 # SQLAlchemy's answer to a postgres:// URL ({pg_url}, libpq's short form), and what to give it.
-_SHORT_SCHEME: Final = "Can't load plugin: sqlalchemy.dialects:postgres"
+_SHORT_SCHEME: Final = r"Can't load plugin: sqlalchemy\.dialects:postgres\s*$"
 _SHORT_SCHEME_HINT: Final = (
     "SQLAlchemy was given a postgres:// URL ({pg_url} is libpq's short form, for Django's URL "
-    "readers) and takes postgresql:// only: give env.py's settings {url}, or build the URL from "
-    "parts: postgresql://{user}:{password}@{host}:{port}/{db}.\n"
+    "readers) and takes postgresql+DRIVER:// only: give env.py's settings {url} instead.\n"
 )
 # As text: re compiles it on first use (a failed build), not in every run's import.
 _FRAME: Final = r'File "(?P<file>[^"]+)", line (?P<line>\d+)'
@@ -357,8 +356,8 @@ def upgrade_in_subprocess(ini: Path, url: DatabaseURL, source: str) -> None:
     if completed.returncode == 0:
         return
     output = completed.stdout
-    if url.password:
-        output = output.replace(url.password, "***")
+    short_scheme = re.search(_SHORT_SCHEME, output, re.MULTILINE) is not None
+    output = masked(output, url.password)
     if "No module named 'alembic'" in output:
         raise SchemaError(NOT_INSTALLED)
     lines = _without_library_frames(output, env_py(ini).parent)
@@ -373,7 +372,7 @@ def upgrade_in_subprocess(ini: Path, url: DatabaseURL, source: str) -> None:
             tail=tail,
             output="\n".join("    " + line for line in lines[-OUTPUT_LINES:]),
             named=_naming_the_template(environ, url),
-            hint=_SHORT_SCHEME_HINT if _SHORT_SCHEME in output else "",
+            hint=_SHORT_SCHEME_HINT if short_scheme else "",
         )
     )
 
@@ -382,11 +381,20 @@ def _naming_the_template(environ: Mapping[str, str], url: DatabaseURL) -> str:
     """The child's variables that name the template (``DBGUARD_URL``, the ``dbguard_env`` lines
     with ``{url}``, ``{pg_url}``, ``{db}``...), password hidden: what its settings were given."""
     named = [
-        f"{name}={value.replace(url.password, '***') if url.password else value}"
+        f"{name}={_password_hidden(value, url.password)}"
         for name, value in sorted(environ.items())
         if name != URL_VARIABLE and url.database and url.database in value
     ]
     return f"Its environment named the template in: {', '.join(named)}.\n" if named else ""
+
+
+def _password_hidden(value: str, password: str | None) -> str:
+    """One variable's value with the password hidden: a URL's password field (not the other
+    places where the same text appears: a password ``postgres`` would blank out the scheme and
+    the database name), else every occurrence, plain or URL-encoded (a conninfo string)."""
+    from pytest_dbguard.db.urls import hide_password_in
+
+    return hide_password_in(value) if "://" in value else masked(value, password)
 
 
 def _without_library_frames(output: str, script_dir: Path) -> list[str]:

@@ -25,7 +25,7 @@ from pytest_dbguard.db.maintenance import MaintenanceConnection, query_errors
 from pytest_dbguard.db.marks import Mark, in_use, make_mark, parse_mark
 from pytest_dbguard.db.sql import quote_ident, quote_literal
 from pytest_dbguard.db.urls import DatabaseURL
-from pytest_dbguard.exceptions import DatabaseSetupError
+from pytest_dbguard.exceptions import DatabaseSetupError, masked
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -354,8 +354,7 @@ def describe(error: Exception, url: DatabaseURL, database: str) -> str:
         if str(error)
         else type(error).__name__
     )
-    if url.password:
-        detail = detail.replace(url.password, "***")
+    detail = masked(detail, url.password)
     message = (
         f"Could not set up the test database {database!r} on {url.host}:{url.port} "
         f"(connected as {url.username!r} to {url.database!r}): {detail}"

@@ -115,7 +115,12 @@ def _raw(
     where = f"ini {option.ini}" + _ini_place(config, option.ini)
     native = toml_value(config, option.ini)
     if native is not NOT_TOML:
-        ini_value = _from_toml(option, native, where)
+        table = (
+            "[tool.pytest]"
+            if config.inipath and config.inipath.name == "pyproject.toml"
+            else "[pytest]"
+        )
+        ini_value = _from_toml(option, native, where, table)
     else:
         ini_value = _from_ini(config, option, where)
     if ini_value not in (None, "", [], False):
@@ -134,10 +139,11 @@ def _from_ini(config: pytest.Config, option: Option, where: str) -> Any:
         ) from None
 
 
-def _from_toml(option: Option, value: Any, where: str) -> Any:
-    """A value of pytest 9's ``[tool.pytest]`` table, which keeps TOML's types: a number is
-    taken as text (``dbguard_wait = 30``); a value of the wrong kind is a ConfigError that
-    shows the TOML to write (pytest's own check answered a traceback or "not a switch")."""
+def _from_toml(option: Option, value: Any, where: str, table: str) -> Any:
+    """A value of pytest 9's native TOML table (``[tool.pytest]``, or ``[pytest]`` of a
+    pytest.toml), which keeps TOML's types: a number is taken as text (``dbguard_wait = 30``); a
+    value of the wrong kind is a ConfigError that shows the TOML to write (pytest's own check
+    answered a traceback or "not a switch")."""
     if option.ini_type == "bool":
         if isinstance(value, bool):
             return value
@@ -145,24 +151,31 @@ def _from_toml(option: Option, value: Any, where: str) -> Any:
     elif option.ini_type in ("args", "linelist"):
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return value
-        items = value if isinstance(value, list) else [value]
         if isinstance(value, str):
-            items = value.split() if option.ini_type == "args" else value.splitlines()
-        fix = f"a list of strings: {option.ini} = {_toml([str(item) for item in items])}"
+            import shlex
+
+            items = shlex.split(value) if option.ini_type == "args" else value.splitlines()
+            fix = f"a list of strings: {option.ini} = {_toml(items)}"
+        else:
+            fix = f'a list of strings: {option.ini} = ["...", "..."]'
     else:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         fix = f'a string, in quotes: {option.ini} = "..."'
-    raise ConfigError(f"{where} = {_toml(value)}: [tool.pytest] keeps TOML's types; write {fix}.")
+    raise ConfigError(f"{where} = {_toml(value)}: {table} keeps TOML's types; write {fix}.")
 
 
 def _toml(value: Any) -> str:
-    """``value`` as TOML writes it (JSON's forms of strings, lists, numbers and booleans are TOML's)."""
+    """``value`` as TOML writes it: strings, numbers, booleans and lists of them as JSON does
+    (the same forms); anything else (a date, a table) as Python shows it."""
     import json
 
-    return json.dumps(value, ensure_ascii=False, default=str)
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def resolve(

@@ -127,8 +127,9 @@ OPTIONS: Final[tuple[Option, ...]] = (
     ),
     Option(
         "driver",
-        "Sync driver of the test URLs (default: the URL's, else the one installed).",
-        metavar="psycopg|psycopg2",
+        "Sync driver of the test URLs: psycopg, psycopg2, pg8000 or psycopg2cffi (default: the "
+        "URL's, else the one installed).",
+        metavar="DRIVER",
     ),
     Option("metadata", "Schema source: a MetaData or a declarative Base.", metavar="MODULE:ATTR"),
     Option("alembic_ini", "Schema source: alembic.ini; runs 'upgrade head'.", metavar="PATH"),
