@@ -339,7 +339,7 @@ def test_header_reports_policy(pytester: pytest.Pytester, on_server: list[str]) 
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "dbguard: asyncio loop scope session for fixtures and tests*unset*",
+            "dbguard: asyncio loop scope session for fixtures and tests*unset: set them to keep your own)",
             "asyncio: *session*",
         ]
     )

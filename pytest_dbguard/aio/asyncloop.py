@@ -71,7 +71,7 @@ def header_lines(config: pytest.Config) -> list[str]:
         return []
     if policy.applied:
         tests = "tests (by a mark on unscoped async tests)" if policy.marks_tests else "tests"
-        unset = f"{FIXTURE_LOOP_SCOPE} and {TEST_LOOP_SCOPE} unset"
+        unset = f"{FIXTURE_LOOP_SCOPE} and {TEST_LOOP_SCOPE} unset: set them to keep your own"
         return [f"dbguard: asyncio loop scope session for fixtures and {tests} ({unset})"]
     if not policy.explicit:  # pytest ignored the seeded values (its internals changed)
         return [
