@@ -18,6 +18,7 @@ import pytest
 from pytest_dbguard.server import cluster as server
 from pytest_dbguard.server import machine
 from tests.helpers import default_sigint, run_dbguard
+from tests.pgserver import TestServer
 
 RECORD_RUN = """
     import os, pathlib, time
@@ -429,3 +430,37 @@ def test_bindir_as_two_words_that_would_hide_the_ini_file_is_refused(
         ]
     )
     run_dbguard(pytester, f"--dbguard-pg-bindir={bindir}", inprocess=True).assert_outcomes(passed=1)
+
+
+def test_a_port_claimed_by_another_run_is_not_handed_out_twice() -> None:
+    """Two runs starting at once may each get the same free port from the system: the first to
+    claim it keeps it for a minute; a claim older than that is stale and taken over."""
+    port = machine.free_port()
+    claim = machine.storage_root() / f"{machine.PORT_CLAIM_PREFIX}{port}"
+    try:
+        assert claim.is_file()  # free_port claimed what it returned
+        assert not machine.claim_port(port)  # a second run is refused it
+        old = time.time() - machine.PORT_CLAIM_SECONDS - 1
+        os.utime(claim, (old, old))
+        assert machine.claim_port(port)  # stale: taken over
+    finally:
+        claim.unlink(missing_ok=True)
+
+
+def test_a_port_taken_by_another_server_is_said_so(
+    pytester: pytest.Pytester, pg_server: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another PostgreSQL got the port between dbguard's pick and its server's start: the run's
+    readiness check reaches that server, whose password differs. The message is the embedded
+    server's own (it could not bind the port), not "check the user name and password"."""
+    from pytest_dbguard.server import cluster_start
+
+    monkeypatch.setattr(cluster_start, "free_port", lambda: pg_server.port)
+    pytester.makepyfile("def test_x(dbguard_url): pass")
+    result = run_dbguard(pytester, inprocess=True)
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret != pytest.ExitCode.OK
+    assert "could not listen on port" in output, output
+    assert "another server took it after dbguard picked it" in output
+    assert "Address already in use" in output
+    assert "check the user name and password" not in output

@@ -31,7 +31,7 @@ from pytest_dbguard.db import (
     worker_schemas,
 )
 from pytest_dbguard.db.engines import dispose_own_engines
-from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError
+from pytest_dbguard.exceptions import DatabaseSetupError, DbguardError, ReadinessError, ServerError
 from pytest_dbguard.run import (
     environment,
     remote_workers,
@@ -73,6 +73,7 @@ def configure(config: pytest.Config) -> None:
 
 
 NO_SCHEMA: Final = "no schema"
+EXIT_GRACE: Final = 5.0  # seconds for an embedded server that could not bind its port to exit
 
 
 def _schema_source(settings: Settings) -> str:
@@ -177,14 +178,20 @@ def _wait_ready(config: pytest.Config, run: DbguardRun, state: SessionState) -> 
 
     def progress(line: str) -> None:
         if cluster is not None and (died := cluster.exited_early()):
-            from pytest_dbguard.exceptions import ServerError
-
             raise ServerError(died)
         if reporter is not None and plan.owns_server:
             reporter.write_line(f"dbguard: {line}")
 
     assert plan.server_url is not None
-    result = readiness.wait_for_run(plan.server_url, timeout=settings.wait, progress=progress)
+    try:
+        result = readiness.wait_for_run(plan.server_url, timeout=settings.wait, progress=progress)
+    except ReadinessError:
+        # dbguard's own server refuses nothing dbguard asks: a refusal came from another server
+        # on its port, and ours, which could not bind it, is on its way out. Say that instead.
+        died = cluster.died_within(EXIT_GRACE) if cluster is not None else None
+        if died is None:
+            raise
+        raise ServerError(died) from None
     state.answered = True
     state.ready_attempts = result.attempts
     state.ready_ms = result.elapsed_ms

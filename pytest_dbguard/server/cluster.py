@@ -63,6 +63,11 @@ PASSWORD_FAILED_MESSAGE: Final = (
     "'postgres'); point --dbguard-pg-bindir (ini dbguard_pg_bindir) at a working installation, "
     "or use a server of your own with --dbguard-url. Log tail:\n{log}"
 )
+PORT_TAKEN: Final = (
+    "The embedded PostgreSQL could not listen on port {port}: another server took it after "
+    "dbguard picked it (another run, or a program that started meanwhile); run again, and it "
+    "picks another port. Log tail:\n{log}"
+)
 INITDB_FAILED_MESSAGE: Final = (
     "initdb failed in {folder}. The PostgreSQL binaries must be executable by the user the server "
     "runs as (when pytest runs as root: 'postgres'), and the folder writable. Log tail:\n{log}"
@@ -246,8 +251,20 @@ class EmbeddedCluster:
                     f"Could not copy the initialised data folder into {self.datadir}. "
                     f"Log tail:\n{self.log_tail()}"
                 )
-            return f"PostgreSQL exited with code {self.process.returncode}. Log tail:\n{self.log_tail()}"
+            tail = self.log_tail()
+            if "Address already in use" in tail:  # another server bound the port after our pick
+                return PORT_TAKEN.format(port=self.port, log=tail)
+            return f"PostgreSQL exited with code {self.process.returncode}. Log tail:\n{tail}"
         return None
+
+    def died_within(self, seconds: float) -> str | None:
+        """:meth:`exited_early`, waiting up to ``seconds`` for a server on its way out."""
+        deadline = time.monotonic() + seconds
+        while (died := self.exited_early()) is None and time.monotonic() < deadline:
+            if self.process is None:
+                return None
+            time.sleep(0.05)
+        return died
 
     def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):

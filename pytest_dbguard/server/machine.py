@@ -126,11 +126,52 @@ def _version_key(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".") if part.isdigit())
 
 
+# How long a port picked for a server stays claimed: it binds within a second or two.
+PORT_CLAIM_SECONDS: Final = 60.0
+PORT_CLAIM_PREFIX: Final = "port-"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now, and no other run of this user picked in the
+    last minute: two runs starting at once (parallel tox envs, CI jobs, xdist workers of a suite
+    that starts servers) may each be handed the same free port by the system, and the second
+    server to bind it fails while its run reaches the first ("password authentication failed")."""
+    for _ in range(20):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if claim_port(port):
+            break
+    return port
+
+
+def claim_port(port: int) -> bool:
+    """Claim ``port`` with a file in the storage folder, created only if no fresh one is there
+    (``O_EXCL``: of two runs, one wins); stale claims of this user are removed on the way."""
+    try:
+        root = storage_root()
+    except (OSError, ServerError):
+        return True  # nowhere to claim: the system's answer alone
+    now = time.time()
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        for entry in entries:
+            if entry.name.startswith(PORT_CLAIM_PREFIX) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    if now - entry.stat(follow_symlinks=False).st_mtime > PORT_CLAIM_SECONDS:
+                        os.unlink(entry.path)
+    try:  # O_NOFOLLOW and O_EXCL: a link planted under the name is never followed
+        os.close(
+            os.open(
+                root / f"{PORT_CLAIM_PREFIX}{port}",
+                os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW,
+                0o600,
+            )
+        )
+    except FileExistsError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def server_user() -> tuple[int, int] | None:
