@@ -15,7 +15,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -53,9 +52,11 @@ def find_bindir() -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port claimed as dbguard claims its servers' (``machine.free_port``): a test server
+    and an embedded one starting at once must not be handed the same port."""
+    from pytest_dbguard.server import machine
+
+    return machine.free_port()
 
 
 def _demote() -> None:
