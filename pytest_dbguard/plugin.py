@@ -161,7 +161,7 @@ def pytest_configure(config: pytest.Config) -> None:
         redaction.register(config)
 
         _register(config.pluginmanager, FIXTURE_PLUGINS)
-        config.pluginmanager.register(SessionHooks(), SESSION_HOOKS_PLUGIN)
+        config.pluginmanager.register(SessionHooks(config), SESSION_HOOKS_PLUGIN)
         config.pluginmanager.register(
             db_fixtures.run_fixtures(config), db_fixtures.RUN_FIXTURES_PLUGIN
         )
@@ -210,8 +210,20 @@ class SessionHooks:
 
     Registered by ``pytest_configure``, not at import: ``--help``, ``--markers`` and ``--version``
     would pay pluggy's reading of each hook's signature for nothing, ~1.2M instructions
-    (benchmarks/ci_path.py, c).
+    (benchmarks/ci_path.py, c). Registered before the conftests' own ``pytest_configure``.
     """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    # Last: after pytest's INTERNALERROR lines, where a reader looks first.
+    @pytest.hookimpl(trylast=True)
+    def pytest_internalerror(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        from pytest_dbguard.run import conftest_failures
+
+        explained = conftest_failures.connected_while_configuring(self.config, excinfo.value)
+        if explained is not None:
+            print(f"dbguard: {explained}", file=sys.stderr)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:

@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from tests.helpers import WORKERS, run_dbguard, run_dbguard_inprocess, stopped_once
+from tests.pgserver import SUPERUSER_PASSWORD
 
 SETTINGS = """
     import os
@@ -254,6 +255,39 @@ import psycopg
 # What an application's conftest does when it migrates or seeds at import.
 psycopg.connect(os.environ["DBGUARD_URL"].replace("postgresql+psycopg", "postgresql")).close()
 """
+
+
+BUILDS_IN_PYTEST_CONFIGURE = """
+import os
+
+import psycopg
+
+
+def pytest_configure(config):
+    # zou's conftest: the schema built (drop_all, create_all) when pytest configures.
+    psycopg.connect(os.environ["DBGUARD_URL"].replace("postgresql+psycopg", "postgresql")).close()
+"""
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_a_conftest_that_connects_in_pytest_configure_is_told_why(
+    pytester: pytest.Pytester, on_server: list[str], workers: tuple[str, ...]
+) -> None:
+    """pytest reports a failed pytest_configure as an INTERNALERROR with the driver's words only:
+    dbguard adds the cause and the fix after it, once (the xdist controller fails, no worker
+    starts)."""
+    pytester.makeconftest(BUILDS_IN_PYTEST_CONFIGURE)
+    pytester.makepyfile("def test_x(): pass")
+    result = run_dbguard(pytester, *workers, *on_server)
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR, output
+    message = (
+        "dbguard: A pytest_configure hook (a conftest's or a plugin's) connected to the test "
+        'database while pytest configured the run: database "'
+    )
+    assert output.count(message) == 1, output
+    assert "let dbguard do it (ini dbguard_metadata = package.module:Base" in output
+    assert SUPERUSER_PASSWORD not in output
 
 
 @pytest.mark.parametrize("workers", WORKERS)

@@ -679,3 +679,32 @@ def test_a_migration_that_commits_in_a_worker_schema_commits_nothing(
     output = stopped_once(result, "calls commit() (at ")
     assert "0003_audit.py" in output and "nothing of this build was committed" in output
     assert left == []
+
+
+def test_the_fingerprint_of_tables_whose_foreign_keys_form_a_cycle_warns_nothing() -> None:
+    """zou's tables point at each other (task -> entity -> preview_file -> task): the metadata's
+    dependency sort warns, an error under ``filterwarnings = error``, which stopped every run
+    that fingerprints its template (-n 2, --dbguard-reuse) with an INTERNALERROR."""
+    import warnings
+
+    from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table
+
+    from pytest_dbguard.db.schema import fingerprint_metadata
+
+    metadata = MetaData()
+    Table(
+        "task",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("entity_id", ForeignKey("entity.id")),
+    )
+    Table(
+        "entity",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("task_id", ForeignKey("task.id")),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = fingerprint_metadata(metadata, "postgresql")
+    assert first == fingerprint_metadata(metadata, "postgresql")  # the same DDL, the same hash
