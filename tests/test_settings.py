@@ -305,8 +305,25 @@ def test_wrong_password(pytester: pytest.Pytester, pg_server: TestServer) -> Non
     pytester.makepyfile("def test_x(dbguard_engine): pass")
     url = pg_server.url(password="Wrong-Password-Here")
     result = run_dbguard(pytester, "--dbguard-url", url, inprocess=True)
-    _usage_error(result, "*127.0.0.1*failed step: authentication*")
+    _usage_error(result, "*127.0.0.1*failed step: authentication*The URL comes from --dbguard-url.")
     assert "Wrong-Password-Here" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_server_that_never_answers_names_the_setting_of_its_url(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readiness check gives up on the user's server: the message says which setting gave
+    the URL, so CI's variable, not the ini file's line, is the one fixed."""
+    from tests.pgserver import free_port
+
+    pytester.makepyfile("def test_x(dbguard_engine): pass")
+    monkeypatch.setenv("DBGUARD_URL", f"postgresql://u:Secret-Pw@127.0.0.1:{free_port()}/app")
+    result = run_dbguard(pytester, "--dbguard-wait", "1", inprocess=True)
+    _usage_error(
+        result,
+        "*failed step: TCP connect*The URL comes from environment variable DBGUARD_URL.",
+    )
+    assert "Secret-Pw" not in result.stdout.str() + result.stderr.str()
 
 
 @pytest.mark.needs_xdist

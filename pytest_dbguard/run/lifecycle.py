@@ -185,7 +185,11 @@ def _wait_ready(config: pytest.Config, run: DbguardRun, state: SessionState) -> 
     assert plan.server_url is not None
     try:
         result = readiness.wait_for_run(plan.server_url, timeout=settings.wait, progress=progress)
-    except ReadinessError:
+    except ReadinessError as error:
+        if not plan.embedded:  # the user's server: say which setting to fix
+            from pytest_dbguard.server.connect_diagnosis import from_setting
+
+            raise from_setting(error, settings.source_of("url")) from None
         # dbguard's own server refuses nothing dbguard asks: a refusal came from another server
         # on its port, and ours, which could not bind it, is on its way out. Say that instead.
         died = cluster.died_within(EXIT_GRACE) if cluster is not None else None

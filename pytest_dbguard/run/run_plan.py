@@ -231,7 +231,9 @@ def _schema_mode(
         # workers that would each fail on it.
         final = refused_for_good(server_url, error, time.monotonic() - started)
         if final is not None:
-            raise final from None
+            from pytest_dbguard.server.connect_diagnosis import from_setting
+
+            raise from_setting(final, settings.source_of("url")) from None
         return False
     return not (row and row[0])
 

@@ -74,6 +74,12 @@ class Failure(NamedTuple):
     retryable: bool
 
 
+def from_setting(error: ReadinessError, source: str) -> ReadinessError:
+    """``error`` saying which setting gave the URL (``environment variable DBGUARD_URL``, ``ini
+    dbguard_url in tox.ini``): where a wrong password or host is to be fixed."""
+    return ReadinessError(f"{error} The URL comes from {source}.")
+
+
 class NotReady(ReadinessError):
     """The database did not answer ``SELECT 1`` in time, or failed in a way waiting cannot fix."""
 
