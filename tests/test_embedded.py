@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -464,3 +465,14 @@ def test_a_port_taken_by_another_server_is_said_so(
     assert "another server took it after dbguard picked it" in output
     assert "Address already in use" in output
     assert "check the user name and password" not in output
+
+
+def test_a_run_takes_its_port_claim_away_with_its_server(pytester: pytest.Pytester) -> None:
+    """The claim only bridges the pick and the server's bind: a run that stops its server leaves
+    no claim file behind in the storage folder."""
+    pytester.makepyfile("def test_x(dbguard_url): pass")
+    result = run_dbguard(pytester, inprocess=True)
+    result.assert_outcomes(passed=1)
+    port = re.search(r"embedded PostgreSQL \S+ at 127\.0\.0\.1:(\d+)", result.stdout.str())
+    assert port is not None, result.stdout.str()
+    assert not (machine.storage_root() / f"{machine.PORT_CLAIM_PREFIX}{port.group(1)}").exists()

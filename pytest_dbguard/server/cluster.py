@@ -27,6 +27,7 @@ from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server import cluster_auth, initdb_cache
 from pytest_dbguard.server.machine import (
+    PORT_CLAIM_PREFIX,
     child_setup,
     command_name,
     group_alive,
@@ -313,6 +314,9 @@ class EmbeddedCluster:
         self.process = None
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
+            # Its port's claim, beside the folder in dbguard's private storage (machine.free_port).
+            with contextlib.suppress(OSError):
+                os.unlink(self.root.parent / f"{PORT_CLAIM_PREFIX}{self.port}")
 
     def restart(self, *, die_with_parent: bool = True) -> None:
         """Fast shutdown and start again on the same port; the caller waits for readiness.
