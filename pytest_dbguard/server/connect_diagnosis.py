@@ -12,10 +12,9 @@ from __future__ import annotations
 import re
 import sys
 from typing import Any, Final, NamedTuple
-from urllib.parse import quote
 
 from pytest_dbguard.db.urls import hide_password_in
-from pytest_dbguard.exceptions import ReadinessError
+from pytest_dbguard.exceptions import ReadinessError, masked
 
 NAME_RESOLUTION: Final = "name resolution"
 TCP_CONNECT: Final = "TCP connect"
@@ -213,8 +212,4 @@ def _shorten(message: str) -> str:
 
 def scrub(text: str, password: str | None) -> str:
     """``text`` with URL passwords masked and, defensively, every occurrence of ``password``."""
-    text = hide_password_in(text)
-    if password:
-        for form in {password, quote(password, safe="")}:
-            text = text.replace(form, "***")
-    return text
+    return masked(hide_password_in(text), password)
