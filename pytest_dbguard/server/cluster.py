@@ -27,11 +27,11 @@ from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server import cluster_auth, initdb_cache
 from pytest_dbguard.server.machine import (
-    PORT_CLAIM_PREFIX,
     child_setup,
     command_name,
     group_alive,
     group_members,
+    release_port,
     server_user,
     wait_gone,
     wait_group_gone,
@@ -314,9 +314,7 @@ class EmbeddedCluster:
         self.process = None
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
-            # Its port's claim, beside the folder in dbguard's private storage (machine.free_port).
-            with contextlib.suppress(OSError):
-                os.unlink(self.root.parent / f"{PORT_CLAIM_PREFIX}{self.port}")
+            release_port(self.root.parent, self.port)  # its claim, beside the folder
 
     def restart(self, *, die_with_parent: bool = True) -> None:
         """Fast shutdown and start again on the same port; the caller waits for readiness.

@@ -136,22 +136,36 @@ def free_port(host: str = "127.0.0.1") -> int:
     last minute: two runs starting at once (parallel tox envs, CI jobs, xdist workers of a suite
     that starts servers) may each be handed the same free port by the system, and the second
     server to bind it fails while its run reaches the first ("password authentication failed")."""
+    root = _claims_folder()
     for _ in range(20):
         with socket.socket() as sock:
             sock.bind((host, 0))
             port = int(sock.getsockname()[1])
-        if claim_port(port):
+        if root is None or _claim(root, port):
             break
     return port
 
 
 def claim_port(port: int) -> bool:
-    """Claim ``port`` with a file in the storage folder, created only if no fresh one is there
-    (``O_EXCL``: of two runs, one wins); stale claims of this user are removed on the way."""
+    """Claim ``port`` for this run (as :func:`free_port` does); False when another run holds a
+    claim younger than a minute."""
+    root = _claims_folder()
+    return root is None or _claim(root, port)
+
+
+def release_port(folder: Path, port: int) -> None:
+    """Drop the claim on ``port`` in ``folder`` (the storage folder), once its server is gone."""
+    with contextlib.suppress(OSError):
+        os.unlink(folder / f"{PORT_CLAIM_PREFIX}{port}")
+
+
+def _claims_folder() -> Path | None:
+    """The storage folder, its stale claims removed; None when there is none (the system's
+    answer alone then)."""
     try:
         root = storage_root()
     except (OSError, ServerError):
-        return True  # nowhere to claim: the system's answer alone
+        return None
     now = time.time()
     with contextlib.suppress(OSError), os.scandir(root) as entries:
         for entry in entries:
@@ -159,7 +173,13 @@ def claim_port(port: int) -> bool:
                 with contextlib.suppress(OSError):
                     if now - entry.stat(follow_symlinks=False).st_mtime > PORT_CLAIM_SECONDS:
                         os.unlink(entry.path)
-    try:  # O_NOFOLLOW and O_EXCL: a link planted under the name is never followed
+    return root
+
+
+def _claim(root: Path, port: int) -> bool:
+    """A claim file for ``port``, created only if none is there (``O_EXCL``: of two runs, one
+    wins; ``O_NOFOLLOW``: a link planted under the name is never followed)."""
+    try:
         os.close(
             os.open(
                 root / f"{PORT_CLAIM_PREFIX}{port}",
