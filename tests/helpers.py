@@ -352,6 +352,15 @@ ALEMBIC_SCRIPT_MAKO = (
     '"""${message}"""\nrevision = ${repr(up_revision)}\ndown_revision = ${repr(down_revision)}\n'
 )
 
+# An env.py that takes dbguard's connection (alembic's documented config.attributes): dbguard
+# runs it in pytest's own process.
+ENV_PY_TAKES_CONNECTION = """
+from alembic import context
+
+context.configure(connection=context.config.attributes["connection"])
+with context.begin_transaction():
+    context.run_migrations()
+"""
 # An env.py that builds its own engine from the app's DATABASE_URL and never looks at dbguard's
 # connection: dbguard runs it in a process of its own, or (schema mode) it commits on its own.
 ENV_PY_OWN_ENGINE = """

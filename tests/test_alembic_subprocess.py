@@ -13,6 +13,7 @@ from pytest_dbguard.server import cluster as server
 from pytest_dbguard.server import machine
 from tests.helpers import (
     ALEMBIC_LOGGING,
+    ENV_PY_TAKES_CONNECTION,
     blocks,
     plugin_args,
     run_dbguard,
@@ -126,14 +127,6 @@ def test_sees_the_migrated_tables(dbguard_connection, n):
 WORKERS = worker_rows(xdist_id="n2")
 
 
-# The documented alternative: env.py takes dbguard's connection, and runs in pytest's own process.
-ENV_PY_TAKES_CONNECTION = """
-from alembic import context
-
-context.configure(connection=context.config.attributes["connection"])
-with context.begin_transaction():
-    context.run_migrations()
-"""
 PRINTS_ITS_URL = """
 import os
 from alembic import op

@@ -13,6 +13,7 @@ from pytest_dbguard.db.names import is_dbguard_name
 from tests.helpers import (
     ALEMBIC_LOGGING,
     ENV_PY_OWN_ENGINE,
+    ENV_PY_TAKES_CONNECTION,
     as_shown,
     blocks,
     mark_text,
@@ -22,14 +23,6 @@ from tests.helpers import (
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 ALEMBIC_INI = "[alembic]\nscript_location = migrations\n\n" + ALEMBIC_LOGGING
-# Takes dbguard's connection (alembic's documented config.attributes): runs in dbguard's process.
-ENV_PY_SHARED = """
-from alembic import context
-
-context.configure(connection=context.config.attributes["connection"])
-with context.begin_transaction():
-    context.run_migrations()
-"""
 REVISION_1 = """
 import sqlalchemy as sa
 from alembic import op
@@ -133,7 +126,7 @@ def project(
     pytester: pytest.Pytester,
     *,
     models: str = MODELS,
-    env_py: str = ENV_PY_SHARED,
+    env_py: str = ENV_PY_TAKES_CONNECTION,
     ini: str = "dbguard_alembic_ini = alembic.ini\ndbguard_metadata = models:Base\n",
     fail: bool = False,
 ) -> None:
