@@ -391,18 +391,48 @@ def _schema_mode_run(
         pg_server.sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
+# The schema stays uncommitted a while: the other worker's CREATE SCHEMA IF NOT EXISTS waits for
+# it and then fails on PostgreSQL's unique index, as two workers migrating at once do.
+AUDIT_REVISION_PAUSED = AUDIT_REVISION.replace(
+    'op.execute("CREATE SCHEMA IF NOT EXISTS audit")',
+    'op.execute("CREATE SCHEMA IF NOT EXISTS audit")\n    op.execute("SELECT pg_sleep(1.5)")',
+)
+
+
 @pytest.mark.parametrize(
-    ("env_py", "xdist", "fate"),
+    ("env_py", "revision", "xdist", "fate"),
     [
-        pytest.param(ENV_PY, False, "rolled back", id="given-connection-serial"),
+        pytest.param(ENV_PY, AUDIT_REVISION, False, "rolled back", id="given-connection-serial"),
         pytest.param(
-            ENV_PY, True, "rolled back", id="given-connection-n2", marks=pytest.mark.needs_xdist
+            ENV_PY,
+            AUDIT_REVISION,
+            True,
+            "rolled back",
+            id="given-connection-n2",
+            marks=pytest.mark.needs_xdist,
         ),
-        pytest.param(ENV_PY_OWN_ENGINE, False, "still there", id="own-engine-serial"),
+        pytest.param(
+            ENV_PY_OWN_ENGINE, AUDIT_REVISION, False, "still there", id="own-engine-serial"
+        ),
+        # The worker that collides with what the other's env.py committed says the same, not
+        # "duplicate key value violates unique constraint" (whichever worker reports first).
+        pytest.param(
+            ENV_PY_OWN_ENGINE,
+            AUDIT_REVISION_PAUSED,
+            True,
+            "still there",
+            id="own-engine-n2",
+            marks=pytest.mark.needs_xdist,
+        ),
     ],
 )
 def test_migrations_that_create_tables_outside_the_worker_schema_stop_the_run(
-    pytester: pytest.Pytester, pg_server: TestServer, env_py: str, xdist: bool, fate: str
+    pytester: pytest.Pytester,
+    pg_server: TestServer,
+    env_py: str,
+    revision: str,
+    xdist: bool,
+    fate: str,
 ) -> None:
     """Schema mode: an Alembic migration's audit.events would be shared by every worker and
     left in the user's database; the run stops and says whether the build's rollback took it
@@ -413,7 +443,7 @@ def test_migrations_that_create_tables_outside_the_worker_schema_stop_the_run(
         pg_server,
         database,
         env_py=env_py,
-        revision=AUDIT_REVISION,
+        revision=revision,
         args=("-n", "2") if xdist else (),
     )
     output = result.stdout.str() + result.stderr.str()

@@ -297,17 +297,32 @@ def _kept_inside(
         event.listen(connection, "commit", _refuse_commit)
         try:
             upgrade(connection)
+        except DbguardError:
+            raise
+        except Exception as error:
+            # Under -n 2 every worker runs the migrations at once: one that collided with what
+            # another worker's env.py committed outside its schema (CREATE SCHEMA audit, a table
+            # there) gets the same explanation as that worker, not a bare unique violation.
+            committed = committed_outside() - before
+            if committed:
+                raise outside(sorted(committed), committed) from error
+            raise
         finally:
             event.remove(connection, "commit", _refuse_commit)
         created = sorted(
             set(connection.exec_driver_sql(_OUTSIDE_WORKER_SCHEMAS).scalars()) - before
         )
-        if not created:
-            return
+        if created:
+            raise outside(created, committed_outside())
+
+    def committed_outside() -> set[str]:
+        """What another connection sees outside the worker schemas: what is committed."""
         with maintenance.shared(url) as other:
-            committed = {row[0] for row in other.rows(_OUTSIDE_WORKER_SCHEMAS)}
+            return {row[0] for row in other.rows(_OUTSIDE_WORKER_SCHEMAS)}
+
+    def outside(created: list[str], committed: set[str]) -> SchemaError:
         left = [name for name in created if name in committed]
-        raise SchemaError(
+        return SchemaError(
             MIGRATED_OUTSIDE_WORKER_SCHEMA.format(
                 source=source,
                 tables=_some(created),
