@@ -12,6 +12,10 @@ from __future__ import annotations
 class DbguardError(Exception):
     """Base class of all pytest-dbguard errors."""
 
+    # What went wrong in one line, where the message is long: where and what failed, for a note
+    # that quotes it (the xdist controller's early template build).
+    cause_line: str | None = None
+
 
 class ConfigError(DbguardError):
     """A setting has a bad value; the message names the setting, its source and the fix."""

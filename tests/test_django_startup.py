@@ -182,7 +182,8 @@ def test_a_build_that_fails_only_in_the_controller_is_built_by_a_worker(
     result.stdout.fnmatch_lines(
         [
             "dbguard: the xdist controller's early build of the template *_tpl* failed "
-            "(RuntimeError: only the controller fails here); the workers built it instead"
+            "(alias 'default': RuntimeError: only the controller fails here in migration "
+            "shop.0003_who (at */shop/migrations/0003_who.py:*)); the workers built it instead"
         ]
     )
     migrated = who_migrated(log)

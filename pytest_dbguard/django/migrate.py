@@ -47,7 +47,7 @@ TEST_SETTINGS_DIFFER: Final = (
 INTERRUPTED: Final = "the run ended before its tests started: the build of {database!r} stopped"
 MIGRATE_FAILED: Final = (
     "Django's migrate (database alias {alias!r}, settings {settings}) failed while dbguard built "
-    "the template {database!r}: {error}{where}. Fix that migration (or the models it imports); "
+    "the template {database!r}: {error}. Fix that migration (or the models it imports); "
     "no test ran. dbguard migrates once per run into a template that every worker clones."
 )
 
@@ -165,7 +165,9 @@ class DjangoSchema:
                     except Exception as error:
                         if self._stopping:
                             raise SchemaError(INTERRUPTED.format(database=url.database)) from None
-                        raise SchemaError(self._failure(alias, url, error)) from error
+                        failure = SchemaError(self._failure(alias, url, error))
+                        failure.cause_line = f"alias {alias!r}: {self._cause(url, error)}"
+                        raise failure from error
                     finally:
                         self._backends.clear()
 
@@ -185,15 +187,19 @@ class DjangoSchema:
     def _failure(
         self, alias: str, url: DatabaseURL, error: Exception, message: str = MIGRATE_FAILED
     ) -> str:
-        cause = getattr(error, "__cause__", None) or error  # Django wraps the driver's error
-        detail = first_line(cause, url.password)
         return message.format(
             alias=alias,
             settings=self.settings_module,
             database=url.database,
-            error=f"{type(cause).__name__}: {detail}",
-            where=_migration_frame(error),
+            error=self._cause(url, error),
         )
+
+    @staticmethod
+    def _cause(url: DatabaseURL, error: Exception) -> str:
+        """``Type: first line in migration app.name (at file:line)``, without the password."""
+        cause = getattr(error, "__cause__", None) or error  # Django wraps the driver's error
+        detail = first_line(cause, url.password)
+        return f"{type(cause).__name__}: {detail}{_migration_frame(error)}"
 
 
 def _test_setting(alias: str, key: str) -> Any:
