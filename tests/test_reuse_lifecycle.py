@@ -4,6 +4,7 @@ stops the kept cluster, --dbguard-rebuild rebuilds the kept templates."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -94,6 +95,9 @@ def test_header_says_started_then_reused_and_stop_ends_it(
     assert f"stopped the kept PostgreSQL cluster for {pytester.path}" in stopped.stdout
     assert not machine.process_alive(pid)
     assert not kept.exists()
+    port = re.search(r"on 127\.0\.0\.1:(\d+)", stopped.stdout)
+    assert port is not None, stopped.stdout
+    assert not (machine.storage_root() / f"{machine.PORT_CLAIM_PREFIX}{port.group(1)}").exists()
 
     third = run_dbguard(pytester, "--dbguard-reuse", inprocess=True)
     third.assert_outcomes(passed=1)

@@ -27,6 +27,7 @@ from pytest_dbguard.server.machine import (
     command_name,
     private_folder,
     process_alive,
+    release_port,
     server_user,
     wait_gone,
 )
@@ -173,3 +174,5 @@ def stop(cluster: KeptCluster) -> None:
         wait_gone(pid, None, timeout=15)
     # rmtree refuses links and works on descriptors (the symlink-attack safe variant).
     shutil.rmtree(cluster.root)
+    if cluster.port is not None:
+        release_port(cluster.root.parent, cluster.port)  # its claim, beside the folder
