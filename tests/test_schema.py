@@ -209,6 +209,34 @@ def test_every_driver_in_the_url(
     result.stdout.fnmatch_lines([f"*{expected}*"])
 
 
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_a_table_in_a_schema_nobody_created_gets_the_fix(
+    pytester: pytest.Pytester, pg_server: TestServer, driver: str
+) -> None:
+    """create_all makes tables, not the schemas they name (dispatch's dispatch_core): the
+    message says which schemas and how to create them before the tables."""
+    pytester.makepyfile(
+        models="""
+        from sqlalchemy import Column, Integer, MetaData, Table
+
+        metadata = MetaData()
+        Table("users", metadata, Column("id", Integer, primary_key=True), schema="accounts")
+        Table("orders", metadata, Column("id", Integer, primary_key=True), schema="billing")
+        """,
+        test_users="def test_users(dbguard_connection):\n    pass\n",
+    )
+    pytester.makeini("[pytest]\ndbguard_metadata = models:metadata\n")
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url(driver=driver))
+    output = result.stdout.str() + result.stderr.str()
+    assert "InvalidSchemaName" in output, output
+    assert (
+        "The metadata's tables name the schemas accounts, billing, which create_all does not "
+        'create: create them first, event.listen(metadata, "before_create", '
+        'DDL("CREATE SCHEMA IF NOT EXISTS accounts")), one for each.'
+    ) in " ".join(output.split()), output
+    assert result.ret != pytest.ExitCode.OK and " passed" not in output
+
+
 SCHEMA_MODE_TESTS = """
 import pytest
 from sqlalchemy import text

@@ -24,8 +24,15 @@ if TYPE_CHECKING:
 
 BUILD_FAILED: Final = (
     "Building the schema ({source}) in {target} failed: {error}. Fix the models or the "
-    "migrations it names (ini dbguard_metadata / dbguard_alembic_ini); no test ran."
+    "migrations it names (ini dbguard_metadata / dbguard_alembic_ini); no test ran.{hint}"
 )
+# create_all creates tables, not the schemas they name: PostgreSQL's invalid_schema_name.
+SCHEMA_NOT_CREATED: Final = (
+    " The metadata's tables name the {schemas}, which create_all does not create: create {it} "
+    'first, event.listen(metadata, "before_create", DDL("CREATE SCHEMA IF NOT EXISTS {first}"))'
+    "{each}."
+)
+_INVALID_SCHEMA_NAME: Final = "3F000"
 
 OWN_SCHEMAS_IN_WORKER_SCHEMA: Final = (
     "The schema source ({source}) has tables in schemas of their own ({tables}), but this run "
@@ -217,6 +224,7 @@ def builder(
                         else repr(url.database)
                     ),
                     error=f"{type(cause).__name__}: {detail}{where}",
+                    hint=_schema_hint(metadata, cause) if metadata is not None else "",
                 )
             ) from error
 
@@ -228,6 +236,21 @@ def builder(
 
         return CommitsItself(build)
     return build
+
+
+def _schema_hint(metadata: MetaData, cause: BaseException) -> str:
+    """How to create the schemas the metadata's tables name, when the build failed for lack of
+    one (psycopg's ``sqlstate``, psycopg2's ``pgcode``); empty otherwise."""
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    schemas = sorted({str(table.schema) for table in metadata.tables.values() if table.schema})
+    if code != _INVALID_SCHEMA_NAME or not schemas:
+        return ""
+    return SCHEMA_NOT_CREATED.format(
+        schemas=f"schema{'s' if len(schemas) > 1 else ''} {', '.join(schemas)}",
+        first=schemas[0],
+        it="them" if len(schemas) > 1 else "it",
+        each=", one for each" if len(schemas) > 1 else "",
+    )
 
 
 class _OwnCommit(Exception):
