@@ -575,9 +575,15 @@ def _leak_project(pytester: pytest.Pytester, leaks: str | None) -> None:
 REPORT = (
     "*test_leaks.py::test_{test} left rows in {tables}: an engine that is not one of dbguard's "
     "fixtures (the application's own, for example) committed them, so the rollback after the "
-    "test did not remove them and the next tests see them. Mark the test @pytest.mark.dbguard"
-    '(isolation="truncate") (or set ini dbguard_isolation = truncate) to empty the tables it '
-    "writes to after it; dbguard_leaks = off silences this report."
+    "test did not remove them and the next tests see them. Bind the application's session to "
+    "dbguard_connection (README: \"The application's own session\"), or mark the test "
+    '@pytest.mark.dbguard(isolation="truncate") (or set ini dbguard_isolation = truncate) to '
+    "empty the tables it writes to after it; dbguard_leaks = off silences this report."
+)
+# The process's later reports: the explanation once is enough.
+REPORT_AGAIN = (
+    "*test_leaks.py::test_{test} left rows in {tables}, committed by an engine that is not one "
+    "of dbguard's fixtures (why, and what to do: the first LeakWarning of this run)."
 )
 
 
@@ -605,9 +611,11 @@ def test_leaks_are_warnings_naming_the_tables_and_the_fix(
             "test_leaks.py::test_2_app_commits",
             "*LeakWarning: " + REPORT.format(test="2_app_commits", tables="authors, books"),
             "test_leaks.py::test_4_app_commits_to_books_only",
-            "*LeakWarning: " + REPORT.format(test="4_app_commits_to_books_only", tables="books"),
+            "*LeakWarning: "
+            + REPORT_AGAIN.format(test="4_app_commits_to_books_only", tables="books"),
             "test_leaks.py::test_5_async_app_engine_commits",
-            "*LeakWarning: " + REPORT.format(test="5_async_app_engine_commits", tables="authors"),
+            "*LeakWarning: "
+            + REPORT_AGAIN.format(test="5_async_app_engine_commits", tables="authors"),
         ]
     )
     for quiet in ("test_1", "test_3", "test_6"):

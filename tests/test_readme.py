@@ -23,6 +23,7 @@ from pytest_dbguard.run.setting_values import (
 )
 from tests.helpers import (
     README,
+    WORKERS,
     FreshVenv,
     as_shown,
     blocks,
@@ -554,6 +555,77 @@ def test_isolation_and_migrating_recipes(
     result = run_recipe("-p", "pytest_dbguard", "--dbguard-url", pg_server.url(), "-v", timeout=300)
     result.assert_outcomes(passed=6)
     assert SUPERUSER_PASSWORD not in result.stdout.str()
+
+
+# An application with its own engine and scoped_session, and a service that commits on it.
+SCOPED_APP = """
+import os
+
+from sqlalchemy import String, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker
+
+engine = create_engine(os.environ["DATABASE_URL"])
+Session = scoped_session(sessionmaker(bind=engine))
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+
+
+def create_tag(name):
+    tag = Tag(name=name)
+    Session.add(tag)
+    Session.commit()
+    return tag
+"""
+SCOPED_TESTS = """
+import pytest
+from sqlalchemy import func, select
+
+from app.database import Session, Tag, create_tag
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_the_service_commits(n, app_session):
+    create_tag("python")  # unique: a row left by an earlier test would fail it
+    assert app_session.scalar(select(func.count()).select_from(Tag)) == 1
+
+
+def test_a_failed_commit_rolls_back_to_the_last_one():
+    create_tag("sql")
+    with pytest.raises(Exception, match="duplicate key"):
+        create_tag("sql")
+    Session.rollback()
+    assert Session.scalar(select(func.count()).select_from(Tag)) == 1
+"""
+
+
+@pytest.mark.parametrize("args", WORKERS)
+def test_application_session_recipe(
+    pytester: pytest.Pytester, run_recipe: RecipeRun, pg_server: TestServer, args: tuple[str, ...]
+) -> None:
+    """The conftest as written binds an application's scoped_session to the test's connection:
+    its services' commits stay in the test (no LeakWarning, which filterwarnings turns into an
+    error), serially and under xdist."""
+    (conftest,) = blocks("The application's own session (scoped_session, factory_boy)", "python")
+    pytester.mkpydir("app")
+    (pytester.path / "app" / "database.py").write_text(SCOPED_APP)
+    pytester.makeini(
+        "[pytest]\ndbguard_metadata = app.database:Base\nfilterwarnings = error\n"
+        "dbguard_env =\n    DATABASE_URL={url}\n"
+    )
+    pytester.makeconftest(conftest)
+    pytester.makepyfile(test_tags=SCOPED_TESTS)
+    run_args = ["--dbguard-url", pg_server.url(), *args]
+    result = run_recipe("-p", "pytest_dbguard", *plugin_args(*run_args), *run_args)
+    result.assert_outcomes(passed=5)
+    assert "LeakWarning" not in result.stdout.str()
 
 
 @pytest.mark.needs_xdist

@@ -31,7 +31,12 @@ from pytest_dbguard.guards.foreign_databases import (
     Target,
 )
 from pytest_dbguard.guards.lazy_node_id import LazyNodeId
-from pytest_dbguard.guards.leaks import LEAK_MESSAGE, LeakWatcher, tables_written_since
+from pytest_dbguard.guards.leaks import (
+    LEAK_AGAIN,
+    LEAK_MESSAGE,
+    LeakWatcher,
+    tables_written_since,
+)
 from pytest_dbguard.run.state import run_of
 
 if TYPE_CHECKING:
@@ -72,6 +77,7 @@ class ConnectionGuards:
         self._test_database: dict[URL, bool] = {}
         self._check_engine: Engine | None = None
         self._pending: OnImport | None = None  # waiting for SQLAlchemy's import to install
+        self._leak_explained = False  # a LeakWarning with the whole text was given
 
     def install(self) -> None:
         """Start both guards (SQLAlchemy is imported by now)."""
@@ -140,6 +146,9 @@ class ConnectionGuards:
         message = LEAK_MESSAGE.format(where=item.nodeid, tables=", ".join(tables))
         if self.leak_mode == "error" and may_raise:
             raise LeakError(message)
+        if self._leak_explained:
+            message = LEAK_AGAIN.format(where=item.nodeid, tables=", ".join(tables))
+        self._leak_explained = True
         item.warn(LeakWarning(message))
 
     def close(self) -> None:

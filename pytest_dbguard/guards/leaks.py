@@ -29,9 +29,16 @@ if TYPE_CHECKING:
 LEAK_MESSAGE: Final = (
     "{where} left rows in {tables}: an engine that is not one of dbguard's fixtures (the "
     "application's own, for example) committed them, so the rollback after the test did not "
-    "remove them and the next tests see them. Mark the test "
+    "remove them and the next tests see them. Bind the application's session to "
+    'dbguard_connection (README: "The application\'s own session"), or mark the test '
     '@pytest.mark.dbguard(isolation="truncate") (or set ini dbguard_isolation = truncate) to '
     "empty the tables it writes to after it; dbguard_leaks = off silences this report."
+)
+# Every later warning of the process: a suite whose every test commits on the application's
+# engine got the whole text hundreds of times (dispatch: 305 warnings).
+LEAK_AGAIN: Final = (
+    "{where} left rows in {tables}, committed by an engine that is not one of dbguard's "
+    "fixtures (why, and what to do: the first LeakWarning of this run)."
 )
 
 
