@@ -522,6 +522,51 @@ def test_an_env_py_with_its_own_engine_is_compared_without_it(
     result.stdout.fnmatch_lines([HEADLINE.replace("*", "1 place:"), f"  - table tags: {IN_MODELS}"])
 
 
+# users.pinned_note_id -> notes.id and notes.user_id -> users.id: a cycle, which SQLAlchemy
+# cannot sort (it warns, SAWarning); the migrations add the second key afterwards.
+CYCLE_MODELS = MODELS.replace(
+    "    email: Mapped[str] = mapped_column(String(200), index=True, unique=True)\n",
+    "    email: Mapped[str] = mapped_column(String(200), index=True, unique=True)\n"
+    '    pinned_note_id: Mapped[int | None] = mapped_column(ForeignKey("notes.id"))\n',
+)
+CYCLE_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+
+def upgrade():
+    op.add_column("users", sa.Column("pinned_note_id", sa.Integer, nullable=True))
+    op.create_foreign_key(None, "users", "notes", ["pinned_note_id"], ["id"])
+"""
+
+
+@pytest.mark.parametrize(
+    "env_py",
+    [ENV_PY_TAKES_CONNECTION, ENV_PY_OWN_ENGINE],
+    ids=["given-connection", "own-engine"],
+)
+def test_foreign_keys_in_a_cycle_are_no_drift_under_filterwarnings_error(
+    pytester: pytest.Pytester, pg_server: TestServer, env_py: str
+) -> None:
+    """The comparison sorts the models' tables, and SQLAlchemy warns on a cycle: under
+    filterwarnings = error that was an INTERNALERROR (own engine) or "env.py failed" (given
+    connection), with nothing wrong in the schema (polar). The command prints no warning."""
+    ini = WITH_CHECK + "dbguard_check_schema = error\nfilterwarnings = error\n"
+    ini += "dbguard_env =\n    DATABASE_URL={url}\n"
+    project(pytester, models=CYCLE_MODELS, env_py=env_py, ini=ini)
+    (pytester.path / "migrations" / "versions" / "0003_pin.py").write_text(CYCLE_REVISION)
+    pytester.makepyfile(TESTS)
+    result = run_dbguard(pytester, "--dbguard-url", pg_server.url())
+    result.assert_outcomes(passed=1)
+    assert "schema drift" not in output(result) and "SAWarning" not in output(result)
+    command = check_schema(pytester, pg_server.url())
+    assert command.ret == 0, output(command)
+    assert "no schema drift" in command.stdout.str()
+    assert "SAWarning" not in output(command)
+
+
 def test_env_py_failing_in_the_comparison_is_one_clear_error(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:
