@@ -19,16 +19,24 @@ import pytest
 from pytest_dbguard.server import kept_clusters, machine
 from tests.helpers import dbguard_cli, run_dbguard
 
-# The seed row comes from an after_create hook: the schema fingerprint (the tables' DDL) does not
-# see it change, so only a rebuild picks a new one up.
+# The seed row comes from a file an after_create hook reads: the schema fingerprint (the
+# tables' DDL and the listeners' code) does not see it change, so only a rebuild picks up a
+# new one.
 MODELS = """
-    from sqlalchemy import DDL, Column, Integer, MetaData, String, Table, event
+    import pathlib
+
+    from sqlalchemy import Column, Integer, MetaData, String, Table, event
 
     metadata = MetaData()
     things = Table(
         "things", metadata, Column("id", Integer, primary_key=True), Column("name", String)
     )
-    event.listen(things, "after_create", DDL("INSERT INTO things (name) VALUES ('{seed}')"))
+
+    def seed(target, connection, **kw):
+        name = pathlib.Path(__file__).with_name("seed.txt").read_text()
+        connection.exec_driver_sql("INSERT INTO things (name) VALUES (%(name)s)", {{"name": name}})
+
+    event.listen(things, "after_create", seed)
 """
 TESTS = """
     from sqlalchemy import text
@@ -41,7 +49,8 @@ STARTED = "cluster started (kept for the next run: dbguard stop)"
 
 
 def _project(pytester: pytest.Pytester, seed: str, ini: str = "") -> None:
-    pytester.makepyfile(models=MODELS.format(seed=seed), test_seed=TESTS.format(seed=seed))
+    pytester.makepyfile(models=MODELS.format(), test_seed=TESTS.format(seed=seed))
+    (pytester.path / "seed.txt").write_text(seed)
     pytester.makeini(f"[pytest]\ndbguard_metadata = models:metadata\n{ini}")
 
 
@@ -103,6 +112,53 @@ def test_header_says_started_then_reused_and_stop_ends_it(
     third.assert_outcomes(passed=1)
     third.stdout.fnmatch_lines([f"dbguard: embedded PostgreSQL*, {STARTED};*template built;*"])
     assert _postgres_pid(kept) != pid
+
+
+# A function the schema's after_create DDL creates: its body comes from the environment.
+DDL_MODELS = """
+import os
+from sqlalchemy import DDL, Column, Integer, MetaData, Table, event
+
+metadata = MetaData()
+Table("things", metadata, Column("id", Integer, primary_key=True))
+event.listen(
+    metadata,
+    "after_create",
+    DDL(
+        "CREATE FUNCTION schema_version() RETURNS int LANGUAGE sql AS "
+        f"'SELECT {os.environ['SCHEMA_VERSION']}'"
+    ),
+)
+"""
+DDL_TESTS = """
+import os
+from sqlalchemy import text
+
+def test_version(dbguard_connection):
+    version = dbguard_connection.execute(text("SELECT schema_version()")).scalar()
+    assert version == int(os.environ["SCHEMA_VERSION"])
+"""
+
+
+def test_a_changed_ddl_listener_rebuilds_the_kept_template(
+    pytester: pytest.Pytester, kept: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DDL that create_all runs through before_create/after_create listeners (extensions,
+    functions, as the README suggests) is part of the template: a changed one is rebuilt, not
+    reused stale (polar's trial)."""
+    pytester.makepyfile(models=DDL_MODELS, test_version=DDL_TESTS)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:metadata\n")
+    monkeypatch.setenv("SCHEMA_VERSION", "1")
+    first = run_dbguard(pytester, "--dbguard-reuse")
+    first.assert_outcomes(passed=1)
+    monkeypatch.setenv("SCHEMA_VERSION", "1")
+    same = run_dbguard(pytester, "--dbguard-reuse")
+    same.assert_outcomes(passed=1)
+    same.stdout.fnmatch_lines(["dbguard: *cluster reused;*template reused;*"])
+    monkeypatch.setenv("SCHEMA_VERSION", "2")
+    changed = run_dbguard(pytester, "--dbguard-reuse")
+    changed.assert_outcomes(passed=1)
+    changed.stdout.fnmatch_lines(["dbguard: *cluster reused;*template built;*"])
 
 
 def test_rebuild_drops_the_kept_template_given_on_the_cli_in_the_env_or_in_the_ini(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -766,3 +767,65 @@ def test_the_fingerprint_of_tables_whose_foreign_keys_form_a_cycle_warns_nothing
         warnings.simplefilter("error")
         first = fingerprint_metadata(metadata, "postgresql")
     assert first == fingerprint_metadata(metadata, "postgresql")  # the same DDL, the same hash
+
+
+# Listeners as the README writes them, and a function one whose constants include a set (its
+# order follows the string hash, which differs between processes).
+LISTENER_MODELS = """
+from sqlalchemy import DDL, Column, Integer, MetaData, Table, event
+
+metadata = MetaData()
+things = Table("things", metadata, Column("id", Integer, primary_key=True))
+event.listen(metadata, "before_create", DDL("CREATE EXTENSION IF NOT EXISTS citext"))
+event.listen(things, "after_create", DDL("INSERT INTO things (id) VALUES (1)"))
+
+
+def seed(target, connection, **kw):
+    if connection.dialect.name in {"postgresql", "sqlite", "mysql"}:
+        connection.exec_driver_sql("INSERT INTO things (id) VALUES (2)")
+
+
+event.listen(things, "after_create", seed)
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "then"),
+    [
+        pytest.param(None, None, id="unchanged"),
+        pytest.param("citext", "hstore", id="metadata-ddl"),
+        pytest.param("VALUES (1)", "VALUES (3)", id="table-ddl"),
+        pytest.param("VALUES (2)", "VALUES (4)", id="function-body"),
+        pytest.param('"sqlite", ', "", id="function-constant"),
+    ],
+)
+def test_the_fingerprint_covers_ddl_listeners(
+    tmp_path: Path, change: str | None, then: str | None
+) -> None:
+    """What create_all runs besides the tables counts; the hash is the same in every process
+    (each xdist worker computes it, with its own string hash seed)."""
+    import subprocess
+    import sys
+
+    def fingerprint(models: str, seed: str) -> str:
+        (tmp_path / "listener_models.py").write_text(models)
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); import listener_models; "
+            "from pytest_dbguard.db.schema import fingerprint_metadata; "
+            "print(fingerprint_metadata(listener_models.metadata, 'postgresql'))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        )
+        return done.stdout.strip()
+
+    before = fingerprint(LISTENER_MODELS, "1")
+    assert before == fingerprint(LISTENER_MODELS, "2")
+    if change is None:
+        return
+    assert change in LISTENER_MODELS
+    assert fingerprint(LISTENER_MODELS.replace(change, then or ""), "1") != before

@@ -150,7 +150,46 @@ def fingerprint_metadata(metadata: MetaData, dialect_name: str) -> str:
         digest.update(str(CreateTable(table).compile(dialect=dialect)).encode())
         for index in sorted(table.indexes, key=lambda index: str(index.name)):
             digest.update(str(CreateIndex(index).compile(dialect=dialect)).encode())
+        digest.update(_ddl_listeners(table).encode())
+    digest.update(_ddl_listeners(metadata).encode())
     return digest.hexdigest()[:6]
+
+
+def _ddl_listeners(target: Any) -> str:
+    """What the ``before_create`` and ``after_create`` listeners of a MetaData or Table do: a
+    ``DDL``'s statement (extensions, schemas, functions, seed rows, as the README suggests), a
+    function's code. They are part of what create_all builds."""
+    parts = []
+    for event_name in ("before_create", "after_create"):
+        for listener in getattr(target.dispatch, event_name):
+            statement = getattr(listener, "statement", None)
+            if isinstance(statement, str):  # DDL(...), with its execute_if(dialect=...)
+                condition = getattr(listener, "_ddl_if", None)
+                parts.append(f"{event_name} {statement} {getattr(condition, 'dialect', None)}")
+                continue
+            name = getattr(listener, "__qualname__", type(listener).__qualname__)
+            code = getattr(listener, "__code__", None)
+            body = _code_text(code) if code is not None else ""
+            parts.append(f"{event_name} {getattr(listener, '__module__', '')}.{name} {body}")
+    return "\n".join(parts)
+
+
+def _code_text(code: Any) -> str:
+    """A function's compiled body as text that is the same in every process: its bytecode, the
+    names it uses and its constants (nested functions' too; a frozenset's items sorted, since
+    their order follows the string hash, which differs from process to process)."""
+
+    def const(value: Any) -> str:
+        if hasattr(value, "co_code"):
+            return _code_text(value)
+        if isinstance(value, frozenset):
+            return "{" + ",".join(sorted(const(item) for item in value)) + "}"
+        if isinstance(value, tuple):
+            return "(" + ",".join(const(item) for item in value) + ")"
+        return repr(value)
+
+    constants = ",".join(const(value) for value in code.co_consts)
+    return f"{code.co_code.hex()}|{','.join(code.co_names)}|{constants}"
 
 
 def fingerprint_alembic(ini: Path, settings: Sequence[str] = ()) -> str:
