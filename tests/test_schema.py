@@ -238,6 +238,41 @@ def test_a_table_in_a_schema_nobody_created_gets_the_fix(
     assert result.ret != pytest.ExitCode.OK and " passed" not in output
 
 
+@pytest.mark.parametrize(
+    ("column_type", "extension"),
+    [("CITEXT", "citext"), ("geometry", "postgis")],
+)
+def test_a_column_type_of_an_extension_nobody_created_gets_the_fix(
+    pytester: pytest.Pytester, on_server: list[str], column_type: str, extension: str
+) -> None:
+    """polar's citext columns without the extension: the message says how to create it."""
+    pytester.makepyfile(
+        models=f"""
+        from sqlalchemy import Column, Integer, MetaData, Table
+        from sqlalchemy.types import UserDefinedType
+
+        class Custom(UserDefinedType):
+            cache_ok = True
+
+            def get_col_spec(self, **kw):
+                return "{column_type}"
+
+        metadata = MetaData()
+        Table("users", metadata, Column("id", Integer, primary_key=True), Column("x", Custom()))
+        """,
+        test_users="def test_users(dbguard_connection):\n    pass\n",
+    )
+    pytester.makeini("[pytest]\ndbguard_metadata = models:metadata\n")
+    result = run_dbguard(pytester, *on_server, inprocess=True)
+    output = " ".join((result.stdout.str() + result.stderr.str()).split())
+    assert f'UndefinedObject: type "{column_type.lower()}" does not exist' in output, output
+    assert (
+        f"If {column_type.lower()} comes from an extension, create it first: event.listen("
+        f'metadata, "before_create", DDL("CREATE EXTENSION IF NOT EXISTS {extension}")).'
+    ) in output, output
+    assert result.ret != pytest.ExitCode.OK and " passed" not in output
+
+
 SCHEMA_MODE_TESTS = """
 import pytest
 from sqlalchemy import text

@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,13 @@ SCHEMA_NOT_CREATED: Final = (
     "{each}."
 )
 _INVALID_SCHEMA_NAME: Final = "3F000"
+# A column type that an extension brings (citext, hstore, PostGIS's geometry): undefined_object.
+EXTENSION_NOT_CREATED: Final = (
+    " If {type} comes from an extension, create it first: event.listen(metadata, "
+    '"before_create", DDL("CREATE EXTENSION IF NOT EXISTS {extension}")).'
+)
+_UNDEFINED_OBJECT: Final = "42704"
+_EXTENSION_OF_TYPE: Final = {"geometry": "postgis", "geography": "postgis", "raster": "postgis"}
 
 OWN_SCHEMAS_IN_WORKER_SCHEMA: Final = (
     "The schema source ({source}) has tables in schemas of their own ({tables}), but this run "
@@ -278,9 +286,14 @@ def builder(
 
 
 def _schema_hint(metadata: MetaData, cause: BaseException) -> str:
-    """How to create the schemas the metadata's tables name, when the build failed for lack of
-    one (psycopg's ``sqlstate``, psycopg2's ``pgcode``); empty otherwise."""
+    """How to create what create_all does not, when the build failed for lack of it (psycopg's
+    ``sqlstate``, psycopg2's ``pgcode``): the schemas the metadata's tables name, or the
+    extension of a column type; empty otherwise."""
     code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    missing_type = re.search(r'type "(?:[^"]+\.)?([^".]+)" does not exist', str(cause))
+    if code == _UNDEFINED_OBJECT and missing_type is not None:
+        name = missing_type.group(1)
+        return EXTENSION_NOT_CREATED.format(type=name, extension=_EXTENSION_OF_TYPE.get(name, name))
     schemas = sorted({str(table.schema) for table in metadata.tables.values() if table.schema})
     if code != _INVALID_SCHEMA_NAME or not schemas:
         return ""
