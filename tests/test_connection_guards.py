@@ -576,14 +576,15 @@ REPORT = (
     "*test_leaks.py::test_{test} left rows in {tables}: an engine that is not one of dbguard's "
     "fixtures (the application's own, for example) committed them, so the rollback after the "
     "test did not remove them and the next tests see them. Bind the application's session to "
-    "dbguard_connection (README: \"The application's own session\"), or mark the test "
+    'dbguard_connection (README: "The application\'s own session"), or mark the test '
     '@pytest.mark.dbguard(isolation="truncate") (or set ini dbguard_isolation = truncate) to '
     "empty the tables it writes to after it; dbguard_leaks = off silences this report."
 )
 # The process's later reports: the explanation once is enough.
 REPORT_AGAIN = (
     "*test_leaks.py::test_{test} left rows in {tables}, committed by an engine that is not one "
-    "of dbguard's fixtures (why, and what to do: the first LeakWarning of this run)."
+    "of dbguard's fixtures (what to do: README \"The application's own session\", or "
+    'isolation="truncate"; dbguard_leaks = off silences this).'
 )
 
 

@@ -239,11 +239,19 @@ def test_a_table_in_a_schema_nobody_created_gets_the_fix(
 
 
 @pytest.mark.parametrize(
-    ("column_type", "extension"),
-    [("CITEXT", "citext"), ("geometry", "postgis")],
+    ("column_type", "named", "extension"),
+    [
+        ("CITEXT", "citext", "citext"),
+        ("CITEXT[]", "citext", "citext"),  # PostgreSQL says type "citext[]"
+        ("geometry", "geometry", "postgis"),
+    ],
 )
 def test_a_column_type_of_an_extension_nobody_created_gets_the_fix(
-    pytester: pytest.Pytester, on_server: list[str], column_type: str, extension: str
+    pytester: pytest.Pytester,
+    on_server: list[str],
+    column_type: str,
+    named: str,
+    extension: str,
 ) -> None:
     """polar's citext columns without the extension: the message says how to create it."""
     pytester.makepyfile(
@@ -267,7 +275,7 @@ def test_a_column_type_of_an_extension_nobody_created_gets_the_fix(
     output = " ".join((result.stdout.str() + result.stderr.str()).split())
     assert f'UndefinedObject: type "{column_type.lower()}" does not exist' in output, output
     assert (
-        f"If {column_type.lower()} comes from an extension, create it first: event.listen("
+        f"If {named} comes from an extension, create it first: event.listen("
         f'metadata, "before_create", DDL("CREATE EXTENSION IF NOT EXISTS {extension}")).'
     ) in output, output
     assert result.ret != pytest.ExitCode.OK and " passed" not in output
@@ -515,6 +523,53 @@ def test_migrations_that_create_tables_outside_the_worker_schema_stop_the_run(
     assert fate in output
     assert result.ret != pytest.ExitCode.OK and " passed" not in output
     assert left == ([] if fate == "rolled back" else ["audit.events"])
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["another-worker-committed", "nothing"])
+def test_a_build_that_collides_with_tables_committed_outside_says_so(
+    pg_server: TestServer, committed: bool
+) -> None:
+    """Schema mode, what one worker sees while another's env.py commits audit.events on its own
+    connection: its own migrations then fail on what that left. Its message must be the other's
+    (created outside the worker schema, still there) with its own failure after it; without
+    anything committed outside, the migration's error passes through as it is."""
+    from sqlalchemy import create_engine
+
+    from pytest_dbguard.db import maintenance
+    from pytest_dbguard.exceptions import SchemaError
+
+    database = f"collide_{'committed' if committed else 'nothing'}"
+    pg_server.sql(f"CREATE DATABASE {database}")
+    url = DatabaseURL.parse(pg_server.url(database=database))
+    engine = create_engine(url.render(hide_password=False))
+
+    def upgrade(_connection: object) -> None:
+        if committed:  # another worker's env.py, on its own connection
+            pg_server.sql(
+                "CREATE SCHEMA audit; CREATE TABLE audit.events (id int)", database=database
+            )
+        raise RuntimeError('duplicate key value violates unique constraint "pg_namespace"')
+
+    checked = schema._kept_inside(upgrade, "alembic alembic.ini", url, "dbg_abc123_gw1")
+    try:
+        with engine.connect() as connection:
+            if committed:
+                with pytest.raises(SchemaError) as raised:
+                    checked(connection)
+                message = str(raised.value)
+                assert "created audit.events outside the worker schema 'dbg_abc123_gw1'" in message
+                assert "drop them yourself (audit.events)" in message
+                assert message.endswith(
+                    "This worker's build then failed: RuntimeError: duplicate key value violates "
+                    'unique constraint "pg_namespace".'
+                )
+            else:
+                with pytest.raises(RuntimeError, match="duplicate key"):
+                    checked(connection)
+    finally:
+        engine.dispose()
+        maintenance.close_shared()
+        pg_server.sql(f"DROP DATABASE {database} WITH (FORCE)")
 
 
 # The env.py `alembic init` writes: its fileConfig disables every logger the ini does not name.
@@ -804,15 +859,28 @@ def test_the_fingerprint_of_tables_whose_foreign_keys_form_a_cycle_warns_nothing
     assert first == fingerprint_metadata(metadata, "postgresql")  # the same DDL, the same hash
 
 
-# Listeners as the README writes them, and a function one whose constants include a set (its
-# order follows the string hash, which differs between processes).
+# Listeners as the README writes them, and the kinds users write besides: a function whose
+# constants include a set (its order follows the string hash, which differs between processes),
+# listeners registered in a loop over a set, execute_if with a set of dialects, once=True
+# (SQLAlchemy wraps the function), a functools.partial, and a DDL element other than DDL.
 LISTENER_MODELS = """
+import functools
+
 from sqlalchemy import DDL, Column, Integer, MetaData, Table, event
+from sqlalchemy.schema import CreateSchema
 
 metadata = MetaData()
 things = Table("things", metadata, Column("id", Integer, primary_key=True))
 event.listen(metadata, "before_create", DDL("CREATE EXTENSION IF NOT EXISTS citext"))
 event.listen(things, "after_create", DDL("INSERT INTO things (id) VALUES (1)"))
+for schema in {"audit", "billing", "reports"}:
+    event.listen(metadata, "before_create", DDL(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
+event.listen(
+    things,
+    "after_create",
+    DDL("INSERT INTO things (id) VALUES (5)").execute_if(dialect={"postgresql", "sqlite"}),
+)
+event.listen(metadata, "before_create", CreateSchema("events", if_not_exists=True))
 
 
 def seed(target, connection, **kw):
@@ -820,7 +888,17 @@ def seed(target, connection, **kw):
         connection.exec_driver_sql("INSERT INTO things (id) VALUES (2)")
 
 
+def seed_once(target, connection, **kw):
+    connection.exec_driver_sql("INSERT INTO things (id) VALUES (6)")
+
+
+def seed_value(value, target, connection, **kw):
+    connection.exec_driver_sql(f"INSERT INTO things (id) VALUES ({value})")
+
+
 event.listen(things, "after_create", seed)
+event.listen(things, "after_create", seed_once, once=True)
+event.listen(things, "after_create", functools.partial(seed_value, 7))
 """
 
 
@@ -831,7 +909,12 @@ event.listen(things, "after_create", seed)
         pytest.param("citext", "hstore", id="metadata-ddl"),
         pytest.param("VALUES (1)", "VALUES (3)", id="table-ddl"),
         pytest.param("VALUES (2)", "VALUES (4)", id="function-body"),
-        pytest.param('"sqlite", ', "", id="function-constant"),
+        pytest.param('"sqlite", "mysql"', '"mysql"', id="function-constant"),
+        pytest.param('"reports"}', '"reports", "sales"}', id="loop"),
+        pytest.param('{"postgresql", "sqlite"}', '"postgresql"', id="execute-if"),
+        pytest.param('CreateSchema("events"', 'CreateSchema("logs"', id="create-schema"),
+        pytest.param("VALUES (6)", "VALUES (8)", id="once"),
+        pytest.param("seed_value, 7", "seed_value, 9", id="partial"),
     ],
 )
 def test_the_fingerprint_covers_ddl_listeners(
@@ -843,14 +926,16 @@ def test_the_fingerprint_covers_ddl_listeners(
     import sys
 
     def fingerprint(models: str, seed: str) -> str:
-        (tmp_path / "listener_models.py").write_text(models)
+        folder = tmp_path / f"seed{seed}-{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / "listener_models.py").write_text(models)
         code = (
             "import sys; sys.path.insert(0, sys.argv[1]); import listener_models; "
             "from pytest_dbguard.db.schema import fingerprint_metadata; "
             "print(fingerprint_metadata(listener_models.metadata, 'postgresql'))"
         )
         done = subprocess.run(
-            [sys.executable, "-c", code, str(tmp_path)],
+            [sys.executable, "-B", "-c", code, str(folder)],
             capture_output=True,
             text=True,
             env={**os.environ, "PYTHONHASHSEED": seed},
@@ -859,7 +944,7 @@ def test_the_fingerprint_covers_ddl_listeners(
         return done.stdout.strip()
 
     before = fingerprint(LISTENER_MODELS, "1")
-    assert before == fingerprint(LISTENER_MODELS, "2")
+    assert {fingerprint(LISTENER_MODELS, seed) for seed in ("2", "3", "4")} == {before}
     if change is None:
         return
     assert change in LISTENER_MODELS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -40,7 +41,11 @@ EXTENSION_NOT_CREATED: Final = (
     '"before_create", DDL("CREATE EXTENSION IF NOT EXISTS {extension}")).'
 )
 _UNDEFINED_OBJECT: Final = "42704"
-_EXTENSION_OF_TYPE: Final = {"geometry": "postgis", "geography": "postgis", "raster": "postgis"}
+_EXTENSION_OF_TYPE: Final = {
+    "geometry": "postgis",
+    "geography": "postgis",
+    "raster": "postgis_raster",
+}
 
 OWN_SCHEMAS_IN_WORKER_SCHEMA: Final = (
     "The schema source ({source}) has tables in schemas of their own ({tables}), but this run "
@@ -158,46 +163,86 @@ def fingerprint_metadata(metadata: MetaData, dialect_name: str) -> str:
         digest.update(str(CreateTable(table).compile(dialect=dialect)).encode())
         for index in sorted(table.indexes, key=lambda index: str(index.name)):
             digest.update(str(CreateIndex(index).compile(dialect=dialect)).encode())
-        digest.update(_ddl_listeners(table).encode())
-    digest.update(_ddl_listeners(metadata).encode())
+        digest.update(_ddl_listeners(table, dialect).encode())
+    digest.update(_ddl_listeners(metadata, dialect).encode())
     return digest.hexdigest()[:6]
 
 
-def _ddl_listeners(target: Any) -> str:
-    """What the ``before_create`` and ``after_create`` listeners of a MetaData or Table do: a
-    ``DDL``'s statement (extensions, schemas, functions, seed rows, as the README suggests), a
-    function's code. They are part of what create_all builds."""
-    parts = []
-    for event_name in ("before_create", "after_create"):
-        for listener in getattr(target.dispatch, event_name):
-            statement = getattr(listener, "statement", None)
-            if isinstance(statement, str):  # DDL(...), with its execute_if(dialect=...)
-                condition = getattr(listener, "_ddl_if", None)
-                parts.append(f"{event_name} {statement} {getattr(condition, 'dialect', None)}")
+def _ddl_listeners(target: Any, dialect: Any) -> str:
+    """What the ``before_create`` and ``after_create`` listeners of a MetaData or Table do, as
+    text that is the same in every process (each xdist worker names the template by it). They
+    are part of what create_all builds: extensions, schemas, functions, seed rows. Sorted, since
+    the order of registration may follow a set's (a loop over the metadata's schemas)."""
+    return "\n".join(
+        sorted(
+            f"{event_name} {_listener_text(listener, dialect)}"
+            for event_name in ("before_create", "after_create")
+            for listener in getattr(target.dispatch, event_name)
+        )
+    )
+
+
+def _listener_text(listener: Any, dialect: Any, depth: int = 0) -> str:
+    """A ``DDL``'s statement (and the dialects of its ``execute_if``), another DDL element
+    compiled (``CreateSchema``, a library's ``CreateView``), a function's code, with what a
+    ``functools.partial`` binds and what a wrapper closes over (``event.listen(..., once=True)``
+    wraps the function)."""
+    from sqlalchemy.sql.ddl import ExecutableDDLElement
+
+    if isinstance(listener, ExecutableDDLElement):
+        statement = getattr(listener, "statement", None)
+        if not isinstance(statement, str):
+            try:
+                statement = str(listener.compile(dialect=dialect))
+            except Exception:  # not compiled without a table to aim at: its kind, at least
+                statement = type(listener).__qualname__
+        when = getattr(getattr(listener, "_ddl_if", None), "dialect", None)
+        return f"{statement} {_value_text(when)}"
+    if isinstance(listener, functools.partial):
+        inner = _listener_text(listener.func, dialect, depth + 1)
+        return f"partial({inner}, {_value_text(listener.args)}, {_value_text(listener.keywords)})"
+    name = getattr(listener, "__qualname__", type(listener).__qualname__)
+    text = f"{getattr(listener, '__module__', '')}.{name}"
+    code = getattr(listener, "__code__", None)
+    if code is None:
+        return text
+    text += " " + _code_text(code)
+    if depth < 3:
+        for cell in getattr(listener, "__closure__", None) or ():
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # a cell not filled yet
                 continue
-            name = getattr(listener, "__qualname__", type(listener).__qualname__)
-            code = getattr(listener, "__code__", None)
-            body = _code_text(code) if code is not None else ""
-            parts.append(f"{event_name} {getattr(listener, '__module__', '')}.{name} {body}")
-    return "\n".join(parts)
+            if callable(contents):
+                text += " " + _listener_text(contents, dialect, depth + 1)
+    return text
 
 
 def _code_text(code: Any) -> str:
-    """A function's compiled body as text that is the same in every process: its bytecode, the
-    names it uses and its constants (nested functions' too; a frozenset's items sorted, since
-    their order follows the string hash, which differs from process to process)."""
-
-    def const(value: Any) -> str:
-        if hasattr(value, "co_code"):
-            return _code_text(value)
-        if isinstance(value, frozenset):
-            return "{" + ",".join(sorted(const(item) for item in value)) + "}"
-        if isinstance(value, tuple):
-            return "(" + ",".join(const(item) for item in value) + ")"
-        return repr(value)
-
-    constants = ",".join(const(value) for value in code.co_consts)
+    """A function's compiled body: its bytecode, the names it uses and its constants (nested
+    functions' too). Bytecode is the interpreter's: each Python version names its own template."""
+    constants = ",".join(
+        _code_text(value) if hasattr(value, "co_code") else _value_text(value)
+        for value in code.co_consts
+    )
     return f"{code.co_code.hex()}|{','.join(code.co_names)}|{constants}"
+
+
+def _value_text(value: Any) -> str:
+    """``repr`` that is the same in every process: a set's items sorted (their order follows
+    the string hash, which differs from process to process), no memory addresses."""
+    if isinstance(value, (set, frozenset)):
+        return "{" + ",".join(sorted(_value_text(item) for item in value)) + "}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(_value_text(item) for item in value) + ")"
+    if isinstance(value, dict):
+        items = sorted(f"{_value_text(key)}:{_value_text(item)}" for key, item in value.items())
+        return "{" + ",".join(items) + "}"
+    return _ADDRESS.sub("", repr(value))
+
+
+# " at 0x7f3a…" in a default repr: where the object happens to live in this process.
+_ADDRESS: Final = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def fingerprint_alembic(ini: Path, settings: Sequence[str] = ()) -> str:
@@ -290,7 +335,8 @@ def _schema_hint(metadata: MetaData, cause: BaseException) -> str:
     ``sqlstate``, psycopg2's ``pgcode``): the schemas the metadata's tables name, or the
     extension of a column type; empty otherwise."""
     code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-    missing_type = re.search(r'type "(?:[^"]+\.)?([^".]+)" does not exist', str(cause))
+    # type "citext" or, for an array column, "citext[]"; schema-qualified ones too.
+    missing_type = re.search(r'type "(?:[^"]+\.)?([^".\[]+)(?:\[\])*" does not exist', str(cause))
     if code == _UNDEFINED_OBJECT and missing_type is not None:
         name = missing_type.group(1)
         return EXTENSION_NOT_CREATED.format(type=name, extension=_EXTENSION_OF_TYPE.get(name, name))
@@ -378,9 +424,12 @@ def _kept_inside(
             # Under -n 2 every worker runs the migrations at once: one that collided with what
             # another worker's env.py committed outside its schema (CREATE SCHEMA audit, a table
             # there) gets the same explanation as that worker, not a bare unique violation.
-            committed = committed_outside() - before
+            try:
+                committed = committed_outside() - before
+            except Exception:  # the server went away: the migration's own error says more
+                raise error from error.__cause__
             if committed:
-                raise outside(sorted(committed), committed) from error
+                raise outside(sorted(committed), committed, error) from error
             raise
         finally:
             event.remove(connection, "commit", _refuse_commit)
@@ -395,17 +444,22 @@ def _kept_inside(
         with maintenance.shared(url) as other:
             return {row[0] for row in other.rows(_OUTSIDE_WORKER_SCHEMAS)}
 
-    def outside(created: list[str], committed: set[str]) -> SchemaError:
+    def outside(
+        created: list[str], committed: set[str], error: Exception | None = None
+    ) -> SchemaError:
         left = [name for name in created if name in committed]
-        return SchemaError(
-            MIGRATED_OUTSIDE_WORKER_SCHEMA.format(
-                source=source,
-                tables=_some(created),
-                schema=worker_schema,
-                database=url.database,
-                fate=LEFT_BEHIND.format(tables=", ".join(left)) if left else ROLLED_BACK,
-            )
+        message = MIGRATED_OUTSIDE_WORKER_SCHEMA.format(
+            source=source,
+            tables=_some(created),
+            schema=worker_schema,
+            database=url.database,
+            fate=LEFT_BEHIND.format(tables=", ".join(left)) if left else ROLLED_BACK,
         )
+        if error is not None:  # what this worker's migrations then ran into
+            cause = getattr(error, "orig", None) or error
+            message += f" This worker's build then failed: {type(cause).__name__}: "
+            message += f"{first_line(cause, url.password)}."
+        return SchemaError(message)
 
     return checked
 

@@ -35,10 +35,12 @@ LEAK_MESSAGE: Final = (
     "empty the tables it writes to after it; dbguard_leaks = off silences this report."
 )
 # Every later warning of the process: a suite whose every test commits on the application's
-# engine got the whole text hundreds of times (dispatch: 305 warnings).
+# engine got the whole text hundreds of times (dispatch: 305 warnings). It stands on its own: a
+# filter may have hidden the first one.
 LEAK_AGAIN: Final = (
     "{where} left rows in {tables}, committed by an engine that is not one of dbguard's "
-    "fixtures (why, and what to do: the first LeakWarning of this run)."
+    'fixtures (what to do: README "The application\'s own session", or '
+    'isolation="truncate"; dbguard_leaks = off silences this).'
 )
 
 
