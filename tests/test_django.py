@@ -137,6 +137,70 @@ def test_reuse_keeps_the_template_until_a_migration_changes(
     assert set(pg_server.databases()) == before
 
 
+# A project's post_migrate handler with an effect outside the database (weblate's writes the git
+# identity its tests commit with): each process that runs tests must have run it.
+HANDLER_APPS = """
+import os
+
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def note_the_process(sender, using, **kwargs):
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(folder, "handlers.log"), "a") as log:
+        log.write(f"{os.getpid()} {using}\\n")
+
+
+class ShopConfig(AppConfig):
+    name = "shop"
+
+    def ready(self):
+        post_migrate.connect(note_the_process, sender=self)
+"""
+HANDLER_TESTS = """
+import os
+import pathlib
+
+import pytest
+from django.contrib.auth.models import Permission
+
+
+@pytest.mark.parametrize("n", range(4))
+@pytest.mark.django_db
+def test_the_handlers_ran_in_this_process(n):
+    lines = pathlib.Path("handlers.log").read_text().splitlines()
+    assert f"{os.getpid()} default" in lines
+    assert Permission.objects.filter(codename="add_order").count() == 1
+"""
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_post_migrate_handlers_run_in_every_test_process(
+    pytester: pytest.Pytester, pg_server: TestServer, workers: tuple[str, ...]
+) -> None:
+    """pytest-django migrates in every worker, and with --reuse-db too: a project's post_migrate
+    handlers ran in each process that runs tests. So they do under dbguard, where one process
+    migrates the template: in each xdist worker, and when a kept template is reused; Django's
+    own handlers leave the clone as migrate made it (one permission each)."""
+    write_project(pytester)
+    (pytester.path / "shop" / "apps.py").write_text(HANDLER_APPS.lstrip())
+    pytester.makepyfile(test_shop=HANDLER_TESTS)
+    url = pg_server.url()
+    before = set(pg_server.databases())
+    try:
+        for run in ("first", "reused"):
+            result = run_dbguard(
+                pytester, "--dbguard-reuse", "--dbguard-url", url, *workers, plugins=DJANGO
+            )
+            result.assert_outcomes(passed=4)
+            if run == "reused":
+                result.stdout.fnmatch_lines(["dbguard: *template reused*"])
+    finally:
+        kept_templates.drop_kept(DatabaseURL.parse(url), "postgres")
+    assert set(pg_server.databases()) == before
+
+
 def test_pg_url_placeholder_is_a_libpq_url(pytester: pytest.Pytester, on_server: list[str]) -> None:
     """{pg_url} is what dj-database-url and django-environ read: postgres://, no +driver."""
     pytester.makeini("[pytest]\ndbguard_env =\n    DATABASE_URL={pg_url}\n")

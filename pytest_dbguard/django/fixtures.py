@@ -15,6 +15,7 @@ import pytest
 
 from pytest_dbguard.django import compat, statements, targets
 from pytest_dbguard.django.activation import INI_DATABASES, aliases_of, worker_url
+from pytest_dbguard.django.migrate import DjangoSchema
 from pytest_dbguard.guards.query_counter import QueryCounter
 from pytest_dbguard.run import worker_failures
 from pytest_dbguard.run.state import the_run
@@ -40,13 +41,17 @@ def django_db_setup(
     django_db_modify_db_settings: None,
 ) -> Iterator[None]:
     """Session: points every alias of ini ``dbguard_django_databases`` at this worker's database
-    (cloned from the template dbguard migrated once for the run); yields nothing. Teardown closes
-    the connections; dbguard drops the database at the end of the run."""
+    (cloned from the template dbguard migrated once for the run), and sends the migrate signals
+    there unless this process migrated; yields nothing. Teardown closes the connections; dbguard
+    drops the database at the end of the run."""
     aliases = aliases_of(request.config)
     requested = request.config.stash.get(_requested_key, None)  # read at collection's end
     serialized = (requested or compat.requested_aliases(request.session.items))[1]
+    state = the_run(request.config).session
     with django_db_blocker.unblock():
         targets.point(aliases + targets.mirrors_of(aliases), worker_url(request.config))
+        if state is not None and isinstance(state.schema_hook, DjangoSchema):
+            state.schema_hook.send_migrate_signals()  # before the copy, as after Django's migrate
         for alias in sorted(serialized & set(aliases)):
             compat.keep_serialized_copy(alias)
     yield

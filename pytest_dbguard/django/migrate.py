@@ -61,6 +61,7 @@ class DjangoSchema:
         self.settings_module = settings_label()
         self._backends: list[int] = []  # the server processes of a build going on
         self._stopping = False
+        self.migrated_here = False  # this process ran migrate (and its signals' handlers)
         self.create_options, self.options_origin = _create_options(
             self.aliases, self.settings_module
         )
@@ -170,8 +171,26 @@ class DjangoSchema:
                         raise failure from error
                     finally:
                         self._backends.clear()
+            self.migrated_here = True
 
         return SelfConnectingBuild(build, self.create_options, self.options_origin)
+
+    def send_migrate_signals(self) -> None:
+        """``pre_migrate`` and ``post_migrate`` for each alias, as a ``migrate`` with nothing to
+        apply sends them, in a test process that did not migrate (an xdist worker that cloned
+        the template another built, a reused template). pytest-django migrates in every worker
+        (with ``--reuse-db`` too), so a project's handlers that write files or fill a cache ran
+        in each: weblate's writes the git identity its tests commit with. What they write to
+        the database goes into the worker's clone again, as with ``--reuse-db``: Django's own
+        handlers create only what is missing."""
+        if self.migrated_here:
+            return
+        from django.apps import apps
+        from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
+
+        for alias in self.aliases:
+            emit_pre_migrate_signal(0, False, alias, apps=apps, plan=[])
+            emit_post_migrate_signal(0, False, alias, apps=apps, plan=[])
 
     def interrupt(self, server_url: DatabaseURL) -> None:
         """Stop a build going on in another thread (the run is over before its tests): its
