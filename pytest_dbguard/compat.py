@@ -198,6 +198,12 @@ def record_dialect(connection_record: Any) -> Any:
     return getattr(pool, "_dialect", None)
 
 
+def ddl_dialects(element: Any) -> Any:
+    """What a DDL element's ``execute_if(dialect=...)`` names (``_ddl_if.dialect``, SQLAlchemy
+    2.0-2.1): one name, a set of them, or None."""
+    return getattr(getattr(element, "_ddl_if", None), "dialect", None)
+
+
 def all_mappers() -> list[Mapper[Any]]:
     """Every ORM mapper made so far, configured or not, in every registry.
 

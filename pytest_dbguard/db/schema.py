@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from pytest_dbguard import compat
 from pytest_dbguard.db.names import SCHEMA_START
 from pytest_dbguard.exceptions import ConfigError, DbguardError, SchemaError, first_line
 from pytest_dbguard.run.setting_values import find_from_rootdir
@@ -196,8 +197,7 @@ def _listener_text(listener: Any, dialect: Any, depth: int = 0) -> str:
                 statement = str(listener.compile(dialect=dialect))
             except Exception:  # not compiled without a table to aim at: its kind, at least
                 statement = type(listener).__qualname__
-        when = getattr(getattr(listener, "_ddl_if", None), "dialect", None)
-        return f"{statement} {_value_text(when)}"
+        return f"{statement} {_value_text(compat.ddl_dialects(listener))}"
     if isinstance(listener, functools.partial):
         inner = _listener_text(listener.func, dialect, depth + 1)
         return f"partial({inner}, {_value_text(listener.args)}, {_value_text(listener.keywords)})"
