@@ -150,6 +150,10 @@ def note_the_process(sender, using, **kwargs):
     folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(folder, "handlers.log"), "a") as log:
         log.write(f"{os.getpid()} {using}\\n")
+    # A row made without looking first: once in a database that migrate made.
+    from django.contrib.auth.models import Group
+
+    Group.objects.using(using).create(name=f"seeded-{Group.objects.using(using).count()}")
 
 
 class ShopConfig(AppConfig):
@@ -163,7 +167,7 @@ import os
 import pathlib
 
 import pytest
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Group, Permission
 
 
 @pytest.mark.parametrize("n", range(4))
@@ -172,6 +176,7 @@ def test_the_handlers_ran_in_this_process(n):
     lines = pathlib.Path("handlers.log").read_text().splitlines()
     assert f"{os.getpid()} default" in lines
     assert Permission.objects.filter(codename="add_order").count() == 1
+    assert list(Group.objects.values_list("name", flat=True)) == ["seeded-0"]
 """
 
 
@@ -181,8 +186,9 @@ def test_post_migrate_handlers_run_in_every_test_process(
 ) -> None:
     """pytest-django migrates in every worker, and with --reuse-db too: a project's post_migrate
     handlers ran in each process that runs tests. So they do under dbguard, where one process
-    migrates the template: in each xdist worker, and when a kept template is reused; Django's
-    own handlers leave the clone as migrate made it (one permission each)."""
+    migrates the template: in each xdist worker, and when a kept template is reused. What they
+    write to the database is taken back: the clone is as migrate made it (one permission each,
+    one row of a handler that creates without looking)."""
     write_project(pytester)
     (pytester.path / "shop" / "apps.py").write_text(HANDLER_APPS.lstrip())
     pytester.makepyfile(test_shop=HANDLER_TESTS)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import sys
 import threading
 import traceback
 from collections.abc import Iterator, Sequence
@@ -178,19 +179,22 @@ class DjangoSchema:
     def send_migrate_signals(self) -> None:
         """``pre_migrate`` and ``post_migrate`` for each alias, as a ``migrate`` with nothing to
         apply sends them, in a test process that did not migrate (an xdist worker that cloned
-        the template another built, a reused template). pytest-django migrates in every worker
-        (with ``--reuse-db`` too), so a project's handlers that write files or fill a cache ran
-        in each: weblate's writes the git identity its tests commit with. What they write to
-        the database goes into the worker's clone again, as with ``--reuse-db``: Django's own
-        handlers create only what is missing."""
+        the template another built, a reused template). pytest-django migrates in every worker,
+        so a project's handlers that write files or fill a cache ran in each: weblate's writes
+        the git identity its tests commit with. What they write to the database is rolled back:
+        the clone already holds what they wrote when the template was migrated, and a handler
+        that creates rows without looking would make them twice."""
         if self.migrated_here:
             return
         from django.apps import apps
         from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
+        from django.db import transaction
 
         for alias in self.aliases:
-            emit_pre_migrate_signal(0, False, alias, apps=apps, plan=[])
-            emit_post_migrate_signal(0, False, alias, apps=apps, plan=[])
+            with transaction.atomic(using=alias):
+                emit_pre_migrate_signal(0, False, alias, stdout=sys.stdout, apps=apps, plan=[])
+                emit_post_migrate_signal(0, False, alias, stdout=sys.stdout, apps=apps, plan=[])
+                transaction.set_rollback(True, using=alias)
 
     def interrupt(self, server_url: DatabaseURL) -> None:
         """Stop a build going on in another thread (the run is over before its tests): its
