@@ -867,6 +867,7 @@ LISTENER_MODELS = """
 import functools
 
 from sqlalchemy import DDL, Column, Integer, MetaData, Table, event
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateSchema
 
 metadata = MetaData()
@@ -899,6 +900,30 @@ def seed_value(value, target, connection, **kw):
 event.listen(things, "after_create", seed)
 event.listen(things, "after_create", seed_once, once=True)
 event.listen(things, "after_create", functools.partial(seed_value, 7))
+
+# A native ENUM: SQLAlchemy's own listener creates the type, whose values CREATE TABLE omits.
+Table("moods", metadata, Column("mood", postgresql.ENUM("happy", "sad", name="mood")))
+
+
+# Objects whose repr differs from process to process, or fails: the kind of object counts.
+class Hook:
+    def __repr__(self):
+        return f"<Hook id={id(self)}>"
+
+
+class Broken:
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+
+def noop(*args, **kw):
+    pass
+
+
+itself = []
+itself.append(itself)
+event.listen(things, "after_create", functools.partial(noop, Hook()))
+event.listen(things, "after_create", functools.partial(noop, Broken(), itself))
 """
 
 
@@ -915,6 +940,7 @@ event.listen(things, "after_create", functools.partial(seed_value, 7))
         pytest.param('CreateSchema("events"', 'CreateSchema("logs"', id="create-schema"),
         pytest.param("VALUES (6)", "VALUES (8)", id="once"),
         pytest.param("seed_value, 7", "seed_value, 9", id="partial"),
+        pytest.param('"sad", name=', '"sad", "angry", name=', id="enum-values"),
     ],
 )
 def test_the_fingerprint_covers_ddl_listeners(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import hashlib
 import importlib
@@ -10,6 +11,7 @@ import importlib.util
 import os
 import re
 import traceback
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -176,11 +178,20 @@ def _ddl_listeners(target: Any, dialect: Any) -> str:
     the order of registration may follow a set's (a loop over the metadata's schemas)."""
     return "\n".join(
         sorted(
-            f"{event_name} {_listener_text(listener, dialect)}"
+            f"{event_name} {_safely(_listener_text, listener, dialect)}"
             for event_name in ("before_create", "after_create")
             for listener in getattr(target.dispatch, event_name)
         )
     )
+
+
+def _safely(describe: Callable[..., str], value: Any, *args: Any) -> str:
+    """``describe(value)``, or the kind of ``value`` where describing it failed (a ``repr`` that
+    raises, a container that holds itself): the fingerprint never stops a run."""
+    try:
+        return describe(value, *args)
+    except Exception:
+        return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 def _listener_text(listener: Any, dialect: Any, depth: int = 0) -> str:
@@ -203,6 +214,11 @@ def _listener_text(listener: Any, dialect: Any, depth: int = 0) -> str:
         return f"partial({inner}, {_value_text(listener.args)}, {_value_text(listener.keywords)})"
     name = getattr(listener, "__qualname__", type(listener).__qualname__)
     text = f"{getattr(listener, '__module__', '')}.{name}"
+    owner = getattr(listener, "__self__", None)
+    if owner is not None and not isinstance(owner, types.ModuleType):
+        # A bound method: SQLAlchemy's own for a named type (a PostgreSQL ENUM's CREATE TYPE
+        # follows its values, which the table's DDL does not show).
+        text += " " + _value_text(owner)
     code = getattr(listener, "__code__", None)
     if code is None:
         return text
@@ -228,17 +244,30 @@ def _code_text(code: Any) -> str:
     return f"{code.co_code.hex()}|{','.join(code.co_names)}|{constants}"
 
 
-def _value_text(value: Any) -> str:
-    """``repr`` that is the same in every process: a set's items sorted (their order follows
-    the string hash, which differs from process to process), no memory addresses."""
+def _value_text(value: Any, depth: int = 0) -> str:
+    """A value as text that is the same in every process: literals as written, containers item
+    by item (a set's items sorted: their order follows the string hash, which differs from
+    process to process), SQLAlchemy's types by their ``repr`` (``ENUM('a', 'b', name='mood')``);
+    any other object by its kind alone, since its ``repr`` may carry an id or an address."""
+    from sqlalchemy.types import TypeEngine
+
+    if depth > 8:
+        return "..."
+    if value is None or isinstance(value, (str, bytes, int, float, complex, enum.Enum)):
+        return repr(value)
     if isinstance(value, (set, frozenset)):
-        return "{" + ",".join(sorted(_value_text(item) for item in value)) + "}"
+        return "{" + ",".join(sorted(_value_text(item, depth + 1) for item in value)) + "}"
     if isinstance(value, (tuple, list)):
-        return "(" + ",".join(_value_text(item) for item in value) + ")"
+        return "(" + ",".join(_value_text(item, depth + 1) for item in value) + ")"
     if isinstance(value, dict):
-        items = sorted(f"{_value_text(key)}:{_value_text(item)}" for key, item in value.items())
+        items = sorted(
+            f"{_value_text(key, depth + 1)}:{_value_text(item, depth + 1)}"
+            for key, item in value.items()
+        )
         return "{" + ",".join(items) + "}"
-    return _ADDRESS.sub("", repr(value))
+    if isinstance(value, TypeEngine):  # a type of the project's own may show an object in it
+        return _ADDRESS.sub("", repr(value))
+    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 # " at 0x7f3a…" in a default repr: where the object happens to live in this process.
