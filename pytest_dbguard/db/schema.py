@@ -156,6 +156,7 @@ def fingerprint_metadata(metadata: MetaData, dialect_name: str) -> str:
     """A short hash of the DDL the metadata creates: a reused template is rebuilt when it changes."""
     from sqlalchemy import create_mock_engine
     from sqlalchemy.schema import CreateIndex, CreateTable
+    from sqlalchemy.types import SchemaType
 
     # A mock engine gives the dialect without connecting anywhere.
     dialect = create_mock_engine(f"{dialect_name}://", executor=lambda *_: None).dialect
@@ -167,6 +168,11 @@ def fingerprint_metadata(metadata: MetaData, dialect_name: str) -> str:
         for index in sorted(table.indexes, key=lambda index: str(index.name)):
             digest.update(str(CreateIndex(index).compile(dialect=dialect)).encode())
         digest.update(_ddl_listeners(table, dialect).encode())
+        # A named type (a PostgreSQL ENUM): its values are in CREATE TYPE, which SQLAlchemy
+        # runs from a listener of its own; the table's DDL shows only the name.
+        for column in table.columns:
+            if isinstance(column.type, SchemaType) and getattr(column.type, "name", None):
+                digest.update(_value_text(column.type).encode())
     digest.update(_ddl_listeners(metadata, dialect).encode())
     return digest.hexdigest()[:6]
 
@@ -216,9 +222,7 @@ def _listener_text(listener: Any, dialect: Any, depth: int = 0) -> str:
     text = f"{getattr(listener, '__module__', '')}.{name}"
     owner = getattr(listener, "__self__", None)
     if owner is not None and not isinstance(owner, types.ModuleType):
-        # A bound method: SQLAlchemy's own for a named type (a PostgreSQL ENUM's CREATE TYPE
-        # follows its values, which the table's DDL does not show).
-        text += " " + _value_text(owner)
+        text += " " + _value_text(owner)  # a bound method: its object, by kind
     code = getattr(listener, "__code__", None)
     if code is None:
         return text
