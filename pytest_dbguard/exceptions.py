@@ -82,6 +82,22 @@ def first_line(error: BaseException, password: str | None = None) -> str:
     return masked(line, password)
 
 
+def brief(error: BaseException, password: str | None = None) -> str:
+    """``Type: first line`` of ``error``, password hidden: how a one-line message names the
+    driver's or the migration's error it reports."""
+    return f"{type(error).__name__}: {first_line(error, password)}"
+
+
+def sqlstate(error: BaseException | None) -> str | None:
+    """The SQLSTATE of a driver's error (psycopg's and asyncpg's ``sqlstate``, psycopg2's
+    ``pgcode``), also under SQLAlchemy's wrapper (``orig``); None for any other error."""
+    for candidate in (getattr(error, "orig", None), error):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if code:
+            return str(code)
+    return None
+
+
 def masked(text: str, password: str | None) -> str:
     """``text`` with ``password`` shown as ``***``, as typed and as a URL carries it (encoded:
     ``p%40ss`` for ``p@ss``)."""

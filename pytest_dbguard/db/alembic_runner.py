@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from pytest_dbguard.exceptions import ConfigError, SchemaError, first_line, masked
+from pytest_dbguard.exceptions import ConfigError, SchemaError, brief, masked
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -282,7 +282,7 @@ def compare_in_env_py(
         raise SchemaError(
             COMPARE_FAILED.format(
                 env_py=env,
-                error=f"{type(error).__name__}: {first_line(error, url.password)}",
+                error=brief(error, url.password),
                 where=f" ({where.strip()})" if where else "",
             )
         ) from error

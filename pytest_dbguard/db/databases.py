@@ -25,7 +25,7 @@ from pytest_dbguard.db.maintenance import MaintenanceConnection, query_errors
 from pytest_dbguard.db.marks import Mark, in_use, make_mark, parse_mark
 from pytest_dbguard.db.sql import quote_ident, quote_literal
 from pytest_dbguard.db.urls import DatabaseURL
-from pytest_dbguard.exceptions import DatabaseSetupError, masked
+from pytest_dbguard.exceptions import DatabaseSetupError, masked, sqlstate
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -359,8 +359,7 @@ def describe(error: Exception, url: DatabaseURL, database: str) -> str:
         f"Could not set up the test database {database!r} on {url.host}:{url.port} "
         f"(connected as {url.username!r} to {url.database!r}): {detail}"
     )
-    orig = getattr(error, "orig", None)
-    if (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == INSUFFICIENT_PRIVILEGE:
+    if sqlstate(getattr(error, "orig", None)) == INSUFFICIENT_PRIVILEGE:
         message += ". " + NO_CREATEDB.format(user=url.username)
     return message
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard import compat
 from pytest_dbguard.db.names import SCHEMA_START
-from pytest_dbguard.exceptions import ConfigError, DbguardError, SchemaError, first_line
+from pytest_dbguard.exceptions import ConfigError, DbguardError, SchemaError, brief, sqlstate
 from pytest_dbguard.run.setting_values import find_from_rootdir
 
 if TYPE_CHECKING:
@@ -334,7 +334,6 @@ def builder(
             raise
         except Exception as error:
             cause = getattr(error, "orig", None) or error  # a DBAPIError: the driver's own words
-            detail = first_line(cause, url.password)
             where = _migration_frame(error, alembic_ini) if alembic_ini is not None else ""
             if worker_schema is not None and (how := _own_transactions(error)) is not None:
                 raise SchemaError(
@@ -348,7 +347,7 @@ def builder(
                         if worker_schema is not None
                         else repr(url.database)
                     ),
-                    error=f"{type(cause).__name__}: {detail}{where}",
+                    error=brief(cause, url.password) + where,
                     hint=_schema_hint(metadata, cause) if metadata is not None else "",
                 )
             ) from error
@@ -367,7 +366,7 @@ def _schema_hint(metadata: MetaData, cause: BaseException) -> str:
     """How to create what create_all does not, when the build failed for lack of it (psycopg's
     ``sqlstate``, psycopg2's ``pgcode``): the schemas the metadata's tables name, or the
     extension of a column type; empty otherwise."""
-    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    code = sqlstate(cause)
     # type "citext" or, for an array column, "citext[]"; schema-qualified ones too.
     missing_type = re.search(r'type "(?:[^"]+\.)?([^".\[]+)(?:\[\])*" does not exist', str(cause))
     if code == _UNDEFINED_OBJECT and missing_type is not None:
@@ -490,8 +489,7 @@ def _kept_inside(
         )
         if error is not None:  # what this worker's migrations then ran into
             cause = getattr(error, "orig", None) or error
-            message += f" This worker's build then failed: {type(cause).__name__}: "
-            message += f"{first_line(cause, url.password)}."
+            message += f" This worker's build then failed: {brief(cause, url.password)}."
         return SchemaError(message)
 
     return checked

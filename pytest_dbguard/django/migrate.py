@@ -24,7 +24,7 @@ import pytest
 from pytest_dbguard.db.databases import SelfConnectingBuild
 from pytest_dbguard.django import compat, targets
 from pytest_dbguard.django.settings_module import settings_label
-from pytest_dbguard.exceptions import ConfigError, SchemaError, first_line
+from pytest_dbguard.exceptions import ConfigError, SchemaError, brief
 from pytest_dbguard.run.state import the_run
 
 if TYPE_CHECKING:
@@ -221,8 +221,7 @@ class DjangoSchema:
     def _cause(url: DatabaseURL, error: Exception) -> str:
         """``Type: first line in migration app.name (at file:line)``, without the password."""
         cause = getattr(error, "__cause__", None) or error  # Django wraps the driver's error
-        detail = first_line(cause, url.password)
-        return f"{type(cause).__name__}: {detail}{_migration_frame(error)}"
+        return brief(cause, url.password) + _migration_frame(error)
 
 
 def _test_setting(alias: str, key: str) -> Any:

@@ -25,7 +25,7 @@ from typing import Final
 import pytest
 
 from pytest_dbguard.db import databases
-from pytest_dbguard.exceptions import DbguardError, first_line
+from pytest_dbguard.exceptions import DbguardError, brief
 from pytest_dbguard.run import lifecycle, reuse_run, templates
 from pytest_dbguard.run.run_plan import RunPlan
 from pytest_dbguard.run.state import the_run
@@ -95,4 +95,4 @@ def _cause(error: Exception, plan: RunPlan) -> str:
         return error.cause_line
     cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
     password = plan.server_url.password if plan.server_url is not None else None
-    return f"{type(cause).__name__}: {first_line(cause, password)}"
+    return brief(cause, password)

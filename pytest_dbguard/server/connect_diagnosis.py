@@ -14,7 +14,7 @@ import sys
 from typing import Any, Final, NamedTuple
 
 from pytest_dbguard.db.urls import hide_password_in
-from pytest_dbguard.exceptions import ReadinessError, masked
+from pytest_dbguard.exceptions import ReadinessError, masked, sqlstate
 
 NAME_RESOLUTION: Final = "name resolution"
 TCP_CONNECT: Final = "TCP connect"
@@ -183,10 +183,10 @@ def classify_error(
     """The stage, short message and retryability of a driver or SQLAlchemy error."""
     original = getattr(error, "orig", None) or error
     message = str(original)
-    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    code = sqlstate(original)
     short = scrub(_shorten(message), password)
     for rule in _RULES:
-        if sqlstate in rule.sqlstates or re.search(rule.pattern, message, re.IGNORECASE):
+        if code in rule.sqlstates or re.search(rule.pattern, message, re.IGNORECASE):
             stage = rule.stage or (QUERY if connected else TCP_CONNECT)
             return Failure(stage, short, rule.retryable)
     # Unknown text: an operational error (PEP 249 name) may pass with time; others will not.
