@@ -184,20 +184,20 @@ def _ddl_listeners(target: Any, dialect: Any) -> str:
     the order of registration may follow a set's (a loop over the metadata's schemas)."""
     return "\n".join(
         sorted(
-            f"{event_name} {_safely(_listener_text, listener, dialect)}"
+            f"{event_name} {_listener_or_kind(listener, dialect)}"
             for event_name in ("before_create", "after_create")
             for listener in getattr(target.dispatch, event_name)
         )
     )
 
 
-def _safely(describe: Callable[..., str], value: Any, *args: Any) -> str:
-    """``describe(value)``, or the kind of ``value`` where describing it failed (a ``repr`` that
+def _listener_or_kind(listener: Any, dialect: Any) -> str:
+    """:func:`_listener_text`, or the listener's kind where reading it failed (a ``repr`` that
     raises, a container that holds itself): the fingerprint never stops a run."""
     try:
-        return describe(value, *args)
+        return _listener_text(listener, dialect)
     except Exception:
-        return f"{type(value).__module__}.{type(value).__qualname__}"
+        return f"{type(listener).__module__}.{type(listener).__qualname__}"
 
 
 def _listener_text(listener: Any, dialect: Any, depth: int = 0) -> str:
