@@ -437,7 +437,7 @@ def test_a_port_claimed_by_another_run_is_not_handed_out_twice() -> None:
     """Two runs starting at once may each get the same free port from the system: the first to
     claim it keeps it for a minute; a claim older than that is stale and taken over."""
     port = machine.free_port()
-    claim = machine.storage_root() / f"{machine.PORT_CLAIM_PREFIX}{port}"
+    claim = machine.claim_file(machine.storage_root(), port)
     try:
         assert claim.is_file()  # free_port claimed what it returned
         assert not machine.claim_port(port)  # a second run is refused it
@@ -475,4 +475,4 @@ def test_a_run_takes_its_port_claim_away_with_its_server(pytester: pytest.Pytest
     result.assert_outcomes(passed=1)
     port = re.search(r"embedded PostgreSQL \S+ at 127\.0\.0\.1:(\d+)", result.stdout.str())
     assert port is not None, result.stdout.str()
-    assert not (machine.storage_root() / f"{machine.PORT_CLAIM_PREFIX}{port.group(1)}").exists()
+    assert not machine.claim_file(machine.storage_root(), int(port.group(1))).exists()

@@ -106,7 +106,7 @@ def test_header_says_started_then_reused_and_stop_ends_it(
     assert not kept.exists()
     port = re.search(r"on 127\.0\.0\.1:(\d+)", stopped.stdout)
     assert port is not None, stopped.stdout
-    assert not (machine.storage_root() / f"{machine.PORT_CLAIM_PREFIX}{port.group(1)}").exists()
+    assert not machine.claim_file(machine.storage_root(), int(port.group(1))).exists()
 
     third = run_dbguard(pytester, "--dbguard-reuse", inprocess=True)
     third.assert_outcomes(passed=1)

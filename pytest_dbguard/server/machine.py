@@ -153,10 +153,15 @@ def claim_port(port: int) -> bool:
     return root is None or _claim(root, port)
 
 
+def claim_file(folder: Path, port: int) -> Path:
+    """Where the claim on ``port`` lives in ``folder`` (the storage folder)."""
+    return folder / f"{PORT_CLAIM_PREFIX}{port}"
+
+
 def release_port(folder: Path, port: int) -> None:
     """Drop the claim on ``port`` in ``folder`` (the storage folder), once its server is gone."""
     with contextlib.suppress(OSError):
-        os.unlink(folder / f"{PORT_CLAIM_PREFIX}{port}")
+        os.unlink(claim_file(folder, port))
 
 
 def _claims_folder() -> Path | None:
@@ -182,7 +187,7 @@ def _claim(root: Path, port: int) -> bool:
     try:
         os.close(
             os.open(
-                root / f"{PORT_CLAIM_PREFIX}{port}",
+                claim_file(root, port),
                 os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW,
                 0o600,
             )
