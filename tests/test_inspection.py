@@ -65,6 +65,38 @@ def test_commands_that_only_show_start_nothing(
     assert "not ready" not in output and "Secret-Pw" not in output
 
 
+@pytest.mark.parametrize("command", ["--help", "--version"])
+def test_help_and_version_read_no_setting(pytester: pytest.Pytester, command: str) -> None:
+    """As pytest-django: --help shows the flags that would fix a misspelled setting."""
+    pytester.makeini("[pytest]\ndbguard_isolation = rolback\ndbguard_wait = soon\n")
+    result = run_dbguard(pytester, command)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    output = result.stdout.str() + result.stderr.str()
+    assert "rolback" not in output and "soon" not in output
+    if command == "--help":
+        result.stdout.fnmatch_lines(["*--dbguard-isolation=rollback|truncate|none*"])
+
+
+def test_help_exports_dbguard_env_for_the_conftests_it_loads(pytester: pytest.Pytester) -> None:
+    """--help loads the conftests for their options; one that reads a dbguard_env value at
+    import still loads, so its option is shown."""
+    pytester.makeconftest(
+        """
+        import os
+
+        PORT = int(os.environ["DB_PORT"])
+
+        def pytest_addoption(parser):
+            parser.addoption("--project-flag", help="the project's own")
+        """
+    )
+    pytester.makeini("[pytest]\ndbguard_env =\n    DB_PORT={port}\n")
+    result = run_dbguard(pytester, "--help")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["*--project-flag=PROJECT_FLAG*", "*the project's own*"])
+    assert "could not load initial conftests" not in result.stdout.str() + result.stderr.str()
+
+
 def test_a_real_run_with_the_same_settings_fails(pytester: pytest.Pytester, tmp_path: Path) -> None:
     """The control: the same folder stops a run that needs the server."""
     pytester.makepyfile(test_it=TEST_FILE)
