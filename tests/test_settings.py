@@ -113,6 +113,21 @@ def _usage_error(result: pytest.RunResult, *patterns: str) -> None:
             "*'postgresql://u:***@127.0.0.1:5432/db' has more than one '@'*%40*",
             id="raw-at-then-a-port-in-password",
         ),
+        pytest.param(  # no '://': masked all the same
+            "u:Tail-Pw@127.0.0.1:5432/db",
+            "*'u:***@127.0.0.1:5432/db' is not a database URL*",
+            id="no-scheme",
+        ),
+        pytest.param(
+            "postgresql+psycopg:/u:Tail-Pw@h/db",
+            "*'postgresql+psycopg:***@h/db' is not a database URL*",
+            id="one-slash",
+        ),
+        pytest.param(  # parses, with user:password@host as the database name
+            "postgresql:///u:Tail-Pw@127.0.0.1/db",
+            "*'postgresql:///u:***@127.0.0.1/db' has no host*right after '://'*",
+            id="three-slashes",
+        ),
         pytest.param(  # one '@', a raw '/' in the password, and a bad port: masked all the same
             "postgresql://u:Pw/x-1@h:99999/db",
             "*'postgresql://u:***@h:99999/db' has the port '99999'*",

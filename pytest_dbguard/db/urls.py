@@ -88,7 +88,7 @@ class DatabaseURL(Record):
             # Parsed as is, the password's tail would become the host, a port or the database
             # (a raw '/' in it ends the host part) and show up in messages.
             raise ConfigError(
-                f"{source}: {hide_password_in(text)!r} has more than one '@': a "
+                f"{source}: {hide_password_of(text)!r} has more than one '@': a "
                 "user name or password that contains '@' (or ':' '/' '?' '#' '%') must be "
                 "URL-encoded, '@' as %40, e.g. 'postgresql://user:p%40ss@host:5432/db' "
                 "(urllib.parse.quote(password, safe='') does it)."
@@ -96,7 +96,7 @@ class DatabaseURL(Record):
         parts = split_url(text.strip())
         if parts is None:
             raise ConfigError(
-                f"{source}: {hide_password_in(text)!r} is not a database URL. Expected "
+                f"{source}: {hide_password_of(text)!r} is not a database URL. Expected "
                 "'postgresql+psycopg://user:password@host:5432/dbname' or 'sqlite:///path.db'."
             )
         backend = parts["backend"]
@@ -105,13 +105,13 @@ class DatabaseURL(Record):
             backend = "postgresql"
         if backend not in KNOWN_DRIVERS:
             raise ConfigError(
-                f"{source}: {hide_password_in(text)!r} names the database {backend!r}; "
+                f"{source}: {hide_password_of(text)!r} names the database {backend!r}; "
                 f"pytest-dbguard supports {', '.join(sorted(KNOWN_DRIVERS))}."
             )
         driver = parts["driver"]
         if driver is not None and driver not in KNOWN_DRIVERS[backend]:
             raise ConfigError(
-                f"{source}: {hide_password_in(text)!r} names the unknown driver {driver!r} for "
+                f"{source}: {hide_password_of(text)!r} names the unknown driver {driver!r} for "
                 f"{backend}; use one of {', '.join(KNOWN_DRIVERS[backend])} "
                 f"(e.g. '{backend}+{KNOWN_DRIVERS[backend][0]}://...')."
             )
@@ -120,11 +120,19 @@ class DatabaseURL(Record):
         if port_text:
             if not port_text.isdigit() or not 0 < int(port_text) < 65536:
                 raise ConfigError(
-                    f"{source}: {hide_password_in(text)!r} has the port {port_text!r}; "
+                    f"{source}: {hide_password_of(text)!r} has the port {port_text!r}; "
                     "a port is a number from 1 to 65535."
                 )
             port = int(port_text)
         host = parts["ipv6"] or parts["host"] or None
+        if backend == "postgresql" and host is None and _holds_user_info(parts["database"]):
+            # One '/' too many: what was meant as user:password@host became the database name,
+            # which a server's "does not exist" would show.
+            raise ConfigError(
+                f"{source}: {hide_password_of(text)!r} has no host, and its database name holds "
+                "a user, a password and a host; write them right after '://', e.g. "
+                "'postgresql://user:password@host:5432/db'."
+            )
         return cls(
             backend=backend,
             driver=driver,
@@ -252,6 +260,12 @@ class DatabaseURL(Record):
         return self.with_driver(_first_installed(SYNC_DRIVERS) or "psycopg")
 
 
+def _holds_user_info(database: str | None) -> bool:
+    """``user:password@host...`` as a database name (``postgresql:///user:pw@host/db``)."""
+    user_info, at, _ = (database or "").partition("@")
+    return bool(at) and ":" in user_info
+
+
 def split_url(text: str) -> dict[str, str | None] | None:
     """The parts of ``backend[+driver]://[username[:password]@][host or [ipv6]][:port][/database]
     [?query]``, None for a part that is absent, split as SQLAlchemy's URL pattern splits them
@@ -332,7 +346,7 @@ class SecretURL(str):
         return made
 
     def __repr__(self) -> str:
-        return repr(hide_password_in(str.__str__(self)))
+        return repr(hide_password_of(str.__str__(self)))
 
 
 def url_of(text: str, *, source: str = "URL") -> DatabaseURL:
@@ -342,10 +356,24 @@ def url_of(text: str, *, source: str = "URL") -> DatabaseURL:
 
 
 def hide_password_in(text: str) -> str:
-    """Mask the password of a URL-looking string that may not even parse."""
+    """Mask the password of each ``scheme://user:password@`` in a text (a driver's message)."""
     # Up to the last '@' of all: a raw '@', '/' or '?' in the password must not leave its tail
     # visible. Where an '@' comes later (a query value) this masks more than the password.
     return re.sub(r"(://[^:/@]*:).*@", r"\1***@", text, flags=re.DOTALL)
+
+
+def hide_password_of(url_text: str) -> str:
+    """Mask the password of a string given as a URL, however malformed: what lies between the
+    first ':' of the part before its last '@' (after any ``://``) and that '@'. A URL without
+    ``//`` (``user:pw@host/db``, ``postgresql:user:pw@host``) hides its user name too."""
+    at = url_text.rfind("@")
+    if at < 0:
+        return url_text
+    authority = url_text.find("://")
+    colon = url_text.find(":", authority + 3 if authority >= 0 else 0, at)
+    if colon < 0:
+        return url_text  # a user name and no password
+    return f"{url_text[: colon + 1]}***{url_text[at:]}"
 
 
 # An allow entry may name the run's own server, whose port an embedded server picks anew each
@@ -375,5 +403,5 @@ def server_pattern(entry: str, source: str) -> DatabaseURL | None:
             return DatabaseURL.parse(entry.replace("{host}", "localhost").replace("{port}", "5432"))
         except ConfigError:
             problem = "is not a database URL"
-    shown = hide_password_in(entry)
+    shown = hide_password_of(entry)
     raise ConfigError(NOT_A_SERVER_PATTERN.format(source=source, entry=shown, problem=problem))
