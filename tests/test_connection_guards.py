@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -621,6 +622,42 @@ def test_leaks_are_warnings_naming_the_tables_and_the_fix(
     )
     for quiet in ("test_1", "test_3", "test_6"):
         result.stdout.no_fnmatch_line(f"*::{quiet}_* left rows*")
+
+
+def test_leaked_tables_are_named_without_sql_quotes(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """A reserved word or a name with a space: the warning and the report name the table, not
+    the SQL that quotes it (full-stack-fastapi-template's ``user``)."""
+    pytester.makepyfile(
+        quoted_models="""
+        from sqlalchemy import Column, Integer, MetaData, Table
+
+        metadata = MetaData()
+        Table("user", metadata, Column("id", Integer, primary_key=True))
+        Table("Order Lines", metadata, Column("id", Integer, primary_key=True))
+        """,
+        test_quoted="""
+        import os
+
+        from sqlalchemy import create_engine, text
+
+        def test_app_commits():
+            engine = create_engine(os.environ["DBGUARD_URL"])
+            with engine.begin() as conn:
+                conn.execute(text('INSERT INTO "user" (id) VALUES (1)'))
+                conn.execute(text('INSERT INTO "Order Lines" (id) VALUES (1)'))
+            engine.dispose()
+        """,
+    )
+    pytester.makeini("[pytest]\ndbguard_metadata = quoted_models:metadata\n")
+    result = run_dbguard(
+        pytester, *_shared(pg_server), "--dbguard-report", "report.json", inprocess=True
+    )
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*test_app_commits left rows in Order Lines, user: *"])
+    report = json.loads((pytester.path / "report.json").read_text())
+    assert [test["leaked_tables"] for test in report["tests"]] == [["Order Lines", "user"]]
 
 
 WIDER_FIXTURES_TESTS = """

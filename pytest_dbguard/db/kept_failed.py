@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pytest_dbguard.db.engines import INTERNAL_OPTIONS
 from pytest_dbguard.db.names import kept_failed_name
-from pytest_dbguard.db.sql import IN_OWN_SCHEMAS, OWN_TABLES, quote_ident, quote_literal
+from pytest_dbguard.db.sql import (
+    IN_OWN_SCHEMAS,
+    OWN_TABLES,
+    name_parts,
+    quote_ident,
+    quote_literal,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -165,8 +171,8 @@ def _settings(rows: Rows) -> dict[str, str]:
 
 
 def _bare(table: str) -> str:
-    """``users`` of ``public.users`` or ``"Users"``."""
-    return table.rsplit(".", 1)[-1].strip('"')
+    """``users`` of ``public.users``, ``Users`` of ``"Users"``."""
+    return name_parts(table)[-1]
 
 
 def free_name(connection: MaintenanceConnection, worker_database: str) -> str:

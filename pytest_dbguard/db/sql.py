@@ -22,6 +22,31 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def name_parts(qualified: str) -> list[str]:
+    """``["audit", "user"]`` of ``audit."user"``: a name as ``regclass::text`` writes it (quoted
+    where SQL needs it, qualified where the search path does), split and unquoted for messages
+    and the run report."""
+    parts, part, quoted, i = [], "", False, 0
+    while i < len(qualified):
+        char = qualified[i]
+        if char == '"' and quoted and qualified[i + 1 : i + 2] == '"':
+            part, i = part + '"', i + 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif char == "." and not quoted:
+            parts, part = [*parts, part], ""
+        else:
+            part += char
+        i += 1
+    return [*parts, part]
+
+
+def plain_name(qualified: str) -> str:
+    """``audit.user`` of ``audit."user"`` (see :func:`name_parts`)."""
+    return ".".join(name_parts(qualified))
+
+
 # Joined to pg_class ``c`` as ``n``: the schemas whose tables a worker's tests write. With a
 # database per worker, every schema in it (a project's tables may live outside public, as
 # indico's users.users), even when no schema of the search path exists (current_schema() is then

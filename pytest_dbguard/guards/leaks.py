@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
-from pytest_dbguard.db.sql import OWN_TABLES, written_probe, written_since
+from pytest_dbguard.db.sql import OWN_TABLES, plain_name, written_probe, written_since
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -133,7 +133,7 @@ class _ForeignCheckouts(EngineListener):
 
 def tables_written_since(engine: Engine, xid: int) -> list[str]:
     """Tables of the worker's schemas (``sql.OWN_TABLES``) holding rows written by
-    transaction ``xid`` or a later one."""
+    transaction ``xid`` or a later one, their names unquoted (``user``, not ``"user"``)."""
     from sqlalchemy import text
 
     with engine.connect() as connection:
@@ -141,4 +141,4 @@ def tables_written_since(engine: Engine, xid: int) -> list[str]:
         probe = written_probe(tables, written_since(xid))
         if not probe:
             return []
-        return [row[0] for row in connection.exec_driver_sql(probe)]
+        return [plain_name(row[0]) for row in connection.exec_driver_sql(probe)]
