@@ -222,12 +222,30 @@ def test_missing_keys_are_a_usage_error(pytester: pytest.Pytester, ini: str, mis
     else:
         result.stderr.fnmatch_lines(
             [
-                f"dbguard check-schema: {pytester.path / 'tox.ini'} does not set {missing}.*",
+                f"dbguard check-schema: {pytester.path / 'tox.ini'} does not set {missing} (nor*",
                 "*a Django project checks its models against its migrations with `python "
                 "manage.py makemigrations --check --dry-run`.",
             ]
         )
     assert not (pytester.path / "migrated.txt").exists()  # nothing was started or migrated
+
+
+def test_dbguard_variables_take_the_ini_keys_place(
+    pytester: pytest.Pytester, pg_server: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in a run: DBGUARD_METADATA where the ini has no dbguard_metadata, and its errors
+    name the variable."""
+    project(pytester, ini="dbguard_alembic_ini = alembic.ini\n")
+    monkeypatch.setenv("DBGUARD_METADATA", "models:Base")
+    result = check_schema(pytester, pg_server.url())
+    assert result.ret == 0, output(result)
+    result.stdout.fnmatch_lines(["no schema drift:*dbguard_metadata (models:Base), 2 tables*"])
+    monkeypatch.setenv("DBGUARD_METADATA", "models")
+    result = check_schema(pytester, pg_server.url())
+    assert result.ret == 2, output(result)
+    result.stderr.fnmatch_lines(
+        ["*environment variable DBGUARD_METADATA = 'models' is not of the form*"]
+    )
 
 
 def test_external_server_with_a_password(pytester: pytest.Pytester, pg_server: TestServer) -> None:

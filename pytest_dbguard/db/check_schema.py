@@ -1,7 +1,8 @@
 """``dbguard check-schema [URL]``: migrate a database of its own and compare it with the models.
 
 Run from the project folder: it reads the ini file pytest would find there (``dbguard_metadata``,
-``dbguard_alembic_ini``, ``dbguard_env``, ``pythonpath``), creates a marked database
+``dbguard_alembic_ini``, ``dbguard_env``, ``pythonpath``; ``DBGUARD_METADATA``,
+``DBGUARD_ALEMBIC_INI`` and ``DBGUARD_PG_BINDIR`` take the ini's place as in a run), creates a marked database
 ``<name>_dbg_<run>_check`` on the server (the URL argument, ``DBGUARD_URL``, ini ``dbguard_url``,
 else a throwaway embedded cluster), runs ``alembic upgrade head`` in it the way a run builds its
 template, compares it with the metadata (``schema_drift``), and drops it again.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import secrets
 import shlex
 import sys
@@ -30,8 +32,9 @@ NO_INI: Final = (
     "[tool.pytest.ini_options], tox.ini, setup.cfg): run dbguard check-schema from the project "
     "folder, or name the file with -c."
 )
+ENVIRONMENT_KEYS: Final = ("dbguard_metadata", "dbguard_alembic_ini", "dbguard_pg_bindir")
 MISSING: Final = (
-    "{ini} does not set {keys}. dbguard check-schema compares the schema `alembic upgrade head` "
+    "{ini} does not set {keys} (nor does a DBGUARD_* variable). dbguard check-schema compares the schema `alembic upgrade head` "
     "builds (ini dbguard_alembic_ini) with the models (ini dbguard_metadata); set both, e.g.\n"
     "    dbguard_alembic_ini = alembic.ini\n    dbguard_metadata = app.models:Base\n"
     "It is for SQLAlchemy projects migrated by Alembic; a Django project checks its models "
@@ -59,9 +62,13 @@ class Project:
     pythonpath: tuple[str, ...]
     url: str | None
     pg_bindir: str | None
+    from_environment: frozenset[str] = frozenset()  # keys a DBGUARD_* variable set, as in a run
 
     def source(self, key: str) -> str:
-        """How errors name an ini key: ``ini dbguard_metadata in pytest.ini``."""
+        """How errors name a setting: ``ini dbguard_metadata in pytest.ini``, or
+        ``environment variable DBGUARD_METADATA``."""
+        if key in self.from_environment:
+            return f"environment variable {key.upper()}"
         return f"ini {key} in {self.inipath.name}"
 
 
@@ -73,6 +80,13 @@ def read_project(folder: Path, *, rootdir: str | None, inifile: str | None) -> P
     root, inipath, entries = pytest_ini(folder, rootdir=rootdir, inifile=inifile)
     if inipath is None:
         raise ConfigError(NO_INI.format(folder=folder))
+    # DBGUARD_METADATA and the others take the ini's place, as in a run (DBGUARD_URL: server_url).
+    from_environment = set()
+    for key in ENVIRONMENT_KEYS:
+        value = os.environ.get(key.upper(), "")
+        if value.strip():
+            entries = {**entries, key: value}
+            from_environment.add(key)
     missing = [key for key in ("dbguard_metadata", "dbguard_alembic_ini") if not entries.get(key)]
     if missing:
         raise ConfigError(MISSING.format(ini=inipath, keys=" and ".join(missing)))
@@ -85,6 +99,7 @@ def read_project(folder: Path, *, rootdir: str | None, inifile: str | None) -> P
         _words(entries.get("pythonpath")),
         str(entries["dbguard_url"]) if entries.get("dbguard_url") else None,
         str(entries["dbguard_pg_bindir"]) if entries.get("dbguard_pg_bindir") else None,
+        frozenset(from_environment),
     )
     for key, value in (("metadata", project.metadata), ("alembic_ini", project.alembic_ini)):
         setting_values.parse(key, value, project.source(f"dbguard_{key}"))

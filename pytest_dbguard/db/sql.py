@@ -26,7 +26,8 @@ def name_parts(qualified: str) -> list[str]:
     """``["audit", "user"]`` of ``audit."user"``: a name as ``regclass::text`` writes it (quoted
     where SQL needs it, qualified where the search path does), split and unquoted for messages
     and the run report."""
-    parts, part, quoted, i = [], "", False, 0
+    parts: list[str] = []
+    part, quoted, i = "", False, 0
     while i < len(qualified):
         char = qualified[i]
         if char == '"' and quoted and qualified[i + 1 : i + 2] == '"':
