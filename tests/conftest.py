@@ -158,8 +158,21 @@ def django_venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> FreshVe
     return _venv_with(dist, tmp_path_factory, "dbguard-django-venv", extras)
 
 
+@pytest.fixture(scope="session")
+def fastapi_venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
+    """Session: a new venv with the wheel and what a FastAPI project has besides (FastAPI, and
+    httpx for its TestClient), once for all xdist workers."""
+    return _venv_with(
+        dist, tmp_path_factory, "dbguard-fastapi-venv", WHEEL_EXTRAS, also=("fastapi", "httpx")
+    )
+
+
 def _venv_with(
-    dist: Path, tmp_path_factory: pytest.TempPathFactory, name: str, extras: str
+    dist: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    extras: str,
+    also: tuple[str, ...] = (),
 ) -> FreshVenv:
     (wheel,) = dist.glob("pytest_dbguard-*.whl")
     with _shared(tmp_path_factory, name) as (folder, done):
@@ -176,7 +189,7 @@ def _venv_with(
             installed = venv.run(
                 folder,
                 *(sys.executable, "-m", "pip", "--python", str(venv.bin / "python")),
-                *("install", "--quiet", "--no-compile", f"{wheel}[{extras}]"),
+                *("install", "--quiet", "--no-compile", f"{wheel}[{extras}]", *also),
             )
             assert installed.returncode == 0, installed.stdout + installed.stderr
     return venv

@@ -36,8 +36,17 @@ from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 RecipeRun = Callable[..., pytest.RunResult]
 
 
+@pytest.fixture
+def recipe_venv() -> str:
+    """The session fixture whose venv the wheel's runs use; a recipe that needs packages of its
+    own parametrizes it (``fastapi_venv``)."""
+    return "fresh_venv"
+
+
 @pytest.fixture(params=["checkout", "wheel"])
-def run_recipe(request: pytest.FixtureRequest, pytester: pytest.Pytester) -> RecipeRun:
+def run_recipe(
+    request: pytest.FixtureRequest, pytester: pytest.Pytester, recipe_venv: str
+) -> RecipeRun:
     """Runs the recipe's project (in a temporary folder, outside the repository) two ways: with
     this checkout (``python -m pytest``), and with plain ``pytest`` from a fresh venv that has only
     the built wheel, as a user who pasted the recipe would."""
@@ -47,7 +56,7 @@ def run_recipe(request: pytest.FixtureRequest, pytester: pytest.Pytester) -> Rec
             return pytester.runpytest_subprocess(*args, timeout=timeout)
 
         return with_checkout
-    venv: FreshVenv = request.getfixturevalue("fresh_venv")
+    venv: FreshVenv = request.getfixturevalue(recipe_venv)
 
     def with_wheel(*args: str, timeout: float = 300) -> pytest.RunResult:
         return venv.pytest(pytester.path, "-p", "no:cacheprovider", *args, timeout=timeout)
@@ -625,6 +634,95 @@ def test_application_session_recipe(
     run_args = ["--dbguard-url", pg_server.url(), *args]
     result = run_recipe("-p", "pytest_dbguard", *plugin_args(*run_args), *run_args)
     result.assert_outcomes(passed=5)
+    assert "LeakWarning" not in result.stdout.str()
+
+
+FASTAPI_DATABASE = """
+import os
+
+from sqlalchemy import String, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+engine = create_engine(os.environ["DATABASE_URL"])
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+"""
+FASTAPI_DEPS = """
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy.orm import Session
+
+from app.database import engine
+
+
+def get_db():
+    with Session(engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+"""
+FASTAPI_MAIN = """
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from app.api.deps import SessionDep
+from app.database import Tag
+
+app = FastAPI()
+
+
+@app.post("/tags/{name}")
+def create_tag(name: str, session: SessionDep):
+    session.add(Tag(name=name))
+    session.commit()
+    return {"tags": session.scalar(select(func.count()).select_from(Tag))}
+"""
+FASTAPI_TESTS = """
+import pytest
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_the_endpoint_commits(n, client):
+    response = client.post("/tags/python")  # unique: a row left by an earlier test would fail
+    assert response.status_code == 200, response.text
+    assert response.json() == {"tags": 1}
+"""
+
+
+@pytest.mark.parametrize("recipe_venv", ["fastapi_venv"])
+@pytest.mark.parametrize("args", WORKERS)
+def test_fastapi_dependency_recipe(
+    pytester: pytest.Pytester, run_recipe: RecipeRun, pg_server: TestServer, args: tuple[str, ...]
+) -> None:
+    """The conftest as written gives a sync FastAPI app's endpoints the test's session: their
+    commits stay in the test (no LeakWarning, an error here), serially and under xdist."""
+    (conftest,) = blocks("A FastAPI dependency (`Depends(get_db)`)", "python")
+    pytester.mkpydir("app")
+    pytester.mkpydir("app/api")
+    (pytester.path / "app" / "database.py").write_text(FASTAPI_DATABASE)
+    (pytester.path / "app" / "api" / "deps.py").write_text(FASTAPI_DEPS)
+    (pytester.path / "app" / "main.py").write_text(FASTAPI_MAIN)
+    # Only dbguard's: starlette's TestClient warns about the httpx it runs on in newer releases.
+    pytester.makeini(
+        "[pytest]\ndbguard_metadata = app.database:Base\n"
+        "filterwarnings = error::pytest_dbguard.LeakWarning\n"
+        "dbguard_env =\n    DATABASE_URL={url}\n"
+    )
+    pytester.makeconftest(conftest)
+    pytester.makepyfile(test_tags=FASTAPI_TESTS)
+    run_args = ["--dbguard-url", pg_server.url(), *args]
+    result = run_recipe("-p", "pytest_dbguard", *plugin_args(*run_args), *run_args)
+    result.assert_outcomes(passed=4)
     assert "LeakWarning" not in result.stdout.str()
 
 
