@@ -622,39 +622,46 @@ def test_application_session_recipe(
     """The conftest as written binds an application's scoped_session to the test's connection:
     its services' commits stay in the test (no LeakWarning, which filterwarnings turns into an
     error), serially and under xdist."""
-    (conftest,) = blocks("The application's own session (scoped_session, factory_boy)", "python")
-    pytester.mkpydir("app")
-    (pytester.path / "app" / "database.py").write_text(SCOPED_APP)
+    result = _run_app_session_recipe(
+        pytester,
+        run_recipe,
+        ["--dbguard-url", pg_server.url(), *args],
+        "The application's own session (scoped_session, factory_boy)",
+        {"app/database.py": SCOPED_APP},
+        SCOPED_TESTS,
+    )
+    result.assert_outcomes(passed=5)
+
+
+def _run_app_session_recipe(
+    pytester: pytest.Pytester,
+    run_recipe: RecipeRun,
+    run_args: list[str],
+    section: str,
+    app_files: dict[str, str],
+    tests: str,
+    warnings_as_errors: str = "error",
+) -> pytest.RunResult:
+    """Runs a recipe of "The application's own session": its conftest as written, an application
+    whose engine takes DATABASE_URL from dbguard_env (``app_files``, packages made), and tests;
+    a LeakWarning (an error here) would mean the application's commits escaped the test."""
+    (conftest,) = blocks(section, "python")
+    for relative, text in app_files.items():
+        for package in reversed(Path(relative).parents[:-1]):  # app, then app/api
+            if not (pytester.path / package / "__init__.py").exists():
+                pytester.mkpydir(str(package))
+        (pytester.path / relative).write_text(text)
     pytester.makeini(
-        "[pytest]\ndbguard_metadata = app.database:Base\nfilterwarnings = error\n"
-        "dbguard_env =\n    DATABASE_URL={url}\n"
+        "[pytest]\ndbguard_metadata = app.database:Base\n"
+        f"filterwarnings = {warnings_as_errors}\ndbguard_env =\n    DATABASE_URL={{url}}\n"
     )
     pytester.makeconftest(conftest)
-    pytester.makepyfile(test_tags=SCOPED_TESTS)
-    run_args = ["--dbguard-url", pg_server.url(), *args]
+    pytester.makepyfile(test_app=tests)
     result = run_recipe("-p", "pytest_dbguard", *plugin_args(*run_args), *run_args)
-    result.assert_outcomes(passed=5)
     assert "LeakWarning" not in result.stdout.str()
+    return result
 
 
-FASTAPI_DATABASE = """
-import os
-
-from sqlalchemy import String, create_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-engine = create_engine(os.environ["DATABASE_URL"])
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Tag(Base):
-    __tablename__ = "tags"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(50), unique=True)
-"""
 FASTAPI_DEPS = """
 from typing import Annotated
 
@@ -706,24 +713,21 @@ def test_fastapi_dependency_recipe(
 ) -> None:
     """The conftest as written gives a sync FastAPI app's endpoints the test's session: their
     commits stay in the test (no LeakWarning, an error here), serially and under xdist."""
-    (conftest,) = blocks("A FastAPI dependency (`Depends(get_db)`)", "python")
-    pytester.mkpydir("app")
-    pytester.mkpydir("app/api")
-    (pytester.path / "app" / "database.py").write_text(FASTAPI_DATABASE)
-    (pytester.path / "app" / "api" / "deps.py").write_text(FASTAPI_DEPS)
-    (pytester.path / "app" / "main.py").write_text(FASTAPI_MAIN)
-    # Only dbguard's: starlette's TestClient warns about the httpx it runs on in newer releases.
-    pytester.makeini(
-        "[pytest]\ndbguard_metadata = app.database:Base\n"
-        "filterwarnings = error::pytest_dbguard.LeakWarning\n"
-        "dbguard_env =\n    DATABASE_URL={url}\n"
+    result = _run_app_session_recipe(
+        pytester,
+        run_recipe,
+        ["--dbguard-url", pg_server.url(), *args],
+        "A FastAPI dependency (`Depends(get_db)`)",
+        {
+            "app/database.py": SCOPED_APP,  # its engine, Base and Tag
+            "app/api/deps.py": FASTAPI_DEPS,
+            "app/main.py": FASTAPI_MAIN,
+        },
+        FASTAPI_TESTS,
+        # Only dbguard's: starlette's TestClient warns about the httpx it runs on in new releases.
+        warnings_as_errors="error::pytest_dbguard.LeakWarning",
     )
-    pytester.makeconftest(conftest)
-    pytester.makepyfile(test_tags=FASTAPI_TESTS)
-    run_args = ["--dbguard-url", pg_server.url(), *args]
-    result = run_recipe("-p", "pytest_dbguard", *plugin_args(*run_args), *run_args)
     result.assert_outcomes(passed=4)
-    assert "LeakWarning" not in result.stdout.str()
 
 
 @pytest.mark.needs_xdist
