@@ -354,9 +354,11 @@ def test_janitor_cleans_up_after_a_run_killed_with_sigkill(
     )
     try:
         deadline = time.monotonic() + 60
-        while not (pytester.path / "db.txt").exists() and time.monotonic() < deadline:
+        written = pytester.path / "db.txt"
+        # Until it holds the name: the file exists for a moment before write_text fills it.
+        while not (written.exists() and written.read_text()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        leftover = (pytester.path / "db.txt").read_text()
+        leftover = written.read_text()
     finally:
         run.send_signal(signal.SIGKILL)
         run.wait(30)
