@@ -14,7 +14,8 @@ from typing import NoReturn
 import pytest
 
 from pytest_dbguard.config_errors import DbguardError
-from pytest_dbguard.run import options
+from pytest_dbguard.run import environment, options
+from pytest_dbguard.run.state import run_of
 
 # The modules that hold fixtures (registered by every run that collects, so that --fixtures
 # lists them: they import little; not by --help or --markers) and the modules whose hooks only
@@ -70,12 +71,7 @@ def registered(manager: pytest.PytestPluginManager) -> None:
     if not _registered_by_a_conftest(manager):
         return  # with -p, the early hook below does it once every -p plugin is imported
     config = manager.get_plugin("pytestconfig")
-    if config is None or _shows_only_help(config):
-        return
-    from pytest_dbguard.run import environment
-    from pytest_dbguard.run.state import run_of
-
-    if run_of(config) is not None:
+    if config is None or run_of(config) is not None:
         return
     try:
         namespace, args = environment.command_line(config)
@@ -102,10 +98,6 @@ def pytest_load_initial_conftests(
         # package, not this module that the package registered. Off, as for any plugin.
         early_config.pluginmanager.unregister(sys.modules[__name__])
         return (yield)
-    if _shows_only_help(early_config):
-        return (yield)
-    from pytest_dbguard.run import environment
-
     try:
         environment.prepare(early_config, early_config.known_args_namespace, args)
     except DbguardError as error:
@@ -148,10 +140,6 @@ def _interrupted_before_the_session(
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
-    if _shows_only_help(config):
-        return
-    from pytest_dbguard.run import environment
-
     try:
         # Conftest opt-in registers the plugin after the early hook: prepare now and check guards.
         environment.prepare(config, config.option, config.args, late=True)
@@ -182,23 +170,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(error)) from None
 
 
-def _shows_only_help(config: pytest.Config) -> bool:
-    """``--help`` or ``--version`` in a project without ``dbguard_env`` lines: dbguard reads no
-    setting and exports nothing, as pytest-django does nothing there, and imports none of its
-    settings modules (9M instructions of ``--help``, benchmarks/ci_path.py, c). With such lines it
-    exports them as for a run: ``--help`` loads the conftests (for their options), which may
-    read them at import."""
-    namespace = getattr(config, "known_args_namespace", None)
-    asked = getattr(namespace, "help", False) or getattr(namespace, "version", False)
-    return bool(asked) and not config.getini("dbguard_env")
-
-
 def _collects(config: pytest.Config) -> bool:
     """Not ``--help``, ``--version`` or ``--markers``: the run collects tests (to run them, list
     them or show their fixtures), so the fixtures must be there."""
-    from pytest_dbguard.run import environment
-    from pytest_dbguard.run.state import run_of
-
     run = run_of(config)
     return run is not None and run.plan.inspection not in environment.NOT_COLLECTING
 
@@ -206,8 +180,6 @@ def _collects(config: pytest.Config) -> bool:
 def _runs_tests(config: pytest.Config) -> bool:
     """Not a command that only shows something (``--help``, ``--collect-only``...): such a one
     starts nothing, connects to nothing and imports none of it."""
-    from pytest_dbguard.run.state import run_of
-
     run = run_of(config)
     return run is not None and run.plan.inspection is None
 
@@ -337,10 +309,6 @@ class SessionHooks:
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _shows_only_help(config):
-        return
-    from pytest_dbguard.run import environment
-
     if _runs_tests(config):
         from pytest_dbguard.run import lifecycle
 
