@@ -240,12 +240,30 @@ def test_dbguard_variables_take_the_ini_keys_place(
     result = check_schema(pytester, pg_server.url())
     assert result.ret == 0, output(result)
     result.stdout.fnmatch_lines(["no schema drift:*dbguard_metadata (models:Base), 2 tables*"])
-    monkeypatch.setenv("DBGUARD_METADATA", "models")
-    result = check_schema(pytester, pg_server.url())
-    assert result.ret == 2, output(result)
-    result.stderr.fnmatch_lines(
-        ["*environment variable DBGUARD_METADATA = 'models' is not of the form*"]
+    for wrong in ("models", "   "):  # blank is a value too, as in a run
+        monkeypatch.setenv("DBGUARD_METADATA", wrong)
+        result = check_schema(pytester, pg_server.url())
+        assert result.ret == 2, output(result)
+        result.stderr.fnmatch_lines(
+            [f"*environment variable DBGUARD_METADATA = '{wrong}' is not of the form*"]
+        )
+
+
+def test_pythonpath_is_relative_to_the_ini_files_folder(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """As pytest's own ini key, also when --rootdir names another folder."""
+    project(pytester)
+    (pytester.path / "src").mkdir()
+    (pytester.path / "models.py").rename(pytester.path / "src" / "models.py")
+    pytester.makeini(
+        f"[pytest]\ndbguard_alembic_ini = {pytester.path / 'alembic.ini'}\n"
+        "dbguard_metadata = models:Base\npythonpath = src\n"
     )
+    (pytester.path / "elsewhere").mkdir()
+    result = check_schema(pytester, pg_server.url(), "--rootdir", "elsewhere")
+    assert result.ret == 0, output(result)
+    result.stdout.fnmatch_lines(["no schema drift:*2 tables compared"])
 
 
 def test_external_server_with_a_password(pytester: pytest.Pytester, pg_server: TestServer) -> None:

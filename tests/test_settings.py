@@ -123,6 +123,11 @@ def _usage_error(result: pytest.RunResult, *patterns: str) -> None:
             "*'postgresql+psycopg:***@h/db' is not a database URL*",
             id="one-slash",
         ),
+        pytest.param(  # the '://' after the password is not the scheme's
+            "postgresql:/u:Tail-Pw@h/db?application_name=http://x",
+            "*'postgresql:***@h/db?application_name=http://x' is not a database URL*",
+            id="one-slash-and-a-url-in-the-query",
+        ),
         pytest.param(  # parses, with user:password@host as the database name
             "postgresql:///u:Tail-Pw@127.0.0.1/db",
             "*'postgresql:///u:***@127.0.0.1/db' has no host*right after '://'*",

@@ -84,7 +84,7 @@ def read_project(folder: Path, *, rootdir: str | None, inifile: str | None) -> P
     from_environment = set()
     for key in ENVIRONMENT_KEYS:
         value = os.environ.get(key.upper(), "")
-        if value.strip():
+        if value != "":  # as a run: a blank value is a value, which the parse below refuses
             entries = {**entries, key: value}
             from_environment.add(key)
     missing = [key for key in ("dbguard_metadata", "dbguard_alembic_ini") if not entries.get(key)]
@@ -174,8 +174,8 @@ def check(
     from pytest_dbguard.run import environment
     from pytest_dbguard.run.run_plan import RunPlan
 
-    for entry in reversed(project.pythonpath):  # as pytest's own ini key does
-        path = str((project.rootdir / entry).resolve())
+    for entry in reversed(project.pythonpath):  # as pytest's: relative to the ini file's folder
+        path = str((project.inipath.parent / entry).resolve())
         if path not in sys.path:
             sys.path.insert(0, path)
     metadata = schema.load_metadata(

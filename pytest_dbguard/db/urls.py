@@ -364,13 +364,17 @@ def hide_password_in(text: str) -> str:
 
 def hide_password_of(url_text: str) -> str:
     """Mask the password of a string given as a URL, however malformed: what lies between the
-    first ':' of the part before its last '@' (after any ``://``) and that '@'. A URL without
-    ``//`` (``user:pw@host/db``, ``postgresql:user:pw@host``) hides its user name too."""
+    first ':' after its scheme's ``://`` and its last '@'; without a scheme before a ``://``
+    (``user:pw@host/db``, ``postgresql:user:pw@host``, ``u:p://w@h``), between its first ':' and
+    that '@', the user name hidden too."""
     at = url_text.rfind("@")
     if at < 0:
         return url_text
-    authority = url_text.find("://")
-    colon = url_text.find(":", authority + 3 if authority >= 0 else 0, at)
+    scheme, found, _ = url_text[:at].partition("://")
+    if found and _is_word(scheme.replace("+", "_")):
+        colon = url_text.find(":", len(scheme) + 3, at)  # none: a user name and no password
+    else:  # the '://' (if any) is in the password or the query
+        colon = url_text.find(":", 0, at)
     if colon < 0:
         return url_text  # a user name and no password
     return f"{url_text[: colon + 1]}***{url_text[at:]}"
