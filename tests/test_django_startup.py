@@ -14,7 +14,7 @@ import pytest
 from pytest_dbguard.db import kept_templates
 from pytest_dbguard.db.urls import DatabaseURL
 from tests.django_project import write_project
-from tests.helpers import run_dbguard, signal_once_ready
+from tests.helpers import WORKERS, run_dbguard, signal_once_ready
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 DJANGO = ("pytest_django.plugin",)
@@ -246,4 +246,58 @@ def test_reuse_under_xdist_the_controller_builds_the_kept_template_once(
     finally:
         dropped = kept_templates.drop_kept(DatabaseURL.parse(url), "postgres")
     assert len(dropped) == 1
+    assert set(pg_server.databases()) == before
+
+
+LAB_SETTINGS = """
+SECRET_KEY = "x"
+INSTALLED_APPS = ["django.contrib.contenttypes", "lab"]
+DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "app"}}
+USE_TZ = True
+"""
+MODEL_IN_A_TEST_MODULE = """
+import pytest
+from django.db import models
+
+
+class Sample(models.Model):  # app "lab" has no migrations: migrate --run-syncdb makes its table
+    name = models.CharField(max_length=20)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("n", range(2))
+def test_its_table_is_there(n):
+    Sample.objects.create(name="a")
+    assert Sample.objects.count() == 1
+"""
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_a_model_declared_in_a_test_module_gets_its_table(
+    pytester: pytest.Pytester, pg_server: TestServer, workers: tuple[str, ...]
+) -> None:
+    """pytest-django migrates (run_syncdb) in each process after collection, which registers
+    the models that test modules declare for an app without migrations (taiga). The xdist
+    controller builds the template before anything is collected, and a kept template may come
+    from such a build: the test processes add those tables. Nothing connected through Django
+    before the controller's build here, which then failed (KeyError: 'OPTIONS')."""
+    pytester.makepyfile(settings=LAB_SETTINGS)
+    pytester.mkpydir("lab")
+    (pytester.path / "lab" / "models.py").write_text("")
+    (pytester.path / "lab" / "test_lab.py").write_text(MODEL_IN_A_TEST_MODULE)
+    pytester.makeini(
+        "[pytest]\nDJANGO_SETTINGS_MODULE = settings\npythonpath = .\ndjango_find_project = false\n"
+    )
+    url = pg_server.url()
+    before = set(pg_server.databases())
+    try:
+        # Then a serial run that reuses what the first kept (taiga: still no table).
+        for args in (workers, ()):
+            result = run_dbguard(
+                pytester, "--dbguard-reuse", "--dbguard-url", url, *args, plugins=DJANGO
+            )
+            result.assert_outcomes(passed=2)
+            assert "early build" not in result.stdout.str()
+    finally:
+        kept_templates.drop_kept(DatabaseURL.parse(url), "postgres")
     assert set(pg_server.databases()) == before

@@ -51,6 +51,7 @@ def django_db_setup(
     with django_db_blocker.unblock():
         targets.point(aliases + targets.mirrors_of(aliases), worker_url(request.config))
         if state is not None and isinstance(state.schema_hook, DjangoSchema):
+            state.schema_hook.create_tables_of_later_models()  # as migrate's run_syncdb
             state.schema_hook.send_migrate_signals()  # before the copy, as after Django's migrate
         for alias in sorted(serialized & set(aliases)):
             compat.keep_serialized_copy(alias)

@@ -47,6 +47,19 @@ def _replace(alias: str, entry: dict[str, Any]) -> None:
         del connections[alias]
 
 
+def _with_defaults(alias: str) -> dict[str, Any]:
+    """The alias's ``settings.DATABASES`` entry once Django has filled in its defaults
+    (``OPTIONS``, ``TIME_ZONE``, ``TEST``...), which it does in place when a connection is first
+    asked for: a copy taken before, put back, would take them from the connection too (the xdist
+    controller's early build, in a project where nothing had connected: ``KeyError: 'OPTIONS'``)."""
+    from django.conf import settings
+    from django.db import connections
+
+    connections[alias]  # the lookup is what fills the defaults in
+    entry: dict[str, Any] = settings.DATABASES[alias]
+    return entry
+
+
 def is_postgresql(entry: dict[str, Any]) -> bool:
     """Whether a ``DATABASES`` entry's ENGINE is a PostgreSQL backend: Django's, PostGIS, or a
     project's own backend built on them (its ``vendor`` says so)."""
@@ -66,11 +79,10 @@ def point(aliases: Sequence[str], url: DatabaseURL) -> None:
     An alias that already does keeps its open connection, as Django's own test setup keeps the
     one that migrated the test database. An alias of another backend (a project that defaults
     to SQLite) gets Django's PostgreSQL backend, without the other backend's OPTIONS."""
-    from django.conf import settings
     from django.db import connections
 
     for alias in aliases:
-        current = settings.DATABASES[alias]
+        current = _with_defaults(alias)
         entry = copy.deepcopy(current)
         if not is_postgresql(entry):
             entry["ENGINE"] = POSTGRES_ENGINE  # dbguard serves PostgreSQL, whatever the default
@@ -103,9 +115,7 @@ def pointed(aliases: Sequence[str], url: DatabaseURL, *, stay: bool = False) -> 
     ``stay``: ``url`` is the worker's own database (a single process builds its schema in
     place), so after a build that worked the aliases stay on it with their connections open
     for the first test, which would otherwise connect (TCP, authentication) all over again."""
-    from django.conf import settings
-
-    saved = {alias: copy.deepcopy(settings.DATABASES[alias]) for alias in aliases}
+    saved = {alias: copy.deepcopy(_with_defaults(alias)) for alias in aliases}
     point(aliases, url)
     try:
         yield
