@@ -155,7 +155,8 @@ def django_venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> FreshVe
     """Session: a new venv with the wheel and the extras the README's Django recipe installs
     (``pytest-dbguard[postgres,xdist,django]``), once for all xdist workers."""
     extras = recipe_extras("Django (pytest-django)")
-    return _venv_with(dist, tmp_path_factory, "dbguard-django-venv", extras)
+    # The project's own Django: the extra installs pytest-django only.
+    return _venv_with(dist, tmp_path_factory, "dbguard-django-venv", extras, also=("django",))
 
 
 @pytest.fixture(scope="session")

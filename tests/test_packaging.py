@@ -26,6 +26,9 @@ def test_wheel_and_sdist_hold_the_package(dist: Path) -> None:
     text = zipfile.ZipFile(wheel).read(metadata).decode()
     for extra in ("postgres", "async", "xdist", "django"):
         assert f"Provides-Extra: {extra}" in text
+    # pytest-django, never Django itself: pip would upgrade a project's pinned Django (taiga's 3.2).
+    django_needs = [line for line in text.splitlines() if line.endswith('extra == "django"')]
+    assert [line.split(">=")[0] for line in django_needs] == ["Requires-Dist: pytest-django"]
     entry_points = next((n for n in names if n.endswith("entry_points.txt")), None)
     assert entry_points is not None
     assert "pytest11" not in zipfile.ZipFile(wheel).read(entry_points).decode()  # opt-in only
