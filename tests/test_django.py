@@ -290,8 +290,13 @@ def test_an_alias_missing_from_databases_is_a_usage_error(
     pytester.makepyfile(test_plain=NO_DJANGO_TEST.replace("not in", "in"))
     stopped_once(
         run_dbguard(pytester, *workers, plugins=DJANGO),
-        "ini dbguard_django_databases names the database alias 'replica', which "
+        "ini dbguard_django_databases in tox.ini names the database alias 'replica', which "
         "settings.DATABASES of djproj.settings does not define (it has: default)",
+    )
+    # Given with -o, the message says so (the ini file does not hold it).
+    stopped_once(
+        run_dbguard(pytester, "-o", "dbguard_django_databases=defualt", plugins=DJANGO),
+        "ini dbguard_django_databases in -o names the database alias 'defualt', which",
     )
 
 

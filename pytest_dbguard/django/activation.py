@@ -18,6 +18,7 @@ import pytest
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.django import settings_module
 from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.run.config import ini_source
 from pytest_dbguard.run.state import DbguardRun, run_of, the_run
 
 INI_DATABASES: Final = "dbguard_django_databases"
@@ -52,7 +53,7 @@ NO_SETTINGS: Final = (
     "{ini} if this project does not use Django."
 )
 UNKNOWN_ALIAS: Final = (
-    "ini {ini} names the database alias {alias!r}, which settings.DATABASES of {settings} does "
+    "{source} names the database alias {alias!r}, which settings.DATABASES of {settings} does "
     "not define (it has: {known}). List aliases of DATABASES, e.g. '{ini} = default'."
 )
 TWO_SOURCES: Final = (
@@ -161,7 +162,13 @@ def register(config: pytest.Config) -> None:
         if alias not in django_settings.DATABASES:
             known = ", ".join(sorted(django_settings.DATABASES)) or "none"
             raise ConfigError(
-                UNKNOWN_ALIAS.format(ini=INI_DATABASES, alias=alias, settings=module, known=known)
+                UNKNOWN_ALIAS.format(
+                    source=ini_source(config, INI_DATABASES),
+                    ini=INI_DATABASES,
+                    alias=alias,
+                    settings=module,
+                    known=known,
+                )
             )
     from pytest_dbguard.django.migrate import DjangoSchema
 

@@ -112,7 +112,7 @@ def _raw(
         return environ[option.env_var], f"environment variable {option.env_var}"
     if option.ini not in ini_keys(config):
         return None
-    where = f"ini {option.ini}" + _ini_place(config, option.ini)
+    where = ini_source(config, option.ini)
     native = toml_value(config, option.ini)
     if native is not NOT_TOML:
         table = (
@@ -314,6 +314,11 @@ def check_split_path_flags(config: pytest.Config, tokens: Sequence[str]) -> None
                     ini=option.ini,
                 )
             )
+
+
+def ini_source(config: pytest.Config, key: str) -> str:
+    """How a message names an ini key's value: ``ini KEY in pytest.ini``, or ``ini KEY in -o``."""
+    return f"ini {key}{_ini_place(config, key)}"
 
 
 def _ini_place(config: pytest.Config, key: str) -> str:
