@@ -972,6 +972,48 @@ def test_an_allowed_url_takes_only_the_servers_placeholders(
     assert "Pw-In-Entry" not in result.stdout.str() + result.stderr.str()
 
 
+def test_an_allowed_name_with_braces_is_an_error(pytester: pytest.Pytester) -> None:
+    """``{db}_archive`` was taken as written and admitted nothing, silently."""
+    pytester.makepyfile("def test_x(): pass")
+    pytester.makeini("[pytest]\ndbguard_allow_databases = {db}_archive\n")
+    result = run_dbguard_inprocess(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*ini dbguard_allow_databases*'{db}_archive' is a database name with braces, which "
+            "are not filled in*postgresql://{host}:{port} (every database there)."
+        ]
+    )
+
+
+def test_a_database_named_after_the_test_database_is_said_to_be_the_tests(
+    pytester: pytest.Pytester,
+) -> None:
+    """jupyterhub's upgrade tests reach '<test database>_upgrade_N': the refusal said to allow
+    that name, which holds the run's id, and left out the run's server that would admit it."""
+    pytester.makepyfile(
+        """
+        import os
+
+        from sqlalchemy import create_engine
+
+
+        def test_archive():
+            create_engine(os.environ["DBGUARD_URL"] + "_archive").connect()
+        """
+    )
+    result = run_dbguard(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *ForeignDatabaseError: *'postgres_dbg_*_main_archive'* Its name is the test "
+            "database's ('postgres_dbg_*_main') with a suffix, and holds the run's id*It is on "
+            "the PostgreSQL server dbguard started for this run, so the tests made it*"
+            "dbguard_allow_databases = postgresql://{host}:{port} *"
+        ]
+    )
+
+
 @pytest.mark.parametrize(
     "server",
     [

@@ -390,12 +390,23 @@ NOT_A_SERVER_PATTERN: Final = (
 )
 
 
+NAME_WITH_BRACES: Final = (
+    "{source}: {entry!r} is a database name with braces, which are not filled in: a name is "
+    "taken as written. A database the tests make with a name of their own (the test database's "
+    "plus a suffix) is allowed with the run's own server, postgresql://{{host}}:{{port}} (every "
+    "database there)."
+)
+
+
 def server_pattern(entry: str, source: str) -> DatabaseURL | None:
     """An allow entry that names the run's own server (``{host}`` and ``{port}``), parsed with a
     sample server to check it and read its database; None for an entry without braces.
-    ConfigError naming ``source`` (the password hidden) for any other use of braces."""
+    ConfigError naming ``source`` (the password hidden) for any other use of braces, in a name
+    too (``{db}_archive``)."""
     if "{" not in entry and "}" not in entry:
         return None
+    if "://" not in entry:
+        raise ConfigError(NAME_WITH_BRACES.format(source=source, entry=entry))
     missing = [placeholder for placeholder in SERVER_PLACEHOLDERS if placeholder not in entry]
     rest = entry.replace("{host}", "").replace("{port}", "")
     if missing:

@@ -53,6 +53,11 @@ OWN_SERVER_HINT: Final = (
     "postgresql://{host}:{port} (the placeholders name that server, whose port is new each run)."
 )
 
+DERIVED_NAME: Final = (
+    " Its name is the test database's ({own!r}) with a suffix, and holds the run's id, which is "
+    "new each run: an entry with that name would not admit the next run's."
+)
+
 REFUSED: Final = "dbguard refused the connection, so nothing reached that database"
 # An engine with creator= connects without asking SQLAlchemy first: caught at its first use.
 CLOSED: Final = (
@@ -187,12 +192,12 @@ class AllowList(NamedTuple):
         for entry in entries:
             if entry == "*":
                 everything = True
-            elif "://" not in entry:
-                names.add(entry)
             elif (pattern := server_pattern(entry, source)) is not None:
                 targets.extend(
                     Target(own.host, own.port, pattern.database, own.shown_host) for own in servers
                 )
+            elif "://" not in entry:
+                names.add(entry)
             else:
                 targets.append(Target.from_url(DatabaseURL.parse(entry, source=source)))
         return cls(frozenset(names), tuple(targets), everything)
@@ -258,12 +263,22 @@ class ForeignDatabaseGuard(EngineListener):
             mine = f"this worker's is {own.database!r} on {own.server}"
         else:
             mine = "this run's test databases are SQLite files"
+        # The test database's name and a suffix (jupyterhub's "<db>_upgrade_546"): the tests'
+        # own, with this run's id in it, unlike another worker's database or the template.
+        derived = next(
+            (
+                own.database
+                for own in self.test_databases
+                if own.database and (target.database or "").startswith(f"{own.database}_")
+            ),
+            None,
+        )
         made_by_the_tests = (
             self.server_is_ours
             and any(
                 own.host == target.host and own.port == target.port for own in self.test_databases
             )
-            and not is_dbguard_name(target.database or "")
+            and (derived is not None or not is_dbguard_name(target.database or ""))
         )
         raise ForeignDatabaseError(
             FOREIGN_MESSAGE.format(
@@ -273,6 +288,7 @@ class ForeignDatabaseGuard(EngineListener):
                 own=mine,
                 refused=CLOSED if opened else REFUSED,
             )
+            + (DERIVED_NAME.format(own=derived) if derived is not None else "")
             + (OWN_SERVER_HINT if made_by_the_tests else "")
         )
 

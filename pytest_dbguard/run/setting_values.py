@@ -136,7 +136,7 @@ def _databases(value: list[str], name: str, source: str) -> tuple[str, ...]:
     """Database names or URLs (the run's own server as ``{host}:{port}``); a URL that does not
     parse is an error naming ``source``."""
     for entry in value:
-        if "://" in entry and server_pattern(entry, source) is None:
+        if server_pattern(entry, source) is None and "://" in entry:
             DatabaseURL.parse(entry, source=source)
     return tuple(value)
 
