@@ -75,6 +75,24 @@ def test_cluster_removed_after_run(
     _assert_nothing_left(pytester)
 
 
+def test_a_libpq_tls_variable_is_named_when_the_embedded_server_refuses(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PGSSLMODE=require in the shell applies to dbguard's own server, which has no TLS: the
+    message said to check the sslmode of a URL the user never wrote (jupyterhub trial)."""
+    pytester.makepyfile("def test_x(dbguard_engine): pass")
+    monkeypatch.setenv("PGSSLMODE", "require")
+    result = run_dbguard(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines(
+        [
+            "*failed step: TLS*This environment sets PGSSLMODE=require, which libpq applies to "
+            "every connection whose URL does not set that parameter*env -u PGSSLMODE pytest*"
+        ]
+    )
+    assert " passed" not in result.stdout.str()
+
+
 def test_dynamic_shared_memory_lives_in_the_run_folder(pytester: pytest.Pytester) -> None:
     """Not as /dev/shm/PostgreSQL.* files, which a server killed with SIGKILL leaves for good."""
     pytester.makepyfile(

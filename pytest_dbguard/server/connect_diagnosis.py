@@ -9,6 +9,7 @@ Pure code with no I/O: the readiness wait loop, the janitor and the recovery che
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Any, Final, NamedTuple
@@ -55,6 +56,23 @@ REMEDIES: Final[dict[str, str]] = {
         f"recovering or out of connection slots: check the server log, or {_WAIT_LONGER}."
     ),
 }
+# libpq's variables for TLS and channel binding: they apply to every connection whose URL does
+# not set the parameter, dbguard's to its own embedded server (which offers no TLS) too.
+LIBPQ_TLS_VARIABLES: Final = (
+    "PGSSLMODE",
+    "PGREQUIRESSL",
+    "PGSSLNEGOTIATION",
+    "PGCHANNELBINDING",
+    "PGGSSENCMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+)
+_TLS_FROM_ENVIRONMENT: Final = (
+    " This environment sets {variables}, which libpq applies to every connection whose URL does "
+    "not set that parameter (dbguard's embedded server offers no TLS): unset it for the tests "
+    "(env -u {first} pytest ...), or set the parameter in the URL."
+)
 _SQLITE_REMEDY: Final = "check that the file's folder exists and that this user may write there."
 _NOT_READY: Final = (
     "{target} is not ready (URL {url}); failed step: {stage}. Last error: {error}. {outcome} "
@@ -128,7 +146,16 @@ class NotReady(ReadinessError):
             ),
             url=self.url,
             remedy=_SQLITE_REMEDY if sqlite else REMEDIES.get(self.stage, REMEDIES[QUERY]),
-        )
+        ) + (_tls_from_environment() if self.stage == TLS else "")
+
+
+def _tls_from_environment() -> str:
+    """What libpq's environment asks of TLS, when it asks anything (``PGSSLMODE=require``)."""
+    found = [name for name in LIBPQ_TLS_VARIABLES if os.environ.get(name)]
+    if not found:
+        return ""
+    shown = ", ".join(f"{name}={os.environ[name]}" for name in found)
+    return _TLS_FROM_ENVIRONMENT.format(variables=shown, first=found[0])
 
 
 class _Rule(NamedTuple):
