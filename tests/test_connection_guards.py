@@ -579,7 +579,8 @@ REPORT = (
     "test did not remove them and the next tests see them. Bind the application's session to "
     'dbguard_connection (README: "The application\'s own session"), or mark the test '
     '@pytest.mark.dbguard(isolation="truncate") (or set ini dbguard_isolation = truncate) to '
-    "empty the tables it writes to after it; dbguard_leaks = off silences this report."
+    'empty the tables it writes to after it, or isolation="none" for a suite that deletes its '
+    "own rows; dbguard_leaks = off silences this report."
 )
 # The process's later reports: the explanation once is enough.
 REPORT_AGAIN = (

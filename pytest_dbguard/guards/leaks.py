@@ -32,7 +32,8 @@ LEAK_MESSAGE: Final = (
     "remove them and the next tests see them. Bind the application's session to "
     'dbguard_connection (README: "The application\'s own session"), or mark the test '
     '@pytest.mark.dbguard(isolation="truncate") (or set ini dbguard_isolation = truncate) to '
-    "empty the tables it writes to after it; dbguard_leaks = off silences this report."
+    'empty the tables it writes to after it, or isolation="none" for a suite that deletes its '
+    "own rows; dbguard_leaks = off silences this report."
 )
 # Every later warning of the process: a suite whose every test commits on the application's
 # engine got the whole text hundreds of times (dispatch: 305 warnings). It stands on its own: a
