@@ -293,7 +293,22 @@ def test_misspelled_ini_key(pytester: pytest.Pytester) -> None:
             id="syntax-error",
         ),
         pytest.param(
-            "x = 1", "models:Base", "*module 'models' has no attribute 'Base'*", id="missing-attr"
+            "x = 1",
+            "models:Base",
+            "*module 'models' has no attribute 'Base'; name a*",
+            id="missing-attr",
+        ),
+        pytest.param(
+            "from sqlalchemy.orm import DeclarativeBase\n\nclass Base(DeclarativeBase):\n    pass\n",
+            "models:Bsae",
+            "*module 'models' has no attribute 'Bsae' (did you mean 'Base'?); name a*",
+            id="misspelt-attr",
+        ),
+        pytest.param(
+            "import sqlalchemy\n\nmeta = sqlalchemy.MetaData()\nother = sqlalchemy.MetaData()\n",
+            "models:Base",
+            "*module 'models' has no attribute 'Base' (it has 'meta', 'other'); name a*",
+            id="missing-attr-with-metadata",
         ),
         pytest.param(
             "Base = 42",

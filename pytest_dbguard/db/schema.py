@@ -108,8 +108,9 @@ def load_metadata(spec: str, source: str, rootdir: Path | None = None) -> MetaDa
     for part in attr_path.split("."):
         if not hasattr(target, part):
             raise ConfigError(
-                f"{source} = {spec!r}: module {module_name!r} has no attribute {attr_path!r}; "
-                "name a MetaData (e.g. 'app.db:metadata') or a declarative Base (e.g. 'app.models:Base')."
+                f"{source} = {spec!r}: module {module_name!r} has no attribute {attr_path!r}"
+                f"{_schema_sources_hint(target, part)}; name a MetaData (e.g. 'app.db:metadata') "
+                "or a declarative Base (e.g. 'app.models:Base')."
             )
         target = getattr(target, part)
     metadata = getattr(target, "metadata", target)
@@ -119,6 +120,32 @@ def load_metadata(spec: str, source: str, rootdir: Path | None = None) -> MetaDa
             "name a MetaData (e.g. 'app.db:metadata') or a declarative Base (e.g. 'app.models:Base')."
         )
     return metadata
+
+
+def _schema_sources_hint(holder: Any, wanted: str) -> str:
+    """`` (did you mean 'Base'?)``, or the MetaData and declarative Bases ``holder`` has: for a
+    misspelt attribute. Model classes, which carry the metadata too, are left out."""
+    from sqlalchemy import MetaData
+
+    found = []
+    for name in dir(holder):
+        try:
+            value = getattr(holder, name)
+        except Exception:  # a lazy attribute of the user's module that fails: not a candidate
+            continue
+        is_base = isinstance(value, type) and not hasattr(value, "__table__")
+        if isinstance(value, MetaData) or (
+            is_base and isinstance(getattr(value, "metadata", None), MetaData)
+        ):
+            found.append(name)
+    if not found:
+        return ""
+    import difflib  # only for the error
+
+    close = difflib.get_close_matches(wanted, found, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (it has {', '.join(repr(name) for name in found[:5])})"
 
 
 def _where(error: BaseException) -> str:
