@@ -50,6 +50,7 @@ def test_the_readiness_check_of_a_psycopg_url_does_not_import_sqlalchemy(
 # A migration of the project that logs who ran it: the xdist controller has no
 # PYTEST_XDIST_WORKER. With SHOP_FAIL_IN_CONTROLLER=1 it fails there and nowhere else.
 WHO_MIGRATES = """
+import logging
 import os
 
 from django.db import migrations
@@ -57,6 +58,7 @@ from django.db import migrations
 
 def log_who(apps, schema_editor):
     worker = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+    logging.getLogger("shop.migrations").warning("MIGRATION LOG LINE from %s", worker)
     folder = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(folder, "who.log"), "a") as log:
         log.write(worker + " " + schema_editor.connection.settings_dict["NAME"] + "\\n")
@@ -301,3 +303,28 @@ def test_a_model_declared_in_a_test_module_gets_its_table(
     finally:
         kept_templates.drop_kept(DatabaseURL.parse(url), "postgres")
     assert set(pg_server.databases()) == before
+
+
+LOG_TO_STDERR = """
+LOGGING = {
+    "version": 1,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
+}
+"""
+
+
+@pytest.mark.needs_xdist
+def test_what_the_controllers_build_logs_is_not_shown(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """A migration that logs (pretalx's): its lines came after the run's summary line, from the
+    controller's captured stderr; pytest-django shows a worker's migrate output only when it
+    fails."""
+    log = write_logged_project(pytester)
+    settings = pytester.path / "djproj" / "settings.py"
+    settings.write_text(settings.read_text() + LOG_TO_STDERR)
+    result = run_dbguard(pytester, "-n", "2", "--dbguard-url", pg_server.url(), plugins=DJANGO)
+    result.assert_outcomes(passed=4)
+    assert [who for who, _ in who_migrated(log)] == ["controller"]
+    assert "MIGRATION LOG LINE" not in result.stdout.str() + result.stderr.str()

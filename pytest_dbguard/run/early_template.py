@@ -18,8 +18,11 @@ building in the first worker.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Final
 
 import pytest
@@ -51,6 +54,9 @@ def wanted(config: pytest.Config) -> bool:
     )
 
 
+THREAD_NAME: Final = "dbguard-template-build"
+
+
 def start(config: pytest.Config) -> None:
     """Start the build in a thread (joined by ``lifecycle`` before it cleans up); called once
     xdist has started the workers and the controller has proven the server ready."""
@@ -58,9 +64,7 @@ def start(config: pytest.Config) -> None:
         return
     state = the_run(config).session
     assert state is not None
-    thread = threading.Thread(
-        target=build, args=(config,), name="dbguard-template-build", daemon=True
-    )
+    thread = threading.Thread(target=build, args=(config,), name=THREAD_NAME, daemon=True)
     state.template_build = thread
     thread.start()
 
@@ -73,7 +77,10 @@ def build(config: pytest.Config) -> None:
     template, template_run = templates.template_for(plan, settings, state)
     started = time.perf_counter()
     try:
-        with lifecycle.building_in(plan, settings, state, template) as schema_build:
+        with (
+            _logging_hidden(),
+            lifecycle.building_in(plan, settings, state, template) as schema_build,
+        ):
             assert schema_build is not None
             built = databases.ensure_template(
                 plan.server_url, template, schema_build, run=template_run
@@ -85,6 +92,34 @@ def build(config: pytest.Config) -> None:
     state.early_build = (template, (time.perf_counter() - started) * 1000, built)
     if built and state.template == reuse_run.BUILT_BY_A_WORKER:  # what the header says
         state.template = reuse_run.BUILT
+
+
+class _OtherThreadsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName != THREAD_NAME
+
+
+@contextlib.contextmanager
+def _logging_hidden() -> Iterator[None]:
+    """The build's own log records go nowhere: a migration that logs (pretalx's RunPython) wrote
+    them to the controller's captured stderr, which pytest prints after the run's summary line.
+    Under pytest-django each worker migrates inside a fixture, whose output is shown only when
+    it fails; a failed build here leaves it to the workers, which show theirs that way."""
+    loggers = [logging.root, *logging.root.manager.loggerDict.values()]
+    handlers = {
+        handler
+        for logger in loggers
+        if isinstance(logger, logging.Logger)
+        for handler in logger.handlers
+    }
+    quiet = _OtherThreadsOnly()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def _cause(error: Exception, plan: RunPlan) -> str:
