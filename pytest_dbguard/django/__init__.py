@@ -9,6 +9,8 @@ Nothing here imports Django unless the run has configured it (pytest-django acti
 - ``settings_module``: which settings the run has; a settings module that fails to load, explained.
 - ``targets``: ``settings.DATABASES`` aliases pointed at a dbguard database.
 - ``migrate``: the template build (Django's ``migrate``) and its fingerprint for ``--dbguard-reuse``.
+- ``later_tables``: the tables of models that test modules declare, which a template built before
+  collection lacks.
 - ``fixtures``: pytest-django's ``django_db_setup`` overridden to use the worker's clone.
 - ``statements``: Django's statements fed to ``dbguard_queries`` and the naive-datetime guard.
 - ``kept_failed``: ``--dbguard-keep-failed`` for ``django_db`` tests: their rows read before

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 
 from pytest_dbguard.db.databases import SelfConnectingBuild
-from pytest_dbguard.django import compat, targets
+from pytest_dbguard.django import compat, later_tables, targets
 from pytest_dbguard.django.settings_module import settings_label
 from pytest_dbguard.exceptions import ConfigError, SchemaError, brief
 from pytest_dbguard.run.state import the_run
@@ -177,46 +177,11 @@ class DjangoSchema:
         return SelfConnectingBuild(build, self.create_options, self.options_origin)
 
     def create_tables_of_later_models(self) -> None:
-        """In a test process that did not migrate: the tables of models of apps without
-        migrations that the template lacks, made as ``migrate --run-syncdb`` makes them.
-
-        Models that test modules declare (taiga's ``tests`` app) are registered when pytest
-        collects those modules: after the xdist controller built the template (it collects
-        nothing), or after an earlier run built a kept one. pytest-django migrates in each
-        worker after collection, so their tables were there."""
+        """In a test process that did not migrate: ``later_tables.create`` for each alias."""
         if self.migrated_here:
             return
-        from django.apps import apps
-        from django.db import connections, router
-
         for alias in self.aliases:
-            connection = connections[alias]
-            everything = alias in self.unmigrated
-            labels = {
-                app.label
-                for app in apps.get_app_configs()
-                if app.models_module is not None and (everything or not _has_migrations(app.label))
-            }
-            if not labels:
-                continue
-            tables = set(connection.introspection.table_names())
-            convert = connection.introspection.identifier_converter
-            missing = [
-                model
-                for app in apps.get_app_configs()
-                if app.label in labels
-                for model in router.get_migratable_models(app, alias, include_auto_created=False)
-                if model._meta.can_migrate(connection)
-                and convert(model._meta.db_table) not in tables
-                and not (
-                    model._meta.auto_created
-                    and convert(model._meta.auto_created._meta.db_table) in tables
-                )
-            ]
-            if missing:
-                with connection.schema_editor() as editor:
-                    for model in missing:
-                        editor.create_model(model)
+            later_tables.create(alias, everything=alias in self.unmigrated)
 
     def send_migrate_signals(self) -> None:
         """``pre_migrate`` and ``post_migrate`` for each alias, as a ``migrate`` with nothing to
@@ -336,21 +301,6 @@ def _settings_turn_migrations_off() -> bool:
     return bool(labels) and all(
         MigrationLoader.migrations_module(label) == (None, True) for label in labels
     )
-
-
-def _has_migrations(label: str) -> bool:
-    """Whether ``migrate`` counts the app as migrated: its migrations package imports (as
-    Django's ``MigrationLoader`` decides, without loading the migrations themselves)."""
-    from django.db.migrations.loader import MigrationLoader
-
-    module_name, _explicit = MigrationLoader.migrations_module(label)
-    if module_name is None:
-        return False
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return False
-    return hasattr(module, "__path__")
 
 
 def _schema_files(label: str, models_module: object) -> list[Path]:
