@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.guards.foreign_databases import (
+    ALLOW_BY_NAME,
     CLOSED,
     FOREIGN_MESSAGE,
     REFUSED,
@@ -891,6 +892,7 @@ def test_readme_recipe_runs_and_shows_the_real_messages(pytester: pytest.Pyteste
             server="127.0.0.1:5432",
             own="this worker's is 'postgres_dbg_1a2b3c4d_main' on 127.0.0.1:41234",
             refused=REFUSED,
+            allow=ALLOW_BY_NAME.format(database="app"),
         ),
         "LeakWarning: " + LEAK_MESSAGE.format(where=where, tables="audit_log, users"),
     ]
@@ -973,18 +975,21 @@ def test_an_allowed_url_takes_only_the_servers_placeholders(
     assert "Pw-In-Entry" not in result.stdout.str() + result.stderr.str()
 
 
-def test_an_allowed_name_with_braces_is_an_error(pytester: pytest.Pytester) -> None:
-    """``{db}_archive`` was taken as written and admitted nothing, silently."""
+def test_an_allowed_name_with_a_placeholder_is_an_error(pytester: pytest.Pytester) -> None:
+    """``{db}_archive`` was taken as written and admitted nothing, silently. Other braces in a
+    name are a name's own (a database may be called ``arch{1}``)."""
     pytester.makepyfile("def test_x(): pass")
-    pytester.makeini("[pytest]\ndbguard_allow_databases = {db}_archive\n")
+    pytester.makeini("[pytest]\ndbguard_allow_databases = {db}_archive arch{1}\n")
     result = run_dbguard_inprocess(pytester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            "*ini dbguard_allow_databases*'{db}_archive' is a database name with braces, which "
-            "are not filled in*postgresql://{host}:{port} (every database there)."
+            "*ini dbguard_allow_databases*'{db}_archive' is a database name with a placeholder, "
+            "which is not filled in*postgresql://{host}:{port} (every database there)."
         ]
     )
+    assert "arch{1}" not in result.stderr.str()
+    assert AllowList.of(["arch{1}"]).admits(Target.make("h", 5432, "arch{1}"))
 
 
 def test_a_database_named_after_the_test_database_is_said_to_be_the_tests(
@@ -1005,6 +1010,7 @@ def test_a_database_named_after_the_test_database_is_said_to_be_the_tests(
     )
     result = run_dbguard(pytester)
     result.assert_outcomes(failed=1)
+    assert "allow=['postgres_dbg_" not in result.stdout.str()  # a name new each run
     result.stdout.fnmatch_lines(
         [
             "E *ForeignDatabaseError: *'postgres_dbg_*_main_archive'* Its name is the test "

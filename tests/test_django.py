@@ -415,3 +415,20 @@ def test_a_single_process_migrates_and_tests_on_one_connection(
     result.assert_outcomes(passed=3)
     worker = [name for name in pg_server.connections_since(offset) if "_dbg_" in name]
     assert len(worker) == 1, worker
+
+
+def test_an_unset_alias_list_is_named_as_its_default(pytester: pytest.Pytester) -> None:
+    """Settings without a 'default' alias and no dbguard_django_databases: the error blamed the
+    ini file, which does not set the key."""
+    pytester.makepyfile(
+        settings=(
+            'SECRET_KEY = "x"\nINSTALLED_APPS = ["django.contrib.contenttypes"]\n'
+            'DATABASES = {"primary": {"ENGINE": "django.db.backends.postgresql", "NAME": "app"}}\n'
+        ),
+        test_plain="def test_x(): pass",
+    )
+    pytester.makeini("[pytest]\nDJANGO_SETTINGS_MODULE = settings\npythonpath = .\n")
+    stopped_once(
+        run_dbguard(pytester, plugins=DJANGO),
+        "the default of ini dbguard_django_databases (unset) names the database alias 'default'",
+    )

@@ -128,6 +128,11 @@ def _usage_error(result: pytest.RunResult, *patterns: str) -> None:
             "*'postgresql:***@h/db?application_name=http://x' is not a database URL*",
             id="one-slash-and-a-url-in-the-query",
         ),
+        pytest.param(  # a password in the query string
+            "postgresql://127.0.0.1:badport/db?password=Tail-Pw",
+            "*'postgresql://127.0.0.1:badport/db?password=***' has the port 'badport'*",
+            id="password-in-the-query",
+        ),
         pytest.param(  # parses, with user:password@host as the database name
             "postgresql:///u:Tail-Pw@127.0.0.1/db",
             "*'postgresql:///u:***@127.0.0.1/db' has no host*right after '://'*",
@@ -416,6 +421,10 @@ def test_url_parsing_round_trip() -> None:
     )
     assert url.render() == "postgresql+asyncpg://me:***@db.example:6543/app?sslmode=require"
     assert DatabaseURL.parse(url.render(hide_password=False)) == url
+    # libpq takes a password from the query string too: hidden as the user info's is
+    queried = DatabaseURL.parse("postgresql://db.example/app?password=Pw%2A1&sslpassword=Key")
+    assert str(queried) == "postgresql://db.example/app?password=***&sslpassword=***"
+    assert DatabaseURL.parse(queried.render(hide_password=False)) == queried
     assert url.sync().driver in ("psycopg", "psycopg2")
     assert DatabaseURL.parse("postgresql+psycopg2://u@h/d").asynchronous().driver in (
         "asyncpg",

@@ -189,7 +189,11 @@ class DatabaseURL(Record):
             database = "/" + quote(self.database, safe="")  # '%', '?', '#', '/', spaces kept whole
         elif self.database is not None:
             database = "/" + self.database
-        query = f"?{urlencode(self.query)}" if self.query else ""
+        pairs = [
+            (key, "***" if hide_password and key.lower() in QUERY_PASSWORD_KEYS else value)
+            for key, value in self.query
+        ]
+        query = f"?{urlencode(pairs, safe='*')}" if pairs else ""
         return f"{scheme}://{auth}{host}{port}{database}{query}"
 
     def __str__(self) -> str:
@@ -362,7 +366,17 @@ def hide_password_in(text: str) -> str:
     return re.sub(r"(://[^:/@]*:).*@", r"\1***@", text, flags=re.DOTALL)
 
 
+# As text: re compiles it on first use, not in every run's import.
+_QUERY_PASSWORD: Final = r"([?&](?:ssl)?password=)[^&#]*"
+QUERY_PASSWORD_KEYS: Final = ("password", "sslpassword")
+
+
 def hide_password_of(url_text: str) -> str:
+    """Mask the password of a string given as a URL (also one in its query string)."""
+    return re.sub(_QUERY_PASSWORD, r"\1***", _hide_user_info_password(url_text), flags=re.I)
+
+
+def _hide_user_info_password(url_text: str) -> str:
     """Mask the password of a string given as a URL, however malformed: what lies between the
     first ':' after its scheme's ``://`` and its last '@'; without a scheme before a ``://``
     (``user:pw@host/db``, ``postgresql:user:pw@host``, ``u:p://w@h``), between its first ':' and
@@ -391,8 +405,8 @@ NOT_A_SERVER_PATTERN: Final = (
 
 
 NAME_WITH_BRACES: Final = (
-    "{source}: {entry!r} is a database name with braces, which are not filled in: a name is "
-    "taken as written. A database the tests make with a name of their own (the test database's "
+    "{source}: {entry!r} is a database name with a placeholder, which is not filled in: a name "
+    "is taken as written. A database the tests make with a name of their own (the test database's "
     "plus a suffix) is allowed with the run's own server, postgresql://{{host}}:{{port}} (every "
     "database there)."
 )
@@ -403,10 +417,12 @@ def server_pattern(entry: str, source: str) -> DatabaseURL | None:
     sample server to check it and read its database; None for an entry without braces.
     ConfigError naming ``source`` (the password hidden) for any other use of braces, in a name
     too (``{db}_archive``)."""
+    if "://" not in entry:  # a name: only a placeholder-like part ({db}) is a mistake
+        if re.search(r"\{[a-z_]+\}", entry):
+            raise ConfigError(NAME_WITH_BRACES.format(source=source, entry=entry))
+        return None
     if "{" not in entry and "}" not in entry:
         return None
-    if "://" not in entry:
-        raise ConfigError(NAME_WITH_BRACES.format(source=source, entry=entry))
     missing = [placeholder for placeholder in SERVER_PLACEHOLDERS if placeholder not in entry]
     rest = entry.replace("{host}", "").replace("{port}", "")
     if missing:

@@ -163,7 +163,9 @@ def register(config: pytest.Config) -> None:
             known = ", ".join(sorted(django_settings.DATABASES)) or "none"
             raise ConfigError(
                 UNKNOWN_ALIAS.format(
-                    source=ini_source(config, INI_DATABASES),
+                    source=ini_source(config, INI_DATABASES)
+                    if config.getini(INI_DATABASES)
+                    else f"the default of ini {INI_DATABASES} (unset)",
                     ini=INI_DATABASES,
                     alias=alias,
                     settings=module,

@@ -38,8 +38,11 @@ FOREIGN_MESSAGE: Final = (
     "(settings imported at the top of conftest.py with the `pytest_plugins` opt-in), activate "
     "dbguard with `-p pytest_dbguard` instead (on the command line, in addopts or "
     "PYTEST_PLUGINS). Point the application's variable at the test database with ini "
-    "dbguard_env, e.g. DATABASE_URL={{url}}. If the test is meant to reach this database, allow "
-    "it: @pytest.mark.dbguard(allow=[{database!r}]) on the test, or ini "
+    "dbguard_env, e.g. DATABASE_URL={{url}}.{allow}"
+)
+ALLOW_BY_NAME: Final = (
+    " If the test is meant to reach this database, allow it: "
+    "@pytest.mark.dbguard(allow=[{database!r}]) on the test, or ini "
     "dbguard_allow_databases = {database}."
 )
 
@@ -55,7 +58,7 @@ OWN_SERVER_HINT: Final = (
 
 DERIVED_NAME: Final = (
     " Its name is the test database's ({own!r}) with a suffix, and holds the run's id, which is "
-    "new each run: an entry with that name would not admit the next run's."
+    "new each run: no entry naming it would admit the next run's; allow the server it is on."
 )
 
 REFUSED: Final = "dbguard refused the connection, so nothing reached that database"
@@ -269,7 +272,9 @@ class ForeignDatabaseGuard(EngineListener):
             (
                 own.database
                 for own in self.test_databases
-                if own.database and (target.database or "").startswith(f"{own.database}_")
+                if own.database
+                and is_dbguard_name(own.database)  # not the user's own, in schema mode
+                and (target.database or "").startswith(f"{own.database}_")
             ),
             None,
         )
@@ -287,8 +292,12 @@ class ForeignDatabaseGuard(EngineListener):
                 server=target.server,
                 own=mine,
                 refused=CLOSED if opened else REFUSED,
+                allow=(
+                    DERIVED_NAME.format(own=derived)
+                    if derived is not None
+                    else ALLOW_BY_NAME.format(database=target.database)
+                ),
             )
-            + (DERIVED_NAME.format(own=derived) if derived is not None else "")
             + (OWN_SERVER_HINT if made_by_the_tests else "")
         )
 

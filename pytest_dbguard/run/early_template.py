@@ -105,13 +105,16 @@ def _logging_hidden() -> Iterator[None]:
     them to the controller's captured stderr, which pytest prints after the run's summary line.
     Under pytest-django each worker migrates inside a fixture, whose output is shown only when
     it fails; a failed build here leaves it to the workers, which show theirs that way."""
-    loggers = [logging.root, *logging.root.manager.loggerDict.values()]
+    # A copy in one step: the main thread may create loggers meanwhile.
+    loggers = [logging.root, *list(logging.root.manager.loggerDict.values())]
     handlers = {
         handler
         for logger in loggers
         if isinstance(logger, logging.Logger)
         for handler in logger.handlers
     }
+    if logging.lastResort is not None:  # where a record goes when no logger has a handler
+        handlers.add(logging.lastResort)
     quiet = _OtherThreadsOnly()
     for handler in handlers:
         handler.addFilter(quiet)

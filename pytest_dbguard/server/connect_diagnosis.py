@@ -56,22 +56,18 @@ REMEDIES: Final[dict[str, str]] = {
         f"recovering or out of connection slots: check the server log, or {_WAIT_LONGER}."
     ),
 }
-# libpq's variables for TLS and channel binding: they apply to every connection whose URL does
-# not set the parameter, dbguard's to its own embedded server (which offers no TLS) too.
-LIBPQ_TLS_VARIABLES: Final = (
-    "PGSSLMODE",
-    "PGREQUIRESSL",
-    "PGSSLNEGOTIATION",
-    "PGCHANNELBINDING",
-    "PGGSSENCMODE",
-    "PGSSLROOTCERT",
-    "PGSSLCERT",
-    "PGSSLKEY",
-)
+# libpq's variables that demand TLS (or GSS encryption) of every connection whose URL does not
+# set the parameter: dbguard's own embedded server offers neither.
+LIBPQ_DEMANDS: Final = {
+    "PGSSLMODE": ("require", "verify-ca", "verify-full"),
+    "PGREQUIRESSL": ("1",),
+    "PGSSLNEGOTIATION": ("direct",),
+    "PGGSSENCMODE": ("require",),
+}
 _TLS_FROM_ENVIRONMENT: Final = (
     " This environment sets {variables}, which libpq applies to every connection whose URL does "
-    "not set that parameter (dbguard's embedded server offers no TLS): unset it for the tests "
-    "(env -u {first} pytest ...), or set the parameter in the URL."
+    "not set that parameter, and a server without TLS (dbguard's embedded one has none) refuses "
+    "it: unset it for the tests (env -u {first} pytest ...), or set the parameter in the URL."
 )
 _SQLITE_REMEDY: Final = "check that the file's folder exists and that this user may write there."
 _NOT_READY: Final = (
@@ -146,12 +142,19 @@ class NotReady(ReadinessError):
             ),
             url=self.url,
             remedy=_SQLITE_REMEDY if sqlite else REMEDIES.get(self.stage, REMEDIES[QUERY]),
-        ) + (_tls_from_environment() if self.stage == TLS else "")
+        ) + (_tls_from_environment(self.url) if self.stage == TLS else "")
 
 
-def _tls_from_environment() -> str:
-    """What libpq's environment asks of TLS, when it asks anything (``PGSSLMODE=require``)."""
-    found = [name for name in LIBPQ_TLS_VARIABLES if os.environ.get(name)]
+def _tls_from_environment(url: str) -> str:
+    """What libpq's environment demands of TLS, when the URL leaves it to it (``PGSSLMODE=require``
+    and a URL without ``sslmode``)."""
+    if "sslmode=" in url or "gssencmode=" in url:
+        return ""
+    found = [
+        name
+        for name, demanding in LIBPQ_DEMANDS.items()
+        if os.environ.get(name, "").strip().lower() in demanding
+    ]
     if not found:
         return ""
     shown = ", ".join(f"{name}={os.environ[name]}" for name in found)
