@@ -25,6 +25,7 @@ from pytest_dbguard.db.names import database_name
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ConfigError
 from pytest_dbguard.run import setting_values
+from pytest_dbguard.run.options import OPTIONS_BY_NAME
 
 WORKER: Final = "check"  # the last part of the database's name and of its mark
 NO_INI: Final = (
@@ -68,7 +69,7 @@ class Project:
         """How errors name a setting: ``ini dbguard_metadata in pytest.ini``, or
         ``environment variable DBGUARD_METADATA``."""
         if key in self.from_environment:
-            return f"environment variable {key.upper()}"
+            return f"environment variable {_variable(key)}"
         return f"ini {key} in {self.inipath.name}"
 
 
@@ -83,7 +84,7 @@ def read_project(folder: Path, *, rootdir: str | None, inifile: str | None) -> P
     # DBGUARD_METADATA and the others take the ini's place, as in a run (DBGUARD_URL: server_url).
     from_environment = set()
     for key in ENVIRONMENT_KEYS:
-        value = os.environ.get(key.upper(), "")
+        value = os.environ.get(_variable(key), "")
         if value != "":  # as a run: a blank value is a value, which the parse below refuses
             entries = {**entries, key: value}
             from_environment.add(key)
@@ -104,6 +105,11 @@ def read_project(folder: Path, *, rootdir: str | None, inifile: str | None) -> P
     for key, value in (("metadata", project.metadata), ("alembic_ini", project.alembic_ini)):
         setting_values.parse(key, value, project.source(f"dbguard_{key}"))
     return project
+
+
+def _variable(key: str) -> str:
+    """The environment variable of an ini key, as the setting declares it (``DBGUARD_METADATA``)."""
+    return OPTIONS_BY_NAME[key.removeprefix("dbguard_")].env_var
 
 
 def _lines(value: Any) -> tuple[str, ...]:

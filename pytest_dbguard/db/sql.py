@@ -36,11 +36,13 @@ def name_parts(qualified: str) -> list[str]:
         if char == '"':
             quoted = not quoted
         elif char == "." and not quoted:
-            parts, part = [*parts, part], ""
+            parts.append(part)
+            part = ""
         else:
             part += char
         i += 1
-    return [*parts, part]
+    parts.append(part)
+    return parts
 
 
 def plain_name(qualified: str) -> str:
