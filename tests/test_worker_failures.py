@@ -115,3 +115,32 @@ def test_missing_base_database(pytester: pytest.Pytester, pg_server: TestServer)
     url = pg_server.url(database="no_such_database")
     result = run_dbguard(pytester, "-n", "2", "--dbguard-url", url, inprocess=True)
     _assert_one_clear_error(result, 'database "no_such_database" does not exist')
+
+
+@pytest.mark.parametrize(
+    "spec, cause",
+    [
+        pytest.param(
+            "models:Bsae",
+            "module 'models' has no attribute 'Bsae' (did you mean 'Base'?)",
+            id="attr",
+        ),
+        pytest.param("modles:Base", "importing 'modles' failed", id="module"),
+    ],
+)
+def test_bad_metadata_under_xdist(
+    pytester: pytest.Pytester, pg_server: TestServer, spec: str, cause: str
+) -> None:
+    """The controller imports the models once xdist has started the workers: a bad path still
+    ends the run with its cause printed once, and nothing is left on the server."""
+    pytester.makepyfile(
+        models="from sqlalchemy.orm import DeclarativeBase\n\nclass Base(DeclarativeBase):\n    pass\n",
+        test_schema=TESTS,
+    )
+    pytester.makeini(f"[pytest]\ndbguard_metadata = {spec}\n")
+    before = set(pg_server.databases())
+    result = run_dbguard(pytester, "-n", "2", "--dbguard-url", pg_server.url(), inprocess=True)
+    _assert_one_clear_error(result, cause)
+    result.stderr.fnmatch_lines([f"*ini dbguard_metadata in tox.ini = {spec!r}: *"])
+    assert not list(pytester.path.glob("ran-*"))
+    assert set(pg_server.databases()) == before

@@ -167,3 +167,41 @@ def test_workers_start_while_the_controller_waits_for_the_server(
     assert len(imported) == 2, result.stdout.str()
     # time.monotonic is the system's clock on Linux: comparable across processes.
     assert imported[-1] < delayed.launched_at, (imported, delayed.launched_at)
+
+
+def test_the_controller_imports_the_models_once_the_workers_are_started(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """The controller runs no test: it imports the models (to name the template in its header
+    and check them) only after xdist has started the workers, which import them themselves, so
+    they start that much sooner. A single run imports them before its conftests' hooks run."""
+    pytester.makepyfile(models=MODELS)
+    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
+    pytester.makeconftest(
+        """
+        import os, pathlib, sys
+
+        def pytest_sessionstart(session):  # xdist's controller starts its workers here
+            who = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            pathlib.Path(f"models-at-start-{who}").write_text(str("models" in sys.modules))
+        """
+    )
+    pytester.makepyfile(
+        test_visits="""
+        import pytest
+        from models import Visit
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_visit(dbguard_session, n):
+            dbguard_session.add(Visit(worker="w"))
+            dbguard_session.flush()
+        """
+    )
+    url = ["--dbguard-url", pg_server.url()]
+    run_dbguard(pytester, "-n", "2", *url).assert_outcomes(passed=4)
+    assert pytester.path.joinpath("models-at-start-main").read_text() == "False"
+    for worker in ("gw0", "gw1"):
+        assert pytester.path.joinpath(f"models-at-start-{worker}").read_text() == "True"
+    pytester.path.joinpath("models-at-start-main").unlink()
+    run_dbguard(pytester, *url).assert_outcomes(passed=4)
+    assert pytester.path.joinpath("models-at-start-main").read_text() == "True"

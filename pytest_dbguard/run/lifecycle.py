@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
+from pytest_dbguard.compat import xdist_loaded
 from pytest_dbguard.db import (
     databases,
     janitor,
@@ -58,10 +59,8 @@ def configure(config: pytest.Config) -> None:
     settings = run.settings
     state = SessionState(runs_tests=True, schema_source=_schema_source(settings))
     if settings.metadata and not settings.alembic_ini:  # both: alembic builds, see schema_drift
-        state.metadata = schema.load_metadata(
-            settings.metadata, settings.source_of("metadata"), config.rootpath
-        )
-        schema.check_table_prefixes(state.metadata, environment.parse_env_lines(settings.env_lines))
+        if not _starts_xdist_workers(config):
+            _load_metadata(config, settings, state)
     elif settings.alembic_ini:
         state.alembic_ini = schema.alembic_path(
             settings.alembic_ini, settings.source_of("alembic_ini"), config.rootpath
@@ -70,6 +69,22 @@ def configure(config: pytest.Config) -> None:
     run.session = state
     worker_failures.register(config)
     remote_workers.register(config)
+
+
+def _starts_xdist_workers(config: pytest.Config) -> bool:
+    """This process is about to be pytest-xdist's controller: xdist registers its session after
+    this hook, but its ``pytest_cmdline_main`` has set ``dist`` already (a worker's is "no").
+    The controller imports the models only once xdist has started the workers, which import
+    them themselves: the workers start that much sooner."""
+    return xdist_loaded(config) and config.getoption("dist", "no") != "no"
+
+
+def _load_metadata(config: pytest.Config, settings: Settings, state: SessionState) -> None:
+    """Import the models (a bad path is a usage error, not a failed test) and check their prefixes."""
+    state.metadata = schema.load_metadata(
+        settings.metadata, settings.source_of("metadata"), config.rootpath
+    )
+    schema.check_table_prefixes(state.metadata, environment.parse_env_lines(settings.env_lines))
 
 
 NO_SCHEMA: Final = "no schema"
@@ -118,6 +133,8 @@ def ensure_started(config: pytest.Config) -> None:
     plan, settings, state = run.plan, run.settings, run.session
     state.started = True
     try:
+        if state.metadata is None and settings.metadata and not settings.alembic_ini:
+            _load_metadata(config, settings, state)  # the xdist controller's, see configure
         if state.runs_tests:
             _check_compared_metadata(config, settings)
         if plan.server_url is not None:
