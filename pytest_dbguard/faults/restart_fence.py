@@ -18,6 +18,7 @@ import pytest
 
 from pytest_dbguard.run.environment import embedded_cluster
 from pytest_dbguard.run.state import run_of
+from pytest_dbguard.server.run_folder_files import open_regular
 
 
 class RestartFence:
@@ -28,9 +29,9 @@ class RestartFence:
     """
 
     def __init__(self, folder: Path) -> None:
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-        self._gate = os.open(folder / "faults.gate", flags, 0o600)
-        self._lock = os.open(folder / "faults.lock", flags, 0o600)
+        # In the run folder, which the server's account owns: no link of its followed.
+        self._gate = open_regular(folder / "faults.gate", os.O_RDWR | os.O_CREAT)
+        self._lock = open_regular(folder / "faults.lock", os.O_RDWR | os.O_CREAT)
         self._shared = False
 
     @contextlib.contextmanager

@@ -81,6 +81,7 @@ def _starts_xdist_workers(config: pytest.Config) -> bool:
 
 def _load_metadata(config: pytest.Config, settings: Settings, state: SessionState) -> None:
     """Import the models (a bad path is a usage error, not a failed test) and check their prefixes."""
+    assert settings.metadata is not None
     state.metadata = schema.load_metadata(
         settings.metadata, settings.source_of("metadata"), config.rootpath
     )

@@ -25,7 +25,7 @@ from typing import Final
 
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ServerError
-from pytest_dbguard.server import cluster_auth, initdb_cache
+from pytest_dbguard.server import cluster_auth, initdb_cache, run_folder_files
 from pytest_dbguard.server.machine import (
     child_setup,
     command_name,
@@ -192,7 +192,10 @@ class EmbeddedCluster:
             prelude, source_fd = self._prelude()
             command = ["sh", "-c", prelude, "dbguard-postgres", *command]
             statement = cluster_auth.password_statement(self.password)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        log = open(  # noqa: SIM115 - the child owns it
+            run_folder_files.open_regular(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT),
+            "ab",
+        )
         try:
             self.process = subprocess.Popen(
                 command,
@@ -268,10 +271,14 @@ class EmbeddedCluster:
         return died
 
     def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-            if tail:
-                return "\n".join(tail)
+        try:
+            tail = run_folder_files.read_text(self.log_path).splitlines()[-lines:]
+        except ServerError as error:  # not our log: say so, show nothing of it
+            return str(error)
+        except OSError:
+            tail = []
+        if tail:
+            return "\n".join(tail)
         return (
             f"(the log {self.log_path} is empty or missing: is {self.root.parent} full or "
             f"read-only? `df -h {self.root.parent}`; set TMPDIR to a folder with room)"
@@ -290,8 +297,8 @@ class EmbeddedCluster:
         return None
 
     def postmaster_pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            return int((self.datadir / "postmaster.pid").read_text().splitlines()[0])
+        with contextlib.suppress(OSError, ValueError, IndexError, ServerError):
+            return int(run_folder_files.read_text(self.datadir / "postmaster.pid").splitlines()[0])
         return None
 
     def stop(self, *, remove: bool = True, mode: signal.Signals = signal.SIGQUIT) -> None:

@@ -24,6 +24,8 @@ import secrets
 from pathlib import Path
 from typing import Final
 
+from pytest_dbguard.server.run_folder_files import open_regular
+
 SUPERUSER: Final = "postgres"
 HBA_NAME: Final = "pg_hba.conf"
 # The socket is reachable only through the private run folder (see the module docstring).
@@ -88,8 +90,7 @@ def write_hba(root: Path, owner: tuple[int, int] | None) -> None:
 
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` to a new or existing file only this user may read (0600, no link followed)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    descriptor = os.open(path, flags, 0o600)
+    descriptor = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with open(descriptor, "w") as file:
         os.fchmod(descriptor, 0o600)
         file.write(text)

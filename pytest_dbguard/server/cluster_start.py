@@ -10,6 +10,7 @@ import shutil
 import socket
 from pathlib import Path
 
+from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server import kept_clusters
 from pytest_dbguard.server.cluster import EmbeddedCluster
 from pytest_dbguard.server.machine import (
@@ -21,6 +22,7 @@ from pytest_dbguard.server.machine import (
     storage_root,
     sweep_stale,
 )
+from pytest_dbguard.server.run_folder_files import read_text
 
 
 def sweep_orphans(root: Path) -> None:
@@ -35,9 +37,9 @@ def sweep_orphans(root: Path) -> None:
     def alive(run_dir: Path) -> bool:
         if run_dir.name.startswith("reuse-") or run_dir.name.endswith("-sqlite"):
             return True
-        with contextlib.suppress(OSError, ValueError, IndexError):
+        with contextlib.suppress(OSError, ValueError, IndexError, ServerError):
             pid_file = run_dir / "data" / "postmaster.pid"
-            return process_alive(int(pid_file.read_text().splitlines()[0]))
+            return process_alive(int(read_text(pid_file).splitlines()[0]))
         return False
 
     sweep_stale(root, owners, alive)
@@ -81,8 +83,8 @@ def prepare_cluster(
 
 def _adopt(bindir: Path, root: Path) -> EmbeddedCluster | None:
     """The cluster a previous ``--dbguard-reuse`` run left running in ``root``, if it still runs."""
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        state = json.loads((root / "dbguard.json").read_text())
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, ServerError):
+        state = json.loads(read_text(root / "dbguard.json"))
         cluster = EmbeddedCluster(bindir=bindir, root=root, port=int(state["port"]), keep=True)
         if not isinstance(state.get("password"), str):  # kept by a version without passwords
             pid = cluster.postmaster_pid()

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
+from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server.machine import (
     RAM_DIR,
     command_name,
@@ -31,6 +32,7 @@ from pytest_dbguard.server.machine import (
     server_user,
     wait_gone,
 )
+from pytest_dbguard.server.run_folder_files import read_text
 
 PREFIX: Final = "reuse-"
 STATE_FILE: Final = "dbguard.json"
@@ -62,8 +64,8 @@ class KeptCluster:
     @property
     def server_pid(self) -> int | None:
         """The running postgres of this folder (its pid file, checked against the process name)."""
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pid = int((self.root / "data" / "postmaster.pid").read_text().splitlines()[0])
+        with contextlib.suppress(OSError, ValueError, IndexError, ServerError):
+            pid = int(read_text(self.root / "data" / "postmaster.pid").splitlines()[0])
             if process_alive(pid) and command_name(pid) == "postgres":
                 return pid
         return None
@@ -85,8 +87,8 @@ def _ours(path: Path) -> bool:
 
 def _read(root: Path) -> KeptCluster:
     project, port = None, None
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        state = json.loads((root / STATE_FILE).read_text())
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, ServerError):
+        state = json.loads(read_text(root / STATE_FILE))
         project = state.get("project") if isinstance(state.get("project"), str) else None
         port = int(state["port"])
     return KeptCluster(root, project, port)
@@ -108,10 +110,10 @@ def kept(key: str | None = None) -> list[KeptCluster]:
 
 def _kept_failed(root: Path, key: str | None) -> bool:
     """Whether ``root`` is a run's cluster kept for its failed tests' data (of project ``key``)."""
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, ServerError):
         if not _ours(root):
             return False
-        state = json.loads((root / STATE_FILE).read_text())
+        state = json.loads(read_text(root / STATE_FILE))
         project = state.get("project")
         return (
             state.get("kept_failed") is True
