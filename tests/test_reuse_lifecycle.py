@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -272,6 +273,67 @@ def test_stop_leaves_a_cluster_that_a_run_is_using(pytester: pytest.Pytester, ke
     stopped = dbguard_cli("stop", cwd=pytester.path)  # the run has ended: now it stops
     assert stopped.returncode == 0, stopped.stderr
     assert not machine.process_alive(pid) and not kept.exists()
+
+
+RESTARTS = """
+    import time
+    from pathlib import Path
+
+    def test_restarts(dbguard_faults, dbguard_engine):
+        Path("running.txt").write_text("")
+        deadline = time.monotonic() + 120
+        while not Path("go.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        dbguard_faults.restart()
+        dbguard_faults.assert_recovers(dbguard_engine)
+"""
+
+
+def test_a_second_run_waits_for_a_kept_cluster_that_another_run_restarts(
+    pytester: pytest.Pytester, kept: Path
+) -> None:
+    """While one run has its kept cluster down (``dbguard_faults.restart()``), a second run of
+    the project waits and adopts it once it is back; it removed the folder from under the first
+    run and started a cluster of its own (a security audit's finding)."""
+    pytester.makepyfile(
+        test_restarts=RESTARTS, test_second="def test_second(dbguard_connection): pass"
+    )
+    pytester.makeini("[pytest]\n")
+    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "--dbguard-reuse", "-q"]
+    first = pytester.popen(
+        [*command, "test_restarts.py"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    second = None
+    try:
+        for _ in range(1200):
+            if (pytester.path / "running.txt").exists() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (pytester.path / "running.txt").exists(), first.communicate()[0]
+        pid = _postgres_pid(kept)
+        os.kill(pid, signal.SIGQUIT)  # the first run's cluster is down, as halfway a restart
+        machine.wait_gone(pid, None, timeout=15)
+        second = pytester.popen(
+            [*command, "test_second.py"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        time.sleep(2)  # the second run has found the cluster down by now
+        assert second.poll() is None and kept.is_dir()
+    finally:
+        (pytester.path / "go.txt").write_text("")
+        first_output = first.communicate(timeout=120)[0]
+        second_output = second.communicate(timeout=120)[0] if second is not None else ""
+    assert first.returncode == 0, first_output
+    assert second is not None and second.returncode == 0, second_output
+    assert "cluster reused" in second_output, second_output
+    assert kept.is_dir()
 
 
 def test_stop_with_nothing_kept_says_so(pytester: pytest.Pytester) -> None:

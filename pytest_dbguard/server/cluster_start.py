@@ -4,11 +4,15 @@ run kept for the project adopted; and the run folders of killed runs swept away 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server import kept_clusters
@@ -67,18 +71,60 @@ def prepare_cluster(
             raise
         return cluster, False
     reuse_root = root / f"{kept_clusters.PREFIX}{kept_clusters.reuse_key(reuse_for)}"
-    adopted = _adopt(bindir, reuse_root)
-    if adopted is not None:
-        kept_clusters.hold(reuse_root)  # `dbguard stop` leaves it alone until this run ends
-        return adopted, True
-    shutil.rmtree(reuse_root, ignore_errors=True)
-    cluster = EmbeddedCluster(
-        bindir=bindir, root=reuse_root, port=free_port(), keep=True, project=str(reuse_for)
-    )
-    cluster.initialise()
-    kept_clusters.hold(reuse_root)
-    cluster.launch()
+    with _one_start_at_a_time(reuse_root):
+        adopted = _adopt(bindir, reuse_root)
+        if adopted is None and kept_clusters.in_use(reuse_root):
+            adopted = _adopt_once_it_answers(bindir, reuse_root)
+        if adopted is not None:
+            kept_clusters.hold(reuse_root)  # `dbguard stop` leaves it alone until this run ends
+            return adopted, True
+        shutil.rmtree(reuse_root, ignore_errors=True)  # no run holds it: a stopped leftover
+        cluster = EmbeddedCluster(
+            bindir=bindir, root=reuse_root, port=free_port(), keep=True, project=str(reuse_for)
+        )
+        cluster.initialise()
+        kept_clusters.hold(reuse_root)
+        cluster.launch()
     return cluster, False
+
+
+ADOPT_WAIT: Final = 30.0  # seconds: a restart, or another run's launch, takes a few
+
+
+@contextlib.contextmanager
+def _one_start_at_a_time(reuse_root: Path) -> Iterator[None]:
+    """Runs of one project that start together adopt (or start) its kept cluster in turn: the
+    second waits until the first holds the cluster it launched. A hidden lock file beside the folder,
+    in this user's private storage folder."""
+    lock = reuse_root.with_name(f".{reuse_root.name}.start-lock")
+    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _adopt_once_it_answers(bindir: Path, root: Path) -> EmbeddedCluster | None:
+    """The kept cluster another run holds, once it answers: that run is restarting it
+    (``dbguard_faults.restart()``) or has just launched it. None when that run ends first (what
+    is left is a leftover); ServerError when it still holds a cluster that does not answer."""
+    deadline = time.monotonic() + ADOPT_WAIT
+    while kept_clusters.in_use(root):
+        if time.monotonic() > deadline:
+            raise ServerError(IN_USE_NOT_ANSWERING.format(root=root, seconds=int(ADOPT_WAIT)))
+        time.sleep(0.1)
+        adopted = _adopt(bindir, root)
+        if adopted is not None:
+            return adopted
+    return None
+
+
+IN_USE_NOT_ANSWERING: Final = (
+    "--dbguard-reuse: the kept cluster in {root} is used by another pytest run but has not "
+    "answered on its port for {seconds} s; dbguard does not remove a cluster that a run still "
+    "uses. Let that run end (or stop it), then run again; `dbguard stop` then stops the cluster."
+)
 
 
 def _adopt(bindir: Path, root: Path) -> EmbeddedCluster | None:

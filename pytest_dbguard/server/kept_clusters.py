@@ -32,7 +32,7 @@ from pytest_dbguard.server.machine import (
     server_user,
     wait_gone,
 )
-from pytest_dbguard.server.run_folder_files import read_text
+from pytest_dbguard.server.run_folder_files import open_regular, read_text
 
 PREFIX: Final = "reuse-"
 STATE_FILE: Final = "dbguard.json"
@@ -133,7 +133,7 @@ def hold(root: Path) -> None:
     """Mark the kept cluster in ``root`` as used by this process, until :func:`release` or exit."""
     if root in _held:
         return
-    fd = os.open(root / IN_USE_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = open_regular(root / IN_USE_FILE, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_SH)
     _held[root] = fd
 
@@ -150,7 +150,9 @@ def in_use(root: Path) -> bool:
     if root in _held:
         return True
     try:
-        fd = os.open(root / IN_USE_FILE, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(root / IN_USE_FILE, os.O_RDWR)
+    except ServerError:
+        return True  # not our lock file: never treat the cluster as free
     except OSError:
         return False  # no run ever held it (kept by an older version), or gone
     try:
