@@ -180,6 +180,76 @@ def test_short_passwords_are_masked_only_inside_urls() -> None:
     assert secrets.scrub(text) == "url postgresql://app:***@db/app, raw ***, other :x@"
 
 
+def test_a_password_cut_short_by_pytest_is_masked() -> None:
+    """pytest shows a long string's two ends around "...": 25 of a password's 32 characters
+    were shown (a security audit's finding)."""
+    from pytest_dbguard.run.redaction import secrets_for
+
+    password = "6nL77F7m4kM2xQ9r8sT0uV1w05AC3PhokGTyv"
+    secrets = secrets_for([DatabaseURL.parse(f"postgresql://app:{password}@db/app")])
+    for shown, masked in (
+        (f"assert '{password[:12]}...{password[-13:]}' == 'x'", "assert '***' == 'x'"),
+        (f"E   '{password[:5]}...' and '...{password[-6:]}'", "E   '***' and '***'"),
+        ("Waiting... done... 6nL7", "Waiting... done... 6nL7"),  # no end of it next to "..."
+    ):
+        assert secrets.found_in(shown) == (shown != masked)
+        assert secrets.scrub(shown) == masked
+
+
+SHOWN_ELSEWHERE = """
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import make_url
+
+def password():
+    return make_url(os.environ["DBGUARD_URL"]).password
+
+Path("password.txt").write_text(password())
+
+def test_xfail_reason(dbguard_url):
+    pytest.xfail("xf " + str(dbguard_url))
+
+def test_cut_short(dbguard_url):
+    assert password() * 3 == "x"
+"""
+SUBTESTS = """
+def test_subtests(subtests, dbguard_url):
+    with subtests.test(msg="sub " + str(dbguard_url), url=str(dbguard_url)):
+        assert False
+"""
+PYTEST_SUBTESTS = int(pytest.__version__.split(".")[0]) >= 9  # pytest's own subtests fixture
+
+
+@pytest.mark.parametrize(
+    "xdist",
+    [
+        pytest.param([], id="single"),
+        pytest.param(["-n", "2"], id="xdist", marks=pytest.mark.needs_xdist),
+    ],
+)
+def test_password_in_an_xfail_reason_a_subtest_or_cut_short_is_masked(
+    pytester: pytest.Pytester, xdist: list[str]
+) -> None:
+    pytester.makepyfile(test_shown=SHOWN_ELSEWHERE + (SUBTESTS if PYTEST_SUBTESTS else ""))
+    result = run_dbguard(pytester, *xdist, "-rA", "--junitxml=report.xml", inprocess=True)
+    outcomes = result.parseoutcomes()
+    assert outcomes["xfailed"] == 1 and outcomes["failed"] == 1 + 2 * PYTEST_SUBTESTS, outcomes
+    output = result.stdout.str() + result.stderr.str()
+    report = (pytester.path / "report.xml").read_text()
+    result.stdout.fnmatch_lines(
+        ["XFAIL*test_xfail_reason - xf postgresql+psycopg://postgres:***@*"]
+    )
+    if PYTEST_SUBTESTS:
+        result.stdout.fnmatch_lines(["SUBFAILED[[]sub postgresql+psycopg://postgres:***@*"])
+    result.stdout.fnmatch_lines(["E  *assert '***' == 'x'"])  # the cut-short comparison
+    password = (pytester.path / "password.txt").read_text()
+    assert len(password) >= 32
+    for shown in (output, report):
+        assert password[:6] not in shown and password[-6:] not in shown
+
+
 def test_reused_cluster_keeps_its_password_private(pytester: pytest.Pytester) -> None:
     _require_root()
     pytester.makepyfile(

@@ -14,6 +14,7 @@ URL's user, host or database name, which stay readable.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from collections.abc import Iterable
@@ -48,9 +49,11 @@ class Secrets(NamedTuple):
         return unquote(match.group(2)) in self.passwords
 
     def found_in(self, text: str) -> bool:
-        """Whether ``text`` shows one of the passwords."""
-        return any(secret in text for secret in self.bare) or any(
-            self._in_url(match) for match in re.finditer(_URL_PASSWORD, text)
+        """Whether ``text`` shows one of the passwords, or a part of one that pytest cut short."""
+        return (
+            any(secret in text for secret in self.bare)
+            or any(self._in_url(match) for match in re.finditer(_URL_PASSWORD, text))
+            or bool(self._cut_short(text))
         )
 
     def scrub(self, text: str) -> str:
@@ -62,7 +65,46 @@ class Secrets(NamedTuple):
         )
         for secret in self.bare:
             text = text.replace(secret, MASK)
+        for start, end in reversed(self._cut_short(text)):
+            text = f"{text[:start]}{MASK}{text[end:]}"
         return text
+
+    def _cut_short(self, text: str) -> list[tuple[int, int]]:
+        """Where ``text`` shows a password that pytest shortened to its two ends around
+        ``...`` (its repr of a long value: ``'6nL77F7m4kM2...05AC3PhokGTyv'``), or one end of it
+        next to ``...``: the spans to mask, in order, each at least :data:`MIN_CUT` long."""
+        spans: list[tuple[int, int]] = []
+        dots = text.find("...")
+        while dots != -1 and self.bare:
+            head = max((_common_end(text, dots, secret) for secret in self.bare), default=0)
+            tail = max((_common_start(text, dots + 3, secret) for secret in self.bare), default=0)
+            start = dots - head if head >= MIN_CUT else dots
+            end = dots + 3 + tail if tail >= MIN_CUT else dots + 3
+            if end - start > 3:
+                spans.append((start, end))
+            dots = text.find("...", end)
+        return spans
+
+
+MIN_CUT: Final = 4  # an end of a password shown next to "...": masked from this length
+
+
+def _common_end(text: str, end: int, secret: str) -> int:
+    """How long a beginning of ``secret`` ``text`` shows right before position ``end``."""
+    longest = 0
+    for length in range(1, min(len(secret), end) + 1):
+        if text.startswith(secret[:length], end - length):
+            longest = length
+    return longest
+
+
+def _common_start(text: str, start: int, secret: str) -> int:
+    """How long an end of ``secret`` ``text`` shows from position ``start`` on."""
+    longest = 0
+    for length in range(1, min(len(secret), len(text) - start) + 1):
+        if text.startswith(secret[len(secret) - length :], start):
+            longest = length
+    return longest
 
 
 def secrets_for(urls: Iterable[DatabaseURL | None]) -> Secrets:
@@ -135,11 +177,14 @@ def scrub_report(config: pytest.Config, report: pytest.TestReport | pytest.Colle
     crash line); one that still shows a password after that (a form this code does not know)
     is replaced by its masked text, which terminal, junitxml and xdist all take.
     """
-    if report.longrepr is None and not report.sections:  # most reports: nothing to look at
-        return
+    described = getattr(report, "wasxfail", None) or getattr(report, "context", None)
+    if report.longrepr is None and not report.sections and not described:
+        return  # most reports: nothing to look at
     secrets = secrets_of(config)
     if not secrets:
         return
+    if described:
+        _scrub_description(report, secrets)
     if report.longrepr is not None and secrets.found_in(report.longreprtext):
         report.longrepr = _scrub_tree(report.longrepr, secrets, set())
         text = report.longreprtext
@@ -147,6 +192,25 @@ def scrub_report(config: pytest.Config, report: pytest.TestReport | pytest.Colle
             report.longrepr = secrets.scrub(text)
     if any(secrets.found_in(content) for _, content in report.sections):
         report.sections = [(title, secrets.scrub(content)) for title, content in report.sections]
+
+
+def _scrub_description(report: pytest.TestReport | pytest.CollectReport, secrets: Secrets) -> None:
+    """An xfail reason and a subtest's message and keyword values, which the summary shows."""
+    reason = getattr(report, "wasxfail", None)
+    if isinstance(reason, str) and secrets.found_in(reason):
+        report.wasxfail = secrets.scrub(reason)  # type: ignore[union-attr]
+    context = getattr(report, "context", None)  # pytest's SubtestContext (a frozen dataclass)
+    msg, kwargs = getattr(context, "msg", None), getattr(context, "kwargs", None)
+    if not isinstance(kwargs, dict):
+        return
+    texts = [str(value) for value in kwargs.values()] + ([msg] if isinstance(msg, str) else [])
+    if any(secrets.found_in(text) for text in texts):
+        masked = copy.copy(context)
+        if isinstance(msg, str):
+            object.__setattr__(masked, "msg", secrets.scrub(msg))
+        scrubbed = {key: secrets.scrub(str(value)) for key, value in kwargs.items()}
+        object.__setattr__(masked, "kwargs", scrubbed)
+        report.context = masked  # type: ignore[union-attr]
 
 
 def _scrub_tree(value: Any, secrets: Secrets, seen: set[int]) -> Any:

@@ -94,8 +94,8 @@ ADOPT_WAIT: Final = 30.0  # seconds: a restart, or another run's launch, takes a
 @contextlib.contextmanager
 def _one_start_at_a_time(reuse_root: Path) -> Iterator[None]:
     """Runs of one project that start together adopt (or start) its kept cluster in turn: the
-    second waits until the first holds the cluster it launched. A hidden lock file beside the folder,
-    in this user's private storage folder."""
+    second waits until the first holds the cluster it launched. A hidden lock file beside the
+    folder, in this user's private storage folder."""
     lock = reuse_root.with_name(f".{reuse_root.name}.start-lock")
     descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
