@@ -87,11 +87,23 @@ def _count(root: Path, tests: int, who: str, server: external.ExternalServer) ->
 
 
 def commands(
-    tmp: Path, server: external.ExternalServer, tests: int, commands: dict[str, list[str]]
+    tmp: Path,
+    server: external.ExternalServer,
+    tests: int,
+    commands: dict[str, list[str]],
+    *,
+    autoload: bool = False,
 ) -> None:
     """Part ``c``: the instructions of part 4's commands, without dbguard and with it (embedded
-    default and external server): the 5 % goal in a count the machine's load cannot change."""
-    common.banner(f"c. instructions of the commands of part 4 (valgrind), {tests}-test project")
+    default and external server): the 5 % goal in a count the machine's load cannot change.
+
+    ``autoload``: pytest loads every plugin installed in the venv (pytest-xdist, pytest-asyncio,
+    pytest-django...) in every variant, as it does for a user who has not set
+    ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``; otherwise only the plugins named with ``-p``."""
+    common.banner(
+        f"c. instructions of the commands of part 4 (valgrind), {tests}-test project"
+        + (", pytest's plugin autoload on" if autoload else "")
+    )
     suite = orm_suite(tmp / "c_project", tests, True)
     # An empty module activated the same way: what pytest itself spends on any ``-p`` plugin (it
     # looks the name up among every installed package's entry points first), before the plugin's
@@ -111,6 +123,8 @@ def commands(
         counts = {}
         for variant, (plugins, extra) in variants.items():
             env = common.sealed_env({**extra, "PYTHONHASHSEED": "0"})
+            if autoload:
+                del env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"]
             argv = common.pytest_command(*args, plugins=plugins)
             common.run_pytest(suite, argv, env=env, check=False)  # bytecode caches written
             counts[variant] = common.count_instructions(argv, suite, env)

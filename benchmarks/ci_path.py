@@ -1,6 +1,6 @@
 """The CI path: dbguard on an external server with password auth vs the recipe a team writes by hand.
 
-    python benchmarks/ci_path.py [--runs 7] [--tests 300] [--only 1,2,3,4] [--only p] [--only i,t,c] [--counts 3]
+    python benchmarks/ci_path.py [--runs 7] [--tests 300] [--only 1,2,3,4] [--only p] [--only i,t,c] [--counts 3] [--autoload]
 
 1. External server (a PostgreSQL cluster this script starts on loopback, ``scram-sha-256`` over
    TCP, ``DBGUARD_URL`` pointing at it) vs SQLAlchemy's documented recipe in a conftest that
@@ -36,7 +36,9 @@ t. CPU by phase inside the pytest process (``--only t``, not part of the default
    median test, which whole-process slopes on a shared machine cannot show.
 c. Instructions of part 4's commands (``--only c``, not part of the default; valgrind): each
    command without dbguard, with an empty module activated by ``-p`` (pytest's own cost of any
-   ``-p`` plugin), with the embedded default and with the external server.
+   ``-p`` plugin), with the embedded default and with the external server. With ``--autoload``,
+   pytest's plugin autoload stays on (every plugin installed in the venv loads in every variant),
+   as for a user who has not set ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``.
 
 Wall time of the whole pytest process (spawn to exit) and its CPU time (user + system of the
 process and every child it reaped, from ``os.wait4``: the embedded server is pytest's child, so
@@ -328,6 +330,11 @@ def main() -> None:
     parser.add_argument(
         "--counts", type=int, default=1, help="part i: valgrind counts per suite (median printed)"
     )
+    parser.add_argument(
+        "--autoload",
+        action="store_true",
+        help="part c: pytest's plugin autoload on (the venv's plugins load in every variant)",
+    )
     args = parser.parse_args()
     parts = set(args.only.split(","))
     print(f"machine: {common.machine_note()}", flush=True)
@@ -363,7 +370,7 @@ def main() -> None:
         if "c" in parts:
             import _ci_instructions
 
-            _ci_instructions.commands(tmp, server, args.tests, COMMANDS)
+            _ci_instructions.commands(tmp, server, args.tests, COMMANDS, autoload=args.autoload)
     print(f"\nmachine: {common.machine_note()}")
 
 
