@@ -538,7 +538,9 @@ PARTITIONED_MODELS = """
         ),
     )
 """
-PARTITIONED_TESTS = APP_ENGINE_TESTS_HEAD + """
+PARTITIONED_TESTS = (
+    APP_ENGINE_TESTS_HEAD
+    + """
 
     @pytest.mark.dbguard(isolation="truncate")
     def test_1_truncate_writes_both_partitions():
@@ -550,6 +552,7 @@ PARTITIONED_TESTS = APP_ENGINE_TESTS_HEAD + """
         dbguard_connection.execute(text("INSERT INTO events (id, body) VALUES (5, 'x'), (500, 'y')"))
         assert False
 """
+)
 
 
 @pytest.mark.usefixtures("clean")
@@ -581,3 +584,40 @@ def test_a_partitioned_tables_rows_are_kept_once(
         ]
     )
     assert _rows(server, name, "SELECT body FROM events ORDER BY id") == ["x", "y"]
+
+
+CREATES_A_TABLE = """
+    from sqlalchemy import text
+    from models import Thing
+
+    def test_fails(dbguard_session):
+        dbguard_session.add(Thing(name="kept"))
+        dbguard_session.execute(text("CREATE TABLE scratch (id serial PRIMARY KEY, note text)"))
+        dbguard_session.execute(text("INSERT INTO scratch (note) VALUES ('made in the test')"))
+        dbguard_session.flush()
+        assert False
+"""
+
+
+@pytest.mark.usefixtures("clean")
+def test_a_table_the_test_created_is_named_not_copied(
+    pytester: pytest.Pytester, server: TestServer
+) -> None:
+    """The copy is cloned from the run's schema: a table the failed test created itself is not
+    in it. The schema's tables are still copied, and the report names the one left out (the
+    whole copy failed with 'relation "scratch" does not exist'; a security audit's finding)."""
+    _project(pytester, test_creates=CREATES_A_TABLE)
+    args = ["--dbguard-url", server.url(), "--dbguard-keep-failed"]
+    result = run_dbguard(pytester, *args, inprocess=True)
+    result.assert_outcomes(failed=1)
+    [name] = _kept_names(result)
+    result.stdout.fnmatch_lines(
+        [
+            "test_creates.py::test_fails failed; its view of the database (1 row in 1 table: "
+            f"things 1) is kept in {name}:",
+            "  psql *",
+            "  not copied: scratch (tables the test created itself, which the copy, cloned from "
+            "the run's schema, does not have)",
+        ]
+    )
+    assert _rows(server, name, "SELECT name FROM things") == ["kept"]

@@ -213,6 +213,11 @@ def _section(run: DbguardRun, nodeid: str, name: str, view: View) -> str:
         f"{nodeid} failed; its view of the database ({view.describe()}) is kept in {name}:",
         "  " + _psql(run, name),
     ]
+    if view.not_copied:
+        lines.append(
+            f"  not copied: {', '.join(view.not_copied)} (tables the test created itself, which "
+            "the copy, cloned from the run's schema, does not have)"
+        )
     if environment.embedded_cluster(run) is not None:
         lines.append(
             "  (the embedded server's socket in its run folder needs no password; the cluster "
