@@ -108,3 +108,27 @@ def test_a_restart_does_not_append_the_log_through_a_planted_link(
     )
     run_dbguard(pytester).assert_outcomes(passed=1)
     assert outside.read_text() == "ORIGINAL\n"
+
+
+def test_the_initdb_output_is_cached_only_from_the_run_folder_itself(
+    run_folder: Path, tmp_path: Path
+) -> None:
+    """A fresh initdb's output (``<run folder>/initdb``) is copied into root's cache: a link
+    planted under that name must not make root copy the folder it names."""
+    from pytest_dbguard.server import initdb_cache
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "PG_VERSION").write_text("15\n")
+    (elsewhere / "secret").write_text("root's\n")
+    (run_folder / "initdb").symlink_to(elsewhere)
+    cached = tmp_path / "cache" / "initdb-x"
+    initdb_cache.fill(run_folder / "initdb", cached)
+    assert not cached.exists()
+    assert (elsewhere / "secret").read_text() == "root's\n"  # and nothing of it removed
+    (run_folder / "initdb").unlink()
+    (run_folder / "initdb").mkdir()
+    (run_folder / "initdb" / "PG_VERSION").write_text("15\n")
+    initdb_cache.fill(run_folder / "initdb", cached)
+    assert (cached / "PG_VERSION").read_text() == "15\n"
+    assert not (run_folder / "initdb").exists()

@@ -31,20 +31,33 @@ def cache_path(bindir: Path, user: tuple[int, int] | None) -> Path:
 
 
 def copy_tree(source: Path, target: Path) -> None:
-    """Copy a data folder with its owners and modes; ServerError when that fails."""
-    # `cp -a` keeps owners and modes and is several times faster than shutil.copytree here.
-    result = subprocess.run(
-        ["cp", "-a", f"{source}/.", str(target)], capture_output=True, text=True
-    )
+    """Copy a data folder with its owners and modes (links as links); ServerError when that
+    fails. ``source`` is opened first, without following a link (it lies in a run folder the
+    server's user owns, who could put a link to another folder under its name), and copied
+    through that descriptor."""
+    try:
+        folder = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        raise ServerError(f"Could not open the data folder {source}: {error}") from error
+    try:
+        # `cp -a` keeps owners and modes and is several times faster than shutil.copytree here.
+        result = subprocess.run(
+            ["cp", "-a", f"/proc/self/fd/{folder}/.", str(target)],
+            capture_output=True,
+            text=True,
+            pass_fds=(folder,),
+        )
+    finally:
+        os.close(folder)
     if result.returncode != 0:
         raise ServerError(
-            f"Could not copy the cached data folder {source} to {target}: {result.stderr.strip()}"
+            f"Could not copy the data folder {source} to {target}: {result.stderr.strip()}"
         )
 
 
 def fill(scratch: Path, cached: Path) -> None:
     """Keep a fresh initdb output (``scratch``) as the cache, then remove it (best effort)."""
-    if not (scratch / "PG_VERSION").exists():
+    if not (scratch / "PG_VERSION").is_file():
         return
     with contextlib.suppress(OSError):
         cached.parent.mkdir(parents=True, exist_ok=True)
