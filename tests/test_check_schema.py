@@ -230,6 +230,45 @@ def test_missing_keys_are_a_usage_error(pytester: pytest.Pytester, ini: str, mis
     assert not (pytester.path / "migrated.txt").exists()  # nothing was started or migrated
 
 
+def test_sqlalchemy_older_than_2_is_said_before_a_server_starts(pytester: pytest.Pytester) -> None:
+    """As a run says it (redash's trial: check-schema started a server, then crashed with
+    ``ImportError: cannot import name 'URL'`` on SQLAlchemy 1.3)."""
+    project(pytester)
+    package = pytester.mkpydir("sqlalchemy")  # what `import sqlalchemy` loads from the project
+    (package / "__init__.py").write_text('__version__ = "1.3.24"\n')
+    result = check_schema(pytester)
+    assert result.ret == 2, output(result)
+    result.stderr.fnmatch_lines(
+        ["dbguard check-schema: pytest-dbguard needs SQLAlchemy 2.0 or newer*1.3.24 is installed*"]
+    )
+    assert "started an embedded PostgreSQL" not in output(result)
+    assert "Traceback" not in output(result)
+
+
+def test_an_alembic_ini_without_script_location_is_said_before_a_server_starts(
+    pytester: pytest.Pytester,
+) -> None:
+    """Flask-Migrate's alembic.ini names no script folder (its commands set it in code): the
+    error says so, not that env.py is missing from a folder the ini does not name."""
+    project(pytester)
+    (pytester.path / "alembic.ini").write_text("[alembic]\n\n" + ALEMBIC_LOGGING)
+    result = check_schema(pytester)
+    assert result.ret == 2, output(result)
+    said = result.stderr.str()
+    assert said.startswith(
+        "dbguard check-schema: ini dbguard_alembic_ini in tox.ini = 'alembic.ini': "
+        f"{pytester.path / 'alembic.ini'} sets no script_location (neither in its [alembic] "
+        "section nor in [tool.alembic] of a pyproject.toml beside it)"
+    ), said
+    assert "Flask-Migrate's alembic.ini is such a file" in said
+    assert "add `script_location = %(here)s` (the folder of env.py)" in said
+    assert "started an embedded PostgreSQL" not in output(result)
+    pytester.makepyfile(test_x="def test_x(dbguard_connection): pass")
+    run = run_dbguard(pytester)
+    assert run.ret == pytest.ExitCode.USAGE_ERROR
+    run.stderr.fnmatch_lines(["*sets no script_location*"])
+
+
 def test_dbguard_variables_take_the_ini_keys_place(
     pytester: pytest.Pytester, pg_server: TestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -50,7 +50,15 @@ NO_ENV_PY: Final = (
     "{source}: there is no {env_py}. dbguard runs alembic in the folder of {ini}, so a relative "
     "script_location (in its [alembic] section, or in [tool.alembic] of the pyproject.toml beside "
     "it) is read from there: write it relative to that folder (or as %(here)s/...), so that "
-    "`alembic -c {ini} upgrade head` works from the shell too. No test ran."
+    "`alembic -c {ini} upgrade head` works from the shell too."
+)
+NO_SCRIPT_LOCATION: Final = (
+    "{source}: {ini} sets no script_location (neither in its [alembic] section nor in "
+    '[tool.alembic] of a pyproject.toml beside it), and alembic stops without one ("No '
+    "'script_location' key found in configuration\"). Flask-Migrate's alembic.ini is such a "
+    "file: its commands set the folder in code. dbguard runs `alembic -c {ini} upgrade head`: "
+    "add `script_location = %(here)s` (the folder of env.py) to its [alembic] section, or build "
+    "the schema from the models with dbguard_metadata instead."
 )
 COMPARE_FAILED: Final = (
     "The schema drift check runs {env_py} to compare the migrated database with "
@@ -200,7 +208,9 @@ def env_py(ini: Path) -> Path:
 
 
 def require_env_py(ini: Path, source: str) -> None:
-    """ConfigError when the script folder alembic.ini names has no env.py."""
+    """ConfigError when alembic.ini names no script folder, or one without env.py."""
+    if script_folder(ini) is None and _ini_options(ini, "script_location") is not None:
+        raise ConfigError(NO_SCRIPT_LOCATION.format(source=source, ini=ini))
     path = env_py(ini)
     if not path.is_file() and not path.with_suffix(".pyc").is_file():  # sourceless = true
         raise ConfigError(NO_ENV_PY.format(source=source, env_py=path, ini=ini))

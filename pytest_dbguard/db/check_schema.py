@@ -233,7 +233,13 @@ def run(
     progress: Callable[[str], None],
 ) -> tuple[bool, str]:
     """The whole command: whether the schemas match, and the report to print."""
+    from pytest_dbguard.db import schema
+    from pytest_dbguard.run.environment import require_sqlalchemy_2
+
+    require_sqlalchemy_2()  # before a server starts: its schema code is SQLAlchemy 2's
     project = read_project(folder, rootdir=rootdir, inifile=inifile)
+    # The ini's mistakes too: a server started for nothing would only delay them.
+    schema.alembic_path(project.alembic_ini, project.source("dbguard_alembic_ini"), project.rootdir)
     url, _ = server_url(argument, project)
     run_id = secrets.token_hex(4)
     with running_server(url, project, run_id, timeout, progress) as server:

@@ -60,7 +60,7 @@ GUARD_HINT: Final = (
 OLD_SQLALCHEMY: Final = (
     "pytest-dbguard needs SQLAlchemy 2.0 or newer (its fixtures, guards and schema builds use "
     "SQLAlchemy 2's API), and SQLAlchemy {version} is installed. Upgrade it: pip install "
-    "'SQLAlchemy>=2.0'. A project whose code or pins need SQLAlchemy 1.4 (1.x-style "
+    "'SQLAlchemy>=2.0'. A project whose code or pins need SQLAlchemy 1.x (1.x-style "
     "select([...]), Flask-SQLAlchemy 2.x) can use dbguard once it moves to SQLAlchemy 2."
 )
 DJANGO_SETTINGS_TOO_EARLY: Final = (
