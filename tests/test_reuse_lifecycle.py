@@ -242,24 +242,35 @@ WAITS = """
 """
 
 
-def test_stop_leaves_a_cluster_that_a_run_is_using(pytester: pytest.Pytester, kept: Path) -> None:
-    """`dbguard stop` (or `--all`, from another project) never pulls the server from under a run."""
-    pytester.makepyfile(test_waits=WAITS)
-    pytester.makeini("[pytest]\n")
+def _reuse_run(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[str]:
+    """A ``--dbguard-reuse`` run in the background, its output kept."""
     command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "--dbguard-reuse", "-q"]
-    run = pytester.popen(
-        command,
+    run: subprocess.Popen[str] = pytester.popen(
+        [*command, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
     )
+    return run
+
+
+def _wait_running(pytester: pytest.Pytester, run: subprocess.Popen[str]) -> None:
+    """Until the run's test has written running.txt (within two minutes)."""
+    for _ in range(1200):
+        if (pytester.path / "running.txt").exists() or run.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert (pytester.path / "running.txt").exists(), run.communicate()[0]
+
+
+def test_stop_leaves_a_cluster_that_a_run_is_using(pytester: pytest.Pytester, kept: Path) -> None:
+    """`dbguard stop` (or `--all`, from another project) never pulls the server from under a run."""
+    pytester.makepyfile(test_waits=WAITS)
+    pytester.makeini("[pytest]\n")
+    run = _reuse_run(pytester)
     try:
-        for _ in range(1200):  # the test is running, within two minutes
-            if (pytester.path / "running.txt").exists() or run.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert (pytester.path / "running.txt").exists(), run.communicate()[0]
+        _wait_running(pytester, run)
         pid = _postgres_pid(kept)
         refused = dbguard_cli("stop", cwd=pytester.path)
         assert refused.returncode == 1, refused.stdout + refused.stderr
@@ -299,31 +310,14 @@ def test_a_second_run_waits_for_a_kept_cluster_that_another_run_restarts(
         test_restarts=RESTARTS, test_second="def test_second(dbguard_connection): pass"
     )
     pytester.makeini("[pytest]\n")
-    command = [sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "--dbguard-reuse", "-q"]
-    first = pytester.popen(
-        [*command, "test_restarts.py"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    first = _reuse_run(pytester, "test_restarts.py")
     second = None
     try:
-        for _ in range(1200):
-            if (pytester.path / "running.txt").exists() or first.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert (pytester.path / "running.txt").exists(), first.communicate()[0]
+        _wait_running(pytester, first)
         pid = _postgres_pid(kept)
         os.kill(pid, signal.SIGQUIT)  # the first run's cluster is down, as halfway a restart
         machine.wait_gone(pid, None, timeout=15)
-        second = pytester.popen(
-            [*command, "test_second.py"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
+        second = _reuse_run(pytester, "test_second.py")
         time.sleep(2)  # the second run has found the cluster down by now
         assert second.poll() is None and kept.is_dir()
     finally:

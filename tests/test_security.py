@@ -37,6 +37,15 @@ def _psql() -> str:
     return str(bindir / "psql")
 
 
+# Each whole run once serially and once with -n 2.
+SINGLE_AND_XDIST = pytest.mark.parametrize(
+    "xdist",
+    [
+        pytest.param([], id="single"),
+        pytest.param(["-n", "2"], id="xdist", marks=pytest.mark.needs_xdist),
+    ],
+)
+
 # Runs inside the inner run. Writes the password where the outer test can look for it.
 OTHER_USERS = """
 import json, os, subprocess
@@ -105,13 +114,7 @@ def test_failing_comparison(dbguard_url):
 """
 
 
-@pytest.mark.parametrize(
-    "xdist",
-    [
-        pytest.param([], id="single"),
-        pytest.param(["-n", "2"], id="xdist", marks=pytest.mark.needs_xdist),
-    ],
-)
+@SINGLE_AND_XDIST
 def test_embedded_server_is_closed_to_other_users(
     pytester: pytest.Pytester, xdist: list[str]
 ) -> None:
@@ -222,13 +225,7 @@ def test_subtests(subtests, dbguard_url):
 PYTEST_SUBTESTS = int(pytest.__version__.split(".")[0]) >= 9  # pytest's own subtests fixture
 
 
-@pytest.mark.parametrize(
-    "xdist",
-    [
-        pytest.param([], id="single"),
-        pytest.param(["-n", "2"], id="xdist", marks=pytest.mark.needs_xdist),
-    ],
-)
+@SINGLE_AND_XDIST
 def test_password_in_an_xfail_reason_a_subtest_or_cut_short_is_masked(
     pytester: pytest.Pytester, xdist: list[str]
 ) -> None:
