@@ -621,3 +621,40 @@ def test_a_table_the_test_created_is_named_not_copied(
         ]
     )
     assert _rows(server, name, "SELECT name FROM things") == ["kept"]
+
+
+WRITES_NOTHING = """
+    import pytest
+
+    def test_plain():
+        assert 1 == 2
+
+    def test_reads_only(dbguard_connection):
+        assert dbguard_connection.exec_driver_sql("SELECT count(*) FROM things").scalar() == 1
+"""
+
+
+@pytest.mark.usefixtures("clean")
+@pytest.mark.parametrize("isolation", ["rollback", "truncate"])
+def test_a_failed_test_that_left_no_row_keeps_no_copy(
+    pytester: pytest.Pytester, server: TestServer, isolation: str
+) -> None:
+    """A copy identical to the schema as built shows nothing, and on the embedded server it kept
+    the cluster running after the run: under truncate every test was copied, one that never
+    touched the database too (advanced-alchemy's trial)."""
+    _project(pytester, test_nothing=WRITES_NOTHING)
+    args = ["--dbguard-url", server.url(), "--dbguard-keep-failed"]
+    result = run_dbguard(pytester, *args, "-o", f"dbguard_isolation={isolation}", inprocess=True)
+    result.assert_outcomes(failed=2)
+    # Under rollback a test that uses no dbguard fixture is not looked at; under truncate it is.
+    tests = ("test_plain", "test_reads_only") if isolation == "truncate" else ("test_reads_only",)
+    for test in tests:
+        result.stdout.fnmatch_lines(
+            [
+                f"test_nothing.py::{test} failed; its view of the database is the run's schema "
+                "as built (the test left no row of its own there), so no copy was kept."
+            ]
+        )
+    assert "dbguard: kept" not in result.stdout.str()
+    assert "test_plain failed" not in result.stdout.str() or isolation == "truncate"
+    assert _kept_on(server) == []

@@ -28,6 +28,11 @@ NOT_KEPT: Final = (
     "ahead as usual."
 )
 
+UNCHANGED: Final = (
+    "{nodeid} failed; its view of the database is the run's schema as built (the test left no "
+    "row of its own there), so no copy was kept."
+)
+
 _failed_key: Final = pytest.StashKey[bool]()  # the item's setup or call failed
 _section_key: Final = pytest.StashKey[str]()  # what the teardown report says about it
 
@@ -181,6 +186,12 @@ def keep(item: pytest.Item, view: View) -> None:
         except Exception:
             databases.drop_database(plan.server_url, name)  # no half copy left behind
             raise
+        if not (changed.rows or changed.sequences or changed.not_copied):
+            # A copy of the schema as built: nothing to look at, and with the embedded server
+            # it would keep the cluster running after the run.
+            databases.drop_database(plan.server_url, name)
+            item.stash[_section_key] = UNCHANGED.format(nodeid=item.nodeid)
+            return
     except Exception as error:  # the test's own failure matters more than its copy
         reason = f"copying failed ({_first_line(error)})"
         item.stash[_section_key] = NOT_KEPT.format(nodeid=item.nodeid, reason=reason)
