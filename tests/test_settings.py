@@ -217,7 +217,8 @@ def test_bad_switch_in_ini_names_key_and_file(pytester: pytest.Pytester, key: st
         pytest.param(
             ("--dbguard-proxy", "maybe"),
             "dbguard_proxy = maybe",
-            "*'maybe' is not a valid proxy setting; choose one of: on, off, auto*",
+            "*'maybe' is not a valid proxy setting; choose one of: on, off, auto (on and off may "
+            "also be written as a switch: 1/true/yes, 0/false/no).",
             id="proxy",
         ),
         pytest.param(

@@ -80,7 +80,8 @@ def _proxy(value: Any, name: str, source: str) -> str:
         return "on" if _switch(value, name, source) else "off"
     except ConfigError:
         raise ConfigError(
-            f"{source} = {value!r} is not a valid proxy setting; choose one of: on, off, auto."
+            f"{source} = {value!r} is not a valid proxy setting; choose one of: on, off, auto "
+            "(on and off may also be written as a switch: 1/true/yes, 0/false/no)."
         ) from None
 
 
