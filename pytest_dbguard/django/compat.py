@@ -48,13 +48,57 @@ def unblocked(config: pytest.Config) -> Iterator[None]:
 def requested_aliases(items: Sequence[pytest.Item]) -> tuple[set[str], set[str]]:
     """The aliases the tests ask for (``django_db(databases=...)``, a ``TestCase``'s
     ``databases``, ``default`` for the rest), and those some test rolls back by serialization
-    (``serialized_rollback=True``), as pytest-django reads them for its own setup."""
+    (``serialized_rollback=True``), as pytest-django reads them for its own setup (4.9+), or,
+    where it has no such reader (4.5 to 4.8 set every alias up), as that reader does."""
     try:
         from pytest_django.fixtures import _get_databases_for_setup
-    except ImportError:  # gone in a later release: no alias checked, no serialized contents
-        return set(), set()
+    except ImportError:
+        return _read_requested(items)
     requested, serialized = _get_databases_for_setup(items)
     return set(requested), set(serialized)
+
+
+# django_db(transaction, reset_sequences, databases, serialized_rollback, available_apps)
+_MARKER_POSITIONS: Final = {"databases": 2, "serialized_rollback": 3}
+_DATABASE_FIXTURES: Final = ("db", "transactional_db", "live_server")
+
+
+def _read_requested(items: Sequence[pytest.Item]) -> tuple[set[str], set[str]]:
+    """pytest-django 4.9's ``_get_databases_for_setup``, for the releases without it: a test
+    that asks for an alias dbguard does not serve must be found whatever the release."""
+    from django.db import DEFAULT_DB_ALIAS, connections
+    from django.test import TransactionTestCase
+
+    requested: set[str] = set()
+    serialized: set[str] = set()
+    for item in items:
+        cls, fixtures = getattr(item, "cls", None), getattr(item, "fixturenames", ())
+        if cls is not None and issubclass(cls, TransactionTestCase):
+            databases, rollback = cls.databases, getattr(cls, "serialized_rollback", False)
+        elif (marker := item.get_closest_marker("django_db")) is not None:
+            databases = _marker_value(marker, "databases", None)
+            rollback = bool(_marker_value(marker, "serialized_rollback", False))
+        elif any(name in fixtures for name in _DATABASE_FIXTURES):
+            databases, rollback = None, "django_db_serialized_rollback" in fixtures
+        else:
+            continue
+        if databases is None:
+            aliases = {DEFAULT_DB_ALIAS}
+        elif databases == "__all__":
+            aliases = set(connections)
+        else:
+            aliases = set(databases)
+        requested |= aliases
+        if rollback:
+            serialized |= aliases
+    return requested, serialized
+
+
+def _marker_value(marker: pytest.Mark, name: str, default: object) -> object:
+    position = _MARKER_POSITIONS[name]
+    if name in marker.kwargs:
+        return marker.kwargs[name]
+    return marker.args[position] if len(marker.args) > position else default
 
 
 def keep_serialized_copy(alias: str) -> None:
