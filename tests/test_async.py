@@ -608,6 +608,55 @@ def test_without_pytest_asyncio_says_how_to_get_it(pytester: pytest.Pytester) ->
     result.stdout.no_fnmatch_line("dbguard: asyncio*")
 
 
+# pytest-asyncio 0.23 (baserow's pin), first on sys.path: its fixtures take no loop_scope, and
+# it registers no asyncio_default_fixture_loop_scope.
+OLD_PYTEST_ASYNCIO = {
+    "__init__": """
+        __version__ = "0.23.6"
+
+        def fixture(fixture_function=None, *, scope="function", **kwargs):
+            if "loop_scope" in kwargs:
+                raise TypeError("fixture() got an unexpected keyword argument 'loop_scope'")
+            raise AssertionError("dbguard made no async fixture with this pytest-asyncio")
+    """,
+    "plugin": """
+        def pytest_addoption(parser):
+            parser.addini("asyncio_mode", "default mode for async fixtures", default="strict")
+    """,
+}
+
+
+def test_pytest_asyncio_older_than_0_24_leaves_the_sync_fixtures_working(
+    pytester: pytest.Pytester,
+) -> None:
+    """Every run of a project that pins pytest-asyncio 0.23 crashed with an INTERNALERROR
+    (``fixture() got an unexpected keyword argument 'loop_scope'``), async fixtures used or not
+    (baserow's trial). Now only the async fixtures fail, with the remedy."""
+    package = pytester.mkpydir("pytest_asyncio")
+    for name, text in OLD_PYTEST_ASYNCIO.items():
+        (package / f"{name}.py").write_text(textwrap.dedent(text))
+    write_project(
+        pytester,
+        test_needs="""
+            def test_needs_async_session(dbguard_async_session):
+                pass
+
+            def test_sync_still_works(dbguard_session):
+                pass
+        """,
+    )
+    result = run_dbguard(pytester, "--dbguard-url", "sqlite", plugins=("pytest_asyncio.plugin",))
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "dbguard_async_session needs pytest-asyncio 0.24 or newer (its fixtures' loop_scope), "
+            "and 0.23.6 is installed: pip install 'pytest-asyncio>=0.24'.*"
+        ]
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.stdout.no_fnmatch_line("dbguard: asyncio*")
+
+
 OVERRIDDEN_URL_CONFTEST = """
     import os
     import pytest

@@ -38,6 +38,10 @@ NOT_ACTIVE: Final = (
     "(PYTEST_DISABLE_PLUGIN_AUTOLOAD is set, or -p no:asyncio). Enable it with `-p asyncio`; "
     "pip install 'pytest-dbguard[async]' installs the versions dbguard supports."
 )
+TOO_OLD: Final = (
+    "{fixture} needs pytest-asyncio 0.24 or newer (its fixtures' loop_scope), and {version} is "
+    "installed: pip install 'pytest-asyncio>=0.24'. dbguard's sync fixtures work without it."
+)
 
 
 def async_engine_for(url: DatabaseURL, **kwargs: Any) -> AsyncEngine:
@@ -151,11 +155,20 @@ def async_fixtures() -> types.ModuleType:
 
 
 def _missing(request: pytest.FixtureRequest) -> NoReturn:
-    """Stands in for an async fixture while pytest-asyncio is missing: fails with the remedy."""
+    """Stands in for an async fixture while pytest-asyncio is missing, inactive or older than
+    0.24: fails with the remedy."""
     __tracebackhide__ = True
-    installed = importlib.util.find_spec("pytest_asyncio") is not None
-    message = NOT_ACTIVE if installed else NOT_INSTALLED
+    if importlib.util.find_spec("pytest_asyncio") is None:
+        message = NOT_INSTALLED
+    elif old_version := request.config.stash.get(OLD_ASYNCIO_KEY, None):
+        message = TOO_OLD.replace("{version}", old_version)
+    else:
+        message = NOT_ACTIVE
     pytest.fail(message.format(fixture=request.fixturename), pytrace=False)
+
+
+# The version of an active pytest-asyncio older than 0.24, when the run has one.
+OLD_ASYNCIO_KEY: Final = pytest.StashKey[str]()
 
 
 def missing_fixtures() -> types.ModuleType:

@@ -24,12 +24,18 @@ from typing import Final
 
 import pytest
 
-from pytest_dbguard.aio.async_fixtures import FIXTURES_PLUGIN, async_fixtures, missing_fixtures
+from pytest_dbguard.aio.async_fixtures import (
+    FIXTURES_PLUGIN,
+    OLD_ASYNCIO_KEY,
+    async_fixtures,
+    missing_fixtures,
+)
 from pytest_dbguard.aio.loop_policy import (
     FIXTURE_LOOP_SCOPE,
     TEST_LOOP_SCOPE,
     LoopPolicy,
     apply_loop_policy,
+    ini_registered,
     mark_session_loop,
 )
 from pytest_dbguard.exceptions import EventLoopMismatchError
@@ -55,6 +61,14 @@ def register(config: pytest.Config) -> None:
     if config.pluginmanager.has_plugin(FIXTURES_PLUGIN):
         return
     if not asyncio_plugin_active(config):
+        config.pluginmanager.register(missing_fixtures(), FIXTURES_PLUGIN)
+        return
+    if not ini_registered(config, FIXTURE_LOOP_SCOPE):
+        # pytest-asyncio before 0.24 (a project's pin): its fixtures take no loop_scope, and its
+        # loops are left as they are. The async fixtures fail with the remedy when used.
+        import pytest_asyncio
+
+        config.stash[OLD_ASYNCIO_KEY] = str(getattr(pytest_asyncio, "__version__", "an older one"))
         config.pluginmanager.register(missing_fixtures(), FIXTURES_PLUGIN)
         return
     policy = apply_loop_policy(config)

@@ -50,7 +50,7 @@ class LoopPolicy(NamedTuple):
 
 def apply_loop_policy(config: pytest.Config) -> LoopPolicy:
     """Make the default loop scopes ``session`` unless the user set one of them."""
-    has_test_scope_ini = _ini_registered(config, TEST_LOOP_SCOPE)
+    has_test_scope_ini = ini_registered(config, TEST_LOOP_SCOPE)
     names = (FIXTURE_LOOP_SCOPE, TEST_LOOP_SCOPE) if has_test_scope_ini else (FIXTURE_LOOP_SCOPE,)
     explicit = tuple(
         (name, where) for name in names if (where := _where_set(config, name)) is not None
@@ -59,7 +59,7 @@ def apply_loop_policy(config: pytest.Config) -> LoopPolicy:
     return LoopPolicy(applied=applied, has_test_scope_ini=has_test_scope_ini, explicit=explicit)
 
 
-def _ini_registered(config: pytest.Config, name: str) -> bool:
+def ini_registered(config: pytest.Config, name: str) -> bool:
     try:
         config.getini(name)
     except ValueError:  # pytest's answer for a key no plugin declared
