@@ -181,3 +181,35 @@ def test_sigterm_while_a_nested_runs_conftests_load_stops_the_outer_run(
     assert returncode == pytest.ExitCode.INTERRUPTED, output
     assert output.count("SIGTERM received") == 1, output
     assert "no test ran" not in output and "NameError" not in output, output
+
+
+# Ctrl-C as the run's cleanup removes the cluster's folder: at the first rmtree of it.
+CTRL_C_IN_THE_CLEANUP = """
+import json, os, pathlib, shutil, signal
+
+_rmtree = shutil.rmtree
+
+
+def _interrupted_rmtree(path, *args, **kwargs):
+    if "pytest-dbguard" in str(path):
+        os.kill(os.getpid(), signal.SIGINT)
+    return _rmtree(path, *args, **kwargs)
+
+
+def pytest_sessionfinish(session):
+    root = json.loads(os.environ["_DBGUARD_ORIGIN"])["embedded_root"]
+    pathlib.Path("root.txt").write_text(root)
+    shutil.rmtree = _interrupted_rmtree
+"""
+
+
+def test_ctrl_c_during_the_cleanup_waits_for_its_end(pytester: pytest.Pytester) -> None:
+    """A Ctrl-C while the run removed its cluster's folder left 100 MB of it in /dev/shm
+    (baserow's trial): the cleanup now finishes, then the run ends as interrupted."""
+    pytester.makeconftest(CTRL_C_IN_THE_CLEANUP)
+    pytester.makepyfile("def test_x(dbguard_connection): pass")
+    result = run_dbguard(pytester)
+    output = result.stdout.str() + result.stderr.str()
+    assert "KeyboardInterrupt" in output, output
+    root = Path((pytester.path / "root.txt").read_text())
+    assert not root.exists(), f"{root} was left behind"

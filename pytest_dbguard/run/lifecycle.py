@@ -348,6 +348,11 @@ def stop(config: pytest.Config) -> None:
         return  # a failed start already stopped; unconfigure comes again
     run.stopped = True
     termination.shield(config)  # a SIGTERM now must not cut the cleanup short
+    with termination.interrupts_deferred():  # nor a Ctrl-C
+        _stop(config, run)
+
+
+def _stop(config: pytest.Config, run: DbguardRun) -> None:
     if run.session is not None:
         end_template_build(run.plan, run.session)  # before anything it made is dropped or stopped
     plan, settings, cluster, proxy = run.plan, run.settings, run.cluster, run.proxy
