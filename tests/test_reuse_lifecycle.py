@@ -404,3 +404,31 @@ def test_stop_all_stops_every_kept_cluster_of_the_user() -> None:
         assert f"stopped the kept PostgreSQL cluster for {project}" in done.stdout, output
     assert len([line for line in done.stdout.splitlines() if line.startswith("stopped")]) == 2
     assert "nothing to stop: no cluster kept by --dbguard-reuse of this user" in done.stdout
+
+
+def test_start_locks_of_gone_clusters_are_swept(tmp_path: Path) -> None:
+    """Each project that reuses leaves a start lock beside its cluster; a run's sweep removes
+    those whose cluster is gone, a minute old and held by nobody (a suite that reuses in many
+    projects left one each in /dev/shm)."""
+    import fcntl
+
+    from pytest_dbguard.server.cluster_start import START_LOCK, _sweep_start_locks
+
+    def lock(key: str, age: float) -> Path:
+        path = tmp_path / f".reuse-{key}{START_LOCK}"
+        path.touch()
+        os.utime(path, (time.time() - age, time.time() - age))
+        return path
+
+    gone, kept, young, held = (
+        lock(key, age) for key, age in [("a", 120), ("b", 120), ("c", 5), ("d", 120)]
+    )
+    (tmp_path / "reuse-b").mkdir()  # its cluster is still there
+    holder = os.open(held, os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # a run is starting that project's cluster
+        _sweep_start_locks(tmp_path)
+    finally:
+        os.close(holder)
+    assert not gone.exists()
+    assert kept.exists() and young.exists() and held.exists()

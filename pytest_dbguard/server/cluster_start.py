@@ -47,6 +47,33 @@ def sweep_orphans(root: Path) -> None:
         return False
 
     sweep_stale(root, owners, alive)
+    _sweep_start_locks(root)
+
+
+def _sweep_start_locks(root: Path) -> None:
+    """Remove the start locks (see :func:`_one_start_at_a_time`) of kept clusters that are gone,
+    a minute old and held by nobody: a test suite that reuses in many projects left one each."""
+    now = time.time()
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(".reuse-") and name.endswith(START_LOCK)):
+                continue
+            cluster = root / name[1 : -len(START_LOCK)]
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if cluster.exists() or now - info.st_mtime < STALE_LOCK_AFTER:
+                    continue
+                descriptor = os.open(entry.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody starts now
+                    os.unlink(entry.path)
+                finally:
+                    os.close(descriptor)
+
+
+START_LOCK: Final = ".start-lock"
+STALE_LOCK_AFTER: Final = 60.0  # seconds
 
 
 def prepare_cluster(
@@ -96,7 +123,7 @@ def _one_start_at_a_time(reuse_root: Path) -> Iterator[None]:
     """Runs of one project that start together adopt (or start) its kept cluster in turn: the
     second waits until the first holds the cluster it launched. A hidden lock file beside the
     folder, in this user's private storage folder."""
-    lock = reuse_root.with_name(f".{reuse_root.name}.start-lock")
+    lock = reuse_root.with_name(f".{reuse_root.name}{START_LOCK}")
     descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
