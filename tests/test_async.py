@@ -586,18 +586,19 @@ def test_explicit_session_scopes_win_and_work(
     )
 
 
+# One test of each kind: the sync fixtures work whatever happens to the async ones.
+ASYNC_AND_SYNC_FIXTURES = """
+    def test_needs_async_session(dbguard_async_session):
+        pass
+
+    def test_sync_still_works(dbguard_session):
+        pass
+"""
+
+
 def test_without_pytest_asyncio_says_how_to_get_it(pytester: pytest.Pytester) -> None:
     """No pytest-asyncio in the run: the async fixtures exist and fail with the remedy."""
-    write_project(
-        pytester,
-        test_needs="""
-            def test_needs_async_session(dbguard_async_session):
-                pass
-
-            def test_sync_still_works(dbguard_session):
-                pass
-        """,
-    )
+    write_project(pytester, test_needs=ASYNC_AND_SYNC_FIXTURES)
     result = run_dbguard(pytester, "--dbguard-url", "sqlite")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
@@ -635,16 +636,7 @@ def test_pytest_asyncio_older_than_0_24_leaves_the_sync_fixtures_working(
     package = pytester.mkpydir("pytest_asyncio")
     for name, text in OLD_PYTEST_ASYNCIO.items():
         (package / f"{name}.py").write_text(textwrap.dedent(text))
-    write_project(
-        pytester,
-        test_needs="""
-            def test_needs_async_session(dbguard_async_session):
-                pass
-
-            def test_sync_still_works(dbguard_session):
-                pass
-        """,
-    )
+    write_project(pytester, test_needs=ASYNC_AND_SYNC_FIXTURES)
     result = run_dbguard(pytester, "--dbguard-url", "sqlite", plugins=("pytest_asyncio.plugin",))
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
