@@ -173,9 +173,10 @@ def running_server(
 
 
 def check(
-    project: Project, url: DatabaseURL, run: str, progress: Callable[[str], None]
+    project: Project, ini: Path, url: DatabaseURL, run: str, progress: Callable[[str], None]
 ) -> schema_drift.Drift:
-    """Migrate a new marked database on ``url``'s server, compare it with the metadata, drop it."""
+    """Migrate a new marked database on ``url``'s server with alembic.ini ``ini`` (checked by
+    ``schema.alembic_path``), compare it with the metadata, drop it."""
     from pytest_dbguard.db import databases, schema
     from pytest_dbguard.run import environment
     from pytest_dbguard.run.run_plan import RunPlan
@@ -188,9 +189,6 @@ def check(
         project.metadata, project.source("dbguard_metadata"), project.rootdir
     )
     schema_drift.require_tables(metadata, project.source("dbguard_metadata"), project.metadata)
-    ini = schema.alembic_path(
-        project.alembic_ini, project.source("dbguard_alembic_ini"), project.rootdir
-    )
     name = database_name(url.database or "postgres", run, WORKER)
     target = url.with_database(name)
     source = f"alembic {project.alembic_ini}"
@@ -239,11 +237,13 @@ def run(
     require_sqlalchemy_2()  # before a server starts: its schema code is SQLAlchemy 2's
     project = read_project(folder, rootdir=rootdir, inifile=inifile)
     # The ini's mistakes too: a server started for nothing would only delay them.
-    schema.alembic_path(project.alembic_ini, project.source("dbguard_alembic_ini"), project.rootdir)
+    ini = schema.alembic_path(
+        project.alembic_ini, project.source("dbguard_alembic_ini"), project.rootdir
+    )
     url, _ = server_url(argument, project)
     run_id = secrets.token_hex(4)
     with running_server(url, project, run_id, timeout, progress) as server:
-        drift = check(project, server, run_id, progress)
+        drift = check(project, ini, server, run_id, progress)
     if drift.differences:
         return False, f"{drift.report()}\n{schema_drift.FIX}"
     return True, NO_DRIFT.format(

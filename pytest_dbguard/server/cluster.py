@@ -291,15 +291,13 @@ class EmbeddedCluster:
         late dbguard asked.
         """
         with contextlib.suppress(OSError):
-            ready = (self.datadir / "postmaster.pid").stat().st_mtime
+            ready = (self.datadir / run_folder_files.PID_FILE).stat().st_mtime
             if self.started_at and ready >= self.started_at:
                 return (ready - self.started_at) * 1000
         return None
 
     def postmaster_pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError, IndexError, ServerError):
-            return int(run_folder_files.read_text(self.datadir / "postmaster.pid").splitlines()[0])
-        return None
+        return run_folder_files.postmaster_pid(self.datadir)
 
     def stop(self, *, remove: bool = True, mode: signal.Signals = signal.SIGQUIT) -> None:
         """Stop the server (immediate shutdown by default: the data is throwaway) and remove its folder."""
@@ -331,7 +329,7 @@ class EmbeddedCluster:
         """
         self.stop(remove=False, mode=signal.SIGINT)
         with contextlib.suppress(FileNotFoundError):
-            (self.datadir / "postmaster.pid").unlink()
+            (self.datadir / run_folder_files.PID_FILE).unlink()
         keep = self.keep
         self.keep = keep or not die_with_parent
         try:
@@ -355,7 +353,7 @@ class EmbeddedCluster:
             "project": self.project,
             "kept_failed": self.kept_failed,
         }
-        cluster_auth.write_private(self.root / "dbguard.json", json.dumps(state))
+        cluster_auth.write_private(self.root / run_folder_files.STATE_FILE, json.dumps(state))
 
 
 def _end_prelude(group: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import socket
@@ -26,7 +25,7 @@ from pytest_dbguard.server.machine import (
     storage_root,
     sweep_stale,
 )
-from pytest_dbguard.server.run_folder_files import read_text
+from pytest_dbguard.server.run_folder_files import postmaster_pid, state_of
 
 
 def sweep_orphans(root: Path) -> None:
@@ -41,10 +40,8 @@ def sweep_orphans(root: Path) -> None:
     def alive(run_dir: Path) -> bool:
         if run_dir.name.startswith("reuse-") or run_dir.name.endswith("-sqlite"):
             return True
-        with contextlib.suppress(OSError, ValueError, IndexError, ServerError):
-            pid_file = run_dir / "data" / "postmaster.pid"
-            return process_alive(int(read_text(pid_file).splitlines()[0]))
-        return False
+        pid = postmaster_pid(run_dir / "data")
+        return pid is not None and process_alive(pid)
 
     sweep_stale(root, owners, alive)
     _sweep_start_locks(root)
@@ -156,8 +153,8 @@ IN_USE_NOT_ANSWERING: Final = (
 
 def _adopt(bindir: Path, root: Path) -> EmbeddedCluster | None:
     """The cluster a previous ``--dbguard-reuse`` run left running in ``root``, if it still runs."""
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, ServerError):
-        state = json.loads(read_text(root / "dbguard.json"))
+    state = state_of(root)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         cluster = EmbeddedCluster(bindir=bindir, root=root, port=int(state["port"]), keep=True)
         if not isinstance(state.get("password"), str):  # kept by a version without passwords
             pid = cluster.postmaster_pid()

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import json
 import os
 import signal
 import stat
@@ -32,10 +31,9 @@ from pytest_dbguard.server.machine import (
     server_user,
     wait_gone,
 )
-from pytest_dbguard.server.run_folder_files import open_regular, read_text
+from pytest_dbguard.server.run_folder_files import open_regular, postmaster_pid, state_of
 
 PREFIX: Final = "reuse-"
-STATE_FILE: Final = "dbguard.json"
 
 
 def reuse_key(rootdir: Path) -> str:
@@ -64,10 +62,9 @@ class KeptCluster:
     @property
     def server_pid(self) -> int | None:
         """The running postgres of this folder (its pid file, checked against the process name)."""
-        with contextlib.suppress(OSError, ValueError, IndexError, ServerError):
-            pid = int(read_text(self.root / "data" / "postmaster.pid").splitlines()[0])
-            if process_alive(pid) and command_name(pid) == "postgres":
-                return pid
+        pid = postmaster_pid(self.root / "data")
+        if pid is not None and process_alive(pid) and command_name(pid) == "postgres":
+            return pid
         return None
 
     def describe(self) -> str:
@@ -86,10 +83,10 @@ def _ours(path: Path) -> bool:
 
 
 def _read(root: Path) -> KeptCluster:
-    project, port = None, None
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, ServerError):
-        state = json.loads(read_text(root / STATE_FILE))
-        project = state.get("project") if isinstance(state.get("project"), str) else None
+    state = state_of(root)
+    project = state.get("project") if isinstance(state.get("project"), str) else None
+    port = None
+    with contextlib.suppress(KeyError, ValueError, TypeError):
         port = int(state["port"])
     return KeptCluster(root, project, port)
 
@@ -110,10 +107,10 @@ def kept(key: str | None = None) -> list[KeptCluster]:
 
 def _kept_failed(root: Path, key: str | None) -> bool:
     """Whether ``root`` is a run's cluster kept for its failed tests' data (of project ``key``)."""
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, ServerError):
+    with contextlib.suppress(OSError, ValueError, TypeError):
         if not _ours(root):
             return False
-        state = json.loads(read_text(root / STATE_FILE))
+        state = state_of(root)
         project = state.get("project")
         return (
             state.get("kept_failed") is True

@@ -10,13 +10,18 @@ FIFO cannot block the check itself).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import stat
 from pathlib import Path
+from typing import Any, Final
 
 from pytest_dbguard.exceptions import ServerError
 
-NOT_OURS = (
+PID_FILE: Final = "postmaster.pid"  # in the data folder, written by the server
+STATE_FILE: Final = "dbguard.json"  # in the run folder, written by dbguard (port, password...)
+NOT_OURS: Final = (
     "{path} is not a regular file of dbguard's (a link, a FIFO or a hard link, put there by the "
     "account the server runs as?): dbguard does not open it. Stop the server, remove its folder "
     "{folder} and run again."
@@ -46,3 +51,20 @@ def read_text(path: Path) -> str:
     """The text of ``path`` (``errors="replace"``), read as :func:`open_regular` opens it."""
     with open(open_regular(path, os.O_RDONLY), "rb") as file:
         return file.read().decode(errors="replace")
+
+
+def postmaster_pid(datadir: Path) -> int | None:
+    """The pid the server wrote in ``datadir``'s pid file; None when there is no readable one."""
+    with contextlib.suppress(OSError, ValueError, IndexError, ServerError):
+        return int(read_text(datadir / PID_FILE).splitlines()[0])
+    return None
+
+
+def state_of(root: Path) -> dict[str, Any]:
+    """What dbguard's state file in the run folder ``root`` says; empty when it is missing,
+    unreadable, not a regular file of dbguard's, or not a JSON object."""
+    with contextlib.suppress(OSError, ValueError, ServerError):
+        state = json.loads(read_text(root / STATE_FILE))
+        if isinstance(state, dict):
+            return state
+    return {}
