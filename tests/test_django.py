@@ -207,6 +207,49 @@ def test_post_migrate_handlers_run_in_every_test_process(
     assert set(pg_server.databases()) == before
 
 
+# A second alias with the same settings as the first (baserow's "default-copy"): Django's test
+# setup makes one database for both and migrates it once, the second alias its mirror.
+SAME_SETTINGS_ALIAS = """
+import copy
+
+DATABASES["copy"] = copy.deepcopy(DATABASES["default"])
+"""
+SAME_SETTINGS_TESTS = """
+import os
+import pathlib
+
+import pytest
+from django.contrib.auth.models import Group
+
+
+@pytest.mark.parametrize("n", range(4))
+@pytest.mark.django_db(databases=["default", "copy"])
+def test_the_handlers_ran_once_in_this_process(n):
+    lines = pathlib.Path("handlers.log").read_text().splitlines()
+    assert [line for line in lines if line.startswith(f"{os.getpid()} ")] == [
+        f"{os.getpid()} default"
+    ]
+    assert list(Group.objects.values_list("name", flat=True)) == ["seeded-0"]
+    assert list(Group.objects.using("copy").values_list("name", flat=True)) == ["seeded-0"]
+"""
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_aliases_with_the_same_settings_are_migrated_once(
+    pytester: pytest.Pytester, on_server: list[str], workers: tuple[str, ...]
+) -> None:
+    """Two served aliases whose settings name one database: Django's test setup migrates it
+    once and makes the second a mirror, so post_migrate handlers run once per test process, for
+    the first alias. Under dbguard they ran for each alias (twice in the template, a row of a
+    handler that creates without looking made twice), and again in the process that built it."""
+    write_project(pytester, ini_extra="dbguard_django_databases = default copy\n")
+    settings = pytester.path / "djproj" / "settings.py"
+    settings.write_text(settings.read_text() + SAME_SETTINGS_ALIAS)
+    (pytester.path / "shop" / "apps.py").write_text(HANDLER_APPS.lstrip())
+    pytester.makepyfile(test_shop=SAME_SETTINGS_TESTS)
+    run_dbguard(pytester, *on_server, *workers, plugins=DJANGO).assert_outcomes(passed=4)
+
+
 def test_pg_url_placeholder_is_a_libpq_url(pytester: pytest.Pytester, on_server: list[str]) -> None:
     """{pg_url} is what dj-database-url and django-environ read: postgres://, no +driver."""
     pytester.makeini("[pytest]\ndbguard_env =\n    DATABASE_URL={pg_url}\n")

@@ -66,6 +66,7 @@ class DjangoSchema:
         self.create_options, self.options_origin = _create_options(
             self.aliases, self.settings_module
         )
+        self.migrated = _first_of_each_database(self.aliases)
 
     @property
     def _unmigrated(self) -> tuple[tuple[str, ...], str]:
@@ -141,7 +142,7 @@ class DjangoSchema:
             # code that runs in a migration or a post_migrate handler may read through one.
             served = (*self.aliases, *targets.mirrors_of(self.aliases))
             with compat.unblocked(self.config), targets.pointed(served, url, stay=here):
-                for alias in self.aliases:
+                for alias in self.migrated:
                     try:  # apart from migrate: a refused connection is not a broken migration
                         with connections[alias].cursor() as cursor:
                             cursor.execute("SELECT pg_backend_pid()")
@@ -180,7 +181,7 @@ class DjangoSchema:
         """In a test process that did not migrate: ``later_tables.create`` for each alias."""
         if self.migrated_here:
             return
-        for alias in self.aliases:
+        for alias in self.migrated:
             later_tables.create(alias, everything=alias in self.unmigrated)
 
     def send_migrate_signals(self) -> None:
@@ -197,7 +198,7 @@ class DjangoSchema:
         from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
         from django.db import transaction
 
-        for alias in self.aliases:
+        for alias in self.migrated:
             with transaction.atomic(using=alias):
                 emit_pre_migrate_signal(0, False, alias, stdout=sys.stdout, apps=apps, plan=[])
                 emit_post_migrate_signal(0, False, alias, stdout=sys.stdout, apps=apps, plan=[])
@@ -229,6 +230,23 @@ class DjangoSchema:
         """``Type: first line in migration app.name (at file:line)``, without the password."""
         cause = getattr(error, "__cause__", None) or error  # Django wraps the driver's error
         return brief(cause, url.password) + _migration_frame(error)
+
+
+def _first_of_each_database(aliases: Sequence[str]) -> tuple[str, ...]:
+    """The aliases that ``migrate`` runs for: the first of those whose settings name one test
+    database (Django's ``test_db_signature``: host, port, engine, test name). Django's test setup
+    migrates that database once and makes the others its mirrors, so a post_migrate handler runs
+    once for them, not once per alias (twice into one database: a row made twice). Read before
+    dbguard points the aliases at the worker's database."""
+    from django.conf import settings
+
+    firsts: dict[tuple[str, ...], str] = {}
+    for alias in aliases:
+        entry = settings.DATABASES[alias]
+        test_name = _test_setting(alias, "NAME") or f"test_{entry.get('NAME') or ''}"
+        signature = tuple(str(entry.get(key) or "") for key in ("HOST", "PORT", "ENGINE"))
+        firsts.setdefault((*signature, test_name), alias)
+    return tuple(firsts.values())
 
 
 def _test_setting(alias: str, key: str) -> Any:
