@@ -377,6 +377,37 @@ def test_no_binaries_anywhere_says_where_it_looked(pytester: pytest.Pytester) ->
     run("--dbguard-url", "sqlite").assert_outcomes(passed=1)
 
 
+def test_root_without_a_postgres_user_stops_instead_of_running_the_server_as_nobody(
+    pytester: pytest.Pytester,
+) -> None:
+    """PostgreSQL refuses root, so dbguard runs it as 'postgres'. Without that user it ran it as
+    'nobody', an account that daemons share: each of them could reach the server's socket as its
+    superuser. Now the run stops and says how to make the user (a private mount namespace hides
+    it from /etc/passwd)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test runs pytest as root in a private mount namespace", pytrace=False)
+    pytester.makepyfile("def test_x(dbguard_connection): pass")
+    passwd = pytester.path / "passwd"
+    lines = Path("/etc/passwd").read_text().splitlines()
+    passwd.write_text("".join(f"{line}\n" for line in lines if not line.startswith("postgres:")))
+    result = pytester.run(
+        "unshare", "-m", "sh", "-c", f'mount --bind {passwd} /etc/passwd && exec "$@"', "sh",
+        sys.executable, "-m", "pytest", "-p", "pytest_dbguard", "-p", "no:cacheprovider",
+        timeout=120,
+    )  # fmt: skip
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines(
+        ["*runs as root*no 'postgres' user*useradd --system postgres*not run it as 'nobody'*"]
+    )
+    assert not [
+        line
+        for line in subprocess.run(
+            ["ps", "-eo", "user,args"], capture_output=True, text=True
+        ).stdout.splitlines()
+        if line.startswith("nobody") and "postgres -D" in line
+    ]
+
+
 def _things_project(pytester: pytest.Pytester, *, colour: bool) -> None:
     """A model with one table, ``things`` (with a ``colour`` column if asked), and a test that
     counts its rows (``colour`` values: the column must be there)."""

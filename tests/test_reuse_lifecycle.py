@@ -141,6 +141,21 @@ def test_version(dbguard_connection):
 """
 
 
+def test_a_kept_cluster_is_no_child_python_warns_about_at_exit(
+    pytester: pytest.Pytester, kept: Path
+) -> None:
+    """The kept server outlives pytest on purpose: ``-X dev`` (or ``-W error``) showed
+    ``ResourceWarning: subprocess N is still running`` at the end of every reusing run."""
+    _project(pytester, "one")
+    for _ in ("started", "reused"):
+        result = pytester.run(
+            sys.executable, "-X", "dev", "-m", "pytest", "-p", "pytest_dbguard",
+            "-p", "no:cacheprovider", "--dbguard-reuse", "-W", "error",
+        )  # fmt: skip
+        result.assert_outcomes(passed=1)
+        assert "still running" not in result.stderr.str(), result.stderr.str()
+
+
 def test_a_changed_ddl_listener_rebuilds_the_kept_template(
     pytester: pytest.Pytester, kept: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,10 +3,12 @@ shows in any output; dbguard's folders in shared places cannot be turned against
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shlex
+import signal
 import stat
 import sys
 import tempfile
@@ -17,8 +19,8 @@ import pytest
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server import cluster as server
-from pytest_dbguard.server import machine
-from tests.helpers import run_dbguard
+from pytest_dbguard.server import kept_clusters, machine
+from tests.helpers import dbguard_cli, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 
@@ -60,11 +62,11 @@ URL = make_url(os.environ["DBGUARD_URL"])
 Path("password.txt").write_text(URL.password)
 
 
-def as_nobody(host, port):
+def as_nobody(host, port, account="nobody"):
     # No password given, no PGPASSWORD, no ~/.pgpass: what any other account on the machine has.
     command = [PSQL, "-w", "-h", host, "-p", str(port), "-U", "postgres", "-d", URL.database]
     return subprocess.run(
-        ["runuser", "-u", "nobody", "--", *command, "-c", "SELECT 1"],
+        ["runuser", "-u", account, "--", *command, "-c", "SELECT 1"],
         capture_output=True, text=True, env={{"PATH": os.environ["PATH"]}},
     )
 
@@ -80,6 +82,9 @@ def test_other_users_cannot_connect(dbguard_faults, dbguard_connection):
     assert proxy.returncode != 0 and "no password supplied" in proxy.stderr, proxy.stderr
     sock = as_nobody(ORIGIN["embedded_root"], SERVER.port)
     assert sock.returncode != 0 and "Permission denied" in sock.stderr, sock.stderr
+    # The server's own account reaches the socket (its folder), and other programs run as it.
+    own = as_nobody(ORIGIN["embedded_root"], SERVER.port, account="postgres")
+    assert own.returncode != 0 and "Peer authentication failed" in own.stderr, own.stderr
     # ... while this run's own fixtures, DBGUARD_URL and the server URL all work.
     assert dbguard_connection.execute(text("SELECT 1")).scalar() == 1
     for url in (os.environ["DBGUARD_URL"], ORIGIN["server_url"], dbguard_faults.url):
@@ -272,6 +277,80 @@ def test_reused_cluster_keeps_its_password_private(pytester: pytest.Pytester) ->
         assert password not in first.stdout.str() + second.stdout.str()
     finally:
         server.EmbeddedCluster(bindir=machine.find_bindir() or Path(), root=folder, port=0).stop()
+    assert not folder.exists()
+
+
+def _squat(port: int, report: int) -> None:
+    """Another account's listener on ``port`` (in a forked child that became ``nobody``): it
+    asks each client for its password in plain text and writes what it gets to ``report``."""
+    import socket
+    import struct
+
+    os.setgid(65534)
+    os.setgroups([])
+    os.setuid(65534)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the server's closed ones
+    listener.bind(("127.0.0.1", port))
+    listener.listen(8)
+    os.write(report, f"listening {os.getpid()}\n".encode())
+    while True:
+        client, _ = listener.accept()
+        client.settimeout(5)
+        with contextlib.suppress(OSError, struct.error):
+            size = struct.unpack("!I", client.recv(4))[0]
+            body = client.recv(size - 4)
+            if body[:4] == struct.pack("!I", 80877103):  # an SSL request: no, then the startup
+                client.sendall(b"N")
+                client.recv(struct.unpack("!I", client.recv(4))[0] - 4)
+            client.sendall(b"R" + struct.pack("!II", 8, 3))  # AuthenticationCleartextPassword
+            os.write(report, client.recv(4096) + b"\n")
+        client.close()
+
+
+def test_a_reused_cluster_whose_server_died_is_not_taken_for_another_accounts(
+    pytester: pytest.Pytester,
+) -> None:
+    """The kept cluster's server died (the OOM killer) and another account now has its process
+    number and listens on its port: the next run must not adopt that listener, which would be
+    handed the password. It starts a server of its own."""
+    _require_root()
+    pytester.makepyfile(test_one="def test_one(dbguard_connection): pass")
+    folder = machine.storage_root() / f"reuse-{kept_clusters.reuse_key(pytester.path)}"
+    run_dbguard(pytester, "--dbguard-reuse", inprocess=True).assert_outcomes(passed=1)
+    squatter = 0
+    try:
+        state = json.loads((folder / "dbguard.json").read_text())
+        pid_file = folder / "data" / "postmaster.pid"
+        postmaster = int(pid_file.read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        machine.wait_gone(postmaster, None, timeout=15)
+        reading, writing = os.pipe()
+        squatter = os.fork()
+        if squatter == 0:  # pragma: no cover - the child
+            try:
+                os.close(reading)
+                _squat(state["port"], writing)
+            finally:
+                os._exit(0)
+        os.close(writing)
+        with os.fdopen(reading, "rb") as heard:
+            assert heard.readline().startswith(b"listening")
+            lines = pid_file.read_text().splitlines()  # the number is the other account's now
+            pid_file.write_text("\n".join([str(squatter), *lines[1:]]) + "\n")
+            second = run_dbguard(pytester, "--dbguard-reuse", "--dbguard-wait", "5", inprocess=True)
+            second.assert_outcomes(passed=1)
+            assert ", cluster started" in second.stdout.str()
+            os.kill(squatter, signal.SIGKILL)
+            os.waitpid(squatter, 0)
+            squatter = 0
+            got = heard.read()
+        assert state["password"].encode() not in got and b"pytest-dbguard" not in got, got
+    finally:
+        if squatter:
+            os.kill(squatter, signal.SIGKILL)
+            os.waitpid(squatter, 0)
+        dbguard_cli("stop", cwd=pytester.path)
     assert not folder.exists()
 
 

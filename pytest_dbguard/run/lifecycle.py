@@ -390,4 +390,6 @@ def _stop(config: pytest.Config, run: DbguardRun) -> None:
             from pytest_dbguard.server import kept_clusters
 
             kept_clusters.release(cluster.root)  # `dbguard stop` may stop it from now on
+        if cluster is not None and (settings.reuse or cluster.kept_failed):
+            cluster.let_go()
         environment.leave(config)

@@ -31,6 +31,7 @@ from pytest_dbguard.server.machine import (
     command_name,
     group_alive,
     group_members,
+    postmaster_runs,
     release_port,
     server_user,
     wait_gone,
@@ -182,6 +183,8 @@ class EmbeddedCluster:
             str(self.root),
             "-c",
             f"hba_file={cluster_auth.hba_path(self.root)}",
+            "-c",
+            f"ident_file={cluster_auth.ident_path(self.root)}",
         ]
         for setting in SERVER_SETTINGS:
             command += ["-c", setting]
@@ -306,6 +309,8 @@ class EmbeddedCluster:
         pid = self.process.pid if own and self.process is not None else self.postmaster_pid()
         if not own:
             self.process = None
+            if pid is not None and not postmaster_runs(pid, self.datadir):
+                pid = None  # the pid file of a server that is gone: the number is another's now
         prelude = own and pid is not None and command_name(pid) == "sh"
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -343,6 +348,14 @@ class EmbeddedCluster:
         atexit.unregister(self._stop_at_exit)
         self.project, self.kept_failed = project, True
         self.restart(die_with_parent=False)
+
+    def let_go(self) -> None:
+        """This process no longer waits for the server, which outlives it on purpose (a kept
+        cluster, ``dbguard stop`` ends it): Python would warn at exit that its child still runs
+        (``ResourceWarning: subprocess … is still running``, shown by ``-X dev`` or ``-W error``)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.returncode = 0  # not ours to reap: the state file names its pid
+        self.process = None
 
     def _write_state(self) -> None:
         state = {

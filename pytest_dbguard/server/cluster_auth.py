@@ -1,4 +1,4 @@
-"""Who may connect to the embedded server: a random per-run password over TCP, the socket private.
+"""Who may connect to the embedded server: a random per-run password, over TCP and the socket.
 
 The server listens on loopback TCP, which every local account can reach, so TCP needs
 scram-sha-256 with a password that only dbguard's processes know: random per cluster, given to
@@ -8,10 +8,12 @@ while pytest collects), then handed on in the URLs (``plan.server_url``, ``DBGUA
 xdist origin). Never in a process's argv, which other users can read in /proc, nor in the
 server process's environment; the server itself gets only a SCRAM verifier, on stdin.
 
-The socket stays on trust: it lives in the run folder, which is mode 0700 and owned by the
-server's user (and the socket itself 0700), so no other account can reach it. That is what
-PostgreSQL's own ``peer`` default gives, and it also works when root runs pytest and the server
-runs as ``postgres``.
+The socket lives in the run folder, which is mode 0700 and owned by the server's user (and the
+socket itself 0700), so only that account and root reach it. When root runs pytest that account
+is ``postgres``, which the machine's own PostgreSQL runs as too (a superuser there runs programs
+as ``postgres``: ``COPY ... TO PROGRAM``): so the socket takes ``peer`` authentication mapped to
+the one account that runs pytest (the ``psql`` command that ``--dbguard-keep-failed`` prints
+needs no password), and every other account is refused there too.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from pytest_dbguard.server.run_folder_files import open_regular
 
 SUPERUSER: Final = "postgres"
 HBA_NAME: Final = "pg_hba.conf"
-# The socket is reachable only through the private run folder (see the module docstring).
+IDENT_NAME: Final = "pg_ident.conf"
+# The socket: only the account that runs pytest (see the module docstring and IDENT).
 HBA: Final = """\
 # Written by pytest-dbguard for one run; the data folder's own pg_hba.conf is not used.
-local all all trust
+local all all peer map=dbguard
 host all all 127.0.0.1/32 scram-sha-256
 host all all ::1/128 scram-sha-256
 """
@@ -80,12 +83,22 @@ def hba_path(root: Path) -> Path:
     return root / HBA_NAME
 
 
+def ident_path(root: Path) -> Path:
+    """The run folder's own pg_ident file: who the socket's ``peer`` map admits."""
+    return root / IDENT_NAME
+
+
 def write_hba(root: Path, owner: tuple[int, int] | None) -> None:
-    """Write the run's pg_hba file, readable by the server's user only."""
-    path = hba_path(root)
-    write_private(path, HBA)
-    if owner is not None:
-        os.chown(path, *owner, follow_symlinks=False)
+    """Write the run's pg_hba and pg_ident files, readable by the server's user only: the
+    socket admits the account that runs pytest, as the superuser."""
+    import pwd
+
+    account = pwd.getpwuid(os.geteuid()).pw_name
+    ident = f"# Written by pytest-dbguard: the account that runs pytest.\ndbguard {account} {SUPERUSER}\n"
+    for path, text in ((hba_path(root), HBA), (ident_path(root), ident)):
+        write_private(path, text)
+        if owner is not None:
+            os.chown(path, *owner, follow_symlinks=False)
 
 
 def write_private(path: Path, text: str) -> None:

@@ -17,9 +17,8 @@ from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server import kept_clusters
 from pytest_dbguard.server.cluster import EmbeddedCluster
 from pytest_dbguard.server.machine import (
-    command_name,
     free_port,
-    process_alive,
+    postmaster_runs,
     require_bindir,
     server_user,
     storage_root,
@@ -41,7 +40,7 @@ def sweep_orphans(root: Path) -> None:
         if run_dir.name.startswith("reuse-") or run_dir.name.endswith("-sqlite"):
             return True
         pid = postmaster_pid(run_dir / "data")
-        return pid is not None and process_alive(pid)
+        return pid is not None and postmaster_runs(pid, run_dir / "data")
 
     sweep_stale(root, owners, alive)
     _sweep_start_locks(root)
@@ -158,14 +157,14 @@ def _adopt(bindir: Path, root: Path) -> EmbeddedCluster | None:
         cluster = EmbeddedCluster(bindir=bindir, root=root, port=int(state["port"]), keep=True)
         if not isinstance(state.get("password"), str):  # kept by a version without passwords
             pid = cluster.postmaster_pid()
-            if pid is not None and command_name(pid) == "postgres":
+            if pid is not None and postmaster_runs(pid, cluster.datadir):
                 cluster.stop()
             return None
         cluster.password = state["password"]
         cluster.project = state.get("project")
         pid = cluster.postmaster_pid()
-        if pid is not None:
-            os.kill(pid, 0)
+        # Its own server, not whatever has the number or the port now: that would get the password.
+        if pid is not None and postmaster_runs(pid, cluster.datadir):
             with socket.create_connection(("127.0.0.1", cluster.port), timeout=0.5):
                 return cluster
     return None

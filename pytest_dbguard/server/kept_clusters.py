@@ -24,9 +24,8 @@ from typing import Final
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server.machine import (
     RAM_DIR,
-    command_name,
+    postmaster_runs,
     private_folder,
-    process_alive,
     release_port,
     server_user,
     wait_gone,
@@ -63,7 +62,7 @@ class KeptCluster:
     def server_pid(self) -> int | None:
         """The running postgres of this folder (its pid file, checked against the process name)."""
         pid = postmaster_pid(self.root / "data")
-        if pid is not None and process_alive(pid) and command_name(pid) == "postgres":
+        if pid is not None and postmaster_runs(pid, self.root / "data"):
             return pid
         return None
 

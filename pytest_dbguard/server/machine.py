@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import errno
 import glob
+import itertools
 import os
 import pwd
 import shutil
@@ -199,16 +200,44 @@ def _claim(root: Path, port: int) -> bool:
     return True
 
 
+NO_SERVER_USER: Final = (
+    "pytest runs as root, and PostgreSQL refuses to run as root, but this machine has no "
+    "'postgres' user to run the embedded server as. Create one (`useradd --system postgres`; "
+    "installing PostgreSQL's package, `apt-get install -y postgresql`, makes it), or run pytest "
+    "as another user, or give a server of your own (--dbguard-url URL). dbguard does not run it "
+    "as 'nobody': every daemon that runs as that shared account would own the test server."
+)
+
+
 def server_user() -> tuple[int, int] | None:
     """(uid, gid) to run PostgreSQL as when we are root (it refuses to run as root), else None."""
     if os.geteuid() != 0:
         return None
-    for name in ("postgres", "nobody"):
-        with contextlib.suppress(KeyError):
-            entry = pwd.getpwnam(name)
-            return entry.pw_uid, entry.pw_gid
-    raise ServerError(
-        "Running as root, and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL as."
+    try:
+        entry = pwd.getpwnam("postgres")
+    except KeyError:
+        raise ServerError(NO_SERVER_USER) from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def postmaster_runs(pid: int, datadir: Path) -> bool:
+    """Whether ``pid`` is the server of ``datadir``: alive, run by the server's user, started as
+    ``postgres -D datadir``. A pid file outlives its server, and the number may since be any
+    process's, another account's too: one that listens on the cluster's port would be handed
+    the password, one of root's would be signalled."""
+    try:
+        owner = os.stat(f"/proc/{pid}").st_uid
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        user = server_user()
+    except (OSError, ServerError):
+        return False
+    if owner != (user[0] if user is not None else os.geteuid()) or not process_alive(pid):
+        return False
+    if not argv[0].endswith("postgres") or "--single" in argv:
+        return False
+    return any(
+        flag == "-D" and value in (str(datadir), os.path.realpath(datadir))
+        for flag, value in itertools.pairwise(argv)
     )
 
 
