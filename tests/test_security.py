@@ -176,6 +176,50 @@ def test_external_password_never_in_output(
         assert "postgres:***@127.0.0.1" in shown
 
 
+QUERY_PASSWORD_TESTS = """
+import json
+import os
+
+import pytest
+
+URL = os.environ["DBGUARD_URL"]
+SERVER = json.loads(os.environ["_DBGUARD_ORIGIN"])["server_url"]  # the same in every worker
+
+
+@pytest.mark.parametrize("url", [URL], ids=[SERVER])
+def test_compare(url, dbguard_connection):
+    print("captured:", url)
+    assert url == "postgresql+psycopg://postgres@127.0.0.1:5432/x"
+"""
+
+
+@pytest.mark.needs_xdist
+def test_a_password_in_the_urls_query_string_is_masked_too(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """libpq and SQLAlchemy take ``?password=...`` as the user info's password: a failure, its
+    captured output, the test id and the run report mask it the same way."""
+    pytester.makepyfile(QUERY_PASSWORD_TESTS)
+    url = f"{pg_server.url(password='')}?password={SUPERUSER_PASSWORD}"
+    assert "@" in url and f":{SUPERUSER_PASSWORD}" not in url
+    args = ["--dbguard-url", url, "-n", "2", "-v", "-l", "-rA", "--dbguard-report", "run.json"]
+    result = run_dbguard(pytester, *args)
+    result.assert_outcomes(failed=1)
+    # pytest prints a test id as its author wrote it (here with the server's URL): the lines
+    # that show it are pytest's; the run report masks it, as every other line is masked.
+    output = "\n".join(
+        line
+        for line in (result.stdout.lines + result.stderr.lines)
+        if "test_compare[postgresql" not in line
+    )
+    report = (pytester.path / "run.json").read_text()
+    assert "test_compare[postgresql+psycopg://postgres@127.0.0.1:" in report
+    for shown in (output, report):
+        assert SUPERUSER_PASSWORD not in shown
+        assert "?password=***" in shown
+    assert "captured: postgresql+psycopg://postgres@127.0.0.1" in output
+
+
 def test_short_passwords_are_masked_only_inside_urls() -> None:
     from pytest_dbguard.run.redaction import secrets_for
 

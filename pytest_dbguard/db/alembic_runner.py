@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -367,7 +367,8 @@ def upgrade_in_subprocess(ini: Path, url: DatabaseURL, source: str) -> None:
         return
     output = completed.stdout
     short_scheme = re.search(_SHORT_SCHEME, output, re.MULTILINE) is not None
-    output = masked(output, url.password)
+    for password in url.passwords():
+        output = masked(output, password)
     if "No module named 'alembic'" in output:
         raise SchemaError(NOT_INSTALLED)
     lines = _without_library_frames(output, env_py(ini).parent)
@@ -391,20 +392,25 @@ def _naming_the_template(environ: Mapping[str, str], url: DatabaseURL) -> str:
     """The child's variables that name the template (``DBGUARD_URL``, the ``dbguard_env`` lines
     with ``{url}``, ``{pg_url}``, ``{db}``...), password hidden: what its settings were given."""
     named = [
-        f"{name}={_password_hidden(value, url.password)}"
+        f"{name}={_password_hidden(value, url.passwords())}"
         for name, value in sorted(environ.items())
         if name != URL_VARIABLE and url.database and url.database in value
     ]
     return f"Its environment named the template in: {', '.join(named)}.\n" if named else ""
 
 
-def _password_hidden(value: str, password: str | None) -> str:
-    """One variable's value with the password hidden: a URL's password field (not the other
-    places where the same text appears: a password ``postgres`` would blank out the scheme and
-    the database name), else every occurrence, plain or URL-encoded (a conninfo string)."""
-    from pytest_dbguard.db.urls import hide_password_in
+def _password_hidden(value: str, passwords: Sequence[str]) -> str:
+    """One variable's value with the passwords hidden: a URL's password fields, in its user info
+    and query string (not the other places where the same text appears: a password ``postgres``
+    would blank out the scheme and the database name), else every occurrence, plain or
+    URL-encoded (a conninfo string)."""
+    from pytest_dbguard.db.urls import hide_password_of
 
-    return hide_password_in(value) if "://" in value else masked(value, password)
+    if "://" in value:
+        return hide_password_of(value)
+    for password in passwords:
+        value = masked(value, password)
+    return value
 
 
 def _without_library_frames(output: str, script_dir: Path) -> list[str]:

@@ -216,6 +216,12 @@ class DatabaseURL(Record):
     def __repr__(self) -> str:  # tracebacks, -l locals and reprs of objects holding one
         return f"DatabaseURL({self.render(hide_password=True)!r})"
 
+    def passwords(self) -> tuple[str, ...]:
+        """Every secret the URL carries: its password, and a ``password`` or ``sslpassword`` in
+        its query string (libpq reads both), for output to mask."""
+        given = [value for key, value in self.query if key.lower() in QUERY_PASSWORD_KEYS]
+        return tuple(secret for secret in (self.password, *given) if secret)
+
     def with_database(self, database: str) -> DatabaseURL:
         """The same server, another database."""
         return self.replace(database=database)

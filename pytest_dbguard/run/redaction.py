@@ -33,6 +33,8 @@ MIN_BARE: Final = 8  # a shorter password is masked only inside a URL, else "tes
 # The password of a URL, however it is encoded (``p%40ss`` or ``p@ss``-free raw text).
 # As text: re compiles it on first use, not in every run's import.
 _URL_PASSWORD: Final = r"(://[^:/@\s'\"]*:)([^@\s'\"]*)(@)"
+# A password in a URL's query string, which libpq reads too (``?password=...``).
+_QUERY_PASSWORD: Final = r"([?&](?i:ssl)?(?i:password)=)([^&#\s'\"]*)()"
 
 
 # NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
@@ -52,17 +54,22 @@ class Secrets(NamedTuple):
         """Whether ``text`` shows one of the passwords, or a part of one that pytest cut short."""
         return (
             any(secret in text for secret in self.bare)
-            or any(self._in_url(match) for match in re.finditer(_URL_PASSWORD, text))
+            or any(
+                self._in_url(match)
+                for pattern in (_URL_PASSWORD, _QUERY_PASSWORD)
+                for match in re.finditer(pattern, text)
+            )
             or bool(self._cut_short(text))
         )
 
     def scrub(self, text: str) -> str:
         """``text`` with every password shown as ``***``."""
-        text = re.sub(
-            _URL_PASSWORD,
-            lambda m: f"{m.group(1)}{MASK}{m.group(3)}" if self._in_url(m) else m.group(0),
-            text,
-        )
+        for pattern in (_URL_PASSWORD, _QUERY_PASSWORD):
+            text = re.sub(
+                pattern,
+                lambda m: f"{m.group(1)}{MASK}{m.group(3)}" if self._in_url(m) else m.group(0),
+                text,
+            )
         for secret in self.bare:
             text = text.replace(secret, MASK)
         for start, end in reversed(self._cut_short(text)):
@@ -108,16 +115,17 @@ def _common_start(text: str, start: int, secret: str) -> int:
 
 
 def secrets_for(urls: Iterable[DatabaseURL | None]) -> Secrets:
-    """The passwords of ``urls``."""
+    """The passwords of ``urls`` (in their user info or query string)."""
     passwords: set[str] = set()
     bare: set[str] = set()
     for url in urls:
-        if url is None or not url.password:
+        if url is None:
             continue
-        passwords.add(url.password)
         ordinary = {url.username, url.host, url.database}
-        forms = {url.password, quote(url.password, safe="")}
-        bare |= {form for form in forms if len(form) >= MIN_BARE and form not in ordinary}
+        for password in url.passwords():
+            passwords.add(password)
+            forms = {password, quote(password, safe="")}
+            bare |= {form for form in forms if len(form) >= MIN_BARE and form not in ordinary}
     # Longest first, so a password that contains another is masked whole.
     return Secrets(frozenset(passwords), tuple(sorted(bare, key=len, reverse=True)))
 

@@ -3,7 +3,8 @@ starts, each process's part, the parts merged into one document, and the file wr
 
 Works without pytest. Every value put in is either a number, a name dbguard chose, a test id
 or a statement normalised by ``guards.statement_timing`` (no parameter values, no literals);
-the server is named by host, port, driver and version, never by its URL, so no password can
+the server is named by host, port, driver and version, never by its URL, and a test id that
+holds one of the run's passwords (``parametrize`` with a URL) has it masked, so no password can
 reach the file. The file is written atomically: a new temporary file (``O_EXCL``: an existing
 file or symlink at that name is never opened) in the same folder, renamed over ``PATH``.
 """

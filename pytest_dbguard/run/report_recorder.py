@@ -95,7 +95,7 @@ class RunReport:
         # only makes sure that the listener is never what imports it.
         if not self.timer.installed and "sqlalchemy.engine" in sys.modules:
             self.timer.install()
-        self.timer.begin(item.nodeid)
+        self.timer.begin(self._test_id(item))
         self._item, self._outcome, self._duration = item, None, 0.0
         return (yield)
 
@@ -115,7 +115,7 @@ class RunReport:
         timing = self.timer.end()
         self.tests.append(
             report_document.per_test_entry(
-                item.nodeid,
+                self._test_id(item),
                 worker=self.run.plan.worker,
                 outcome=self._outcome or "passed",
                 isolation=isolation_label(item),
@@ -126,6 +126,12 @@ class RunReport:
                 leaked_tables=tables_left(item),
             )
         )
+
+    def _test_id(self, item: pytest.Item) -> str:
+        """The test's id, any password of this run in it masked (``parametrize`` with a URL)."""
+        from pytest_dbguard.run.redaction import secrets_of
+
+        return secrets_of(self.config).scrub(item.nodeid)
 
     def own_part(self) -> dict[str, Any]:
         """This process's start-up timings, tests and slowest statements."""
