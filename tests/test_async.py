@@ -691,3 +691,47 @@ def test_an_overridden_dbguard_url_redirects_sync_and_async_engines(
         result.assert_outcomes(passed=2)
     finally:
         pg_server.sql("DROP DATABASE IF EXISTS override_target WITH (FORCE)")
+
+
+ANYIO_TESTS = """
+import pytest
+from sqlalchemy import text
+
+
+@pytest.fixture(scope="{scope}")
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_on_anyio(dbguard_async_session):
+    await dbguard_async_session.execute(text("SELECT 1"))
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_on_pytest_asyncio(dbguard_async_session):
+    assert await dbguard_async_session.scalar(text("SELECT 1")) == 1
+"""
+
+
+@pytest.mark.parametrize("scope", ["session", "module"])
+def test_an_anyio_test_is_told_that_dbguards_async_fixtures_are_pytest_asyncios(
+    pytester: pytest.Pytester, on_server: list[str], scope: str
+) -> None:
+    """anyio's plugin runs a ``pytest.mark.anyio`` test on a loop of its own, where the session
+    loop's engine fails with "attached to a different loop" (or, with a module-scoped
+    ``anyio_backend``, pytest's own ScopeMismatch): the test fails at setup with the fix, and
+    the pytest-asyncio test beside it runs. Found by adopting dbguard on sqladmin."""
+    write_project(pytester, test_anyio=ANYIO_TESTS.replace("{scope}", scope))
+    plugins = ["-p", "asyncio", "-p", "anyio", "-p", "pytest_dbguard"]
+    result = pytester.runpytest_subprocess(*plugins, *on_server, timeout=300)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_on_anyio runs on anyio's event loop (pytest.mark.anyio)*dbguard_async_session*"
+            "pytest-asyncio's session loop*@pytest.mark.asyncio(loop_scope='session')*"
+            "DBGUARD_ASYNC_URL*"
+        ]
+    )
+    output = result.stdout.str()
+    assert "got Future" not in output and "You tried to access" not in output

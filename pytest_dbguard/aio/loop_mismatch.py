@@ -111,6 +111,17 @@ def _scope_of_fixture(
     return str(fixturedef.scope), "its fixture scope"
 
 
+ANYIO_TEST: Final = (
+    "{nodeid} runs on anyio's event loop (pytest.mark.anyio), and {fixtures} live on "
+    "pytest-asyncio's session loop: an engine's connections belong to the loop they were made on, "
+    "so it would fail with 'attached to a different loop' (or, with a module-scoped "
+    "anyio_backend, with pytest's ScopeMismatch). Mark the test "
+    "@pytest.mark.asyncio(loop_scope='session') instead of pytest.mark.anyio (anyio's own API "
+    "works on asyncio's loop), or make your engine in an anyio fixture from DBGUARD_ASYNC_URL, "
+    "this worker's test database (its per-test isolation is then yours)."
+)
+
+
 def narrower_loop_problems(item: pytest.Item, policy: LoopPolicy) -> list[str]:
     """One message for the test and each fixture in it that uses a dbguard async fixture from a
     loop narrower than the session's."""
@@ -130,6 +141,9 @@ def narrower_loop_problems(item: pytest.Item, policy: LoopPolicy) -> list[str]:
         reached[name] = frozenset().union(*(reaches(arg, path | {name}) for arg in args))
         return reached[name]
 
+    if item.get_closest_marker("anyio") is not None:  # anyio's plugin runs it on its own loop
+        fixtures = " and ".join(sorted(closure.intersection(ASYNC_FIXTURES)))
+        return [ANYIO_TEST.format(nodeid=item.nodeid, fixtures=fixtures)]
     problems: list[str] = []
     if is_async_test(item):
         scope, source = _scope_of_test(item, policy)
