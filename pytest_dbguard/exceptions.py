@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pytest
+# pytest's own module of the class (``pytest.PytestWarning`` is this one): importing pytest itself
+# costs ~0.1 s, which a process that only asks the server something pays for two warning classes
+# (the xdist controller's role question child, ``run.role_probe``; an application's readiness
+# check at startup).
+from _pytest.warning_types import PytestWarning
 
 # Defined apart, for the settings path every command imports (see that module).
 from pytest_dbguard.config_errors import ConfigError as ConfigError
@@ -55,7 +59,7 @@ class LeakError(GuardError):
     """A rollback test left committed rows behind (``dbguard_leaks = error``)."""
 
 
-class GuardWarning(pytest.PytestWarning):
+class GuardWarning(PytestWarning):
     """Base of the warnings dbguard's guards attach to a test."""
 
 
@@ -67,7 +71,7 @@ class LeakWarning(GuardWarning):
     """A rollback test left committed rows behind (``dbguard_leaks = warn``)."""
 
 
-class SchemaDriftWarning(pytest.PytestWarning):
+class SchemaDriftWarning(PytestWarning):
     """The migrated schema differs from ``dbguard_metadata`` (``dbguard_check_schema = warn``)."""
 
 

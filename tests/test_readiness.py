@@ -274,3 +274,16 @@ def test_the_runs_own_check_hands_its_connection_to_the_maintenance_engine(
     assert name == MAINTENANCE_APP
     assert on_its_own  # autocommit: the SELECT is not inside the SHOW's transaction
     assert pg_server.connections_since(offset).count(own_database) == 1
+
+
+def test_an_application_waiting_at_startup_imports_no_pytest(pg_server: TestServer) -> None:
+    """``wait_until_ready`` is for an application's startup, where importing pytest (~0.1 s) is
+    waste; so is it in the xdist controller's role-question child, which shares the code."""
+    code = (
+        "import sys; from pytest_dbguard import wait_until_ready; "
+        f"wait_until_ready({pg_server.url()!r}, timeout=10); "
+        "print('pytest' in sys.modules, '_pytest.config' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]  # only the module of PytestWarning

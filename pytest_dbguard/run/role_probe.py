@@ -17,13 +17,15 @@ import os
 import subprocess
 import sys
 import time
-from typing import Final
-
-import pytest
+from typing import TYPE_CHECKING, Final
 
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ReadinessError
-from pytest_dbguard.run.config import Settings
+
+if TYPE_CHECKING:  # the child imports this module: neither pytest nor the settings
+    import pytest
+
+    from pytest_dbguard.run.config import Settings
 
 ANSWER_TIMEOUT: Final = 15.0  # seconds for the child; then this process asks itself
 # The child imports dbguard from where this process found it (a checkout on sys.path too).
