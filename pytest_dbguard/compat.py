@@ -18,6 +18,14 @@ if TYPE_CHECKING:
     import pytest
     from sqlalchemy.orm import Mapper
 
+# pytest's warning base from its own module (``pytest.PytestWarning`` is this class): importing
+# pytest itself costs ~0.1 s, which an application that only waits for its database at startup
+# (``wait_until_ready``) would pay for dbguard's warning classes (``exceptions``).
+try:
+    from _pytest.warning_types import PytestWarning as PytestWarning
+except ImportError:  # moved by a later pytest
+    from pytest import PytestWarning as PytestWarning
+
 
 @functools.cache
 def sqlalchemy_version_text() -> str | None:

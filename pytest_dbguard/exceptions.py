@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-# pytest's own module of the class (``pytest.PytestWarning`` is this one): importing pytest itself
-# costs ~0.1 s, which a process that only asks the server something pays for two warning classes
-# (the xdist controller's role question child, ``run.role_probe``; an application's readiness
-# check at startup).
-from _pytest.warning_types import PytestWarning
+from pytest_dbguard.compat import PytestWarning  # pytest's, without importing pytest
 
 # Defined apart, for the settings path every command imports (see that module).
 from pytest_dbguard.config_errors import ConfigError as ConfigError

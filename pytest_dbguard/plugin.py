@@ -230,10 +230,7 @@ class SessionHooks:
         if _runs_tests(session.config):
             from pytest_dbguard.run import lifecycle, summary_line
 
-            try:
-                lifecycle.start(session.config)
-            except DbguardError as error:  # the role question's refusal: a wrong password
-                raise pytest.UsageError(str(error)) from None
+            lifecycle.start(session.config)
             summary_line.register_for_controller(session.config)
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:

@@ -278,7 +278,7 @@ def test_the_runs_own_check_hands_its_connection_to_the_maintenance_engine(
 
 def test_an_application_waiting_at_startup_imports_no_pytest(pg_server: TestServer) -> None:
     """``wait_until_ready`` is for an application's startup, where importing pytest (~0.1 s) is
-    waste; so is it in the xdist controller's role-question child, which shares the code."""
+    waste."""
     code = (
         "import sys; from pytest_dbguard import wait_until_ready; "
         f"wait_until_ready({pg_server.url()!r}, timeout=10); "

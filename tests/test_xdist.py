@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.helpers import plugin_args, run_dbguard
-from tests.pgserver import LIMITED_USER, SUPERUSER_PASSWORD, TestServer
+from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
 pytestmark = pytest.mark.needs_xdist
 
@@ -167,52 +167,6 @@ def test_workers_start_while_the_controller_waits_for_the_server(
     assert len(imported) == 2, result.stdout.str()
     # time.monotonic is the system's clock on Linux: comparable across processes.
     assert imported[-1] < delayed.launched_at, (imported, delayed.launched_at)
-
-
-@pytest.mark.parametrize("role", ["superuser", "limited"])
-def test_the_controller_asks_its_role_question_in_a_child_process(
-    pytester: pytest.Pytester, pg_server: TestServer, role: str
-) -> None:
-    """May the role create databases (a database or a schema per worker)? The controller runs no
-    test: a child process asks while it loads its conftests, so neither the driver's import nor
-    the connection delays the workers' start; its answer still reaches the workers."""
-    pytester.makepyfile(models=MODELS)
-    pytester.makeini("[pytest]\ndbguard_metadata = models:Base\n")
-    pytester.makeconftest(
-        """
-        import os, pathlib, sys
-
-        def pytest_sessionstart(session):  # xdist's controller starts its workers here
-            who = os.environ.get("PYTEST_XDIST_WORKER", "main")
-            pathlib.Path(f"driver-at-start-{who}").write_text(str("psycopg" in sys.modules))
-        """
-    )
-    pytester.makepyfile(
-        test_visits="""
-        import os
-        import pathlib
-
-        import pytest
-        from models import Visit
-        from sqlalchemy import text
-
-        @pytest.mark.parametrize("n", range(4))
-        def test_visit(dbguard_session, n):
-            dbguard_session.add(Visit(worker=os.environ["PYTEST_XDIST_WORKER"]))
-            dbguard_session.flush()
-            schema = dbguard_session.execute(text("SELECT current_schema()")).scalar()
-            pathlib.Path(f"schema-{schema}").touch()
-        """
-    )
-    limited = {"database": "app_limited", "user": LIMITED_USER}
-    url = pg_server.url(**(limited if role == "limited" else {}))
-    run_dbguard(pytester, "-n", "2", "--dbguard-url", url).assert_outcomes(passed=4)
-    assert pytester.path.joinpath("driver-at-start-main").read_text() == "False"
-    schemas = sorted(path.name for path in pytester.path.glob("schema-*"))
-    if role == "limited":
-        assert len(schemas) == 2 and all(name.startswith("schema-dbg_") for name in schemas)
-    else:
-        assert schemas == ["schema-public"]
 
 
 def test_the_controller_imports_the_models_once_the_workers_are_started(

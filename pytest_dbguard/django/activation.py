@@ -145,10 +145,6 @@ def register(config: pytest.Config) -> None:
     if plan.inspection is not None:
         _register_plugins(config)
         return
-    from pytest_dbguard.run.environment import settle_worker_isolation
-
-    settle_worker_isolation(run)  # the xdist controller's question: asked now, not at its start
-    plan = run.plan
     if plan.server_url is None:
         raise ConfigError(NEEDS_POSTGRES.format(source=settings.source_of("url")))
     if plan.schema is not None and settings.worker_isolation == "schema":

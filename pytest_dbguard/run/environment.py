@@ -122,13 +122,9 @@ def prepare(
     if not late:
         check_guarded_modules(settings.guard_modules, assignments)
     inspection = inspection_flag(config, namespace)
-    asked_later = False
     if origin is None and inspection is None:
         require_sqlalchemy_2()  # before the run's first connection (the role check)
-        from pytest_dbguard.run import role_probe
-
-        asked_later = role_probe.asked_by_a_child(config, settings)
-    plan = run_plan.decide(settings, origin, inspection=inspection, ask_role=not asked_later)
+    plan = run_plan.decide(settings, origin, inspection=inspection)
     if plan.owns_server and plan.inspection is None:
         dbguard_config.check_split_path_flags(
             config,
@@ -140,8 +136,6 @@ def prepare(
             # Only the process that writes it (xdist workers send their part): before anything.
             report_document.check_path(settings.report, settings.source_of("report"))
     run = config.stash[run_key] = DbguardRun(settings=settings, plan=plan)
-    if asked_later and plan.server_url is not None:
-        run.role_question = role_probe.PendingAnswer(plan.server_url, settings.source_of("url"))
     if plan.inspection is not None:
         # An IDE refreshing its test tree, or --help: nothing started, connected or created,
         # and nothing for SIGTERM to clean up.
@@ -345,19 +339,6 @@ def export(
         os.environ[name] = value
 
 
-def settle_worker_isolation(run: DbguardRun) -> None:
-    """The xdist controller's answer to its question (may the role create databases?), before
-    xdist starts the workers: a schema per worker when it may not, exported for them. The
-    controller's own conftests, loaded meanwhile, saw the URL of a database per worker; it runs
-    no test. A refusal (a wrong password) is the readiness check's error."""
-    question, run.role_question = run.role_question, None
-    if question is None or question.answer():
-        return
-    run.plan = run_plan.in_schemas(run.plan)
-    assignments = parse_env_lines(run.settings.env_lines, run.settings.source_of("env"))
-    export(run, assignments, origin_environ_url=run.saved_environ.get("DBGUARD_URL"))
-
-
 def configure_inspection(config: pytest.Config) -> None:
     """A command that only shows something (``--collect-only``, ``--fixtures``...) imports the
     tests, which import the models from where ``dbguard_metadata`` says they live: make that
@@ -371,8 +352,6 @@ def leave(config: pytest.Config) -> None:
     """At the end of the run: ``os.environ`` and SIGTERM's handler given back as they were before
     it (matters for in-process nested runs)."""
     run = run_of(config)
-    if run is not None and run.role_question is not None:
-        run.role_question.discard()  # a run that ended before its session started
     if run is not None:
         for name, value in run.saved_environ.items():
             if value is None:

@@ -101,13 +101,11 @@ def _schema_source(settings: Settings) -> str:
 
 
 def start(config: pytest.Config) -> None:
-    """At session start, before xdist starts any worker: the controller settles a database or
-    a schema per worker (its child process's answer), and with ``--dbguard-rebuild`` and reuse
-    drops the kept templates before a worker could clone one."""
+    """At session start, before xdist starts any worker: only ``--dbguard-rebuild`` with reuse
+    makes the controller act now (it drops the kept templates before a worker could clone one)."""
     run = run_of(config)
     if run is None or run.session is None:
         return
-    environment.settle_worker_isolation(run)
     state = run.session
     state.runs_tests = not _is_xdist_controller(config)
     state.started_at = time.time()

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -140,17 +141,12 @@ def inherited_origin() -> dict[str, Any] | None:
 
 
 def decide(
-    settings: Settings,
-    origin: Mapping[str, Any] | None,
-    *,
-    inspection: str | None = None,
-    ask_role: bool = True,
+    settings: Settings, origin: Mapping[str, Any] | None, *, inspection: str | None = None
 ) -> RunPlan:
     """This process's plan: a fresh run (``origin`` None), or an xdist worker's share of its controller's.
 
     ``inspection`` (a command that only shows something) decides without looking for binaries or
-    asking the server anything. Without ``ask_role`` (the xdist controller, whose child process
-    asks it) the plan takes a database per worker; ``in_schemas`` turns it when the role may not.
+    asking the server anything.
     """
     worker = (
         os.environ.get("PYTEST_XDIST_WORKER", SINGLE_PROCESS)
@@ -193,32 +189,20 @@ def decide(
     server_url = server_url.resolved()
     base = server_url.database or EMBEDDED_BASE
     common.update(embedded=embedded, server_url=server_url, sqlite_dir=None)
+    if _schema_mode(settings, server_url, embedded, origin, probe=inspection is None):
+        from pytest_dbguard.db.worker_schemas import schema_url
+
+        schema = schema_name(run, worker)
+        test_url = schema_url(server_url, schema)
+        # asyncpg cannot take search_path from the URL; psycopg's async driver can.
+        async_url = test_url.with_driver("psycopg")
+        return RunPlan(
+            **common, test_url=test_url.sync(), async_url=async_url, database=base, schema=schema
+        )
     database = database_name(base, run, worker)
     test_url = server_url.with_database(database)
-    plan = RunPlan(
+    return RunPlan(
         **common, test_url=test_url.sync(), async_url=test_url.asynchronous(), database=database
-    )
-    if _schema_mode(settings, server_url, embedded, origin, ask=inspection is None and ask_role):
-        return in_schemas(plan)
-    return plan
-
-
-def in_schemas(plan: RunPlan) -> RunPlan:
-    """The plan with the worker's schema in the named database instead of a database of its
-    own (through the fault proxy when the plan's test URL goes through it)."""
-    from pytest_dbguard.db.worker_schemas import schema_url
-
-    assert plan.server_url is not None
-    schema = schema_name(plan.run, plan.worker)
-    test_url = schema_url(plan.server_url, schema).replace(
-        host=plan.test_url.host, port=plan.test_url.port
-    )
-    return plan.replace(
-        test_url=test_url.sync(),
-        # asyncpg cannot take search_path from the URL; psycopg's async driver can.
-        async_url=test_url.with_driver("psycopg"),
-        database=plan.server_url.database or EMBEDDED_BASE,
-        schema=schema,
     )
 
 
@@ -228,16 +212,30 @@ def _schema_mode(
     embedded: bool,
     origin: Mapping[str, Any] | None,
     *,
-    ask: bool = True,
+    probe: bool = True,
 ) -> bool:
     """One schema per worker when asked, or (auto) when the role may not create databases."""
     if origin is not None:
         return bool(origin.get("schema_mode"))
-    if settings.worker_isolation != "auto" or embedded or not ask:
+    if settings.worker_isolation != "auto" or embedded or not probe:
         return settings.worker_isolation == "schema"
-    from pytest_dbguard.run import role_probe
+    from pytest_dbguard.db.worker_schemas import CAN_CREATE_DATABASES
+    from pytest_dbguard.server.readiness import first_row, refused_for_good
 
-    return not role_probe.may_create_databases(server_url, settings.source_of("url"))
+    started = time.monotonic()
+    try:  # a server that is not up yet is waited for later; assume it lets us create databases
+        # One plain connection: SQLAlchemy's import would delay every xdist worker's start.
+        row = first_row(server_url, CAN_CREATE_DATABASES, timeout=2.0)
+    except Exception as error:
+        # A wrong password or a missing database stops the run here, before xdist starts
+        # workers that would each fail on it.
+        final = refused_for_good(server_url, error, time.monotonic() - started)
+        if final is not None:
+            from pytest_dbguard.server.connect_diagnosis import from_setting
+
+            raise from_setting(final, settings.source_of("url")) from None
+        return False
+    return not (row and row[0])
 
 
 def _sqlite_plan(

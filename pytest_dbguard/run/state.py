@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from pytest_dbguard.db.urls import DatabaseURL
     from pytest_dbguard.faults.proxy import FaultProxy
     from pytest_dbguard.guards.statement_timing import StatementTimer
-    from pytest_dbguard.run.role_probe import PendingAnswer
     from pytest_dbguard.server.cluster import EmbeddedCluster
 
     class SchemaHook(Protocol):  # only a type: defining a Protocol costs every run at import
@@ -87,9 +86,6 @@ class DbguardRun:
     # --dbguard-report: times each test's statements (SQLAlchemy's, and Django's through its
     # execute wrapper); None without the option, so nothing is timed.
     statement_timer: StatementTimer | None = None
-    # The xdist controller's question to the server (may the role create databases?), asked in
-    # a child process and answered at its session start: ``environment.settle_worker_isolation``.
-    role_question: PendingAnswer | None = None
 
     def __init__(self, *, settings: Settings, plan: RunPlan) -> None:
         self.settings = settings
