@@ -312,3 +312,44 @@ def test_a_conftests_sessionfinish_still_reaches_the_test_database(
     assert len(reached) == 1 and "_dbg_" in reached[0], result.outlines
     listed = pg_server.sql(f"SELECT count(*) FROM pg_database WHERE datname = '{reached[0]}'")
     assert listed.stdout.strip() == "0"  # and dropped after it
+
+
+EARLY_SETTINGS = """
+import os
+
+DATABASE = os.environ.get("APP_DATABASE", "sqlite://")  # the app's fallback without the variable
+"""
+EARLY_TEST = """
+import os
+
+from app import settings
+
+
+def test_the_app_reads_the_test_database():
+    assert os.environ["APP_DATABASE"] == os.environ["DBGUARD_URL"]
+    print("the app reads the test database:", settings.DATABASE == os.environ["DBGUARD_URL"])
+"""
+
+
+@pytest.mark.parametrize("where", ["top", "fixture"])
+def test_the_conftest_opt_in_names_project_modules_imported_before_it(
+    pytester: pytest.Pytester, where: str
+) -> None:
+    """``pytest_plugins`` in a conftest that imports the app's settings at its top: they read
+    the environment before dbguard set it, and the app ran on its fallback with every test
+    green (sqladmin's on SQLite). A warning names the module and the fix; imported inside a
+    fixture, the settings read the test environment and nothing is said."""
+    pytester.mkpydir("app").joinpath("settings.py").write_text(EARLY_SETTINGS)
+    imports = "from app import settings  # noqa: F401\n" if where == "top" else ""
+    pytester.makeconftest(f'{imports}pytest_plugins = ["pytest_dbguard"]\n')
+    pytester.makeini("[pytest]\npythonpath = .\ndbguard_env =\n    APP_DATABASE={url}\n")
+    pytester.makepyfile(test_app=EARLY_TEST)
+    result = pytester.runpytest_subprocess("--dbguard-url", "sqlite", "-s", "-W", "default")
+    result.assert_outcomes(passed=1)
+    warned = "after the project's module app.settings was imported"
+    if where == "top":  # the app's fallback, not the test database: the defect, shown
+        result.stdout.fnmatch_lines(["*the app reads the test database: False*"])
+        result.stdout.fnmatch_lines([f"*{warned}*APP_DATABASE*-p pytest_dbguard*"])
+    else:
+        result.stdout.fnmatch_lines(["*the app reads the test database: True*"])
+        assert warned not in result.stdout.str()

@@ -1,6 +1,7 @@
 """One pytest run: the object that holds it (``state``), its flags, ini keys and variables
 (``options``) and their values (``config``), the plan it makes before any conftest is imported
-(``run_plan``, ``environment``) and what it says of a conftest that connects while pytest
+(``run_plan``, ``environment``; ``early_imports`` names the project's modules imported before
+it, with the conftest opt-in) and what it says of a conftest that connects while pytest
 imports it (``conftest_failures``), its life from start to stop (``lifecycle``, ``termination``,
 ``worker_failures``, ``reuse_run``), the wrapper around each test's phases that only a run that
 runs tests registers (``phases``), the xdist workers on other hosts that join it

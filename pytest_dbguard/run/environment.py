@@ -160,6 +160,9 @@ def prepare(
     export(run, assignments, origin_environ_url=environ.get("DBGUARD_URL") or None)
     if late:
         check_guarded_modules(settings.guard_modules, assignments)
+        from pytest_dbguard.run import early_imports
+
+        early_imports.warn(config, [name for name, _ in assignments])
 
 
 # pytest's own destinations of the commands that only show something; --setup-only is not one
