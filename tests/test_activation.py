@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from tests.helpers import run_dbguard
+from tests.helpers import plugin_args, run_dbguard
 from tests.pgserver import TestServer
 
 USES_FIXTURE = """
@@ -331,25 +331,44 @@ def test_the_app_reads_the_test_database():
 """
 
 
-@pytest.mark.parametrize("where", ["top", "fixture"])
+@pytest.mark.parametrize(
+    ("where", "args"),
+    [
+        pytest.param("top", (), id="top"),
+        pytest.param("top", ("-n", "2"), id="top-n2", marks=pytest.mark.needs_xdist),
+        pytest.param("fixture", (), id="fixture"),
+    ],
+)
 def test_the_conftest_opt_in_names_project_modules_imported_before_it(
-    pytester: pytest.Pytester, where: str
+    pytester: pytest.Pytester, where: str, args: tuple[str, ...]
 ) -> None:
     """``pytest_plugins`` in a conftest that imports the app's settings at its top: they read
     the environment before dbguard set it, and the app ran on its fallback with every test
-    green (sqladmin's on SQLite). A warning names the module and the fix; imported inside a
-    fixture, the settings read the test environment and nothing is said."""
+    green (sqladmin's on SQLite). A warning names the module and the fix, once under xdist; not
+    the tests package pytest itself imported to load the conftest. Imported inside a fixture,
+    the settings read the test environment and nothing is said."""
     pytester.mkpydir("app").joinpath("settings.py").write_text(EARLY_SETTINGS)
+    tests = pytester.mkpydir("tests")
     imports = "from app import settings  # noqa: F401\n" if where == "top" else ""
-    pytester.makeconftest(f'{imports}pytest_plugins = ["pytest_dbguard"]\n')
+    (tests / "conftest.py").write_text(f'{imports}pytest_plugins = ["pytest_dbguard"]\n')
+    (tests / "test_app.py").write_text(EARLY_TEST)
     pytester.makeini("[pytest]\npythonpath = .\ndbguard_env =\n    APP_DATABASE={url}\n")
-    pytester.makepyfile(test_app=EARLY_TEST)
-    result = pytester.runpytest_subprocess("--dbguard-url", "sqlite", "-s", "-W", "default")
+    plugins = plugin_args(*args)
+    result = pytester.runpytest_subprocess(
+        *plugins, "--dbguard-url", "sqlite", "-s", "-W", "default", *args
+    )
     result.assert_outcomes(passed=1)
     warned = "after the project's module app.settings was imported"
-    if where == "top":  # the app's fallback, not the test database: the defect, shown
-        result.stdout.fnmatch_lines(["*the app reads the test database: False*"])
+    output = result.stdout.str()
+    if where == "top":
+        assert output.count(warned) == 1, output
         result.stdout.fnmatch_lines([f"*{warned}*APP_DATABASE*-p pytest_dbguard*"])
+        if not args:  # the app's fallback, not the test database: the defect, shown
+            result.stdout.fnmatch_lines(["*the app reads the test database: False*"])
     else:
         result.stdout.fnmatch_lines(["*the app reads the test database: True*"])
-        assert warned not in result.stdout.str()
+        assert "was enabled by `pytest_plugins`" not in output
+    if where == "top":  # where warnings are errors, the same words as a usage error
+        failed = pytester.runpytest_subprocess("--dbguard-url", "sqlite", "-W", "error")
+        assert failed.ret == pytest.ExitCode.USAGE_ERROR, failed.stdout.str() + failed.stderr.str()
+        failed.stderr.fnmatch_lines([f"*{warned}*"])

@@ -711,6 +711,11 @@ async def test_on_anyio(dbguard_async_session):
 @pytest.mark.asyncio(loop_scope="session")
 async def test_on_pytest_asyncio(dbguard_async_session):
     assert await dbguard_async_session.scalar(text("SELECT 1")) == 1
+
+
+@pytest.mark.anyio
+def test_sync_under_the_mark(dbguard_async_engine):  # anyio runs coroutines only
+    assert dbguard_async_engine.url.database
 """
 
 
@@ -725,12 +730,12 @@ def test_an_anyio_test_is_told_that_dbguards_async_fixtures_are_pytest_asyncios(
     write_project(pytester, test_anyio=ANYIO_TESTS.replace("{scope}", scope))
     plugins = ["-p", "asyncio", "-p", "anyio", "-p", "pytest_dbguard"]
     result = pytester.runpytest_subprocess(*plugins, *on_server, timeout=300)
-    result.assert_outcomes(passed=1, errors=1)
+    result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(
         [
             "*test_on_anyio runs on anyio's event loop (pytest.mark.anyio)*dbguard_async_session*"
             "pytest-asyncio's session loop*@pytest.mark.asyncio(loop_scope='session')*"
-            "DBGUARD_ASYNC_URL*"
+            "pytestmark*DBGUARD_ASYNC_URL*"
         ]
     )
     output = result.stdout.str()

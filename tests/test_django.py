@@ -234,15 +234,16 @@ def test_the_handlers_ran_once_in_this_process(n):
 """
 
 
+@pytest.mark.parametrize("served", ["default copy", "copy default"])
 @pytest.mark.parametrize("workers", WORKERS)
 def test_aliases_with_the_same_settings_are_migrated_once(
-    pytester: pytest.Pytester, on_server: list[str], workers: tuple[str, ...]
+    pytester: pytest.Pytester, on_server: list[str], workers: tuple[str, ...], served: str
 ) -> None:
     """Two served aliases whose settings name one database: Django's test setup migrates it
-    once and makes the second a mirror, so post_migrate handlers run once per test process, for
-    the first alias. Under dbguard they ran for each alias (twice in the template, a row of a
-    handler that creates without looking made twice), and again in the process that built it."""
-    write_project(pytester, ini_extra="dbguard_django_databases = default copy\n")
+    once, through ``default`` whatever the order, and makes the other a mirror, so post_migrate
+    handlers run once per test process. Under dbguard they ran for each alias (twice in the
+    template, a row of a handler that creates without looking made twice)."""
+    write_project(pytester, ini_extra=f"dbguard_django_databases = {served}\n")
     settings = pytester.path / "djproj" / "settings.py"
     settings.write_text(settings.read_text() + SAME_SETTINGS_ALIAS)
     (pytester.path / "shop" / "apps.py").write_text(HANDLER_APPS.lstrip())

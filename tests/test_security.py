@@ -232,6 +232,23 @@ def test_short_passwords_are_masked_only_inside_urls() -> None:
     assert secrets.scrub(text) == "url postgresql://app:***@db/app, raw ***, other :x@"
 
 
+def test_a_query_strings_password_is_masked_however_it_is_encoded() -> None:
+    """``?password=`` as dbguard's own URLs write it (a space as ``+``), percent-encoded, as
+    typed, and a short one followed by a bracket: each masked, the rest of the text kept."""
+    from pytest_dbguard.run.redaction import secrets_for
+
+    url = DatabaseURL.parse("postgresql://app@db:5432/app?password=my+secret+pw")
+    secrets = secrets_for([url])
+    for shown in ("?password=my+secret+pw", "?password=my%20secret%20pw", "?password=my secret pw"):
+        assert secrets.found_in(f"url {shown}&sslmode=off")
+        assert secrets.scrub(f"url {shown}&sslmode=off") == "url ?password=***&sslmode=off"
+    short = secrets_for([DatabaseURL.parse("postgresql://app@db/app?password=s3cr")])
+    assert short.scrub("(postgresql://app@db/app?password=s3cr)") == (
+        "(postgresql://app@db/app?password=***)"
+    )
+    assert short.scrub("?password=other") == "?password=other"
+
+
 def test_a_password_cut_short_by_pytest_is_masked() -> None:
     """pytest shows a long string's two ends around "...": 25 of a password's 32 characters
     were shown (a security audit's finding)."""
@@ -321,6 +338,28 @@ def test_reused_cluster_keeps_its_password_private(pytester: pytest.Pytester) ->
         assert password not in first.stdout.str() + second.stdout.str()
     finally:
         server.EmbeddedCluster(bindir=machine.find_bindir() or Path(), root=folder, port=0).stop()
+    assert not folder.exists()
+
+
+def test_a_kept_cluster_whose_socket_trusted_the_servers_account_is_replaced(
+    pytester: pytest.Pytester,
+) -> None:
+    """A cluster kept by a version whose socket trusted every process of the server's account
+    (no pg_ident file of its own) is not adopted as it is: the next run starts one anew."""
+    _require_root()
+    pytester.makepyfile(test_one="def test_one(dbguard_connection): pass")
+    folder = machine.storage_root() / f"reuse-{kept_clusters.reuse_key(pytester.path)}"
+    try:
+        run_dbguard(pytester, "--dbguard-reuse", inprocess=True).assert_outcomes(passed=1)
+        old = int((folder / "data" / "postmaster.pid").read_text().split()[0])
+        (folder / "pg_ident.conf").unlink()  # as the older version left it
+        second = run_dbguard(pytester, "--dbguard-reuse", inprocess=True)
+        second.assert_outcomes(passed=1)
+        assert ", cluster started" in second.stdout.str()
+        assert (folder / "pg_ident.conf").is_file()
+        assert not machine.process_alive(old)
+    finally:
+        dbguard_cli("stop", cwd=pytester.path)
     assert not folder.exists()
 
 

@@ -112,13 +112,14 @@ def _scope_of_fixture(
 
 
 ANYIO_TEST: Final = (
-    "{nodeid} runs on anyio's event loop (pytest.mark.anyio), and {fixtures} live on "
-    "pytest-asyncio's session loop: an engine's connections belong to the loop they were made on, "
-    "so it would fail with 'attached to a different loop' (or, with a module-scoped "
-    "anyio_backend, with pytest's ScopeMismatch). Mark the test "
-    "@pytest.mark.asyncio(loop_scope='session') instead of pytest.mark.anyio (anyio's own API "
-    "works on asyncio's loop), or make your engine in an anyio fixture from DBGUARD_ASYNC_URL, "
-    "this worker's test database (its per-test isolation is then yours)."
+    "{nodeid} runs on anyio's event loop (pytest.mark.anyio), and the engine behind {fixtures} "
+    "lives on pytest-asyncio's session loop: an engine's connections belong to the loop they "
+    "were made on, so it would fail with 'attached to a different loop' (or, with a "
+    "module-scoped anyio_backend, with pytest's ScopeMismatch). Run the test with "
+    "@pytest.mark.asyncio(loop_scope='session') instead, and take pytest.mark.anyio off it (a "
+    "module's pytestmark too: anyio runs the test while the mark applies); anyio's own API works "
+    "on asyncio's loop. Or make your engine in an anyio fixture from DBGUARD_ASYNC_URL, this "
+    "worker's test database (its per-test isolation is then yours)."
 )
 
 
@@ -141,7 +142,8 @@ def narrower_loop_problems(item: pytest.Item, policy: LoopPolicy) -> list[str]:
         reached[name] = frozenset().union(*(reaches(arg, path | {name}) for arg in args))
         return reached[name]
 
-    if item.get_closest_marker("anyio") is not None:  # anyio's plugin runs it on its own loop
+    # anyio's plugin runs a marked coroutine test, and gives it anyio_backend, on its own loop.
+    if item.get_closest_marker("anyio") is not None and "anyio_backend" in closure:
         fixtures = " and ".join(sorted(closure.intersection(ASYNC_FIXTURES)))
         return [ANYIO_TEST.format(nodeid=item.nodeid, fixtures=fixtures)]
     problems: list[str] = []

@@ -112,7 +112,7 @@ class DjangoSchema:
 
         digest = hashlib.sha1(
             f"{django.get_version()}|{self.settings_module}|{','.join(self.aliases)}|"
-            f"{','.join(self.unmigrated)}|{self.create_options}".encode()
+            f"{','.join(self.migrated)}|{','.join(self.unmigrated)}|{self.create_options}".encode()
         )
         for app in sorted(apps.get_app_configs(), key=lambda app: app.label):
             digest.update(f"\0app:{app.label}".encode())
@@ -239,14 +239,16 @@ def _first_of_each_database(aliases: Sequence[str]) -> tuple[str, ...]:
     once for them, not once per alias (twice into one database: a row made twice). Read before
     dbguard points the aliases at the worker's database."""
     from django.conf import settings
+    from django.db import DEFAULT_DB_ALIAS
 
     firsts: dict[tuple[str, ...], str] = {}
-    for alias in aliases:
+    # ``default`` first, as Django's test setup takes it: data migrations use the default alias.
+    for alias in sorted(aliases, key=lambda alias: alias != DEFAULT_DB_ALIAS):
         entry = settings.DATABASES[alias]
         test_name = _test_setting(alias, "NAME") or f"test_{entry.get('NAME') or ''}"
         signature = tuple(str(entry.get(key) or "") for key in ("HOST", "PORT", "ENGINE"))
         firsts.setdefault((*signature, test_name), alias)
-    return tuple(firsts.values())
+    return tuple(alias for alias in aliases if alias in firsts.values())
 
 
 def _test_setting(alias: str, key: str) -> Any:

@@ -17,6 +17,8 @@ from typing import Final
 
 import pytest
 
+from pytest_dbguard.config_errors import ConfigError
+
 EARLY_IMPORTS: Final = (
     "dbguard was enabled by `pytest_plugins` in a conftest, after the project's {modules} "
     "{were} imported (by a conftest's top-level imports): what {they} read from the environment "
@@ -31,15 +33,15 @@ SHOWN: Final = 3  # modules named; the rest counted
 
 def warn(config: pytest.Config, variables: Sequence[str]) -> None:
     """A warning naming the rootdir's modules (not conftests, not installed packages) that are
-    imported already, when ``dbguard_env`` gives ``variables``."""
+    imported already, when ``dbguard_env`` gives ``variables``; a ConfigError where warnings are
+    errors (``filterwarnings = error``), said the same way."""
     if not variables:
         return
     early = imported_project_modules(config.rootpath)
     if not early:
         return
-    named = ", ".join(early[:SHOWN]) + (
-        f" and {len(early) - SHOWN} more" if len(early) > SHOWN else ""
-    )
+    shown = ", ".join(early[:SHOWN])
+    named = shown + (f" and {len(early) - SHOWN} more" if len(early) > SHOWN else "")
     one = len(early) == 1
     message = EARLY_IMPORTS.format(
         modules=f"module{'' if one else 's'} {named}",
@@ -48,7 +50,10 @@ def warn(config: pytest.Config, variables: Sequence[str]) -> None:
         them="it" if one else "them",
         variables=", ".join(variables),
     )
-    config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
+    try:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
+    except pytest.PytestConfigWarning:  # turned into an error by a warnings filter
+        raise ConfigError(message) from None
 
 
 def imported_project_modules(rootdir: Path) -> list[str]:
@@ -57,15 +62,28 @@ def imported_project_modules(rootdir: Path) -> list[str]:
     the project)."""
     root = f"{os.path.realpath(rootdir)}{os.sep}"
     prefixes = {os.path.realpath(prefix) + os.sep for prefix in (sys.prefix, sys.base_prefix)}
+    files = {
+        name: os.path.realpath(file)
+        for name, module in list(sys.modules.items())
+        if (file := getattr(module, "__file__", None))
+    }
+    # pytest imports the packages a conftest lives in (tests/__init__.py) to import it.
+    conftest_folders = {
+        os.path.dirname(path) + os.sep
+        for path in files.values()
+        if os.path.basename(path) == "conftest.py"
+    }
     found = []
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if not file or name == "__main__" or name.split(".")[0] == "pytest_dbguard":
+    for name, path in files.items():
+        if name == "__main__" or name.split(".")[0] == "pytest_dbguard":
             continue
-        path = os.path.realpath(file)
         if not path.startswith(root) or any(path.startswith(prefix) for prefix in prefixes):
             continue
         if os.path.basename(path) == "conftest.py" or "site-packages" in path.split(os.sep):
+            continue
+        if os.path.basename(path) == "__init__.py" and any(
+            folder.startswith(os.path.dirname(path) + os.sep) for folder in conftest_folders
+        ):
             continue
         found.append(name)
     # A package is named by the module of it that was imported (app.settings, not app too).

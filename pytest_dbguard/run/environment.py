@@ -162,7 +162,8 @@ def prepare(
         check_guarded_modules(settings.guard_modules, assignments)
         from pytest_dbguard.run import early_imports
 
-        early_imports.warn(config, [name for name, _ in assignments])
+        if run.plan.owns_server:  # said once, by the xdist controller
+            early_imports.warn(config, [name for name, _ in assignments])
 
 
 # pytest's own destinations of the commands that only show something; --setup-only is not one

@@ -19,7 +19,7 @@ import dataclasses
 import re
 from collections.abc import Iterable
 from typing import Any, Final, NamedTuple
-from urllib.parse import quote, unquote
+from urllib.parse import quote, quote_plus, unquote
 
 import pytest
 
@@ -34,7 +34,7 @@ MIN_BARE: Final = 8  # a shorter password is masked only inside a URL, else "tes
 # As text: re compiles it on first use, not in every run's import.
 _URL_PASSWORD: Final = r"(://[^:/@\s'\"]*:)([^@\s'\"]*)(@)"
 # A password in a URL's query string, which libpq reads too (``?password=...``).
-_QUERY_PASSWORD: Final = r"([?&](?i:ssl)?(?i:password)=)([^&#\s'\"]*)()"
+_QUERY_PASSWORD: Final = r"([?&](?i:ssl)?(?i:password)=)([^&#\s'\"]*)"
 
 
 # NamedTuples, not frozen dataclasses: every run defines them (see the package docstring).
@@ -50,26 +50,36 @@ class Secrets(NamedTuple):
     def _in_url(self, match: re.Match[str]) -> bool:
         return unquote(match.group(2)) in self.passwords
 
+    def _query_mask(self, match: re.Match[str]) -> str:
+        """A query string's password value masked, when it starts with one of the passwords as
+        written, percent- or plus-encoded (what follows it is not the password's: a ``)``)."""
+        value = match.group(2)
+        for secret in sorted(self.passwords, key=len, reverse=True):
+            for form in (secret, quote(secret, safe=""), quote_plus(secret, safe="")):
+                if value.startswith(form):
+                    return f"{match.group(1)}{MASK}{value[len(form) :]}"
+        return match.group(0)
+
     def found_in(self, text: str) -> bool:
         """Whether ``text`` shows one of the passwords, or a part of one that pytest cut short."""
         return (
             any(secret in text for secret in self.bare)
+            or any(self._in_url(match) for match in re.finditer(_URL_PASSWORD, text))
             or any(
-                self._in_url(match)
-                for pattern in (_URL_PASSWORD, _QUERY_PASSWORD)
-                for match in re.finditer(pattern, text)
+                self._query_mask(match) != match.group(0)
+                for match in re.finditer(_QUERY_PASSWORD, text)
             )
             or bool(self._cut_short(text))
         )
 
     def scrub(self, text: str) -> str:
         """``text`` with every password shown as ``***``."""
-        for pattern in (_URL_PASSWORD, _QUERY_PASSWORD):
-            text = re.sub(
-                pattern,
-                lambda m: f"{m.group(1)}{MASK}{m.group(3)}" if self._in_url(m) else m.group(0),
-                text,
-            )
+        text = re.sub(
+            _URL_PASSWORD,
+            lambda m: f"{m.group(1)}{MASK}{m.group(3)}" if self._in_url(m) else m.group(0),
+            text,
+        )
+        text = re.sub(_QUERY_PASSWORD, self._query_mask, text)
         for secret in self.bare:
             text = text.replace(secret, MASK)
         for start, end in reversed(self._cut_short(text)):
@@ -124,7 +134,7 @@ def secrets_for(urls: Iterable[DatabaseURL | None]) -> Secrets:
         ordinary = {url.username, url.host, url.database}
         for password in url.passwords():
             passwords.add(password)
-            forms = {password, quote(password, safe="")}
+            forms = {password, quote(password, safe=""), quote_plus(password, safe="")}
             bare |= {form for form in forms if len(form) >= MIN_BARE and form not in ordinary}
     # Longest first, so a password that contains another is masked whole.
     return Secrets(frozenset(passwords), tuple(sorted(bare, key=len, reverse=True)))

@@ -16,6 +16,7 @@ from typing import Final
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server import kept_clusters
 from pytest_dbguard.server.cluster import EmbeddedCluster
+from pytest_dbguard.server.cluster_auth import ident_path
 from pytest_dbguard.server.machine import (
     free_port,
     postmaster_runs,
@@ -155,7 +156,9 @@ def _adopt(bindir: Path, root: Path) -> EmbeddedCluster | None:
     state = state_of(root)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         cluster = EmbeddedCluster(bindir=bindir, root=root, port=int(state["port"]), keep=True)
-        if not isinstance(state.get("password"), str):  # kept by a version without passwords
+        # Kept by a version without passwords, or whose socket trusted the server's account
+        # (no pg_ident file of its own): stopped and started anew, never adopted as it is.
+        if not isinstance(state.get("password"), str) or not ident_path(root).exists():
             pid = cluster.postmaster_pid()
             if pid is not None and postmaster_runs(pid, cluster.datadir):
                 cluster.stop()
