@@ -91,7 +91,7 @@ def test_a_retry_recovers(dbguard_faults):
     result.stdout.fnmatch_lines(
         [
             "*orders in Django requests on Django connection 'default' (CONN_MAX_AGE=None, "
-            "CONN_HEALTH_CHECKS=False): the first SELECT 1 after the fault failed "
+            "CONN_HEALTH_CHECKS=False): the first call after the fault failed "
             "(*Error: *closed*), so your application's next request would fail too*"
         ]
     )
@@ -131,3 +131,41 @@ def test_the_test_client_and_request_boundaries(
     write_project(pytester)
     pytester.makepyfile(test_client=CLIENT_TESTS)
     run_dbguard(pytester, *on_server, plugins=DJANGO).assert_outcomes(passed=2)
+
+
+IN_A_TRANSACTION_TEST = """
+import pytest
+from django.db import connection
+
+from shop.models import Order
+
+
+def orders():
+    return Order.objects.count()
+
+
+@pytest.mark.django_db
+def test_in_pytest_djangos_transaction(dbguard_faults):
+    assert orders() == 0
+    dbguard_faults.terminate()
+    dbguard_faults.assert_recovers(orders, within=1)
+"""
+
+
+def test_recovery_inside_a_django_db_transaction_says_why_it_cannot_work(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
+    """A plain django_db test runs in pytest-django's transaction, where Django never replaces
+    a connection: the failure says so and names transaction=True, and counts calls of the ORM
+    query it was given, not SELECT 1 statements. Found by adopting dbguard on Misago."""
+    write_project(pytester)
+    pytester.makepyfile(test_atomic=IN_A_TRANSACTION_TEST)
+    result = run_dbguard(pytester, *on_server, plugins=DJANGO)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*orders in Django requests on Django connection 'default' *did not recover within "
+            "1 s: call failed * attempt(s)*Last error: *never inside a transaction, and the "
+            "connection of 'default' is in one*django_db(transaction=True)*"
+        ]
+    )

@@ -295,7 +295,7 @@ def test_assert_recovers_fails_with_attempts_time_and_last_error(
         [
             "E   *Failed: Engine(postgresql+psycopg://postgres:***@127.0.0.1:*) did not recover within "
             "0.5 s: SELECT 1 failed * attempt(s) in 0.5* s. Last error: OperationalError: *",
-            "E   *Failed: *always_broken did not recover within 0.3 s: SELECT 1 failed "
+            "E   *Failed: *always_broken did not recover within 0.3 s: call failed "
             "* attempt(s) in 0.3* s. Last error: ValueError: still broken",
         ]
     )

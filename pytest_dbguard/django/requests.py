@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
+
+IN_A_TRANSACTION: Final = (
+    " Django replaces a broken connection only between requests and never inside a transaction, "
+    "and the connection of {aliases} is in one (pytest-django runs a django_db test in a "
+    "transaction): prove recovery in a test marked django_db(transaction=True)."
+)
 
 
 def _is_django(target: Any) -> bool:
@@ -86,12 +92,26 @@ def in_requests(target: Any) -> Any:
         finally:
             request_finished.send(sender=one_request)
 
+    from django.db import connections
+
     if wrappers:
         one_request.__qualname__ = ", ".join(describe(wrapper) for wrapper in wrappers)
+        one_request.recovery_attempt = "SELECT 1"  # type: ignore[attr-defined]
     else:
-        from django.db import connections
-
         named = getattr(target, "__qualname__", None) or repr(target)
         settings = ", ".join(describe(wrapper) for wrapper in connections.all())
         one_request.__qualname__ = f"{named} in Django requests on {settings}"
+
+    def in_a_transaction() -> str:
+        held = [
+            wrapper.alias for wrapper in wrappers or connections.all() if wrapper.in_atomic_block
+        ]
+        return (
+            IN_A_TRANSACTION.format(aliases=", ".join(repr(alias) for alias in held))
+            if held
+            else ""
+        )
+
+    one_request.recovery_hint = in_a_transaction  # type: ignore[attr-defined]
     return one_request
+

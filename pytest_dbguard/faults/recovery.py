@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     import asyncio
 
 NOT_RECOVERED: Final = (
-    "{target} did not recover within {within:g} s: SELECT 1 failed {attempts} attempt(s) "
-    "in {elapsed:.2f} s. Last error: {error}"
+    "{target} did not recover within {within:g} s: {what} failed {attempts} attempt(s) "
+    "in {elapsed:.2f} s. Last error: {error}{hint}"
 )
 BAD_TARGET: Final = (
     "assert_recovers(): {target!r} is not an Engine, an AsyncEngine, a connection factory or a "
@@ -38,10 +38,10 @@ ASYNC_CALLABLE: Final = (
     "await dbguard_faults.assert_recovers_async(...)"
 )
 FIRST_TRY_FAILED: Final = (
-    "{target}: the first SELECT 1 after the fault failed ({error}), so your application's next "
+    "{target}: the first {what} after the fault failed ({error}), so your application's next "
     "request would fail too, although a retry may work. Make the first request succeed (e.g. "
     "create_engine(..., pool_pre_ping=True), or Django's CONN_HEALTH_CHECKS = True), or drop "
-    "first_try=True if one failed request is acceptable."
+    "first_try=True if one failed request is acceptable.{hint}"
 )
 
 
@@ -207,10 +207,25 @@ class Tries:
         if not hasattr(target, "pool") and not hasattr(target, "sync_engine"):  # engines hide
             target = getattr(target, "__qualname__", None) or repr(target)  # the password
         elapsed, error = time.monotonic() - self.started, self.last_error
+        # What each attempt ran: SELECT 1 through an engine (or a Django connection), else a
+        # call of the callable (an ORM query, a factory whose connection then runs SELECT 1).
+        what = getattr(self.target, "recovery_attempt", None)
+        if what is None:
+            what = (
+                "SELECT 1" if hasattr(target, "pool") or hasattr(target, "sync_engine") else "call"
+            )
+        explain = getattr(self.target, "recovery_hint", None)
+        hint = explain() if callable(explain) else ""
         if self.first_try:
-            return FIRST_TRY_FAILED.format(target=target, error=error)
+            return FIRST_TRY_FAILED.format(target=target, what=what, error=error, hint=hint)
         return NOT_RECOVERED.format(
-            target=target, within=self.within, attempts=self.attempts, elapsed=elapsed, error=error
+            target=target,
+            what=what,
+            within=self.within,
+            attempts=self.attempts,
+            elapsed=elapsed,
+            error=error,
+            hint=hint,
         )
 
 
