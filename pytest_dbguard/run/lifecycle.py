@@ -131,6 +131,8 @@ def ensure_started(config: pytest.Config) -> None:
     run = run_of(config)
     if run is None or run.session is None or run.session.started:
         return
+    if worker_failures.session_failed(config):  # a collection hook stopped the run: no build
+        return
     plan, settings, state = run.plan, run.settings, run.session
     state.started = True
     try:

@@ -106,8 +106,8 @@ def _build_ms(state: SessionState) -> float | None:
 def after_collection(config: pytest.Config) -> list[str]:
     """A single run's (or worker's) line, for ``pytest_report_collectionfinish``."""
     run = run_of(config)
-    if run is None or run.session is None:
-        return []
+    if run is None or run.session is None or not run.session.started:
+        return []  # the session was stopped during collection: nothing started to describe
     return shown(config) if run.session.runs_tests else []
 
 

@@ -18,6 +18,7 @@ import pytest
 from pytest_dbguard.compat import xdist_loaded
 
 SETUP_ERROR_KEY: Final = "dbguard_setup_error"
+_failed_key: Final = pytest.StashKey[str]()
 
 
 def fail_session(config: pytest.Config, message: str) -> NoReturn:
@@ -25,7 +26,14 @@ def fail_session(config: pytest.Config, message: str) -> NoReturn:
     workeroutput = getattr(config, "workeroutput", None)  # set by xdist in its workers only
     if isinstance(workeroutput, dict):
         workeroutput.setdefault(SETUP_ERROR_KEY, message)
+    config.stash.setdefault(_failed_key, message)
     raise pytest.UsageError(message)
+
+
+def session_failed(config: pytest.Config) -> bool:
+    """Whether this process's session was stopped by :func:`fail_session`: pytest still calls
+    ``pytest_collection_finish`` after a collection hook raised, where nothing should be built."""
+    return _failed_key in config.stash
 
 
 class ControllerRelay:
