@@ -114,4 +114,3 @@ def in_requests(target: Any) -> Any:
 
     one_request.recovery_hint = in_a_transaction  # type: ignore[attr-defined]
     return one_request
-
