@@ -72,6 +72,18 @@ def test_targets_from_each_drivers_connect_keywords(
     assert Target.from_url(DatabaseURL.parse(text)) == expected
 
 
+def test_pg8000_reads_none_of_libpqs_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pg8000 connects to localhost:5432 whatever PGHOST and PGPORT say (psycopg, psycopg2 and
+    asyncpg read them): the guard took PGPORT for its target, and a suite whose URLs leave the
+    port out reached another server on 5432. Found by adopting dbguard on sqlalchemy-utils."""
+    monkeypatch.setenv("PGPORT", "6000")
+    monkeypatch.setenv("PGHOST", "db.example")
+    params = {"user": "u", "database": "app"}
+    assert Target.from_params(params, driver="pg8000") == Target("local", 5432, "app")
+    assert Target.from_params(params, driver="psycopg") == Target("db.example", 6000, "app")
+    assert Target.from_params({"user": "u"}, driver="pg8000") == Target("local", 5432, "u")
+
+
 @pytest.mark.parametrize(
     ("cparams", "cargs"),
     [

@@ -91,7 +91,7 @@ class ConnectionGuards:
         known = self._test_database.get(url)
         if known is None:
             _, params = connection.dialect.create_connect_args(url)
-            target = Target.from_params(params)
+            target = Target.from_params(params, driver=connection.dialect.driver)
             known = any(own.covers(target) for own in self.foreign.test_databases)
             self._test_database[url] = known
         return known

@@ -77,8 +77,20 @@ def _host_key(host: str | None) -> str:
     return LOCAL if lowered in _LOOPBACK or lowered.startswith("127.") else lowered
 
 
-def _port(value: Any) -> int:
-    text = str(value).strip() if value not in (None, "") else os.environ.get("PGPORT", "")
+# Drivers that take nothing from libpq's variables (PGHOST, PGPORT, PGDATABASE, PGUSER): pg8000,
+# pure Python, connects to localhost:5432 whatever PGPORT says (psycopg, psycopg2 and asyncpg read
+# them).
+NO_ENVIRONMENT_DRIVERS: Final = ("pg8000",)
+
+
+def _environ(name: str, read: bool) -> str | None:
+    return os.environ.get(name) if read else None
+
+
+def _port(value: Any, read_environment: bool = True) -> int:
+    if value in (None, ""):
+        value = _environ("PGPORT", read_environment) or ""
+    text = str(value).strip()
     return int(text) if text.isdigit() else DEFAULT_PORT
 
 
@@ -98,16 +110,29 @@ class Target(Record):
         return self.host, self.port, self.database
 
     @classmethod
-    def make(cls, host: str | None, port: Any, database: str | None) -> Target:
-        shown = host or os.environ.get("PGHOST") or "the local socket"
-        return cls(_host_key(host or os.environ.get("PGHOST")), _port(port), database, shown)
+    def make(
+        cls, host: str | None, port: Any, database: str | None, *, read_environment: bool = True
+    ) -> Target:
+        """``read_environment`` False: a driver that does not read PGHOST and PGPORT (pg8000),
+        whose missing host is localhost."""
+        host = (
+            host
+            or _environ("PGHOST", read_environment)
+            or (None if read_environment else "localhost")
+        )
+        shown = host or "the local socket"
+        return cls(_host_key(host), _port(port, read_environment), database, shown)
 
     @classmethod
-    def from_params(cls, cparams: Mapping[str, Any], cargs: Sequence[Any] = ()) -> Target:
-        """The target of a driver's connect arguments, with libpq's defaults for what is missing.
+    def from_params(
+        cls, cparams: Mapping[str, Any], cargs: Sequence[Any] = (), *, driver: str | None = None
+    ) -> Target:
+        """The target of a driver's connect arguments, with libpq's defaults for what is missing
+        (not for ``driver`` pg8000, which reads none of libpq's variables).
 
         A connection string (``connect_args={"conninfo": ...}`` for psycopg, ``{"dsn": ...}``
         for psycopg2, or a positional one) counts, under the keywords, which win as in libpq."""
+        read = driver not in NO_ENVIRONMENT_DRIVERS
         conninfo = cparams.get("conninfo") or cparams.get("dsn")
         if not conninfo and cargs and isinstance(cargs[0], str):
             conninfo = cargs[0]
@@ -117,13 +142,14 @@ class Target(Record):
         host = cparams.get("host")
         if isinstance(host, (list, tuple)):  # asyncpg with several hosts
             host = ",".join(str(part) for part in host)
-        database = cparams.get("dbname") or cparams.get("database") or os.environ.get("PGDATABASE")
-        if not database:  # libpq and asyncpg default to the user's name
-            database = libpq_user(cparams.get("user"))
+        database = cparams.get("dbname") or cparams.get("database") or _environ("PGDATABASE", read)
+        if not database:  # the server's default: the user's name
+            user = cparams.get("user")
+            database = libpq_user(user) if read else (user or login_name())
         port = cparams.get("port")
         if isinstance(port, (list, tuple)):
             port = port[0] if port else None
-        return cls.make(str(host) if host else None, port, str(database))
+        return cls.make(str(host) if host else None, port, str(database), read_environment=read)
 
     @classmethod
     def from_url(cls, url: DatabaseURL) -> Target:
@@ -310,7 +336,7 @@ class ForeignDatabaseGuard(EngineListener):
         __tracebackhide__ = True
         if self.where is None or dialect.name != "postgresql" or is_own(dialect):
             return  # None: SQLAlchemy goes on to connect as usual
-        self.check(Target.from_params(cparams, cargs))
+        self.check(Target.from_params(cparams, cargs, driver=dialect.driver))
 
     def install(self) -> None:
         """Start checking new connections, those of engines with a ``creator`` too."""
