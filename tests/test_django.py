@@ -476,3 +476,15 @@ def test_an_unset_alias_list_is_named_as_its_default(pytester: pytest.Pytester) 
         run_dbguard(pytester, plugins=DJANGO),
         "the default of ini dbguard_django_databases (unset) names the database alias 'default'",
     )
+
+
+def test_a_django_model_as_dbguard_metadata_says_django_needs_none(
+    pytester: pytest.Pytester, on_server: list[str]
+) -> None:
+    """Misago's trial pointed dbguard_metadata at a Django model: the error named a ModelBase
+    and asked for a MetaData; a Django project needs no dbguard_metadata at all."""
+    write_project(pytester, ini_extra="dbguard_metadata = shop.models:Order\n")
+    pytester.makepyfile(test_x="def test_x(db):\n    pass\n")
+    result = run_dbguard(pytester, *on_server, plugins=DJANGO)
+    stopped_once(result, "A Django project needs no dbguard_metadata")
+    result.stderr.fnmatch_lines(["*'shop.models:Order' is a ModelBase*migrate. Remove the line.*"])

@@ -115,11 +115,25 @@ def load_metadata(spec: str, source: str, rootdir: Path | None = None) -> MetaDa
         target = getattr(target, part)
     metadata = getattr(target, "metadata", target)
     if not isinstance(metadata, MetaData):
+        django = type(target).__module__.startswith("django.") or type(
+            metadata
+        ).__module__.startswith("django.")
         raise ConfigError(
             f"{source} = {spec!r} is a {type(target).__name__}, not a MetaData or a declarative Base; "
-            "name a MetaData (e.g. 'app.db:metadata') or a declarative Base (e.g. 'app.models:Base')."
+            + (
+                DJANGO_NEEDS_NO_METADATA
+                if django
+                else "name a MetaData (e.g. 'app.db:metadata') or a declarative Base (e.g. "
+                "'app.models:Base')."
+            )
         )
     return metadata
+
+
+DJANGO_NEEDS_NO_METADATA = (
+    "it is Django's. A Django project needs no dbguard_metadata: with pytest-django and its "
+    "settings, dbguard builds the schema with Django's migrate. Remove the line."
+)
 
 
 def _schema_sources_hint(holder: Any, wanted: str) -> str:
