@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard.db import alembic_runner, kept_templates, schema
+from pytest_dbguard.db import alembic_runner, kept_templates, schema, schema_fingerprint
 from pytest_dbguard.db.urls import DatabaseURL
 from tests.helpers import (
     ALEMBIC_LOGGING,
@@ -660,9 +660,9 @@ def test_the_fingerprint_follows_the_script_location_alembic_ini_names(
     (tmp_path / folder / "env.py").write_text(ENV_PY)
     (versions / "0001_accounts.py").write_text(REVISION_1)
     alembic_ini = tmp_path / "alembic.ini"
-    before = schema.fingerprint_alembic(alembic_ini)
+    before = schema_fingerprint.fingerprint_alembic(alembic_ini)
     (versions / "0002_active.py").write_text(REVISION_2)
-    assert schema.fingerprint_alembic(alembic_ini) != before
+    assert schema_fingerprint.fingerprint_alembic(alembic_ini) != before
     assert alembic_runner.env_py(alembic_ini) == (tmp_path / folder / "env.py").resolve()
 
 
@@ -727,9 +727,9 @@ def test_the_fingerprint_covers_version_locations(tmp_path: Path, ini: str, pypr
     for folder in ("migrations/versions", "plugins/versions"):
         (tmp_path / folder).mkdir(parents=True)
     (tmp_path / "migrations" / "env.py").write_text(ENV_PY)
-    before = schema.fingerprint_alembic(tmp_path / "alembic.ini")
+    before = schema_fingerprint.fingerprint_alembic(tmp_path / "alembic.ini")
     (tmp_path / "plugins" / "versions" / "0002_active.py").write_text(REVISION_2)
-    assert schema.fingerprint_alembic(tmp_path / "alembic.ini") != before
+    assert schema_fingerprint.fingerprint_alembic(tmp_path / "alembic.ini") != before
 
 
 # warehouse's: a migration that commits, then builds an index outside any transaction.
@@ -838,7 +838,7 @@ def test_the_fingerprint_of_tables_whose_foreign_keys_form_a_cycle_warns_nothing
 
     from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table
 
-    from pytest_dbguard.db.schema import fingerprint_metadata
+    from pytest_dbguard.db.schema_fingerprint import fingerprint_metadata
 
     metadata = MetaData()
     Table(
@@ -957,7 +957,7 @@ def test_the_fingerprint_covers_ddl_listeners(
         (folder / "listener_models.py").write_text(models)
         code = (
             "import sys; sys.path.insert(0, sys.argv[1]); import listener_models; "
-            "from pytest_dbguard.db.schema import fingerprint_metadata; "
+            "from pytest_dbguard.db.schema_fingerprint import fingerprint_metadata; "
             "print(fingerprint_metadata(listener_models.metadata, 'postgresql'))"
         )
         done = subprocess.run(

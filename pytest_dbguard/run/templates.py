@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from pytest_dbguard.db import kept_templates, schema
+from pytest_dbguard.db import kept_templates, schema_fingerprint
 from pytest_dbguard.run import environment
 from pytest_dbguard.run.config import Settings
 from pytest_dbguard.run.run_plan import RunPlan
@@ -33,7 +33,7 @@ def fingerprint(settings: Settings, state: SessionState) -> str:
     if state.schema_hook is not None:
         return state.schema_hook.fingerprint()
     if state.metadata is not None:
-        return schema.fingerprint_metadata(state.metadata, "postgresql")
+        return schema_fingerprint.fingerprint_metadata(state.metadata, "postgresql")
     if state.alembic_ini is not None:
         # Migrations may read dbguard_env values (a prefix); those that say where the database
         # is (its name, URL, host, port, role) do not count: with the fault proxy on, each
@@ -43,7 +43,7 @@ def fingerprint(settings: Settings, state: SessionState) -> str:
             for name, template in environment.parse_env_lines(settings.env_lines)
             if not any(f"{{{key}}}" in template for key in PER_DATABASE_PLACEHOLDERS)
         ]
-        return schema.fingerprint_alembic(state.alembic_ini, shared)
+        return schema_fingerprint.fingerprint_alembic(state.alembic_ini, shared)
     return ""
 
 
