@@ -367,8 +367,7 @@ def upgrade_in_subprocess(ini: Path, url: DatabaseURL, source: str) -> None:
         return
     output = completed.stdout
     short_scheme = re.search(_SHORT_SCHEME, output, re.MULTILINE) is not None
-    for password in url.passwords():
-        output = masked(output, password)
+    output = _masked_all(output, url.passwords())
     if "No module named 'alembic'" in output:
         raise SchemaError(NOT_INSTALLED)
     lines = _without_library_frames(output, env_py(ini).parent)
@@ -406,11 +405,14 @@ def _password_hidden(value: str, passwords: Sequence[str]) -> str:
     URL-encoded (a conninfo string)."""
     from pytest_dbguard.db.urls import hide_password_of
 
-    if "://" in value:
-        return hide_password_of(value)
+    return hide_password_of(value) if "://" in value else _masked_all(value, passwords)
+
+
+def _masked_all(text: str, passwords: Sequence[str]) -> str:
+    """``text`` with each of the URL's passwords (user info, query string) shown as ``***``."""
     for password in passwords:
-        value = masked(value, password)
-    return value
+        text = masked(text, password)
+    return text
 
 
 def _without_library_frames(output: str, script_dir: Path) -> list[str]:

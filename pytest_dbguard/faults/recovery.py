@@ -204,16 +204,13 @@ class Tries:
     def report(self) -> str:
         owner = getattr(self.target, "__self__", None)  # an AsyncEngine's connect
         target = owner if hasattr(owner, "sync_engine") else self.target
-        if not hasattr(target, "pool") and not hasattr(target, "sync_engine"):  # engines hide
-            target = getattr(target, "__qualname__", None) or repr(target)  # the password
+        engine = hasattr(target, "pool") or hasattr(target, "sync_engine")
+        if not engine:  # engines hide the password
+            target = getattr(target, "__qualname__", None) or repr(target)
         elapsed, error = time.monotonic() - self.started, self.last_error
         # What each attempt ran: SELECT 1 through an engine (or a Django connection), else a
         # call of the callable (an ORM query, a factory whose connection then runs SELECT 1).
-        what = getattr(self.target, "recovery_attempt", None)
-        if what is None:
-            what = (
-                "SELECT 1" if hasattr(target, "pool") or hasattr(target, "sync_engine") else "call"
-            )
+        what = getattr(self.target, "recovery_attempt", None) or ("SELECT 1" if engine else "call")
         explain = getattr(self.target, "recovery_hint", None)
         hint = explain() if callable(explain) else ""
         if self.first_try:

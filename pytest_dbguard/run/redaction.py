@@ -55,7 +55,7 @@ class Secrets(NamedTuple):
         written, percent- or plus-encoded (what follows it is not the password's: a ``)``)."""
         value = match.group(2)
         for secret in sorted(self.passwords, key=len, reverse=True):
-            for form in (secret, quote(secret, safe=""), quote_plus(secret, safe="")):
+            for form in _written(secret):
                 if value.startswith(form):
                     return f"{match.group(1)}{MASK}{value[len(form) :]}"
         return match.group(0)
@@ -124,6 +124,12 @@ def _common_start(text: str, start: int, secret: str) -> int:
     return longest
 
 
+def _written(password: str) -> tuple[str, ...]:
+    """How a password may stand in a text: as typed, percent-encoded (a URL's user info), and
+    plus-encoded (a query string, as dbguard's own URLs write it)."""
+    return (password, quote(password, safe=""), quote_plus(password, safe=""))
+
+
 def secrets_for(urls: Iterable[DatabaseURL | None]) -> Secrets:
     """The passwords of ``urls`` (in their user info or query string)."""
     passwords: set[str] = set()
@@ -134,8 +140,11 @@ def secrets_for(urls: Iterable[DatabaseURL | None]) -> Secrets:
         ordinary = {url.username, url.host, url.database}
         for password in url.passwords():
             passwords.add(password)
-            forms = {password, quote(password, safe=""), quote_plus(password, safe="")}
-            bare |= {form for form in forms if len(form) >= MIN_BARE and form not in ordinary}
+            bare |= {
+                form
+                for form in _written(password)
+                if len(form) >= MIN_BARE and form not in ordinary
+            }
     # Longest first, so a password that contains another is masked whole.
     return Secrets(frozenset(passwords), tuple(sorted(bare, key=len, reverse=True)))
 

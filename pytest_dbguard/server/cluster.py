@@ -31,8 +31,8 @@ from pytest_dbguard.server.machine import (
     command_name,
     group_alive,
     group_members,
-    postmaster_runs,
     release_port,
+    running_postmaster,
     server_user,
     wait_gone,
     wait_group_gone,
@@ -300,7 +300,9 @@ class EmbeddedCluster:
         return None
 
     def postmaster_pid(self) -> int | None:
-        return run_folder_files.postmaster_pid(self.datadir)
+        """The pid of this cluster's server while it runs (its pid file, checked against the
+        process: the number of a server that is gone may be another's now)."""
+        return running_postmaster(self.datadir)
 
     def stop(self, *, remove: bool = True, mode: signal.Signals = signal.SIGQUIT) -> None:
         """Stop the server (immediate shutdown by default: the data is throwaway) and remove its folder."""
@@ -309,8 +311,6 @@ class EmbeddedCluster:
         pid = self.process.pid if own and self.process is not None else self.postmaster_pid()
         if not own:
             self.process = None
-            if pid is not None and not postmaster_runs(pid, self.datadir):
-                pid = None  # the pid file of a server that is gone: the number is another's now
         prelude = own and pid is not None and command_name(pid) == "sh"
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):

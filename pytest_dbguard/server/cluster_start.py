@@ -19,13 +19,13 @@ from pytest_dbguard.server.cluster import EmbeddedCluster
 from pytest_dbguard.server.cluster_auth import ident_path
 from pytest_dbguard.server.machine import (
     free_port,
-    postmaster_runs,
     require_bindir,
+    running_postmaster,
     server_user,
     storage_root,
     sweep_stale,
 )
-from pytest_dbguard.server.run_folder_files import postmaster_pid, state_of
+from pytest_dbguard.server.run_folder_files import state_of
 
 
 def sweep_orphans(root: Path) -> None:
@@ -40,8 +40,7 @@ def sweep_orphans(root: Path) -> None:
     def alive(run_dir: Path) -> bool:
         if run_dir.name.startswith("reuse-") or run_dir.name.endswith("-sqlite"):
             return True
-        pid = postmaster_pid(run_dir / "data")
-        return pid is not None and postmaster_runs(pid, run_dir / "data")
+        return running_postmaster(run_dir / "data") is not None
 
     sweep_stale(root, owners, alive)
     _sweep_start_locks(root)
@@ -159,15 +158,13 @@ def _adopt(bindir: Path, root: Path) -> EmbeddedCluster | None:
         # Kept by a version without passwords, or whose socket trusted the server's account
         # (no pg_ident file of its own): stopped and started anew, never adopted as it is.
         if not isinstance(state.get("password"), str) or not ident_path(root).exists():
-            pid = cluster.postmaster_pid()
-            if pid is not None and postmaster_runs(pid, cluster.datadir):
+            if cluster.postmaster_pid() is not None:
                 cluster.stop()
             return None
         cluster.password = state["password"]
         cluster.project = state.get("project")
-        pid = cluster.postmaster_pid()
         # Its own server, not whatever has the number or the port now: that would get the password.
-        if pid is not None and postmaster_runs(pid, cluster.datadir):
+        if cluster.postmaster_pid() is not None:
             with socket.create_connection(("127.0.0.1", cluster.port), timeout=0.5):
                 return cluster
     return None

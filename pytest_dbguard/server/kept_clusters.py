@@ -24,13 +24,13 @@ from typing import Final
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server.machine import (
     RAM_DIR,
-    postmaster_runs,
     private_folder,
     release_port,
+    running_postmaster,
     server_user,
     wait_gone,
 )
-from pytest_dbguard.server.run_folder_files import open_regular, postmaster_pid, state_of
+from pytest_dbguard.server.run_folder_files import open_regular, state_of
 
 PREFIX: Final = "reuse-"
 
@@ -61,10 +61,7 @@ class KeptCluster:
     @property
     def server_pid(self) -> int | None:
         """The running postgres of this folder (its pid file, checked against the process name)."""
-        pid = postmaster_pid(self.root / "data")
-        if pid is not None and postmaster_runs(pid, self.root / "data"):
-            return pid
-        return None
+        return running_postmaster(self.root / "data")
 
     def describe(self) -> str:
         where = f" on 127.0.0.1:{self.port}" if self.port else ""

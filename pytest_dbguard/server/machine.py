@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from pytest_dbguard.exceptions import ServerError
+from pytest_dbguard.server.run_folder_files import postmaster_pid
 
 RAM_DIR: Final = Path("/dev/shm")
 RAM_MIN_FREE: Final = 512 * 1024 * 1024  # containers often give /dev/shm only 64 MiB
@@ -239,6 +240,13 @@ def postmaster_runs(pid: int, datadir: Path) -> bool:
         flag == "-D" and value in (str(datadir), os.path.realpath(datadir))
         for flag, value in itertools.pairwise(argv)
     )
+
+
+def running_postmaster(datadir: Path) -> int | None:
+    """The pid in ``datadir``'s pid file while that process is still its server
+    (:func:`postmaster_runs`); None when no server of that folder runs."""
+    pid = postmaster_pid(datadir)
+    return pid if pid is not None and postmaster_runs(pid, datadir) else None
 
 
 def child_setup(user: tuple[int, int] | None, die_with_parent: bool) -> Callable[[], None]:
