@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from pytest_dbguard.db import maintenance
 from pytest_dbguard.db.engines import INTERNAL_OPTIONS, engine_for, park_engine
 from pytest_dbguard.db.maintenance import MaintenanceConnection, query_errors
-from pytest_dbguard.db.marks import Mark, in_use, make_mark, parse_mark
+from pytest_dbguard.db.marks import (
+    ONE_SQL,
+    Mark,
+    foreign_owner,
+    in_use,
+    make_mark,
+    parse_mark,
+)
 from pytest_dbguard.db.sql import quote_ident, quote_literal
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError, masked, sqlstate
@@ -141,12 +148,19 @@ def _mark(
 
 
 def _template_mark(connection: MaintenanceConnection, name: str) -> tuple[bool, Mark | None]:
-    """Whether ``name`` exists, and its mark."""
-    row = connection.first(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n",
-        {"n": name},
-    )
-    return row is not None, parse_mark(row[0]) if row is not None else None
+    """Whether ``name`` exists, and its mark; an error when another role owns it: cloned, a
+    database someone else prepared would run their triggers as this run's role."""
+    row = connection.first(ONE_SQL, {"name": name})
+    if row is None:
+        return False, None
+    _, comment, owner, connected_as = row
+    if owner != connected_as:
+        raise DatabaseSetupError(
+            f"The template database {name!r} already exists and {foreign_owner(owner, connected_as)}"
+            ": it is not cloned. Drop it as a superuser if nobody should have made it, or give "
+            "this run's role a name of its own (another database in the URL, or DBGUARD_RUN)."
+        )
+    return True, parse_mark(comment)
 
 
 def _ensure_template(
