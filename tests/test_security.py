@@ -98,6 +98,9 @@ def test_password_in_no_argv_nor_server_environment(dbguard_faults, dbguard_engi
     pid = (Path(ORIGIN["embedded_root"]) / "data" / "postmaster.pid").read_text().split()[0]
     environ = Path(f"/proc/{{pid}}/environ").read_bytes().decode()
     assert URL.password not in environ and "DBGUARD_" not in environ
+    # Nor the run's other variables: the server's account reads them there.
+    assert "CI_DEPLOY_TOKEN" not in environ and "PGPASSWORD" not in environ
+    assert "PATH=" in environ
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             assert URL.password not in cmdline.read_bytes().decode(errors="replace"), cmdline
@@ -121,9 +124,11 @@ def test_failing_comparison(dbguard_url):
 
 @SINGLE_AND_XDIST
 def test_embedded_server_is_closed_to_other_users(
-    pytester: pytest.Pytester, xdist: list[str]
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, xdist: list[str]
 ) -> None:
     _require_root()
+    monkeypatch.setenv("CI_DEPLOY_TOKEN", "ghp-token-of-the-ci-job")
+    monkeypatch.setenv("PGPASSWORD", "a-password-for-another-server")
     pytester.makepyfile(test_others=OTHER_USERS.format(psql=_psql()))
     result = run_dbguard(
         pytester,

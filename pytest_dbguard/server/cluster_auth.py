@@ -42,7 +42,7 @@ host all all ::1/128 scram-sha-256
 # harder to guess, while every client pays the iterations at every connect. PostgreSQL's default
 # 4096 made a loopback connect ~5 ms slower (7 -> 12 ms, psycopg); 16 costs nothing measurable.
 SCRAM_ITERATIONS: Final = 16
-_PRIVATE_PREFIXES: Final = ("DBGUARD_", "_DBGUARD_")
+_SERVER_VARIABLES: Final = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH"})
 # Single-user mode sets the password before the server first listens; an error stops it (exit 1).
 # It starts in half the time with 1MB of shared buffers instead of the default 128MB.
 SINGLE_USER_SETTINGS: Final = (
@@ -110,10 +110,15 @@ def write_private(path: Path, text: str) -> None:
 
 
 def server_environment(password: str) -> dict[str, str]:
-    """The environment to start the server with: ours without dbguard's variables, nor any that
-    carries the password (``dbguard_env`` lines such as ``DATABASE_URL={url}``)."""
+    """The environment to start the server (and its initdb) with: only what they read from it,
+    never one that carries the password.
+
+    Not ours minus a few names: the server runs as the server's account, which reads its
+    ``/proc/<pid>/environ`` (as do programs that superusers of the machine's own PostgreSQL run as
+    it), and a CI job's environment holds tokens and ``PGPASSWORD``. initdb takes the locale and
+    time zone from it; ``LD_LIBRARY_PATH`` finds the libraries of binaries outside the system's."""
     return {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(_PRIVATE_PREFIXES) and password not in value
+        if (name in _SERVER_VARIABLES or name.startswith("LC_")) and password not in value
     }
