@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pwd
 import shlex
 import signal
 import stat
@@ -184,6 +185,7 @@ def test_external_password_never_in_output(
 QUERY_PASSWORD_TESTS = """
 import json
 import os
+import pwd
 
 import pytest
 
@@ -272,6 +274,7 @@ def test_a_password_cut_short_by_pytest_is_masked() -> None:
 
 SHOWN_ELSEWHERE = """
 import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -584,3 +587,42 @@ def test_sqlite_folder_is_private_too(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*dbguard will not use {link}: it is a symbolic link*"])
     assert _snapshot(victim) == before
+
+
+def test_the_report_never_follows_another_accounts_link_nor_replaces_its_file(
+    pytester: pytest.Pytester,
+) -> None:
+    """``--dbguard-report`` into a folder anyone may write (``/tmp``): a link that another
+    account put on the way is not followed, and its files are not replaced."""
+    _require_root()
+    nobody = pwd.getpwnam("nobody").pw_uid
+    pytester.makepyfile(test_one="def test_one(dbguard_url):\n    pass\n")
+    shared, victim = pytester.path / "shared", pytester.path / "victim"
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    victim.mkdir()
+    (victim / "important.conf").write_text("")
+    (shared / "reports").symlink_to(victim)
+    os.lchown(shared / "reports", nobody, nobody)
+    (shared / "theirs.json").write_text("")
+    os.chown(shared / "theirs.json", nobody, nobody)
+    refusals = {
+        "shared/reports/important.conf": "*shared/reports is a link that another account (uid "
+        f"{nobody}) made in a folder anyone may write; dbguard does not follow it.*",
+        "shared/theirs.json": f"*is a file of another account (uid {nobody})*",
+    }
+    for path, message in refusals.items():
+        result = run_dbguard(pytester, "--dbguard-url", "sqlite", "--dbguard-report", path)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, path
+        result.stderr.fnmatch_lines([f"ERROR: --dbguard-report = *{message}"])
+    assert (victim / "important.conf").read_text() == ""
+    assert (shared / "theirs.json").read_text() == ""
+    assert sorted(p.name for p in victim.iterdir()) == ["important.conf"]
+    # A link of this account's own there is followed, and a file of its own replaced.
+    (shared / "mine").symlink_to(victim)
+    (victim / "own.json").write_text("")
+    result = run_dbguard(
+        pytester, "--dbguard-url", "sqlite", "--dbguard-report", "shared/mine/own.json"
+    )
+    result.assert_outcomes(passed=1)
+    assert b"pytest-dbguard-report/" in (victim / "own.json").read_bytes()

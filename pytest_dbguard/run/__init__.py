@@ -10,4 +10,5 @@ xdist controller builds while its workers start (``early_template``), how settin
 (``setting_values``), what it prints (``summary_line``, ``redaction``), the markers it takes
 (``markers``), the failed tests whose data ``--dbguard-keep-failed`` keeps (``failed_tests``),
 and the JSON run report of ``--dbguard-report`` (``report``, which loads its hooks,
-``report_recorder``, only with the option; its document ``report_document``)."""
+``report_recorder``, only with the option; its document ``report_document``, the file
+``report_file``)."""

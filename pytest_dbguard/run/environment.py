@@ -131,10 +131,10 @@ def prepare(
             [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args],
         )
         if settings.report is not None:
-            from pytest_dbguard.run import report_document
+            from pytest_dbguard.run import report_file
 
             # Only the process that writes it (xdist workers send their part): before anything.
-            report_document.check_path(settings.report, settings.source_of("report"))
+            report_file.check_path(settings.report, settings.source_of("report"))
     run = config.stash[run_key] = DbguardRun(settings=settings, plan=plan)
     if plan.inspection is not None:
         # An IDE refreshing its test tree, or --help: nothing started, connected or created,

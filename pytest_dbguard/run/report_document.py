@@ -1,50 +1,29 @@
-"""The run report's JSON document (``--dbguard-report PATH``): its path checked before the run
-starts, each process's part, the parts merged into one document, and the file written.
+"""The run report's JSON document (``--dbguard-report PATH``): each process's part and the parts
+merged into one document (``report_file`` checks the path before the run and writes the file).
 
 Works without pytest. Every value put in is either a number, a name dbguard chose, a test id
 or a statement normalised by ``guards.statement_timing`` (no parameter values, no literals);
 the server is named by host, port, driver and version, never by its URL, and a test id that
 holds one of the run's passwords (``parametrize`` with a URL) has it masked, so no password can
-reach the file. The file is written atomically: a new temporary file (``O_EXCL``: an existing
-file or symlink at that name is never opened) in the same folder, renamed over ``PATH``.
+reach the file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.run import report_file
 
 SCHEMA: Final = "pytest-dbguard-report/1"
 VERSION: Final = 1
 WORKER_PART_KEY: Final = "dbguard_report"  # in an xdist worker's ``workeroutput``
 CONTROLLER: Final = "controller"
 
-FIX: Final = (
-    "Point --dbguard-report (or DBGUARD_REPORT, ini dbguard_report) at a file in an existing, "
-    "writable folder, e.g. --dbguard-report dbguard-report.json."
-)
-NO_FOLDER: Final = (
-    "{source} = {path!r}: the folder {folder} does not exist. Create it first, or: {fix}"
-)
-NOT_A_FOLDER: Final = "{source} = {path!r}: {folder} is not a folder. {fix}"
-NOT_WRITABLE: Final = (
-    "{source} = {path!r}: dbguard cannot create a file in {folder} ({error}). {fix}"
-)
-NOT_A_FILE: Final = (
-    "{source} = {path!r} is {what}; the report is written as a regular file there. {fix}"
-)
-NOT_A_REPORT: Final = (
-    "{source} = {path!r} is an existing file that is not a dbguard run report; dbguard does not "
-    "overwrite files it did not write. Remove it yourself, or: {fix}"
-)
 WRITE_FAILED: Final = (
     "dbguard: could not write the run report to {path}: {error}. The tests ran as reported "
     "above; check the folder's space and permissions (--dbguard-report)."
@@ -53,52 +32,9 @@ WRITE_FAILED: Final = (
 
 def resolve_path(text: str, *, base: Path) -> Path:
     """``text`` as an absolute path (``~`` expanded; relative to ``base``), not resolved through
-    symlinks: a symlink at the path itself is refused by ``check_path``."""
+    symlinks: ``report_file`` refuses a symlink at the path and another account's on the way."""
     path = Path(text).expanduser()
     return Path(os.path.normpath(base / path))
-
-
-def check_path(path: Path, source: str) -> None:
-    """Fail before the run unless a report can be written at ``path``: its folder exists and
-    takes a new file (tried for real: root passes every permission check but a read-only one),
-    and ``path`` is nothing dbguard would destroy (a folder, a symlink, someone else's file)."""
-    shown = str(path)
-    folder = path.parent
-    if path.is_symlink() or path.is_dir() or (path.exists() and not path.is_file()):
-        what = (
-            "a symlink"
-            if path.is_symlink()
-            else "a folder"
-            if path.is_dir()
-            else "not a regular file"
-        )
-        raise ConfigError(NOT_A_FILE.format(source=source, path=shown, what=what, fix=FIX))
-    if not folder.exists():
-        raise ConfigError(NO_FOLDER.format(source=source, path=shown, folder=folder, fix=FIX))
-    if not folder.is_dir():
-        raise ConfigError(NOT_A_FOLDER.format(source=source, path=shown, folder=folder, fix=FIX))
-    if path.exists() and not is_report(path):
-        raise ConfigError(NOT_A_REPORT.format(source=source, path=shown, fix=FIX))
-    try:
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".probe")
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise ConfigError(
-            NOT_WRITABLE.format(source=source, path=shown, folder=folder, error=reason, fix=FIX)
-        ) from None
-    os.close(handle)
-    os.unlink(probe)  # the probe dbguard just made
-
-
-def is_report(path: Path) -> bool:
-    """Whether ``path`` is empty or holds a dbguard run report (any version): one a run may
-    replace."""
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(200)
-    except OSError:
-        return False
-    return not head.strip() or b'"schema": "pytest-dbguard-report/' in head
 
 
 def process_entry(
@@ -224,27 +160,8 @@ def dumps(report: Mapping[str, Any]) -> str:
 
 
 def write(path: Path, report: Mapping[str, Any]) -> None:
-    """Write ``report`` to ``path`` atomically: readers see the old file or the whole new one."""
-    text = dumps(report)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            os.fchmod(out.fileno(), 0o666 & ~_umask())  # as an ordinary open() would make it
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)  # dbguard's own temporary file
-        raise
-
-
-def _umask() -> int:
-    """This process's umask, read without setting it (``os.umask`` would, for every thread)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    return 0o022
+    """Write ``report`` to ``path`` atomically (``report_file``); OSError when it cannot."""
+    report_file.write(path, dumps(report))
 
 
 def _ms(value: float | None) -> float | None:
