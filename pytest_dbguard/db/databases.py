@@ -22,14 +22,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from pytest_dbguard.db import maintenance
 from pytest_dbguard.db.engines import INTERNAL_OPTIONS, engine_for, park_engine
 from pytest_dbguard.db.maintenance import MaintenanceConnection, query_errors
-from pytest_dbguard.db.marks import (
-    ONE_SQL,
-    Mark,
-    foreign_owner,
-    in_use,
-    make_mark,
-    parse_mark,
-)
+from pytest_dbguard.db.marks import Mark, in_use, make_mark, parse_mark
 from pytest_dbguard.db.sql import quote_ident, quote_literal
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError, masked, sqlstate
@@ -148,17 +141,26 @@ def _mark(
 
 
 def _template_mark(connection: MaintenanceConnection, name: str) -> tuple[bool, Mark | None]:
-    """Whether ``name`` exists, and its mark; an error when another role owns it: cloned, a
-    database someone else prepared would run their triggers as this run's role."""
-    row = connection.first(ONE_SQL, {"name": name})
+    """Whether ``name`` exists, and its mark; an error when another role owns it.
+
+    Any role with CREATEDB may create a database under a template's name (``pg_database`` is
+    readable by all; reuse and ``DBGUARD_RUN`` names are predictable) and, as its owner, mark it
+    complete: cloned, its triggers would run as this run's role (a superuser's: programs on the
+    server's machine)."""
+    row = connection.first(
+        "SELECT shobj_description(oid, 'pg_database'), pg_get_userbyid(datdba), current_user "
+        "FROM pg_database WHERE datname = :n",
+        {"n": name},
+    )
     if row is None:
         return False, None
-    _, comment, owner, connected_as = row
+    comment, owner, connected_as = row
     if owner != connected_as:
         raise DatabaseSetupError(
-            f"The template database {name!r} already exists and {foreign_owner(owner, connected_as)}"
-            ": it is not cloned. Drop it as a superuser if nobody should have made it, or give "
-            "this run's role a name of its own (another database in the URL, or DBGUARD_RUN)."
+            f"The template database {name!r} already exists and belongs to role {owner!r}, not "
+            f"to {connected_as!r} that this run connects as: it is not cloned (dbguard clones "
+            "only what its own role built). Drop it as a superuser if nobody should have made "
+            "it, or give this run a name of its own (another database in the URL, or DBGUARD_RUN)."
         )
     return True, parse_mark(comment)
 

@@ -15,10 +15,8 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from pytest_dbguard.db.marks import (
     MARK_PREFIX,
     ONE_SQL,
-    OWN_DATABASE_COMMENT,
     MarkedDatabase,
     Swept,
-    foreign_owner,
     in_use,
     parse_mark,
     server_of,
@@ -35,7 +33,8 @@ if TYPE_CHECKING:
 
 MAINTENANCE_DATABASES: Final = ("postgres", "template1")
 _LIST_SQL: Final = (
-    f"SELECT datname, datistemplate, {OWN_DATABASE_COMMENT} FROM pg_database ORDER BY datname"
+    "SELECT datname, datistemplate, shobj_description(oid, 'pg_database') FROM pg_database "
+    "ORDER BY datname"
 )
 _REFUSED: Final = (
     "Refusing to drop {name!r} on {server}: {reason}. The janitor drops only databases that "
@@ -187,11 +186,9 @@ def drop_checked(connection: MaintenanceConnection, url: DatabaseURL, name: str)
         raise DatabaseSetupError(
             _REFUSED.format(name=name, server=server, reason="it does not exist")
         )
-    is_template, comment, owner, connected_as = row
+    is_template, comment = row
     mark = parse_mark(comment)
-    if owner != connected_as:
-        reason = foreign_owner(owner, connected_as)
-    elif mark is None:
+    if mark is None:
         reason = "it does not carry dbguard's mark"
     elif not is_dbguard_name(name):
         reason = "its name does not have dbguard's shape"

@@ -113,32 +113,10 @@ class Swept(NamedTuple):
     detail: str | None = None
 
 
-# A comment counts as dbguard's mark only on what the connected role owns. Any role with
-# CREATEDB may create a database under a name dbguard will use (``pg_database`` is readable by
-# all, reuse and ``DBGUARD_RUN`` names are predictable) and write the mark on it (a database's
-# owner may comment on it): cloned as a complete template, its triggers would run as this run's
-# role; a superuser's sweep would drop it. The owner is named in the refusals.
-OWN_DATABASE_COMMENT: Final = (
-    "CASE WHEN pg_get_userbyid(datdba) = current_user "
-    "THEN shobj_description(oid, 'pg_database') END"
-)
-OWN_SCHEMA_COMMENT: Final = (
-    "CASE WHEN pg_get_userbyid(nspowner) = current_user "
-    "THEN obj_description(oid, 'pg_namespace') END"
-)
-# A database's template flag, its mark (None unless this role owns it), its owner and this role.
 ONE_SQL: Final = (
-    f"SELECT datistemplate, {OWN_DATABASE_COMMENT}, pg_get_userbyid(datdba), current_user "
-    "FROM pg_database WHERE datname = :name"
+    "SELECT datistemplate, shobj_description(oid, 'pg_database') FROM pg_database "
+    "WHERE datname = :name"
 )
-
-
-def foreign_owner(owner: str, connected_as: str) -> str:
-    """The reason a database or schema of another role is never dbguard's."""
-    return (
-        f"it belongs to role {owner!r}, not to {connected_as!r} that this run connects as "
-        "(dbguard adopts and drops only what its own role created)"
-    )
 
 
 def sweep_each(

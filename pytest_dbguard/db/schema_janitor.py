@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 from pytest_dbguard.db.marks import (
-    OWN_SCHEMA_COMMENT,
     MarkedDatabase,
     Swept,
     creator_running,
@@ -28,8 +27,12 @@ from pytest_dbguard.exceptions import DatabaseSetupError
 if TYPE_CHECKING:
     from pytest_dbguard.db.maintenance import MaintenanceConnection
 
-_LIST_SQL: Final = f"SELECT nspname, {OWN_SCHEMA_COMMENT} FROM pg_namespace ORDER BY nspname"
-_ONE_SQL: Final = f"SELECT oid, {OWN_SCHEMA_COMMENT} FROM pg_namespace WHERE nspname = :name"
+_LIST_SQL: Final = (
+    "SELECT nspname, obj_description(oid, 'pg_namespace') FROM pg_namespace ORDER BY nspname"
+)
+_ONE_SQL: Final = (
+    "SELECT oid, obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :name"
+)
 _LOCKERS_SQL: Final = (  # sessions inside a transaction that touched the schema's tables
     "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
     "WHERE c.relnamespace = :oid AND l.pid <> pg_backend_pid()"

@@ -13,13 +13,7 @@ from typing import Final
 from pytest_dbguard.db import maintenance
 from pytest_dbguard.db.databases import SAME_ID, Provisioned, SchemaBuild, build_in, describe
 from pytest_dbguard.db.maintenance import MaintenanceConnection, query_errors
-from pytest_dbguard.db.marks import (
-    OWN_SCHEMA_COMMENT,
-    Mark,
-    creator_running,
-    make_mark,
-    parse_mark,
-)
+from pytest_dbguard.db.marks import Mark, creator_running, make_mark, parse_mark
 from pytest_dbguard.db.sql import quote_ident, quote_literal
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import DatabaseSetupError
@@ -87,7 +81,8 @@ def schema_url(server_url: DatabaseURL, schema: str) -> DatabaseURL:
 def _schema_mark(connection: MaintenanceConnection, schema: str) -> Mark | None:
     """The mark on ``schema``: None when it does not exist or is not dbguard's."""
     comment = connection.scalar(
-        f"SELECT {OWN_SCHEMA_COMMENT} FROM pg_namespace WHERE nspname = :n", {"n": schema}
+        "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :n",
+        {"n": schema},
     )
     return parse_mark(comment)
 
