@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -59,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED
     if args.subparser.prog.endswith(" check-schema"):  # the URL is optional: embedded default
         return _guarded(args, _check_schema)
-    text, source = command_url(args.url, _ini_url)
+    try:
+        text, source = command_url(args.url, _ini_url)
+    except ConfigError as error:
+        _error(f"{args.subparser.prog}: {error}")
+        return EXIT_USAGE
     if not text:
         args.subparser.print_usage(sys.stderr)
         _error(f"{args.subparser.prog}: {_NO_URL}")
@@ -83,6 +88,15 @@ def _ini_url() -> tuple[str | None, str]:
     value = entries.get("dbguard_url")
     if inipath is None or not isinstance(value, str):
         return None, ""
+    owner = inipath.lstat().st_uid
+    if owner not in (os.geteuid(), 0):
+        # Found upwards from here, perhaps in a folder another account writes to: the driver
+        # would send PGPASSWORD or ~/.pgpass's password to whatever server it names.
+        raise ConfigError(
+            f"{inipath} belongs to another account (uid {owner}): dbguard takes no server URL "
+            f"from it. Give the URL as the command's argument or in ${URL_ENV}, or run it from a "
+            "folder of your own."
+        )
     return value, f"ini dbguard_url in {inipath}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -85,6 +86,26 @@ def test_without_a_url_the_projects_ini_names_the_server(
     assert bad.returncode == 2
     assert f"ini dbguard_url in {tmp_path / 'pytest.ini'}" in bad.stderr
     assert "port '0x'" in bad.stderr
+
+
+def test_an_ini_of_another_account_names_no_server(pg_server: TestServer, tmp_path: Path) -> None:
+    """Found upwards from the folder, in one another account writes to: the driver would send
+    PGPASSWORD to the server it names."""
+    assert os.geteuid() == 0, "run the suite as root, as the README's test command does"
+    ini = tmp_path / "pytest.ini"
+    ini.write_text(f"[pytest]\ndbguard_url = {pg_server.url(password='')}\n")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chown(ini, nobody, nobody)
+    environ = {key: value for key, value in os.environ.items() if key != "DBGUARD_URL"}
+    environ["PGPASSWORD"] = SUPERUSER_PASSWORD
+    offset = pg_server.log_offset()
+    result = dbguard_cli("probe", cwd=tmp_path, env=environ)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{ini} belongs to another account (uid {nobody})" in result.stderr
+    assert "Give the URL as the command's argument or in $DBGUARD_URL" in result.stderr
+    assert pg_server.connections_since(offset) == []
+    os.chown(ini, 0, 0)  # the same file of one's own names the server
+    assert dbguard_cli("probe", cwd=tmp_path, env=environ).returncode == 0
 
 
 def test_wait_reads_the_url_from_the_environment(pg_server: TestServer) -> None:
