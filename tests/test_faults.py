@@ -539,6 +539,43 @@ def test_proxy_faults_say_how_to_switch_the_proxy_on(
         )
 
 
+BY_SOCKET = """
+    import pytest
+
+    @pytest.mark.parametrize("fault", ["refuse(1)", "latency(10)", "cut()"])
+    def test_needs_a_tcp_url(dbguard_faults, fault):
+        eval("dbguard_faults." + fault)
+
+    def test_terminate_works(dbguard_faults, dbguard_connection):
+        assert dbguard_faults.terminate() >= 1
+"""
+
+
+def test_proxy_faults_on_a_socket_url_say_that_they_need_tcp(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """A URL that reaches the server by its socket: the proxy (TCP) is not put in front of it,
+    which would let every local account through as this one; the faults that need it say so.
+    They had no effect: the test URL kept its ``host=/…`` and went around the proxy."""
+    pytester.makepyfile(test_socket=BY_SOCKET)
+    tcp = pg_server.url()
+    url = tcp.replace(f"127.0.0.1:{pg_server.port}/postgres", "/postgres")
+    url += f"?host={pg_server.root}&port={pg_server.port}"
+    result = run_dbguard(pytester, "--dbguard-url", url, inprocess=True)
+    result.assert_outcomes(failed=3, passed=1)
+    for call in ("refuse(seconds)", "latency(ms)", "cut()"):
+        result.stdout.fnmatch_lines(
+            [
+                f"E   *Failed: dbguard_faults.{call}: the run's URL reaches the server by its Unix "
+                f"socket ({pg_server.root}), and the fault proxy*point the URL at the server's "
+                "TCP address*"
+            ]
+        )
+    on = run_dbguard(pytester, "--dbguard-url", url, "--dbguard-proxy", "on", inprocess=True)
+    assert on.ret == pytest.ExitCode.USAGE_ERROR
+    on.stderr.fnmatch_lines(["ERROR: --dbguard-proxy = on: the run's URL reaches the server by*"])
+
+
 SQLITE = (
     HELPERS
     + """

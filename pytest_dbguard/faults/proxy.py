@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import selectors
 import socket
 import threading
 import time
 from collections.abc import Collection
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pytest_dbguard.exceptions import FaultError
 from pytest_dbguard.faults.proxy_pipe import JOIN_TIMEOUT, Pipe, check_amount, nodelay, reset
+
+if TYPE_CHECKING:
+    from pytest_dbguard.db.urls import DatabaseURL
 
 _BACKLOG: Final = 128
 _BIND_FAILED: Final = (
@@ -33,6 +37,23 @@ _BIND_FAILED: Final = (
     "Pick a free port, or listen_port=0 to let the system choose one."
 )
 _NOT_BOUND: Final = "the fault proxy is not listening: call bind() or start() first."
+BY_SOCKET: Final = (
+    "the run's URL reaches the server by its Unix socket ({folder}), and the fault proxy, a "
+    "loopback TCP port, forwards to TCP only: in front of a socket, every local account could "
+    "connect through it as you (peer authentication). For refuse(), latency() and cut(), point "
+    "the URL at the server's TCP address (host 127.0.0.1 and its port); terminate() works on any "
+    "URL."
+)
+
+
+def socket_folder(url: DatabaseURL) -> str | None:
+    """The Unix-socket folder that ``url`` connects through, else None: libpq's rule, a host
+    (in the URL or its ``host`` query parameter) that starts with ``/`` or ``@``, or no host at
+    all and no ``PGHOST``."""
+    host = dict(url.query).get("host") or url.host or os.environ.get("PGHOST") or ""
+    if not host:
+        return "the driver's default"
+    return host if host.startswith(("/", "@")) else None
 
 
 class FaultProxy:

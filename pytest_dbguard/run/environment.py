@@ -230,11 +230,17 @@ def _wants_proxy(
 
 
 def _bind_proxy(run: DbguardRun) -> None:
-    """Bind (but do not start) the worker's fault proxy and route the test URL through it."""
-    from pytest_dbguard.faults.proxy import FaultProxy
+    """Bind (but do not start) the worker's fault proxy and route the test URL through it; none
+    for a URL that reaches the server by its socket (the faults that need it say why)."""
+    from pytest_dbguard.faults.proxy import BY_SOCKET, FaultProxy, socket_folder
 
     plan = run.plan
     assert plan.server_url is not None
+    if (folder := socket_folder(plan.server_url)) is not None:
+        if run.settings.proxy == "on":
+            source = run.settings.source_of("proxy")
+            raise ConfigError(f"{source} = on: {BY_SOCKET.format(folder=folder)}")
+        return
     run.proxy = FaultProxy(plan.server_url.host or "127.0.0.1", plan.server_url.port or 5432)
     port = run.proxy.bind()
     run.plan = run_plan.with_test_url(plan, plan.test_url.replace(host="127.0.0.1", port=port))
