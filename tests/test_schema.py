@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard.db import alembic_runner, kept_templates, schema, schema_fingerprint
+from pytest_dbguard.db import alembic_ini as alembic_reader
+from pytest_dbguard.db import kept_templates, schema, schema_fingerprint
 from pytest_dbguard.db.urls import DatabaseURL
 from tests.helpers import (
     ALEMBIC_LOGGING,
@@ -663,7 +664,7 @@ def test_the_fingerprint_follows_the_script_location_alembic_ini_names(
     before = schema_fingerprint.fingerprint_alembic(alembic_ini)
     (versions / "0002_active.py").write_text(REVISION_2)
     assert schema_fingerprint.fingerprint_alembic(alembic_ini) != before
-    assert alembic_runner.env_py(alembic_ini) == (tmp_path / folder / "env.py").resolve()
+    assert alembic_reader.env_py(alembic_ini) == (tmp_path / folder / "env.py").resolve()
 
 
 @pytest.mark.parametrize(

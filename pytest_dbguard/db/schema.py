@@ -182,7 +182,7 @@ def alembic_path(path: str, source: str, rootdir: Path) -> Path:
             f"{source} = {path!r}: {resolved} does not exist; give the path of alembic.ini "
             "relative to the rootdir, e.g. 'alembic.ini' or 'migrations/alembic.ini'."
         )
-    from pytest_dbguard.db.alembic_runner import require_env_py
+    from pytest_dbguard.db.alembic_ini import require_env_py
 
     require_env_py(resolved, f"{source} = {path!r}")
     return resolved
@@ -205,6 +205,7 @@ def builder(
     ``worker_schema``: schema mode, where the build fills that schema of the shared database.
     """
     from pytest_dbguard.db import alembic_runner
+    from pytest_dbguard.db.alembic_ini import uses_given_connection
 
     inner: Callable[[Connection], None]
     if metadata is not None:
@@ -213,7 +214,7 @@ def builder(
         inner = lambda connection: create_with_metadata(connection, metadata)  # noqa: E731
     elif alembic_ini is not None:
         ini, text = alembic_ini, url.render(hide_password=False)
-        if own_process and not alembic_runner.uses_given_connection(ini):
+        if own_process and not uses_given_connection(ini):
             inner = lambda _: alembic_runner.upgrade_in_subprocess(ini, url, source)  # noqa: E731
         else:
             inner = lambda connection: alembic_runner.upgrade_here(connection, ini, text)  # noqa: E731
@@ -399,7 +400,8 @@ def _some(names: Iterable[str]) -> str:
 
 def _migration_frame(error: BaseException, ini: Path) -> str:
     """`` (at file:line)``: the last frame of the error in the migrations folder."""
-    from pytest_dbguard.db.alembic_runner import env_py, failing_file
+    from pytest_dbguard.db.alembic_ini import env_py
+    from pytest_dbguard.db.alembic_runner import failing_file
 
     try:
         folder = env_py(ini).parent

@@ -107,6 +107,7 @@ def compare(
     except ImportError as error:
         raise SchemaError(NOT_INSTALLED) from error
     from pytest_dbguard.db import alembic_runner
+    from pytest_dbguard.db.alembic_ini import uses_given_connection
 
     found: list[Any] | None = None
     with warnings.catch_warnings():
@@ -114,7 +115,7 @@ def compare(
         # they form a cycle: a warning about dbguard's own step, which filterwarnings = error
         # made an INTERNALERROR (polar). The comparison does not depend on that order.
         warnings.filterwarnings("ignore", CYCLE_WARNING)
-        if ini is not None and url is not None and alembic_runner.uses_given_connection(ini):
+        if ini is not None and url is not None and uses_given_connection(ini):
             found = alembic_runner.compare_in_env_py(connection, ini, url, metadata)
         if found is None:
             context = MigrationContext.configure(connection, opts={"compare_type": True})

@@ -148,7 +148,7 @@ _ADDRESS: Final = re.compile(r" at 0x[0-9a-fA-F]+")
 
 def fingerprint_alembic(ini: Path, settings: Sequence[str] = ()) -> str:
     """A short hash of alembic.ini, env.py, every migration file and the settings they may read."""
-    from pytest_dbguard.db.alembic_runner import script_folder, version_folders
+    from pytest_dbguard.db.alembic_ini import script_folder, version_folders
 
     digest = hashlib.sha1(ini.read_bytes())
     digest.update("\n".join(settings).encode())
