@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dbguard.server import cluster as server
-from pytest_dbguard.server import machine
+from pytest_dbguard.server import machine, processes
 from tests.helpers import default_sigint, run_dbguard
 from tests.pgserver import TestServer
 
@@ -274,7 +274,7 @@ def test_stop_while_the_data_folder_is_laid_out_leaves_nothing(
     while not (made := {p.name for p in shm.glob("PostgreSQL.*")} - before):
         assert time.monotonic() < deadline, "initdb's backend made no /dev/shm segment"
         time.sleep(0.005)
-    assert machine.command_name(group) == "sh", "the prelude should still be running"
+    assert processes.command_name(group) == "sh", "the prelude should still be running"
     cluster.stop()
     time.sleep(1.0)  # an initdb left running would have written into the folder by now
     assert not cluster.root.exists(), f"{cluster.root} came back: the prelude outlived stop()"

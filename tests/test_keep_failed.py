@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard.server import machine
+from pytest_dbguard.server import processes
 from tests.helpers import APP_ENGINE_TESTS_HEAD, as_shown, blocks, dbguard_cli, run_dbguard
 from tests.pgserver import (
     LIMITED_PASSWORD,
@@ -467,7 +467,7 @@ def test_readme_example_on_the_embedded_server_stays_up_until_dbguard_stop(
         ]
         folder = Path(shlex.split(command)[2])
         pid = int((folder / "data" / "postmaster.pid").read_text().splitlines()[0])
-        assert machine.process_alive(pid)  # pytest has exited; the server has not
+        assert processes.process_alive(pid)  # pytest has exited; the server has not
         # The report's own command, as printed, reaches the kept rows.
         psql = [str(find_bindir() / "psql"), *shlex.split(command)[1:], "-At", "-c"]
         listed = subprocess.run(
@@ -486,7 +486,7 @@ def test_readme_example_on_the_embedded_server_stays_up_until_dbguard_stop(
         stopped = dbguard_cli("stop", cwd=pytester.path)
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped the kept PostgreSQL cluster for {pytester.path}" in stopped.stdout
-    assert not machine.process_alive(pid)
+    assert not processes.process_alive(pid)
     assert not folder.exists()
 
 

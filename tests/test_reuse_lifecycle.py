@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbguard.server import kept_clusters, machine
+from pytest_dbguard.server import kept_clusters, machine, processes
 from tests.helpers import dbguard_cli, run_dbguard
 
 # The seed row comes from a file an after_create hook reads: the schema fingerprint (the
@@ -96,14 +96,14 @@ def test_header_says_started_then_reused_and_stop_ends_it(
     assert "kept for other projects: " in above.stdout
     assert f"the kept PostgreSQL cluster for {pytester.path} on 127.0.0.1:" in above.stdout
     assert "dbguard stop --rootdir DIR" in above.stdout
-    assert machine.process_alive(pid)
+    assert processes.process_alive(pid)
 
     # From a subfolder, as pytest would: the rootdir is the ini file's folder.
     (pytester.path / "sub").mkdir()
     stopped = dbguard_cli("stop", cwd=pytester.path / "sub")
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped the kept PostgreSQL cluster for {pytester.path}" in stopped.stdout
-    assert not machine.process_alive(pid)
+    assert not processes.process_alive(pid)
     assert not kept.exists()
     port = re.search(r"on 127\.0\.0\.1:(\d+)", stopped.stdout)
     assert port is not None, stopped.stdout
@@ -290,7 +290,7 @@ def test_stop_leaves_a_cluster_that_a_run_is_using(pytester: pytest.Pytester, ke
         refused = dbguard_cli("stop", cwd=pytester.path)
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert "a pytest run is using it now" in refused.stderr
-        assert machine.process_alive(pid) and kept.is_dir()
+        assert processes.process_alive(pid) and kept.is_dir()
     finally:
         (pytester.path / "go.txt").write_text("")
         output = run.communicate(timeout=120)[0]
@@ -298,7 +298,7 @@ def test_stop_leaves_a_cluster_that_a_run_is_using(pytester: pytest.Pytester, ke
     assert "1 passed" in output
     stopped = dbguard_cli("stop", cwd=pytester.path)  # the run has ended: now it stops
     assert stopped.returncode == 0, stopped.stderr
-    assert not machine.process_alive(pid) and not kept.exists()
+    assert not processes.process_alive(pid) and not kept.exists()
 
 
 RESTARTS = """
@@ -331,7 +331,7 @@ def test_a_second_run_waits_for_a_kept_cluster_that_another_run_restarts(
         _wait_running(pytester, first)
         pid = _postgres_pid(kept)
         os.kill(pid, signal.SIGQUIT)  # the first run's cluster is down, as halfway a restart
-        machine.wait_gone(pid, None, timeout=15)
+        processes.wait_gone(pid, None, timeout=15)
         second = _reuse_run(pytester, "test_second.py")
         time.sleep(2)  # the second run has found the cluster down by now
         assert second.poll() is None and kept.is_dir()

@@ -20,7 +20,7 @@ import pytest
 from pytest_dbguard.db.urls import DatabaseURL
 from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server import cluster as server
-from pytest_dbguard.server import kept_clusters, machine
+from pytest_dbguard.server import kept_clusters, machine, processes
 from tests.helpers import dbguard_cli, run_dbguard
 from tests.pgserver import SUPERUSER_PASSWORD, TestServer
 
@@ -365,7 +365,7 @@ def test_a_kept_cluster_whose_socket_trusted_the_servers_account_is_replaced(
         second.assert_outcomes(passed=1)
         assert ", cluster started" in second.stdout.str()
         assert (folder / "pg_ident.conf").is_file()
-        assert not machine.process_alive(old)
+        assert not processes.process_alive(old)
     finally:
         dbguard_cli("stop", cwd=pytester.path)
     assert not folder.exists()
@@ -415,7 +415,7 @@ def test_a_reused_cluster_whose_server_died_is_not_taken_for_another_accounts(
         pid_file = folder / "data" / "postmaster.pid"
         postmaster = int(pid_file.read_text().split()[0])
         os.kill(postmaster, signal.SIGKILL)
-        machine.wait_gone(postmaster, None, timeout=15)
+        processes.wait_gone(postmaster, None, timeout=15)
         reading, writing = os.pipe()
         squatter = os.fork()
         if squatter == 0:  # pragma: no cover - the child

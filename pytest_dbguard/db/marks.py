@@ -41,7 +41,7 @@ class Mark(NamedTuple):
     def owner_alive(self) -> bool:
         """Whether the process that made the mark still runs; False when it ran on another host,
         or when its pid now belongs to a process started after the mark was made."""
-        from pytest_dbguard.server.machine import process_alive, process_started_at
+        from pytest_dbguard.server.processes import process_alive, process_started_at
 
         if self.host != socket.gethostname() or not process_alive(self.pid):
             return False

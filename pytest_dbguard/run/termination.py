@@ -63,7 +63,7 @@ def exit_before_the_session(config: pytest.Config, interrupt: KeyboardInterrupt)
 def _forward_to_workers(signum: int) -> None:
     """An xdist controller signalled alone (``timeout``, ``kill``) passes it on to its workers;
     a worker that already had it from its process group ignores the second one."""
-    from pytest_dbguard.server.machine import children_in_group
+    from pytest_dbguard.server.processes import children_in_group
 
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return

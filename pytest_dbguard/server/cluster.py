@@ -28,12 +28,14 @@ from pytest_dbguard.exceptions import ServerError
 from pytest_dbguard.server import cluster_auth, initdb_cache, run_folder_files
 from pytest_dbguard.server.machine import (
     child_setup,
-    command_name,
-    group_alive,
-    group_members,
     release_port,
     running_postmaster,
     server_user,
+)
+from pytest_dbguard.server.processes import (
+    command_name,
+    group_alive,
+    group_members,
     wait_gone,
     wait_group_gone,
 )

@@ -28,8 +28,8 @@ from pytest_dbguard.server.machine import (
     release_port,
     running_postmaster,
     server_user,
-    wait_gone,
 )
+from pytest_dbguard.server.processes import wait_gone
 from pytest_dbguard.server.run_folder_files import open_regular, state_of
 
 PREFIX: Final = "reuse-"
