@@ -323,6 +323,30 @@ def test_external_server_with_a_password(pytester: pytest.Pytester, pg_server: T
     assert pg_server.databases() == before
 
 
+def test_the_driver_setting_is_the_runs(
+    pytester: pytest.Pytester, pg_server: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dbguard_driver (or DBGUARD_DRIVER): env.py's settings get the URL with the driver a run
+    gives the tests, not the first one installed."""
+    ini = (
+        "dbguard_alembic_ini = alembic.ini\ndbguard_metadata = models:Base\n"
+        "dbguard_driver = psycopg2\ndbguard_env =\n    DATABASE_URL={url}\n"
+    )
+    env_py = ENV_PY_OWN_ENGINE.replace(
+        "engine = create_engine(",
+        "open('driver.txt', 'a').write(os.environ['DATABASE_URL'].split(':')[0] + '\\n')\n"
+        "engine = create_engine(",
+    )
+    project(pytester, env_py=env_py, ini=ini)
+    result = check_schema(pytester, pg_server.url())
+    assert result.ret == 0, output(result)
+    monkeypatch.setenv("DBGUARD_DRIVER", "psycopg")
+    result = check_schema(pytester, pg_server.url())
+    assert result.ret == 0, output(result)
+    lines = (pytester.path / "driver.txt").read_text().split()
+    assert lines == ["postgresql+psycopg2", "postgresql+psycopg"]  # env.py's upgrade, each run
+
+
 @pytest.mark.parametrize("fail", [False, True], ids=["drift", "broken-migration"])
 def test_drops_only_its_own_database(
     pytester: pytest.Pytester, pg_server: TestServer, fail: bool
@@ -343,6 +367,7 @@ def test_drops_only_its_own_database(
         result.stderr.fnmatch_lines([f"*dropped {name}"])
         if fail:
             result.stderr.fnmatch_lines(["*RuntimeError: revision 0002 is broken*"])
+            assert "no test ran" not in output(result)  # a run's words; the command runs none
         else:
             result.stdout.fnmatch_lines([f"  - table tags: {IN_MODELS}"])
         databases = pg_server.databases()

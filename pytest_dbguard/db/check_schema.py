@@ -23,7 +23,7 @@ from typing import Any, Final
 from pytest_dbguard.db import schema_drift
 from pytest_dbguard.db.names import database_name
 from pytest_dbguard.db.urls import DatabaseURL
-from pytest_dbguard.exceptions import ConfigError
+from pytest_dbguard.exceptions import ConfigError, SchemaError
 from pytest_dbguard.run import setting_values
 from pytest_dbguard.run.options import OPTIONS_BY_NAME
 
@@ -33,7 +33,14 @@ NO_INI: Final = (
     "[tool.pytest.ini_options], tox.ini, setup.cfg): run dbguard check-schema from the project "
     "folder, or name the file with -c."
 )
-ENVIRONMENT_KEYS: Final = ("dbguard_metadata", "dbguard_alembic_ini", "dbguard_pg_bindir")
+ENVIRONMENT_KEYS: Final = (
+    "dbguard_metadata",
+    "dbguard_alembic_ini",
+    "dbguard_pg_bindir",
+    "dbguard_driver",
+)
+# How a run's build failure ends; this command runs no test.
+_RUN_STOPPED: Final = "; no test ran."
 MISSING: Final = (
     "{ini} does not set {keys} (nor does a DBGUARD_* variable). dbguard check-schema compares the schema `alembic upgrade head` "
     "builds (ini dbguard_alembic_ini) with the models (ini dbguard_metadata); set both, e.g.\n"
@@ -63,6 +70,7 @@ class Project:
     pythonpath: tuple[str, ...]
     url: str | None
     pg_bindir: str | None
+    driver: str | None
     from_environment: frozenset[str] = frozenset()  # keys a DBGUARD_* variable set, as in a run
 
     def source(self, key: str) -> str:
@@ -100,10 +108,16 @@ def read_project(folder: Path, *, rootdir: str | None, inifile: str | None) -> P
         _words(entries.get("pythonpath")),
         str(entries["dbguard_url"]) if entries.get("dbguard_url") else None,
         str(entries["dbguard_pg_bindir"]) if entries.get("dbguard_pg_bindir") else None,
+        None,
         frozenset(from_environment),
     )
     for key, value in (("metadata", project.metadata), ("alembic_ini", project.alembic_ini)):
         setting_values.parse(key, value, project.source(f"dbguard_{key}"))
+    if entries.get("dbguard_driver"):  # as a run: the driver the tests' URLs take
+        driver = setting_values.parse(
+            "driver", str(entries["dbguard_driver"]), project.source("dbguard_driver")
+        )
+        project = dataclasses.replace(project, driver=driver)
     return project
 
 
@@ -210,7 +224,10 @@ def check(
     try:
         # env.py runs again for the comparison: the same variables name the same database.
         with schema.environ_override(environment.variables(plan, assignments)):
-            databases.provision_database(url, name, None, build, run=run, worker=WORKER)
+            try:
+                databases.provision_database(url, name, None, build, run=run, worker=WORKER)
+            except SchemaError as error:
+                raise SchemaError(str(error).replace(_RUN_STOPPED, ".")) from error
             progress(f"migrated {name} on {url.host}:{url.port} with alembic upgrade head")
             differences = schema_drift.check_database(target, metadata, ini)
         return schema_drift.Drift(
@@ -243,6 +260,8 @@ def run(
     url, _ = server_url(argument, project)
     run_id = secrets.token_hex(4)
     with running_server(url, project, run_id, timeout, progress) as server:
+        if project.driver is not None:
+            server = server.with_driver(project.driver)
         drift = check(project, ini, server, run_id, progress)
     if drift.differences:
         return False, f"{drift.report()}\n{schema_drift.FIX}"
