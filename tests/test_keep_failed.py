@@ -616,8 +616,9 @@ def test_a_table_the_test_created_is_named_not_copied(
             "test_creates.py::test_fails failed; its view of the database (1 row in 1 table: "
             f"things 1) is kept in {name}:",
             "  psql *",
-            "  not copied: scratch (tables the test created itself, which the copy, cloned from "
-            "the run's schema, does not have)",
+            "  not copied: scratch (tables created after dbguard built the run's schema, by the "
+            "test or a fixture, which the copy, cloned from that schema, does not have: let "
+            "dbguard build them, with dbguard_metadata or dbguard_alembic_ini)",
         ]
     )
     assert _rows(server, name, "SELECT name FROM things") == ["kept"]

@@ -226,8 +226,9 @@ def _section(run: DbguardRun, nodeid: str, name: str, view: View) -> str:
     ]
     if view.not_copied:
         lines.append(
-            f"  not copied: {', '.join(view.not_copied)} (tables the test created itself, which "
-            "the copy, cloned from the run's schema, does not have)"
+            f"  not copied: {', '.join(view.not_copied)} (tables created after dbguard built the "
+            "run's schema, by the test or a fixture, which the copy, cloned from that schema, "
+            "does not have: let dbguard build them, with dbguard_metadata or dbguard_alembic_ini)"
         )
     if environment.embedded_cluster(run) is not None:
         lines.append(
