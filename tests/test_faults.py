@@ -551,6 +551,18 @@ BY_SOCKET = """
 """
 
 
+def test_a_server_named_in_the_query_string_is_reached_through_the_proxy(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """``?host=…&port=…`` wins over the URL's own host for the driver: the test URL went around
+    the proxy, and refuse() had no effect."""
+    pytester.makepyfile(test_refused=REFUSED)
+    tcp = pg_server.url()
+    url = tcp.replace(f"127.0.0.1:{pg_server.port}/postgres", "/postgres")
+    url += f"?host=127.0.0.1&port={pg_server.port}"
+    run_dbguard(pytester, "--dbguard-url", url, inprocess=True).assert_outcomes(passed=1)
+
+
 def test_proxy_faults_on_a_socket_url_say_that_they_need_tcp(
     pytester: pytest.Pytester, pg_server: TestServer
 ) -> None:

@@ -324,3 +324,36 @@ def test_a_stopped_proxy_starts_again(pg_server: TestServer) -> None:
         proxy.start()
         with connect(proxy, pg_server) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    ("url", "folder", "upstream"),
+    [
+        ("postgresql+psycopg://u:p@db:6432/app", None, ("db", 6432)),
+        ("postgresql+psycopg://u:p@/app", None, ("127.0.0.1", 5432)),  # no host: TCP, as before
+        ("postgresql+psycopg://u:p@/app?host=/run/pg&port=5433", "/run/pg", ("/run/pg", 5433)),
+        ("postgresql+psycopg://u:p@x/app?host=127.0.0.2&port=7", None, ("127.0.0.2", 7)),
+        (
+            "postgresql+psycopg://u:p@/app?host=/run/pg&hostaddr=127.0.0.3",
+            None,
+            ("127.0.0.3", 5432),
+        ),
+        ("postgresql+pg8000://u:p@/app", None, ("127.0.0.1", 5432)),  # pg8000: localhost TCP
+        (
+            "postgresql+pg8000://u:p@/app?unix_sock=/run/pg/.s.PGSQL.5432",
+            "/run/pg/.s.PGSQL.5432",
+            None,
+        ),
+    ],
+)
+def test_where_a_url_goes(url: str, folder: str | None, upstream: tuple[str, int] | None) -> None:
+    from pytest_dbguard.db.urls import DatabaseURL
+    from pytest_dbguard.faults.proxy import socket_folder, through, upstream_of
+
+    parsed = DatabaseURL.parse(url)
+    assert socket_folder(parsed) == folder
+    if upstream is not None:
+        assert upstream_of(parsed) == upstream
+        routed = through(parsed, 4321)
+        assert (routed.host, routed.port) == ("127.0.0.1", 4321)
+        assert not {"host", "hostaddr", "port"} & {key for key, _ in routed.query}

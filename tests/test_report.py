@@ -492,6 +492,7 @@ BAD_PATHS = {
     "no folder": ("missing/r.json", "the folder * does not exist. Create it first*"),
     "parent is a file": ("afile/r.json", "*afile is not a folder.*"),
     "a folder": ("afolder", "*is a folder; the report is written as a regular file there.*"),
+    "the root": ("/", "*is a folder; the report is written as a regular file there.*"),
     "a symlink": ("alink.json", "*is a symlink; the report is written as a regular file there.*"),
     "not a report": ("notes.txt", "*is an existing file that is not a dbguard run report*"),
     "not writable": ("/sys/r.json", "*dbguard cannot create a file in /sys (Permission denied)*"),

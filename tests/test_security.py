@@ -185,7 +185,6 @@ def test_external_password_never_in_output(
 QUERY_PASSWORD_TESTS = """
 import json
 import os
-import pwd
 
 import pytest
 
@@ -274,7 +273,6 @@ def test_a_password_cut_short_by_pytest_is_masked() -> None:
 
 SHOWN_ELSEWHERE = """
 import os
-import pwd
 from pathlib import Path
 
 import pytest
@@ -593,7 +591,8 @@ def test_the_report_never_follows_another_accounts_link_nor_replaces_its_file(
     pytester: pytest.Pytester,
 ) -> None:
     """``--dbguard-report`` into a folder anyone may write (``/tmp``): a link that another
-    account put on the way is not followed, and its files are not replaced."""
+    account put on the way is not followed (in a folder of its own too, or behind a link of
+    this account's), and its files are not replaced."""
     _require_root()
     nobody = pwd.getpwnam("nobody").pw_uid
     pytester.makepyfile(test_one="def test_one(dbguard_url):\n    pass\n")
@@ -606,9 +605,17 @@ def test_the_report_never_follows_another_accounts_link_nor_replaces_its_file(
     os.lchown(shared / "reports", nobody, nobody)
     (shared / "theirs.json").write_text("")
     os.chown(shared / "theirs.json", nobody, nobody)
+    theirs = shared / "theirs"  # a folder of the other account's, closed to others
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, nobody, nobody)
+    (theirs / "reports").symlink_to(victim)
+    os.lchown(theirs / "reports", nobody, nobody)
+    (pytester.path / "mylink").symlink_to(shared / "reports")  # this account's own link
+    link = f"a link that another account (uid {nobody}) made; dbguard follows no other account's"
     refusals = {
-        "shared/reports/important.conf": "*shared/reports is a link that another account (uid "
-        f"{nobody}) made in a folder anyone may write; dbguard does not follow it.*",
+        "shared/reports/important.conf": f"*shared/reports is {link}*",
+        "shared/theirs/reports/important.conf": f"*shared/theirs/reports is {link}*",
+        "mylink/important.conf": f"*shared/reports is {link}*",
         "shared/theirs.json": f"*is a file of another account (uid {nobody})*",
     }
     for path, message in refusals.items():

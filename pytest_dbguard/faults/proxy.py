@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import selectors
 import socket
 import threading
@@ -47,13 +46,32 @@ BY_SOCKET: Final = (
 
 
 def socket_folder(url: DatabaseURL) -> str | None:
-    """The Unix-socket folder that ``url`` connects through, else None: libpq's rule, a host
-    (in the URL or its ``host`` query parameter) that starts with ``/`` or ``@``, or no host at
-    all and no ``PGHOST``."""
-    host = dict(url.query).get("host") or url.host or os.environ.get("PGHOST") or ""
-    if not host:
-        return "the driver's default"
+    """The Unix socket that ``url`` names, else None: a ``host`` (in the URL or its query
+    string) that starts with ``/`` or ``@`` (libpq's rule, asyncpg's too), or pg8000's
+    ``unix_sock``. A URL without a host is taken for TCP to 127.0.0.1, as the proxy reaches it;
+    ``hostaddr`` is a TCP address."""
+    query = dict(url.query)
+    if url.driver == "pg8000":
+        return query.get("unix_sock")
+    if query.get("hostaddr"):
+        return None
+    host = query.get("host") or url.host or ""
     return host if host.startswith(("/", "@")) else None
+
+
+def upstream_of(url: DatabaseURL) -> tuple[str, int]:
+    """Where the proxy forwards to: the URL's host and port, its query string's winning as they
+    do for the driver (libpq's ``host``, ``hostaddr`` and ``port``)."""
+    query = dict(url.query)
+    host = query.get("hostaddr") or query.get("host") or url.host or "127.0.0.1"
+    port = query.get("port")
+    return host, int(port) if port and port.isdigit() else url.port or 5432
+
+
+def through(url: DatabaseURL, port: int) -> DatabaseURL:
+    """``url`` routed through the proxy on ``port``: without the query string's server, which
+    the driver would take over the URL's own host and port."""
+    return url.without_query("host", "hostaddr", "port").replace(host="127.0.0.1", port=port)
 
 
 class FaultProxy:

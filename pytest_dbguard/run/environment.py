@@ -232,7 +232,13 @@ def _wants_proxy(
 def _bind_proxy(run: DbguardRun) -> None:
     """Bind (but do not start) the worker's fault proxy and route the test URL through it; none
     for a URL that reaches the server by its socket (the faults that need it say why)."""
-    from pytest_dbguard.faults.proxy import BY_SOCKET, FaultProxy, socket_folder
+    from pytest_dbguard.faults.proxy import (
+        BY_SOCKET,
+        FaultProxy,
+        socket_folder,
+        through,
+        upstream_of,
+    )
 
     plan = run.plan
     assert plan.server_url is not None
@@ -241,9 +247,9 @@ def _bind_proxy(run: DbguardRun) -> None:
             source = run.settings.source_of("proxy")
             raise ConfigError(f"{source} = on: {BY_SOCKET.format(folder=folder)}")
         return
-    run.proxy = FaultProxy(plan.server_url.host or "127.0.0.1", plan.server_url.port or 5432)
+    run.proxy = FaultProxy(*upstream_of(plan.server_url))
     port = run.proxy.bind()
-    run.plan = run_plan.with_test_url(plan, plan.test_url.replace(host="127.0.0.1", port=port))
+    run.plan = run_plan.with_test_url(plan, through(plan.test_url, port))
 
 
 def values_for(plan: RunPlan) -> dict[str, str]:

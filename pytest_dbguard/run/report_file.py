@@ -1,9 +1,9 @@
 """Where the run report (``--dbguard-report PATH``) is written: the path checked before the run
 starts, and the file written atomically at its end.
 
-The folder may lie in a shared one (``/tmp``): it is opened one component at a time, and a link
-that another account made in a folder anyone may write is refused, not followed (the kernel's
-``fs.protected_symlinks`` is off in many containers). The report is written to a new temporary
+The folder may lie in a shared one (``/tmp``): it is opened one component at a time, links
+resolved here too, and a link that another account made is refused, not followed (the kernel's
+``fs.protected_symlinks``, which would stop some, is off in many containers). The report is written to a new temporary
 file in that open folder (``O_EXCL``, ``O_NOFOLLOW``) and renamed over ``PATH``, which must be
 absent, or a file of this account that is empty or holds a dbguard report: never a link, a
 folder or another account's file. Works without pytest.
@@ -11,6 +11,7 @@ folder or another account's file. Works without pytest.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import secrets
@@ -40,12 +41,13 @@ NOT_A_REPORT: Final = (
     "overwrite files it did not write. Remove it yourself, or: {fix}"
 )
 FOREIGN_LINK: Final = (
-    "{source} = {path!r}: {link} is a link that another account (uid {uid}) made in a folder "
-    "anyone may write; dbguard does not follow it. Write the report somewhere of your own, or: "
-    "{fix}"
+    "{source} = {path!r}: {link} is a link that another account (uid {uid}) made; dbguard "
+    "follows no other account's link to write a file. Write the report somewhere of your own, "
+    "or: {fix}"
 )
 REPORT_HEADER: Final = b'"schema": "pytest-dbguard-report/'
 _FOLDER_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_MAX_LINKS: Final = 40  # as the kernel's own limit for one path
 
 
 class _Refused(Exception):
@@ -104,51 +106,74 @@ def is_report(content: bytes) -> bool:
 
 @contextlib.contextmanager
 def _open_folder(folder: Path) -> Iterator[int]:
-    """The folder open, reached one component at a time from ``/``: a link is followed only when
-    this account or root made it, or it lies in a folder only its owner may write to."""
+    """The folder open, reached one component at a time from ``/``, links resolved here the same
+    way (never by the kernel, which would follow a link inside a link's target unchecked): a link
+    is followed only when this account or root made it."""
     descriptor = os.open("/", _FOLDER_FLAGS)
     try:
-        walked = Path("/")
-        for name in folder.absolute().parts[1:]:
-            walked = walked / name
-            parent, descriptor = descriptor, -1  # _enter closes it
-            descriptor = _enter(parent, name, walked, folder)
+        parts = collections.deque(folder.absolute().parts[1:])
+        walked, links = Path("/"), 0
+        while parts:
+            name = parts.popleft()
+            if name in ("", "."):
+                continue
+            shown = walked / name
+            found = _lstat(descriptor, name, shown, folder)
+            if stat.S_ISLNK(found.st_mode):
+                if found.st_uid not in (os.geteuid(), 0):
+                    brief = f"{shown} is a link that another account made"
+                    raise _Refused(FOREIGN_LINK, brief, link=shown, uid=found.st_uid)
+                links += 1
+                if links > _MAX_LINKS:
+                    raise _Refused(NOT_A_FOLDER, f"{shown}: too many links", folder=shown)
+                target = os.readlink(name, dir_fd=descriptor)
+                parts.extendleft(reversed(Path(target).parts))
+                if target.startswith("/"):
+                    parts.popleft()  # the root itself: start again from there
+                    descriptor = _swap(descriptor, os.open("/", _FOLDER_FLAGS))
+                    walked = Path("/")
+                continue
+            descriptor = _swap(descriptor, _enter(descriptor, name, shown, folder))
+            walked = shown if name != ".." else walked.parent
         yield descriptor
     finally:
-        if descriptor >= 0:
-            os.close(descriptor)
+        os.close(descriptor)
 
 
-def _enter(parent: int, name: str, walked: Path, folder: Path) -> int:
-    """Open ``name`` in the folder ``parent`` (closed here) and return it."""
+def _swap(old: int, new: int) -> int:
+    os.close(old)
+    return new
+
+
+def _lstat(parent: int, name: str, shown: Path, folder: Path) -> os.stat_result:
     try:
-        try:
-            found = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        except FileNotFoundError:
-            raise _Refused(NO_FOLDER, f"{folder} does not exist", folder=folder) from None
-        if stat.S_ISLNK(found.st_mode):
-            shared = os.fstat(parent).st_mode & stat.S_IWOTH
-            if shared and found.st_uid not in (os.geteuid(), 0):
-                brief = f"{walked} is a link another account made in a folder anyone may write"
-                raise _Refused(FOREIGN_LINK, brief, link=walked, uid=found.st_uid)
-            flags = _FOLDER_FLAGS  # a link that is safe to follow
-        else:
-            flags = _FOLDER_FLAGS | os.O_NOFOLLOW  # nor a link swapped in since
-        try:
-            return os.open(name, flags, dir_fd=parent)
-        except NotADirectoryError:
-            raise _Refused(NOT_A_FOLDER, f"{walked} is not a folder", folder=walked) from None
-        except FileNotFoundError:
-            raise _Refused(NO_FOLDER, f"{folder} does not exist", folder=folder) from None
-        except OSError as error:
-            reason = error.strerror or type(error).__name__
-            raise _Refused(NOT_WRITABLE, reason, folder=folder, error=reason) from None
-    finally:
-        os.close(parent)
+        return os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        raise _Refused(NO_FOLDER, f"{folder} does not exist", folder=folder) from None
+    except NotADirectoryError:
+        raise _Refused(
+            NOT_A_FOLDER, f"{shown.parent} is not a folder", folder=shown.parent
+        ) from None
+
+
+def _enter(parent: int, name: str, shown: Path, folder: Path) -> int:
+    """``name`` in the folder ``parent``, opened as a folder (``O_NOFOLLOW``: nor a link swapped
+    in since it was looked at)."""
+    try:
+        return os.open(name, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+    except NotADirectoryError:
+        raise _Refused(NOT_A_FOLDER, f"{shown} is not a folder", folder=shown) from None
+    except FileNotFoundError:
+        raise _Refused(NO_FOLDER, f"{folder} does not exist", folder=folder) from None
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise _Refused(NOT_WRITABLE, reason, folder=folder, error=reason) from None
 
 
 def _check_target(folder: int, name: str) -> None:
     """``name`` in ``folder`` is absent, or a file of this account a run may replace."""
+    if name in ("", ".", ".."):  # the path names a folder (``/``)
+        raise _Refused(NOT_A_FILE, "it is a folder", what="a folder")
     try:
         found = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:

@@ -278,6 +278,5 @@ def with_server(plan: RunPlan, server_url: DatabaseURL) -> RunPlan:
 
 
 def with_test_url(plan: RunPlan, url: DatabaseURL) -> RunPlan:
-    """The plan with this worker's database reached through ``url``'s host and port (the proxy)."""
-    test_url = plan.test_url.replace(host=url.host, port=url.port)
-    return plan.replace(test_url=test_url, async_url=test_url.asynchronous())
+    """The plan with this worker's database reached through ``url`` (the proxy's)."""
+    return plan.replace(test_url=url, async_url=url.asynchronous())
