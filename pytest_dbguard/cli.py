@@ -21,6 +21,8 @@ from pytest_dbguard.exceptions import ConfigError, DbguardError
 from pytest_dbguard.run.setting_values import URL_ENV, command_url
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pytest_dbguard.db.marks import MarkedDatabase
 
 EXIT_OK: Final = 0
@@ -88,16 +90,36 @@ def _ini_url() -> tuple[str | None, str]:
     value = entries.get("dbguard_url")
     if inipath is None or not isinstance(value, str):
         return None, ""
-    owner = inipath.lstat().st_uid
-    if owner not in (os.geteuid(), 0):
-        # Found upwards from here, perhaps in a folder another account writes to: the driver
-        # would send PGPASSWORD or ~/.pgpass's password to whatever server it names.
+    if (shared := _planted_below(inipath)) is not None:
+        # Found upwards from here, below a folder any account may write to (/tmp), by another
+        # account: the driver would send PGPASSWORD or ~/.pgpass's password to whatever server
+        # it names. Another account's own project elsewhere (a checkout bind-mounted into a
+        # container that runs as root) is read as pytest reads it.
         raise ConfigError(
-            f"{inipath} belongs to another account (uid {owner}): dbguard takes no server URL "
-            f"from it. Give the URL as the command's argument or in ${URL_ENV}, or run it from a "
-            "folder of your own."
+            f"{inipath} belongs to another account (uid {inipath.lstat().st_uid}), below "
+            f"{shared}, which any account may write to: dbguard takes no server URL from it. "
+            f"Give the URL as the command's argument or in ${URL_ENV}, or run it from a folder "
+            "of your own."
         )
     return value, f"ini dbguard_url in {inipath}"
+
+
+def _planted_below(path: Path) -> Path | None:
+    """The folder any account may write to (``/tmp``) below which another account than this one
+    or root made ``path`` or a folder on the way to it; None when there is none."""
+    import stat
+
+    shared: Path | None = None
+    for part in [*reversed(path.parents), path]:
+        try:
+            found = part.lstat()
+        except OSError:
+            return shared
+        if shared is not None and found.st_uid not in (os.geteuid(), 0):
+            return shared
+        if stat.S_ISDIR(found.st_mode) and found.st_mode & stat.S_IWOTH:
+            shared = part
+    return None
 
 
 def _guarded(args: argparse.Namespace, command: Callable[[argparse.Namespace], int]) -> int:

@@ -7,8 +7,10 @@ import json
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,23 +91,40 @@ def test_without_a_url_the_projects_ini_names_the_server(
 
 
 def test_an_ini_of_another_account_names_no_server(pg_server: TestServer, tmp_path: Path) -> None:
-    """Found upwards from the folder, in one another account writes to: the driver would send
-    PGPASSWORD to the server it names."""
+    """Found upwards from the folder, in one that any account may write to (``/tmp``): the
+    driver would send PGPASSWORD to the server it names. Another account's own project (a
+    checkout bind-mounted into a container, run as root there) is read as pytest reads it."""
     assert os.geteuid() == 0, "run the suite as root, as the README's test command does"
-    ini = tmp_path / "pytest.ini"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    ini = shared / "pytest.ini"
     ini.write_text(f"[pytest]\ndbguard_url = {pg_server.url(password='')}\n")
     nobody = pwd.getpwnam("nobody").pw_uid
     os.chown(ini, nobody, nobody)
     environ = {key: value for key, value in os.environ.items() if key != "DBGUARD_URL"}
     environ["PGPASSWORD"] = SUPERUSER_PASSWORD
     offset = pg_server.log_offset()
-    result = dbguard_cli("probe", cwd=tmp_path, env=environ)
+    result = dbguard_cli("probe", cwd=shared, env=environ)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert f"{ini} belongs to another account (uid {nobody})" in result.stderr
+    assert (
+        f"{ini} belongs to another account (uid {nobody}), below {shared}, which any account "
+        "may write to" in result.stderr
+    )
     assert "Give the URL as the command's argument or in $DBGUARD_URL" in result.stderr
     assert pg_server.connections_since(offset) == []
-    os.chown(ini, 0, 0)  # the same file of one's own names the server
-    assert dbguard_cli("probe", cwd=tmp_path, env=environ).returncode == 0
+    # The other account's own project, in no folder that anyone may write to: read. (Moved
+    # out of /tmp, where pytest's tmp_path lies: a bind-mounted checkout in a container.)
+    own = Path(tempfile.mkdtemp(dir=Path.home()))
+    try:
+        project = own / "project"
+        project.mkdir()
+        os.chown(project, nobody, nobody)
+        ini.rename(project / "pytest.ini")
+        ok = dbguard_cli("probe", cwd=project, env=environ)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+    finally:
+        shutil.rmtree(own)
 
 
 def test_wait_reads_the_url_from_the_environment(pg_server: TestServer) -> None:
