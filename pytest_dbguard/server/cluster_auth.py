@@ -115,8 +115,9 @@ def server_environment(password: str) -> dict[str, str]:
 
     Not ours minus a few names: the server runs as the server's account, which reads its
     ``/proc/<pid>/environ`` (as do programs that superusers of the machine's own PostgreSQL run as
-    it), and a CI job's environment holds tokens and ``PGPASSWORD``. initdb takes the locale and
-    time zone from it; ``LD_LIBRARY_PATH`` finds the libraries of binaries outside the system's."""
+    it), and a CI job's environment holds tokens and ``PGPASSWORD``. ``PATH`` finds the start's
+    own programs (``sh``, ``cp``), initdb takes the time zone from ``TZ`` (its locale is given:
+    ``C``), ``LD_LIBRARY_PATH`` finds the libraries of binaries outside the system's."""
     return {
         name: value
         for name, value in os.environ.items()
