@@ -301,12 +301,17 @@ def test_a_sqlite_default_is_served_on_postgresql_without_its_options(
     write_project(pytester)
     (pytester.path / "djproj" / "settings.py").write_text(SETTINGS + SQLITE_DEFAULT)
     pytester.makepyfile(test_vendor=VENDOR_TEST)
-    result = run_dbguard(pytester, *on_server, *workers, plugins=DJANGO)
+    # -q: the note changes what runs, so it shows there too (label-studio's models read
+    # connection.vendor at import, and a quiet run failed with only a migration's error).
+    result = run_dbguard(pytester, *on_server, *workers, "-q", plugins=DJANGO)
     result.assert_outcomes(passed=1)
     note = (
         "dbguard: DATABASES['default'] in djproj.settings uses django.db.backends.sqlite3; "
         "dbguard serves PostgreSQL, so the tests run on django.db.backends.postgresql, without "
-        "its OPTIONS (init_command)"
+        "its OPTIONS (init_command). What the settings or models chose for that backend stays "
+        "chosen (a setting computed from it, a model that reads connection.vendor at import): "
+        "give the settings the PostgreSQL backend with a dbguard_env line (their variable, or "
+        "DATABASE_URL={pg_url})"
     )
     assert (result.stdout.str() + result.stderr.str()).count(note) == 1
 

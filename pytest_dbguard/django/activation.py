@@ -66,7 +66,10 @@ TWO_SOURCES: Final = (
 PYTEST_DJANGO_DB_FLAGS: Final = (("--reuse-db", "reuse_db"), ("--create-db", "create_db"))
 OTHER_BACKEND: Final = (
     "dbguard: DATABASES[{alias!r}] in {settings} uses {engine}; dbguard serves PostgreSQL, so "
-    "the tests run on {postgres}{dropped}"
+    "the tests run on {postgres}{dropped}. What the settings or models chose for that backend "
+    "stays chosen (a setting computed from it, a model that reads connection.vendor at import): "
+    "give the settings the PostgreSQL backend with a dbguard_env line (their variable, or "
+    "DATABASE_URL={{pg_url}})"
 )
 IGNORED_FLAGS: Final = (
     "dbguard: pytest-django's {flags}{given} {have} no effect: dbguard serves Django's test databases "

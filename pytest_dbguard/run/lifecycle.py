@@ -151,7 +151,7 @@ def ensure_started(config: pytest.Config) -> None:
             proxy = run.proxy
             if proxy is not None:
                 proxy.start()
-                state.notes.append(
+                state.details.append(
                     f"dbguard: fault proxy on 127.0.0.1:{proxy.port} in front of the server"
                 )
         state.template = state.template or reuse_run.template_word(

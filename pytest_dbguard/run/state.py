@@ -68,7 +68,10 @@ class SessionState:
     def __init__(self, *, runs_tests: bool, schema_source: str) -> None:
         self.runs_tests = runs_tests
         self.schema_source = schema_source
+        # Lines after the summary line: ``notes`` change what runs or what a flag does (shown
+        # under -q too), ``details`` only describe (the fault proxy's port).
         self.notes: list[str] = []
+        self.details: list[str] = []
 
 
 class DbguardRun:

@@ -5,6 +5,7 @@ A single run (and each xdist worker) waits for the server only after collection,
 follows ``collected N items``; the xdist controller knows the server once xdist has started the
 workers (at its test loop), but holds its line back until the first test starts, which is after
 ``N workers [M items]``. Under ``-q`` the line is shown only when something is worth knowing: a
+note (a Django alias switched to PostgreSQL, a flag with no effect, a failed early build), a
 reused cluster or template, worker schemas instead of databases, or a slow start.
 """
 
@@ -26,7 +27,8 @@ def noteworthy(run: DbguardRun) -> bool:
     state = run.session
     assert state is not None
     return (
-        run.settings.reuse
+        bool(state.notes)
+        or run.settings.reuse
         or run.plan.schema is not None
         or state.ready_attempts > 1
         or max(state.ready_ms, state.server_start_ms) > SLOW_MS
@@ -85,7 +87,7 @@ def text(config: pytest.Config) -> list[str]:
         parts.append(
             f"{started}ready after {state.ready_attempts} attempt(s), {state.ready_ms:.0f} ms"
         )
-    return ["; ".join(parts), *state.notes]
+    return ["; ".join(parts), *state.notes, *state.details]
 
 
 def _build_ms(state: SessionState) -> float | None:
