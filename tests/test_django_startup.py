@@ -141,14 +141,35 @@ class Migration(migrations.Migration):
 """
 
 
+# Python's own work between statements (a RunPython, rendering a big project's model states):
+# ending the connection stops it only at its next statement (label-studio: 15-25 s).
+SLOW_PYTHON_MIGRATION = """
+import time
+
+from django.db import migrations
+
+
+def work(apps, schema_editor):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0003_who")]
+    operations = [migrations.RunPython(work, migrations.RunPython.noop)]
+"""
+
+
 @pytest.mark.needs_xdist
+@pytest.mark.parametrize("slow", [SLOW_MIGRATION, SLOW_PYTHON_MIGRATION], ids=["sql", "python"])
 def test_ctrl_c_during_the_controllers_build_does_not_wait_for_the_migrate(
-    pytester: pytest.Pytester, pg_server: TestServer
+    pytester: pytest.Pytester, pg_server: TestServer, slow: str
 ) -> None:
     """Ctrl-C while the controller migrates the template (a big project's migrate takes many
     seconds): the build is stopped, not waited for, and nothing is left on the server."""
     log = write_logged_project(pytester)
-    (pytester.path / "shop" / "migrations" / "0004_slow.py").write_text(SLOW_MIGRATION.lstrip())
+    (pytester.path / "shop" / "migrations" / "0004_slow.py").write_text(slow.lstrip())
     before = set(pg_server.databases())
     # Ctrl-C in a terminal reaches the whole process group; the slow migration alone lasts
     # 120 s, longer than the helper waits for the run to end.

@@ -19,6 +19,7 @@ building in the first worker.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import threading
 import time
@@ -57,6 +58,10 @@ def wanted(config: pytest.Config) -> bool:
 THREAD_NAME: Final = "dbguard-template-build"
 
 
+class BuildStopped(Exception):
+    """Raised inside the build's thread when the run ends before its tests (``stop``)."""
+
+
 def start(config: pytest.Config) -> None:
     """Start the build in a thread (joined by ``lifecycle`` before it cleans up); called once
     xdist has started the workers and the controller has proven the server ready."""
@@ -85,6 +90,8 @@ def build(config: pytest.Config) -> None:
             built = databases.ensure_template(
                 plan.server_url, template, schema_build, run=template_run
             )
+    except BuildStopped:
+        return  # the run is over; the build's own failure path dropped the template
     except Exception as error:  # the workers build it and report what fails
         state.notes.append(FAILED_NOTE.format(template=template, error=_cause(error, plan)))
         return
@@ -134,3 +141,13 @@ def _cause(error: Exception, plan: RunPlan) -> str:
     cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
     password = plan.server_url.password if plan.server_url is not None else None
     return brief(cause, password)
+
+
+def stop(thread: threading.Thread) -> None:
+    """Raise ``BuildStopped`` in the build's thread at its next Python line: ending its
+    connection stops a migrate only at its next statement, and its Python work in between (a
+    RunPython, rendering a big project's model states) ran on for 15-25 s (label-studio)."""
+    if thread.ident is not None and thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(BuildStopped)
+        )

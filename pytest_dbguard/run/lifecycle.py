@@ -314,8 +314,12 @@ def end_template_build(plan: RunPlan, state: SessionState) -> None:
     wait for the whole migrate (a big project's takes many seconds), then let it finish."""
     build, hook, url = state.template_build, state.schema_hook, plan.server_url
     if build is not None and build.is_alive() and hook is not None and url is not None:
+        from pytest_dbguard.run import early_template
+
         print("dbguard: stopping the template build, the run is over", file=sys.stderr)
         hook.interrupt(url)
+        build.join(timeout=0.5)  # a statement the ended connection fails ends it
+        early_template.stop(build)  # else Python's own work between statements
     wait_for_template_build(state)
 
 
