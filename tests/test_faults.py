@@ -645,6 +645,28 @@ def test_terminate_in_schema_mode_spares_other_clients(
         assert bystander.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_a_worker_schemas_async_url_keeps_its_driver_through_the_proxy(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """Schema mode's async URL takes psycopg (asyncpg reads no search_path from a URL); routed
+    through the fault proxy it became asyncpg's, and async tests ran in the shared schema."""
+    pytester.makepyfile(
+        test_async_url="""
+        import os
+
+        def test_async_url(dbguard_faults):
+            async_url = os.environ["ASYNC_URL"]
+            assert async_url.startswith("postgresql+psycopg://"), async_url
+            assert "search_path" in async_url and f":{dbguard_faults.proxy.port}/" in async_url
+        """
+    )
+    pytester.makeini("[pytest]\ndbguard_env =\n    ASYNC_URL={async_url}\n")
+    # psycopg2 tests: their async URL is not the sync driver's own (psycopg's would be).
+    url = pg_server.url(database="app_limited", user=LIMITED_USER, driver="psycopg2")
+    result = run_dbguard(pytester, "--dbguard-url", url, "--dbguard-proxy", "on", inprocess=True)
+    result.assert_outcomes(passed=1)
+
+
 def test_recovering_an_async_engine_from_sync_code_keeps_the_threads_event_loop(
     pg_server: TestServer,
 ) -> None:

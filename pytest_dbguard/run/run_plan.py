@@ -278,5 +278,7 @@ def with_server(plan: RunPlan, server_url: DatabaseURL) -> RunPlan:
 
 
 def with_test_url(plan: RunPlan, url: DatabaseURL) -> RunPlan:
-    """The plan with this worker's database reached through ``url`` (the proxy's)."""
-    return plan.replace(test_url=url, async_url=url.asynchronous())
+    """The plan with this worker's database reached through ``url`` (the proxy's), async
+    through the driver the plan chose (a worker schema's: psycopg, which takes search_path
+    from the URL, where asyncpg does not)."""
+    return plan.replace(test_url=url, async_url=url.with_driver(plan.async_url.driver))
