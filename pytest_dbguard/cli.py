@@ -90,23 +90,25 @@ def _ini_url() -> tuple[str | None, str]:
     value = entries.get("dbguard_url")
     if inipath is None or not isinstance(value, str):
         return None, ""
-    if (shared := _planted_below(inipath)) is not None:
+    if (planted := _planted_below(inipath)) is not None:
         # Found upwards from here, below a folder any account may write to (/tmp), by another
         # account: the driver would send PGPASSWORD or ~/.pgpass's password to whatever server
         # it names. Another account's own project elsewhere (a checkout bind-mounted into a
         # container that runs as root) is read as pytest reads it.
+        shared, path, owner = planted
+        made = "it" if path == inipath else f"{path}, a folder on the way to it,"
         raise ConfigError(
-            f"{inipath} belongs to another account (uid {inipath.lstat().st_uid}), below "
-            f"{shared}, which any account may write to: dbguard takes no server URL from it. "
-            f"Give the URL as the command's argument or in ${URL_ENV}, or run it from a folder "
-            "of your own."
+            f"{inipath} is below {shared}, a folder any account may write to, and another "
+            f"account (uid {owner}) made {made}: dbguard takes no server URL from it. Give the "
+            f"URL as the command's argument or in ${URL_ENV}, or run it from a folder of your own."
         )
     return value, f"ini dbguard_url in {inipath}"
 
 
-def _planted_below(path: Path) -> Path | None:
-    """The folder any account may write to (``/tmp``) below which another account than this one
-    or root made ``path`` or a folder on the way to it; None when there is none."""
+def _planted_below(path: Path) -> tuple[Path, Path, int] | None:
+    """(the folder any account may write to, the file or folder under it, its owner) when an
+    account other than this one or root made ``path`` or a folder on the way to it below such a
+    folder (``/tmp``); None when nobody did."""
     import stat
 
     shared: Path | None = None
@@ -114,9 +116,9 @@ def _planted_below(path: Path) -> Path | None:
         try:
             found = part.lstat()
         except OSError:
-            return shared
+            return None
         if shared is not None and found.st_uid not in (os.geteuid(), 0):
-            return shared
+            return shared, part, found.st_uid
         if stat.S_ISDIR(found.st_mode) and found.st_mode & stat.S_IWOTH:
             shared = part
     return None

@@ -108,8 +108,8 @@ def test_an_ini_of_another_account_names_no_server(pg_server: TestServer, tmp_pa
     result = dbguard_cli("probe", cwd=shared, env=environ)
     assert result.returncode == 2, result.stdout + result.stderr
     assert (
-        f"{ini} belongs to another account (uid {nobody}), below {shared}, which any account "
-        "may write to" in result.stderr
+        f"{ini} is below {shared}, a folder any account may write to, and another account "
+        f"(uid {nobody}) made it: dbguard takes no server URL from it" in result.stderr
     )
     assert "Give the URL as the command's argument or in $DBGUARD_URL" in result.stderr
     assert pg_server.connections_since(offset) == []

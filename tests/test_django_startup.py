@@ -161,8 +161,25 @@ class Migration(migrations.Migration):
 """
 
 
+# ... that catches what it can: dbguard's stop is not an Exception.
+CATCHING_PYTHON_MIGRATION = SLOW_PYTHON_MIGRATION.replace(
+    "        time.sleep(0.01)\n",
+    "        try:\n            time.sleep(0.01)\n        except Exception:\n            pass\n",
+)
+# ... inside one call into C, which no exception reaches: left to end with the process.
+ONE_LONG_CALL_MIGRATION = SLOW_PYTHON_MIGRATION.replace(
+    "    deadline = time.monotonic() + 120\n    while time.monotonic() < deadline:\n"
+    "        time.sleep(0.01)\n",
+    "    time.sleep(60)\n",
+)
+
+
 @pytest.mark.needs_xdist
-@pytest.mark.parametrize("slow", [SLOW_MIGRATION, SLOW_PYTHON_MIGRATION], ids=["sql", "python"])
+@pytest.mark.parametrize(
+    "slow",
+    [SLOW_MIGRATION, SLOW_PYTHON_MIGRATION, CATCHING_PYTHON_MIGRATION, ONE_LONG_CALL_MIGRATION],
+    ids=["sql", "python", "python-catching", "one-long-call"],
+)
 def test_ctrl_c_during_the_controllers_build_does_not_wait_for_the_migrate(
     pytester: pytest.Pytester, pg_server: TestServer, slow: str
 ) -> None:
@@ -183,6 +200,8 @@ def test_ctrl_c_during_the_controllers_build_does_not_wait_for_the_migrate(
     )
     assert returncode == pytest.ExitCode.INTERRUPTED, output
     assert "dbguard: stopping the template build, the run is over" in output
+    left = "dbguard: the template build did not stop within 10 s (a migration inside one long call)"
+    assert (left in output) == (slow is ONE_LONG_CALL_MIGRATION), output
     assert SUPERUSER_PASSWORD not in output
     deadline = time.monotonic() + 10  # the ended backend leaves the server a moment later
     while set(pg_server.databases()) != before:

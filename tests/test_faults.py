@@ -579,7 +579,7 @@ def test_proxy_faults_on_a_socket_url_say_that_they_need_tcp(
         result.stdout.fnmatch_lines(
             [
                 f"E   *Failed: dbguard_faults.{call}: the run's URL reaches the server by its Unix "
-                f"socket ({pg_server.root}), and the fault proxy*point the URL at the server's "
+                f"socket ({pg_server.root}), and the fault proxy*point the URL at one server's "
                 "TCP address*"
             ]
         )

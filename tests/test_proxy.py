@@ -327,33 +327,53 @@ def test_a_stopped_proxy_starts_again(pg_server: TestServer) -> None:
 
 
 @pytest.mark.parametrize(
-    ("url", "folder", "upstream"),
+    ("url", "why", "upstream"),
     [
         ("postgresql+psycopg://u:p@db:6432/app", None, ("db", 6432)),
-        ("postgresql+psycopg://u:p@/app", None, ("127.0.0.1", 5432)),  # no host: TCP, as before
-        ("postgresql+psycopg://u:p@/app?host=/run/pg&port=5433", "/run/pg", ("/run/pg", 5433)),
+        ("postgresql+psycopg://u:p@/app", "default Unix socket", None),  # libpq: the socket
+        ("postgresql+psycopg://u:p@/app?host=/run/pg&port=5433", "socket (/run/pg)", None),
         ("postgresql+psycopg://u:p@x/app?host=127.0.0.2&port=7", None, ("127.0.0.2", 7)),
+        ("postgresql+psycopg://u:p@/app?host=db:6543", None, ("db", 6543)),
         (
             "postgresql+psycopg://u:p@/app?host=/run/pg&hostaddr=127.0.0.3",
             None,
             ("127.0.0.3", 5432),
         ),
+        ("postgresql+psycopg://u:p@/app?host=a&host=b", "several servers (a, b)", None),
+        ("postgresql+psycopg2://u:p@/app?host=a,b", "several servers (a,b)", None),
         ("postgresql+pg8000://u:p@/app", None, ("127.0.0.1", 5432)),  # pg8000: localhost TCP
-        (
-            "postgresql+pg8000://u:p@/app?unix_sock=/run/pg/.s.PGSQL.5432",
-            "/run/pg/.s.PGSQL.5432",
-            None,
-        ),
+        ("postgresql+pg8000://u:p@/app?unix_sock=/run/pg/.s.PGSQL.5432", "socket (/run/pg/", None),
     ],
 )
-def test_where_a_url_goes(url: str, folder: str | None, upstream: tuple[str, int] | None) -> None:
+def test_where_a_url_goes(
+    url: str, why: str | None, upstream: tuple[str, int] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pytest_dbguard.db.urls import DatabaseURL
-    from pytest_dbguard.faults.proxy import socket_folder, through, upstream_of
+    from pytest_dbguard.faults.proxy import not_proxied, through, upstream_of
 
+    monkeypatch.delenv("PGHOST", raising=False)
+    monkeypatch.delenv("PGPORT", raising=False)
     parsed = DatabaseURL.parse(url)
-    assert socket_folder(parsed) == folder
+    reason = not_proxied(parsed)
+    assert (reason is None) == (why is None) and (why is None or why in str(reason)), reason
     if upstream is not None:
         assert upstream_of(parsed) == upstream
         routed = through(parsed, 4321)
         assert (routed.host, routed.port) == ("127.0.0.1", 4321)
         assert not {"host", "hostaddr", "port"} & {key for key, _ in routed.query}
+
+
+def test_a_url_without_a_host_goes_where_pghost_and_pgport_say(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As libpq finds the server (pg8000 reads neither)."""
+    from pytest_dbguard.db.urls import DatabaseURL
+    from pytest_dbguard.faults.proxy import not_proxied, upstream_of
+
+    monkeypatch.setenv("PGHOST", "127.0.0.9")
+    monkeypatch.setenv("PGPORT", "6000")
+    hostless = DatabaseURL.parse("postgresql+psycopg://u:p@/app")
+    assert not_proxied(hostless) is None and upstream_of(hostless) == ("127.0.0.9", 6000)
+    assert upstream_of(DatabaseURL.parse("postgresql+pg8000://u:p@/app")) == ("127.0.0.1", 5432)
+    monkeypatch.setenv("PGHOST", "/run/postgresql")
+    assert "socket (/run/postgresql)" in str(not_proxied(hostless))

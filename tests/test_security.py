@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import shlex
+import shutil
 import signal
 import stat
 import sys
@@ -611,7 +612,10 @@ def test_the_report_never_follows_another_accounts_link_nor_replaces_its_file(
     (theirs / "reports").symlink_to(victim)
     os.lchown(theirs / "reports", nobody, nobody)
     (pytester.path / "mylink").symlink_to(shared / "reports")  # this account's own link
-    link = f"a link that another account (uid {nobody}) made; dbguard follows no other account's"
+    link = (
+        f"a link that another account (uid {nobody}) made below a folder any account may write "
+        "to; dbguard follows no such link"
+    )
     refusals = {
         "shared/reports/important.conf": f"*shared/reports is {link}*",
         "shared/theirs/reports/important.conf": f"*shared/theirs/reports is {link}*",
@@ -633,3 +637,18 @@ def test_the_report_never_follows_another_accounts_link_nor_replaces_its_file(
     )
     result.assert_outcomes(passed=1)
     assert b"pytest-dbguard-report/" in (victim / "own.json").read_bytes()
+    # Another account's checkout outside any shared folder (bind-mounted into a container that
+    # runs as root): its own links are followed, as the kernel would.
+    home = Path(tempfile.mkdtemp(dir=pwd.getpwuid(os.getuid()).pw_dir))  # pytester moved HOME
+    try:
+        checkout = home / "checkout"
+        (checkout / "build").mkdir(parents=True)
+        (checkout / "reports").symlink_to("build")
+        for path in (checkout, checkout / "build", checkout / "reports"):
+            os.lchown(path, nobody, nobody)
+        report = checkout / "reports" / "r.json"
+        result = run_dbguard(pytester, "--dbguard-url", "sqlite", f"--dbguard-report={report}")
+        result.assert_outcomes(passed=1)
+        assert b"pytest-dbguard-report/" in (checkout / "build" / "r.json").read_bytes()
+    finally:
+        shutil.rmtree(home)

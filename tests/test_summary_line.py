@@ -48,11 +48,14 @@ def test_quiet_hides_an_ordinary_line_and_shows_a_noteworthy_one(
         pg_server.url(),
         "--dbguard-worker-isolation",
         "schema",
+        "--dbguard-proxy",
+        "on",
         *mode,
         inprocess=True,
     )
     schemas.assert_outcomes(passed=1)
     schemas.stdout.fnmatch_lines(["dbguard: postgresql+psycopg://postgres:***@*schemas dbg_*"])
+    schemas.stdout.no_fnmatch_line("dbguard: fault proxy on *")  # a detail, for -v and plain runs
 
 
 def test_the_line_says_how_long_this_process_built_the_schema(pytester: pytest.Pytester) -> None:

@@ -242,11 +242,11 @@ class Faults:
         __tracebackhide__ = True
         self._postgres(what)
         if self.proxy is None:
-            from pytest_dbguard.faults.proxy import BY_SOCKET, socket_folder
+            from pytest_dbguard.faults.proxy import NOT_PROXIED, not_proxied
 
-            folder = socket_folder(self.server_url) if self.server_url is not None else None
-            if folder is not None:
-                self.fail(f"dbguard_faults.{what}: " + BY_SOCKET.format(folder=folder))
+            reason = not_proxied(self.server_url) if self.server_url is not None else None
+            if reason is not None:
+                self.fail(f"dbguard_faults.{what}: " + NOT_PROXIED.format(reason=reason))
             self.fail(_NEEDS_PROXY.format(what=what))
         return self.proxy
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import selectors
 import socket
 import threading
@@ -36,36 +37,58 @@ _BIND_FAILED: Final = (
     "Pick a free port, or listen_port=0 to let the system choose one."
 )
 _NOT_BOUND: Final = "the fault proxy is not listening: call bind() or start() first."
-BY_SOCKET: Final = (
-    "the run's URL reaches the server by its Unix socket ({folder}), and the fault proxy, a "
-    "loopback TCP port, forwards to TCP only: in front of a socket, every local account could "
-    "connect through it as you (peer authentication). For refuse(), latency() and cut(), point "
-    "the URL at the server's TCP address (host 127.0.0.1 and its port); terminate() works on any "
-    "URL."
+NOT_PROXIED: Final = (
+    "the run's URL {reason}, and the fault proxy, a loopback TCP port, forwards to one TCP "
+    "address only (in front of a socket, every local account could connect through it as you, "
+    "by peer authentication). For refuse(), latency() and cut(), point the URL at one server's "
+    "TCP address (host and port); terminate() works on any URL."
 )
+# Drivers that take no PGHOST or PGPORT from the environment (pg8000: localhost:5432).
+_NO_ENVIRONMENT: Final = ("pg8000",)
 
 
-def socket_folder(url: DatabaseURL) -> str | None:
-    """The Unix socket that ``url`` names, else None: a ``host`` (in the URL or its query
-    string) that starts with ``/`` or ``@`` (libpq's rule, asyncpg's too), or pg8000's
-    ``unix_sock``. A URL without a host is taken for TCP to 127.0.0.1, as the proxy reaches it;
-    ``hostaddr`` is a TCP address."""
+def not_proxied(url: DatabaseURL) -> str | None:
+    """Why the proxy cannot stand in front of ``url``'s server, or None: the server is reached by
+    a Unix socket (a host that starts with ``/`` or ``@``, in the URL, its ``host`` query
+    parameter or, for a driver that reads it, ``PGHOST``; no host at all: the driver's default
+    socket folder; pg8000's ``unix_sock``), or the URL names several servers."""
     query = dict(url.query)
-    if url.driver == "pg8000":
-        return query.get("unix_sock")
+    if url.driver in _NO_ENVIRONMENT:
+        sock = query.get("unix_sock")
+        return f"reaches the server by its Unix socket ({sock})" if sock else None
+    hosts = [value for key, value in url.query if key == "host"]
+    if len(hosts) > 1 or "," in (hosts[0] if hosts else url.host or ""):
+        return f"names several servers ({', '.join(hosts) or url.host})"
     if query.get("hostaddr"):
-        return None
-    host = query.get("host") or url.host or ""
-    return host if host.startswith(("/", "@")) else None
+        return None  # a TCP address, whatever host says
+    host = query.get("host") or url.host or os.environ.get("PGHOST") or ""
+    if not host:
+        return "reaches the server by the driver's default Unix socket (it names no host)"
+    if host.startswith(("/", "@")):
+        return f"reaches the server by its Unix socket ({host})"
+    return None
 
 
 def upstream_of(url: DatabaseURL) -> tuple[str, int]:
-    """Where the proxy forwards to: the URL's host and port, its query string's winning as they
-    do for the driver (libpq's ``host``, ``hostaddr`` and ``port``)."""
+    """Where the proxy forwards to (``not_proxied`` said it can): the server as the driver finds
+    it, the query string's ``hostaddr``, ``host`` (``host:port`` too) and ``port`` first, then the
+    URL's, then ``PGHOST`` and ``PGPORT`` (for drivers that read them), then localhost:5432."""
     query = dict(url.query)
-    host = query.get("hostaddr") or query.get("host") or url.host or "127.0.0.1"
-    port = query.get("port")
-    return host, int(port) if port and port.isdigit() else url.port or 5432
+    environ = url.driver not in _NO_ENVIRONMENT
+    host = (
+        query.get("hostaddr")
+        or query.get("host")
+        or url.host
+        or (os.environ.get("PGHOST") if environ else None)
+        or "127.0.0.1"
+    )
+    port_text = query.get("port")
+    if host.count(":") == 1 and host.rsplit(":", 1)[1].isdigit():  # host:port, one server
+        host, port_text = host.rsplit(":", 1)
+    port = int(port_text) if port_text and port_text.isdigit() else url.port
+    if port is None and environ and (os.environ.get("PGPORT") or "").isdigit():
+        port = int(os.environ["PGPORT"])
+    return host, port or 5432
 
 
 def through(url: DatabaseURL, port: int) -> DatabaseURL:

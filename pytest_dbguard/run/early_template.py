@@ -58,8 +58,12 @@ def wanted(config: pytest.Config) -> bool:
 THREAD_NAME: Final = "dbguard-template-build"
 
 
-class BuildStopped(Exception):
-    """Raised inside the build's thread when the run ends before its tests (``stop``)."""
+class BuildStopped(BaseException):
+    """Raised inside the build's thread when the run ends before its tests (``stop``); not an
+    ``Exception``, which a migration's ``except Exception`` (and Django's own) would swallow."""
+
+
+STOP_WITHIN: Final = 10.0  # seconds: then the build is left to end with the process
 
 
 def start(config: pytest.Config) -> None:
@@ -143,11 +147,19 @@ def _cause(error: Exception, plan: RunPlan) -> str:
     return brief(cause, password)
 
 
-def stop(thread: threading.Thread) -> None:
-    """Raise ``BuildStopped`` in the build's thread at its next Python line: ending its
+def stop(thread: threading.Thread) -> bool:
+    """Raise ``BuildStopped`` in the build's thread at its next Python line, again until it ends
+    (code may catch one), for up to ``STOP_WITHIN`` seconds; whether it ended. Ending its
     connection stops a migrate only at its next statement, and its Python work in between (a
-    RunPython, rendering a big project's model states) ran on for 15-25 s (label-studio)."""
-    if thread.ident is not None and thread.is_alive():
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(thread.ident), ctypes.py_object(BuildStopped)
-        )
+    RunPython, rendering a big project's model states) ran on for 15-25 s (label-studio). One
+    long call into C (``time.sleep(60)``) cannot be interrupted: the build is then left to the
+    process's exit, which ends the thread (a half-built template is marked so, and swept)."""
+    deadline = time.monotonic() + STOP_WITHIN
+    thread.join(timeout=0.5)  # a statement that the ended connection fails ends it
+    while thread.is_alive() and time.monotonic() < deadline:
+        if thread.ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(thread.ident), ctypes.py_object(BuildStopped)
+            )
+        thread.join(timeout=0.2)
+    return not thread.is_alive()

@@ -233,19 +233,19 @@ def _bind_proxy(run: DbguardRun) -> None:
     """Bind (but do not start) the worker's fault proxy and route the test URL through it; none
     for a URL that reaches the server by its socket (the faults that need it say why)."""
     from pytest_dbguard.faults.proxy import (
-        BY_SOCKET,
+        NOT_PROXIED,
         FaultProxy,
-        socket_folder,
+        not_proxied,
         through,
         upstream_of,
     )
 
     plan = run.plan
     assert plan.server_url is not None
-    if (folder := socket_folder(plan.server_url)) is not None:
+    if (reason := not_proxied(plan.server_url)) is not None:
         if run.settings.proxy == "on":
             source = run.settings.source_of("proxy")
-            raise ConfigError(f"{source} = on: {BY_SOCKET.format(folder=folder)}")
+            raise ConfigError(f"{source} = on: {NOT_PROXIED.format(reason=reason)}")
         return
     run.proxy = FaultProxy(*upstream_of(plan.server_url))
     port = run.proxy.bind()

@@ -2,8 +2,9 @@
 starts, and the file written atomically at its end.
 
 The folder may lie in a shared one (``/tmp``): it is opened one component at a time, links
-resolved here too, and a link that another account made is refused, not followed (the kernel's
-``fs.protected_symlinks``, which would stop some, is off in many containers). The report is written to a new temporary
+resolved here too, and below a folder any account may write to a link that another account
+made is refused, not followed (the kernel's ``fs.protected_symlinks``, which would stop some,
+is off in many containers). The report is written to a new temporary
 file in that open folder (``O_EXCL``, ``O_NOFOLLOW``) and renamed over ``PATH``, which must be
 absent, or a file of this account that is empty or holds a dbguard report: never a link, a
 folder or another account's file. Works without pytest.
@@ -41,12 +42,18 @@ NOT_A_REPORT: Final = (
     "overwrite files it did not write. Remove it yourself, or: {fix}"
 )
 FOREIGN_LINK: Final = (
-    "{source} = {path!r}: {link} is a link that another account (uid {uid}) made; dbguard "
-    "follows no other account's link to write a file. Write the report somewhere of your own, "
-    "or: {fix}"
+    "{source} = {path!r}: {link} is a link that another account (uid {uid}) made below a folder "
+    "any account may write to; dbguard follows no such link to write a file. Write the report "
+    "somewhere of your own, or: {fix}"
+)
+LINK_LOOP: Final = (
+    "{source} = {path!r}: {link} leads through too many links, or changed while dbguard read "
+    "it. {fix}"
 )
 REPORT_HEADER: Final = b'"schema": "pytest-dbguard-report/'
-_FOLDER_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# O_PATH: a folder this account may enter but not list (0711) is passed through as the kernel
+# would pass; creating, renaming and removing inside it work on such a descriptor.
+_FOLDER_FLAGS: Final = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 _MAX_LINKS: Final = 40  # as the kernel's own limit for one path
 
 
@@ -107,12 +114,14 @@ def is_report(content: bytes) -> bool:
 @contextlib.contextmanager
 def _open_folder(folder: Path) -> Iterator[int]:
     """The folder open, reached one component at a time from ``/``, links resolved here the same
-    way (never by the kernel, which would follow a link inside a link's target unchecked): a link
-    is followed only when this account or root made it."""
+    way (never by the kernel, which would follow a link inside a link's target unchecked). Below
+    a folder any account may write to (``/tmp``), a link is followed only when this account or
+    root made it; elsewhere (a checkout of another account's, bind-mounted into a container that
+    runs as root) as the kernel would."""
     descriptor = os.open("/", _FOLDER_FLAGS)
     try:
         parts = collections.deque(folder.absolute().parts[1:])
-        walked, links = Path("/"), 0
+        walked, links, shared = Path("/"), 0, _shared(descriptor)
         while parts:
             name = parts.popleft()
             if name in ("", "."):
@@ -120,24 +129,33 @@ def _open_folder(folder: Path) -> Iterator[int]:
             shown = walked / name
             found = _lstat(descriptor, name, shown, folder)
             if stat.S_ISLNK(found.st_mode):
-                if found.st_uid not in (os.geteuid(), 0):
-                    brief = f"{shown} is a link that another account made"
+                if shared and found.st_uid not in (os.geteuid(), 0):
+                    brief = f"{shown} is a link that another account made below a shared folder"
                     raise _Refused(FOREIGN_LINK, brief, link=shown, uid=found.st_uid)
                 links += 1
                 if links > _MAX_LINKS:
-                    raise _Refused(NOT_A_FOLDER, f"{shown}: too many links", folder=shown)
+                    raise _Refused(LINK_LOOP, f"{shown}: too many links", link=shown)
                 target = os.readlink(name, dir_fd=descriptor)
+                again = _lstat(descriptor, name, shown, folder)
+                if (again.st_ino, again.st_uid) != (found.st_ino, found.st_uid):
+                    raise _Refused(LINK_LOOP, f"{shown} changed while read", link=shown)
                 parts.extendleft(reversed(Path(target).parts))
                 if target.startswith("/"):
                     parts.popleft()  # the root itself: start again from there
                     descriptor = _swap(descriptor, os.open("/", _FOLDER_FLAGS))
-                    walked = Path("/")
+                    walked, shared = Path("/"), _shared(descriptor)
                 continue
             descriptor = _swap(descriptor, _enter(descriptor, name, shown, folder))
             walked = shown if name != ".." else walked.parent
+            shared = shared or _shared(descriptor)
         yield descriptor
     finally:
         os.close(descriptor)
+
+
+def _shared(descriptor: int) -> bool:
+    """Whether any account may write to the open folder (``/tmp``, ``/dev/shm``)."""
+    return bool(os.fstat(descriptor).st_mode & stat.S_IWOTH)
 
 
 def _swap(old: int, new: int) -> int:
@@ -154,6 +172,9 @@ def _lstat(parent: int, name: str, shown: Path, folder: Path) -> os.stat_result:
         raise _Refused(
             NOT_A_FOLDER, f"{shown.parent} is not a folder", folder=shown.parent
         ) from None
+    except OSError as error:  # a folder on the way this account may not search
+        reason = error.strerror or type(error).__name__
+        raise _Refused(NOT_WRITABLE, reason, folder=shown.parent, error=reason) from None
 
 
 def _enter(parent: int, name: str, shown: Path, folder: Path) -> int:

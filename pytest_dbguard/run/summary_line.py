@@ -40,12 +40,13 @@ def shown(config: pytest.Config) -> list[str]:
     run = run_of(config)
     if run is None or run.session is None:
         return []
-    if config.get_verbosity() < 0 and not noteworthy(run):
+    quiet = config.get_verbosity() < 0
+    if quiet and not noteworthy(run):
         return []
-    return text(config)
+    return text(config, details=not quiet)
 
 
-def text(config: pytest.Config) -> list[str]:
+def text(config: pytest.Config, *, details: bool = True) -> list[str]:
     """The line (and the run's notes after it): target, worker databases, schema source, server start and readiness."""
     run = run_of(config)
     if run is None or run.session is None:
@@ -87,7 +88,7 @@ def text(config: pytest.Config) -> list[str]:
         parts.append(
             f"{started}ready after {state.ready_attempts} attempt(s), {state.ready_ms:.0f} ms"
         )
-    return ["; ".join(parts), *state.notes, *state.details]
+    return ["; ".join(parts), *state.notes, *(state.details if details else ())]
 
 
 def _build_ms(state: SessionState) -> float | None:
