@@ -6,7 +6,8 @@ imports it (``conftest_failures``), its life from start to stop (``lifecycle``, 
 ``worker_failures``, ``reuse_run``), the wrapper around each test's phases that only a run that
 runs tests registers (``phases``), the xdist workers on other hosts that join it
 (``remote_workers``), the template its databases are cloned from (``templates``) and the one the
-xdist controller builds while its workers start (``early_template``), how setting values are read
+xdist controller builds while its workers start (``early_template``, stopped by
+``thread_stop`` when the run ends first), how setting values are read
 (``setting_values``), what it prints (``summary_line``, ``redaction``), the markers it takes
 (``markers``), the failed tests whose data ``--dbguard-keep-failed`` keeps (``failed_tests``),
 and the JSON run report of ``--dbguard-report`` (``report``, which loads its hooks,

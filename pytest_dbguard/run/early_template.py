@@ -19,7 +19,6 @@ building in the first worker.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ import pytest
 
 from pytest_dbguard.db import databases
 from pytest_dbguard.exceptions import DbguardError, brief
-from pytest_dbguard.run import lifecycle, reuse_run, templates
+from pytest_dbguard.run import lifecycle, reuse_run, templates, thread_stop
 from pytest_dbguard.run.run_plan import RunPlan
 from pytest_dbguard.run.state import the_run
 
@@ -56,14 +55,6 @@ def wanted(config: pytest.Config) -> bool:
 
 
 THREAD_NAME: Final = "dbguard-template-build"
-
-
-class BuildStopped(BaseException):
-    """Raised inside the build's thread when the run ends before its tests (``stop``); not an
-    ``Exception``, which a migration's ``except Exception`` (and Django's own) would swallow."""
-
-
-STOP_WITHIN: Final = 10.0  # seconds: then the build is left to end with the process
 
 
 def start(config: pytest.Config) -> None:
@@ -94,7 +85,7 @@ def build(config: pytest.Config) -> None:
             built = databases.ensure_template(
                 plan.server_url, template, schema_build, run=template_run
             )
-    except BuildStopped:
+    except thread_stop.Stopped:
         return  # the run is over; the build's own failure path dropped the template
     except Exception as error:  # the workers build it and report what fails
         state.notes.append(FAILED_NOTE.format(template=template, error=_cause(error, plan)))
@@ -145,21 +136,3 @@ def _cause(error: Exception, plan: RunPlan) -> str:
     cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
     password = plan.server_url.password if plan.server_url is not None else None
     return brief(cause, password)
-
-
-def stop(thread: threading.Thread) -> bool:
-    """Raise ``BuildStopped`` in the build's thread at its next Python line, again until it ends
-    (code may catch one), for up to ``STOP_WITHIN`` seconds; whether it ended. Ending its
-    connection stops a migrate only at its next statement, and its Python work in between (a
-    RunPython, rendering a big project's model states) ran on for 15-25 s (label-studio). One
-    long call into C (``time.sleep(60)``) cannot be interrupted: the build is then left to the
-    process's exit, which ends the thread (a half-built template is marked so, and swept)."""
-    deadline = time.monotonic() + STOP_WITHIN
-    thread.join(timeout=0.5)  # a statement that the ended connection fails ends it
-    while thread.is_alive() and time.monotonic() < deadline:
-        if thread.ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(thread.ident), ctypes.py_object(BuildStopped)
-            )
-        thread.join(timeout=0.2)
-    return not thread.is_alive()

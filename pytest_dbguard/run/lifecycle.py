@@ -314,15 +314,15 @@ def end_template_build(plan: RunPlan, state: SessionState) -> None:
     wait for the whole migrate (a big project's takes many seconds), then let it finish."""
     build, hook, url = state.template_build, state.schema_hook, plan.server_url
     if build is not None and build.is_alive() and hook is not None and url is not None:
-        from pytest_dbguard.run import early_template
+        from pytest_dbguard.run import thread_stop
 
         print("dbguard: stopping the template build, the run is over", file=sys.stderr)
         hook.interrupt(url)
-        if not early_template.stop(build):
+        if not thread_stop.stop(build):
             state.template_build = None  # not waited for: the process's exit ends it
             print(
-                f"dbguard: the template build did not stop within {early_template.STOP_WITHIN:.0f}"
-                " s (a migration inside one long call); leaving it to end with this process",
+                f"dbguard: the template build did not stop within {thread_stop.WITHIN:.0f} s (a "
+                "migration inside one long call); leaving it to end with this process",
                 file=sys.stderr,
             )
     wait_for_template_build(state)
