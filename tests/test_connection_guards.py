@@ -587,6 +587,17 @@ def _leak_project(pytester: pytest.Pytester, leaks: str | None) -> None:
 
 
 REPORT = (
+    "*test_leaks.py::test_{test} left rows in {tables}, committed by an engine that is not one of "
+    "dbguard's fixtures; the test uses none of those that dbguard rolls back (dbguard_connection, "
+    "dbguard_session), so nothing was rolled back after it, and the next tests see them. Give it "
+    "dbguard_connection and bind the application's session to it (README: \"The application's "
+    'own session"), or set ini dbguard_isolation = truncate (or mark the test or its class '
+    '@pytest.mark.dbguard(isolation="truncate")) to empty the tables it writes to after it; a '
+    "suite that removes its own rows (a unittest.TestCase's tearDown) sets dbguard_isolation = "
+    "none, which ends this check. dbguard_leaks = off silences this report."
+)
+# A test that uses dbguard's rolled-back fixtures, whose application engine committed beside them.
+REPORT_BESIDE_FIXTURES = (
     "*test_leaks.py::test_{test} left rows in {tables}: an engine that is not one of dbguard's "
     "fixtures (the application's own, for example) committed them, so the rollback after the "
     "test did not remove them and the next tests see them. Bind the application's session to "
@@ -669,9 +680,37 @@ def test_leaked_tables_are_named_without_sql_quotes(
         pytester, *_shared(pg_server), "--dbguard-report", "report.json", inprocess=True
     )
     result.assert_outcomes(passed=1, warnings=1)
-    result.stdout.fnmatch_lines(["*test_app_commits left rows in Order Lines, user: *"])
+    result.stdout.fnmatch_lines(["*test_app_commits left rows in Order Lines, user, committed *"])
     report = json.loads((pytester.path / "report.json").read_text())
     assert [test["leaked_tables"] for test in report["tests"]] == [["Order Lines", "user"]]
+
+
+def test_a_leak_beside_dbguards_rolled_back_fixture_says_the_rollback_missed_it(
+    pytester: pytest.Pytester, pg_server: TestServer
+) -> None:
+    """The test's own connection is rolled back; what the application's engine committed beside
+    it is not (the other text is for tests that use no such fixture)."""
+    _leak_project(pytester, None)
+    pytester.makepyfile(
+        test_leaks="""
+        import os
+        from sqlalchemy import create_engine, text
+
+        def test_beside_the_fixture(dbguard_connection):
+            engine = create_engine(os.environ["DBGUARD_URL"])
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO authors (name) VALUES ('beside')"))
+            engine.dispose()
+        """
+    )
+    result = run_dbguard(pytester, *_shared(pg_server), inprocess=True)
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*LeakWarning: "
+            + REPORT_BESIDE_FIXTURES.format(test="beside_the_fixture", tables="authors")
+        ]
+    )
 
 
 WIDER_FIXTURES_TESTS = """
@@ -886,7 +925,7 @@ def test_a_rollback_only_test_sends_no_leak_query(
     pytester.makeini("[pytest]\ndbguard_metadata = leak_models:Base\n")
     result = run_dbguard(pytester, *_shared(pg_server), "-p", "no:randomly", inprocess=True)
     result.assert_outcomes(passed=4, warnings=1)
-    result.stdout.fnmatch_lines(["*test_spied.py::test_3_app_commits left rows in authors: *"])
+    result.stdout.fnmatch_lines(["*test_spied.py::test_3_app_commits left rows in authors, *"])
 
 
 def test_readme_recipe_runs_and_shows_the_real_messages(pytester: pytest.Pytester) -> None:

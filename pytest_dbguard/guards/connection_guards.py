@@ -34,6 +34,8 @@ from pytest_dbguard.guards.lazy_node_id import LazyNodeId
 from pytest_dbguard.guards.leaks import (
     LEAK_AGAIN,
     LEAK_MESSAGE,
+    LEAK_WITHOUT_FIXTURES,
+    ROLLED_BACK_FIXTURES,
     LeakWatcher,
     tables_written_since,
 )
@@ -143,7 +145,9 @@ class ConnectionGuards:
         item.stash[_left_key] = tables
         if not tables:
             return
-        message = LEAK_MESSAGE.format(where=item.nodeid, tables=", ".join(tables))
+        rolled_back = any(name in ROLLED_BACK_FIXTURES for name in _fixture_names(item))
+        explained = LEAK_MESSAGE if rolled_back else LEAK_WITHOUT_FIXTURES
+        message = explained.format(where=item.nodeid, tables=", ".join(tables))
         if self.leak_mode == "error" and may_raise:
             raise LeakError(message)
         if self._leak_explained:
@@ -266,3 +270,8 @@ class _ThenLoader(importlib.abc.Loader):
         module.__loader__ = self.loader
         self.loader.exec_module(module)
         self.then()
+
+
+def _fixture_names(item: pytest.Item) -> list[str]:
+    """The fixtures the test uses (none for an item that is not a function, a doctest's)."""
+    return list(getattr(item, "fixturenames", ()))

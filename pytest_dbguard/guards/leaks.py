@@ -35,6 +35,19 @@ LEAK_MESSAGE: Final = (
     'empty the tables it writes to after it, or isolation="none" for a suite that deletes its '
     "own rows; dbguard_leaks = off silences this report."
 )
+# A test that uses none of the fixtures dbguard rolls back: nothing was rolled back after it (a
+# unittest.TestCase that builds its app in setUp: Flask-AppBuilder's suite got the text above).
+ROLLED_BACK_FIXTURES: Final = ("dbguard_connection", "dbguard_session", "dbguard_async_session")
+LEAK_WITHOUT_FIXTURES: Final = (
+    "{where} left rows in {tables}, committed by an engine that is not one of dbguard's "
+    "fixtures; the test uses none of those that dbguard rolls back (dbguard_connection, "
+    "dbguard_session), so nothing was rolled back after it, and the next tests see them. Give it "
+    "dbguard_connection and bind the application's session to it (README: \"The application's "
+    'own session"), or set ini dbguard_isolation = truncate (or mark the test or its class '
+    '@pytest.mark.dbguard(isolation="truncate")) to empty the tables it writes to after it; a '
+    "suite that removes its own rows (a unittest.TestCase's tearDown) sets dbguard_isolation = "
+    "none, which ends this check. dbguard_leaks = off silences this report."
+)
 # Every later warning of the process: a suite whose every test commits on the application's
 # engine got the whole text hundreds of times (dispatch: 305 warnings). It stands on its own: a
 # filter may have hidden the first one.
