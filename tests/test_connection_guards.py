@@ -19,7 +19,7 @@ from pytest_dbguard.guards.foreign_databases import (
     AllowList,
     Target,
 )
-from pytest_dbguard.guards.leaks import LEAK_MESSAGE
+from pytest_dbguard.guards.leaks import LEAK_MESSAGE, LEAK_WITHOUT_FIXTURES
 from tests.helpers import (
     README,
     blocks,
@@ -586,16 +586,8 @@ def _leak_project(pytester: pytest.Pytester, leaks: str | None) -> None:
     pytester.makeini(ini)
 
 
-REPORT = (
-    "*test_leaks.py::test_{test} left rows in {tables}, committed by an engine that is not one of "
-    "dbguard's fixtures; the test uses none of those that dbguard rolls back (dbguard_connection, "
-    "dbguard_session), so nothing was rolled back after it, and the next tests see them. Give it "
-    "dbguard_connection and bind the application's session to it (README: \"The application's "
-    'own session"), or set ini dbguard_isolation = truncate (or mark the test or its class '
-    '@pytest.mark.dbguard(isolation="truncate")) to empty the tables it writes to after it; a '
-    "suite that removes its own rows (a unittest.TestCase's tearDown) sets dbguard_isolation = "
-    "none, which ends this check. dbguard_leaks = off silences this report."
-)
+# The first report of the process, for a test that uses no rolled-back fixture of dbguard's.
+REPORT = "*test_leaks.py::" + LEAK_WITHOUT_FIXTURES.replace("{where}", "test_{test}")
 # A test that uses dbguard's rolled-back fixtures, whose application engine committed beside them.
 REPORT_BESIDE_FIXTURES = (
     "*test_leaks.py::test_{test} left rows in {tables}: an engine that is not one of dbguard's "
@@ -691,24 +683,16 @@ def test_a_leak_beside_dbguards_rolled_back_fixture_says_the_rollback_missed_it(
     """The test's own connection is rolled back; what the application's engine committed beside
     it is not (the other text is for tests that use no such fixture)."""
     _leak_project(pytester, None)
-    pytester.makepyfile(
-        test_leaks="""
-        import os
-        from sqlalchemy import create_engine, text
-
-        def test_beside_the_fixture(dbguard_connection):
-            engine = create_engine(os.environ["DBGUARD_URL"])
-            with engine.begin() as conn:
-                conn.execute(text("INSERT INTO authors (name) VALUES ('beside')"))
-            engine.dispose()
-        """
+    beside = LEAK_TESTS.replace(
+        "def test_2_app_commits():", "def test_2_app_commits(dbguard_connection):"
     )
-    result = run_dbguard(pytester, *_shared(pg_server), inprocess=True)
-    result.assert_outcomes(passed=1, warnings=1)
+    pytester.makepyfile(test_leaks=beside)
+    result = run_dbguard(pytester, *_shared(pg_server), "-p", "no:randomly", inprocess=True)
+    result.assert_outcomes(passed=6, warnings=3)
     result.stdout.fnmatch_lines(
         [
             "*LeakWarning: "
-            + REPORT_BESIDE_FIXTURES.format(test="beside_the_fixture", tables="authors")
+            + REPORT_BESIDE_FIXTURES.format(test="2_app_commits", tables="authors, books")
         ]
     )
 

@@ -644,8 +644,8 @@ def test_the_report_never_follows_another_accounts_link_nor_replaces_its_file(
         checkout = home / "checkout"
         (checkout / "build").mkdir(parents=True)
         (checkout / "reports").symlink_to("build")
-        for path in (checkout, checkout / "build", checkout / "reports"):
-            os.lchown(path, nobody, nobody)
+        for made in (checkout, checkout / "build", checkout / "reports"):
+            os.lchown(made, nobody, nobody)
         report = checkout / "reports" / "r.json"
         result = run_dbguard(pytester, "--dbguard-url", "sqlite", f"--dbguard-report={report}")
         result.assert_outcomes(passed=1)
