@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 SYNC_DRIVERS = ("psycopg", "psycopg2")
 ASYNC_DRIVERS = ("asyncpg", "psycopg")
+# Drivers that take nothing from libpq's variables (PGHOST, PGPORT, PGDATABASE, PGUSER): pg8000,
+# pure Python, connects to localhost:5432 whatever PGPORT says (psycopg, psycopg2 and asyncpg read
+# them).
+NO_ENVIRONMENT_DRIVERS: Final = ("pg8000",)
 KNOWN_DRIVERS: Mapping[str, tuple[str, ...]] = {
     "postgresql": ("psycopg", "psycopg2", "asyncpg", "psycopg_async", "psycopg2cffi", "pg8000"),
     "sqlite": ("pysqlite", "aiosqlite"),

@@ -25,6 +25,7 @@ from collections.abc import Collection
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
+from pytest_dbguard.db.urls import NO_ENVIRONMENT_DRIVERS
 from pytest_dbguard.exceptions import FaultError
 from pytest_dbguard.faults.proxy_pipe import JOIN_TIMEOUT, Pipe, check_amount, nodelay, reset
 
@@ -43,8 +44,6 @@ NOT_PROXIED: Final = (
     "by peer authentication). For refuse(), latency() and cut(), point the URL at one server's "
     "TCP address (host and port); terminate() works on any URL."
 )
-# Drivers that take no PGHOST or PGPORT from the environment (pg8000: localhost:5432).
-_NO_ENVIRONMENT: Final = ("pg8000",)
 
 
 def not_proxied(url: DatabaseURL) -> str | None:
@@ -52,16 +51,13 @@ def not_proxied(url: DatabaseURL) -> str | None:
     a Unix socket (a host that starts with ``/`` or ``@``, in the URL, its ``host`` query
     parameter or, for a driver that reads it, ``PGHOST``; no host at all: the driver's default
     socket folder; pg8000's ``unix_sock``), or the URL names several servers."""
-    query = dict(url.query)
-    if url.driver in _NO_ENVIRONMENT:
-        sock = query.get("unix_sock")
+    if url.driver in NO_ENVIRONMENT_DRIVERS:
+        sock = dict(url.query).get("unix_sock")
         return f"reaches the server by its Unix socket ({sock})" if sock else None
     hosts = [value for key, value in url.query if key == "host"]
     if len(hosts) > 1 or "," in (hosts[0] if hosts else url.host or ""):
         return f"names several servers ({', '.join(hosts) or url.host})"
-    if query.get("hostaddr"):
-        return None  # a TCP address, whatever host says
-    host = query.get("host") or url.host or os.environ.get("PGHOST") or ""
+    host = _host(url)
     if not host:
         return "reaches the server by the driver's default Unix socket (it names no host)"
     if host.startswith(("/", "@")):
@@ -71,24 +67,31 @@ def not_proxied(url: DatabaseURL) -> str | None:
 
 def upstream_of(url: DatabaseURL) -> tuple[str, int]:
     """Where the proxy forwards to (``not_proxied`` said it can): the server as the driver finds
-    it, the query string's ``hostaddr``, ``host`` (``host:port`` too) and ``port`` first, then the
-    URL's, then ``PGHOST`` and ``PGPORT`` (for drivers that read them), then localhost:5432."""
+    it (``_host``; ``host:port`` too), the query string's ``port`` first, then the URL's, then
+    ``PGPORT`` (for drivers that read it), then localhost:5432."""
+    host, port_text = _host(url) or "127.0.0.1", dict(url.query).get("port")
+    if host.count(":") == 1 and host.rsplit(":", 1)[1].isdigit():  # host:port, one server
+        host, port_text = host.rsplit(":", 1)
+    port = int(port_text) if port_text and port_text.isdigit() else url.port
+    environ_port = os.environ.get("PGPORT") or ""
+    if port is None and url.driver not in NO_ENVIRONMENT_DRIVERS and environ_port.isdigit():
+        port = int(environ_port)
+    return host, port or 5432
+
+
+def _host(url: DatabaseURL) -> str:
+    """The host the driver connects to: the query string's ``hostaddr`` (a TCP address, whatever
+    ``host`` says) or ``host``, then the URL's, then ``PGHOST`` for a driver that reads it; ""
+    for none (libpq's default socket)."""
     query = dict(url.query)
-    environ = url.driver not in _NO_ENVIRONMENT
-    host = (
+    environ = url.driver not in NO_ENVIRONMENT_DRIVERS
+    return (
         query.get("hostaddr")
         or query.get("host")
         or url.host
         or (os.environ.get("PGHOST") if environ else None)
-        or "127.0.0.1"
+        or ""
     )
-    port_text = query.get("port")
-    if host.count(":") == 1 and host.rsplit(":", 1)[1].isdigit():  # host:port, one server
-        host, port_text = host.rsplit(":", 1)
-    port = int(port_text) if port_text and port_text.isdigit() else url.port
-    if port is None and environ and (os.environ.get("PGPORT") or "").isdigit():
-        port = int(os.environ["PGPORT"])
-    return host, port or 5432
 
 
 def through(url: DatabaseURL, port: int) -> DatabaseURL:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from pytest_dbguard.compat import record_dialect
 from pytest_dbguard.db.engine_listener import EngineListener, is_own
 from pytest_dbguard.db.names import is_dbguard_name
-from pytest_dbguard.db.urls import DatabaseURL, server_pattern
+from pytest_dbguard.db.urls import NO_ENVIRONMENT_DRIVERS, DatabaseURL, server_pattern
 from pytest_dbguard.exceptions import ForeignDatabaseError
 from pytest_dbguard.records import Record
 from pytest_dbguard.server.connect_target import DEFAULT_PORT
@@ -75,12 +75,6 @@ def _host_key(host: str | None) -> str:
         return LOCAL
     lowered = host.strip("[]").lower()
     return LOCAL if lowered in _LOOPBACK or lowered.startswith("127.") else lowered
-
-
-# Drivers that take nothing from libpq's variables (PGHOST, PGPORT, PGDATABASE, PGUSER): pg8000,
-# pure Python, connects to localhost:5432 whatever PGPORT says (psycopg, psycopg2 and asyncpg read
-# them).
-NO_ENVIRONMENT_DRIVERS: Final = ("pg8000",)
 
 
 def _environ(name: str, read: bool) -> str | None:

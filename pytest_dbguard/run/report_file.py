@@ -77,8 +77,7 @@ def check_path(path: Path, source: str) -> None:
             try:
                 probe, descriptor = _new_file(folder, path.name, ".probe")
             except OSError as error:
-                reason = error.strerror or type(error).__name__
-                raise _Refused(NOT_WRITABLE, reason, folder=path.parent, error=reason) from None
+                raise _not_writable(path.parent, error) from None
             os.close(descriptor)
             os.unlink(probe, dir_fd=folder)  # the probe dbguard just made
     except _Refused as refused:
@@ -173,8 +172,7 @@ def _lstat(parent: int, name: str, shown: Path, folder: Path) -> os.stat_result:
             NOT_A_FOLDER, f"{shown.parent} is not a folder", folder=shown.parent
         ) from None
     except OSError as error:  # a folder on the way this account may not search
-        reason = error.strerror or type(error).__name__
-        raise _Refused(NOT_WRITABLE, reason, folder=shown.parent, error=reason) from None
+        raise _not_writable(shown.parent, error) from None
 
 
 def _enter(parent: int, name: str, shown: Path, folder: Path) -> int:
@@ -187,8 +185,12 @@ def _enter(parent: int, name: str, shown: Path, folder: Path) -> int:
     except FileNotFoundError:
         raise _Refused(NO_FOLDER, f"{folder} does not exist", folder=folder) from None
     except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise _Refused(NOT_WRITABLE, reason, folder=folder, error=reason) from None
+        raise _not_writable(folder, error) from None
+
+
+def _not_writable(folder: Path, error: OSError) -> _Refused:
+    reason = error.strerror or type(error).__name__
+    return _Refused(NOT_WRITABLE, reason, folder=folder, error=reason)
 
 
 def _check_target(folder: int, name: str) -> None:
